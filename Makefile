@@ -1,0 +1,45 @@
+# crisp: the two commands of the README are `make run` and `make test`; both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?=
+
+# Debian packages: what crispd needs at run time, and what the tests need on top of it
+RUN_DEBS := ca-certificates
+TEST_DEBS := $(RUN_DEBS)
+
+.PHONY: run test lint unit venv debs-run debs-test clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+debs-run:
+	scripts/ensure-debs $(RUN_DEBS)
+
+debs-test:
+	scripts/ensure-debs $(TEST_DEBS)
+
+## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
+run: debs-run venv
+	exec $(VENV)/bin/crispd $(ARGS)
+
+## test: install what the tests need, then lint, type-check and run every test
+test: debs-test venv lint
+	$(VENV)/bin/pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+## unit: only the tests that need neither root nor a daemon
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,276 @@
+"""crispd's configuration: one TOML file parsed into frozen dataclasses, one per section.
+
+Every default is defined exactly once, as the dataclass field default. Unknown keys and bad values raise
+`ConfigError` naming the full key (`cgroup.driver`). `dump_toml` renders the effective config back as TOML.
+Field metadata: `choices` (allowed values), `absolute` (must be an absolute path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_CONFIG_PATH = "/etc/crisp/crisp.toml"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+def _choices(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+_ABS = {"absolute": True}
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    """A CRI runtime handler (Kubernetes RuntimeClass): the built-in executor or an OCI runtime binary."""
+
+    type: str = field(default="oci", metadata=_choices("builtin", "oci"))
+    # oci: the runtime binary (a name looked up in PATH, or an absolute path)
+    path: str = ""
+    # oci: the runtime's --root state dir; empty means <state>/runtimes/<handler name>
+    root: str = ""
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.type == "oci" and not self.path:
+            return [("path", "an oci handler needs the path (or name) of its runtime binary")]
+        if self.root and not os.path.isabs(self.root):
+            return [("root", f"must be an absolute path, got {self.root!r}")]
+        return []
+
+
+@dataclass(frozen=True)
+class CgroupConfig:
+    driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
+    # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
+    missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    # extra handlers by name; the default handler "" is always the built-in executor
+    handlers: dict[str, HandlerConfig] = field(default_factory=dict)
+
+    def check(self) -> list[tuple[str, str]]:
+        if "" in self.handlers:
+            return [("handlers", 'the default handler "" is always the built-in executor')]
+        return []
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    # the pod CIDR; empty means the kubelet's (UpdateRuntimeConfig), else 10.88.0.0/16
+    pod_cidr: str = ""
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.pod_cidr:
+            try:
+                ipaddress.ip_network(self.pod_cidr)
+            except ValueError as exc:
+                return [("pod_cidr", str(exc))]
+        return []
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # host:port of the Prometheus endpoint; empty turns it off
+    address: str = "127.0.0.1:9647"
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    address: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
+    slow_callback_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    # persistent data: the metadata database, images, container layers
+    root: str = field(default="/var/lib/crisp", metadata=_ABS)
+    # volatile state: shim sockets, pinned namespaces, status files
+    state: str = field(default="/run/crisp", metadata=_ABS)
+    # the CRI unix socket
+    listen: str = field(default="/run/crisp/crisp.sock", metadata=_ABS)
+    log_level: str = field(default="info", metadata=_choices("debug", "info", "warning", "error"))
+    # on SIGTERM/SIGINT, in-flight RPCs get this long to finish
+    shutdown_grace_seconds: float = 10.0
+    cgroup: CgroupConfig = field(default_factory=CgroupConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.shutdown_grace_seconds < 0:
+            return [("shutdown_grace_seconds", "must not be negative")]
+        return []
+
+
+T = TypeVar("T")
+
+
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _convert(tp: Any, value: object, key: str) -> object:
+    """Check one TOML value against a field's annotation; nested dataclasses and dicts recurse."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
+        return _build(typing.cast(type[Any], tp), value, key + ".")
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
+        return {name: _convert(value_tp, item, f"{key}.{name}") for name, item in value.items()}
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected an array, got {_describe(value)}")
+        return [_convert(item_tp, item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in this module
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
+    for name in data:
+        if name not in fields:
+            raise ConfigError(f"unknown key '{prefix}{name}'")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = prefix + name
+        converted = _convert(hints[name], value, key)
+        meta = fields[name].metadata
+        if "choices" in meta and converted not in meta["choices"]:
+            allowed = ", ".join(repr(c) for c in meta["choices"])
+            raise ConfigError(f"{key}: {converted!r} is not one of {allowed}")
+        if meta.get("absolute") and not os.path.isabs(str(converted)):
+            raise ConfigError(f"{key}: must be an absolute path, got {converted!r}")
+        kwargs[name] = converted
+    obj = cls(**kwargs)
+    _check(obj, prefix)
+    return obj
+
+
+def _check(obj: object, prefix: str) -> None:
+    check = getattr(obj, "check", None)
+    if check is not None:
+        for name, message in check():
+            raise ConfigError(f"{prefix}{name}: {message}")
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse TOML text into a Config; errors name the source and the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return _build(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | None) -> Config:
+    """Load the config file; a missing *default* file means all defaults, a missing named file is an error."""
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG_PATH):
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    return parse_config(text, path)
+
+
+def with_overrides(config: Config, **overrides: Any) -> Config:
+    """The config with top-level keys replaced (command-line flags), checked like file values."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return config
+    return parse_config(dump_toml(dataclasses.replace(config, **changes)), "command line")
+
+
+# ---------------------------------------------------------------------------------------------- TOML output
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def _toml_key(name: str) -> str:
+    bare = name and all(c.isalnum() or c in "-_" for c in name)
+    return name if bare else json.dumps(name)
+
+
+def _dump_table(obj: object, header: str, out: list[str]) -> None:
+    scalars: list[str] = []
+    tables: list[tuple[str, object]] = []
+    for f in dataclasses.fields(typing.cast(Any, obj)):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append((f.name, value))
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                tables.append((f"{f.name}.{_toml_key(name)}", item))
+            if not value:
+                scalars.append(f"# {f.name}: none")
+        else:
+            scalars.append(f"{f.name} = {_toml_value(value)}")
+    if header:
+        out.append(f"\n[{header}]")
+    out.extend(scalars)
+    for name, table in tables:
+        _dump_table(table, f"{header}.{name}" if header else name, out)
+
+
+def dump_toml(config: Config) -> str:
+    """The config as TOML that `parse_config` reads back to an equal Config."""
+    out: list[str] = []
+    _dump_table(config, "", out)
+    return "\n".join(out).lstrip("\n") + "\n"

@@ -1,0 +1,210 @@
+"""crispd: the CRI daemon's command line, and the object graph built from one Config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from grpc import aio
+
+from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
+from cri.metrics import Metrics
+from cri.server import CrispInterceptor, Readiness
+from cri.service.context import ServiceContext
+from cri.service.servicers import add_servicers
+from cri.store.db import SchemaTooNew, Store
+from runtime import errors
+from runtime.lockfile import LockFile
+from runtime.version import VERSION
+
+log = logging.getLogger("crispd")
+
+# the kubelet's own limit for CRI messages is 16 MiB; ExecSync output alone may come close to it
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 64 * 1024
+
+
+class StartupError(Exception):
+    """crispd cannot start; the message says why."""
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="crispd", description="crisp: a Kubernetes CRI v1 container runtime")
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "config", "version"),
+                        help="run the daemon (default), print the effective config as TOML, or print the version")
+    parser.add_argument("--config", help="config file (default /etc/crisp/crisp.toml; missing means defaults)")
+    parser.add_argument("--root", help="root dir for persistent data (overrides the config's root)")
+    parser.add_argument("--state", help="state dir for volatile data (overrides the config's state)")
+    parser.add_argument("--listen", help="the CRI unix socket (overrides the config's listen)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level")
+    parser.add_argument("--version", action="version", version=f"crispd {VERSION}")
+    return parser.parse_args(argv)
+
+
+def _socket_path(value: str | None) -> str | None:
+    if value is not None and value.startswith("unix://"):
+        return value[len("unix://"):]
+    return value
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # grpc's own debug chatter (one line per call) drowns crisp's
+    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def _prepare_socket_dir(path: Path) -> None:
+    parent = path.parent
+    if not parent.exists():
+        parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(parent, 0o700)
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by a crispd that died; we hold the socket's lock, so nobody serves on it."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    log.info("removing stale socket %s", path)
+    path.unlink()
+
+
+class Daemon:
+    """crispd's lifetime: locks, store, gRPC server, signals, clean shutdown."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.socket = Path(config.listen)
+        self.readiness = Readiness()
+        self.metrics = Metrics()
+        self.store = Store(Path(config.root) / "crisp.db")
+        self._locks: list[LockFile] = []
+        self._stop: asyncio.Event | None = None
+
+    def _acquire_locks(self) -> None:
+        wanted = {
+            Path(self.config.root) / "crispd.lock": f"root dir {self.config.root}",
+            Path(self.config.state) / "crispd.lock": f"state dir {self.config.state}",
+            Path(str(self.socket) + ".lock"): f"socket {self.socket}",
+        }
+        for path, what in wanted.items():  # a dict: the same dir named twice is locked once
+            lock = LockFile(path)
+            lock.acquire(what)
+            self._locks.append(lock)
+
+    def _release_locks(self) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
+        self._locks.clear()
+
+    def request_stop(self, signame: str) -> None:
+        assert self._stop is not None
+        if not self._stop.is_set():
+            log.info("received %s, shutting down", signame)
+            self._stop.set()
+
+    def run(self) -> None:
+        """Take the dirs and locks (before any event loop exists), then serve until signalled."""
+        Path(self.config.root).mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(self.config.state).mkdir(parents=True, exist_ok=True, mode=0o700)
+        _prepare_socket_dir(self.socket)
+        self._acquire_locks()
+        try:
+            asyncio.run(self._main())
+        finally:
+            self._release_locks()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.config.debug.slow_callback_ms > 0:
+            loop.set_debug(True)
+            loop.slow_callback_duration = self.config.debug.slow_callback_ms / 1000
+        self._stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
+        await self._serve(self._stop)
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        try:
+            await self.store.open()
+        except SchemaTooNew as exc:
+            raise StartupError(f"{self.store.path}: {exc}") from None
+        server: aio.Server | None = None
+        listening = False
+        try:
+            ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
+                                 readiness=self.readiness)
+            server = aio.server(
+                interceptors=[CrispInterceptor(self.readiness, self.metrics)],
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+            add_servicers(server, ctx)
+            _remove_stale_socket(self.socket)
+            old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-accessible
+            try:
+                if server.add_insecure_port(f"unix:{self.socket}") == 0:
+                    raise StartupError(f"cannot listen on {self.socket}")
+                listening = True
+                await server.start()
+            finally:
+                os.umask(old_umask)
+            os.chmod(self.socket, 0o660)
+            self.readiness.set_ready()
+            log.info("crispd %s serving CRI v1 on %s (root %s, state %s)", VERSION, self.socket,
+                     self.config.root, self.config.state)
+            await stop.wait()
+        finally:
+            if server is not None:
+                # in-flight RPCs get the grace period; new ones are refused from now on
+                await server.stop(self.config.shutdown_grace_seconds)
+            if listening:
+                with contextlib.suppress(FileNotFoundError):
+                    self.socket.unlink()
+            await self.store.close()
+            log.info("crispd stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.command == "version":
+        print(f"crispd {VERSION}")
+        return 0
+    try:
+        config = with_overrides(
+            load_config(args.config),
+            root=args.root, state=args.state, listen=_socket_path(args.listen), log_level=args.log_level,
+        )
+    except ConfigError as exc:
+        print(f"crispd: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "config":
+        sys.stdout.write(dump_toml(config))
+        return 0
+    _setup_logging(config.log_level)
+    try:
+        Daemon(config).run()
+    except (StartupError, errors.CrispError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The gRPC server: one interceptor around every RPC for readiness, logging, timing and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from cri.errors import status_code_for
+from cri.metrics import Metrics
+from runtime import errors
+
+log = logging.getLogger(__name__)
+
+# Called often by the kubelet: logged at DEBUG, everything else (state changes) at INFO.
+_QUIET_PREFIXES = ("List", "Status", "Version", "RuntimeConfig", "ImageFsInfo")
+_QUIET_SUFFIXES = ("Status", "Stats", "Metrics", "MetricDescriptors")
+
+
+def _is_quiet(method: str) -> bool:
+    return method.startswith(_QUIET_PREFIXES) or method.endswith(_QUIET_SUFFIXES)
+
+
+class Readiness:
+    """Set once crispd has opened its store and reconciled its state; until then RPCs get UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self._ready = False
+        self.reason = "crispd is starting"
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def set_ready(self) -> None:
+        self._ready = True
+
+    def set_not_ready(self, reason: str) -> None:
+        self._ready = False
+        self.reason = reason
+
+
+class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Readiness gate, logging, timing and the error-kind -> gRPC status mapping, in exactly one place."""
+
+    def __init__(self, readiness: Readiness, metrics: Metrics) -> None:
+        self._readiness = readiness
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[Any], Awaitable[Any]],
+        handler_call_details: Any,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = str(handler_call_details.method).rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # CRI has no client-streaming RPCs
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: aio.ServicerContext) -> Any:
+            start = time.monotonic()
+            code = grpc.StatusCode.OK
+            try:
+                self._gate(method)
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except BaseException as exc:
+                code, message = self._classify(method, context, exc)
+                if message is None:
+                    raise
+                await context.abort(code, message)
+            finally:
+                self._record(method, code, start)
+
+        return call
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+        async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            start = time.monotonic()
+            code = grpc.StatusCode.OK
+            try:
+                self._gate(method)
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):
+                    await result
+            except BaseException as exc:
+                code, message = self._classify(method, context, exc)
+                if message is None:
+                    raise
+                await context.abort(code, message)
+            finally:
+                self._record(method, code, start)
+
+        return call
+
+    def _gate(self, method: str) -> None:
+        if not self._readiness.ready:
+            raise errors.Unavailable(f"{method}: {self._readiness.reason}")
+
+    def _classify(
+        self, method: str, context: aio.ServicerContext, exc: BaseException
+    ) -> tuple[grpc.StatusCode, str | None]:
+        """The status for an exception, and the message to abort with (None: re-raise it unchanged)."""
+        if isinstance(exc, asyncio.CancelledError):
+            log.debug("%s cancelled by the client", method)
+            return grpc.StatusCode.CANCELLED, None
+        if isinstance(exc, aio.AbortError):
+            # a servicer aborted with a status of its own: keep it
+            return context.code() or grpc.StatusCode.UNKNOWN, None
+        if isinstance(exc, GeneratorExit):
+            return grpc.StatusCode.CANCELLED, None
+        code = status_code_for(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("%s failed: %s", method, exc, exc_info=exc)
+            return code, f"{method}: internal error: {exc}"
+        log.log(logging.DEBUG if _is_quiet(method) else logging.INFO, "%s: %s: %s", method, code.name, exc)
+        return code, str(exc)
+
+    def _record(self, method: str, code: grpc.StatusCode, start: float) -> None:
+        seconds = time.monotonic() - start
+        self._metrics.observe_rpc(method, code.name, seconds)
+        if code is grpc.StatusCode.OK:
+            log.log(logging.DEBUG if _is_quiet(method) else logging.INFO, "%s ok in %.1f ms", method, seconds * 1e3)

@@ -1,0 +1,96 @@
+"""Version, Status, RuntimeConfig and UpdateRuntimeConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+
+from cri_api.v1 import api_pb2 as cri
+
+from cri.service.context import ServiceContext
+from runtime import errors
+from runtime.version import VERSION
+
+log = logging.getLogger(__name__)
+
+RUNTIME_NAME = "crisp"
+CRI_API_VERSION = "v1"
+# the CRI's own Version RPC version field is the kubelet-facing API version, kept at 0.1.0 by every runtime
+KUBELET_API_VERSION = "0.1.0"
+POD_CIDR_SETTING = "pod_cidr"
+
+
+async def version(ctx: ServiceContext, request: cri.VersionRequest) -> cri.VersionResponse:
+    return cri.VersionResponse(
+        version=KUBELET_API_VERSION,
+        runtime_name=RUNTIME_NAME,
+        runtime_version=VERSION,
+        runtime_api_version=CRI_API_VERSION,
+    )
+
+
+def handler_names(ctx: ServiceContext) -> list[str]:
+    """The CRI runtime handlers crisp serves: the built-in default "" first, then the configured ones."""
+    return ["", *sorted(ctx.config.runtime.handlers)]
+
+
+def _handler_features(ctx: ServiceContext, name: str) -> cri.RuntimeHandlerFeatures:
+    # No handler applies recursive read-only mounts or user namespaces yet; the executor issue turns these on
+    # where the executor really does them.
+    return cri.RuntimeHandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False)
+
+
+async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusResponse:
+    runtime_ready = cri.RuntimeCondition(type="RuntimeReady", status=True, reason="", message="")
+    network_ready = cri.RuntimeCondition(
+        type="NetworkReady",
+        status=False,
+        reason="NetworkPluginNotReady",
+        message="crisp: pod networking is not implemented yet",
+    )
+    response = cri.StatusResponse(
+        status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]),
+        runtime_handlers=[
+            cri.RuntimeHandler(name=name, features=_handler_features(ctx, name)) for name in handler_names(ctx)
+        ],
+        features=cri.RuntimeFeatures(supplemental_groups_policy=False),
+    )
+    if request.verbose:
+        pod_cidr = await ctx.store.get_setting(POD_CIDR_SETTING)
+        info = {
+            "config": dataclasses.asdict(ctx.config),
+            "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION},
+            "podCIDR": pod_cidr or ctx.config.network.pod_cidr,
+        }
+        for key, value in info.items():
+            response.info[key] = json.dumps(value, sort_keys=True)
+    return response
+
+
+async def runtime_config(ctx: ServiceContext, request: cri.RuntimeConfigRequest) -> cri.RuntimeConfigResponse:
+    driver = cri.SYSTEMD if ctx.config.cgroup.driver == "systemd" else cri.CGROUPFS
+    return cri.RuntimeConfigResponse(linux=cri.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+
+def parse_pod_cidrs(value: str) -> list[str]:
+    """A kubelet pod CIDR: one network or a comma-separated dual-stack pair."""
+    cidrs = []
+    for part in value.split(","):
+        try:
+            cidrs.append(str(ipaddress.ip_network(part.strip(), strict=False)))
+        except ValueError as exc:
+            raise errors.InvalidArgument(f"pod CIDR {value!r}: {exc}") from None
+    return cidrs
+
+
+async def update_runtime_config(
+    ctx: ServiceContext, request: cri.UpdateRuntimeConfigRequest
+) -> cri.UpdateRuntimeConfigResponse:
+    pod_cidr = request.runtime_config.network_config.pod_cidr
+    if pod_cidr:
+        normalized = ",".join(parse_pod_cidrs(pod_cidr))
+        await ctx.store.set_setting(POD_CIDR_SETTING, normalized)
+        log.info("pod CIDR set to %s", normalized)
+    return cri.UpdateRuntimeConfigResponse()

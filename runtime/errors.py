@@ -1,0 +1,48 @@
+"""Error kinds shared by every layer of crisp.
+
+Code below the gRPC server raises these; `cri/errors.py` maps each kind to one gRPC status code in exactly one
+place. Anything that is not a `CrispError` becomes INTERNAL there and is logged with its traceback.
+Messages say what was wrong and with which id.
+"""
+
+from __future__ import annotations
+
+
+class CrispError(Exception):
+    """Base of every expected failure; the subclass says which kind."""
+
+
+class NotFound(CrispError):
+    """The named object (pod, container, image, ...) does not exist."""
+
+
+class AlreadyExists(CrispError):
+    """A name or id is already taken."""
+
+
+class InvalidArgument(CrispError):
+    """The request itself is wrong (bad reference, bad config value, unknown handler, ...)."""
+
+
+class FailedPrecondition(CrispError):
+    """The request is fine but the object is in the wrong state for it."""
+
+
+class Unavailable(CrispError):
+    """crispd (or something it depends on) cannot serve the request right now; retrying may help."""
+
+
+class ResourceExhausted(CrispError):
+    """A limit was hit (too many streams, tokens, ...)."""
+
+
+class DeadlineExceeded(CrispError):
+    """The operation did not finish within its timeout."""
+
+
+class Unimplemented(CrispError):
+    """The operation is not implemented (yet)."""
+
+
+class Cancelled(CrispError):
+    """The operation was cancelled by its caller."""

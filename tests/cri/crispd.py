@@ -1,0 +1,117 @@
+"""Start a real crispd on a temporary root, state dir and socket, and talk to it with a real gRPC client."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from cri_api.v1 import api_pb2 as cri
+from cri_api.v1 import api_pb2_grpc as cri_grpc
+
+# asyncio debug mode logs every callback slower than the threshold like this
+SLOW_CALLBACK = re.compile(r"asyncio: Executing .* took \d+\.\d+ seconds")
+SLOW_CALLBACK_MS = 50
+
+
+def crispd_command() -> list[str]:
+    """The installed `crispd` console script next to this interpreter (as the README's install makes it)."""
+    script = Path(sys.executable).parent / "crispd"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("crispd")
+    if found is None:
+        raise RuntimeError("crispd is not installed: run `make test` (or pip install -e .)")
+    return [found]
+
+
+class Crispd:
+    """One crispd process; `start()` waits until it answers over its socket."""
+
+    def __init__(self, base: Path, config: str = "", name: str = "crispd") -> None:
+        self.base = base
+        self.root = base / "root"
+        self.state = base / "state"
+        self.socket = base / "run" / "crisp.sock"
+        self.config_path = base / f"{name}.toml"
+        self.log_path = base / f"{name}.log"
+        self.config_path.write_text(f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{config}")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._channel: grpc.Channel | None = None
+
+    def command(self, *extra: str) -> list[str]:
+        return [
+            *crispd_command(), "--config", str(self.config_path), "--root", str(self.root),
+            "--state", str(self.state), "--listen", str(self.socket), "--log-level", "debug", *extra,
+        ]
+
+    def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(*extra), stdout=log, stderr=log, close_fds=True,
+                                         start_new_session=True)
+        return self.proc
+
+    def start(self, timeout: float = 30.0) -> Crispd:
+        self.spawn()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"crispd exited with {self.proc.returncode}:\n{self.log()}")
+            if self.socket.exists():
+                try:
+                    self.runtime.Version(cri.VersionRequest(), timeout=2)
+                    return
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"crispd did not answer within {timeout}s:\n{self.log()}")
+
+    @property
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(f"unix:{self.socket}")
+        return self._channel
+
+    @property
+    def runtime(self) -> cri_grpc.RuntimeServiceStub:
+        return cri_grpc.RuntimeServiceStub(self.channel)
+
+    @property
+    def images(self) -> cri_grpc.ImageServiceStub:
+        return cri_grpc.ImageServiceStub(self.channel)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def slow_callbacks(self) -> list[str]:
+        return SLOW_CALLBACK.findall(self.log())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal crispd and wait for it; returns its exit status (SIGKILLed after the timeout)."""
+        try:
+            if self.proc is None:
+                return 0
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, sig)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+                    raise
+            return self.proc.returncode
+        finally:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None

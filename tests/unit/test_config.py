@@ -1,0 +1,137 @@
+"""Config parsing: defaults, every key checked, errors that name the key, TOML round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cri.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    HandlerConfig,
+    dump_toml,
+    load_config,
+    parse_config,
+    with_overrides,
+)
+
+
+def test_empty_file_is_all_defaults() -> None:
+    config = parse_config("")
+    assert config == Config()
+    assert config.root == "/var/lib/crisp"
+    assert config.state == "/run/crisp"
+    assert config.listen == "/run/crisp/crisp.sock"
+    assert config.cgroup.driver == "cgroupfs"
+    assert config.metrics.address == "127.0.0.1:9647"
+
+
+def test_values_are_read() -> None:
+    config = parse_config(
+        """
+        root = "/srv/crisp"
+        log_level = "debug"
+        shutdown_grace_seconds = 3
+        [cgroup]
+        driver = "systemd"
+        missing_controller = "warn"
+        [runtime.handlers.runc]
+        path = "/usr/sbin/runc"
+        [network]
+        pod_cidr = "10.244.0.0/24"
+        """
+    )
+    assert config.root == "/srv/crisp"
+    assert config.log_level == "debug"
+    assert config.shutdown_grace_seconds == 3.0
+    assert config.cgroup.driver == "systemd"
+    assert config.cgroup.missing_controller == "warn"
+    assert config.runtime.handlers == {"runc": HandlerConfig(type="oci", path="/usr/sbin/runc", root="")}
+    assert config.network.pod_cidr == "10.244.0.0/24"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("bogus = 1", "'bogus'"),
+        ("[cgroup]\nflavour = 'x'", "'cgroup.flavour'"),
+        ("[nosuchsection]\na = 1", "'nosuchsection'"),
+        ("[runtime.handlers.runc]\npath = 'runc'\nextra = 1", "'runtime.handlers.runc.extra'"),
+    ],
+)
+def test_unknown_keys_are_named(text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown key {key}"):
+        parse_config(text, "crisp.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[cgroup]\ndriver = 'cgroupv3'", "cgroup.driver: 'cgroupv3' is not one of 'cgroupfs', 'systemd'"),
+        ("log_level = 5", "log_level: expected a string, got int 5"),
+        ("root = 'relative/dir'", "root: must be an absolute path"),
+        ("[streaming]\nport = 'eighty'", "streaming.port: expected an integer"),
+        ("[streaming]\nport = true", "streaming.port: expected an integer"),
+        ("[cgroup]\ndriver = ['cgroupfs']", "cgroup.driver: expected a string"),
+        ("cgroup = 1", "cgroup: expected a table"),
+        ("[network]\npod_cidr = '10.0.0.0/33'", "network.pod_cidr: "),
+        ("[runtime.handlers.runc]\ntype = 'oci'", "runtime.handlers.runc.path: an oci handler needs"),
+        ("[runtime.handlers.x]\ntype = 'wasm'", "runtime.handlers.x.type: 'wasm' is not one of"),
+        ("shutdown_grace_seconds = -1", "shutdown_grace_seconds: must not be negative"),
+        ("root = ", "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "crisp.toml")
+    assert str(info.value).startswith("crisp.toml: ")
+    assert message in str(info.value)
+
+
+def test_dump_round_trips() -> None:
+    config = parse_config(
+        """
+        listen = "/tmp/x y/crisp.sock"
+        [runtime.handlers.runc]
+        path = "runc"
+        [runtime.handlers."kata-qemu"]
+        path = "/opt/kata \\"q\\"/bin/runtime"
+        [debug]
+        slow_callback_ms = 50
+        """
+    )
+    text = dump_toml(config)
+    assert parse_config(text) == config
+    assert parse_config(dump_toml(Config())) == Config()
+
+
+def test_overrides_replace_and_are_checked() -> None:
+    config = with_overrides(Config(), root="/a", state="/b", listen="/c/s.sock", log_level=None)
+    assert (config.root, config.state, config.listen, config.log_level) == ("/a", "/b", "/c/s.sock", "info")
+    with pytest.raises(ConfigError, match="root: must be an absolute path"):
+        with_overrides(Config(), root="rel")
+
+
+def test_missing_named_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(str(tmp_path / "nope.toml"))
+
+
+def test_missing_default_file_means_defaults() -> None:
+    if Path(DEFAULT_CONFIG_PATH).exists():
+        pytest.skip(f"{DEFAULT_CONFIG_PATH} exists on this machine")
+    assert load_config(None) == Config()
+
+
+def test_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "crisp.toml"
+    path.write_text("[cgroup]\ndriver = 'systemd'\n")
+    assert load_config(str(path)).cgroup.driver == "systemd"
+
+
+def test_the_example_config_in_deploy_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "crisp.toml"
+    config = load_config(str(example))
+    assert set(config.runtime.handlers) == {"runc", "crun"}

@@ -1,0 +1,109 @@
+"""The interceptor, in a real grpc.aio server on a unix socket with a real client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+
+from cri.metrics import Metrics
+from cri.server import CrispInterceptor, Readiness
+from runtime import errors
+
+
+async def _ok(request: bytes, context: Any) -> bytes:
+    return b"ok:" + request
+
+
+async def _not_found(request: bytes, context: Any) -> bytes:
+    raise errors.NotFound("pod 1234 not found")
+
+
+async def _bug(request: bytes, context: Any) -> bytes:
+    raise KeyError("oops")
+
+
+async def _aborts(request: bytes, context: Any) -> bytes:
+    await context.abort(grpc.StatusCode.OUT_OF_RANGE, "own status")
+    return b""
+
+
+async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+    yield b"one"
+    yield b"two"
+    raise errors.FailedPrecondition("stream broke")
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+async def _with_server(tmp_path: Path, body: Callable[[aio.Channel, Readiness, Metrics], Awaitable[None]]) -> None:
+    readiness, metrics = Readiness(), Metrics()
+    server = aio.server(interceptors=[CrispInterceptor(readiness, metrics)])
+    unary = {
+        name: grpc.unary_unary_rpc_method_handler(fn, _identity, _identity)
+        for name, fn in {"Ok": _ok, "NotFound": _not_found, "Bug": _bug, "Aborts": _aborts}.items()
+    }
+    unary["Stream"] = grpc.unary_stream_rpc_method_handler(_stream, _identity, _identity)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Svc", unary)])
+    sock = tmp_path / "t.sock"
+    server.add_insecure_port(f"unix:{sock}")
+    await server.start()
+    try:
+        async with aio.insecure_channel(f"unix:{sock}") as channel:
+            await body(channel, readiness, metrics)
+    finally:
+        await server.stop(None)
+
+
+async def _code(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call
+    except aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def test_interceptor(tmp_path: Path) -> None:
+    async def body(channel: aio.Channel, readiness: Readiness, metrics: Metrics) -> None:
+        ok = channel.unary_unary("/test.Svc/Ok")
+        code, details = await _code(ok(b"x"))
+        assert code is grpc.StatusCode.UNAVAILABLE and "crispd is starting" in details
+
+        readiness.set_ready()
+        assert await ok(b"x") == b"ok:x"
+        assert await _code(channel.unary_unary("/test.Svc/NotFound")(b"")) == (
+            grpc.StatusCode.NOT_FOUND, "pod 1234 not found")
+        code, details = await _code(channel.unary_unary("/test.Svc/Bug")(b""))
+        assert code is grpc.StatusCode.INTERNAL and "Bug: internal error" in details
+        assert await _code(channel.unary_unary("/test.Svc/Aborts")(b"")) == (grpc.StatusCode.OUT_OF_RANGE,
+                                                                              "own status")
+        stream = channel.unary_stream("/test.Svc/Stream")(b"")
+        got = []
+        with pytest.raises(aio.AioRpcError) as info:
+            async for item in stream:
+                got.append(item)
+        assert got == [b"one", b"two"]
+        assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+        def count(method: str, code: str) -> float:
+            value = metrics.registry.get_sample_value(
+                "crisp_grpc_requests_total", {"method": method, "code": code})
+            return value or 0.0
+
+        assert count("Ok", "OK") == 1
+        assert count("Ok", "UNAVAILABLE") == 1
+        assert count("NotFound", "NOT_FOUND") == 1
+        assert count("Bug", "INTERNAL") == 1
+        assert count("Aborts", "OUT_OF_RANGE") == 1
+        assert count("Stream", "FAILED_PRECONDITION") == 1
+        assert metrics.registry.get_sample_value(
+            "crisp_grpc_request_duration_seconds_count", {"method": "Ok"}) == 2
+
+    asyncio.run(_with_server(tmp_path, body))

@@ -1,0 +1,72 @@
+"""The metadata store: schema versions, migrations, settings, its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from cri.store.db import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, Store, migrate
+
+TABLES = {"settings", "name_reservations", "sandboxes", "containers", "images", "image_names", "ip_leases"}
+
+
+def test_fresh_database_gets_every_table(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    assert migrate(conn) == SCHEMA_VERSION
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert TABLES <= names
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert migrate(conn) == SCHEMA_VERSION  # a second run is a no-op
+
+
+def test_migrations_step_one_version_at_a_time(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    migrate(conn)
+    conn.execute("INSERT INTO settings (key, value) VALUES ('pod_cidr', '10.0.0.0/24')")
+    newer = (*MIGRATIONS, "ALTER TABLE settings ADD COLUMN note TEXT NOT NULL DEFAULT ''")
+    assert migrate(conn, newer) == len(newer)
+    assert conn.execute("SELECT value, note FROM settings").fetchone() == ("10.0.0.0/24", "")
+
+
+def test_failed_migration_changes_nothing(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    migrate(conn)
+    broken = (*MIGRATIONS, "CREATE TABLE extra (a TEXT); INSERT INTO nosuchtable VALUES (1)")
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(conn, broken)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaTooNew):
+        migrate(conn)
+
+
+def test_store_runs_on_its_own_thread_and_persists(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = Store(tmp_path / "sub" / "crisp.db")
+        await store.open()
+        threads = await asyncio.gather(*(store.run(lambda c: threading.current_thread().name) for _ in range(5)))
+        assert len(set(threads)) == 1 and threads[0] != threading.current_thread().name
+        assert await store.run(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+        await store.set_setting("pod_cidr", "10.1.0.0/16")
+        await store.set_setting("pod_cidr", "10.2.0.0/16")
+        with pytest.raises(ValueError):
+            await store.transaction(lambda c: (c.execute("INSERT INTO settings VALUES ('a', 'b')"),
+                                               (_ for _ in ()).throw(ValueError("undo"))))
+        await store.close()
+
+        again = Store(tmp_path / "sub" / "crisp.db")
+        await again.open()
+        assert await again.get_setting("pod_cidr") == "10.2.0.0/16"
+        assert await again.get_setting("a") is None  # the failed transaction was rolled back
+        await again.close()
+
+    asyncio.run(scenario())
