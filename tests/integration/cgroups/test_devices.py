@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,9 +39,6 @@ print(json.dumps(results), flush=True)
 
 def _run_in(cgroups: Sandbox, path: str, opens: list[tuple[str, str]], mknods: list[tuple[str, int, int]]) -> dict:
     """Start a probe, move it into the cgroup, then let it open devices; its results by "path flags"."""
-    import subprocess
-    import sys
-
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys\nsys.stdin.readline()\n" + PROBE, json.dumps(opens), json.dumps(mknods)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, close_fds=True,
