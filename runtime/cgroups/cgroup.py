@@ -131,12 +131,12 @@ class Cgroup:
         """
         self._require()
         settings = all_settings(resources)
-        missing = missing_for(resources, self.controllers())
+        available = self.controllers()
+        missing = missing_for(resources, available)
         if missing:
             raise errors.FailedPrecondition(
                 f"cgroup {self.path}: no controller for {', '.join(str(m) for m in missing)}"
             )
-        available = self.controllers()
         undo: list[tuple[Path, str]] = []
         try:
             for setting in settings:
