@@ -209,3 +209,39 @@ def test_remove_refuses_cgroups_crisp_did_not_create(cgroups: Sandbox) -> None:
     assert foreign.exists()
     with pytest.raises(errors.FailedPrecondition):
         cgroups.manager.cgroup("/").remove()
+
+
+def test_controllers_are_enabled_only_in_crisp_cgroups_and_the_direct_parent(
+    cgroups: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = cgroups.manager
+    enabled_in: list[Path] = []
+    real_enable = manager._enable_controllers
+
+    def spy(cgroup_dir: Path) -> None:
+        enabled_in.append(cgroup_dir)
+        real_enable(cgroup_dir)
+
+    monkeypatch.setattr(manager, "_enable_controllers", spy)
+    # a "kubelet" pod cgroup: made without crisp's mark, below a level that is not crisp's either
+    foreign = cgroups.base.dir / "kubepods"
+    os.mkdir(foreign)
+    os.mkdir(foreign / "pod1")
+    top = f"/crisp-test-top-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        manager.create(f"{top}/pod2/crisp-c")  # a new top level below the root
+        manager.create(cgroups.path("kubepods", "pod1", "crisp-c"))
+        top_dir = manager.mount / top.lstrip("/")
+        # never the root, never the foreign level above the pod; the crisp levels and the kubelet's pod cgroup
+        assert enabled_in == [top_dir, top_dir / "pod2", foreign / "pod1"]
+        offered = set((manager.mount / "cgroup.subtree_control").read_text().split())  # what the root passes on
+        assert set((top_dir / "pod2" / "cgroup.subtree_control").read_text().split()) == offered
+        assert set((foreign / "pod1" / "cgroup.subtree_control").read_text().split()) == (
+            set((foreign / "pod1" / "cgroup.controllers").read_text().split())
+        )
+        assert (foreign / "cgroup.subtree_control").read_text().split() == []
+    finally:
+        manager.cgroup(top).remove()
+        manager.cgroup(cgroups.path("kubepods", "pod1", "crisp-c")).remove()
+        os.rmdir(foreign / "pod1")
+        os.rmdir(foreign)
