@@ -111,6 +111,8 @@ class StreamingConfig:
 class DebugConfig:
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
+    # named places where creation fails on purpose (tests of rollback), e.g. "run_pod_sandbox.network"
+    fail_points: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
