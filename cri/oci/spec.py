@@ -339,13 +339,13 @@ def expand_slice(name: str) -> str:
 def cgroups_path(cgroup_parent: str, container_id: str) -> str:
     """`<cgroup_parent>/crisp-<id>`, a cgroupfs path relative to the cgroup2 mount (a systemd slice expanded)."""
     parent = cgroup_parent.strip()
+    if ".." in parent.split("/"):
+        raise InvalidArgument(f"invalid cgroup parent {cgroup_parent!r}")
     if parent.endswith(".slice") and "/" not in parent:
         parent = expand_slice(parent)
     if not parent.startswith("/"):
         parent = "/" + parent
     parent = posixpath.normpath(parent)
-    if ".." in parent.split("/"):
-        raise InvalidArgument(f"invalid cgroup parent {cgroup_parent!r}")
     return posixpath.join(parent, CGROUP_PREFIX + container_id)
 
 
