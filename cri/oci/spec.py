@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import posixpath
+import re
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ ANNOTATION_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
 ANNOTATION_SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
 ANNOTATION_IMAGE_NAME = "io.kubernetes.cri.image-name"
 
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _NS_MODE = api_pb2.NamespaceMode
 _PROFILE_TYPE = api_pb2.SecurityProfile.ProfileType
 _GROUPS_POLICY = api_pb2.SupplementalGroupsPolicy
@@ -465,6 +467,8 @@ def _check_apparmor(sc: api_pb2.LinuxContainerSecurityContext, privileged: bool)
 def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     """The OCI runtime spec (config.json content) of a container."""
     config, image = inputs.config, inputs.image_config
+    if not _CONTAINER_ID.fullmatch(inputs.container_id):
+        raise InvalidArgument(f"invalid container id {inputs.container_id!r}")
     sc = config.linux.security_context
     privileged = sc.privileged
     if privileged and not inputs.sandbox_config.linux.security_context.privileged:
@@ -570,8 +574,8 @@ def build_exec_process(
     container_process: Mapping[str, Any], args: Sequence[str], *, tty: bool, env: Sequence[str] = ()
 ) -> dict[str, Any]:
     """The process spec of an ExecSync/Exec: the container's process (same user, groups, capabilities, cwd, env,
-    rlimits, no_new_privs) running `args`, with a terminal when `tty` (then TERM=xterm unless set), and `env`
-    entries (`KEY=value`) replacing or adding variables. For `executor exec --process`."""
+    rlimits, oom_score_adj, no_new_privs) running `args`, with a terminal when `tty` (then TERM=xterm unless
+    set), and `env` entries (`KEY=value`) replacing or adding variables. For `executor exec --process`."""
     if not args:
         raise InvalidArgument("exec needs a command")
     process = copy.deepcopy(dict(container_process))
@@ -582,8 +586,6 @@ def build_exec_process(
     if tty and not any(e.startswith("TERM=") for e in current):
         current.append("TERM=xterm")
     process["env"] = merge_env(current, [e for e in env if "=" in e])
-    # the container's oom_score_adj stays with the container's init; an exec'd process inherits it
-    process.pop("oomScoreAdj", None)
     return process
 
 

@@ -191,9 +191,13 @@ class GroupEntry:
     members: tuple[str, ...]
 
 
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def _parse_id(text: str) -> int | None:
     text = text.strip()
-    if not text.isdigit():
+    if not _is_number(text):
         return None
     value = int(text)
     return value if value <= MAX_ID else None
@@ -334,7 +338,7 @@ def resolve_user(request: UserRequest, image_user: str, db: UserDatabase) -> Res
     else:
         user_part, group_part = "0", None
 
-    if user_part.isdigit():
+    if _is_number(user_part):
         uid = _check_id(int(user_part), "uid") if len(user_part) < 12 else _check_id(MAX_ID + 1, "uid")
         entry = db.user_by_uid(uid)
         gid = entry.gid if entry is not None else 0
@@ -347,7 +351,7 @@ def resolve_user(request: UserRequest, image_user: str, db: UserDatabase) -> Res
         uid, gid, username, home = entry.uid, entry.gid, entry.name, entry.home or "/"
 
     if group_part is not None:
-        if group_part.isdigit():
+        if _is_number(group_part):
             gid = _check_id(int(group_part), "gid") if len(group_part) < 12 else _check_id(MAX_ID + 1, "gid")
         else:
             group = db.group_by_name(group_part)

@@ -227,6 +227,12 @@ def test_privileged_container() -> None:
     assert check_spec(spec) == []
 
 
+def test_container_id_is_checked() -> None:
+    for bad in ("", "../x", "a/b", "-x"):
+        with pytest.raises(InvalidArgument, match="container id"):
+            build(container_id=bad)
+
+
 def test_privileged_container_needs_a_privileged_pod() -> None:
     with pytest.raises(InvalidArgument, match="privileged"):
         build(container_config(linux=_sc(privileged=True)))

@@ -149,7 +149,7 @@ def test_image_user_forms(image_user: str, uid: int, gid: int, groups: list[int]
     assert _user(image_user=image_user) == {"uid": uid, "gid": gid, "additionalGids": groups}
 
 
-@pytest.mark.parametrize("image_user", ["nobody", "alice:nogroup", "a:b:c", ":1"])
+@pytest.mark.parametrize("image_user", ["nobody", "alice:nogroup", "a:b:c", ":1", "\u0661\u0662"])
 def test_bad_image_user(image_user: str) -> None:
     with pytest.raises(InvalidArgument):
         _user(image_user=image_user)
@@ -362,7 +362,7 @@ def test_exec_process_keeps_identity_and_replaces_args() -> None:
     assert process["user"] == container["user"] and process["capabilities"] == container["capabilities"]
     assert process["cwd"] == "/srv" and process["noNewPrivileges"] is True
     assert "TERM=xterm" in process["env"] and "EXTRA=1" in process["env"] and "HOME=/x" in process["env"]
-    assert "oomScoreAdj" not in process
+    assert process["oomScoreAdj"] == 5  # as containerd passes the container's process to runc exec
     assert container["args"] == ["/bin/app"]  # the container's spec is untouched
     plain = build_exec_process(container, ["ls"], tty=False)
     assert plain["terminal"] is False and plain["env"] == container["env"]
