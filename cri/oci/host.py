@@ -315,9 +315,9 @@ def inspect_host(
                 mounts[m.host_path] = lookup_mount_source(m.host_path, entries)
     devices = {d.host_path: lookup_device(d.host_path) for d in config.devices}
     profiles: dict[str, ProfileFile] = {}
-    sc = config.linux.security_context
-    request = requested_seccomp(sc)
-    if request.kind == "localhost":
-        profiles[request.path] = read_profile(request.path)
+    if not privileged:  # a privileged container never gets a filter
+        request = requested_seccomp(config.linux.security_context)
+        if request.kind == "localhost":
+            profiles[request.path] = read_profile(request.path)
     host_devices = tuple(devices_under(dev_dir)) if privileged else ()
     return HostPaths(mounts=mounts, devices=devices, host_devices=host_devices, seccomp_profiles=profiles)

@@ -437,8 +437,10 @@ def _annotations(inputs: SpecInputs) -> dict[str, str]:
 
 
 def _seccomp(inputs: SpecInputs, privileged: bool, bounding: Sequence[str]) -> dict[str, Any] | None:
+    if privileged:
+        return None  # whatever was asked for, even something malformed (as containerd)
     request = requested_seccomp(inputs.config.linux.security_context)
-    if privileged or request.kind == "unconfined":
+    if request.kind == "unconfined":
         return None
     if request.kind == "runtime_default":
         return render_profile(DEFAULT_PROFILE, arch=inputs.node.arch, capabilities=bounding, source="RuntimeDefault")

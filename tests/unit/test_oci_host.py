@@ -110,6 +110,7 @@ def test_inspect_host_reads_dev_only_for_privileged() -> None:
     config = pb.ContainerConfig(linux=pb.LinuxContainerConfig(
         security_context=pb.LinuxContainerSecurityContext(seccomp=missing)))
     assert "No such file" in inspect_host(config, privileged=False).seccomp_profiles["/nonexistent/p.json"].error
+    assert inspect_host(config, privileged=True).seccomp_profiles == {}  # privileged: no filter, nothing to read
 
 
 def test_device_directory(tmp_path: Path) -> None:

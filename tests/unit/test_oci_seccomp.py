@@ -101,6 +101,7 @@ def test_privileged_is_unconfined_even_with_a_profile() -> None:
     sc = pb.LinuxContainerSecurityContext(privileged=True,
                                           seccomp=pb.SecurityProfile(profile_type=Localhost, localhost_ref="/gone"))
     assert _seccomp(sc) is None  # not even read
+    assert _seccomp(pb.LinuxContainerSecurityContext(privileged=True, seccomp_profile_path="bogus")) is None
 
 
 # ---------------------------------------------------------------------------------------------- crisp's default
