@@ -201,16 +201,6 @@ def test_remove_waits_for_exits_then_fails_if_processes_stay(cgroups: Sandbox) -
     assert cg.exists() and cg.procs() == [proc.pid]
 
 
-def test_remove_refuses_cgroups_crisp_did_not_create(cgroups: Sandbox) -> None:
-    foreign = cgroups.base.dir / "crisp-foreign"
-    os.mkdir(foreign)  # made without crisp's mark
-    with pytest.raises(errors.FailedPrecondition):
-        cgroups.manager.cgroup(cgroups.path("crisp-foreign")).remove()
-    assert foreign.exists()
-    with pytest.raises(errors.FailedPrecondition):
-        cgroups.manager.cgroup("/").remove()
-
-
 def test_controllers_are_enabled_only_in_crisp_cgroups_and_the_direct_parent(
     cgroups: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,3 +235,26 @@ def test_controllers_are_enabled_only_in_crisp_cgroups_and_the_direct_parent(
         manager.cgroup(cgroups.path("kubepods", "pod1", "crisp-c")).remove()
         os.rmdir(foreign / "pod1")
         os.rmdir(foreign)
+
+
+@pytest.mark.parametrize(
+    "operation",
+    ["kill", "kill_each", "remove", "freeze", "thaw", "apply", "set_device_filter", "add_process"],
+)
+def test_cgroups_crisp_did_not_create_are_never_changed(cgroups: Sandbox, operation: str) -> None:
+    foreign = cgroups.base.dir / "crisp-foreign"
+    os.mkdir(foreign)  # made without crisp's mark
+    proc = cgroups.spawn("sleep", "100")
+    (foreign / "cgroup.procs").write_text(str(proc.pid))
+    args: dict[str, tuple[object, ...]] = {
+        "apply": ({"unified": {"cgroup.max.depth": "3"}},),
+        "set_device_filter": ([],),
+        "add_process": (os.getpid(),),
+    }
+    for cg in (cgroups.manager.cgroup(cgroups.path("crisp-foreign")), cgroups.manager.cgroup("/")):
+        with pytest.raises(errors.FailedPrecondition, match="not created by crisp"):
+            getattr(cg, operation)(*args.get(operation, ()))
+    assert proc.poll() is None
+    assert (foreign / "cgroup.procs").read_text().split() == [str(proc.pid)]
+    assert (foreign / "cgroup.max.depth").read_text().strip() == "max"
+    assert foreign.exists()
