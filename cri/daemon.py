@@ -17,11 +17,13 @@ from grpc import aio
 
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics
+from cri.recovery import recover
 from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
 from cri.service.servicers import add_servicers
 from cri.store.db import SchemaTooNew, Store
 from runtime import errors
+from runtime.cgroups import CgroupV2Manager
 from runtime.lockfile import LockFile
 from runtime.version import VERSION
 
@@ -81,6 +83,14 @@ def _remove_stale_socket(path: Path) -> None:
         raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
     log.info("removing stale socket %s", path)
     path.unlink()
+
+
+def _discover_cgroups() -> CgroupV2Manager | None:
+    try:
+        return CgroupV2Manager.discover()
+    except errors.FailedPrecondition as exc:
+        log.warning("%s: pods cannot be run", exc)
+        return None
 
 
 class Daemon:
@@ -149,7 +159,7 @@ class Daemon:
         listening = False
         try:
             ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
-                                 readiness=self.readiness)
+                                 readiness=self.readiness, cgroups=await asyncio.to_thread(_discover_cgroups))
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -168,6 +178,7 @@ class Daemon:
             finally:
                 os.umask(old_umask)
             os.chmod(self.socket, 0o660)
+            await recover(ctx)
             self.readiness.set_ready()
             if self.config.debug.slow_callback_ms > 0:
                 asyncio.get_running_loop().slow_callback_duration = self.config.debug.slow_callback_ms / 1000

@@ -37,5 +37,5 @@ class Rollback:
             description, undo = self._steps.pop()
             try:
                 await undo()
-            except BaseException as undo_exc:  # noqa: BLE001 - logged; the original error wins
+            except BaseException as undo_exc:
                 log.error("%s: undoing %s failed: %s", self.what, description, undo_exc, exc_info=undo_exc)

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cri.config import Config
 from cri.metrics import Metrics
 from cri.server import Readiness
 from cri.store.db import Store
 from cri.store.names import NameIndex
-from cri.store.sandboxes import SandboxStore
+from cri.store.sandboxes import Sandbox, SandboxStore
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
+
+
+def caller_gone(context: Any) -> bool:
+    """True when the RPC's caller has given up: it cancelled, or its deadline has passed."""
+    if context is None:
+        return False
+    if context.cancelled():
+        return True
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 @dataclass
@@ -54,6 +66,12 @@ class ServiceContext:
         if name in self.config.debug.fail_points:
             raise errors.CrispError(f"injected failure at {name}")
 
+    async def delay_point(self, name: str) -> None:
+        """Pause here if the config's `[debug] delay_points` names this place."""
+        delay = self.config.debug.delay_points.get(name)
+        if delay:
+            await asyncio.sleep(delay / 1000)
+
     # Creations that finished after their caller had given up (a kubelet timeout): name -> id. A retry of the
     # same name gets that id instead of ALREADY_EXISTS.
     def mark_abandoned(self, name: str, object_id: str) -> None:
@@ -61,3 +79,16 @@ class ServiceContext:
 
     def take_abandoned(self, name: str) -> str | None:
         return self._abandoned.pop(name, None)
+
+    # Hooks between pods and the parts that plug into them (containers, network); filled as those land.
+    async def stop_pod_containers(self, sandbox: Sandbox) -> None:
+        return None
+
+    async def remove_pod_containers(self, sandbox: Sandbox) -> None:
+        return None
+
+    async def teardown_pod_network(self, sandbox: Sandbox) -> None:
+        return None
+
+    def pod_container_statuses(self, sandbox: Sandbox) -> list[Any]:
+        return []

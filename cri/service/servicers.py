@@ -12,7 +12,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
-from cri.service import runtime_info
+from cri.service import runtime_info, sandbox_run, sandbox_status, sandbox_stop
 from cri.service.context import ServiceContext
 from runtime import errors
 
@@ -48,6 +48,24 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
         self, request: cri.UpdateRuntimeConfigRequest, context: Any
     ) -> cri.UpdateRuntimeConfigResponse:
         return await runtime_info.update_runtime_config(self.ctx, request)
+
+
+    async def RunPodSandbox(self, request: cri.RunPodSandboxRequest, context: Any) -> cri.RunPodSandboxResponse:
+        return await sandbox_run.run_pod_sandbox(self.ctx, request, context)
+
+    async def StopPodSandbox(self, request: cri.StopPodSandboxRequest, context: Any) -> cri.StopPodSandboxResponse:
+        return await sandbox_stop.stop_pod_sandbox(self.ctx, request)
+
+    async def RemovePodSandbox(self, request: cri.RemovePodSandboxRequest, context: Any
+                               ) -> cri.RemovePodSandboxResponse:
+        return await sandbox_stop.remove_pod_sandbox(self.ctx, request)
+
+    async def PodSandboxStatus(self, request: cri.PodSandboxStatusRequest, context: Any
+                               ) -> cri.PodSandboxStatusResponse:
+        return await sandbox_status.pod_sandbox_status(self.ctx, request)
+
+    async def ListPodSandbox(self, request: cri.ListPodSandboxRequest, context: Any) -> cri.ListPodSandboxResponse:
+        return await sandbox_status.list_pod_sandbox(self.ctx, request)
 
 
 class ImageService(cri_grpc.ImageServiceServicer):

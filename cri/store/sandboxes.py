@@ -103,7 +103,7 @@ class SandboxStore:
     def find(self, id_or_prefix: str) -> Sandbox | None:
         try:
             return self.get(id_or_prefix)
-        except Exception:  # noqa: BLE001 - not found and ambiguous both mean "no such pod" to the caller
+        except Exception:
             return None
 
     def all(self) -> list[Sandbox]:

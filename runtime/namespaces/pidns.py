@@ -17,24 +17,25 @@ START_TIMEOUT = 30.0
 
 async def start_pod_init(pin: Path) -> ProcessRef:
     """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs."""
-    pin.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    pin.touch(mode=0o400)
     log_path = pin.parent / "podinit.log"
+    log_fd = await asyncio.to_thread(_prepare, pin, log_path)
     read_fd, write_fd = os.pipe()
     try:
-        with open(log_path, "ab") as log:  # the detached processes outlive any pipe to crispd
+        try:  # the detached processes outlive any pipe to crispd: their output goes to a file
             proc = await asyncio.create_subprocess_exec(
                 "setsid", "-f", "unshare", f"--pid={pin}", "--fork", "--kill-child", "--",
                 sys.executable, "-I", "-S", podinit.__file__, str(write_fd),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_fd,), close_fds=True)
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(write_fd,),
+                close_fds=True)
+        finally:
+            os.close(log_fd)
         os.close(write_fd)
         write_fd = -1
         # `setsid -f` exits as soon as it has forked; the pod init reports on the pipe (EOF: it died)
         await asyncio.wait_for(proc.wait(), START_TIMEOUT)
         line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), START_TIMEOUT)
     except BaseException:
-        await unmount(pin)
-        pin.unlink(missing_ok=True)
+        await remove_pid_pin(pin)
         raise
     finally:
         if write_fd >= 0:
@@ -42,11 +43,17 @@ async def start_pod_init(pin: Path) -> ProcessRef:
         os.close(read_fd)
     ref = ProcessRef.of(int(line)) if line.strip().isdigit() else None
     if ref is None:
-        await unmount(pin)
-        pin.unlink(missing_ok=True)
-        message = log_path.read_text(errors="replace").strip() or "it exited before it was ready"
+        await remove_pid_pin(pin)
+        message = (await asyncio.to_thread(log_path.read_text, errors="replace")).strip()
+        message = message or "it exited before it was ready"
         raise errors.CrispError(f"pod init did not start: {message}")
     return ref
+
+
+def _prepare(pin: Path, log_path: Path) -> int:
+    pin.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pin.touch(mode=0o400)
+    return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
 def _read_line(fd: int) -> str:
@@ -61,17 +68,24 @@ def _read_line(fd: int) -> str:
     return data.decode()
 
 
-async def stop_pod_init(ref: ProcessRef | None, pin: Path, *, timeout: float = 10.0) -> None:
-    """Kill the pod init (and with it every process of the namespace) and wait until it is gone."""
-    if ref is not None and ref.signal():
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while ref.alive() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        if ref.alive():
-            raise errors.Unavailable(f"pod init {ref.pid} did not exit within {timeout}s")
+STOP_TIMEOUT = 10.0
+
+
+async def stop_pod_init(ref: ProcessRef | None) -> None:
+    """Kill the pod init (and with it every process of the namespace) and wait until it is gone.
+
+    It is not crispd's child, so there is nothing to wait on but /proc: poll it, briefly.
+    """
+    if ref is None or not ref.signal():
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_TIMEOUT
+    while ref.alive():
+        if loop.time() > deadline:
+            raise errors.Unavailable(f"pod init {ref.pid} did not exit within {STOP_TIMEOUT}s")
+        await asyncio.sleep(0.005)
 
 
 async def remove_pid_pin(pin: Path) -> None:
     await unmount(pin)
-    pin.unlink(missing_ok=True)
+    await asyncio.to_thread(pin.unlink, missing_ok=True)

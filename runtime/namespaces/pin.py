@@ -46,10 +46,8 @@ async def pin_namespaces(pin_dir: Path, setup: NamespaceSetup) -> dict[str, Path
         raise ValueError(f"cannot pin namespaces {sorted(unknown)}")
     if not setup.kinds:
         return {}
-    pin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths = pin_paths(pin_dir, sorted(setup.kinds))
-    for path in paths.values():
-        path.touch(mode=0o400)
+    await asyncio.to_thread(_prepare, pin_dir, list(paths.values()))
     request = {
         "hostname": setup.hostname if "uts" in setup.kinds else "",
         "loopback": "net" in setup.kinds,
@@ -65,6 +63,12 @@ async def pin_namespaces(pin_dir: Path, setup: NamespaceSetup) -> dict[str, Path
     return paths
 
 
+def _prepare(pin_dir: Path, files: list[Path]) -> None:
+    pin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in files:
+        path.touch(mode=0o400)
+
+
 async def _run_helper(argv: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
@@ -77,7 +81,7 @@ async def _run_helper(argv: list[str]) -> None:
             await proc.wait()
         raise
     if proc.returncode != 0:
-        raise _helper_error(stderr.decode(errors="replace").strip(), proc.returncode)
+        raise _helper_error(stderr.decode(errors="replace").strip(), proc.returncode or 0)
 
 
 def _helper_error(stderr: str, code: int) -> errors.CrispError:
@@ -85,7 +89,7 @@ def _helper_error(stderr: str, code: int) -> errors.CrispError:
     try:
         report = json.loads(last)
         kind = getattr(errors, str(report["kind"]), errors.CrispError)
-        return kind(f"pod namespace setup: {report['message']}")  # type: ignore[no-any-return]
+        return kind(f"pod namespace setup: {report['message']}")
     except (ValueError, KeyError, TypeError):
         return errors.CrispError(f"pod namespace setup failed (exit status {code}): {stderr or 'no message'}")
 
@@ -94,4 +98,4 @@ async def unpin_namespaces(paths: Iterable[Path]) -> None:
     """Unmount every pin and remove its file; missing ones are fine (idempotent)."""
     for path in paths:
         await unmount(path)
-        path.unlink(missing_ok=True)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
