@@ -6,7 +6,7 @@ ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
 RUN_DEBS := ca-certificates
-TEST_DEBS := $(RUN_DEBS) docker-registry apache2-utils busybox-static
+TEST_DEBS := $(RUN_DEBS) docker-registry apache2-utils busybox-static openssl
 
 .PHONY: run test lint unit venv debs-run debs-test clean
 

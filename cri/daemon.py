@@ -19,6 +19,7 @@ from cri.config import Config, ConfigError, dump_toml, load_config, with_overrid
 from cri.metrics import Metrics
 from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
+from cri.service.images import ImageManager
 from cri.service.servicers import add_servicers
 from cri.store.db import SchemaTooNew, Store
 from runtime import errors
@@ -62,6 +63,8 @@ def _setup_logging(level: str) -> None:
     )
     # grpc's own debug chatter (one line per call) drowns crisp's
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
+    # urllib3 logs every connection and request of every pull at DEBUG
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def _prepare_socket_dir(path: Path) -> None:
@@ -145,9 +148,12 @@ class Daemon:
             raise StartupError(f"{self.store.path}: {exc}") from None
         server: aio.Server | None = None
         listening = False
+        images: ImageManager | None = None
         try:
+            images = ImageManager(self.config, self.store)
+            await images.start()
             ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
-                                 readiness=self.readiness)
+                                 readiness=self.readiness, images=images)
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -177,6 +183,8 @@ class Daemon:
             if listening:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket.unlink()
+            if images is not None:
+                await images.close()
             await self.store.close()
             log.info("crispd stopped")
 

@@ -34,6 +34,8 @@ from runtime.version import VERSION
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"crisp/{VERSION}"
+# one more connect attempt; reads are never retried (a failed blob read falls through to the next host)
+_RETRIES = urllib3.Retry(total=None, connect=1, read=0, status=0, other=0, redirect=5, raise_on_redirect=True)
 _CHUNK = 1 << 20
 
 
@@ -184,6 +186,7 @@ class RepositorySession:
         self.credentials = credentials
         self.cancel = cancel
         self._auth_headers: dict[str, str] = {}  # host netloc -> Authorization value
+        self._preferred: RegistryHost | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ auth
@@ -267,8 +270,7 @@ class RepositorySession:
                 send["Authorization"] = auth
             try:
                 resp = pool.request("GET", url, headers=send, preload_content=False, decode_content=False,
-                                    redirect=True, retries=urllib3.Retry(total=3, connect=2, read=0, redirect=5,
-                                                                          status=0, raise_on_redirect=True),
+                                    redirect=True, retries=_RETRIES,
                                     timeout=timeout)
             except Urllib3Error as exc:
                 raise _HostFailed(f"{host}: {type(exc).__name__}: {exc}") from None
@@ -289,13 +291,21 @@ class RepositorySession:
 
     def _each_host(self, capability: str, action: Callable[[RegistryHost], Any], what: str) -> Any:
         failures: list[_HostFailed] = []
-        for host in self.hosts:
+        with self._lock:
+            preferred = self._preferred
+        # the host that answered last goes first: blobs live where their manifest came from, and a loopback
+        # registry that speaks plain HTTP is not asked over HTTPS again
+        hosts = ([preferred] if preferred in self.hosts else []) + [h for h in self.hosts if h != preferred]
+        for host in hosts:
             if capability not in host.capabilities:
                 continue
             if self.cancel.is_set():
                 raise errors.Cancelled(f"{what}: cancelled")
             try:
-                return action(host)
+                result = action(host)
+                with self._lock:
+                    self._preferred = host
+                return result
             except _HostFailed as exc:
                 log.info("%s: %s", what, exc)
                 failures.append(exc)
