@@ -96,16 +96,6 @@ class UnpackResult:
     entries: int
 
 
-def _split(name: str, what: str) -> list[str]:
-    """The path components of an archive name; absolute names and `..` are refused."""
-    if name.startswith("/"):
-        raise UnsafeLayer(f"{what} {name!r} is an absolute path")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UnsafeLayer(f"{what} {name!r} contains '..'")
-    return parts
-
-
 class _Unpacker:
     def __init__(self, root_fd: int, layer: str, cancel: threading.Event | None) -> None:
         self.root_fd = root_fd
@@ -124,6 +114,15 @@ class _Unpacker:
 
     def _unsafe(self, message: str) -> UnsafeLayer:
         return UnsafeLayer(f"layer {self.layer}: {message}")
+
+    def split(self, name: str, what: str) -> list[str]:
+        """The path components of an archive name; absolute names and `..` are refused."""
+        if name.startswith("/"):
+            raise self._unsafe(f"{what} {name!r} is an absolute path")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise self._unsafe(f"{what} {name!r} contains '..'")
+        return parts
 
     def open_dir(self, parts: list[str] | tuple[str, ...], create: bool) -> int:
         """A borrowed fd of the dir at `parts` (creating missing dirs 0755 if `create`), never through a symlink."""
@@ -195,7 +194,7 @@ class _Unpacker:
     def entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise errors.Cancelled(f"unpacking layer {self.layer} cancelled")
-        parts = _split(member.name, "entry")
+        parts = self.split(member.name, "entry")
         if not parts:
             if member.isdir():  # "./": the snapshot's root dir itself
                 self._set_dir_meta(member, self.root_fd, ())
@@ -270,7 +269,7 @@ class _Unpacker:
         os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=dir_fd)
 
     def _hardlink(self, member: tarfile.TarInfo, parts: list[str], dir_fd: int) -> None:
-        target = _split(member.linkname, f"hardlink {member.name!r} -> target")
+        target = self.split(member.linkname, f"hardlink {member.name!r} -> target")
         if not target:
             raise self._unsafe(f"hardlink {member.name!r} points at the layer's root")
         try:
