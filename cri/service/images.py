@@ -28,9 +28,10 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cri.config import Config
 from cri.store import images as image_rows
@@ -44,6 +45,7 @@ from runtime.image.registry import Credentials, RegistryClient
 from runtime.image.store import ImageStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SHORT_ID_RE = re.compile(r"^(?:sha256:)?([a-f0-9]{1,63})$")
 # ImageFsInfo is polled by the kubelet; walking the store is not free
@@ -98,7 +100,9 @@ class ImageManager:
         self.root = Path(config.root) / "images"
         self.files = ImageStore(self.root)
         client = RegistryClient(request_timeout=self.config.request_timeout_seconds,
-                                read_timeout=self.config.pull_progress_timeout_seconds,
+                                # a stalled read outlasts the progress timeout: the pull's watchdog reports it
+                                read_timeout=self.config.pull_progress_timeout_seconds
+                                + self.config.request_timeout_seconds,
                                 max_connections=max(4, self.config.max_concurrent_downloads))
         self.puller = Puller(self.files, client, self.config.registry_config_path,
                              self.config.max_concurrent_downloads, self.config.pull_progress_timeout_seconds)
@@ -108,15 +112,20 @@ class ImageManager:
         self._leases: Counter[str] = Counter()
         self._in_use: InUseFn = _nothing_in_use
         self._usage: tuple[float, int, int] | None = None
+        # file work of the image store (prepare, GC, usage); crispd's default executor stays unused
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="crisp-images")
         self._default_credentials = [
             creds for server, auth in sorted(self.config.auths.items())
             if (creds := Credentials.from_auth(auth.username, auth.password, auth.auth, auth.identity_token,
                                                server=server)) is not None
         ]
 
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     async def start(self) -> None:
         """Prepare the dirs (throwing away tmp/), then collect what no image references."""
-        await asyncio.to_thread(self.files.prepare)
+        await self._in_thread(self.files.prepare)
         await self.gc()
 
     async def close(self) -> None:
@@ -125,7 +134,9 @@ class ImageManager:
         for job in list(self._pulls.values()):
             with contextlib.suppress(BaseException):
                 await job.task
-        await asyncio.to_thread(self.puller.close)
+        await self._in_thread(self.puller.close)
+        # idle by now; not waited for (a blocking join would stall the loop)
+        self._executor.shutdown(wait=False)
 
     def set_in_use(self, callback: InUseFn) -> None:
         self._in_use = callback
@@ -236,14 +247,19 @@ class ImageManager:
                     held.append(item)
 
         log.info("pulling %s", ref)
+        failed = True
         try:
             pulled = await self.puller.pull(ref, creds, hold)
             await self._record_pull(ref, pulled)
+            failed = False
         finally:
             if held:
                 async with self._gc_lock:
                     self._leases.subtract(held)
                     self._leases += Counter()  # drop zero counts
+                if failed:
+                    # what a failed pull stored (blobs, the snapshots of its good layers) is referenced by nothing
+                    await asyncio.shield(self._gc_after_failure(ref))
         self._usage = None
         return await self.resolve(ref.with_digest(pulled.resolved_digest))
 
@@ -257,6 +273,12 @@ class ImageManager:
             image_rows.put_image(conn, pulled.id, pulled.size, pulled.config, image_info(pulled), created, names)
 
         await self.db.transaction(write)
+
+    async def _gc_after_failure(self, ref: Reference) -> None:
+        try:
+            await self.gc()
+        except Exception:
+            log.exception("pull of %s failed, and so did the GC after it", ref)
 
     # ------------------------------------------------------------------------------------------------ remove, GC
 
@@ -286,7 +308,7 @@ class ImageManager:
                 keep_snapshots.update(layer["chainID"] for layer in row.info.get("layers", []))
             for snapshot in in_use.snapshots:
                 keep_snapshots.add(snapshot if snapshot.startswith("sha256:") else _chain_id_of_dir(snapshot))
-            result = await asyncio.to_thread(collect, self.files, keep_blobs, keep_snapshots)
+            result = await self._in_thread(lambda: collect(self.files, keep_blobs, keep_snapshots))
         self._usage = None
         return result
 
@@ -294,7 +316,7 @@ class ImageManager:
         """Bytes and inodes used by the image store (cached for a few seconds; pulls and removals refresh it)."""
         now = time.monotonic()
         if self._usage is None or now - self._usage[0] > USAGE_CACHE_SECONDS:
-            used, inodes = await asyncio.to_thread(usage, str(self.root))
+            used, inodes = await self._in_thread(lambda: usage(str(self.root)))
             self._usage = (time.monotonic(), used, inodes)
         return self._usage[1], self._usage[2]
 

@@ -118,9 +118,10 @@ class Puller:
             pending.append(cf)
             return asyncio.wrap_future(cf)
 
+        sessions: list[RepositorySession] = []
         started = time.monotonic()
         watchdog = asyncio.create_task(self._watch(ref, progress, cancel))
-        work = asyncio.ensure_future(self._pull(ref, credentials, hold, cancel, progress, in_thread))
+        work = asyncio.ensure_future(self._pull(ref, credentials, hold, cancel, progress, in_thread, sessions))
         try:
             done, _ = await asyncio.wait({work, watchdog}, return_when=asyncio.FIRST_COMPLETED)
             if watchdog in done:
@@ -131,6 +132,8 @@ class Puller:
             image = work.result()
         except BaseException:
             cancel.set()
+            for session in sessions:
+                session.abort()
             work.cancel()
             await _settle(work, pending)
             raise
@@ -159,9 +162,10 @@ class Puller:
 
     async def _pull(self, ref: Reference, credentials: list[Credentials], hold: HoldFn, cancel: threading.Event,
                     progress: _Progress,
-                    in_thread: Callable[..., asyncio.Future[Any]]) -> PulledImage:
+                    in_thread: Callable[..., asyncio.Future[Any]], sessions: list[RepositorySession]) -> PulledImage:
         hosts = await in_thread(lambda: registry_hosts(self.hosts_dir, ref.domain))
         session = self.client.session(ref, hosts, credentials, cancel)
+        sessions.append(session)
         resolved = await in_thread(session.resolve)
         progress.touch()
         blobs: dict[str, bytes] = {resolved.digest: resolved.body}
@@ -240,15 +244,16 @@ async def _settle(work: asyncio.Future[Any], threads: list[concurrent.futures.Fu
     Never raises, and a second cancellation does not cut the wait short: a thread still writing into tmp/ after the
     pull reported its failure would leave files behind.
     """
-    loop = asyncio.get_running_loop()
-    waiting = [f for f in threads if not f.done()]
-    stopped = loop.run_in_executor(None, concurrent.futures.wait, waiting) if waiting else None
-    for fut in (work, stopped):
-        while fut is not None and not fut.done():
-            try:
-                await asyncio.shield(fut)
-            except BaseException:
-                continue
+    while not work.done():
+        try:
+            await asyncio.shield(work)
+        except BaseException:
+            continue
+    while any(not f.done() for f in threads):
+        try:
+            await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            continue
     if not work.cancelled():
         work.exception()  # retrieved: no "never retrieved" warnings
     for f in threads:

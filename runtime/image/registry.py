@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -187,7 +188,17 @@ class RepositorySession:
         self.cancel = cancel
         self._auth_headers: dict[str, str] = {}  # host netloc -> Authorization value
         self._preferred: RegistryHost | None = None
+        self._streams: set[urllib3.BaseHTTPResponse] = set()
         self._lock = threading.Lock()
+
+    def abort(self) -> None:
+        """Cancel the session: blob reads blocked in other threads return at once (their sockets are shut)."""
+        self.cancel.set()
+        with self._lock:
+            streams = list(self._streams)
+        for resp in streams:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
 
     # ------------------------------------------------------------------------------------------------ auth
 
@@ -276,6 +287,7 @@ class RepositorySession:
                 raise _HostFailed(f"{host}: {type(exc).__name__}: {exc}") from None
             if resp.status != 401 or attempt == 1:
                 if resp.status == 401:
+                    resp.drain_conn()
                     resp.release_conn()
                     raise _HostFailed(f"{host}: the registry refused the credentials (HTTP 401)", auth=True)
                 return resp
@@ -312,10 +324,11 @@ class RepositorySession:
         if not failures:
             raise errors.InvalidArgument(f"{what}: no registry host of {self.ref.domain} may {capability}")
         detail = "; ".join(str(f) for f in failures)
-        if all(f.not_found for f in failures):
-            raise errors.NotFound(f"{what}: not found ({detail})")
         if any(f.auth for f in failures):
             raise AuthError(f"{what}: {detail}")
+        # a host that answered "no such thing" is the best answer there is (the others could not be asked)
+        if any(f.not_found for f in failures):
+            raise errors.NotFound(f"{what}: not found ({detail})")
         raise RegistryError(f"{what}: {detail}")
 
     def _url(self, host: RegistryHost, kind: str, obj: str) -> str:
@@ -400,6 +413,8 @@ class RepositorySession:
     def _download(self, host: RegistryHost, digest: str, writer: BlobWriter, progress: Callable[[int], None]) -> None:
         resp = self._request(host, self._url(host, "blobs", digest), {}, stream=True,
                              read_timeout=self.client.read_timeout)
+        with self._lock:
+            self._streams.add(resp)
         try:
             if resp.status == 404:
                 raise _HostFailed(f"{host}: blob {digest} not found", not_found=True)
@@ -413,7 +428,12 @@ class RepositorySession:
         except BaseException as exc:
             resp.close()  # unread data: the connection cannot be reused
             resp.release_conn()
-            if isinstance(exc, Urllib3Error):
+            if self.cancel.is_set():
+                raise errors.Cancelled(f"download of {digest} cancelled") from None
+            if isinstance(exc, Urllib3Error | OSError):
                 raise _HostFailed(f"{host}: downloading blob {digest}: {type(exc).__name__}: {exc}") from None
             raise
+        finally:
+            with self._lock:
+                self._streams.discard(resp)
         resp.release_conn()
