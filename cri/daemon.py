@@ -95,6 +95,7 @@ class Daemon:
         self.readiness = Readiness()
         self.metrics = Metrics()
         self.store = Store(Path(config.root) / "crisp.db")
+        self.images = ImageManager(config, self.store)
         self._locks: list[LockFile] = []
         self._stop: asyncio.Event | None = None
 
@@ -127,6 +128,7 @@ class Daemon:
         _prepare_socket_dir(self.socket)
         self._acquire_locks()
         try:
+            self.images.prestart()
             asyncio.run(self._main())
         finally:
             self._release_locks()
@@ -150,8 +152,8 @@ class Daemon:
         listening = False
         images: ImageManager | None = None
         try:
-            images = ImageManager(self.config, self.store)
-            await images.start()
+            await self.images.start()
+            images = self.images
             ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
                                  readiness=self.readiness, images=images)
             server = aio.server(

@@ -39,7 +39,7 @@ from cri.store.db import Store
 from cri.store.images import ImageRow
 from runtime import errors
 from runtime.image.gc import GcResult, collect, usage
-from runtime.image.pull import PulledImage, Puller, image_info
+from runtime.image.pull import PulledImage, Puller, image_info, prestart_pool
 from runtime.image.reference import Reference, image_id_hex, parse_reference
 from runtime.image.registry import Credentials, RegistryClient
 from runtime.image.store import ImageStore
@@ -50,6 +50,7 @@ T = TypeVar("T")
 _SHORT_ID_RE = re.compile(r"^(?:sha256:)?([a-f0-9]{1,63})$")
 # ImageFsInfo is polled by the kubelet; walking the store is not free
 USAGE_CACHE_SECONDS = 10.0
+IMAGE_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class ImageManager:
         self._in_use: InUseFn = _nothing_in_use
         self._usage: tuple[float, int, int] | None = None
         # file work of the image store (prepare, GC, usage); crispd's default executor stays unused
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="crisp-images")
+        self._executor = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="crisp-images")
         self._default_credentials = [
             creds for server, auth in sorted(self.config.auths.items())
             if (creds := Credentials.from_auth(auth.username, auth.password, auth.auth, auth.identity_token,
@@ -122,6 +123,12 @@ class ImageManager:
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def prestart(self) -> None:
+        """Start the worker threads; blocking, so call it before the event loop runs (a thread started on the
+        loop waits there until it runs, which on a busy host is a stall)."""
+        self.puller.prestart()
+        prestart_pool(self._executor, IMAGE_WORKERS)
 
     async def start(self) -> None:
         """Prepare the dirs (throwing away tmp/), then collect what no image references."""

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PROGRESS_LOG_SECONDS = 5.0
+META_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,19 @@ class Puller:
         self.client = client
         self.hosts_dir = hosts_dir
         self.progress_timeout = progress_timeout
+        self._workers = max_concurrent_downloads
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent_downloads, thread_name_prefix="crisp-pull")
         # resolving, manifests, configs, hosts files: small requests, kept out of the layer pool's queue
-        self._meta_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="crisp-pull-meta")
+        self._meta_pool = ThreadPoolExecutor(max_workers=META_WORKERS, thread_name_prefix="crisp-pull-meta")
+
+    def prestart(self) -> None:
+        """Start every worker thread now (blocking: call it from a worker thread).
+
+        A thread pool starts its threads on demand, and `Thread.start` waits until the new thread runs: on a busy
+        host that wait, on the event loop, is a stall. Started here, from a worker, it never happens on the loop.
+        """
+        prestart_pool(self._pool, self._workers)
+        prestart_pool(self._meta_pool, META_WORKERS)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -236,6 +247,14 @@ class Puller:
             remove_tree(tmp)
             raise
         log.debug("unpacked layer %s (%d entries) into snapshot %s", layer.digest, result.entries, layer.chain_id)
+
+
+def prestart_pool(pool: ThreadPoolExecutor, workers: int) -> None:
+    """Make `pool` start `workers` threads: each job waits until all of them run at once."""
+    barrier = threading.Barrier(workers)
+    jobs = [pool.submit(barrier.wait, 30) for _ in range(workers)]
+    for job in jobs:
+        job.result()
 
 
 async def _settle(work: asyncio.Future[Any], threads: list[concurrent.futures.Future[Any]]) -> None:
