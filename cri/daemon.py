@@ -128,6 +128,7 @@ class Daemon:
         _prepare_socket_dir(self.socket)
         self._acquire_locks()
         try:
+            self.store.prestart()
             self.images.prestart()
             asyncio.run(self._main())
         finally:
