@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from cri.config import Config
 from cri.metrics import Metrics
 from cri.server import Readiness
+from cri.service.images import ImageManager
 from cri.store.db import Store
 
 
@@ -18,5 +19,6 @@ class ServiceContext:
     store: Store
     metrics: Metrics
     readiness: Readiness
+    images: ImageManager
     # wall clock in nanoseconds (CRI timestamps); a seam for tests
     clock_ns: Callable[[], int] = field(default=time.time_ns)
