@@ -134,7 +134,8 @@ class Store:
     async def close(self) -> None:
         if self._conn is not None:
             await self._call(self._close)
-        self._thread.shutdown(wait=True)
+        # the thread is idle now; joining it would hold the loop until it is scheduled (the interpreter joins it)
+        self._thread.shutdown(wait=False)
 
     def _close(self) -> None:
         assert self._conn is not None
