@@ -6,7 +6,15 @@ ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
 RUN_DEBS := ca-certificates
-TEST_DEBS := $(RUN_DEBS) runc busybox-static util-linux
+# one package per line (sorted), so that parallel changes merge cleanly
+TEST_DEBS := $(RUN_DEBS) \
+	apache2-utils \
+	busybox-static \
+	docker-registry \
+	openssl \
+	runc \
+	util-linux \
+
 
 .PHONY: run test lint unit venv debs-run debs-test clean
 

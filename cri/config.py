@@ -131,6 +131,43 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryAuthConfig:
+    """Default credentials for one registry host (used when a pull brings none of its own)."""
+
+    username: str = ""
+    password: str = ""
+    # base64 of "username:password", as in docker's config.json
+    auth: str = ""
+    # an OAuth2 refresh token for the registry's token server
+    identity_token: str = ""
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    # containerd-style registry hosts: <dir>/<registry host>/hosts.toml (mirrors, CA, plain http, skip_verify)
+    registry_config_path: str = "/etc/crisp/certs.d"
+    # layers downloaded at once, over all pulls
+    max_concurrent_downloads: int = 3
+    # a pull that receives no bytes and unpacks nothing for this long is aborted
+    pull_progress_timeout_seconds: float = 300.0
+    # connect timeout, and read timeout of small requests (manifests, configs, tokens)
+    request_timeout_seconds: float = 30.0
+    # default credentials per registry host ("docker.io", "registry.example.com:5000")
+    auths: dict[str, RegistryAuthConfig] = field(default_factory=dict)
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.registry_config_path and not os.path.isabs(self.registry_config_path):
+            return [("registry_config_path", f"must be an absolute path, got {self.registry_config_path!r}")]
+        if self.max_concurrent_downloads < 1:
+            return [("max_concurrent_downloads", "must be at least 1")]
+        if self.pull_progress_timeout_seconds <= 0:
+            return [("pull_progress_timeout_seconds", "must be positive")]
+        if self.request_timeout_seconds <= 0:
+            return [("request_timeout_seconds", "must be positive")]
+        return []
+
+
+@dataclass(frozen=True)
 class DebugConfig:
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
@@ -157,6 +194,7 @@ class Config:
     oci: OciConfig = field(default_factory=OciConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:
@@ -260,6 +298,16 @@ def load_config(path: str | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
     return parse_config(text, path)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as a dict for reports (Status verbose): registry credentials are masked."""
+    data = dataclasses.asdict(config)
+    for auth in data["image"]["auths"].values():
+        for key in ("password", "auth", "identity_token"):
+            if auth[key]:
+                auth[key] = "<redacted>"
+    return data
 
 
 def with_overrides(config: Config, **overrides: Any) -> Config:

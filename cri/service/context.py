@@ -12,6 +12,7 @@ from typing import Any
 from cri.config import Config
 from cri.metrics import Metrics
 from cri.server import Readiness
+from cri.service.images import ImageManager
 from cri.store.db import Store
 from cri.store.names import NameIndex
 from cri.store.sandboxes import Sandbox, SandboxStore
@@ -35,6 +36,7 @@ class ServiceContext:
     store: Store
     metrics: Metrics
     readiness: Readiness
+    images: ImageManager
     # wall clock in nanoseconds (CRI timestamps); a seam for tests
     clock_ns: Callable[[], int] = field(default=time.time_ns)
     sandboxes: SandboxStore = field(init=False)

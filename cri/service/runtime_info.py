@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import logging
 
 from cri_api.v1 import api_pb2 as cri
 
+from cri.config import redacted
 from cri.service.context import ServiceContext
 from runtime import errors
 from runtime.version import VERSION
@@ -60,7 +60,7 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
     if request.verbose:
         pod_cidr = await ctx.store.get_setting(POD_CIDR_SETTING)
         info = {
-            "config": dataclasses.asdict(ctx.config),
+            "config": redacted(ctx.config),
             "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION},
             "podCIDR": pod_cidr or ctx.config.network.pod_cidr,
         }

@@ -147,5 +147,5 @@ def test_tables_of_plain_values_round_trip() -> None:
     config = parse_config('[debug.delay_points]\n"run_pod_sandbox.record" = 1500\nother = 2\n')
     assert config.debug.delay_points == {"run_pod_sandbox.record": 1500, "other": 2}
     assert parse_config(dump_toml(config)) == config
-    with pytest.raises(ConfigError, match="debug.delay_points.x: expected an integer"):
+    with pytest.raises(ConfigError, match=r"debug\.delay_points\.x: expected an integer"):
         parse_config('[debug.delay_points]\nx = "slow"\n')
