@@ -7,6 +7,7 @@ in the network's nftables table. The bridge's name also names its nftables table
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import logging
@@ -38,6 +39,8 @@ DEFAULT_BRIDGE = "crisp0"
 _BRIDGE_NAME = re.compile(r"^crisp[A-Za-z0-9_]{0,10}$")
 # after a failed attempt, Status tries to set the bridge up again at most this often
 STATUS_RETRY_SECONDS = 5.0
+# cleaning up after a helper that was killed midway gets at least this long (failing it would leak)
+CLEANUP_TIMEOUT_SECONDS = 30.0
 
 
 def check_bridge_name(name: str) -> None:
@@ -110,17 +113,25 @@ class BridgeBackend:
         net = await self.network()
         log.info("pod %s: attaching to bridge %s (%s)", pod.sandbox_id, net.bridge,
                  ", ".join(str(s) for s in net.subnets))
+        # the helper undoes its own steps when it fails, but not when it is killed (timeout, cancellation) or
+        # crashes: then the undo detaches the pod before it returns the leases, which are the record that something
+        # may exist (a failed detach keeps them, and the next teardown tries again)
+        helper_incomplete = False
+
+        async def undo() -> None:
+            if helper_incomplete:
+                await self._detach(pod, time_limit=max(self._helper.timeout, CLEANUP_TIMEOUT_SECONDS))
+            await self._leases.release(net.bridge, pod.sandbox_id)
+
         async with Rollback(f"pod {pod.sandbox_id}: bridge network setup") as rollback:
             addresses = await self._leases.acquire(net.bridge, pod.sandbox_id, net.subnets)
-            rollback.push("release the leases", lambda: self._leases.release(net.bridge, pod.sandbox_id))
+            rollback.push("detach the pod and release its leases", undo)
             request = self._request("setup", net, pod, addresses=[str(a) for a in addresses],
                                     portMappings=[pm.to_json() for pm in pod.port_mappings])
             try:
                 reply = await self._helper.call(request)
-            except (HelperTimeout, HelperCrashed):
-                # the helper undoes its own steps when it fails, unless it was killed or crashed: clean up after it
-                # (before the leases go, which are the record that something may exist)
-                await self._detach(pod)
+            except (HelperTimeout, HelperCrashed, asyncio.CancelledError):
+                helper_incomplete = True
                 raise
             rollback.commit()
         self._ready_for = net
@@ -136,9 +147,10 @@ class BridgeBackend:
         log.info("pod %s: attached to bridge %s as %s", pod.sandbox_id, net.bridge, ", ".join(result.pod_ips))
         return result
 
-    async def _detach(self, pod: PodNetworkRequest) -> None:
+    async def _detach(self, pod: PodNetworkRequest, time_limit: float | None = None) -> None:
         # teardown needs only the names, not the pod CIDR (which may have changed or be broken by now)
-        await self._helper.call(self._request("teardown", BridgeNetwork(bridge=self.bridge, subnets=()), pod))
+        await self._helper.call(self._request("teardown", BridgeNetwork(bridge=self.bridge, subnets=()), pod),
+                                time_limit=time_limit)
 
     async def _held(self, pod: PodNetworkRequest) -> list[str]:
         return [lease.ip for lease in await self._leases.leases(self.bridge) if lease.sandbox_id == pod.sandbox_id]

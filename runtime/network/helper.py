@@ -86,11 +86,9 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
     mappings = _mappings(request)
     gateways = [gateway(s) for s in net.subnets if any(a.version == s.version for a in addresses)]
     pod_rules = nft.pod_commands(net.table, sandbox_id, mappings, addresses)  # bad input fails before any work
-    try:
-        netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise errors.NotFound(f"pod {sandbox_id}: network namespace {netns} does not exist") from None
-    with contextlib.ExitStack() as undo, IPRoute() as ipr:
+    netns_fd = hostnet.open_netns(netns, f"pod {sandbox_id}")
+    # the netlink socket outlives the undo steps, which need it
+    with IPRoute() as ipr, contextlib.ExitStack() as undo:
         undo.callback(os.close, netns_fd)
         bridge_index = _ensure(ipr, net)
         if hostnet.delete_link(ipr, veth):

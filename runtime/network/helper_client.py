@@ -77,15 +77,17 @@ class HelperRunner:
             self._spare = await self._spawn()
         return spare
 
-    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, request: dict[str, Any], time_limit: float | None = None) -> dict[str, Any]:
+        """The helper's answer to one request (within `time_limit`, default the runner's timeout)."""
         op = str(request.get("op"))
+        timeout = self.timeout if time_limit is None else time_limit
         proc = await self._take()
         data = json.dumps(request).encode() + b"\n"
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(data), self.timeout)
+            stdout, stderr = await asyncio.wait_for(proc.communicate(data), timeout)
         except TimeoutError:
             await kill_process(proc)
-            raise HelperTimeout(f"network helper ({op}) did not finish within {self.timeout:g}s") from None
+            raise HelperTimeout(f"network helper ({op}) did not finish within {timeout:g}s") from None
         except BaseException:  # cancelled: the helper must not go on without anyone to read its answer
             await kill_process(proc)
             raise

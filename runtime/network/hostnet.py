@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import ipaddress
 import os
@@ -29,7 +30,27 @@ from runtime.network.types import POD_IFNAME, NetworkError
 # and is usable at once instead of after a second of "tentative"
 IFA_F_NODAD = 0x02
 _DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
+# ioctl(2) on a namespace file: which kind of namespace it is (linux/nsfs.h _IO(0xb7, 0x3))
+NS_GET_NSTYPE = 0xB703
+CLONE_NEWNET = 0x40000000
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def open_netns(path: str, what: str) -> int:
+    """An O_RDONLY fd of the network namespace at path: NotFound when nothing is there, FailedPrecondition when it
+    is not a network namespace (NS_GET_NSTYPE)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise errors.NotFound(f"{what}: network namespace {path} does not exist") from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = 0
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise errors.FailedPrecondition(f"{what}: {path} is not a network namespace")
+    return fd
 
 
 def bridge_mac(bridge: str) -> str:
@@ -159,16 +180,10 @@ def link_mac(ipr: IPRoute, index: int) -> str:
 @contextlib.contextmanager
 def in_netns(netns_path: str) -> Iterator[None]:
     """Enter the namespace for the block (this whole process: the helper is single-threaded), then come back."""
-    try:
-        target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise errors.NotFound(f"network namespace {netns_path} does not exist") from None
+    target = open_netns(netns_path, "pod")
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        try:
-            setns(target, flags=0, fork=False)
-        except OSError as exc:
-            raise errors.FailedPrecondition(f"{netns_path} is not a network namespace: {exc}") from exc
+        setns(target, flags=0, fork=False)
         try:
             yield
         finally:
