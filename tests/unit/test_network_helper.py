@@ -68,7 +68,7 @@ def test_runner_kills_a_helper_that_hangs_or_crashes() -> None:
             return proc
 
         hang._spawn = spawn  # type: ignore[method-assign]
-        with pytest.raises(HelperTimeout, match="did not finish within 0.5s"):
+        with pytest.raises(HelperTimeout, match=r"did not finish within 0\.5s"):
             await hang.call({"op": "setup"})
         assert procs[0].returncode is not None
         with pytest.raises(ProcessLookupError):
@@ -82,7 +82,7 @@ def test_runner_kills_a_helper_that_hangs_or_crashes() -> None:
             await nonsense.call({"op": "setup"})
         odd = HelperRunner(timeout=10, prestart=False, argv=(
             sys.executable, "-c", "print('{\"ok\": false, \"kind\": \"SomethingElse\", \"message\": \"m\"}')"))
-        with pytest.raises(NetworkError, match="^m$"):
+        with pytest.raises(NetworkError, match=r"^m$"):
             await odd.call({"op": "setup"})
 
     asyncio.run(scenario())
