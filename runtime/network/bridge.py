@@ -12,14 +12,15 @@ import hashlib
 import ipaddress
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runtime import errors
 from runtime.network.helper_client import HelperCrashed, HelperRunner, HelperTimeout
 from runtime.network.ipam import DEFAULT_POD_CIDR, IPNetwork, LeaseStore, gateway, parse_pod_cidrs
+from runtime.network.nft import nft_binary_path
 from runtime.network.rollback import Rollback
 from runtime.network.types import (
     NOT_READY_REASON,
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BRIDGE = "crisp0"
 # a bridge name is also an nftables table name: keep to the characters both accept
 _BRIDGE_NAME = re.compile(r"^crisp[A-Za-z0-9_]{0,10}$")
-# after a failed attempt, Status tries to set the bridge up again at most this often
-STATUS_RETRY_SECONDS = 5.0
 # cleaning up after a helper that was killed midway gets at least this long (failing it would leak)
 CLEANUP_TIMEOUT_SECONDS = 30.0
 
@@ -94,10 +93,6 @@ class BridgeBackend:
         self._leases = leases
         self._pod_cidr = pod_cidr
         self._helper = helper
-        # the network the bridge was last seen ready for, and when Status last failed to set it up
-        self._ready_for: BridgeNetwork | None = None
-        self._failed_at = 0.0
-        self._failure = ""
 
     async def network(self) -> BridgeNetwork:
         """The network as configured now (the pod CIDR may change with the kubelet's UpdateRuntimeConfig)."""
@@ -134,7 +129,6 @@ class BridgeBackend:
                 helper_incomplete = True
                 raise
             rollback.commit()
-        self._ready_for = net
         gateways = {s.version: gateway(s) for s in net.subnets}
         result = NetworkResult(
             backend=self.name, network=net.bridge,
@@ -181,22 +175,15 @@ class BridgeBackend:
                                               portMappings=[pm.to_json() for pm in pod.port_mappings]))
 
     async def status(self) -> NetworkStatus:
+        """Ready when a pod could be attached now. Nothing is created: the bridge and its table appear with the
+        first pod, so Status (called every few seconds by the kubelet, and by tests) has no side effects."""
         try:
-            net = await self.network()
+            await self.network()
         except errors.CrispError as exc:
             return NetworkStatus(False, NOT_READY_REASON, f"crisp bridge {self.bridge}: {exc}")
-        if net == self._ready_for:
-            return NetworkStatus(True)
-        if time.monotonic() - self._failed_at < STATUS_RETRY_SECONDS:
-            return NetworkStatus(False, NOT_READY_REASON, self._failure)
-        try:
-            await self._helper.call({"op": "ensure", "network": net.to_json()})
-        except Exception as exc:
-            self._failed_at = time.monotonic()
-            self._failure = f"crisp bridge {self.bridge} cannot be set up: {exc}"
-            log.warning("%s", self._failure)
-            return NetworkStatus(False, NOT_READY_REASON, self._failure)
-        self._ready_for = net
+        problem = await asyncio.to_thread(_bridge_problem, self.bridge)
+        if problem:
+            return NetworkStatus(False, NOT_READY_REASON, f"crisp bridge {self.bridge}: {problem}")
         return NetworkStatus(True)
 
     async def remove_network(self) -> None:
@@ -205,4 +192,24 @@ class BridgeBackend:
         if leases:
             raise errors.FailedPrecondition(f"bridge {self.bridge}: {len(leases)} address(es) still leased")
         await self._helper.call({"op": "destroy", "network": BridgeNetwork(bridge=self.bridge, subnets=()).to_json()})
-        self._ready_for = None
+
+
+# CAP_NET_ADMIN (linux/capability.h): links, addresses, routes and nftables all need it
+CAP_NET_ADMIN = 12
+
+
+def _bridge_problem(bridge: str) -> str:
+    """Why pods could not be attached to the bridge now ("" when they could); reads /proc and /sys only."""
+    if nft_binary_path() is None:
+        return "the nft tool (Debian package nftables) is not installed"
+    try:
+        status = Path("/proc/self/status").read_text()
+        cap_eff = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
+    except (OSError, StopIteration, ValueError):
+        cap_eff = 0
+    if not cap_eff & (1 << CAP_NET_ADMIN):
+        return "crispd lacks CAP_NET_ADMIN"
+    link = Path("/sys/class/net", bridge)
+    if link.exists() and not (link / "bridge").is_dir():
+        return f"network interface {bridge} exists and is not a bridge"
+    return ""

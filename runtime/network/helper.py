@@ -5,8 +5,8 @@ quiet exit 0 (a pre-started spare that was never used). Answers:
     {"ok": true, "result": {...}}
     {"ok": false, "kind": "FailedPrecondition" | "NotFound" | ... | "NetworkError", "message": "..."}
 Operations (every request carries "network": BridgeNetwork JSON):
-    ensure     forwarding on, the bridge with its gateway addresses, the nftables table and base rules
-    setup      ensure + the pod's veth pair, its nftables rules, and eth0/lo/routes inside the pod's netns;
+    setup      forwarding on, the bridge with its gateway addresses, the nftables table and base rules (each
+               made if missing), the pod's veth pair, its nftables rules, and eth0/lo/routes inside its netns;
                {"sandboxId", "netns", "veth", "addresses": ["10.88.0.5/16"], "portMappings": [...]}
                -> {"hostMac", "podMac"}; on failure every step of the pod made so far is undone
     teardown   delete the pod's rules and veth pair (each if present); {"sandboxId", "veth"}
@@ -67,14 +67,6 @@ def _ensure(ipr: IPRoute, net: BridgeNetwork) -> int:
 
 def _base_rules(net: BridgeNetwork) -> list[str]:
     return nft.base_commands(net.table, net.bridge, net.subnets, net.masquerade)
-
-
-def op_ensure(request: dict[str, Any]) -> dict[str, Any]:
-    net = BridgeNetwork.from_json(request["network"])
-    with IPRoute() as ipr:
-        _ensure(ipr, net)
-    nft.run(_base_rules(net))
-    return {}
 
 
 def op_setup(request: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +159,6 @@ def op_destroy(request: dict[str, Any]) -> dict[str, Any]:
 
 
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "ensure": op_ensure,
     "setup": op_setup,
     "teardown": op_teardown,
     "check": op_check,

@@ -91,9 +91,13 @@ def pod_commands(table: str, sandbox_id: str, mappings: Sequence[PortMapping],
     return cmds
 
 
-def nft_binary() -> str:
+def nft_binary_path() -> str | None:
     # crispd may run with a PATH without the sbin dirs (a kubelet's environment, a login shell's)
-    path = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
+    return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
+
+
+def nft_binary() -> str:
+    path = nft_binary_path()
     if path is None:
         raise errors.FailedPrecondition("the nft tool (Debian package nftables) is not installed")
     return path
