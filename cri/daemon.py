@@ -17,6 +17,7 @@ from grpc import aio
 
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics
+from cri.network import build_network
 from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
 from cri.service.servicers import add_servicers
@@ -145,9 +146,10 @@ class Daemon:
             raise StartupError(f"{self.store.path}: {exc}") from None
         server: aio.Server | None = None
         listening = False
+        network = build_network(self.config, self.store)
         try:
             ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
-                                 readiness=self.readiness)
+                                 readiness=self.readiness, network=network)
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -177,6 +179,7 @@ class Daemon:
             if listening:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket.unlink()
+            await network.close()
             await self.store.close()
             log.info("crispd stopped")
 

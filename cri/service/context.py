@@ -10,6 +10,7 @@ from cri.config import Config
 from cri.metrics import Metrics
 from cri.server import Readiness
 from cri.store.db import Store
+from runtime.network.manager import NetworkManager
 
 
 @dataclass
@@ -18,5 +19,7 @@ class ServiceContext:
     store: Store
     metrics: Metrics
     readiness: Readiness
+    # pod networking (CNI or the built-in bridge); None only in tests that need no network
+    network: NetworkManager | None = None
     # wall clock in nanoseconds (CRI timestamps); a seam for tests
     clock_ns: Callable[[], int] = field(default=time.time_ns)
