@@ -5,8 +5,10 @@ VENV ?= .venv
 ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
-RUN_DEBS := ca-certificates
-TEST_DEBS := $(RUN_DEBS)
+# nftables: the built-in bridge's masquerade and hostPorts; iproute2: `ip netns` in tests
+RUN_DEBS := ca-certificates nftables iproute2
+# the CNI tests run Debian's plugins (portmap drives iptables); pods in the network tests run busybox-static
+TEST_DEBS := $(RUN_DEBS) containernetworking-plugins iptables busybox-static
 
 .PHONY: run test lint unit venv debs-run debs-test clean
 
