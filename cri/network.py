@@ -30,11 +30,11 @@ async def effective_pod_cidr(config: Config, store: Store) -> str:
     return config.network.pod_cidr or await store.get_setting(POD_CIDR_SETTING) or ""
 
 
-def build_network(config: Config, store: Store, *, prestart_helper: bool = True) -> NetworkManager:
+def build_network(config: Config, store: Store) -> NetworkManager:
     """The pod network for crispd: its CNI cache lives under the root dir (it must survive reboots with the pods'
     records), the leases in the store."""
     net = config.network
-    helper = HelperRunner(timeout=net.timeout_seconds, prestart=prestart_helper)
+    helper = HelperRunner(timeout=net.timeout_seconds)
 
     async def pod_cidr() -> str:
         return await effective_pod_cidr(config, store)

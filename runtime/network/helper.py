@@ -1,7 +1,7 @@
 """The network helper: `python -m runtime.network.helper` does the built-in bridge's kernel work for crispd.
 
-Protocol: one JSON request line on stdin, one JSON answer on stdout, then exit. End of input without a request is a
-quiet exit 0 (a pre-started spare that was never used). Answers:
+Protocol: JSON lines: for each request line on stdin, one answer line on stdout; end of input is a quiet exit 0
+(crispd keeps a few helpers for many requests: `helper_client.HelperRunner`). Answers:
     {"ok": true, "result": {...}}
     {"ok": false, "kind": "FailedPrecondition" | "NotFound" | ... | "NetworkError", "message": "..."}
 Operations (every request carries "network": BridgeNetwork JSON):
@@ -83,12 +83,14 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
     with IPRoute() as ipr, contextlib.ExitStack() as undo:
         undo.callback(os.close, netns_fd)
         bridge_index = _ensure(ipr, net)
-        if hostnet.delete_link(ipr, veth):
+        earlier = hostnet.delete_link(ipr, veth)
+        if earlier:
             _log(f"pod {sandbox_id}: removed veth {veth} left by an earlier attempt")
         hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
         undo.callback(_undo(f"delete veth {veth}", hostnet.delete_link, ipr, veth))
         host_mac = hostnet.link_mac(ipr, hostnet.lookup(ipr, veth) or 0)
-        stale = nft.tagged_handles(net.table, sandbox_id)
+        # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, nothing stale
+        stale = nft.tagged_handles(net.table, sandbox_id) if earlier else []
         nft.run(_base_rules(net) + nft.delete_commands(net.table, stale) + pod_rules)
         undo.callback(_undo(f"delete the nftables rules of pod {sandbox_id}", _delete_rules, net.table, sandbox_id))
         with hostnet.in_netns(netns), IPRoute() as pod:
@@ -181,13 +183,14 @@ def handle(line: str) -> dict[str, Any]:
 
 
 def main() -> int:
-    line = sys.stdin.readline()
-    if not line.strip():
-        return 0
-    reply = handle(line)
-    sys.stdout.write(json.dumps(reply) + "\n")
-    sys.stdout.flush()
-    return 0 if reply["ok"] else 1
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        sys.stdout.write(json.dumps(handle(line)) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

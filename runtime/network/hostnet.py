@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import os
 import socket
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,14 @@ def in_netns(netns_path: str) -> Iterator[None]:
         try:
             yield
         finally:
-            setns(home, flags=0, fork=False)
+            try:
+                setns(home, flags=0, fork=False)
+            except BaseException as exc:
+                # a helper stuck in a pod's namespace must not serve another request: die, and let crispd see
+                # a crashed helper (and clean up with a fresh one)
+                print(f"crisp-network-helper: cannot return to the host network namespace: {exc}",
+                      file=sys.stderr, flush=True)
+                os._exit(70)
     finally:
         os.close(home)
         os.close(target)

@@ -14,6 +14,7 @@ import json
 import os
 import random
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -215,3 +216,43 @@ def host_links() -> list[str]:
 
 def delete_link(name: str) -> None:
     subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
+
+
+# CNI plugins' iptables leftovers (the CNI tests and the network bench)
+PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+PORTMAP_JUMPS = (
+    ("PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"]),
+    ("OUTPUT", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"]),
+    ("POSTROUTING", ["-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", "CNI-HOSTPORT-MASQ"]),
+)
+
+
+def iptables_nat() -> str:
+    return subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=False).stdout
+
+
+def remove_rules_of(sandbox_ids: set[str]) -> None:
+    """Rules (and the chains they jump to) that plugins left for these pods: the bridge plugin cannot remove its
+    masquerade rules on a DEL without the pod's namespace, as it reads the addresses from there."""
+    chains: set[str] = set()
+    for line in iptables_nat().splitlines():
+        if line.startswith("-A ") and any(sid in line for sid in sandbox_ids):
+            args = shlex.split(line)
+            if "-j" in args and args[args.index("-j") + 1].startswith("CNI-"):
+                chains.add(args[args.index("-j") + 1])
+            subprocess.run(["iptables", "-t", "nat", "-D", *args[1:]], capture_output=True, check=False)
+    for chain in chains:
+        subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True, check=False)
+        subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True, check=False)
+
+
+def remove_portmap_globals() -> None:
+    """portmap's shared chains, once no pod uses them (the plugin never removes them)."""
+    if "CNI-DN-" in iptables_nat():
+        return
+    for chain, rule in PORTMAP_JUMPS:
+        while subprocess.run(["iptables", "-t", "nat", "-D", chain, *rule], capture_output=True).returncode == 0:
+            pass
+    for chain in PORTMAP_CHAINS:
+        subprocess.run(["iptables", "-t", "nat", "-F", chain], capture_output=True, check=False)
+        subprocess.run(["iptables", "-t", "nat", "-X", chain], capture_output=True, check=False)

@@ -21,69 +21,93 @@ def run_helper(stdin: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(HELPER_ARGV), input=stdin, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_helper_answers_in_json_and_exits() -> None:
-    quiet = run_helper("")  # a spare that was never used
+def test_helper_answers_each_line_in_json_until_end_of_input() -> None:
+    quiet = run_helper("")
     assert (quiet.returncode, quiet.stdout) == (0, "")
-    bad = run_helper('{"op": "format-disk"}\n')
-    assert bad.returncode == 1
-    assert json.loads(bad.stdout) == {"ok": False, "kind": "InvalidArgument",
-                                      "message": 'network helper: not a known request: {"op": "format-disk"}'}
-    broken = run_helper("{not json\n")
-    assert json.loads(broken.stdout)["ok"] is False
-    invalid = run_helper(json.dumps({"op": "teardown", "network": {"bridge": "eth0", "subnets": []},
-                                     "sandboxId": "x", "veth": "crispx"}) + "\n")
-    assert json.loads(invalid.stdout) == {
+    invalid = json.dumps({"op": "teardown", "network": {"bridge": "eth0", "subnets": []}, "sandboxId": "x",
+                          "veth": "crispx"})
+    done = run_helper('{"op": "format-disk"}\n\n{not json\n' + invalid + "\n")
+    assert done.returncode == 0
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert answers[0] == {"ok": False, "kind": "InvalidArgument",
+                          "message": 'network helper: not a known request: {"op": "format-disk"}'}
+    assert answers[1]["ok"] is False  # the blank line got no answer; the broken one an error
+    assert answers[2] == {
         "ok": False, "kind": "InvalidArgument",
         "message": "bridge name 'eth0': must start with 'crisp', then at most 10 letters, digits or '_'"}
+    assert len(answers) == 3
 
 
-def test_runner_maps_kinds_and_keeps_a_spare() -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_runner_reuses_helpers_up_to_its_limits() -> None:
     async def scenario() -> None:
-        runner = HelperRunner(timeout=60)
+        runner = HelperRunner(timeout=60, max_workers=2)
         with pytest.raises(errors.InvalidArgument, match="not a known request"):
             await runner.call({"op": "nothing"})
-        spare = runner._spare
-        assert spare is not None and spare.returncode is None
+        first = runner.pids
         with pytest.raises(errors.InvalidArgument):
             await runner.call({"op": "nothing"})
-        assert runner._spare is not spare  # the spare was used, a new one waits
-        last = runner._spare
+        assert runner.pids == first and len(first) == 1  # the same helper served both
+
+        async def ask() -> None:
+            with pytest.raises(errors.InvalidArgument):
+                await runner.call({"op": "nothing"})
+
+        await asyncio.gather(*(ask() for _ in range(6)))
+        assert 1 <= len(runner.pids) <= 2
+        pids = runner.pids
         await runner.close()
-        assert last is not None and last.returncode == 0  # it left on end of input
+        assert runner.pids == [] and not any(_alive(pid) for pid in pids)
+        with pytest.raises(errors.Unavailable):
+            await runner.call({"op": "nothing"})
+
+        retiring = HelperRunner(timeout=60, max_requests=1, idle_seconds=0.3)
+        seen = set()
+        for _ in range(2):
+            with pytest.raises(errors.InvalidArgument):
+                await retiring.call({"op": "nothing"})
+            seen.update(retiring.pids)
+        assert len(seen) == 0  # each helper was retired after its one request
+        idle = HelperRunner(timeout=60, idle_seconds=0.3)
+        with pytest.raises(errors.InvalidArgument):
+            await idle.call({"op": "nothing"})
+        (pid,) = idle.pids
+        await asyncio.sleep(1.0)
+        assert idle.pids == [] and not _alive(pid)  # idle too long: gone
+        await retiring.close()
+        await idle.close()
 
     asyncio.run(scenario())
 
 
-def test_runner_kills_a_helper_that_hangs_or_crashes() -> None:
+def test_runner_kills_a_helper_that_hangs_crashes_or_talks_nonsense() -> None:
     async def scenario() -> None:
-        hang = HelperRunner(timeout=0.5, prestart=False,
-                            argv=(sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); "
-                                  "time.sleep(60)"))
-        procs: list[asyncio.subprocess.Process] = []
-        original = hang._spawn
-
-        async def spawn() -> asyncio.subprocess.Process:
-            proc = await original()
-            procs.append(proc)
-            return proc
-
-        hang._spawn = spawn  # type: ignore[method-assign]
+        hang = HelperRunner(timeout=0.5, argv=(sys.executable, "-c", "import time; time.sleep(60)"))
         with pytest.raises(HelperTimeout, match=r"did not finish within 0\.5s"):
             await hang.call({"op": "setup"})
-        assert procs[0].returncode is not None
-        with pytest.raises(ProcessLookupError):
-            os.kill(procs[0].pid, 0)
+        assert hang.pids == []
 
-        crash = HelperRunner(timeout=10, prestart=False, argv=(sys.executable, "-c", "import sys; sys.exit(3)"))
+        crash = HelperRunner(timeout=10, argv=(sys.executable, "-c", "import sys; sys.exit(3)"))
         with pytest.raises(HelperCrashed, match="exited with 3"):
             await crash.call({"op": "setup"})
-        nonsense = HelperRunner(timeout=10, prestart=False, argv=(sys.executable, "-c", "print('[1]')"))
+        nonsense = HelperRunner(timeout=10, argv=(sys.executable, "-c", "input(); print('[1]', flush=True); input()"))
         with pytest.raises(HelperCrashed):
             await nonsense.call({"op": "setup"})
-        odd = HelperRunner(timeout=10, prestart=False, argv=(
-            sys.executable, "-c", "print('{\"ok\": false, \"kind\": \"SomethingElse\", \"message\": \"m\"}')"))
+        assert nonsense.pids == []
+        odd = HelperRunner(timeout=10, argv=(
+            sys.executable, "-c",
+            "input(); print('{\"ok\": false, \"kind\": \"SomethingElse\", \"message\": \"m\"}', flush=True); input()"))
         with pytest.raises(NetworkError, match=r"^m$"):
             await odd.call({"op": "setup"})
+        for runner in (hang, crash, nonsense, odd):
+            await runner.close()
 
     asyncio.run(scenario())
 
