@@ -142,9 +142,12 @@ class BridgeBackend:
         return result
 
     async def _detach(self, pod: PodNetworkRequest, time_limit: float | None = None) -> None:
-        # teardown needs only the names, not the pod CIDR (which may have changed or be broken by now)
-        await self._helper.call(self._request("teardown", BridgeNetwork(bridge=self.bridge, subnets=()), pod),
-                                time_limit=time_limit)
+        # teardown needs only names and what the pod held, not the pod CIDR (which may have changed or be broken)
+        held = await self._held(pod)
+        request = self._request("teardown", BridgeNetwork(bridge=self.bridge, subnets=()), pod,
+                                addresses=[f"{ip}/32" if ":" not in ip else f"{ip}/128" for ip in held],
+                                portMappings=[pm.to_json() for pm in pod.port_mappings])
+        await self._helper.call(request, time_limit=time_limit)
 
     async def _held(self, pod: PodNetworkRequest) -> list[str]:
         return [lease.ip for lease in await self._leases.leases(self.bridge) if lease.sandbox_id == pod.sandbox_id]

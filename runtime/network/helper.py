@@ -9,7 +9,8 @@ Operations (every request carries "network": BridgeNetwork JSON):
                made if missing), the pod's veth pair, its nftables rules, and eth0/lo/routes inside its netns;
                {"sandboxId", "netns", "veth", "addresses": ["10.88.0.5/16"], "portMappings": [...]}
                -> {"hostMac", "podMac"}; on failure every step of the pod made so far is undone
-    teardown   delete the pod's rules and veth pair (each if present); {"sandboxId", "veth"}
+    teardown   delete the pod's rules and veth pair (each if present), forget UDP conntrack entries of its addresses
+               and UDP hostPorts; {"sandboxId", "veth", "addresses", "portMappings"}
     check      {"sandboxId", "netns", "veth", "addresses", "portMappings"}: FailedPrecondition naming what is
                missing
     destroy    delete the nftables table and the bridge (FailedPrecondition while ports are attached)
@@ -97,7 +98,19 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
             pod_mac = hostnet.configure_pod(pod, addresses, gateways)
         undo.pop_all()
     os.close(netns_fd)
+    # datagrams to its UDP hostPorts that conntrack still sends elsewhere (an earlier pod) come here from now on
+    _forget_udp(sandbox_id, [], [pm.host_port for pm in mappings if pm.protocol == "udp"])
     return {"hostMac": host_mac, "podMac": pod_mac}
+
+
+def _forget_udp(sandbox_id: str, pod_ips: list[str], host_ports: list[int]) -> None:
+    """Best effort: a conntrack failure (nf_conntrack_netlink missing, say) must not fail a pod."""
+    if not pod_ips and not host_ports:
+        return
+    try:
+        hostnet.flush_udp_conntrack(pod_ips, host_ports)
+    except Exception as exc:
+        _log(f"pod {sandbox_id}: cannot flush UDP conntrack entries: {exc}")
 
 
 def _delete_rules(table: str, sandbox_id: str) -> None:
@@ -106,9 +119,12 @@ def _delete_rules(table: str, sandbox_id: str) -> None:
 
 def op_teardown(request: dict[str, Any]) -> dict[str, Any]:
     net = BridgeNetwork.from_json(request["network"])
-    _delete_rules(net.table, str(request["sandboxId"]))
+    sandbox_id = str(request["sandboxId"])
+    _delete_rules(net.table, sandbox_id)
     with IPRoute() as ipr:
         hostnet.delete_link(ipr, str(request["veth"]))
+    _forget_udp(sandbox_id, [str(a.ip) for a in _addresses(request)],
+                [pm.host_port for pm in _mappings(request) if pm.protocol == "udp"])
     return {}
 
 

@@ -19,8 +19,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
+from pyroute2 import Conntrack, IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 from pyroute2.netns import setns
 
 from runtime import errors
@@ -240,3 +241,31 @@ def pod_problems(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Seque
         if str(gw.ip) not in gws:
             problems.append(f"no default IPv{gw.version} route via {gw.ip}")
     return problems
+
+
+def flush_udp_conntrack(pod_ips: Sequence[str], host_ports: Sequence[int]) -> int:
+    """Forget UDP connections of a pod's addresses and to its UDP hostPorts; returns how many.
+
+    UDP has no end: a client that keeps sending to a hostPort stays in a conntrack entry DNATed to whichever pod
+    had the port first, also after that pod is gone and another one took the port. TCP entries end by themselves.
+    """
+    doomed: list[Any] = []
+    with Conntrack() as ct:
+        for ip in pod_ips:
+            family = _AF[ipaddress.ip_address(ip).version]
+            doomed += ct.dump_entries(tuple_reply=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, saddr=ip))
+            doomed += ct.dump_entries(tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, saddr=ip))
+        for port in host_ports:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                doomed += ct.dump_entries(
+                    tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, dport=port))
+        deleted = 0
+        for entry in doomed:
+            try:
+                ct.delete(entry)
+                deleted += 1
+            except NetlinkError as exc:
+                if exc.code != errno.ENOENT:  # gone already (found twice, or expired)
+                    raise
+    return deleted
+

@@ -225,6 +225,32 @@ def test_udp_and_host_ip_mappings(env: BridgeEnv) -> None:
     assert_clean(env)
 
 
+def test_a_udp_host_port_moves_to_the_next_pod(env: BridgeEnv) -> None:
+    """A client that keeps sending from one socket reaches the new pod, not the conntrack entry of the old one."""
+    import socket
+
+    port = free_port()
+    with namespaces() as make, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(0.5)
+
+        def ask(data: bytes) -> bytes:
+            client.sendto(data, ("127.0.0.1", port))
+            return client.recvfrom(2048)[0]
+
+        a, b = make(), make()
+        pod_a = env.pod(a, PortMapping(container_port=5353, host_port=port, protocol="udp"))
+        env.setup(pod_a)
+        a.udp_echo(5353)
+        assert wait_for(lambda: ask(b"one"), what="pod a") == b"echo:one"
+        env.teardown(pod_a)
+        pod_b = env.pod(b, PortMapping(container_port=5353, host_port=port, protocol="udp"))
+        env.setup(pod_b)
+        b.udp_echo(5353)
+        assert wait_for(lambda: ask(b"two"), timeout=5, what="pod b through the same client socket") == b"echo:two"
+        env.teardown(pod_b)
+    assert_clean(env)
+
+
 def test_dual_stack_pods_reach_each_other_over_ipv6(tmp_path: Path) -> None:
     need_root_and_tools("nft")
     e = BridgeEnv(tmp_path, f"{free_subnet4()},{free_subnet6()}")
