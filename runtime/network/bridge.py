@@ -164,6 +164,9 @@ class BridgeBackend:
     async def attached(self, pod: PodNetworkRequest) -> bool:
         return bool(await self._held(pod))
 
+    async def attached_sandboxes(self) -> set[str]:
+        return {lease.sandbox_id for lease in await self._leases.leases(self.bridge)}
+
     async def check(self, pod: PodNetworkRequest) -> None:
         held = await self._held(pod)
         if not held:

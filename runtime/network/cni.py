@@ -258,6 +258,12 @@ class ResultCache:
             raise NetworkError(f"pod {sandbox_id}: the CNI cache {self.path(sandbox_id)} is corrupt: {exc}") from exc
         return CacheRecord.from_json(data)
 
+    def sandbox_ids(self) -> set[str]:
+        try:
+            return {p.stem for p in self.directory.iterdir() if p.suffix == ".json"}
+        except FileNotFoundError:
+            return set()
+
     def _remove(self, sandbox_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(sandbox_id).unlink()
@@ -308,6 +314,9 @@ class CniBackend:
 
     async def attached(self, pod: PodNetworkRequest) -> bool:
         return await asyncio.to_thread(self.cache.path(pod.sandbox_id).exists)
+
+    async def attached_sandboxes(self) -> set[str]:
+        return await asyncio.to_thread(self.cache.sandbox_ids)
 
     async def setup(self, pod: PodNetworkRequest) -> NetworkResult:
         net = await self._network()

@@ -51,6 +51,11 @@ class NetworkManager:
     async def attached(self, pod: PodNetworkRequest) -> bool:
         return await self.cni.attached(pod) or await self.bridge.attached(pod)
 
+    async def attached_sandboxes(self) -> set[str]:
+        """Every sandbox with an attachment (CNI cache file or bridge leases): crispd's recovery tears down those
+        whose sandbox no longer exists, with `teardown(PodNetworkRequest(sandbox_id=..., netns=""))`."""
+        return await self.cni.attached_sandboxes() | await self.bridge.attached_sandboxes()
+
     async def check(self, pod: PodNetworkRequest) -> None:
         if await self.cni.attached(pod):
             await self.cni.check(pod)

@@ -253,6 +253,10 @@ class NetworkBackend(Protocol):
         """Whether the backend holds a record of attaching the pod (then teardown has work to do)."""
         ...
 
+    async def attached_sandboxes(self) -> set[str]:
+        """The sandbox ids the backend holds attachment records of."""
+        ...
+
     async def status(self) -> NetworkStatus:
         """Whether pods can be attached now."""
         ...

@@ -281,6 +281,7 @@ def test_restart_keeps_leases(env: BridgeEnv) -> None:
         env.run(env.store.open())
         env.backend = env.new_backend()
         assert sorted(env.leases()) == sorted(ips)
+        assert env.run(env.backend.attached_sandboxes()) == {pod_a.sandbox_id, pod_b.sandbox_id}
         pod_c = env.pod(c)
         ip_c = env.setup(pod_c).pod_ips[0]
         assert ip_c not in ips

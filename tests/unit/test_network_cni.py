@@ -135,12 +135,14 @@ def test_del_after_restart_uses_the_cached_config_and_result(env: Env) -> None:
     env.write([{"type": "third"}])  # the config changes while the pod runs
     backend = env.backend()  # a new crispd
     assert asyncio.run(backend.attached(env.pod))
+    assert asyncio.run(backend.attached_sandboxes()) == {env.pod.sandbox_id}
     asyncio.run(backend.teardown(env.pod))
     calls = env.calls()
     assert [(c["type"], c["cmd"]) for c in calls] == [("second", "DEL"), ("first", "DEL")]
     assert all(c["conf"]["prevResult"]["ips"][0]["address"] == "10.1.0.5/24" for c in calls)
     assert "runtimeConfig" not in calls[0]["conf"]
     assert not asyncio.run(backend.attached(env.pod))
+    assert asyncio.run(backend.attached_sandboxes()) == set()
     asyncio.run(backend.teardown(env.pod))  # nothing cached: nothing to run
     assert env.calls() == []
 
