@@ -33,6 +33,7 @@ from pyroute2 import IPRoute
 from runtime import errors
 from runtime.network import hostnet, nft
 from runtime.network.bridge import BridgeNetwork
+from runtime.network.helper_client import HelperCrashed
 from runtime.network.ipam import IPInterface, gateway
 from runtime.network.types import NetworkError, PortMapping
 
@@ -41,14 +42,15 @@ def _log(message: str) -> None:
     print(f"crisp-network-helper: {message}", file=sys.stderr, flush=True)
 
 
-def _undo(description: str, fn: Callable[..., Any], *args: Any) -> Callable[[], None]:
-    """An undo step that reports its own failure instead of hiding the error being undone."""
+def _undo(failures: list[str], description: str, fn: Callable[..., Any], *args: Any) -> Callable[[], None]:
+    """An undo step that records its own failure instead of hiding the error being undone."""
 
     def run() -> None:
         try:
             fn(*args)
         except Exception as exc:
             _log(f"undo failed: {description}: {exc}")
+            failures.append(f"{description}: {exc}")
 
     return run
 
@@ -80,23 +82,30 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
     gateways = [gateway(s) for s in net.subnets if any(a.version == s.version for a in addresses)]
     pod_rules = nft.pod_commands(net.table, sandbox_id, mappings, addresses)  # bad input fails before any work
     netns_fd = hostnet.open_netns(netns, f"pod {sandbox_id}")
-    # the netlink socket outlives the undo steps, which need it
-    with IPRoute() as ipr, contextlib.ExitStack() as undo:
-        undo.callback(os.close, netns_fd)
-        bridge_index = _ensure(ipr, net)
-        earlier = hostnet.delete_link(ipr, veth)
-        if earlier:
-            _log(f"pod {sandbox_id}: removed veth {veth} left by an earlier attempt")
-        hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
-        undo.callback(_undo(f"delete veth {veth}", hostnet.delete_link, ipr, veth))
-        host_mac = hostnet.link_mac(ipr, hostnet.lookup(ipr, veth) or 0)
-        # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, nothing stale
-        stale = nft.tagged_handles(net.table, sandbox_id) if earlier else []
-        nft.run(_base_rules(net) + nft.delete_commands(net.table, stale) + pod_rules)
-        undo.callback(_undo(f"delete the nftables rules of pod {sandbox_id}", _delete_rules, net.table, sandbox_id))
-        with hostnet.in_netns(netns), IPRoute() as pod:
-            pod_mac = hostnet.configure_pod(pod, addresses, gateways)
-        undo.pop_all()
+    failures: list[str] = []
+    try:
+        # the netlink socket outlives the undo steps, which need it
+        with IPRoute() as ipr, contextlib.ExitStack() as undo:
+            undo.callback(os.close, netns_fd)
+            bridge_index = _ensure(ipr, net)
+            earlier = hostnet.delete_link(ipr, veth)
+            if earlier:
+                _log(f"pod {sandbox_id}: removed veth {veth} left by an earlier attempt")
+            hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
+            undo.callback(_undo(failures, f"delete veth {veth}", hostnet.delete_link, ipr, veth))
+            host_mac = hostnet.link_mac(ipr, hostnet.lookup(ipr, veth) or 0)
+            # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, no rules
+            stale = nft.tagged_handles(net.table, sandbox_id) if earlier else []
+            nft.run(_base_rules(net) + nft.delete_commands(net.table, stale) + pod_rules)
+            undo.callback(_undo(failures, f"delete the nftables rules of pod {sandbox_id}", _delete_rules, net.table,
+                                sandbox_id))
+            with hostnet.in_netns(netns), IPRoute() as pod:
+                pod_mac = hostnet.configure_pod(pod, addresses, gateways)
+            undo.pop_all()
+    except Exception as exc:
+        if failures:  # crispd must clean up after this helper, as after one that was killed
+            raise HelperCrashed(f"{exc}; and undoing it failed: {'; '.join(failures)}") from exc
+        raise
     os.close(netns_fd)
     # datagrams to its UDP hostPorts that conntrack still sends elsewhere (an earlier pod) come here from now on
     _forget_udp(sandbox_id, [], [pm.host_port for pm in mappings if pm.protocol == "udp"])

@@ -33,13 +33,13 @@ class HelperTimeout(errors.DeadlineExceeded):
 
 
 class HelperCrashed(NetworkError):
-    """The helper died or answered nonsense; what it had done may not be undone."""
+    """The helper died, answered nonsense, or could not undo its own steps: what it had done may not be undone."""
 
 
 _KINDS: dict[str, type[Exception]] = {
     cls.__name__: cls
     for cls in (errors.NotFound, errors.AlreadyExists, errors.InvalidArgument, errors.FailedPrecondition,
-                errors.Unavailable, errors.ResourceExhausted, errors.DeadlineExceeded, NetworkError)
+                errors.Unavailable, errors.ResourceExhausted, errors.DeadlineExceeded, NetworkError, HelperCrashed)
 }
 
 
