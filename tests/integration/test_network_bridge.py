@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -197,6 +198,43 @@ def test_host_port_on_loopback_host_address_and_from_pods(env: BridgeEnv, tmp_pa
         with pytest.raises(OSError):
             http_get("127.0.0.1", port, timeout=1.0)
         env.teardown(pod_b)
+    assert_clean(env)
+
+
+def test_traffic_leaving_the_pod_cidr_is_masqueraded(env: BridgeEnv) -> None:
+    """An "outside" host made here: a namespace behind a veth of its own, on a subnet outside the pod CIDR. The
+    pod reaches it through the host's forwarding, and it sees the host's address, not the pod's (without the
+    masquerade it could not even answer: it has no route to the pod CIDR)."""
+    link = unique("crispx")
+    outside_net = free_subnet4(prefixlen=30)
+    host_ip, outside_ip = str(outside_net.network_address + 1), str(outside_net.network_address + 2)
+    with namespaces() as make:
+        a, outside = make(), make()
+        try:
+            for argv in (["ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", outside.name],
+                         ["ip", "addr", "add", f"{host_ip}/30", "dev", link],
+                         ["ip", "link", "set", link, "up"]):
+                subprocess.run(argv, check=True)
+            for argv in (["ip", "addr", "add", f"{outside_ip}/30", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
+                         ["ip", "link", "set", "lo", "up"]):
+                assert outside.run(*argv).returncode == 0
+            code = ("import socket\n"
+                    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                    "s.bind(('0.0.0.0', 8080)); s.listen()\n"
+                    "while True:\n"
+                    "    c, peer = s.accept()\n"
+                    "    c.recv(1024)\n"
+                    "    body = peer[0].encode()\n"
+                    "    c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s' % (len(body), body))\n"
+                    "    c.close()\n")
+            outside.start(sys.executable, "-c", code)
+            pod = env.pod(a)
+            ip_a = env.setup(pod).pod_ips[0]
+            seen = wait_for(lambda: a.http_get(outside_ip, 8080, "/"), what="the outside namespace")
+            assert seen == host_ip and seen != ip_a
+            env.teardown(pod)
+        finally:
+            delete_link(link)
     assert_clean(env)
 
 
