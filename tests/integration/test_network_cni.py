@@ -192,6 +192,34 @@ def test_pods_reach_each_other_the_bridge_and_host_ports(cni: CniEnv, tmp_path: 
     cni.assert_clean()
 
 
+def test_ptp_plugin(cni: CniEnv, tmp_path: Path) -> None:
+    """Debian's ptp plugin (a routed veth per pod, no bridge) with host-local and portmap."""
+    (cni.conf_dir / "10-crisp.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": cni.name,
+        "plugins": [
+            {"type": "ptp", "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": str(cni.subnet)}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(cni.ipam_dir)}},
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        ]}))
+    port = free_port()
+    with namespaces() as make:
+        a, b = make(), make()
+        pod_a = cni.pod(a, PortMapping(container_port=80, host_port=port))
+        pod_b = cni.pod(b)
+        result_a, result_b = cni.setup(pod_a), cni.setup(pod_b)
+        ip_a = result_a.pod_ips[0]
+        host_ends = {i.name for r in (result_a, result_b) for i in r.interfaces if not i.sandbox}
+        assert len(host_ends) == 2 and host_ends <= set(host_links())
+        a.httpd(tmp_path / "a", "ptp pod a")
+        assert wait_for(lambda: b.http_get(ip_a, 80), what="pod b -> pod a over ptp") == "ptp pod a"
+        assert http_get("127.0.0.1", port) == "ptp pod a"
+        cni.teardown(pod_a)
+        cni.teardown(pod_b)
+        assert not host_ends & set(host_links())
+    cni.assert_clean()
+
+
 def test_check_reports_a_broken_attachment(cni: CniEnv) -> None:
     with namespaces() as make:
         a = make()
