@@ -291,6 +291,10 @@ def test_a_udp_host_port_moves_to_the_next_pod(env: BridgeEnv) -> None:
 
 def test_dual_stack_pods_reach_each_other_over_ipv6(tmp_path: Path) -> None:
     need_root_and_tools("nft")
+    # an IPv6 pod network turns on IPv6 forwarding, which stops a host from taking router advertisements: this
+    # test gives the host back the setting it found
+    forwarding = Path("/proc/sys/net/ipv6/conf/all/forwarding")
+    found = forwarding.read_text()
     e = BridgeEnv(tmp_path, f"{free_subnet4()},{free_subnet6()}")
     try:
         with namespaces() as make:
@@ -305,6 +309,7 @@ def test_dual_stack_pods_reach_each_other_over_ipv6(tmp_path: Path) -> None:
         assert_clean(e)
     finally:
         e.close()
+        forwarding.write_text(found)
 
 
 def test_restart_keeps_leases(env: BridgeEnv) -> None:
