@@ -294,8 +294,9 @@ class CniBackend:
         """Whether the config dir holds a config (valid or not): then CNI, not the built-in bridge, is the network."""
         return bool(await asyncio.to_thread(config_files, self.config_dir))
 
-    async def _network(self) -> NetworkList:
-        net = await asyncio.to_thread(load_network, self.config_dir)
+    def _load(self) -> NetworkList:
+        """The network to attach new pods to, with every plugin installed (runs in a worker thread)."""
+        net = load_network(self.config_dir)
         if net is None:
             raise errors.FailedPrecondition(f"no CNI network config in {self.config_dir}")
         missing = [p["type"] for p in net.plugins if find_plugin(p["type"], self.bin_dirs) is None]
@@ -304,6 +305,9 @@ class CniBackend:
                 f"CNI network {net.name} ({net.source}): plugin(s) {', '.join(missing)} not found in "
                 f"{':'.join(self.bin_dirs)}")
         return net
+
+    async def _network(self) -> NetworkList:
+        return await asyncio.to_thread(self._load)
 
     async def status(self) -> NetworkStatus:
         try:
@@ -323,7 +327,7 @@ class CniBackend:
         if await self.attached(pod):
             await self.teardown(pod)
         attachments = []
-        if find_plugin("loopback", self.bin_dirs) is not None:
+        if await asyncio.to_thread(find_plugin, "loopback", self.bin_dirs) is not None:
             attachments.append(Attachment(NetworkList.from_json(LOOPBACK_NETWORK), LOOPBACK_IFNAME))
         else:
             log.warning("pod %s: CNI loopback plugin not found in %s; lo stays as it is", pod.sandbox_id,
@@ -390,7 +394,7 @@ class CniBackend:
 
     async def _exec(self, kind: str, command: str, conf: dict[str, Any], pod: PodNetworkRequest, ifname: str,
                     netns: str) -> dict[str, Any] | None:
-        path = find_plugin(kind, self.bin_dirs)
+        path = await asyncio.to_thread(find_plugin, kind, self.bin_dirs)
         if path is None:
             raise errors.FailedPrecondition(f"CNI plugin {kind} not found in {':'.join(self.bin_dirs)}")
         env = {
