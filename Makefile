@@ -5,10 +5,20 @@ VENV ?= .venv
 ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
-# nftables: the built-in bridge's masquerade and hostPorts; iproute2: `ip netns` in tests
+# nftables: the built-in bridge's masquerade and hostPorts; iproute2: `ip netns` for pod networks in tests
 RUN_DEBS := ca-certificates nftables iproute2
-# the CNI tests run Debian's plugins (portmap drives iptables); pods in the network tests run busybox-static
-TEST_DEBS := $(RUN_DEBS) containernetworking-plugins iptables busybox-static
+# one package per line (sorted), so that parallel changes merge cleanly
+# (containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables)
+TEST_DEBS := $(RUN_DEBS) \
+	apache2-utils \
+	busybox-static \
+	containernetworking-plugins \
+	docker-registry \
+	iptables \
+	openssl \
+	runc \
+	util-linux \
+
 
 .PHONY: run test lint unit venv debs-run debs-test clean
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runtime import errors
+from runtime.cgroups import paths as cgroup_paths
 from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
 from runtime.network.cni import DEFAULT_BIN_DIRS as DEFAULT_CNI_BIN_DIRS
 from runtime.network.cni import DEFAULT_CONFIG_DIR as DEFAULT_CNI_CONFIG_DIR
@@ -59,6 +60,17 @@ class CgroupConfig:
     driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
     # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
     missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
+    # where crisp makes pod cgroups (<base>/pod<uid>) when the kubelet gives no cgroup_parent (crictl, critest)
+    base: str = field(default="/crisp", metadata=_ABS)
+
+    def check(self) -> list[tuple[str, str]]:
+        try:
+            cgroup_paths.normalize(self.base)
+        except errors.InvalidArgument as exc:
+            return [("base", str(exc))]
+        if cgroup_paths.normalize(self.base) == "/":
+            return [("base", "must not be the root cgroup")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,29 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class OciConfig:
+    """How CRI requests become OCI specs (cri/oci)."""
+
+    # clamp a requested oom_score_adj below crispd's own up to crispd's instead of failing (containerd's
+    # restrict_oom_score_adj): "auto" does so when crispd lacks CAP_SYS_RESOURCE, i.e. when lowering it would fail
+    restrict_oom_score_adj: str = field(default="auto", metadata=_choices("auto", "on", "off"))
+    # RLIMIT_NOFILE of container processes; 0 means what crispd itself runs with
+    nofile_soft: int = 0
+    nofile_hard: int = 0
+    # CRI annotations copied into the OCI spec: exact keys, or prefixes ending in "*"
+    container_annotations: list[str] = field(default_factory=list)
+    pod_annotations: list[str] = field(default_factory=list)
+
+    def check(self) -> list[tuple[str, str]]:
+        for name in ("nofile_soft", "nofile_hard"):
+            if getattr(self, name) < 0:
+                return [(name, "must not be negative")]
+        if self.nofile_soft and self.nofile_hard and self.nofile_soft > self.nofile_hard:
+            return [("nofile_soft", "must not exceed nofile_hard")]
+        return []
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # host:port of the Prometheus endpoint; empty turns it off
     address: str = "127.0.0.1:9647"
@@ -118,6 +153,43 @@ class MetricsConfig:
 class StreamingConfig:
     address: str = "127.0.0.1"
     port: int = 0
+
+
+@dataclass(frozen=True)
+class RegistryAuthConfig:
+    """Default credentials for one registry host (used when a pull brings none of its own)."""
+
+    username: str = ""
+    password: str = ""
+    # base64 of "username:password", as in docker's config.json
+    auth: str = ""
+    # an OAuth2 refresh token for the registry's token server
+    identity_token: str = ""
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    # containerd-style registry hosts: <dir>/<registry host>/hosts.toml (mirrors, CA, plain http, skip_verify)
+    registry_config_path: str = "/etc/crisp/certs.d"
+    # layers downloaded at once, over all pulls
+    max_concurrent_downloads: int = 3
+    # a pull that receives no bytes and unpacks nothing for this long is aborted
+    pull_progress_timeout_seconds: float = 300.0
+    # connect timeout, and read timeout of small requests (manifests, configs, tokens)
+    request_timeout_seconds: float = 30.0
+    # default credentials per registry host ("docker.io", "registry.example.com:5000")
+    auths: dict[str, RegistryAuthConfig] = field(default_factory=dict)
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.registry_config_path and not os.path.isabs(self.registry_config_path):
+            return [("registry_config_path", f"must be an absolute path, got {self.registry_config_path!r}")]
+        if self.max_concurrent_downloads < 1:
+            return [("max_concurrent_downloads", "must be at least 1")]
+        if self.pull_progress_timeout_seconds <= 0:
+            return [("pull_progress_timeout_seconds", "must be positive")]
+        if self.request_timeout_seconds <= 0:
+            return [("request_timeout_seconds", "must be positive")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -140,8 +212,10 @@ class Config:
     cgroup: CgroupConfig = field(default_factory=CgroupConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    oci: OciConfig = field(default_factory=OciConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:
@@ -245,6 +319,16 @@ def load_config(path: str | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
     return parse_config(text, path)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as a dict for reports (Status verbose): registry credentials are masked."""
+    data = dataclasses.asdict(config)
+    for auth in data["image"]["auths"].values():
+        for key in ("password", "auth", "identity_token"):
+            if auth[key]:
+                auth[key] = "<redacted>"
+    return data
 
 
 def with_overrides(config: Config, **overrides: Any) -> Config:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 
 from cri_api.v1 import api_pb2 as cri
 
+from cri.config import redacted
 from cri.network import POD_CIDR_SETTING, effective_pod_cidr, network_ready_condition
 from cri.service.context import ServiceContext
 from runtime.network import ipam
@@ -58,7 +58,7 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
     )
     if request.verbose:
         info = {
-            "config": dataclasses.asdict(ctx.config),
+            "config": redacted(ctx.config),
             "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION},
             "podCIDR": await effective_pod_cidr(ctx.config, ctx.store),
         }

@@ -119,7 +119,7 @@ class HelperRunner:
                 await self._kill(helper)
                 raise
             if not line:
-                await self._kill(helper)
+                await self._reap(helper)
                 raise HelperCrashed(f"network helper ({op}) exited with {helper.proc.returncode} without an "
                                     "answer (its error is in crispd's log)")
             try:
@@ -186,6 +186,15 @@ class HelperRunner:
     async def _kill(self, helper: _Helper) -> None:
         self._busy.discard(helper)
         await kill_process(helper.proc)
+
+    async def _reap(self, helper: _Helper) -> None:
+        """A helper whose output ended is exiting by itself: wait for it (killing a process that has just exited
+        races with asyncio's child watcher over its exit status)."""
+        self._busy.discard(helper)
+        try:
+            await asyncio.wait_for(asyncio.shield(helper.proc.wait()), 5.0)
+        except TimeoutError:
+            await kill_process(helper.proc)
 
     async def close(self) -> None:
         """Stop every helper (crispd's shutdown)."""

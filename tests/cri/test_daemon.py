@@ -111,11 +111,6 @@ def test_runtime_rpcs_not_yet_built_are_unimplemented(crispd: Crispd, method: st
     _assert_unimplemented(crispd, "RuntimeService", method)
 
 
-@pytest.mark.parametrize("method", _all_methods("ImageService"))
-def test_image_rpcs_not_yet_built_are_unimplemented(crispd: Crispd, method: str) -> None:
-    _assert_unimplemented(crispd, "ImageService", method)
-
-
 def _assert_unimplemented(daemon: Crispd, service: str, method: str) -> None:
     descriptor = cri.DESCRIPTOR.services_by_name[service].methods_by_name[method]
     request_class = getattr(cri, descriptor.input_type.name)
