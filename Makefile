@@ -5,12 +5,16 @@ VENV ?= .venv
 ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
-RUN_DEBS := ca-certificates
+# nftables: the built-in bridge's masquerade and hostPorts; iproute2: `ip netns` for pod networks in tests
+RUN_DEBS := ca-certificates nftables iproute2
 # one package per line (sorted), so that parallel changes merge cleanly
+# (containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables)
 TEST_DEBS := $(RUN_DEBS) \
 	apache2-utils \
 	busybox-static \
+	containernetworking-plugins \
 	docker-registry \
+	iptables \
 	openssl \
 	runc \
 	util-linux \

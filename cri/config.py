@@ -8,7 +8,6 @@ Field metadata: `choices` (allowed values), `absolute` (must be an absolute path
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
 import tomllib
@@ -19,6 +18,10 @@ from typing import Any, TypeVar
 
 from runtime import errors
 from runtime.cgroups import paths as cgroup_paths
+from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
+from runtime.network.cni import DEFAULT_BIN_DIRS as DEFAULT_CNI_BIN_DIRS
+from runtime.network.cni import DEFAULT_CONFIG_DIR as DEFAULT_CNI_CONFIG_DIR
+from runtime.network.ipam import parse_pod_cidrs
 
 DEFAULT_CONFIG_PATH = "/etc/crisp/crisp.toml"
 
@@ -83,15 +86,37 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    # the pod CIDR; empty means the kubelet's (UpdateRuntimeConfig), else 10.88.0.0/16
+    # the pod CIDR (one network, or an IPv4,IPv6 pair); empty means the kubelet's (UpdateRuntimeConfig), else
+    # 10.88.0.0/16
     pod_cidr: str = ""
+    # the built-in bridge (used when the CNI config dir holds no config); its name also names its nftables table
+    bridge: str = DEFAULT_BRIDGE
+    mtu: int = 1500
+    # masquerade traffic from pods to addresses outside the pod CIDR
+    masquerade: bool = True
+    # CNI: a config here (lexically first *.conflist, *.conf, *.json) replaces the built-in bridge
+    cni_config_dir: str = field(default=DEFAULT_CNI_CONFIG_DIR, metadata=_ABS)
+    cni_bin_dirs: list[str] = field(default_factory=lambda: list(DEFAULT_CNI_BIN_DIRS))
+    # one pod's network setup or teardown (a network helper run, a CNI plugin run) must end within this
+    timeout_seconds: float = 60.0
 
     def check(self) -> list[tuple[str, str]]:
         if self.pod_cidr:
             try:
-                ipaddress.ip_network(self.pod_cidr)
-            except ValueError as exc:
+                parse_pod_cidrs(self.pod_cidr)
+            except errors.InvalidArgument as exc:
                 return [("pod_cidr", str(exc))]
+        try:
+            check_bridge_name(self.bridge)
+        except errors.InvalidArgument as exc:
+            return [("bridge", str(exc))]
+        if not 576 <= self.mtu <= 65535:
+            return [("mtu", f"{self.mtu} is out of range 576-65535")]
+        for path in self.cni_bin_dirs:
+            if not os.path.isabs(path):
+                return [("cni_bin_dirs", f"must be absolute paths, got {path!r}")]
+        if self.timeout_seconds <= 0:
+            return [("timeout_seconds", "must be positive")]
         return []
 
 

@@ -17,6 +17,7 @@ from grpc import aio
 
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics
+from cri.network import build_network
 from cri.recovery import recover
 from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
@@ -163,12 +164,13 @@ class Daemon:
             raise StartupError(f"{self.store.path}: {exc}") from None
         server: aio.Server | None = None
         listening = False
+        network = build_network(self.config, self.store)
         images: ImageManager | None = None
         try:
             await self.images.start()
             images = self.images
             ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
-                                 readiness=self.readiness, images=images,
+                                 readiness=self.readiness, images=images, network=network,
                                  cgroups=await asyncio.to_thread(_discover_cgroups))
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
@@ -204,6 +206,7 @@ class Daemon:
             if listening:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket.unlink()
+            await network.close()
             if images is not None:
                 await images.close()
             await self.store.close()

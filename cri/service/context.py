@@ -18,6 +18,7 @@ from cri.store.names import NameIndex
 from cri.store.sandboxes import Sandbox, SandboxStore
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
+from runtime.network.manager import NetworkManager
 
 
 def caller_gone(context: Any) -> bool:
@@ -37,6 +38,8 @@ class ServiceContext:
     metrics: Metrics
     readiness: Readiness
     images: ImageManager
+    # pod networking (CNI or the built-in bridge); None only in tests that need no network
+    network: NetworkManager | None = None
     # wall clock in nanoseconds (CRI timestamps); a seam for tests
     clock_ns: Callable[[], int] = field(default=time.time_ns)
     sandboxes: SandboxStore = field(init=False)
@@ -87,9 +90,6 @@ class ServiceContext:
         return None
 
     async def remove_pod_containers(self, sandbox: Sandbox) -> None:
-        return None
-
-    async def teardown_pod_network(self, sandbox: Sandbox) -> None:
         return None
 
     def pod_container_statuses(self, sandbox: Sandbox) -> list[Any]:

@@ -9,6 +9,7 @@ failure anywhere leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
 
+from cri.network import pod_network_request
 from cri.rollback import Rollback
 from cri.service import runtime_info
 from cri.service.context import ServiceContext, caller_gone
@@ -66,6 +68,8 @@ async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest
         log.info("RunPodSandbox %s: returning pod %s, created after an earlier caller gave up", name, holder)
         return cri.RunPodSandboxResponse(pod_sandbox_id=holder)
     sandbox_id = secrets.token_hex(32)
+    if config.linux.security_context.namespace_options.network != cri.NODE:
+        pod_network_request(sandbox_id, "", config)  # bad port mappings fail here, before anything is made
     await ctx.sandbox_names.reserve(name, sandbox_id, ctx.clock_ns())
     # creation runs to its end even if the caller goes away; the result is kept for the caller's retry
     task = asyncio.ensure_future(_create(ctx, sandbox_id, name, config, handler))
@@ -159,5 +163,15 @@ async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.P
 
 async def _setup_network(ctx: ServiceContext, meta: SandboxMeta, status: SandboxStatus, undo: Rollback
                          ) -> SandboxStatus:
-    """The pod network (the networking issue fills this in); host-network pods have none of their own."""
-    return status
+    """Attach the pod's network namespace to the pod network; host-network pods have none of their own."""
+    if meta.host_network or ctx.network is None:
+        return status
+    network = ctx.network
+    pod = pod_network_request(meta.id, meta.namespaces["net"], meta.config)
+    started = ctx.clock_ns()
+    result = await network.setup(pod)
+    # pushed after the namespaces' undo, so it runs before the netns pin goes (CNI DEL wants the netns)
+    undo.push("pod network", lambda: network.teardown(pod))
+    log.info("pod %s: network %s/%s, IPs %s (%.1f ms)", meta.id, result.backend, result.network,
+             ", ".join(result.pod_ips), (ctx.clock_ns() - started) / 1e6)
+    return dataclasses.replace(status, ips=tuple(result.pod_ips), network=result.to_json())

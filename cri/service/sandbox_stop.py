@@ -7,7 +7,7 @@ import logging
 from cri_api.v1 import api_pb2 as cri
 
 from cri.service.context import ServiceContext
-from cri.service.sandbox_teardown import kill_pod_processes, release_pod_resources
+from cri.service.sandbox_teardown import kill_pod_processes, release_pod_resources, teardown_pod_network
 from cri.store.sandboxes import NOT_READY, READY, Sandbox
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ async def stop_sandbox(ctx: ServiceContext, sandbox: Sandbox) -> None:
     """Kill everything in the pod (no grace: the kubelet stops containers first) and tear its network down."""
     await ctx.stop_pod_containers(sandbox)
     await kill_pod_processes(ctx, sandbox)
-    await ctx.teardown_pod_network(sandbox)
+    await teardown_pod_network(ctx, sandbox)
     if sandbox.status.state == READY:
         await ctx.sandboxes.update(sandbox, state=NOT_READY)
         log.info("pod %s stopped", sandbox.id)
@@ -45,6 +45,7 @@ async def remove_pod_sandbox(ctx: ServiceContext, request: cri.RemovePodSandboxR
             return cri.RemovePodSandboxResponse()
         await stop_sandbox(ctx, sandbox)
         await ctx.remove_pod_containers(sandbox)
+        await teardown_pod_network(ctx, sandbox)  # again: a stop may have found the network busy
         await release_pod_resources(ctx, sandbox)
         await ctx.sandboxes.delete(sandbox)
         await ctx.sandbox_names.release(sandbox.meta.name, sandbox.id)

@@ -7,6 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from cri.network import pod_network_request
 from cri.service.context import ServiceContext
 from cri.store.sandboxes import Sandbox
 from runtime.cgroups import paths as cgroup_paths
@@ -45,6 +46,16 @@ async def kill_pod_processes(ctx: ServiceContext, sandbox: Sandbox) -> None:
                     leaf.kill()
 
     await asyncio.to_thread(kill_leaves)
+
+
+async def teardown_pod_network(ctx: ServiceContext, sandbox: Sandbox) -> None:
+    """Detach the pod from the pod network (idempotent; works with the netns already gone)."""
+    if sandbox.meta.host_network or ctx.network is None:
+        return
+    netns = sandbox.meta.namespaces.get("net", "")
+    if netns and not await asyncio.to_thread(Path(netns).exists):
+        netns = ""
+    await ctx.network.teardown(pod_network_request(sandbox.id, netns, sandbox.meta.config))
 
 
 async def release_pod_resources(ctx: ServiceContext, sandbox: Sandbox) -> None:

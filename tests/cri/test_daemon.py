@@ -37,8 +37,8 @@ def test_status(crispd: Crispd) -> None:
     conditions = {c.type: c for c in response.status.conditions}
     assert set(conditions) == {"RuntimeReady", "NetworkReady"}
     assert conditions["RuntimeReady"].status is True
-    network = conditions["NetworkReady"]
-    assert network.status is False and network.reason and network.message  # no network until its issue
+    network = conditions["NetworkReady"]  # whether it is ready depends on the host: tests/cri/test_network.py
+    assert network.status or (network.reason and network.message)
     assert [h.name for h in response.runtime_handlers] == [""]
     assert response.HasField("features")
     assert dict(response.info) == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -15,10 +16,12 @@ from cri_api.v1 import api_pb2 as cri
 
 from runtime.cgroups import CgroupV2Manager
 from tests.cri.crispd import Crispd
+from tests.integration.netutil import free_subnet4
 from tests.leaks import cgroups_under, mounts_under, processes_mentioning, remove_cgroup_tree, wait_until
 
 pytestmark = pytest.mark.root
 
+NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
 FAIL_POINTS = ["run_pod_sandbox.cgroup", "run_pod_sandbox.namespaces", "run_pod_sandbox.pod_init",
                "run_pod_sandbox.files", "run_pod_sandbox.network", "run_pod_sandbox.record"]
 
@@ -28,7 +31,21 @@ class Pods:
 
     def __init__(self, base: Path, extra_config: str = "", name: str = "crispd") -> None:
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
-        self.daemon = Crispd(base, config=f'[cgroup]\nbase = "{self.cgroup_base}"\n{extra_config}', name=name)
+        self.bridge = f"crispt{secrets.token_hex(4)}"
+        self.subnet = free_subnet4(24)
+        self.daemon = Crispd(base, config=self.config_text(extra_config), name=name)
+
+    def config_text(self, extra: str = "") -> str:
+        """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
+        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n'
+                f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
+                f'cni_config_dir = "{NO_CNI_DIR}"\n{extra}')
+
+    def cleanup_host(self) -> None:
+        """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover."""
+        subprocess.run(["nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+        remove_cgroup_tree(self.cgroup_base)
 
     def run(self, config: cri.PodSandboxConfig, handler: str = "") -> str:
         response = self.daemon.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=config,
@@ -44,6 +61,9 @@ class Pods:
         sandboxes = self.daemon.state / "sandboxes"
         if sandboxes.exists():
             left += [f"dir {d}" for d in sandboxes.iterdir()]
+        ports = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True,
+                               text=True).stdout.split("\n")
+        left += [f"veth {line.split(':')[1].strip()}" for line in ports if line.strip()]
         return left
 
 
@@ -62,7 +82,7 @@ def pods(tmp_path: Path) -> Iterator[Pods]:
             code = p.daemon.stop()
             for m in reversed(mounts_under(tmp_path)):
                 subprocess.run(["umount", "-l", m], check=False)
-            remove_cgroup_tree(p.cgroup_base)
+            p.cleanup_host()
     assert leaks == []
     assert code == 0, p.daemon.log()
     assert p.daemon.slow_callbacks() == [], p.daemon.log()
@@ -108,6 +128,10 @@ def test_run_status_stop_remove(pods: Pods) -> None:
     assert nsenter(f"--net={ns['net']}", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start") == "80"
     assert "UP" in nsenter(f"--net={ns['net']}", "ip", "-o", "link", "show", "lo")
     assert nsenter(f"--ipc={ns['ipc']}", "cat", "/proc/sys/kernel/shm_rmid_forced") == "1"
+    # the pod is on the pod network, with an address from the pod CIDR on eth0
+    ip = status.network.ip
+    assert ipaddress.ip_address(ip) in pods.subnet
+    assert f"inet {ip}/" in nsenter(f"--net={ns['net']}", "ip", "-o", "-4", "addr", "show", "eth0")
     pod_dir = Path(info["dir"])
     assert (pod_dir / "resolv.conf").read_text() == (
         "search default.svc svc\nnameserver 10.96.0.10\noptions ndots:5\n")
@@ -245,8 +269,7 @@ def test_unknown_runtime_handler(pods: Pods) -> None:
 def test_failure_mid_run_leaves_nothing(tmp_path: Path, point: str) -> None:
     p = Pods(tmp_path, extra_config=f'[debug]\nfail_points = ["{point}"]\n')
     # the fixture file already has a [debug] table: give this one its own config
-    p.daemon.config_path.write_text(f'[cgroup]\nbase = "{p.cgroup_base}"\n'
-                                    f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n')
+    p.daemon.config_path.write_text(p.config_text(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n'))
     p.daemon.start()
     try:
         with pytest.raises(grpc.RpcError) as err:
@@ -257,12 +280,12 @@ def test_failure_mid_run_leaves_nothing(tmp_path: Path, point: str) -> None:
         assert p.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items == []
     finally:
         assert p.daemon.stop() == 0
-        remove_cgroup_tree(p.cgroup_base)
+        p.cleanup_host()
     assert p.daemon.slow_callbacks() == []
     # and the database holds no row: a new crispd on the same root lists nothing, the name is free
     again = Pods(tmp_path, name="again")
-    again.cgroup_base = p.cgroup_base
-    again.daemon.config_path.write_text(f'[cgroup]\nbase = "{p.cgroup_base}"\n')
+    again.cgroup_base, again.bridge, again.subnet = p.cgroup_base, p.bridge, p.subnet
+    again.daemon.config_path.write_text(again.config_text())
     again.daemon.start()
     try:
         assert again.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items == []
@@ -270,7 +293,7 @@ def test_failure_mid_run_leaves_nothing(tmp_path: Path, point: str) -> None:
         again.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     finally:
         assert again.daemon.stop() == 0
-        remove_cgroup_tree(p.cgroup_base)
+        again.cleanup_host()
 
 
 def test_pods_survive_a_restart(tmp_path: Path) -> None:
@@ -297,7 +320,7 @@ def test_pods_survive_a_restart(tmp_path: Path) -> None:
         p.daemon.stop()
         for m in reversed(mounts_under(tmp_path)):
             subprocess.run(["umount", "-l", m], check=False)
-        remove_cgroup_tree(p.cgroup_base)
+        p.cleanup_host()
 
 
 def test_pod_cgroup_from_cgroup_parent(pods: Pods) -> None:
@@ -311,8 +334,8 @@ def test_pod_cgroup_from_cgroup_parent(pods: Pods) -> None:
 
 def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
     p = Pods(tmp_path)
-    p.daemon.config_path.write_text(f'[cgroup]\nbase = "{p.cgroup_base}"\n[debug]\nslow_callback_ms = 50\n'
-                                    '[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n')
+    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
+                                                  '[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n'))
     p.daemon.start()
     try:
         request = cri.RunPodSandboxRequest(config=pod_config("slow"))
@@ -332,4 +355,4 @@ def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
         assert p.leaks() == []
     finally:
         assert p.daemon.stop() == 0
-        remove_cgroup_tree(p.cgroup_base)
+        p.cleanup_host()
