@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,14 @@ from cri.server import Readiness
 from cri.service.images import ImageManager
 from cri.store.db import Store
 from cri.store.names import NameIndex
-from cri.store.sandboxes import Sandbox, SandboxStore
+from cri.store.containers import Container, ContainerStore
+from cri.store.sandboxes import SandboxStore
+from cri.oci import NodeFacts
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
+from shim.manager import ShimManager
+
+log = logging.getLogger(__name__)
 from runtime.network.manager import NetworkManager
 
 
@@ -44,6 +50,15 @@ class ServiceContext:
     clock_ns: Callable[[], int] = field(default=time.time_ns)
     sandboxes: SandboxStore = field(init=False)
     sandbox_names: NameIndex = field(init=False)
+    containers: ContainerStore = field(init=False)
+    container_names: NameIndex = field(init=False)
+    # the shims of all containers (started through the zygote); None only in tests that run no container
+    shim_manager: ShimManager | None = None
+    # crispd's own capabilities, oom_score_adj, limits: what container specs are built against
+    node: NodeFacts = field(default_factory=lambda: NodeFacts(capabilities=()))
+    # GetContainerEvents subscribers: called with (container, event type) on each change
+    event_listeners: list[Callable[[Container, int], None]] = field(default_factory=list)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
     # None when the host has no cgroup2 mount: pods cannot be run then
     cgroups: CgroupV2Manager | None = None
     # `[debug] fail_points`: named places where a test makes creation fail on purpose
@@ -52,6 +67,8 @@ class ServiceContext:
     def __post_init__(self) -> None:
         self.sandboxes = SandboxStore(self.store)
         self.sandbox_names = NameIndex(self.store, "sandbox")
+        self.containers = ContainerStore(self.store)
+        self.container_names = NameIndex(self.store, "container")
 
     @property
     def state_dir(self) -> Path:
@@ -60,6 +77,12 @@ class ServiceContext:
     @property
     def root_dir(self) -> Path:
         return Path(self.config.root)
+
+    @property
+    def shims(self) -> ShimManager:
+        if self.shim_manager is None:
+            raise errors.Unavailable("crispd runs without shims: containers cannot be run")
+        return self.shim_manager
 
     def cgroup_manager(self) -> CgroupV2Manager:
         if self.cgroups is None:
@@ -85,12 +108,43 @@ class ServiceContext:
     def take_abandoned(self, name: str) -> str | None:
         return self._abandoned.pop(name, None)
 
-    # Hooks between pods and the parts that plug into them (containers, network); filled as those land.
-    async def stop_pod_containers(self, sandbox: Sandbox) -> None:
-        return None
+    # --- containers' helpers shared by the RPC modules ----------------------------------------------------
 
-    async def remove_pod_containers(self, sandbox: Sandbox) -> None:
-        return None
+    def spawn_background(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run coro as a task crispd keeps a reference to; a failure is logged, never lost."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
 
-    def pod_container_statuses(self, sandbox: Sandbox) -> list[Any]:
-        return []
+        def done(t: asyncio.Task[None]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %s", what, t.exception(), exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def cancel_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def discard_shim(self, container_id: str) -> None:
+        """Make the container and its shim go away: a live shim deletes the container and exits; a dead one's
+        remains are cleaned up; nothing known is fine."""
+        info = self.shims.info(container_id)
+        if info is None:
+            return
+        if self.shims.is_alive(container_id):
+            try:
+                await self.shims.client(container_id).shutdown(force=True)
+            except errors.CrispError as exc:
+                log.warning("container %s: shim shutdown failed (%s); killing it", container_id, exc)
+                await self.shims.kill_shim(container_id)
+                await self.shims.cleanup_dead(info)
+        else:
+            await self.shims.cleanup_dead(info)
+        self.shims.forget(container_id)
+
+    def container_event(self, container: Container, event_type: int) -> None:
+        """A container changed state (created, started, stopped, deleted): tell GetContainerEvents subscribers."""
+        for listener in list(self.event_listeners):
+            listener(container, event_type)

@@ -6,6 +6,7 @@ import json
 
 from cri_api.v1 import api_pb2 as cri
 
+from cri.service.container_status import pod_container_statuses
 from cri.service.context import ServiceContext
 from cri.store.sandboxes import READY, Sandbox
 
@@ -67,7 +68,7 @@ async def pod_sandbox_status(ctx: ServiceContext, request: cri.PodSandboxStatusR
     sandbox = ctx.sandboxes.get(request.pod_sandbox_id)
     response = cri.PodSandboxStatusResponse(
         status=sandbox_status(sandbox),
-        containers_statuses=ctx.pod_container_statuses(sandbox),
+        containers_statuses=pod_container_statuses(ctx, sandbox.id),
         timestamp=ctx.clock_ns(),
     )
     if request.verbose:

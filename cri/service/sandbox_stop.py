@@ -6,6 +6,7 @@ import logging
 
 from cri_api.v1 import api_pb2 as cri
 
+from cri.service.container_run import remove_pod_containers, stop_pod_containers
 from cri.service.context import ServiceContext
 from cri.service.sandbox_teardown import kill_pod_processes, release_pod_resources, teardown_pod_network
 from cri.store.sandboxes import NOT_READY, READY, Sandbox
@@ -26,7 +27,7 @@ async def stop_pod_sandbox(ctx: ServiceContext, request: cri.StopPodSandboxReque
 
 async def stop_sandbox(ctx: ServiceContext, sandbox: Sandbox) -> None:
     """Kill everything in the pod (no grace: the kubelet stops containers first) and tear its network down."""
-    await ctx.stop_pod_containers(sandbox)
+    await stop_pod_containers(ctx, sandbox.id)
     await kill_pod_processes(ctx, sandbox)
     await teardown_pod_network(ctx, sandbox)
     if sandbox.status.state == READY:
@@ -44,7 +45,7 @@ async def remove_pod_sandbox(ctx: ServiceContext, request: cri.RemovePodSandboxR
         if ctx.sandboxes.find(sandbox.id) is None:  # removed while we waited for the lock
             return cri.RemovePodSandboxResponse()
         await stop_sandbox(ctx, sandbox)
-        await ctx.remove_pod_containers(sandbox)
+        await remove_pod_containers(ctx, sandbox.id)
         await teardown_pod_network(ctx, sandbox)  # again: a stop may have found the network busy
         await release_pod_resources(ctx, sandbox)
         await ctx.sandboxes.delete(sandbox)

@@ -13,6 +13,10 @@ from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
 from cri.service import (
+    container_create,
+    container_run,
+    container_status,
+    container_update,
     image_fsinfo,
     image_pull,
     image_remove,
@@ -75,6 +79,43 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
 
     async def ListPodSandbox(self, request: cri.ListPodSandboxRequest, context: Any) -> cri.ListPodSandboxResponse:
         return await sandbox_status.list_pod_sandbox(self.ctx, request)
+
+
+    async def CreateContainer(self, request: cri.CreateContainerRequest, context: Any
+                              ) -> cri.CreateContainerResponse:
+        return await container_create.create_container(self.ctx, request, context)
+
+    async def StartContainer(self, request: cri.StartContainerRequest, context: Any) -> cri.StartContainerResponse:
+        return await container_run.start_container(self.ctx, request)
+
+    async def StopContainer(self, request: cri.StopContainerRequest, context: Any) -> cri.StopContainerResponse:
+        return await container_run.stop_container(self.ctx, request)
+
+    async def RemoveContainer(self, request: cri.RemoveContainerRequest, context: Any
+                              ) -> cri.RemoveContainerResponse:
+        return await container_run.remove_container(self.ctx, request)
+
+    async def ContainerStatus(self, request: cri.ContainerStatusRequest, context: Any
+                              ) -> cri.ContainerStatusResponse:
+        return await container_status.container_status_rpc(self.ctx, request)
+
+    async def ListContainers(self, request: cri.ListContainersRequest, context: Any) -> cri.ListContainersResponse:
+        return await container_status.list_containers(self.ctx, request)
+
+    async def UpdateContainerResources(self, request: cri.UpdateContainerResourcesRequest, context: Any
+                                       ) -> cri.UpdateContainerResourcesResponse:
+        return await container_update.update_container_resources(self.ctx, request)
+
+    async def UpdatePodSandboxResources(self, request: cri.UpdatePodSandboxResourcesRequest, context: Any
+                                        ) -> cri.UpdatePodSandboxResourcesResponse:
+        return await container_update.update_pod_sandbox_resources(self.ctx, request)
+
+    async def ReopenContainerLog(self, request: cri.ReopenContainerLogRequest, context: Any
+                                 ) -> cri.ReopenContainerLogResponse:
+        return await container_update.reopen_container_log(self.ctx, request)
+
+    async def ExecSync(self, request: cri.ExecSyncRequest, context: Any) -> cri.ExecSyncResponse:
+        return await container_update.exec_sync(self.ctx, request)
 
 
 class ImageService(cri_grpc.ImageServiceServicer):
