@@ -18,6 +18,7 @@ from grpc import aio
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics
 from cri.network import build_network
+from cri.oci import NodeFacts
 from cri.recovery import recover
 from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
@@ -28,6 +29,7 @@ from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.lockfile import LockFile
 from runtime.version import VERSION
+from shim.manager import ShimManager
 
 log = logging.getLogger("crispd")
 
@@ -166,12 +168,17 @@ class Daemon:
         listening = False
         network = build_network(self.config, self.store)
         images: ImageManager | None = None
+        shims = ShimManager(Path(self.config.state) / "containers")
+        ctx: ServiceContext | None = None
         try:
             await self.images.start()
             images = self.images
+            await shims.start()
             ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
                                  readiness=self.readiness, images=images, network=network,
-                                 cgroups=await asyncio.to_thread(_discover_cgroups))
+                                 cgroups=await asyncio.to_thread(_discover_cgroups), shim_manager=shims,
+                                 node=await asyncio.to_thread(NodeFacts.probe))
+            images.set_in_use(ctx.images_in_use)
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -206,6 +213,9 @@ class Daemon:
             if listening:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket.unlink()
+            if ctx is not None:
+                await ctx.cancel_background()
+            await shims.close()  # the zygote ends; the shims and their containers go on
             await network.close()
             if images is not None:
                 await images.close()

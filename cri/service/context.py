@@ -13,7 +13,7 @@ from typing import Any
 from cri.config import Config
 from cri.metrics import Metrics
 from cri.server import Readiness
-from cri.service.images import ImageManager
+from cri.service.images import ImageManager, InUse
 from cri.store.db import Store
 from cri.store.names import NameIndex
 from cri.store.containers import Container, ContainerStore
@@ -143,6 +143,12 @@ class ServiceContext:
         else:
             await self.shims.cleanup_dead(info)
         self.shims.forget(container_id)
+
+    async def images_in_use(self) -> InUse:
+        """For image GC: the images and snapshots the containers still use."""
+        containers = self.containers.all()
+        return InUse(images=frozenset(c.meta.image_id for c in containers),
+                     snapshots=frozenset(d for c in containers for d in c.meta.lowerdirs))
 
     def container_event(self, container: Container, event_type: int) -> None:
         """A container changed state (created, started, stopped, deleted): tell GetContainerEvents subscribers."""
