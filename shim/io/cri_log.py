@@ -1,0 +1,100 @@
+"""The CRI log file, in the format the kubelet's log reader parses.
+
+Each line is `<timestamp> <stream> <tag> <content>\n`: the timestamp is RFC 3339 with nanoseconds (UTC, `Z`),
+the stream is `stdout` or `stderr`, the tag is `F` for the end of a line of output and `P` for a part of one. The
+reader joins `P` parts onto the next line and adds the newline back after an `F`. A chunk read from the container
+gets one timestamp; a line longer than `max_line` bytes becomes `P` parts of at most that size; an unterminated
+tail of a chunk is written at once as a `P` part (it is never held back waiting for the rest of its line).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Callable
+
+STDOUT = b"stdout"
+STDERR = b"stderr"
+
+
+def format_timestamp(ns: int) -> bytes:
+    """RFC 3339 with nine fractional digits in UTC: 2026-01-02T03:04:05.000000006Z."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z").encode()
+
+
+def format_chunk(stream: bytes, chunk: bytes, timestamp: bytes, max_line: int) -> bytes:
+    """The log lines for one chunk of output read from `stream`."""
+    prefix_p = timestamp + b" " + stream + b" P "
+    prefix_f = timestamp + b" " + stream + b" F "
+    out: list[bytes] = []
+    start = 0
+    end = len(chunk)
+    while start < end:
+        newline = chunk.find(b"\n", start)
+        stop = end if newline < 0 else newline
+        # parts of max_line bytes while the rest of the line is longer than that
+        while stop - start > max_line:
+            out.append(prefix_p + chunk[start:start + max_line] + b"\n")
+            start += max_line
+        if newline < 0:
+            if start < end:
+                out.append(prefix_p + chunk[start:end] + b"\n")
+            break
+        out.append(prefix_f + chunk[start:newline] + b"\n")
+        start = newline + 1
+    return b"".join(out)
+
+
+class CriLog:
+    """Appends container output to the CRI log file; `reopen` follows the kubelet's rename-based rotation.
+
+    Without a path the output is discarded. A failing write is remembered and reported once: the shim keeps
+    draining the container rather than blocking it.
+    """
+
+    def __init__(self, path: str, max_line: int, warn: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.max_line = max_line
+        self._fd = -1
+        self._warn = warn or (lambda message: None)
+        self._failed = False
+        self.bytes_written = 0
+        if path:
+            self._open()
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def reopen(self) -> None:
+        """Close the current file and open the path again, creating it: the new file exists on return."""
+        if not self.path:
+            return
+        old = self._fd
+        self._fd = -1
+        if old >= 0:
+            os.close(old)
+        self._open()
+        self._failed = False
+
+    def write(self, stream: bytes, chunk: bytes, now_ns: int | None = None) -> None:
+        if self._fd < 0 or not chunk:
+            return
+        timestamp = format_timestamp(time.time_ns() if now_ns is None else now_ns)
+        data = memoryview(format_chunk(stream, chunk, timestamp, self.max_line))
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            if not self._failed:
+                self._failed = True
+                self._warn(f"cannot write the container log {self.path}: {os.strerror(exc.errno or errno.EIO)}; "
+                           "output is dropped until the log is reopened")
+            return
+        self.bytes_written += len(chunk)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

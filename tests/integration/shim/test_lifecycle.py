@@ -1,0 +1,134 @@
+"""The shim drives real containers through runc and crun: create, start, exit codes, signals, early exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from runtime import errors
+from tests.integration.shim.helpers import ShimEnv, joined_output, run
+
+pytestmark = pytest.mark.root
+
+
+def test_exit_code_times_and_log(shim_env: ShimEnv) -> None:
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sh", "-c", "echo hello; echo oops >&2; exit 3"])
+
+    async def scenario() -> None:
+        manager = shim_env.manager()
+        await manager.start()
+        try:
+            client, pid = await manager.create(shim_env.config(cid))
+            assert pid > 0
+            state = await client.state()
+            assert state.state == "created" and state.pid == pid
+            started = await client.start()
+            status = await manager.wait_exit(cid)
+            assert status.exit_code == 3 and status.signal == 0
+            assert status.started_at == started > 0
+            assert status.finished_at >= status.started_at
+            assert not status.oom_killed
+            state = await client.state()
+            assert state.state == "stopped" and state.status == status
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+    log = shim_env.logs / f"{cid}.log"
+    assert joined_output(log, "stdout") == b"hello\n"
+    assert joined_output(log, "stderr") == b"oops\n"
+    status_file = shim_env.containers / cid / "status.json"
+    assert '"exit_code": 3' in status_file.read_text()
+
+
+def test_killed_by_signal(shim_env: ShimEnv) -> None:
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        manager = shim_env.manager()
+        await manager.start()
+        try:
+            client, _ = await manager.create(shim_env.config(cid))
+            await client.start()
+            assert (await client.state()).state == "running"
+            with pytest.raises(errors.FailedPrecondition):
+                await client.shutdown()  # still running and no force
+            await client.kill(signal.SIGKILL)
+            status = await manager.wait_exit(cid)
+            assert status.exit_code == 128 + signal.SIGKILL and status.signal == signal.SIGKILL
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_exit_before_start_returns(shim_env: ShimEnv) -> None:
+    """A container that ends at once: its exit is caught even if it comes before `start` has returned."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["true"])
+
+    async def scenario() -> None:
+        manager = shim_env.manager()
+        await manager.start()
+        try:
+            client, _ = await manager.create(shim_env.config(cid))
+            waiting = asyncio.create_task(client.wait())
+            await client.start()
+            status = await waiting
+            assert status.exit_code == 0 and status.started_at > 0
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_exit_before_start_was_asked(runc_env: ShimEnv) -> None:
+    """The init dies while the container is only created: start is refused, the exit is reported."""
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        manager = runc_env.manager()
+        await manager.start()
+        try:
+            client, pid = await manager.create(runc_env.config(cid))
+            os.kill(pid, signal.SIGKILL)
+            status = await manager.wait_exit(cid)
+            assert status.exit_code == 137 and status.started_at == 0
+            with pytest.raises(errors.FailedPrecondition):
+                await client.start()
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["/no/such/binary"])
+
+    async def scenario() -> None:
+        manager = shim_env.manager()
+        await manager.start()
+        try:
+            client, _ = await manager.create(shim_env.config(cid))
+            with pytest.raises(errors.CrispError) as failure:
+                await client.start()
+            assert "no/such/binary" in str(failure.value) or "no such file" in str(failure.value).lower()
+            await client.shutdown(force=True)
+        except errors.CrispError as exc:
+            # crun reports a missing binary at create time; the shim then cleans up and exits by itself
+            assert "no/such/binary" in str(exc) or "no such file" in str(exc).lower(), exc
+        finally:
+            await manager.close()
+
+    run(scenario())
