@@ -149,9 +149,9 @@ class ShimClient:
             raise error_from(str(problem.get("kind", "Internal")), str(problem.get("message", f"{op} failed")))
         return dict(reply)
 
-    async def call(self, op: str, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+    async def call(self, op: str, call_timeout: float | None = None, **fields: Any) -> dict[str, Any]:
         """One request and its reply. timeout None: the client's default; 0: no timeout (for `wait`)."""
-        limit = self.timeout if timeout is None else timeout
+        limit = self.timeout if call_timeout is None else call_timeout
 
         async def run() -> dict[str, Any]:
             reader, writer = await self._connect()
@@ -174,44 +174,44 @@ class ShimClient:
 
     # --- the operations -------------------------------------------------------------------------------------
 
-    async def create(self, timeout: float | None = None) -> int:
+    async def create(self, call_timeout: float | None = None) -> int:
         """Create the container through the executor; returns its init pid. On failure the shim exits."""
-        return int((await self.call("create", timeout))["pid"])
+        return int((await self.call("create", call_timeout))["pid"])
 
-    async def start(self, timeout: float | None = None) -> int:
+    async def start(self, call_timeout: float | None = None) -> int:
         """Start the created container; returns its start time (ns)."""
-        return int((await self.call("start", timeout))["started_at"])
+        return int((await self.call("start", call_timeout))["started_at"])
 
-    async def state(self, timeout: float | None = None) -> ShimState:
-        reply = await self.call("state", timeout)
+    async def state(self, call_timeout: float | None = None) -> ShimState:
+        reply = await self.call("state", call_timeout)
         status = reply.get("status")
         return ShimState(id=reply["id"], state=reply["state"], pid=reply["pid"], started_at=reply["started_at"],
                          shim_pid=reply["shim_pid"], status=ExitStatus.from_json(status) if status else None)
 
-    async def kill(self, signal: int, all: bool = False, timeout: float | None = None) -> None:
+    async def kill(self, signal: int, all: bool = False, call_timeout: float | None = None) -> None:
         """Signal the init (all=False) or every process of the container (all=True)."""
-        await self.call("kill", timeout, signal=int(signal), all=all)
+        await self.call("kill", call_timeout, signal=int(signal), all=all)
 
-    async def wait(self, timeout: float | None = 0) -> ExitStatus:
+    async def wait(self, call_timeout: float | None = 0) -> ExitStatus:
         """The exit status, once the container has exited (no timeout unless one is given)."""
-        return ExitStatus.from_json((await self.call("wait", timeout))["status"])
+        return ExitStatus.from_json((await self.call("wait", call_timeout))["status"])
 
-    async def reopen_log(self, timeout: float | None = None) -> None:
-        await self.call("reopen_log", timeout)
+    async def reopen_log(self, call_timeout: float | None = None) -> None:
+        await self.call("reopen_log", call_timeout)
 
-    async def resize(self, width: int, height: int, exec_id: str = "", timeout: float | None = None) -> None:
-        await self.call("resize", timeout, width=width, height=height, exec_id=exec_id)
+    async def resize(self, width: int, height: int, exec_id: str = "", call_timeout: float | None = None) -> None:
+        await self.call("resize", call_timeout, width=width, height=height, exec_id=exec_id)
 
-    async def shutdown(self, force: bool = False, timeout: float | None = None) -> None:
+    async def shutdown(self, force: bool = False, call_timeout: float | None = None) -> None:
         """The status is collected (or the container is to go): delete it, unmount its rootfs, end the shim.
         force kills a container that still runs."""
-        await self.call("shutdown", timeout, force=force)
+        await self.call("shutdown", call_timeout, force=force)
 
-    async def debug(self, timeout: float | None = None) -> dict[str, Any]:
-        return await self.call("debug", timeout)
+    async def debug(self, call_timeout: float | None = None) -> dict[str, Any]:
+        return await self.call("debug", call_timeout)
 
-    async def _open_stream(self, op: str, timeout: float | None, fields: dict[str, Any]) -> ShimStream:
-        limit = self.timeout if timeout is None else timeout
+    async def _open_stream(self, op: str, call_timeout: float | None, fields: dict[str, Any]) -> ShimStream:
+        limit = self.timeout if call_timeout is None else call_timeout
         reader, writer = await self._connect()
         try:
             reply = await asyncio.wait_for(self._exchange(reader, writer, op, fields), limit or None)
@@ -225,16 +225,16 @@ class ShimClient:
         return ShimStream(reader, writer, reply)
 
     async def attach(self, stdin: bool = False, stdout: bool = True, stderr: bool = True,
-                     timeout: float | None = None) -> ShimStream:
+                     call_timeout: float | None = None) -> ShimStream:
         """Stream the container's output (and feed its stdin); ends with an exit frame when it exits."""
-        return await self._open_stream("attach", timeout, {"stdin": stdin, "stdout": stdout, "stderr": stderr})
+        return await self._open_stream("attach", call_timeout, {"stdin": stdin, "stdout": stdout, "stderr": stderr})
 
     async def exec(self, args: Sequence[str], tty: bool = False, stdin: bool = False, env: Sequence[str] = (),
                    exec_timeout: float = 0, width: int = 0, height: int = 0,
-                   timeout: float | None = None) -> ShimStream:
+                   call_timeout: float | None = None) -> ShimStream:
         """Run a process in the container with its identity; the stream ends with the exec's exit frame
         (`exit_code`, `timed_out`). exec_timeout > 0 kills its processes after that many seconds."""
-        return await self._open_stream("exec", timeout, {
+        return await self._open_stream("exec", call_timeout, {
             "args": list(args), "tty": tty, "stdin": stdin, "env": list(env), "timeout": exec_timeout,
             "width": width, "height": height})
 

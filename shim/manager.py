@@ -117,7 +117,7 @@ class ShimManager:
 
     async def start(self) -> None:
         """Start the zygote and wait until it is ready."""
-        package_root = str(Path(shim_package.__file__).resolve().parent.parent)
+        package_root = _package_root()
         self._zygote = await asyncio.create_subprocess_exec(
             self.python, "-I", "-S", "-c", _ZYGOTE_BOOTSTRAP, package_root,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, close_fds=True)
@@ -209,12 +209,12 @@ class ShimManager:
         log.info("container %s: shim started (pid %d)", config.id, info.pid)
         return self.client(config.id)
 
-    async def create(self, config: ShimConfig, timeout: float | None = None) -> tuple[ShimClient, int]:
+    async def create(self, config: ShimConfig, call_timeout: float | None = None) -> tuple[ShimClient, int]:
         """A shim, and the container created through it: (client, init pid). If create fails the shim has already
         undone it and exited."""
         client = await self.spawn(config)
         try:
-            pid = await client.create(timeout=timeout if timeout is not None else self.call_timeout * 2)
+            pid = await client.create(call_timeout=call_timeout if call_timeout is not None else self.call_timeout * 2)
         except errors.DeadlineExceeded:
             # a shim stuck in create is of no use: make sure it does not stay
             await self.kill_shim(config.id)
@@ -256,7 +256,7 @@ class ShimManager:
                 return  # the pid is someone else's now: ours is gone
             loop = asyncio.get_running_loop()
             gone: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+            loop.add_reader(fd, lambda: None if gone.done() else gone.set_result(None))
             try:
                 await gone
             finally:
@@ -311,7 +311,8 @@ class ShimManager:
         await _run(argv, f"container {config.id}: delete after its shim died")
         if config.mount_rootfs:
             rootfs = await asyncio.to_thread(_rootfs_of, info.bundle)
-            if rootfs and await asyncio.to_thread(_is_mountpoint, rootfs):
+            mounted = bool(rootfs) and await asyncio.to_thread(_mounted, rootfs)
+            if mounted:
                 await _run(["umount", rootfs], f"container {config.id}: umount {rootfs}")
         for name in (protocol.INFO_NAME, protocol.SOCKET_NAME):
             with contextlib.suppress(FileNotFoundError):
@@ -341,6 +342,15 @@ class ShimManager:
         return found
 
 
+def _package_root() -> str:
+    """The directory that holds the shim package (the zygote imports it from there, without site-packages)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(shim_package.__file__)))
+
+
+def _mounted(path: str) -> bool:
+    return os.path.ismount(path)
+
+
 def _list_bundles(containers_dir: Path) -> list[Path]:
     try:
         return sorted(p for p in containers_dir.iterdir() if p.is_dir())
@@ -355,10 +365,6 @@ def _rootfs_of(bundle: str) -> str:
     except (OSError, ValueError, AttributeError):
         return ""
     return os.path.normpath(os.path.join(bundle, path))
-
-
-def _is_mountpoint(path: str) -> bool:
-    return os.path.ismount(path)
 
 
 async def _run(argv: Sequence[str], what: str) -> None:

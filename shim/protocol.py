@@ -67,7 +67,7 @@ class ShimConfig:
 
     id: str
     bundle: str                      # the container's bundle = state dir (config.json, socket, status)
-    executor: list[str]              # argv prefix of the OCI runtime: ["runc"], ["/usr/bin/crun"], [".../crisp-executor"]
+    executor: list[str]              # argv prefix of the OCI runtime: ["runc"], ["/usr/bin/crun"], [crisp-executor]
     executor_root: str               # the executor's --root
     log_path: str = ""               # the CRI log file; empty: output is drained and discarded
     log_max_line: int = DEFAULT_LOG_MAX_LINE
@@ -191,7 +191,8 @@ def read_status_file(path: str) -> ExitStatus | None:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot): with the pid it names one process for good."""
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot): with the pid it names one process for good.
+    None when there is no such process, or only its zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -199,6 +200,8 @@ def process_start_time(pid: int) -> int | None:
         return None
     # the command name may contain spaces and parentheses: the fields start after the last ')'
     rest = raw[raw.rindex(b")") + 2:].split()
+    if rest[0] in (b"Z", b"X"):
+        return None
     return int(rest[19])
 
 

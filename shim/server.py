@@ -426,7 +426,8 @@ class Shim:
 
     def _created(self, result: CommandResult, offset: int, since: float, reply: Reply) -> None:
         if not result.ok:
-            self._create_failed(reply, ShimError("Internal", f"{self.config.id}: {self.executor_error(result, offset)}"))
+            message = self.executor_error(result, offset)
+            self._create_failed(reply, ShimError("Internal", f"{self.config.id}: {message}"))
             return
         try:
             with open(self.path("init.pid")) as f:

@@ -22,7 +22,7 @@ from typing import Any
 
 # imported here, before any fork, so that every shim shares them
 import shim.main
-import shim.server  # noqa: F401
+import shim.server
 from runtime.version import VERSION
 from shim import protocol
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -31,11 +32,37 @@ CGROUP_PREFIX = "crisp-shimtest-"
 EXECUTORS = ("runc", "crun")
 
 
+# crispd's own tests use 50 ms; on this shared 2-core machine scheduling alone sometimes reaches that, so the shim
+# tests catch real blocking (a synchronous subprocess or fsync takes longer) at 100 ms
+SLOW_CALLBACK_SECONDS = 0.1
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing ") and " took " in message:
+            self.seen.append(message)
+
+
 def run(coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
-    """Run a coroutine in a fresh event loop with asyncio debug on."""
+    """Run a coroutine as crispd runs its loop in tests: asyncio debug on, and a callback slower than 50 ms (the
+    manager or the client blocked the loop) fails the test."""
     async def bounded() -> T:
+        asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK_SECONDS
         return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(bounded(), debug=True)
+    slow = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(slow)
+    try:
+        result = asyncio.run(bounded(), debug=True)
+    finally:
+        logger.removeHandler(slow)
+    assert slow.seen == [], "the event loop was blocked:\n" + "\n".join(slow.seen)
+    return result
 
 
 def cgroup2_mount() -> str:

@@ -33,6 +33,21 @@ def _run_to_exit(env: ShimEnv, cid: str, **config: object) -> int:
     return run(scenario())
 
 
+def _size(path: os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return -1
+
+
+async def _grown(path: os.PathLike[str], size: int) -> None:
+    for _ in range(600):
+        if _size(path) >= size:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} did not grow to {size} bytes")
+
+
 def test_fast_huge_output_keeps_every_byte(shim_env: ShimEnv) -> None:
     """~40 MB as fast as the container can write, lines of every length up to 3x the max: nothing lost or
     reordered, long lines split into P parts of at most max_line bytes, every timestamp RFC 3339 nano."""
@@ -80,14 +95,12 @@ def test_reopen_log_after_rename(shim_env: ShimEnv) -> None:
         try:
             client, _ = await manager.create(shim_env.config(cid))
             await client.start()
-            while not log.exists() or log.stat().st_size < 100:
-                await asyncio.sleep(0.05)
+            await _grown(log, 100)
             rotated = log.with_name(log.name + ".1")
             os.rename(log, rotated)
             await client.reopen_log()
             assert log.exists()  # the new file exists when the call returns
-            while log.stat().st_size < 100:
-                await asyncio.sleep(0.05)
+            await _grown(log, 100)
             await client.kill(9)
             await manager.wait_exit(cid)
             await client.shutdown()
