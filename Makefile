@@ -5,8 +5,10 @@ VENV ?= .venv
 ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
-RUN_DEBS := ca-certificates
-TEST_DEBS := $(RUN_DEBS)
+# util-linux (unshare) and mount (mount, umount): the shim runs them
+RUN_DEBS := ca-certificates util-linux mount
+# runc and crun: the OCI runtime handlers the shim tests drive; busybox-static: the test containers' rootfs
+TEST_DEBS := $(RUN_DEBS) runc crun busybox-static
 
 .PHONY: run test lint unit venv debs-run debs-test clean
 

@@ -245,7 +245,7 @@ class ShimManager:
         info = self._shims.get(container_id)
         return info is not None and shim_alive(info.pid, info.start_time)
 
-    async def _died(self, info: ShimInfo) -> None:
+    async def shim_gone(self, info: ShimInfo) -> None:
         """Resolves when the shim process has ended (pidfd: any process, not only our children)."""
         try:
             fd = os.pidfd_open(info.pid)
@@ -272,7 +272,7 @@ class ShimManager:
             raise errors.NotFound(f"no shim for container {container_id}")
         client = self.client(container_id)
         waiting = asyncio.create_task(client.wait())
-        died = asyncio.create_task(self._died(info))
+        died = asyncio.create_task(self.shim_gone(info))
         try:
             done, _ = await asyncio.wait({waiting, died}, return_when=asyncio.FIRST_COMPLETED)
             if waiting in done and waiting.exception() is None:

@@ -28,23 +28,29 @@ def format_chunk(stream: bytes, chunk: bytes, timestamp: bytes, max_line: int) -
     """The log lines for one chunk of output read from `stream`."""
     prefix_p = timestamp + b" " + stream + b" P "
     prefix_f = timestamp + b" " + stream + b" F "
-    out: list[bytes] = []
-    start = 0
-    end = len(chunk)
-    while start < end:
-        newline = chunk.find(b"\n", start)
-        stop = end if newline < 0 else newline
-        # parts of max_line bytes while the rest of the line is longer than that
-        while stop - start > max_line:
-            out.append(prefix_p + chunk[start:start + max_line] + b"\n")
-            start += max_line
-        if newline < 0:
-            if start < end:
-                out.append(prefix_p + chunk[start:end] + b"\n")
-            break
-        out.append(prefix_f + chunk[start:newline] + b"\n")
-        start = newline + 1
-    return b"".join(out)
+    lines = chunk.split(b"\n")
+    tail = lines.pop()  # after the last newline: a part of a line, or b""
+    if len(chunk) <= max_line or max(map(len, lines), default=0) <= max_line:
+        # the common case, done in C: no complete line needs splitting
+        out = prefix_f + (b"\n" + prefix_f).join(lines) + b"\n" if lines else b""
+        if tail:
+            out += b"".join(_parts(prefix_p, tail, max_line))
+        return out
+    pieces: list[bytes] = []
+    for line in lines:
+        if len(line) > max_line:
+            last = (len(line) - 1) // max_line * max_line  # where the last part (1..max_line bytes) starts
+            pieces.extend(_parts(prefix_p, line[:last], max_line))
+            line = line[last:]
+        pieces.append(prefix_f + line + b"\n")
+    if tail:
+        pieces.extend(_parts(prefix_p, tail, max_line))
+    return b"".join(pieces)
+
+
+def _parts(prefix_p: bytes, data: bytes, max_line: int) -> list[bytes]:
+    """data as P parts of at most max_line bytes."""
+    return [prefix_p + data[i:i + max_line] + b"\n" for i in range(0, len(data), max_line)]
 
 
 class CriLog:

@@ -134,7 +134,7 @@ def test_shim_killed_reports_exit_with_reason(shim_env: ShimEnv) -> None:
     cid = shim_env.new_id()
     shim_env.bundle(cid, ["sleep", "1000"])
 
-    async def scenario() -> None:
+    async def scenario() -> int:
         manager = shim_env.manager()
         await manager.start()
         try:
@@ -146,13 +146,14 @@ def test_shim_killed_reports_exit_with_reason(shim_env: ShimEnv) -> None:
             status = await manager.wait_exit(cid)
             assert status.reason == "ShimDied" and status.exit_code == UNKNOWN_EXIT_CODE
             assert str(info.pid) in status.message
-            # the orphaned container was killed and deleted, its rootfs unmounted
-            assert _wait_gone(pid)
-            assert not os.path.ismount(os.path.join(info.bundle, "rootfs"))
+            return pid
         finally:
             await manager.close()
 
-    run(scenario())
+    pid = run(scenario())
+    # the orphaned container was killed and deleted, its rootfs unmounted
+    assert _wait_gone(pid)
+    assert not os.path.ismount(shim_env.containers / cid / "rootfs")
 
 
 def test_shim_killed_after_exit_keeps_the_real_exit_code(runc_env: ShimEnv) -> None:
@@ -169,7 +170,7 @@ def test_shim_killed_after_exit_keeps_the_real_exit_code(runc_env: ShimEnv) -> N
             info = manager.info(cid)
             assert info is not None
             os.kill(info.pid, signal.SIGKILL)
-            assert _wait_gone(info.pid)
+            await manager.shim_gone(info)
         finally:
             await manager.close()
         # a later crispd finds the dead shim and the status it left
