@@ -647,7 +647,7 @@ class Shim:
         if self.state not in ("created", "starting", "running"):
             raise ShimError("FailedPrecondition", f"container {self.config.id} is {self.state}: cannot attach")
         want_stdin = bool(message.get("stdin"))
-        if want_stdin and self.stdin is None:
+        if want_stdin and (self.stdin is None or not self.config.stdin):
             raise ShimError("FailedPrecondition", f"container {self.config.id} has no stdin to attach to")
         attacher = Attacher(self, conn, want_stdin, bool(message.get("stdout", True)),
                             bool(message.get("stderr", True)))
