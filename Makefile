@@ -5,8 +5,11 @@ VENV ?= .venv
 ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
-RUN_DEBS := ca-certificates
-TEST_DEBS := $(RUN_DEBS)
+RUN_DEBS := ca-certificates libseccomp2
+TEST_DEBS := $(RUN_DEBS) busybox-static runc crun libseccomp2
+# .deb files the tests unpack into container root filesystems instead of installing them
+TEST_DEB_FILES := busybox
+DEB_CACHE := .cache/debs
 
 .PHONY: run test lint unit venv debs-run debs-test clean
 
@@ -24,6 +27,7 @@ debs-run:
 
 debs-test:
 	scripts/ensure-debs $(TEST_DEBS)
+	scripts/fetch-debs $(DEB_CACHE) $(TEST_DEB_FILES)
 
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
 run: debs-run venv

@@ -15,7 +15,6 @@ from typing import Any
 
 STATIC_BUSYBOX = Path("/bin/busybox")
 DEB_CACHE = Path(__file__).resolve().parents[2] / ".cache" / "debs"
-LIBS = ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2")
 
 
 def dynamic_busybox_deb() -> Path | None:
@@ -43,12 +42,18 @@ def build_busybox_rootfs(dest: Path) -> Path:
     subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
     shutil.copy2(unpacked / "bin/busybox", dest / "usr/bin/busybox-dyn")
     shutil.rmtree(unpacked)
-    for lib in LIBS:
+    for lib in _needed_libs(dest / "usr/bin/busybox-dyn"):
         shutil.copy2(lib, dest / lib.lstrip("/"))
     (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\n")
     (dest / "etc/group").write_text("root:x:0:\nuser:x:1000:\nextra:x:2000:user\n")
     (dest / "tmp").chmod(0o1777)
     return dest
+
+
+def _needed_libs(binary: Path) -> list[str]:
+    """The host's copies of the shared libraries (and loader) a dynamic binary needs, by ldd."""
+    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
+    return [word for word in out.split() if word.startswith("/")]
 
 
 DEFAULT_CAPS = [
