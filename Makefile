@@ -6,9 +6,12 @@ ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
 # util-linux (unshare) and mount (mount, umount): the shim runs them
-RUN_DEBS := ca-certificates util-linux mount
-# runc and crun: the OCI runtime handlers the shim tests drive; busybox-static: the test containers' rootfs
-TEST_DEBS := $(RUN_DEBS) runc crun busybox-static
+RUN_DEBS := ca-certificates libseccomp2 util-linux mount
+# runc and crun: the OCI runtime handlers the tests drive; busybox-static: the test containers' rootfs
+TEST_DEBS := $(RUN_DEBS) busybox-static runc crun libseccomp2
+# .deb files the tests unpack into container root filesystems instead of installing them
+TEST_DEB_FILES := busybox
+DEB_CACHE := .cache/debs
 
 .PHONY: run test lint unit venv debs-run debs-test clean
 
@@ -26,6 +29,7 @@ debs-run:
 
 debs-test:
 	scripts/ensure-debs $(TEST_DEBS)
+	scripts/fetch-debs $(DEB_CACHE) $(TEST_DEB_FILES)
 
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
 run: debs-run venv

@@ -80,7 +80,7 @@ def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
             # only crispd's shutdown ends a shim: a stray signal would leave its container unwatched
             signal.signal(signum, signal.SIG_IGN)
-        syscalls.set_child_subreaper()
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         warnings = []
         warning = lower_oom_score()
         if warning:

@@ -23,6 +23,7 @@ from typing import Any
 # imported here, before any fork, so that every shim shares them
 import shim.main
 import shim.server
+from runtime.linux import syscalls
 from runtime.version import VERSION
 from shim import protocol
 
@@ -60,6 +61,8 @@ def main() -> None:
     inbuf = bytearray()
     os.set_blocking(0, False)
     selector.register(0, selectors.EVENT_READ)
+    # open libc through ctypes once, here: every shim shares the handle (and never looks the library up itself)
+    syscalls.prctl(syscalls.PR_GET_DUMPABLE)
     gc.freeze()
     _answer({"ready": True, "pid": os.getpid(), "version": VERSION})
     while True:

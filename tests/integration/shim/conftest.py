@@ -31,7 +31,7 @@ def busybox_rootfs() -> Iterator[Path]:
 
 def _env(rootfs: Path, executor: str) -> Iterator[ShimEnv]:
     _need_root()
-    if shutil.which(executor) is None:
+    if executor != "builtin" and shutil.which(executor) is None:
         pytest.skip(f"needs {executor}")
     env = ShimEnv(rootfs, executor)
     problems: list[str] = []

@@ -20,8 +20,7 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 
 def _run_to_exit(env: ShimEnv, cid: str, **config: object) -> int:
     async def scenario() -> int:
-        manager = env.manager()
-        await manager.start()
+        manager = await env.started_manager()
         try:
             client, _ = await manager.create(env.config(cid, **config))  # type: ignore[arg-type]
             await client.start()
@@ -90,8 +89,7 @@ def test_reopen_log_after_rename(shim_env: ShimEnv) -> None:
     log = shim_env.logs / f"{cid}.log"
 
     async def scenario() -> None:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             client, _ = await manager.create(shim_env.config(cid))
             await client.start()
@@ -120,8 +118,7 @@ def test_attach_pipes_with_stdin_once_and_two_attachers(shim_env: ShimEnv) -> No
     shim_env.bundle(cid, ["sh", "-c", "while read line; do echo got $line; echo err $line >&2; done; echo bye"])
 
     async def scenario() -> None:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             client, _ = await manager.create(shim_env.config(cid, stdin=True, stdin_once=True))
             watcher = await client.attach(stdout=True, stderr=False)
@@ -158,8 +155,7 @@ def test_attach_tty_and_resize(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sh", "-c", "stty size; while read line; do stty size; done"], tty=True)
 
     async def scenario() -> None:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             client, _ = await manager.create(shim_env.config(cid, stdin=True))
             await client.resize(100, 30)

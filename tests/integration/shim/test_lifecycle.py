@@ -19,8 +19,7 @@ def test_exit_code_times_and_log(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sh", "-c", "echo hello; echo oops >&2; exit 3"])
 
     async def scenario() -> None:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             client, pid = await manager.create(shim_env.config(cid))
             assert pid > 0
@@ -51,8 +50,7 @@ def test_killed_by_signal(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             client, _ = await manager.create(shim_env.config(cid))
             await client.start()
@@ -75,8 +73,7 @@ def test_exit_before_start_returns(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["true"])
 
     async def scenario() -> None:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             client, _ = await manager.create(shim_env.config(cid))
             waiting = asyncio.create_task(client.wait())
@@ -96,8 +93,7 @@ def test_exit_before_start_was_asked(runc_env: ShimEnv) -> None:
     runc_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = runc_env.manager()
-        await manager.start()
+        manager = await runc_env.started_manager()
         try:
             client, pid = await manager.create(runc_env.config(cid))
             os.kill(pid, signal.SIGKILL)
@@ -117,8 +113,7 @@ def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["/no/such/binary"])
 
     async def scenario() -> None:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             client, _ = await manager.create(shim_env.config(cid))
             with pytest.raises(errors.CrispError) as failure:

@@ -68,8 +68,7 @@ def test_manager_killed_containers_keep_running_and_a_new_manager_reconnects(shi
             proc.wait()
 
     async def reconnect() -> None:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             found = {r.id: r for r in await manager.recover()}
             assert set(found) == set(ids)
@@ -101,8 +100,7 @@ def test_container_exits_while_crispd_is_down(runc_env: ShimEnv) -> None:
     runc_env.bundle(cid, ["sh", "-c", "sleep 0.5; exit 42"])
 
     async def create() -> None:
-        manager = runc_env.manager()
-        await manager.start()
+        manager = await runc_env.started_manager()
         try:
             client, _ = await manager.create(runc_env.config(cid))
             await client.start()
@@ -116,8 +114,7 @@ def test_container_exits_while_crispd_is_down(runc_env: ShimEnv) -> None:
         time.sleep(0.05)
 
     async def later() -> None:
-        manager = runc_env.manager()
-        await manager.start()
+        manager = await runc_env.started_manager()
         try:
             (found,) = await manager.recover()
             assert found.client is not None  # the shim waits for its status to be collected
@@ -135,8 +132,7 @@ def test_shim_killed_reports_exit_with_reason(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> int:
-        manager = shim_env.manager()
-        await manager.start()
+        manager = await shim_env.started_manager()
         try:
             client, pid = await manager.create(shim_env.config(cid))
             await client.start()
@@ -161,8 +157,7 @@ def test_shim_killed_after_exit_keeps_the_real_exit_code(runc_env: ShimEnv) -> N
     runc_env.bundle(cid, ["sh", "-c", "exit 5"])
 
     async def scenario() -> None:
-        manager = runc_env.manager()
-        await manager.start()
+        manager = await runc_env.started_manager()
         try:
             client, _ = await manager.create(runc_env.config(cid))
             await client.start()
@@ -174,8 +169,7 @@ def test_shim_killed_after_exit_keeps_the_real_exit_code(runc_env: ShimEnv) -> N
         finally:
             await manager.close()
         # a later crispd finds the dead shim and the status it left
-        manager = runc_env.manager()
-        await manager.start()
+        manager = await runc_env.started_manager()
         try:
             (found,) = await manager.recover()
             assert found.client is None and found.status is not None

@@ -1,0 +1,123 @@
+"""Fixtures for executor tests: a busybox rootfs built once, bundles, and runtimes (built-in, runc, crun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.executor.rootfs import build_busybox_rootfs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def executor_command() -> list[str]:
+    script = Path(sys.executable).parent / "crisp-executor"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "runtime.executor"]
+
+
+@pytest.fixture(autouse=True)
+def _need_root(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    return build_busybox_rootfs(tmp_path_factory.mktemp("rootfs") / "rootfs")
+
+
+@dataclass
+class Result:
+    create: int
+    exit: int | None
+    out: str
+    err: str
+    raw: dict[str, Any]
+
+
+@dataclass
+class Runtime:
+    name: str
+    argv: list[str]
+    root: Path
+
+    def command(self, *args: str) -> list[str]:
+        return [*self.argv, "--root", str(self.root), *args]
+
+    def run(self, bundle: Path, cid: str | None = None) -> Result:
+        """create + start + wait + delete, as the shim does (the runner is the child subreaper)."""
+        cid = cid or f"crisp-t-{uuid.uuid4().hex[:10]}"
+        out, err = bundle / "out.txt", bundle / "err.txt"
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.executor.runner", json.dumps([*self.argv, "--root", str(self.root)]),
+             cid, str(bundle), str(out), str(err)],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        raw = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert raw["delete"] == 0, raw
+        return Result(raw["create"], raw["exit"], out.read_text(), err.read_text(), raw)
+
+
+class Bundles:
+    def __init__(self, base: Path, rootfs: Path) -> None:
+        self.base = base
+        self.rootfs = rootfs
+        self.count = 0
+
+    def make(self, spec: dict[str, Any], copy_rootfs: bool = True) -> Path:
+        self.count += 1
+        bundle = self.base / f"bundle{self.count}"
+        bundle.mkdir()
+        if copy_rootfs:
+            shutil.copytree(self.rootfs, bundle / "rootfs", symlinks=True)
+        (bundle / "config.json").write_text(json.dumps(spec))
+        return bundle
+
+
+@pytest.fixture
+def bundles(tmp_path: Path, busybox_rootfs: Path) -> Bundles:
+    return Bundles(tmp_path, busybox_rootfs)
+
+
+@pytest.fixture
+def builtin(tmp_path: Path) -> Iterator[Runtime]:
+    runtime = Runtime("crisp", executor_command(), tmp_path / "state-crisp")
+    yield runtime
+    _cleanup(runtime)
+
+
+def _cleanup(runtime: Runtime) -> None:
+    """Force-delete whatever a failed test left in this runtime's root."""
+    if not runtime.root.exists():
+        return
+    for entry in runtime.root.iterdir():
+        if entry.is_dir():
+            subprocess.run(runtime.command("delete", "--force", entry.name), capture_output=True)
+
+
+@pytest.fixture(params=["crisp", "runc", "crun"])
+def any_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
+    name = request.param
+    if name == "crisp":
+        argv = executor_command()
+    else:
+        found = shutil.which(name)
+        if found is None:
+            pytest.fail(f"{name} is not installed: run `make test`")
+        argv = [found]
+    runtime = Runtime(name, argv, tmp_path / f"state-{name}")
+    yield runtime
+    _cleanup(runtime)
