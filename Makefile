@@ -6,9 +6,11 @@ ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
 RUN_DEBS := ca-certificates
-TEST_DEBS := $(RUN_DEBS)
+# the VM tier (tests/vm): QEMU (+ qboot from qemu-system-data), and mmdebstrap + mke2fs to build its image
+VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
+TEST_DEBS := $(RUN_DEBS) $(VM_DEBS)
 
-.PHONY: run test lint unit venv debs-run debs-test clean
+.PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
@@ -32,6 +34,14 @@ run: debs-run venv
 ## test: install what the tests need, then lint, type-check and run every test
 test: debs-test venv lint
 	$(VENV)/bin/pytest -q
+
+## test-vm: only the pure cgroup v2 tier: boots a VM once and runs tests/vm/guest (and every test marked `vm`) in it
+test-vm: debs-test venv
+	$(VENV)/bin/pytest -q -m vm
+
+## vm-image: build the VM tier's kernel, root image and wheels now (CRISP_VM_CACHE, default /var/cache/crisp-vm)
+vm-image: debs-test venv
+	$(VENV)/bin/python -m tests.vm build
 
 lint: venv
 	$(VENV)/bin/ruff check .
