@@ -1,0 +1,530 @@
+"""Every libc and raw system call crisp makes through ctypes, in one module (use_errno=True everywhere).
+
+Each wrapper raises `OSError` with the real errno and the call's name, like the `os` module does. Nothing is
+loaded at import: libc and libseccomp are opened on first use, so importing this module never touches the
+system. `Syscalls` bundles the calls the executor makes into one object: the seam where unit tests record calls
+(a subclass) while integration tests make them for real.
+
+Layout: constants, then the loaders, then one section per concern (namespaces, mounts, paths, processes and
+credentials, capabilities, seccomp), then the `Syscalls` seam. Other parts of crisp append wrappers at the end of
+the section they belong to, each in a small commit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import platform
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------- constants
+
+# namespaces (clone(2), unshare(2), setns(2))
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+
+# mount(2) flags
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_SYNCHRONOUS = 0x10
+MS_REMOUNT = 0x20
+MS_MANDLOCK = 0x40
+MS_DIRSYNC = 0x80
+MS_NOSYMFOLLOW = 0x100
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_SILENT = 0x8000
+MS_UNBINDABLE = 0x20000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+MS_LAZYTIME = 0x2000000
+MS_PROPAGATION = MS_SHARED | MS_SLAVE | MS_PRIVATE | MS_UNBINDABLE
+
+# umount2(2)
+MNT_FORCE = 0x1
+MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+
+# mount_setattr(2)
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70
+MOUNT_ATTR_RELATIME = 0x0
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+
+# *at() flags
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+
+# openat2(2) resolve flags
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+# prctl(2)
+PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_IS_SET = 1
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_LOWER = 3
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# close_range(2)
+CLOSE_RANGE_UNSHARE = 0x2
+CLOSE_RANGE_CLOEXEC = 0x4
+
+# capget/capset
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+# raw syscall numbers for calls glibc 2.36 has no wrapper for (x86_64 and aarch64 share the new-style numbers)
+_SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
+    "x86_64": {"pivot_root": 155, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 321},
+    "aarch64": {"pivot_root": 41, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 280},
+}
+
+# ---------------------------------------------------------------------------------------------- loaders
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+@functools.cache
+def _syscall_number(name: str) -> int:
+    machine = platform.machine()
+    try:
+        return _SYSCALL_NUMBERS[machine][name]
+    except KeyError:
+        raise OSError(38, f"{name}: no syscall number known for {machine}") from None
+
+
+def _check(result: int, call: str, *paths: str | None) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        shown = [p for p in paths if p]
+        if len(shown) == 2:
+            raise OSError(err, f"{call}: {os.strerror(err)}", shown[0], None, shown[1])
+        if shown:
+            raise OSError(err, f"{call}: {os.strerror(err)}", shown[0])
+        raise OSError(err, f"{call}: {os.strerror(err)}")
+    return result
+
+
+def _path(value: str | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def _raw_syscall(name: str, *args: Any) -> int:
+    fn = _libc().syscall
+    fn.restype = ctypes.c_long
+    return int(fn(ctypes.c_long(_syscall_number(name)), *args))
+
+
+# ---------------------------------------------------------------------------------------------- namespaces
+
+
+def unshare(flags: int) -> None:
+    _check(_libc().unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc().setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def sethostname(name: str) -> None:
+    data = name.encode()
+    _check(_libc().sethostname(data, ctypes.c_size_t(len(data))), "sethostname")
+
+
+def setdomainname(name: str) -> None:
+    data = name.encode()
+    _check(_libc().setdomainname(data, ctypes.c_size_t(len(data))), "setdomainname")
+
+
+# ---------------------------------------------------------------------------------------------- mounts
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    result = _libc().mount(_path(source), _path(target), _path(fstype), ctypes.c_ulong(flags), _path(data))
+    _check(result, "mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc().umount2(_path(target), ctypes.c_int(flags)), "umount2", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_raw_syscall("pivot_root", _path(new_root), _path(put_old)), "pivot_root", new_root)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
+                  propagation: int = 0) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
+    result = _raw_syscall("mount_setattr", ctypes.c_int(dirfd), _path(path), ctypes.c_uint(flags),
+                          ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    _check(result, "mount_setattr", path or None)
+
+
+@functools.cache
+def has_mount_setattr() -> bool:
+    """Whether the kernel has mount_setattr(2) (Linux 5.12+): an invalid call fails with EBADF, not ENOSYS."""
+    try:
+        mount_setattr(-1, "", AT_EMPTY_PATH)
+    except OSError as exc:
+        return exc.errno != 38  # ENOSYS
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2); `flags` should include O_CLOEXEC (the kernel does not add it)."""
+    how = _OpenHow(flags, mode, resolve)
+    result = _raw_syscall("openat2", ctypes.c_int(dirfd), _path(path), ctypes.byref(how),
+                          ctypes.c_size_t(ctypes.sizeof(how)))
+    return _check(result, "openat2", path)
+
+
+def close_range(first: int, last: int, flags: int = 0) -> None:
+    _check(_raw_syscall("close_range", ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)),
+           "close_range")
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    fn = _libc().prctl
+    result = fn(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3), ctypes.c_ulong(arg4),
+                ctypes.c_ulong(arg5))
+    return _check(int(result), f"prctl({option})")
+
+
+def setgroups(gids: Sequence[int]) -> None:
+    array = (ctypes.c_uint * max(len(gids), 1))(*gids)
+    _check(_libc().setgroups(ctypes.c_size_t(len(gids)), array), "setgroups")
+
+
+def setresgid(rgid: int, egid: int, sgid: int) -> None:
+    _check(_libc().setresgid(ctypes.c_uint(rgid), ctypes.c_uint(egid), ctypes.c_uint(sgid)), "setresgid")
+
+
+def setresuid(ruid: int, euid: int, suid: int) -> None:
+    _check(_libc().setresuid(ctypes.c_uint(ruid), ctypes.c_uint(euid), ctypes.c_uint(suid)), "setresuid")
+
+
+# ---------------------------------------------------------------------------------------------- capabilities
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) as 64-bit masks."""
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, pid)
+    data = (_CapData * 2)()
+    _check(_libc().capget(ctypes.byref(header), data), "capget")
+    return (
+        data[0].effective | data[1].effective << 32,
+        data[0].permitted | data[1].permitted << 32,
+        data[0].inheritable | data[1].inheritable << 32,
+    )
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc().capset(ctypes.byref(header), data), "capset")
+
+
+# ---------------------------------------------------------------------------------------------- seccomp (libseccomp)
+
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_ACT_KILL_THREAD = 0x00000000
+SCMP_ACT_TRAP = 0x00030000
+SCMP_ACT_NOTIFY = 0x7FC00000
+SCMP_ACT_LOG = 0x7FFC0000
+SCMP_ACT_ALLOW = 0x7FFF0000
+
+
+def scmp_act_errno(errno_value: int) -> int:
+    return 0x00050000 | (errno_value & 0xFFFF)
+
+
+def scmp_act_trace(msg: int) -> int:
+    return 0x7FF00000 | (msg & 0xFFFF)
+
+
+# enum scmp_filter_attr
+SCMP_FLTATR_ACT_DEFAULT = 1
+SCMP_FLTATR_ACT_BADARCH = 2
+SCMP_FLTATR_CTL_NNP = 3
+SCMP_FLTATR_CTL_TSYNC = 4
+SCMP_FLTATR_CTL_LOG = 6
+SCMP_FLTATR_CTL_SSB = 7
+
+# enum scmp_compare
+SCMP_CMP = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4, "SCMP_CMP_GE": 5,
+            "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
+
+NR_SCMP_ERROR = -1
+
+
+class ScmpArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
+                ("datum_b", ctypes.c_uint64)]
+
+
+@functools.cache
+def _libseccomp() -> ctypes.CDLL:
+    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    lib = ctypes.CDLL(name, use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+    lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                           ctypes.POINTER(ScmpArgCmp)]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def _check_scmp(result: int, call: str) -> None:
+    # libseccomp returns -errno
+    if result < 0:
+        raise OSError(-result, f"{call}: {os.strerror(-result)}")
+
+
+class SeccompFilter:
+    """A libseccomp filter context: build it with rules, `load()` it into the calling thread, `release()` it."""
+
+    def __init__(self, default_action: int) -> None:
+        self._lib = _libseccomp()
+        ctx = self._lib.seccomp_init(ctypes.c_uint32(default_action))
+        if not ctx:
+            raise OSError(22, f"seccomp_init: invalid default action {default_action:#x}")
+        self._ctx: int | None = ctx
+
+    def _handle(self) -> int:
+        if self._ctx is None:
+            raise ValueError("seccomp filter already released")
+        return self._ctx
+
+    def add_arch(self, arch_name: str) -> None:
+        token = self._lib.seccomp_arch_resolve_name(arch_name.encode())
+        if token == 0:
+            raise OSError(22, f"seccomp: unknown architecture {arch_name!r}")
+        result = self._lib.seccomp_arch_add(self._handle(), token)
+        if result != -17:  # EEXIST: the native architecture is always there
+            _check_scmp(result, f"seccomp_arch_add({arch_name})")
+
+    def set_attr(self, attr: int, value: int) -> None:
+        _check_scmp(self._lib.seccomp_attr_set(self._handle(), attr, value), f"seccomp_attr_set({attr})")
+
+    def add_rule(self, action: int, syscall_nr: int, conditions: Sequence[tuple[int, int, int, int]]) -> None:
+        """conditions: (arg index, SCMP_CMP_* value, datum_a, datum_b)."""
+        array = (ScmpArgCmp * max(len(conditions), 1))(*(ScmpArgCmp(*c) for c in conditions))
+        result = self._lib.seccomp_rule_add_array(self._handle(), ctypes.c_uint32(action), syscall_nr,
+                                                  len(conditions), array)
+        _check_scmp(result, f"seccomp_rule_add(syscall {syscall_nr})")
+
+    def load(self) -> None:
+        _check_scmp(self._lib.seccomp_load(self._handle()), "seccomp_load")
+
+    def release(self) -> None:
+        if self._ctx is not None:
+            self._lib.seccomp_release(self._ctx)
+            self._ctx = None
+
+
+def seccomp_syscall_number(name: str) -> int:
+    """The native syscall number for a name, or NR_SCMP_ERROR when libseccomp does not know it."""
+    return int(_libseccomp().seccomp_syscall_resolve_name(name.encode()))
+
+
+# ---------------------------------------------------------------------------------------------- bpf
+
+# bpf(2) commands used by the cgroup v2 device filter (runtime/cgroups/ebpf.py)
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_GET_FD_BY_ID = 13
+BPF_PROG_QUERY = 16
+# union bpf_attr is larger than any layout used here; the kernel accepts a shorter, zero-padded attr
+_BPF_ATTR_SIZE = 128
+
+
+def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char], call: str) -> int:
+    return _check(_raw_syscall("bpf", ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(_BPF_ATTR_SIZE)), call)
+
+
+def bpf_prog_load(prog_type: int, insns: bytes, license: str, expected_attach_type: int = 0,
+                  log_size: int = 0) -> tuple[int, str]:
+    """BPF_PROG_LOAD: (program fd, verifier log). With log_size > 0 the verifier log is returned, and added to the
+    OSError's message when the load fails."""
+    if len(insns) % 8:
+        raise ValueError("eBPF instructions are 8 bytes each")
+    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(log_size) if log_size else None
+    struct.pack_into("=IIQQ", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(code), ctypes.addressof(lic))
+    if log is not None:
+        struct.pack_into("=IIQ", attr, 24, 1, log_size, ctypes.addressof(log))
+    struct.pack_into("=I", attr, 68, expected_attach_type)
+    try:
+        fd = _bpf(BPF_PROG_LOAD, attr, "bpf(BPF_PROG_LOAD)")
+    except OSError as exc:
+        if log is not None and log.value:
+            raise OSError(exc.errno, f"{exc.strerror}; verifier log: {log.value.decode(errors='replace')}") from None
+        raise
+    return fd, log.value.decode(errors="replace") if log is not None else ""
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int, replace_fd: int = 0) -> None:
+    """BPF_PROG_ATTACH: attach prog_fd to target_fd (a cgroup dir fd)."""
+    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+    struct.pack_into("=IIIII", attr, 0, target_fd, prog_fd, attach_type, flags, replace_fd)
+    _bpf(BPF_PROG_ATTACH, attr, "bpf(BPF_PROG_ATTACH)")
+
+
+def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
+    """BPF_PROG_DETACH: detach one program (prog_fd) from target_fd."""
+    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+    struct.pack_into("=III", attr, 0, target_fd, prog_fd, attach_type)
+    _bpf(BPF_PROG_DETACH, attr, "bpf(BPF_PROG_DETACH)")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:
+    """BPF_PROG_QUERY: the ids of the programs attached directly to target_fd for attach_type."""
+    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+    ids = (ctypes.c_uint32 * max_progs)()
+    struct.pack_into("=IIIIQI", attr, 0, target_fd, attach_type, 0, 0, ctypes.addressof(ids), max_progs)
+    _bpf(BPF_PROG_QUERY, attr, "bpf(BPF_PROG_QUERY)")
+    (count,) = struct.unpack_from("=I", attr, 24)
+    return [int(ids[i]) for i in range(min(count, max_progs))]
+
+
+def bpf_prog_get_fd_by_id(prog_id: int) -> int:
+    """BPF_PROG_GET_FD_BY_ID: a new fd for the loaded program with that id."""
+    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+    struct.pack_into("=I", attr, 0, prog_id)
+    return _bpf(BPF_PROG_GET_FD_BY_ID, attr, "bpf(BPF_PROG_GET_FD_BY_ID)")
+
+
+# ---------------------------------------------------------------------------------------------- the seam
+
+
+class Syscalls:
+    """The calls the executor's setup code makes, as methods: tests subclass it to record instead of call."""
+
+    def unshare(self, flags: int) -> None:
+        unshare(flags)
+
+    def setns(self, fd: int, nstype: int) -> None:
+        setns(fd, nstype)
+
+    def mount(self, source: str | None, target: str, fstype: str | None, flags: int,
+              data: str | None = None) -> None:
+        mount(source, target, fstype, flags, data)
+
+    def umount2(self, target: str, flags: int) -> None:
+        umount2(target, flags)
+
+    def pivot_root(self, new_root: str, put_old: str) -> None:
+        pivot_root(new_root, put_old)
+
+    def mount_setattr(self, dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
+                      propagation: int = 0) -> None:
+        mount_setattr(dirfd, path, flags, attr_set, attr_clr, propagation)
+
+    def openat2(self, dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+        return openat2(dirfd, path, flags, mode, resolve)
+
+    def sethostname(self, name: str) -> None:
+        sethostname(name)
+
+    def setdomainname(self, name: str) -> None:
+        setdomainname(name)
+
+    def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+        return prctl(option, arg2, arg3, arg4, arg5)
+
+    def capset(self, effective: int, permitted: int, inheritable: int) -> None:
+        capset(effective, permitted, inheritable)
+
+    def setgroups(self, gids: Sequence[int]) -> None:
+        setgroups(gids)
+
+    def setresgid(self, rgid: int, egid: int, sgid: int) -> None:
+        setresgid(rgid, egid, sgid)
+
+    def setresuid(self, ruid: int, euid: int, suid: int) -> None:
+        setresuid(ruid, euid, suid)
+
+    def mknod(self, path: str, mode: int, device: int, dir_fd: int) -> None:
+        os.mknod(path, mode, device, dir_fd=dir_fd)
