@@ -109,6 +109,34 @@ class Cgroup:
         self.path.rmdir()
 
 
+# `then` for allocate_and_hold: say so and keep the memory. Not `sleep` alone: ash execs the last command of
+# `sh -c` in place of itself, which would free the memory; a builtin after it keeps the shell.
+HOLD = f"echo holding; {BUSYBOX} sleep 600; exit 0"
+
+
+def allocate_and_hold(mib: int, then: str = "echo survived") -> list[str]:
+    """A busybox shell that fills a shell variable with `mib` MiB (anonymous memory the kernel cannot reclaim
+    without swap), then runs `then` in the same shell (HOLD keeps it). Filling peaks at about twice `mib` (the
+    pipe's read buffer and the variable), then about `mib` stays."""
+    fill = f"x=$({BUSYBOX} head -c {mib << 20} /dev/zero | {BUSYBOX} tr '\\000' x)"
+    return [str(BUSYBOX), "sh", "-c", f"{fill}; {then}"]
+
+
+def start_held(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start `argv` behind a gate: a busybox shell that waits for a line on stdin, then execs it. Move the pid
+    into a cgroup (crisp's `Cgroup.add_process`), then `release` it: everything `argv` does is accounted there."""
+    return subprocess.Popen([str(BUSYBOX), "sh", "-c", 'read _ && exec "$@"', "sh", *argv],
+                            stdin=subprocess.PIPE, close_fds=True, **kwargs)
+
+
+def release(proc: subprocess.Popen[bytes]) -> None:
+    """Open the gate of `start_held`; stdin is then closed (and no longer the Popen's to flush)."""
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    proc.stdin = None
+
+
 def busybox_rootfs(path: Path, applets: tuple[str, ...] = ("sh", "sleep", "cat", "head", "tr", "tail")) -> Path:
     """A container root file system made of the static busybox and a few applet links."""
     for sub in ("bin", "proc", "dev", "sys", "tmp", "etc"):

@@ -7,11 +7,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.vm.guest.support import BUSYBOX, Cgroup, wait_until
+from tests.vm.guest.support import BUSYBOX, Cgroup, allocate_and_hold, wait_until
 
 MiB = 1 << 20
-# holds 32 MiB in a shell variable: twice the tight limit below, far less than the VM's RAM
-ALLOCATE_32M = f"x=$({BUSYBOX} head -c {32 * MiB} /dev/zero | {BUSYBOX} tr '\\000' x); echo survived"
+ALLOCATE_32M = allocate_and_hold(32)  # twice the tight limit below, far less than the VM's RAM
 
 
 def test_the_kernel_is_cgroup_v2_only(cgroup_root: Path) -> None:
@@ -26,7 +25,7 @@ def test_the_kernel_is_cgroup_v2_only(cgroup_root: Path) -> None:
 def test_memory_max_oom_kills_and_counts_it(cgroup: Cgroup) -> None:
     cgroup.write("memory.max", str(16 * MiB))
     cgroup.write("memory.swap.max", "0")
-    done = cgroup.run([str(BUSYBOX), "sh", "-c", ALLOCATE_32M], timeout=120)
+    done = cgroup.run(ALLOCATE_32M, timeout=120)
     assert b"survived" not in done.stdout
     assert done.returncode == -signal.SIGKILL
     events = cgroup.flat("memory.events")
@@ -37,7 +36,7 @@ def test_memory_max_oom_kills_and_counts_it(cgroup: Cgroup) -> None:
 
 def test_memory_below_the_limit_is_not_killed(cgroup: Cgroup) -> None:
     cgroup.write("memory.max", str(128 * MiB))
-    done = cgroup.run([str(BUSYBOX), "sh", "-c", ALLOCATE_32M], timeout=120)
+    done = cgroup.run(ALLOCATE_32M, timeout=120)
     assert done.returncode == 0, done.stderr
     assert b"survived" in done.stdout
     assert cgroup.flat("memory.events")["oom_kill"] == 0
