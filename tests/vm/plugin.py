@@ -1,7 +1,8 @@
 """pytest plugin of the VM tier (loaded by tests/conftest.py), with two faces.
 
 On the host, every test marked `vm` (and every test under tests/vm/guest/, which is marked automatically) is
-replaced by a proxy item with the same node id. The first proxy that runs boots the VM once for all selected
+replaced by a proxy item with the same node id. A test marked `vm_also` (and every test under ALSO_IN_VM) runs on
+the host as usual and gets a proxy `<name>@vm` besides. The first proxy that runs boots the VM once for all selected
 proxies; each proxy then reports its guest test's result (pass, failure with the guest's traceback and captured
 output, skip with its reason). `pytest -m vm` (`make test-vm`) runs only the tier; `pytest -m "not vm"` skips it.
 
@@ -24,6 +25,8 @@ import pytest
 from tests.vm.settings import VmSettings
 
 GUEST_DIR = Path(__file__).parent / "guest"
+# host test directories whose tests also run in the VM: there every controller exists, on a different kernel (6.1)
+ALSO_IN_VM = tuple(Path(__file__).parents[1] / sub for sub in ("integration/cgroups",))
 # marks that the guest evaluates: copying them onto a host proxy would evaluate them against the host
 GUEST_ONLY_MARKS = frozenset({"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"})
 TIER_KEY = pytest.StashKey["VmTier"]()
@@ -45,9 +48,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for item in items:
         if item.path.is_relative_to(GUEST_DIR):
             item.add_marker(pytest.mark.vm)
+        elif any(item.path.is_relative_to(also) for also in ALSO_IN_VM):
+            item.add_marker(pytest.mark.vm_also)
     if in_guest():
         return
-    items[:] = [GuestTest.proxy_for(item) if item.get_closest_marker("vm") else item for item in items]
+    also = [GuestTest.proxy_for(item, suffix="@vm") for item in items
+            if item.get_closest_marker("vm_also") and not item.get_closest_marker("vm")]
+    items[:] = [GuestTest.proxy_for(item) if item.get_closest_marker("vm") else item for item in items] + also
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -78,10 +85,10 @@ class VmTier:
             self._start(item.session)
         if self.failure is not None:
             raise GuestFailure(self._once(self.failure))
-        found = self.run.results.get(item.nodeid)
+        found = self.run.results.get(item.guest_nodeid)
         if found is None:
             reason = self.run.error or "the guest's pytest did not report it"
-            raise GuestFailure(f"no result from the guest for {item.nodeid}: {self._once(reason)}")
+            raise GuestFailure(f"no result from the guest for {item.guest_nodeid}: {self._once(reason)}")
         return found
 
     def _once(self, text: str) -> str:
@@ -94,7 +101,7 @@ class VmTier:
     def _start(self, session: pytest.Session) -> None:
         from tests.vm.tier import run_guest_tests  # imported when used: collecting never touches the system
 
-        nodeids = [item.nodeid for item in session.items if isinstance(item, GuestTest)]
+        nodeids = list(dict.fromkeys(item.guest_nodeid for item in session.items if isinstance(item, GuestTest)))
         try:
             self.run = run_guest_tests(nodeids, VmSettings.from_env())
         except Exception as error:  # image build, wheels, QEMU: every proxy fails with the same reason
@@ -104,16 +111,21 @@ class VmTier:
 class GuestTest(pytest.Item):
     """Stands in on the host for a test that runs in the VM."""
 
+    guest_nodeid: str  # the test the guest runs (the proxy's own node id, but for the `@vm` of a `vm_also` test)
+
     @classmethod
-    def proxy_for(cls, item: pytest.Item) -> GuestTest:
+    def proxy_for(cls, item: pytest.Item, suffix: str = "") -> GuestTest:
         assert item.parent is not None
-        proxy: GuestTest = cls.from_parent(item.parent, name=item.name)
+        proxy: GuestTest = cls.from_parent(item.parent, name=item.name + suffix)
+        proxy.guest_nodeid = item.nodeid
         # marks of the module and class are inherited through the shared parent; copy the test's own
         for mark in item.own_markers:
             if mark.name not in GUEST_ONLY_MARKS:
                 proxy.own_markers.append(mark)
         for keyword in item.keywords:  # for -k: parametrize ids, marks, names
             proxy.keywords.setdefault(keyword, item.keywords[keyword])
+        if suffix:
+            proxy.add_marker(pytest.mark.vm)
         return proxy
 
     def runtest(self) -> None:
@@ -123,7 +135,8 @@ class GuestTest(pytest.Item):
         if result.outcome in ("passed", "xfailed"):
             return
         if result.outcome == "skipped":
-            pytest.skip(f"in the VM: {result.text}")
+            reason = result.text.removeprefix("Skipped: ")
+            raise pytest.skip.Exception(f"in the VM: {reason}", _use_item_location=True)
         raise GuestFailure(f"{result.outcome} in the VM ({result.seconds:.1f}s):\n{result.text}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
