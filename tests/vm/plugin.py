@@ -52,8 +52,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.vm_also)
     if in_guest():
         return
-    also = [GuestTest.proxy_for(item, suffix="@vm") for item in items
-            if item.get_closest_marker("vm_also") and not item.get_closest_marker("vm")]
+    also: list[pytest.Item] = [GuestTest.proxy_for(item, suffix="@vm") for item in items
+                                if item.get_closest_marker("vm_also") and not item.get_closest_marker("vm")]
     items[:] = [GuestTest.proxy_for(item) if item.get_closest_marker("vm") else item for item in items] + also
 
 
