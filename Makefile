@@ -8,7 +8,7 @@ ARGS ?=
 RUN_DEBS := ca-certificates
 # the VM tier (tests/vm): QEMU (+ qboot from qemu-system-data), and mmdebstrap + mke2fs to build its image
 VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
-TEST_DEBS := $(RUN_DEBS) $(VM_DEBS)
+TEST_DEBS := $(RUN_DEBS) runc busybox-static util-linux $(VM_DEBS)
 
 .PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
 

@@ -96,6 +96,29 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class OciConfig:
+    """How CRI requests become OCI specs (cri/oci)."""
+
+    # clamp a requested oom_score_adj below crispd's own up to crispd's instead of failing (containerd's
+    # restrict_oom_score_adj): "auto" does so when crispd lacks CAP_SYS_RESOURCE, i.e. when lowering it would fail
+    restrict_oom_score_adj: str = field(default="auto", metadata=_choices("auto", "on", "off"))
+    # RLIMIT_NOFILE of container processes; 0 means what crispd itself runs with
+    nofile_soft: int = 0
+    nofile_hard: int = 0
+    # CRI annotations copied into the OCI spec: exact keys, or prefixes ending in "*"
+    container_annotations: list[str] = field(default_factory=list)
+    pod_annotations: list[str] = field(default_factory=list)
+
+    def check(self) -> list[tuple[str, str]]:
+        for name in ("nofile_soft", "nofile_hard"):
+            if getattr(self, name) < 0:
+                return [(name, "must not be negative")]
+        if self.nofile_soft and self.nofile_hard and self.nofile_soft > self.nofile_hard:
+            return [("nofile_soft", "must not exceed nofile_hard")]
+        return []
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # host:port of the Prometheus endpoint; empty turns it off
     address: str = "127.0.0.1:9647"
@@ -127,6 +150,7 @@ class Config:
     cgroup: CgroupConfig = field(default_factory=CgroupConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    oci: OciConfig = field(default_factory=OciConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)

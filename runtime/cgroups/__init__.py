@@ -11,6 +11,9 @@ Typical use (crispd and the executor program):
     cg.set_device_filter(rules_from_oci(resources.get("devices", [])))
     cg.add_process(pid)
     cg.stats(); cg.freeze(); cg.thaw(); cg.kill(); cg.remove()
+
+Every call does blocking cgroupfs I/O (kill, freeze and remove also wait, bounded by their timeout): crispd makes
+them from a worker thread, never on its event loop. docs/contracts.md has the layout and ownership rules.
 """
 
 from runtime.cgroups import paths

@@ -75,6 +75,13 @@ class Cgroup:
         if not self.exists():
             raise errors.NotFound(f"cgroup {self.path} does not exist")
 
+    def _require_owned(self, what: str) -> None:
+        """crisp changes only cgroups it created (and what lies below them): never the root, never the kubelet's
+        or the host's."""
+        self._require()
+        if not self.created_by_crisp():
+            raise errors.FailedPrecondition(f"cgroup {self.path} was not created by crisp; refusing to {what} it")
+
     def created_by_crisp(self) -> bool:
         return is_crisp_owned(self.dir)
 
@@ -108,7 +115,7 @@ class Cgroup:
     def add_process(self, pid: int) -> None:
         """Move a process (all its threads) into this cgroup. Refused for a cgroup with children: in cgroup v2 only
         leaves hold processes."""
-        self._require()
+        self._require_owned("add a process to")
         if self.children():
             raise errors.FailedPrecondition(
                 f"cgroup {self.path} has child cgroups; processes go into leaf cgroups only"
@@ -129,7 +136,7 @@ class Cgroup:
         decides beforehand what to drop). Values that are 0 (unset) are left as they are. If a write fails, the
         values already written are put back. `devices` is not handled here: see set_device_filter.
         """
-        self._require()
+        self._require_owned("set limits on")
         settings = all_settings(resources)
         available = self.controllers()
         missing = missing_for(resources, available)
@@ -172,7 +179,7 @@ class Cgroup:
     def set_device_filter(self, rules: Sequence[DeviceRule], *, defaults: bool = True) -> None:
         """Install the eBPF device filter for `rules` (runc's default rules appended unless defaults=False),
         replacing the one this cgroup had. Build rules from a spec with `devices.rules_from_oci`."""
-        self._require()
+        self._require_owned("set a device filter on")
         effective = with_default_rules(rules) if defaults else list(rules)
         count = ebpf.attach_device_filter(str(self.dir), effective)
         log.debug("cgroup %s: device filter of %d rules, %d instructions", self.path, len(effective), count)
@@ -202,7 +209,7 @@ class Cgroup:
         self._set_frozen(False, timeout)
 
     def _set_frozen(self, frozen: bool, timeout: float) -> None:
-        self._require()
+        self._require_owned("freeze or thaw")
         path = self.dir / "cgroup.freeze"
         if not path.exists():
             raise errors.FailedPrecondition(f"cgroup {self.path}: the kernel has no cgroup.freeze (needs 5.2)")
@@ -217,6 +224,7 @@ class Cgroup:
         until the subtree is empty. A cgroup that does not exist is already empty."""
         if not self.exists():
             return
+        self._require_owned("kill")
         kill_file = self.dir / "cgroup.kill"
         if not kill_file.exists():
             self.kill_each(timeout)
@@ -232,6 +240,9 @@ class Cgroup:
     def kill_each(self, timeout: float = 5.0) -> None:
         """The fallback for kernels without cgroup.kill (< 5.14): freeze the subtree where possible (so nothing
         forks meanwhile), SIGKILL every pid in every cgroup.procs, thaw, and repeat until the subtree is empty."""
+        if not self.exists():
+            return
+        self._require_owned("kill")
         deadline = time.monotonic() + timeout
         can_freeze = (self.dir / "cgroup.freeze").exists()
         while self.exists() and self.populated():
@@ -301,8 +312,7 @@ class Cgroup:
         part of it). Removing a cgroup that does not exist is not an error. Does not kill: call kill() first."""
         if not self.dir.exists():
             return
-        if not self.created_by_crisp():
-            raise errors.FailedPrecondition(f"cgroup {self.path} was not created by crisp; not removing it")
+        self._require_owned("remove")
         deadline = time.monotonic() + timeout
         if not self.wait_empty(timeout):
             raise errors.FailedPrecondition(

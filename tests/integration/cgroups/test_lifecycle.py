@@ -201,11 +201,60 @@ def test_remove_waits_for_exits_then_fails_if_processes_stay(cgroups: Sandbox) -
     assert cg.exists() and cg.procs() == [proc.pid]
 
 
-def test_remove_refuses_cgroups_crisp_did_not_create(cgroups: Sandbox) -> None:
+def test_controllers_are_enabled_only_in_crisp_cgroups_and_the_direct_parent(
+    cgroups: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = cgroups.manager
+    enabled_in: list[Path] = []
+    real_enable = manager._enable_controllers
+
+    def spy(cgroup_dir: Path) -> None:
+        enabled_in.append(cgroup_dir)
+        real_enable(cgroup_dir)
+
+    monkeypatch.setattr(manager, "_enable_controllers", spy)
+    # a "kubelet" pod cgroup: made without crisp's mark, below a level that is not crisp's either
+    foreign = cgroups.base.dir / "kubepods"
+    os.mkdir(foreign)
+    os.mkdir(foreign / "pod1")
+    top = f"/crisp-test-top-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        manager.create(f"{top}/pod2/crisp-c")  # a new top level below the root
+        manager.create(cgroups.path("kubepods", "pod1", "crisp-c"))
+        top_dir = manager.mount / top.lstrip("/")
+        # never the root, never the foreign level above the pod; the crisp levels and the kubelet's pod cgroup
+        assert enabled_in == [top_dir, top_dir / "pod2", foreign / "pod1"]
+        offered = set((manager.mount / "cgroup.subtree_control").read_text().split())  # what the root passes on
+        assert set((top_dir / "pod2" / "cgroup.subtree_control").read_text().split()) == offered
+        assert set((foreign / "pod1" / "cgroup.subtree_control").read_text().split()) == (
+            set((foreign / "pod1" / "cgroup.controllers").read_text().split())
+        )
+        assert (foreign / "cgroup.subtree_control").read_text().split() == []
+    finally:
+        manager.cgroup(top).remove()
+        manager.cgroup(cgroups.path("kubepods", "pod1", "crisp-c")).remove()
+        os.rmdir(foreign / "pod1")
+        os.rmdir(foreign)
+
+
+@pytest.mark.parametrize(
+    "operation",
+    ["kill", "kill_each", "remove", "freeze", "thaw", "apply", "set_device_filter", "add_process"],
+)
+def test_cgroups_crisp_did_not_create_are_never_changed(cgroups: Sandbox, operation: str) -> None:
     foreign = cgroups.base.dir / "crisp-foreign"
     os.mkdir(foreign)  # made without crisp's mark
-    with pytest.raises(errors.FailedPrecondition):
-        cgroups.manager.cgroup(cgroups.path("crisp-foreign")).remove()
+    proc = cgroups.spawn("sleep", "100")
+    (foreign / "cgroup.procs").write_text(str(proc.pid))
+    args: dict[str, tuple[object, ...]] = {
+        "apply": ({"unified": {"cgroup.max.depth": "3"}},),
+        "set_device_filter": ([],),
+        "add_process": (os.getpid(),),
+    }
+    for cg in (cgroups.manager.cgroup(cgroups.path("crisp-foreign")), cgroups.manager.cgroup("/")):
+        with pytest.raises(errors.FailedPrecondition, match="not created by crisp"):
+            getattr(cg, operation)(*args.get(operation, ()))
+    assert proc.poll() is None
+    assert (foreign / "cgroup.procs").read_text().split() == [str(proc.pid)]
+    assert (foreign / "cgroup.max.depth").read_text().strip() == "max"
     assert foreign.exists()
-    with pytest.raises(errors.FailedPrecondition):
-        cgroups.manager.cgroup("/").remove()
