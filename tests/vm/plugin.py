@@ -25,8 +25,12 @@ import pytest
 from tests.vm.settings import VmSettings
 
 GUEST_DIR = Path(__file__).parent / "guest"
-# host test directories whose tests also run in the VM: there every controller exists, on a different kernel (6.1)
-ALSO_IN_VM = tuple(Path(__file__).parents[1] / sub for sub in ("integration/cgroups",))
+# host tests that also run in the VM: there every controller exists, cgroup v2 is the only hierarchy (so specs get
+# a cgroup namespace), and the kernel is Debian's 6.1 rather than the host's
+ALSO_IN_VM = tuple(Path(__file__).parents[1] / sub for sub in (
+    "integration/cgroups",
+    "integration/test_oci_runc.py",
+))
 # marks that the guest evaluates: copying them onto a host proxy would evaluate them against the host
 GUEST_ONLY_MARKS = frozenset({"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"})
 TIER_KEY = pytest.StashKey["VmTier"]()
