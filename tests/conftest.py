@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["tests.vm.plugin"]
+pytest_plugins = ["tests.vm.plugin", "pytester"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

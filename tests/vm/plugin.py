@@ -116,12 +116,14 @@ class GuestTest(pytest.Item):
     """Stands in on the host for a test that runs in the VM."""
 
     guest_nodeid: str  # the test the guest runs (the proxy's own node id, but for the `@vm` of a `vm_also` test)
+    line: int | None = None  # where the test is defined (0-based, as pytest reports it)
 
     @classmethod
     def proxy_for(cls, item: pytest.Item, suffix: str = "") -> GuestTest:
         assert item.parent is not None
         proxy: GuestTest = cls.from_parent(item.parent, name=item.name + suffix)
         proxy.guest_nodeid = item.nodeid
+        proxy.line = item.reportinfo()[1]
         # marks of the module and class are inherited through the shared parent; copy the test's own
         for mark in item.own_markers:
             if mark.name not in GUEST_ONLY_MARKS:
@@ -149,7 +151,7 @@ class GuestTest(pytest.Item):
         return str(super().repr_failure(excinfo, style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.name} (in the VM)"
+        return self.path, self.line or 0, f"{self.name} (in the VM)"
 
 
 # ------------------------------------------------------------------------------------------------------ guest side
