@@ -11,6 +11,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -79,10 +80,19 @@ def ensure_dependency_wheels(settings: VmSettings, repo: Path = REPO) -> Path:
     return target
 
 
+# not part of crisp's source: left out of the copy its wheel is built from
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+                                     ".cache", "tests")
+
+
 def build_crisp_wheel(into: Path, repo: Path = REPO) -> Path:
-    """crisp's own wheel, from the checkout as it is now."""
+    """crisp's own wheel, from the checkout as it is now. Built from a fresh copy: setuptools would put stale
+    files from an old `build/` dir into the wheel, and the checkout stays untouched."""
     into.mkdir(parents=True, exist_ok=True)
-    _pip("wheel", "-q", "--no-deps", "--wheel-dir", str(into), str(repo), log=into / "pip.log")
+    with tempfile.TemporaryDirectory(prefix="crisp-vm-src-") as scratch:
+        source = Path(scratch) / "crisp"
+        shutil.copytree(repo, source, ignore=_NOT_SOURCE, symlinks=True)
+        _pip("wheel", "-q", "--no-deps", "--wheel-dir", str(into), str(source), log=into / "pip.log")
     (into / "pip.log").unlink()
     wheels = sorted(into.glob("crisp-*.whl"))
     if len(wheels) != 1:
