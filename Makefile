@@ -7,13 +7,15 @@ ARGS ?=
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
 # util-linux (unshare) and mount (mount, umount): the shim runs them
 RUN_DEBS := ca-certificates libseccomp2 util-linux mount
+# the VM tier (tests/vm): QEMU (+ qboot from qemu-system-data), and mmdebstrap + mke2fs to build its image
+VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # runc and crun: the OCI runtime handlers the tests drive; busybox-static: the test containers' rootfs
-TEST_DEBS := $(RUN_DEBS) busybox-static runc crun libseccomp2
+TEST_DEBS := $(RUN_DEBS) busybox-static runc crun $(VM_DEBS)
 # .deb files the tests unpack into container root filesystems instead of installing them
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test lint unit venv debs-run debs-test clean
+.PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
@@ -38,6 +40,14 @@ run: debs-run venv
 ## test: install what the tests need, then lint, type-check and run every test
 test: debs-test venv lint
 	$(VENV)/bin/pytest -q
+
+## test-vm: only the pure cgroup v2 tier: boots a VM once and runs tests/vm/guest (and every test marked `vm`) in it
+test-vm: debs-test venv
+	$(VENV)/bin/pytest -q -m vm
+
+## vm-image: build the VM tier's kernel, root image and wheels now (CRISP_VM_CACHE, default /var/cache/crisp-vm)
+vm-image: debs-test venv
+	$(VENV)/bin/python -m tests.vm build
 
 lint: venv
 	$(VENV)/bin/ruff check .

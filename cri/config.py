@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runtime import errors
+from runtime.cgroups import paths as cgroup_paths
+
 DEFAULT_CONFIG_PATH = "/etc/crisp/crisp.toml"
 
 
@@ -54,6 +57,17 @@ class CgroupConfig:
     driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
     # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
     missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
+    # where crisp makes pod cgroups (<base>/pod<uid>) when the kubelet gives no cgroup_parent (crictl, critest)
+    base: str = field(default="/crisp", metadata=_ABS)
+
+    def check(self) -> list[tuple[str, str]]:
+        try:
+            cgroup_paths.normalize(self.base)
+        except errors.InvalidArgument as exc:
+            return [("base", str(exc))]
+        if cgroup_paths.normalize(self.base) == "/":
+            return [("base", "must not be the root cgroup")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,29 @@ class NetworkConfig:
                 ipaddress.ip_network(self.pod_cidr)
             except ValueError as exc:
                 return [("pod_cidr", str(exc))]
+        return []
+
+
+@dataclass(frozen=True)
+class OciConfig:
+    """How CRI requests become OCI specs (cri/oci)."""
+
+    # clamp a requested oom_score_adj below crispd's own up to crispd's instead of failing (containerd's
+    # restrict_oom_score_adj): "auto" does so when crispd lacks CAP_SYS_RESOURCE, i.e. when lowering it would fail
+    restrict_oom_score_adj: str = field(default="auto", metadata=_choices("auto", "on", "off"))
+    # RLIMIT_NOFILE of container processes; 0 means what crispd itself runs with
+    nofile_soft: int = 0
+    nofile_hard: int = 0
+    # CRI annotations copied into the OCI spec: exact keys, or prefixes ending in "*"
+    container_annotations: list[str] = field(default_factory=list)
+    pod_annotations: list[str] = field(default_factory=list)
+
+    def check(self) -> list[tuple[str, str]]:
+        for name in ("nofile_soft", "nofile_hard"):
+            if getattr(self, name) < 0:
+                return [(name, "must not be negative")]
+        if self.nofile_soft and self.nofile_hard and self.nofile_soft > self.nofile_hard:
+            return [("nofile_soft", "must not exceed nofile_hard")]
         return []
 
 
@@ -113,6 +150,7 @@ class Config:
     cgroup: CgroupConfig = field(default_factory=CgroupConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    oci: OciConfig = field(default_factory=OciConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)

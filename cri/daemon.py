@@ -132,7 +132,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if self.config.debug.slow_callback_ms > 0:
             loop.set_debug(True)
-            loop.slow_callback_duration = self.config.debug.slow_callback_ms / 1000
+            # start-up (building the gRPC server, binding) blocks before anything is served: the threshold
+            # applies from readiness on, see _serve
+            loop.slow_callback_duration = 3600.0
         self._stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
@@ -167,6 +169,8 @@ class Daemon:
                 os.umask(old_umask)
             os.chmod(self.socket, 0o660)
             self.readiness.set_ready()
+            if self.config.debug.slow_callback_ms > 0:
+                asyncio.get_running_loop().slow_callback_duration = self.config.debug.slow_callback_ms / 1000
             log.info("crispd %s serving CRI v1 on %s (root %s, state %s)", VERSION, self.socket,
                      self.config.root, self.config.state)
             await stop.wait()

@@ -1,0 +1,638 @@
+"""CRI ContainerConfig + PodSandboxConfig + image config -> an OCI runtime-spec document (a dict for config.json).
+
+`build_container_spec(SpecInputs)` is a pure function: everything it needs from the host is gathered beforehand
+(`NodeFacts.probe()` once at start, `inspect_host()` per request, the image's /etc/passwd and /etc/group through
+an `ImageFiles` reader), so it can be tested without root and gives the same spec for the same inputs.
+It follows containerd's CRI plugin where the CRI leaves room (argument merging, environment order, default
+capabilities and mounts, user resolution), and raises `runtime.errors` kinds for bad requests
+(INVALID_ARGUMENT), for requests this node cannot honour (FAILED_PRECONDITION) and for what crisp does not
+support (UNIMPLEMENTED).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import posixpath
+import re
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cri_api.v1 import api_pb2
+
+from cri.config import OciConfig
+from cri.oci.capabilities import CapabilityRequest, container_capabilities
+from cri.oci.host import HostPaths, NodeFacts
+from cri.oci.mounts import (
+    DEFAULT_MASKED_PATHS,
+    DEFAULT_READONLY_PATHS,
+    PodFiles,
+    assemble_mounts,
+    cri_binds,
+    cri_devices,
+    host_devices,
+    pod_binds,
+)
+from cri.oci.seccomp import parse_profile, render_profile, requested_seccomp
+from cri.oci.seccomp_default import DEFAULT_PROFILE
+from cri.oci.user import ImageFiles, StaticFiles, UserDatabase, UserRequest, resolve_user
+from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
+
+OCI_VERSION = "1.0.2"
+DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# JSON {"lowerdirs": [topmost, ..., bottom], "upperdir": ..., "workdir": ...}: see docs/contracts.md
+OVERLAY_ANNOTATION = "io.crisp.rootfs.overlay"
+CGROUP_PREFIX = "crisp-"
+
+# The annotations containerd puts on a container's spec (tools and NRI plugins read them).
+ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
+ANNOTATION_CONTAINER_NAME = "io.kubernetes.cri.container-name"
+ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+ANNOTATION_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
+ANNOTATION_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+ANNOTATION_SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
+ANNOTATION_IMAGE_NAME = "io.kubernetes.cri.image-name"
+
+_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_NS_MODE = api_pb2.NamespaceMode
+_PROFILE_TYPE = api_pb2.SecurityProfile.ProfileType
+_GROUPS_POLICY = api_pb2.SupplementalGroupsPolicy
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The container's rootfs as an overlay of image snapshots (mounted by the executor or the shim)."""
+
+    lowerdirs: tuple[str, ...]  # topmost first
+    upperdir: str
+    workdir: str
+
+    def annotation(self) -> str:
+        return json.dumps({"lowerdirs": list(self.lowerdirs), "upperdir": self.upperdir, "workdir": self.workdir})
+
+
+@dataclass(frozen=True)
+class PodContext:
+    """What crisp knows about the container's pod."""
+
+    sandbox_id: str
+    # the pod cgroup (the kubelet's cgroup_parent, or the one crisp made); containers go to <it>/crisp-<id>
+    cgroup_parent: str
+    # the pod's pinned namespaces (bind mounts under <state>/sandboxes/<id>/ns/); unused for host namespaces
+    net_ns_path: str = ""
+    ipc_ns_path: str = ""
+    uts_ns_path: str = ""
+    # the PID namespace of the pod's init, when the pod shares one (NamespaceMode POD)
+    pid_ns_path: str = ""
+    # the PID namespace of the container named by NamespaceOption.target_id (NamespaceMode TARGET)
+    target_pid_ns_path: str = ""
+    # the pod's hostname, hosts, resolv.conf and shm dir, bound unless a CRI mount targets the same path
+    files: PodFiles = field(default_factory=PodFiles)
+
+
+@dataclass(frozen=True)
+class SpecOptions:
+    """Node-wide choices: from the `[oci]` config section and what the runtime handler supports."""
+
+    # clamp a requested oom_score_adj below crispd's own up to crispd's (a process cannot lower it otherwise)
+    restrict_oom_score_adj: bool = False
+    # RLIMIT_NOFILE (soft, hard) of container processes; None = what crispd runs with
+    nofile: tuple[int, int] | None = None
+    # the runtime handler can make bind mounts recursively read-only (mount_setattr)
+    recursive_read_only: bool = True
+    # memory.swap can be limited on this node (a memory limit then also caps swap, as containerd does)
+    swap_limit: bool = True
+    # CRI container and pod annotations copied into the spec: exact keys, or prefixes ending in "*"
+    container_annotations: tuple[str, ...] = ()
+    pod_annotations: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: OciConfig, node: NodeFacts, *, recursive_read_only: bool = True) -> SpecOptions:
+        if config.restrict_oom_score_adj == "auto":
+            restrict = not node.has_sys_resource
+        else:
+            restrict = config.restrict_oom_score_adj == "on"
+        nofile = None
+        if config.nofile_soft or config.nofile_hard:
+            nofile = (config.nofile_soft or config.nofile_hard, config.nofile_hard or config.nofile_soft)
+        return cls(
+            restrict_oom_score_adj=restrict,
+            nofile=nofile,
+            recursive_read_only=recursive_read_only,
+            container_annotations=tuple(config.container_annotations),
+            pod_annotations=tuple(config.pod_annotations),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class SpecInputs:
+    """Everything `build_container_spec` reads."""
+
+    container_id: str
+    config: api_pb2.ContainerConfig
+    sandbox_config: api_pb2.PodSandboxConfig
+    # the image config's `config` object (User, Env, Entrypoint, Cmd, WorkingDir, StopSignal, ...)
+    image_config: Mapping[str, Any]
+    pod: PodContext
+    node: NodeFacts
+    # root.path: the rootfs mount point, <bundle>/rootfs
+    rootfs_path: str
+    overlay: Overlay | None = None
+    # the image name the container was created from (an annotation)
+    image_name: str = ""
+    # the image's files (for /etc/passwd and /etc/group)
+    image_files: ImageFiles = field(default_factory=StaticFiles)
+    host: HostPaths = field(default_factory=HostPaths)
+    options: SpecOptions = field(default_factory=SpecOptions)
+
+
+# ---------------------------------------------------------------------------------------------- process
+
+
+def merge_env(base: Sequence[str], overrides: Iterable[str]) -> list[str]:
+    """Each `KEY=value` replaces the same key in place or is appended; a bare `KEY` removes it."""
+    out = list(base)
+    index = {e.partition("=")[0]: i for i, e in enumerate(out)}
+    removed: set[int] = set()
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep:
+            if key in index:
+                removed.add(index.pop(key))
+            continue
+        if key in index:
+            out[index[key]] = item
+        else:
+            index[key] = len(out)
+            out.append(item)
+    return [e for i, e in enumerate(out) if i not in removed]
+
+
+def _string_list(image_config: Mapping[str, Any], key: str) -> list[str]:
+    value = image_config.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"the image config's {key} must be a list of strings")
+    return list(value)
+
+
+def _string(image_config: Mapping[str, Any], key: str) -> str:
+    value = image_config.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"the image config's {key} must be a string")
+    return value
+
+
+def process_args(config: api_pb2.ContainerConfig, image_config: Mapping[str, Any]) -> list[str]:
+    """The kubelet's rules: `command` replaces the image's Entrypoint and drops its Cmd; `args` replace Cmd."""
+    command, args = list(config.command), list(config.args)
+    entrypoint = _string_list(image_config, "Entrypoint")
+    cmd = _string_list(image_config, "Cmd")
+    if not command:
+        if not args:
+            args = cmd
+        if entrypoint != [""]:
+            command = entrypoint
+    argv = command + args
+    if not argv:
+        raise InvalidArgument("no command specified: neither the container config nor the image has one")
+    return argv
+
+
+def _user_request(sc: api_pb2.LinuxContainerSecurityContext) -> UserRequest:
+    policy = sc.supplemental_groups_policy
+    if policy not in (_GROUPS_POLICY.Merge, _GROUPS_POLICY.Strict):
+        raise InvalidArgument(f"unknown supplemental_groups_policy {policy}")
+    return UserRequest(
+        run_as_user=sc.run_as_user.value if sc.HasField("run_as_user") else None,
+        run_as_group=sc.run_as_group.value if sc.HasField("run_as_group") else None,
+        run_as_username=sc.run_as_username,
+        supplemental_groups=tuple(sc.supplemental_groups),
+        strict_groups=policy == _GROUPS_POLICY.Strict,
+    )
+
+
+def _rlimits(inputs: SpecInputs) -> list[dict[str, Any]]:
+    soft, hard = inputs.options.nofile or inputs.node.nofile
+    return [{"type": "RLIMIT_NOFILE", "hard": hard, "soft": min(soft, hard)}]
+
+
+def _oom_score_adj(inputs: SpecInputs) -> int | None:
+    linux = inputs.config.linux
+    if not linux.HasField("resources"):
+        return None
+    adj = linux.resources.oom_score_adj
+    if not -1000 <= adj <= 1000:
+        raise InvalidArgument(f"oom_score_adj {adj} is outside -1000..1000")
+    if inputs.options.restrict_oom_score_adj and adj < inputs.node.oom_score_adj:
+        adj = inputs.node.oom_score_adj
+    return adj
+
+
+# ---------------------------------------------------------------------------------------------- namespaces
+
+
+def _namespaces(inputs: SpecInputs, privileged: bool) -> tuple[list[dict[str, str]], bool]:
+    """`linux.namespaces`, and whether the container has the pod's own UTS namespace (so may set a hostname)."""
+    pod = inputs.pod
+    pod_ns = inputs.sandbox_config.linux.security_context.namespace_options
+    ctr_ns = inputs.config.linux.security_context.namespace_options
+    sid = pod.sandbox_id
+    if ctr_ns.HasField("userns_options") and ctr_ns.userns_options.mode != _NS_MODE.NODE:
+        raise Unimplemented("user namespaces are not supported by crisp")
+    for kind in ("network", "ipc", "pid"):
+        if getattr(ctr_ns, kind) == _NS_MODE.NODE and getattr(pod_ns, kind) != _NS_MODE.NODE:
+            raise InvalidArgument(f"the container asks for the host {kind} namespace but pod {sid} does not use it")
+    for kind in ("network", "ipc"):
+        if getattr(ctr_ns, kind) in (_NS_MODE.CONTAINER, _NS_MODE.TARGET):
+            raise InvalidArgument(f"a container cannot have its own {kind} namespace (only POD or NODE)")
+
+    namespaces = [{"type": "mount"}]
+    host_network = pod_ns.network == _NS_MODE.NODE
+    if not host_network:
+        if not pod.net_ns_path:
+            raise FailedPrecondition(f"pod {sid} has no network namespace")
+        namespaces.append({"type": "network", "path": pod.net_ns_path})
+        # hostNetwork pods use the host's UTS namespace too; others have the pod's
+        if not pod.uts_ns_path:
+            raise FailedPrecondition(f"pod {sid} has no UTS namespace")
+        namespaces.append({"type": "uts", "path": pod.uts_ns_path})
+    if pod_ns.ipc != _NS_MODE.NODE:
+        if not pod.ipc_ns_path:
+            raise FailedPrecondition(f"pod {sid} has no IPC namespace")
+        namespaces.append({"type": "ipc", "path": pod.ipc_ns_path})
+
+    pid_mode = ctr_ns.pid
+    if pid_mode == _NS_MODE.CONTAINER:
+        namespaces.append({"type": "pid"})
+    elif pid_mode == _NS_MODE.POD:
+        if pod_ns.pid == _NS_MODE.NODE:
+            pass  # the pod shares the host's
+        elif not pod.pid_ns_path:
+            raise InvalidArgument(f"the container asks for the pod's PID namespace but pod {sid} does not share one")
+        else:
+            namespaces.append({"type": "pid", "path": pod.pid_ns_path})
+    elif pid_mode == _NS_MODE.TARGET:
+        if not ctr_ns.target_id:
+            raise InvalidArgument("PID namespace mode TARGET needs a target_id")
+        if not pod.target_pid_ns_path:
+            raise FailedPrecondition(f"the PID namespace of target container {ctr_ns.target_id} is not known")
+        namespaces.append({"type": "pid", "path": pod.target_pid_ns_path})
+    elif pid_mode != _NS_MODE.NODE:
+        raise InvalidArgument(f"unknown PID namespace mode {pid_mode}")
+
+    if inputs.node.cgroup2_unified and not privileged:
+        namespaces.append({"type": "cgroup"})
+    return namespaces, not host_network
+
+
+# Sysctls a container may set, by the namespace that makes them per-pod (runc's rules).
+_IPC_SYSCTLS = frozenset(
+    {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
+     "kernel.shmmni", "kernel.shm_rmid_forced"}
+)
+
+
+def normalize_sysctl(name: str) -> str:
+    """`net/ipv4/ip_forward` -> `net.ipv4.ip_forward` (the kubelet's rule: with a slash, `/` and `.` swap)."""
+    if "/" not in name:
+        return name
+    return name.translate(str.maketrans("/.", "./"))
+
+
+def pod_sysctls(sandbox_config: api_pb2.PodSandboxConfig) -> dict[str, str]:
+    """The pod's sysctls, checked: only namespaced ones, and none for a namespace shared with the host."""
+    ns = sandbox_config.linux.security_context.namespace_options
+    out = {}
+    for raw, value in sorted(sandbox_config.linux.sysctls.items()):
+        name = normalize_sysctl(raw)
+        if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
+            if ns.ipc == _NS_MODE.NODE:
+                raise InvalidArgument(f"sysctl {name} would change the host: the pod uses the host IPC namespace")
+        elif name.startswith("net."):
+            if ns.network == _NS_MODE.NODE:
+                raise InvalidArgument(f"sysctl {name} would change the host: the pod uses the host network")
+        else:
+            raise InvalidArgument(f"sysctl {name} is not namespaced: it cannot be set for one pod")
+        out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- cgroups
+
+
+def expand_slice(name: str) -> str:
+    """A systemd slice name as its cgroupfs path: `kubepods-burstable-pod1.slice` ->
+    `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice`."""
+    stem = name.removesuffix(".slice")
+    if not stem or "/" in stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
+        raise InvalidArgument(f"invalid systemd slice name {name!r}")
+    if stem == "-":
+        return "/"
+    parts = stem.split("-")
+    return "/" + "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def cgroups_path(cgroup_parent: str, container_id: str) -> str:
+    """`<cgroup_parent>/crisp-<id>`, a cgroupfs path relative to the cgroup2 mount (a systemd slice expanded)."""
+    parent = cgroup_parent.strip()
+    if ".." in parent.split("/"):
+        raise InvalidArgument(f"invalid cgroup parent {cgroup_parent!r}")
+    if parent.endswith(".slice") and "/" not in parent:
+        parent = expand_slice(parent)
+    if not parent.startswith("/"):
+        parent = "/" + parent
+    parent = posixpath.normpath(parent)
+    return posixpath.join(parent, CGROUP_PREFIX + container_id)
+
+
+def _resources(inputs: SpecInputs, device_rules: list[dict[str, Any]], privileged: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if privileged:
+        out["devices"] = [{"allow": True, "access": "rwm"}]
+    else:
+        out["devices"] = [{"allow": False, "access": "rwm"}, *device_rules]
+    if not inputs.config.linux.HasField("resources"):
+        return out
+    r = inputs.config.linux.resources
+    cpu: dict[str, Any] = {}
+    if r.cpu_shares:
+        if r.cpu_shares < 0:
+            raise InvalidArgument(f"cpu_shares {r.cpu_shares} is negative")
+        cpu["shares"] = r.cpu_shares
+    if r.cpu_quota:
+        cpu["quota"] = r.cpu_quota
+    if r.cpu_period:
+        if r.cpu_period < 0:
+            raise InvalidArgument(f"cpu_period {r.cpu_period} is negative")
+        cpu["period"] = r.cpu_period
+    if r.cpuset_cpus:
+        cpu["cpus"] = r.cpuset_cpus
+    if r.cpuset_mems:
+        cpu["mems"] = r.cpuset_mems
+    if cpu:
+        out["cpu"] = cpu
+    memory: dict[str, Any] = {}
+    if r.memory_limit_in_bytes:
+        if r.memory_limit_in_bytes < 0:
+            raise InvalidArgument(f"memory_limit_in_bytes {r.memory_limit_in_bytes} is negative")
+        memory["limit"] = r.memory_limit_in_bytes
+        if not r.memory_swap_limit_in_bytes and inputs.options.swap_limit:
+            memory["swap"] = r.memory_limit_in_bytes  # no swap unless asked for
+    if r.memory_swap_limit_in_bytes and inputs.options.swap_limit:
+        swap = r.memory_swap_limit_in_bytes
+        if swap != -1 and (swap < 0 or (r.memory_limit_in_bytes and swap < r.memory_limit_in_bytes)):
+            raise InvalidArgument(f"memory_swap_limit_in_bytes {swap} is below the memory limit")
+        memory["swap"] = swap
+    if memory:
+        out["memory"] = memory
+    if r.hugepage_limits:
+        out["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit} for h in r.hugepage_limits]
+    if r.unified:
+        out["unified"] = dict(sorted(r.unified.items()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- annotations
+
+
+def _passthrough(source: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for key, value in source.items():
+        for pattern in patterns:
+            if key == pattern or (pattern.endswith("*") and key.startswith(pattern[:-1])):
+                out[key] = value
+                break
+    return out
+
+
+def _annotations(inputs: SpecInputs) -> dict[str, str]:
+    out = _passthrough(inputs.sandbox_config.annotations, inputs.options.pod_annotations)
+    out.update(_passthrough(inputs.config.annotations, inputs.options.container_annotations))
+    meta = inputs.sandbox_config.metadata
+    out.update(
+        {
+            ANNOTATION_CONTAINER_TYPE: "container",
+            ANNOTATION_CONTAINER_NAME: inputs.config.metadata.name,
+            ANNOTATION_SANDBOX_ID: inputs.pod.sandbox_id,
+            ANNOTATION_SANDBOX_NAME: meta.name,
+            ANNOTATION_SANDBOX_NAMESPACE: meta.namespace,
+            ANNOTATION_SANDBOX_UID: meta.uid,
+            ANNOTATION_IMAGE_NAME: inputs.image_name,
+        }
+    )
+    if inputs.overlay is not None:
+        out[OVERLAY_ANNOTATION] = inputs.overlay.annotation()
+    else:
+        out.pop(OVERLAY_ANNOTATION, None)
+    return dict(sorted(out.items()))
+
+
+# ---------------------------------------------------------------------------------------------- security
+
+
+def _seccomp(inputs: SpecInputs, privileged: bool, bounding: Sequence[str]) -> dict[str, Any] | None:
+    if privileged:
+        return None  # whatever was asked for, even something malformed (as containerd)
+    request = requested_seccomp(inputs.config.linux.security_context)
+    if request.kind == "unconfined":
+        return None
+    if request.kind == "runtime_default":
+        return render_profile(DEFAULT_PROFILE, arch=inputs.node.arch, capabilities=bounding, source="RuntimeDefault")
+    profile_file = inputs.host.seccomp_profiles.get(request.path)
+    if profile_file is None or profile_file.data is None:
+        reason = profile_file.error if profile_file is not None else "was not read"
+        raise InvalidArgument(f"seccomp profile {request.path}: {reason}")
+    profile = parse_profile(profile_file.data, request.path)
+    return render_profile(profile, arch=inputs.node.arch, capabilities=bounding, source=request.path)
+
+
+def _check_apparmor(sc: api_pb2.LinuxContainerSecurityContext, privileged: bool) -> None:
+    if privileged:
+        return
+    if sc.HasField("apparmor"):
+        wants_profile = sc.apparmor.profile_type == _PROFILE_TYPE.Localhost
+    else:
+        wants_profile = sc.apparmor_profile.startswith("localhost/")
+    if wants_profile:
+        raise FailedPrecondition("an AppArmor profile was requested but AppArmor is not available to crisp")
+
+
+# ---------------------------------------------------------------------------------------------- the builder
+
+
+def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
+    """The OCI runtime spec (config.json content) of a container."""
+    config, image = inputs.config, inputs.image_config
+    if not _CONTAINER_ID.fullmatch(inputs.container_id):
+        raise InvalidArgument(f"invalid container id {inputs.container_id!r}")
+    sc = config.linux.security_context
+    privileged = sc.privileged
+    if privileged and not inputs.sandbox_config.linux.security_context.privileged:
+        raise InvalidArgument(f"a privileged container is not allowed in the unprivileged pod {inputs.pod.sandbox_id}")
+    if config.CDI_devices:
+        raise Unimplemented("CDI devices are not supported by crisp")
+    _check_apparmor(sc, privileged)
+
+    # process
+    args = process_args(config, image)
+    cwd = config.working_dir or _string(image, "WorkingDir") or "/"
+    if not cwd.startswith("/"):
+        raise InvalidArgument(f"working directory {cwd!r} must be an absolute path")
+    user = resolve_user(_user_request(sc), _string(image, "User"), UserDatabase(inputs.image_files))
+    hostname = inputs.sandbox_config.hostname
+    env = [DEFAULT_PATH_ENV]
+    if config.tty:
+        env = merge_env(env, ["TERM=xterm"])
+    env = merge_env(env, ["HOSTNAME=" + (hostname or inputs.node.hostname)])
+    env = merge_env(env, _string_list(image, "Env"))
+    for kv in config.envs:
+        if not kv.key or "=" in kv.key:
+            raise InvalidArgument(f"invalid environment variable name {kv.key!r}")
+    env = merge_env(env, [f"{kv.key}={kv.value}" for kv in config.envs])
+    if not any(e.startswith("HOME=") for e in env):
+        env.append("HOME=" + user.home)
+
+    capabilities = container_capabilities(
+        CapabilityRequest(
+            add=tuple(sc.capabilities.add_capabilities),
+            drop=tuple(sc.capabilities.drop_capabilities),
+            add_ambient=tuple(sc.capabilities.add_ambient_capabilities),
+        ),
+        privileged=privileged,
+        available=inputs.node.capabilities,
+    )
+    process: dict[str, Any] = {
+        "terminal": config.tty,
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": capabilities,
+        "rlimits": _rlimits(inputs),
+        "noNewPrivileges": sc.no_new_privs,
+    }
+    oom = _oom_score_adj(inputs)
+    if oom is not None:
+        process["oomScoreAdj"] = oom
+
+    # mounts and devices
+    binds = cri_binds(config.mounts, inputs.host.mounts, rro_supported=inputs.options.recursive_read_only)
+    taken = {posixpath.normpath(b.container_path) for b in binds}
+    files = inputs.pod.files
+    if sc.namespace_options.ipc == _NS_MODE.NODE or (
+        inputs.sandbox_config.linux.security_context.namespace_options.ipc == _NS_MODE.NODE
+    ):
+        files = PodFiles(files.hostname, files.hosts, files.resolv_conf, "/dev/shm")
+    binds += pod_binds(files, taken, readonly_rootfs=sc.readonly_rootfs)
+    mounts, rootfs_propagation = assemble_mounts(binds, privileged=privileged)
+    devices, device_rules = cri_devices(config.devices, inputs.host.devices)
+    if privileged:
+        have = {d["path"] for d in devices}
+        devices += [d for d in host_devices(inputs.host.host_devices) if d["path"] not in have]
+
+    namespaces, own_uts = _namespaces(inputs, privileged)
+    linux: dict[str, Any] = {
+        "namespaces": namespaces,
+        "cgroupsPath": cgroups_path(inputs.pod.cgroup_parent, inputs.container_id),
+        "resources": _resources(inputs, device_rules, privileged),
+    }
+    if devices:
+        linux["devices"] = devices
+    sysctls = pod_sysctls(inputs.sandbox_config)
+    if sysctls:
+        linux["sysctl"] = sysctls
+    if rootfs_propagation:
+        linux["rootfsPropagation"] = rootfs_propagation
+    if not privileged:
+        linux["maskedPaths"] = list(sc.masked_paths) or list(DEFAULT_MASKED_PATHS)
+        linux["readonlyPaths"] = list(sc.readonly_paths) or list(DEFAULT_READONLY_PATHS)
+    seccomp = _seccomp(inputs, privileged, capabilities["bounding"])
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
+
+    spec: dict[str, Any] = {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": inputs.rootfs_path, "readonly": sc.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": _annotations(inputs),
+        "linux": linux,
+    }
+    if own_uts and hostname:
+        spec["hostname"] = hostname
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------- exec, stop
+
+
+def build_exec_process(
+    container_process: Mapping[str, Any], args: Sequence[str], *, tty: bool, env: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The process spec of an ExecSync/Exec: the container's process (same user, groups, capabilities, cwd, env,
+    rlimits, oom_score_adj, no_new_privs) running `args`, with a terminal when `tty` (then TERM=xterm unless
+    set), and `env` entries (`KEY=value`) replacing or adding variables. For `executor exec --process`."""
+    if not args:
+        raise InvalidArgument("exec needs a command")
+    process = copy.deepcopy(dict(container_process))
+    process["args"] = list(args)
+    process["terminal"] = tty
+    process.pop("consoleSize", None)
+    current = list(process.get("env") or [])
+    if tty and not any(e.startswith("TERM=") for e in current):
+        current.append("TERM=xterm")
+    process["env"] = merge_env(current, [e for e in env if "=" in e])
+    return process
+
+
+def _signal_number(name: str) -> int | None:
+    text = name.strip().upper()
+    if text.isdigit():
+        number = int(text)
+        return number if 0 < number <= signal.SIGRTMAX else None
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    for base, sign in (("SIGRTMIN+", 1), ("SIGRTMAX-", -1)):
+        if text.startswith(base) and text[len(base) :].isdigit():
+            anchor = signal.SIGRTMIN if sign > 0 else signal.SIGRTMAX
+            number = int(anchor) + sign * int(text[len(base) :])
+            return number if signal.SIGRTMIN <= number <= signal.SIGRTMAX else None
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        return None
+
+
+def _cri_signal_name(value: api_pb2.Signal.ValueType) -> str:
+    name = api_pb2.Signal.Name(value)
+    if name.startswith("SIGRTMINPLUS"):
+        return "SIGRTMIN+" + name.removeprefix("SIGRTMINPLUS")
+    if name.startswith("SIGRTMAXMINUS"):
+        return "SIGRTMAX-" + name.removeprefix("SIGRTMAXMINUS")
+    return {"SIGCLD": "SIGCHLD", "SIGPOLL": "SIGIO", "SIGIOT": "SIGABRT"}.get(name, name)
+
+
+def resolve_stop_signal(config: api_pb2.ContainerConfig, image_config: Mapping[str, Any]) -> int:
+    """The signal StopContainer sends first: the CRI stop_signal, else the image's StopSignal, else SIGTERM."""
+    if config.stop_signal != api_pb2.Signal.RUNTIME_DEFAULT:
+        try:
+            name = _cri_signal_name(config.stop_signal)
+        except ValueError:
+            raise InvalidArgument(f"unknown stop_signal {config.stop_signal}") from None
+        number = _signal_number(name)
+        if number is None:
+            raise InvalidArgument(f"stop_signal {name} is not a signal on this node")
+        return number
+    text = _string(image_config, "StopSignal")
+    if text:
+        number = _signal_number(text)
+        if number is None:
+            raise InvalidArgument(f"the image's StopSignal {text!r} is not a signal")
+        return number
+    return int(signal.SIGTERM)

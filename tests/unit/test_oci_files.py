@@ -1,0 +1,124 @@
+"""Reading the image's /etc/passwd and /etc/group: parsing, and LayeredFiles over unmounted overlay layers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cri.oci.user import GroupEntry, LayeredFiles, PasswdEntry, UserDatabase, parse_group, parse_passwd
+from runtime.errors import InvalidArgument
+from tests.unit.oci_support import GROUP, PASSWD
+
+
+def test_parse_passwd_and_group() -> None:
+    users = parse_passwd(PASSWD)
+    assert [u.name for u in users] == ["root", "daemon", "alice", "bob"]  # comment and broken line skipped
+    assert users[2] == PasswdEntry("alice", 1000, 1000, "/home/alice")
+    groups = parse_group(GROUP)
+    assert GroupEntry("staff", 50, ("alice", "bob")) in groups
+    assert parse_passwd(b"x:x:-1:0::/:\ny:x:99999999999:0::/:\nz:x:1:notanumber::/:\n") == []
+
+
+def test_supplemental_groups_exclude_the_group_named_like_the_user() -> None:
+    db = UserDatabase(LayeredFiles([]))
+    assert db.passwd() == [] and db.group() == []
+    files = {"/etc/group": b"alice:x:1000:alice\nstaff:x:50:alice\n"}
+
+    class Files:
+        reads: list[str] = []
+
+        def read(self, path: str) -> bytes | None:
+            self.reads.append(path)
+            return files.get(path)
+
+    reader = Files()
+    db = UserDatabase(reader)
+    assert db.groups_of("alice") == [50]
+    assert db.groups_of("alice") == [50]
+    assert reader.reads == ["/etc/group"]  # read once, and /etc/passwd not at all
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_layered_files_topmost_wins(tmp_path: Path) -> None:
+    upper, mid, low = tmp_path / "upper", tmp_path / "mid", tmp_path / "low"
+    for d in (upper, mid, low):
+        d.mkdir()
+    _write(low / "etc/passwd", "low")
+    _write(low / "etc/group", "low group")
+    _write(mid / "etc/passwd", "mid")
+    files = LayeredFiles([str(upper), str(mid), str(low)])
+    assert files.read("/etc/passwd") == b"mid"
+    assert files.read("/etc/group") == b"low group"
+    assert files.read("/etc/shadow") is None
+    assert files.read("/etc") is None  # a directory is not a file
+
+
+def test_layered_files_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
+    upper, low = tmp_path / "upper", tmp_path / "low"
+    _write(low / "etc/passwd", "low")
+    _write(low / "etc/group", "low")
+    _write(low / "var/x", "low")
+    _write(upper / "etc/.wh.passwd", "")  # AUFS-style whiteout
+    _write(upper / "var/.wh..wh..opq", "")  # AUFS-style opaque dir
+    files = LayeredFiles([str(upper), str(low)])
+    assert files.read("/etc/passwd") is None
+    assert files.read("/etc/group") == b"low"
+    assert files.read("/var/x") is None
+    assert files.read("/etc/.wh.passwd") is None
+
+
+def test_layered_files_directory_replaced_by_a_file(tmp_path: Path) -> None:
+    upper, low = tmp_path / "upper", tmp_path / "low"
+    _write(low / "etc/passwd", "low")
+    _write(upper / "etc", "a file now")
+    assert LayeredFiles([str(upper), str(low)]).read("/etc/passwd") is None
+
+
+def test_layered_files_symlinks_stay_inside(tmp_path: Path) -> None:
+    upper, low = tmp_path / "upper", tmp_path / "low"
+    _write(low / "data/passwd", "real")
+    (upper / "etc").mkdir(parents=True)
+    os.symlink("/data/passwd", upper / "etc/passwd")  # absolute: inside the image, not the host
+    os.symlink("../../../../../data/passwd", upper / "etc/group")  # .. stops at the image's root
+    os.symlink("/etc/passwd", upper / "etc/hostfile")
+    _write(tmp_path / "host-secret", "host")
+    os.symlink(str(tmp_path / "host-secret"), upper / "etc/escape")
+    os.symlink("loop", upper / "etc/loop")
+    files = LayeredFiles([str(upper), str(low)])
+    assert files.read("/etc/passwd") == b"real"
+    assert files.read("/etc/group") == b"real"
+    assert files.read("/etc/hostfile") == b"real"
+    assert files.read("/etc/escape") is None  # the host path does not exist inside the image
+    assert files.read("/etc/loop") is None
+    # a directory symlink in a lower layer
+    os.symlink("data", low / "conf")
+    assert files.read("/conf/passwd") == b"real"
+
+
+def test_layered_files_size_limit(tmp_path: Path) -> None:
+    _write(tmp_path / "etc/passwd", "x" * 100)
+    with pytest.raises(InvalidArgument, match="larger"):
+        LayeredFiles([str(tmp_path)], max_bytes=10).read("/etc/passwd")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, trusted.* xattrs)")
+def test_layered_files_overlay_whiteouts(tmp_path: Path) -> None:
+    upper, low = tmp_path / "upper", tmp_path / "low"
+    _write(low / "etc/passwd", "low")
+    _write(low / "etc/group", "low")
+    _write(low / "opt/x", "low")
+    (upper / "etc").mkdir(parents=True)
+    (upper / "opt").mkdir()
+    os.mknod(upper / "etc/passwd", 0o600 | 0o020000, os.makedev(0, 0))  # overlayfs whiteout: char 0:0
+    os.setxattr(upper / "opt", "trusted.overlay.opaque", b"y")
+    files = LayeredFiles([str(upper), str(low)])
+    assert files.read("/etc/passwd") is None
+    assert files.read("/etc/group") == b"low"
+    assert files.read("/opt/x") is None
