@@ -88,7 +88,7 @@ def _coarse(lines: list[str]) -> list[str]:
             parts = line.split(" ")
             line = " ".join([*parts[:2], *parts[4:]])  # crun gives /dev/null to a non-root process user
         out.append(line)
-    return out
+    return sorted(out)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
