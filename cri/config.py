@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runtime import errors
+from runtime.cgroups import paths as cgroup_paths
+
 DEFAULT_CONFIG_PATH = "/etc/crisp/crisp.toml"
 
 
@@ -54,6 +57,17 @@ class CgroupConfig:
     driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
     # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
     missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
+    # where crisp makes pod cgroups (<base>/pod<uid>) when the kubelet gives no cgroup_parent (crictl, critest)
+    base: str = field(default="/crisp", metadata=_ABS)
+
+    def check(self) -> list[tuple[str, str]]:
+        try:
+            cgroup_paths.normalize(self.base)
+        except errors.InvalidArgument as exc:
+            return [("base", str(exc))]
+        if cgroup_paths.normalize(self.base) == "/":
+            return [("base", "must not be the root cgroup")]
+        return []
 
 
 @dataclass(frozen=True)

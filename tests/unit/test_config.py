@@ -25,6 +25,7 @@ def test_empty_file_is_all_defaults() -> None:
     assert config.state == "/run/crisp"
     assert config.listen == "/run/crisp/crisp.sock"
     assert config.cgroup.driver == "cgroupfs"
+    assert config.cgroup.base == "/crisp"
     assert config.metrics.address == "127.0.0.1:9647"
 
 
@@ -37,6 +38,7 @@ def test_values_are_read() -> None:
         [cgroup]
         driver = "systemd"
         missing_controller = "warn"
+        base = "/kubepods/crisp"
         [runtime.handlers.runc]
         path = "/usr/sbin/runc"
         [network]
@@ -48,6 +50,7 @@ def test_values_are_read() -> None:
     assert config.shutdown_grace_seconds == 3.0
     assert config.cgroup.driver == "systemd"
     assert config.cgroup.missing_controller == "warn"
+    assert config.cgroup.base == "/kubepods/crisp"
     assert config.runtime.handlers == {"runc": HandlerConfig(type="oci", path="/usr/sbin/runc", root="")}
     assert config.network.pod_cidr == "10.244.0.0/24"
 
@@ -76,6 +79,9 @@ def test_unknown_keys_are_named(text: str, key: str) -> None:
         ("[streaming]\nport = true", "streaming.port: expected an integer"),
         ("[cgroup]\ndriver = ['cgroupfs']", "cgroup.driver: expected a string"),
         ("cgroup = 1", "cgroup: expected a table"),
+        ("[cgroup]\nbase = 'crisp'", "cgroup.base: must be an absolute path"),
+        ("[cgroup]\nbase = '/a/../b'", "cgroup.base: bad cgroup path"),
+        ("[cgroup]\nbase = '/'", "cgroup.base: must not be the root cgroup"),
         ("[network]\npod_cidr = '10.0.0.0/33'", "network.pod_cidr: "),
         ("[runtime.handlers.runc]\ntype = 'oci'", "runtime.handlers.runc.path: an oci handler needs"),
         ("[runtime.handlers.x]\ntype = 'wasm'", "runtime.handlers.x.type: 'wasm' is not one of"),

@@ -1,0 +1,88 @@
+"""cgroup path strings: crisp's layout and the systemd slice-name form.
+
+Layout (cgroupfs paths, relative to the cgroup2 mount, always starting with "/"):
+- the kubelet's `cgroup_parent` IS the pod cgroup (`/kubepods/burstable/pod<uid>`); a pod without one (crictl,
+  critest) gets `<base>/pod<uid>`, made by crisp, with `base` from config (`cgroup.base`, default `/crisp`);
+- a container goes to `<pod cgroup>/crisp-<container id>`; a pod's init process (a shared PID namespace) gets its
+  own leaf the same way (`<pod cgroup>/crisp-<sandbox id>`), because cgroup v2 puts no process in a cgroup that
+  has children.
+
+A kubelet running with the systemd cgroup driver passes slice names (`kubepods-burstable-pod<uid>.slice`);
+`resolve_parent` expands those to their cgroupfs path (`/kubepods.slice/kubepods-burstable.slice/...`), as systemd
+lays them out. crisp does not talk to systemd (no transient units over D-Bus): its own cgroups are plain
+directories, so the `systemd` driver in the strict sense is not supported.
+"""
+
+from __future__ import annotations
+
+import re
+
+from runtime import errors
+
+DEFAULT_BASE = "/crisp"
+CONTAINER_PREFIX = "crisp-"
+
+_COMPONENT = re.compile(r"^[A-Za-z0-9_.:@=+-]+$")
+_POD_UID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def normalize(path: str) -> str:
+    """A cgroup path relative to the mount as "/a/b" ("" and "/" are the root); bad components are refused."""
+    if not isinstance(path, str) or "\0" in path:
+        raise errors.InvalidArgument(f"bad cgroup path {path!r}")
+    parts = [p for p in path.split("/") if p]
+    for part in parts:
+        if part in (".", "..") or not _COMPONENT.match(part) or part.startswith("cgroup."):
+            raise errors.InvalidArgument(f"bad cgroup path {path!r}: component {part!r}")
+    return "/" + "/".join(parts)
+
+
+def join(parent: str, name: str) -> str:
+    return normalize(f"{normalize(parent)}/{name}")
+
+
+def expand_slice(name: str) -> str:
+    """systemd's slice naming: `a-b-c.slice` lives at `/a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the root."""
+    if name == "-.slice":
+        return "/"
+    if not name.endswith(".slice") or "/" in name:
+        raise errors.InvalidArgument(f"{name!r} is not a systemd slice name")
+    stem = name[: -len(".slice")]
+    if not stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
+        raise errors.InvalidArgument(f"{name!r} is not a valid systemd slice name")
+    parts = stem.split("-")
+    return normalize("/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))))
+
+
+def resolve_parent(cgroup_parent: str) -> str:
+    """The CRI `cgroup_parent` as a cgroupfs path: a systemd slice name is expanded, a path normalized."""
+    if cgroup_parent.endswith(".slice") and "/" not in cgroup_parent:
+        return expand_slice(cgroup_parent)
+    return normalize(cgroup_parent)
+
+
+def pod_cgroup_path(cgroup_parent: str, pod_uid: str, base: str = DEFAULT_BASE) -> str:
+    """The pod cgroup: the kubelet's `cgroup_parent` when given, else `<base>/pod<uid>` (which crisp makes)."""
+    if cgroup_parent:
+        return resolve_parent(cgroup_parent)
+    if not _POD_UID.match(pod_uid):
+        raise errors.InvalidArgument(f"bad pod uid {pod_uid!r} for a cgroup name")
+    return join(base, f"pod{pod_uid}")
+
+
+def container_cgroup_path(pod_cgroup: str, container_id: str) -> str:
+    """`<pod cgroup>/crisp-<id>`: the cgroup of one container (or of a pod's init)."""
+    if not _POD_UID.match(container_id):
+        raise errors.InvalidArgument(f"bad container id {container_id!r} for a cgroup name")
+    return join(pod_cgroup, CONTAINER_PREFIX + container_id)
+
+
+def from_oci(cgroups_path: str) -> str:
+    """An OCI `linux.cgroupsPath` as a cgroupfs path: a cgroupfs path as is (relative paths are taken relative to
+    the mount, like absolute ones), or the systemd form `slice:prefix:name` as `<slice path>/<prefix>-<name>.scope`
+    (what runc's systemd driver would name the scope)."""
+    if cgroups_path.count(":") == 2 and "/" not in cgroups_path:
+        slice_name, prefix, name = cgroups_path.split(":")
+        parent = expand_slice(slice_name or "system.slice")
+        return join(parent, f"{prefix}-{name}.scope" if prefix else f"{name}.scope")
+    return normalize(cgroups_path)

@@ -1,0 +1,260 @@
+"""Creating, filling, freezing, killing and removing real cgroups on this host's cgroup2 mount."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime import errors
+from runtime.cgroups import CgroupV2Manager, find_cgroup2_mount
+from runtime.cgroups.cgroup import OWNER_XATTR
+from tests.integration.cgroups.conftest import Sandbox
+
+pytestmark = pytest.mark.root
+
+
+def _fstype(path: Path) -> str:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if left.split()[4] == str(path):
+            return right.split()[0]
+    return ""
+
+
+def test_discovers_the_cgroup2_mount_from_mountinfo() -> None:
+    manager = CgroupV2Manager.discover()
+    assert _fstype(manager.mount) == "cgroup2"
+    assert manager.mount == find_cgroup2_mount(Path("/proc/self/mountinfo").read_text())
+    assert (manager.mount / "cgroup.controllers").exists()
+    assert isinstance(manager.root_controllers(), frozenset)
+
+
+def test_create_nested_marks_every_level_and_enables_only_in_crisp_cgroups(cgroups: Sandbox) -> None:
+    cg = cgroups.manager.create(cgroups.path("pod1", "crisp-c1"))
+    pod = cgroups.manager.open(cgroups.path("pod1"))
+    assert cg.exists() and pod.exists()
+    assert cg.created_by_crisp() and pod.created_by_crisp() and cgroups.base.created_by_crisp()
+    assert os.getxattr(cg.dir, OWNER_XATTR) == b"1"
+    assert not cgroups.manager.cgroup("/").created_by_crisp()
+    # what the base (crisp's) was given by the root is passed on to the pod, and from it to the container
+    assert cg.controllers() == pod.controllers() == cgroups.base.controllers()
+
+
+def test_create_existing_is_already_exists_unless_exist_ok(cgroups: Sandbox) -> None:
+    path = cgroups.path("crisp-dup")
+    first = cgroups.manager.create(path)
+    with pytest.raises(errors.AlreadyExists):
+        cgroups.manager.create(path)
+    assert cgroups.manager.create(path, exist_ok=True).dir == first.dir
+
+
+@pytest.mark.parametrize("bad", ["/a/../b", "/a/cgroup.procs", "/a b", "/"])
+def test_create_refuses_bad_paths(cgroups: Sandbox, bad: str) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        cgroups.manager.create(bad)
+
+
+def test_failed_create_leaves_nothing(cgroups: Sandbox) -> None:
+    (cgroups.base.dir / "cgroup.max.depth").write_text("2")  # the third level below the base cannot be made
+    with pytest.raises(errors.FailedPrecondition):
+        cgroups.manager.create(cgroups.path("crisp-mid", "crisp-mid2", "crisp-leaf"))
+    assert cgroups.base.children() == []
+
+
+def test_open_missing_is_not_found(cgroups: Sandbox) -> None:
+    with pytest.raises(errors.NotFound):
+        cgroups.manager.open(cgroups.path("crisp-nothing"))
+
+
+def test_add_process_moves_it(cgroups: Sandbox) -> None:
+    cg = cgroups.manager.create(cgroups.path("crisp-move"))
+    proc = cgroups.spawn("sleep", "100")
+    cg.add_process(proc.pid)
+    assert cg.procs() == [proc.pid]
+    assert cg.populated()
+    assert Path(f"/proc/{proc.pid}/cgroup").read_text().splitlines()[-1] == f"0::{cg.path}"
+
+
+def test_add_process_refused_in_a_cgroup_with_children(cgroups: Sandbox) -> None:
+    pod = cgroups.manager.create(cgroups.path("crisp-pod"))
+    cgroups.manager.create(cgroups.path("crisp-pod", "crisp-ctr"))
+    proc = cgroups.spawn("sleep", "100")
+    with pytest.raises(errors.FailedPrecondition):
+        pod.add_process(proc.pid)
+    assert pod.procs() == []
+
+
+def test_add_missing_process_is_not_found(cgroups: Sandbox) -> None:
+    cg = cgroups.manager.create(cgroups.path("crisp-ghost"))
+    proc = cgroups.spawn("true")
+    proc.wait()
+    with pytest.raises(errors.NotFound):
+        cg.add_process(proc.pid)
+
+
+def _tree_of_sleepers(cgroups: Sandbox, path: str) -> tuple[list[int], list[int]]:
+    """In `path`: a Python child with two sleeps of its own (grandchildren the test does not reap), and a plain
+    sleep. Returns (child pids, grandchild pids)."""
+    cg = cgroups.manager.cgroup(path)
+    parent = cgroups.python(
+        "import subprocess\n"
+        "a = subprocess.Popen(['sleep', '100']); b = subprocess.Popen(['sleep', '100'])\n"
+        "print(a.pid, b.pid, flush=True)\n"
+        "a.wait(); b.wait()\n"
+    )
+    cg.add_process(parent.pid)
+    assert parent.stdin is not None and parent.stdout is not None
+    parent.stdin.write("go\n")
+    parent.stdin.flush()
+    grandchildren = [int(p) for p in parent.stdout.readline().split()]
+    sleeper = cgroups.spawn("sleep", "100")
+    cg.add_process(sleeper.pid)
+    return [parent.pid, sleeper.pid], grandchildren
+
+
+@pytest.mark.parametrize("how", ["cgroup.kill", "each pid"])
+def test_kill_empties_the_subtree(cgroups: Sandbox, how: str) -> None:
+    pod = cgroups.manager.create(cgroups.path("crisp-kpod"))
+    cgroups.manager.create(cgroups.path("crisp-kpod", "crisp-a"))
+    cgroups.manager.create(cgroups.path("crisp-kpod", "crisp-b"))
+    _, grandchildren = _tree_of_sleepers(cgroups, cgroups.path("crisp-kpod", "crisp-a"))
+    _, more = _tree_of_sleepers(cgroups, cgroups.path("crisp-kpod", "crisp-b"))
+    grandchildren += more
+    assert pod.populated()
+    if how == "cgroup.kill":
+        pod.kill(timeout=10)
+    else:
+        pod.kill_each(timeout=10)
+    assert not pod.populated()
+    for proc in cgroups.procs:
+        assert proc.wait(timeout=10) == -9
+    for pid in grandchildren:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_kill_of_a_missing_cgroup_is_a_no_op(cgroups: Sandbox) -> None:
+    cgroups.manager.cgroup(cgroups.path("crisp-never")).kill()
+
+
+def test_freeze_stops_the_processes_and_thaw_resumes_them(cgroups: Sandbox) -> None:
+    cg = cgroups.manager.create(cgroups.path("crisp-freeze"))
+    busy = cgroups.python("while True: pass\n")
+    cg.add_process(busy.pid)
+    assert busy.stdin is not None
+    busy.stdin.write("go\n")
+    busy.stdin.flush()
+    cg.freeze()
+    assert cg.events()["frozen"] == 1
+    usage = _usage(cg.dir)
+    time.sleep(0.3)
+    assert _usage(cg.dir) == usage  # nothing ran while frozen
+    cg.thaw()
+    assert cg.events()["frozen"] == 0
+    assert busy.poll() is None
+    deadline = time.monotonic() + 30
+    while _usage(cg.dir) == usage and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _usage(cg.dir) > usage
+
+
+def _usage(cgroup_dir: Path) -> int:
+    for line in (cgroup_dir / "cpu.stat").read_text().splitlines():
+        key, value = line.split()
+        if key == "usage_usec":
+            return int(value)
+    raise AssertionError("no usage_usec")
+
+
+def test_kill_reaches_frozen_processes(cgroups: Sandbox) -> None:
+    cg = cgroups.manager.create(cgroups.path("crisp-frozen-kill"))
+    proc = cgroups.spawn("sleep", "100")
+    cg.add_process(proc.pid)
+    cg.freeze()
+    cg.kill(timeout=10)
+    assert proc.wait(timeout=10) == -9
+
+
+def test_remove_leaves_nothing(cgroups: Sandbox) -> None:
+    pod = cgroups.manager.create(cgroups.path("crisp-rpod"))
+    for name in ("crisp-x", "crisp-y"):
+        cg = cgroups.manager.create(cgroups.path("crisp-rpod", name))
+        proc = cgroups.spawn("sleep", "100")
+        cg.add_process(proc.pid)
+    # a cgroup the container made inside its own is part of it
+    os.mkdir(pod.dir / "crisp-x" / "nested")
+    pod.kill(timeout=10)
+    pod.remove(timeout=10)
+    assert not pod.dir.exists()
+    assert cgroups.base.children() == []
+    pod.remove()  # idempotent
+
+
+def test_remove_waits_for_exits_then_fails_if_processes_stay(cgroups: Sandbox) -> None:
+    cg = cgroups.manager.create(cgroups.path("crisp-busy"))
+    proc = cgroups.spawn("sleep", "100")
+    cg.add_process(proc.pid)
+    with pytest.raises(errors.FailedPrecondition):
+        cg.remove(timeout=0.2)
+    assert cg.exists() and cg.procs() == [proc.pid]
+
+
+def test_controllers_are_enabled_only_in_crisp_cgroups_and_the_direct_parent(
+    cgroups: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = cgroups.manager
+    enabled_in: list[Path] = []
+    real_enable = manager._enable_controllers
+
+    def spy(cgroup_dir: Path) -> None:
+        enabled_in.append(cgroup_dir)
+        real_enable(cgroup_dir)
+
+    monkeypatch.setattr(manager, "_enable_controllers", spy)
+    # a "kubelet" pod cgroup: made without crisp's mark, below a level that is not crisp's either
+    foreign = cgroups.base.dir / "kubepods"
+    os.mkdir(foreign)
+    os.mkdir(foreign / "pod1")
+    top = f"/crisp-test-top-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        manager.create(f"{top}/pod2/crisp-c")  # a new top level below the root
+        manager.create(cgroups.path("kubepods", "pod1", "crisp-c"))
+        top_dir = manager.mount / top.lstrip("/")
+        # never the root, never the foreign level above the pod; the crisp levels and the kubelet's pod cgroup
+        assert enabled_in == [top_dir, top_dir / "pod2", foreign / "pod1"]
+        offered = set((manager.mount / "cgroup.subtree_control").read_text().split())  # what the root passes on
+        assert set((top_dir / "pod2" / "cgroup.subtree_control").read_text().split()) == offered
+        assert set((foreign / "pod1" / "cgroup.subtree_control").read_text().split()) == (
+            set((foreign / "pod1" / "cgroup.controllers").read_text().split())
+        )
+        assert (foreign / "cgroup.subtree_control").read_text().split() == []
+    finally:
+        manager.cgroup(top).remove()
+        manager.cgroup(cgroups.path("kubepods", "pod1", "crisp-c")).remove()
+        os.rmdir(foreign / "pod1")
+        os.rmdir(foreign)
+
+
+@pytest.mark.parametrize(
+    "operation",
+    ["kill", "kill_each", "remove", "freeze", "thaw", "apply", "set_device_filter", "add_process"],
+)
+def test_cgroups_crisp_did_not_create_are_never_changed(cgroups: Sandbox, operation: str) -> None:
+    foreign = cgroups.base.dir / "crisp-foreign"
+    os.mkdir(foreign)  # made without crisp's mark
+    proc = cgroups.spawn("sleep", "100")
+    (foreign / "cgroup.procs").write_text(str(proc.pid))
+    args: dict[str, tuple[object, ...]] = {
+        "apply": ({"unified": {"cgroup.max.depth": "3"}},),
+        "set_device_filter": ([],),
+        "add_process": (os.getpid(),),
+    }
+    for cg in (cgroups.manager.cgroup(cgroups.path("crisp-foreign")), cgroups.manager.cgroup("/")):
+        with pytest.raises(errors.FailedPrecondition, match="not created by crisp"):
+            getattr(cg, operation)(*args.get(operation, ()))
+    assert proc.poll() is None
+    assert (foreign / "cgroup.procs").read_text().split() == [str(proc.pid)]
+    assert (foreign / "cgroup.max.depth").read_text().strip() == "max"
+    assert foreign.exists()

@@ -1,0 +1,79 @@
+"""Cgroup path strings and mount discovery from mountinfo text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime import errors
+from runtime.cgroups import find_cgroup2_mount, paths
+from runtime.cgroups.manager import cgroup2_mounts
+
+HYBRID = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+PURE = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
+"""
+ODD = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+50 22 0:40 / /run/my\\040cgroup rw,relatime shared:9 master:2 - cgroup2 none rw
+"""
+
+
+def test_mount_discovery() -> None:
+    assert find_cgroup2_mount(HYBRID) == Path("/sys/fs/cgroup/unified")
+    assert find_cgroup2_mount(PURE) == Path("/sys/fs/cgroup")
+    assert find_cgroup2_mount(ODD) == Path("/run/my cgroup")  # optional fields and escapes handled
+    assert find_cgroup2_mount(ODD + PURE.splitlines()[1] + "\n") == Path("/sys/fs/cgroup")
+    assert cgroup2_mounts(ODD + PURE) == [Path("/run/my cgroup"), Path("/sys/fs/cgroup")]
+    with pytest.raises(errors.FailedPrecondition):
+        find_cgroup2_mount(HYBRID.replace("cgroup2", "cgroupX"))
+
+
+def test_normalize() -> None:
+    assert paths.normalize("/kubepods/burstable/pod1/") == "/kubepods/burstable/pod1"
+    assert paths.normalize("kubepods//pod1") == "/kubepods/pod1"
+    assert paths.normalize("") == "/"
+    for bad in ("/a/../b", "/a/./b", "/a/cgroup.procs", "/a b", "/a\0b", "/ä"):
+        with pytest.raises(errors.InvalidArgument):
+            paths.normalize(bad)
+
+
+def test_layout() -> None:
+    assert paths.pod_cgroup_path("/kubepods/burstable/pod123", "123") == "/kubepods/burstable/pod123"
+    assert paths.pod_cgroup_path("", "6a1b-22") == "/crisp/pod6a1b-22"
+    assert paths.pod_cgroup_path("", "6a1b", base="/crisp-test/x") == "/crisp-test/x/pod6a1b"
+    assert paths.container_cgroup_path("/kubepods/pod1", "abc123") == "/kubepods/pod1/crisp-abc123"
+    with pytest.raises(errors.InvalidArgument):
+        paths.container_cgroup_path("/kubepods/pod1", "../x")
+    with pytest.raises(errors.InvalidArgument):
+        paths.pod_cgroup_path("", "a/b")
+
+
+def test_systemd_slices() -> None:
+    assert paths.expand_slice("kubepods-burstable-pod12_34.slice") == (
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12_34.slice"
+    )
+    assert paths.expand_slice("system.slice") == "/system.slice"
+    assert paths.expand_slice("-.slice") == "/"
+    for bad in ("kubepods", "a--b.slice", "-a.slice", "a/b.slice", ".slice"):
+        with pytest.raises(errors.InvalidArgument):
+            paths.expand_slice(bad)
+    assert paths.resolve_parent("kubepods-besteffort.slice") == "/kubepods.slice/kubepods-besteffort.slice"
+    assert paths.resolve_parent("/kubepods/besteffort") == "/kubepods/besteffort"
+    assert paths.pod_cgroup_path("kubepods-pod9.slice", "9") == "/kubepods.slice/kubepods-pod9.slice"
+
+
+def test_oci_cgroups_path() -> None:
+    assert paths.from_oci("/kubepods/pod1/crisp-abc") == "/kubepods/pod1/crisp-abc"
+    assert paths.from_oci("kubepods-pod1.slice:cri-containerd:abc") == (
+        "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope"
+    )
+    assert paths.from_oci(":crisp:abc") == "/system.slice/crisp-abc.scope"
