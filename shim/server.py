@@ -34,6 +34,7 @@ STEP_TIMEOUT = 60.0          # any one executor, mount or umount command
 CONSOLE_TIMEOUT = 10.0       # the pty master must arrive this long after the executor returned
 EXEC_OUTPUT_GRACE = 2.0      # after an exec's process ended, how long its pipes may stay open (background kids)
 PIPE_SIZE = 1 << 20          # the container's stdout/stderr pipes: room to keep writing while the shim is busy
+MOUNT_DATA_MAX = 4000        # mount(2) options must fit in a page (with room to spare)
 
 Reply = Callable[[dict[str, Any]], None]
 _COMMANDS = ("create", "start", "state", "kill", "delete", "exec")
@@ -295,7 +296,7 @@ class Shim:
         if overlay is None:
             self._create_container(reply)
             return
-        target, options = overlay
+        target, options, cwd = overlay
 
         def mounted(result: CommandResult) -> None:
             if not result.ok:
@@ -305,15 +306,18 @@ class Shim:
             self.rootfs_mounted = target
             self._create_container(reply)
 
-        run_command(self.loop, ["mount", "-t", "overlay", "overlay", "-o", options, target], mounted,
-                    timeout=STEP_TIMEOUT)
+        argv = ["mount", "-t", "overlay", "overlay", "-o", options, target]
+        if cwd:
+            argv = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv]
+        run_command(self.loop, argv, mounted, timeout=STEP_TIMEOUT)
 
     def _rootfs_path(self) -> str:
         root = self.spec.get("root") or {}
         path = root.get("path", "rootfs") if isinstance(root, dict) else "rootfs"
         return os.path.normpath(os.path.join(self.bundle, str(path)))
 
-    def _overlay_options(self) -> tuple[str, str] | None:
+    def _overlay_options(self) -> tuple[str, str, str] | None:
+        """(mount point, mount options, cwd for the mount command or '') for the overlay annotation."""
         annotations = self.spec.get("annotations") or {}
         raw = annotations.get(OVERLAY_ANNOTATION) if isinstance(annotations, dict) else None
         if not raw:
@@ -333,12 +337,20 @@ class Shim:
         if bool(upper) != bool(work):
             raise ShimError("InvalidArgument", f"{self.config.id}: {OVERLAY_ANNOTATION}: upperdir and workdir go "
                             "together")
-        options = "lowerdir=" + ":".join(lowers)
-        if upper:
-            options += f",upperdir={upper},workdir={work}"
         target = self._rootfs_path()
         os.makedirs(target, exist_ok=True)
-        return target, options
+        rest = f",upperdir={upper},workdir={work}" if upper else ""
+        options = "lowerdir=" + ":".join(lowers) + rest
+        if len(options) < MOUNT_DATA_MAX:
+            return target, options, ""
+        # mount(2) takes one page of options: many layers are named relative to their common parent, which the
+        # mount command gets as its cwd (overlayfs resolves the paths when mounting)
+        base = os.path.commonpath(lowers)
+        options = "lowerdir=" + ":".join(os.path.relpath(p, base) for p in lowers) + rest
+        if len(options) >= MOUNT_DATA_MAX:
+            raise ShimError("InvalidArgument", f"{self.config.id}: {len(lowers)} layers are too many for one "
+                            "overlay mount")
+        return target, options, base
 
     def _create_container(self, reply: Reply) -> None:
         process = self.spec.get("process") or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 
@@ -127,3 +128,41 @@ def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
             await manager.close()
 
     run(scenario())
+
+
+def test_rootfs_of_many_layers(runc_env: ShimEnv) -> None:
+    """45 layers do not fit mount(2)'s page of options as absolute paths: the shim names them relative to their
+    common parent. Every layer is visible in the container, the topmost first."""
+    cid = runc_env.new_id()
+    bundle = runc_env.bundle(cid, ["sh", "-c", "cat /layer; ls /layers-seen | wc -l"])
+    layers = runc_env.layers / cid / "snapshots"
+    lowers = []
+    for i in range(45):
+        fs = layers / f"{i:064x}" / "fs"
+        if i == 44:
+            fs.parent.mkdir(parents=True)
+            fs.symlink_to(runc_env.rootfs)  # the bottom layer: busybox
+        else:
+            (fs / "layers-seen").mkdir(parents=True)
+            (fs / "layers-seen" / str(i)).write_text("")
+            (fs / "layer").write_text(f"{i}\n")
+        lowers.append(str(fs))
+    assert len("lowerdir=" + ":".join(lowers)) > 4096
+    spec = json.loads((bundle / "config.json").read_text())
+    overlay = json.loads(spec["annotations"]["io.crisp.rootfs.overlay"])
+    overlay["lowerdirs"] = lowers
+    spec["annotations"]["io.crisp.rootfs.overlay"] = json.dumps(overlay)
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            client, _ = await manager.create(runc_env.config(cid))
+            await client.start()
+            assert (await manager.wait_exit(cid)).exit_code == 0
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+    assert joined_output(runc_env.logs / f"{cid}.log") == b"0\n44\n"
