@@ -134,6 +134,10 @@ class ShimManager:
         self._reader_task = asyncio.create_task(self._read_answers())
 
     @property
+    def zygote_running(self) -> bool:
+        return self._zygote is not None and self._zygote.returncode is None
+
+    @property
     def zygote_pid(self) -> int | None:
         return self._zygote.pid if self._zygote is not None else None
 
@@ -175,8 +179,14 @@ class ShimManager:
     async def spawn(self, config: ShimConfig) -> ShimClient:
         """A ready shim for the container (nothing created yet); returns its client."""
         config.check()
-        if self._zygote is None or self._zygote.stdin is None or self._zygote.returncode is not None:
-            raise errors.Unavailable("the shim zygote is not running")
+        async with self._lock:
+            if self._zygote is not None and self._zygote.returncode is not None:
+                log.warning("the shim zygote (pid %d) exited with %s; starting a new one", self._zygote.pid,
+                            self._zygote.returncode)
+                await self.close()
+                await self.start()
+        if self._zygote is None or self._zygote.stdin is None:
+            raise errors.Unavailable("the shim zygote is not running (ShimManager.start was not called)")
         self._seq += 1
         request_id = self._seq
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

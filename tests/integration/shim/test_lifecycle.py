@@ -166,3 +166,28 @@ def test_rootfs_of_many_layers(runc_env: ShimEnv) -> None:
 
     run(scenario())
     assert joined_output(runc_env.logs / f"{cid}.log") == b"0\n44\n"
+
+
+def test_a_dead_zygote_is_replaced(runc_env: ShimEnv) -> None:
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["true"])
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            old = manager.zygote_pid
+            assert old is not None
+            os.kill(old, signal.SIGKILL)
+            for _ in range(500):
+                if not manager.zygote_running:
+                    break
+                await asyncio.sleep(0.02)
+            client, _ = await manager.create(runc_env.config(cid))
+            assert manager.zygote_pid not in (None, old)
+            await client.start()
+            assert (await manager.wait_exit(cid)).exit_code == 0
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
