@@ -193,6 +193,17 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
+class ShimConfig:
+    # a container's log line longer than this is split into partial (P) lines, as the kubelet's log format allows
+    log_max_line_bytes: int = 16 * 1024
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.log_max_line_bytes < 64:
+            return [("log_max_line_bytes", "must be at least 64")]
+        return []
+
+
+@dataclass(frozen=True)
 class DebugConfig:
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
@@ -220,6 +231,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    shim: ShimConfig = field(default_factory=ShimConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:

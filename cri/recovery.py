@@ -9,9 +9,9 @@ import shutil
 from cri.service.container_run import record_exit, start_watching
 from cri.service.context import ServiceContext
 from cri.store.containers import EXITED, RUNNING
-from shim.protocol import ExitStatus
 from cri.store.sandboxes import NOT_READY, READY
 from runtime.network.types import PodNetworkRequest
+from shim.protocol import ExitStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,11 @@ async def recover_containers(ctx: ServiceContext) -> None:
             await asyncio.to_thread(shutil.rmtree, shim.bundle, True)
             await asyncio.to_thread(shutil.rmtree, ctx.root_dir / "containers" / container_id, True)
     for container in containers.values():
-        shim = found.get(container.id)
         if container.status.state == EXITED:
             continue
-        if shim is not None and shim.client is not None:
-            state = await shim.client.state()
+        recovered = found.get(container.id)
+        if recovered is not None and recovered.client is not None:
+            state = await recovered.client.state()
             if state.status is not None:
                 await record_exit(ctx, container, state.status)
             elif container.status.state == RUNNING or state.state == "running":
@@ -45,7 +45,7 @@ async def recover_containers(ctx: ServiceContext) -> None:
                     await ctx.containers.update(container, state=RUNNING, started_at=state.started_at)
                 start_watching(ctx, container)
             continue
-        status = shim.status if shim is not None else None
+        status = recovered.status if recovered is not None else None
         if status is None:
             status = ExitStatus(exit_code=255, reason="Unknown",
                                 message="the container's shim is gone and left no exit status")

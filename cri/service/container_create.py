@@ -180,7 +180,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             cgroup2_mount=str(manager.mount),
             cgroup2_bind=str(manager.mount) if handler.kind == "oci" and str(manager.mount) != "/sys/fs/cgroup"
             else "")
-        client, pid = await ctx.shims.create(shim_config)
+        _, pid = await ctx.shims.create(shim_config)
         undo.push("shim and container", lambda: ctx.discard_shim(container_id))
         ctx.fail_point("create_container.shim")
 

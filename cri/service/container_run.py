@@ -81,17 +81,17 @@ async def stop_container(ctx: ServiceContext, request: cri.StopContainerRequest)
     return cri.StopContainerResponse()
 
 
-async def stop(ctx: ServiceContext, container: Container, timeout: int) -> None:
-    """Stop signal, up to `timeout` seconds (0: at once) for the main process, then SIGKILL; then nothing of the
+async def stop(ctx: ServiceContext, container: Container, grace: int) -> None:
+    """Stop signal, up to `grace` seconds (0: at once) for the main process, then SIGKILL; then nothing of the
     container may stay (its cgroup is killed). A created or exited container is left as it is."""
     if container.status.state != RUNNING:
         return
     client = ctx.shims.client(container.id)
-    if timeout > 0:
+    if grace > 0:
         with contextlib.suppress(errors.NotFound, errors.FailedPrecondition, errors.Unavailable):
             await client.kill(container.meta.stop_signal)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(container.exited.wait(), timeout)
+            await asyncio.wait_for(container.exited.wait(), grace)
     if not container.exited.is_set():
         with contextlib.suppress(errors.NotFound, errors.FailedPrecondition, errors.Unavailable):
             await client.kill(signal.SIGKILL, all=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,19 +12,19 @@ from typing import Any
 
 from cri.config import Config
 from cri.metrics import Metrics
+from cri.oci import NodeFacts
 from cri.server import Readiness
 from cri.service.images import ImageManager, InUse
+from cri.store.containers import Container, ContainerStore
 from cri.store.db import Store
 from cri.store.names import NameIndex
-from cri.store.containers import Container, ContainerStore
 from cri.store.sandboxes import SandboxStore
-from cri.oci import NodeFacts
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
+from runtime.network.manager import NetworkManager
 from shim.manager import ShimManager
 
 log = logging.getLogger(__name__)
-from runtime.network.manager import NetworkManager
 
 
 def caller_gone(context: Any) -> bool:
