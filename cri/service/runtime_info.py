@@ -84,7 +84,8 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
     response = cri.StatusResponse(
         status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]),
         runtime_handlers=await _runtime_handlers(ctx),
-        features=cri.RuntimeFeatures(supplemental_groups_policy=False),
+        # cri/oci resolves SupplementalGroupsPolicy (Merge/Strict) and every executor applies additionalGids
+        features=cri.RuntimeFeatures(supplemental_groups_policy=True),
     )
     if request.verbose:
         info = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -277,3 +278,57 @@ def test_failure_mid_create_leaves_nothing(tmp_path: Path, test_images: TestImag
             subprocess.run(["umount", "-l", m], check=False)
         p.cleanup_host()
     assert p.daemon.slow_callbacks() == []
+
+
+def test_crispd_killed_while_containers_run(kubelet: Kubelet) -> None:
+    daemon = kubelet.pods.daemon
+    pod_id, pod = kubelet.pod()
+    talker = kubelet.run(pod_id, pod, "talker",
+                         ["sh", "-c", "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.05; done"])
+    quitter = kubelet.run(pod_id, pod, "quitter", ["sh", "-c", "sleep 2; exit 5"])
+    log_path = Path(kubelet.status(talker).log_path)
+
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    size = log_path.stat().st_size
+    assert wait_until(lambda: log_path.stat().st_size > size + 200, 10)  # the shim keeps logging
+    time.sleep(2.5)  # the quitter exits while nobody listens
+    daemon.start()
+    kubelet.rt = daemon.runtime
+
+    assert kubelet.status(talker).state == cri.CONTAINER_RUNNING
+    status = kubelet.status(quitter)
+    assert (status.state, status.exit_code, status.reason) == (cri.CONTAINER_EXITED, 5, "Error")
+    assert kubelet.exec(talker, ["echo", "still here"]).stdout == b"still here\n"
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=talker, timeout=5))
+    assert kubelet.status(talker).state == cri.CONTAINER_EXITED
+    lines = [text for _, tag, text in read_log(log_path) if tag == "F"]
+    numbers = [int(t.split()[1]) for t in lines]
+    assert numbers == list(range(len(numbers)))  # nothing lost while crispd was away
+
+
+def test_a_killed_shim_is_reported(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.run(pod_id, pod, "app", ["sleep", "1000"])
+    bundle = kubelet.pods.daemon.state / "containers" / container_id
+    shim_pid = json.loads((bundle / "shim.json").read_text())["pid"]
+    os.kill(shim_pid, signal.SIGKILL)
+    status = kubelet.wait_exited(container_id)
+    assert status.reason and status.exit_code != 0
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
+    assert not bundle.exists()
+
+
+@pytest.mark.parametrize("policy", [cri.Merge, cri.Strict])
+def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
+    assert kubelet.rt.Status(cri.StatusRequest()).features.supplemental_groups_policy
+    pod_id, pod = kubelet.pod()
+    sc = cri.LinuxContainerSecurityContext(run_as_user=cri.Int64Value(value=33), supplemental_groups=[4242],
+                                           supplemental_groups_policy=policy)  # type: ignore[arg-type]
+    container_id = kubelet.run(pod_id, pod, "app", ["sleep", "1000"], linux=cri.LinuxContainerConfig(
+        security_context=sc))
+    groups = kubelet.exec(container_id, ["id", "-G"]).stdout.decode().split()
+    status_groups = list(kubelet.status(container_id).user.linux.supplemental_groups)
+    # the image's /etc/group makes www-data (33) a member of audio (29): Merge adds it, Strict does not
+    expected = ["33", "29", "4242"] if policy == cri.Merge else ["33", "4242"]
+    assert sorted(groups) == sorted(expected)
+    assert sorted(str(g) for g in status_groups) == sorted(expected)

@@ -282,3 +282,21 @@ def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
     finally:
         assert p.daemon.stop() == 0
         p.cleanup_host()
+
+
+def test_many_pod_cycles_leave_nothing_and_keep_fds(pods: Pods) -> None:
+    assert pods.daemon.proc is not None
+    fd_dir = Path(f"/proc/{pods.daemon.proc.pid}/fd")
+
+    def cycle(i: int) -> None:
+        pod_id = pods.run(pod_config(f"cycle{i}"))
+        pods.daemon.runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+    for i in range(10):  # warm up: helper pools, thread pools, sockets
+        cycle(i)
+    fds = len(list(fd_dir.iterdir()))
+    for i in range(10, 200):
+        cycle(i)
+    assert pods.leaks() == []
+    assert len(list(fd_dir.iterdir())) <= fds + 2  # no growth (a pooled helper may come or go)
