@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
