@@ -8,6 +8,8 @@ from pathlib import Path
 
 from cri_api.v1 import api_pb2 as cri
 
+from runtime import errors
+
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 HOST_HOSTS = Path("/etc/hosts")
 
@@ -20,11 +22,18 @@ ff02::2\tip6-allrouters
 """
 
 
+MAX_HOSTNAME = 64  # the kernel's limit (HOST_NAME_MAX)
+
+
 def pod_hostname(config: cri.PodSandboxConfig, host_network: bool) -> str:
-    """A host-network pod has the node's hostname; any other pod its configured one (else its name)."""
-    if host_network:
+    """A host-network pod has the node's hostname; any other pod its configured one, else (as containerd does)
+    the node's."""
+    if host_network or not config.hostname:
         return socket.gethostname()
-    return config.hostname or config.metadata.name
+    if len(config.hostname.encode()) > MAX_HOSTNAME or any(c in config.hostname for c in "\0/ \n"):
+        raise errors.InvalidArgument(f"pod hostname {config.hostname!r} is not a valid hostname "
+                                     f"(at most {MAX_HOSTNAME} bytes, no spaces or slashes)")
+    return config.hostname
 
 
 def resolv_conf(dns: cri.DNSConfig, host_resolv: Path = HOST_RESOLV_CONF) -> str:

@@ -28,17 +28,20 @@ def loopback_up() -> None:
 
 def main(argv: list[str]) -> int:
     request = json.loads(argv[0])
+    step = ""
     try:
         if request.get("hostname"):
+            step = f"sethostname {request['hostname']!r}"
             socket.sethostname(request["hostname"])
         if request.get("loopback"):
+            step = "bringing lo up"
             loopback_up()
         for path, value in request.get("sysctls", []):
+            step = f"sysctl {path[len('/proc/sys/'):].replace('/', '.')} = {value!r}"
             with open(path, "w") as f:
                 f.write(value)
     except OSError as exc:
-        what = exc.filename or "namespace setup"
-        print(json.dumps({"kind": "InvalidArgument", "message": f"{what}: {exc.strerror}"}), file=sys.stderr)
+        print(json.dumps({"kind": "InvalidArgument", "message": f"{step}: {exc.strerror}"}), file=sys.stderr)
         return 1
     return 0
 

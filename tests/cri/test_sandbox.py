@@ -132,6 +132,15 @@ def test_container_pid_namespace_has_no_pod_init(pods: Pods) -> None:
     assert [p for p in processes_mentioning(str(pods.daemon.state)) if p.split(":")[0] != crispd] == []
 
 
+def test_pod_without_hostname_gets_the_nodes(pods: Pods) -> None:
+    config = pod_config("nameless-" + "x" * 70)  # a long pod name is no hostname
+    config.hostname = ""
+    pod_id = pods.run(config)
+    info = json.loads(pods.daemon.runtime.PodSandboxStatus(
+        cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)).info["info"])
+    assert nsenter(f"--uts={info['namespaces']['uts']}", "hostname") == os.uname().nodename
+
+
 def test_list_filters(pods: Pods) -> None:
     a = pods.run(pod_config("a"))
     b = pods.run(pod_config("b"))
@@ -169,6 +178,7 @@ def test_duplicate_name_is_already_exists(pods: Pods) -> None:
         (lambda c: (c.linux.security_context.namespace_options.__setattr__("network", cri.NODE),
                     c.linux.sysctls.__setitem__("net.ipv4.ip_forward", "1")), "host network"),
         (lambda c: c.linux.security_context.namespace_options.__setattr__("pid", cri.TARGET), "TARGET"),
+        (lambda c: c.__setattr__("hostname", "h" * 65), "not a valid hostname"),
     ],
 )
 def test_bad_requests_are_invalid_and_leave_nothing(pods: Pods, mutate: object, message: str) -> None:
