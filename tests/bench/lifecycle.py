@@ -49,7 +49,7 @@ def pod_ready(pods: Pods, ref: str, name: str) -> tuple[float, float, str]:
 
 def summary(label: str, values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
-    p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
     return f"{label:<34} median {statistics.median(ms):7.1f} ms   p95 {p95:7.1f} ms   (n={len(ms)})"
 
 
