@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,14 +130,20 @@ class Executor:
         elif spec.process.terminal:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
         cgroup_path = spec.linux.cgroups_path or cgroup.default_path(cdir.id)
-        cg = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
-        undo.callback(cg.remove)
-        undo.callback(cg.kill)
+        launched_pids: list[int] = []
+        cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
+        if made:
+            undo.callback(_quietly, "remove the cgroup", cg.remove)
+        undo.callback(_quietly, "kill the container's processes", _kill_processes, cg, launched_pids)
+        # until create returns, the init is our child (so a failed one is reaped here, not left as a zombie that
+        # keeps its cgroup populated); once we exit it passes to the nearest subreaper above us (the shim)
+        self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         plan = launcher.plan_namespaces([(ns.type, ns.path) for ns in spec.linux.namespaces])
         new_uts = not sysctls.shares_host(spec.linux, "uts")
         ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds)
         launched = launcher.launch(self.sys, plan, lambda sock: container_init(self.sys, ctx, sock),
                                    cg.add_process, close_in_child=[lock_fd])
+        launched_pids.append(launched.pid)
         launched.sock.close()
         start = process_start_time(launched.pid)
         if start is None:
@@ -269,17 +276,26 @@ class Executor:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
         plan = self._exec_namespaces(state)
         cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
-        if not options.detach:
-            self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        # the process is our child until we exit (then the shim's, the nearest subreaper above us): a failed one
+        # is reaped here rather than left as a zombie in the container's cgroup
+        self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         ctx = ExecContext(process, setup, console_sock, options.preserve_fds)
         try:
             launched = launcher.launch(self.sys, plan, lambda sock: exec_process(self.sys, ctx, sock),
                                        cg.add_process if cg is not None else lambda pid: None)
+        except BaseException:
+            _reap_children()
+            raise
         finally:
             if console_sock is not None:
                 console_sock.close()
         try:
             self._await_exec(launched.sock)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(launched.pid, signal.SIGKILL)
+            _reap_children()
+            raise
         finally:
             launched.sock.close()
         if options.pid_file is not None:
@@ -315,6 +331,32 @@ class Executor:
         message = protocol.receive(sock)
         if isinstance(message, protocol.Failure):
             raise message.to_error()
+
+
+def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:
+    """Run one undo step; a failing undo is logged and never hides the error that caused the undo."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("could not %s: %s", what, exc)
+
+
+def _kill_processes(cg: cgroup.ContainerCgroup, pids: list[int]) -> None:
+    """Undo of a failed create: the init (if it got that far) and anything else in the container's cgroup; then
+    reap what was our child (the init is, while create runs: we are its subreaper)."""
+    for pid in {*pids, *cg.procs()}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _reap_children()
+
+
+def _reap_children() -> None:
+    """Wait for every child we have (all are dead or being killed when this is called)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _wait_and_forward(pid: int) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.cgroups import CgroupV2Manager
 from tests.executor.conftest import Bundles, Runtime
 from tests.executor.rootfs import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS, make_spec
 
@@ -121,6 +122,19 @@ def test_devices(builtin: Runtime, bundles: Bundles) -> None:
         assert re.search(rf"^crw-rw-rw- .* /dev/{dev}$", out, re.M), (dev, out)
     assert "/dev/ptmx -> pts/ptmx" in out
     assert "/dev/fd -> /proc/self/fd" in out
+
+
+def test_device_filter(builtin: Runtime, bundles: Bundles) -> None:
+    tun = {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 0o666, "uid": 0, "gid": 0}
+    probe = sh("(exec 3<>/dev/net/tun) 2>&1 && echo TUN-OPENED; (exec 3<>/dev/null) && echo NULL-OPENED")
+    denied = run_ok(builtin, bundles, make_spec(probe, linux_devices=[tun],
+                                                linux_resources={"devices": [{"allow": False, "access": "rwm"}]}))
+    assert "Operation not permitted" in denied and "TUN-OPENED" not in denied
+    assert "NULL-OPENED" in denied
+    allowed = run_ok(builtin, bundles, make_spec(probe, linux_devices=[tun], linux_resources={"devices": [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]}))
+    assert "TUN-OPENED" in allowed and "NULL-OPENED" in allowed
 
 
 def test_namespaces_are_new_and_joinable(builtin: Runtime, bundles: Bundles) -> None:
@@ -288,9 +302,7 @@ def test_clear_errors_and_nothing_left(builtin: Runtime, bundles: Bundles, spec_
 
 
 def _cgroup_names() -> str:
-    from runtime.executor.cgroup import _cgroup2_mount
-
-    return " ".join(os.listdir(_cgroup2_mount()))
+    return " ".join(os.listdir(CgroupV2Manager.discover().mount))
 
 
 # ---------------------------------------------------------------------------------------------- lifecycle
@@ -334,9 +346,7 @@ def test_lifecycle_state_kill_delete_leaves_nothing(builtin: Runtime, bundles: B
 
 
 def _cgroup_dir(cid: str) -> Path:
-    from runtime.executor.cgroup import _cgroup2_mount
-
-    return _cgroup2_mount() / f"crisp-{cid}"
+    return CgroupV2Manager.discover().mount / f"crisp-{cid}"
 
 
 def test_delete_force_of_a_created_container(builtin: Runtime, bundles: Bundles) -> None:
@@ -387,14 +397,19 @@ def test_exec_has_the_container_identity(builtin: Runtime, bundles: Bundles) -> 
         bad = subprocess.run(builtin.command("exec", "--process", str(bundle / "process.json"), cid),
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode != 0 and 'exec: "/nope": no such file or directory' in bad.stderr
-        detached = dict(process, args=[BB, "sleep", "1"])
+        detached = dict(process, args=[BB, "sleep", "60"])
         (bundle / "process.json").write_text(json.dumps(detached))
-        run = subprocess.run(builtin.command("exec", "--detach", "--pid-file", str(bundle / "exec.pid"),
-                                             "--process", str(bundle / "process.json"), cid),
-                             capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
+        # the detached process keeps the stdio it is given (the shim's pipes): a file here, not our pipe
+        with open(bundle / "exec.err", "w") as err:
+            run = subprocess.run(builtin.command("exec", "--detach", "--pid-file", str(bundle / "exec.pid"),
+                                                 "--process", str(bundle / "process.json"), cid),
+                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, timeout=60)
+        assert run.returncode == 0, (bundle / "exec.err").read_text()
         exec_pid = int((bundle / "exec.pid").read_text())
         assert os.stat(f"/proc/{exec_pid}/ns/pid").st_ino == os.stat(f"/proc/{init}/ns/pid").st_ino
+        assert str(exec_pid) in (_cgroup_dir(cid) / "cgroup.procs").read_text()
+        os.kill(exec_pid, 9)
+        os.waitpid(exec_pid, 0)  # we are its subreaper, as the shim is
     finally:
         subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
     assert not _cgroup_dir(cid).exists()
