@@ -7,7 +7,6 @@ import dataclasses
 import ipaddress
 import json
 import logging
-
 from pathlib import Path
 
 from cri_api.v1 import api_pb2 as cri

@@ -27,7 +27,6 @@ from runtime.executor.process import ProcessSetup
 from runtime.executor.state import (
     CREATED,
     RUNNING,
-    STOPPED,
     ContainerDir,
     State,
     now_rfc3339,
@@ -256,7 +255,7 @@ class Executor:
 
     def exec(self, container_id: str, options: ExecOptions) -> int:
         """Run a process in the container; with detach return 0 once it is exec'd, else its exit status."""
-        cdir, state, status = self._load(container_id)
+        _cdir, state, status = self._load(container_id)
         if status != RUNNING:
             raise errors.FailedPrecondition(f"cannot exec in container {container_id}: it is {status}")
         try:

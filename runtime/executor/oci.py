@@ -217,7 +217,7 @@ def _abs_path(value: object, where: str) -> str:
 
 def parse_user(data: object, where: str) -> User:
     d = _obj(data, where)
-    if "username" in d and d["username"]:
+    if d.get("username"):
         raise _fail(f"{where}.username", "the executor takes numeric ids only (resolve the name to uid/gid)")
     umask = d.get("umask")
     return User(
