@@ -148,7 +148,7 @@ class Executor:
         if start is None:
             raise errors.CrispError("the container's init died right after setup")
         cdir.write(State(
-            id=cdir.id, bundle=str(bundle), pid=launched.pid, pid_start=start, created=now_rfc3339(),
+            id=cdir.id, bundle=str(bundle), rootfs=spec.root_path, pid=launched.pid, pid_start=start, created=now_rfc3339(),
             cgroup=cg.path, oci_version=spec.oci_version, annotations=dict(spec.annotations),
             linux={k: raw_linux[k] for k in ("seccomp", "namespaces") if k in raw_linux},
         ))

@@ -327,6 +327,7 @@ def test_lifecycle_state_kill_delete_leaves_nothing(builtin: Runtime, bundles: B
     pid = int(pid_file.read_text())
     state = _wait_status(builtin, cid, "created")
     assert state["status"] == "created" and state["pid"] == pid and state["bundle"] == str(bundle)
+    assert state["rootfs"] == str(bundle / "rootfs")
     again = subprocess.run(builtin.command("create", "--bundle", str(bundle), cid), capture_output=True, text=True)
     assert again.returncode != 0 and "already exists" in again.stderr
     subprocess.run(builtin.command("start", cid), check=True)
@@ -347,6 +348,29 @@ def test_lifecycle_state_kill_delete_leaves_nothing(builtin: Runtime, bundles: B
 
 def _cgroup_dir(cid: str) -> Path:
     return CgroupV2Manager.discover().mount / f"crisp-{cid}"
+
+
+def test_kill_all_reaches_every_process_of_the_cgroup(builtin: Runtime, bundles: Bundles) -> None:
+    # the init ignores SIGTERM... as PID 1 without a handler does; its child does not
+    bundle = bundles.make(make_spec(sh(f"{BB} sleep 300 & {BB} sleep 301; wait")))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run(builtin.command("create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid),
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(builtin.command("start", cid), check=True)
+        procs = _cgroup_dir(cid) / "cgroup.procs"
+        deadline = time.monotonic() + 10
+        while len(procs.read_text().split()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(procs.read_text().split()) == 3
+        subprocess.run(builtin.command("kill", "--all", cid, "SIGKILL"), check=True)
+        assert procs.read_text().split() == []
+        assert _wait_status(builtin, cid, "stopped")["status"] == "stopped"
+        unknown = subprocess.run(builtin.command("kill", cid, "SIGNOPE"), capture_output=True, text=True)
+        assert unknown.returncode != 0 and "unknown signal" in unknown.stderr
+    finally:
+        subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
+    assert not _cgroup_dir(cid).exists()
 
 
 def test_delete_force_of_a_created_container(builtin: Runtime, bundles: Bundles) -> None:
