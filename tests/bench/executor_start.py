@@ -45,8 +45,13 @@ def one_run(argv: list[str], root: Path, bundle: Path, fifo: Path, n: int) -> fl
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
         t0 = time.perf_counter()
-        subprocess.run([*argv, "--root", str(root), "create", "--bundle", str(bundle), "--pid-file", str(pid_file),
-                        cid], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        # the container keeps create's stdio: a file, so that nothing waits for it to close
+        with open(bundle / "stderr", "w+") as err:
+            create = subprocess.run([*argv, "--root", str(root), "create", "--bundle", str(bundle), "--pid-file",
+                                     str(pid_file), cid], stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            if create.returncode != 0:
+                err.seek(0)
+                raise SystemExit(f"create failed: {err.read().strip()}")
         subprocess.run([*argv, "--root", str(root), "start", cid], check=True)
         os.set_blocking(reader, True)
         while not os.read(reader, 1):
