@@ -63,6 +63,18 @@ def test_no_new_privs_off_and_no_seccomp(builtin: Runtime, bundles: Bundles) -> 
     assert status_field(out, "Seccomp") == "0"
 
 
+def test_seccomp_without_no_new_privs(builtin: Runtime, bundles: Bundles) -> None:
+    # loaded while the executor still has CAP_SYS_ADMIN, before the capabilities are dropped
+    seccomp = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    out = run_ok(builtin, bundles, make_spec(
+        sh(f"{BB} cat /proc/self/status; {BB} mkdir /tmp/x || echo MKDIR-DENIED"),
+        process_noNewPrivileges=False, linux_seccomp=seccomp, process_user={"uid": 1000, "gid": 1000}))
+    assert status_field(out, "NoNewPrivs") == "0"
+    assert status_field(out, "Seccomp") == "2"
+    assert "MKDIR-DENIED" in out
+
+
 def test_user_groups_and_umask(builtin: Runtime, bundles: Bundles) -> None:
     out = run_ok(builtin, bundles, make_spec(
         sh(f"{BB} id; umask; {BB} cat /proc/self/status"),
@@ -154,6 +166,25 @@ def test_namespaces_are_new_and_joinable(builtin: Runtime, bundles: Bundles) -> 
     # the network namespace is the one given by path: it was pinned, and the container saw its inode
     assert inside["net"] != str(os.stat("/proc/self/ns/net").st_ino)
     assert "PID=1" in out
+
+
+def test_joining_another_containers_pid_namespace(builtin: Runtime, bundles: Bundles) -> None:
+    """A pod's shared PID namespace: the second container joins the first one's by path and sees its processes."""
+    first = bundles.make(make_spec([BB, "sleep", "300"]))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(builtin.command("create", "--bundle", str(first), "--pid-file", str(first / "pid"), cid),
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run(builtin.command("start", cid), check=True)
+        init = int((first / "pid").read_text())
+        spec = make_spec(sh(f"echo PID=$$; {BB} ps -o pid,args"))
+        spec["linux"]["namespaces"] = [{"type": "pid", "path": f"/proc/{init}/ns/pid"}] + [
+            {"type": t} for t in ("ipc", "uts", "mount", "network")]
+        out = run_ok(builtin, bundles, spec)
+    finally:
+        subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
+    assert "PID=1" not in out
+    assert re.search(r"^\s*1 .*sleep 300", out, re.M), out
 
 
 def test_sysctls_in_the_container_namespaces(builtin: Runtime, bundles: Bundles) -> None:
