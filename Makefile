@@ -6,7 +6,7 @@ ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
 RUN_DEBS := ca-certificates libseccomp2
-TEST_DEBS := $(RUN_DEBS) busybox-static runc crun libseccomp2
+TEST_DEBS := $(RUN_DEBS) busybox-static runc crun iproute2 util-linux
 # .deb files the tests unpack into container root filesystems instead of installing them
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
