@@ -5,20 +5,25 @@ VENV ?= .venv
 ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
-# nftables: the built-in bridge's masquerade and hostPorts; iproute2: `ip netns` for pod networks in tests
-RUN_DEBS := ca-certificates nftables iproute2
+# util-linux (unshare, setsid, mount, umount) and mount: pods and shims run them; nftables: the built-in bridge's
+# masquerade and hostPorts; iproute2: `ip` for pod networks; libseccomp2: the built-in executor's seccomp
+RUN_DEBS := ca-certificates iproute2 libseccomp2 mount nftables util-linux
 # one package per line (sorted), so that parallel changes merge cleanly
-# (containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables)
+# containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables;
+# runc, crun: the OCI runtime handlers; busybox-static: test containers' rootfs; docker-registry etc.: image tests
 TEST_DEBS := $(RUN_DEBS) \
 	apache2-utils \
 	busybox-static \
 	containernetworking-plugins \
+	crun \
 	docker-registry \
 	iptables \
 	openssl \
 	runc \
-	util-linux \
 
+# .deb files the tests unpack into container root filesystems instead of installing them
+TEST_DEB_FILES := busybox
+DEB_CACHE := .cache/debs
 
 .PHONY: run test lint unit venv debs-run debs-test clean
 
@@ -36,6 +41,7 @@ debs-run:
 
 debs-test:
 	scripts/ensure-debs $(TEST_DEBS)
+	scripts/fetch-debs $(DEB_CACHE) $(TEST_DEB_FILES)
 
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
 run: debs-run venv
