@@ -8,10 +8,12 @@ ARGS ?=
 # util-linux (unshare, setsid, mount, umount) and mount: pods and shims run them; nftables: the built-in bridge's
 # masquerade and hostPorts; iproute2: `ip` for pod networks; libseccomp2: the built-in executor's seccomp
 RUN_DEBS := ca-certificates iproute2 libseccomp2 mount nftables util-linux
+# the VM tier (tests/vm): QEMU (+ qboot from qemu-system-data), and mmdebstrap + mke2fs to build its image
+VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # one package per line (sorted), so that parallel changes merge cleanly
 # containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables;
 # runc, crun: the OCI runtime handlers; busybox-static: test containers' rootfs; docker-registry etc.: image tests
-TEST_DEBS := $(RUN_DEBS) \
+TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 	apache2-utils \
 	busybox-static \
 	containernetworking-plugins \
@@ -25,7 +27,7 @@ TEST_DEBS := $(RUN_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test lint unit venv debs-run debs-test clean
+.PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
@@ -50,6 +52,14 @@ run: debs-run venv
 ## test: install what the tests need, then lint, type-check and run every test
 test: debs-test venv lint
 	$(VENV)/bin/pytest -q
+
+## test-vm: only the pure cgroup v2 tier: boots a VM once and runs tests/vm/guest (and every test marked `vm`) in it
+test-vm: debs-test venv
+	$(VENV)/bin/pytest -q -m vm
+
+## vm-image: build the VM tier's kernel, root image and wheels now (CRISP_VM_CACHE, default /var/cache/crisp-vm)
+vm-image: debs-test venv
+	$(VENV)/bin/python -m tests.vm build
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,10 +1,13 @@
-"""Shared test setup: tests marked `root` skip cleanly when not run as root."""
+"""Shared test setup: tests marked `root` skip cleanly when not run as root; the VM tier's plugin decides where
+tests marked `vm` run (tests/vm/plugin.py)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+pytest_plugins = ["tests.vm.plugin", "pytester"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

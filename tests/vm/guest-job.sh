@@ -1,0 +1,20 @@
+#!/bin/bash
+# The job of a VM tier run (tests/vm/tier.py): install crisp's wheel into the image's venv, copy the tests out of
+# the 9p share, run the selected tests with pytest. Every test's result goes to $IO/results.jsonl (tests/vm/plugin.py).
+set -euo pipefail
+IO=/run/crisp-vm/io
+stamp() { echo "$1 $(cut -d' ' -f1 /proc/uptime)" >> "$IO/timings"; }
+stamp job-start
+export PATH=/opt/crisp/bin:$PATH
+# crisp from the checkout's wheel, into the guest's venv (no network: the dependencies are already there)
+/opt/crisp/bin/pip install -q --no-index --no-deps --disable-pip-version-check "$IO"/crisp-wheel/crisp-*.whl
+stamp crisp-installed
+# the tests run from a copy, so `import runtime` finds the installed crisp and not the checkout on 9p
+mkdir -p /tmp/crisp-src
+tar -C /mnt/host --exclude=__pycache__ -cf - tests pyproject.toml | tar -C /tmp/crisp-src -xf -
+cd /tmp/crisp-src
+mapfile -t nodeids < "$IO/nodeids"
+stamp pytest-start
+export CRISP_VM_GUEST=1 CRISP_VM_RESULTS="$IO/results.jsonl" CRISP_VM_TIMINGS="$IO/timings"
+exec /opt/crisp/bin/python -m pytest -p no:cacheprovider -o addopts= --strict-markers -ra -v --tb=long \
+    --rootdir /tmp/crisp-src "${nodeids[@]}"

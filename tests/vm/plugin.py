@@ -1,0 +1,251 @@
+"""pytest plugin of the VM tier (loaded by tests/conftest.py), with two faces.
+
+On the host, every test marked `vm` (and every test under tests/vm/guest/, which is marked automatically) is
+replaced by a proxy item with the same node id. A test marked `vm_also` (and every test under ALSO_IN_VM) runs on
+the host as usual and gets a proxy `<name>@vm` besides. The first proxy that runs boots the VM once for all selected
+proxies; each proxy then reports its guest test's result (pass, failure with the guest's traceback and captured
+output, skip with its reason). `pytest -m vm` (`make test-vm`) runs only the tier; `pytest -m "not vm"` skips it.
+
+In the guest (CRISP_VM_GUEST=1, set by guest-job.sh) the tests run for real; this plugin writes each test's
+result to CRISP_VM_RESULTS as one JSON line, and bounds each test phase by CRISP_VM_TEST_TIMEOUT seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Generator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from tests.vm.settings import VmSettings
+
+GUEST_DIR = Path(__file__).parent / "guest"
+# host tests that also run in the VM: there every controller exists, cgroup v2 is the only hierarchy (so specs get
+# a cgroup namespace), and the kernel is Debian's 6.1 rather than the host's
+ALSO_IN_VM = tuple(Path(__file__).parents[1] / sub for sub in (
+    "integration/cgroups",
+    "integration/test_oci_runc.py",
+))
+# marks that the guest evaluates: copying them onto a host proxy would evaluate them against the host
+GUEST_ONLY_MARKS = frozenset({"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"})
+TIER_KEY = pytest.StashKey["VmTier"]()
+
+
+def in_guest() -> bool:
+    return os.environ.get("CRISP_VM_GUEST") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if in_guest():
+        config.pluginmanager.register(GuestReporter(Path(os.environ["CRISP_VM_RESULTS"])), "crisp-vm-guest")
+    else:
+        config.stash[TIER_KEY] = VmTier(config)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselection, so that it sees the automatic `vm` mark
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(GUEST_DIR):
+            item.add_marker(pytest.mark.vm)
+        elif any(item.path.is_relative_to(also) for also in ALSO_IN_VM):
+            item.add_marker(pytest.mark.vm_also)
+    if in_guest():
+        return
+    also: list[pytest.Item] = [GuestTest.proxy_for(item, suffix="@vm") for item in items
+                                if item.get_closest_marker("vm_also") and not item.get_closest_marker("vm")]
+    items[:] = [GuestTest.proxy_for(item) if item.get_closest_marker("vm") else item for item in items] + also
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    tier = config.stash.get(TIER_KEY, None)
+    if tier is not None and tier.run is not None:
+        terminalreporter.write_line(f"crisp-vm: {tier.run.summary()}")
+
+
+# ------------------------------------------------------------------------------------------------------- host side
+
+
+class GuestFailure(Exception):
+    """A guest test failed; the message is its report from the guest."""
+
+
+class VmTier:
+    """The session's one VM run, started by the first proxy that runs, for every selected proxy."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.run: Any = None  # tests.vm.tier.TierRun once started
+        self.failure: str | None = None
+        self.diagnosed = False
+
+    def result(self, item: GuestTest) -> Any:
+        """The guest's result for `item`; GuestFailure when the VM did not produce one."""
+        if self.run is None and self.failure is None:
+            self._start(item.session)
+        if self.failure is not None:
+            raise GuestFailure(self._once(self.failure))
+        found = self.run.results.get(item.guest_nodeid)
+        if found is None:
+            reason = self.run.error or "the guest's pytest did not report it"
+            raise GuestFailure(f"no result from the guest for {item.guest_nodeid}: {self._once(reason)}")
+        return found
+
+    def _once(self, text: str) -> str:
+        """The full diagnosis (VM output) with the first failure only; the others point to it."""
+        if self.diagnosed:
+            return text.split("\n", 1)[0] + " (the VM's output is shown with the first failure of the tier)"
+        self.diagnosed = True
+        return text
+
+    def _start(self, session: pytest.Session) -> None:
+        from tests.vm.tier import run_guest_tests  # imported when used: collecting never touches the system
+
+        nodeids = list(dict.fromkeys(item.guest_nodeid for item in session.items if isinstance(item, GuestTest)))
+        try:
+            self.run = run_guest_tests(nodeids, VmSettings.from_env())
+        except Exception as error:  # image build, wheels, QEMU: every proxy fails with the same reason
+            self.failure = f"the VM tier could not run: {type(error).__name__}: {error}"
+
+
+class GuestTest(pytest.Item):
+    """Stands in on the host for a test that runs in the VM."""
+
+    guest_nodeid: str  # the test the guest runs (the proxy's own node id, but for the `@vm` of a `vm_also` test)
+    line: int | None = None  # where the test is defined (0-based, as pytest reports it)
+
+    @classmethod
+    def proxy_for(cls, item: pytest.Item, suffix: str = "") -> GuestTest:
+        assert item.parent is not None
+        proxy: GuestTest = cls.from_parent(item.parent, name=item.name + suffix)
+        proxy.guest_nodeid = item.nodeid
+        proxy.line = item.reportinfo()[1]
+        # marks of the module and class are inherited through the shared parent; copy the test's own
+        for mark in item.own_markers:
+            if mark.name not in GUEST_ONLY_MARKS:
+                proxy.own_markers.append(mark)
+        for keyword in item.keywords:  # for -k: parametrize ids, marks, names
+            proxy.keywords.setdefault(keyword, item.keywords[keyword])
+        if suffix:
+            proxy.add_marker(pytest.mark.vm)
+        return proxy
+
+    def runtest(self) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("the VM tier needs root (building the image with mmdebstrap, 9p passthrough)")
+        result = self.config.stash[TIER_KEY].result(self)
+        if result.outcome in ("passed", "xfailed"):
+            return
+        if result.outcome == "skipped":
+            reason = result.text.removeprefix("Skipped: ")
+            raise pytest.skip.Exception(f"in the VM: {reason}", _use_item_location=True)
+        raise GuestFailure(f"{result.outcome} in the VM ({result.seconds:.1f}s):\n{result.text}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, GuestFailure):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo, style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, self.line or 0, f"{self.name} (in the VM)"
+
+
+# ------------------------------------------------------------------------------------------------------ guest side
+
+
+class GuestTestTimeout(Exception):
+    """A guest test phase ran longer than CRISP_VM_TEST_TIMEOUT."""
+
+
+class GuestReporter:
+    """Writes one JSON line per finished test, as soon as it finishes (so a VM that dies keeps what ran)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.timeout = VmSettings.from_env().test_timeout
+        self.phases: dict[str, list[pytest.TestReport]] = {}
+        self.first_test_seen = False
+
+    def _write(self, record: dict[str, object]) -> None:
+        with open(self.path, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def _stamp(self, name: str) -> None:
+        timings = os.environ.get("CRISP_VM_TIMINGS")
+        if timings:
+            uptime = Path("/proc/uptime").read_text().split()[0]
+            with open(timings, "a") as out:
+                out.write(f"{name} {uptime}\n")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        if not self.first_test_seen:
+            self.first_test_seen = True
+            self._stamp("first-test")
+        return (yield)
+
+    def _alarm(self, phase: str, item: pytest.Item) -> None:
+        def expire(signum: int, frame: FrameType | None) -> None:
+            raise GuestTestTimeout(f"{item.nodeid}: {phase} ran longer than {self.timeout:.0f}s "
+                                   "(CRISP_VM_TEST_TIMEOUT)")
+
+        signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
+        self._alarm("setup", item)
+        try:
+            return (yield)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        self._alarm("call", item)
+        try:
+            return (yield)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        self._alarm("teardown", item)
+        try:
+            return (yield)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self._write({"collect_error": report.nodeid, "text": report.longreprtext})
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.phases.setdefault(report.nodeid, []).append(report)
+        if report.when == "teardown":
+            self._write(_combine(report.nodeid, self.phases.pop(report.nodeid)))
+
+
+def _combine(nodeid: str, reports: list[pytest.TestReport]) -> dict[str, object]:
+    seconds = sum(report.duration for report in reports)
+    failed = [report for report in reports if report.failed]
+    if failed:
+        texts = []
+        for report in failed:
+            texts.append(f"--- {report.when} ---\n{report.longreprtext}")
+            texts.extend(f"--- {title} ---\n{content}" for title, content in report.sections)
+        outcome = "xpassed" if any(hasattr(report, "wasxfail") for report in failed) else "failed"
+        return {"nodeid": nodeid, "outcome": outcome, "text": "\n".join(texts), "seconds": seconds}
+    skipped = [report for report in reports if report.skipped]
+    if skipped:
+        report = skipped[0]
+        if hasattr(report, "wasxfail"):
+            return {"nodeid": nodeid, "outcome": "xfailed", "text": str(report.wasxfail), "seconds": seconds}
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        return {"nodeid": nodeid, "outcome": "skipped", "text": reason, "seconds": seconds}
+    return {"nodeid": nodeid, "outcome": "passed", "text": "", "seconds": seconds}
+
