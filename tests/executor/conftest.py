@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,8 +109,22 @@ def builtin(tmp_path: Path) -> Iterator[Runtime]:
         _reap_orphans()
 
 
-def _reap_orphans() -> None:
-    """Reap the containers' processes re-parented to us (only those: never a child some Popen still owns)."""
+def _reap_orphans(timeout: float = 10.0) -> None:
+    """Reap the containers' processes re-parented to us (never a child some Popen still owns). Never blocks on
+    one pid: a dying PID-namespace init waits for its namespace's zombies, which may be ours to reap first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        orphans = [pid for pid in _children() if "crisp-executor" not in _cmdline(Path(f"/proc/{pid}"))]
+        if not orphans:
+            return
+        for pid in orphans:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.01)
+
+
+def _children() -> list[int]:
+    out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -117,10 +132,9 @@ def _reap_orphans() -> None:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == os.getpid() and "crisp-executor" not in _cmdline(entry):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry.name), 0)
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == os.getpid():
+            out.append(int(entry.name))
+    return out
 
 
 def _cmdline(entry: Path) -> str:
