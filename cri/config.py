@@ -193,9 +193,24 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
+class ShimConfig:
+    # a container's log line longer than this is split into partial (P) lines, as the kubelet's log format allows
+    log_max_line_bytes: int = 16 * 1024
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.log_max_line_bytes < 64:
+            return [("log_max_line_bytes", "must be at least 64")]
+        return []
+
+
+@dataclass(frozen=True)
 class DebugConfig:
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
+    # named places where creation fails on purpose (tests of rollback), e.g. "run_pod_sandbox.network"
+    fail_points: list[str] = field(default_factory=list)
+    # named places where creation pauses this many milliseconds (tests of callers that give up)
+    delay_points: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -216,6 +231,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    shim: ShimConfig = field(default_factory=ShimConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:
@@ -366,11 +382,12 @@ def _dump_table(obj: object, header: str, out: list[str]) -> None:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             tables.append((f.name, value))
-        elif isinstance(value, dict):
+        elif isinstance(value, dict) and any(dataclasses.is_dataclass(v) for v in value.values()):
             for name, item in value.items():
                 tables.append((f"{f.name}.{_toml_key(name)}", item))
-            if not value:
-                scalars.append(f"# {f.name}: none")
+        elif isinstance(value, dict):  # a table of plain values: an inline table keeps it on one line
+            items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+            scalars.append(f"{f.name} = {{{items}}}" if value else f"# {f.name}: none")
         else:
             scalars.append(f"{f.name} = {_toml_value(value)}")
     if header:

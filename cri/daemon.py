@@ -18,14 +18,18 @@ from grpc import aio
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics
 from cri.network import build_network
+from cri.oci import NodeFacts
+from cri.recovery import recover
 from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
 from cri.service.images import ImageManager
 from cri.service.servicers import add_servicers
 from cri.store.db import SchemaTooNew, Store
 from runtime import errors
+from runtime.cgroups import CgroupV2Manager
 from runtime.lockfile import LockFile
 from runtime.version import VERSION
+from shim.manager import ShimManager
 
 log = logging.getLogger("crispd")
 
@@ -85,6 +89,14 @@ def _remove_stale_socket(path: Path) -> None:
         raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
     log.info("removing stale socket %s", path)
     path.unlink()
+
+
+def _discover_cgroups() -> CgroupV2Manager | None:
+    try:
+        return CgroupV2Manager.discover()
+    except errors.FailedPrecondition as exc:
+        log.warning("%s: pods cannot be run", exc)
+        return None
 
 
 class Daemon:
@@ -156,11 +168,17 @@ class Daemon:
         listening = False
         network = build_network(self.config, self.store)
         images: ImageManager | None = None
+        shims = ShimManager(Path(self.config.state) / "containers")
+        ctx: ServiceContext | None = None
         try:
             await self.images.start()
             images = self.images
+            await shims.start()
             ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
-                                 readiness=self.readiness, images=images, network=network)
+                                 readiness=self.readiness, images=images, network=network,
+                                 cgroups=await asyncio.to_thread(_discover_cgroups), shim_manager=shims,
+                                 node=await asyncio.to_thread(NodeFacts.probe))
+            images.set_in_use(ctx.images_in_use)
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -179,6 +197,7 @@ class Daemon:
             finally:
                 os.umask(old_umask)
             os.chmod(self.socket, 0o660)
+            await recover(ctx)
             self.readiness.set_ready()
             if self.config.debug.slow_callback_ms > 0:
                 asyncio.get_running_loop().slow_callback_duration = self.config.debug.slow_callback_ms / 1000
@@ -194,6 +213,9 @@ class Daemon:
             if listening:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket.unlink()
+            if ctx is not None:
+                await ctx.cancel_background()
+            await shims.close()  # the zygote ends; the shims and their containers go on
             await network.close()
             if images is not None:
                 await images.close()

@@ -15,6 +15,7 @@ from cri.oci.spec import (
     build_container_spec,
     build_exec_process,
     cgroups_path,
+    oci_resources,
     resolve_stop_signal,
 )
 from cri.oci.user import ImageFiles, LayeredFiles, StaticFiles
@@ -34,5 +35,6 @@ __all__ = [
     "build_exec_process",
     "cgroups_path",
     "inspect_host",
+    "oci_resources",
     "resolve_stop_signal",
 ]

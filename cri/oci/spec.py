@@ -357,9 +357,15 @@ def _resources(inputs: SpecInputs, device_rules: list[dict[str, Any]], privilege
         out["devices"] = [{"allow": True, "access": "rwm"}]
     else:
         out["devices"] = [{"allow": False, "access": "rwm"}, *device_rules]
-    if not inputs.config.linux.HasField("resources"):
-        return out
-    r = inputs.config.linux.resources
+    if inputs.config.linux.HasField("resources"):
+        out.update(oci_resources(inputs.config.linux.resources, swap_limit=inputs.options.swap_limit))
+    return out
+
+
+def oci_resources(r: api_pb2.LinuxContainerResources, *, swap_limit: bool = True) -> dict[str, Any]:
+    """CRI LinuxContainerResources as OCI `linux.resources` (without devices); 0 means unset.
+    Also what UpdateContainerResources and UpdatePodSandboxResources apply live."""
+    out: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
     if r.cpu_shares:
         if r.cpu_shares < 0:
@@ -382,9 +388,9 @@ def _resources(inputs: SpecInputs, device_rules: list[dict[str, Any]], privilege
         if r.memory_limit_in_bytes < 0:
             raise InvalidArgument(f"memory_limit_in_bytes {r.memory_limit_in_bytes} is negative")
         memory["limit"] = r.memory_limit_in_bytes
-        if not r.memory_swap_limit_in_bytes and inputs.options.swap_limit:
+        if not r.memory_swap_limit_in_bytes and swap_limit:
             memory["swap"] = r.memory_limit_in_bytes  # no swap unless asked for
-    if r.memory_swap_limit_in_bytes and inputs.options.swap_limit:
+    if r.memory_swap_limit_in_bytes and swap_limit:
         swap = r.memory_swap_limit_in_bytes
         if swap != -1 and (swap < 0 or (r.memory_limit_in_bytes and swap < r.memory_limit_in_bytes)):
             raise InvalidArgument(f"memory_swap_limit_in_bytes {swap} is below the memory limit")

@@ -45,6 +45,11 @@ def runtime_handler(ctx: ServiceContext, name: str) -> handlers.Handler:
     return handlers.resolve_handler(name, ctx.config.runtime.handlers, Path(ctx.config.state))
 
 
+def handler_features(ctx: ServiceContext, name: str) -> handlers.HandlerFeatures:
+    """What a handler's executor really does (blocking: its `--version`, cached per binary)."""
+    return handlers.handler_features(runtime_handler(ctx, name))
+
+
 def _probe_handler_features(ctx: ServiceContext) -> list[tuple[str, handlers.HandlerFeatures]]:
     """Blocking (a handler's `--version`, once per binary): runs in a worker thread."""
     out = []
@@ -79,7 +84,8 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
     response = cri.StatusResponse(
         status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]),
         runtime_handlers=await _runtime_handlers(ctx),
-        features=cri.RuntimeFeatures(supplemental_groups_policy=False),
+        # cri/oci resolves SupplementalGroupsPolicy (Merge/Strict) and every executor applies additionalGids
+        features=cri.RuntimeFeatures(supplemental_groups_policy=True),
     )
     if request.verbose:
         info = {

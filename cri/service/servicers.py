@@ -12,7 +12,20 @@ from typing import Any
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
-from cri.service import image_fsinfo, image_pull, image_remove, image_status, runtime_info
+from cri.service import (
+    container_create,
+    container_run,
+    container_status,
+    container_update,
+    image_fsinfo,
+    image_pull,
+    image_remove,
+    image_status,
+    runtime_info,
+    sandbox_run,
+    sandbox_status,
+    sandbox_stop,
+)
 from cri.service.context import ServiceContext
 from runtime import errors
 
@@ -48,6 +61,61 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
         self, request: cri.UpdateRuntimeConfigRequest, context: Any
     ) -> cri.UpdateRuntimeConfigResponse:
         return await runtime_info.update_runtime_config(self.ctx, request)
+
+
+    async def RunPodSandbox(self, request: cri.RunPodSandboxRequest, context: Any) -> cri.RunPodSandboxResponse:
+        return await sandbox_run.run_pod_sandbox(self.ctx, request, context)
+
+    async def StopPodSandbox(self, request: cri.StopPodSandboxRequest, context: Any) -> cri.StopPodSandboxResponse:
+        return await sandbox_stop.stop_pod_sandbox(self.ctx, request)
+
+    async def RemovePodSandbox(self, request: cri.RemovePodSandboxRequest, context: Any
+                               ) -> cri.RemovePodSandboxResponse:
+        return await sandbox_stop.remove_pod_sandbox(self.ctx, request)
+
+    async def PodSandboxStatus(self, request: cri.PodSandboxStatusRequest, context: Any
+                               ) -> cri.PodSandboxStatusResponse:
+        return await sandbox_status.pod_sandbox_status(self.ctx, request)
+
+    async def ListPodSandbox(self, request: cri.ListPodSandboxRequest, context: Any) -> cri.ListPodSandboxResponse:
+        return await sandbox_status.list_pod_sandbox(self.ctx, request)
+
+
+    async def CreateContainer(self, request: cri.CreateContainerRequest, context: Any
+                              ) -> cri.CreateContainerResponse:
+        return await container_create.create_container(self.ctx, request, context)
+
+    async def StartContainer(self, request: cri.StartContainerRequest, context: Any) -> cri.StartContainerResponse:
+        return await container_run.start_container(self.ctx, request)
+
+    async def StopContainer(self, request: cri.StopContainerRequest, context: Any) -> cri.StopContainerResponse:
+        return await container_run.stop_container(self.ctx, request)
+
+    async def RemoveContainer(self, request: cri.RemoveContainerRequest, context: Any
+                              ) -> cri.RemoveContainerResponse:
+        return await container_run.remove_container(self.ctx, request)
+
+    async def ContainerStatus(self, request: cri.ContainerStatusRequest, context: Any
+                              ) -> cri.ContainerStatusResponse:
+        return await container_status.container_status_rpc(self.ctx, request)
+
+    async def ListContainers(self, request: cri.ListContainersRequest, context: Any) -> cri.ListContainersResponse:
+        return await container_status.list_containers(self.ctx, request)
+
+    async def UpdateContainerResources(self, request: cri.UpdateContainerResourcesRequest, context: Any
+                                       ) -> cri.UpdateContainerResourcesResponse:
+        return await container_update.update_container_resources(self.ctx, request)
+
+    async def UpdatePodSandboxResources(self, request: cri.UpdatePodSandboxResourcesRequest, context: Any
+                                        ) -> cri.UpdatePodSandboxResourcesResponse:
+        return await container_update.update_pod_sandbox_resources(self.ctx, request)
+
+    async def ReopenContainerLog(self, request: cri.ReopenContainerLogRequest, context: Any
+                                 ) -> cri.ReopenContainerLogResponse:
+        return await container_update.reopen_container_log(self.ctx, request)
+
+    async def ExecSync(self, request: cri.ExecSyncRequest, context: Any) -> cri.ExecSyncResponse:
+        return await container_update.exec_sync(self.ctx, request)
 
 
 class ImageService(cri_grpc.ImageServiceServicer):

@@ -86,3 +86,9 @@ def from_oci(cgroups_path: str) -> str:
         parent = expand_slice(slice_name or "system.slice")
         return join(parent, f"{prefix}-{name}.scope" if prefix else f"{name}.scope")
     return normalize(cgroups_path)
+
+
+def parent(path: str) -> str:
+    """The parent of a normalized cgroup path ("/" for a top-level cgroup and for the root)."""
+    head = normalize(path).rsplit("/", 1)[0]
+    return head or "/"

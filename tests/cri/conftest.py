@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,3 +23,29 @@ def crispd(tmp_path: Path) -> Iterator[Crispd]:
         code = daemon.stop(signal.SIGTERM)
     assert code == 0, daemon.log()
     assert daemon.slow_callbacks() == [], daemon.log()
+
+
+from tests.cri.pods import pods  # noqa: E402,F401 - the `pods` fixture for every test here
+
+
+@dataclass(frozen=True)
+class TestImages:
+    registry: str  # host:port
+    busybox: str  # a reference crispd can pull
+
+
+@pytest.fixture(scope="session")
+def test_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestImages]:
+    """A loopback registry (Debian's docker-registry) holding a busybox image built from busybox-static."""
+    from tests.imagetools import BUSYBOX, Pusher, busybox_layer, file, image, layer, running_registry, symlink
+
+    if os.geteuid() != 0 or shutil.which("docker-registry") is None:
+        pytest.skip("needs root and docker-registry (make test installs it)")
+    # every applet as a /bin entry, so that commands like `sleep` are found as programs (and really exec'd)
+    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
+    links = layer([symlink(f"bin/{a}", "busybox") for a in applets if a not in ("busybox", "sh")]
+                  # www-data is also a member of audio (29): SupplementalGroupsPolicy Merge adds it, Strict not
+                  + [file("etc/group", b"root:x:0:\nwww-data:x:33:\naudio:x:29:www-data\n")], "gzip")
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        Pusher(reg.url).image("crisp/busybox", image([busybox_layer("gzip"), links], docker=True), "latest")
+        yield TestImages(registry=reg.host, busybox=f"{reg.host}/crisp/busybox:latest")

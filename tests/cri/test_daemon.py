@@ -20,7 +20,8 @@ from cri.config import Config, parse_config
 from runtime.version import VERSION
 from tests.cri.crispd import Crispd, crispd_command
 
-IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"}
+IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "RunPodSandbox", "StopPodSandbox",
+               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox"}
 
 
 def test_version(crispd: Crispd) -> None:

@@ -152,3 +152,11 @@ def test_the_example_config_in_deploy_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "crisp.toml"
     config = load_config(str(example))
     assert set(config.runtime.handlers) == {"runc", "crun"}
+
+
+def test_tables_of_plain_values_round_trip() -> None:
+    config = parse_config('[debug.delay_points]\n"run_pod_sandbox.record" = 1500\nother = 2\n')
+    assert config.debug.delay_points == {"run_pod_sandbox.record": 1500, "other": 2}
+    assert parse_config(dump_toml(config)) == config
+    with pytest.raises(ConfigError, match=r"debug\.delay_points\.x: expected an integer"):
+        parse_config('[debug.delay_points]\nx = "slow"\n')

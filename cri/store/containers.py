@@ -1,0 +1,139 @@
+"""Containers: immutable metadata plus a status changed only through `ContainerStore.update`.
+
+Like pods, the in-memory objects cache the `containers` table; every status change is written through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from cri_api.v1 import api_pb2 as cri
+
+from cri.store.db import Store
+from cri.store.truncindex import resolve_id
+
+CREATED = "created"
+RUNNING = "running"
+EXITED = "exited"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ContainerMeta:
+    id: str
+    name: str  # the reserved name: <name>_<pod name>_<pod namespace>_<pod uid>_<attempt>
+    sandbox_id: str
+    config: cri.ContainerConfig
+    created_at: int  # ns
+    image_id: str  # sha256:<config digest>
+    image_ref: str  # the repo digest the image was resolved by
+    image_name: str  # what ContainerStatus.image reports (the name asked for; a repo tag when asked by id)
+    handler: str
+    bundle: str  # <state>/containers/<id>
+    container_dir: str  # <root>/containers/<id>: the writable layer (upper, work)
+    lowerdirs: tuple[str, ...]  # the image snapshots under it, topmost first
+    log_path: str  # "" when the pod has no log directory or the container no log path
+    cgroup: str
+    stop_signal: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        del data["config"]
+        return data
+
+
+@dataclass(frozen=True)
+class ContainerStatus:
+    state: str = CREATED
+    pid: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+    # the resources as last applied (UpdateContainerResources changes them); serialized LinuxContainerResources
+    resources: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Container:
+    def __init__(self, meta: ContainerMeta, status: ContainerStatus) -> None:
+        self.meta = meta
+        self.status = status
+        self.lock = asyncio.Lock()  # Start, Stop, Remove and Update of one container run one at a time
+        self.exited = asyncio.Event()  # set once the status says the container has exited
+        if status.state == EXITED:
+            self.exited.set()
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    def info_json(self, status: ContainerStatus | None = None) -> str:
+        return json.dumps({"meta": self.meta.to_json(), "status": dataclasses.asdict(status or self.status)})
+
+
+def _from_row(row: sqlite3.Row) -> Container:
+    info = json.loads(row["info"])
+    meta_data = info["meta"]
+    meta_data["lowerdirs"] = tuple(meta_data["lowerdirs"])
+    meta_data["groups"] = tuple(meta_data["groups"])
+    meta = ContainerMeta(config=cri.ContainerConfig.FromString(row["config"]), **meta_data)
+    return Container(meta, ContainerStatus(**info["status"]))
+
+
+class ContainerStore:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._containers: dict[str, Container] = {}
+
+    async def load(self) -> list[Container]:
+        rows = await self._store.run(lambda c: c.execute("SELECT * FROM containers").fetchall())
+        self._containers = {c.id: c for c in map(_from_row, rows)}
+        return list(self._containers.values())
+
+    def get(self, id_or_prefix: str) -> Container:
+        return self._containers[resolve_id(self._containers, id_or_prefix, "container")]
+
+    def find(self, id_or_prefix: str) -> Container | None:
+        try:
+            return self.get(id_or_prefix)
+        except Exception:
+            return None
+
+    def all(self) -> list[Container]:
+        return list(self._containers.values())
+
+    def of_sandbox(self, sandbox_id: str) -> list[Container]:
+        return [c for c in self._containers.values() if c.meta.sandbox_id == sandbox_id]
+
+    async def add(self, container: Container) -> None:
+        meta = container.meta
+        row = (meta.id, meta.sandbox_id, meta.name, container.status.state, meta.image_id, meta.created_at,
+               meta.config.SerializeToString(), container.info_json())
+        await self._store.run(lambda c: c.execute(
+            "INSERT INTO containers (id, sandbox_id, name, state, image_id, created_at, config, info) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row))
+        self._containers[container.id] = container
+
+    async def update(self, container: Container, **changes: Any) -> ContainerStatus:
+        new = dataclasses.replace(container.status, **changes)
+        info = container.info_json(new)
+        await self._store.run(lambda c: c.execute(
+            "UPDATE containers SET state = ?, info = ? WHERE id = ?", (new.state, info, container.id)))
+        container.status = new
+        if new.state == EXITED:
+            container.exited.set()
+        return new
+
+    async def delete(self, container: Container) -> None:
+        await self._store.run(lambda c: c.execute("DELETE FROM containers WHERE id = ?", (container.id,)))
+        self._containers.pop(container.id, None)

@@ -1,0 +1,90 @@
+"""A pod's shared PID namespace: a pinned namespace with `podinit.py` as its PID 1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from runtime import errors
+from runtime.command import run_command
+from runtime.mounts import unmount
+from runtime.namespaces import podinit
+from runtime.procs import ProcessRef
+
+START_TIMEOUT = 30.0
+
+
+async def start_pod_init(pin: Path) -> ProcessRef:
+    """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs."""
+    log_path = pin.parent / "podinit.log"
+    log_fd = await asyncio.to_thread(_prepare, pin, log_path)
+    read_fd, write_fd = os.pipe()
+    try:
+        try:  # the detached processes outlive any pipe to crispd: their output goes to a file
+            # `setsid -f` forks the pod init off and exits at once; it reports on the pipe (EOF: it died)
+            await run_command(
+                ["setsid", "-f", "unshare", f"--pid={pin}", "--fork", "--kill-child", "--",
+                 sys.executable, "-I", "-S", podinit.__file__, str(write_fd)],
+                kill_after=START_TIMEOUT, what="pod init", pass_fds=(write_fd,), output_fd=log_fd)
+        finally:
+            os.close(log_fd)
+        os.close(write_fd)
+        write_fd = -1
+        line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), START_TIMEOUT)
+    except BaseException:
+        await remove_pid_pin(pin)
+        raise
+    finally:
+        if write_fd >= 0:
+            os.close(write_fd)
+        os.close(read_fd)
+    ref = ProcessRef.of(int(line)) if line.strip().isdigit() else None
+    if ref is None:
+        await remove_pid_pin(pin)
+        message = (await asyncio.to_thread(log_path.read_text, errors="replace")).strip()
+        message = message or "it exited before it was ready"
+        raise errors.CrispError(f"pod init did not start: {message}")
+    return ref
+
+
+def _prepare(pin: Path, log_path: Path) -> int:
+    pin.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pin.touch(mode=0o400)
+    return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+
+def _read_line(fd: int) -> str:
+    """One line, or what came before EOF (the pod init died). `unshare` holds the write end open, so no EOF
+    arrives after a successful start: stop at the newline."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+STOP_TIMEOUT = 10.0
+
+
+async def stop_pod_init(ref: ProcessRef | None) -> None:
+    """Kill the pod init (and with it every process of the namespace) and wait until it is gone.
+
+    It is not crispd's child, so there is nothing to wait on but /proc: poll it, briefly.
+    """
+    if ref is None or not ref.signal():
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_TIMEOUT
+    while ref.alive():
+        if loop.time() > deadline:
+            raise errors.Unavailable(f"pod init {ref.pid} did not exit within {STOP_TIMEOUT}s")
+        await asyncio.sleep(0.005)
+
+
+async def remove_pid_pin(pin: Path) -> None:
+    await unmount(pin)
+    await asyncio.to_thread(pin.unlink, missing_ok=True)

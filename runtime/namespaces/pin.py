@@ -1,0 +1,93 @@
+"""Pod namespaces held open by bind mounts, without a pause process (as CRI-O's pinns does).
+
+`pin_namespaces` runs a short-lived helper: util-linux `unshare` creates the new namespaces and bind-mounts each
+one onto a file under the pod's dir; inside them `nsinit.py` sets the hostname, brings lo up and writes sysctls.
+`unpin_namespaces` unmounts the pins, and the namespaces die with their last user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime import errors
+from runtime.command import run_command
+from runtime.mounts import unmount
+from runtime.namespaces import nsinit
+from runtime.namespaces.sysctl import sysctl_path
+
+log = logging.getLogger(__name__)
+
+KINDS = ("net", "ipc", "uts")
+PIN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class NamespaceSetup:
+    """What to create for a pod and what to set inside it."""
+
+    kinds: frozenset[str]  # a subset of KINDS
+    hostname: str = ""  # set only when the pod has its own UTS namespace
+    sysctls: tuple[tuple[str, str], ...] = ()
+
+
+def pin_paths(pin_dir: Path, kinds: Iterable[str]) -> dict[str, Path]:
+    return {kind: pin_dir / kind for kind in kinds}
+
+
+async def pin_namespaces(pin_dir: Path, setup: NamespaceSetup) -> dict[str, Path]:
+    """Create and pin the namespaces; on failure nothing stays mounted. Returns kind -> pin path."""
+    unknown = set(setup.kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"cannot pin namespaces {sorted(unknown)}")
+    if not setup.kinds:
+        return {}
+    paths = pin_paths(pin_dir, sorted(setup.kinds))
+    await asyncio.to_thread(_prepare, pin_dir, list(paths.values()))
+    request = {
+        "hostname": setup.hostname if "uts" in setup.kinds else "",
+        "loopback": "net" in setup.kinds,
+        "sysctls": [(sysctl_path(key), value) for key, value in setup.sysctls],
+    }
+    argv = ["unshare", *(f"--{kind}={path}" for kind, path in paths.items()), "--",
+            sys.executable, "-I", "-S", nsinit.__file__, json.dumps(request)]
+    try:
+        await _run_helper(argv)
+    except BaseException:
+        await unpin_namespaces(paths.values())
+        raise
+    return paths
+
+
+def _prepare(pin_dir: Path, files: list[Path]) -> None:
+    pin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in files:
+        path.touch(mode=0o400)
+
+
+async def _run_helper(argv: list[str]) -> None:
+    result = await run_command(argv, kill_after=PIN_TIMEOUT, what="pod namespace setup")
+    if result.returncode != 0:
+        raise _helper_error(result.stderr.decode(errors="replace").strip(), result.returncode)
+
+
+def _helper_error(stderr: str, code: int) -> errors.CrispError:
+    last = stderr.splitlines()[-1] if stderr else ""
+    try:
+        report = json.loads(last)
+        kind = getattr(errors, str(report["kind"]), errors.CrispError)
+        return kind(f"pod namespace setup: {report['message']}")
+    except (ValueError, KeyError, TypeError):
+        return errors.CrispError(f"pod namespace setup failed (exit status {code}): {stderr or 'no message'}")
+
+
+async def unpin_namespaces(paths: Iterable[Path]) -> None:
+    """Unmount every pin and remove its file; missing ones are fine (idempotent)."""
+    for path in paths:
+        await unmount(path)
+        await asyncio.to_thread(path.unlink, missing_ok=True)

@@ -1,0 +1,91 @@
+"""Test support for pods and containers: a crispd with its own cgroup base, bridge and subnet, and leak checks."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cri_api.v1 import api_pb2 as cri
+
+from tests.cri.crispd import Crispd
+from tests.integration.netutil import free_subnet4
+from tests.leaks import cgroups_under, mounts_under, processes_mentioning, remove_cgroup_tree
+
+NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
+
+
+class Pods:
+    """A crispd with its own cgroup base, and the leak checks of everything pods make."""
+
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd") -> None:
+        self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
+        self.bridge = f"crispt{secrets.token_hex(4)}"
+        self.subnet = free_subnet4(24)
+        self.handler = ""  # the runtime handler pods get unless a test says otherwise
+        self.daemon = Crispd(base, config=self.config_text(extra_config), name=name)
+
+    def config_text(self, extra: str = "") -> str:
+        """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
+        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n'
+                f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
+                f'cni_config_dir = "{NO_CNI_DIR}"\n'
+                '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
+                f'{extra}')
+
+    def cleanup_host(self) -> None:
+        """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover."""
+        subprocess.run(["nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+        remove_cgroup_tree(self.cgroup_base)
+
+    def run(self, config: cri.PodSandboxConfig, handler: str | None = None) -> str:
+        handler = self.handler if handler is None else handler
+        response = self.daemon.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=config,
+                                                                              runtime_handler=handler))
+        return str(response.pod_sandbox_id)
+
+    def leaks(self) -> list[str]:
+        left = [f"mount {m}" for m in mounts_under(self.daemon.base)]
+        left += [f"cgroup {c}" for c in cgroups_under(self.cgroup_base)]
+        crispd = str(self.daemon.proc.pid) if self.daemon.proc else ""
+        left += [f"process {p}" for p in processes_mentioning(str(self.daemon.state))
+                 if p.split(":")[0] != crispd]
+        sandboxes = self.daemon.state / "sandboxes"
+        if sandboxes.exists():
+            left += [f"dir {d}" for d in sandboxes.iterdir()]
+        ports = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True,
+                               text=True).stdout.split("\n")
+        left += [f"veth {line.split(':')[1].strip()}" for line in ports if line.strip()]
+        return left
+
+
+@pytest.fixture
+def pods(tmp_path: Path) -> Iterator[Pods]:
+    p = Pods(tmp_path)
+    p.daemon.start()
+    try:
+        yield p
+    finally:
+        try:
+            for item in p.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items:
+                p.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+            leaks = p.leaks()
+        finally:
+            code = p.daemon.stop()
+            for m in reversed(mounts_under(tmp_path)):
+                subprocess.run(["umount", "-l", m], check=False)
+            p.cleanup_host()
+    assert leaks == []
+    assert code == 0, p.daemon.log()
+    assert p.daemon.slow_callbacks() == [], p.daemon.log()
+
+
+def pod_config(name: str = "web", **kwargs: object) -> cri.PodSandboxConfig:
+    config = cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name=name, namespace="default", uid=f"uid-{name}", attempt=0),
+        hostname=f"{name}-host", labels={"app": name}, annotations={"note": "x"},
+        log_directory="", **kwargs)  # type: ignore[arg-type]
+    return config

@@ -1,0 +1,363 @@
+"""Containers over the real socket, as the kubelet drives them: real images, shims, executor, namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as cri
+
+from tests.cri.conftest import TestImages
+from tests.cri.pods import Pods, pod_config
+from tests.leaks import mounts_under, wait_until
+
+pytestmark = pytest.mark.root
+
+CREATE_FAIL_POINTS = ["create_container.spec", "create_container.shim", "create_container.record"]
+CRI_LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
+
+
+class Kubelet:
+    """What the kubelet does, in a few calls."""
+
+    def __init__(self, pods: Pods, images: TestImages, log_dir: Path) -> None:
+        self.pods = pods
+        self.images = images
+        self.rt = pods.daemon.runtime
+        self.log_dir = log_dir
+        pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=images.busybox)), timeout=60)
+
+    def pod(self, name: str = "web", **kwargs: object) -> tuple[str, cri.PodSandboxConfig]:
+        config = pod_config(name, **kwargs)
+        config.log_directory = str(self.log_dir / name)
+        return self.pods.run(config), config
+
+    def create(self, pod_id: str, pod: cri.PodSandboxConfig, name: str, command: list[str],
+               **kwargs: object) -> str:
+        config = cri.ContainerConfig(
+            metadata=cri.ContainerMetadata(name=name, attempt=0), image=cri.ImageSpec(image=self.images.busybox),
+            command=command, log_path=f"{name}/0.log", labels={"c": name}, **kwargs)  # type: ignore[arg-type]
+        response = self.rt.CreateContainer(cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=config,
+                                                                      sandbox_config=pod))
+        return str(response.container_id)
+
+    def run(self, pod_id: str, pod: cri.PodSandboxConfig, name: str, command: list[str], **kwargs: object) -> str:
+        container_id = self.create(pod_id, pod, name, command, **kwargs)
+        self.rt.StartContainer(cri.StartContainerRequest(container_id=container_id))
+        return container_id
+
+    def status(self, container_id: str) -> cri.ContainerStatus:
+        return self.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=container_id)).status
+
+    def wait_exited(self, container_id: str, timeout: float = 20) -> cri.ContainerStatus:
+        assert wait_until(lambda: self.status(container_id).state == cri.CONTAINER_EXITED, timeout)
+        return self.status(container_id)
+
+    def exec(self, container_id: str, cmd: list[str], timeout: int = 10) -> cri.ExecSyncResponse:
+        return self.rt.ExecSync(cri.ExecSyncRequest(container_id=container_id, cmd=cmd, timeout=timeout))
+
+
+@pytest.fixture(params=["", "runc"], ids=["builtin", "runc"])
+def kubelet(request: pytest.FixtureRequest, pods: Pods, test_images: TestImages, tmp_path: Path) -> Kubelet:
+    """Every test runs under the built-in executor and again under runc: one code path, two executors."""
+    pods.handler = request.param
+    return Kubelet(pods, test_images, tmp_path / "logs")
+
+
+def read_log(path: Path) -> list[tuple[str, str, bytes]]:
+    lines = []
+    for raw in path.read_bytes().splitlines():
+        match = CRI_LOG_LINE.match(raw)
+        assert match, raw
+        lines.append((match.group(2).decode(), match.group(3).decode(), match.group(4)))
+    return lines
+
+
+def test_kubelet_sequence(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.run(pod_id, pod, "app", ["sh", "-c", "echo hello; echo oops >&2; exec sleep 1000"])
+    status = kubelet.status(container_id)
+    assert status.state == cri.CONTAINER_RUNNING
+    assert status.started_at >= status.created_at > 0
+    assert status.image.image == kubelet.images.busybox
+    assert status.image_id.startswith("sha256:")
+    assert status.image_ref.startswith(kubelet.images.busybox.rsplit(":", 1)[0] + "@sha256:")
+    assert status.labels["c"] == "app" and status.metadata.name == "app"
+    assert status.log_path == str(kubelet.log_dir / "web" / "app" / "0.log")
+    assert status.user.linux.uid == 0 and status.user.linux.gid == 0
+    log_path = Path(status.log_path)
+    assert wait_until(lambda: log_path.exists() and len(read_log(log_path)) == 2)
+    assert sorted(read_log(log_path)) == [("stderr", "F", b"oops"), ("stdout", "F", b"hello")]
+
+    result = kubelet.exec(container_id, ["sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert (result.exit_code, result.stdout, result.stderr) == (7, b"out\n", b"err\n")
+    assert kubelet.exec(container_id, ["busybox", "hostname"]).stdout == b"web-host\n"
+
+    listed = kubelet.rt.ListContainers(cri.ListContainersRequest()).containers
+    assert [c.id for c in listed] == [container_id]
+    pod_status = kubelet.rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
+    assert [c.id for c in pod_status.containers_statuses] == [container_id]
+
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=container_id, timeout=10))
+    status = kubelet.status(container_id)
+    assert status.state == cri.CONTAINER_EXITED
+    assert status.exit_code == 128 + signal.SIGTERM and status.reason == "Error"
+    assert status.finished_at >= status.started_at
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=container_id, timeout=10))  # idempotent
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))  # idempotent
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.status(container_id)
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+    assert log_path.exists()  # logs belong to the kubelet
+    kubelet.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert kubelet.pods.leaks() == []
+
+
+@pytest.mark.parametrize(("command", "code", "reason"), [
+    (["true"], 0, "Completed"), (["sh", "-c", "exit 3"], 3, "Error"),
+    (["sh", "-c", "kill -9 $$"], 137, "Error"),
+])
+def test_exit_codes(kubelet: Kubelet, command: list[str], code: int, reason: str) -> None:
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.run(pod_id, pod, "job", command)
+    status = kubelet.wait_exited(container_id)
+    assert (status.exit_code, status.reason) == (code, reason)
+    assert status.finished_at >= status.started_at > 0
+
+
+def test_stop_signal_and_grace(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    # ignores SIGTERM: the stop must fall back to SIGKILL after the grace period
+    stubborn = kubelet.run(pod_id, pod, "stubborn",
+                           ["sh", "-c", "trap '' TERM; touch /tmp/trapped; while :; do sleep 1; done"])
+    assert wait_until(lambda: kubelet.exec(stubborn, ["cat", "/tmp/trapped"]).exit_code == 0)
+    started = time.monotonic()
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=stubborn, timeout=1))
+    assert time.monotonic() - started >= 1
+    assert kubelet.status(stubborn).exit_code == 128 + signal.SIGKILL
+    # a timeout of 0 kills at once
+    quick = kubelet.run(pod_id, pod, "quick", ["sleep", "1000"])
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=quick, timeout=0))
+    assert kubelet.status(quick).exit_code == 128 + signal.SIGKILL
+    # a created container is left alone by stop, and can be removed
+    created = kubelet.create(pod_id, pod, "created", ["sleep", "1000"])
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=created, timeout=0))
+    assert kubelet.status(created).state == cri.CONTAINER_CREATED
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=created))
+
+
+def test_start_twice_and_missing_ids(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.run(pod_id, pod, "app", ["sleep", "1000"])
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.rt.StartContainer(cri.StartContainerRequest(container_id=container_id))
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id="nosuchcontainer", timeout=1))
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id="nosuchcontainer"))
+    for call in (lambda: kubelet.status("nosuchcontainer"),
+                 lambda: kubelet.rt.StartContainer(cri.StartContainerRequest(container_id="nosuchcontainer")),
+                 lambda: kubelet.exec("nosuchcontainer", ["true"])):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_duplicate_container_name(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    first = kubelet.create(pod_id, pod, "app", ["sleep", "1000"])
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.create(pod_id, pod, "app", ["sleep", "1000"])
+    assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS and first in (err.value.details() or "")
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=first))
+    kubelet.create(pod_id, pod, "app", ["sleep", "1000"])  # the name is free again
+
+
+def test_exec_sync_timeout(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.run(pod_id, pod, "app", ["sleep", "1000"])
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.exec(container_id, ["sleep", "60"], timeout=1)
+    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    # the exec's process was killed: only the container's own sleep is left
+    ps = kubelet.exec(container_id, ["busybox", "ps", "-o", "args"]).stdout.decode()
+    assert "sleep 60" not in ps and "sleep 1000" in ps
+
+
+def test_containers_in_a_pod_share_network_ipc_and_pid(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    server = kubelet.run(pod_id, pod, "server", ["sh", "-c", "echo hi-from-server | busybox nc -l -p 8080"])
+    client = kubelet.run(pod_id, pod, "client", ["sleep", "1000"])
+
+    def ns(container_id: str, kind: str) -> str:
+        return kubelet.exec(container_id, ["busybox", "readlink", f"/proc/self/ns/{kind}"]).stdout.decode()
+
+    for kind in ("net", "ipc", "uts", "pid"):
+        assert ns(server, kind) == ns(client, kind), kind
+    assert ns(server, "mnt") != ns(client, "mnt")
+    assert wait_until(lambda: kubelet.exec(client, ["busybox", "nc", "127.0.0.1", "8080"]).stdout
+                      == b"hi-from-server\n", 10)
+    # the pod's /dev/shm is one tmpfs for both (the server has exited by now: write from a third container)
+    writer = kubelet.run(pod_id, pod, "writer", ["sh", "-c", "echo shared > /dev/shm/x; exec sleep 1000"])
+    assert wait_until(lambda: kubelet.exec(writer, ["cat", "/dev/shm/x"]).exit_code == 0)
+    assert kubelet.exec(client, ["cat", "/dev/shm/x"]).stdout == b"shared\n"
+    # one PID namespace: the client sees its own sleep and the pod's init as PID 1
+    ps = kubelet.exec(client, ["busybox", "ps", "-o", "pid,args"]).stdout.decode()
+    assert "sleep 1000" in ps
+    assert ps.splitlines()[1].split()[0] == "1"
+
+
+def test_container_pid_namespace(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    opts = cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(
+        namespace_options=cri.NamespaceOption(pid=cri.CONTAINER)))
+    a = kubelet.run(pod_id, pod, "a", ["sleep", "1001"], linux=opts)
+    b = kubelet.run(pod_id, pod, "b", ["sleep", "1002"], linux=opts)
+    ps = kubelet.exec(b, ["busybox", "ps", "-o", "args"]).stdout.decode()
+    assert "sleep 1002" in ps and "sleep 1001" not in ps
+    assert a != b
+
+
+def test_host_namespaces(kubelet: Kubelet) -> None:
+    config = pod_config("hostpod")
+    config.log_directory = str(kubelet.log_dir / "hostpod")
+    config.linux.security_context.namespace_options.CopyFrom(
+        cri.NamespaceOption(network=cri.NODE, ipc=cri.NODE, pid=cri.NODE))
+    pod_id = kubelet.pods.run(config)
+    opts = cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(
+        namespace_options=cri.NamespaceOption(network=cri.NODE, ipc=cri.NODE, pid=cri.NODE)))
+    container_id = kubelet.run(pod_id, config, "app", ["sleep", "1000"], linux=opts)
+    for kind in ("net", "ipc", "pid"):
+        inside = kubelet.exec(container_id, ["busybox", "readlink", f"/proc/self/ns/{kind}"]).stdout.decode()
+        assert inside.strip() == os.readlink(f"/proc/self/ns/{kind}"), kind
+    assert kubelet.exec(container_id, ["busybox", "hostname"]).stdout.decode().strip() == os.uname().nodename
+
+
+def test_missing_controller_is_an_error_and_leaves_nothing(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.create(pod_id, pod, "limited", ["sleep", "1"], linux=cri.LinuxContainerConfig(
+            resources=cri.LinuxContainerResources(memory_limit_in_bytes=64 << 20)))
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "memory" in (err.value.details() or "")
+    assert kubelet.rt.ListContainers(cri.ListContainersRequest()).containers == []
+    assert list((kubelet.pods.daemon.state / "containers").glob("*")) == []
+    assert list((kubelet.pods.daemon.root / "containers").glob("*")) == []
+
+
+@pytest.mark.parametrize("point", CREATE_FAIL_POINTS)
+def test_failure_mid_create_leaves_nothing(tmp_path: Path, test_images: TestImages, point: str) -> None:
+    p = Pods(tmp_path)
+    p.daemon.config_path.write_text(p.config_text(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n'))
+    p.daemon.start()
+    try:
+        kubelet = Kubelet(p, test_images, tmp_path / "logs")
+        pod_id, pod = kubelet.pod()
+        before = set(mounts_under(tmp_path))
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.create(pod_id, pod, "app", ["sleep", "1000"])
+        assert f"injected failure at {point}" in (err.value.details() or "")
+        assert kubelet.rt.ListContainers(cri.ListContainersRequest()).containers == []
+        assert set(mounts_under(tmp_path)) == before
+        containers_dir = p.daemon.state / "containers"
+        assert not containers_dir.exists() or list(containers_dir.iterdir()) == []
+        assert list((p.daemon.root / "containers").glob("*")) == []
+        kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
+    finally:
+        assert p.daemon.stop() == 0
+        for m in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", m], check=False)
+        p.cleanup_host()
+    assert p.daemon.slow_callbacks() == []
+
+
+def test_crispd_killed_while_containers_run(kubelet: Kubelet) -> None:
+    daemon = kubelet.pods.daemon
+    pod_id, pod = kubelet.pod()
+    talker = kubelet.run(pod_id, pod, "talker",
+                         ["sh", "-c", "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.05; done"])
+    quitter = kubelet.run(pod_id, pod, "quitter", ["sh", "-c", "sleep 2; exit 5"])
+    log_path = Path(kubelet.status(talker).log_path)
+
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    size = log_path.stat().st_size
+    assert wait_until(lambda: log_path.stat().st_size > size + 200, 10)  # the shim keeps logging
+    time.sleep(2.5)  # the quitter exits while nobody listens
+    daemon.start()
+    kubelet.rt = daemon.runtime
+
+    assert kubelet.status(talker).state == cri.CONTAINER_RUNNING
+    status = kubelet.status(quitter)
+    assert (status.state, status.exit_code, status.reason) == (cri.CONTAINER_EXITED, 5, "Error")
+    assert kubelet.exec(talker, ["echo", "still here"]).stdout == b"still here\n"
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=talker, timeout=5))
+    assert kubelet.status(talker).state == cri.CONTAINER_EXITED
+    lines = [text for _, tag, text in read_log(log_path) if tag == "F"]
+    numbers = [int(t.split()[1]) for t in lines]
+    assert numbers == list(range(len(numbers)))  # nothing lost while crispd was away
+
+
+def test_a_killed_shim_is_reported(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.run(pod_id, pod, "app", ["sleep", "1000"])
+    bundle = kubelet.pods.daemon.state / "containers" / container_id
+    shim_pid = json.loads((bundle / "shim.json").read_text())["pid"]
+    os.kill(shim_pid, signal.SIGKILL)
+    status = kubelet.wait_exited(container_id)
+    assert status.reason and status.exit_code != 0
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
+    assert not bundle.exists()
+
+
+@pytest.mark.parametrize("policy", [cri.Merge, cri.Strict])
+def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
+    assert kubelet.rt.Status(cri.StatusRequest()).features.supplemental_groups_policy
+    pod_id, pod = kubelet.pod()
+    sc = cri.LinuxContainerSecurityContext(run_as_user=cri.Int64Value(value=33), supplemental_groups=[4242],
+                                           supplemental_groups_policy=policy)  # type: ignore[arg-type]
+    container_id = kubelet.run(pod_id, pod, "app", ["sleep", "1000"], linux=cri.LinuxContainerConfig(
+        security_context=sc))
+    groups = kubelet.exec(container_id, ["id", "-G"]).stdout.decode().split()
+    status_groups = list(kubelet.status(container_id).user.linux.supplemental_groups)
+    # the image's /etc/group makes www-data (33) a member of audio (29): Merge adds it, Strict does not
+    expected = ["33", "29", "4242"] if policy == cri.Merge else ["33", "4242"]
+    assert sorted(groups) == sorted(expected)
+    assert sorted(str(g) for g in status_groups) == sorted(expected)
+
+
+def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: TestImages) -> None:
+    p = Pods(tmp_path)
+    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
+                                                  '[debug.delay_points]\n"create_container.record" = 1500\n'))
+    p.daemon.start()
+    try:
+        kubelet = Kubelet(p, test_images, tmp_path / "logs")
+        pod_id, pod = kubelet.pod()
+        config = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="slow"),
+                                     image=cri.ImageSpec(image=test_images.busybox), command=["sleep", "1000"])
+        request = cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.rt.CreateContainer(request, timeout=0.5)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_until(lambda: len(kubelet.rt.ListContainers(cri.ListContainersRequest()).containers) == 1)
+        created = kubelet.rt.ListContainers(cri.ListContainersRequest()).containers[0].id
+        assert kubelet.rt.CreateContainer(request).container_id == created
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.rt.CreateContainer(request)
+        assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
+    finally:
+        assert p.daemon.stop() == 0
+        for m in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", m], check=False)
+        p.cleanup_host()

@@ -1,0 +1,63 @@
+"""What a test left on the host: mounts under a dir, cgroups under a base, processes mentioning a path."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from runtime.cgroups import CgroupV2Manager
+
+
+def mounts_under(prefix: Path) -> list[str]:
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target == str(prefix) or target.startswith(f"{prefix}/"):
+                found.append(target)
+    return found
+
+
+def cgroups_under(base: str) -> list[str]:
+    """Every cgroup dir below base (base itself not included)."""
+    mount = CgroupV2Manager.discover().mount
+    root = mount / base.lstrip("/")
+    if not root.exists():
+        return []
+    return sorted(str(Path(d).relative_to(mount)) for d, _, _ in os.walk(root) if Path(d) != root)
+
+
+def remove_cgroup_tree(base: str) -> None:
+    """Test cleanup: rmdir base and everything below it, deepest first (only empty cgroups can go)."""
+    mount = CgroupV2Manager.discover().mount
+    root = mount / base.lstrip("/")
+    if root.exists():
+        for d, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{pid}: {cmdline.strip()}")
+    return found
+
+
+def wait_until(predicate: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return True
+        time.sleep(0.02)
+    return bool(callable(predicate) and predicate())
