@@ -151,6 +151,7 @@ def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.s
     child_sock.close()
     plan.close()
     init_pid = 0
+    ready = False
     try:
         parent_sock.settimeout(HANDSHAKE_TIMEOUT)
         add_to_cgroup(stage1)
@@ -167,8 +168,9 @@ def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.s
             elif isinstance(message, protocol.Failure):
                 raise message.to_error()
             elif isinstance(message, protocol.Ready):
-                if not init_pid:
-                    raise protocol.ProtocolError("Ready before the child's pid")
+                # stage 1 and the child share the socket: the child may be ready before stage 1 has said its pid
+                ready = True
+            if ready and init_pid:
                 return Launched(init_pid, parent_sock)
     except BaseException:
         if init_pid:
