@@ -316,8 +316,7 @@ class ShimManager:
         config = info.config
         argv = [*config.executor, "--root", config.executor_root, "delete", "--force", config.id]
         if config.cgroup2_bind:
-            argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                    'mount --bind "$0" /sys/fs/cgroup && exec "$@"', config.cgroup2_bind, *argv]
+            argv = protocol.with_cgroup2_at_sys_fs_cgroup(config.cgroup2_bind, argv)
         await _run(argv, f"container {config.id}: delete after its shim died")
         if config.mount_rootfs:
             rootfs = await asyncio.to_thread(_rootfs_of, info.bundle)

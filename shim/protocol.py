@@ -223,3 +223,12 @@ def reply_error(kind: str, message: str) -> dict[str, Any]:
 
 def frame(stream: int, payload: bytes) -> bytes:
     return FRAME_HEADER.pack(stream, len(payload)) + payload
+
+
+def with_cgroup2_at_sys_fs_cgroup(cgroup2_mount: str, argv: list[str]) -> list[str]:
+    """argv run in a mount namespace of its own where the cgroup2 mount is bound on /sys/fs/cgroup (for an OCI
+    runtime on a hybrid host). Only /sys is made private there: every other mount keeps its propagation, so
+    host-to-container (rslave) and bidirectional (rshared) volume propagation still reach the containers the
+    runtime makes from this namespace, while the bind itself never propagates back to the host."""
+    script = 'mount --make-rprivate /sys && mount --bind "$0" /sys/fs/cgroup && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c", script, cgroup2_mount, *argv]

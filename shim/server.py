@@ -167,8 +167,7 @@ class Shim:
                 "--log", self.path("executor.log"), "--log-format", "json", *args]
         if self.config.cgroup2_bind:
             # the executor sees cgroup v2 at /sys/fs/cgroup, in a mount namespace of its own (hybrid hosts)
-            argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                    'mount --bind "$0" /sys/fs/cgroup && exec "$@"', self.config.cgroup2_bind, *argv]
+            argv = protocol.with_cgroup2_at_sys_fs_cgroup(self.config.cgroup2_bind, argv)
         return argv
 
     def executor_error(self, result: CommandResult, log_offset: int) -> str:
