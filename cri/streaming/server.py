@@ -65,6 +65,7 @@ class StreamingServer:
         self.tokens = TokenCache(config.token_ttl_seconds, config.max_tokens)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._sessions: set[SpdySession] = set()
         self.base_url = ""
 
     async def start(self) -> None:
@@ -79,6 +80,8 @@ class StreamingServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+        for session in list(self._sessions):
+            session.abort()  # no lingering: the clients see the connection end
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -153,9 +156,11 @@ class StreamingServer:
         session = SpdySession(reader, writer, bytes(trailing), idle_timeout=self.config.idle_timeout_seconds,
                               stream_filter=self._stream_filter(cached), name=name)
         reading = asyncio.create_task(session.run())
+        self._sessions.add(session)
         try:
             await self._run_protocol(session, cached, protocol, name, dialer)
         finally:
+            self._sessions.discard(session)
             await session.close()
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):

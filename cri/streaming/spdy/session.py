@@ -203,6 +203,10 @@ class SpdySession:
                 await self._writer.wait_closed()
             self._closed.set()
 
+    def abort(self) -> None:
+        """Cut the connection now (crispd is stopping)."""
+        self._writer.transport.abort()
+
     # --- reading -----------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
