@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
 import sys
 
 from runtime import errors
@@ -73,17 +74,18 @@ class NetnsDialer(_LocalhostDialer):
         self.netns_path = netns_path
         self.python = python
         self._channel: socket.socket | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._lock = asyncio.Lock()
 
     async def _start(self) -> socket.socket:
         if not await asyncio.to_thread(os.path.exists, self.netns_path):
             raise errors.NotFound(f"the network namespace {self.netns_path} is gone")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        argv = ["nsenter", f"--net={self.netns_path}", "--", self.python, "-I", "-S", HELPER]
         try:
-            self._proc = await asyncio.create_subprocess_exec(
-                "nsenter", f"--net={self.netns_path}", "--", self.python, "-I", "-S", HELPER,
-                stdin=theirs.fileno(), stdout=asyncio.subprocess.DEVNULL, close_fds=True)
+            # spawned from a worker thread: starting a process can take the event loop longer than it may wait
+            self._proc = await asyncio.to_thread(subprocess.Popen, argv, stdin=theirs.fileno(),
+                                                 stdout=subprocess.DEVNULL, close_fds=True)
         except BaseException:
             ours.close()
             raise
@@ -137,9 +139,9 @@ class NetnsDialer(_LocalhostDialer):
         proc, self._proc = self._proc, None
         if proc is not None:
             try:
-                await asyncio.wait_for(proc.wait(), HELPER_TIMEOUT)
-            except TimeoutError:
+                await asyncio.to_thread(proc.wait, HELPER_TIMEOUT)
+            except subprocess.TimeoutExpired:
                 log.warning("the port-forward helper %d for %s did not exit: killing it", proc.pid, self.netns_path)
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                await proc.wait()
+                await asyncio.to_thread(proc.wait)

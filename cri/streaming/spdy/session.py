@@ -69,6 +69,8 @@ class SpdyStream:
     # --- input ----------------------------------------------------------------------------------------------
 
     async def read(self) -> bytes | None:
+        if self._chunks:
+            await asyncio.sleep(0)  # a reader with data always at hand still lets the loop run
         while not self._chunks:
             if self._remote_done:
                 return None
@@ -114,6 +116,8 @@ class SpdyStream:
         for start in range(0, len(view), DATA_CHUNK):
             self._session._send(frames.encode_data(self.id, bytes(view[start:start + DATA_CHUNK])), data=True)
             await self._session._drain()
+            # drain() does not yield while the socket takes everything: a fast producer would hold the loop
+            await asyncio.sleep(0)
             if self._local_done:
                 raise ChannelClosed(f"stream {self.id} is closed")
 
@@ -221,6 +225,7 @@ class SpdySession:
                     return
                 for frame in self._parser.feed(data):
                     await self._handle(frame)
+                await asyncio.sleep(0)  # read() does not yield while the socket has data
         except SpdyProtocolError as exc:
             log.warning("streaming %s: SPDY protocol error from the client: %s", self.name, exc)
             with contextlib.suppress(ChannelClosed):
