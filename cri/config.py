@@ -8,6 +8,7 @@ Field metadata: `choices` (allowed values), `absolute` (must be an absolute path
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -151,8 +152,37 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class StreamingConfig:
+    """The streaming server behind Exec, Attach and PortForward URLs (plain HTTP: keep it on loopback)."""
+
+    # the IP address it listens on, which is also the host of the URLs it hands out
     address: str = "127.0.0.1"
+    # 0: a free port chosen at start
     port: int = 0
+    # a session with no stream opened and no data either way for this long is closed (the kubelet's default)
+    idle_timeout_seconds: float = 4 * 3600.0
+    # a client must open the streams of its session within this long after the upgrade
+    stream_creation_timeout_seconds: float = 30.0
+    # a URL must be used within this long, and only once
+    token_ttl_seconds: float = 60.0
+    # URLs handed out and not used yet; beyond this, Exec/Attach/PortForward answer RESOURCE_EXHAUSTED
+    max_tokens: int = 1000
+
+    def check(self) -> list[tuple[str, str]]:
+        try:
+            address = ipaddress.ip_address(self.address)
+        except ValueError:
+            return [("address", f"{self.address!r} is not an IP address")]
+        if address.is_unspecified:
+            return [("address", f"{self.address} names no host a client could reach: give the address clients "
+                     "use (127.0.0.1 for a local kubelet)")]
+        if not 0 <= self.port < 65536:
+            return [("port", f"{self.port} is not a TCP port (0 picks a free one)")]
+        for name in ("idle_timeout_seconds", "stream_creation_timeout_seconds", "token_ttl_seconds"):
+            if getattr(self, name) <= 0:
+                return [(name, "must be positive")]
+        if self.max_tokens < 1:
+            return [("max_tokens", "must be at least 1")]
+        return []
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
 from cri.service.images import ImageManager
 from cri.service.servicers import add_servicers
+from cri.service.streaming import ContainerStreams
 from cri.store.db import SchemaTooNew, Store
+from cri.streaming.server import StreamingServer
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.lockfile import LockFile
@@ -170,6 +172,7 @@ class Daemon:
         images: ImageManager | None = None
         shims = ShimManager(Path(self.config.state) / "containers")
         ctx: ServiceContext | None = None
+        streaming: StreamingServer | None = None
         try:
             await self.images.start()
             images = self.images
@@ -179,6 +182,9 @@ class Daemon:
                                  cgroups=await asyncio.to_thread(_discover_cgroups), shim_manager=shims,
                                  node=await asyncio.to_thread(NodeFacts.probe))
             images.set_in_use(ctx.images_in_use)
+            streaming = StreamingServer(self.config.streaming, ContainerStreams(ctx))
+            await streaming.start()
+            ctx.streaming = streaming
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -213,6 +219,8 @@ class Daemon:
             if listening:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket.unlink()
+            if streaming is not None:
+                await streaming.stop()
             if ctx is not None:
                 await ctx.cancel_background()
             await shims.close()  # the zygote ends; the shims and their containers go on

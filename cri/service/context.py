@@ -19,6 +19,7 @@ from cri.store.containers import Container, ContainerStore
 from cri.store.db import Store
 from cri.store.names import NameIndex
 from cri.store.sandboxes import SandboxStore
+from cri.streaming.server import StreamingServer
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.network.manager import NetworkManager
@@ -61,6 +62,8 @@ class ServiceContext:
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     # None when the host has no cgroup2 mount: pods cannot be run then
     cgroups: CgroupV2Manager | None = None
+    # the server behind the URLs of Exec, Attach and PortForward; None only in tests that stream nothing
+    streaming: StreamingServer | None = None
     # `[debug] fail_points`: named places where a test makes creation fail on purpose
     _abandoned: dict[str, str] = field(default_factory=dict)
 
@@ -83,6 +86,11 @@ class ServiceContext:
         if self.shim_manager is None:
             raise errors.Unavailable("crispd runs without shims: containers cannot be run")
         return self.shim_manager
+
+    def streaming_server(self) -> StreamingServer:
+        if self.streaming is None:
+            raise errors.Unavailable("crispd runs without its streaming server")
+        return self.streaming
 
     def cgroup_manager(self) -> CgroupV2Manager:
         if self.cgroups is None:

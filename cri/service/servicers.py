@@ -25,6 +25,7 @@ from cri.service import (
     sandbox_run,
     sandbox_status,
     sandbox_stop,
+    streaming,
 )
 from cri.service.context import ServiceContext
 from runtime import errors
@@ -116,6 +117,15 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
 
     async def ExecSync(self, request: cri.ExecSyncRequest, context: Any) -> cri.ExecSyncResponse:
         return await container_update.exec_sync(self.ctx, request)
+
+    async def Exec(self, request: cri.ExecRequest, context: Any) -> cri.ExecResponse:
+        return await streaming.exec_rpc(self.ctx, request)
+
+    async def Attach(self, request: cri.AttachRequest, context: Any) -> cri.AttachResponse:
+        return await streaming.attach_rpc(self.ctx, request)
+
+    async def PortForward(self, request: cri.PortForwardRequest, context: Any) -> cri.PortForwardResponse:
+        return await streaming.port_forward_rpc(self.ctx, request)
 
 
 class ImageService(cri_grpc.ImageServiceServicer):

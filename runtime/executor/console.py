@@ -27,12 +27,16 @@ def connect_console_socket(path: str) -> socket.socket:
     return sock
 
 
-def setup_console(sys: sc.Syscalls, console: socket.socket, mount_console: bool) -> None:
+def setup_console(sys: sc.Syscalls, console: socket.socket, mount_console: bool,
+                  size: tuple[int, int] | None = None) -> None:
     """Open a pty inside the container (after pivot_root), send its master, make the slave our stdio and
-    controlling terminal; with `mount_console`, bind the slave onto /dev/console as runc does."""
+    controlling terminal; with `mount_console`, bind the slave onto /dev/console as runc does. `size`
+    (process.consoleSize, width x height) is set before the process can ask for it."""
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        if size is not None and size[0] > 0 and size[1] > 0:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size[1], size[0], 0, 0))
         number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, struct.pack("I", 0)))[0]
         slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
         slave_path = f"/dev/pts/{number}"

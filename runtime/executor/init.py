@@ -42,7 +42,7 @@ def container_init(sys: sc.Syscalls, ctx: InitContext, sock: socket.socket) -> N
     if spec.process.terminal:
         if ctx.console_sock is None:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
-        console.setup_console(sys, ctx.console_sock, mount_console=True)
+        console.setup_console(sys, ctx.console_sock, mount_console=True, size=spec.process.console_size)
     rootfs.finish()
     if spec.hostname:
         if not ctx.new_uts:
@@ -85,7 +85,7 @@ def exec_process(sys: sc.Syscalls, ctx: ExecContext, sock: socket.socket) -> Non
     if ctx.process.terminal:
         if ctx.console_sock is None:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
-        console.setup_console(sys, ctx.console_sock, mount_console=False)
+        console.setup_console(sys, ctx.console_sock, mount_console=False, size=ctx.process.console_size)
     apply_rlimits(ctx.process)
     ctx.setup.apply_identity()
     ctx.setup.chdir()

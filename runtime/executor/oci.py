@@ -111,6 +111,8 @@ class Process:
     no_new_privileges: bool = False
     rlimits: tuple[Rlimit, ...] = ()
     oom_score_adj: int | None = None
+    # process.consoleSize (width, height): the terminal's size before the process starts
+    console_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,11 @@ def parse_process(data: object, where: str = "process") -> Process:
             raise _fail(f"{where}.rlimits[{i}]", f"soft limit {rl.soft} is above the hard limit {rl.hard}")
         rlimits.append(rl)
     oom = d.get("oomScoreAdj")
+    console_size = None
+    if d.get("consoleSize") is not None:
+        cs = _obj(d.get("consoleSize"), f"{where}.consoleSize")
+        console_size = (_int(cs.get("width"), f"{where}.consoleSize.width", lo=0, hi=65535),
+                        _int(cs.get("height"), f"{where}.consoleSize.height", lo=0, hi=65535))
     for i, e in enumerate(_strs(d.get("env"), f"{where}.env")):
         if "=" not in e:
             raise _fail(f"{where}.env[{i}]", f"{e!r} is not NAME=value")
@@ -276,6 +283,7 @@ def parse_process(data: object, where: str = "process") -> Process:
         no_new_privileges=_bool(d.get("noNewPrivileges"), f"{where}.noNewPrivileges"),
         rlimits=tuple(rlimits),
         oom_score_adj=None if oom is None else _int(oom, f"{where}.oomScoreAdj", lo=-1000, hi=1000),
+        console_size=console_size,
     )
 
 

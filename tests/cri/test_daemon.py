@@ -21,7 +21,7 @@ from runtime.version import VERSION
 from tests.cri.crispd import Crispd, crispd_command
 
 IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "RunPodSandbox", "StopPodSandbox",
-               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox"}
+               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "Exec", "Attach", "PortForward"}
 
 
 def test_version(crispd: Crispd) -> None:

@@ -79,10 +79,7 @@ def test_exec_timeout_kills_its_processes(shim_env: ShimEnv) -> None:
     run(scenario())
 
 
-def test_exec_with_pty_stdin_and_resize(shim_env: ShimEnv, request: pytest.FixtureRequest) -> None:
-    if shim_env.builtin:
-        request.applymarker(pytest.mark.xfail(reason="crisp-executor does not apply process.consoleSize (the exec's "
-                                              "first window size) yet", strict=True))
+def test_exec_with_pty_stdin_and_resize(shim_env: ShimEnv) -> None:
     cid = shim_env.new_id()
     shim_env.bundle(cid, ["sleep", "1000"])
 
