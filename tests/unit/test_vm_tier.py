@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,15 @@ def test_install_wheel_installs_crisp_with_its_console_scripts(tmp_path: Path) -
     version = subprocess.run([str(python), "-c", "import runtime.version, runtime; print(runtime.__file__)"],
                              capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert version.startswith(str(venv))
+
+
+def test_prune_keeps_the_new_image_and_the_recently_used(tmp_path: Path) -> None:
+    now = time.time()
+    ages = {"new": 0, "a": 1, "b": 2, "c": 3, "d": 4, "stale": 8 * 86400, "unmarked": None}
+    for name, age in ages.items():
+        (tmp_path / name).mkdir()
+        if age is not None:
+            (tmp_path / name / "last-used").touch()
+            os.utime(tmp_path / name / "last-used", (now - age, now - age))
+    image._prune(tmp_path, keep=tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "new"]

@@ -38,6 +38,7 @@ PRUNE_MODULE_DIRS = (
 DISK_SIZE = "4G"  # sparse; the guest writes to a snapshot, never to the image
 FILES = Path(__file__).parent / "files"
 KEEP_UNUSED_DAYS = 7
+KEEP_OTHER_IMAGES = 3  # each ~600 MiB
 XZ_MAGIC = b"\xfd7zXZ\x00"
 MODULE_SIGNATURE_MAGIC = b"~Module signature appended~\n"
 
@@ -224,11 +225,15 @@ def _disk_usage(path: Path) -> int:
 
 
 def _prune(images: Path, keep: Path) -> None:
-    """Drop images (of older inputs) that no run used for a week."""
+    """Drop images (of other inputs: other checkouts, older commits) that no run used for a week, and all but the
+    KEEP_OTHER_IMAGES most recently used."""
     horizon = time.time() - KEEP_UNUSED_DAYS * 86400
+    others = []
     for image in images.iterdir():
-        if image == keep or not image.is_dir():
-            continue
-        used = image / "last-used"
-        if not used.exists() or used.stat().st_mtime < horizon:
+        if image != keep and image.is_dir():
+            used = image / "last-used"
+            others.append((used.stat().st_mtime if used.exists() else 0.0, image))
+    others.sort(reverse=True)
+    for rank, (used_at, image) in enumerate(others):
+        if used_at < horizon or rank >= KEEP_OTHER_IMAGES:
             shutil.rmtree(image, ignore_errors=True)
