@@ -5,10 +5,25 @@ VENV ?= .venv
 ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
-RUN_DEBS := ca-certificates
-# the VM tier (tests/vm): QEMU (+ qboot from qemu-system-data), and mmdebstrap + mke2fs to build its image
-VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
-TEST_DEBS := $(RUN_DEBS) runc busybox-static util-linux $(VM_DEBS)
+# nftables: the built-in bridge's masquerade and hostPorts; iproute2: `ip netns` for pod networks in tests
+RUN_DEBS := ca-certificates nftables iproute2
+# one package per line (sorted), so that parallel changes merge cleanly
+# (containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables)
+# (qemu-system-x86 + qemu-system-data for qboot, mmdebstrap, e2fsprogs: the VM tier, tests/vm)
+TEST_DEBS := $(RUN_DEBS) \
+	apache2-utils \
+	busybox-static \
+	containernetworking-plugins \
+	docker-registry \
+	e2fsprogs \
+	iptables \
+	mmdebstrap \
+	openssl \
+	qemu-system-data \
+	qemu-system-x86 \
+	runc \
+	util-linux \
+
 
 .PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
 

@@ -8,7 +8,6 @@ Field metadata: `choices` (allowed values), `absolute` (must be an absolute path
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import os
 import tomllib
@@ -19,6 +18,10 @@ from typing import Any, TypeVar
 
 from runtime import errors
 from runtime.cgroups import paths as cgroup_paths
+from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
+from runtime.network.cni import DEFAULT_BIN_DIRS as DEFAULT_CNI_BIN_DIRS
+from runtime.network.cni import DEFAULT_CONFIG_DIR as DEFAULT_CNI_CONFIG_DIR
+from runtime.network.ipam import parse_pod_cidrs
 
 DEFAULT_CONFIG_PATH = "/etc/crisp/crisp.toml"
 
@@ -83,15 +86,37 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    # the pod CIDR; empty means the kubelet's (UpdateRuntimeConfig), else 10.88.0.0/16
+    # the pod CIDR (one network, or an IPv4,IPv6 pair); empty means the kubelet's (UpdateRuntimeConfig), else
+    # 10.88.0.0/16
     pod_cidr: str = ""
+    # the built-in bridge (used when the CNI config dir holds no config); its name also names its nftables table
+    bridge: str = DEFAULT_BRIDGE
+    mtu: int = 1500
+    # masquerade traffic from pods to addresses outside the pod CIDR
+    masquerade: bool = True
+    # CNI: a config here (lexically first *.conflist, *.conf, *.json) replaces the built-in bridge
+    cni_config_dir: str = field(default=DEFAULT_CNI_CONFIG_DIR, metadata=_ABS)
+    cni_bin_dirs: list[str] = field(default_factory=lambda: list(DEFAULT_CNI_BIN_DIRS))
+    # one pod's network setup or teardown (a network helper run, a CNI plugin run) must end within this
+    timeout_seconds: float = 60.0
 
     def check(self) -> list[tuple[str, str]]:
         if self.pod_cidr:
             try:
-                ipaddress.ip_network(self.pod_cidr)
-            except ValueError as exc:
+                parse_pod_cidrs(self.pod_cidr)
+            except errors.InvalidArgument as exc:
                 return [("pod_cidr", str(exc))]
+        try:
+            check_bridge_name(self.bridge)
+        except errors.InvalidArgument as exc:
+            return [("bridge", str(exc))]
+        if not 576 <= self.mtu <= 65535:
+            return [("mtu", f"{self.mtu} is out of range 576-65535")]
+        for path in self.cni_bin_dirs:
+            if not os.path.isabs(path):
+                return [("cni_bin_dirs", f"must be absolute paths, got {path!r}")]
+        if self.timeout_seconds <= 0:
+            return [("timeout_seconds", "must be positive")]
         return []
 
 
@@ -131,6 +156,43 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryAuthConfig:
+    """Default credentials for one registry host (used when a pull brings none of its own)."""
+
+    username: str = ""
+    password: str = ""
+    # base64 of "username:password", as in docker's config.json
+    auth: str = ""
+    # an OAuth2 refresh token for the registry's token server
+    identity_token: str = ""
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    # containerd-style registry hosts: <dir>/<registry host>/hosts.toml (mirrors, CA, plain http, skip_verify)
+    registry_config_path: str = "/etc/crisp/certs.d"
+    # layers downloaded at once, over all pulls
+    max_concurrent_downloads: int = 3
+    # a pull that receives no bytes and unpacks nothing for this long is aborted
+    pull_progress_timeout_seconds: float = 300.0
+    # connect timeout, and read timeout of small requests (manifests, configs, tokens)
+    request_timeout_seconds: float = 30.0
+    # default credentials per registry host ("docker.io", "registry.example.com:5000")
+    auths: dict[str, RegistryAuthConfig] = field(default_factory=dict)
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.registry_config_path and not os.path.isabs(self.registry_config_path):
+            return [("registry_config_path", f"must be an absolute path, got {self.registry_config_path!r}")]
+        if self.max_concurrent_downloads < 1:
+            return [("max_concurrent_downloads", "must be at least 1")]
+        if self.pull_progress_timeout_seconds <= 0:
+            return [("pull_progress_timeout_seconds", "must be positive")]
+        if self.request_timeout_seconds <= 0:
+            return [("request_timeout_seconds", "must be positive")]
+        return []
+
+
+@dataclass(frozen=True)
 class DebugConfig:
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
@@ -153,6 +215,7 @@ class Config:
     oci: OciConfig = field(default_factory=OciConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:
@@ -256,6 +319,16 @@ def load_config(path: str | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
     return parse_config(text, path)
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The config as a dict for reports (Status verbose): registry credentials are masked."""
+    data = dataclasses.asdict(config)
+    for auth in data["image"]["auths"].values():
+        for key in ("password", "auth", "identity_token"):
+            if auth[key]:
+                auth[key] = "<redacted>"
+    return data
 
 
 def with_overrides(config: Config, **overrides: Any) -> Config:

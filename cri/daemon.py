@@ -17,8 +17,10 @@ from grpc import aio
 
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics
+from cri.network import build_network
 from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
+from cri.service.images import ImageManager
 from cri.service.servicers import add_servicers
 from cri.store.db import SchemaTooNew, Store
 from runtime import errors
@@ -62,6 +64,8 @@ def _setup_logging(level: str) -> None:
     )
     # grpc's own debug chatter (one line per call) drowns crisp's
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
+    # urllib3 logs every connection and request of every pull at DEBUG
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def _prepare_socket_dir(path: Path) -> None:
@@ -92,6 +96,7 @@ class Daemon:
         self.readiness = Readiness()
         self.metrics = Metrics()
         self.store = Store(Path(config.root) / "crisp.db")
+        self.images = ImageManager(config, self.store)
         self._locks: list[LockFile] = []
         self._stop: asyncio.Event | None = None
 
@@ -124,6 +129,8 @@ class Daemon:
         _prepare_socket_dir(self.socket)
         self._acquire_locks()
         try:
+            self.store.prestart()
+            self.images.prestart()
             asyncio.run(self._main())
         finally:
             self._release_locks()
@@ -147,9 +154,13 @@ class Daemon:
             raise StartupError(f"{self.store.path}: {exc}") from None
         server: aio.Server | None = None
         listening = False
+        network = build_network(self.config, self.store)
+        images: ImageManager | None = None
         try:
+            await self.images.start()
+            images = self.images
             ctx = ServiceContext(config=self.config, store=self.store, metrics=self.metrics,
-                                 readiness=self.readiness)
+                                 readiness=self.readiness, images=images, network=network)
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -178,9 +189,14 @@ class Daemon:
             if server is not None:
                 # in-flight RPCs get the grace period; new ones are refused from now on
                 await server.stop(self.config.shutdown_grace_seconds)
+            # nothing is served any more: like start-up, shutdown is outside the slow-callback check
+            asyncio.get_running_loop().slow_callback_duration = 3600.0
             if listening:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket.unlink()
+            await network.close()
+            if images is not None:
+                await images.close()
             await self.store.close()
             log.info("crispd stopped")
 

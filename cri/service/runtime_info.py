@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
 import json
 import logging
 
 from cri_api.v1 import api_pb2 as cri
 
+from cri.config import redacted
+from cri.network import POD_CIDR_SETTING, effective_pod_cidr, network_ready_condition
 from cri.service.context import ServiceContext
-from runtime import errors
+from runtime.network import ipam
+from runtime.network.types import NOT_READY_REASON, NetworkStatus
 from runtime.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,6 @@ RUNTIME_NAME = "crisp"
 CRI_API_VERSION = "v1"
 # the CRI's own Version RPC version field is the kubelet-facing API version, kept at 0.1.0 by every runtime
 KUBELET_API_VERSION = "0.1.0"
-POD_CIDR_SETTING = "pod_cidr"
 
 
 async def version(ctx: ServiceContext, request: cri.VersionRequest) -> cri.VersionResponse:
@@ -44,12 +44,11 @@ def _handler_features(ctx: ServiceContext, name: str) -> cri.RuntimeHandlerFeatu
 
 async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusResponse:
     runtime_ready = cri.RuntimeCondition(type="RuntimeReady", status=True, reason="", message="")
-    network_ready = cri.RuntimeCondition(
-        type="NetworkReady",
-        status=False,
-        reason="NetworkPluginNotReady",
-        message="crisp: pod networking is not implemented yet",
-    )
+    if ctx.network is None:
+        network_status = NetworkStatus(False, NOT_READY_REASON, "crisp: no pod network is configured")
+    else:
+        network_status = await ctx.network.status()
+    network_ready = network_ready_condition(network_status)
     response = cri.StatusResponse(
         status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]),
         runtime_handlers=[
@@ -58,11 +57,10 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
         features=cri.RuntimeFeatures(supplemental_groups_policy=False),
     )
     if request.verbose:
-        pod_cidr = await ctx.store.get_setting(POD_CIDR_SETTING)
         info = {
-            "config": dataclasses.asdict(ctx.config),
+            "config": redacted(ctx.config),
             "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION},
-            "podCIDR": pod_cidr or ctx.config.network.pod_cidr,
+            "podCIDR": await effective_pod_cidr(ctx.config, ctx.store),
         }
         for key, value in info.items():
             response.info[key] = json.dumps(value, sort_keys=True)
@@ -75,14 +73,8 @@ async def runtime_config(ctx: ServiceContext, request: cri.RuntimeConfigRequest)
 
 
 def parse_pod_cidrs(value: str) -> list[str]:
-    """A kubelet pod CIDR: one network or a comma-separated dual-stack pair."""
-    cidrs = []
-    for part in value.split(","):
-        try:
-            cidrs.append(str(ipaddress.ip_network(part.strip(), strict=False)))
-        except ValueError as exc:
-            raise errors.InvalidArgument(f"pod CIDR {value!r}: {exc}") from None
-    return cidrs
+    """A kubelet pod CIDR: one network or a comma-separated dual-stack pair (the pod network's own rules)."""
+    return [str(subnet) for subnet in ipam.parse_pod_cidrs(value)]
 
 
 async def update_runtime_config(

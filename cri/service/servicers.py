@@ -12,7 +12,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
-from cri.service import runtime_info
+from cri.service import image_fsinfo, image_pull, image_remove, image_status, runtime_info
 from cri.service.context import ServiceContext
 from runtime import errors
 
@@ -53,6 +53,21 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
 class ImageService(cri_grpc.ImageServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+
+    async def ListImages(self, request: cri.ListImagesRequest, context: Any) -> cri.ListImagesResponse:
+        return await image_status.list_images(self.ctx, request)
+
+    async def ImageStatus(self, request: cri.ImageStatusRequest, context: Any) -> cri.ImageStatusResponse:
+        return await image_status.image_status(self.ctx, request)
+
+    async def PullImage(self, request: cri.PullImageRequest, context: Any) -> cri.PullImageResponse:
+        return await image_pull.pull_image(self.ctx, request)
+
+    async def RemoveImage(self, request: cri.RemoveImageRequest, context: Any) -> cri.RemoveImageResponse:
+        return await image_remove.remove_image(self.ctx, request)
+
+    async def ImageFsInfo(self, request: cri.ImageFsInfoRequest, context: Any) -> cri.ImageFsInfoResponse:
+        return await image_fsinfo.image_fs_info(self.ctx, request)
 
 
 _fill_unimplemented(RuntimeService, "RuntimeService")

@@ -111,6 +111,11 @@ class Store:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crisp-sqlite")
         self._conn: sqlite3.Connection | None = None
 
+    def prestart(self) -> None:
+        """Start the store's thread now, before the event loop runs: a thread started from the loop holds it
+        until the new thread runs, which on a busy host is a stall of tens of milliseconds."""
+        self._thread.submit(lambda: None).result()
+
     async def open(self) -> None:
         await self._call(self._open)
 
@@ -129,7 +134,8 @@ class Store:
     async def close(self) -> None:
         if self._conn is not None:
             await self._call(self._close)
-        self._thread.shutdown(wait=True)
+        # the thread is idle now; joining it would hold the loop until it is scheduled (the interpreter joins it)
+        self._thread.shutdown(wait=False)
 
     def _close(self) -> None:
         assert self._conn is not None

@@ -36,8 +36,8 @@ def test_status(crispd: Crispd) -> None:
     conditions = {c.type: c for c in response.status.conditions}
     assert set(conditions) == {"RuntimeReady", "NetworkReady"}
     assert conditions["RuntimeReady"].status is True
-    network = conditions["NetworkReady"]
-    assert network.status is False and network.reason and network.message  # no network until its issue
+    network = conditions["NetworkReady"]  # whether it is ready depends on the host: tests/cri/test_network.py
+    assert network.status or (network.reason and network.message)
     assert [h.name for h in response.runtime_handlers] == [""]
     assert response.HasField("features")
     assert dict(response.info) == {}
@@ -109,11 +109,6 @@ def _all_methods(service: str) -> list[str]:
 @pytest.mark.parametrize("method", sorted(set(_all_methods("RuntimeService")) - IMPLEMENTED))
 def test_runtime_rpcs_not_yet_built_are_unimplemented(crispd: Crispd, method: str) -> None:
     _assert_unimplemented(crispd, "RuntimeService", method)
-
-
-@pytest.mark.parametrize("method", _all_methods("ImageService"))
-def test_image_rpcs_not_yet_built_are_unimplemented(crispd: Crispd, method: str) -> None:
-    _assert_unimplemented(crispd, "ImageService", method)
 
 
 def _assert_unimplemented(daemon: Crispd, service: str, method: str) -> None:

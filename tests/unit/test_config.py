@@ -83,6 +83,13 @@ def test_unknown_keys_are_named(text: str, key: str) -> None:
         ("[cgroup]\nbase = '/a/../b'", "cgroup.base: bad cgroup path"),
         ("[cgroup]\nbase = '/'", "cgroup.base: must not be the root cgroup"),
         ("[network]\npod_cidr = '10.0.0.0/33'", "network.pod_cidr: "),
+        ("[network]\npod_cidr = '10.0.0.0/16,10.1.0.0/16'", "network.pod_cidr: "),
+        ("[network]\nbridge = 'docker0'", "network.bridge: bridge name 'docker0': must start with 'crisp'"),
+        ("[network]\nmtu = 100", "network.mtu: 100 is out of range"),
+        ("[network]\ncni_config_dir = 'net.d'", "network.cni_config_dir: must be an absolute path"),
+        ("[network]\ncni_bin_dirs = ['bin']", "network.cni_bin_dirs: must be absolute paths"),
+        ("[network]\ncni_bin_dirs = '/opt/cni/bin'", "network.cni_bin_dirs: expected an array"),
+        ("[network]\ntimeout_seconds = 0", "network.timeout_seconds: must be positive"),
         ("[runtime.handlers.runc]\ntype = 'oci'", "runtime.handlers.runc.path: an oci handler needs"),
         ("[runtime.handlers.x]\ntype = 'wasm'", "runtime.handlers.x.type: 'wasm' is not one of"),
         ("shutdown_grace_seconds = -1", "shutdown_grace_seconds: must not be negative"),
@@ -104,10 +111,14 @@ def test_dump_round_trips() -> None:
         path = "runc"
         [runtime.handlers."kata-qemu"]
         path = "/opt/kata \\"q\\"/bin/runtime"
+        [network]
+        pod_cidr = "10.1.0.0/16,fd00:1::/64"
+        cni_bin_dirs = ["/a b", "/c"]
         [debug]
         slow_callback_ms = 50
         """
     )
+    assert config.network.cni_bin_dirs == ["/a b", "/c"]
     text = dump_toml(config)
     assert parse_config(text) == config
     assert parse_config(dump_toml(Config())) == Config()

@@ -1,0 +1,25 @@
+"""PullImage."""
+
+from __future__ import annotations
+
+from cri_api.v1 import api_pb2 as cri
+
+from cri.service.context import ServiceContext
+from runtime import errors
+from runtime.image.registry import Credentials
+
+
+def credentials_from(auth: cri.AuthConfig) -> Credentials | None:
+    """The CRI AuthConfig as registry credentials (None when it carries nothing)."""
+    return Credentials.from_auth(
+        username=auth.username, password=auth.password, auth=auth.auth, identity_token=auth.identity_token,
+        registry_token=auth.registry_token, server=auth.server_address,
+    )
+
+
+async def pull_image(ctx: ServiceContext, request: cri.PullImageRequest) -> cri.PullImageResponse:
+    if not request.image.image:
+        raise errors.InvalidArgument("PullImage: no image given")
+    record = await ctx.images.pull(request.image.image, credentials_from(request.auth))
+    # CRI v1: the image_ref of a pull is the image id, as Image.id and a container's image_id
+    return cri.PullImageResponse(image_ref=record.id)

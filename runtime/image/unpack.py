@@ -1,0 +1,337 @@
+"""Unpack one layer tar (plain, gzip or zstd) into a snapshot dir, an overlayfs lower dir.
+
+Every entry is created relative to a directory fd, and every parent is opened with `O_NOFOLLOW | O_DIRECTORY`, so
+no entry can write outside the snapshot: absolute names, `..`, a parent that is a symlink and hardlinks to outside
+the layer all fail the layer with `UnsafeLayer` (the caller throws the half-made snapshot away). Not
+`tarfile.extractall`: it applies no xattrs, and its `data` filter rejects what real images carry (setuid files,
+device nodes, absolute symlink targets).
+
+OCI whiteouts become overlayfs whiteouts: `.wh.NAME` -> a 0:0 character device `NAME`; `.wh..wh..opq` -> the xattr
+`trusted.overlay.opaque=y` on its dir. Ownership, modes (setuid/setgid/sticky), mtimes, device nodes, fifos,
+hardlinks, symlinks and `SCHILY.xattr.*` pax headers (file capabilities) are applied. Runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+import zstandard
+
+from runtime import errors
+
+log = logging.getLogger(__name__)
+
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+XATTR_PAX_PREFIX = "SCHILY.xattr."
+_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class UnsafeLayer(errors.InvalidArgument):
+    """A layer entry that would escape its snapshot, or that cannot be represented."""
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads from a stream and hashes what passes through (the layer's uncompressed digest, its diff id)."""
+
+    def __init__(self, raw: IO[bytes], cancel: threading.Event | None) -> None:
+        self._raw = raw
+        self._cancel = cancel
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._cancel is not None and self._cancel.is_set():
+            raise errors.Cancelled("layer unpack cancelled")
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.hash.update(data)
+        self.size += n
+        return n
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+def open_decompressed(f: IO[bytes]) -> IO[bytes]:
+    """The uncompressed stream of a layer blob, by its magic bytes (media types are often wrong)."""
+    head = f.read(4)
+    f.seek(0)
+    if head.startswith(GZIP_MAGIC):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=f, mode="rb"))
+    if head.startswith(ZSTD_MAGIC):
+        return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
+    return f
+
+
+@dataclass(frozen=True)
+class UnpackResult:
+    diff_id: str
+    # uncompressed tar size
+    tar_size: int
+    entries: int
+
+
+class _Unpacker:
+    def __init__(self, root_fd: int, layer: str, cancel: threading.Event | None) -> None:
+        self.root_fd = root_fd
+        self.layer = layer
+        self.cancel = cancel
+        self._dir_cache: dict[tuple[str, ...], int] = {}
+        self.dir_times: list[tuple[tuple[str, ...], int]] = []
+
+    def close(self) -> None:
+        self._clear_cache()
+
+    def _clear_cache(self) -> None:
+        for fd in self._dir_cache.values():
+            os.close(fd)
+        self._dir_cache.clear()
+
+    def _unsafe(self, message: str) -> UnsafeLayer:
+        return UnsafeLayer(f"layer {self.layer}: {message}")
+
+    def split(self, name: str, what: str) -> list[str]:
+        """The path components of an archive name; absolute names and `..` are refused."""
+        if name.startswith("/"):
+            raise self._unsafe(f"{what} {name!r} is an absolute path")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise self._unsafe(f"{what} {name!r} contains '..'")
+        return parts
+
+    def open_dir(self, parts: list[str] | tuple[str, ...], create: bool) -> int:
+        """A borrowed fd of the dir at `parts` (creating missing dirs 0755 if `create`), never through a symlink."""
+        key = tuple(parts)
+        if not key:
+            return self.root_fd
+        cached = self._dir_cache.get(key)
+        if cached is not None:
+            return cached
+        parent = self.open_dir(key[:-1], create)
+        name = key[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise self._unsafe(f"{'/'.join(key)} does not exist") from None
+            os.mkdir(name, 0o755, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+            raise self._unsafe(f"parent {'/'.join(key)} is {kind}: entries under it would escape") from None
+        self._dir_cache[key] = fd
+        return fd
+
+    def _remove_existing(self, parts: list[str], dir_fd: int, keep_dir: bool) -> bool:
+        """Make room for a new entry at `parts` (in dir_fd); returns True if a dir exists there and is kept."""
+        name = parts[-1]
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return True
+            # cached fds of the tree would point into removed dirs
+            prefix = tuple(parts)
+            for key in [k for k in self._dir_cache if k[:len(prefix)] == prefix]:
+                os.close(self._dir_cache.pop(key))
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+        return False
+
+    def apply_xattrs(self, member: tarfile.TarInfo, fd: int | None, dir_fd: int, name: str) -> None:
+        for key, value in member.pax_headers.items():
+            if not key.startswith(XATTR_PAX_PREFIX):
+                continue
+            attr = key[len(XATTR_PAX_PREFIX):]
+            if attr.startswith("trusted.overlay."):
+                # overlayfs's own metadata (redirects, metacopy, opaque) is never taken from an image
+                log.warning("layer %s: %s: ignoring xattr %s", self.layer, member.name, attr)
+                continue
+            data = value.encode("utf-8", "surrogateescape")
+            try:
+                if fd is not None:
+                    os.setxattr(fd, attr, data)
+                else:
+                    os.setxattr(f"/proc/self/fd/{dir_fd}/{name}", attr, data, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.EPERM):
+                    log.warning("layer %s: %s: cannot set xattr %s: %s", self.layer, member.name, attr,
+                                exc.strerror)
+                    continue
+                raise
+
+    def entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise errors.Cancelled(f"unpacking layer {self.layer} cancelled")
+        parts = self.split(member.name, "entry")
+        if not parts:
+            if member.isdir():  # "./": the snapshot's root dir itself
+                self._set_dir_meta(member, self.root_fd, ())
+            return
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parts)
+            return
+        dir_fd = self.open_dir(parts[:-1], create=True)
+        mtime_ns = int(member.mtime * 1_000_000_000)
+        if member.isdir():
+            if not self._remove_existing(parts, dir_fd, keep_dir=True):
+                os.mkdir(base, 0o700, dir_fd=dir_fd)
+            fd = self.open_dir(parts, create=False)
+            self._set_dir_meta(member, fd, tuple(parts))
+        elif member.islnk():
+            self._hardlink(member, parts, dir_fd)
+        elif member.issym():
+            self._remove_existing(parts, dir_fd, keep_dir=False)
+            os.symlink(member.linkname, base, dir_fd=dir_fd)
+            os.chown(base, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
+            self.apply_xattrs(member, None, dir_fd, base)
+            os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        elif member.isreg():
+            self._remove_existing(parts, dir_fd, keep_dir=False)
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
+            try:
+                source = tar.extractfile(member)
+                if source is not None:
+                    with os.fdopen(os.dup(fd), "wb", closefd=True) as out:
+                        shutil.copyfileobj(source, out, _CHUNK)
+                os.fchown(fd, member.uid, member.gid)
+                os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears setuid/setgid
+                self.apply_xattrs(member, fd, dir_fd, base)  # after chown, which clears security.capability
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+        elif member.ischr() or member.isblk() or member.isfifo():
+            self._remove_existing(parts, dir_fd, keep_dir=False)
+            if member.isfifo():
+                os.mkfifo(base, 0o600, dir_fd=dir_fd)
+            else:
+                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+                os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=dir_fd)
+            os.chown(base, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
+            # the node was just made by us in a dir only we write to: following its name cannot leave the layer
+            os.chmod(base, member.mode & 0o7777, dir_fd=dir_fd)
+            self.apply_xattrs(member, None, dir_fd, base)
+            os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        else:
+            raise self._unsafe(f"entry {member.name!r} has an unsupported type {member.type!r}")
+
+    def _set_dir_meta(self, member: tarfile.TarInfo, fd: int, parts: tuple[str, ...]) -> None:
+        os.fchown(fd, member.uid, member.gid)
+        os.fchmod(fd, member.mode & 0o7777)
+        self.apply_xattrs(member, fd, fd, ".")
+        self.dir_times.append((parts, int(member.mtime * 1_000_000_000)))
+
+    def _whiteout(self, parts: list[str]) -> None:
+        base = parts[-1]
+        dir_fd = self.open_dir(parts[:-1], create=True)
+        if base == WHITEOUT_OPAQUE:
+            os.setxattr(dir_fd, OPAQUE_XATTR, b"y")
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):
+            return  # other AUFS metadata (.wh..wh.plnk, ...) means nothing to overlayfs
+        hidden = base[len(WHITEOUT_PREFIX):]
+        if hidden in ("", ".", ".."):
+            raise self._unsafe(f"whiteout {'/'.join(parts)!r} names no file")
+        self._remove_existing([*parts[:-1], hidden], dir_fd, keep_dir=False)
+        os.mknod(hidden, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=dir_fd)
+
+    def _hardlink(self, member: tarfile.TarInfo, parts: list[str], dir_fd: int) -> None:
+        target = self.split(member.linkname, f"hardlink {member.name!r} -> target")
+        if not target:
+            raise self._unsafe(f"hardlink {member.name!r} points at the layer's root")
+        try:
+            target_dir = self.open_dir(target[:-1], create=False)
+            st = os.stat(target[-1], dir_fd=target_dir, follow_symlinks=False)
+        except (FileNotFoundError, UnsafeLayer):
+            raise self._unsafe(
+                f"hardlink {member.name!r} -> {member.linkname!r}: the target is not in this layer") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise self._unsafe(f"hardlink {member.name!r} -> {member.linkname!r}: the target is a directory")
+        if target == parts:
+            return
+        base = parts[-1]
+        self._remove_existing(parts, dir_fd, keep_dir=False)
+        # the removal may have closed the target dir's cached fd: open it again
+        target_dir = self.open_dir(target[:-1], create=False)
+        os.link(target[-1], base, src_dir_fd=target_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Directory mtimes last: creating entries in a dir changes its mtime."""
+        for parts, mtime_ns in reversed(self.dir_times):
+            try:
+                fd = self.open_dir(parts, create=False)
+            except UnsafeLayer:
+                continue  # replaced by a later entry
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+
+
+def unpack_layer(blob: Path, dest: Path, layer: str, expected_diff_id: str | None = None,
+                 cancel: threading.Event | None = None,
+                 on_entry: Callable[[tarfile.TarInfo], None] | None = None) -> UnpackResult:
+    """Unpack the layer blob into `dest` (an empty dir); verifies the uncompressed digest when it is known.
+
+    On any error `dest` may hold a partial tree: the caller removes it.
+    """
+    root_fd = os.open(dest, _DIR_FLAGS)
+    unpacker = _Unpacker(root_fd, layer, cancel)
+    entries = 0
+    try:
+        with open(blob, "rb") as raw:
+            try:
+                decompressed = open_decompressed(raw)
+            except OSError as exc:
+                raise UnsafeLayer(f"layer {layer}: cannot decompress: {exc}") from None
+            reader = _HashingReader(decompressed, cancel)
+            buffered = io.BufferedReader(reader, _CHUNK)
+            try:
+                with tarfile.open(fileobj=buffered, mode="r|", bufsize=_CHUNK) as tar:
+                    for member in tar:
+                        if on_entry is not None:
+                            on_entry(member)
+                        unpacker.entry(member, tar)
+                        entries += 1
+                buffered.read()  # the end-of-archive blocks and padding belong to the diff id too
+            except (tarfile.TarError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+                raise UnsafeLayer(f"layer {layer}: not a valid tar stream: {exc}") from None
+            unpacker.finish()
+        diff_id = "sha256:" + reader.hash.hexdigest()
+        if expected_diff_id is not None and diff_id != expected_diff_id:
+            raise UnsafeLayer(
+                f"layer {layer}: uncompressed content has digest {diff_id}, the image config says {expected_diff_id}")
+        return UnpackResult(diff_id=diff_id, tar_size=reader.size, entries=entries)
+    finally:
+        unpacker.close()
+        os.close(root_fd)

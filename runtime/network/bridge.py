@@ -1,0 +1,221 @@
+"""The built-in bridge network: crispd's side (addresses, rollback, status); the helper does the kernel work.
+
+A pod gets one address per pod subnet (leases in crispd's store), a veth pair whose host end `crisp<hash>` sits on
+the bridge and whose other end is the pod's eth0, a default route via the bridge, and its hostPorts as DNAT rules
+in the network's nftables table. The bridge's name also names its nftables table and its leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime import errors
+from runtime.network.helper_client import HelperCrashed, HelperRunner, HelperTimeout
+from runtime.network.ipam import DEFAULT_POD_CIDR, IPNetwork, LeaseStore, gateway, parse_pod_cidrs
+from runtime.network.nft import nft_binary_path
+from runtime.network.rollback import Rollback
+from runtime.network.types import (
+    NOT_READY_REASON,
+    POD_IFNAME,
+    Interface,
+    IPConfig,
+    NetworkResult,
+    NetworkStatus,
+    PodNetworkRequest,
+    Route,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BRIDGE = "crisp0"
+# a bridge name is also an nftables table name: keep to the characters both accept
+_BRIDGE_NAME = re.compile(r"^crisp[A-Za-z0-9_]{0,10}$")
+# cleaning up after a helper that was killed midway gets at least this long (failing it would leak)
+CLEANUP_TIMEOUT_SECONDS = 30.0
+
+
+def check_bridge_name(name: str) -> None:
+    if not _BRIDGE_NAME.match(name):
+        raise errors.InvalidArgument(
+            f"bridge name {name!r}: must start with 'crisp', then at most 10 letters, digits or '_'")
+
+
+def host_veth_name(bridge: str, sandbox_id: str) -> str:
+    """The host end of a pod's veth pair: `crisp` + 10 hex digits of a hash of bridge and sandbox (15 chars,
+    the kernel's limit), so pods of different bridges (test runs side by side) never collide."""
+    return "crisp" + hashlib.sha256(f"{bridge}/{sandbox_id}".encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class BridgeNetwork:
+    """What the helper needs to know about the network (sent with every request)."""
+
+    bridge: str
+    subnets: tuple[IPNetwork, ...]
+    mtu: int = 1500
+    masquerade: bool = True
+
+    @property
+    def table(self) -> str:
+        return self.bridge
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bridge": self.bridge, "subnets": [str(s) for s in self.subnets], "mtu": self.mtu,
+                "masquerade": self.masquerade}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BridgeNetwork:
+        bridge = str(data["bridge"])
+        check_bridge_name(bridge)
+        return cls(bridge=bridge, subnets=tuple(ipaddress.ip_network(s) for s in data["subnets"]),
+                   mtu=int(data.get("mtu", 1500)), masquerade=bool(data.get("masquerade", True)))
+
+
+class BridgeBackend:
+    """`NetworkBackend` for the built-in bridge."""
+
+    name = "bridge"
+
+    def __init__(self, *, leases: LeaseStore, pod_cidr: Callable[[], Awaitable[str]], helper: HelperRunner,
+                 bridge: str = DEFAULT_BRIDGE, mtu: int = 1500, masquerade: bool = True) -> None:
+        check_bridge_name(bridge)
+        self.bridge = bridge
+        self.mtu = mtu
+        self.masquerade = masquerade
+        self._leases = leases
+        self._pod_cidr = pod_cidr
+        self._helper = helper
+
+    async def network(self) -> BridgeNetwork:
+        """The network as configured now (the pod CIDR may change with the kubelet's UpdateRuntimeConfig)."""
+        cidr = await self._pod_cidr() or DEFAULT_POD_CIDR
+        return BridgeNetwork(bridge=self.bridge, subnets=tuple(parse_pod_cidrs(cidr)), mtu=self.mtu,
+                             masquerade=self.masquerade)
+
+    def _request(self, op: str, net: BridgeNetwork, pod: PodNetworkRequest, **extra: Any) -> dict[str, Any]:
+        return {"op": op, "network": net.to_json(), "sandboxId": pod.sandbox_id, "netns": pod.netns,
+                "veth": host_veth_name(net.bridge, pod.sandbox_id), **extra}
+
+    async def setup(self, pod: PodNetworkRequest) -> NetworkResult:
+        net = await self.network()
+        log.info("pod %s: attaching to bridge %s (%s)", pod.sandbox_id, net.bridge,
+                 ", ".join(str(s) for s in net.subnets))
+        # the helper undoes its own steps when it fails, but not when it is killed (timeout, cancellation) or
+        # crashes: then the undo detaches the pod before it returns the leases, which are the record that something
+        # may exist (a failed detach keeps them, and the next teardown tries again)
+        helper_incomplete = False
+
+        async def undo() -> None:
+            if helper_incomplete:
+                await self._detach(pod, time_limit=max(self._helper.timeout, CLEANUP_TIMEOUT_SECONDS))
+            await self._leases.release(net.bridge, pod.sandbox_id)
+
+        async with Rollback(f"pod {pod.sandbox_id}: bridge network setup") as rollback:
+            addresses = await self._leases.acquire(net.bridge, pod.sandbox_id, net.subnets)
+            rollback.push("detach the pod and release its leases", undo)
+            request = self._request("setup", net, pod, addresses=[str(a) for a in addresses],
+                                    portMappings=[pm.to_json() for pm in pod.port_mappings])
+            try:
+                reply = await self._helper.call(request)
+            except (HelperTimeout, HelperCrashed, asyncio.CancelledError):
+                helper_incomplete = True
+                raise
+            rollback.commit()
+        gateways = {s.version: gateway(s) for s in net.subnets}
+        result = NetworkResult(
+            backend=self.name, network=net.bridge,
+            interfaces=(Interface(name=request["veth"], mac=str(reply.get("hostMac", ""))),
+                        Interface(name=POD_IFNAME, mac=str(reply.get("podMac", "")), sandbox=pod.netns)),
+            ips=tuple(IPConfig(address=str(a), gateway=str(gateways[a.version].ip), interface=1) for a in addresses),
+            routes=tuple(Route(dst="0.0.0.0/0" if v == 4 else "::/0", gw=str(g.ip)) for v, g in gateways.items()),
+            dns=pod.dns,
+        )
+        log.info("pod %s: attached to bridge %s as %s", pod.sandbox_id, net.bridge, ", ".join(result.pod_ips))
+        return result
+
+    async def _detach(self, pod: PodNetworkRequest, time_limit: float | None = None) -> None:
+        # teardown needs only names and what the pod held, not the pod CIDR (which may have changed or be broken)
+        held = await self._held(pod)
+        request = self._request("teardown", BridgeNetwork(bridge=self.bridge, subnets=()), pod,
+                                addresses=[f"{ip}/32" if ":" not in ip else f"{ip}/128" for ip in held],
+                                portMappings=[pm.to_json() for pm in pod.port_mappings])
+        await self._helper.call(request, time_limit=time_limit)
+
+    async def _held(self, pod: PodNetworkRequest) -> list[str]:
+        return [lease.ip for lease in await self._leases.leases(self.bridge) if lease.sandbox_id == pod.sandbox_id]
+
+    async def teardown(self, pod: PodNetworkRequest) -> None:
+        # the leases are the record of an attachment: taken before anything is made, returned after it is gone
+        if not await self._held(pod):
+            log.debug("pod %s: not attached to bridge %s", pod.sandbox_id, self.bridge)
+            return
+        await self._detach(pod)
+        await self._leases.release(self.bridge, pod.sandbox_id)
+        log.info("pod %s: detached from bridge %s", pod.sandbox_id, self.bridge)
+
+    async def attached(self, pod: PodNetworkRequest) -> bool:
+        return bool(await self._held(pod))
+
+    async def attached_sandboxes(self) -> set[str]:
+        return {lease.sandbox_id for lease in await self._leases.leases(self.bridge)}
+
+    async def check(self, pod: PodNetworkRequest) -> None:
+        held = await self._held(pod)
+        if not held:
+            raise errors.FailedPrecondition(f"pod {pod.sandbox_id} is not attached to bridge {self.bridge}")
+        net = await self.network()
+        addresses = []
+        for ip in held:
+            subnet = next((s for s in net.subnets if ipaddress.ip_address(ip) in s), None)
+            if subnet is not None:
+                addresses.append(f"{ip}/{subnet.prefixlen}")
+        await self._helper.call(self._request("check", net, pod, addresses=addresses,
+                                              portMappings=[pm.to_json() for pm in pod.port_mappings]))
+
+    async def status(self) -> NetworkStatus:
+        """Ready when a pod could be attached now. Nothing is created: the bridge and its table appear with the
+        first pod, so Status (called every few seconds by the kubelet, and by tests) has no side effects."""
+        try:
+            await self.network()
+        except errors.CrispError as exc:
+            return NetworkStatus(False, NOT_READY_REASON, f"crisp bridge {self.bridge}: {exc}")
+        problem = await asyncio.to_thread(_bridge_problem, self.bridge)
+        if problem:
+            return NetworkStatus(False, NOT_READY_REASON, f"crisp bridge {self.bridge}: {problem}")
+        return NetworkStatus(True)
+
+    async def remove_network(self) -> None:
+        """Delete the bridge and its nftables table (FailedPrecondition while pods are attached)."""
+        leases = await self._leases.leases(self.bridge)
+        if leases:
+            raise errors.FailedPrecondition(f"bridge {self.bridge}: {len(leases)} address(es) still leased")
+        await self._helper.call({"op": "destroy", "network": BridgeNetwork(bridge=self.bridge, subnets=()).to_json()})
+
+
+# CAP_NET_ADMIN (linux/capability.h): links, addresses, routes and nftables all need it
+CAP_NET_ADMIN = 12
+
+
+def _bridge_problem(bridge: str) -> str:
+    """Why pods could not be attached to the bridge now ("" when they could); reads /proc and /sys only."""
+    if nft_binary_path() is None:
+        return "the nft tool (Debian package nftables) is not installed"
+    try:
+        status = Path("/proc/self/status").read_text()
+        cap_eff = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
+    except (OSError, StopIteration, ValueError):
+        cap_eff = 0
+    if not cap_eff & (1 << CAP_NET_ADMIN):
+        return "crispd lacks CAP_NET_ADMIN"
+    link = Path("/sys/class/net", bridge)
+    if link.exists() and not (link / "bridge").is_dir():
+        return f"network interface {bridge} exists and is not a bridge"
+    return ""

@@ -1,0 +1,222 @@
+"""The network helper: `python -m runtime.network.helper` does the built-in bridge's kernel work for crispd.
+
+Protocol: JSON lines: for each request line on stdin, one answer line on stdout; end of input is a quiet exit 0
+(crispd keeps a few helpers for many requests: `helper_client.HelperRunner`). Answers:
+    {"ok": true, "result": {...}}
+    {"ok": false, "kind": "FailedPrecondition" | "NotFound" | ... | "NetworkError", "message": "..."}
+Operations (every request carries "network": BridgeNetwork JSON):
+    setup      forwarding on, the bridge with its gateway addresses, the nftables table and base rules (each
+               made if missing), the pod's veth pair, its nftables rules, and eth0/lo/routes inside its netns;
+               {"sandboxId", "netns", "veth", "addresses": ["10.88.0.5/16"], "portMappings": [...]}
+               -> {"hostMac", "podMac"}; on failure every step of the pod made so far is undone
+    teardown   delete the pod's rules and veth pair (each if present), forget UDP conntrack entries of its addresses
+               and UDP hostPorts; {"sandboxId", "veth", "addresses", "portMappings"}
+    check      {"sandboxId", "netns", "veth", "addresses", "portMappings"}: FailedPrecondition naming what is
+               missing
+    destroy    delete the nftables table and the bridge (FailedPrecondition while ports are attached)
+This process may fork (pyroute2 does for some calls) and setns(2) itself: it is single-threaded and not crispd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from pyroute2 import IPRoute
+
+from runtime import errors
+from runtime.network import hostnet, nft
+from runtime.network.bridge import BridgeNetwork
+from runtime.network.helper_client import HelperCrashed
+from runtime.network.ipam import IPInterface, gateway
+from runtime.network.types import NetworkError, PortMapping
+
+
+def _log(message: str) -> None:
+    print(f"crisp-network-helper: {message}", file=sys.stderr, flush=True)
+
+
+def _undo(failures: list[str], description: str, fn: Callable[..., Any], *args: Any) -> Callable[[], None]:
+    """An undo step that records its own failure instead of hiding the error being undone."""
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            _log(f"undo failed: {description}: {exc}")
+            failures.append(f"{description}: {exc}")
+
+    return run
+
+
+def _addresses(request: dict[str, Any]) -> list[IPInterface]:
+    return [ipaddress.ip_interface(a) for a in request.get("addresses", ())]
+
+
+def _mappings(request: dict[str, Any]) -> list[PortMapping]:
+    return [PortMapping.from_json(p) for p in request.get("portMappings", ())]
+
+
+def _ensure(ipr: IPRoute, net: BridgeNetwork) -> int:
+    hostnet.enable_forwarding({s.version for s in net.subnets})
+    return hostnet.ensure_bridge(ipr, net.bridge, net.mtu, [gateway(s) for s in net.subnets])
+
+
+def _base_rules(net: BridgeNetwork) -> list[str]:
+    return nft.base_commands(net.table, net.bridge, net.subnets, net.masquerade)
+
+
+def op_setup(request: dict[str, Any]) -> dict[str, Any]:
+    net = BridgeNetwork.from_json(request["network"])
+    sandbox_id = str(request["sandboxId"])
+    veth = str(request["veth"])
+    netns = str(request["netns"])
+    addresses = _addresses(request)
+    mappings = _mappings(request)
+    gateways = [gateway(s) for s in net.subnets if any(a.version == s.version for a in addresses)]
+    pod_rules = nft.pod_commands(net.table, sandbox_id, mappings, addresses)  # bad input fails before any work
+    netns_fd = hostnet.open_netns(netns, f"pod {sandbox_id}")
+    failures: list[str] = []
+    try:
+        # the netlink socket outlives the undo steps, which need it
+        with IPRoute() as ipr, contextlib.ExitStack() as undo:
+            undo.callback(os.close, netns_fd)
+            bridge_index = _ensure(ipr, net)
+            earlier = hostnet.delete_link(ipr, veth)
+            if earlier:
+                _log(f"pod {sandbox_id}: removed veth {veth} left by an earlier attempt")
+            hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
+            undo.callback(_undo(failures, f"delete veth {veth}", hostnet.delete_link, ipr, veth))
+            host_mac = hostnet.link_mac(ipr, hostnet.lookup(ipr, veth) or 0)
+            # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, no rules
+            stale = nft.tagged_handles(net.table, sandbox_id) if earlier else []
+            nft.run(_base_rules(net) + nft.delete_commands(net.table, stale) + pod_rules)
+            undo.callback(_undo(failures, f"delete the nftables rules of pod {sandbox_id}", _delete_rules, net.table,
+                                sandbox_id))
+            with hostnet.in_netns(netns), IPRoute() as pod:
+                pod_mac = hostnet.configure_pod(pod, addresses, gateways)
+            undo.pop_all()
+    except Exception as exc:
+        if failures:  # crispd must clean up after this helper, as after one that was killed
+            raise HelperCrashed(f"{exc}; and undoing it failed: {'; '.join(failures)}") from exc
+        raise
+    os.close(netns_fd)
+    # datagrams to its UDP hostPorts that conntrack still sends elsewhere (an earlier pod) come here from now on
+    _forget_udp(sandbox_id, [], [pm.host_port for pm in mappings if pm.protocol == "udp"])
+    return {"hostMac": host_mac, "podMac": pod_mac}
+
+
+def _forget_udp(sandbox_id: str, pod_ips: list[str], host_ports: list[int]) -> None:
+    """Best effort: a conntrack failure (nf_conntrack_netlink missing, say) must not fail a pod."""
+    if not pod_ips and not host_ports:
+        return
+    try:
+        hostnet.flush_udp_conntrack(pod_ips, host_ports)
+    except Exception as exc:
+        _log(f"pod {sandbox_id}: cannot flush UDP conntrack entries: {exc}")
+
+
+def _delete_rules(table: str, sandbox_id: str) -> None:
+    nft.run(nft.delete_commands(table, nft.tagged_handles(table, sandbox_id)))
+
+
+def op_teardown(request: dict[str, Any]) -> dict[str, Any]:
+    net = BridgeNetwork.from_json(request["network"])
+    sandbox_id = str(request["sandboxId"])
+    _delete_rules(net.table, sandbox_id)
+    with IPRoute() as ipr:
+        hostnet.delete_link(ipr, str(request["veth"]))
+    _forget_udp(sandbox_id, [str(a.ip) for a in _addresses(request)],
+                [pm.host_port for pm in _mappings(request) if pm.protocol == "udp"])
+    return {}
+
+
+def op_check(request: dict[str, Any]) -> dict[str, Any]:
+    net = BridgeNetwork.from_json(request["network"])
+    sandbox_id = str(request["sandboxId"])
+    veth = str(request["veth"])
+    addresses = _addresses(request)
+    gateways = [gateway(s) for s in net.subnets if any(a.version == s.version for a in addresses)]
+    problems: list[str] = []
+    with IPRoute() as ipr:
+        bridge_index = hostnet.lookup(ipr, net.bridge)
+        index = hostnet.lookup(ipr, veth)
+        if bridge_index is None:
+            problems.append(f"bridge {net.bridge} is missing")
+        if index is None:
+            problems.append(f"veth {veth} is missing")
+        else:
+            link = ipr.get_links(index)[0]
+            if bridge_index is not None and link.get_attr("IFLA_MASTER") != bridge_index:
+                problems.append(f"veth {veth} is not on bridge {net.bridge}")
+            if not link["flags"] & 1:
+                problems.append(f"veth {veth} is down")
+    expected = len(nft.pod_commands(net.table, sandbox_id, _mappings(request), addresses))
+    found = len(nft.tagged_handles(net.table, sandbox_id))
+    if found != expected:
+        problems.append(f"{found} hostPort rule(s) instead of {expected}")
+    try:
+        with hostnet.in_netns(str(request["netns"])), IPRoute() as pod:
+            problems += hostnet.pod_problems(pod, addresses, gateways)
+    except errors.NotFound as exc:
+        problems.append(str(exc))
+    if problems:
+        raise errors.FailedPrecondition(f"pod {sandbox_id} on bridge {net.bridge}: " + "; ".join(problems))
+    return {}
+
+
+def op_destroy(request: dict[str, Any]) -> dict[str, Any]:
+    net = BridgeNetwork.from_json(request["network"])
+    with IPRoute() as ipr:
+        index = hostnet.lookup(ipr, net.bridge)
+        if index is not None:
+            ports = hostnet.bridge_ports(ipr, index)
+            if ports:
+                raise errors.FailedPrecondition(f"bridge {net.bridge} still has ports: {', '.join(ports)}")
+        nft.delete_table(net.table)
+        if index is not None:
+            hostnet.delete_link(ipr, net.bridge)
+    return {}
+
+
+OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "setup": op_setup,
+    "teardown": op_teardown,
+    "check": op_check,
+    "destroy": op_destroy,
+}
+
+
+def handle(line: str) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+        op = OPS.get(str(request.get("op"))) if isinstance(request, dict) else None
+        if op is None:
+            raise errors.InvalidArgument(f"network helper: not a known request: {line.strip()[:200]}")
+        return {"ok": True, "result": op(request)}
+    except (errors.CrispError, NetworkError) as exc:
+        return {"ok": False, "kind": type(exc).__name__, "message": str(exc)}
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return {"ok": False, "kind": "NetworkError", "message": f"{type(exc).__name__}: {exc}"}
+
+
+def main() -> int:
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        sys.stdout.write(json.dumps(handle(line)) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

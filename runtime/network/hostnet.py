@@ -1,0 +1,271 @@
+"""Links, addresses and routes of the built-in bridge network, through pyroute2 (netlink).
+
+Only the network helper (`runtime.network.helper`) imports this module: it enters a pod's network namespace with
+setns(2) on its own (single) thread, which must never happen in crispd. Netlink sockets stay bound to the
+namespace they were opened in, so the helper opens one in the host namespace first and one per pod namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import ipaddress
+import os
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import Conntrack, IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+from pyroute2.netns import setns
+
+from runtime import errors
+from runtime.network.ipam import IPInterface
+from runtime.network.types import POD_IFNAME, NetworkError
+
+# IFA_F_NODAD: a pod's IPv6 address is unique by construction (leases), so it skips duplicate address detection
+# and is usable at once instead of after a second of "tentative"
+IFA_F_NODAD = 0x02
+_DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
+# ioctl(2) on a namespace file: which kind of namespace it is (linux/nsfs.h _IO(0xb7, 0x3))
+NS_GET_NSTYPE = 0xB703
+CLONE_NEWNET = 0x40000000
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def open_netns(path: str, what: str) -> int:
+    """An O_RDONLY fd of the network namespace at path: NotFound when nothing is there, FailedPrecondition when it
+    is not a network namespace (NS_GET_NSTYPE)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise errors.NotFound(f"{what}: network namespace {path} does not exist") from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = 0
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise errors.FailedPrecondition(f"{what}: {path} is not a network namespace")
+    return fd
+
+
+def bridge_mac(bridge: str) -> str:
+    """A fixed, locally administered MAC for the bridge: without one, a bridge takes the lowest MAC of its ports,
+    which changes as pods come and go and leaves the pods' ARP caches pointing at the wrong address."""
+    digest = hashlib.sha256(f"crisp-bridge/{bridge}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def write_sysctl(path: str, value: str) -> None:
+    """Set a sysctl (a /proc/sys path) if it differs, so a read-only /proc/sys with the right value is fine."""
+    p = Path(path)
+    if p.read_text().strip() != value:
+        p.write_text(value)
+
+
+def _link_kind(link: Any) -> str:
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return str(kind or "")
+
+
+def lookup(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _addresses(ipr: IPRoute, index: int) -> set[IPInterface]:
+    out: set[IPInterface] = set()
+    for msg in ipr.get_addr(index=index):
+        out.add(ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}"))
+    return out
+
+
+def _add_address(ipr: IPRoute, index: int, addr: IPInterface) -> None:
+    kwargs: dict[str, Any] = {"index": index, "address": str(addr.ip), "prefixlen": addr.network.prefixlen}
+    if addr.version == 6:
+        kwargs["flags"] = IFA_F_NODAD
+    try:
+        ipr.addr("add", **kwargs)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def ensure_bridge(ipr: IPRoute, name: str, mtu: int, gateways: Sequence[IPInterface]) -> int:
+    """The bridge, created if missing, up, with every gateway address; returns its index."""
+    index = lookup(ipr, name)
+    if index is None:
+        try:
+            ipr.link("add", ifname=name, kind="bridge", address=bridge_mac(name), mtu=mtu)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # a concurrent helper made it first
+                raise NetworkError(f"cannot create bridge {name}: {exc}") from exc
+        index = lookup(ipr, name)
+        if index is None:
+            raise NetworkError(f"bridge {name} vanished right after its creation")
+    else:
+        kind = _link_kind(ipr.get_links(index)[0])
+        if kind != "bridge":
+            raise errors.FailedPrecondition(
+                f"network interface {name} exists and is a {kind or 'device'}, not a bridge")
+    have = _addresses(ipr, index)
+    for gw in gateways:
+        if gw not in have:
+            _add_address(ipr, index, gw)
+    link = ipr.get_links(index)[0]
+    if not link["flags"] & 1:  # IFF_UP
+        ipr.link("set", index=index, state="up")
+    if any(gw.version == 4 for gw in gateways):
+        # connections to 127.0.0.1:<hostPort> are DNATed to a pod and leave through the bridge with a loopback
+        # source (SNATed after routing): the bridge must accept routing them
+        write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+    return index
+
+
+def enable_forwarding(versions: set[int]) -> None:
+    if 4 in versions:
+        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    if 6 in versions:
+        write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Delete the link if it exists (a veth's peer goes with it); True if it did."""
+    index = lookup(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        return False
+    return True
+
+
+def bridge_ports(ipr: IPRoute, bridge_index: int) -> list[str]:
+    return [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()
+            if link.get_attr("IFLA_MASTER") == bridge_index]
+
+
+def create_veth(ipr: IPRoute, host_name: str, netns_fd: int, mtu: int, bridge_index: int) -> int:
+    """A veth pair: `host_name` on the bridge (up, hairpin on), its peer born inside the pod namespace as eth0."""
+    try:
+        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu,
+                 peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd, "mtu": mtu})
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise errors.FailedPrecondition(
+                f"cannot create veth {host_name}: it or {POD_IFNAME} in the pod's namespace already exists") from exc
+        raise NetworkError(f"cannot create veth {host_name}: {exc}") from exc
+    index = lookup(ipr, host_name)
+    if index is None:
+        raise NetworkError(f"veth {host_name} vanished right after its creation")
+    ipr.link("set", index=index, master=bridge_index)
+    # hairpin: a pod reaching its own hostPort gets the DNATed packet back through the port it came from
+    ipr.brport("set", index=index, mode=1)
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+def link_mac(ipr: IPRoute, index: int) -> str:
+    return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+
+
+@contextlib.contextmanager
+def in_netns(netns_path: str) -> Iterator[None]:
+    """Enter the namespace for the block (this whole process: the helper is single-threaded), then come back."""
+    target = open_netns(netns_path, "pod")
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(target, flags=0, fork=False)
+        try:
+            yield
+        finally:
+            try:
+                setns(home, flags=0, fork=False)
+            except BaseException as exc:
+                # a helper stuck in a pod's namespace must not serve another request: die, and let crispd see
+                # a crashed helper (and clean up with a fresh one)
+                print(f"crisp-network-helper: cannot return to the host network namespace: {exc}",
+                      file=sys.stderr, flush=True)
+                os._exit(70)
+    finally:
+        os.close(home)
+        os.close(target)
+
+
+def configure_pod(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Sequence[IPInterface]) -> str:
+    """Inside the pod's namespace: lo up; eth0 with its addresses, up; default routes via the gateways.
+    Returns eth0's MAC."""
+    lo = lookup(ipr, "lo")
+    if lo is not None:
+        ipr.link("set", index=lo, state="up")
+    eth0 = lookup(ipr, POD_IFNAME)
+    if eth0 is None:
+        raise NetworkError(f"{POD_IFNAME} did not arrive in the pod's namespace")
+    for addr in addresses:
+        _add_address(ipr, eth0, addr)
+    ipr.link("set", index=eth0, state="up")
+    for gw in gateways:
+        try:
+            ipr.route("add", family=_AF[gw.version], dst=_DEFAULT_DST[gw.version], gateway=str(gw.ip), oif=eth0)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise errors.FailedPrecondition(
+                    f"the pod's namespace already has a default IPv{gw.version} route") from exc
+            raise NetworkError(f"cannot add the default route via {gw.ip}: {exc}") from exc
+    return link_mac(ipr, eth0)
+
+
+def pod_problems(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Sequence[IPInterface]) -> list[str]:
+    """What is missing inside the pod's namespace (empty when everything is as configure_pod left it)."""
+    problems: list[str] = []
+    eth0 = lookup(ipr, POD_IFNAME)
+    if eth0 is None:
+        return [f"no {POD_IFNAME} in the pod's namespace"]
+    if not ipr.get_links(eth0)[0]["flags"] & 1:
+        problems.append(f"{POD_IFNAME} is down")
+    have = _addresses(ipr, eth0)
+    problems += [f"{POD_IFNAME} lacks {addr}" for addr in addresses if addr not in have]
+    for gw in gateways:
+        routes = ipr.get_routes(family=_AF[gw.version], dst_len=0, table=254)
+        gws = {r.get_attr("RTA_GATEWAY") for r in routes}
+        if str(gw.ip) not in gws:
+            problems.append(f"no default IPv{gw.version} route via {gw.ip}")
+    return problems
+
+
+def flush_udp_conntrack(pod_ips: Sequence[str], host_ports: Sequence[int]) -> int:
+    """Forget UDP connections of a pod's addresses and to its UDP hostPorts; returns how many.
+
+    UDP has no end: a client that keeps sending to a hostPort stays in a conntrack entry DNATed to whichever pod
+    had the port first, also after that pod is gone and another one took the port. TCP entries end by themselves.
+    """
+    doomed: list[Any] = []
+    with Conntrack() as ct:
+        for ip in pod_ips:
+            family = _AF[ipaddress.ip_address(ip).version]
+            doomed += ct.dump_entries(tuple_reply=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, saddr=ip))
+            doomed += ct.dump_entries(tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, saddr=ip))
+        for port in host_ports:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                doomed += ct.dump_entries(
+                    tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, dport=port))
+        deleted = 0
+        for entry in doomed:
+            try:
+                ct.delete(entry)
+                deleted += 1
+            except NetlinkError as exc:
+                if exc.code != errno.ENOENT:  # gone already (found twice, or expired)
+                    raise
+    return deleted
+

@@ -1,0 +1,73 @@
+"""The pod network crispd talks to: CNI when the node has a CNI config, else the built-in bridge.
+
+The choice is made per pod at setup; teardown and check find the backend a pod was attached with from that
+backend's own record (a CNI cache file, bridge leases), so pods keep working (and are cleaned up) when a CNI config
+appears or goes away while they run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from runtime import errors
+from runtime.network.bridge import BridgeBackend
+from runtime.network.cni import CniBackend
+from runtime.network.helper_client import HelperRunner
+from runtime.network.types import NetworkBackend, NetworkResult, NetworkStatus, PodNetworkRequest
+
+log = logging.getLogger(__name__)
+
+
+class NetworkManager:
+    """`NetworkBackend` that dispatches to the CNI or the bridge backend."""
+
+    name = "auto"
+
+    def __init__(self, *, bridge: BridgeBackend, cni: CniBackend, helper: HelperRunner) -> None:
+        self.bridge = bridge
+        self.cni = cni
+        self._helper = helper
+
+    async def backend(self) -> NetworkBackend:
+        """The backend a new pod is attached with."""
+        return self.cni if await self.cni.configured() else self.bridge
+
+    async def setup(self, pod: PodNetworkRequest) -> NetworkResult:
+        # an attachment left by an earlier attempt (a crash, a retried RunPodSandbox) goes first
+        await self.teardown(pod)
+        backend = await self.backend()
+        return await backend.setup(pod)
+
+    async def teardown(self, pod: PodNetworkRequest) -> None:
+        failures: list[BaseException] = []
+        for backend in (self.cni, self.bridge):
+            try:
+                await backend.teardown(pod)
+            except Exception as exc:  # the other backend's attachment still goes
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    async def attached(self, pod: PodNetworkRequest) -> bool:
+        return await self.cni.attached(pod) or await self.bridge.attached(pod)
+
+    async def attached_sandboxes(self) -> set[str]:
+        """Every sandbox with an attachment (CNI cache file or bridge leases): crispd's recovery tears down those
+        whose sandbox no longer exists, with `teardown(PodNetworkRequest(sandbox_id=..., netns=""))`."""
+        return await self.cni.attached_sandboxes() | await self.bridge.attached_sandboxes()
+
+    async def check(self, pod: PodNetworkRequest) -> None:
+        if await self.cni.attached(pod):
+            await self.cni.check(pod)
+        elif await self.bridge.attached(pod):
+            await self.bridge.check(pod)
+        else:
+            raise errors.FailedPrecondition(f"pod {pod.sandbox_id} has no network attachment")
+
+    async def status(self) -> NetworkStatus:
+        backend = await self.backend()
+        return await backend.status()
+
+    async def close(self) -> None:
+        """Stop the spare network helper (crispd's shutdown)."""
+        await self._helper.close()

@@ -1,0 +1,157 @@
+"""The built-in bridge's nftables rules, driven through the `nft` tool (run by the network helper, never by crispd).
+
+One `inet` table per bridge network (named like the bridge) holds:
+- `prerouting` / `output` (nat): traffic to a local address jumps to `hostports`; the output path covers
+  connections the host itself makes, 127.0.0.1 included;
+- `hostports`: one DNAT rule per pod port mapping (and IP family), each commented `crisp:<sandbox id>` so that a
+  pod's teardown deletes exactly its own rules by handle;
+- `postrouting` (nat): SNAT for DNATed connections from 127.0.0.0/8 (they cannot leave through the bridge with a
+  loopback source; `route_localnet` on the bridge lets them be routed at all) and for pod-to-hostPort-to-pod
+  (hairpin) connections, and masquerade for traffic from the pod CIDR to anywhere outside it.
+The base chains are flushed and rewritten in the same atomic batch as a pod's rules, so a changed pod CIDR takes
+effect with the next pod and concurrent helpers never see a half-written table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from runtime import errors
+from runtime.network.ipam import IPInterface, IPNetwork
+from runtime.network.types import NetworkError, PortMapping
+
+HOSTPORTS = "hostports"
+NFT_TIMEOUT_SECONDS = 30.0
+# a DNAT to an IPv4 pod address only for IPv4 packets: an inet chain sees both families
+_NFPROTO = {4: "ipv4", 6: "ipv6"}
+_MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
+_FAMILY = {4: "ip", 6: "ip6"}
+
+
+def rule_tag(sandbox_id: str) -> str:
+    return f"crisp:{sandbox_id}"
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text)  # nft accepts double-quoted strings; names are checked to be plain anyway
+
+
+def base_commands(table: str, bridge: str, subnets: Sequence[IPNetwork], masquerade: bool) -> list[str]:
+    """Create the table and its chains if missing and (re)write the base chains' rules."""
+    t = f"inet {table}"
+    cmds = [
+        f"add table {t}",
+        f"add chain {t} {HOSTPORTS}",
+        f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
+        f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
+        f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
+        f"flush chain {t} prerouting",
+        f"flush chain {t} output",
+        f"flush chain {t} postrouting",
+        f"add rule {t} prerouting fib daddr type local jump {HOSTPORTS}",
+        f"add rule {t} output fib daddr type local jump {HOSTPORTS}",
+        f"add rule {t} postrouting oifname {_quote(bridge)} ct status dnat ip saddr 127.0.0.0/8 masquerade",
+    ]
+    for subnet in subnets:
+        fam = _FAMILY[subnet.version]
+        cmds.append(f"add rule {t} postrouting ct status dnat {fam} saddr {subnet} {fam} daddr {subnet} masquerade")
+        if masquerade:
+            cmds.append(f"add rule {t} postrouting {fam} saddr {subnet} "
+                        f"{fam} daddr != {{ {subnet}, {_MULTICAST[subnet.version]} }} masquerade")
+    return cmds
+
+
+def pod_commands(table: str, sandbox_id: str, mappings: Sequence[PortMapping],
+                 addresses: Sequence[IPInterface]) -> list[str]:
+    """The DNAT rules of one pod: each mapping to the pod's address of the host IP's family (both families when
+    the mapping names no host IP)."""
+    t = f"inet {table}"
+    tag = _quote(rule_tag(sandbox_id))
+    cmds: list[str] = []
+    for pm in mappings:
+        wanted = pm.host_ip_version()
+        targets = [a for a in addresses if wanted is None or a.version == wanted]
+        if not targets:
+            raise errors.InvalidArgument(
+                f"pod {sandbox_id}: host IP {pm.host_ip} of port {pm.host_port}/{pm.protocol} has no pod address "
+                "of its IP family")
+        for addr in targets:
+            fam = _FAMILY[addr.version]
+            match = f"meta nfproto {_NFPROTO[addr.version]}"
+            if wanted is not None:
+                match += f" {fam} daddr {pm.host_ip}"
+            to = f"{addr.ip}:{pm.container_port}" if addr.version == 4 else f"[{addr.ip}]:{pm.container_port}"
+            cmds.append(f"add rule {t} {HOSTPORTS} {match} meta l4proto {pm.protocol} th dport {pm.host_port} "
+                        f"dnat {fam} to {to} comment {tag}")
+    return cmds
+
+
+def nft_binary_path() -> str | None:
+    # crispd may run with a PATH without the sbin dirs (a kubelet's environment, a login shell's)
+    return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
+
+
+def nft_binary() -> str:
+    path = nft_binary_path()
+    if path is None:
+        raise errors.FailedPrecondition("the nft tool (Debian package nftables) is not installed")
+    return path
+
+
+def run(commands: Sequence[str]) -> None:
+    """Apply the commands as one atomic nft batch."""
+    if not commands:
+        return
+    script = "\n".join(commands) + "\n"
+    proc = subprocess.run([nft_binary(), "-f", "-"], input=script, capture_output=True, text=True,
+                          timeout=NFT_TIMEOUT_SECONDS, close_fds=True, check=False)
+    if proc.returncode != 0:
+        raise NetworkError(f"nft failed: {proc.stderr.strip()}\nbatch:\n{script}")
+
+
+def _list(args: Sequence[str]) -> dict[str, Any] | None:
+    """`nft -j -a list ...`, or None when the object does not exist."""
+    proc = subprocess.run([nft_binary(), "-j", "-a", "list", *args], capture_output=True, text=True,
+                          timeout=NFT_TIMEOUT_SECONDS, close_fds=True, check=False)
+    if proc.returncode != 0:
+        if "No such file or directory" in proc.stderr:
+            return None
+        raise NetworkError(f"nft list {' '.join(args)} failed: {proc.stderr.strip()}")
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def tagged_handles(table: str, sandbox_id: str) -> list[int]:
+    """Handles of the pod's rules in `hostports` (none when the table does not exist)."""
+    data = _list(["chain", "inet", table, HOSTPORTS])
+    if data is None:
+        return []
+    tag = rule_tag(sandbox_id)
+    return [int(item["rule"]["handle"]) for item in data.get("nftables", ())
+            if "rule" in item and item["rule"].get("comment") == tag]
+
+
+def delete_commands(table: str, handles: Sequence[int]) -> list[str]:
+    return [f"delete rule inet {table} {HOSTPORTS} handle {h}" for h in handles]
+
+
+def hostport_rule_count(table: str) -> int:
+    """How many rules `hostports` holds (0 when the table does not exist)."""
+    data = _list(["chain", "inet", table, HOSTPORTS])
+    if data is None:
+        return 0
+    return sum(1 for item in data.get("nftables", ()) if "rule" in item)
+
+
+def table_exists(table: str) -> bool:
+    return _list(["table", "inet", table]) is not None
+
+
+def delete_table(table: str) -> None:
+    if table_exists(table):
+        run([f"delete table inet {table}"])

@@ -1,0 +1,64 @@
+"""crispd's Status reports pod networking: the built-in bridge, or the node's CNI config (over the real socket)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from cri_api.v1 import api_pb2 as cri
+
+from tests.cri.crispd import Crispd
+from tests.integration.netutil import host_links, unique
+
+
+def _network_condition(daemon: Crispd) -> cri.RuntimeCondition:
+    conditions = {c.type: c for c in daemon.runtime.Status(cri.StatusRequest()).status.conditions}
+    return conditions["NetworkReady"]
+
+
+def test_bridge_network_is_ready_without_creating_anything(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        pytest.skip("needs root and nft")
+    bridge = unique("crispt")
+    daemon = Crispd(tmp_path, config=f'[network]\nbridge = "{bridge}"\ncni_config_dir = "{tmp_path / "net.d"}"\n')
+    daemon.start()
+    try:
+        condition = _network_condition(daemon)
+        assert condition.status is True, condition
+        assert bridge not in host_links()  # Status has no side effects: the bridge comes with the first pod
+    finally:
+        assert daemon.stop() == 0
+    assert daemon.slow_callbacks() == [], daemon.log()
+
+
+def test_a_broken_cni_config_makes_the_network_not_ready(tmp_path: Path) -> None:
+    conf_dir = tmp_path / "net.d"
+    conf_dir.mkdir()
+    (conf_dir / "10-broken.conflist").write_text("{ nope")
+    daemon = Crispd(tmp_path, config=f'[network]\ncni_config_dir = "{conf_dir}"\n').start()
+    try:
+        condition = _network_condition(daemon)
+        assert condition.status is False
+        assert condition.reason == "NetworkPluginNotReady"
+        assert "10-broken.conflist" in condition.message and "not valid JSON" in condition.message
+        # a valid config whose plugins exist makes it ready, without a restart
+        (conf_dir / "10-broken.conflist").unlink()
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "crisp-test-plugin").write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / "crisp-test-plugin").chmod(0o755)
+        (conf_dir / "10-ok.conflist").write_text(json.dumps(
+            {"cniVersion": "1.0.0", "name": "ok", "plugins": [{"type": "crisp-test-plugin"}]}))
+        assert _network_condition(daemon).status is False  # not in the configured bin dirs
+    finally:
+        assert daemon.stop() == 0
+    again = Crispd(tmp_path, name="again",
+                   config=f'[network]\ncni_config_dir = "{conf_dir}"\ncni_bin_dirs = ["{tmp_path / "bin"}"]\n').start()
+    try:
+        assert _network_condition(again).status is True
+    finally:
+        assert again.stop() == 0
+    assert daemon.slow_callbacks() == [] and again.slow_callbacks() == [], daemon.log() + again.log()
