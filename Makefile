@@ -24,7 +24,6 @@ TEST_DEBS := $(RUN_DEBS) \
 	runc \
 	util-linux \
 
-
 .PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
