@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.vm import image, tier
-from tests.vm.settings import VmSettings
+from tests.vm.settings import VmSettings, prune
 from tests.vm.wheels import build_crisp_wheel
 
 INSTALL_WHEEL = Path(__file__).parents[1] / "vm" / "install_wheel.py"
@@ -209,7 +209,7 @@ def test_install_wheel_installs_crisp_with_its_console_scripts(tmp_path: Path) -
     assert version.startswith(str(venv))
 
 
-def test_prune_keeps_the_new_image_and_the_recently_used(tmp_path: Path) -> None:
+def test_prune_keeps_the_new_entry_and_the_recently_used(tmp_path: Path) -> None:
     now = time.time()
     ages = {"new": 0, "a": 1, "b": 2, "c": 3, "d": 4, "stale": 8 * 86400, "unmarked": None}
     for name, age in ages.items():
@@ -217,5 +217,5 @@ def test_prune_keeps_the_new_image_and_the_recently_used(tmp_path: Path) -> None
         if age is not None:
             (tmp_path / name / "last-used").touch()
             os.utime(tmp_path / name / "last-used", (now - age, now - age))
-    image._prune(tmp_path, keep=tmp_path / "new")
+    prune(tmp_path, keep=tmp_path / "new", keep_others=3, days=7)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "new"]

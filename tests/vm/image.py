@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.vm.settings import VmSettings
+from tests.vm.settings import VmSettings, prune
 
 SUITE = "bookworm"
 # What the guest tests use: Python for pytest + crisp, the OCI runtimes for differential tests, busybox as a
@@ -82,7 +82,7 @@ def ensure_image(settings: VmSettings, wheels: Path, force: bool = False,
         return _used(found)
     started = time.monotonic()
     _build(settings, wheels, target, log or _stderr)
-    _prune(images, keep=target)
+    prune(images, keep=target, keep_others=KEEP_OTHER_IMAGES, days=KEEP_UNUSED_DAYS)
     built = _image_at(target, key)
     if built is None:
         raise ImageBuildError(f"the image build finished but {target} is incomplete")
@@ -222,18 +222,3 @@ def _strip_module_signature(data: bytes) -> bytes:
 
 def _disk_usage(path: Path) -> int:
     return sum(entry.stat().st_blocks * 512 for entry in path.rglob("*") if entry.is_file())
-
-
-def _prune(images: Path, keep: Path) -> None:
-    """Drop images (of other inputs: other checkouts, older commits) that no run used for a week, and all but the
-    KEEP_OTHER_IMAGES most recently used."""
-    horizon = time.time() - KEEP_UNUSED_DAYS * 86400
-    others = []
-    for image in images.iterdir():
-        if image != keep and image.is_dir():
-            used = image / "last-used"
-            others.append((used.stat().st_mtime if used.exists() else 0.0, image))
-    others.sort(reverse=True)
-    for rank, (used_at, image) in enumerate(others):
-        if used_at < horizon or rank >= KEEP_OTHER_IMAGES:
-            shutil.rmtree(image, ignore_errors=True)
