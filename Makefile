@@ -6,7 +6,7 @@ ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
 # nftables: the built-in bridge's masquerade and hostPorts; iproute2: `ip netns` for pod networks in tests
-RUN_DEBS := ca-certificates nftables iproute2
+RUN_DEBS := ca-certificates iproute2 libseccomp2 nftables
 # one package per line (sorted), so that parallel changes merge cleanly
 # (containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables)
 # (qemu-system-x86 + qemu-system-data for qboot, mmdebstrap, e2fsprogs: the VM tier, tests/vm)
@@ -14,6 +14,7 @@ TEST_DEBS := $(RUN_DEBS) \
 	apache2-utils \
 	busybox-static \
 	containernetworking-plugins \
+	crun \
 	docker-registry \
 	e2fsprogs \
 	iptables \
@@ -23,6 +24,10 @@ TEST_DEBS := $(RUN_DEBS) \
 	qemu-system-x86 \
 	runc \
 	util-linux \
+
+# .deb files the tests unpack into container root filesystems instead of installing them
+TEST_DEB_FILES := busybox
+DEB_CACHE := .cache/debs
 
 .PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
 
@@ -40,6 +45,7 @@ debs-run:
 
 debs-test:
 	scripts/ensure-debs $(TEST_DEBS)
+	scripts/fetch-debs $(DEB_CACHE) $(TEST_DEB_FILES)
 
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
 run: debs-run venv

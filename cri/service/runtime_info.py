@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from pathlib import Path
 
 from cri_api.v1 import api_pb2 as cri
 
 from cri.config import redacted
 from cri.network import POD_CIDR_SETTING, effective_pod_cidr, network_ready_condition
 from cri.service.context import ServiceContext
+from runtime import errors
+from runtime.executor import handlers
 from runtime.network import ipam
 from runtime.network.types import NOT_READY_REASON, NetworkStatus
 from runtime.version import VERSION
@@ -36,10 +40,33 @@ def handler_names(ctx: ServiceContext) -> list[str]:
     return ["", *sorted(ctx.config.runtime.handlers)]
 
 
-def _handler_features(ctx: ServiceContext, name: str) -> cri.RuntimeHandlerFeatures:
-    # No handler applies recursive read-only mounts or user namespaces yet; the executor issue turns these on
-    # where the executor really does them.
-    return cri.RuntimeHandlerFeatures(recursive_read_only_mounts=False, user_namespaces=False)
+def runtime_handler(ctx: ServiceContext, name: str) -> handlers.Handler:
+    """The executor for a CRI runtime_handler (RunPodSandbox, CreateContainer); unknown -> INVALID_ARGUMENT."""
+    return handlers.resolve_handler(name, ctx.config.runtime.handlers, Path(ctx.config.state))
+
+
+def _probe_handler_features(ctx: ServiceContext) -> list[tuple[str, handlers.HandlerFeatures]]:
+    """Blocking (a handler's `--version`, once per binary): runs in a worker thread."""
+    out = []
+    for name in handler_names(ctx):
+        try:
+            features = handlers.handler_features(runtime_handler(ctx, name))
+        except errors.CrispError as exc:
+            log.warning("runtime handler %r: %s", name, exc)
+            features = handlers.HandlerFeatures()
+        out.append((name, features))
+    return out
+
+
+async def _runtime_handlers(ctx: ServiceContext) -> list[cri.RuntimeHandler]:
+    probed = await asyncio.to_thread(_probe_handler_features, ctx)
+    return [
+        cri.RuntimeHandler(name=name, features=cri.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=features.recursive_read_only_mounts,
+            user_namespaces=features.user_namespaces,
+        ))
+        for name, features in probed
+    ]
 
 
 async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusResponse:
@@ -51,9 +78,7 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
     network_ready = network_ready_condition(network_status)
     response = cri.StatusResponse(
         status=cri.RuntimeStatus(conditions=[runtime_ready, network_ready]),
-        runtime_handlers=[
-            cri.RuntimeHandler(name=name, features=_handler_features(ctx, name)) for name in handler_names(ctx)
-        ],
+        runtime_handlers=await _runtime_handlers(ctx),
         features=cri.RuntimeFeatures(supplemental_groups_policy=False),
     )
     if request.verbose:

@@ -514,6 +514,9 @@ class Syscalls:
     def prctl(self, option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
         return prctl(option, arg2, arg3, arg4, arg5)
 
+    def capget(self) -> tuple[int, int, int]:
+        return capget()
+
     def capset(self, effective: int, permitted: int, inheritable: int) -> None:
         capset(effective, permitted, inheritable)
 

@@ -1,0 +1,5 @@
+import sys
+
+from runtime.executor.main import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""process.terminal: a pty from the container's own devpts, its master handed over --console-socket."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import struct
+import termios
+
+from runtime import errors
+from runtime.linux import syscalls as sc
+
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+
+
+def connect_console_socket(path: str) -> socket.socket:
+    """Connected before any namespace is joined: the path is the host's."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise errors.InvalidArgument(f"--console-socket {path}: {exc.strerror}") from None
+    return sock
+
+
+def setup_console(sys: sc.Syscalls, console: socket.socket, mount_console: bool) -> None:
+    """Open a pty inside the container (after pivot_root), send its master, make the slave our stdio and
+    controlling terminal; with `mount_console`, bind the slave onto /dev/console as runc does."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, struct.pack("I", 0)))[0]
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        slave_path = f"/dev/pts/{number}"
+        if mount_console:
+            try:
+                fd = os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+                os.close(fd)
+                sys.mount(slave_path, "/dev/console", None, sc.MS_BIND)
+            except OSError as exc:
+                raise errors.FailedPrecondition(f"cannot bind {slave_path} on /dev/console: {exc.strerror}") from None
+        socket.send_fds(console, [slave_path.encode()], [master])
+    finally:
+        os.close(master)
+        console.close()
+    for target in (0, 1, 2):
+        os.dup2(slave, target)
+    os.close(slave)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)

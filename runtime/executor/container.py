@@ -1,0 +1,378 @@
+"""The executor's operations (create, start, state, kill, delete, exec) on containers under one --root.
+
+The command line (main.py) only parses arguments and calls these. Every operation that changes a container holds
+the lock of its state dir. `create` registers the undo of each step as it goes, so a failed create leaves nothing
+behind: no state dir, no cgroup, no process (and no mount: every mount lives in the container's own namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime import errors
+from runtime.executor import cgroup, console, launcher, protocol, sysctls
+from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
+from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
+from runtime.executor.process import ProcessSetup
+from runtime.executor.state import (
+    CREATED,
+    RUNNING,
+    ContainerDir,
+    State,
+    now_rfc3339,
+    oci_state,
+    process_start_time,
+)
+from runtime.linux import syscalls as sc
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+_POLL = 0.01
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    process_file: Path
+    pid_file: Path | None = None
+    console_socket: str | None = None
+    detach: bool = False
+    preserve_fds: int = 0
+
+
+def parse_signal(value: str) -> signal.Signals:
+    text = value.strip().upper()
+    try:
+        if text.isdigit():
+            return signal.Signals(int(text))
+        return signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+    except (KeyError, ValueError):
+        raise errors.InvalidArgument(f"unknown signal {value!r}") from None
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(str(pid))
+    os.replace(tmp, path)
+
+
+def _wait_gone(pid: int, start: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_start_time(pid) != start:
+            return True
+        time.sleep(_POLL)
+    return False
+
+
+class Executor:
+    def __init__(self, root: Path, sys: sc.Syscalls | None = None) -> None:
+        self.root = root
+        self.sys = sys or sc.Syscalls()
+
+    def _dir(self, container_id: str) -> ContainerDir:
+        return ContainerDir(self.root, container_id)
+
+    def _load(self, container_id: str) -> tuple[ContainerDir, State, str]:
+        cdir = self._dir(container_id)
+        state = cdir.read()
+        return cdir, state, cdir.status(state)
+
+    # ------------------------------------------------------------------ create
+
+    def create(self, container_id: str, bundle: Path, pid_file: Path | None = None,
+               console_socket: str | None = None, preserve_fds: int = 0) -> int:
+        bundle = bundle.absolute()
+        spec, raw = load_spec(bundle)
+        self._check(spec)
+        cdir = self._dir(container_id)
+        with contextlib.ExitStack() as undo:
+            cdir.make()
+            undo.callback(cdir.remove)
+            with cdir.locked() as lock_fd:
+                pid = self._create_locked(cdir, spec, raw.get("linux") or {}, bundle, pid_file, console_socket,
+                                          preserve_fds, undo, lock_fd)
+            undo.pop_all()
+        log.info("container %s: created, init pid %d", container_id, pid)
+        return pid
+
+    def _check(self, spec: Spec) -> None:
+        """Refusals that need no process: sysctls that would reach the host, hostname without a UTS ns."""
+        sysctls.check_sysctls(spec.linux)
+        if spec.linux.namespace("mount") is None:
+            raise errors.InvalidArgument("linux.namespaces: the built-in executor needs a mount namespace")
+        if (spec.hostname or spec.domainname) and sysctls.shares_host(spec.linux, "uts"):
+            raise errors.InvalidArgument("hostname: setting it needs a UTS namespace of its own")
+
+    def _create_locked(self, cdir: ContainerDir, spec: Spec, raw_linux: dict[str, object], bundle: Path,
+                       pid_file: Path | None, console_socket: str | None, preserve_fds: int,
+                       undo: contextlib.ExitStack, lock_fd: int) -> int:
+        setup = ProcessSetup(self.sys, spec.process, spec.linux.seccomp)
+        os.mkfifo(cdir.fifo, 0o622)
+        os.chmod(cdir.fifo, 0o622)
+        fifo_fd = os.open(cdir.fifo, os.O_PATH | os.O_CLOEXEC)
+        undo.callback(os.close, fifo_fd)
+        console_sock = None
+        if console_socket:
+            console_sock = console.connect_console_socket(console_socket)
+            undo.callback(console_sock.close)
+        elif spec.process.terminal:
+            raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
+        cgroup_path = spec.linux.cgroups_path or cgroup.default_path(cdir.id)
+        launched_pids: list[int] = []
+        cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
+        if made:
+            undo.callback(_quietly, "remove the cgroup", cg.remove)
+        undo.callback(_quietly, "kill the container's processes", _kill_processes, cg, launched_pids)
+        # until create returns, the init is our child (so a failed one is reaped here, not left as a zombie that
+        # keeps its cgroup populated); once we exit it passes to the nearest subreaper above us (the shim)
+        self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        plan = launcher.plan_namespaces([(ns.type, ns.path) for ns in spec.linux.namespaces])
+        new_uts = not sysctls.shares_host(spec.linux, "uts")
+        ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds)
+        launched = launcher.launch(self.sys, plan, lambda sock: container_init(self.sys, ctx, sock),
+                                   cg.add_process, close_in_child=[lock_fd])
+        launched_pids.append(launched.pid)
+        launched.sock.close()
+        start = process_start_time(launched.pid)
+        if start is None:
+            raise errors.CrispError("the container's init died right after setup")
+        cdir.write(State(
+            id=cdir.id, bundle=str(bundle), pid=launched.pid, pid_start=start, created=now_rfc3339(),
+            cgroup=cg.path, oci_version=spec.oci_version, annotations=dict(spec.annotations),
+            linux={k: raw_linux[k] for k in ("seccomp", "namespaces") if k in raw_linux},
+        ))
+        if pid_file is not None:
+            write_pid_file(pid_file, launched.pid)
+        return launched.pid
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, container_id: str) -> None:
+        cdir = self._dir(container_id)
+        with cdir.locked():
+            state = cdir.read()
+            status = cdir.status(state)
+            if status != CREATED:
+                raise errors.FailedPrecondition(f"container {container_id} is {status}: only a created "
+                                                "container can be started")
+            fd = os.open(cdir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                while True:
+                    readable, _, _ = select.select([fd], [], [], 0.1)
+                    if readable and os.read(fd, 1):
+                        break
+                    if process_start_time(state.pid) != state.pid_start:
+                        raise errors.FailedPrecondition(f"container {container_id}: init exited before start")
+            finally:
+                os.close(fd)
+                cdir.fifo.unlink()
+        log.info("container %s: started", container_id)
+
+    # ------------------------------------------------------------------ state
+
+    def state(self, container_id: str) -> dict[str, object]:
+        _, state, status = self._load(container_id)
+        return oci_state(state, status)
+
+    # ------------------------------------------------------------------ kill
+
+    def kill(self, container_id: str, sig: signal.Signals, all_processes: bool = False) -> None:
+        cdir = self._dir(container_id)
+        state = cdir.read()
+        status = cdir.status(state)
+        if all_processes:
+            cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
+            pids = cg.procs() if cg is not None else []
+            if status in (CREATED, RUNNING):
+                pids = sorted({state.pid, *pids})
+            if not pids:
+                raise errors.FailedPrecondition(f"container {container_id} is not running")
+            if sig == signal.SIGKILL and cg is not None:
+                cg.kill()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            return
+        if status not in (CREATED, RUNNING):
+            raise errors.FailedPrecondition(f"container {container_id} is not running")
+        pidfd = os.pidfd_open(state.pid)
+        try:
+            if process_start_time(state.pid) != state.pid_start:  # the pid was reused before we opened it
+                raise errors.FailedPrecondition(f"container {container_id} is not running")
+            signal.pidfd_send_signal(pidfd, sig)
+        finally:
+            os.close(pidfd)
+
+    # ------------------------------------------------------------------ delete
+
+    def delete(self, container_id: str, force: bool = False) -> None:
+        cdir = self._dir(container_id)
+        try:
+            lock = cdir.locked()
+            lock.__enter__()
+        except errors.NotFound:
+            if force:
+                return
+            raise
+        try:
+            try:
+                state = cdir.read()
+            except errors.NotFound:
+                cdir.remove()  # a create that died before writing its state
+                return
+            status = cdir.status(state)
+            if status == RUNNING and not force:
+                raise errors.FailedPrecondition(
+                    f"container {container_id} is running: stop it first, or delete --force")
+            cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
+            if status in (CREATED, RUNNING):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(state.pid, signal.SIGKILL)
+                if cg is not None:
+                    cg.kill()
+                if not _wait_gone(state.pid, state.pid_start, STOP_TIMEOUT):
+                    raise errors.DeadlineExceeded(f"container {container_id}: init {state.pid} did not die")
+            if cg is not None:
+                cg.kill()
+                cg.remove()
+            cdir.remove()
+        finally:
+            lock.__exit__(None, None, None)
+        log.info("container %s: deleted", container_id)
+
+    # ------------------------------------------------------------------ exec
+
+    def exec(self, container_id: str, options: ExecOptions) -> int:
+        """Run a process in the container; with detach return 0 once it is exec'd, else its exit status."""
+        _cdir, state, status = self._load(container_id)
+        if status != RUNNING:
+            raise errors.FailedPrecondition(f"cannot exec in container {container_id}: it is {status}")
+        try:
+            process = parse_process(json.loads(options.process_file.read_text()), "process.json")
+        except FileNotFoundError:
+            raise errors.NotFound(f"--process {options.process_file}: no such file") from None
+        except (OSError, ValueError) as exc:
+            raise errors.InvalidArgument(f"--process {options.process_file}: {exc}") from None
+        seccomp = None
+        if state.linux.get("seccomp") is not None:
+            probe = parse_spec({"root": {"path": "/"}, "process": {"args": ["x"]},
+                                "linux": {"seccomp": state.linux["seccomp"]}}, Path("/"))
+            seccomp = probe.linux.seccomp
+        setup = ProcessSetup(self.sys, process, seccomp)
+        console_sock = console.connect_console_socket(options.console_socket) if options.console_socket else None
+        if process.terminal and console_sock is None:
+            raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
+        plan = self._exec_namespaces(state)
+        cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
+        # the process is our child until we exit (then the shim's, the nearest subreaper above us): a failed one
+        # is reaped here rather than left as a zombie in the container's cgroup
+        self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        ctx = ExecContext(process, setup, console_sock, options.preserve_fds)
+        try:
+            launched = launcher.launch(self.sys, plan, lambda sock: exec_process(self.sys, ctx, sock),
+                                       cg.add_process if cg is not None else lambda pid: None)
+        except BaseException:
+            _reap_children()
+            raise
+        finally:
+            if console_sock is not None:
+                console_sock.close()
+        try:
+            self._await_exec(launched.sock)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(launched.pid, signal.SIGKILL)
+            _reap_children()
+            raise
+        finally:
+            launched.sock.close()
+        if options.pid_file is not None:
+            write_pid_file(options.pid_file, launched.pid)
+        if options.detach:
+            return 0
+        return _wait_and_forward(launched.pid)
+
+    def _exec_namespaces(self, state: State) -> launcher.NamespacePlan:
+        """Every namespace the container's init is in (through its /proc entry, checked to still be it)."""
+        types = [ns.get("type") for ns in state.linux.get("namespaces") or [] if isinstance(ns, dict)]
+        pairs = []
+        for ns_type in types:
+            if ns_type in launcher.PROC_NS_NAMES:
+                pairs.append((str(ns_type), f"/proc/{state.pid}/ns/{launcher.PROC_NS_NAMES[str(ns_type)]}"))
+        plan = launcher.NamespacePlan()
+        try:
+            for ns_type in launcher.JOIN_ORDER:
+                for t, path in pairs:
+                    if t == ns_type:
+                        plan.join.append((t, launcher.open_namespace(t, path)))
+            if process_start_time(state.pid) != state.pid_start:
+                raise errors.FailedPrecondition(f"container {state.id} stopped")
+        except BaseException:
+            plan.close()
+            raise
+        return plan
+
+    @staticmethod
+    def _await_exec(sock: socket.socket) -> None:
+        """After Ready: end-of-file means execve succeeded; a Failure means it did not."""
+        sock.settimeout(launcher.HANDSHAKE_TIMEOUT)
+        message = protocol.receive(sock)
+        if isinstance(message, protocol.Failure):
+            raise message.to_error()
+
+
+def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:
+    """Run one undo step; a failing undo is logged and never hides the error that caused the undo."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("could not %s: %s", what, exc)
+
+
+def _kill_processes(cg: cgroup.ContainerCgroup, pids: list[int]) -> None:
+    """Undo of a failed create: the init (if it got that far) and anything else in the container's cgroup; then
+    reap what was our child (the init is, while create runs: we are its subreaper)."""
+    for pid in {*pids, *cg.procs()}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _reap_children()
+
+
+def _reap_children() -> None:
+    """Wait for every child we have (all are dead or being killed when this is called)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _wait_and_forward(pid: int) -> int:
+    """Wait for an exec'd process we are the subreaper of; forward the usual signals; its status as ours."""
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                 signal.SIGWINCH)
+
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for sig in forwarded:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            reaped, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 255
+        if reaped == pid:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)

@@ -1,0 +1,181 @@
+"""Forking a process into a container's namespaces and cgroup, with the typed handshake of protocol.py.
+
+    executor (host) --fork--> stage 1 --fork--> init (or exec'd process)
+stage 1 waits until the executor has put it into the container's cgroup (Go), makes itself non-dumpable, joins
+the namespaces given by path (setns), unshares the new ones, then forks: only a child enters a new (or joined)
+PID namespace. stage 1 sends that child's pid (as the host sees it) and exits, so the child is re-parented to the
+nearest child subreaper (the shim), as runc's init is. The executor is a short-lived program of its own (never
+crispd), so forking here is fine; it is single-threaded, which setns(CLONE_NEWNS) requires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from runtime import errors
+from runtime.executor import protocol
+from runtime.linux import syscalls as sc
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 60.0
+
+NS_FLAGS = {
+    "pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET, "mount": sc.CLONE_NEWNS, "ipc": sc.CLONE_NEWIPC,
+    "uts": sc.CLONE_NEWUTS, "cgroup": sc.CLONE_NEWCGROUP,
+}
+PROC_NS_NAMES = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup"}
+# joined in this order: the mount namespace last, since joining it changes our root and cwd
+JOIN_ORDER = ("cgroup", "ipc", "uts", "network", "pid", "mount")
+
+
+@dataclass
+class NamespacePlan:
+    """Namespaces to join (fds opened by the executor before forking) and the flags of those to create."""
+
+    join: list[tuple[str, int]] = field(default_factory=list)
+    unshare_flags: int = 0
+
+    def close(self) -> None:
+        for _, fd in self.join:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.join = []
+
+
+def open_namespace(ns_type: str, path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise errors.NotFound(f"{ns_type} namespace {path}: {exc.strerror}") from None
+
+
+def plan_namespaces(spec_namespaces: list[tuple[str, str]]) -> NamespacePlan:
+    """From (type, path) pairs: a path means join it, no path means a new one."""
+    plan = NamespacePlan()
+    try:
+        by_type = dict(spec_namespaces)
+        for ns_type in JOIN_ORDER:
+            if ns_type not in by_type:
+                continue
+            path = by_type[ns_type]
+            if path:
+                plan.join.append((ns_type, open_namespace(ns_type, path)))
+            else:
+                plan.unshare_flags |= NS_FLAGS[ns_type]
+    except BaseException:
+        plan.close()
+        raise
+    return plan
+
+
+def report_failure(sock: socket.socket, exc: BaseException) -> None:
+    """Send a typed error to the executor; an unexpected exception carries its traceback's last line."""
+    if isinstance(exc, errors.CrispError):
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        message = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(OSError):
+        protocol.send(sock, protocol.Failure(protocol.kind_of(exc), message))
+
+
+def _stage1(sock: socket.socket, sys: sc.Syscalls, plan: NamespacePlan,
+            child_main: Callable[[socket.socket], None]) -> NoReturn:
+    code = 1
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        message = protocol.receive(sock)
+        if not isinstance(message, protocol.Go):
+            os._exit(1)  # the executor went away
+        sock.settimeout(None)
+        # from here on no process in the container may ptrace us or open our /proc files
+        sys.prctl(sc.PR_SET_DUMPABLE, 0)
+        for ns_type, fd in plan.join:
+            try:
+                sys.setns(fd, NS_FLAGS[ns_type])
+            except OSError as exc:
+                raise errors.InvalidArgument(f"cannot join the {ns_type} namespace: {exc.strerror}") from None
+        if plan.unshare_flags:
+            sys.unshare(plan.unshare_flags)
+        plan.close()
+        pid = os.fork()
+        if pid == 0:
+            _child(sock, child_main)
+        protocol.send(sock, protocol.ChildPid(pid))
+        code = 0
+    except BaseException as exc:
+        report_failure(sock, exc)
+    finally:
+        os._exit(code)
+
+
+def _child(sock: socket.socket, child_main: Callable[[socket.socket], None]) -> NoReturn:
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        child_main(sock)
+        raise errors.CrispError("the container process returned instead of exec'ing")  # a bug
+    except BaseException as exc:
+        report_failure(sock, exc)
+    finally:
+        os._exit(127)
+
+
+@dataclass
+class Launched:
+    pid: int
+    sock: socket.socket
+
+
+def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.socket], None],
+           add_to_cgroup: Callable[[int], None], close_in_child: Sequence[int] = ()) -> Launched:
+    """Fork stage 1, put it into the cgroup, let it go, and return the init's pid once the child is Ready.
+
+    Any failure (ours or a typed one from a child) kills what was started and raises.
+    """
+    parent_sock, child_sock = protocol.socketpair()
+    stage1 = os.fork()
+    if stage1 == 0:
+        parent_sock.close()
+        for fd in close_in_child:
+            os.close(fd)
+        _stage1(child_sock, sys, plan, child_main)
+    child_sock.close()
+    plan.close()
+    init_pid = 0
+    try:
+        parent_sock.settimeout(HANDSHAKE_TIMEOUT)
+        add_to_cgroup(stage1)
+        protocol.send(parent_sock, protocol.Go())
+        while True:
+            try:
+                message = protocol.receive(parent_sock)
+            except TimeoutError:
+                raise errors.DeadlineExceeded("the container process did not get ready in time") from None
+            if message is None:
+                raise errors.CrispError("the container process died during setup without saying why")
+            if isinstance(message, protocol.ChildPid):
+                init_pid = message.pid
+            elif isinstance(message, protocol.Failure):
+                raise message.to_error()
+            elif isinstance(message, protocol.Ready):
+                if not init_pid:
+                    raise protocol.ProtocolError("Ready before the child's pid")
+                return Launched(init_pid, parent_sock)
+    except BaseException:
+        if init_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init_pid, signal.SIGKILL)
+        parent_sock.close()
+        raise
+    finally:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(stage1, 0)

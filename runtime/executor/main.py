@@ -1,0 +1,123 @@
+"""crisp-executor: the built-in OCI runtime, with runc's command line (the subset in docs/contracts.md).
+
+Thin on purpose: parse arguments, call `Executor`, turn errors into one line on stderr (and into the --log file,
+as runc does) and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from runtime import errors
+from runtime.executor.container import ExecOptions, Executor, parse_signal
+from runtime.version import VERSION
+
+DEFAULT_ROOT = "/run/crisp/runtimes/builtin"
+log = logging.getLogger("crisp-executor")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crisp-executor", description="crisp's built-in OCI runtime")
+    p.add_argument("--root", default=DEFAULT_ROOT, help="state dir of the containers")
+    p.add_argument("--log", help="log file (errors are also written there)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--debug", action="store_true")
+    p.add_argument("--systemd-cgroup", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=f"crisp-executor version {VERSION}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("create", help="create a container (its init waits for start)")
+    c.add_argument("--bundle", "-b", default=".")
+    c.add_argument("--pid-file")
+    c.add_argument("--console-socket")
+    c.add_argument("--preserve-fds", type=int, default=0)
+    c.add_argument("--no-pivot", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("id")
+
+    s = sub.add_parser("start", help="start a created container")
+    s.add_argument("id")
+
+    st = sub.add_parser("state", help="print a container's state as JSON")
+    st.add_argument("id")
+
+    k = sub.add_parser("kill", help="send a signal to a container's init (or to all its processes)")
+    k.add_argument("--all", "-a", action="store_true")
+    k.add_argument("id")
+    k.add_argument("signal", nargs="?", default="SIGTERM")
+
+    d = sub.add_parser("delete", help="delete a container")
+    d.add_argument("--force", "-f", action="store_true")
+    d.add_argument("id")
+
+    e = sub.add_parser("exec", help="run a process in a running container")
+    e.add_argument("--process", "-p", required=True)
+    e.add_argument("--pid-file")
+    e.add_argument("--console-socket")
+    e.add_argument("--detach", "-d", action="store_true")
+    e.add_argument("--preserve-fds", type=int, default=0)
+    e.add_argument("id")
+    return p
+
+
+def _log_error(args: argparse.Namespace, message: str) -> None:
+    print(f"crisp-executor: {message}", file=sys.stderr)
+    if not args.log:
+        return
+    if args.log_format == "json":
+        line = json.dumps({"level": "error", "msg": message,
+                           "time": datetime.datetime.now(datetime.UTC).isoformat()})
+    else:
+        line = f"level=error msg={json.dumps(message)}"
+    try:
+        with open(args.log, "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
+def run(args: argparse.Namespace) -> int:
+    executor = Executor(Path(args.root))
+    if args.command == "create":
+        executor.create(args.id, Path(args.bundle), Path(args.pid_file) if args.pid_file else None,
+                        args.console_socket, args.preserve_fds)
+    elif args.command == "start":
+        executor.start(args.id)
+    elif args.command == "state":
+        print(json.dumps(executor.state(args.id), indent=2))
+    elif args.command == "kill":
+        executor.kill(args.id, parse_signal(args.signal), args.all)
+    elif args.command == "delete":
+        executor.delete(args.id, args.force)
+    elif args.command == "exec":
+        return executor.exec(args.id, ExecOptions(
+            process_file=Path(args.process), pid_file=Path(args.pid_file) if args.pid_file else None,
+            console_socket=args.console_socket, detach=args.detach, preserve_fds=args.preserve_fds))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="crisp-executor: %(levelname)s %(message)s")
+    if os.geteuid() != 0:
+        _log_error(args, "must run as root")
+        return 1
+    try:
+        return run(args)
+    except errors.CrispError as exc:
+        _log_error(args, str(exc) or type(exc).__name__)
+        return 1
+    except OSError as exc:
+        _log_error(args, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

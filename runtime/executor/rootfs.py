@@ -1,0 +1,295 @@
+"""The container's filesystem, built inside its new mount namespace: rootfs, mounts, /dev, pivot_root, and the
+masked and read-only paths.
+
+Order (as runc): root propagation, the overlay of the image layers, the rootfs bound onto itself, the spec's
+mounts in order (each target resolved inside the rootfs), /dev, pivot_root; then, seen from inside, read-only
+and masked paths and a read-only root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Iterator
+
+from runtime import errors
+from runtime.executor import devices, mountopts, paths
+from runtime.executor.oci import Mount, Overlay, Spec
+from runtime.linux import syscalls as sc
+
+# files under /proc a container may have something mounted on (lxcfs does this), as runc allows
+PROC_MOUNT_ALLOWED = frozenset({
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
+    "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid",
+})
+
+# statvfs f_flag bits that a bind remount must keep unless the mount options clear them
+_ST_KEEP = {sc.MS_NOSUID: os.ST_NOSUID, sc.MS_NODEV: os.ST_NODEV, sc.MS_NOEXEC: os.ST_NOEXEC}
+_PAGE = 4096
+
+
+class MountError(errors.InvalidArgument):
+    pass
+
+
+@contextlib.contextmanager
+def _fd(fd: int) -> Iterator[int]:
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _kept_flags(fd: int, cleared: int) -> int:
+    st = os.statvfs(paths.fd_path(fd))
+    return sum(ms for ms, st_flag in _ST_KEEP.items() if st.f_flag & st_flag and not cleared & ms)
+
+
+def _cleared_flags(options: tuple[str, ...]) -> int:
+    out = 0
+    for opt, flag in (("suid", sc.MS_NOSUID), ("dev", sc.MS_NODEV), ("exec", sc.MS_NOEXEC)):
+        if opt in options:
+            out |= flag
+    return out
+
+
+def overlay_data(overlay: Overlay) -> tuple[str, str | None]:
+    """The overlay mount data, and the dir to chdir into when the absolute paths do not fit one page."""
+    def data(dirs: tuple[str, ...], upper: str, work: str) -> str:
+        out = "lowerdir=" + ":".join(dirs)
+        if upper:
+            out += f",upperdir={upper},workdir={work}"
+        return out
+
+    full = data(overlay.lowerdirs, overlay.upperdir, overlay.workdir)
+    if len(full) < _PAGE - 1:
+        return full, None
+    # the layers share the snapshots dir: name them relative to it (the mount runs with that as its cwd)
+    base = posixpath.commonpath(overlay.lowerdirs)
+    if len(overlay.lowerdirs) == 1:
+        base = posixpath.dirname(base)
+    short = data(tuple(posixpath.relpath(p, base) for p in overlay.lowerdirs), overlay.upperdir, overlay.workdir)
+    if len(short) >= _PAGE - 1:
+        raise MountError(f"overlay: {len(overlay.lowerdirs)} layers do not fit in one mount call")
+    return short, base
+
+
+def check_proc_destination(mount: Mount) -> None:
+    dest = mount.destination
+    if dest != "/proc" and not dest.startswith("/proc/"):
+        return
+    if dest == "/proc" and mount.type == "proc":
+        return
+    if dest in PROC_MOUNT_ALLOWED:
+        return
+    raise MountError(f"mount on {dest}: nothing may be mounted inside /proc but the proc filesystem itself")
+
+
+class Rootfs:
+    def __init__(self, sys: sc.Syscalls, spec: Spec) -> None:
+        self.sys = sys
+        self.spec = spec
+        self.root = spec.root_path
+        self._root_fd = -1
+        self._dev_null = -1
+
+    # ------------------------------------------------------------------ before pivot_root (host paths visible)
+
+    def prepare(self) -> None:
+        sys = self.sys
+        propagation = self.spec.linux.rootfs_propagation or "rprivate"
+        sys.mount(None, "/", None, mountopts.propagation_flags(propagation))
+        if self.spec.overlay is not None:
+            self._mount_overlay(self.spec.overlay)
+        try:
+            sys.mount(self.root, self.root, None, sc.MS_BIND | sc.MS_REC)
+        except FileNotFoundError:
+            raise errors.NotFound(f"root.path {self.root} does not exist") from None
+        # pivot_root wants the new root's parent mount not shared
+        if propagation in ("shared", "rshared"):
+            sys.mount(None, self.root, None, sc.MS_PRIVATE)
+        self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for i, mount in enumerate(self.spec.mounts):
+            try:
+                self._mount(mount)
+            except OSError as exc:
+                raise MountError(f"mounts[{i}] {mount.type or 'bind'} {mount.source or '-'} on "
+                                 f"{mount.destination}: {exc.strerror}") from None
+        if self._needs_dev_setup():
+            for device in devices.all_devices(self.spec.linux.devices):
+                try:
+                    devices.create_device(sys, self._root_fd, device)
+                except OSError as exc:
+                    raise MountError(f"device {device.path}: {exc.strerror}") from None
+            devices.create_symlinks(sys, self._root_fd)
+        try:
+            os.close(paths.ensure_dir(sys, self._root_fd, self.spec.process.cwd))
+        except OSError as exc:
+            raise errors.InvalidArgument(
+                f"cwd {self.spec.process.cwd!r} set in config.json cannot be made a directory: {exc.strerror}"
+            ) from None
+
+    def _mount_overlay(self, overlay: Overlay) -> None:
+        data, base = overlay_data(overlay)
+        old_cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if base else -1
+        try:
+            if base:
+                os.chdir(base)
+            self.sys.mount("overlay", self.root, "overlay", 0, data)
+        except OSError as exc:
+            raise MountError(f"rootfs overlay on {self.root}: {exc.strerror}") from None
+        finally:
+            if base:
+                os.fchdir(old_cwd)
+                os.close(old_cwd)
+
+    def _needs_dev_setup(self) -> bool:
+        for m in self.spec.mounts:
+            if m.destination == "/dev" and ("bind" in m.options or "rbind" in m.options or m.type == "bind"):
+                return False
+        return True
+
+    def _mount(self, mount: Mount) -> None:
+        sys = self.sys
+        check_proc_destination(mount)
+        try:
+            opts = mountopts.parse_options(mount.options)
+        except mountopts.UnsupportedOption as exc:
+            raise MountError(str(exc)) from None
+        is_bind = mount.type == "bind" or opts.is_bind
+        if is_bind:
+            try:
+                like_dir = os.path.isdir(mount.source) if mount.source.startswith("/") else True
+                os.stat(mount.source)
+            except FileNotFoundError:
+                raise errors.NotFound(
+                    f"mount source {mount.source!r} for {mount.destination} does not exist") from None
+            with _fd(paths.ensure_target(sys, self._root_fd, mount.destination, like_dir)) as target:
+                sys.mount(mount.source, paths.fd_path(target), None, opts.flags | sc.MS_BIND)
+            self._after_mount(mount, opts, remount=True)
+            return
+        fstype = mount.type
+        source = mount.source or fstype
+        if fstype == "cgroup":
+            fstype = source = "cgroup2"  # the executor is cgroup v2 only: the container's own cgroup, via its ns
+        if fstype in ("proc", "sysfs", "cgroup2"):
+            # these must land on a real directory of the rootfs, not through a symlink
+            self._refuse_symlink(mount.destination)
+        data = opts.data
+        with _fd(paths.ensure_dir(sys, self._root_fd, mount.destination)) as target:
+            sys.mount(source, paths.fd_path(target), fstype, opts.flags & ~sc.MS_REMOUNT, data or None)
+        self._after_mount(mount, opts, remount=False)
+
+    def _refuse_symlink(self, destination: str) -> None:
+        try:
+            fd = self.sys.openat2(self._root_fd, destination, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
+                                  paths.RESOLVE)
+        except FileNotFoundError:
+            return
+        with _fd(fd):
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise MountError(f"{destination} is a symlink: refusing to mount through it")
+
+    def _after_mount(self, mount: Mount, opts: mountopts.MountOptions, remount: bool) -> None:
+        """Bind remount for the flags, then recursive attributes, then propagation, on the new mount."""
+        sys = self.sys
+        with _fd(paths.open_in_root(sys, self._root_fd, mount.destination)) as fd:
+            target = paths.fd_path(fd)
+            flags = opts.flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
+            if remount and flags:
+                flags |= _kept_flags(fd, _cleared_flags(mount.options))
+                sys.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+            if opts.recursive_attrs:
+                sys.mount_setattr(fd, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE, opts.attr_set, opts.attr_clr)
+            for prop in opts.propagation:
+                sys.mount(None, target, None, prop)
+
+    # ------------------------------------------------------------------ pivot_root
+
+    def pivot(self) -> None:
+        sys = self.sys
+        os.chdir(self.root)
+        sys.pivot_root(".", ".")
+        # the old root is stacked on "."; keep its unmount from propagating anywhere, then detach it
+        sys.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
+        sys.umount2(".", sc.MNT_DETACH)
+        os.chdir("/")
+        os.close(self._root_fd)
+        self._root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    # ------------------------------------------------------------------ after pivot_root (container paths)
+
+    def finish(self) -> None:
+        if self.spec.linux.masked_paths:
+            self._open_dev_null()
+        for path in self.spec.linux.readonly_paths:
+            try:
+                self._readonly_path(path)
+            except OSError as exc:
+                raise MountError(f"read-only path {path}: {exc.strerror}") from None
+        for path in self.spec.linux.masked_paths:
+            try:
+                self._mask_path(path)
+            except OSError as exc:
+                raise MountError(f"masked path {path}: {exc.strerror}") from None
+        if self.spec.root_readonly:
+            with _fd(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) as fd:
+                flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _kept_flags(fd, 0)
+            self.sys.mount(None, "/", None, flags)
+        for fd in (self._root_fd, self._dev_null):
+            if fd >= 0:
+                os.close(fd)
+        self._root_fd = self._dev_null = -1
+
+    def _open_dev_null(self) -> None:
+        """The container's /dev/null, the source of masking binds (a bind source must be in our mount
+        namespace, so not the host's); refused unless it really is the null device."""
+        try:
+            fd = paths.open_in_root(self.sys, self._root_fd, "/dev/null")
+        except OSError as exc:
+            raise MountError(f"masked paths need /dev/null in the container: {exc.strerror}") from None
+        if not devices.is_dev_null(fd):
+            os.close(fd)
+            raise MountError("/dev/null in the container is not the null device: refusing to mask with it")
+        self._dev_null = fd
+
+    def _open_existing(self, path: str) -> int | None:
+        try:
+            return paths.open_in_root(self.sys, self._root_fd, path)
+        except OSError as exc:
+            if paths.missing(exc):
+                return None
+            raise
+
+    def _readonly_path(self, path: str) -> None:
+        fd = self._open_existing(path)
+        if fd is None:
+            return
+        with _fd(fd):
+            self.sys.mount(paths.fd_path(fd), paths.fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
+        fd = self._open_existing(path)
+        if fd is None:
+            return
+        with _fd(fd):
+            flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _kept_flags(fd, 0)
+            self.sys.mount(None, paths.fd_path(fd), None, flags)
+            if sc.has_mount_setattr():
+                self.sys.mount_setattr(fd, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE, sc.MOUNT_ATTR_RDONLY)
+
+    def _mask_path(self, path: str) -> None:
+        fd = self._open_existing(path)
+        if fd is None:
+            return
+        with _fd(fd):
+            target = paths.fd_path(fd)
+            if paths.is_dir_fd(fd):
+                self.sys.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY)
+            else:
+                try:
+                    self.sys.mount(paths.fd_path(self._dev_null), target, None, sc.MS_BIND)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
