@@ -5,25 +5,23 @@ VENV ?= .venv
 ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
-# nftables: the built-in bridge's masquerade and hostPorts; iproute2: `ip netns` for pod networks in tests
-RUN_DEBS := ca-certificates iproute2 libseccomp2 nftables
+# util-linux (unshare, setsid, mount, umount) and mount: pods and shims run them; nftables: the built-in bridge's
+# masquerade and hostPorts; iproute2: `ip` for pod networks; libseccomp2: the built-in executor's seccomp
+RUN_DEBS := ca-certificates iproute2 libseccomp2 mount nftables util-linux
+# the VM tier (tests/vm): QEMU (+ qboot from qemu-system-data), and mmdebstrap + mke2fs to build its image
+VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # one package per line (sorted), so that parallel changes merge cleanly
-# (containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables)
-# (qemu-system-x86 + qemu-system-data for qboot, mmdebstrap, e2fsprogs: the VM tier, tests/vm)
-TEST_DEBS := $(RUN_DEBS) \
+# containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables;
+# runc, crun: the OCI runtime handlers; busybox-static: test containers' rootfs; docker-registry etc.: image tests
+TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 	apache2-utils \
 	busybox-static \
 	containernetworking-plugins \
 	crun \
 	docker-registry \
-	e2fsprogs \
 	iptables \
-	mmdebstrap \
 	openssl \
-	qemu-system-data \
-	qemu-system-x86 \
 	runc \
-	util-linux \
 
 # .deb files the tests unpack into container root filesystems instead of installing them
 TEST_DEB_FILES := busybox

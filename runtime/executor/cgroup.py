@@ -1,4 +1,5 @@
-"""The executor's only contact with cgroups (through `runtime.cgroups`): make the container's cgroup with its
+"""The executor's only contact with cgroups (through `runtime.cgroups`, imported on use: `start` and `state`
+never need it): make the container's cgroup with its
 limits and device filter, put processes in it, signal and remove it.
 
 Every limit in the spec is required (crispd dropped beforehand what its config lets it drop): a missing
@@ -10,8 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from typing import Any, Protocol
-
-from runtime.cgroups import CgroupV2Manager, paths, rules_from_oci
 
 
 class ContainerCgroup(Protocol):
@@ -35,6 +34,8 @@ def default_path(container_id: str) -> str:
 def create_cgroup(path: str, resources: Mapping[str, Any]) -> tuple[ContainerCgroup, bool]:
     """Make (or reuse) the container's cgroup and apply limits and device filter; (cgroup, made by us).
     A failure removes what this call made."""
+    from runtime.cgroups import CgroupV2Manager, paths, rules_from_oci
+
     manager = CgroupV2Manager.discover()
     cg_path = paths.from_oci(path)
     existed = manager.cgroup(cg_path).exists()
@@ -49,5 +50,7 @@ def create_cgroup(path: str, resources: Mapping[str, Any]) -> tuple[ContainerCgr
 
 
 def open_cgroup(path: str) -> ContainerCgroup | None:
+    from runtime.cgroups import CgroupV2Manager, paths
+
     cg = CgroupV2Manager.discover().cgroup(paths.from_oci(path))
     return cg if cg.exists() else None

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import errors
-from runtime.executor import cgroup, console, launcher, protocol, sysctls
+from runtime.executor import cgroup, console, launcher, lifecycle, protocol, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
 from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
 from runtime.executor.process import ProcessSetup
@@ -30,7 +29,6 @@ from runtime.executor.state import (
     ContainerDir,
     State,
     now_rfc3339,
-    oci_state,
     process_start_time,
 )
 from runtime.linux import syscalls as sc
@@ -148,42 +146,21 @@ class Executor:
         if start is None:
             raise errors.CrispError("the container's init died right after setup")
         cdir.write(State(
-            id=cdir.id, bundle=str(bundle), pid=launched.pid, pid_start=start, created=now_rfc3339(),
-            cgroup=cg.path, oci_version=spec.oci_version, annotations=dict(spec.annotations),
+            id=cdir.id, bundle=str(bundle), rootfs=spec.root_path, pid=launched.pid, pid_start=start,
+            created=now_rfc3339(), cgroup=cg.path, oci_version=spec.oci_version, annotations=dict(spec.annotations),
             linux={k: raw_linux[k] for k in ("seccomp", "namespaces") if k in raw_linux},
         ))
         if pid_file is not None:
             write_pid_file(pid_file, launched.pid)
         return launched.pid
 
-    # ------------------------------------------------------------------ start
+    # ------------------------------------------------------------------ start, state (lifecycle.py: light)
 
     def start(self, container_id: str) -> None:
-        cdir = self._dir(container_id)
-        with cdir.locked():
-            state = cdir.read()
-            status = cdir.status(state)
-            if status != CREATED:
-                raise errors.FailedPrecondition(f"container {container_id} is {status}: only a created "
-                                                "container can be started")
-            fd = os.open(cdir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                while True:
-                    readable, _, _ = select.select([fd], [], [], 0.1)
-                    if readable and os.read(fd, 1):
-                        break
-                    if process_start_time(state.pid) != state.pid_start:
-                        raise errors.FailedPrecondition(f"container {container_id}: init exited before start")
-            finally:
-                os.close(fd)
-                cdir.fifo.unlink()
-        log.info("container %s: started", container_id)
-
-    # ------------------------------------------------------------------ state
+        lifecycle.start(self.root, container_id)
 
     def state(self, container_id: str) -> dict[str, object]:
-        _, state, status = self._load(container_id)
-        return oci_state(state, status)
+        return lifecycle.state(self.root, container_id)
 
     # ------------------------------------------------------------------ kill
 

@@ -63,6 +63,18 @@ def test_no_new_privs_off_and_no_seccomp(builtin: Runtime, bundles: Bundles) -> 
     assert status_field(out, "Seccomp") == "0"
 
 
+def test_seccomp_without_no_new_privs(builtin: Runtime, bundles: Bundles) -> None:
+    # loaded while the executor still has CAP_SYS_ADMIN, before the capabilities are dropped
+    seccomp = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    out = run_ok(builtin, bundles, make_spec(
+        sh(f"{BB} cat /proc/self/status; {BB} mkdir /tmp/x || echo MKDIR-DENIED"),
+        process_noNewPrivileges=False, linux_seccomp=seccomp, process_user={"uid": 1000, "gid": 1000}))
+    assert status_field(out, "NoNewPrivs") == "0"
+    assert status_field(out, "Seccomp") == "2"
+    assert "MKDIR-DENIED" in out
+
+
 def test_user_groups_and_umask(builtin: Runtime, bundles: Bundles) -> None:
     out = run_ok(builtin, bundles, make_spec(
         sh(f"{BB} id; umask; {BB} cat /proc/self/status"),
@@ -154,6 +166,25 @@ def test_namespaces_are_new_and_joinable(builtin: Runtime, bundles: Bundles) -> 
     # the network namespace is the one given by path: it was pinned, and the container saw its inode
     assert inside["net"] != str(os.stat("/proc/self/ns/net").st_ino)
     assert "PID=1" in out
+
+
+def test_joining_another_containers_pid_namespace(builtin: Runtime, bundles: Bundles) -> None:
+    """A pod's shared PID namespace: the second container joins the first one's by path and sees its processes."""
+    first = bundles.make(make_spec([BB, "sleep", "300"]))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(builtin.command("create", "--bundle", str(first), "--pid-file", str(first / "pid"), cid),
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run(builtin.command("start", cid), check=True)
+        init = int((first / "pid").read_text())
+        spec = make_spec(sh(f"echo PID=$$; {BB} ps -o pid,args"))
+        spec["linux"]["namespaces"] = [{"type": "pid", "path": f"/proc/{init}/ns/pid"}] + [
+            {"type": t} for t in ("ipc", "uts", "mount", "network")]
+        out = run_ok(builtin, bundles, spec)
+    finally:
+        subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
+    assert "PID=1" not in out
+    assert re.search(r"^\s*1 .*sleep 300", out, re.M), out
 
 
 def test_sysctls_in_the_container_namespaces(builtin: Runtime, bundles: Bundles) -> None:
@@ -292,17 +323,14 @@ def test_clear_errors_and_nothing_left(builtin: Runtime, bundles: Bundles, spec_
                                        message: str) -> None:
     spec = make_spec([BB, "true"])
     spec["process"].update(spec_change)
-    result = builtin.run(bundles.make(spec))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    result = builtin.run(bundles.make(spec), cid)
     assert result.create != 0
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err
     assert message in lines[0]
     assert not builtin.root.exists() or not any(builtin.root.iterdir())
-    assert "crisp-t-" not in _cgroup_names()
-
-
-def _cgroup_names() -> str:
-    return " ".join(os.listdir(CgroupV2Manager.discover().mount))
+    assert not _cgroup_dir(cid).exists()
 
 
 # ---------------------------------------------------------------------------------------------- lifecycle
@@ -327,6 +355,7 @@ def test_lifecycle_state_kill_delete_leaves_nothing(builtin: Runtime, bundles: B
     pid = int(pid_file.read_text())
     state = _wait_status(builtin, cid, "created")
     assert state["status"] == "created" and state["pid"] == pid and state["bundle"] == str(bundle)
+    assert state["rootfs"] == str(bundle / "rootfs")
     again = subprocess.run(builtin.command("create", "--bundle", str(bundle), cid), capture_output=True, text=True)
     assert again.returncode != 0 and "already exists" in again.stderr
     subprocess.run(builtin.command("start", cid), check=True)
@@ -347,6 +376,29 @@ def test_lifecycle_state_kill_delete_leaves_nothing(builtin: Runtime, bundles: B
 
 def _cgroup_dir(cid: str) -> Path:
     return CgroupV2Manager.discover().mount / f"crisp-{cid}"
+
+
+def test_kill_all_reaches_every_process_of_the_cgroup(builtin: Runtime, bundles: Bundles) -> None:
+    # the init ignores SIGTERM... as PID 1 without a handler does; its child does not
+    bundle = bundles.make(make_spec(sh(f"{BB} sleep 300 & {BB} sleep 301; wait")))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run(builtin.command("create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid),
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(builtin.command("start", cid), check=True)
+        procs = _cgroup_dir(cid) / "cgroup.procs"
+        deadline = time.monotonic() + 10
+        while len(procs.read_text().split()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(procs.read_text().split()) == 3
+        subprocess.run(builtin.command("kill", "--all", cid, "SIGKILL"), check=True)
+        assert procs.read_text().split() == []
+        assert _wait_status(builtin, cid, "stopped")["status"] == "stopped"
+        unknown = subprocess.run(builtin.command("kill", cid, "SIGNOPE"), capture_output=True, text=True)
+        assert unknown.returncode != 0 and "unknown signal" in unknown.stderr
+    finally:
+        subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
+    assert not _cgroup_dir(cid).exists()
 
 
 def test_delete_force_of_a_created_container(builtin: Runtime, bundles: Bundles) -> None:

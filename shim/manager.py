@@ -1,0 +1,386 @@
+"""crispd's side of the shims: the zygote that forks them, spawning, and finding them again after a restart.
+
+crispd never forks: it starts the zygote (shim/zygote.py) with asyncio's subprocess and asks it for shims over its
+stdin/stdout. A shim is found again from its state dir: `shim.json` names its pid and that pid's start time (field
+22 of /proc/<pid>/stat), which defeats pid reuse; `status.json` holds the exit status if the container exited. A
+shim that is gone is detected (pidfd) and its container reported exited, with the real exit code when the status
+file exists and reason `ShimDied` when it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import shim as shim_package
+from runtime import errors
+from shim import protocol
+from shim.client import DEFAULT_TIMEOUT, ShimClient
+from shim.protocol import ExitStatus, ShimConfig
+
+log = logging.getLogger(__name__)
+
+# exit code reported for a container whose shim died before writing a status (containerd uses the same)
+UNKNOWN_EXIT_CODE = 255
+SPAWN_TIMEOUT = 10.0
+_ZYGOTE_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from shim.zygote import main; main()"
+
+
+def find_cgroup2_mount(mountinfo: str) -> str:
+    """The cgroup v2 mount point from /proc/self/mountinfo text ('' when there is none)."""
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        if sep and right.split(" ", 1)[0] == "cgroup2":
+            fields = left.split()
+            if len(fields) >= 5:
+                return fields[4].replace("\\040", " ")
+    return ""
+
+
+def cgroup2_bind_for_oci(cgroup2_mount: str) -> str:
+    """For runc/crun: the cgroup2 mount to bind on /sys/fs/cgroup when the host is hybrid ('' when it is not).
+
+    An OCI runtime looks at /sys/fs/cgroup only; on a hybrid host it would use (and write into) the host's v1
+    hierarchies. crisp is cgroup v2 only, so the shim runs such a runtime with cgroup v2 bound there.
+    """
+    if not cgroup2_mount or os.path.normpath(cgroup2_mount) == "/sys/fs/cgroup":
+        return ""
+    return cgroup2_mount
+
+
+@dataclass(frozen=True)
+class ShimInfo:
+    """What shim.json says about a shim."""
+
+    id: str
+    bundle: str
+    pid: int
+    start_time: int
+    socket: str
+    config: ShimConfig
+
+
+@dataclass(frozen=True)
+class RecoveredShim:
+    """A container found in the state dir when crispd starts: alive (client set) or exited (status set)."""
+
+    id: str
+    bundle: str
+    client: ShimClient | None
+    status: ExitStatus | None
+    info: ShimInfo | None
+
+
+def shim_alive(pid: int, start_time: int) -> bool:
+    return pid > 0 and protocol.process_start_time(pid) == start_time
+
+
+def _read_info(bundle: Path) -> ShimInfo | None:
+    try:
+        data = json.loads((bundle / protocol.INFO_NAME).read_bytes())
+        config = ShimConfig.from_json(data["config"])
+        return ShimInfo(id=config.id, bundle=str(bundle), pid=int(data["pid"]), start_time=int(data["start_time"]),
+                        socket=str(data["socket"]), config=config)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, protocol.ShimError) as exc:
+        log.warning("container %s: unreadable %s: %s", bundle.name, protocol.INFO_NAME, exc)
+        return None
+
+
+class ShimManager:
+    """Starts shims through the zygote and keeps track of them; one per crispd."""
+
+    def __init__(self, containers_dir: Path, python: str = sys.executable, call_timeout: float = DEFAULT_TIMEOUT,
+                 spawn_timeout: float = SPAWN_TIMEOUT) -> None:
+        self.containers_dir = containers_dir
+        self.python = python
+        self.call_timeout = call_timeout
+        self.spawn_timeout = spawn_timeout
+        self._zygote: asyncio.subprocess.Process | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self._warned: set[str] = set()
+        self._shims: dict[str, ShimInfo] = {}
+
+    # --- the zygote -----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the zygote and wait until it is ready."""
+        package_root = _package_root()
+        self._zygote = await asyncio.create_subprocess_exec(
+            self.python, "-I", "-S", "-c", _ZYGOTE_BOOTSTRAP, package_root,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, close_fds=True)
+        assert self._zygote.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._zygote.stdout.readline(), self.spawn_timeout)
+            hello = json.loads(line) if line else {}
+        except (TimeoutError, ValueError):
+            hello = {}
+        if not hello.get("ready"):
+            await self.close()
+            raise errors.Unavailable("the shim zygote did not start (see crispd's stderr)")
+        log.info("shim zygote ready (pid %s)", hello.get("pid"))
+        self._reader_task = asyncio.create_task(self._read_answers())
+
+    @property
+    def zygote_running(self) -> bool:
+        return self._zygote is not None and self._zygote.returncode is None
+
+    @property
+    def zygote_pid(self) -> int | None:
+        return self._zygote.pid if self._zygote is not None else None
+
+    async def _read_answers(self) -> None:
+        assert self._zygote is not None and self._zygote.stdout is not None
+        stdout = self._zygote.stdout
+        while line := await stdout.readline():
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                log.error("the shim zygote said something unreadable: %r", line[:200])
+                continue
+            future = self._requests.pop(answer.get("id"), None)
+            if future is not None and not future.done():
+                future.set_result(answer)
+        for future in self._requests.values():
+            if not future.done():
+                future.set_exception(errors.Unavailable("the shim zygote exited"))
+        self._requests.clear()
+
+    async def close(self) -> None:
+        """Stop the zygote (the shims go on)."""
+        zygote, self._zygote = self._zygote, None
+        if zygote is None:
+            return
+        if zygote.stdin is not None:
+            zygote.stdin.close()
+        try:
+            await asyncio.wait_for(zygote.wait(), 5)
+        except TimeoutError:
+            zygote.kill()
+            await zygote.wait()
+        if self._reader_task is not None:
+            await self._reader_task
+            self._reader_task = None
+
+    # --- spawning -------------------------------------------------------------------------------------------
+
+    async def spawn(self, config: ShimConfig) -> ShimClient:
+        """A ready shim for the container (nothing created yet); returns its client."""
+        config.check()
+        async with self._lock:
+            if self._zygote is not None and self._zygote.returncode is not None:
+                log.warning("the shim zygote (pid %d) exited with %s; starting a new one", self._zygote.pid,
+                            self._zygote.returncode)
+                await self.close()
+                await self.start()
+        if self._zygote is None or self._zygote.stdin is None:
+            raise errors.Unavailable("the shim zygote is not running (ShimManager.start was not called)")
+        self._seq += 1
+        request_id = self._seq
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = future
+        self._zygote.stdin.write(protocol.encode({"id": request_id, "config": config.to_json()}))
+        try:
+            await self._zygote.stdin.drain()
+            answer = await asyncio.wait_for(future, self.spawn_timeout)
+        except TimeoutError:
+            raise errors.DeadlineExceeded(f"container {config.id}: no shim within {self.spawn_timeout}s") from None
+        except ConnectionError as exc:
+            raise errors.Unavailable(f"the shim zygote is gone: {exc}") from None
+        finally:
+            self._requests.pop(request_id, None)
+        if not answer.get("ok"):
+            problem = answer.get("error") or {}
+            from shim.client import error_from
+            raise error_from(str(problem.get("kind", "Internal")), str(problem.get("message", "shim failed")))
+        for warning in answer.get("warnings", []):
+            # the same host limit applies to every shim: said once at WARNING, then at DEBUG
+            if warning in self._warned:
+                log.debug("container %s: %s", config.id, warning)
+            else:
+                self._warned.add(warning)
+                log.warning("%s", warning)
+        info = ShimInfo(id=config.id, bundle=config.bundle, pid=int(answer["pid"]),
+                        start_time=int(answer["start_time"]),
+                        socket=os.path.join(config.bundle, protocol.SOCKET_NAME), config=config)
+        self._shims[config.id] = info
+        log.info("container %s: shim started (pid %d)", config.id, info.pid)
+        return self.client(config.id)
+
+    async def create(self, config: ShimConfig, call_timeout: float | None = None) -> tuple[ShimClient, int]:
+        """A shim, and the container created through it: (client, init pid). If create fails the shim has already
+        undone it and exited."""
+        client = await self.spawn(config)
+        try:
+            pid = await client.create(call_timeout=call_timeout if call_timeout is not None else self.call_timeout * 2)
+        except errors.DeadlineExceeded:
+            # a shim stuck in create is of no use: make sure it does not stay
+            await self.kill_shim(config.id)
+            raise
+        return client, pid
+
+    def client(self, container_id: str) -> ShimClient:
+        info = self._shims.get(container_id)
+        if info is None:
+            raise errors.NotFound(f"no shim for container {container_id}")
+        return ShimClient(container_id, info.socket, self.call_timeout)
+
+    def info(self, container_id: str) -> ShimInfo | None:
+        return self._shims.get(container_id)
+
+    def forget(self, container_id: str) -> None:
+        self._shims.pop(container_id, None)
+
+    async def kill_shim(self, container_id: str) -> None:
+        info = self._shims.get(container_id)
+        if info is not None and shim_alive(info.pid, info.start_time):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, 9)
+
+    # --- exits, dead shims, recovery ------------------------------------------------------------------------
+
+    def is_alive(self, container_id: str) -> bool:
+        info = self._shims.get(container_id)
+        return info is not None and shim_alive(info.pid, info.start_time)
+
+    async def shim_gone(self, info: ShimInfo) -> None:
+        """Resolves when the shim process has ended (pidfd: any process, not only our children)."""
+        try:
+            fd = os.pidfd_open(info.pid)
+        except ProcessLookupError:
+            return
+        try:
+            if protocol.process_start_time(info.pid) != info.start_time:
+                return  # the pid is someone else's now: ours is gone
+            loop = asyncio.get_running_loop()
+            gone: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, lambda: None if gone.done() else gone.set_result(None))
+            try:
+                await gone
+            finally:
+                loop.remove_reader(fd)
+        finally:
+            os.close(fd)
+
+    async def wait_exit(self, container_id: str) -> ExitStatus:
+        """The container's exit status: from its shim, or, if the shim dies, from the status file, or else
+        exit code 255 with reason ShimDied."""
+        info = self._shims.get(container_id)
+        if info is None:
+            raise errors.NotFound(f"no shim for container {container_id}")
+        client = self.client(container_id)
+        waiting = asyncio.create_task(client.wait())
+        died = asyncio.create_task(self.shim_gone(info))
+        try:
+            done, _ = await asyncio.wait({waiting, died}, return_when=asyncio.FIRST_COMPLETED)
+            if waiting in done and waiting.exception() is None:
+                return waiting.result()
+            if waiting not in done:
+                # the shim is gone: its answer may still be in flight, give it a moment
+                with contextlib.suppress(TimeoutError, errors.CrispError):
+                    return await asyncio.wait_for(asyncio.shield(waiting), 0.5)
+            await died
+            return await self.dead_shim_status(info)
+        finally:
+            for task in (waiting, died):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, errors.CrispError):
+                        await task
+
+    async def dead_shim_status(self, info: ShimInfo) -> ExitStatus:
+        """What is known about the container of a shim that is gone; its remains are cleaned up."""
+        status = await asyncio.to_thread(protocol.read_status_file, os.path.join(info.bundle, protocol.STATUS_NAME))
+        await self.cleanup_dead(info)
+        if status is not None:
+            return status
+        log.warning("container %s: its shim (pid %d) died before the container exited", info.id, info.pid)
+        return ExitStatus(exit_code=UNKNOWN_EXIT_CODE, reason="ShimDied",
+                          message=f"crisp-shim (pid {info.pid}) died; the container was killed and its exit code "
+                                  "is unknown")
+
+    async def cleanup_dead(self, info: ShimInfo) -> None:
+        """After a shim died: kill and delete what is left of its container, unmount the rootfs it mounted."""
+        config = info.config
+        argv = [*config.executor, "--root", config.executor_root, "delete", "--force", config.id]
+        if config.cgroup2_bind:
+            argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                    'mount --bind "$0" /sys/fs/cgroup && exec "$@"', config.cgroup2_bind, *argv]
+        await _run(argv, f"container {config.id}: delete after its shim died")
+        if config.mount_rootfs:
+            rootfs = await asyncio.to_thread(_rootfs_of, info.bundle)
+            mounted = bool(rootfs) and await asyncio.to_thread(_mounted, rootfs)
+            if mounted:
+                await _run(["umount", rootfs], f"container {config.id}: umount {rootfs}")
+        for name in (protocol.INFO_NAME, protocol.SOCKET_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, os.path.join(info.bundle, name))
+        self._shims.pop(config.id, None)
+
+    async def recover(self) -> list[RecoveredShim]:
+        """Every container in the state dir: reconnected to its live shim, or with what is known of its exit."""
+        found: list[RecoveredShim] = []
+        bundles = await asyncio.to_thread(_list_bundles, self.containers_dir)
+        for bundle in bundles:
+            info = await asyncio.to_thread(_read_info, bundle)
+            status_path = str(bundle / protocol.STATUS_NAME)
+            if info is None:
+                status = await asyncio.to_thread(protocol.read_status_file, status_path)
+                found.append(RecoveredShim(id=bundle.name, bundle=str(bundle), client=None, status=status,
+                                           info=None))
+                continue
+            if shim_alive(info.pid, info.start_time):
+                self._shims[info.id] = info
+                log.info("container %s: reconnected to its shim (pid %d)", info.id, info.pid)
+                found.append(RecoveredShim(id=info.id, bundle=info.bundle, client=self.client(info.id),
+                                           status=None, info=info))
+            else:
+                status = await self.dead_shim_status(info)
+                found.append(RecoveredShim(id=info.id, bundle=info.bundle, client=None, status=status, info=info))
+        return found
+
+
+def _package_root() -> str:
+    """The directory that holds the shim package (the zygote imports it from there, without site-packages)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(shim_package.__file__)))
+
+
+def _mounted(path: str) -> bool:
+    return os.path.ismount(path)
+
+
+def _list_bundles(containers_dir: Path) -> list[Path]:
+    try:
+        return sorted(p for p in containers_dir.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _rootfs_of(bundle: str) -> str:
+    try:
+        spec = json.loads(Path(bundle, "config.json").read_bytes())
+        path = str((spec.get("root") or {}).get("path", "rootfs"))
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return os.path.normpath(os.path.join(bundle, path))
+
+
+async def _run(argv: Sequence[str], what: str) -> None:
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                                                close_fds=True)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        log.debug("%s: exit status %s: %s", what, proc.returncode, out.decode(errors="replace").strip())

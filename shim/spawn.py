@@ -1,0 +1,158 @@
+"""Starting programs from the shim: posix_spawn (no fork of the shim's memory), signals reset to their defaults.
+
+`run_command` runs a short command (the executor's create/start/kill/delete, mount, umount) without blocking the
+loop and calls back with its exit code and output.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+
+from shim.loop import Loop, read_available
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# the shim ignores some signals; its children start with every disposition at the default
+_RESET_SIGNALS = tuple(s for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGXCPU, signal.SIGINT, signal.SIGTERM,
+                                   signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD))
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PATH", DEFAULT_PATH)
+    return env
+
+
+def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int, env: dict[str, str] | None = None) -> int:
+    """Start argv with the given fds as 0, 1, 2 (each must be >= 3 or already that number); returns the pid.
+
+    Every other fd of the shim is close-on-exec (Python's default), so nothing else leaks into the child.
+    """
+    actions = []
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+        if fd != target:
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+    return os.posix_spawnp(argv[0], list(argv), env if env is not None else child_env(), file_actions=actions,
+                           setsigdef=_RESET_SIGNALS, setsigmask=())
+
+
+class CommandResult:
+    __slots__ = ("argv", "elapsed", "returncode", "signal", "stderr", "stdout")
+
+    def __init__(self, argv: Sequence[str], returncode: int, sig: int, stdout: bytes, stderr: bytes,
+                 elapsed: float) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.signal = sig
+        self.stdout = stdout
+        self.stderr = stderr
+        self.elapsed = elapsed
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.signal == 0
+
+    def describe(self) -> str:
+        text = self.stderr.decode(errors="replace").strip() or self.stdout.decode(errors="replace").strip()
+        how = f"killed by signal {self.signal}" if self.signal else f"exit status {self.returncode}"
+        last = text.splitlines()[-1] if text else ""
+        return f"{how}: {last}" if last else how
+
+
+class _Command:
+    """One running command: its pipes, its exit status, and the callback once both are done."""
+
+    def __init__(self, loop: Loop, argv: Sequence[str], done: Callable[[CommandResult], None],
+                 capture_stdout: bool, capture_stderr: bool) -> None:
+        self.loop = loop
+        self.argv = list(argv)
+        self.done = done
+        self.status: int | None = None
+        self.timer = 0
+        self.started = time.monotonic()
+        self.out = bytearray()
+        self.err = bytearray()
+        self.open: dict[int, bytearray] = {}
+        self.capture = (capture_stdout, capture_stderr)
+
+    def reader(self, fd: int) -> Callable[[], None]:
+        buf = self.open[fd]
+
+        def on_readable() -> None:
+            while True:
+                data = read_available(fd)
+                if data is None:
+                    return
+                if not data:
+                    self.loop.forget(fd)
+                    os.close(fd)
+                    del self.open[fd]
+                    self.finish()
+                    return
+                if len(buf) < 1 << 20:  # a command that talks this much is cut
+                    buf.extend(data)
+        return on_readable
+
+    def exited(self, status: int) -> None:
+        self.status = status
+        self.finish()
+
+    def finish(self) -> None:
+        if self.status is None or self.open:
+            return
+        if self.timer:
+            self.loop.cancel(self.timer)
+        sig = os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else 0
+        code = os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else 128 + sig
+        self.done(CommandResult(self.argv, code, sig, bytes(self.out), bytes(self.err),
+                                time.monotonic() - self.started))
+
+
+def run_command(loop: Loop, argv: Sequence[str], done: Callable[[CommandResult], None],
+                stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
+                timeout: float = 0.0, env: dict[str, str] | None = None) -> int:
+    """Run argv without blocking the loop; `done` gets the result once it exited and its pipes are drained.
+
+    stdin defaults to /dev/null, stdout and stderr to pipes that are collected. A timeout (> 0) SIGKILLs it.
+    """
+    cmd = _Command(loop, argv, done, stdout is None, stderr is None)
+    to_close: list[int] = []
+    read_ends: list[int] = []
+    try:
+        if stdin is None:
+            stdin = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            to_close.append(stdin)
+        targets: list[int] = []
+        for given, buf in ((stdout, cmd.out), (stderr, cmd.err)):
+            if given is None:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(r, False)
+                read_ends.append(r)
+                to_close.append(w)
+                cmd.open[r] = buf
+                targets.append(w)
+            else:
+                targets.append(given)
+        pid = spawn(argv, stdin, targets[0], targets[1], env)
+    except OSError:
+        for fd in read_ends:
+            os.close(fd)
+        raise
+    finally:
+        for fd in to_close:
+            os.close(fd)
+    for fd in read_ends:
+        loop.add_reader(fd, cmd.reader(fd))
+    loop.watch_child(pid, cmd.exited)
+    if timeout > 0:
+        def kill() -> None:
+            if cmd.status is None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        cmd.timer = loop.call_later(timeout, kill)
+    return pid

@@ -1,0 +1,127 @@
+"""The shim launcher (zygote): a small, pre-warmed, stdlib-only process that crispd starts with subprocess.
+
+crispd never forks (gRPC is not fork-safe), so it asks the zygote instead: one JSON request per line on the
+zygote's stdin (`{"id": N, "config": {...ShimConfig}}`), one answer per line on its stdout (`{"id": N, "ok": true,
+"pid": P, "start_time": T, "warnings": [...]}` or `{"id": N, "ok": false, "error": {"kind", "message"}}`).
+
+Everything a shim runs is imported here once; each shim is forked after `gc.freeze()`, so its pages stay shared
+copy-on-write with the zygote and its siblings. The forked child starts a new session and forks again, so the
+shim is nobody's child (crispd and the zygote may die; the shim stays). The shim reports on a sync pipe that the
+zygote relays. The zygote ends when crispd closes its stdin (or dies). It never moves itself or the shims into
+another cgroup: they stay in crispd's.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import selectors
+import sys
+from typing import Any
+
+# imported here, before any fork, so that every shim shares them
+import shim.main
+import shim.server
+from runtime.linux import syscalls
+from runtime.version import VERSION
+from shim import protocol
+
+
+def _answer(message: dict[str, Any]) -> None:
+    os.write(1, protocol.encode(message))
+
+
+def _fork_shim(config: dict[str, Any], selector: selectors.BaseSelector, pending: dict[int, tuple[Any, bytearray]],
+               ) -> int:
+    """Fork a detached shim; returns the read end of its sync pipe."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    gc.freeze()  # everything alive now is left alone by the children's collector: no copy-on-write from gc
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            selector.close()
+            for fd in pending:
+                os.close(fd)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            shim.main.become_shim(config, w)
+        finally:
+            os._exit(127)
+    os.close(w)
+    os.waitpid(pid, 0)  # the intermediate child exits at once
+    return r
+
+
+def main() -> None:
+    selector = selectors.DefaultSelector()
+    pending: dict[int, tuple[Any, bytearray]] = {}
+    inbuf = bytearray()
+    os.set_blocking(0, False)
+    selector.register(0, selectors.EVENT_READ)
+    # open libc through ctypes once, here: every shim shares the handle (and never looks the library up itself)
+    syscalls.prctl(syscalls.PR_GET_DUMPABLE)
+    gc.freeze()
+    _answer({"ready": True, "pid": os.getpid(), "version": VERSION})
+    while True:
+        for key, _ in selector.select():
+            fd = int(key.fd)
+            if fd == 0:
+                try:
+                    data = os.read(0, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return  # crispd is gone or done with us
+                inbuf += data
+                while b"\n" in inbuf:
+                    line, _, rest = bytes(inbuf).partition(b"\n")
+                    inbuf[:] = rest
+                    _handle(line, selector, pending)
+                continue
+            request_id, buf = pending[fd]
+            data = os.read(fd, 65536)
+            buf += data
+            if data and b"\n" not in buf:
+                continue
+            selector.unregister(fd)
+            os.close(fd)
+            del pending[fd]
+            try:
+                report = json.loads(buf.partition(b"\n")[0]) if buf else None
+            except ValueError:
+                report = None
+            if not isinstance(report, dict):
+                report = {"ok": False, "error": {"kind": "Internal",
+                                                 "message": "the shim died before it was ready (see its shim.log)"}}
+            _answer({"id": request_id, **report})
+
+
+def _handle(line: bytes, selector: selectors.BaseSelector, pending: dict[int, tuple[Any, bytearray]]) -> None:
+    try:
+        request = json.loads(line)
+        request_id = request["id"]
+        config = request["config"]
+        if not isinstance(config, dict):
+            raise ValueError("config is not an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        _answer({"id": None, "ok": False, "error": {"kind": "InvalidArgument", "message": f"bad request: {exc}"}})
+        return
+    try:
+        fd = _fork_shim(config, selector, pending)
+    except OSError as exc:
+        _answer({"id": request_id, "ok": False, "error": {"kind": "ResourceExhausted",
+                                                          "message": f"cannot fork a shim: {exc}"}})
+        return
+    pending[fd] = (request_id, bytearray())
+    selector.register(fd, selectors.EVENT_READ)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)

@@ -1,0 +1,193 @@
+"""The shim drives real containers through runc and crun: create, start, exit codes, signals, early exits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import pytest
+
+from runtime import errors
+from tests.integration.shim.helpers import ShimEnv, joined_output, run
+
+pytestmark = pytest.mark.root
+
+
+def test_exit_code_times_and_log(shim_env: ShimEnv) -> None:
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sh", "-c", "echo hello; echo oops >&2; exit 3"])
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        try:
+            client, pid = await manager.create(shim_env.config(cid))
+            assert pid > 0
+            state = await client.state()
+            assert state.state == "created" and state.pid == pid
+            started = await client.start()
+            status = await manager.wait_exit(cid)
+            assert status.exit_code == 3 and status.signal == 0
+            assert status.started_at == started > 0
+            assert status.finished_at >= status.started_at
+            assert not status.oom_killed
+            state = await client.state()
+            assert state.state == "stopped" and state.status == status
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+    log = shim_env.logs / f"{cid}.log"
+    assert joined_output(log, "stdout") == b"hello\n"
+    assert joined_output(log, "stderr") == b"oops\n"
+    status_file = shim_env.containers / cid / "status.json"
+    assert '"exit_code": 3' in status_file.read_text()
+
+
+def test_killed_by_signal(shim_env: ShimEnv) -> None:
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        try:
+            client, _ = await manager.create(shim_env.config(cid))
+            await client.start()
+            assert (await client.state()).state == "running"
+            with pytest.raises(errors.FailedPrecondition):
+                await client.shutdown()  # still running and no force
+            await client.kill(signal.SIGKILL)
+            status = await manager.wait_exit(cid)
+            assert status.exit_code == 128 + signal.SIGKILL and status.signal == signal.SIGKILL
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_exit_before_start_returns(shim_env: ShimEnv) -> None:
+    """A container that ends at once: its exit is caught even if it comes before `start` has returned."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["true"])
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        try:
+            client, _ = await manager.create(shim_env.config(cid))
+            waiting = asyncio.create_task(client.wait())
+            await client.start()
+            status = await waiting
+            assert status.exit_code == 0 and status.started_at > 0
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_exit_before_start_was_asked(runc_env: ShimEnv) -> None:
+    """The init dies while the container is only created: start is refused, the exit is reported."""
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            client, pid = await manager.create(runc_env.config(cid))
+            os.kill(pid, signal.SIGKILL)
+            status = await manager.wait_exit(cid)
+            assert status.exit_code == 137 and status.started_at == 0
+            with pytest.raises(errors.FailedPrecondition):
+                await client.start()
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["/no/such/binary"])
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        try:
+            client, _ = await manager.create(shim_env.config(cid))
+            with pytest.raises(errors.CrispError) as failure:
+                await client.start()
+            assert "no/such/binary" in str(failure.value) or "no such file" in str(failure.value).lower()
+            await client.shutdown(force=True)
+        except errors.CrispError as exc:
+            # crun reports a missing binary at create time; the shim then cleans up and exits by itself
+            assert "no/such/binary" in str(exc) or "no such file" in str(exc).lower(), exc
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_rootfs_of_many_layers(runc_env: ShimEnv) -> None:
+    """45 layers do not fit mount(2)'s page of options as absolute paths: the shim names them relative to their
+    common parent. Every layer is visible in the container, the topmost first."""
+    cid = runc_env.new_id()
+    bundle = runc_env.bundle(cid, ["sh", "-c", "cat /layer; ls /layers-seen | wc -l"])
+    layers = runc_env.layers / cid / "snapshots"
+    lowers = []
+    for i in range(45):
+        fs = layers / f"{i:064x}" / "fs"
+        if i == 44:
+            fs.parent.mkdir(parents=True)
+            fs.symlink_to(runc_env.rootfs)  # the bottom layer: busybox
+        else:
+            (fs / "layers-seen").mkdir(parents=True)
+            (fs / "layers-seen" / str(i)).write_text("")
+            (fs / "layer").write_text(f"{i}\n")
+        lowers.append(str(fs))
+    assert len("lowerdir=" + ":".join(lowers)) > 4096
+    spec = json.loads((bundle / "config.json").read_text())
+    overlay = json.loads(spec["annotations"]["io.crisp.rootfs.overlay"])
+    overlay["lowerdirs"] = lowers
+    spec["annotations"]["io.crisp.rootfs.overlay"] = json.dumps(overlay)
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            client, _ = await manager.create(runc_env.config(cid))
+            await client.start()
+            assert (await manager.wait_exit(cid)).exit_code == 0
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+    assert joined_output(runc_env.logs / f"{cid}.log") == b"0\n44\n"
+
+
+def test_a_dead_zygote_is_replaced(runc_env: ShimEnv) -> None:
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["true"])
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            old = manager.zygote_pid
+            assert old is not None
+            os.kill(old, signal.SIGKILL)
+            for _ in range(500):
+                if not manager.zygote_running:
+                    break
+                await asyncio.sleep(0.02)
+            client, _ = await manager.create(runc_env.config(cid))
+            assert manager.zygote_pid not in (None, old)
+            await client.start()
+            assert (await manager.wait_exit(cid)).exit_code == 0
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
