@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.vm import image, tier
-from tests.vm.settings import VmSettings
+from tests.vm.settings import VmSettings, prune
+from tests.vm.wheels import build_crisp_wheel
+
+INSTALL_WHEEL = Path(__file__).parents[1] / "vm" / "install_wheel.py"
 
 INI = """
 [pytest]
@@ -183,3 +189,33 @@ def test_tier_reads_results_cut_short_by_a_dying_vm(tmp_path: Path) -> None:
     assert list(tier._results(path)) == ["t.py::a"]
     (tmp_path / "timings").write_text("job-start 2.5\ncrisp-installed 8.0\nbroken\n")
     assert tier._guest_timings(tmp_path / "timings") == {"guest:job-start": 2.5, "guest:crisp-installed": 8.0}
+
+
+def test_install_wheel_installs_crisp_with_its_console_scripts(tmp_path: Path) -> None:
+    """What the guest does at every boot, here into a fresh venv (crisp's wheel built as for the guest)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    wheel = build_crisp_wheel(tmp_path / "wheel")
+    python = venv / "bin" / "python"
+    done = subprocess.run([str(python), str(INSTALL_WHEEL), str(wheel)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    for script in ("crispd", "crisp-shim"):
+        assert f"installed {venv / 'bin' / script}" in done.stdout
+        assert os.access(venv / "bin" / script, os.X_OK)
+    assert (venv / "bin" / "crispd").read_text().splitlines()[:3] == [
+        f"#!{python}", "import sys", "from cri.daemon import main"]
+    version = subprocess.run([str(python), "-c", "import runtime.version, runtime; print(runtime.__file__)"],
+                             capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert version.startswith(str(venv))
+
+
+def test_prune_keeps_the_new_entry_and_the_recently_used(tmp_path: Path) -> None:
+    now = time.time()
+    ages = {"new": 0, "a": 1, "b": 2, "c": 3, "d": 4, "stale": 8 * 86400, "unmarked": None}
+    for name, age in ages.items():
+        (tmp_path / name).mkdir()
+        if age is not None:
+            (tmp_path / name / "last-used").touch()
+            os.utime(tmp_path / name / "last-used", (now - age, now - age))
+    prune(tmp_path, keep=tmp_path / "new", keep_others=3, days=7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "new"]

@@ -2,7 +2,7 @@
 
   python -m tests.vm build [--force]   build (or reuse) the wheels and the image; print where they are
   python -m tests.vm run CMD [ARG...]  run one command as root in a fresh VM: the checkout is read-only at
-                                       /mnt/host, crisp's deps are in /opt/crisp; exit status is CMD's
+                                       /mnt/host, crisp (from it) in /opt/crisp; exit status is CMD's
   python -m tests.vm test NODEID...    run these tests in one boot, streaming the guest's pytest output
 """
 
@@ -20,7 +20,7 @@ from tests.vm.image import ensure_image
 from tests.vm.machine import boot
 from tests.vm.settings import VmSettings, cache_lock
 from tests.vm.tier import run_guest_tests
-from tests.vm.wheels import REPO, ensure_dependency_wheels
+from tests.vm.wheels import REPO, build_crisp_wheel, ensure_dependency_wheels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("run: which command?")
     run_dir = Path(tempfile.mkdtemp(prefix="crisp-vm-run-"))
     try:
-        job = f"cd /mnt/host\nexport PATH=/opt/crisp/bin:$PATH\nexec {shlex.join(args.cmd)}\n"
+        build_crisp_wheel(run_dir / "io" / "crisp-wheel")
+        install = "/opt/crisp/bin/python /mnt/host/tests/vm/install_wheel.py /run/crisp-vm/io/crisp-wheel/crisp-*.whl"
+        job = (f"{install} >/dev/null || exit 125\ncd /mnt/host\nexport PATH=/opt/crisp/bin:$PATH\n"
+               f"exec {shlex.join(args.cmd)}\n")
         result_run = boot(image, settings, run_dir, job, REPO, stream=sys.stdout)
         if result_run.exit_status is None:
             print(result_run.diagnosis(), file=sys.stderr)

@@ -6,13 +6,15 @@ IO=/run/crisp-vm/io
 stamp() { echo "$1 $(cut -d' ' -f1 /proc/uptime)" >> "$IO/timings"; }
 stamp job-start
 export PATH=/opt/crisp/bin:$PATH
-# crisp from the checkout's wheel, into the guest's venv (no network: the dependencies are already there)
-/opt/crisp/bin/pip install -q --no-index --no-deps --disable-pip-version-check "$IO"/crisp-wheel/crisp-*.whl
-stamp crisp-installed
 # the tests run from a copy, so `import runtime` finds the installed crisp and not the checkout on 9p
 mkdir -p /tmp/crisp-src
-tar -C /mnt/host --exclude=__pycache__ -cf - tests pyproject.toml | tar -C /tmp/crisp-src -xf -
+# (and the .deb files `make test` fetched for container root filesystems, if any)
+extra=$(cd /mnt/host && ls -d .cache/debs 2>/dev/null || true)
+tar -C /mnt/host --exclude=__pycache__ -cf - tests pyproject.toml $extra | tar -C /tmp/crisp-src -xf -
 cd /tmp/crisp-src
+# crisp from the checkout's wheel, into the guest's venv (no network: the dependencies are already there)
+/opt/crisp/bin/python tests/vm/install_wheel.py "$IO"/crisp-wheel/crisp-*.whl
+stamp crisp-installed
 mapfile -t nodeids < "$IO/nodeids"
 stamp pytest-start
 export CRISP_VM_GUEST=1 CRISP_VM_RESULTS="$IO/results.jsonl" CRISP_VM_TIMINGS="$IO/timings"

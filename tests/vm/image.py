@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.vm.settings import VmSettings
+from tests.vm.settings import VmSettings, prune
 
 SUITE = "bookworm"
 # What the guest tests use: Python for pytest + crisp, the OCI runtimes for differential tests, busybox as a
@@ -38,6 +38,7 @@ PRUNE_MODULE_DIRS = (
 DISK_SIZE = "4G"  # sparse; the guest writes to a snapshot, never to the image
 FILES = Path(__file__).parent / "files"
 KEEP_UNUSED_DAYS = 7
+KEEP_OTHER_IMAGES = 3  # each ~600 MiB
 XZ_MAGIC = b"\xfd7zXZ\x00"
 MODULE_SIGNATURE_MAGIC = b"~Module signature appended~\n"
 
@@ -81,7 +82,7 @@ def ensure_image(settings: VmSettings, wheels: Path, force: bool = False,
         return _used(found)
     started = time.monotonic()
     _build(settings, wheels, target, log or _stderr)
-    _prune(images, keep=target)
+    prune(images, keep=target, keep_others=KEEP_OTHER_IMAGES, days=KEEP_UNUSED_DAYS)
     built = _image_at(target, key)
     if built is None:
         raise ImageBuildError(f"the image build finished but {target} is incomplete")
@@ -221,14 +222,3 @@ def _strip_module_signature(data: bytes) -> bytes:
 
 def _disk_usage(path: Path) -> int:
     return sum(entry.stat().st_blocks * 512 for entry in path.rglob("*") if entry.is_file())
-
-
-def _prune(images: Path, keep: Path) -> None:
-    """Drop images (of older inputs) that no run used for a week."""
-    horizon = time.time() - KEEP_UNUSED_DAYS * 86400
-    for image in images.iterdir():
-        if image == keep or not image.is_dir():
-            continue
-        used = image / "last-used"
-        if not used.exists() or used.stat().st_mtime < horizon:
-            shutil.rmtree(image, ignore_errors=True)

@@ -30,6 +30,7 @@ GUEST_DIR = Path(__file__).parent / "guest"
 ALSO_IN_VM = tuple(Path(__file__).parents[1] / sub for sub in (
     "integration/cgroups",
     "integration/test_oci_runc.py",
+    "executor/test_container.py",
 ))
 # marks that the guest evaluates: copying them onto a host proxy would evaluate them against the host
 GUEST_ONLY_MARKS = frozenset({"skip", "skipif", "xfail", "usefixtures", "parametrize", "filterwarnings"})

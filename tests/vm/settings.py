@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,3 +68,18 @@ def cache_lock(cache_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def prune(entries: Path, keep: Path, keep_others: int, days: float) -> None:
+    """Remove the directories in `entries` (cached images, wheel sets) but `keep` that no run used (their
+    `last-used` file) for `days`, and all but the `keep_others` most recently used. Called under cache_lock."""
+    horizon = time.time() - days * 86400
+    others = []
+    for entry in entries.iterdir():
+        if entry != keep and entry.is_dir():
+            used = entry / "last-used"
+            others.append((used.stat().st_mtime if used.exists() else 0.0, entry))
+    others.sort(reverse=True)
+    for rank, (used_at, entry) in enumerate(others):
+        if used_at < horizon or rank >= keep_others:
+            shutil.rmtree(entry, ignore_errors=True)

@@ -16,7 +16,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from tests.vm.settings import VmSettings
+from tests.vm.settings import VmSettings, prune
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_TEST_TOOLS = ("pytest",)  # what the guest runs crisp's tests with (the linters stay on the host)
@@ -62,10 +62,12 @@ def _pip(*args: str, log: Path) -> None:
 
 
 def ensure_dependency_wheels(settings: VmSettings, repo: Path = REPO) -> Path:
-    """The cached wheels of crisp's dependencies and pytest (downloaded from PyPI once per set of pins)."""
+    """The cached wheels of crisp's dependencies and pytest (downloaded from PyPI once per set of pins). The caller
+    holds `cache_lock`."""
     key = dependency_key(repo)
     target = settings.cache_dir / "wheels" / key
     if (target / "complete").exists():
+        (target / "last-used").touch()
         return target
     building = target.with_name(f"{key}.tmp")
     shutil.rmtree(building, ignore_errors=True)
@@ -77,6 +79,8 @@ def ensure_dependency_wheels(settings: VmSettings, repo: Path = REPO) -> Path:
     (building / "complete").write_text(key + "\n")
     shutil.rmtree(target, ignore_errors=True)
     building.rename(target)
+    (target / "last-used").touch()
+    prune(target.parent, keep=target, keep_others=3, days=7)
     return target
 
 

@@ -214,17 +214,23 @@ class OciRuntime:
         return result
 
     def create(self, container_id: str, bundle: Path, timeout: float = 60) -> int:
-        """`create`: the container's init inherits the runtime's stdio, so that is /dev/null (a pipe would stay
-        open for as long as the container runs); errors go to the runtime's --log file."""
+        """`create`: the container's init inherits the runtime's stdio, so that is a file, `<bundle>/output` (a
+        pipe would stay open for as long as the container runs); errors go to the runtime's --log file."""
         log = bundle / f"{self.name}.log"
-        done = subprocess.run([self.binary, "--root", str(self.state_root), "--log", str(log), "create", "--bundle",
-                               str(bundle), "--pid-file", str(bundle / "pid"), container_id],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=timeout, close_fds=True, check=False)
+        with open(bundle / "output", "wb") as output:
+            done = subprocess.run([self.binary, "--root", str(self.state_root), "--log", str(log), "create",
+                                   "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), container_id],
+                                  stdin=subprocess.DEVNULL, stdout=output, stderr=output, timeout=timeout,
+                                  close_fds=True, check=False)
         if done.returncode != 0:
             text = log.read_text(errors="replace") if log.exists() else ""
-            raise AssertionError(f"{self.name} create {container_id} failed ({done.returncode}): {text.strip()}")
+            raise AssertionError(f"{self.name} create {container_id} failed ({done.returncode}): {text.strip()} "
+                                 f"{(bundle / 'output').read_text(errors='replace').strip()}")
         return int((bundle / "pid").read_text())
+
+    def output(self, bundle: Path) -> str:
+        """What the container (and the runtime) wrote to stdout and stderr so far."""
+        return (bundle / "output").read_text(errors="replace")
 
     def delete(self, container_id: str) -> None:
         self("delete", "--force", container_id, check=False)
