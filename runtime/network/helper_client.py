@@ -1,9 +1,9 @@
 """crispd's side of the network helper: a small pool of `python -m runtime.network.helper` processes.
 
-pyroute2 and setns(2) stay out of crispd: the kernel work runs in helper processes that crispd starts with asyncio
-subprocess. Starting Python and importing pyroute2 costs a few hundred milliseconds, much more than the work of a
-pod (tens of milliseconds), so a helper serves one request after another (JSON lines on stdin/stdout) and the pool
-keeps up to `max_workers` of them, each doing one request at a time:
+pyroute2 and setns(2) stay out of crispd: the kernel work runs in helper processes that crispd starts with
+runtime.aioproc (from a worker thread). Starting Python and importing pyroute2 costs a few hundred milliseconds,
+much more than the work of a pod (tens of milliseconds), so a helper serves one request after another (JSON lines
+on stdin/stdout) and the pool keeps up to `max_workers` of them, each doing one request at a time:
 - a request that does not finish within its time limit, or whose caller is cancelled, gets its helper killed
   (it may be anywhere in its work; the caller cleans up with a new request);
 - a helper that dies is replaced by the next request; one that served `max_requests` is retired;
@@ -20,7 +20,7 @@ import logging
 import sys
 from typing import Any
 
-from runtime import errors
+from runtime import aioproc, errors
 from runtime.network.types import NetworkError
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def decode_reply(line: bytes, op: str) -> dict[str, Any]:
 
 
 class _Helper:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: aioproc.Process) -> None:
         self.proc = proc
         self.served = 0
         self.idle_since = 0.0
@@ -93,8 +93,7 @@ class HelperRunner:
         return [h.proc.pid for h in (*self._idle, *self._busy)]
 
     async def _spawn(self) -> _Helper:
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None, close_fds=True)
+        proc = await aioproc.spawn(self._argv)  # started off the loop: a fork of crispd is slow
         log.debug("network helper %d started", proc.pid)
         return _Helper(proc)
 
@@ -211,7 +210,7 @@ class HelperRunner:
             await asyncio.gather(*self._exits, return_exceptions=True)
 
 
-async def kill_process(proc: asyncio.subprocess.Process) -> None:
+async def kill_process(proc: aioproc.Process) -> None:
     """Kill a child we started (it may have exited already) and reap it, even when we are being cancelled."""
     with contextlib.suppress(ProcessLookupError):
         proc.kill()

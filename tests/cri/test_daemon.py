@@ -21,7 +21,9 @@ from runtime.version import VERSION
 from tests.cri.crispd import Crispd, crispd_command
 
 IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "RunPodSandbox", "StopPodSandbox",
-               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "Exec", "Attach", "PortForward"}
+               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer", "StartContainer",
+               "StopContainer", "RemoveContainer", "ContainerStatus", "ListContainers", "UpdateContainerResources",
+               "UpdatePodSandboxResources", "ReopenContainerLog", "ExecSync", "Exec", "Attach", "PortForward"}
 
 
 def test_version(crispd: Crispd) -> None:
@@ -267,9 +269,11 @@ def test_missing_named_config_is_an_error(tmp_path: Path) -> None:
     assert "cannot read the config file" in result.stderr
 
 
-def test_crispd_has_no_children(crispd: Crispd) -> None:
-    """crispd never forks; with nothing to run, it has no child processes at all."""
+def test_crispd_forks_nothing_but_starts_its_shim_zygote(crispd: Crispd) -> None:
+    """crispd never forks itself: with nothing running its only child is the shim zygote, a fresh `python -I -S`
+    program it started (fork + exec through subprocess), which forks the shims so that crispd does not."""
     assert crispd.proc is not None
     children = Path(f"/proc/{crispd.proc.pid}/task/{crispd.proc.pid}/children").read_text().split()
-    assert children == []
-    assert os.path.exists(f"/proc/{crispd.proc.pid}")
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
+    assert len(commands) == 1
+    assert b"-I" in commands[0] and any(b"shim.zygote" in part for part in commands[0])
