@@ -88,6 +88,18 @@ def check_proc_destination(mount: Mount) -> None:
     raise MountError(f"mount on {dest}: nothing may be mounted inside /proc but the proc filesystem itself")
 
 
+def mount_point_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The mount point of the mount that holds `path` (the longest mount point that is a prefix of it)."""
+    path = os.path.realpath(path)
+    best = "/"
+    with open(mountinfo) as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                best = point
+    return best
+
+
 class Rootfs:
     def __init__(self, sys: sc.Syscalls, spec: Spec) -> None:
         self.sys = sys
@@ -102,13 +114,16 @@ class Rootfs:
         sys = self.sys
         propagation = self.spec.linux.rootfs_propagation or "rprivate"
         sys.mount(None, "/", None, mountopts.propagation_flags(propagation))
+        # pivot_root refuses a new root whose parent mount is shared; with (r)shared propagation that is every
+        # mount here: make the mount the rootfs sits on private (only it: the rest keeps the asked propagation)
+        if propagation in ("shared", "rshared"):
+            sys.mount(None, mount_point_of(os.path.dirname(self.root.rstrip("/")) or "/"), None, sc.MS_PRIVATE)
         if self.spec.overlay is not None:
             self._mount_overlay(self.spec.overlay)
         try:
             sys.mount(self.root, self.root, None, sc.MS_BIND | sc.MS_REC)
         except FileNotFoundError:
             raise errors.NotFound(f"root.path {self.root} does not exist") from None
-        # pivot_root wants the new root's parent mount not shared
         if propagation in ("shared", "rshared"):
             sys.mount(None, self.root, None, sc.MS_PRIVATE)
         self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -211,11 +226,17 @@ class Rootfs:
 
     def pivot(self) -> None:
         sys = self.sys
-        os.chdir(self.root)
-        sys.pivot_root(".", ".")
-        # the old root is stacked on "."; keep its unmount from propagating anywhere, then detach it
-        sys.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
-        sys.umount2(".", sc.MNT_DETACH)
+        old_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.chdir(self.root)
+            sys.pivot_root(".", ".")
+            # the old root is now stacked on the new one: step onto it (not the new root, whose mounts, shared
+            # volumes included, must keep their propagation), keep its unmount from propagating, detach it
+            os.fchdir(old_root)
+            sys.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
+            sys.umount2(".", sc.MNT_DETACH)
+        finally:
+            os.close(old_root)
         os.chdir("/")
         os.close(self._root_fd)
         self._root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
