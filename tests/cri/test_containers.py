@@ -361,3 +361,34 @@ def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: Test
         for m in reversed(mounts_under(tmp_path)):
             subprocess.run(["umount", "-l", m], check=False)
         p.cleanup_host()
+
+
+@pytest.mark.parametrize("propagation", [cri.PROPAGATION_HOST_TO_CONTAINER, cri.PROPAGATION_BIDIRECTIONAL])
+def test_mount_propagation(kubelet: Kubelet, tmp_path: Path, propagation: int) -> None:
+    shared = tmp_path / "shared"
+    (shared / "from-host").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-rshared", str(shared)], check=True)
+        config = pod_config("prop")
+        config.log_directory = str(kubelet.log_dir / "prop")
+        config.linux.security_context.privileged = True
+        pod_id = kubelet.pods.run(config)
+        container_id = kubelet.run(
+            pod_id, config, "app", ["sleep", "1000"],
+            mounts=[cri.Mount(container_path="/vol", host_path=str(shared), propagation=propagation)],
+            linux=cri.LinuxContainerConfig(security_context=cri.LinuxContainerSecurityContext(privileged=True)))
+        # host -> container
+        subprocess.run(["mount", "-t", "tmpfs", "crisp-prop", str(shared / "from-host")], check=True)
+        (shared / "from-host" / "marker").write_text("x")
+        assert kubelet.exec(container_id, ["ls", "/vol/from-host"]).stdout == b"marker\n"
+        # container -> host only when bidirectional
+        result = kubelet.exec(container_id, ["sh", "-c", "mkdir -p /vol/from-ctr && mount -t tmpfs t /vol/from-ctr "
+                                             "&& touch /vol/from-ctr/inside"])
+        assert result.exit_code == 0, result.stderr
+        seen_on_host = (shared / "from-ctr" / "inside").exists()
+        assert seen_on_host is (propagation == cri.PROPAGATION_BIDIRECTIONAL)
+        kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    finally:
+        for m in sorted(mounts_under(shared), reverse=True):
+            subprocess.run(["umount", "-l", m], check=False)
