@@ -17,6 +17,7 @@ from grpc import aio
 
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics
+from cri.metrics_server import MetricsServer
 from cri.network import build_network
 from cri.oci import NodeFacts
 from cri.recovery import recover
@@ -108,7 +109,7 @@ class Daemon:
         self.readiness = Readiness()
         self.metrics = Metrics()
         self.store = Store(Path(config.root) / "crisp.db")
-        self.images = ImageManager(config, self.store)
+        self.images = ImageManager(config, self.store, on_fetched=self.metrics.image_pull_bytes.inc)
         self._locks: list[LockFile] = []
         self._stop: asyncio.Event | None = None
 
@@ -170,6 +171,7 @@ class Daemon:
         images: ImageManager | None = None
         shims = ShimManager(Path(self.config.state) / "containers")
         ctx: ServiceContext | None = None
+        metrics_server: MetricsServer | None = None
         try:
             await self.images.start()
             images = self.images
@@ -179,6 +181,14 @@ class Daemon:
                                  cgroups=await asyncio.to_thread(_discover_cgroups), shim_manager=shims,
                                  node=await asyncio.to_thread(NodeFacts.probe))
             images.set_in_use(ctx.images_in_use)
+            if self.config.metrics.address:
+                metrics_server = MetricsServer(self.config.metrics.address, self.metrics, self.readiness,
+                                               ctx.state_snapshot)
+                try:
+                    await metrics_server.start()
+                except OSError as exc:
+                    metrics_server = None
+                    raise StartupError(f"cannot serve metrics on {self.config.metrics.address}: {exc}") from None
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -205,6 +215,9 @@ class Daemon:
                      self.config.root, self.config.state)
             await stop.wait()
         finally:
+            self.readiness.set_not_ready("crispd is stopping")
+            if ctx is not None:
+                ctx.events.close()  # event streams end, so that the server's grace period is not spent on them
             if server is not None:
                 # in-flight RPCs get the grace period; new ones are refused from now on
                 await server.stop(self.config.shutdown_grace_seconds)
@@ -213,6 +226,8 @@ class Daemon:
             if listening:
                 with contextlib.suppress(FileNotFoundError):
                     self.socket.unlink()
+            if metrics_server is not None:
+                await metrics_server.close()
             if ctx is not None:
                 await ctx.cancel_background()
             await shims.close()  # the zygote ends; the shims and their containers go on
