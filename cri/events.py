@@ -1,9 +1,10 @@
 """Container events for GetContainerEvents subscribers (the kubelet's evented PLEG), fanned out without blocking.
 
 Publishing never waits: each subscriber has a queue of at most `buffer` events. A subscriber whose queue is full
-(its client stopped reading, and gRPC's own buffers are full too) is dropped: it is taken off the list at once and
-its RPC is cancelled, so the client sees its stream end and can subscribe again (and relist). The others never
-notice. Events reach every subscriber in the order they were published.
+(its client stopped reading, and gRPC's transport buffers, a few MB, are full too, so that sending blocks) is
+dropped: it is taken off the list at once, its queue is thrown away, and its RPC ends with RESOURCE_EXHAUSTED
+(queued behind what the transport still holds: a client that reads again gets what was sent, then that status,
+and subscribes again). The others never notice. Events reach every subscriber in the order they were published.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runtime import errors
@@ -22,14 +23,13 @@ log = logging.getLogger(__name__)
 class Subscription:
     """One GetContainerEvents stream: events wait here until its RPC sends them."""
 
-    def __init__(self, broker: EventBroker, task: asyncio.Task[Any] | None, buffer: int) -> None:
+    def __init__(self, broker: EventBroker, buffer: int) -> None:
         self._broker = broker
-        self._task = task  # the RPC's task: cancelled when the subscriber is dropped while it is blocked sending
         self._buffer = buffer
         self._queue: collections.deque[Any] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._waiting = False
-        self.ended: errors.CrispError | None = None  # why this subscription ended (raised by `next`)
+        self._ended = asyncio.Event()
+        self.ended: errors.CrispError | None = None  # why this subscription ended (raised by `next`, `send`)
 
     def offer(self, event: Any) -> bool:
         """Queue an event; False (and nothing queued) when the queue is full."""
@@ -40,19 +40,16 @@ class Subscription:
         return True
 
     def end(self, reason: errors.CrispError) -> None:
-        """No more events: `next` raises `reason` (queued events are thrown away)."""
+        """No more events: `next` and `send` raise `reason` (queued events are thrown away)."""
         self.ended = reason
         self._queue.clear()
         self._wakeup.set()
+        self._ended.set()
 
     def drop(self) -> None:
         self.end(errors.ResourceExhausted(
             f"container events: this subscriber fell {self._buffer} events behind and was dropped; subscribe "
             "again (and list the containers)"))
-        # not waiting for an event means blocked handing one to gRPC (the client does not read): only cancelling
-        # the RPC frees it
-        if not self._waiting and self._task is not None and not self._task.done():
-            self._task.cancel()
 
     async def next(self) -> Any:
         """The next event; raises the reason once the subscription has ended."""
@@ -60,12 +57,24 @@ class Subscription:
             if self.ended is not None:
                 raise self.ended
             self._wakeup.clear()
-            self._waiting = True
-            try:
-                await self._wakeup.wait()
-            finally:
-                self._waiting = False
+            await self._wakeup.wait()
         return self._queue.popleft()
+
+    async def send(self, write: Awaitable[Any]) -> None:
+        """Await `write` (handing an event to gRPC), unless the subscription ends first: then raise the reason.
+        A write blocks while the client reads nothing; it is abandoned then (gRPC still holds its message)."""
+        writing = asyncio.ensure_future(write)
+        ending = asyncio.ensure_future(self._ended.wait())
+        try:
+            await asyncio.wait({writing, ending}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ending.cancel()
+        if writing.done():
+            writing.result()
+            return
+        writing.cancel()
+        assert self.ended is not None
+        raise self.ended
 
     def close(self) -> None:
         self._broker.unsubscribe(self)
@@ -83,9 +92,9 @@ class EventBroker:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self, task: asyncio.Task[Any] | None = None) -> Subscription:
-        """A new subscriber, from the next published event on; `task` is its RPC's task (cancelled if dropped)."""
-        sub = Subscription(self, task, self.buffer)
+    def subscribe(self) -> Subscription:
+        """A new subscriber, from the next published event on."""
+        sub = Subscription(self, self.buffer)
         self._subscribers.append(sub)
         log.debug("container events: subscriber added (%d now)", len(self._subscribers))
         return sub

@@ -7,8 +7,6 @@ and started when RunPodSandbox is done, stopped, deleted), as containerd does. T
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
@@ -31,13 +29,14 @@ def event_response(ctx: ServiceContext, container_id: str, sandbox_id: str, even
     return response
 
 
-async def get_container_events(ctx: ServiceContext, request: cri.GetEventsRequest, context: Any
-                               ) -> AsyncIterator[cri.ContainerEventResponse]:
-    """Every event from now on, until the client goes away, crispd stops, or this subscriber falls too far
-    behind (RESOURCE_EXHAUSTED, or the stream is cancelled when it was stuck sending)."""
-    subscription = ctx.events.subscribe(asyncio.current_task())
+async def get_container_events(ctx: ServiceContext, request: cri.GetEventsRequest, context: Any) -> None:
+    """Every event from now on, until the client goes away, crispd stops (UNAVAILABLE), or this subscriber falls
+    too far behind (RESOURCE_EXHAUSTED). Written with `context.write`, so that a write the client never takes can
+    be given up."""
+    subscription = ctx.events.subscribe()
     try:
         while True:
-            yield await subscription.next()
+            event = await subscription.next()
+            await subscription.send(context.write(event))
     finally:
         subscription.close()

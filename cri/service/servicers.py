@@ -6,7 +6,7 @@ without an implementation raises `Unimplemented`, which the interceptor turns in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
@@ -144,9 +144,8 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
                                     ) -> cri.ListPodSandboxMetricsResponse:
         return await pod_metrics.list_pod_sandbox_metrics(self.ctx, request)
 
-    def GetContainerEvents(self, request: cri.GetEventsRequest, context: Any
-                           ) -> AsyncIterator[cri.ContainerEventResponse]:
-        return container_events.get_container_events(self.ctx, request, context)
+    async def GetContainerEvents(self, request: cri.GetEventsRequest, context: Any) -> None:
+        await container_events.get_container_events(self.ctx, request, context)
 
 
 class ImageService(cri_grpc.ImageServiceServicer):
