@@ -248,7 +248,7 @@ class Executor:
 
     def exec(self, container_id: str, options: ExecOptions) -> int:
         """Run a process in the container; with detach return 0 once it is exec'd, else its exit status."""
-        cdir, state, status = self._load(container_id)
+        _cdir, state, status = self._load(container_id)
         if status != RUNNING:
             raise errors.FailedPrecondition(f"cannot exec in container {container_id}: it is {status}")
         try:

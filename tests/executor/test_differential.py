@@ -74,7 +74,8 @@ CASES: dict[str, dict[str, Any]] = {
 def _coarse(lines: list[str]) -> list[str]:
     """For crun, which differs where the spec leaves room: its read-only paths drop nosuid/nodev/noexec, its masked
     files are the host's /dev/null (devtmpfs, ro) where runc and crisp bind the container's, and it links
-    /dev/core even when the kernel has no /proc/kcore, and it chowns /dev/null to a non-root user. Mounts are compared by place and ro/rw only."""
+    /dev/core even when the kernel has no /proc/kcore, and it chowns /dev/null to a non-root user. Mounts are
+    compared by place and ro/rw only."""
     out = []
     for line in lines:
         if line.startswith("MOUNT "):
