@@ -207,6 +207,7 @@ class Daemon:
             finally:
                 os.umask(old_umask)
             os.chmod(self.socket, 0o660)
+            await ctx.delay_point("crispd.ready")
             await recover(ctx)
             self.readiness.set_ready()
             if self.config.debug.slow_callback_ms > 0:
