@@ -27,14 +27,14 @@ from cri.oci import (
     inspect_host,
     resolve_stop_signal,
 )
-from cri.rollback import Rollback
 from cri.service import runtime_info
-from cri.service.context import ServiceContext, caller_gone
+from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
 from runtime.cgroups import drop_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
 
 log = logging.getLogger(__name__)
@@ -62,28 +62,16 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
     if sandbox.status.state != READY:
         raise errors.FailedPrecondition(f"pod {sandbox.id} is not ready: cannot create containers in it")
     name = container_name(config, sandbox)
-    holder = ctx.container_names.holder(name)
-    if holder is not None and ctx.take_abandoned(name) == holder:
+    earlier = ctx.abandoned_result(ctx.container_names, name)
+    if earlier is not None:
         log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
-                 name, holder)
-        return cri.CreateContainerResponse(container_id=holder)
+                 name, earlier)
+        return cri.CreateContainerResponse(container_id=earlier)
     container_id = secrets.token_hex(32)
     await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
-    task = asyncio.ensure_future(_create(ctx, container_id, name, sandbox, request))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(lambda t: _abandoned(ctx, name, container_id, t))
-        raise
-    if caller_gone(context):
-        _abandoned(ctx, name, container_id, task)
+    await ctx.create_to_the_end("container", name, container_id,
+                                _create(ctx, container_id, name, sandbox, request), context)
     return cri.CreateContainerResponse(container_id=container_id)
-
-
-def _abandoned(ctx: ServiceContext, name: str, container_id: str, task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is None:
-        log.info("container %s (%s) finished creating after its caller gave up", container_id, name)
-        ctx.mark_abandoned(name, container_id)
 
 
 def _log_path(sandbox: Sandbox, config: cri.ContainerConfig) -> str:
@@ -183,6 +171,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         _, pid = await ctx.shims.create(shim_config)
         undo.push("shim and container", lambda: ctx.discard_shim(container_id))
         ctx.fail_point("create_container.shim")
+        await ctx.delay_point("create_container.record")
 
         user = spec["process"]["user"]
         meta = ContainerMeta(

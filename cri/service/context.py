@@ -110,12 +110,33 @@ class ServiceContext:
             await asyncio.sleep(delay / 1000)
 
     # Creations that finished after their caller had given up (a kubelet timeout): name -> id. A retry of the
-    # same name gets that id instead of ALREADY_EXISTS.
-    def mark_abandoned(self, name: str, object_id: str) -> None:
-        self._abandoned[name] = object_id
+    # same name gets that id instead of ALREADY_EXISTS, once.
+    def abandoned_result(self, names: NameIndex, name: str) -> str | None:
+        """The id made for `name` by a creation whose caller gave up, if that is who holds the name."""
+        holder = names.holder(name)
+        if holder is not None and self._abandoned.get(name) == holder:
+            del self._abandoned[name]
+            return holder
+        return None
 
-    def take_abandoned(self, name: str) -> str | None:
-        return self._abandoned.pop(name, None)
+    async def create_to_the_end(self, what: str, name: str, object_id: str, work: Coroutine[Any, Any, None],
+                                rpc_context: Any) -> None:
+        """Run a creation to its end even if its caller goes away (cancels, or its deadline passes); then the
+        result is kept for the caller's retry (`abandoned_result`)."""
+        task = asyncio.ensure_future(work)
+
+        def keep(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is None:
+                log.info("%s %s (%s) finished creating after its caller gave up", what, object_id, name)
+                self._abandoned[name] = object_id
+
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(keep)
+            raise
+        if caller_gone(rpc_context):
+            keep(task)
 
     # --- containers' helpers shared by the RPC modules ----------------------------------------------------
 

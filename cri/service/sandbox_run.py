@@ -19,9 +19,8 @@ from typing import Any
 from cri_api.v1 import api_pb2 as cri
 
 from cri.network import pod_network_request
-from cri.rollback import Rollback
 from cri.service import runtime_info
-from cri.service.context import ServiceContext, caller_gone
+from cri.service.context import ServiceContext
 from cri.service.sandbox_files import pod_hostname, write_pod_files
 from cri.service.sandbox_teardown import remove_pod_init
 from cri.store.sandboxes import READY, Sandbox, SandboxMeta, SandboxStatus
@@ -31,6 +30,7 @@ from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import start_pod_init
 from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
 from runtime.namespaces.sysctl import check_pod_sysctls
+from runtime.rollback import Rollback
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +64,16 @@ async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest
     if handler not in runtime_info.handler_names(ctx):
         raise errors.InvalidArgument(f"unknown runtime handler {handler!r}")
     name = sandbox_name(config.metadata)
-    holder = ctx.sandbox_names.holder(name)
-    if holder is not None and ctx.take_abandoned(name) == holder:
-        log.info("RunPodSandbox %s: returning pod %s, created after an earlier caller gave up", name, holder)
-        return cri.RunPodSandboxResponse(pod_sandbox_id=holder)
+    earlier = ctx.abandoned_result(ctx.sandbox_names, name)
+    if earlier is not None:
+        log.info("RunPodSandbox %s: returning pod %s, created after an earlier caller gave up", name, earlier)
+        return cri.RunPodSandboxResponse(pod_sandbox_id=earlier)
     sandbox_id = secrets.token_hex(32)
     if config.linux.security_context.namespace_options.network != cri.NODE:
         pod_network_request(sandbox_id, "", config)  # bad port mappings fail here, before anything is made
     await ctx.sandbox_names.reserve(name, sandbox_id, ctx.clock_ns())
-    # creation runs to its end even if the caller goes away; the result is kept for the caller's retry
-    task = asyncio.ensure_future(_create(ctx, sandbox_id, name, config, handler))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(lambda t: _abandoned(ctx, name, sandbox_id, t))
-        raise
-    if caller_gone(context):
-        _abandoned(ctx, name, sandbox_id, task)
+    await ctx.create_to_the_end("pod", name, sandbox_id, _create(ctx, sandbox_id, name, config, handler), context)
     return cri.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
-
-
-def _abandoned(ctx: ServiceContext, name: str, sandbox_id: str, task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is None:
-        log.info("pod %s (%s) finished creating after its caller gave up", sandbox_id, name)
-        ctx.mark_abandoned(name, sandbox_id)
 
 
 async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.PodSandboxConfig,

@@ -21,7 +21,6 @@ from runtime import errors
 from runtime.network.helper_client import HelperCrashed, HelperRunner, HelperTimeout
 from runtime.network.ipam import DEFAULT_POD_CIDR, IPNetwork, LeaseStore, gateway, parse_pod_cidrs
 from runtime.network.nft import nft_binary_path
-from runtime.network.rollback import Rollback
 from runtime.network.types import (
     NOT_READY_REASON,
     POD_IFNAME,
@@ -32,6 +31,7 @@ from runtime.network.types import (
     PodNetworkRequest,
     Route,
 )
+from runtime.rollback import Rollback
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from typing import Any
 
 from runtime import errors
 from runtime.network.helper_client import kill_process
-from runtime.network.rollback import Rollback
 from runtime.network.types import (
     NOT_READY_REASON,
     POD_IFNAME,
@@ -40,6 +39,7 @@ from runtime.network.types import (
     PodNetworkRequest,
     Route,
 )
+from runtime.rollback import Rollback
 
 log = logging.getLogger(__name__)
 

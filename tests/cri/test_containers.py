@@ -332,3 +332,32 @@ def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
     expected = ["33", "29", "4242"] if policy == cri.Merge else ["33", "4242"]
     assert sorted(groups) == sorted(expected)
     assert sorted(str(g) for g in status_groups) == sorted(expected)
+
+
+def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: TestImages) -> None:
+    p = Pods(tmp_path)
+    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
+                                                  '[debug.delay_points]\n"create_container.record" = 1500\n'))
+    p.daemon.start()
+    try:
+        kubelet = Kubelet(p, test_images, tmp_path / "logs")
+        pod_id, pod = kubelet.pod()
+        config = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="slow"),
+                                     image=cri.ImageSpec(image=test_images.busybox), command=["sleep", "1000"])
+        request = cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod)
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.rt.CreateContainer(request, timeout=0.5)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert wait_until(lambda: len(kubelet.rt.ListContainers(cri.ListContainersRequest()).containers) == 1)
+        created = kubelet.rt.ListContainers(cri.ListContainersRequest()).containers[0].id
+        assert kubelet.rt.CreateContainer(request).container_id == created
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.rt.CreateContainer(request)
+        assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
+        kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
+    finally:
+        assert p.daemon.stop() == 0
+        for m in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", m], check=False)
+        p.cleanup_host()

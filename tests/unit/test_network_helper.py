@@ -13,7 +13,7 @@ import pytest
 
 from runtime import errors
 from runtime.network.helper_client import HELPER_ARGV, HelperCrashed, HelperRunner, HelperTimeout
-from runtime.network.rollback import Rollback
+from runtime.rollback import Rollback
 from runtime.network.types import NetworkError
 
 

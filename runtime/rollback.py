@@ -21,9 +21,9 @@ class Rollback:
 
     def __init__(self, what: str) -> None:
         self.what = what
-        self._steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
 
-    def push(self, description: str, undo: Callable[[], Awaitable[None]]) -> None:
+    def push(self, description: str, undo: Callable[[], Awaitable[object]]) -> None:
         self._steps.append((description, undo))
 
     def commit(self) -> None:
@@ -47,7 +47,7 @@ class Rollback:
             # cancelled again while undoing: the undo goes on in its task; the caller gets its error now
             log.warning("%s: cancelled while undoing; the undo completes in the background", self.what)
 
-    async def _undo(self, steps: list[tuple[str, Callable[[], Awaitable[None]]]], cause: BaseException) -> None:
+    async def _undo(self, steps: list[tuple[str, Callable[[], Awaitable[object]]]], cause: BaseException) -> None:
         log.info("%s failed (%s), undoing %d step(s)", self.what, cause or type(cause).__name__, len(steps))
         for description, undo in reversed(steps):
             try:

@@ -1,0 +1,112 @@
+"""Figures, not a test: pods and containers through a real crispd, as the kubelet drives them.
+
+Prints median and p95 of RunPodSandbox, CreateContainer+StartContainer and the whole pod-ready sequence (run pod,
+create, start), over N pods serially and then with 10 in parallel, and crispd's RSS with 0 and N pods running.
+Run as root from the repository: .venv/bin/python tests/bench/lifecycle.py [--pods 50] [--handler runc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cri_api.v1 import api_pb2 as cri
+
+from tests.cri.pods import Pods, pod_config
+from tests.imagetools import BUSYBOX, Pusher, busybox_layer, image, layer, running_registry, symlink
+from tests.leaks import mounts_under
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pod_ready(pods: Pods, ref: str, name: str) -> tuple[float, float, str]:
+    """(RunPodSandbox seconds, Create+Start seconds, pod id)."""
+    rt = pods.daemon.runtime
+    t0 = time.perf_counter()
+    config = pod_config(name)
+    pod_id = pods.run(config)
+    t1 = time.perf_counter()
+    container = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="app"), image=cri.ImageSpec(image=ref),
+                                    command=["sleep", "3600"])
+    cid = rt.CreateContainer(cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=container,
+                                                        sandbox_config=config)).container_id
+    rt.StartContainer(cri.StartContainerRequest(container_id=cid))
+    return t1 - t0, time.perf_counter() - t1, pod_id
+
+
+def summary(label: str, values: list[float]) -> str:
+    ms = sorted(v * 1000 for v in values)
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    return f"{label:<34} median {statistics.median(ms):7.1f} ms   p95 {p95:7.1f} ms   (n={len(ms)})"
+
+
+def remove_all(pods: Pods) -> None:
+    rt = pods.daemon.runtime
+    for item in rt.ListPodSandbox(cri.ListPodSandboxRequest()).items:
+        rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=item.id))
+        rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pods", type=int, default=50)
+    parser.add_argument("--handler", default="", help='runtime handler ("" = built-in, runc, crun)')
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
+        base = Path(tmp)
+        applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
+        links = layer([symlink(f"bin/{a}", "busybox") for a in applets if a not in ("busybox", "sh")])
+        with running_registry(base / "registry") as reg:
+            Pusher(reg.url).image("bench/busybox", image([busybox_layer(), links]), "latest")
+            ref = f"{reg.host}/bench/busybox:latest"
+            (base / "crispd").mkdir()
+            pods = Pods(base / "crispd")
+            pods.daemon.config_path.write_text(pods.config_text('[metrics]\naddress = ""\n'))
+            pods.handler = args.handler
+            pods.daemon.start()
+            try:
+                pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)), timeout=60)
+                assert pods.daemon.proc is not None
+                pid = pods.daemon.proc.pid
+                pod_ready(pods, ref, "warmup")
+                remove_all(pods)
+                rss0 = rss_mb(pid)
+                runs = [pod_ready(pods, ref, f"serial{i}") for i in range(args.pods)]
+                rss_n = rss_mb(pid)
+                print(f"handler {args.handler or 'builtin'}, {args.pods} pods, each one busybox `sleep`:")
+                print(summary("RunPodSandbox (serial)", [r[0] for r in runs]))
+                print(summary("Create+StartContainer (serial)", [r[1] for r in runs]))
+                print(summary("pod ready: run+create+start (serial)", [r[0] + r[1] for r in runs]))
+                print(f"crispd RSS: {rss0:.1f} MB with 0 pods, {rss_n:.1f} MB with {args.pods} pods")
+                remove_all(pods)
+                with concurrent.futures.ThreadPoolExecutor(10) as pool:
+                    started = time.perf_counter()
+                    par = list(pool.map(lambda i: pod_ready(pods, ref, f"par{i}"), range(args.pods)))
+                    wall = time.perf_counter() - started
+                print(summary("RunPodSandbox (10 parallel)", [r[0] for r in par]))
+                print(summary("Create+StartContainer (10 parallel)", [r[1] for r in par]))
+                print(summary("pod ready (10 parallel)", [r[0] + r[1] for r in par]))
+                print(f"10 parallel: {args.pods} pods ready in {wall:.1f} s ({args.pods / wall:.1f} pods/s)")
+                remove_all(pods)
+            finally:
+                pods.daemon.stop()
+                for m in reversed(mounts_under(base)):
+                    subprocess.run(["umount", "-l", m], check=False)
+                pods.cleanup_host()
+
+
+if __name__ == "__main__":
+    main()
