@@ -13,8 +13,8 @@ import pytest
 
 from runtime import errors
 from runtime.network.helper_client import HELPER_ARGV, HelperCrashed, HelperRunner, HelperTimeout
-from runtime.rollback import Rollback
 from runtime.network.types import NetworkError
+from runtime.rollback import Rollback
 
 
 def run_helper(stdin: str) -> subprocess.CompletedProcess[str]:
