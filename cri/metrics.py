@@ -10,7 +10,7 @@ process collector.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +133,3 @@ class Metrics:
 
     def set_state(self, snapshot: StateSnapshot) -> None:
         self._state.snapshot = snapshot
-
-    def metric_names(self) -> Sequence[str]:
-        """Every family the registry renders now (tests, docs)."""
-        return [m.name for m in self.registry.collect()]
