@@ -21,7 +21,14 @@ from runtime.version import VERSION
 from tests.cri.crispd import Crispd, crispd_command
 
 IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "RunPodSandbox", "StopPodSandbox",
-               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox"}
+               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
+               # containers
+               "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus",
+               "ListContainers", "UpdateContainerResources", "UpdatePodSandboxResources", "ReopenContainerLog",
+               "ExecSync",
+               # observability
+               "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
+               "ListMetricDescriptors", "ListPodSandboxMetrics", "GetContainerEvents"}
 
 
 def test_version(crispd: Crispd) -> None:

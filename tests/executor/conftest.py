@@ -99,17 +99,18 @@ def builtin(tmp_path: Path) -> Iterator[Runtime]:
     """The built-in executor; the test process is the child subreaper of what it starts outside the runner
     (as the shim is), and reaps it at the end."""
     runtime = Runtime("crisp", executor_command(), tmp_path / "state-crisp")
+    before = set(_children())  # children the session already has (a registry of tests/cri): never ours to reap
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     try:
         yield runtime
     finally:
         _cleanup(runtime)
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 0)
-        _reap_orphans()
+        _reap_orphans(before)
 
 
-def _reap_orphans() -> None:
-    """Reap the containers' processes re-parented to us (only those: never a child some Popen still owns)."""
+def _children() -> list[int]:
+    out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -119,8 +120,17 @@ def _reap_orphans() -> None:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
         if int(fields[1]) == os.getpid() and "crisp-executor" not in _cmdline(entry):
+            out.append(int(entry.name))
+    return out
+
+
+def _reap_orphans(before: set[int]) -> None:
+    """Reap the containers' processes re-parented to us during the test (only those: never a child some Popen
+    still owns, such as a session-wide registry started before the test)."""
+    for pid in _children():
+        if pid not in before:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(entry.name), 0)
+                os.waitpid(pid, 0)
 
 
 def _cmdline(entry: Path) -> str:
