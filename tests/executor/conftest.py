@@ -6,8 +6,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,13 +126,28 @@ def _children() -> list[int]:
     return out
 
 
-def _reap_orphans(before: set[int]) -> None:
+def _reap_orphans(before: set[int], timeout: float = 10.0) -> None:
     """Reap the containers' processes re-parented to us during the test (only those: never a child some Popen
-    still owns, such as a session-wide registry started before the test)."""
-    for pid in _children():
-        if pid not in before:
+    still owns, such as a session-wide registry started before the test). Without blocking on any one of them:
+    a dying PID 1 of a container waits until its namespace's other processes are reaped, and those may be our
+    zombies too. What is still alive after `timeout` is killed (a leak of the test) and reaped."""
+    deadline = time.monotonic() + timeout
+    killed = False
+    while True:
+        left = [pid for pid in _children() if pid not in before]
+        if not left:
+            return
+        for pid in left:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+                os.waitpid(pid, os.WNOHANG)
+        if time.monotonic() > deadline:
+            if killed:
+                return  # unkillable (D state): give up rather than hang the session
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed, deadline = True, time.monotonic() + timeout
+        time.sleep(0.02)
 
 
 def _cmdline(entry: Path) -> str:
