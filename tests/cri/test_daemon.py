@@ -275,8 +275,9 @@ def test_missing_named_config_is_an_error(tmp_path: Path) -> None:
 
 
 def test_crispd_has_no_children(crispd: Crispd) -> None:
-    """crispd never forks; with nothing to run, it has no child processes at all."""
+    """crispd never forks; with nothing to run, its one child is the shim zygote (started with subprocess)."""
     assert crispd.proc is not None
     children = Path(f"/proc/{crispd.proc.pid}/task/{crispd.proc.pid}/children").read_text().split()
-    assert children == []
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in children]
+    assert len(commands) == 1 and "from shim.zygote import main" in commands[0], commands
     assert os.path.exists(f"/proc/{crispd.proc.pid}")
