@@ -1,32 +1,23 @@
 """Mounts made by crispd itself (pod /dev/shm, namespace pins), through util-linux in a child process.
 
-crispd does no mount syscalls on its event loop: these run `mount`/`umount` as subprocesses, which also keeps them
-out of crispd's own threads.
+crispd does no mount syscalls itself: these run `mount`/`umount` as programs (started from a worker thread, see
+runtime/command.py), which also keeps them out of crispd's own mount namespace handling.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
-from runtime import errors
+from runtime.command import run_command
 
 MOUNT_TIMEOUT = 30.0
 
 
 async def _run(argv: list[str], what: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        close_fds=True)
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), MOUNT_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise errors.Unavailable(f"{what}: {argv[0]} did not finish within {MOUNT_TIMEOUT}s") from None
-    if proc.returncode != 0:
-        raise OSError(f"{what}: {stderr.decode(errors='replace').strip() or f'exit status {proc.returncode}'}")
+    result = await run_command(argv, kill_after=MOUNT_TIMEOUT, what=what)
+    if result.returncode != 0:
+        raise OSError(f"{what}: {result.message()}")
 
 
 def is_mountpoint(path: Path) -> bool:

@@ -22,11 +22,15 @@ from typing import Any
 
 import shim as shim_package
 from runtime import errors
+from runtime.command import run_command
 from shim import protocol
 from shim.client import DEFAULT_TIMEOUT, ShimClient
 from shim.protocol import ExitStatus, ShimConfig
 
 log = logging.getLogger(__name__)
+
+# an executor's `delete --force` and an `umount` after a shim died
+CLEANUP_TIMEOUT = 30.0
 
 # exit code reported for a container whose shim died before writing a status (containerd uses the same)
 UNKNOWN_EXIT_CODE = 255
@@ -381,9 +385,7 @@ def _rootfs_of(bundle: str) -> str:
 
 
 async def _run(argv: Sequence[str], what: str) -> None:
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                                                close_fds=True)
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        log.debug("%s: exit status %s: %s", what, proc.returncode, out.decode(errors="replace").strip())
+    """Clean-up commands after a shim died; a failure is logged (what is already gone may fail to go again)."""
+    result = await run_command(argv, kill_after=CLEANUP_TIMEOUT, what=what)
+    if result.returncode != 0:
+        log.debug("%s: exit status %s: %s", what, result.returncode, result.message())

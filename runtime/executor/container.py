@@ -11,15 +11,15 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import errors
-from runtime.executor import cgroup, console, launcher, protocol, sysctls
+from runtime.executor import cgroup, console, launcher, lifecycle, protocol, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
 from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
 from runtime.executor.process import ProcessSetup
@@ -29,7 +29,6 @@ from runtime.executor.state import (
     ContainerDir,
     State,
     now_rfc3339,
-    oci_state,
     process_start_time,
 )
 from runtime.linux import syscalls as sc
@@ -128,55 +127,40 @@ class Executor:
         elif spec.process.terminal:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
         cgroup_path = spec.linux.cgroups_path or cgroup.default_path(cdir.id)
-        cg = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
-        undo.callback(cg.remove)
-        undo.callback(cg.kill)
+        launched_pids: list[int] = []
+        cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
+        if made:
+            undo.callback(_quietly, "remove the cgroup", cg.remove)
+        undo.callback(_quietly, "kill the container's processes", _kill_processes, cg, launched_pids)
+        # until create returns, the init is our child (so a failed one is reaped here, not left as a zombie that
+        # keeps its cgroup populated); once we exit it passes to the nearest subreaper above us (the shim)
+        self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         plan = launcher.plan_namespaces([(ns.type, ns.path) for ns in spec.linux.namespaces])
         new_uts = not sysctls.shares_host(spec.linux, "uts")
         ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds)
         launched = launcher.launch(self.sys, plan, lambda sock: container_init(self.sys, ctx, sock),
                                    cg.add_process, close_in_child=[lock_fd])
+        launched_pids.append(launched.pid)
         launched.sock.close()
         start = process_start_time(launched.pid)
         if start is None:
             raise errors.CrispError("the container's init died right after setup")
         cdir.write(State(
-            id=cdir.id, bundle=str(bundle), pid=launched.pid, pid_start=start, created=now_rfc3339(),
-            cgroup=cg.path, oci_version=spec.oci_version, annotations=dict(spec.annotations),
+            id=cdir.id, bundle=str(bundle), rootfs=spec.root_path, pid=launched.pid, pid_start=start,
+            created=now_rfc3339(), cgroup=cg.path, oci_version=spec.oci_version, annotations=dict(spec.annotations),
             linux={k: raw_linux[k] for k in ("seccomp", "namespaces") if k in raw_linux},
         ))
         if pid_file is not None:
             write_pid_file(pid_file, launched.pid)
         return launched.pid
 
-    # ------------------------------------------------------------------ start
+    # ------------------------------------------------------------------ start, state (lifecycle.py: light)
 
     def start(self, container_id: str) -> None:
-        cdir = self._dir(container_id)
-        with cdir.locked():
-            state = cdir.read()
-            status = cdir.status(state)
-            if status != CREATED:
-                raise errors.FailedPrecondition(f"container {container_id} is {status}: only a created "
-                                                "container can be started")
-            fd = os.open(cdir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                while True:
-                    readable, _, _ = select.select([fd], [], [], 0.1)
-                    if readable and os.read(fd, 1):
-                        break
-                    if process_start_time(state.pid) != state.pid_start:
-                        raise errors.FailedPrecondition(f"container {container_id}: init exited before start")
-            finally:
-                os.close(fd)
-                cdir.fifo.unlink()
-        log.info("container %s: started", container_id)
-
-    # ------------------------------------------------------------------ state
+        lifecycle.start(self.root, container_id)
 
     def state(self, container_id: str) -> dict[str, object]:
-        _, state, status = self._load(container_id)
-        return oci_state(state, status)
+        return lifecycle.state(self.root, container_id)
 
     # ------------------------------------------------------------------ kill
 
@@ -268,17 +252,26 @@ class Executor:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
         plan = self._exec_namespaces(state)
         cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
-        if not options.detach:
-            self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        # the process is our child until we exit (then the shim's, the nearest subreaper above us): a failed one
+        # is reaped here rather than left as a zombie in the container's cgroup
+        self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         ctx = ExecContext(process, setup, console_sock, options.preserve_fds)
         try:
             launched = launcher.launch(self.sys, plan, lambda sock: exec_process(self.sys, ctx, sock),
                                        cg.add_process if cg is not None else lambda pid: None)
+        except BaseException:
+            _reap_children()
+            raise
         finally:
             if console_sock is not None:
                 console_sock.close()
         try:
             self._await_exec(launched.sock)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(launched.pid, signal.SIGKILL)
+            _reap_children()
+            raise
         finally:
             launched.sock.close()
         if options.pid_file is not None:
@@ -314,6 +307,32 @@ class Executor:
         message = protocol.receive(sock)
         if isinstance(message, protocol.Failure):
             raise message.to_error()
+
+
+def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:
+    """Run one undo step; a failing undo is logged and never hides the error that caused the undo."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("could not %s: %s", what, exc)
+
+
+def _kill_processes(cg: cgroup.ContainerCgroup, pids: list[int]) -> None:
+    """Undo of a failed create: the init (if it got that far) and anything else in the container's cgroup; then
+    reap what was our child (the init is, while create runs: we are its subreaper)."""
+    for pid in {*pids, *cg.procs()}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _reap_children()
+
+
+def _reap_children() -> None:
+    """Wait for every child we have (all are dead or being killed when this is called)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _wait_and_forward(pid: int) -> int:

@@ -151,6 +151,7 @@ def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.s
     child_sock.close()
     plan.close()
     init_pid = 0
+    ready = False
     try:
         parent_sock.settimeout(HANDSHAKE_TIMEOUT)
         add_to_cgroup(stage1)
@@ -162,13 +163,15 @@ def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.s
                 raise errors.DeadlineExceeded("the container process did not get ready in time") from None
             if message is None:
                 raise errors.CrispError("the container process died during setup without saying why")
+            # stage 1 reports the init's pid and the init reports Ready: two processes on one socket, so
+            # either may arrive first
             if isinstance(message, protocol.ChildPid):
                 init_pid = message.pid
             elif isinstance(message, protocol.Failure):
                 raise message.to_error()
             elif isinstance(message, protocol.Ready):
-                if not init_pid:
-                    raise protocol.ProtocolError("Ready before the child's pid")
+                ready = True
+            if ready and init_pid:
                 return Launched(init_pid, parent_sock)
     except BaseException:
         if init_pid:

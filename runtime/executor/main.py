@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime import errors
-from runtime.executor.container import ExecOptions, Executor, parse_signal
+from runtime.executor import lifecycle
 from runtime.version import VERSION
 
 DEFAULT_ROOT = "/run/crisp/runtimes/builtin"
@@ -83,14 +83,19 @@ def _log_error(args: argparse.Namespace, message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # start and state run often and import little; the rest needs the whole executor
+    if args.command == "start":
+        lifecycle.start(Path(args.root), args.id)
+        return 0
+    if args.command == "state":
+        print(json.dumps(lifecycle.state(Path(args.root), args.id), indent=2))
+        return 0
+    from runtime.executor.container import ExecOptions, Executor, parse_signal
+
     executor = Executor(Path(args.root))
     if args.command == "create":
         executor.create(args.id, Path(args.bundle), Path(args.pid_file) if args.pid_file else None,
                         args.console_socket, args.preserve_fds)
-    elif args.command == "start":
-        executor.start(args.id)
-    elif args.command == "state":
-        print(json.dumps(executor.state(args.id), indent=2))
     elif args.command == "kill":
         executor.kill(args.id, parse_signal(args.signal), args.all)
     elif args.command == "delete":

@@ -67,13 +67,11 @@ def overlay_data(overlay: Overlay) -> tuple[str, str | None]:
     full = data(overlay.lowerdirs, overlay.upperdir, overlay.workdir)
     if len(full) < _PAGE - 1:
         return full, None
-    every = [*overlay.lowerdirs, *(p for p in (overlay.upperdir, overlay.workdir) if p)]
-    base = posixpath.commonpath(every)
-
-    def rel(path: str) -> str:
-        return posixpath.relpath(path, base) if path else ""
-
-    short = data(tuple(rel(p) for p in overlay.lowerdirs), rel(overlay.upperdir), rel(overlay.workdir))
+    # the layers share the snapshots dir: name them relative to it (the mount runs with that as its cwd)
+    base = posixpath.commonpath(overlay.lowerdirs)
+    if len(overlay.lowerdirs) == 1:
+        base = posixpath.dirname(base)
+    short = data(tuple(posixpath.relpath(p, base) for p in overlay.lowerdirs), overlay.upperdir, overlay.workdir)
     if len(short) >= _PAGE - 1:
         raise MountError(f"overlay: {len(overlay.lowerdirs)} layers do not fit in one mount call")
     return short, base

@@ -35,6 +35,7 @@ def check_id(container_id: str) -> None:
 class State:
     id: str
     bundle: str
+    rootfs: str = ""
     pid: int = 0
     pid_start: int = 0
     created: str = ""
@@ -136,7 +137,7 @@ def oci_state(state: State, status: str) -> dict[str, Any]:
         "pid": state.pid if status in (CREATED, RUNNING) else 0,
         "status": status,
         "bundle": state.bundle,
-        "rootfs": "",
+        "rootfs": state.rootfs,
         "created": state.created,
         "annotations": dict(state.annotations),
         "owner": "",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from runtime import errors
+from runtime.command import run_command
 from runtime.mounts import unmount
 from runtime.namespaces import podinit
 from runtime.procs import ProcessRef
@@ -22,17 +23,15 @@ async def start_pod_init(pin: Path) -> ProcessRef:
     read_fd, write_fd = os.pipe()
     try:
         try:  # the detached processes outlive any pipe to crispd: their output goes to a file
-            proc = await asyncio.create_subprocess_exec(
-                "setsid", "-f", "unshare", f"--pid={pin}", "--fork", "--kill-child", "--",
-                sys.executable, "-I", "-S", podinit.__file__, str(write_fd),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(write_fd,),
-                close_fds=True)
+            # `setsid -f` forks the pod init off and exits at once; it reports on the pipe (EOF: it died)
+            await run_command(
+                ["setsid", "-f", "unshare", f"--pid={pin}", "--fork", "--kill-child", "--",
+                 sys.executable, "-I", "-S", podinit.__file__, str(write_fd)],
+                kill_after=START_TIMEOUT, what="pod init", pass_fds=(write_fd,), output_fd=log_fd)
         finally:
             os.close(log_fd)
         os.close(write_fd)
         write_fd = -1
-        # `setsid -f` exits as soon as it has forked; the pod init reports on the pipe (EOF: it died)
-        await asyncio.wait_for(proc.wait(), START_TIMEOUT)
         line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), START_TIMEOUT)
     except BaseException:
         await remove_pid_pin(pin)

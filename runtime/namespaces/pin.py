@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import errors
+from runtime.command import run_command
 from runtime.mounts import unmount
 from runtime.namespaces import nsinit
 from runtime.namespaces.sysctl import sysctl_path
@@ -70,18 +71,9 @@ def _prepare(pin_dir: Path, files: list[Path]) -> None:
 
 
 async def _run_helper(argv: list[str]) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        close_fds=True)
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), PIN_TIMEOUT)
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise _helper_error(stderr.decode(errors="replace").strip(), proc.returncode or 0)
+    result = await run_command(argv, kill_after=PIN_TIMEOUT, what="pod namespace setup")
+    if result.returncode != 0:
+        raise _helper_error(result.stderr.decode(errors="replace").strip(), result.returncode)
 
 
 def _helper_error(stderr: str, code: int) -> errors.CrispError:

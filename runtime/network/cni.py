@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.network.helper_client import kill_process
+from runtime.command import run_command
 from runtime.network.types import (
     NOT_READY_REASON,
     POD_IFNAME,
@@ -406,24 +406,19 @@ class CniBackend:
             "CNI_ARGS": cni_args(pod),
             "CNI_PATH": ":".join(self.bin_dirs),
         }
-        proc = await asyncio.create_subprocess_exec(
-            path, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=env, cwd="/", close_fds=True)
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(json.dumps(conf).encode()), self.timeout)
-        except TimeoutError:
-            await kill_process(proc)
+            done = await run_command([path], kill_after=self.timeout, input=json.dumps(conf).encode(), env=env,
+                                     cwd="/", what=f"pod {pod.sandbox_id}: CNI plugin {kind} {command}")
+        except errors.DeadlineExceeded:
             raise errors.DeadlineExceeded(
                 f"pod {pod.sandbox_id}: CNI plugin {kind} {command} did not finish within {self.timeout:g}s") from None
-        except BaseException:
-            await kill_process(proc)
-            raise
+        stdout, stderr = done.stdout, done.stderr
         if stderr.strip():
             log.debug("pod %s: CNI plugin %s %s: %s", pod.sandbox_id, kind, command,
                       stderr.decode(errors="replace").strip())
-        if proc.returncode != 0:
+        if done.returncode != 0:
             raise NetworkError(f"pod {pod.sandbox_id}: CNI plugin {kind} {command} failed: "
-                               f"{_plugin_error(stdout, stderr, proc.returncode)}")
+                               f"{_plugin_error(stdout, stderr, done.returncode)}")
         if command != "ADD":
             return None
         try:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -101,7 +100,7 @@ def builtin(tmp_path: Path) -> Iterator[Runtime]:
     """The built-in executor; the test process is the child subreaper of what it starts outside the runner
     (as the shim is), and reaps it at the end."""
     runtime = Runtime("crisp", executor_command(), tmp_path / "state-crisp")
-    before = set(_children())  # children the session already has (a registry of tests/cri): never ours to reap
+    before = set(_children())  # the session's own children (a registry of tests/cri): never this test's orphans
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     try:
         yield runtime
@@ -109,6 +108,22 @@ def builtin(tmp_path: Path) -> Iterator[Runtime]:
         _cleanup(runtime)
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 0)
         _reap_orphans(before)
+
+
+def _reap_orphans(before: set[int], timeout: float = 10.0) -> None:
+    """Reap the containers' processes re-parented to us (never a child some Popen still owns, nor one the session
+    had before the test). Never blocks on one pid: a dying PID-namespace init waits for its namespace's zombies,
+    which may be ours to reap first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        orphans = [pid for pid in _children()
+                   if pid not in before and "crisp-executor" not in _cmdline(Path(f"/proc/{pid}"))]
+        if not orphans:
+            return
+        for pid in orphans:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.01)
 
 
 def _children() -> list[int]:
@@ -120,34 +135,9 @@ def _children() -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == os.getpid() and "crisp-executor" not in _cmdline(entry):
+        if int(stat[stat.rindex(")") + 2:].split()[1]) == os.getpid():
             out.append(int(entry.name))
     return out
-
-
-def _reap_orphans(before: set[int], timeout: float = 10.0) -> None:
-    """Reap the containers' processes re-parented to us during the test (only those: never a child some Popen
-    still owns, such as a session-wide registry started before the test). Without blocking on any one of them:
-    a dying PID 1 of a container waits until its namespace's other processes are reaped, and those may be our
-    zombies too. What is still alive after `timeout` is killed (a leak of the test) and reaped."""
-    deadline = time.monotonic() + timeout
-    killed = False
-    while True:
-        left = [pid for pid in _children() if pid not in before]
-        if not left:
-            return
-        for pid in left:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-        if time.monotonic() > deadline:
-            if killed:
-                return  # unkillable (D state): give up rather than hang the session
-            for pid in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            killed, deadline = True, time.monotonic() + timeout
-        time.sleep(0.02)
 
 
 def _cmdline(entry: Path) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.cgroups import CgroupV2Manager
 from tests.executor.conftest import Bundles, Runtime
 from tests.executor.rootfs import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS, make_spec
 
@@ -60,6 +61,18 @@ def test_no_new_privs_off_and_no_seccomp(builtin: Runtime, bundles: Bundles) -> 
     out = run_ok(builtin, bundles, make_spec([BB, "cat", "/proc/self/status"], process_noNewPrivileges=False))
     assert status_field(out, "NoNewPrivs") == "0"
     assert status_field(out, "Seccomp") == "0"
+
+
+def test_seccomp_without_no_new_privs(builtin: Runtime, bundles: Bundles) -> None:
+    # loaded while the executor still has CAP_SYS_ADMIN, before the capabilities are dropped
+    seccomp = {"defaultAction": "SCMP_ACT_ALLOW",
+               "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}
+    out = run_ok(builtin, bundles, make_spec(
+        sh(f"{BB} cat /proc/self/status; {BB} mkdir /tmp/x || echo MKDIR-DENIED"),
+        process_noNewPrivileges=False, linux_seccomp=seccomp, process_user={"uid": 1000, "gid": 1000}))
+    assert status_field(out, "NoNewPrivs") == "0"
+    assert status_field(out, "Seccomp") == "2"
+    assert "MKDIR-DENIED" in out
 
 
 def test_user_groups_and_umask(builtin: Runtime, bundles: Bundles) -> None:
@@ -123,6 +136,19 @@ def test_devices(builtin: Runtime, bundles: Bundles) -> None:
     assert "/dev/fd -> /proc/self/fd" in out
 
 
+def test_device_filter(builtin: Runtime, bundles: Bundles) -> None:
+    tun = {"path": "/dev/net/tun", "type": "c", "major": 10, "minor": 200, "fileMode": 0o666, "uid": 0, "gid": 0}
+    probe = sh("(exec 3<>/dev/net/tun) 2>&1 && echo TUN-OPENED; (exec 3<>/dev/null) && echo NULL-OPENED")
+    denied = run_ok(builtin, bundles, make_spec(probe, linux_devices=[tun],
+                                                linux_resources={"devices": [{"allow": False, "access": "rwm"}]}))
+    assert "Operation not permitted" in denied and "TUN-OPENED" not in denied
+    assert "NULL-OPENED" in denied
+    allowed = run_ok(builtin, bundles, make_spec(probe, linux_devices=[tun], linux_resources={"devices": [
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]}))
+    assert "TUN-OPENED" in allowed and "NULL-OPENED" in allowed
+
+
 def test_namespaces_are_new_and_joinable(builtin: Runtime, bundles: Bundles) -> None:
     name = f"crisp-t-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
@@ -140,6 +166,25 @@ def test_namespaces_are_new_and_joinable(builtin: Runtime, bundles: Bundles) -> 
     # the network namespace is the one given by path: it was pinned, and the container saw its inode
     assert inside["net"] != str(os.stat("/proc/self/ns/net").st_ino)
     assert "PID=1" in out
+
+
+def test_joining_another_containers_pid_namespace(builtin: Runtime, bundles: Bundles) -> None:
+    """A pod's shared PID namespace: the second container joins the first one's by path and sees its processes."""
+    first = bundles.make(make_spec([BB, "sleep", "300"]))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(builtin.command("create", "--bundle", str(first), "--pid-file", str(first / "pid"), cid),
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run(builtin.command("start", cid), check=True)
+        init = int((first / "pid").read_text())
+        spec = make_spec(sh(f"echo PID=$$; {BB} ps -o pid,args"))
+        spec["linux"]["namespaces"] = [{"type": "pid", "path": f"/proc/{init}/ns/pid"}] + [
+            {"type": t} for t in ("ipc", "uts", "mount", "network")]
+        out = run_ok(builtin, bundles, spec)
+    finally:
+        subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
+    assert "PID=1" not in out
+    assert re.search(r"^\s*1 .*sleep 300", out, re.M), out
 
 
 def test_sysctls_in_the_container_namespaces(builtin: Runtime, bundles: Bundles) -> None:
@@ -278,19 +323,14 @@ def test_clear_errors_and_nothing_left(builtin: Runtime, bundles: Bundles, spec_
                                        message: str) -> None:
     spec = make_spec([BB, "true"])
     spec["process"].update(spec_change)
-    result = builtin.run(bundles.make(spec))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    result = builtin.run(bundles.make(spec), cid)
     assert result.create != 0
     lines = result.err.strip().splitlines()
     assert len(lines) == 1, result.err
     assert message in lines[0]
     assert not builtin.root.exists() or not any(builtin.root.iterdir())
-    assert "crisp-t-" not in _cgroup_names()
-
-
-def _cgroup_names() -> str:
-    from runtime.executor.cgroup import _cgroup2_mount
-
-    return " ".join(os.listdir(_cgroup2_mount()))
+    assert not _cgroup_dir(cid).exists()
 
 
 # ---------------------------------------------------------------------------------------------- lifecycle
@@ -315,6 +355,7 @@ def test_lifecycle_state_kill_delete_leaves_nothing(builtin: Runtime, bundles: B
     pid = int(pid_file.read_text())
     state = _wait_status(builtin, cid, "created")
     assert state["status"] == "created" and state["pid"] == pid and state["bundle"] == str(bundle)
+    assert state["rootfs"] == str(bundle / "rootfs")
     again = subprocess.run(builtin.command("create", "--bundle", str(bundle), cid), capture_output=True, text=True)
     assert again.returncode != 0 and "already exists" in again.stderr
     subprocess.run(builtin.command("start", cid), check=True)
@@ -334,9 +375,30 @@ def test_lifecycle_state_kill_delete_leaves_nothing(builtin: Runtime, bundles: B
 
 
 def _cgroup_dir(cid: str) -> Path:
-    from runtime.executor.cgroup import _cgroup2_mount
+    return CgroupV2Manager.discover().mount / f"crisp-{cid}"
 
-    return _cgroup2_mount() / f"crisp-{cid}"
+
+def test_kill_all_reaches_every_process_of_the_cgroup(builtin: Runtime, bundles: Bundles) -> None:
+    # the init ignores SIGTERM... as PID 1 without a handler does; its child does not
+    bundle = bundles.make(make_spec(sh(f"{BB} sleep 300 & {BB} sleep 301; wait")))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    try:
+        subprocess.run(builtin.command("create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid),
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(builtin.command("start", cid), check=True)
+        procs = _cgroup_dir(cid) / "cgroup.procs"
+        deadline = time.monotonic() + 10
+        while len(procs.read_text().split()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(procs.read_text().split()) == 3
+        subprocess.run(builtin.command("kill", "--all", cid, "SIGKILL"), check=True)
+        assert procs.read_text().split() == []
+        assert _wait_status(builtin, cid, "stopped")["status"] == "stopped"
+        unknown = subprocess.run(builtin.command("kill", cid, "SIGNOPE"), capture_output=True, text=True)
+        assert unknown.returncode != 0 and "unknown signal" in unknown.stderr
+    finally:
+        subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
+    assert not _cgroup_dir(cid).exists()
 
 
 def test_delete_force_of_a_created_container(builtin: Runtime, bundles: Bundles) -> None:
@@ -387,14 +449,19 @@ def test_exec_has_the_container_identity(builtin: Runtime, bundles: Bundles) -> 
         bad = subprocess.run(builtin.command("exec", "--process", str(bundle / "process.json"), cid),
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode != 0 and 'exec: "/nope": no such file or directory' in bad.stderr
-        detached = dict(process, args=[BB, "sleep", "1"])
+        detached = dict(process, args=[BB, "sleep", "60"])
         (bundle / "process.json").write_text(json.dumps(detached))
-        run = subprocess.run(builtin.command("exec", "--detach", "--pid-file", str(bundle / "exec.pid"),
-                                             "--process", str(bundle / "process.json"), cid),
-                             capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
+        # the detached process keeps the stdio it is given (the shim's pipes): a file here, not our pipe
+        with open(bundle / "exec.err", "w") as err:
+            run = subprocess.run(builtin.command("exec", "--detach", "--pid-file", str(bundle / "exec.pid"),
+                                                 "--process", str(bundle / "process.json"), cid),
+                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, timeout=60)
+        assert run.returncode == 0, (bundle / "exec.err").read_text()
         exec_pid = int((bundle / "exec.pid").read_text())
         assert os.stat(f"/proc/{exec_pid}/ns/pid").st_ino == os.stat(f"/proc/{init}/ns/pid").st_ino
+        assert str(exec_pid) in (_cgroup_dir(cid) / "cgroup.procs").read_text()
+        os.kill(exec_pid, 9)
+        os.waitpid(exec_pid, 0)  # we are its subreaper, as the shim is
     finally:
         subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
     assert not _cgroup_dir(cid).exists()
