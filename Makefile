@@ -12,7 +12,8 @@ RUN_DEBS := ca-certificates iproute2 libseccomp2 mount nftables util-linux
 VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # one package per line (sorted), so that parallel changes merge cleanly
 # containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables;
-# runc, crun: the OCI runtime handlers; busybox-static: test containers' rootfs; docker-registry etc.: image tests
+# runc, crun: the OCI runtime handlers; busybox-static: test containers' rootfs; docker-registry etc.: image tests;
+# prometheus: a real Prometheus scrapes crispd with deploy/prometheus.yml
 TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 	apache2-utils \
 	busybox-static \
@@ -21,6 +22,7 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 	docker-registry \
 	iptables \
 	openssl \
+	prometheus \
 	runc \
 
 # .deb files the tests unpack into container root filesystems instead of installing them

@@ -144,10 +144,69 @@ class OciConfig:
         return []
 
 
+def parse_host_port(value: str) -> tuple[str, int]:
+    """"host:port" or "[v6 address]:port" -> (host, port); ValueError saying what is wrong."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets ([::1]:9647), got {value!r}")
+    if not host:
+        raise ValueError(f"expected host:port, got {value!r}")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"the port of {value!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"the port of {value!r} is out of range 0-65535")
+    return host, port
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
-    # host:port of the Prometheus endpoint; empty turns it off
+    # host:port of the Prometheus endpoint (/metrics, /healthz); empty turns it off; port 0 picks a free port
     address: str = "127.0.0.1:9647"
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.address:
+            try:
+                parse_host_port(self.address)
+            except ValueError as exc:
+                return [("address", str(exc))]
+        return []
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """The CRI stats and metrics RPCs."""
+
+    # a container's writable layer is walked at most this often (the walk runs in a worker thread)
+    disk_usage_cache_seconds: float = 10.0
+    # pod network counters are read in the pod's network namespace by a network helper, within this time
+    network_timeout_seconds: float = 10.0
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.disk_usage_cache_seconds < 0:
+            return [("disk_usage_cache_seconds", "must not be negative")]
+        if self.network_timeout_seconds <= 0:
+            return [("network_timeout_seconds", "must be positive")]
+        return []
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """GetContainerEvents."""
+
+    # events waiting for one subscriber that does not read them; one more and that subscriber is dropped (its
+    # stream ends), so that a stuck client never holds crispd's memory or its lifecycle RPCs
+    subscriber_buffer: int = 1024
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.subscriber_buffer < 1:
+            return [("subscriber_buffer", "must be at least 1")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -259,6 +318,8 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     oci: OciConfig = field(default_factory=OciConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     shim: ShimConfig = field(default_factory=ShimConfig)

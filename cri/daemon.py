@@ -17,6 +17,7 @@ from grpc import aio
 
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics
+from cri.metrics_server import MetricsServer
 from cri.network import build_network
 from cri.oci import NodeFacts
 from cri.recovery import recover
@@ -110,7 +111,7 @@ class Daemon:
         self.readiness = Readiness()
         self.metrics = Metrics()
         self.store = Store(Path(config.root) / "crisp.db")
-        self.images = ImageManager(config, self.store)
+        self.images = ImageManager(config, self.store, on_fetched=self.metrics.image_pull_bytes.inc)
         self._locks: list[LockFile] = []
         self._stop: asyncio.Event | None = None
 
@@ -173,6 +174,7 @@ class Daemon:
         shims = ShimManager(Path(self.config.state) / "containers")
         ctx: ServiceContext | None = None
         streaming: StreamingServer | None = None
+        metrics_server: MetricsServer | None = None
         try:
             await self.images.start()
             images = self.images
@@ -185,6 +187,14 @@ class Daemon:
             streaming = StreamingServer(self.config.streaming, ContainerStreams(ctx))
             await streaming.start()
             ctx.streaming = streaming
+            if self.config.metrics.address:
+                metrics_server = MetricsServer(self.config.metrics.address, self.metrics, self.readiness,
+                                               ctx.state_snapshot)
+                try:
+                    await metrics_server.start()
+                except OSError as exc:
+                    metrics_server = None
+                    raise StartupError(f"cannot serve metrics on {self.config.metrics.address}: {exc}") from None
             server = aio.server(
                 interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
@@ -203,6 +213,7 @@ class Daemon:
             finally:
                 os.umask(old_umask)
             os.chmod(self.socket, 0o660)
+            await ctx.delay_point("crispd.ready")
             await recover(ctx)
             self.readiness.set_ready()
             if self.config.debug.slow_callback_ms > 0:
@@ -211,6 +222,9 @@ class Daemon:
                      self.config.root, self.config.state)
             await stop.wait()
         finally:
+            self.readiness.set_not_ready("crispd is stopping")
+            if ctx is not None:
+                ctx.events.close()  # event streams end, so that the server's grace period is not spent on them
             if server is not None:
                 # in-flight RPCs get the grace period; new ones are refused from now on
                 await server.stop(self.config.shutdown_grace_seconds)
@@ -221,6 +235,8 @@ class Daemon:
                     self.socket.unlink()
             if streaming is not None:
                 await streaming.stop()
+            if metrics_server is not None:
+                await metrics_server.close()
             if ctx is not None:
                 await ctx.cancel_background()
             await shims.close()  # the zygote ends; the shims and their containers go on

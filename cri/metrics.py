@@ -1,11 +1,82 @@
-"""crispd's Prometheus metrics, in a registry of its own (no global state)."""
+"""crispd's Prometheus metrics, in a registry of its own (no global state).
+
+Counters and histograms are updated where things happen (the interceptor, PullImage, pod network setup, exits).
+Gauges of what exists (containers and pods by state, shims, event subscribers) are read at scrape time from a
+`StateSnapshot` that the metrics server takes on the event loop just before it renders the page in a worker
+thread: the stores are only ever read on the loop. crispd's own process metrics come from prometheus_client's
+process collector.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+from cri.errors import status_code_for
+from runtime.version import VERSION
 
 # RPC latencies from sub-millisecond status calls to multi-minute image pulls
 _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_PULL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_NETWORK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+CONTAINER_STATES = ("created", "running", "exited", "unknown")
+POD_STATES = ("ready", "notready")
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """What exists, counted on the event loop; `shims_alive` is called in the scraping thread (it reads /proc)."""
+
+    containers: Mapping[str, int] = field(default_factory=dict)
+    pods: Mapping[str, int] = field(default_factory=dict)
+    event_subscribers: int = 0
+    ready: bool = False
+    shims_alive: Callable[[], int] | None = None
+
+
+class _StateCollector:
+    """Gauges of what exists, from the last snapshot."""
+
+    def __init__(self) -> None:
+        self.snapshot: StateSnapshot | None = None
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        snap = self.snapshot
+        if snap is None:
+            return
+        containers = GaugeMetricFamily("crisp_containers", "Containers crispd knows, by state.", labels=["state"])
+        for state in sorted(set(CONTAINER_STATES) | set(snap.containers)):
+            containers.add_metric([state], snap.containers.get(state, 0))
+        yield containers
+        pods = GaugeMetricFamily("crisp_pods", "Pod sandboxes crispd knows, by state.", labels=["state"])
+        for state in sorted(set(POD_STATES) | set(snap.pods)):
+            pods.add_metric([state], snap.pods.get(state, 0))
+        yield pods
+        if snap.shims_alive is not None:
+            yield GaugeMetricFamily("crisp_shims", "crisp-shim processes running (one per container).",
+                                    value=snap.shims_alive())
+        yield GaugeMetricFamily("crisp_container_event_subscribers", "GetContainerEvents streams open.",
+                                value=snap.event_subscribers)
+        yield GaugeMetricFamily("crisp_ready", "1 when crispd serves the CRI, 0 while it starts or stops.",
+                                value=1 if snap.ready else 0)
 
 
 class Metrics:
@@ -13,20 +84,52 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
         self.grpc_requests = Counter(
-            "crisp_grpc_requests_total",
-            "CRI RPCs handled, by method and gRPC status code.",
-            ["method", "code"],
-            registry=self.registry,
-        )
+            "crisp_grpc_requests_total", "CRI RPCs handled, by method and gRPC status code.", ["method", "code"],
+            registry=r)
         self.grpc_duration = Histogram(
-            "crisp_grpc_request_duration_seconds",
-            "Time to handle a CRI RPC, by method.",
-            ["method"],
-            buckets=_RPC_BUCKETS,
-            registry=self.registry,
-        )
+            "crisp_grpc_request_duration_seconds", "Time to handle a CRI RPC, by method.", ["method"],
+            buckets=_RPC_BUCKETS, registry=r)
+        self.image_pulls = Counter(
+            "crisp_image_pulls_total", "PullImage calls that finished, successful or not.", registry=r)
+        self.image_pull_failures = Counter(
+            "crisp_image_pull_failures_total", "PullImage calls that failed, by gRPC status code.", ["code"],
+            registry=r)
+        self.image_pull_bytes = Counter(
+            "crisp_image_pull_bytes_total", "Image layer bytes downloaded from registries.", registry=r)
+        self.image_pull_duration = Histogram(
+            "crisp_image_pull_duration_seconds", "Time of successful PullImage calls.", buckets=_PULL_BUCKETS,
+            registry=r)
+        self.oom_kills = Counter(
+            "crisp_container_oom_kills_total", "Containers whose exit was an OOM kill.", registry=r)
+        self.network_setup_duration = Histogram(
+            "crisp_network_setup_duration_seconds", "Time to attach a pod to the pod network, by backend.",
+            ["backend"], buckets=_NETWORK_BUCKETS, registry=r)
+        self.network_setup_failures = Counter(
+            "crisp_network_setup_failures_total", "Pod network setups that failed.", registry=r)
+        self.event_subscribers_dropped = Counter(
+            "crisp_container_event_subscribers_dropped_total",
+            "GetContainerEvents subscribers dropped for falling too far behind.", registry=r)
+        build = Gauge("crisp_build_info", "crispd's version (the value is always 1).", ["version"], registry=r)
+        build.labels(version=VERSION).set(1)
+        self._state = _StateCollector()
+        r.register(self._state)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         self.grpc_requests.labels(method=method, code=code).inc()
         self.grpc_duration.labels(method=method).observe(seconds)
+
+    def observe_image_pull(self, seconds: float, error: BaseException | None) -> None:
+        self.image_pulls.inc()
+        if error is None:
+            self.image_pull_duration.observe(seconds)
+        else:
+            code = grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else status_code_for(error)
+            self.image_pull_failures.labels(code=code.name).inc()
+
+    def set_state(self, snapshot: StateSnapshot) -> None:
+        self._state.snapshot = snapshot

@@ -244,6 +244,10 @@ class ShimManager:
     def info(self, container_id: str) -> ShimInfo | None:
         return self._shims.get(container_id)
 
+    def known(self) -> list[ShimInfo]:
+        """Every shim crispd knows of (alive or not: `shim_alive` tells, reading /proc)."""
+        return list(self._shims.values())
+
     def forget(self, container_id: str) -> None:
         self._shims.pop(container_id, None)
 

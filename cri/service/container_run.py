@@ -37,6 +37,8 @@ async def record_exit(ctx: ServiceContext, container: Container, status: ExitSta
         started_at=container.status.started_at or status.started_at, reason=status.reason or exit_reason(status),
         message=message)
     log.info("container %s exited with %d (%s)", container.id, status.exit_code, container.status.reason)
+    if status.oom_killed:
+        ctx.metrics.oom_kills.inc()
     ctx.container_event(container, cri.CONTAINER_STOPPED_EVENT)
 
 

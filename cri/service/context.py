@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -11,19 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from cri.config import Config
-from cri.metrics import Metrics
+from cri.events import EventBroker
+from cri.metrics import Metrics, StateSnapshot
 from cri.oci import NodeFacts
 from cri.server import Readiness
 from cri.service.images import ImageManager, InUse
+from cri.stats import StatsCollector
 from cri.store.containers import Container, ContainerStore
 from cri.store.db import Store
 from cri.store.names import NameIndex
-from cri.store.sandboxes import SandboxStore
+from cri.store.sandboxes import Sandbox, SandboxStore
 from cri.streaming.server import StreamingServer
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.network.manager import NetworkManager
-from shim.manager import ShimManager
+from shim.manager import ShimManager, shim_alive
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,10 @@ class ServiceContext:
     shim_manager: ShimManager | None = None
     # crispd's own capabilities, oom_score_adj, limits: what container specs are built against
     node: NodeFacts = field(default_factory=lambda: NodeFacts(capabilities=()))
-    # GetContainerEvents subscribers: called with (container, event type) on each change
-    event_listeners: list[Callable[[Container, int], None]] = field(default_factory=list)
+    # GetContainerEvents subscribers
+    events: EventBroker = field(init=False)
+    # the stats and metrics RPCs' samples, rates and caches
+    stats: StatsCollector = field(init=False)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     # None when the host has no cgroup2 mount: pods cannot be run then
     cgroups: CgroupV2Manager | None = None
@@ -72,6 +77,10 @@ class ServiceContext:
         self.sandbox_names = NameIndex(self.store, "sandbox")
         self.containers = ContainerStore(self.store)
         self.container_names = NameIndex(self.store, "container")
+        self.events = EventBroker(self.config.events.subscriber_buffer,
+                                  on_drop=self.metrics.event_subscribers_dropped.inc)
+        self.stats = StatsCollector(self.cgroup_manager, self.network, self.config.stats.disk_usage_cache_seconds,
+                                    self.config.stats.network_timeout_seconds, clock_ns=self.clock_ns)
 
     @property
     def state_dir(self) -> Path:
@@ -179,7 +188,31 @@ class ServiceContext:
         return InUse(images=frozenset(c.meta.image_id for c in containers),
                      snapshots=frozenset(d for c in containers for d in c.meta.lowerdirs))
 
+    def forget_stats_of_removed(self) -> None:
+        """Rates and caches of containers and pods that are gone are dropped."""
+        self.stats.forget_except([c.id for c in self.containers.all()] + [s.id for s in self.sandboxes.all()])
+
+    def state_snapshot(self) -> StateSnapshot:
+        """What exists now, for the metrics page (counted here, on the loop, where the stores live)."""
+        shims = [(i.pid, i.start_time) for i in self.shim_manager.known()] if self.shim_manager else None
+        return StateSnapshot(
+            containers=collections.Counter(c.status.state for c in self.containers.all()),
+            pods=collections.Counter(s.status.state for s in self.sandboxes.all()),
+            event_subscribers=self.events.subscribers, ready=self.readiness.ready,
+            shims_alive=None if shims is None else lambda: sum(shim_alive(pid, start) for pid, start in shims))
+
     def container_event(self, container: Container, event_type: int) -> None:
-        """A container changed state (created, started, stopped, deleted): tell GetContainerEvents subscribers."""
-        for listener in list(self.event_listeners):
-            listener(container, event_type)
+        """A container changed state (created, started, stopped, deleted): tell GetContainerEvents subscribers,
+        with the statuses of its pod and of the pod's containers as they are now."""
+        if self.events.subscribers:
+            # imported here: the status modules build on this one
+            from cri.service.container_events import event_response
+
+            self.events.publish(event_response(self, container.id, container.meta.sandbox_id, event_type))
+
+    def sandbox_event(self, sandbox: Sandbox, event_type: int) -> None:
+        """A pod changed state: the event carries the pod's id as the container id, as the kubelet expects."""
+        if self.events.subscribers:
+            from cri.service.container_events import event_response
+
+            self.events.publish(event_response(self, sandbox.id, sandbox.id, event_type, sandbox))

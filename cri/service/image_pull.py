@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from cri_api.v1 import api_pb2 as cri
 
 from cri.service.context import ServiceContext
@@ -20,6 +22,12 @@ def credentials_from(auth: cri.AuthConfig) -> Credentials | None:
 async def pull_image(ctx: ServiceContext, request: cri.PullImageRequest) -> cri.PullImageResponse:
     if not request.image.image:
         raise errors.InvalidArgument("PullImage: no image given")
-    record = await ctx.images.pull(request.image.image, credentials_from(request.auth))
+    started = time.monotonic()
+    try:
+        record = await ctx.images.pull(request.image.image, credentials_from(request.auth))
+    except BaseException as exc:
+        ctx.metrics.observe_image_pull(time.monotonic() - started, exc)
+        raise
+    ctx.metrics.observe_image_pull(time.monotonic() - started, None)
     # CRI v1: the image_ref of a pull is the image id, as Image.id and a container's image_id
     return cri.PullImageResponse(image_ref=record.id)

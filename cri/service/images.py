@@ -95,7 +95,8 @@ class _PullJob:
 
 
 class ImageManager:
-    def __init__(self, config: Config, db: Store, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, config: Config, db: Store, clock_ns: Callable[[], int] = time.time_ns,
+                 on_fetched: Callable[[int], None] | None = None) -> None:
         self.config = config.image
         self.db = db
         self.root = Path(config.root) / "images"
@@ -106,7 +107,8 @@ class ImageManager:
                                 + self.config.request_timeout_seconds,
                                 max_connections=max(4, self.config.max_concurrent_downloads))
         self.puller = Puller(self.files, client, self.config.registry_config_path,
-                             self.config.max_concurrent_downloads, self.config.pull_progress_timeout_seconds)
+                             self.config.max_concurrent_downloads, self.config.pull_progress_timeout_seconds,
+                             on_fetched=on_fetched)
         self.clock_ns = clock_ns
         self._pulls: dict[tuple[str, str], _PullJob] = {}
         self._gc_lock = asyncio.Lock()

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import secrets
 import shutil
+import time
 from typing import Any
 
 from cri_api.v1 import api_pb2 as cri
@@ -145,6 +146,8 @@ async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.P
         ctx.fail_point("run_pod_sandbox.record")
         undo.commit()
     log.info("pod %s (%s) is ready", sandbox_id, name)
+    ctx.sandbox_event(sandbox, cri.CONTAINER_CREATED_EVENT)
+    ctx.sandbox_event(sandbox, cri.CONTAINER_STARTED_EVENT)
 
 
 async def _setup_network(ctx: ServiceContext, meta: SandboxMeta, status: SandboxStatus, undo: Rollback
@@ -154,10 +157,16 @@ async def _setup_network(ctx: ServiceContext, meta: SandboxMeta, status: Sandbox
         return status
     network = ctx.network
     pod = pod_network_request(meta.id, meta.namespaces["net"], meta.config)
-    started = ctx.clock_ns()
-    result = await network.setup(pod)
+    started = time.monotonic()
+    try:
+        result = await network.setup(pod)
+    except BaseException:
+        ctx.metrics.network_setup_failures.inc()
+        raise
+    seconds = time.monotonic() - started
+    ctx.metrics.network_setup_duration.labels(backend=result.backend).observe(seconds)
     # pushed after the namespaces' undo, so it runs before the netns pin goes (CNI DEL wants the netns)
     undo.push("pod network", lambda: network.teardown(pod))
     log.info("pod %s: network %s/%s, IPs %s (%.1f ms)", meta.id, result.backend, result.network,
-             ", ".join(result.pod_ips), (ctx.clock_ns() - started) / 1e6)
+             ", ".join(result.pod_ips), seconds * 1e3)
     return dataclasses.replace(status, ips=tuple(result.pod_ips), network=result.to_json())

@@ -33,6 +33,7 @@ async def stop_sandbox(ctx: ServiceContext, sandbox: Sandbox) -> None:
     if sandbox.status.state == READY:
         await ctx.sandboxes.update(sandbox, state=NOT_READY)
         log.info("pod %s stopped", sandbox.id)
+        ctx.sandbox_event(sandbox, cri.CONTAINER_STOPPED_EVENT)
 
 
 async def remove_pod_sandbox(ctx: ServiceContext, request: cri.RemovePodSandboxRequest
@@ -51,4 +52,5 @@ async def remove_pod_sandbox(ctx: ServiceContext, request: cri.RemovePodSandboxR
         await ctx.sandboxes.delete(sandbox)
         await ctx.sandbox_names.release(sandbox.meta.name, sandbox.id)
     log.info("pod %s removed", sandbox.id)
+    ctx.sandbox_event(sandbox, cri.CONTAINER_DELETED_EVENT)
     return cri.RemovePodSandboxResponse()

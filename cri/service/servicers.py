@@ -14,15 +14,19 @@ from cri_api.v1 import api_pb2_grpc as cri_grpc
 
 from cri.service import (
     container_create,
+    container_events,
     container_run,
+    container_stats,
     container_status,
     container_update,
     image_fsinfo,
     image_pull,
     image_remove,
     image_status,
+    pod_metrics,
     runtime_info,
     sandbox_run,
+    sandbox_stats,
     sandbox_status,
     sandbox_stop,
     streaming,
@@ -126,6 +130,31 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
 
     async def PortForward(self, request: cri.PortForwardRequest, context: Any) -> cri.PortForwardResponse:
         return await streaming.port_forward_rpc(self.ctx, request)
+    async def ContainerStats(self, request: cri.ContainerStatsRequest, context: Any) -> cri.ContainerStatsResponse:
+        return await container_stats.container_stats_rpc(self.ctx, request)
+
+    async def ListContainerStats(self, request: cri.ListContainerStatsRequest, context: Any
+                                 ) -> cri.ListContainerStatsResponse:
+        return await container_stats.list_container_stats(self.ctx, request)
+
+    async def PodSandboxStats(self, request: cri.PodSandboxStatsRequest, context: Any
+                              ) -> cri.PodSandboxStatsResponse:
+        return await sandbox_stats.pod_sandbox_stats(self.ctx, request)
+
+    async def ListPodSandboxStats(self, request: cri.ListPodSandboxStatsRequest, context: Any
+                                  ) -> cri.ListPodSandboxStatsResponse:
+        return await sandbox_stats.list_pod_sandbox_stats(self.ctx, request)
+
+    async def ListMetricDescriptors(self, request: cri.ListMetricDescriptorsRequest, context: Any
+                                    ) -> cri.ListMetricDescriptorsResponse:
+        return await pod_metrics.list_metric_descriptors(self.ctx, request)
+
+    async def ListPodSandboxMetrics(self, request: cri.ListPodSandboxMetricsRequest, context: Any
+                                    ) -> cri.ListPodSandboxMetricsResponse:
+        return await pod_metrics.list_pod_sandbox_metrics(self.ctx, request)
+
+    async def GetContainerEvents(self, request: cri.GetEventsRequest, context: Any) -> None:
+        await container_events.get_container_events(self.ctx, request, context)
 
 
 class ImageService(cri_grpc.ImageServiceServicer):

@@ -94,8 +94,10 @@ class Puller:
     """Pulls images into an ImageStore; shared by all pulls (threads and connection pools)."""
 
     def __init__(self, store: ImageStore, client: RegistryClient, hosts_dir: str, max_concurrent_downloads: int,
-                 progress_timeout: float) -> None:
+                 progress_timeout: float, on_fetched: Callable[[int], None] | None = None) -> None:
         self.store = store
+        # told of every chunk of layer bytes downloaded (from a pool thread): crispd's metrics
+        self.on_fetched = on_fetched
         self.client = client
         self.hosts_dir = hosts_dir
         self.progress_timeout = progress_timeout
@@ -234,8 +236,15 @@ class Puller:
         if self.store.has_blob(layer.digest):
             progress.add(layer.size)
         else:
+            on_fetched = self.on_fetched
+
+            def fetched(n: int) -> None:
+                progress.add(n)
+                if on_fetched is not None:
+                    on_fetched(n)
+
             session.fetch_blob(layer.digest, layer.size, lambda: self.store.writer(layer.digest, layer.size),
-                               progress.add)
+                               fetched)
         tmp = self.store.new_tmp_dir("unpack-")
         try:
             fs = tmp / "fs"

@@ -14,6 +14,8 @@ Operations (every request carries "network": BridgeNetwork JSON):
     check      {"sandboxId", "netns", "veth", "addresses", "portMappings"}: FailedPrecondition naming what is
                missing
     destroy    delete the nftables table and the bridge (FailedPrecondition while ports are attached)
+    stats      interface counters inside each pod netns (no "network" needed): {"netns": [path, ...]}
+               -> {"namespaces": {path: {"interfaces": [InterfaceCounters JSON]} | {"error": "..."}}}
 This process may fork (pyroute2 does for some calls) and setns(2) itself: it is single-threaded and not crispd.
 """
 
@@ -31,7 +33,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from runtime import errors
-from runtime.network import hostnet, nft
+from runtime.network import hostnet, netstats, nft
 from runtime.network.bridge import BridgeNetwork
 from runtime.network.helper_client import HelperCrashed
 from runtime.network.ipam import IPInterface, gateway
@@ -185,11 +187,26 @@ def op_destroy(request: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def op_stats(request: dict[str, Any]) -> dict[str, Any]:
+    """Each namespace's /proc/net/dev, read from inside it; one that is gone or unreadable says why."""
+    out: dict[str, Any] = {}
+    for path in request.get("netns", ()):
+        path = str(path)
+        try:
+            with hostnet.in_netns(path):
+                counters = netstats.read_interface_counters()
+            out[path] = {"interfaces": [c.to_json() for c in counters]}
+        except (errors.CrispError, OSError) as exc:
+            out[path] = {"error": str(exc)}
+    return {"namespaces": out}
+
+
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "setup": op_setup,
     "teardown": op_teardown,
     "check": op_check,
     "destroy": op_destroy,
+    "stats": op_stats,
 }
 
 

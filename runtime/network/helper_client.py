@@ -25,7 +25,9 @@ from runtime.network.types import NetworkError
 
 log = logging.getLogger(__name__)
 
-HELPER_ARGV = (sys.executable, "-m", "runtime.network.helper")
+# -I: the helper is crisp's own module, never a `runtime` package in crispd's working directory (python -m puts
+# the working directory first on sys.path otherwise)
+HELPER_ARGV = (sys.executable, "-I", "-m", "runtime.network.helper")
 
 
 class HelperTimeout(errors.DeadlineExceeded):

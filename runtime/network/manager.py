@@ -8,11 +8,13 @@ appears or goes away while they run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from runtime import errors
 from runtime.network.bridge import BridgeBackend
 from runtime.network.cni import CniBackend
 from runtime.network.helper_client import HelperRunner
+from runtime.network.netstats import InterfaceCounters
 from runtime.network.types import NetworkBackend, NetworkResult, NetworkStatus, PodNetworkRequest
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,21 @@ class NetworkManager:
     async def status(self) -> NetworkStatus:
         backend = await self.backend()
         return await backend.status()
+
+    async def interface_stats(self, netns_paths: Sequence[str], time_limit: float
+                              ) -> dict[str, list[InterfaceCounters] | str]:
+        """Interface counters inside each network namespace (any backend's pods): path -> counters, or a string
+        saying why there are none (the namespace is gone, say). One helper request for all of them."""
+        if not netns_paths:
+            return {}
+        reply = await self._helper.call({"op": "stats", "netns": list(netns_paths)}, time_limit=time_limit)
+        out: dict[str, list[InterfaceCounters] | str] = {}
+        for path, entry in dict(reply.get("namespaces", {})).items():
+            if "error" in entry:
+                out[path] = str(entry["error"])
+            else:
+                out[path] = [InterfaceCounters.from_json(i) for i in entry.get("interfaces", [])]
+        return out
 
     async def close(self) -> None:
         """Stop the spare network helper (crispd's shutdown)."""

@@ -18,6 +18,7 @@ from cri_api.v1 import api_pb2_grpc as cri_grpc
 # asyncio debug mode logs every callback slower than the threshold like this
 SLOW_CALLBACK = re.compile(r"asyncio: Executing .* took \d+\.\d+ seconds")
 SLOW_CALLBACK_MS = 50
+METRICS_LINE = re.compile(r"metrics on (http://\S+?)/metrics")
 
 
 def crispd_command() -> list[str]:
@@ -34,14 +35,17 @@ def crispd_command() -> list[str]:
 class Crispd:
     """One crispd process; `start()` waits until it answers over its socket."""
 
-    def __init__(self, base: Path, config: str = "", name: str = "crispd") -> None:
+    def __init__(self, base: Path, config: str = "", name: str = "crispd", metrics: str = "127.0.0.1:0") -> None:
+        """`metrics` is the Prometheus endpoint's address: port 0 (the default) lets the kernel pick a free one
+        (`metrics_url` finds it); "" turns it off."""
         self.base = base
         self.root = base / "root"
         self.state = base / "state"
         self.socket = base / "run" / "crisp.sock"
         self.config_path = base / f"{name}.toml"
         self.log_path = base / f"{name}.log"
-        self.config_path.write_text(f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{config}")
+        self.config_path.write_text(f'[metrics]\naddress = "{metrics}"\n'
+                                    f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{config}")
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
 
@@ -93,6 +97,13 @@ class Crispd:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics_url(self, path: str = "/metrics") -> str:
+        """The URL of crispd's metrics endpoint, from the line it logs when it listens (the latest start)."""
+        found = METRICS_LINE.findall(self.log())
+        if not found:
+            raise RuntimeError(f"crispd logged no metrics address:\n{self.log()}")
+        return found[-1] + path
 
     def slow_callbacks(self) -> list[str]:
         return SLOW_CALLBACK.findall(self.log())

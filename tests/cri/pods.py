@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -62,9 +63,11 @@ class Pods:
         return left
 
 
-@pytest.fixture
-def pods(tmp_path: Path) -> Iterator[Pods]:
-    p = Pods(tmp_path)
+@contextlib.contextmanager
+def running_pods(base: Path, extra_config: str = "") -> Iterator[Pods]:
+    """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
+    cleanly without blocking its loop."""
+    p = Pods(base, extra_config)
     p.daemon.start()
     try:
         yield p
@@ -75,12 +78,18 @@ def pods(tmp_path: Path) -> Iterator[Pods]:
             leaks = p.leaks()
         finally:
             code = p.daemon.stop()
-            for m in reversed(mounts_under(tmp_path)):
+            for m in reversed(mounts_under(base)):
                 subprocess.run(["umount", "-l", m], check=False)
             p.cleanup_host()
     assert leaks == []
     assert code == 0, p.daemon.log()
     assert p.daemon.slow_callbacks() == [], p.daemon.log()
+
+
+@pytest.fixture
+def pods(tmp_path: Path) -> Iterator[Pods]:
+    with running_pods(tmp_path) as p:
+        yield p
 
 
 def pod_config(name: str = "web", **kwargs: object) -> cri.PodSandboxConfig:

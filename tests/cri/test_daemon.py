@@ -20,9 +20,14 @@ from runtime.version import VERSION
 from tests.cri.crispd import Crispd, crispd_command
 
 IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "RunPodSandbox", "StopPodSandbox",
-               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox", "CreateContainer", "StartContainer",
-               "StopContainer", "RemoveContainer", "ContainerStatus", "ListContainers", "UpdateContainerResources",
-               "UpdatePodSandboxResources", "ReopenContainerLog", "ExecSync", "Exec", "Attach", "PortForward"}
+               "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
+               # containers
+               "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus",
+               "ListContainers", "UpdateContainerResources", "UpdatePodSandboxResources", "ReopenContainerLog",
+               "ExecSync", "Exec", "Attach", "PortForward",
+               # observability
+               "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
+               "ListMetricDescriptors", "ListPodSandboxMetrics", "GetContainerEvents"}
 
 
 def test_version(crispd: Crispd) -> None:

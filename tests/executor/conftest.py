@@ -100,21 +100,24 @@ def builtin(tmp_path: Path) -> Iterator[Runtime]:
     """The built-in executor; the test process is the child subreaper of what it starts outside the runner
     (as the shim is), and reaps it at the end."""
     runtime = Runtime("crisp", executor_command(), tmp_path / "state-crisp")
+    before = set(_children())  # the session's own children (a registry of tests/cri): never this test's orphans
     sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     try:
         yield runtime
     finally:
         _cleanup(runtime)
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 0)
-        _reap_orphans()
+        _reap_orphans(before)
 
 
-def _reap_orphans(timeout: float = 10.0) -> None:
-    """Reap the containers' processes re-parented to us (never a child some Popen still owns). Never blocks on
-    one pid: a dying PID-namespace init waits for its namespace's zombies, which may be ours to reap first."""
+def _reap_orphans(before: set[int], timeout: float = 10.0) -> None:
+    """Reap the containers' processes re-parented to us (never a child some Popen still owns, nor one the session
+    had before the test). Never blocks on one pid: a dying PID-namespace init waits for its namespace's zombies,
+    which may be ours to reap first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        orphans = [pid for pid in _children() if "crisp-executor" not in _cmdline(Path(f"/proc/{pid}"))]
+        orphans = [pid for pid in _children()
+                   if pid not in before and "crisp-executor" not in _cmdline(Path(f"/proc/{pid}"))]
         if not orphans:
             return
         for pid in orphans:

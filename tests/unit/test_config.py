@@ -14,6 +14,7 @@ from cri.config import (
     dump_toml,
     load_config,
     parse_config,
+    parse_host_port,
     with_overrides,
 )
 
@@ -98,6 +99,14 @@ def test_unknown_keys_are_named(text: str, key: str) -> None:
         ("[runtime.handlers.runc]\ntype = 'oci'", "runtime.handlers.runc.path: an oci handler needs"),
         ("[runtime.handlers.x]\ntype = 'wasm'", "runtime.handlers.x.type: 'wasm' is not one of"),
         ("shutdown_grace_seconds = -1", "shutdown_grace_seconds: must not be negative"),
+        ("[metrics]\naddress = '9647'", "metrics.address: expected host:port"),
+        ("[metrics]\naddress = ':9647'", "metrics.address: expected host:port"),
+        ("[metrics]\naddress = 'localhost:http'", "metrics.address: the port of 'localhost:http' is not a number"),
+        ("[metrics]\naddress = '127.0.0.1:70000'", "metrics.address: the port of '127.0.0.1:70000' is out of range"),
+        ("[metrics]\naddress = '::1:9647'", "metrics.address: an IPv6 address needs brackets"),
+        ("[stats]\ndisk_usage_cache_seconds = -1", "stats.disk_usage_cache_seconds: must not be negative"),
+        ("[stats]\nnetwork_timeout_seconds = 0", "stats.network_timeout_seconds: must be positive"),
+        ("[events]\nsubscriber_buffer = 0", "events.subscriber_buffer: must be at least 1"),
         ("root = ", "not valid TOML"),
     ],
 )
@@ -165,3 +174,16 @@ def test_tables_of_plain_values_round_trip() -> None:
     assert parse_config(dump_toml(config)) == config
     with pytest.raises(ConfigError, match=r"debug\.delay_points\.x: expected an integer"):
         parse_config('[debug.delay_points]\nx = "slow"\n')
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("127.0.0.1:9647", ("127.0.0.1", 9647)), ("[::1]:0", ("::1", 0)), ("localhost:8080", ("localhost", 8080)),
+    ("0.0.0.0:9647", ("0.0.0.0", 9647)),
+])
+def test_metrics_addresses(address: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(address) == expected
+    assert parse_config(f"[metrics]\naddress = '{address}'").metrics.address == address
+
+
+def test_metrics_can_be_turned_off() -> None:
+    assert parse_config("[metrics]\naddress = ''").metrics.address == ""
