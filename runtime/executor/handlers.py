@@ -58,11 +58,12 @@ class HandlerFeatures:
 
 
 def builtin_argv() -> tuple[str, ...]:
-    """The installed `crisp-executor` next to this interpreter, else the module run by this interpreter."""
+    """The installed `crisp-executor` next to this interpreter, else the module run by this interpreter
+    (isolated: never a checkout that happens to be the working directory)."""
     script = Path(sys.executable).parent / "crisp-executor"
     if script.exists():
         return (str(script),)
-    return (sys.executable, "-m", "runtime.executor")
+    return (sys.executable, "-I", "-m", "runtime.executor")
 
 
 def handler_root(state_dir: Path, name: str, configured: str = "") -> Path:
