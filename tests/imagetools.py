@@ -209,6 +209,16 @@ def index(entries: list[dict[str, Any]], docker: bool = False) -> bytes:
                        "manifests": entries}, sort_keys=True).encode()
 
 
+def busybox_image() -> Image:
+    """busybox-static as a docker image: every applet a /bin entry, so that commands like `sleep` are found as
+    programs (and really exec'd), not only run as builtins of `sh`."""
+    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
+    links = layer([symlink(f"bin/{a}", "busybox") for a in applets if a not in ("busybox", "sh")]
+                  # www-data is also a member of audio (29): SupplementalGroupsPolicy Merge adds it, Strict not
+                  + [file("etc/group", b"root:x:0:\nwww-data:x:33:\naudio:x:29:www-data\n")], "gzip")
+    return image([busybox_layer("gzip"), links], docker=True)
+
+
 # ---------------------------------------------------------------------------------------------------- push
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +36,10 @@ class TestImages:
 @pytest.fixture(scope="session")
 def test_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestImages]:
     """A loopback registry (Debian's docker-registry) holding a busybox image built from busybox-static."""
-    from tests.imagetools import BUSYBOX, Pusher, busybox_layer, file, image, layer, running_registry, symlink
+    from tests.imagetools import Pusher, busybox_image, running_registry
 
     if os.geteuid() != 0 or shutil.which("docker-registry") is None:
         pytest.skip("needs root and docker-registry (make test installs it)")
-    # every applet as a /bin entry, so that commands like `sleep` are found as programs (and really exec'd)
-    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    links = layer([symlink(f"bin/{a}", "busybox") for a in applets if a not in ("busybox", "sh")]
-                  # www-data is also a member of audio (29): SupplementalGroupsPolicy Merge adds it, Strict not
-                  + [file("etc/group", b"root:x:0:\nwww-data:x:33:\naudio:x:29:www-data\n")], "gzip")
     with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        Pusher(reg.url).image("crisp/busybox", image([busybox_layer("gzip"), links], docker=True), "latest")
+        Pusher(reg.url).image("crisp/busybox", busybox_image(), "latest")
         yield TestImages(registry=reg.host, busybox=f"{reg.host}/crisp/busybox:latest")

@@ -22,10 +22,11 @@ from tests.vm.settings import VmSettings, prune
 
 SUITE = "bookworm"
 # What the guest tests use: Python for pytest + crisp, the OCI runtimes for differential tests, busybox as a
-# container root file system, and the usual tools (ip, nsenter, mount, ps, modprobe, nft, CNI plugins).
+# container root file system, docker-registry to serve images to a crispd in the guest (it has no network), and
+# the usual tools (ip, nsenter, mount, ps, modprobe, nft, CNI plugins).
 GUEST_PACKAGES = (
     "python3", "python3-venv", "iproute2", "util-linux", "mount", "procps", "kmod", "nftables", "iptables",
-    "runc", "crun", "containernetworking-plugins", "busybox-static",
+    "runc", "crun", "containernetworking-plugins", "busybox-static", "docker-registry",
 )
 # the Debian kernel builds these as modules; the initramfs loads them to reach the root disk and the 9p shares
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4", "9p", "9pnet_virtio", "virtio_console")

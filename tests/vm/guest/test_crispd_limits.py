@@ -1,0 +1,303 @@
+"""crispd under the pure cgroup v2 kernel, driven over its socket as the kubelet drives it: CRI resources become the
+files of the container and pod cgroups, UpdateContainerResources and UpdatePodSandboxResources change them live
+(and the kernel enforces the new values: forks refused then allowed, a process OOM-killed when memory is lowered
+below its use), and an OOM kill is reported by ContainerStatus as EXITED, 137, "OOMKilled".
+
+The guest has no network: a Debian docker-registry on a free 127.0.0.1 port serves busybox-static as an image.
+One crispd and one registry serve the whole module (every Python start costs ~0.7 s under TCG); every test removes
+its pods and checks that nothing is left. Slow callbacks are not checked here (see test_crispd.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as cri
+from cri_api.v1 import api_pb2_grpc as cri_grpc
+
+from tests.cri.pods import Pods
+from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.leaks import mounts_under
+from tests.vm.guest.support import HOLD, Cgroup, allocate_and_hold, unique_name, wait_until
+
+MiB = 1 << 20
+# started as programs of the image (every busybox applet is a /bin entry there)
+SLEEP = ["sleep", "100000"]
+# a shell that starts 12 background processes, one line per fork that worked; ash gives up ("can't fork") at the
+# first fork pids.max refuses. Their stdio is /dev/null, so that none holds the exec's pipes.
+FORK_12 = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 3 </dev/null >/dev/null 2>&1 & echo $i; done; "
+           "wait"]
+# CRI cpu shares -> cgroup v2 cpu.weight, by the log-quadratic mapping (runc >= 1.3.2, crun >= 1.23, the kubelet):
+# with l = log2(shares), weight = ceil(10 ** ((l*l + 125*l) / 612 - 7/34)); worked out by hand, not by crisp
+WEIGHT_OF_SHARES = {512: 59, 1024: 100, 2048: 174}
+LIMIT_FILES = ("memory.max", "memory.swap.max", "cpu.max", "cpu.weight", "pids.max", "cpuset.cpus")
+# what the pod cgroup crisp makes inherits from no CRI value
+UNLIMITED = {"memory.max": "max", "memory.swap.max": "max", "cpu.max": "max 100000", "cpu.weight": "100",
+             "pids.max": "max"}
+
+# the host's network (limits need no pod network) and a PID namespace per container (no pod init to start), for the
+# pod and, as the kubelet sends them, for each of its containers
+NAMESPACES = cri.NamespaceOption(network=cri.NODE, pid=cri.CONTAINER)
+
+
+@dataclass
+class Node:
+    """The module's crispd (with its own cgroup base), the image it pulled, and the cgroup2 mount."""
+
+    pods: Pods
+    image: str
+    cgroup_root: Path
+    base: Path  # where the test keeps pod log directories
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, cgroup_root: Path) -> Iterator[Node]:
+    base = tmp_path_factory.mktemp("crispd-limits")
+    with contextlib.ExitStack() as stack:
+        registry = stack.enter_context(running_registry(base / "registry"))
+        Pusher(registry.url).image("crisp/busybox", busybox_image(), "latest")
+        (base / "crispd").mkdir()
+        pods = Pods(base / "crispd")
+        stack.callback(pods.cleanup_host)
+        stack.callback(_unmount_all_under, base / "crispd")
+        pods.daemon.start(timeout=120)
+        code: list[int] = []
+        stack.callback(lambda: code.append(pods.daemon.stop(signal.SIGTERM, timeout=60)))
+        image = f"{registry.host}/crisp/busybox:latest"
+        pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=image)), timeout=120)
+        yield Node(pods, image, cgroup_root, base)
+        leaks = pods.leaks()
+        stack.close()
+        assert leaks == []
+        assert code == [0], pods.daemon.log()
+
+
+def _unmount_all_under(path: Path) -> None:
+    for target in reversed(mounts_under(path)):
+        subprocess.run(["umount", "-l", target], check=False)
+
+
+@dataclass
+class Kubelet:
+    """What the kubelet does for one test, in a few calls; `cleanup` removes every pod (and every cgroup of its
+    own) it made and says what was left."""
+
+    node: Node
+    pods_made: list[str] = field(default_factory=list)
+    cgroups_made: list[Cgroup] = field(default_factory=list)
+
+    @property
+    def rt(self) -> cri_grpc.RuntimeServiceStub:
+        return self.node.pods.daemon.runtime
+
+    def pod_cgroup(self) -> str:
+        """A pod cgroup as the kubelet makes one (`/kubepods/burstable/pod<uid>`), with the controllers enabled
+        in its parent: crisp gets it as `cgroup_parent`, makes nothing of it, and may not size it."""
+        kubepods = Cgroup(self.node.cgroup_root / unique_name("crisp-vmkube"))
+        kubepods.path.mkdir()
+        self.cgroups_made.append(kubepods)
+        kubepods.enable("cpu", "cpuset", "memory", "pids")
+        pod = kubepods.child(f"pod{secrets.token_hex(4)}")
+        return "/" + str(pod.path.relative_to(self.node.cgroup_root))
+
+    def pod(self, name: str, cgroup_parent: str = "") -> tuple[str, cri.PodSandboxConfig]:
+        log_directory = self.node.base / "logs" / f"{name}-{secrets.token_hex(4)}"
+        log_directory.mkdir(parents=True)
+        config = cri.PodSandboxConfig(
+            metadata=cri.PodSandboxMetadata(name=name, namespace="limits", uid=f"uid-{secrets.token_hex(4)}"),
+            log_directory=str(log_directory),
+            linux=cri.LinuxPodSandboxConfig(
+                cgroup_parent=cgroup_parent,
+                security_context=cri.LinuxSandboxSecurityContext(namespace_options=NAMESPACES)))
+        pod_id = self.node.pods.run(config)
+        self.pods_made.append(pod_id)
+        return pod_id, config
+
+    def crisp_pod_cgroup(self, config: cri.PodSandboxConfig) -> Path:
+        """The pod cgroup crisp makes when the kubelet gives no cgroup_parent: `<cgroup.base>/pod<uid>`."""
+        return self.node.cgroup_root / self.node.pods.cgroup_base.lstrip("/") / f"pod{config.metadata.uid}"
+
+    def run(self, pod_id: str, pod: cri.PodSandboxConfig, name: str, command: list[str],
+            resources: cri.LinuxContainerResources | None = None) -> str:
+        linux = cri.LinuxContainerConfig(
+            security_context=cri.LinuxContainerSecurityContext(namespace_options=NAMESPACES))
+        if resources is not None:
+            linux.resources.CopyFrom(resources)
+        config = cri.ContainerConfig(
+            metadata=cri.ContainerMetadata(name=name), image=cri.ImageSpec(image=self.node.image), command=command,
+            log_path=f"{name}.log", linux=linux)
+        container_id = str(self.rt.CreateContainer(cri.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=120).container_id)
+        self.rt.StartContainer(cri.StartContainerRequest(container_id=container_id), timeout=120)
+        return container_id
+
+    def status(self, container_id: str) -> cri.ContainerStatus:
+        response: cri.ContainerStatusResponse = self.rt.ContainerStatus(
+            cri.ContainerStatusRequest(container_id=container_id), timeout=30)
+        return response.status
+
+    def wait_exited(self, container_id: str) -> cri.ContainerStatus:
+        wait_until(lambda: self.status(container_id).state == cri.CONTAINER_EXITED, 120,
+                   f"container {container_id} to be reported exited", interval=0.2)
+        return self.status(container_id)
+
+    def log(self, pod: cri.PodSandboxConfig, name: str) -> str:
+        path = Path(pod.log_directory) / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_logged(self, pod: cri.PodSandboxConfig, name: str, text: str) -> None:
+        wait_until(lambda: text in self.log(pod, name), 120, f"{text!r} in the log of {name}", interval=0.2)
+
+    def update(self, container_id: str, resources: cri.LinuxContainerResources) -> None:
+        self.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(
+            container_id=container_id, linux=resources), timeout=60)
+
+    def update_pod(self, pod_id: str, resources: cri.LinuxContainerResources) -> None:
+        self.rt.UpdatePodSandboxResources(cri.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod_id, resources=resources), timeout=60)
+
+    def exec(self, container_id: str, command: list[str]) -> cri.ExecSyncResponse:
+        response: cri.ExecSyncResponse = self.rt.ExecSync(
+            cri.ExecSyncRequest(container_id=container_id, cmd=command, timeout=60), timeout=120)
+        return response
+
+    def cleanup(self) -> list[str]:
+        left = []
+        for pod_id in self.pods_made:
+            self.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+        daemon = self.node.pods.daemon
+        for kept in (daemon.state / "containers", daemon.root / "containers"):
+            if kept.exists():
+                left += [f"container dir {d}" for d in kept.iterdir()]
+        # crisp removes the container cgroups it made inside the kubelet's pod cgroup, and only those
+        for kubepods in self.cgroups_made:
+            for pod in (p for p in kubepods.path.iterdir() if p.is_dir()):
+                left += [f"cgroup {c}" for c in pod.iterdir() if c.is_dir()]
+        left += self.node.pods.leaks()
+        return left
+
+
+@pytest.fixture
+def kubelet(node: Node) -> Iterator[Kubelet]:
+    made = Kubelet(node)
+    try:
+        yield made
+    finally:
+        try:
+            left = made.cleanup()
+        finally:
+            for cgroup in reversed(made.cgroups_made):
+                cgroup.remove()
+    assert left == []
+
+
+def limits(cgroup: Path, *names: str) -> dict[str, str]:
+    return {name: (cgroup / name).read_text().strip() for name in names or LIMIT_FILES}
+
+
+def test_container_cgroup_holds_the_cri_limits_and_updates_change_them_live(kubelet: Kubelet) -> None:
+    parent = kubelet.pod_cgroup()
+    pod_id, pod = kubelet.pod("sized", cgroup_parent=parent)
+    first = cri.LinuxContainerResources(cpu_shares=512, cpu_quota=20000, cpu_period=100000,
+                                        memory_limit_in_bytes=64 * MiB, cpuset_cpus="0", unified={"pids.max": "6"})
+    container_id = kubelet.run(pod_id, pod, "app", SLEEP, first)
+    cgroup = kubelet.node.cgroup_root / parent.lstrip("/") / f"crisp-{container_id}"
+    assert limits(cgroup) == {"memory.max": str(64 * MiB), "memory.swap.max": "0", "cpu.max": "20000 100000",
+                              "cpu.weight": str(WEIGHT_OF_SHARES[512]), "pids.max": "6", "cpuset.cpus": "0"}
+    assert kubelet.status(container_id).resources.linux == first
+
+    # the kernel holds the container to pids.max 6: sleep, the exec's shell (and its launcher) leave room for 4 more
+    refused = kubelet.exec(container_id, FORK_12)
+    assert refused.exit_code != 0, refused
+    assert b"can't fork" in refused.stderr, refused
+    assert len(refused.stdout.split()) <= 4, refused
+
+    cpus = "0-1" if len(os.sched_getaffinity(0)) > 1 else "0"
+    second = cri.LinuxContainerResources(cpu_shares=2048, cpu_quota=50000, cpu_period=50000,
+                                         memory_limit_in_bytes=128 * MiB, cpuset_cpus=cpus, unified={"pids.max": "64"})
+    kubelet.update(container_id, second)
+    assert limits(cgroup) == {"memory.max": str(128 * MiB), "memory.swap.max": "0", "cpu.max": "50000 50000",
+                              "cpu.weight": str(WEIGHT_OF_SHARES[2048]), "pids.max": "64", "cpuset.cpus": cpus}
+    status = kubelet.status(container_id)
+    assert status.state == cri.CONTAINER_RUNNING
+    assert status.resources.linux == second
+
+    allowed = kubelet.exec(container_id, FORK_12)
+    assert (allowed.exit_code, allowed.stdout.split(), allowed.stderr) == (0, [str(i).encode() for i in range(1, 13)],
+                                                                           b""), allowed
+
+
+def test_pod_update_leaves_the_kubelets_pod_cgroup_to_the_kubelet(kubelet: Kubelet) -> None:
+    parent = kubelet.pod_cgroup()
+    pod_id, _ = kubelet.pod("kubelet-sized", cgroup_parent=parent)
+    pod_cgroup = kubelet.node.cgroup_root / parent.lstrip("/")
+    before = limits(pod_cgroup, *UNLIMITED)
+    with pytest.raises(grpc.RpcError) as refused:
+        kubelet.update_pod(pod_id, cri.LinuxContainerResources(memory_limit_in_bytes=64 * MiB))
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert parent in (refused.value.details() or "")
+    assert limits(pod_cgroup, *UNLIMITED) == before
+
+
+def test_lowering_memory_below_use_oom_kills_the_container_and_says_so(kubelet: Kubelet) -> None:
+    parent = kubelet.pod_cgroup()
+    pod_id, pod = kubelet.pod("shrunk", cgroup_parent=parent)
+    container_id = kubelet.run(pod_id, pod, "holder", allocate_and_hold(16, then=HOLD),
+                               cri.LinuxContainerResources(memory_limit_in_bytes=96 * MiB))
+    kubelet.wait_logged(pod, "holder", "holding")
+    cgroup = kubelet.node.cgroup_root / parent.lstrip("/") / f"crisp-{container_id}"
+    assert int((cgroup / "memory.current").read_text()) > 16 * MiB
+    assert kubelet.status(container_id).state == cri.CONTAINER_RUNNING
+
+    # below what the shell holds, with no swap: the kernel reclaims what it can, then OOM-kills the holder
+    smaller = cri.LinuxContainerResources(memory_limit_in_bytes=8 * MiB)
+    kubelet.update(container_id, smaller)
+    status = kubelet.wait_exited(container_id)
+    assert (status.exit_code, status.reason) == (137, "OOMKilled"), status
+    assert status.resources.linux == smaller
+
+
+def test_container_over_its_memory_limit_is_reported_oom_killed(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod("limited")
+    hungry = kubelet.run(pod_id, pod, "hungry", allocate_and_hold(48),
+                         cri.LinuxContainerResources(memory_limit_in_bytes=16 * MiB))
+    modest = kubelet.run(pod_id, pod, "modest", allocate_and_hold(1),
+                         cri.LinuxContainerResources(memory_limit_in_bytes=64 * MiB))
+    killed = kubelet.wait_exited(hungry)
+    assert (killed.exit_code, killed.reason) == (137, "OOMKilled"), killed
+    assert "survived" not in kubelet.log(pod, "hungry")
+    done = kubelet.wait_exited(modest)
+    assert (done.exit_code, done.reason) == (0, "Completed"), done
+    assert "survived" in kubelet.log(pod, "modest")
+
+
+def test_pod_sandbox_resources_change_the_pod_cgroup_crisp_made_live(kubelet: Kubelet) -> None:
+    pod_id, pod = kubelet.pod("grown")
+    pod_cgroup = kubelet.crisp_pod_cgroup(pod)
+    assert limits(pod_cgroup, *UNLIMITED) == UNLIMITED
+
+    sized = cri.LinuxContainerResources(cpu_shares=1024, cpu_quota=150000, cpu_period=100000,
+                                        memory_limit_in_bytes=96 * MiB, unified={"pids.max": "32"})
+    kubelet.update_pod(pod_id, sized)
+    assert limits(pod_cgroup, *UNLIMITED) == {
+        "memory.max": str(96 * MiB), "memory.swap.max": "0", "cpu.max": "150000 100000",
+        "cpu.weight": str(WEIGHT_OF_SHARES[1024]), "pids.max": "32"}
+
+    # a container without limits of its own lives within the pod's: lowering the pod's memory below what it
+    # holds OOM-kills it, and that is reported as such
+    container_id = kubelet.run(pod_id, pod, "holder", allocate_and_hold(16, then=HOLD))
+    kubelet.wait_logged(pod, "holder", "holding")
+    container_cgroup = pod_cgroup / f"crisp-{container_id}"
+    assert limits(container_cgroup, "memory.max", "pids.max") == {"memory.max": "max", "pids.max": "max"}
+    kubelet.update_pod(pod_id, cri.LinuxContainerResources(memory_limit_in_bytes=8 * MiB))
+    assert limits(pod_cgroup, "memory.max") == {"memory.max": str(8 * MiB)}
+    status = kubelet.wait_exited(container_id)
+    assert (status.exit_code, status.reason) == (137, "OOMKilled"), status
