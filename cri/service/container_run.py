@@ -11,7 +11,7 @@ import signal
 from cri_api.v1 import api_pb2 as cri
 
 from cri.service.context import ServiceContext
-from cri.store.containers import CREATED, EXITED, RUNNING, Container
+from cri.store.containers import CREATED, RUNNING, Container
 from runtime import errors
 from shim.protocol import ExitStatus
 
@@ -29,13 +29,12 @@ def exit_reason(status: ExitStatus) -> str:
 
 async def record_exit(ctx: ServiceContext, container: Container, status: ExitStatus) -> None:
     """The container has exited: keep how, once (later reports of the same exit change nothing)."""
-    if container.status.state == EXITED:
-        return
     message = status.message or (f"killed by signal {status.signal}" if status.signal else "")
-    await ctx.containers.update(
-        container, state=EXITED, exit_code=status.exit_code, finished_at=status.finished_at or ctx.clock_ns(),
-        started_at=container.status.started_at or status.started_at, reason=status.reason or exit_reason(status),
-        message=message)
+    if not await ctx.containers.record_exit(
+            container, exit_code=status.exit_code, finished_at=status.finished_at or ctx.clock_ns(),
+            started_at=container.status.started_at or status.started_at, reason=status.reason or exit_reason(status),
+            message=message):
+        return
     log.info("container %s exited with %d (%s)", container.id, status.exit_code, container.status.reason)
     if status.oom_killed:
         ctx.metrics.oom_kills.inc()

@@ -94,6 +94,9 @@ class ContainerStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._containers: dict[str, Container] = {}
+        # status updates read the current status, write the row, then set it: two of them interleaved (an exit
+        # recorded while UpdateContainerResources writes) would lose one's changes, so they take turns
+        self._updating = asyncio.Lock()
 
     async def load(self) -> list[Container]:
         rows = await self._store.run(lambda c: c.execute("SELECT * FROM containers").fetchall())
@@ -125,6 +128,19 @@ class ContainerStore:
         self._containers[container.id] = container
 
     async def update(self, container: Container, **changes: Any) -> ContainerStatus:
+        async with self._updating:
+            return await self._update(container, changes)
+
+    async def record_exit(self, container: Container, **changes: Any) -> bool:
+        """Set the container EXITED with `changes`, unless it already is (an exit is recorded once): whether it
+        was set now."""
+        async with self._updating:
+            if container.status.state == EXITED:
+                return False
+            await self._update(container, {**changes, "state": EXITED})
+            return True
+
+    async def _update(self, container: Container, changes: dict[str, Any]) -> ContainerStatus:
         new = dataclasses.replace(container.status, **changes)
         info = container.info_json(new)
         await self._store.run(lambda c: c.execute(

@@ -8,7 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from cri_api.v1 import api_pb2 as cri
 
+from cri.store.containers import EXITED, RUNNING, Container, ContainerMeta, ContainerStatus, ContainerStore
 from cri.store.db import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, Store, migrate
 
 TABLES = {"settings", "name_reservations", "sandboxes", "containers", "images", "image_names", "ip_leases"}
@@ -68,5 +70,40 @@ def test_store_runs_on_its_own_thread_and_persists(tmp_path: Path) -> None:
         assert await again.get_setting("pod_cidr") == "10.2.0.0/16"
         assert await again.get_setting("a") is None  # the failed transaction was rolled back
         await again.close()
+
+    asyncio.run(scenario())
+
+
+def _container(container_id: str) -> Container:
+    meta = ContainerMeta(id=container_id, name="c_p_ns_uid_0", sandbox_id="p" * 64, config=cri.ContainerConfig(),
+                         created_at=1, image_id="sha256:" + "a" * 64, image_ref="", image_name="busybox",
+                         handler="", bundle="/b", container_dir="/c", lowerdirs=(), log_path="", cgroup="/x",
+                         stop_signal=15, uid=0, gid=0, groups=())
+    return Container(meta, ContainerStatus(state=RUNNING))
+
+
+def test_status_updates_that_overlap_lose_nothing(tmp_path: Path) -> None:
+    """An exit recorded while UpdateContainerResources writes its row (lowering memory.max OOM-kills the
+    container): both changes stay, in memory and in the row; a second exit report changes nothing."""
+
+    async def scenario() -> None:
+        store = Store(tmp_path / "crisp.db")
+        await store.open()
+        containers = ContainerStore(store)
+        container = _container("c" * 64)
+        await store.run(lambda c: c.execute(
+            "INSERT INTO sandboxes (id, name, state, runtime_handler, created_at, config) VALUES (?, ?, ?, ?, ?, ?)",
+            (container.meta.sandbox_id, "p_ns_uid_0", "ready", "", 1, b"")))
+        await containers.add(container)
+        recorded = await asyncio.gather(
+            containers.update(container, resources="0801"),
+            containers.record_exit(container, exit_code=137, reason="OOMKilled"),
+            containers.record_exit(container, exit_code=1, reason="Error"))
+        assert recorded[1:] == [True, False]
+        for status in (container.status, (await ContainerStore(store).load())[0].status):
+            assert (status.state, status.exit_code, status.reason, status.resources) == (
+                EXITED, 137, "OOMKilled", "0801")
+        assert container.exited.is_set()
+        await store.close()
 
     asyncio.run(scenario())
