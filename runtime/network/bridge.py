@@ -8,6 +8,7 @@ in the network's nftables table. The bridge's name also names its nftables table
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -184,10 +185,10 @@ class BridgeBackend:
         """Ready when a pod could be attached now. Nothing is created: the bridge and its table appear with the
         first pod, so Status (called every few seconds by the kubelet, and by tests) has no side effects."""
         try:
-            await self.network()
+            net = await self.network()
         except errors.CrispError as exc:
             return NetworkStatus(False, NOT_READY_REASON, f"crisp bridge {self.bridge}: {exc}")
-        problem = await asyncio.to_thread(_bridge_problem, self.bridge)
+        problem = await asyncio.to_thread(_bridge_problem, self.bridge, net.subnets)
         if problem:
             return NetworkStatus(False, NOT_READY_REASON, f"crisp bridge {self.bridge}: {problem}")
         return NetworkStatus(True)
@@ -204,7 +205,7 @@ class BridgeBackend:
 CAP_NET_ADMIN = 12
 
 
-def _bridge_problem(bridge: str) -> str:
+def _bridge_problem(bridge: str, subnets: tuple[IPNetwork, ...] = ()) -> str:
     """Why pods could not be attached to the bridge now ("" when they could); reads /proc and /sys only."""
     if nft_binary_path() is None:
         return "the nft tool (Debian package nftables) is not installed"
@@ -218,4 +219,43 @@ def _bridge_problem(bridge: str) -> str:
     link = Path("/sys/class/net", bridge)
     if link.exists() and not (link / "bridge").is_dir():
         return f"network interface {bridge} exists and is not a bridge"
+    for subnet in subnets:
+        others = sorted({iface for network, iface in host_routes() if iface != bridge and _inside(network, subnet)})
+        if others:
+            return (f"the pod CIDR {subnet} is also routed through {', '.join(others)}: pod addresses would be "
+                    "unreachable (another network, such as a CNI bridge, uses it; remove it or set [network] pod_cidr)")
     return ""
+
+
+# /proc/net/ipv6_route flags (linux/ipv6_route.h; the same bit in /proc/net/route): a blackhole, unreachable or
+# prohibit route, which sends nothing anywhere
+RTF_REJECT = 0x0200
+
+
+def host_routes() -> list[tuple[IPNetwork, str]]:
+    """The destinations of the host's routes (IPv4 main table, every IPv6 table) with their interfaces, from /proc;
+    reject routes left out."""
+    routes: list[tuple[IPNetwork, str]] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+            iface, dest, _gw, flags, _ref, _use, _metric, mask, *_ = line.split()
+            if int(flags, 16) & RTF_REJECT:
+                continue
+            address4 = ipaddress.IPv4Address(int.from_bytes(bytes.fromhex(dest), "little"))
+            prefix = bin(int(mask, 16)).count("1")
+            routes.append((ipaddress.ip_network(f"{address4}/{prefix}", strict=False), iface))
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/ipv6_route").read_text().splitlines():
+            dest, prefix_hex, *_, flags, iface = line.split()
+            if int(flags, 16) & RTF_REJECT:
+                continue
+            address6 = ipaddress.IPv6Address(int(dest, 16))
+            routes.append((ipaddress.ip_network(f"{address6}/{int(prefix_hex, 16)}", strict=False), iface))
+    return routes
+
+
+def _inside(network: IPNetwork, subnet: IPNetwork) -> bool:
+    """Whether a route to `network` takes traffic for some of `subnet` (a less specific route, like the default
+    one, does not: the bridge's own route wins)."""
+    return network.version == subnet.version and network.prefixlen >= subnet.prefixlen and \
+        network.subnet_of(subnet)  # type: ignore[arg-type]

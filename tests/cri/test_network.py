@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
 from tests.cri.crispd import Crispd
-from tests.integration.netutil import host_links, unique
+from tests.integration.netutil import free_subnet4, host_links, unique
 
 
 def _network_condition(daemon: Crispd) -> cri.RuntimeCondition:
@@ -23,7 +24,9 @@ def test_bridge_network_is_ready_without_creating_anything(tmp_path: Path) -> No
     if os.geteuid() != 0 or shutil.which("nft") is None:
         pytest.skip("needs root and nft")
     bridge = unique("crispt")
-    daemon = Crispd(tmp_path, config=f'[network]\nbridge = "{bridge}"\ncni_config_dir = "{tmp_path / "net.d"}"\n')
+    # a subnet nothing on this host routes (the default 10.88.0.0/16 may be another runtime's here)
+    daemon = Crispd(tmp_path, config=f'[network]\nbridge = "{bridge}"\npod_cidr = "{free_subnet4(16)}"\n'
+                                     f'cni_config_dir = "{tmp_path / "net.d"}"\n')
     daemon.start()
     try:
         condition = _network_condition(daemon)
@@ -32,6 +35,32 @@ def test_bridge_network_is_ready_without_creating_anything(tmp_path: Path) -> No
     finally:
         assert daemon.stop() == 0
     assert daemon.slow_callbacks() == [], daemon.log()
+
+
+def test_a_pod_cidr_routed_elsewhere_makes_the_bridge_network_not_ready(tmp_path: Path) -> None:
+    """Another interface with a route into the pod CIDR (a CNI bridge left on the same subnet, say) would take the
+    traffic for the pods' addresses: Status says so instead of pods that nothing can reach."""
+    if os.geteuid() != 0 or shutil.which("nft") is None:
+        pytest.skip("needs root and nft")
+    bridge, other = unique("crispt"), unique("crispo")
+    subnet = free_subnet4(16)
+    daemon = Crispd(tmp_path, config=f'[network]\nbridge = "{bridge}"\npod_cidr = "{subnet}"\n'
+                                     f'cni_config_dir = "{tmp_path / "net.d"}"\n').start()
+    try:
+        subprocess.run(["ip", "link", "add", other, "type", "bridge"], check=True)
+        try:
+            subprocess.run(["ip", "address", "add", f"{subnet[256]}/24", "dev", other], check=True)
+            subprocess.run(["ip", "link", "set", other, "up"], check=True)
+            condition = _network_condition(daemon)
+            assert condition.status is False, condition
+            assert condition.reason == "NetworkPluginNotReady"
+            assert f"pod CIDR {subnet} is also routed through {other}" in condition.message, condition.message
+        finally:
+            subprocess.run(["ip", "link", "delete", other], check=True)
+        assert _network_condition(daemon).status is True
+    finally:
+        assert daemon.stop() == 0
+    assert bridge not in host_links()
 
 
 def test_a_broken_cni_config_makes_the_network_not_ready(tmp_path: Path) -> None:
