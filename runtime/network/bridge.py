@@ -219,8 +219,9 @@ def _bridge_problem(bridge: str, subnets: tuple[IPNetwork, ...] = ()) -> str:
     link = Path("/sys/class/net", bridge)
     if link.exists() and not (link / "bridge").is_dir():
         return f"network interface {bridge} exists and is not a bridge"
+    routes = host_routes() if subnets else []
     for subnet in subnets:
-        others = sorted({iface for network, iface in host_routes() if iface != bridge and _inside(network, subnet)})
+        others = sorted({iface for network, iface in routes if iface != bridge and _inside(network, subnet)})
         if others:
             return (f"the pod CIDR {subnet} is also routed through {', '.join(others)}: pod addresses would be "
                     "unreachable (another network, such as a CNI bridge, uses it; remove it or set [network] pod_cidr)")
