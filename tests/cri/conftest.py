@@ -29,6 +29,8 @@ from tests.cri.pods import pods  # noqa: E402,F401 - the `pods` fixture for ever
 
 @dataclass(frozen=True)
 class TestImages:
+    __test__ = False  # a fixture's value, not a test class
+
     registry: str  # host:port
     busybox: str  # a reference crispd can pull
 
