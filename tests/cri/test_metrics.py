@@ -6,13 +6,11 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,17 +51,6 @@ def http(url: str, headers: dict[str, str] | None = None, method: str = "GET") -
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
-
-
-@pytest.fixture
-def crispd(tmp_path: Path) -> Iterator[Crispd]:
-    daemon = Crispd(tmp_path).start()
-    try:
-        yield daemon
-    finally:
-        code = daemon.stop(signal.SIGTERM)
-    assert code == 0, daemon.log()
-    assert daemon.slow_callbacks() == [], daemon.log()
 
 
 def test_rpc_counters_move_and_the_page_parses(crispd: Crispd) -> None:
