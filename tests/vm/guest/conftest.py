@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import cgroups
 from tests.vm.guest.support import Cgroup, OciRuntime, cgroup2_mount, unique_name
 
 
@@ -32,6 +33,18 @@ def cgroup(cgroup_root: Path) -> Iterator[Cgroup]:
         yield made
     finally:
         made.remove()
+
+
+@pytest.fixture
+def base() -> Iterator[cgroups.Cgroup]:
+    """A pod-like parent for a test's containers, made by crisp (runtime.cgroups) and killed and removed by it
+    afterwards, also on failure."""
+    cg = cgroups.CgroupV2Manager.discover().create(f"/{unique_name()}")
+    try:
+        yield cg
+    finally:
+        cg.kill(timeout=30)
+        cg.remove(timeout=30)
 
 
 @pytest.fixture(params=["runc", "crun"])

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from cri.oci import NodeFacts, PodContext, SpecInputs, build_container_spec
 from runtime.cgroups import Cgroup, CgroupV2Manager, paths, rules_from_oci
-from tests.vm.guest.support import BUSYBOX, OciRuntime, busybox_rootfs, release, start_held, unique_name
+from tests.vm.guest.support import BUSYBOX, OciRuntime, busybox_rootfs, release, start_held
 
 MiB = 1 << 20
 NODE = pb.NamespaceMode.NODE
@@ -35,16 +34,6 @@ EXPECTED = {  # what those CRI values mean in cgroup v2 files
     "cpuset.mems": "0",
     "hugetlb.2MB.max": str(4 * MiB),
 }
-
-
-@pytest.fixture
-def base() -> Iterator[Cgroup]:
-    cg = CgroupV2Manager.discover().create(f"/{unique_name()}")
-    try:
-        yield cg
-    finally:
-        cg.kill(timeout=30)
-        cg.remove(timeout=30)
 
 
 def container_spec(container_id: str, pod_cgroup: str, rootfs: Path, args: list[str]) -> dict[str, Any]:

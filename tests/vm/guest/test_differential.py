@@ -6,14 +6,12 @@ linearly (1024 -> 39), crisp uses the log-quadratic mapping of runc >= 1.3.2, cr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from runtime.cgroups import Cgroup, CgroupV2Manager, paths
 from runtime.cgroups.cpu import shares_to_weight
-from tests.vm.guest.support import OciRuntime, oci_config, unique_name, write_bundle
+from tests.vm.guest.support import OciRuntime, oci_config, write_bundle
 
 MiB = 1 << 20
 RESOURCES = {
@@ -30,17 +28,6 @@ FILES = ("memory.max", "memory.low", "memory.swap.max", "memory.high", "cpu.max"
 def linear_weight(shares: int) -> int:
     """The conversion of runc < 1.3.2 and crun < 1.23."""
     return 1 + ((shares - 2) * 9999) // 262142
-
-
-@pytest.fixture
-def base() -> Iterator[Cgroup]:
-    manager = CgroupV2Manager.discover()
-    cg = manager.create(f"/{unique_name()}")
-    try:
-        yield cg
-    finally:
-        cg.kill(timeout=30)
-        cg.remove(timeout=30)
 
 
 def read(cgroup_dir: Path) -> dict[str, str]:

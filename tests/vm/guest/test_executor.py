@@ -5,15 +5,15 @@ writes the same cgroup files (cpu.weight aside: see test_differential)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime.cgroups import Cgroup, CgroupV2Manager
+from runtime.cgroups import Cgroup
 from runtime.cgroups.cpu import shares_to_weight
-from tests.vm.guest.support import OciRuntime, oci_config, unique_name, wait_until, write_bundle
+from tests.vm.guest.support import OciRuntime, oci_config, wait_until, write_bundle
 
 MiB = 1 << 20
 RESOURCES = {
@@ -32,17 +32,6 @@ def executor(tmp_path: Path) -> OciRuntime:
     if binary is None:
         pytest.fail("crisp-executor is not installed in the guest's venv")
     return OciRuntime(binary, tmp_path / "executor-state")
-
-
-@pytest.fixture
-def base() -> Iterator[Cgroup]:
-    """The pod-like parent of this test's containers, made and removed by crisp."""
-    cg = CgroupV2Manager.discover().create(f"/{unique_name()}")
-    try:
-        yield cg
-    finally:
-        cg.kill(timeout=30)
-        cg.remove(timeout=30)
 
 
 def bundle_for(tmp_path: Path, name: str, args: list[str], cgroups_path: str, resources: dict[str, Any],
