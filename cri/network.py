@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.config import Config
 from cri.store.db import Store
 from cri.store.leases import SqliteLeaseStore

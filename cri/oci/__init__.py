@@ -15,6 +15,7 @@ from cri.oci.spec import (
     build_container_spec,
     build_exec_process,
     cgroups_path,
+    cri_signal,
     oci_resources,
     resolve_stop_signal,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "build_container_spec",
     "build_exec_process",
     "cgroups_path",
+    "cri_signal",
     "inspect_host",
     "oci_resources",
     "resolve_stop_signal",

@@ -19,8 +19,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cri_api.v1 import api_pb2
-
+from cri import api as cri
 from cri.oci.capabilities import capabilities_from_mask
 from cri.oci.seccomp import requested_seccomp
 
@@ -300,7 +299,7 @@ def read_profile(path: str) -> ProfileFile:
 
 
 def inspect_host(
-    config: api_pb2.ContainerConfig,
+    config: cri.ContainerConfig,
     *,
     privileged: bool,
     dev_dir: str = "/dev",

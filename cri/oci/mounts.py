@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cri_api.v1 import api_pb2
-
+from cri import api as cri
 from cri.oci.host import DeviceLookup, DeviceNode, MountSource
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
 
-_PROPAGATION = api_pb2.MountPropagation
+_PROPAGATION = cri.MountPropagation
 
 # Masked (bind of /dev/null or an empty read-only tmpfs) and read-only paths: runc's, containerd's and the
 # kubelet's defaults for a non-privileged container.
@@ -104,7 +103,7 @@ def _clean(path: str) -> str:
 
 
 def cri_binds(
-    mounts: Sequence[api_pb2.Mount], sources: Mapping[str, MountSource], *, rro_supported: bool
+    mounts: Sequence[cri.Mount], sources: Mapping[str, MountSource], *, rro_supported: bool
 ) -> list[BindRequest]:
     """Check the CRI mounts and pair each with its resolved host source."""
     out = []
@@ -219,7 +218,7 @@ def _device_entry(node: DeviceNode, container_path: str) -> dict[str, Any]:
 
 
 def cri_devices(
-    devices: Sequence[api_pb2.Device], lookups: Mapping[str, DeviceLookup]
+    devices: Sequence[cri.Device], lookups: Mapping[str, DeviceLookup]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """`linux.devices` and the device-cgroup allow rules for the CRI devices (a directory: every device below)."""
     nodes: list[dict[str, Any]] = []

@@ -18,11 +18,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cri_api.v1 import api_pb2
-
+from cri import api as cri
 from runtime.errors import InvalidArgument
 
-_PROFILE_TYPE = api_pb2.SecurityProfile.ProfileType
+_PROFILE_TYPE = cri.SecurityProfile.ProfileType
 ACTIONS = frozenset(
     {
         "SCMP_ACT_KILL",
@@ -118,7 +117,7 @@ def _localhost(path: str) -> SeccompRequest:
     return SeccompRequest("localhost", path)
 
 
-def requested_seccomp(sc: api_pb2.LinuxContainerSecurityContext) -> SeccompRequest:
+def requested_seccomp(sc: cri.LinuxContainerSecurityContext) -> SeccompRequest:
     """The seccomp profile a container's security context asks for (ignoring privileged)."""
     if not sc.HasField("seccomp"):
         return _from_profile_path(sc.seccomp_profile_path)

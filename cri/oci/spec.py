@@ -18,10 +18,9 @@ import re
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from cri_api.v1 import api_pb2
-
+from cri import api as cri
 from cri.config import OciConfig
 from cri.oci.capabilities import CapabilityRequest, container_capabilities
 from cri.oci.host import HostPaths, NodeFacts
@@ -56,9 +55,9 @@ ANNOTATION_SANDBOX_UID = "io.kubernetes.cri.sandbox-uid"
 ANNOTATION_IMAGE_NAME = "io.kubernetes.cri.image-name"
 
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_NS_MODE = api_pb2.NamespaceMode
-_PROFILE_TYPE = api_pb2.SecurityProfile.ProfileType
-_GROUPS_POLICY = api_pb2.SupplementalGroupsPolicy
+_NS_MODE = cri.NamespaceMode
+_PROFILE_TYPE = cri.SecurityProfile.ProfileType
+_GROUPS_POLICY = cri.SupplementalGroupsPolicy
 
 
 @dataclass(frozen=True)
@@ -131,8 +130,8 @@ class SpecInputs:
     """Everything `build_container_spec` reads."""
 
     container_id: str
-    config: api_pb2.ContainerConfig
-    sandbox_config: api_pb2.PodSandboxConfig
+    config: cri.ContainerConfig
+    sandbox_config: cri.PodSandboxConfig
     # the image config's `config` object (User, Env, Entrypoint, Cmd, WorkingDir, StopSignal, ...)
     image_config: Mapping[str, Any]
     pod: PodContext
@@ -179,6 +178,17 @@ def _string_list(image_config: Mapping[str, Any], key: str) -> list[str]:
     return list(value)
 
 
+def _env_entry(key: str, value: bytes) -> str:
+    """One `KEY=value` of the CRI's environment (the value is bytes in the cri-api crisp speaks; the OCI spec is
+    JSON, so it must be UTF-8)."""
+    if not key or "=" in key:
+        raise InvalidArgument(f"invalid environment variable name {key!r}")
+    try:
+        return f"{key}={value.decode()}"
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"environment variable {key!r}: the value is not UTF-8") from None
+
+
 def _string(image_config: Mapping[str, Any], key: str) -> str:
     value = image_config.get(key)
     if value is None:
@@ -188,7 +198,7 @@ def _string(image_config: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def process_args(config: api_pb2.ContainerConfig, image_config: Mapping[str, Any]) -> list[str]:
+def process_args(config: cri.ContainerConfig, image_config: Mapping[str, Any]) -> list[str]:
     """The kubelet's rules: `command` replaces the image's Entrypoint and drops its Cmd; `args` replace Cmd."""
     command, args = list(config.command), list(config.args)
     entrypoint = _string_list(image_config, "Entrypoint")
@@ -204,7 +214,7 @@ def process_args(config: api_pb2.ContainerConfig, image_config: Mapping[str, Any
     return argv
 
 
-def _user_request(sc: api_pb2.LinuxContainerSecurityContext) -> UserRequest:
+def _user_request(sc: cri.LinuxContainerSecurityContext) -> UserRequest:
     policy = sc.supplemental_groups_policy
     if policy not in (_GROUPS_POLICY.Merge, _GROUPS_POLICY.Strict):
         raise InvalidArgument(f"unknown supplemental_groups_policy {policy}")
@@ -305,7 +315,7 @@ def normalize_sysctl(name: str) -> str:
     return name.translate(str.maketrans("/.", "./"))
 
 
-def pod_sysctls(sandbox_config: api_pb2.PodSandboxConfig) -> dict[str, str]:
+def pod_sysctls(sandbox_config: cri.PodSandboxConfig) -> dict[str, str]:
     """The pod's sysctls, checked: only namespaced ones, and none for a namespace shared with the host."""
     ns = sandbox_config.linux.security_context.namespace_options
     out = {}
@@ -362,7 +372,7 @@ def _resources(inputs: SpecInputs, device_rules: list[dict[str, Any]], privilege
     return out
 
 
-def oci_resources(r: api_pb2.LinuxContainerResources, *, swap_limit: bool = True) -> dict[str, Any]:
+def oci_resources(r: cri.LinuxContainerResources, *, swap_limit: bool = True) -> dict[str, Any]:
     """CRI LinuxContainerResources as OCI `linux.resources` (without devices); 0 means unset.
     Also what UpdateContainerResources and UpdatePodSandboxResources apply live."""
     out: dict[str, Any] = {}
@@ -458,7 +468,7 @@ def _seccomp(inputs: SpecInputs, privileged: bool, bounding: Sequence[str]) -> d
     return render_profile(profile, arch=inputs.node.arch, capabilities=bounding, source=request.path)
 
 
-def _check_apparmor(sc: api_pb2.LinuxContainerSecurityContext, privileged: bool) -> None:
+def _check_apparmor(sc: cri.LinuxContainerSecurityContext, privileged: bool) -> None:
     if privileged:
         return
     if sc.HasField("apparmor"):
@@ -497,10 +507,7 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
         env = merge_env(env, ["TERM=xterm"])
     env = merge_env(env, ["HOSTNAME=" + (hostname or inputs.node.hostname)])
     env = merge_env(env, _string_list(image, "Env"))
-    for kv in config.envs:
-        if not kv.key or "=" in kv.key:
-            raise InvalidArgument(f"invalid environment variable name {kv.key!r}")
-    env = merge_env(env, [f"{kv.key}={kv.value}" for kv in config.envs])
+    env = merge_env(env, [_env_entry(kv.key, cast(bytes, kv.value)) for kv in config.envs])
     if not any(e.startswith("HOME=") for e in env):
         env.append("HOME=" + user.home)
 
@@ -615,18 +622,37 @@ def _signal_number(name: str) -> int | None:
         return None
 
 
-def _cri_signal_name(value: api_pb2.Signal.ValueType) -> str:
-    name = api_pb2.Signal.Name(value)
+_CRI_SIGNAL_PREFIX = "SIGNAL_"  # the pinned cri-api names its Signal values SIGNAL_SIGTERM, ...
+_CRI_SIGNAL_ALIASES = {"SIGCLD": "SIGCHLD", "SIGPOLL": "SIGIO", "SIGIOT": "SIGABRT"}
+
+
+def _cri_signal_name(value: cri.Signal.ValueType) -> str:
+    name = cri.Signal.Name(value).removeprefix(_CRI_SIGNAL_PREFIX)
     if name.startswith("SIGRTMINPLUS"):
         return "SIGRTMIN+" + name.removeprefix("SIGRTMINPLUS")
     if name.startswith("SIGRTMAXMINUS"):
         return "SIGRTMAX-" + name.removeprefix("SIGRTMAXMINUS")
-    return {"SIGCLD": "SIGCHLD", "SIGPOLL": "SIGIO", "SIGIOT": "SIGABRT"}.get(name, name)
+    return _CRI_SIGNAL_ALIASES.get(name, name)
 
 
-def resolve_stop_signal(config: api_pb2.ContainerConfig, image_config: Mapping[str, Any]) -> int:
+def cri_signal(number: int) -> cri.Signal.ValueType:
+    """The CRI Signal of a signal number (RUNTIME_DEFAULT for one the CRI has no name for)."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return _CRI_RUNTIME_DEFAULT
+    try:
+        return cri.Signal.Value(_CRI_SIGNAL_PREFIX + name)
+    except ValueError:
+        return _CRI_RUNTIME_DEFAULT
+
+
+_CRI_RUNTIME_DEFAULT: cri.Signal.ValueType = 0  # type: ignore[assignment]  # SIGNAL_RUNTIME_DEFAULT
+
+
+def resolve_stop_signal(config: cri.ContainerConfig, image_config: Mapping[str, Any]) -> int:
     """The signal StopContainer sends first: the CRI stop_signal, else the image's StopSignal, else SIGTERM."""
-    if config.stop_signal != api_pb2.Signal.RUNTIME_DEFAULT:
+    if config.stop_signal != _CRI_RUNTIME_DEFAULT:
         try:
             name = _cri_signal_name(config.stop_signal)
         except ValueError:

@@ -14,8 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.oci import (
     LayeredFiles,
     Overlay,

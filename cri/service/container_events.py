@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.container_status import pod_container_statuses
 from cri.service.context import ServiceContext
 from cri.service.sandbox_status import sandbox_status

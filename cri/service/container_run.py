@@ -8,8 +8,7 @@ import logging
 import shutil
 import signal
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container
 from runtime import errors

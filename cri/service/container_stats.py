@@ -7,8 +7,7 @@ created and running containers ("stats of all running containers"; an exited one
 
 from __future__ import annotations
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.context import ServiceContext
 from cri.stats import CgroupRequest, CgroupSample, DiskUsage
 from cri.store.containers import EXITED, Container

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from cri_api.v1 import api_pb2 as cri
 from google.protobuf import json_format
 
+from cri import api as cri
+from cri.oci import cri_signal
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, EXITED, RUNNING, Container
 
@@ -38,22 +39,12 @@ def container_status(container: Container) -> cri.ContainerStatus:
         log_path=meta.log_path,
         user=cri.ContainerUser(linux=cri.LinuxContainerUser(uid=meta.uid, gid=meta.gid,
                                                             supplemental_groups=list(meta.groups))),
-        stop_signal=_signal(meta.stop_signal),
+        stop_signal=cri_signal(meta.stop_signal),
     )
     resources = _resources(container)
     if resources is not None:
         result.resources.CopyFrom(resources)
     return result
-
-
-def _signal(number: int) -> cri.Signal.ValueType:
-    import signal as signals
-
-    try:
-        name = signals.Signals(number).name
-    except ValueError:
-        return cri.RUNTIME_DEFAULT
-    return cri.Signal.Value(name) if name in cri.Signal.keys() else cri.RUNTIME_DEFAULT
 
 
 async def container_status_rpc(ctx: ServiceContext, request: cri.ContainerStatusRequest

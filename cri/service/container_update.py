@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.oci import oci_resources
 from cri.service.context import ServiceContext
 from cri.store.containers import RUNNING

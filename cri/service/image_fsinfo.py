@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.context import ServiceContext
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.context import ServiceContext
 from runtime import errors
 from runtime.image.registry import Credentials

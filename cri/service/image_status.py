@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.context import ServiceContext
 from cri.service.images import ImageRecord
 

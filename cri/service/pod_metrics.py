@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.container_stats import upper_dir
 from cri.service.context import ServiceContext
 from cri.service.sandbox_stats import own_netns

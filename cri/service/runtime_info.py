@@ -7,8 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.config import redacted
 from cri.network import POD_CIDR_SETTING, effective_pod_cidr, network_ready_condition
 from cri.service.context import ServiceContext
@@ -90,7 +89,8 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
     if request.verbose:
         info = {
             "config": redacted(ctx.config),
-            "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION},
+            "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION,
+                        "runtimeApiVersion": CRI_API_VERSION, "criApiRelease": cri.CRI_API_VERSION},
             "podCIDR": await effective_pod_cidr(ctx.config, ctx.store),
         }
         for key, value in info.items():

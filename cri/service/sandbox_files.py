@@ -6,8 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from runtime import errors
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")

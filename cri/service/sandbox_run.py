@@ -16,8 +16,7 @@ import shutil
 import time
 from typing import Any
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.network import pod_network_request
 from cri.service import runtime_info
 from cri.service.context import ServiceContext

@@ -7,8 +7,7 @@ is left. Host-network pods have no network of their own: their stats carry none.
 
 from __future__ import annotations
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.container_stats import container_stats, cpu_usage, io_usage, memory_usage, upper_dir
 from cri.service.context import ServiceContext
 from cri.stats import CgroupRequest, CgroupSample, NetworkSample

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.container_status import pod_container_statuses
 from cri.service.context import ServiceContext
 from cri.store.sandboxes import READY, Sandbox

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.service.container_run import remove_pod_containers, stop_pod_containers
 from cri.service.context import ServiceContext
 from cri.service.sandbox_teardown import kill_pod_processes, release_pod_resources, teardown_pod_network

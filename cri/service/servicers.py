@@ -6,12 +6,10 @@ without an implementation raises `Unimplemented`, which the interceptor turns in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from cri_api.v1 import api_pb2 as cri
-from cri_api.v1 import api_pb2_grpc as cri_grpc
-
+from cri import api as cri
 from cri.service import (
     container_create,
     container_events,
@@ -36,20 +34,14 @@ from runtime import errors
 
 
 def _unimplemented(service: str, method: str) -> Callable[..., Any]:
-    async def rpc(self: Any, request: Any, context: Any) -> Any:
+    async def rpc(request: Any, context: Any) -> Any:
         raise errors.Unimplemented(f"{service}.{method} is not implemented by crisp yet")
 
     rpc.__name__ = method
     return rpc
 
 
-def _fill_unimplemented(cls: type, service: str) -> None:
-    for method in cri.DESCRIPTOR.services_by_name[service].methods:
-        if method.name not in cls.__dict__:
-            setattr(cls, method.name, _unimplemented(service, method.name))
-
-
-class RuntimeService(cri_grpc.RuntimeServiceServicer):
+class RuntimeService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
 
@@ -156,8 +148,37 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
     async def GetContainerEvents(self, request: cri.GetEventsRequest, context: Any) -> None:
         await container_events.get_container_events(self.ctx, request, context)
 
+    # The Stream* RPCs (the kubelet's CRIListStreaming feature): a List call's answer in pages, so that no single
+    # message approaches the client's size limit.
+    async def StreamPodSandboxes(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        listed = await sandbox_status.list_pod_sandbox(self.ctx, cri.ListPodSandboxRequest(filter=request.filter))
+        for page in _pages(listed.items):
+            yield cri.StreamPodSandboxesResponse(pod_sandboxes=page)
 
-class ImageService(cri_grpc.ImageServiceServicer):
+    async def StreamContainers(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        listed = await container_status.list_containers(self.ctx, cri.ListContainersRequest(filter=request.filter))
+        for page in _pages(listed.containers):
+            yield cri.StreamContainersResponse(containers=page)
+
+    async def StreamContainerStats(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        listed = await container_stats.list_container_stats(
+            self.ctx, cri.ListContainerStatsRequest(filter=request.filter))
+        for page in _pages(listed.stats):
+            yield cri.StreamContainerStatsResponse(container_stats=page)
+
+    async def StreamPodSandboxStats(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        listed = await sandbox_stats.list_pod_sandbox_stats(
+            self.ctx, cri.ListPodSandboxStatsRequest(filter=request.filter))
+        for page in _pages(listed.stats):
+            yield cri.StreamPodSandboxStatsResponse(pod_sandbox_stats=page)
+
+    async def StreamPodSandboxMetrics(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        listed = await pod_metrics.list_pod_sandbox_metrics(self.ctx, cri.ListPodSandboxMetricsRequest())
+        for page in _pages(listed.pod_metrics):
+            yield cri.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=page)
+
+
+class ImageService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
 
@@ -176,11 +197,22 @@ class ImageService(cri_grpc.ImageServiceServicer):
     async def ImageFsInfo(self, request: cri.ImageFsInfoRequest, context: Any) -> cri.ImageFsInfoResponse:
         return await image_fsinfo.image_fs_info(self.ctx, request)
 
+    async def StreamImages(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        listed = await image_status.list_images(self.ctx, cri.ListImagesRequest(filter=request.filter))
+        for page in _pages(listed.images):
+            yield cri.StreamImagesResponse(images=page)
 
-_fill_unimplemented(RuntimeService, "RuntimeService")
-_fill_unimplemented(ImageService, "ImageService")
+
+_PAGE = 256
+
+
+def _pages(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _PAGE):
+        yield items[start:start + _PAGE]
 
 
 def add_servicers(server: Any, ctx: ServiceContext) -> None:
-    cri_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(ctx), server)  # type: ignore[no-untyped-call]
-    cri_grpc.add_ImageServiceServicer_to_server(ImageService(ctx), server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers((
+        cri.service_handler("RuntimeService", RuntimeService(ctx), _unimplemented),
+        cri.service_handler("ImageService", ImageService(ctx), _unimplemented),
+    ))

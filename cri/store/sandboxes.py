@@ -13,8 +13,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from cri.store.db import Store
 from cri.store.truncindex import resolve_id
 from runtime.procs import ProcessRef

@@ -16,8 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.imagetools import (
     Layer,

@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from tests.cri.pods import Pods, pod_config
 from tests.imagetools import Pusher, busybox_image, running_registry
 from tests.leaks import mounts_under

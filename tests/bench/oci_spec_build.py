@@ -9,8 +9,7 @@ import json
 import statistics
 import time
 
-from cri_api.v1 import api_pb2 as pb
-
+from cri import api as pb
 from cri.oci import build_container_spec
 from tests.unit.oci_support import container_config, inputs
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from tests.cri.pods import running_pods
 from tests.imagetools import Pusher, busybox_image, running_registry
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import grpc
-from cri_api.v1 import api_pb2 as cri
-from cri_api.v1 import api_pb2_grpc as cri_grpc
+
+from cri import api as cri
 
 # asyncio debug mode logs every callback slower than the threshold like this
 SLOW_CALLBACK = re.compile(r"asyncio: Executing .* took \d+\.\d+ seconds")
@@ -88,12 +88,12 @@ class Crispd:
         return self._channel
 
     @property
-    def runtime(self) -> cri_grpc.RuntimeServiceStub:
-        return cri_grpc.RuntimeServiceStub(self.channel)
+    def runtime(self) -> cri.RuntimeServiceStub:
+        return cri.RuntimeServiceStub(self.channel)
 
     @property
-    def images(self) -> cri_grpc.ImageServiceStub:
-        return cri_grpc.ImageServiceStub(self.channel)
+    def images(self) -> cri.ImageServiceStub:
+        return cri.ImageServiceStub(self.channel)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

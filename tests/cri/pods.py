@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.integration.netutil import free_subnet4
 from tests.leaks import cgroups_under, mounts_under, processes_mentioning, remove_cgroup_tree

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
 from tests.leaks import mounts_under, wait_until

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from cri.config import Config, parse_config
 from runtime.version import VERSION
 from tests.cri.crispd import Crispd, crispd_command
@@ -27,7 +27,10 @@ IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "Run
                "ExecSync", "Exec", "Attach", "PortForward",
                # observability
                "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
-               "ListMetricDescriptors", "ListPodSandboxMetrics", "GetContainerEvents"}
+               "ListMetricDescriptors", "ListPodSandboxMetrics", "GetContainerEvents",
+               # the lists as streams (the pinned cri-api)
+               "StreamPodSandboxes", "StreamContainers", "StreamContainerStats", "StreamPodSandboxStats",
+               "StreamPodSandboxMetrics"}
 
 
 def test_version(crispd: Crispd) -> None:
@@ -61,6 +64,7 @@ def test_status_verbose_and_handlers(tmp_path: Path) -> None:
         assert info["config"]["root"] == str(daemon.root)
         assert info["config"]["runtime"]["handlers"]["runc"]["path"] == "runc"
         assert info["version"]["runtimeName"] == "crisp"
+        assert info["version"]["criApiRelease"] == cri.CRI_API_VERSION == "v0.37.2"
     finally:
         assert daemon.stop() == 0
 

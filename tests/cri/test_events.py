@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as cri
 from prometheus_client.parser import text_string_to_metric_families
 
+from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.cri.pods import Pods, running_pods
 from tests.cri.test_containers import Kubelet
@@ -66,9 +66,8 @@ class Subscriber:
 
 
 def cri_runtime(channel: grpc.Channel) -> object:
-    from cri_api.v1 import api_pb2_grpc as cri_grpc
 
-    return cri_grpc.RuntimeServiceStub(channel)
+    return cri.RuntimeServiceStub(channel)
 
 
 def test_events_of_a_full_lifecycle(kubelet: Kubelet) -> None:

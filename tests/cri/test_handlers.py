@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from runtime.linux import syscalls as sc
 from tests.cri.crispd import Crispd
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from runtime.image.manifest import host_platform
 from tests.cri.crispd import Crispd
 from tests.imagetools import (
@@ -176,9 +176,12 @@ def status(daemon: Crispd, ref: str, verbose: bool = False) -> cri.ImageStatusRe
 
 
 def listed(daemon: Crispd, ref: str = "") -> list[cri.Image]:
-    request = cri.ListImagesRequest(filter=cri.ImageFilter(image=cri.ImageSpec(image=ref))) if ref else \
-        cri.ListImagesRequest()
-    return list(daemon.images.ListImages(request).images)
+    """ListImages; StreamImages (the kubelet's CRIListStreaming) must give the same images."""
+    flt = cri.ImageFilter(image=cri.ImageSpec(image=ref)) if ref else None
+    images = list(daemon.images.ListImages(cri.ListImagesRequest(filter=flt)).images)
+    pages = daemon.images.StreamImages(cri.StreamImagesRequest(filter=flt), timeout=10)
+    assert [i for page in pages for i in page.images] == images
+    return images
 
 
 def remove(daemon: Crispd, ref: str) -> None:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as cri
 from prometheus_client.parser import text_string_to_metric_families
 
+from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.cri.pods import running_pods
 from tests.cri.test_containers import Kubelet

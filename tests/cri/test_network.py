@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.integration.netutil import free_subnet4, host_links, unique
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from runtime.cgroups import CgroupV2Manager
 from tests.cri.pods import Pods, pod_config
 from tests.leaks import mounts_under, processes_mentioning, wait_until
@@ -159,6 +159,18 @@ def test_list_filters(pods: Pods) -> None:
     assert ids(cri.PodSandboxFilter(label_selector={"app": "c"})) == []
     # a truncated id works everywhere
     assert rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=a[:10])).status.id == a
+
+    # the streamed list (the kubelet's CRIListStreaming) gives what ListPodSandbox gives, with the same filter
+    def streamed(flt: cri.PodSandboxFilter | None = None) -> list[str]:
+        pages = rt.StreamPodSandboxes(cri.StreamPodSandboxesRequest(filter=flt), timeout=10)
+        return [p.id for page in pages for p in page.pod_sandboxes]
+
+    assert streamed() == [a, b]
+    assert streamed(cri.PodSandboxFilter(label_selector={"app": "b"})) == [b]
+    assert streamed(cri.PodSandboxFilter(label_selector={"app": "c"})) == []
+    stats = rt.StreamPodSandboxStats(cri.StreamPodSandboxStatsRequest(), timeout=10)
+    assert sorted(s.attributes.id for page in stats for s in page.pod_sandbox_stats) == [a]  # the ready one
+    assert list(rt.StreamContainers(cri.StreamContainersRequest(), timeout=10)) == []
 
 
 def test_duplicate_name_is_already_exists(pods: Pods) -> None:

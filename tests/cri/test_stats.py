@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from cri.stats import MIN_RATE_NS
 from runtime.cgroups import CgroupV2Manager
 from runtime.cgroups.fs import read_flat_keyed

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri import api as pb
 from cri.oci import (
     LayeredFiles,
     NodeFacts,
@@ -216,7 +216,7 @@ def test_runc_runs_a_default_container(pod: Pod) -> None:
         command=["/bin/sh", "-c"],
         args=[REPORT + "grep -E ' /proc/sys | /sys ' /proc/self/mountinfo; cat /proc/kcore | wc -c; "
               "cat /etc/hosts; cat /proc/sys/net/ipv4/ip_unprivileged_port_start"],
-        envs=[pb.KeyValue(key="GREETING", value="hello world")],
+        envs=[pb.KeyValue(key="GREETING", value=b"hello world")],
         linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
             namespace_options=pb.NamespaceOption(pid=pb.CONTAINER))),
     )

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
+from cri import api as pb
 from cri.oci.capabilities import CAPABILITY_BITS
 from cri.oci.host import HostPaths, NodeFacts
 from cri.oci.mounts import PodFiles

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from cri.network import network_ready_condition, pod_network_request, pod_network_status
 from runtime import errors
 from runtime.network import nft

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from cri_api.v1 import api_pb2 as cri
 from prometheus_client.parser import text_string_to_metric_families
 
+from cri import api as cri
 from cri.events import EventBroker
 from cri.metrics import Metrics, StateSnapshot
 from cri.metrics_server import MetricsServer

@@ -6,8 +6,7 @@ import os
 import resource
 from pathlib import Path
 
-from cri_api.v1 import api_pb2 as pb
-
+from cri import api as pb
 from cri.oci.host import (
     NodeFacts,
     devices_under,

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri import api as pb
 from cri.oci.host import DeviceLookup, DeviceNode, HostPaths, MountSource
 from cri.oci.mounts import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
 from cri.oci.spec import OVERLAY_ANNOTATION, Overlay, SpecOptions, cgroups_path, expand_slice, normalize_sysctl
@@ -490,7 +490,7 @@ def _matrix() -> list[tuple[str, dict[str, Any]]]:
     host_sandbox.linux.sysctls["kernel.shmmax"] = "100"
     full = container_config(
         tty=True,
-        envs=[pb.KeyValue(key="A", value="1")],
+        envs=[pb.KeyValue(key="A", value=b"1")],
         mounts=[pb.Mount(container_path="/data", host_path="/srv", propagation=pb.PROPAGATION_BIDIRECTIONAL,
                          readonly=True)],
         devices=[pb.Device(host_path="/dev/fuse", container_path="/dev/fuse", permissions="rwm")],

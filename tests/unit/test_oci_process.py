@@ -6,8 +6,8 @@ from __future__ import annotations
 import signal
 
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri import api as pb
 from cri.config import OciConfig
 from cri.oci.capabilities import DEFAULT_CAPABILITIES, capabilities_from_mask, normalize_capability
 from cri.oci.spec import (
@@ -66,7 +66,7 @@ def test_malformed_image_config_is_invalid() -> None:
 
 
 def test_env_order_and_overrides() -> None:
-    config = container_config(envs=[pb.KeyValue(key="B", value="cri"), pb.KeyValue(key="C", value="x=y")])
+    config = container_config(envs=[pb.KeyValue(key="B", value=b"cri"), pb.KeyValue(key="C", value=b"x=y")])
     env = build(config, image={"Env": ["A=1", "B=image", "PATH=/image/bin"]})["process"]["env"]
     assert env == ["PATH=/image/bin", "HOSTNAME=pod-host", "A=1", "B=cri", "C=x=y", "HOME=/root"]
 
@@ -81,7 +81,7 @@ def test_env_home_from_passwd_unless_set() -> None:
     sc = pb.LinuxContainerSecurityContext(run_as_username="alice")
     assert "HOME=/home/alice" in build(container_config(linux=pb.LinuxContainerConfig(security_context=sc)))[
         "process"]["env"]
-    config = container_config(envs=[pb.KeyValue(key="HOME", value="/data")],
+    config = container_config(envs=[pb.KeyValue(key="HOME", value=b"/data")],
                               linux=pb.LinuxContainerConfig(security_context=sc))
     env = build(config)["process"]["env"]
     assert "HOME=/data" in env and "HOME=/home/alice" not in env
@@ -96,7 +96,7 @@ def test_merge_env_removes_bare_keys() -> None:
 
 def test_invalid_env_name() -> None:
     with pytest.raises(InvalidArgument, match="environment"):
-        build(container_config(envs=[pb.KeyValue(key="", value="x")]))
+        build(container_config(envs=[pb.KeyValue(key="", value=b"x")]))
 
 
 # ---------------------------------------------------------------------------------------------- cwd
@@ -216,7 +216,7 @@ def test_terminal_and_term() -> None:
     spec = build(container_config(tty=True))
     assert spec["process"]["terminal"] is True
     assert "TERM=xterm" in spec["process"]["env"]
-    spec = build(container_config(tty=True, envs=[pb.KeyValue(key="TERM", value="vt100")]))
+    spec = build(container_config(tty=True, envs=[pb.KeyValue(key="TERM", value=b"vt100")]))
     assert "TERM=vt100" in spec["process"]["env"] and "TERM=xterm" not in spec["process"]["env"]
     spec = build()
     assert spec["process"]["terminal"] is False
@@ -379,9 +379,9 @@ def test_stop_signal() -> None:
     assert resolve_stop_signal(container_config(), {"StopSignal": "usr1"}) == signal.SIGUSR1
     assert resolve_stop_signal(container_config(), {"StopSignal": "9"}) == signal.SIGKILL
     assert resolve_stop_signal(container_config(), {"StopSignal": "SIGRTMIN+3"}) == signal.SIGRTMIN + 3
-    config = container_config(stop_signal=pb.SIGINT)
+    config = container_config(stop_signal=pb.SIGNAL_SIGINT)
     assert resolve_stop_signal(config, {"StopSignal": "SIGQUIT"}) == signal.SIGINT
-    assert resolve_stop_signal(container_config(stop_signal=pb.SIGRTMINPLUS2), {}) == signal.SIGRTMIN + 2
-    assert resolve_stop_signal(container_config(stop_signal=pb.SIGRTMAXMINUS1), {}) == signal.SIGRTMAX - 1
+    assert resolve_stop_signal(container_config(stop_signal=pb.SIGNAL_SIGRTMINPLUS2), {}) == signal.SIGRTMIN + 2
+    assert resolve_stop_signal(container_config(stop_signal=pb.SIGNAL_SIGRTMAXMINUS1), {}) == signal.SIGRTMAX - 1
     with pytest.raises(InvalidArgument):
         resolve_stop_signal(container_config(), {"StopSignal": "SIGNOPE"})

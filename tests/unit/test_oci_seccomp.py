@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from cri_api.v1 import api_pb2 as pb
 
+from cri import api as pb
 from cri.oci.host import HostPaths, ProfileFile
 from cri.oci.seccomp import SeccompRequest, render_profile, requested_seccomp
 from cri.oci.seccomp_default import CLONE_NAMESPACE_FLAGS, DEFAULT_PROFILE

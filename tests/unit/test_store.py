@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from cri_api.v1 import api_pb2 as cri
 
+from cri import api as cri
 from cri.store.containers import EXITED, RUNNING, Container, ContainerMeta, ContainerStatus, ContainerStore
 from cri.store.db import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, Store, migrate
 

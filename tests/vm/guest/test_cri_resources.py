@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cri_api.v1 import api_pb2 as pb
-
+from cri import api as pb
 from cri.oci import NodeFacts, PodContext, SpecInputs, build_container_spec
 from runtime.cgroups import Cgroup, CgroupV2Manager, paths, rules_from_oci
 from tests.vm.guest.support import BUSYBOX, OciRuntime, busybox_rootfs, release, start_held

@@ -8,8 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cri_api.v1 import api_pb2 as cri
-
+from cri import api as cri
 from runtime.version import VERSION
 from tests.cri.crispd import Crispd, crispd_command
 

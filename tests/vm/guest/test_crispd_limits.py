@@ -20,9 +20,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_api.v1 import api_pb2 as cri
-from cri_api.v1 import api_pb2_grpc as cri_grpc
 
+from cri import api as cri
 from tests.cri.pods import Pods
 from tests.imagetools import Pusher, busybox_image, running_registry
 from tests.leaks import mounts_under
@@ -95,7 +94,7 @@ class Kubelet:
     cgroups_made: list[Cgroup] = field(default_factory=list)
 
     @property
-    def rt(self) -> cri_grpc.RuntimeServiceStub:
+    def rt(self) -> cri.RuntimeServiceStub:
         return self.node.pods.daemon.runtime
 
     def pod_cgroup(self) -> str:

@@ -1,0 +1,224 @@
+"""CRI v1 as crisp speaks it: the messages and services of cri-api `CRI_API_VERSION`.
+
+The published Python stubs (`container-runtime-interface-api` 2.0.1, module `cri_api.v1`) predate the cri-api release
+that the pinned kubelet and critest speak: a field they lack is dropped on parsing (`ImageSpec.image_ref`), and the
+`Stream*` RPCs are absent. This module takes the stubs' file descriptor, adds what the pinned release has on top of
+it (field numbers, names and types are the protocol's published facts, read from that release's `api.proto`), and
+builds every message class from the result in a pool of its own. crisp (servicers, stores, spec builder) and its
+tests use these classes, never `cri_api.v1` directly.
+
+The module's attributes mirror a generated `api_pb2`: every message class, every top-level enum (as a wrapper) and
+its values. `service_handlers` registers servicers on a grpc server; `RuntimeServiceStub` / `ImageServiceStub` are
+clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from cri_api.v1 import api_pb2 as _published
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.internal import enum_type_wrapper
+
+if TYPE_CHECKING:
+    # mypy checks crisp against the published stubs' types; what the pinned release added is Any (__getattr__)
+    from cri_api.v1.api_pb2 import *  # noqa: F403
+
+# The cri-api release (k8s.io/cri-api, the staging module of the pinned Kubernetes) whose protocol crisp speaks;
+# scripts/tools.versions pins the same release as CRI_API_VERSION.
+CRI_API_VERSION = "v0.37.2"
+
+_FDP = descriptor_pb2.FieldDescriptorProto
+_TYPES = {"string": _FDP.TYPE_STRING, "bool": _FDP.TYPE_BOOL, "bytes": _FDP.TYPE_BYTES,
+          "int64": _FDP.TYPE_INT64, "message": _FDP.TYPE_MESSAGE}
+
+# Fields the pinned release added to messages the stubs have: (message, field, number, repeated, type).
+_ADDED_FIELDS: tuple[tuple[str, str, int, bool, str], ...] = (
+    ("Mount", "mount_options", 11, True, "string"),
+    ("ImageSpec", "image_ref", 20, False, "string"),
+    ("RuntimeFeatures", "user_namespaces_host_network", 2, False, "bool"),
+    ("RuntimeFeatures", "mount_options", 3, False, "bool"),
+)
+# Fields whose type the pinned release changed: (message, field, new type). An environment variable's value became
+# bytes (the encoding on the wire is the same as a string's; parsing no longer insists on UTF-8).
+_RETYPED_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("KeyValue", "value", "bytes"),
+)
+# Enums whose value names the pinned release prefixed (numbers unchanged): enum -> prefix. A Signal is SIGNAL_SIGTERM.
+_PREFIXED_ENUM_VALUES: dict[str, str] = {"Signal": "SIGNAL_"}
+# Messages the pinned release added: name -> fields (name, number, kind, type); kind is "optional", "repeated" or
+# "map" (a map<string, string>), type a scalar name or a message of the package.
+_ADDED_MESSAGES: dict[str, tuple[tuple[str, int, str, str], ...]] = {
+    "StreamPodSandboxesRequest": (("filter", 1, "optional", "PodSandboxFilter"),),
+    "StreamPodSandboxesResponse": (("pod_sandboxes", 1, "repeated", "PodSandbox"),),
+    "StreamPodSandboxStatsRequest": (("filter", 1, "optional", "PodSandboxStatsFilter"),),
+    "StreamPodSandboxStatsResponse": (("pod_sandbox_stats", 1, "repeated", "PodSandboxStats"),),
+    "StreamContainersRequest": (("filter", 1, "optional", "ContainerFilter"),),
+    "StreamContainersResponse": (("containers", 1, "repeated", "Container"),),
+    "StreamImagesRequest": (("filter", 1, "optional", "ImageFilter"),),
+    "StreamImagesResponse": (("images", 1, "repeated", "Image"),),
+    "StreamContainerStatsRequest": (("filter", 1, "optional", "ContainerStatsFilter"),),
+    "StreamContainerStatsResponse": (("container_stats", 1, "repeated", "ContainerStats"),),
+    "StreamPodSandboxMetricsRequest": (),
+    "StreamPodSandboxMetricsResponse": (("pod_sandbox_metrics", 1, "repeated", "PodSandboxMetrics"),),
+    "CheckpointPodRequest": (
+        ("pod_sandbox_id", 1, "optional", "string"),
+        ("output_path", 2, "optional", "string"),
+        ("container_ids", 3, "repeated", "string"),
+        ("options", 4, "map", "string"),
+    ),
+    "CheckpointPodResponse": (),
+    "RestorePodRequest": (
+        ("checkpoint_path", 1, "optional", "string"),
+        ("config", 2, "optional", "PodSandboxConfig"),
+        ("runtime_handler", 3, "optional", "string"),
+        ("options", 4, "map", "string"),
+        ("container_configs", 5, "repeated", "ContainerConfig"),
+    ),
+    "RestoredContainer": (("name", 1, "optional", "string"), ("container_id", 2, "optional", "string")),
+    "RestorePodResponse": (
+        ("pod_sandbox_id", 1, "optional", "string"),
+        ("restored_containers", 2, "repeated", "RestoredContainer"),
+    ),
+}
+# RPCs the pinned release added: (service, method, server streaming). Request and response are <method>Request and
+# <method>Response.
+_ADDED_METHODS: tuple[tuple[str, str, bool], ...] = (
+    ("RuntimeService", "StreamPodSandboxes", True),
+    ("RuntimeService", "StreamContainers", True),
+    ("RuntimeService", "StreamContainerStats", True),
+    ("RuntimeService", "StreamPodSandboxStats", True),
+    ("RuntimeService", "CheckpointPod", False),
+    ("RuntimeService", "RestorePod", False),
+    ("RuntimeService", "StreamPodSandboxMetrics", True),
+    ("ImageService", "StreamImages", True),
+)
+
+
+def _field(proto: Any, name: str, number: int, repeated: bool, type_: str, package: str) -> None:
+    f = proto.field.add(name=name, number=number, json_name=_json_name(name),
+                        label=_FDP.LABEL_REPEATED if repeated else _FDP.LABEL_OPTIONAL)
+    if type_ in _TYPES:
+        f.type = _TYPES[type_]
+    else:
+        f.type = _FDP.TYPE_MESSAGE
+        f.type_name = type_ if type_.startswith(".") else f".{package}.{type_}"
+
+
+def _json_name(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _extended_file() -> descriptor_pb2.FileDescriptorProto:
+    fdp = descriptor_pb2.FileDescriptorProto.FromString(_published.DESCRIPTOR.serialized_pb)
+    package = fdp.package
+    messages = {m.name: m for m in fdp.message_type}
+    for message, name, number, repeated, type_ in _ADDED_FIELDS:
+        if any(f.number == number for f in messages[message].field):
+            raise RuntimeError(f"the CRI stubs already have {message} field {number}: review cri/api.py")
+        _field(messages[message], name, number, repeated, type_, package)
+    for message, name, type_ in _RETYPED_FIELDS:
+        (field,) = [f for f in messages[message].field if f.name == name]
+        field.type = _TYPES[type_]
+    for enum in fdp.enum_type:
+        prefix = _PREFIXED_ENUM_VALUES.get(enum.name, "")
+        for value in enum.value if prefix else ():
+            if value.name.startswith(prefix):
+                raise RuntimeError(f"the CRI stubs already prefix {enum.name}: review cri/api.py")
+            value.name = prefix + value.name
+    for message, fields in _ADDED_MESSAGES.items():
+        if message in messages:
+            raise RuntimeError(f"the CRI stubs already have {message}: review cri/api.py")
+        proto = fdp.message_type.add(name=message)
+        for name, number, kind, type_ in fields:
+            if kind == "map":
+                entry = proto.nested_type.add(name="".join(p.capitalize() for p in name.split("_")) + "Entry")
+                entry.options.map_entry = True
+                _field(entry, "key", 1, False, "string", package)
+                _field(entry, "value", 2, False, type_, package)
+                _field(proto, name, number, True, f".{package}.{message}.{entry.name}", package)
+            else:
+                _field(proto, name, number, kind == "repeated", type_, package)
+    services = {s.name: s for s in fdp.service}
+    for service, method, streaming in _ADDED_METHODS:
+        if any(m.name == method for m in services[service].method):
+            raise RuntimeError(f"the CRI stubs already have {service}.{method}: review cri/api.py")
+        services[service].method.add(name=method, input_type=f".{package}.{method}Request",
+                                     output_type=f".{package}.{method}Response", server_streaming=streaming)
+    return fdp
+
+
+_POOL = descriptor_pool.DescriptorPool()
+FILE_DESCRIPTOR_PROTO = _extended_file()
+_MESSAGES = message_factory.GetMessages([FILE_DESCRIPTOR_PROTO], pool=_POOL)
+DESCRIPTOR = _POOL.FindFileByName(FILE_DESCRIPTOR_PROTO.name)
+
+for _name, _cls in _MESSAGES.items():
+    _short = _name.removeprefix(FILE_DESCRIPTOR_PROTO.package + ".")
+    if "." not in _short:  # nested classes are attributes of their parent
+        globals()[_short] = _cls
+for _enum in DESCRIPTOR.enum_types_by_name.values():
+    globals()[_enum.name] = enum_type_wrapper.EnumTypeWrapper(_enum)
+    for _value in _enum.values:
+        globals()[_value.name] = _value.number
+
+
+def __getattr__(name: str) -> Any:
+    """Only reached for names that are no message or enum of the protocol (the dynamic attributes above are typed
+    as Any for mypy through this hook)."""
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r} (not part of CRI {CRI_API_VERSION})")
+
+
+def message_class(full_name: str) -> Any:
+    return _MESSAGES[full_name]
+
+
+def _method_class(type_name: str) -> Any:
+    return _MESSAGES[type_name.lstrip(".")]
+
+
+def service_handler(service: str, servicer: Any,
+                    fallback: Callable[[str, str], Callable[..., Any]]) -> grpc.GenericRpcHandler:
+    """A grpc handler for one of the protocol's services: each method goes to the servicer's attribute of the same
+    name, or to `fallback(service, method)` when the servicer has none."""
+    desc = DESCRIPTOR.services_by_name[service]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in desc.methods:
+        behaviour = getattr(servicer, method.name, None) or fallback(service, method.name)
+        request, response = _method_class(method.input_type.full_name), _method_class(method.output_type.full_name)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(behaviour, request_deserializer=request.FromString,
+                                     response_serializer=response.SerializeToString)
+    return grpc.method_handlers_generic_handler(desc.full_name, handlers)
+
+
+class _Stub:
+    _SERVICE = ""
+
+    def __init__(self, channel: Any) -> None:
+        desc = DESCRIPTOR.services_by_name[self._SERVICE]
+        for method in desc.methods:
+            request, response = _method_class(method.input_type.full_name), _method_class(
+                method.output_type.full_name)
+            make = channel.unary_stream if method.server_streaming else channel.unary_unary
+            setattr(self, method.name, make(f"/{desc.full_name}/{method.name}",
+                                            request_serializer=request.SerializeToString,
+                                            response_deserializer=response.FromString))
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{self._SERVICE} has no method {name!r} in CRI {CRI_API_VERSION}")
+
+
+class RuntimeServiceStub(_Stub):
+    """A client of runtime.v1.RuntimeService on a grpc (or grpc.aio) channel."""
+
+    _SERVICE = "RuntimeService"
+
+
+class ImageServiceStub(_Stub):
+    """A client of runtime.v1.ImageService on a grpc (or grpc.aio) channel."""
+
+    _SERVICE = "ImageService"
