@@ -22,9 +22,11 @@ from typing import Any
 
 import shim as shim_package
 from runtime import errors
+from runtime.bundle import executor_argv, load_config, rootfs_path
 from runtime.command import run_command
+from runtime.procs import process_start_time
 from shim import protocol
-from shim.client import DEFAULT_TIMEOUT, ShimClient
+from shim.client import DEFAULT_TIMEOUT, ShimClient, shim_error
 from shim.protocol import ExitStatus, ShimConfig
 
 log = logging.getLogger(__name__)
@@ -36,28 +38,6 @@ CLEANUP_TIMEOUT = 30.0
 UNKNOWN_EXIT_CODE = 255
 SPAWN_TIMEOUT = 10.0
 _ZYGOTE_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from shim.zygote import main; main()"
-
-
-def find_cgroup2_mount(mountinfo: str) -> str:
-    """The cgroup v2 mount point from /proc/self/mountinfo text ('' when there is none)."""
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        if sep and right.split(" ", 1)[0] == "cgroup2":
-            fields = left.split()
-            if len(fields) >= 5:
-                return fields[4].replace("\\040", " ")
-    return ""
-
-
-def cgroup2_bind_for_oci(cgroup2_mount: str) -> str:
-    """For runc/crun: the cgroup2 mount to bind on /sys/fs/cgroup when the host is hybrid ('' when it is not).
-
-    An OCI runtime looks at /sys/fs/cgroup only; on a hybrid host it would use (and write into) the host's v1
-    hierarchies. crisp is cgroup v2 only, so the shim runs such a runtime with cgroup v2 bound there.
-    """
-    if not cgroup2_mount or os.path.normpath(cgroup2_mount) == "/sys/fs/cgroup":
-        return ""
-    return cgroup2_mount
 
 
 @dataclass(frozen=True)
@@ -84,7 +64,7 @@ class RecoveredShim:
 
 
 def shim_alive(pid: int, start_time: int) -> bool:
-    return pid > 0 and protocol.process_start_time(pid) == start_time
+    return pid > 0 and process_start_time(pid) == start_time
 
 
 def _read_info(bundle: Path) -> ShimInfo | None:
@@ -206,9 +186,7 @@ class ShimManager:
         finally:
             self._requests.pop(request_id, None)
         if not answer.get("ok"):
-            problem = answer.get("error") or {}
-            from shim.client import error_from
-            raise error_from(str(problem.get("kind", "Internal")), str(problem.get("message", "shim failed")))
+            raise shim_error(answer.get("error"), "shim failed")
         for warning in answer.get("warnings", []):
             # the same host limit applies to every shim: said once at WARNING, then at DEBUG
             if warning in self._warned:
@@ -270,7 +248,7 @@ class ShimManager:
         except ProcessLookupError:
             return
         try:
-            if protocol.process_start_time(info.pid) != info.start_time:
+            if process_start_time(info.pid) != info.start_time:
                 return  # the pid is someone else's now: ours is gone
             loop = asyncio.get_running_loop()
             gone: asyncio.Future[None] = loop.create_future()
@@ -322,9 +300,8 @@ class ShimManager:
     async def cleanup_dead(self, info: ShimInfo) -> None:
         """After a shim died: kill and delete what is left of its container, unmount the rootfs it mounted."""
         config = info.config
-        argv = [*config.executor, "--root", config.executor_root, "delete", "--force", config.id]
-        if config.cgroup2_bind:
-            argv = protocol.with_cgroup2_at_sys_fs_cgroup(config.cgroup2_bind, argv)
+        argv = executor_argv(config.executor, config.executor_root, "delete", "--force", config.id,
+                                    cgroup2_bind=config.cgroup2_bind)
         await _run(argv, f"container {config.id}: delete after its shim died")
         if config.mount_rootfs:
             rootfs = await asyncio.to_thread(_rootfs_of, info.bundle)
@@ -375,13 +352,11 @@ def _list_bundles(containers_dir: Path) -> list[Path]:
         return []
 
 
-def _rootfs_of(bundle: str) -> str:
+def _rootfs_of(bundle_dir: str) -> str:
     try:
-        spec = json.loads(Path(bundle, "config.json").read_bytes())
-        path = str((spec.get("root") or {}).get("path", "rootfs"))
-    except (OSError, ValueError, AttributeError):
+        return rootfs_path(bundle_dir, load_config(bundle_dir))
+    except errors.CrispError:
         return ""
-    return os.path.normpath(os.path.join(bundle, path))
 
 
 async def _run(argv: Sequence[str], what: str) -> None:

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from runtime import errors
+from runtime.bundle import EXECUTOR_LOG, exec_process, executor_argv, load_config, overlay_of, rootfs_path
 from runtime.version import VERSION
 from shim import protocol
 from shim.io import pty
@@ -29,12 +31,10 @@ from shim.loop import Loop, read_available
 from shim.protocol import ExitStatus, ShimConfig, ShimError
 from shim.spawn import CommandResult, run_command
 
-OVERLAY_ANNOTATION = "io.crisp.rootfs.overlay"
 STEP_TIMEOUT = 60.0          # any one executor, mount or umount command
 CONSOLE_TIMEOUT = 10.0       # the pty master must arrive this long after the executor returned
 EXEC_OUTPUT_GRACE = 2.0      # after an exec's process ended, how long its pipes may stay open (background kids)
 PIPE_SIZE = 1 << 20          # the container's stdout/stderr pipes: room to keep writing while the shim is busy
-MOUNT_DATA_MAX = 4000        # mount(2) options must fit in a page (with room to spare)
 
 Reply = Callable[[dict[str, Any]], None]
 _COMMANDS = ("create", "start", "state", "kill", "delete", "exec")
@@ -163,18 +163,14 @@ class Shim:
         return os.path.join(self.bundle, name)
 
     def executor_argv(self, *args: str) -> list[str]:
-        argv = [*self.config.executor, "--root", self.config.executor_root,
-                "--log", self.path("executor.log"), "--log-format", "json", *args]
-        if self.config.cgroup2_bind:
-            # the executor sees cgroup v2 at /sys/fs/cgroup, in a mount namespace of its own (hybrid hosts)
-            argv = protocol.with_cgroup2_at_sys_fs_cgroup(self.config.cgroup2_bind, argv)
-        return argv
+        return executor_argv(self.config.executor, self.config.executor_root, *args,
+                                    log=self.path(EXECUTOR_LOG), cgroup2_bind=self.config.cgroup2_bind)
 
     def executor_error(self, result: CommandResult, log_offset: int) -> str:
         """The executor's own words about a failure: the last error in its log, else its output."""
         message = ""
         try:
-            with open(self.path("executor.log"), "rb") as f:
+            with open(self.path(EXECUTOR_LOG), "rb") as f:
                 f.seek(log_offset)
                 for line in f.read().splitlines():
                     try:
@@ -193,7 +189,7 @@ class Shim:
 
     def _log_size(self) -> int:
         try:
-            return os.stat(self.path("executor.log")).st_size
+            return os.stat(self.path(EXECUTOR_LOG)).st_size
         except OSError:
             return 0
 
@@ -281,16 +277,10 @@ class Shim:
             raise ShimError("AlreadyExists", f"container {self.config.id} is already {self.state}")
         self.state = "creating"
         try:
-            with open(self.path("config.json"), "rb") as f:
-                self.spec = json.loads(f.read())
-        except (OSError, ValueError) as exc:
-            self._create_failed(reply, ShimError("InvalidArgument", f"{self.config.id}: cannot read config.json: "
-                                                 f"{exc}"))
-            return
-        try:
+            self.spec = load_config(self.bundle)
             overlay = self._overlay_options() if self.config.mount_rootfs else None
-        except ShimError as exc:
-            self._create_failed(reply, exc)
+        except errors.CrispError as exc:
+            self._create_failed(reply, ShimError(errors.kind_of(exc), f"{self.config.id}: {exc}"))
             return
         if overlay is None:
             self._create_container(reply)
@@ -310,46 +300,15 @@ class Shim:
             argv = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv]
         run_command(self.loop, argv, mounted, timeout=STEP_TIMEOUT)
 
-    def _rootfs_path(self) -> str:
-        root = self.spec.get("root") or {}
-        path = root.get("path", "rootfs") if isinstance(root, dict) else "rootfs"
-        return os.path.normpath(os.path.join(self.bundle, str(path)))
-
     def _overlay_options(self) -> tuple[str, str, str] | None:
         """(mount point, mount options, cwd for the mount command or '') for the overlay annotation."""
-        annotations = self.spec.get("annotations") or {}
-        raw = annotations.get(OVERLAY_ANNOTATION) if isinstance(annotations, dict) else None
-        if not raw:
+        overlay = overlay_of(self.spec.get("annotations"))
+        if overlay is None:
             return None
-        try:
-            overlay = json.loads(raw)
-            lowers = [str(p) for p in overlay["lowerdirs"]]
-            upper = str(overlay.get("upperdir") or "")
-            work = str(overlay.get("workdir") or "")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ShimError("InvalidArgument", f"{self.config.id}: bad {OVERLAY_ANNOTATION} annotation: {exc}") \
-                from None
-        paths = [*lowers, upper, work]
-        if not lowers or any(p and (not os.path.isabs(p) or "," in p or ":" in p) for p in paths):
-            raise ShimError("InvalidArgument", f"{self.config.id}: {OVERLAY_ANNOTATION} needs absolute lower, "
-                            "upper and work dirs without ',' or ':'")
-        if bool(upper) != bool(work):
-            raise ShimError("InvalidArgument", f"{self.config.id}: {OVERLAY_ANNOTATION}: upperdir and workdir go "
-                            "together")
-        target = self._rootfs_path()
+        target = rootfs_path(self.bundle, self.spec)
         os.makedirs(target, exist_ok=True)
-        rest = f",upperdir={upper},workdir={work}" if upper else ""
-        options = "lowerdir=" + ":".join(lowers) + rest
-        if len(options) < MOUNT_DATA_MAX:
-            return target, options, ""
-        # mount(2) takes one page of options: many layers are named relative to their common parent, which the
-        # mount command gets as its cwd (overlayfs resolves the paths when mounting)
-        base = os.path.commonpath(lowers)
-        options = "lowerdir=" + ":".join(os.path.relpath(p, base) for p in lowers) + rest
-        if len(options) >= MOUNT_DATA_MAX:
-            raise ShimError("InvalidArgument", f"{self.config.id}: {len(lowers)} layers are too many for one "
-                            "overlay mount")
-        return target, options, base
+        options, cwd = overlay.mount_data()
+        return target, options, cwd or ""
 
     def _create_container(self, reply: Reply) -> None:
         process = self.spec.get("process") or {}
@@ -620,11 +579,9 @@ class Shim:
         return 0
 
     def _cgroup_dir(self) -> str:
-        linux = self.spec.get("linux") or {}
-        path = linux.get("cgroupsPath", "") if isinstance(linux, dict) else ""
-        if not self.config.cgroup2_mount or not isinstance(path, str) or not path.startswith("/"):
+        if not self.config.cgroup2_mount or not self.config.cgroup:
             return ""
-        return os.path.join(self.config.cgroup2_mount, path.lstrip("/"))
+        return os.path.join(self.config.cgroup2_mount, self.config.cgroup.lstrip("/"))
 
     def _on_init_exit(self, wait_status: int) -> None:
         finished = time.time_ns()
@@ -744,9 +701,16 @@ class Shim:
         timeout = message.get("timeout") or 0
         if not isinstance(timeout, int | float) or timeout < 0:
             raise ShimError("InvalidArgument", f"bad exec timeout {timeout!r}")
+        width, height = message.get("width"), message.get("height")
+        cwd = message.get("cwd")
+        try:
+            process = exec_process(
+                self.spec.get("process") or {}, args, tty=tty, env=env, cwd=cwd if isinstance(cwd, str) else "",
+                console_size=(width, height) if isinstance(width, int) and isinstance(height, int) else None)
+        except errors.CrispError as exc:
+            raise ShimError(errors.kind_of(exc), f"{self.config.id}: {exc}") from None
         self._exec_seq += 1
         session = ExecSession(self, conn, f"exec{self._exec_seq}", tty, float(timeout))
-        process = self._exec_process(args, env, tty, message)
         spec_path = self.path(f"{session.id}.json")
         pid_path = self.path(f"{session.id}.pid")
         session.files = [spec_path, pid_path]
@@ -797,26 +761,6 @@ class Shim:
         finally:
             for fd in child_fds:
                 os.close(fd)
-
-    def _exec_process(self, args: list[str], env: list[str], tty: bool, message: dict[str, Any]) -> dict[str, Any]:
-        """The container's own process spec (user, capabilities, no_new_privs, rlimits, apparmor, ...) with the
-        exec's args, env and terminal: the exec runs with the container's identity."""
-        base = self.spec.get("process") or {}
-        process = dict(base) if isinstance(base, dict) else {}
-        process["args"] = args
-        merged: dict[str, str] = {}
-        for entry in [*process.get("env", []), *env]:
-            name, _, value = str(entry).partition("=")
-            merged[name] = value
-        process["env"] = [f"{k}={v}" for k, v in merged.items()]
-        process["terminal"] = tty
-        process.pop("consoleSize", None)
-        width, height = message.get("width"), message.get("height")
-        if tty and isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
-            process["consoleSize"] = {"width": width, "height": height}
-        if isinstance(message.get("cwd"), str) and message["cwd"]:
-            process["cwd"] = message["cwd"]
-        return process
 
     def _exec_console(self, session: ExecSession, console: socket.socket, result: CommandResult, offset: int,
                       since: float, reply: Reply) -> None:
@@ -992,7 +936,8 @@ class Shim:
         """SIGKILL the exec's process and every process below it."""
         if not session.pid or session.status is not None:
             return
-        for pid in [*_descendants(session.pid), session.pid]:
+        # the exec's process first: a shell must not get to run on between its children's deaths and its own
+        for pid in [session.pid, *_descendants(session.pid)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

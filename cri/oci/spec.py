@@ -11,12 +11,10 @@ support (UNIMPLEMENTED).
 
 from __future__ import annotations
 
-import copy
-import json
 import posixpath
 import re
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -37,13 +35,12 @@ from cri.oci.mounts import (
 from cri.oci.seccomp import parse_profile, render_profile, requested_seccomp
 from cri.oci.seccomp_default import DEFAULT_PROFILE
 from cri.oci.user import ImageFiles, StaticFiles, UserDatabase, UserRequest, resolve_user
+from runtime.bundle import OVERLAY_ANNOTATION, TERM, Overlay, merge_env
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# JSON {"lowerdirs": [topmost, ..., bottom], "upperdir": ..., "workdir": ...}: see docs/contracts.md
-OVERLAY_ANNOTATION = "io.crisp.rootfs.overlay"
-CGROUP_PREFIX = "crisp-"
 
 # The annotations containerd puts on a container's spec (tools and NRI plugins read them).
 ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
@@ -61,24 +58,10 @@ _GROUPS_POLICY = cri.SupplementalGroupsPolicy
 
 
 @dataclass(frozen=True)
-class Overlay:
-    """The container's rootfs as an overlay of image snapshots (mounted by the executor or the shim)."""
-
-    lowerdirs: tuple[str, ...]  # topmost first
-    upperdir: str
-    workdir: str
-
-    def annotation(self) -> str:
-        return json.dumps({"lowerdirs": list(self.lowerdirs), "upperdir": self.upperdir, "workdir": self.workdir})
-
-
-@dataclass(frozen=True)
 class PodContext:
     """What crisp knows about the container's pod."""
 
     sandbox_id: str
-    # the pod cgroup (the kubelet's cgroup_parent, or the one crisp made); containers go to <it>/crisp-<id>
-    cgroup_parent: str
     # the pod's pinned namespaces (bind mounts under <state>/sandboxes/<id>/ns/); unused for host namespaces
     net_ns_path: str = ""
     ipc_ns_path: str = ""
@@ -138,6 +121,8 @@ class SpecInputs:
     node: NodeFacts
     # root.path: the rootfs mount point, <bundle>/rootfs
     rootfs_path: str
+    # linux.cgroupsPath: the container's cgroup (runtime.cgroups.paths.container_cgroup_path), made by the caller
+    cgroup_path: str
     overlay: Overlay | None = None
     # the image name the container was created from (an annotation)
     image_name: str = ""
@@ -148,25 +133,6 @@ class SpecInputs:
 
 
 # ---------------------------------------------------------------------------------------------- process
-
-
-def merge_env(base: Sequence[str], overrides: Iterable[str]) -> list[str]:
-    """Each `KEY=value` replaces the same key in place or is appended; a bare `KEY` removes it."""
-    out = list(base)
-    index = {e.partition("=")[0]: i for i, e in enumerate(out)}
-    removed: set[int] = set()
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep:
-            if key in index:
-                removed.add(index.pop(key))
-            continue
-        if key in index:
-            out[index[key]] = item
-        else:
-            index[key] = len(out)
-            out.append(item)
-    return [e for i, e in enumerate(out) if i not in removed]
 
 
 def _string_list(image_config: Mapping[str, Any], key: str) -> list[str]:
@@ -301,64 +267,14 @@ def _namespaces(inputs: SpecInputs, privileged: bool) -> tuple[list[dict[str, st
     return namespaces, not host_network
 
 
-# Sysctls a container may set, by the namespace that makes them per-pod (runc's rules).
-_IPC_SYSCTLS = frozenset(
-    {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
-     "kernel.shmmni", "kernel.shm_rmid_forced"}
-)
-
-
-def normalize_sysctl(name: str) -> str:
-    """`net/ipv4/ip_forward` -> `net.ipv4.ip_forward` (the kubelet's rule: with a slash, `/` and `.` swap)."""
-    if "/" not in name:
-        return name
-    return name.translate(str.maketrans("/.", "./"))
-
-
 def pod_sysctls(sandbox_config: cri.PodSandboxConfig) -> dict[str, str]:
-    """The pod's sysctls, checked: only namespaced ones, and none for a namespace shared with the host."""
+    """The pod's sysctls for `linux.sysctl`, by the rulebook RunPodSandbox checked them with."""
     ns = sandbox_config.linux.security_context.namespace_options
-    out = {}
-    for raw, value in sorted(sandbox_config.linux.sysctls.items()):
-        name = normalize_sysctl(raw)
-        if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
-            if ns.ipc == _NS_MODE.NODE:
-                raise InvalidArgument(f"sysctl {name} would change the host: the pod uses the host IPC namespace")
-        elif name.startswith("net."):
-            if ns.network == _NS_MODE.NODE:
-                raise InvalidArgument(f"sysctl {name} would change the host: the pod uses the host network")
-        else:
-            raise InvalidArgument(f"sysctl {name} is not namespaced: it cannot be set for one pod")
-        out[name] = value
-    return out
+    host = pod_host_namespaces(host_network=ns.network == _NS_MODE.NODE, host_ipc=ns.ipc == _NS_MODE.NODE)
+    return check_sysctls(sandbox_config.linux.sysctls, host)
 
 
-# ---------------------------------------------------------------------------------------------- cgroups
-
-
-def expand_slice(name: str) -> str:
-    """A systemd slice name as its cgroupfs path: `kubepods-burstable-pod1.slice` ->
-    `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice`."""
-    stem = name.removesuffix(".slice")
-    if not stem or "/" in stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
-        raise InvalidArgument(f"invalid systemd slice name {name!r}")
-    if stem == "-":
-        return "/"
-    parts = stem.split("-")
-    return "/" + "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
-
-
-def cgroups_path(cgroup_parent: str, container_id: str) -> str:
-    """`<cgroup_parent>/crisp-<id>`, a cgroupfs path relative to the cgroup2 mount (a systemd slice expanded)."""
-    parent = cgroup_parent.strip()
-    if ".." in parent.split("/"):
-        raise InvalidArgument(f"invalid cgroup parent {cgroup_parent!r}")
-    if parent.endswith(".slice") and "/" not in parent:
-        parent = expand_slice(parent)
-    if not parent.startswith("/"):
-        parent = "/" + parent
-    parent = posixpath.normpath(parent)
-    return posixpath.join(parent, CGROUP_PREFIX + container_id)
+# ---------------------------------------------------------------------------------------------- resources
 
 
 def _resources(inputs: SpecInputs, device_rules: list[dict[str, Any]], privileged: bool) -> dict[str, Any]:
@@ -504,7 +420,7 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     hostname = inputs.sandbox_config.hostname
     env = [DEFAULT_PATH_ENV]
     if config.tty:
-        env = merge_env(env, ["TERM=xterm"])
+        env = merge_env(env, [TERM])
     env = merge_env(env, ["HOSTNAME=" + (hostname or inputs.node.hostname)])
     env = merge_env(env, _string_list(image, "Env"))
     env = merge_env(env, [_env_entry(kv.key, cast(bytes, kv.value)) for kv in config.envs])
@@ -552,7 +468,7 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     namespaces, own_uts = _namespaces(inputs, privileged)
     linux: dict[str, Any] = {
         "namespaces": namespaces,
-        "cgroupsPath": cgroups_path(inputs.pod.cgroup_parent, inputs.container_id),
+        "cgroupsPath": inputs.cgroup_path,
         "resources": _resources(inputs, device_rules, privileged),
     }
     if devices:
@@ -582,26 +498,7 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     return spec
 
 
-# ---------------------------------------------------------------------------------------------- exec, stop
-
-
-def build_exec_process(
-    container_process: Mapping[str, Any], args: Sequence[str], *, tty: bool, env: Sequence[str] = ()
-) -> dict[str, Any]:
-    """The process spec of an ExecSync/Exec: the container's process (same user, groups, capabilities, cwd, env,
-    rlimits, oom_score_adj, no_new_privs) running `args`, with a terminal when `tty` (then TERM=xterm unless
-    set), and `env` entries (`KEY=value`) replacing or adding variables. For `executor exec --process`."""
-    if not args:
-        raise InvalidArgument("exec needs a command")
-    process = copy.deepcopy(dict(container_process))
-    process["args"] = list(args)
-    process["terminal"] = tty
-    process.pop("consoleSize", None)
-    current = list(process.get("env") or [])
-    if tty and not any(e.startswith("TERM=") for e in current):
-        current.append("TERM=xterm")
-    process["env"] = merge_env(current, [e for e in env if "=" in e])
-    return process
+# ---------------------------------------------------------------------------------------------- stop signal
 
 
 def _signal_number(name: str) -> int | None:

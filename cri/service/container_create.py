@@ -17,7 +17,6 @@ from typing import Any
 from cri import api as cri
 from cri.oci import (
     LayeredFiles,
-    Overlay,
     PodContext,
     PodFiles,
     SpecInputs,
@@ -31,7 +30,8 @@ from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
-from runtime.cgroups import drop_limits
+from runtime.bundle import Overlay
+from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
@@ -122,6 +122,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
     handler = runtime_info.runtime_handler(ctx, sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
     bundle = ctx.state_dir / "containers" / container_id
+    cgroup = cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)
     container_dir = ctx.root_dir / "containers" / container_id
     meta_ns = sandbox.meta.namespaces
     privileged = config.linux.security_context.privileged
@@ -134,7 +135,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
                           workdir=str(container_dir / "work"))
         pod = PodContext(
-            sandbox_id=sandbox.id, cgroup_parent=sandbox.meta.cgroup,
+            sandbox_id=sandbox.id,
             net_ns_path=meta_ns.get("net", ""), ipc_ns_path=meta_ns.get("ipc", ""),
             uts_ns_path=meta_ns.get("uts", ""), pid_ns_path=meta_ns.get("pid", ""),
             target_pid_ns_path=_target_pid_ns(ctx, config, sandbox),
@@ -150,12 +151,11 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             inputs = SpecInputs(
                 container_id=container_id, config=config, sandbox_config=sandbox.meta.config,
                 image_config=image_config, pod=pod, node=ctx.node, rootfs_path=str(bundle / "rootfs"),
-                overlay=overlay, image_name=config.image.image,
+                cgroup_path=cgroup, overlay=overlay, image_name=config.image.image,
                 image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host, options=options)
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
-        cgroup = cgroup_paths.from_oci(spec["linux"]["cgroupsPath"])
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
         ctx.fail_point("create_container.spec")
@@ -164,9 +164,8 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             id=container_id, bundle=str(bundle), executor=list(handler.argv), executor_root=str(handler.root),
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
-            cgroup2_mount=str(manager.mount),
-            cgroup2_bind=str(manager.mount) if handler.kind == "oci" and str(manager.mount) != "/sys/fs/cgroup"
-            else "")
+            cgroup2_mount=str(manager.mount), cgroup=cgroup,
+            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
         _, pid = await ctx.shims.create(shim_config)
         undo.push("shim and container", lambda: ctx.discard_shim(container_id))
         ctx.fail_point("create_container.shim")
@@ -204,15 +203,8 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
     resources = spec["linux"].get("resources", {})
     manager = ctx.cgroup_manager()
     missing = await asyncio.to_thread(manager.missing_controllers, resources, cgroup)
-    if not missing:
-        return spec
-    described = ", ".join(f"{m.key} (needs {m.controller})" for m in missing)
-    if ctx.config.cgroup.missing_controller == "error":
-        raise errors.FailedPrecondition(
-            f"container {container_id}: this node's cgroup v2 lacks controllers for {described} "
-            "(set cgroup.missing_controller = \"warn\" to run without these limits)")
-    log.warning("container %s: dropping limits this node cannot enforce: %s", container_id, described)
-    spec["linux"]["resources"] = drop_limits(resources, missing)
+    spec["linux"]["resources"] = enforceable_limits(resources, missing, ctx.config.cgroup.missing_controller,
+                                                    f"container {container_id}")
     return spec
 
 

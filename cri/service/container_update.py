@@ -10,7 +10,7 @@ from cri.oci import oci_resources
 from cri.service.context import ServiceContext
 from cri.store.containers import RUNNING
 from runtime import errors
-from runtime.cgroups import drop_limits
+from runtime.cgroups import enforceable_limits
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +24,9 @@ async def _apply(ctx: ServiceContext, cgroup_path: str, resources: cri.LinuxCont
     oci = oci_resources(resources, swap_limit=True)
 
     def apply() -> None:
-        nonlocal oci
         missing = manager.missing_controllers(oci, cgroup_path)
-        if missing:
-            described = ", ".join(f"{m.key} (needs {m.controller})" for m in missing)
-            if ctx.config.cgroup.missing_controller == "error":
-                raise errors.FailedPrecondition(f"{what}: this node's cgroup v2 lacks controllers for {described}")
-            log.warning("%s: dropping limits this node cannot enforce: %s", what, described)
-            oci = drop_limits(oci, missing)
-        cgroup = manager.open(cgroup_path)
-        cgroup.apply(oci)
+        limits = enforceable_limits(oci, missing, ctx.config.cgroup.missing_controller, what)
+        manager.open(cgroup_path).apply(limits)
 
     await asyncio.to_thread(apply)
 

@@ -28,7 +28,7 @@ from runtime.cgroups import paths as cgroup_paths
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import start_pod_init
 from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
-from runtime.namespaces.sysctl import check_pod_sysctls
+from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 from runtime.rollback import Rollback
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.P
     host_ipc = ns_options.ipc == cri.NODE
     host_pid = ns_options.pid == cri.NODE
     shared_pid = ns_options.pid == cri.POD
-    sysctls = check_pod_sysctls(dict(linux.sysctls), host_network=host_network, host_ipc=host_ipc)
+    sysctls = check_sysctls(linux.sysctls, pod_host_namespaces(host_network=host_network, host_ipc=host_ipc))
     hostname = pod_hostname(config, host_network)
     pod_dir = ctx.state_dir / "sandboxes" / sandbox_id
     manager = ctx.cgroup_manager()

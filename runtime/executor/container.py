@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +28,10 @@ from runtime.executor.state import (
     ContainerDir,
     State,
     now_rfc3339,
-    process_start_time,
 )
 from runtime.linux import syscalls as sc
+from runtime.procs import process_start_time
+from runtime.undo import undo_step
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ class Executor:
         launched_pids: list[int] = []
         cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
         if made:
-            undo.callback(_quietly, "remove the cgroup", cg.remove)
-        undo.callback(_quietly, "kill the container's processes", _kill_processes, cg, launched_pids)
+            undo.callback(undo_step("remove the cgroup", cg.remove))
+        undo.callback(undo_step("kill the container's processes", _kill_processes, cg, launched_pids))
         # until create returns, the init is our child (so a failed one is reaped here, not left as a zombie that
         # keeps its cgroup populated); once we exit it passes to the nearest subreaper above us (the shim)
         self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
@@ -307,14 +307,6 @@ class Executor:
         message = protocol.receive(sock)
         if isinstance(message, protocol.Failure):
             raise message.to_error()
-
-
-def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:
-    """Run one undo step; a failing undo is logged and never hides the error that caused the undo."""
-    try:
-        fn(*args)
-    except Exception as exc:
-        log.warning("could not %s: %s", what, exc)
 
 
 def _kill_processes(cg: cgroup.ContainerCgroup, pids: list[int]) -> None:

@@ -241,6 +241,20 @@ def test_host_namespaces(kubelet: Kubelet) -> None:
     assert kubelet.exec(container_id, ["busybox", "hostname"]).stdout.decode().strip() == os.uname().nodename
 
 
+def test_pod_sysctls_the_old_rulebooks_disagreed_on(pods: Pods, test_images: TestImages, tmp_path: Path) -> None:
+    """kernel.domainname (UTS) and kernel.shm_next_id (IPC) are namespaced: the pod runs, its containers are
+    created in it, and they see the pod's values (RunPodSandbox once took them and CreateContainer refused)."""
+    kubelet = Kubelet(pods, test_images, tmp_path / "logs")
+    config = pod_config("sysctls")
+    config.log_directory = str(kubelet.log_dir / "sysctls")
+    config.linux.sysctls.update({"kernel.domainname": "pods.example", "kernel.shm_next_id": "4242"})
+    pod_id = kubelet.pods.run(config)
+    container_id = kubelet.run(pod_id, config, "app", ["sleep", "1000"])
+    assert kubelet.exec(container_id, ["cat", "/proc/sys/kernel/domainname"]).stdout == b"pods.example\n"
+    assert kubelet.exec(container_id, ["cat", "/proc/sys/kernel/shm_next_id"]).stdout == b"4242\n"
+    assert Path("/proc/sys/kernel/domainname").read_text() != "pods.example\n"  # the node's is untouched
+
+
 def test_missing_controller_is_an_error_and_leaves_nothing(kubelet: Kubelet) -> None:
     pod_id, pod = kubelet.pod()
     with pytest.raises(grpc.RpcError) as err:
