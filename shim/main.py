@@ -18,8 +18,9 @@ from runtime.linux import syscalls
 from runtime.procs import process_start_time
 from runtime.version import VERSION
 from shim import protocol
+from shim.log import log
 from shim.protocol import ShimConfig, ShimError
-from shim.server import Shim, log
+from shim.server import Shim
 
 OOM_SCORE_ADJ = -999
 

@@ -1,134 +1,35 @@
-"""The shim proper: one container, driven through the executor's runc-style command line.
+"""The shim proper: one container, its control socket, and the dispatch of requests to the parts that serve them.
 
-States: new -> creating -> created -> running -> stopped. The shim is the child subreaper of everything the
-executor starts, so the container's init becomes its child as soon as `create` returns and its exit is caught by
-the loop's reaper whenever it happens (before `start` returned, even before `create` did).
-
-On exit: output that is already in the pipes goes to the log first, then the status is written atomically to
-status.json, then waiters and attachers hear about it. The shim stays until crispd says `shutdown` (it has collected
-the status, or wants the container gone): then it deletes the container, unmounts the rootfs it mounted, and exits.
+The parts (one job each): `container.py` the init process (create, start, state, kill, wait, exit, shutdown),
+`exec.py` exec sessions, `attach.py` attach sessions and window sizes, `console.py` the pty master from the
+executor, `rootfs.py` the overlay an OCI runtime needs mounted, `oom.py` OOM kills, `executor.py` the executor's
+command line. All run on one thread, in the loop of `loop.py`; nothing here blocks.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from runtime import errors
-from runtime.bundle import EXECUTOR_LOG, exec_process, executor_argv, load_config, overlay_of, rootfs_path
 from runtime.version import VERSION
 from shim import protocol
-from shim.io import pty
-from shim.io.cri_log import STDERR, STDOUT, CriLog
-from shim.io.streams import Conn, Sink
-from shim.loop import Loop, read_available
-from shim.protocol import ExitStatus, ShimConfig, ShimError
-from shim.spawn import CommandResult, run_command
-
-STEP_TIMEOUT = 60.0          # any one executor, mount or umount command
-CONSOLE_TIMEOUT = 10.0       # the pty master must arrive this long after the executor returned
-EXEC_OUTPUT_GRACE = 2.0      # after an exec's process ended, how long its pipes may stay open (background kids)
-PIPE_SIZE = 1 << 20          # the container's stdout/stderr pipes: room to keep writing while the shim is busy
+from shim.attach import Attachments
+from shim.container import Container
+from shim.exec import ExecSessions
+from shim.executor import Executor
+from shim.io.cri_log import CriLog
+from shim.io.streams import Conn
+from shim.log import log
+from shim.loop import Loop
+from shim.protocol import ShimConfig, ShimError
 
 Reply = Callable[[dict[str, Any]], None]
-_COMMANDS = ("create", "start", "state", "kill", "delete", "exec")
-
-
-def log(message: str) -> None:
-    """The shim's own diagnostics: one line on stderr, which is shim.log in the bundle."""
-    try:
-        os.write(2, f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} crisp-shim[{os.getpid()}]: "
-                    f"{message}\n".encode(errors="replace"))
-    except OSError:
-        pass
-
-
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe2(os.O_CLOEXEC)
-    try:
-        import fcntl
-        fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # above /proc/sys/fs/pipe-max-size for an unprivileged user: the default size works, slower
-    return r, w
-
-
-class Output:
-    """One output of the container (stdout, stderr, or the pty master as stdout)."""
-
-    def __init__(self, shim: Shim, fd: int, stream: bytes, stream_id: int) -> None:
-        self.shim = shim
-        self.fd = fd
-        self.stream = stream
-        self.stream_id = stream_id
-        self.open = True
-        os.set_blocking(fd, False)
-        shim.loop.add_reader(fd, self.on_readable)
-
-    def on_readable(self, limit: int = 16) -> None:
-        # a few reads per wakeup, so one busy stream cannot starve the other or the control socket
-        for _ in range(limit):
-            data = read_available(self.fd, 1 << 17)
-            if data is None:
-                return
-            if not data:
-                self.close()
-                return
-            self.shim.on_output(self, data)
-
-    def drain(self) -> None:
-        """Everything already in the pipe (the container has exited)."""
-        while self.open:
-            data = read_available(self.fd, 1 << 17)
-            if not data:
-                if data is not None:
-                    self.close()
-                return
-            self.shim.on_output(self, data)
-
-    def close(self) -> None:
-        if self.open:
-            self.open = False
-            self.shim.loop.forget(self.fd)
-            os.close(self.fd)
-
-
-class Attacher:
-    def __init__(self, shim: Shim, conn: Conn, stdin: bool, stdout: bool, stderr: bool) -> None:
-        self.shim = shim
-        self.conn = conn
-        self.stdin = stdin
-        self.streams = {protocol.STREAM_STDOUT} if stdout else set()
-        if stderr:
-            self.streams.add(protocol.STREAM_STDERR)
-
-
-class ExecSession:
-    """One exec: `<executor> exec --detach --process F --pid-file P ID`, then its process is the shim's child."""
-
-    def __init__(self, shim: Shim, conn: Conn, exec_id: str, tty: bool, timeout: float) -> None:
-        self.shim = shim
-        self.conn = conn
-        self.id = exec_id
-        self.tty = tty
-        self.timeout = timeout
-        self.pid = 0
-        self.outputs: dict[int, int] = {}     # fd -> stream id
-        self.stdin: Sink | None = None
-        self.master = -1
-        self.status: int | None = None
-        self.timed_out = False
-        self.started_at = 0
-        self.finished_at = 0
-        self.done = False
-        self.timers: list[int] = []
-        self.files: list[str] = []
+Handler = Callable[[Conn, dict[str, Any], Reply], None]
+FLUSH_GRACE = 2.0  # a client that does not read its last answer holds up a shim's exit this long at most
 
 
 class Shim:
@@ -136,68 +37,24 @@ class Shim:
         self.config = config
         self.loop = loop or Loop()
         self.bundle = config.bundle
-        self.state = "new"
-        self.pid = 0
-        self.status: ExitStatus | None = None
-        self.started_at = 0
-        self.oom_before = 0
         self.conns: set[Conn] = set()
-        self.waiters: list[Reply] = []
-        self.attachers: dict[Conn, Attacher] = {}
-        self.execs: dict[str, ExecSession] = {}
-        self._exec_seq = 0
-        self.outputs: list[Output] = []
-        self.stdin: Sink | None = None
-        self.master = -1           # the container's pty master
-        self._stdin_once_used = False
-        self.rootfs_mounted = ""
         self.listener: socket.socket | None = None
         self.log = CriLog(config.log_path, config.log_max_line, warn=log)
-        self.spec: dict[str, Any] = {}
-        self._shutdown_replies: list[Reply] = []
-        self._shutting_down = False
-
-    # --- paths and commands ---------------------------------------------------------------------------------
+        self.executor = Executor(self.loop, config)
+        self.container = Container(self)
+        self.attach = Attachments(self)
+        self.execs = ExecSessions(self)
+        self.ops: dict[str, Handler] = {
+            "create": self.container.op_create, "start": self.container.op_start,
+            "state": self.container.op_state, "kill": self.container.op_kill, "wait": self.container.op_wait,
+            "shutdown": self.container.op_shutdown,
+            "attach": self.attach.op_attach, "resize": self.attach.op_resize,
+            "exec": self.execs.op_exec,
+            "reopen_log": self.op_reopen_log, "debug": self.op_debug,
+        }
 
     def path(self, name: str) -> str:
         return os.path.join(self.bundle, name)
-
-    def executor_argv(self, *args: str) -> list[str]:
-        return executor_argv(self.config.executor, self.config.executor_root, *args,
-                                    log=self.path(EXECUTOR_LOG), cgroup2_bind=self.config.cgroup2_bind)
-
-    def executor_error(self, result: CommandResult, log_offset: int) -> str:
-        """The executor's own words about a failure: the last error in its log, else its output."""
-        message = ""
-        try:
-            with open(self.path(EXECUTOR_LOG), "rb") as f:
-                f.seek(log_offset)
-                for line in f.read().splitlines():
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        text = line.decode(errors="replace").strip()
-                        message = text or message
-                        continue
-                    if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", "panic"):
-                        message = str(entry.get("msg", "")) or message
-        except OSError:
-            pass
-        name = os.path.basename(self.config.executor[0])
-        command = next((a for a in result.argv if a in _COMMANDS), "")
-        return f"{name} {command} failed ({result.describe()})" + (f": {message}" if message else "")
-
-    def _log_size(self) -> int:
-        try:
-            return os.stat(self.path(EXECUTOR_LOG)).st_size
-        except OSError:
-            return 0
-
-    def run_executor(self, args: list[str], done: Callable[[CommandResult, int], None],
-                     stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> None:
-        offset = self._log_size()
-        run_command(self.loop, self.executor_argv(*args), lambda result: done(result, offset),
-                    stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT)
 
     # --- the control socket ---------------------------------------------------------------------------------
 
@@ -240,13 +97,8 @@ class Shim:
 
     def _conn_closed(self, conn: Conn) -> None:
         self.conns.discard(conn)
-        attacher = self.attachers.pop(conn, None)
-        if attacher is not None and attacher.stdin:
-            self._stdin_session_ended()
-        for session in list(self.execs.values()):
-            if session.conn is conn and not session.done:
-                # nobody listens any more: the exec's processes are not left running unobserved
-                self._kill_exec(session)
+        self.attach.conn_closed(conn)
+        self.execs.conn_closed(conn)
 
     def _dispatch(self, conn: Conn, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -254,7 +106,7 @@ class Shim:
             conn.send_json(protocol.reply_error(
                 "InvalidArgument", f"protocol version {message.get('v')!r} is not {protocol.PROTOCOL_VERSION}"))
             return
-        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) and op.isidentifier() else None
+        handler = self.ops.get(op) if isinstance(op, str) else None
         if handler is None:
             conn.send_json(protocol.reply_error("Unimplemented", f"unknown operation {op!r}"))
             return
@@ -270,274 +122,7 @@ class Shim:
             log(f"{op} failed: {exc!r}")
             reply(protocol.reply_error("Internal", f"{self.config.id}: {op} failed: {exc!r}"))
 
-    # --- create ---------------------------------------------------------------------------------------------
-
-    def op_create(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        if self.state != "new":
-            raise ShimError("AlreadyExists", f"container {self.config.id} is already {self.state}")
-        self.state = "creating"
-        try:
-            self.spec = load_config(self.bundle)
-            overlay = self._overlay_options() if self.config.mount_rootfs else None
-        except errors.CrispError as exc:
-            self._create_failed(reply, ShimError(errors.kind_of(exc), f"{self.config.id}: {exc}"))
-            return
-        if overlay is None:
-            self._create_container(reply)
-            return
-        target, options, cwd = overlay
-
-        def mounted(result: CommandResult) -> None:
-            if not result.ok:
-                self._create_failed(reply, ShimError("Internal", f"{self.config.id}: mounting the rootfs overlay "
-                                                     f"on {target} failed ({result.describe()})"))
-                return
-            self.rootfs_mounted = target
-            self._create_container(reply)
-
-        argv = ["mount", "-t", "overlay", "overlay", "-o", options, target]
-        if cwd:
-            argv = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv]
-        run_command(self.loop, argv, mounted, timeout=STEP_TIMEOUT)
-
-    def _overlay_options(self) -> tuple[str, str, str] | None:
-        """(mount point, mount options, cwd for the mount command or '') for the overlay annotation."""
-        overlay = overlay_of(self.spec.get("annotations"))
-        if overlay is None:
-            return None
-        target = rootfs_path(self.bundle, self.spec)
-        os.makedirs(target, exist_ok=True)
-        options, cwd = overlay.mount_data()
-        return target, options, cwd or ""
-
-    def _create_container(self, reply: Reply) -> None:
-        process = self.spec.get("process") or {}
-        tty = bool(process.get("terminal")) if isinstance(process, dict) else False
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        child_fds = [devnull]
-        console: socket.socket | None = None
-        args = ["create", "--bundle", self.bundle, "--pid-file", self.path("init.pid")]
-        stdio = (devnull, devnull, devnull)
-        try:
-            if tty:
-                console = pty.console_listener("console.sock")
-                args += ["--console-socket", "console.sock"]
-            else:
-                out_r, out_w = _pipe()
-                err_r, err_w = _pipe()
-                child_fds += [out_w, err_w]
-                self.outputs = [Output(self, out_r, STDOUT, protocol.STREAM_STDOUT),
-                                Output(self, err_r, STDERR, protocol.STREAM_STDERR)]
-                stdin_fd = devnull
-                if self.config.stdin:
-                    in_r, in_w = os.pipe2(os.O_CLOEXEC)
-                    child_fds.append(in_r)
-                    self.stdin = Sink(self.loop, in_w)
-                    stdin_fd = in_r
-                stdio = (stdin_fd, out_w, err_w)
-            args.append(self.config.id)
-            self.oom_before = self._oom_kills()
-            since = time.monotonic()
-
-            def created(result: CommandResult, offset: int) -> None:
-                if console is not None:
-                    self._await_console(console, result, offset, since, reply)
-                else:
-                    self._created(result, offset, since, reply)
-
-            self.run_executor(args, created, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
-        except OSError as exc:
-            if console is not None:
-                console.close()
-            self._create_failed(reply, ShimError("Internal", f"{self.config.id}: cannot run the executor: {exc}"))
-        finally:
-            for fd in child_fds:
-                os.close(fd)
-
-    def _await_console(self, console: socket.socket, result: CommandResult, offset: int, since: float,
-                       reply: Reply) -> None:
-        def finish(master: int, error: str) -> None:
-            self.loop.forget(console.fileno())
-            console.close()
-            try:
-                os.unlink(self.path("console.sock"))
-            except FileNotFoundError:
-                pass
-            if master >= 0:
-                self.master = master
-                self.outputs = [Output(self, os.dup(master), STDOUT, protocol.STREAM_STDOUT)]
-                os.set_inheritable(self.master, False)
-                self.stdin = Sink(self.loop, master, owns_fd=True)
-            if error and result.ok:
-                self._create_failed(reply, ShimError("Internal", f"{self.config.id}: {error}"))
-                return
-            self._created(result, offset, since, reply)
-
-        if not result.ok:
-            finish(-1, "")
-            return
-        timer = 0
-
-        def on_console() -> None:
-            try:
-                master = pty.receive_master(console)
-            except OSError as exc:
-                self.loop.cancel(timer)
-                finish(-1, f"no pty master from the executor: {exc}")
-                return
-            if master is None:
-                return
-            self.loop.cancel(timer)
-            finish(master, "")
-
-        timer = self.loop.call_later(CONSOLE_TIMEOUT, lambda: finish(-1, "the executor sent no pty master"))
-        self.loop.add_reader(console.fileno(), on_console)
-        on_console()
-
-    def _created(self, result: CommandResult, offset: int, since: float, reply: Reply) -> None:
-        if not result.ok:
-            message = self.executor_error(result, offset)
-            self._create_failed(reply, ShimError("Internal", f"{self.config.id}: {message}"))
-            return
-        try:
-            with open(self.path("init.pid")) as f:
-                self.pid = int(f.read().strip())
-        except (OSError, ValueError) as exc:
-            self._create_failed(reply, ShimError("Internal", f"{self.config.id}: no pid file from the executor: "
-                                                 f"{exc}"))
-            return
-        self.state = "created"
-        # the init is our child now (we are its subreaper); its exit is claimed even if it already happened
-        self.loop.watch_child(self.pid, self._on_init_exit, since=since)
-        log(f"container {self.config.id} created, init pid {self.pid}")
-        reply(protocol.reply_ok(pid=self.pid))
-
-    def _create_failed(self, reply: Reply, error: ShimError) -> None:
-        log(f"create failed: {error.message}")
-
-        def undone() -> None:
-            reply(protocol.reply_error(error.kind, error.message))
-            # nothing to watch: the shim goes once the answer is out
-            self._exit_when_flushed()
-
-        self._undo_create(undone)
-
-    def _undo_create(self, done: Callable[[], None]) -> None:
-        def deleted(_: CommandResult, __: int) -> None:
-            self._unmount(done)
-
-        for out in self.outputs:
-            out.close()
-        self.outputs = []
-        if self.stdin is not None:
-            self.stdin.close()
-            self.stdin = None
-        self.run_executor(["delete", "--force", self.config.id], deleted)
-
-    def _unmount(self, done: Callable[[], None]) -> None:
-        target = self.rootfs_mounted
-        if not target:
-            done()
-            return
-
-        def unmounted(result: CommandResult) -> None:
-            if result.ok:
-                self.rootfs_mounted = ""
-                done()
-                return
-            log(f"umount {target} failed ({result.describe()}); detaching it lazily")
-
-            def lazy(result: CommandResult) -> None:
-                if not result.ok:
-                    log(f"umount -l {target} failed too ({result.describe()})")
-                self.rootfs_mounted = ""
-                done()
-            run_command(self.loop, ["umount", "-l", target], lazy, timeout=STEP_TIMEOUT)
-
-        run_command(self.loop, ["umount", target], unmounted, timeout=STEP_TIMEOUT)
-
-    def _exit_when_flushed(self) -> None:
-        """Stop the loop once every reply is out (a client that does not read gets two seconds)."""
-        deadline = time.monotonic() + 2.0
-
-        def check() -> None:
-            if time.monotonic() > deadline or all(c.closed or c.backlog == 0 for c in self.conns):
-                self.loop.stop()
-            else:
-                self.loop.call_later(0.01, check)
-        self.loop.call_later(0, check)
-
-    # --- start, state, kill, wait ---------------------------------------------------------------------------
-
-    def op_start(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        if self.state == "stopped" and self.started_at == 0:
-            raise ShimError("FailedPrecondition", f"container {self.config.id} exited before it was started "
-                            f"(exit code {self.status.exit_code if self.status else '?'})")
-        if self.state != "created":
-            raise ShimError("FailedPrecondition", f"container {self.config.id} is {self.state}, not created")
-        self.state = "starting"
-        self.started_at = time.time_ns()
-
-        def started(result: CommandResult, offset: int) -> None:
-            if self.state == "starting":
-                if result.ok:
-                    self.state = "running"
-                else:
-                    self.state = "created"
-                    self.started_at = 0
-            if result.ok or self.status is not None:
-                # an init that exited before `start` returned was started all the same
-                log(f"container {self.config.id} started")
-                reply(protocol.reply_ok(pid=self.pid, started_at=self.started_at))
-            else:
-                reply(protocol.reply_error("Internal", f"{self.config.id}: {self.executor_error(result, offset)}"))
-
-        self.run_executor(["start", self.config.id], started)
-
-    def _state_json(self) -> dict[str, Any]:
-        state = "running" if self.state == "starting" else self.state
-        body: dict[str, Any] = {"id": self.config.id, "state": state, "pid": self.pid,
-                                "started_at": self.started_at, "shim_pid": os.getpid()}
-        if self.status is not None:
-            body["status"] = self.status.to_json()
-        return body
-
-    def op_state(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        reply(protocol.reply_ok(**self._state_json()))
-
-    def op_kill(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        sig = message.get("signal", signal.SIGTERM)
-        if not isinstance(sig, int) or not 0 < sig < signal.NSIG:
-            raise ShimError("InvalidArgument", f"bad signal {sig!r}")
-        if self.state in ("new", "creating"):
-            raise ShimError("FailedPrecondition", f"container {self.config.id} is not created yet")
-        if self.status is not None and not message.get("all"):
-            reply(protocol.reply_ok())  # already gone: nothing to signal
-            return
-        if not message.get("all"):
-            # the init cannot be reaped (and its pid reused) by anyone but us, so this pid is still the init
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-            reply(protocol.reply_ok())
-            return
-
-        def killed(result: CommandResult, offset: int) -> None:
-            if result.ok or self.status is not None:
-                reply(protocol.reply_ok())
-            else:
-                reply(protocol.reply_error("Internal", f"{self.config.id}: {self.executor_error(result, offset)}"))
-
-        self.run_executor(["kill", "--all", self.config.id, str(sig)], killed)
-
-    def op_wait(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        if self.state in ("new", "creating"):
-            raise ShimError("FailedPrecondition", f"container {self.config.id} is not created yet")
-        if self.status is not None:
-            reply(protocol.reply_ok(status=self.status.to_json()))
-        else:
-            self.waiters.append(reply)
+    # --- the shim's own requests ----------------------------------------------------------------------------
 
     def op_debug(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
         reply(protocol.reply_ok(pid=os.getpid(), modules=sorted(sys.modules),
@@ -551,468 +136,16 @@ class Shim:
                             f"{exc.strerror}") from None
         reply(protocol.reply_ok())
 
-    # --- output and exit ------------------------------------------------------------------------------------
+    def exit_when_flushed(self) -> None:
+        """Stop the loop once every reply is out (a client that does not read gets FLUSH_GRACE seconds)."""
+        deadline = time.monotonic() + FLUSH_GRACE
 
-    def on_output(self, output: Output, data: bytes) -> None:
-        self.log.write(output.stream, data)
-        if not self.attachers:
-            return
-        for conn, attacher in list(self.attachers.items()):
-            if output.stream_id in attacher.streams:
-                conn.send_frame(output.stream_id, data)
-                if conn.backlog > protocol.MAX_ATTACH_BACKLOG:
-                    log(f"dropping an attach session that fell {conn.backlog} bytes behind")
-                    conn.close()
-
-    def _oom_kills(self) -> int:
-        cgroup = self._cgroup_dir()
-        if not cgroup:
-            return 0
-        try:
-            with open(os.path.join(cgroup, "memory.events")) as f:
-                for line in f:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        except (OSError, ValueError):
-            pass
-        return 0
-
-    def _cgroup_dir(self) -> str:
-        if not self.config.cgroup2_mount or not self.config.cgroup:
-            return ""
-        return os.path.join(self.config.cgroup2_mount, self.config.cgroup.lstrip("/"))
-
-    def _on_init_exit(self, wait_status: int) -> None:
-        finished = time.time_ns()
-        for out in self.outputs:
-            out.drain()
-        code, sig = protocol.wait_status_to_exit(wait_status)
-        oom = self._oom_kills() > self.oom_before
-        self.status = ExitStatus(exit_code=code, signal=sig, started_at=self.started_at,
-                                 finished_at=finished, oom_killed=oom)
-        try:
-            protocol.write_status_file(self.path(protocol.STATUS_NAME), self.config.id, self.pid, self.status)
-        except OSError as exc:
-            log(f"cannot write the status file: {exc}")
-        self.state = "stopped"
-        log(f"container {self.config.id} exited: code {code}" + (f" (signal {sig})" if sig else "") +
-            (" oom-killed" if oom else ""))
-        for reply in self.waiters:
-            reply(protocol.reply_ok(status=self.status.to_json()))
-        self.waiters.clear()
-        for conn in list(self.attachers):
-            conn.send_frame(protocol.STREAM_EXIT, json.dumps(self.status.to_json()).encode())
-            conn.close_after_flush()
-        self.attachers.clear()
-        if self.stdin is not None:
-            self.stdin.close()
-            self.stdin = None
-
-    # --- attach and resize ----------------------------------------------------------------------------------
-
-    def op_attach(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        if self.state not in ("created", "starting", "running"):
-            raise ShimError("FailedPrecondition", f"container {self.config.id} is {self.state}: cannot attach")
-        want_stdin = bool(message.get("stdin"))
-        if want_stdin and (self.stdin is None or not self.config.stdin):
-            raise ShimError("FailedPrecondition", f"container {self.config.id} has no stdin to attach to")
-        attacher = Attacher(self, conn, want_stdin, bool(message.get("stdout", True)),
-                            bool(message.get("stderr", True)))
-        reply(protocol.reply_ok(tty=self.master >= 0))
-        conn.framed = True
-        self.attachers[conn] = attacher
-
-        def on_frame(stream: int, payload: bytes) -> None:
-            if stream == protocol.STREAM_STDIN and attacher.stdin:
-                if not payload:
-                    attacher.stdin = False
-                    self._stdin_session_ended()
-                elif self.stdin is not None:
-                    self.stdin.write(payload)
-                    if self.stdin.paused:
-                        self._pause_stdin_sources()
-            elif stream == protocol.STREAM_RESIZE:
-                self._resize_from_frame(self.master, payload)
-
-        conn.on_frame = on_frame
-
-    def _pause_stdin_sources(self) -> None:
-        sink = self.stdin
-        if sink is None:
-            return
-        paused = [c for c, a in self.attachers.items() if a.stdin]
-        for conn in paused:
-            conn.pause_reading()
-
-        def drained() -> None:
-            sink.on_drained = None
-            for conn in paused:
-                conn.resume_reading()
-        sink.on_drained = drained
-
-    def _stdin_session_ended(self) -> None:
-        if self.config.stdin_once and self.stdin is not None and self.master < 0:
-            # stdin_once: the container sees EOF when the first attach session that wrote to it ends
-            self.stdin.close()
-            self.stdin = None
-
-    def _resize_from_frame(self, fd: int, payload: bytes) -> None:
-        try:
-            size = json.loads(payload)
-            pty.set_window_size(fd, int(size["width"]), int(size["height"]))
-        except (ValueError, KeyError, TypeError, OSError) as exc:
-            log(f"ignoring a bad resize request: {exc}")
-
-    def op_resize(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        width, height = message.get("width"), message.get("height")
-        if not isinstance(width, int) or not isinstance(height, int) or not (0 <= width < 65536) or \
-                not (0 <= height < 65536):
-            raise ShimError("InvalidArgument", f"bad window size {width!r}x{height!r}")
-        exec_id = message.get("exec_id") or ""
-        if exec_id:
-            session = self.execs.get(exec_id)
-            if session is None or session.done:
-                raise ShimError("NotFound", f"{self.config.id}: no running exec {exec_id!r}")
-            fd = session.master
-        else:
-            fd = self.master
-        if fd < 0:
-            raise ShimError("FailedPrecondition", f"{self.config.id}: {'exec ' + exec_id if exec_id else 'container'}"
-                            " has no terminal")
-        try:
-            pty.set_window_size(fd, width, height)
-        except OSError as exc:
-            raise ShimError("Internal", f"{self.config.id}: resize failed: {exc.strerror}") from None
-        reply(protocol.reply_ok())
-
-    # --- exec -----------------------------------------------------------------------------------------------
-
-    def op_exec(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        if self.state not in ("running", "starting"):
-            raise ShimError("FailedPrecondition", f"container {self.config.id} is {self.state}, not running")
-        args = message.get("args")
-        if not isinstance(args, list) or not args or not all(isinstance(a, str) for a in args):
-            raise ShimError("InvalidArgument", f"{self.config.id}: exec needs a non-empty list of arguments")
-        env = message.get("env") or []
-        if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
-            raise ShimError("InvalidArgument", f"{self.config.id}: exec env must be a list of NAME=value")
-        tty = bool(message.get("tty"))
-        timeout = message.get("timeout") or 0
-        if not isinstance(timeout, int | float) or timeout < 0:
-            raise ShimError("InvalidArgument", f"bad exec timeout {timeout!r}")
-        width, height = message.get("width"), message.get("height")
-        cwd = message.get("cwd")
-        try:
-            process = exec_process(
-                self.spec.get("process") or {}, args, tty=tty, env=env, cwd=cwd if isinstance(cwd, str) else "",
-                console_size=(width, height) if isinstance(width, int) and isinstance(height, int) else None)
-        except errors.CrispError as exc:
-            raise ShimError(errors.kind_of(exc), f"{self.config.id}: {exc}") from None
-        self._exec_seq += 1
-        session = ExecSession(self, conn, f"exec{self._exec_seq}", tty, float(timeout))
-        spec_path = self.path(f"{session.id}.json")
-        pid_path = self.path(f"{session.id}.pid")
-        session.files = [spec_path, pid_path]
-        protocol.write_file_atomic(spec_path, json.dumps(process).encode(), 0o600)
-
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        child_fds = [devnull]
-        console: socket.socket | None = None
-        argv = ["exec", "--detach", "--process", spec_path, "--pid-file", pid_path]
-        stdio = (devnull, devnull, devnull)
-        try:
-            if tty:
-                console_name = f"{session.id}.sock"
-                console = pty.console_listener(console_name)
-                session.files.append(self.path(console_name))
-                argv += ["--console-socket", console_name]
+        def check() -> None:
+            if time.monotonic() > deadline or all(c.closed or c.backlog == 0 for c in self.conns):
+                self.loop.stop()
             else:
-                out_r, out_w = _pipe()
-                err_r, err_w = _pipe()
-                child_fds += [out_w, err_w]
-                for fd, stream in ((out_r, protocol.STREAM_STDOUT), (err_r, protocol.STREAM_STDERR)):
-                    os.set_blocking(fd, False)
-                    session.outputs[fd] = stream
-                stdin_fd = devnull
-                if message.get("stdin"):
-                    in_r, in_w = os.pipe2(os.O_CLOEXEC)
-                    child_fds.append(in_r)
-                    session.stdin = Sink(self.loop, in_w)
-                    stdin_fd = in_r
-                stdio = (stdin_fd, out_w, err_w)
-            since = time.monotonic()
-            session.started_at = time.time_ns()
-
-            def launched(result: CommandResult, offset: int) -> None:
-                if console is not None:
-                    self._exec_console(session, console, result, offset, since, reply)
-                else:
-                    self._exec_launched(session, result, offset, since, reply)
-
-            self.execs[session.id] = session
-            self.run_executor([*argv, self.config.id], launched, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
-        except OSError as exc:
-            self.execs.pop(session.id, None)
-            if console is not None:
-                console.close()
-            self._exec_cleanup(session)
-            raise ShimError("Internal", f"{self.config.id}: cannot run the executor for exec: {exc}") from None
-        finally:
-            for fd in child_fds:
-                os.close(fd)
-
-    def _exec_console(self, session: ExecSession, console: socket.socket, result: CommandResult, offset: int,
-                      since: float, reply: Reply) -> None:
-        def finish(master: int, error: str) -> None:
-            self.loop.forget(console.fileno())
-            console.close()
-            if master >= 0:
-                session.master = master
-                reader = os.dup(master)
-                os.set_blocking(reader, False)
-                session.outputs[reader] = protocol.STREAM_STDOUT
-                session.stdin = Sink(self.loop, master, owns_fd=True)
-            if error and result.ok:
-                self._exec_failed(session, reply, error)
-                return
-            self._exec_launched(session, result, offset, since, reply)
-
-        if not result.ok:
-            finish(-1, "")
-            return
-        timer = 0
-
-        def on_console() -> None:
-            try:
-                master = pty.receive_master(console)
-            except OSError as exc:
-                self.loop.cancel(timer)
-                finish(-1, f"no pty master from the executor: {exc}")
-                return
-            if master is not None:
-                self.loop.cancel(timer)
-                finish(master, "")
-
-        timer = self.loop.call_later(CONSOLE_TIMEOUT, lambda: finish(-1, "the executor sent no pty master"))
-        self.loop.add_reader(console.fileno(), on_console)
-        on_console()
-
-    def _exec_failed(self, session: ExecSession, reply: Reply, message: str) -> None:
-        session.done = True
-        self.execs.pop(session.id, None)
-        self._exec_cleanup(session)
-        reply(protocol.reply_error("Internal", f"{self.config.id}: {message}"))
-
-    def _exec_launched(self, session: ExecSession, result: CommandResult, offset: int, since: float,
-                       reply: Reply) -> None:
-        if not result.ok:
-            self._exec_failed(session, reply, self.executor_error(result, offset))
-            return
-        try:
-            with open(session.files[1]) as f:
-                session.pid = int(f.read().strip())
-        except (OSError, ValueError) as exc:
-            self._exec_failed(session, reply, f"no pid file from the executor: {exc}")
-            return
-        conn = session.conn
-        reply(protocol.reply_ok(exec_id=session.id, pid=session.pid, tty=session.tty))
-        conn.framed = True
-
-        def on_frame(stream: int, payload: bytes) -> None:
-            if stream == protocol.STREAM_STDIN and session.stdin is not None:
-                if not payload:
-                    if session.master < 0:
-                        session.stdin.close()
-                        session.stdin = None
-                    else:
-                        session.stdin.write(b"\x04")  # EOF on a terminal is ^D
-                else:
-                    session.stdin.write(payload)
-                    if session.stdin.paused:
-                        conn.pause_reading()
-                        sink = session.stdin
-
-                        def drained() -> None:
-                            sink.on_drained = None
-                            conn.resume_reading()
-                        sink.on_drained = drained
-            elif stream == protocol.STREAM_RESIZE and session.master >= 0:
-                self._resize_from_frame(session.master, payload)
-
-        conn.on_frame = on_frame
-        for fd in session.outputs:
-            self.loop.add_reader(fd, self._exec_reader(session, fd))
-        conn.on_flushed = lambda: self._exec_resume_outputs(session)
-        self.loop.watch_child(session.pid, lambda status: self._exec_exited(session, status), since=since)
-        if session.timeout > 0:
-            session.timers.append(self.loop.call_later(session.timeout, lambda: self._exec_timeout(session)))
-        if conn.closed:  # the client gave up while the exec was being set up
-            self._kill_exec(session)
-
-    def _exec_reader(self, session: ExecSession, fd: int) -> Callable[[], None]:
-        stream = session.outputs[fd]
-
-        def on_readable() -> None:
-            for _ in range(16):
-                if session.conn.backlog > protocol.MAX_ATTACH_BACKLOG:
-                    # the client reads slowly: stop reading, the exec's process waits on its pipe
-                    self.loop.remove_reader(fd)
-                    return
-                data = read_available(fd, 1 << 17)
-                if data is None:
-                    return
-                if not data:
-                    self._exec_output_closed(session, fd)
-                    return
-                session.conn.send_frame(stream, data)
-        return on_readable
-
-    def _exec_resume_outputs(self, session: ExecSession) -> None:
-        for fd in session.outputs:
-            self.loop.add_reader(fd, self._exec_reader(session, fd))
-
-    def _exec_output_closed(self, session: ExecSession, fd: int) -> None:
-        self.loop.forget(fd)
-        os.close(fd)
-        del session.outputs[fd]
-        self._exec_maybe_done(session)
-
-    def _exec_exited(self, session: ExecSession, status: int) -> None:
-        session.status = status
-        session.finished_at = time.time_ns()
-        # the pipes may be held open by processes the exec left behind: they get a grace period, then are cut
-        session.timers.append(self.loop.call_later(EXEC_OUTPUT_GRACE, lambda: self._exec_cut_outputs(session)))
-        if session.master >= 0:
-            # a pty gives EIO once every slave fd is closed; read what is there now
-            for fd in list(session.outputs):
-                self._exec_reader(session, fd)()
-        self._exec_maybe_done(session)
-
-    def _exec_cut_outputs(self, session: ExecSession) -> None:
-        for fd in list(session.outputs):
-            self._exec_reader(session, fd)()
-            if fd in session.outputs:
-                self._exec_output_closed(session, fd)
-
-    def _exec_maybe_done(self, session: ExecSession) -> None:
-        if session.done or session.status is None or session.outputs:
-            return
-        session.done = True
-        for timer in session.timers:
-            self.loop.cancel(timer)
-        code, sig = protocol.wait_status_to_exit(session.status)
-        result = {"exit_code": code, "signal": sig, "started_at": session.started_at,
-                  "finished_at": session.finished_at, "timed_out": session.timed_out}
-        session.conn.send_frame(protocol.STREAM_EXIT, json.dumps(result).encode())
-        session.conn.close_after_flush()
-        self.execs.pop(session.id, None)
-        self._exec_cleanup(session)
-
-    def _exec_cleanup(self, session: ExecSession) -> None:
-        for fd in list(session.outputs):
-            self.loop.forget(fd)
-            os.close(fd)
-        session.outputs.clear()
-        if session.stdin is not None:
-            session.stdin.close()
-            session.stdin = None
-        elif session.master >= 0:
-            os.close(session.master)
-        session.master = -1
-        for name in session.files:
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
-
-    def _exec_timeout(self, session: ExecSession) -> None:
-        if session.status is None:
-            log(f"exec {session.id} in {self.config.id} timed out after {session.timeout}s: killing it")
-            session.timed_out = True
-            self._kill_exec(session)
-
-    def _kill_exec(self, session: ExecSession) -> None:
-        """SIGKILL the exec's process and every process below it."""
-        if not session.pid or session.status is not None:
-            return
-        # the exec's process first: a shell must not get to run on between its children's deaths and its own
-        for pid in [session.pid, *_descendants(session.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    # --- shutdown -------------------------------------------------------------------------------------------
-
-    def op_shutdown(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
-        force = bool(message.get("force"))
-        if self.state == "new":
-            reply(protocol.reply_ok())
-            self._exit_when_flushed()
-            return
-        if self.state in ("creating", "starting"):
-            raise ShimError("FailedPrecondition", f"container {self.config.id} is {self.state}; try again")
-        if self.status is None and not force:
-            raise ShimError("FailedPrecondition", f"container {self.config.id} is {self.state}: stop it first "
-                            "(or shut down with force)")
-        self._shutdown_replies.append(reply)
-        if self._shutting_down:
-            return
-        self._shutting_down = True
-        if self.status is None:
-            log(f"shutdown with force: killing container {self.config.id}")
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.run_executor(["kill", "--all", self.config.id, "KILL"], lambda result, offset: None)
-            self.waiters.append(lambda answer: self._delete_and_exit())
-        else:
-            self._delete_and_exit()
-
-    def _delete_and_exit(self) -> None:
-        def deleted(result: CommandResult, offset: int) -> None:
-            if not result.ok:
-                log(self.executor_error(result, offset))
-            self._unmount(finished)
-
-        def finished() -> None:
-            for out in self.outputs:
-                out.close()
-            self.log.close()
-            for name in (protocol.SOCKET_NAME, protocol.INFO_NAME, "init.pid"):
-                try:
-                    os.unlink(self.path(name))
-                except FileNotFoundError:
-                    pass
-            log(f"container {self.config.id} deleted; shim exits")
-            for reply in self._shutdown_replies:
-                reply(protocol.reply_ok())
-            self._exit_when_flushed()
-
-        self.run_executor(["delete", "--force", self.config.id], deleted)
+                self.loop.call_later(0.01, check)
+        self.loop.call_later(0, check)
 
     def run(self) -> None:
         self.loop.run()
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below pid, deepest last, from /proc/<pid>/task/<tid>/children."""
-    found: list[int] = []
-    queue = [pid]
-    while queue:
-        current = queue.pop()
-        try:
-            tids = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{current}/task/{tid}/children") as f:
-                    children = [int(c) for c in f.read().split()]
-            except (OSError, ValueError):
-                continue
-            found.extend(children)
-            queue.extend(children)
-    return found

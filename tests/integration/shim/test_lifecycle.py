@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -103,6 +104,42 @@ def test_exit_before_start_was_asked(runc_env: ShimEnv) -> None:
             with pytest.raises(errors.FailedPrecondition):
                 await client.start()
             await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_a_failed_delete_keeps_the_record(runc_env: ShimEnv) -> None:
+    """When the executor's `delete` fails the container may still hold processes, mounts or its cgroup: the shim
+    answers the shutdown with the executor's words, keeps shim.json (the record of what is left), its socket and
+    the rootfs mount, and serves on; the next shutdown deletes it all."""
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["sleep", "1000"])
+    refuse = runc_env.base / "refuse-delete"
+    # runc, except that `delete` fails while the marker file exists
+    script = f'case " $* " in *" delete "*) if [ -e {refuse} ]; then echo "delete refused" >&2; exit 1; fi;; ' \
+             'esac; exec runc "$@"'
+    bundle = runc_env.containers / cid
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            config = dataclasses.replace(runc_env.config(cid),
+                                         executor=["/bin/sh", "-c", script, "runc-refusing-delete"])
+            client, _ = await manager.create(config)
+            await client.start()
+            await client.kill(signal.SIGKILL)
+            await manager.wait_exit(cid)
+            refuse.touch()
+            with pytest.raises(errors.CrispError, match="delete refused"):
+                await client.shutdown()
+            assert (bundle / "shim.json").exists() and (bundle / "shim.sock").exists()
+            assert os.path.ismount(bundle / "rootfs")
+            assert (await client.state()).state == "stopped"  # still serving
+            refuse.unlink()
+            await client.shutdown()
+            assert not (bundle / "shim.json").exists() and not os.path.ismount(bundle / "rootfs")
         finally:
             await manager.close()
 
