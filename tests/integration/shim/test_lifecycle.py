@@ -135,11 +135,11 @@ def test_a_failed_delete_keeps_the_record(runc_env: ShimEnv) -> None:
             with pytest.raises(errors.CrispError, match="delete refused"):
                 await client.shutdown()
             assert (bundle / "shim.json").exists() and (bundle / "shim.sock").exists()
-            assert os.path.ismount(bundle / "rootfs")
+            assert (bundle / "rootfs").is_mount()
             assert (await client.state()).state == "stopped"  # still serving
             refuse.unlink()
             await client.shutdown()
-            assert not (bundle / "shim.json").exists() and not os.path.ismount(bundle / "rootfs")
+            assert not (bundle / "shim.json").exists() and not (bundle / "rootfs").is_mount()
         finally:
             await manager.close()
 
