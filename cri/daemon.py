@@ -26,13 +26,13 @@ from cri.service.context import ServiceContext
 from cri.service.images import ImageManager
 from cri.service.servicers import add_servicers
 from cri.service.streaming import ContainerStreams
+from cri.shims.manager import ShimManager
 from cri.store.db import SchemaTooNew, Store
 from cri.streaming.server import StreamingServer
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.lockfile import LockFile
 from runtime.version import VERSION
-from shim.manager import ShimManager
 
 log = logging.getLogger("crispd")
 

@@ -29,7 +29,7 @@ async def recover_containers(ctx: ServiceContext) -> None:
             # crispd died while creating it (or after removing its row): nothing refers to it any more
             log.info("container %s: removing the leftovers of a container crisp has no record of", container_id)
             if shim.info is not None:
-                await ctx.discard_shim(container_id)
+                await ctx.shims.discard(container_id)
             await asyncio.to_thread(shutil.rmtree, shim.bundle, True)
             await asyncio.to_thread(shutil.rmtree, ctx.root_dir / "containers" / container_id, True)
     for container in containers.values():

@@ -167,7 +167,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             cgroup2_mount=str(manager.mount), cgroup=cgroup,
             cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
         _, pid = await ctx.shims.create(shim_config)
-        undo.push("shim and container", lambda: ctx.discard_shim(container_id))
+        undo.push("shim and container", lambda: ctx.shims.discard(container_id))
         ctx.fail_point("create_container.shim")
         await ctx.delay_point("create_container.record")
 

@@ -130,7 +130,7 @@ async def remove(ctx: ServiceContext, container: Container) -> None:
     if ctx.containers.find(container.id) is None:
         return
     await stop(ctx, container, 0)
-    await ctx.discard_shim(container.id)
+    await ctx.shims.discard(container.id)
     cgroup = ctx.cgroup_manager().cgroup(container.meta.cgroup)
 
     def cleanup() -> None:

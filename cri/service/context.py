@@ -17,6 +17,7 @@ from cri.metrics import Metrics, StateSnapshot
 from cri.oci import NodeFacts
 from cri.server import Readiness
 from cri.service.images import ImageManager, InUse
+from cri.shims.manager import ShimManager, shim_alive
 from cri.stats import StatsCollector
 from cri.store.containers import Container, ContainerStore
 from cri.store.db import Store
@@ -26,7 +27,6 @@ from cri.streaming.server import StreamingServer
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.network.manager import NetworkManager
-from shim.manager import ShimManager, shim_alive
 
 log = logging.getLogger(__name__)
 
@@ -164,23 +164,6 @@ class ServiceContext:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-
-    async def discard_shim(self, container_id: str) -> None:
-        """Make the container and its shim go away: a live shim deletes the container and exits; a dead one's
-        remains are cleaned up; nothing known is fine."""
-        info = self.shims.info(container_id)
-        if info is None:
-            return
-        if self.shims.is_alive(container_id):
-            try:
-                await self.shims.client(container_id).shutdown(force=True)
-            except errors.CrispError as exc:
-                log.warning("container %s: shim shutdown failed (%s); killing it", container_id, exc)
-                await self.shims.kill_shim(container_id)
-                await self.shims.cleanup_dead(info)
-        else:
-            await self.shims.cleanup_dead(info)
-        self.shims.forget(container_id)
 
     async def images_in_use(self) -> InUse:
         """For image GC: the images and snapshots the containers still use."""

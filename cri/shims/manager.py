@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import shim as shim_package
+from cri.shims.client import DEFAULT_TIMEOUT, ShimClient, shim_error
 from runtime import errors
 from runtime.bundle import executor_argv, load_config, rootfs_path
 from runtime.command import run_command
 from runtime.procs import process_start_time
 from shim import protocol
-from shim.client import DEFAULT_TIMEOUT, ShimClient, shim_error
 from shim.protocol import ExitStatus, ShimConfig
 
 log = logging.getLogger(__name__)
@@ -287,9 +287,13 @@ class ShimManager:
                         await task
 
     async def dead_shim_status(self, info: ShimInfo) -> ExitStatus:
-        """What is known about the container of a shim that is gone; its remains are cleaned up."""
+        """What is known about the container of a shim that is gone; its remains are cleaned up (a failure is
+        logged: the record stays for RemoveContainer to try again)."""
         status = await asyncio.to_thread(protocol.read_status_file, os.path.join(info.bundle, protocol.STATUS_NAME))
-        await self.cleanup_dead(info)
+        try:
+            await self.cleanup_dead(info)
+        except errors.CrispError as exc:
+            log.warning("container %s: %s", info.id, exc)
         if status is not None:
             return status
         log.warning("container %s: its shim (pid %d) died before the container exited", info.id, info.pid)
@@ -298,10 +302,12 @@ class ShimManager:
                                   "is unknown")
 
     async def cleanup_dead(self, info: ShimInfo) -> None:
-        """After a shim died: kill and delete what is left of its container, unmount the rootfs it mounted."""
+        """After a shim died: kill and delete what is left of its container, unmount the rootfs it mounted, and
+        then forget it (shim.json goes). A delete or umount that fails keeps the record and raises, so that the
+        next try (RemoveContainer, crispd's next start) finds it again."""
         config = info.config
         argv = executor_argv(config.executor, config.executor_root, "delete", "--force", config.id,
-                                    cgroup2_bind=config.cgroup2_bind)
+                             cgroup2_bind=config.cgroup2_bind)
         await _run(argv, f"container {config.id}: delete after its shim died")
         if config.mount_rootfs:
             rootfs = await asyncio.to_thread(_rootfs_of, info.bundle)
@@ -312,6 +318,24 @@ class ShimManager:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, os.path.join(info.bundle, name))
         self._shims.pop(config.id, None)
+
+    async def discard(self, container_id: str) -> None:
+        """Make the container and its shim go away: a live shim deletes the container and exits; a dead one's
+        remains are cleaned up; nothing known is fine. A container that could not be deleted raises (its record
+        stays)."""
+        info = self._shims.get(container_id)
+        if info is None:
+            return
+        if self.is_alive(container_id):
+            try:
+                await self.client(container_id).shutdown(force=True)
+            except errors.CrispError as exc:
+                log.warning("container %s: shim shutdown failed (%s); killing it", container_id, exc)
+                await self.kill_shim(container_id)
+                await self.cleanup_dead(info)
+        else:
+            await self.cleanup_dead(info)
+        self.forget(container_id)
 
     async def recover(self) -> list[RecoveredShim]:
         """Every container in the state dir: reconnected to its live shim, or with what is known of its exit."""
@@ -359,8 +383,13 @@ def _rootfs_of(bundle_dir: str) -> str:
         return ""
 
 
+class CleanupFailed(errors.CrispError):
+    """What a dead shim left could not be removed (INTERNAL); its record stays for the next try."""
+
+
 async def _run(argv: Sequence[str], what: str) -> None:
-    """Clean-up commands after a shim died; a failure is logged (what is already gone may fail to go again)."""
+    """A clean-up command after a shim died; a failure raises CleanupFailed (`delete --force` of a container that
+    is already gone, and an umount of what is not mounted, are not run or succeed)."""
     result = await run_command(argv, kill_after=CLEANUP_TIMEOUT, what=what)
     if result.returncode != 0:
-        log.debug("%s: exit status %s: %s", what, result.returncode, result.message())
+        raise CleanupFailed(f"{what}: exit status {result.returncode}: {result.message()}")

@@ -10,7 +10,7 @@ from cri.streaming.requests import AttachRequest, ExecRequest, PortForwardReques
 
 
 class ProcessStream(Protocol):
-    """An exec or attach session with a shim (shim.client.ShimStream)."""
+    """An exec or attach session with a shim (cri.shims.client.ShimStream)."""
 
     exit: dict[str, Any] | None
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cri.shims.client import ShimInternalError, shim_error
 from runtime import errors
 from shim import protocol
-from shim.client import ShimInternalError, shim_error
 from shim.io.cri_log import CriLog, format_chunk, format_timestamp
 from shim.protocol import ExitStatus, ShimConfig, ShimError
 

@@ -22,10 +22,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cri.shims.manager import ShimManager
 from runtime.cgroups.paths import find_cgroup2_mount, oci_runtime_bind
 from runtime.procs import process_start_time
 from shim import protocol
-from shim.manager import ShimManager
 from shim.protocol import ShimConfig
 
 T = TypeVar("T")

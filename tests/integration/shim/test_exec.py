@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from cri.shims.client import ShimClient
+from cri.shims.manager import ShimManager
 from runtime import errors
 from shim import protocol
-from shim.client import ShimClient
-from shim.manager import ShimManager
 from tests.integration.shim.helpers import ShimEnv, run
 
 pytestmark = pytest.mark.root
