@@ -6,7 +6,6 @@ import asyncio
 import logging
 import shutil
 
-from cri.service.container_run import record_exit, start_watching
 from cri.service.context import ServiceContext
 from cri.store.containers import EXITED, RUNNING
 from cri.store.sandboxes import NOT_READY, READY
@@ -21,8 +20,6 @@ async def recover_containers(ctx: ServiceContext) -> None:
     shim's status file) or, if nothing is known, exit code 255 with a reason."""
     await ctx.container_names.load()
     containers = {c.id: c for c in await ctx.containers.load()}
-    if ctx.shim_manager is None:
-        return
     found = {shim.id: shim for shim in await ctx.shims.recover()}
     for container_id, shim in found.items():
         if container_id not in containers:
@@ -39,17 +36,17 @@ async def recover_containers(ctx: ServiceContext) -> None:
         if recovered is not None and recovered.client is not None:
             state = await recovered.client.state()
             if state.status is not None:
-                await record_exit(ctx, container, state.status)
+                await ctx.container_control.record_exit(container, state.status)
             elif container.status.state == RUNNING or state.state == "running":
                 if container.status.state != RUNNING:
                     await ctx.containers.update(container, state=RUNNING, started_at=state.started_at)
-                start_watching(ctx, container)
+                ctx.container_control.watch(container)
             continue
         status = recovered.status if recovered is not None else None
         if status is None:
             status = ExitStatus(exit_code=255, reason="Unknown",
                                 message="the container's shim is gone and left no exit status")
-        await record_exit(ctx, container, status)
+        await ctx.container_control.record_exit(container, status)
     log.info("recovered %d containers (%d with a live shim)", len(containers),
              sum(1 for s in found.values() if s.client is not None))
 

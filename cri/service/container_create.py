@@ -1,5 +1,8 @@
 """CreateContainer: the image's snapshots as lower dirs, the OCI spec, a shim, and the container created by it.
 
+The container is made to its end even if the kubelet gives up waiting; its retry of the same name then gets this
+container's id (cri/lifecycle/creations.py).
+
 Every step registers its undo; a failure anywhere leaves no shim, mount, cgroup, dir or row behind.
 """
 
@@ -25,7 +28,6 @@ from cri.oci import (
     inspect_host,
     resolve_stop_signal,
 )
-from cri.service import runtime_info
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
@@ -61,15 +63,15 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
     if sandbox.status.state != READY:
         raise errors.FailedPrecondition(f"pod {sandbox.id} is not ready: cannot create containers in it")
     name = container_name(config, sandbox)
-    earlier = ctx.abandoned_result(ctx.container_names, name)
+    earlier = ctx.creations.abandoned_result(ctx.container_names, name)
     if earlier is not None:
         log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
     container_id = secrets.token_hex(32)
     await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
-    await ctx.create_to_the_end("container", name, container_id,
-                                _create(ctx, container_id, name, sandbox, request), context)
+    await ctx.creations.run_to_the_end("container", name, container_id,
+                                       _create(ctx, container_id, name, sandbox, request), context)
     return cri.CreateContainerResponse(container_id=container_id)
 
 
@@ -119,7 +121,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
     config = request.config
     image = await ctx.images.resolve(config.image.image)
     log_path = _log_path(sandbox, config)
-    handler = runtime_info.runtime_handler(ctx, sandbox.meta.runtime_handler)
+    handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
     bundle = ctx.state_dir / "containers" / container_id
     cgroup = cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)
@@ -141,7 +143,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             target_pid_ns_path=_target_pid_ns(ctx, config, sandbox),
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
-        features = await asyncio.to_thread(runtime_info.handler_features, ctx, sandbox.meta.runtime_handler)
+        features = await ctx.handlers.features(sandbox.meta.runtime_handler)
         options = SpecOptions.from_config(ctx.config.oci, ctx.node,
                                           recursive_read_only=features.recursive_read_only_mounts)
         image_config = image.runtime_config
@@ -158,7 +160,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         spec = await asyncio.to_thread(build)
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
-        ctx.fail_point("create_container.spec")
+        ctx.debug.fail("create_container.spec")
 
         shim_config = ShimConfig(
             id=container_id, bundle=str(bundle), executor=list(handler.argv), executor_root=str(handler.root),
@@ -168,8 +170,8 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
         _, pid = await ctx.shims.create(shim_config)
         undo.push("shim and container", lambda: ctx.shims.discard(container_id))
-        ctx.fail_point("create_container.shim")
-        await ctx.delay_point("create_container.record")
+        ctx.debug.fail("create_container.shim")
+        await ctx.debug.delay("create_container.record")
 
         user = spec["process"]["user"]
         meta = ContainerMeta(
@@ -183,10 +185,10 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex()))
         await ctx.containers.add(container)
         undo.push("container row", lambda: ctx.containers.delete(container))
-        ctx.fail_point("create_container.record")
+        ctx.debug.fail("create_container.record")
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
-    ctx.container_event(container, cri.CONTAINER_CREATED_EVENT)
+    ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
 
 
 def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...] | list[str]) -> str:

@@ -1,5 +1,5 @@
 """The seam between the streaming protocols and the rest of crispd: running execs and attaches through the
-container's shim, and dialling ports inside a pod. cri/service/streaming.py implements it over the ServiceContext."""
+container's shim, and dialling ports inside a pod. cri/streaming/containers.py implements it over crisp's stores."""
 
 from __future__ import annotations
 
