@@ -13,6 +13,7 @@ answers the shutdown with the executor's error.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 CONSOLE_NAME = "console.sock"
 INIT_PID_NAME = "init.pid"
+UPDATE_NAME = "update.json"  # the resources of an update, for the executor's --resources
 
 
 class Container:
@@ -279,6 +281,30 @@ class Container:
             reply(protocol.reply_ok(status=self.status.to_json()))
         else:
             self.waiters.append(reply)
+
+    def op_update(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
+        """New limits (an OCI `linux.resources`) through the executor's `update`, as runc has it: the executor
+        owns the container's cgroup."""
+        resources = message.get("resources")
+        if not isinstance(resources, dict):
+            raise ShimError("InvalidArgument", f"{self.id}: update needs the resources as an object")
+        if self.state not in ("created", "starting", "running"):
+            raise ShimError("FailedPrecondition", f"container {self.id} is {self.state}: nothing to update")
+        path = self.shim.path(UPDATE_NAME)
+        protocol.write_file_atomic(path, json.dumps(resources).encode(), 0o600)
+
+        def updated(result: CommandResult, offset: int) -> None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            if result.ok:
+                log(f"container {self.id}: resources updated")
+                reply(protocol.reply_ok())
+            else:
+                reply(protocol.reply_error("Internal", f"{self.id}: {self.shim.executor.error(result, offset)}"))
+
+        self.shim.executor.run(["update", "--resources", path, self.id], updated)
 
     # --- output and exit ------------------------------------------------------------------------------------
 

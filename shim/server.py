@@ -47,7 +47,7 @@ class Shim:
         self.ops: dict[str, Handler] = {
             "create": self.container.op_create, "start": self.container.op_start,
             "state": self.container.op_state, "kill": self.container.op_kill, "wait": self.container.op_wait,
-            "shutdown": self.container.op_shutdown,
+            "shutdown": self.container.op_shutdown, "update": self.container.op_update,
             "attach": self.attach.op_attach, "resize": self.attach.op_resize,
             "exec": self.execs.op_exec,
             "reopen_log": self.op_reopen_log, "debug": self.op_debug,

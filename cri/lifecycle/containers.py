@@ -74,21 +74,19 @@ class ContainerController:
     # --- resources ------------------------------------------------------------------------------------------
 
     async def update_resources(self, container: Container, resources: cri.LinuxContainerResources) -> None:
-        """Change the limits of a created or running container live; they are kept in its record."""
+        """Change the limits of a created or running container live, through the component that owns its cgroup
+        (with the cgroupfs driver, the only one crisp drives: the shim and the executor's `update`, as runc has
+        it); the resources in force are kept in its record (ContainerStatus.resources). The missing-controller
+        policy applies as at create: crispd decides what is dropped, the executor treats the rest as required."""
         async with container.lock:
             if container.status.state not in (RUNNING, CREATED):
                 raise errors.FailedPrecondition(f"container {container.id} is {container.status.state}")
-            manager = self.cgroups()
-            path = container.meta.cgroup
             oci = oci_resources(resources, swap_limit=True)
-
-            def apply() -> None:
-                missing = manager.missing_controllers(oci, path)
-                limits = enforceable_limits(oci, missing, self.missing_controller, f"container {container.id}")
-                manager.open(path).apply(limits)
-
-            await asyncio.to_thread(apply)
+            missing = await asyncio.to_thread(self.cgroups().missing_controllers, oci, container.meta.cgroup)
+            limits = enforceable_limits(oci, missing, self.missing_controller, f"container {container.id}")
+            await self.shims.client(container.id).update(limits)
             await self.containers.update(container, resources=resources.SerializeToString().hex())
+            log.info("container %s: resources updated", container.id)
 
     # --- exits ----------------------------------------------------------------------------------------------
 

@@ -194,6 +194,10 @@ class ShimClient:
         """The exit status, once the container has exited (no timeout unless one is given)."""
         return ExitStatus.from_json((await self.call("wait", call_timeout))["status"])
 
+    async def update(self, resources: dict[str, Any], call_timeout: float | None = None) -> None:
+        """New limits (an OCI linux.resources without devices), applied by the executor's `update`."""
+        await self.call("update", call_timeout, resources=resources)
+
     async def reopen_log(self, call_timeout: float | None = None) -> None:
         await self.call("reopen_log", call_timeout)
 

@@ -14,8 +14,10 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime import errors
 from runtime.executor import cgroup, console, launcher, lifecycle, protocol, sysctls
@@ -227,6 +229,25 @@ class Executor:
         finally:
             lock.__exit__(None, None, None)
         log.info("container %s: deleted", container_id)
+
+    # ------------------------------------------------------------------ update
+
+    def update(self, container_id: str, resources: Mapping[str, Any]) -> None:
+        """Change the limits of a created or running container (an OCI `linux.resources` without devices, as
+        `runc update --resources`); every limit given is required, as at create."""
+        if "devices" in resources:
+            raise errors.InvalidArgument("update: the device rules of a container cannot be changed")
+        cdir = self._dir(container_id)
+        with cdir.locked():
+            state = cdir.read()
+            status = cdir.status(state)
+            if status not in (CREATED, RUNNING):
+                raise errors.FailedPrecondition(f"container {container_id} is {status}: nothing to update")
+            cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
+            if cg is None:
+                raise errors.FailedPrecondition(f"container {container_id} has no cgroup")
+            cg.apply(resources)
+        log.info("container %s: resources updated", container_id)
 
     # ------------------------------------------------------------------ exec
 

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from runtime.cgroups import CgroupV2Manager
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
 from tests.leaks import mounts_under, wait_until
@@ -253,6 +254,28 @@ def test_pod_sysctls_the_old_rulebooks_disagreed_on(pods: Pods, test_images: Tes
     assert kubelet.exec(container_id, ["cat", "/proc/sys/kernel/domainname"]).stdout == b"pods.example\n"
     assert kubelet.exec(container_id, ["cat", "/proc/sys/kernel/shm_next_id"]).stdout == b"4242\n"
     assert Path("/proc/sys/kernel/domainname").read_text() != "pods.example\n"  # the node's is untouched
+
+
+def test_update_container_resources_through_the_executor(kubelet: Kubelet) -> None:
+    """UpdateContainerResources reaches the container's cgroup through its shim and executor; the resources in
+    force are what ContainerStatus reports; a limit this node cannot enforce is refused by default and leaves
+    the record as it was."""
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.run(pod_id, pod, "app", ["sleep", "1000"])
+    info = json.loads(kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(
+        container_id=container_id, verbose=True)).info["info"])
+    cgroup = CgroupV2Manager.discover().cgroup(info["cgroup"]).dir
+    resources = cri.LinuxContainerResources(unified={"cgroup.max.descendants": "13"})
+    kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(container_id=container_id,
+                                                                             linux=resources))
+    assert (cgroup / "cgroup.max.descendants").read_text().strip() == "13"
+    assert kubelet.status(container_id).resources.linux == resources
+    if "memory" not in (cgroup.parent / "cgroup.subtree_control").read_text().split():
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(
+                container_id=container_id, linux=cri.LinuxContainerResources(memory_limit_in_bytes=64 << 20)))
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert kubelet.status(container_id).resources.linux == resources
 
 
 def test_missing_controller_is_an_error_and_leaves_nothing(kubelet: Kubelet) -> None:

@@ -228,3 +228,33 @@ def test_a_dead_zygote_is_replaced(runc_env: ShimEnv) -> None:
             await manager.close()
 
     run(scenario())
+
+
+def test_update_goes_through_the_executor(shim_env: ShimEnv) -> None:
+    """New limits reach the container's cgroup through the executor's `update` (the component that owns the
+    cgroup, as runc has it); an executor's refusal comes back typed; nothing is left of the request."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        try:
+            client, _ = await manager.create(shim_env.config(cid))
+            await client.start()
+            await client.update({"unified": {"cgroup.max.descendants": "11"}})
+            limit = await asyncio.to_thread((shim_env.cgroup_dir(cid) / "cgroup.max.descendants").read_text)
+            assert limit.strip() == "11"
+            with pytest.raises(errors.InvalidArgument):
+                await client.update([])  # type: ignore[arg-type]
+            with pytest.raises(errors.CrispError):
+                await client.update({"unified": {"cgroup.max.descendants": "not a number"}})
+            assert not (shim_env.containers / cid / "update.json").exists()
+            await client.kill(signal.SIGKILL)
+            await manager.wait_exit(cid)
+            with pytest.raises(errors.FailedPrecondition):
+                await client.update({"unified": {"cgroup.max.descendants": "12"}})
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
