@@ -7,15 +7,9 @@ host, `LayeredFiles` reads the image's /etc/passwd and /etc/group from its unmou
 
 from cri.oci.host import HostPaths, NodeFacts, inspect_host
 from cri.oci.mounts import PodFiles
-from cri.oci.spec import (
-    PodContext,
-    SpecInputs,
-    SpecOptions,
-    build_container_spec,
-    cri_signal,
-    oci_resources,
-    resolve_stop_signal,
-)
+from cri.oci.resources import oci_resources
+from cri.oci.signals import cri_signal, resolve_stop_signal
+from cri.oci.spec import PodContext, SpecInputs, SpecOptions, build_container_spec
 from cri.oci.user import ImageFiles, LayeredFiles, StaticFiles
 
 __all__ = [

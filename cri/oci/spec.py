@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -32,6 +31,7 @@ from cri.oci.mounts import (
     host_devices,
     pod_binds,
 )
+from cri.oci.resources import oci_resources
 from cri.oci.seccomp import parse_profile, render_profile, requested_seccomp
 from cri.oci.seccomp_default import DEFAULT_PROFILE
 from cri.oci.user import ImageFiles, StaticFiles, UserDatabase, UserRequest, resolve_user
@@ -288,48 +288,6 @@ def _resources(inputs: SpecInputs, device_rules: list[dict[str, Any]], privilege
     return out
 
 
-def oci_resources(r: cri.LinuxContainerResources, *, swap_limit: bool = True) -> dict[str, Any]:
-    """CRI LinuxContainerResources as OCI `linux.resources` (without devices); 0 means unset.
-    Also what UpdateContainerResources and UpdatePodSandboxResources apply live."""
-    out: dict[str, Any] = {}
-    cpu: dict[str, Any] = {}
-    if r.cpu_shares:
-        if r.cpu_shares < 0:
-            raise InvalidArgument(f"cpu_shares {r.cpu_shares} is negative")
-        cpu["shares"] = r.cpu_shares
-    if r.cpu_quota:
-        cpu["quota"] = r.cpu_quota
-    if r.cpu_period:
-        if r.cpu_period < 0:
-            raise InvalidArgument(f"cpu_period {r.cpu_period} is negative")
-        cpu["period"] = r.cpu_period
-    if r.cpuset_cpus:
-        cpu["cpus"] = r.cpuset_cpus
-    if r.cpuset_mems:
-        cpu["mems"] = r.cpuset_mems
-    if cpu:
-        out["cpu"] = cpu
-    memory: dict[str, Any] = {}
-    if r.memory_limit_in_bytes:
-        if r.memory_limit_in_bytes < 0:
-            raise InvalidArgument(f"memory_limit_in_bytes {r.memory_limit_in_bytes} is negative")
-        memory["limit"] = r.memory_limit_in_bytes
-        if not r.memory_swap_limit_in_bytes and swap_limit:
-            memory["swap"] = r.memory_limit_in_bytes  # no swap unless asked for
-    if r.memory_swap_limit_in_bytes and swap_limit:
-        swap = r.memory_swap_limit_in_bytes
-        if swap != -1 and (swap < 0 or (r.memory_limit_in_bytes and swap < r.memory_limit_in_bytes)):
-            raise InvalidArgument(f"memory_swap_limit_in_bytes {swap} is below the memory limit")
-        memory["swap"] = swap
-    if memory:
-        out["memory"] = memory
-    if r.hugepage_limits:
-        out["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit} for h in r.hugepage_limits]
-    if r.unified:
-        out["unified"] = dict(sorted(r.unified.items()))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- annotations
 
 
@@ -496,72 +454,3 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     if own_uts and hostname:
         spec["hostname"] = hostname
     return spec
-
-
-# ---------------------------------------------------------------------------------------------- stop signal
-
-
-def _signal_number(name: str) -> int | None:
-    text = name.strip().upper()
-    if text.isdigit():
-        number = int(text)
-        return number if 0 < number <= signal.SIGRTMAX else None
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    for base, sign in (("SIGRTMIN+", 1), ("SIGRTMAX-", -1)):
-        if text.startswith(base) and text[len(base) :].isdigit():
-            anchor = signal.SIGRTMIN if sign > 0 else signal.SIGRTMAX
-            number = int(anchor) + sign * int(text[len(base) :])
-            return number if signal.SIGRTMIN <= number <= signal.SIGRTMAX else None
-    try:
-        return int(signal.Signals[text])
-    except KeyError:
-        return None
-
-
-_CRI_SIGNAL_PREFIX = "SIGNAL_"  # the pinned cri-api names its Signal values SIGNAL_SIGTERM, ...
-_CRI_SIGNAL_ALIASES = {"SIGCLD": "SIGCHLD", "SIGPOLL": "SIGIO", "SIGIOT": "SIGABRT"}
-
-
-def _cri_signal_name(value: cri.Signal.ValueType) -> str:
-    name = cri.Signal.Name(value).removeprefix(_CRI_SIGNAL_PREFIX)
-    if name.startswith("SIGRTMINPLUS"):
-        return "SIGRTMIN+" + name.removeprefix("SIGRTMINPLUS")
-    if name.startswith("SIGRTMAXMINUS"):
-        return "SIGRTMAX-" + name.removeprefix("SIGRTMAXMINUS")
-    return _CRI_SIGNAL_ALIASES.get(name, name)
-
-
-def cri_signal(number: int) -> cri.Signal.ValueType:
-    """The CRI Signal of a signal number (RUNTIME_DEFAULT for one the CRI has no name for)."""
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        return _CRI_RUNTIME_DEFAULT
-    try:
-        return cri.Signal.Value(_CRI_SIGNAL_PREFIX + name)
-    except ValueError:
-        return _CRI_RUNTIME_DEFAULT
-
-
-_CRI_RUNTIME_DEFAULT: cri.Signal.ValueType = 0  # type: ignore[assignment]  # SIGNAL_RUNTIME_DEFAULT
-
-
-def resolve_stop_signal(config: cri.ContainerConfig, image_config: Mapping[str, Any]) -> int:
-    """The signal StopContainer sends first: the CRI stop_signal, else the image's StopSignal, else SIGTERM."""
-    if config.stop_signal != _CRI_RUNTIME_DEFAULT:
-        try:
-            name = _cri_signal_name(config.stop_signal)
-        except ValueError:
-            raise InvalidArgument(f"unknown stop_signal {config.stop_signal}") from None
-        number = _signal_number(name)
-        if number is None:
-            raise InvalidArgument(f"stop_signal {name} is not a signal on this node")
-        return number
-    text = _string(image_config, "StopSignal")
-    if text:
-        number = _signal_number(text)
-        if number is None:
-            raise InvalidArgument(f"the image's StopSignal {text!r} is not a signal")
-        return number
-    return int(signal.SIGTERM)

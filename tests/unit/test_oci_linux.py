@@ -11,7 +11,8 @@ import pytest
 from cri import api as pb
 from cri.oci.host import DeviceLookup, DeviceNode, HostPaths, MountSource
 from cri.oci.mounts import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
-from cri.oci.spec import OVERLAY_ANNOTATION, Overlay, SpecOptions
+from cri.oci.spec import SpecOptions
+from runtime.bundle import OVERLAY_ANNOTATION, Overlay
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from tests.unit.oci_schema import check_spec
 from tests.unit.oci_support import NODE, POD, build, container_config, inputs, replace, sandbox_config

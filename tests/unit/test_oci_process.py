@@ -10,7 +10,8 @@ import pytest
 from cri import api as pb
 from cri.config import OciConfig
 from cri.oci.capabilities import DEFAULT_CAPABILITIES, capabilities_from_mask, normalize_capability
-from cri.oci.spec import DEFAULT_PATH_ENV, SpecOptions, process_args, resolve_stop_signal
+from cri.oci.signals import resolve_stop_signal
+from cri.oci.spec import DEFAULT_PATH_ENV, SpecOptions, process_args
 from cri.oci.user import StaticFiles
 from runtime.bundle import exec_process, merge_env
 from runtime.errors import FailedPrecondition, InvalidArgument
