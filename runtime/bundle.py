@@ -105,19 +105,24 @@ def rootfs_path(bundle: str, spec: Mapping[str, Any]) -> str:
     return posixpath.normpath(posixpath.join(bundle, str(path or ROOTFS_NAME)))
 
 
-def load_config(bundle: str) -> dict[str, Any]:
-    """The bundle's config.json; InvalidArgument when it cannot be read or is not a JSON object."""
-    path = os.path.join(bundle, CONFIG_NAME)
+def read_json(path: str, what: str) -> dict[str, Any]:
+    """A JSON object from a file of the contract (config.json, an exec's process, an update's resources): NotFound
+    when it is missing, InvalidArgument (naming `what`) when it cannot be read or is not an object."""
     try:
         with open(path, "rb") as f:
-            spec = json.loads(f.read())
+            data = json.loads(f.read())
     except FileNotFoundError:
-        raise errors.NotFound(f"bundle {bundle}: no {CONFIG_NAME}") from None
+        raise errors.NotFound(f"{what}: no such file") from None
     except (OSError, ValueError) as exc:
-        raise errors.InvalidArgument(f"{path}: cannot read: {exc}") from None
-    if not isinstance(spec, dict):
-        raise errors.InvalidArgument(f"{path}: not a JSON object")
-    return spec
+        raise errors.InvalidArgument(f"{what}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise errors.InvalidArgument(f"{what}: not a JSON object")
+    return data
+
+
+def load_config(bundle: str) -> dict[str, Any]:
+    """The bundle's config.json."""
+    return read_json(os.path.join(bundle, CONFIG_NAME), f"bundle {bundle}: {CONFIG_NAME}")
 
 
 # ---------------------------------------------------------------------------------------------- processes

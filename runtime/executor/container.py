@@ -8,7 +8,6 @@ behind: no state dir, no cgroup, no process (and no mount: every mount lives in 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.bundle import read_json
 from runtime.executor import cgroup, console, launcher, lifecycle, protocol, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
 from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
@@ -256,12 +256,8 @@ class Executor:
         _, state, status = self._load(container_id)
         if status != RUNNING:
             raise errors.FailedPrecondition(f"cannot exec in container {container_id}: it is {status}")
-        try:
-            process = parse_process(json.loads(options.process_file.read_text()), "process.json")
-        except FileNotFoundError:
-            raise errors.NotFound(f"--process {options.process_file}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise errors.InvalidArgument(f"--process {options.process_file}: {exc}") from None
+        process = parse_process(read_json(str(options.process_file), f"--process {options.process_file}"),
+                                "process.json")
         seccomp = None
         if state.linux.get("seccomp") is not None:
             probe = parse_spec({"root": {"path": "/"}, "process": {"args": ["x"]},

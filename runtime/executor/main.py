@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.bundle import read_json
 from runtime.executor import lifecycle
 from runtime.version import VERSION
 
@@ -89,16 +90,7 @@ def _log_error(args: argparse.Namespace, message: str) -> None:
 
 
 def _read_resources(path: str) -> dict[str, Any]:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        resources = json.loads(text)
-    except FileNotFoundError:
-        raise errors.NotFound(f"--resources {path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise errors.InvalidArgument(f"--resources {path}: {exc}") from None
-    if not isinstance(resources, dict):
-        raise errors.InvalidArgument(f"--resources {path}: not a JSON object")
-    return resources
+    return read_json("/dev/stdin" if path == "-" else path, f"--resources {path}")
 
 
 def run(args: argparse.Namespace) -> int:
