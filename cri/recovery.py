@@ -9,6 +9,7 @@ import shutil
 from cri.service.context import ServiceContext
 from cri.store.containers import EXITED, RUNNING
 from cri.store.sandboxes import NOT_READY, READY
+from runtime import errors
 from runtime.network.types import PodNetworkRequest
 from shim.protocol import ExitStatus
 
@@ -26,7 +27,12 @@ async def recover_containers(ctx: ServiceContext) -> None:
             # crispd died while creating it (or after removing its row): nothing refers to it any more
             log.info("container %s: removing the leftovers of a container crisp has no record of", container_id)
             if shim.info is not None:
-                await ctx.shims.discard(container_id)
+                try:
+                    await ctx.shims.discard(container_id)
+                except errors.CrispError as exc:
+                    # its bundle (shim.json) is the record of what is left: kept for the next start to try again
+                    log.warning("container %s: cannot remove its leftovers yet: %s", container_id, exc)
+                    continue
             await asyncio.to_thread(shutil.rmtree, shim.bundle, True)
             await asyncio.to_thread(shutil.rmtree, ctx.root_dir / "containers" / container_id, True)
     for container in containers.values():
