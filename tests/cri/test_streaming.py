@@ -449,3 +449,17 @@ def test_crictl_exec_and_port_forward(kube: Kubelet, tmp_path: Path) -> None:
     finally:
         forward.terminate()
         forward.wait(30)
+
+
+def test_a_client_that_hangs_up_ends_its_session_without_an_error(kube: Kubelet) -> None:
+    """client-go's port forwarder (critest's) closes its connection when it is done, without a GOAWAY: crispd's
+    goodbye then meets a closed socket (the reset comes back at once on loopback, so shutting down the write side
+    finds the socket no longer connected). The session ends as any other, crispd logs no failure."""
+    pod_id, _, _ = web_pod(kube)
+    for _ in range(5):
+        forwarder = Forwarder(port_forward_url(kube, pod_id))
+        response, error = forwarder.exchange(8080, b"GET /ready HTTP/1.0\r\n\r\n", half_close=False)
+        assert error == b"" and b" 200 " in response.split(b"\r\n")[0]
+        forwarder.client.abort()
+    assert kube.pods.daemon.log().count("session (portforward.k8s.io) from") == 5
+    assert not wait_until(lambda: "streaming connection from" in kube.pods.daemon.log(), 3)
