@@ -14,6 +14,7 @@ import subprocess
 import time
 import tomllib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Report:
     suite_failures: list[str]  # BeforeSuite / AfterSuite nodes that failed: then nothing is trustworthy
     seconds: float
     exit_status: int
-    output: Path  # critest's own output (ginkgo -v)
+    output: Path  # critest's own output (ginkgo -v), or the directory of the parallel run's outputs
 
     def counts(self) -> str:
         count = Counter(spec.state for spec in self.specs.values())
@@ -81,9 +82,50 @@ def focus_regex(names: list[str]) -> str:
 
 
 def run(critest: Path, endpoint: str, workdir: Path, focus: list[str] | None = None, handler: str = "",
-        timeout: float = 1800.0) -> Report:
-    """Run critest's validation suite (or the `focus` specs) against `endpoint`; its output goes to
-    workdir/critest.log, its ginkgo JSON report to workdir/critest.json."""
+        timeout: float = 1800.0, parallel: int = 1) -> Report:
+    """Run critest's validation suite (or the `focus` specs) against `endpoint`, in workdir. With `parallel` > 1, as
+    critest's own parallel mode (ginkgo's) does, but without the ginkgo CLI: the specs not labelled Serial are dealt
+    to `parallel` critest processes at once, then the Serial ones (the image specs, which pull and remove images
+    others use) run alone."""
+    if parallel <= 1:
+        return _run_once(critest, endpoint, workdir, focus, handler, timeout)
+    started = time.monotonic()
+    specs = list_specs(critest, workdir / "dry-run", focus)
+    free = sorted(name for name, serial in specs.items() if not serial)
+    shards = [free[i::parallel] for i in range(parallel)]
+    with ThreadPoolExecutor(parallel) as pool:
+        reports = list(pool.map(lambda i: _run_once(critest, endpoint, workdir / f"shard{i}", shards[i], handler,
+                                                    timeout), range(parallel)))
+    serial = sorted(name for name, is_serial in specs.items() if is_serial)
+    if serial:
+        reports.append(_run_once(critest, endpoint, workdir / "serial", serial, handler, timeout))
+    return Report({name: spec for report in reports for name, spec in report.specs.items()},
+                  [failure for report in reports for failure in report.suite_failures], time.monotonic() - started,
+                  max(report.exit_status for report in reports), workdir)
+
+
+def list_specs(critest: Path, workdir: Path, focus: list[str] | None = None) -> dict[str, bool]:
+    """The specs a run would run (critest's benchmarks left out), each with whether it is labelled Serial."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [str(critest), "--runtime-endpoint=unix:///nonexistent", f"--config={workdir / 'crictl.yaml'}",
+            "--ginkgo.dry-run", "--ginkgo.no-color", f"--ginkgo.json-report={workdir / 'critest.json'}"]
+    if focus is not None:
+        argv.append(f"--ginkgo.focus={focus_regex(focus)}")
+    subprocess.run(argv, cwd=workdir, capture_output=True, timeout=120, check=True)
+    found: dict[str, bool] = {}
+    for suite in json.loads((workdir / "critest.json").read_text()):
+        for node in suite["SpecReports"]:
+            if node["LeafNodeType"] == "It" and node["State"] == "passed":
+                labels = {*(node.get("LeafNodeLabels") or []),
+                          *(label for labels in node.get("ContainerHierarchyLabels") or [] for label in labels)}
+                found[" ".join([*node["ContainerHierarchyTexts"], node["LeafNodeText"]])] = "Serial" in labels
+    return found
+
+
+def _run_once(critest: Path, endpoint: str, workdir: Path, focus: list[str] | None, handler: str,
+              timeout: float) -> Report:
+    """One critest process: its output goes to workdir/critest.log, its ginkgo JSON report to
+    workdir/critest.json."""
     workdir.mkdir(parents=True, exist_ok=True)
     report = workdir / "critest.json"
     output = workdir / "critest.log"

@@ -19,6 +19,9 @@ from tests.leaks import shm_segments
 pytestmark = pytest.mark.root
 
 HOST_IPC_SEGMENT = 1048576
+# critest processes at once (the Serial specs then alone), as critest's -parallel does: crispd serves concurrent
+# clients, and the specs' waits overlap
+PARALLEL = 2
 
 
 def run_suite(tmp_path: Path, record_property: Callable[[str, object], None], handler: str = "") -> None:
@@ -33,7 +36,8 @@ def run_suite(tmp_path: Path, record_property: Callable[[str, object], None], ha
         # a shared 2-core host, scheduling delays alone make callbacks slow: counted in the summary, not judged
         with serve(tmp_path / "images") as served, \
                 running_pods(tmp_path / "crisp", served.crisp_config, check_slow_callbacks=False) as pods:
-            report = critest.run(binary, f"unix://{pods.daemon.socket}", tmp_path / "critest", handler=handler)
+            report = critest.run(binary, f"unix://{pods.daemon.socket}", tmp_path / "critest", handler=handler,
+                                 parallel=PARALLEL)
             record_property("summary", f"{report.counts()} in {report.seconds:.0f}s ({handler or 'built-in executor'};"
                                        f" crispd logged {len(pods.daemon.slow_callbacks())} slow callbacks)")
             found = critest.problems(report, expected)
