@@ -80,9 +80,10 @@ test: debs-test venv
 test-conformance: debs-test venv tools images
 	$(PYTEST) tests/conformance
 
-## test-extended: what is beyond make test's budget (.ci/run does not run it): critest on the runc handler
+## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it); none today:
+## critest on the runc handler fits the conformance tier's budget, so make test runs it
 test-extended: debs-test venv tools images
-	$(PYTEST) --extended -m extended
+	$(PYTEST) --extended -m extended || [ $$? = 5 ]
 
 ## test-vm: only the pure cgroup v2 tier: boots a VM once and runs tests/vm/guest (and every test marked `vm`) in it
 test-vm: debs-test venv tools images
