@@ -53,9 +53,11 @@ def settings(resources: Mapping[str, Any]) -> list[Setting]:
     value = swap_max(swap, limit)
     if value or swap:
         # swap == memory limit: no swap at all. "max" and "0" are tolerated without swap accounting (the file is
-        # missing then, and there is no swap to limit), as runc does.
+        # missing then, and there is no swap to limit), as runc does. A swap limit that only follows from the
+        # memory limit (no swap, or unlimited swap with unlimited memory) is the memory limit's: a missing
+        # controller is then reported as that limit alone, the one that was asked for.
         text = _bytes(value)
-        keys = ("memory.swap",) if swap else ("memory.limit",)
+        keys = ("memory.swap",) if swap and swap != limit else ("memory.limit",)
         out.append(Setting(keys, CONTROLLER, "memory.swap.max", text, optional=text in ("max", "0")))
     return out
 

@@ -123,6 +123,8 @@ def drop_limits(resources: Mapping[str, Any], missing: Iterable[MissingLimit]) -
         sec = out.get(name)
         if isinstance(sec, dict):
             sec.pop(rest, None)
+            if limit.key == "memory.limit":
+                sec.pop("swap", None)  # memory+swap without the memory limit means nothing in cgroup v2
     return out
 
 

@@ -212,8 +212,7 @@ def test_missing_for_reports_each_requested_key_once() -> None:
         MissingLimit("cpu.shares", "cpu"),
         MissingLimit("cpu.quota", "cpu"),
         MissingLimit("cpu.period", "cpu"),
-        MissingLimit("memory.limit", "memory"),
-        MissingLimit("memory.swap", "memory"),
+        MissingLimit("memory.limit", "memory"),  # swap == limit (no swap) is the memory limit's, not a swap limit
         MissingLimit("pids.limit", "pids"),
         MissingLimit("hugepageLimits.1GB", "hugetlb"),  # the 0 limit for 2MB is tolerated
         MissingLimit("unified.memory.high", "memory"),
@@ -221,9 +220,21 @@ def test_missing_for_reports_each_requested_key_once() -> None:
     assert missing_for(resources, frozenset({"cpu", "cpuset", "memory", "pids", "hugetlb"})) == []
     assert missing_for(resources, frozenset({"cpu", "cpuset", "pids", "hugetlb"})) == [
         MissingLimit("memory.limit", "memory"),
-        MissingLimit("memory.swap", "memory"),
         MissingLimit("unified.memory.high", "memory"),
     ]
+
+
+def test_a_swap_limit_is_named_only_when_one_was_asked_for() -> None:
+    """CRI's memory limit alone becomes OCI memory+swap == limit (no swap): without the memory controller only the
+    memory limit is missing; a real swap limit is named, and dropping the memory limit drops the swap with it."""
+    no_swap = {"memory": {"limit": 1 << 20, "swap": 1 << 20}}
+    assert missing_for(no_swap, frozenset()) == [MissingLimit("memory.limit", "memory")]
+    assert drop_limits(no_swap, missing_for(no_swap, frozenset())) == {"memory": {}}
+    swap = {"memory": {"limit": 1 << 20, "swap": 3 << 20}}
+    assert missing_for(swap, frozenset()) == [MissingLimit("memory.limit", "memory"),
+                                              MissingLimit("memory.swap", "memory")]
+    unlimited = {"memory": {"limit": -1}}
+    assert missing_for(unlimited, frozenset()) == [MissingLimit("memory.limit", "memory")]
 
 
 def test_v1_only_knobs_are_reported_missing() -> None:
