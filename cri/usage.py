@@ -1,9 +1,10 @@
 """The CRI usage messages of the stats RPCs (ContainerStats, PodSandboxStats and their lists), from the samples
 `cri.stats.StatsCollector` takes.
 
-CpuUsage, MemoryUsage, SwapUsage and IoUsage are always there with their timestamp; a value inside them is set only
-when the host reported it (cgroup v2 files; a missing controller or file leaves it unset, never 0). Host-network
-pods have no network of their own: their stats carry none.
+CpuUsage and IoUsage are always there with their timestamp; a value inside them is set only when the host reported
+it (cgroup v2 files; a missing controller or file leaves it unset, never 0). MemoryUsage and SwapUsage are left out
+altogether where the cgroup has no memory accounting (no memory controller): an empty message would read as 0 bytes.
+Host-network pods have no network of their own: their stats carry none.
 """
 
 from __future__ import annotations
@@ -50,31 +51,36 @@ def cpu_usage(sample: CgroupSample) -> cri.CpuUsage:
     return usage
 
 
-def memory_usage(sample: CgroupSample) -> cri.MemoryUsage:
-    usage = cri.MemoryUsage(timestamp=sample.timestamp)
+def memory_usage(sample: CgroupSample) -> cri.MemoryUsage | None:
+    """None without memory accounting (the message is then left out, not sent empty)."""
     stats = sample.stats
     memory = stats.memory if stats is not None else None
-    if memory is not None:
-        working_set = memory.working_set
-        available = None
-        if memory.limit is not None and working_set is not None:
-            available = memory.limit - working_set
-        for name, value in (("working_set_bytes", working_set), ("available_bytes", available),
-                            ("usage_bytes", memory.current), ("rss_bytes", memory.anon),
-                            ("page_faults", memory.pgfault), ("major_page_faults", memory.pgmajfault)):
-            wrapped = u64(value)
-            if wrapped is not None:
-                getattr(usage, name).CopyFrom(wrapped)
-    pressure = psi(stats.memory_pressure if stats is not None else None)
+    if stats is None or memory is None:
+        return None
+    usage = cri.MemoryUsage(timestamp=sample.timestamp)
+    working_set = memory.working_set
+    available = None
+    if memory.limit is not None and working_set is not None:
+        available = memory.limit - working_set
+    for name, value in (("working_set_bytes", working_set), ("available_bytes", available),
+                        ("usage_bytes", memory.current), ("rss_bytes", memory.anon),
+                        ("page_faults", memory.pgfault), ("major_page_faults", memory.pgmajfault)):
+        wrapped = u64(value)
+        if wrapped is not None:
+            getattr(usage, name).CopyFrom(wrapped)
+    pressure = psi(stats.memory_pressure)
     if pressure is not None:
         usage.psi.CopyFrom(pressure)
     return usage
 
 
-def swap_usage(sample: CgroupSample) -> cri.SwapUsage:
-    usage = cri.SwapUsage(timestamp=sample.timestamp)
+def swap_usage(sample: CgroupSample) -> cri.SwapUsage | None:
+    """None without memory accounting, like memory_usage."""
     memory = sample.stats.memory if sample.stats is not None else None
-    if memory is not None and memory.swap_current is not None:
+    if memory is None:
+        return None
+    usage = cri.SwapUsage(timestamp=sample.timestamp)
+    if memory.swap_current is not None:
         usage.swap_usage_bytes.value = memory.swap_current
     return usage
 

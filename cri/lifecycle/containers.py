@@ -17,7 +17,7 @@ from typing import Any
 from cri import api as cri
 from cri.events import EventPublisher
 from cri.metrics import Metrics
-from cri.oci import oci_resources
+from cri.oci import oci_resources, resources_in_force
 from cri.shims.manager import ShimManager
 from cri.store.containers import CREATED, RUNNING, Container, ContainerStore
 from cri.store.names import NameIndex
@@ -85,7 +85,9 @@ class ContainerController:
             missing = await asyncio.to_thread(self.cgroups().missing_controllers, oci, container.meta.cgroup)
             limits = enforceable_limits(oci, missing, self.missing_controller, f"container {container.id}")
             await self.shims.client(container.id).update(limits)
-            await self.containers.update(container, resources=resources.SerializeToString().hex())
+            in_force = resources_in_force(resources, (m.key for m in missing))  # what is left after "warn"
+            await self.containers.update(container, resources=in_force.SerializeToString().hex(),
+                                         dropped_limits=[str(m) for m in missing])
             log.info("container %s: resources updated", container.id)
 
     # --- exits ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ host, `LayeredFiles` reads the image's /etc/passwd and /etc/group from its unmou
 
 from cri.oci.host import HostPaths, NodeFacts, inspect_host
 from cri.oci.mounts import PodFiles
-from cri.oci.resources import oci_resources
+from cri.oci.resources import oci_resources, resources_in_force
 from cri.oci.signals import cri_signal, resolve_stop_signal
 from cri.oci.spec import PodContext, SpecInputs, SpecOptions, build_container_spec
 from cri.oci.user import ImageFiles, LayeredFiles, StaticFiles
@@ -27,4 +27,5 @@ __all__ = [
     "inspect_host",
     "oci_resources",
     "resolve_stop_signal",
+    "resources_in_force",
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from cri import api as cri
@@ -48,4 +49,32 @@ def oci_resources(r: cri.LinuxContainerResources, *, swap_limit: bool = True) ->
         out["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit} for h in r.hugepage_limits]
     if r.unified:
         out["unified"] = dict(sorted(r.unified.items()))
+    return out
+
+
+# OCI linux.resources keys (runtime.cgroups.MissingLimit.key) -> the CRI LinuxContainerResources field they come from
+_CRI_FIELDS = {
+    "cpu.shares": "cpu_shares", "cpu.quota": "cpu_quota", "cpu.period": "cpu_period", "cpu.cpus": "cpuset_cpus",
+    "cpu.mems": "cpuset_mems", "memory.limit": "memory_limit_in_bytes",
+    "memory.swap": "memory_swap_limit_in_bytes",
+}
+
+
+def resources_in_force(r: cri.LinuxContainerResources, dropped: Iterable[str]) -> cri.LinuxContainerResources:
+    """What ContainerStatus reports: the requested resources without the limits crispd dropped (OCI keys, as
+    `runtime.cgroups.drop_limits` drops them; a dropped memory limit takes the swap limit with it)."""
+    out = cri.LinuxContainerResources()
+    out.CopyFrom(r)
+    for key in dropped:
+        name, _, rest = key.partition(".")
+        if key in _CRI_FIELDS:
+            out.ClearField(_CRI_FIELDS[key])  # type: ignore[arg-type]
+            if key == "memory.limit":
+                out.ClearField("memory_swap_limit_in_bytes")
+        elif name == "hugepageLimits":
+            kept = [h for h in out.hugepage_limits if h.page_size != rest]
+            del out.hugepage_limits[:]
+            out.hugepage_limits.extend(kept)
+        elif name == "unified":
+            out.unified.pop(rest, None)
     return out

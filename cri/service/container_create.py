@@ -27,13 +27,14 @@ from cri.oci import (
     build_container_spec,
     inspect_host,
     resolve_stop_signal,
+    resources_in_force,
 )
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
 from runtime.bundle import Overlay
-from runtime.cgroups import enforceable_limits
+from runtime.cgroups import MissingLimit, enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
@@ -158,7 +159,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
-        spec = await _check_controllers(ctx, container_id, spec, cgroup)
+        spec, dropped = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
         ctx.debug.fail("create_container.spec")
 
@@ -181,8 +182,12 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             lowerdirs=tuple(image.snapshot_dirs), log_path=log_path, cgroup=cgroup,
             stop_signal=resolve_stop_signal(config, image_config), uid=int(user.get("uid", 0)),
             gid=int(user.get("gid", 0)), groups=tuple(int(g) for g in user.get("additionalGids", [])))
-        resources = config.linux.resources.SerializeToString() if config.linux.HasField("resources") else b""
-        container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex()))
+        resources = b""
+        if config.linux.HasField("resources"):
+            in_force = resources_in_force(config.linux.resources, (m.key for m in dropped))
+            resources = in_force.SerializeToString()
+        container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex(),
+                                                    dropped_limits=[str(m) for m in dropped]))
         await ctx.containers.add(container)
         undo.push("container row", lambda: ctx.containers.delete(container))
         ctx.debug.fail("create_container.record")
@@ -200,14 +205,15 @@ def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...]
 
 
 async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[str, Any], cgroup: str
-                             ) -> dict[str, Any]:
-    """A limit whose cgroup controller is missing: an error, or (config says "warn") dropped with a warning."""
+                             ) -> tuple[dict[str, Any], list[MissingLimit]]:
+    """A limit whose cgroup controller is missing: an error, or (config says "warn") dropped with a warning.
+    Returns the spec and the limits dropped from it."""
     resources = spec["linux"].get("resources", {})
     manager = ctx.cgroup_manager()
     missing = await asyncio.to_thread(manager.missing_controllers, resources, cgroup)
     spec["linux"]["resources"] = enforceable_limits(resources, missing, ctx.config.cgroup.missing_controller,
                                                     f"container {container_id}")
-    return spec
+    return spec, missing
 
 
 def _remove_dirs(bundle: Path, container_dir: Path) -> None:

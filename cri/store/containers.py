@@ -59,8 +59,11 @@ class ContainerStatus:
     exit_code: int = 0
     reason: str = ""
     message: str = ""
-    # the resources as last applied (UpdateContainerResources changes them); serialized LinuxContainerResources
+    # the resources in force (as created, then as UpdateContainerResources last set them), without the limits
+    # dropped for a missing cgroup controller; serialized LinuxContainerResources
     resources: str = ""
+    # the limits asked for but dropped ([cgroup] missing_controller = "warn"): "memory.limit (needs memory)"
+    dropped_limits: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

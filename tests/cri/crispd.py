@@ -95,6 +95,18 @@ class Crispd:
     def images(self) -> cri.ImageServiceStub:
         return cri.ImageServiceStub(self.channel)
 
+    def crictl_command(self, *args: str) -> list[str]:
+        """The real crictl (from the tools cache) with a config naming this crispd's socket."""
+        from tests import tools
+
+        config = self.base / "crictl.yaml"
+        url = f"unix://{self.socket}"
+        config.write_text(f"runtime-endpoint: {url}\nimage-endpoint: {url}\ntimeout: 30\n")
+        return [str(tools.tool("crictl")), "--config", str(config), *args]
+
+    def crictl(self, *args: str, stdin: bytes = b"", timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(self.crictl_command(*args), input=stdin, capture_output=True, timeout=timeout)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -21,8 +21,10 @@ NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever t
 class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
-    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd") -> None:
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "") -> None:
+        """`cgroup_config`: more keys of the [cgroup] table (`extra_config` comes after other tables)."""
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
+        self.cgroup_config = cgroup_config
         self.bridge = f"crispt{secrets.token_hex(4)}"
         self.subnet = free_subnet4(24)
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
@@ -30,7 +32,7 @@ class Pods:
 
     def config_text(self, extra: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
-        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n'
+        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n{self.cgroup_config}'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
                 f'cni_config_dir = "{NO_CNI_DIR}"\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
@@ -70,11 +72,11 @@ class Pods:
 
 @contextlib.contextmanager
 def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
-                 check_slow_callbacks: bool = True) -> Iterator[Pods]:
+                 check_slow_callbacks: bool = True, cgroup_config: str = "") -> Iterator[Pods]:
     """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
     cleanly without blocking its loop (unless `check_slow_callbacks` is false: under the VM tier's emulation every
     callback is slow)."""
-    p = Pods(base, extra_config)
+    p = Pods(base, extra_config, cgroup_config=cgroup_config)
     p.daemon.start(start_timeout)
     try:
         yield p

@@ -19,7 +19,6 @@ import grpc
 import pytest
 
 from cri import api as cri
-from tests import tools
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods
 from tests.cri.spdy_client import (
@@ -415,15 +414,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_crictl_exec_and_port_forward(kube: Kubelet, tmp_path: Path) -> None:
+def test_crictl_exec_and_port_forward(kube: Kubelet) -> None:
     pod_id, container_id, digest = web_pod(kube)
-    socket_url = f"unix://{kube.pods.daemon.socket}"
-    config = tmp_path / "crictl.yaml"
-    config.write_text(f"runtime-endpoint: {socket_url}\nimage-endpoint: {socket_url}\ntimeout: 30\n")
-    crictl = [str(tools.tool("crictl")), "--config", str(config)]
-
-    def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([*crictl, *args], input=stdin, capture_output=True, timeout=120)
+    run = kube.pods.daemon.crictl
 
     assert run("exec", container_id, "echo", "hi").stdout == b"hi\n"
     piped = secrets.token_bytes(2_000_000)
@@ -432,8 +425,8 @@ def test_crictl_exec_and_port_forward(kube: Kubelet, tmp_path: Path) -> None:
     failed = run("exec", container_id, "sh", "-c", "exit 3")
     assert failed.returncode != 0 and b"exit code 3" in failed.stderr
     local = free_port()
-    forward = subprocess.Popen([*crictl, "port-forward", pod_id, f"{local}:8080"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    forward = subprocess.Popen(kube.pods.daemon.crictl_command("port-forward", pod_id, f"{local}:8080"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         def fetched() -> bytes | None:
             try:

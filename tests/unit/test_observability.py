@@ -18,7 +18,7 @@ from cri.metrics import Metrics, StateSnapshot
 from cri.metrics_server import MetricsServer
 from cri.server import Readiness
 from cri.stats import MIN_RATE_NS, CgroupSample, StatsCollector
-from cri.usage import cpu_usage, memory_usage, psi
+from cri.usage import cpu_usage, memory_usage, psi, swap_usage
 from runtime import errors
 from runtime.cgroups import CgroupStats, CpuStats, MemoryStats, Pressure, PsiLine
 from runtime.network.netstats import InterfaceCounters, parse_proc_net_dev
@@ -118,17 +118,17 @@ def test_cpu_rate_between_samples() -> None:
 
 def test_cri_usage_sets_only_what_the_host_reports() -> None:
     empty = CgroupSample(timestamp=7)
-    cpu, memory = cpu_usage(empty), memory_usage(empty)
-    assert cpu.timestamp == memory.timestamp == 7
+    cpu = cpu_usage(empty)
+    assert cpu.timestamp == 7
     assert not cpu.HasField("usage_core_nano_seconds") and not cpu.HasField("psi")
-    for field in ("working_set_bytes", "available_bytes", "usage_bytes", "rss_bytes", "page_faults",
-                  "major_page_faults"):
-        assert not memory.HasField(field)
+    # no memory accounting: no memory message at all (an empty one reads as 0 bytes)
+    assert memory_usage(empty) is None and swap_usage(empty) is None
     pressure = Pressure(some=PsiLine(avg10=1.5, avg60=0.5, avg300=0.25, total=2000), full=None)
     mem = MemoryStats(current=100 << 20, limit=256 << 20, stat={"inactive_file": 30 << 20, "anon": 60 << 20,
                                                                 "pgfault": 9, "pgmajfault": 1})
     full = _sample(3_000, pressure, mem)
     cpu, memory = cpu_usage(full), memory_usage(full)
+    assert memory is not None and memory.timestamp == full.timestamp
     assert cpu.usage_core_nano_seconds.value == 3_000_000
     assert cpu.psi.Some == cri.PsiData(Total=2_000_000, Avg10=1.5, Avg60=0.5, Avg300=0.25)
     assert not cpu.psi.HasField("Full")
@@ -136,6 +136,7 @@ def test_cri_usage_sets_only_what_the_host_reports() -> None:
     assert (memory.usage_bytes.value, memory.rss_bytes.value) == (100 << 20, 60 << 20)
     assert (memory.page_faults.value, memory.major_page_faults.value) == (9, 1)
     unlimited = memory_usage(_sample(0, None, MemoryStats(current=10, stat={"inactive_file": 4})))
+    assert unlimited is not None
     assert unlimited.working_set_bytes.value == 6 and not unlimited.HasField("available_bytes")
     assert psi(None) is None
 

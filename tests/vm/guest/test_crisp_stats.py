@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from cri import api as cri
 from cri.pod_metrics import _cgroup_metrics, _Metrics
 from cri.stats import MIN_RATE_NS, CgroupRequest, CgroupSample, StatsCollector
 from cri.usage import cpu_usage, io_usage, memory_usage
@@ -59,10 +60,17 @@ def sample(collector: StatsCollector, cg: Cgroup) -> CgroupSample:
     return asyncio.run(collector.cgroups([request]))["c1"]
 
 
+def memory_of(sample: CgroupSample) -> cri.MemoryUsage:
+    """The memory usage, which a cgroup with the memory controller always has."""
+    usage = memory_usage(sample)
+    assert usage is not None
+    return usage
+
+
 def test_memory_allocator_working_set_rises_and_psi_is_there(container: Cgroup) -> None:
     collector = StatsCollector(CgroupV2Manager.discover, None, 0, 1)
     idle = sample(collector, container)
-    before = memory_usage(idle)
+    before = memory_of(idle)
     assert before.HasField("usage_bytes") and before.usage_bytes.value < 16 * MiB
 
     proc = start_held(allocate_and_hold(64, HOLD), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -74,7 +82,7 @@ def test_memory_allocator_working_set_rises_and_psi_is_there(container: Cgroup) 
         time.sleep(MIN_RATE_NS / 1e9 * 2)
         busy = sample(collector, container)
         current_after = int((container.dir / "memory.current").read_text())
-        memory = memory_usage(busy)
+        memory = memory_of(busy)
         stat = read_flat_keyed(container.dir / "memory.stat")
         # working set = usage - inactive file; the allocator's 64 MiB are anonymous memory
         assert memory.working_set_bytes.value >= 60 * MiB > before.working_set_bytes.value
@@ -103,5 +111,5 @@ def test_memory_allocator_working_set_rises_and_psi_is_there(container: Cgroup) 
     finally:
         proc.kill()
         proc.wait()
-    wait_until(lambda: memory_usage(sample(collector, container)).working_set_bytes.value < 32 * MiB, 30,
+    wait_until(lambda: memory_of(sample(collector, container)).working_set_bytes.value < 32 * MiB, 30,
                "the working set to fall once the allocator is gone")
