@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from runtime.linux import syscalls
-from runtime.procs import process_start_time
+from runtime.procs import process_start_time, set_process_title
 from runtime.version import VERSION
 from shim import protocol
 from shim.log import log
@@ -23,6 +23,8 @@ from shim.protocol import ShimConfig, ShimError
 from shim.server import Shim
 
 OOM_SCORE_ADJ = -999
+# comm and first word of the command line of every shim: `pgrep crisp-shim`, `ps -C crisp-shim`
+NAME = "crisp-shim"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +81,7 @@ def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
         except OSError as exc:
             raise ShimError("NotFound", f"{config.id}: bundle {config.bundle}: {exc.strerror}") from None
         _setup_stdio(config.bundle)
+        set_process_title(NAME, config.id)  # the zygote's command line is no use to an operator looking for us
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
             # only crispd's shutdown ends a shim: a stray signal would leave its container unwatched
             signal.signal(signum, signal.SIG_IGN)

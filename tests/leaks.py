@@ -40,7 +40,19 @@ def remove_cgroup_tree(base: str) -> None:
                 pass
 
 
+def _uses(pid: str, text: str) -> bool:
+    """The process's working dir or one of its open files names `text` (crisp's processes name themselves, so
+    their command lines no longer show the paths they work in)."""
+    try:
+        links = [os.readlink(f"/proc/{pid}/cwd")]
+        links += [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return False
+    return any(text in link for link in links)
+
+
 def processes_mentioning(text: str) -> list[str]:
+    """Processes whose command line, working dir or open files name `text` (e.g. a crispd's state dir)."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -49,7 +61,7 @@ def processes_mentioning(text: str) -> list[str]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in cmdline:
+        if text in cmdline or _uses(pid, text):
             found.append(f"{pid}: {cmdline.strip()}")
     return found
 

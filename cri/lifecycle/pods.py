@@ -133,7 +133,7 @@ class PodSandboxController:
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
-                init_ref = await start_pod_init(pid_pin)
+                init_ref = await start_pod_init(pid_pin, plan.id)
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
                 leaf = await asyncio.to_thread(manager.create,
                                                cgroup_paths.container_cgroup_path(plan.cgroup, plan.id), exist_ok=True)

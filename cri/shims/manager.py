@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import shim as shim_package
 from cri.shims.client import DEFAULT_TIMEOUT, ShimClient, shim_error
 from runtime import errors
 from runtime.bundle import executor_argv, load_config, rootfs_path
 from runtime.command import run_command
-from runtime.procs import process_start_time
+from runtime.procs import package_root, process_start_time
 from shim import protocol
 from shim.protocol import ExitStatus, ShimConfig
 
@@ -101,9 +100,8 @@ class ShimManager:
 
     async def start(self) -> None:
         """Start the zygote and wait until it is ready."""
-        package_root = _package_root()
         self._zygote = await asyncio.create_subprocess_exec(
-            self.python, "-I", "-S", "-c", _ZYGOTE_BOOTSTRAP, package_root,
+            self.python, "-I", "-S", "-c", _ZYGOTE_BOOTSTRAP, package_root(),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, close_fds=True)
         assert self._zygote.stdout is not None
         try:
@@ -358,11 +356,6 @@ class ShimManager:
                 status = await self.dead_shim_status(info)
                 found.append(RecoveredShim(id=info.id, bundle=info.bundle, client=None, status=status, info=info))
         return found
-
-
-def _package_root() -> str:
-    """The directory that holds the shim package (the zygote imports it from there, without site-packages)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(shim_package.__file__)))
 
 
 def _mounted(path: str) -> bool:

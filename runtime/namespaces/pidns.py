@@ -1,4 +1,4 @@
-"""A pod's shared PID namespace: a pinned namespace with `podinit.py` as its PID 1."""
+"""A pod's shared PID namespace: a pinned namespace with `podinit.py` as its PID 1 (`crisp-podinit <pod id>`)."""
 
 from __future__ import annotations
 
@@ -9,43 +9,47 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.command import run_command
-from runtime.mounts import unmount
+from runtime.mounts import bind_mount, unmount
 from runtime.namespaces import podinit
-from runtime.procs import ProcessRef
+from runtime.procs import ProcessRef, package_root
 
 START_TIMEOUT = 30.0
 
 
-async def start_pod_init(pin: Path) -> ProcessRef:
+async def start_pod_init(pin: Path, pod_id: str) -> ProcessRef:
     """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs."""
     log_path = pin.parent / "podinit.log"
     log_fd = await asyncio.to_thread(_prepare, pin, log_path)
     read_fd, write_fd = os.pipe()
+    ref = None
     try:
         try:  # the detached processes outlive any pipe to crispd: their output goes to a file
             # `setsid -f` forks the pod init off and exits at once; it reports on the pipe (EOF: it died)
             await run_command(
-                ["setsid", "-f", "unshare", f"--pid={pin}", "--fork", "--kill-child", "--",
-                 sys.executable, "-I", "-S", podinit.__file__, str(write_fd)],
+                ["setsid", "-f", sys.executable, "-I", "-S", "-c", podinit.BOOTSTRAP, package_root(), pod_id,
+                 str(write_fd)],
                 kill_after=START_TIMEOUT, what="pod init", pass_fds=(write_fd,), output_fd=log_fd)
         finally:
             os.close(log_fd)
         os.close(write_fd)
         write_fd = -1
         line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), START_TIMEOUT)
+        ref = ProcessRef.of(int(line)) if line.strip().isdigit() else None
+        if ref is None:
+            message = (await asyncio.to_thread(log_path.read_text, errors="replace")).strip()
+            raise errors.CrispError(f"pod init did not start: {message or 'it exited before it was ready'}")
+        await bind_mount(Path(f"/proc/{ref.pid}/ns/pid"), pin)
+        if not ref.alive():  # the pid was another process's by the time of the bind
+            raise errors.CrispError("pod init did not start: it exited before its namespace was pinned")
     except BaseException:
+        if ref is not None:
+            ref.signal()
         await remove_pid_pin(pin)
         raise
     finally:
         if write_fd >= 0:
             os.close(write_fd)
         os.close(read_fd)
-    ref = ProcessRef.of(int(line)) if line.strip().isdigit() else None
-    if ref is None:
-        await remove_pid_pin(pin)
-        message = (await asyncio.to_thread(log_path.read_text, errors="replace")).strip()
-        message = message or "it exited before it was ready"
-        raise errors.CrispError(f"pod init did not start: {message}")
     return ref
 
 
@@ -56,8 +60,7 @@ def _prepare(pin: Path, log_path: Path) -> int:
 
 
 def _read_line(fd: int) -> str:
-    """One line, or what came before EOF (the pod init died). `unshare` holds the write end open, so no EOF
-    arrives after a successful start: stop at the newline."""
+    """One line, or what came before EOF (the pod init died)."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = os.read(fd, 64)

@@ -1,9 +1,11 @@
 """PID 1 of a pod that shares its PID namespace: reaps orphans, exits on SIGTERM/SIGINT.
 
-Started by `start_pod_init` as `setsid -f unshare --pid=<pin> --fork --kill-child -- python -I -S <this file> FD`:
-detached from crispd, in a new session, PID 1 of a new PID namespace pinned at <pin>. It writes its pid as the host
-sees it (from the host's /proc) to fd FD to say it is ready. Standard library only and race-free: the signals it
-waits for are blocked and taken with sigwaitinfo, so a child exit between two reaps is never missed.
+Started by `start_pod_init` as `setsid -f python -I -S -c <BOOTSTRAP> <package root> <pod id> FD`, detached from
+crispd in a session of its own. That process makes a new PID namespace for its children (unshare(2)), forks the
+pod's PID 1 into it, and once PID 1 has named itself (comm `crisp-podinit`, command line `crisp-podinit <pod id>`:
+nothing in the pod shows a host path) writes PID 1's pid, as the host sees it, to fd FD and exits: PID 1 is the
+only process left, and crispd pins its namespace. Race-free: the signals PID 1 waits for are blocked and taken with
+sigwaitinfo, so a child exit between two reaps is never missed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import os
 import signal
 import sys
 
+from runtime.linux import syscalls
+from runtime.procs import set_process_title
+
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+NAME = "crisp-podinit"
+# run as `python -I -S -c BOOTSTRAP <package root> <pod id> <fd>`: no site, no script dir, just crisp's packages
+BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); from runtime.namespaces.podinit import main; "
+             "sys.exit(main(sys.argv[2:]))")
 
 
 def reap_children() -> None:
@@ -25,12 +34,10 @@ def reap_children() -> None:
             return
 
 
-def main(argv: list[str]) -> int:
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    ready_fd = int(argv[0])
-    host_pid = os.readlink("/proc/self")  # /proc is the host's mount: this is our pid out there
-    os.write(ready_fd, f"{host_pid}\n".encode())
-    os.close(ready_fd)
+def _pid1(pod_id: str, named_fd: int) -> int:
+    set_process_title(NAME, pod_id)
+    os.write(named_fd, b"\n")
+    os.close(named_fd)
     os.chdir("/")
     while True:
         reap_children()
@@ -39,5 +46,23 @@ def main(argv: list[str]) -> int:
             return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def main(argv: list[str]) -> int:
+    pod_id, ready_fd = argv[0], int(argv[1])
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)  # inherited by PID 1 before it could miss one
+    syscalls.unshare(syscalls.CLONE_NEWPID)
+    named_r, named_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_fd)
+            os.close(named_r)
+            code = _pid1(pod_id, named_w)
+        finally:
+            os._exit(code)
+    os.close(named_w)
+    if os.read(named_r, 1) != b"\n":
+        print("the pod init exited before it was ready", file=sys.stderr)
+        return 1
+    os.write(ready_fd, f"{pid}\n".encode())
+    return 0
