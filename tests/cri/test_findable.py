@@ -48,9 +48,11 @@ def test_shims_and_pod_inits_name_themselves(pods: Pods, test_images: TestImages
     (init,) = pgrep(f"^crisp-podinit {pod_id}$")
     assert ps(init, "comm") == "crisp-podinit"
     assert ps(init, "args") == f"crisp-podinit {pod_id}"
-    # nothing else of crisp's runs: no helper that names the state dir (crispd itself does, by its flags)
-    crispd = str(pods.daemon.proc.pid if pods.daemon.proc else "")
-    assert [p for p in processes_mentioning(str(pods.daemon.state)) if p.split(":")[0] != crispd] == []
+    # nothing else of crisp's runs: what works in the state dir is crispd (it names it in its flags), the shims
+    # and the pod init (their cwd, their log files), each found by its name
+    crispd = pods.daemon.proc.pid if pods.daemon.proc else 0
+    users = {int(p.split(":")[0]) for p in processes_mentioning(str(pods.daemon.state))}
+    assert users == {crispd, init, *pgrep(f"^crisp-shim ({container_id}|{other})$")}
 
     # inside the container: PID 1 is the pod init, and no process shows a host path
     assert kubelet.exec(container_id, ["cat", "/proc/1/comm"]).stdout == b"crisp-podinit\n"
