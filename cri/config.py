@@ -100,6 +100,9 @@ class NetworkConfig:
     cni_bin_dirs: list[str] = field(default_factory=lambda: list(DEFAULT_CNI_BIN_DIRS))
     # one pod's network setup or teardown (a network helper run, a CNI plugin run) must end within this
     timeout_seconds: float = 60.0
+    # each pod's network namespace is also bound here as crisp-<pod id>, where `ip netns` finds it (as CRI-O and
+    # containerd pin theirs); empty: not published
+    netns_dir: str = "/run/netns"
 
     def check(self) -> list[tuple[str, str]]:
         if self.pod_cidr:
@@ -118,6 +121,8 @@ class NetworkConfig:
                 return [("cni_bin_dirs", f"must be absolute paths, got {path!r}")]
         if self.timeout_seconds <= 0:
             return [("timeout_seconds", "must be positive")]
+        if self.netns_dir and not os.path.isabs(self.netns_dir):
+            return [("netns_dir", f"must be an absolute path (or empty), got {self.netns_dir!r}")]
         return []
 
 

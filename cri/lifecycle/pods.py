@@ -36,7 +36,7 @@ from runtime.cgroups import CgroupV2Manager, enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import remove_pid_pin, start_pod_init, stop_pod_init
-from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
+from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, publish_netns, unpin_namespaces
 from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 from runtime.network.manager import NetworkManager
 from runtime.network.types import PodNetworkRequest
@@ -71,11 +71,12 @@ class PodPlan:
 
 class PodSandboxController:
     def __init__(self, *, state_dir: Path, cgroup_base: str, missing_controller: str, sandboxes: SandboxStore,
-                 names: NameIndex,
+                 names: NameIndex, netns_dir: str,
                  containers: ContainerController, cgroups: Callable[[], CgroupV2Manager],
                  network: NetworkManager | None, events: EventPublisher, metrics: Metrics, debug: DebugPoints,
                  clock_ns: Callable[[], int]) -> None:
         self.state_dir = state_dir
+        self.netns_dir = netns_dir
         self.cgroup_base = cgroup_paths.normalize(cgroup_base)
         self.missing_controller = missing_controller
         self.sandboxes = sandboxes
@@ -128,6 +129,11 @@ class PodSandboxController:
             pins = await pin_namespaces(pod_dir / "ns", setup)
             undo.push("namespaces", lambda: self._unpin(pins.values()))
             namespaces = {kind: str(path) for kind, path in pins.items()}
+            netns_path = ""
+            if "net" in pins and self.netns_dir:
+                published = await publish_netns(pins["net"], Path(self.netns_dir) / f"crisp-{plan.id}")
+                undo.push("netns name", lambda: self._unpin([published]))
+                netns_path = str(published)
             self.debug.fail("run_pod_sandbox.namespaces")
 
             pod_init = None
@@ -157,7 +163,7 @@ class PodSandboxController:
                 created_at=self.clock_ns(), dir=str(pod_dir), cgroup=plan.cgroup, namespaces=namespaces,
                 host_network=plan.host_network, host_ipc=plan.host_ipc, host_pid=plan.host_pid,
                 hostname=plan.hostname, hostname_path=str(files["hostname"]), hosts_path=str(files["hosts"]),
-                resolv_path=str(files["resolv.conf"]), shm_path=shm_path)
+                resolv_path=str(files["resolv.conf"]), shm_path=shm_path, netns_path=netns_path)
             status = SandboxStatus(state=READY, pod_init=pod_init)
             if plan.network is not None:
                 status = await self._setup_network(plan.network, status, undo)
@@ -223,6 +229,8 @@ class PodSandboxController:
             pid_pin = meta.namespaces.get("pid")
             if pid_pin is not None:
                 await self._remove_pod_init(sandbox.status.pod_init_ref(), Path(pid_pin), meta.cgroup, meta.id)
+            if meta.netns_path:
+                await self._unpin([Path(meta.netns_path)])
             await self._unpin(Path(p) for kind, p in meta.namespaces.items() if kind != "pid")
             await self._remove_cgroup(meta.cgroup)
             await self._remove_dir(pod_dir)

@@ -79,7 +79,7 @@ class ServiceContext:
             containers=containers, names=container_names, sandboxes=sandboxes, shims=shims, cgroups=cgroup_manager,
             missing_controller=config.cgroup.missing_controller, events=events, metrics=metrics, clock_ns=clock_ns)
         pods = PodSandboxController(
-            state_dir=Path(config.state), cgroup_base=config.cgroup.base,
+            state_dir=Path(config.state), cgroup_base=config.cgroup.base, netns_dir=config.network.netns_dir,
             missing_controller=config.cgroup.missing_controller, sandboxes=sandboxes, names=sandbox_names,
             containers=lifecycle, cgroups=cgroup_manager, network=network, events=events, metrics=metrics,
             debug=debug, clock_ns=clock_ns)

@@ -18,6 +18,7 @@ def _verbose_info(sandbox: Sandbox) -> dict[str, str]:
         "pid": status.pod_init[0] if status.pod_init else 0,
         "namespaces": meta.namespaces,
         "netns": meta.namespaces.get("net", ""),
+        "netnsPath": meta.netns_path,  # the same namespace where `ip netns` finds it
         "cgroup": meta.cgroup,
         "dir": meta.dir,
         "hostname": meta.hostname,

@@ -41,6 +41,8 @@ class SandboxMeta:
     hosts_path: str
     resolv_path: str
     shm_path: str  # the pod's /dev/shm (its own tmpfs, or the host's for host-IPC pods)
+    # the network namespace's second pin, under its `ip netns` name (<[network] netns_dir>/crisp-<id>), or ""
+    netns_path: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.command import run_command
-from runtime.mounts import unmount
+from runtime.mounts import bind_mount, unmount
 from runtime.namespaces import nsinit
 from runtime.namespaces.sysctl import sysctl_path
 
@@ -83,6 +83,25 @@ def _helper_error(stderr: str, code: int) -> Exception:
         return errors.from_kind(report["kind"], f"pod namespace setup: {report['message']}")
     except (ValueError, KeyError, TypeError):
         return errors.CrispError(f"pod namespace setup failed (exit status {code}): {stderr or 'no message'}")
+
+
+async def publish_netns(pin: Path, target: Path) -> Path:
+    """Bind the pinned network namespace `pin` on `target` too (/run/netns/crisp-<pod id>: `ip netns exec` then
+    works); undone by `unpin_namespaces([target])`. AlreadyExists when something is there."""
+    def prepare() -> None:
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            target.touch(mode=0o444, exist_ok=False)
+        except FileExistsError:
+            raise errors.AlreadyExists(f"{target} already exists") from None
+
+    await asyncio.to_thread(prepare)
+    try:
+        await bind_mount(pin, target)
+    except BaseException:
+        await unpin_namespaces([target])
+        raise
+    return target
 
 
 async def unpin_namespaces(paths: Iterable[Path]) -> None:

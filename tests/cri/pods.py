@@ -21,20 +21,25 @@ NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever t
 class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
-    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "") -> None:
-        """`cgroup_config`: more keys of the [cgroup] table (`extra_config` comes after other tables)."""
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "",
+                 netns_dir: Path | None = None) -> None:
+        """`cgroup_config`: more keys of the [cgroup] table (`extra_config` comes after other tables); `netns_dir`:
+        where pods' network namespaces get their `ip netns` names (default: under `base`, so that a leak is a mount
+        under it)."""
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.cgroup_config = cgroup_config
         self.bridge = f"crispt{secrets.token_hex(4)}"
         self.subnet = free_subnet4(24)
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
+        self.netns_dir = netns_dir or base / f"netns-{name}"
+        self.pod_ids: set[str] = set()  # the pods `run` made
         self.daemon = Crispd(base, config=self.config_text(extra_config), name=name)
 
     def config_text(self, extra: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
         return (f'[cgroup]\nbase = "{self.cgroup_base}"\n{self.cgroup_config}'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
-                f'cni_config_dir = "{NO_CNI_DIR}"\n'
+                f'cni_config_dir = "{NO_CNI_DIR}"\nnetns_dir = "{self.netns_dir}"\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
                 f'{extra}')
 
@@ -53,6 +58,7 @@ class Pods:
         handler = self.handler if handler is None else handler
         response = self.daemon.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=config,
                                                                               runtime_handler=handler))
+        self.pod_ids.add(response.pod_sandbox_id)
         return str(response.pod_sandbox_id)
 
     def leaks(self) -> list[str]:
@@ -61,6 +67,10 @@ class Pods:
         crispd = str(self.daemon.proc.pid) if self.daemon.proc else ""
         left += [f"process {p}" for p in processes_mentioning(str(self.daemon.state))
                  if p.split(":")[0] != crispd]
+        if self.netns_dir.exists():  # a shared dir (/run/netns): only the names of the pods run here
+            own = self.netns_dir.is_relative_to(self.daemon.base)
+            left += [f"netns name {n}" for n in self.netns_dir.iterdir()
+                     if own or n.name.removeprefix("crisp-") in self.pod_ids]
         sandboxes = self.daemon.state / "sandboxes"
         if sandboxes.exists():
             left += [f"dir {d}" for d in sandboxes.iterdir()]
@@ -72,11 +82,12 @@ class Pods:
 
 @contextlib.contextmanager
 def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
-                 check_slow_callbacks: bool = True, cgroup_config: str = "") -> Iterator[Pods]:
+                 check_slow_callbacks: bool = True, cgroup_config: str = "", netns_dir: Path | None = None
+                 ) -> Iterator[Pods]:
     """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
     cleanly without blocking its loop (unless `check_slow_callbacks` is false: under the VM tier's emulation every
     callback is slow)."""
-    p = Pods(base, extra_config, cgroup_config=cgroup_config)
+    p = Pods(base, extra_config, cgroup_config=cgroup_config, netns_dir=netns_dir)
     p.daemon.start(start_timeout)
     try:
         yield p

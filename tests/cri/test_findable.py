@@ -1,17 +1,22 @@
 """Processes crisp leaves running are findable by name: each shim is `crisp-shim <container id>` (comm and command
 line), a shared-PID pod's PID 1 is `crisp-podinit <pod id>`, and nothing else of crisp's lingers; inside a
-container no process shows a host path. Checked with ps and pgrep as an operator would."""
+container no process shows a host path. Checked with ps and pgrep as an operator would. A pod's network namespace
+has a name `ip netns` knows."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from cri import api as cri
+from tests.cri.pods import pod_config, running_pods
 from tests.cri.test_containers import Kubelet
-from tests.leaks import processes_mentioning
+from tests.leaks import mounts_under, processes_mentioning
 
 if TYPE_CHECKING:
     from tests.cri.conftest import TestImages
@@ -61,3 +66,37 @@ def test_shims_and_pod_inits_name_themselves(pods: Pods, test_images: TestImages
     assert seen.exit_code == 0 and b"sleep" in seen.stdout
     for host_path in (CHECKOUT, str(pods.daemon.base), "/.venv/", "python"):
         assert host_path.encode() not in seen.stdout, seen.stdout
+
+
+NETNS_DIR = Path("/run/netns")
+
+
+def ip_netns_names() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.strip()]
+
+
+def test_pod_network_namespaces_have_ip_netns_names(tmp_path: Path) -> None:
+    """crisp-<pod id> in /run/netns, as CRI-O and containerd pin theirs: `ip netns exec` enters the pod's network;
+    the name goes with the pod, a host-network pod has none."""
+    with running_pods(tmp_path, netns_dir=NETNS_DIR) as pods:
+        pod_id = pods.run(pod_config())
+        name = f"crisp-{pod_id}"
+        assert name in ip_netns_names()
+        response = pods.daemon.runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id,
+                                                                                    verbose=True))
+        info = json.loads(response.info["info"])
+        assert info["netnsPath"] == str(NETNS_DIR / name)
+        assert os.stat(NETNS_DIR / name).st_ino == os.stat(info["netns"]).st_ino  # the same namespace
+        inside = subprocess.run(["ip", "netns", "exec", name, "ip", "-o", "-4", "addr", "show", "eth0"],
+                                capture_output=True, text=True)
+        assert inside.returncode == 0 and f"inet {response.status.network.ip}/" in inside.stdout
+
+        host = pod_config("host")
+        host.linux.security_context.namespace_options.network = cri.NODE
+        host_id = pods.run(host)
+        assert f"crisp-{host_id}" not in ip_netns_names()
+
+        pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert name not in ip_netns_names() and not (NETNS_DIR / name).exists()
+        assert str(NETNS_DIR / name) not in mounts_under(NETNS_DIR)
