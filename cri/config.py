@@ -1,7 +1,8 @@
 """crispd's configuration: one TOML file parsed into frozen dataclasses, one per section.
 
 Every default is defined exactly once, as the dataclass field default. Unknown keys and bad values raise
-`ConfigError` naming the full key (`cgroup.driver`). `dump_toml` renders the effective config back as TOML.
+`ConfigError` naming the full key (`cgroup.driver`). `dump_toml` (cri/config_toml.py) renders the effective config back
+as TOML; docs/configuration.md and deploy/crisp.toml are generated from these classes (cri/config_doc.py).
 Field metadata: `choices` (allowed values), `absolute` (must be an absolute path).
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import tomllib
 import typing
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cri.config_toml import dump_toml
 from runtime import errors
 from runtime.cgroups import paths as cgroup_paths
 from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
@@ -42,6 +43,7 @@ _ABS = {"absolute": True}
 class HandlerConfig:
     """A CRI runtime handler (Kubernetes RuntimeClass): the built-in executor or an OCI runtime binary."""
 
+    # "builtin": crisp's own executor; "oci": an OCI runtime with runc's command line (runc, crun)
     type: str = field(default="oci", metadata=_choices("builtin", "oci"))
     # oci: the runtime binary (a name looked up in PATH, or an absolute path)
     path: str = ""
@@ -58,6 +60,10 @@ class HandlerConfig:
 
 @dataclass(frozen=True)
 class CgroupConfig:
+    """cgroup v2: where crisp makes pod cgroups and what a limit whose controller is missing does."""
+
+    # what RuntimeConfig tells the kubelet its cgroup driver is (crisp itself always writes cgroupfs paths; a
+    # systemd slice as cgroup_parent is expanded to one)
     driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
     # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
     missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
@@ -76,6 +82,8 @@ class CgroupConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
+    """Runtime handlers: the Kubernetes RuntimeClass handler names pods may ask for."""
+
     # extra handlers by name; the default handler "" is always the built-in executor
     handlers: dict[str, HandlerConfig] = field(default_factory=dict)
 
@@ -87,16 +95,20 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
+    """Pod networking: the built-in bridge, or the node's CNI plugins when a CNI config exists."""
+
     # the pod CIDR (one network, or an IPv4,IPv6 pair); empty means the kubelet's (UpdateRuntimeConfig), else
     # 10.88.0.0/16
     pod_cidr: str = ""
     # the built-in bridge (used when the CNI config dir holds no config); its name also names its nftables table
     bridge: str = DEFAULT_BRIDGE
+    # the MTU of the bridge and of the pods' interfaces on it
     mtu: int = 1500
     # masquerade traffic from pods to addresses outside the pod CIDR
     masquerade: bool = True
     # CNI: a config here (lexically first *.conflist, *.conf, *.json) replaces the built-in bridge
     cni_config_dir: str = field(default=DEFAULT_CNI_CONFIG_DIR, metadata=_ABS)
+    # CNI: where the plugins a config names are looked for, in this order
     cni_bin_dirs: list[str] = field(default_factory=lambda: list(DEFAULT_CNI_BIN_DIRS))
     # one pod's network setup or teardown (a network helper run, a CNI plugin run) must end within this
     timeout_seconds: float = 60.0
@@ -133,11 +145,13 @@ class OciConfig:
     # clamp a requested oom_score_adj below crispd's own up to crispd's instead of failing (containerd's
     # restrict_oom_score_adj): "auto" does so when crispd lacks CAP_SYS_RESOURCE, i.e. when lowering it would fail
     restrict_oom_score_adj: str = field(default="auto", metadata=_choices("auto", "on", "off"))
-    # RLIMIT_NOFILE of container processes; 0 means what crispd itself runs with
+    # RLIMIT_NOFILE of container processes, soft limit; 0 means what crispd itself runs with
     nofile_soft: int = 0
+    # RLIMIT_NOFILE of container processes, hard limit; 0 means what crispd itself runs with
     nofile_hard: int = 0
-    # CRI annotations copied into the OCI spec: exact keys, or prefixes ending in "*"
+    # a container's CRI annotations copied into its OCI spec: exact keys, or prefixes ending in "*"
     container_annotations: list[str] = field(default_factory=list)
+    # the pod's CRI annotations copied into its containers' OCI specs: exact keys, or prefixes ending in "*"
     pod_annotations: list[str] = field(default_factory=list)
 
     def check(self) -> list[tuple[str, str]]:
@@ -171,6 +185,8 @@ def parse_host_port(value: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    """crispd's Prometheus endpoint (deploy/prometheus.yml scrapes it)."""
+
     # host:port of the Prometheus endpoint (/metrics, /healthz); empty turns it off; port 0 picks a free port
     address: str = "127.0.0.1:9647"
 
@@ -253,7 +269,9 @@ class StreamingConfig:
 class RegistryAuthConfig:
     """Default credentials for one registry host (used when a pull brings none of its own)."""
 
+    # the user name, with `password`
     username: str = ""
+    # the password (never printed: `crispd config` and Status show <redacted>)
     password: str = ""
     # base64 of "username:password", as in docker's config.json
     auth: str = ""
@@ -263,6 +281,8 @@ class RegistryAuthConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
+    """Image pulls: registries and their mirrors (docs/registry.md), downloads, default credentials."""
+
     # containerd-style registry hosts: <dir>/<registry host>/hosts.toml (mirrors, CA, plain http, skip_verify)
     registry_config_path: str = "/etc/crisp/certs.d"
     # layers downloaded at once, over all pulls
@@ -271,7 +291,7 @@ class ImageConfig:
     pull_progress_timeout_seconds: float = 300.0
     # connect timeout, and read timeout of small requests (manifests, configs, tokens)
     request_timeout_seconds: float = 30.0
-    # default credentials per registry host ("docker.io", "registry.example.com:5000")
+    # keyed by registry host ("docker.io", "registry.example.com:5000")
     auths: dict[str, RegistryAuthConfig] = field(default_factory=dict)
 
     def check(self) -> list[tuple[str, str]]:
@@ -288,6 +308,8 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class ShimConfig:
+    """crisp-shim, the process that watches one container and writes its log."""
+
     # a container's log line longer than this is split into partial (P) lines, as the kubelet's log format allows
     log_max_line_bytes: int = 16 * 1024
 
@@ -299,6 +321,8 @@ class ShimConfig:
 
 @dataclass(frozen=True)
 class DebugConfig:
+    """For crisp's own tests and debugging: leave these at their defaults on a node."""
+
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
     # named places where creation fails on purpose (tests of rollback), e.g. "run_pod_sandbox.network"
@@ -309,13 +333,18 @@ class DebugConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The top level: where crispd keeps its data, its socket, its logs."""
+
     # persistent data: the metadata database, images, container layers
     root: str = field(default="/var/lib/crisp", metadata=_ABS)
     # volatile state: shim sockets, pinned namespaces, status files
     state: str = field(default="/run/crisp", metadata=_ABS)
     # the CRI unix socket
     listen: str = field(default="/run/crisp/crisp.sock", metadata=_ABS)
+    # the least severe messages crispd logs (on stderr)
     log_level: str = field(default="info", metadata=_choices("debug", "info", "warning", "error"))
+    # "text": one line per message for people; "json": one JSON object per line for log shippers
+    log_format: str = field(default="text", metadata=_choices("text", "json"))
     # on SIGTERM/SIGINT, in-flight RPCs get this long to finish
     shutdown_grace_seconds: float = 10.0
     cgroup: CgroupConfig = field(default_factory=CgroupConfig)
@@ -433,14 +462,17 @@ def load_config(path: str | None) -> Config:
     return parse_config(text, path)
 
 
-def redacted(config: Config) -> dict[str, Any]:
-    """The config as a dict for reports (Status verbose): registry credentials are masked."""
-    data = dataclasses.asdict(config)
-    for auth in data["image"]["auths"].values():
-        for key in ("password", "auth", "identity_token"):
-            if auth[key]:
-                auth[key] = "<redacted>"
-    return data
+REDACTED = "<redacted>"
+
+
+def redact(config: Config) -> Config:
+    """The config to show (`crispd config`, Status verbose): registry credentials are masked."""
+    def mask(auth: RegistryAuthConfig) -> RegistryAuthConfig:
+        secrets = {k: REDACTED for k in ("password", "auth", "identity_token") if getattr(auth, k)}
+        return dataclasses.replace(auth, **secrets)
+
+    auths = {host: mask(auth) for host, auth in config.image.auths.items()}
+    return dataclasses.replace(config, image=dataclasses.replace(config.image, auths=auths))
 
 
 def with_overrides(config: Config, **overrides: Any) -> Config:
@@ -449,52 +481,3 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
     if not changes:
         return config
     return parse_config(dump_toml(dataclasses.replace(config, **changes)), "command line")
-
-
-# ---------------------------------------------------------------------------------------------- TOML output
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def _toml_key(name: str) -> str:
-    bare = name and all(c.isalnum() or c in "-_" for c in name)
-    return name if bare else json.dumps(name)
-
-
-def _dump_table(obj: object, header: str, out: list[str]) -> None:
-    scalars: list[str] = []
-    tables: list[tuple[str, object]] = []
-    for f in dataclasses.fields(typing.cast(Any, obj)):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            tables.append((f.name, value))
-        elif isinstance(value, dict) and any(dataclasses.is_dataclass(v) for v in value.values()):
-            for name, item in value.items():
-                tables.append((f"{f.name}.{_toml_key(name)}", item))
-        elif isinstance(value, dict):  # a table of plain values: an inline table keeps it on one line
-            items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-            scalars.append(f"{f.name} = {{{items}}}" if value else f"# {f.name}: none")
-        else:
-            scalars.append(f"{f.name} = {_toml_value(value)}")
-    if header:
-        out.append(f"\n[{header}]")
-    out.extend(scalars)
-    for name, table in tables:
-        _dump_table(table, f"{header}.{name}" if header else name, out)
-
-
-def dump_toml(config: Config) -> str:
-    """The config as TOML that `parse_config` reads back to an equal Config."""
-    out: list[str] = []
-    _dump_table(config, "", out)
-    return "\n".join(out).lstrip("\n") + "\n"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 from cri import api as cri
-from cri.config import redacted
+from cri.config import redact
 from cri.doctor.cgroups import missing_controller_notes, pod_controllers
 from cri.network import effective_pod_cidr, network_ready_condition
 from cri.service.context import ServiceContext
@@ -50,7 +51,7 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
     )
     if request.verbose:
         info = {
-            "config": redacted(ctx.config),
+            "config": dataclasses.asdict(redact(ctx.config)),
             "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION,
                         "runtimeApiVersion": cri.RUNTIME_API_VERSION, "criApiRelease": cri.CRI_API_VERSION},
             "podCIDR": await effective_pod_cidr(ctx.config, ctx.store),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cri.config import Config, ConfigError, dump_toml, parse_config, redacted
+from cri.config import Config, ConfigError, parse_config, redact
+from cri.config_toml import dump_toml
 
 
 def test_defaults_and_round_trip() -> None:
@@ -31,5 +32,6 @@ def test_bad_values(text: str, key: str) -> None:
 
 def test_redacted_hides_secrets() -> None:
     parsed = parse_config('[image.auths.r]\nusername = "u"\npassword = "p4ss"\nauth = "YTpi"\n')
-    auth = redacted(parsed)["image"]["auths"]["r"]
-    assert auth == {"username": "u", "password": "<redacted>", "auth": "<redacted>", "identity_token": ""}
+    auth = redact(parsed).image.auths["r"]
+    assert (auth.username, auth.password, auth.auth, auth.identity_token) == ("u", "<redacted>", "<redacted>", "")
+    assert parsed.image.auths["r"].password != "<redacted>"  # the config in use keeps them
