@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -16,7 +18,9 @@ from pathlib import Path
 
 from grpc import aio
 
-from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
+from cri.config import Config, ConfigError, load_config, parse_host_port, redact, with_overrides
+from cri.config_toml import dump_toml
+from cri.logformat import setup_logging
 from cri.metrics import Metrics, StateSnapshot
 from cri.metrics_server import MetricsServer
 from cri.network import build_network
@@ -56,6 +60,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--state", help="state dir for volatile data (overrides the config's state)")
     parser.add_argument("--listen", help="the CRI unix socket (overrides the config's listen)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="log lines as text, or one JSON object per line for log shippers")
+    parser.add_argument("--metrics-address", metavar="HOST:PORT",
+                        help="the Prometheus endpoint (overrides [metrics] address; empty turns it off)")
+    parser.add_argument("--streaming-address", metavar="IP[:PORT]",
+                        help="the exec/attach/port-forward server (overrides [streaming] address, and port if given)")
     parser.add_argument("--version", action="version", version=f"crispd {VERSION}")
     return parser.parse_args(argv)
 
@@ -64,18 +74,6 @@ def _socket_path(value: str | None) -> str | None:
     if value is not None and value.startswith("unix://"):
         return value[len("unix://"):]
     return value
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # grpc's own debug chatter (one line per call) drowns crisp's
-    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
-    # urllib3 logs every connection and request of every pull at DEBUG
-    logging.getLogger("urllib3").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def _prepare_socket_dir(path: Path) -> None:
@@ -269,23 +267,47 @@ def _state_snapshot(ctx: ServiceContext) -> StateSnapshot:
         shims_alive=lambda: sum(shim_alive(pid, start) for pid, start in shims))
 
 
+def _config(args: argparse.Namespace) -> Config:
+    """The config file with the command line's overrides, checked as one."""
+    config = load_config(args.config)
+    metrics = streaming = None
+    if args.metrics_address is not None:
+        metrics = dataclasses.replace(config.metrics, address=args.metrics_address)
+    if args.streaming_address is not None:
+        address, port = args.streaming_address, config.streaming.port
+        if not _is_ip(address):
+            try:
+                address, port = parse_host_port(address)
+            except ValueError as exc:
+                raise ConfigError(f"--streaming-address: {exc}") from None
+        streaming = dataclasses.replace(config.streaming, address=address, port=port)
+    return with_overrides(config, root=args.root, state=args.state, listen=_socket_path(args.listen),
+                          log_level=args.log_level, log_format=args.log_format, metrics=metrics,
+                          streaming=streaming)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if args.command == "version":
         print(f"crispd {VERSION}")
         return 0
     try:
-        config = with_overrides(
-            load_config(args.config),
-            root=args.root, state=args.state, listen=_socket_path(args.listen), log_level=args.log_level,
-        )
+        config = _config(args)
     except ConfigError as exc:
         print(f"crispd: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "config":
-        sys.stdout.write(dump_toml(config))
+        sys.stdout.write(dump_toml(redact(config)))
         return 0
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         Daemon(config).run()
     except (StartupError, errors.CrispError) as exc:

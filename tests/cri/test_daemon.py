@@ -18,6 +18,7 @@ from cri import api as cri
 from cri.config import Config, parse_config
 from runtime.version import VERSION
 from tests.cri.crispd import Crispd, crispd_command
+from tests.integration.netutil import free_port
 
 IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "RunPodSandbox", "StopPodSandbox",
                "RemovePodSandbox", "PodSandboxStatus", "ListPodSandbox",
@@ -285,3 +286,64 @@ def test_crispd_forks_nothing_but_starts_its_shim_zygote(crispd: Crispd) -> None
     commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
     assert len(commands) == 1
     assert b"-I" in commands[0] and any(b"shim.zygote" in part for part in commands[0])
+
+
+def test_config_command_never_prints_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "crisp.toml"
+    path.write_text('[image.auths."registry.example.com"]\nusername = "robot"\npassword = "hunter2"\n'
+                    '[image.auths.other]\nauth = "cm9ib3Q6aHVudGVyMg=="\nidentity_token = "refresh-me"\n')
+    out = subprocess.run([*crispd_command(), "--config", str(path), "config"], check=True, capture_output=True,
+                         text=True).stdout
+    assert "hunter2" not in out and "cm9ib3Q6aHVudGVyMg==" not in out and "refresh-me" not in out
+    shown = parse_config(out).image.auths
+    assert shown["registry.example.com"].username == "robot"
+    assert shown["registry.example.com"].password == shown["other"].auth == "<redacted>"
+    assert shown["other"].identity_token == "<redacted>"
+
+
+def test_flags_override_the_metrics_and_streaming_addresses(tmp_path: Path) -> None:
+    def effective(*flags: str) -> Config:
+        result = subprocess.run([*crispd_command(), "--config", str(tmp_path / "none.toml"), *flags, "config"],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return parse_config(result.stdout)
+
+    (tmp_path / "none.toml").write_text("")
+    assert effective("--metrics-address", "").metrics.address == ""
+    assert effective("--metrics-address", "[::1]:9999").metrics.address == "[::1]:9999"
+    streaming = effective("--streaming-address", "127.0.0.2").streaming
+    assert (streaming.address, streaming.port) == ("127.0.0.2", 0)
+    streaming = effective("--streaming-address", "[::1]:10010").streaming
+    assert (streaming.address, streaming.port) == ("::1", 10010)
+    bad = subprocess.run([*crispd_command(), "--streaming-address", "0.0.0.0", "config"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "streaming.address" in bad.stderr
+
+    # a running crispd: no metrics endpoint at all, and the streaming server where the flag says
+    port = free_port()
+    (tmp_path / "d").mkdir()
+    daemon = Crispd(tmp_path / "d", metrics="127.0.0.1:1")  # the flag wins over the file
+    daemon.spawn("--metrics-address", "", "--streaming-address", f"127.0.0.1:{port}")
+    try:
+        daemon.wait_ready()
+        assert "metrics on http://" not in daemon.log()
+        assert f"streaming server listening on http://127.0.0.1:{port}" in daemon.log()
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+
+
+def test_json_logs(tmp_path: Path) -> None:
+    """--log-format json: every line crispd writes is one JSON object with the same keys."""
+    daemon = Crispd(tmp_path)
+    daemon.spawn("--log-format", "json")
+    try:
+        daemon.wait_ready()
+        with pytest.raises(grpc.RpcError):
+            daemon.runtime.ContainerStatus(cri.ContainerStatusRequest(container_id="nosuchcontainer"))
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    entries = [json.loads(line) for line in daemon.log().splitlines()]
+    assert {tuple(e) for e in entries} == {("time", "level", "logger", "msg")}
+    assert any(e["msg"].startswith("crispd ") and "serving CRI v1" in e["msg"] and e["level"] == "info"
+               for e in entries)
+    assert all(e["time"].endswith("Z") for e in entries)
