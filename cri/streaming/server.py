@@ -104,6 +104,10 @@ class StreamingServer:
         except asyncio.CancelledError:
             writer.transport.abort()
             raise
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            # a client that hung up (finished, gave up, killed): an everyday end, not crispd's failure
+            log.debug("streaming: %s went away: %r", peer, exc)
+            writer.transport.abort()
         except Exception:
             log.exception("streaming connection from %s failed", peer)
             writer.transport.abort()

@@ -7,7 +7,9 @@ import contextlib
 import hashlib
 import os
 import secrets
+import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -455,3 +457,69 @@ def test_a_client_that_hangs_up_ends_its_session_without_an_error(kube: Kubelet)
         forwarder.client.abort()
     assert kube.pods.daemon.log().count("session (portforward.k8s.io) from") == 5
     assert not wait_until(lambda: "streaming connection from" in kube.pods.daemon.log(), 3)
+
+
+def test_client_disconnects_are_not_errors(kube: Kubelet) -> None:
+    """What crictl users do every day ends sessions normally: an exec that finishes, a tty exec, an attach whose
+    client goes away, a port-forward stopped with ^C. crispd logs them at DEBUG, never an ERROR or a traceback."""
+    daemon = kube.pods.daemon
+    pod_id, pod = kube.pod()
+    container_id = kube.run(pod_id, pod, "web", ["sh", "-c", WEB_SCRIPT])
+    talker = kube.run(pod_id, pod, "talker", ["sh", "-c", "while :; do echo tick; sleep 0.2; done"])
+    assert wait_until(lambda: kube.exec(container_id, ["test", "-f", "/www/ready"]).exit_code == 0, 30)
+    assert daemon.crictl("exec", container_id, "echo", "hi").stdout == b"hi\n"
+    master, terminal = os.openpty()  # crictl exec -it wants a terminal
+    try:
+        tty_exec = subprocess.run(daemon.crictl_command("exec", "-it", container_id, "true"), stdin=terminal,
+                                  stdout=terminal, stderr=terminal, timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(master)
+    assert tty_exec.returncode == 0
+    attach = subprocess.Popen(daemon.crictl_command("attach", talker), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        assert attach.stdout is not None and attach.stdout.readline() == b"tick\n"
+    finally:
+        attach.kill()  # the client is gone without a goodbye
+        attach.wait(30)
+    local = free_port()
+    forward = subprocess.Popen(daemon.crictl_command("port-forward", pod_id, f"{local}:8080"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def fetched() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{local}/ready", timeout=30) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        assert wait_until(fetched, 30)
+    finally:
+        forward.send_signal(signal.SIGINT)
+        forward.wait(30)
+    # a client that resets its connection halfway through its request (a kill -9, a dropped tunnel)
+    url = str(daemon.runtime.Exec(cri.ExecRequest(container_id=container_id, cmd=["true"], stdout=True)).url)
+    host, port = url.split("//")[1].split("/")[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET /{url.split('/', 3)[3]} HTTP/1.1\r\nHost: x\r\n".encode())
+        time.sleep(0.2)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends a reset
+    assert wait_until(lambda: daemon.log().count("session (") >= 4, 10), daemon.log()
+    time.sleep(1)  # whatever crispd would say about the last session's end
+    assert unquiet(daemon.log()) == []
+
+
+def unquiet(log: str) -> list[str]:
+    """The records above DEBUG that are errors or carry a traceback (asyncio's debug mode, which the tests turn on,
+    logs the broken pipes of clients that left, with their traceback, at DEBUG)."""
+    found, level, record = [], "", ""
+    for line in log.splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) == 4 and parts[2] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            level, record = parts[2], line
+            if level in ("ERROR", "CRITICAL"):
+                found.append(line)
+        elif line.startswith("Traceback") and level != "DEBUG":
+            found.append(record)
+    return found
