@@ -174,7 +174,8 @@ def load_hosts_file(path: str, domain: str) -> list[RegistryHost]:
 
 
 def registry_hosts(config_dir: str, domain: str) -> list[RegistryHost]:
-    """Where to pull a registry's images from, in the order to try them (only hosts that can pull)."""
+    """Where to pull a registry's images from, in the order to try them (only hosts that can pull), each endpoint
+    once: a mirror that is also the upstream (a loopback registry mirrored to itself) is asked once, as a mirror."""
     path = ""
     if config_dir:
         for candidate in (domain, "_default"):
@@ -183,7 +184,10 @@ def registry_hosts(config_dir: str, domain: str) -> list[RegistryHost]:
                 path = file
                 break
     hosts = load_hosts_file(path, domain) if path else default_hosts(domain)
-    usable = [h for h in hosts if "pull" in h.capabilities]
+    usable: list[RegistryHost] = []
+    for host in hosts:
+        if "pull" in host.capabilities and all(h.base_url != host.base_url for h in usable):
+            usable.append(host)
     if not usable:
         raise errors.InvalidArgument(f"registry hosts config {path}: no host of {domain} may pull")
     return usable

@@ -393,6 +393,11 @@ def test_mirrors_from_hosts_toml(daemon: Crispd, certs: Path, images: Images) ->
     hosts_toml(certs, "down.crisp.test", f"http://127.0.0.1:{dead}", server=f"http://127.0.0.1:{dead}")
     err = rpc_error(pull, daemon, "down.crisp.test/crisp/features:v1")
     assert err.code() is grpc.StatusCode.UNAVAILABLE and str(dead) in (err.details() or "")
+    # a loopback registry mirrored to itself: each endpoint is asked once (the error names each one tried)
+    hosts_toml(certs, f"127.0.0.1:{dead}", f"http://127.0.0.1:{dead}")
+    err = rpc_error(pull, daemon, f"127.0.0.1:{dead}/crisp/features:v1")
+    assert (err.details() or "").count(f"http://127.0.0.1:{dead}/v2") == 1, err.details()
+    assert (err.details() or "").count(f"https://127.0.0.1:{dead}/v2") == 1, err.details()
 
 
 # ---------------------------------------------------------------------------------------------------- auth

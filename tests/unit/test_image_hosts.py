@@ -60,6 +60,16 @@ def test_no_server_means_the_registry_itself(tmp_path: Path) -> None:
         "http://10.0.0.1:5000/v2", "https://example.com/v2"]
 
 
+def test_each_endpoint_once(tmp_path: Path) -> None:
+    """A loopback registry mirrored to itself (the mirror is also the upstream's plain-HTTP fallback): asked once,
+    with the mirror's settings."""
+    _write(tmp_path, "127.0.0.1:5000", '[host."http://127.0.0.1:5000"]\n  skip_verify = true\n'
+                                       '[host."http://127.0.0.1:5000/v2"]\n')
+    hosts = registry_hosts(str(tmp_path), "127.0.0.1:5000")
+    assert [h.base_url for h in hosts] == ["http://127.0.0.1:5000/v2", "https://127.0.0.1:5000/v2"]
+    assert hosts[0].mirror and hosts[0].skip_verify
+
+
 def test_default_dir(tmp_path: Path) -> None:
     _write(tmp_path, "_default", 'server = "http://127.0.0.1:9"\n')
     assert [h.base_url for h in registry_hosts(str(tmp_path), "any.example")] == ["http://127.0.0.1:9/v2"]
