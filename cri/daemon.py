@@ -25,6 +25,7 @@ from cri.metrics import Metrics, StateSnapshot
 from cri.metrics_server import MetricsServer
 from cri.network import build_network
 from cri.oci import NodeFacts
+from cri.pod_metrics import pod_sandbox_metrics
 from cri.recovery import recover
 from cri.server import CrispInterceptor, Readiness
 from cri.service.context import ServiceContext
@@ -257,10 +258,16 @@ class Daemon:
             log.info("crispd stopped")
 
 
-def _state_snapshot(ctx: ServiceContext) -> StateSnapshot:
-    """What exists now, for the metrics page (counted on the loop, where the stores live)."""
+async def _state_snapshot(ctx: ServiceContext) -> StateSnapshot:
+    """What exists now, for the metrics page (counted on the loop, where the stores live), with the workloads'
+    cAdvisor metrics."""
+    try:
+        workloads = await pod_sandbox_metrics(ctx.stats, ctx.sandboxes, ctx.containers, ctx.clock_ns())
+    except Exception as exc:  # the page still shows crispd's own metrics
+        log.warning("metrics: cannot read the pods' metrics: %s", exc)
+        workloads = []
     shims = [(i.pid, i.start_time) for i in ctx.shims.known()]
-    return StateSnapshot(
+    return StateSnapshot(workloads=workloads,
         containers=collections.Counter(c.status.state for c in ctx.containers.all()),
         pods=collections.Counter(s.status.state for s in ctx.sandboxes.all()),
         event_subscribers=ctx.events.broker.subscribers, ready=ctx.readiness.ready,

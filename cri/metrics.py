@@ -10,7 +10,7 @@ process collector.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +23,21 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily
 
 from cri.errors import status_code_for
+from cri.pod_metrics import PodMetrics, prometheus_families
 from runtime.version import VERSION
 
 # RPC latencies from sub-millisecond status calls to multi-minute image pulls
 _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+# go-grpc-prometheus's labels: what dashboards built for containerd and CRI-O select on
+_GRPC_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
+# grpc_code as Go's codes.Code.String() spells it (go-grpc-prometheus): CamelCase, "Canceled" with one l
+_GO_CODE_NAMES = {code: "".join(part.title() for part in code.name.split("_")) for code in grpc.StatusCode}
+_GO_CODE_NAMES.update({grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"})
 _PULL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _NETWORK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -47,6 +54,8 @@ class StateSnapshot:
     event_subscribers: int = 0
     ready: bool = False
     shims_alive: Callable[[], int] | None = None
+    # cAdvisor's metrics of every ready pod and its containers (cri/pod_metrics.py)
+    workloads: Sequence[PodMetrics] = ()
 
 
 class _StateCollector:
@@ -77,20 +86,32 @@ class _StateCollector:
                                 value=snap.event_subscribers)
         yield GaugeMetricFamily("crisp_ready", "1 when crispd serves the CRI, 0 while it starts or stops.",
                                 value=1 if snap.ready else 0)
+        yield from prometheus_families(snap.workloads)
 
 
 class Metrics:
     """Every metric crispd exports; the daemon builds one and passes it where it is needed."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # no *_created series: prometheus_client's switch is process-wide, and crispd has one registry anyway
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.grpc_requests = Counter(
-            "crisp_grpc_requests_total", "CRI RPCs handled, by method and gRPC status code.", ["method", "code"],
+        # gRPC, under go-grpc-prometheus's names and labels (grpc_service is the full name, runtime.v1.RuntimeService)
+        self.grpc_started = Counter(
+            "grpc_server_started_total", "Total number of RPCs started on the server.", _GRPC_LABELS, registry=r)
+        self.grpc_handled = Counter(
+            "grpc_server_handled_total", "Total number of RPCs completed on the server, regardless of success or "
+            "failure.", [*_GRPC_LABELS, "grpc_code"], registry=r)
+        self.grpc_received = Counter(
+            "grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.",
+            _GRPC_LABELS, registry=r)
+        self.grpc_sent = Counter(
+            "grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.", _GRPC_LABELS,
             registry=r)
-        self.grpc_duration = Histogram(
-            "crisp_grpc_request_duration_seconds", "Time to handle a CRI RPC, by method.", ["method"],
-            buckets=_RPC_BUCKETS, registry=r)
+        self.grpc_seconds = Histogram(
+            "grpc_server_handling_seconds", "Histogram of response latency (seconds) of gRPC that had been "
+            "application-level handled by the server.", _GRPC_LABELS, buckets=_RPC_BUCKETS, registry=r)
         self.image_pulls = Counter(
             "crisp_image_pulls_total", "PullImage calls that finished, successful or not.", registry=r)
         self.image_pull_failures = Counter(
@@ -102,7 +123,8 @@ class Metrics:
             "crisp_image_pull_duration_seconds", "Time of successful PullImage calls.", buckets=_PULL_BUCKETS,
             registry=r)
         self.oom_kills = Counter(
-            "crisp_container_oom_kills_total", "Containers whose exit was an OOM kill.", registry=r)
+            "crisp_container_oom_kills_total", "Containers whose exit was an OOM kill, by pod and container "
+            "(Kubernetes names).", ["namespace", "pod", "container"], registry=r)
         self.network_setup_duration = Histogram(
             "crisp_network_setup_duration_seconds", "Time to attach a pod to the pod network, by backend.",
             ["backend"], buckets=_NETWORK_BUCKETS, registry=r)
@@ -119,9 +141,18 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
 
-    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        self.grpc_requests.labels(method=method, code=code).inc()
-        self.grpc_duration.labels(method=method).observe(seconds)
+    def rpc_started(self, kind: str, service: str, method: str) -> None:
+        """An RPC arrived with its request (`kind`: "unary" or "server_stream", as grpc_type)."""
+        self.grpc_started.labels(kind, service, method).inc()
+        self.grpc_received.labels(kind, service, method).inc()
+
+    def rpc_sent(self, kind: str, service: str, method: str) -> None:
+        """One response message (a unary answer, or one item of a stream)."""
+        self.grpc_sent.labels(kind, service, method).inc()
+
+    def rpc_handled(self, kind: str, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.grpc_handled.labels(kind, service, method, _GO_CODE_NAMES[code]).inc()
+        self.grpc_seconds.labels(kind, service, method).observe(seconds)
 
     def observe_image_pull(self, seconds: float, error: BaseException | None) -> None:
         self.image_pulls.inc()

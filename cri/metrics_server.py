@@ -4,7 +4,8 @@
     GET /healthz   200 "ok" once crispd serves the CRI, 503 with the reason before that and while it stops
 
 The loop only parses requests and writes answers: the page is rendered (and compressed) in a worker thread, from
-counters that are thread-safe and from a snapshot of the stores taken on the loop just before. One request per
+counters that are thread-safe and from a snapshot taken just before (the stores, read on the loop; the pods' and
+containers' cAdvisor metrics, read from their cgroups in worker threads). One request per
 connection (the answer says `Connection: close`); requests are small and must arrive within a few seconds.
 """
 
@@ -14,7 +15,7 @@ import asyncio
 import contextlib
 import gzip
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client.exposition import choose_encoder
 
@@ -32,7 +33,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 class MetricsServer:
     def __init__(self, address: str, metrics: Metrics, readiness: Readiness,
-                 snapshot: Callable[[], StateSnapshot]) -> None:
+                 snapshot: Callable[[], Awaitable[StateSnapshot]]) -> None:
         self.host, self.port = parse_host_port(address)
         self.metrics = metrics
         self.readiness = readiness
@@ -115,7 +116,7 @@ class MetricsServer:
             await _answer(writer, 404, b"not found: try /metrics or /healthz\n", head_only=head_only)
 
     async def _render(self, accept: str, accept_encoding: str) -> tuple[bytes, str, str]:
-        self.metrics.set_state(self.snapshot())
+        self.metrics.set_state(await self.snapshot())
         encoder, content_type = choose_encoder(accept)
         use_gzip = "gzip" in accept_encoding
 

@@ -1,18 +1,22 @@
-"""cAdvisor's container metrics from the CRI (ListMetricDescriptors, ListPodSandboxMetrics).
+"""cAdvisor's container metrics, from one table: ListMetricDescriptors, ListPodSandboxMetrics and crispd's /metrics.
 
-With these the kubelet's /metrics/cadvisor can come from the runtime alone (PodAndContainerStatsFromCRI). The names,
-help texts and label keys are cAdvisor's, as the kubelet and critest know them; every metric carries the base labels
-id, image, namespace, pod and container, some one more (cpu, interface, device, ...). Network metrics are the
-pod's (container "POD"); everything else is per container. Values are integers (the CRI's UInt64Value): seconds
-are whole seconds. A metric whose source the host lacks (no memory controller: no memory metrics) is left out,
-never sent as 0; a missing limit is reported as cAdvisor does, 0 meaning "no limit". Live values have timestamp 0
-("gathered now"); the file system ones carry the time of the cached walk they come from.
+With these the kubelet's /metrics/cadvisor can come from the runtime alone (PodAndContainerStatsFromCRI), and a
+Prometheus without a kubelet sees workloads on crispd's own endpoint. The names, help texts and label keys are
+cAdvisor's, as the kubelet, critest and dashboards know them; every metric carries the base labels id, image,
+namespace, pod and container, some one more (cpu, interface, device, ...). Per container; per pod, its cgroup
+(container "", as cAdvisor's pod cgroup) and its network (container "POD"). In the CRI the values are integers
+(UInt64Value: seconds are whole seconds); on /metrics they are exact. A metric whose source the host lacks (no memory
+controller: no memory metrics) is left out, never sent as 0; a missing limit is reported as cAdvisor does, 0
+meaning "no limit". Live values have timestamp 0 ("gathered now"); the file system ones carry the time of the cached
+walk they come from (in the CRI only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from prometheus_client.metrics_core import Metric
 
 from cri import api as cri
 from cri.stats import CgroupRequest, CgroupSample, DiskUsage, NetworkSample, StatsCollector
@@ -117,20 +121,36 @@ NS = 1_000_000_000
 USEC = 1_000_000
 
 
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    kind: int  # COUNTER or GAUGE
+    labels: tuple[str, ...]  # the descriptor's label values, in its order
+    value: float
+    timestamp: int = 0  # ns; 0: gathered now
+
+    def message(self) -> cri.Metric:
+        return cri.Metric(name=self.name, timestamp=self.timestamp, metric_type=self.kind,  # type: ignore[arg-type]
+                          label_values=self.labels, value=cri.UInt64Value(value=max(0, int(self.value))))
+
+
 class _Metrics:
     """Collects the metrics of one container (or the pod) with its base label values."""
 
     def __init__(self, base: Sequence[str]) -> None:
-        self.base = list(base)
-        self.items: list[cri.Metric] = []
+        self.base = tuple(base)
+        self.samples: list[Sample] = []
 
-    def add(self, name: str, kind: int, value: int | None, *extra: str, timestamp: int = 0) -> None:
+    @property
+    def items(self) -> list[cri.Metric]:
+        return [s.message() for s in self.samples]
+
+    def add(self, name: str, kind: int, value: float | None, *extra: str, timestamp: int = 0) -> None:
         if value is None:
             return
-        labels = [*self.base, *extra]
+        labels = (*self.base, *extra)
         assert len(labels) == LABEL_COUNT[name], name
-        self.items.append(cri.Metric(name=name, timestamp=timestamp, metric_type=kind,  # type: ignore[arg-type]
-                                     label_values=labels, value=cri.UInt64Value(value=max(0, value))))
+        self.samples.append(Sample(name, kind, labels, value, timestamp))
 
 
 def _limit(text: str | None) -> int | None:
@@ -144,9 +164,9 @@ def _pressure(m: _Metrics, resource: str, pressure: Pressure | None) -> None:
     if pressure is None:
         return
     if pressure.full is not None:
-        m.add(f"container_pressure_{resource}_stalled_seconds_total", COUNTER, pressure.full.total // USEC)
+        m.add(f"container_pressure_{resource}_stalled_seconds_total", COUNTER, pressure.full.total / USEC)
     if pressure.some is not None:
-        m.add(f"container_pressure_{resource}_waiting_seconds_total", COUNTER, pressure.some.total // USEC)
+        m.add(f"container_pressure_{resource}_waiting_seconds_total", COUNTER, pressure.some.total / USEC)
 
 
 def _cgroup_metrics(m: _Metrics, sample: CgroupSample) -> None:
@@ -156,14 +176,14 @@ def _cgroup_metrics(m: _Metrics, sample: CgroupSample) -> None:
     cpu = stats.cpu
     if cpu is not None:
         m.add("container_cpu_usage_seconds_total", COUNTER,
-              None if cpu.usage_usec is None else cpu.usage_usec // USEC, "total")
-        m.add("container_cpu_user_seconds_total", COUNTER, None if cpu.user_usec is None else cpu.user_usec // USEC)
+              None if cpu.usage_usec is None else cpu.usage_usec / USEC, "total")
+        m.add("container_cpu_user_seconds_total", COUNTER, None if cpu.user_usec is None else cpu.user_usec / USEC)
         m.add("container_cpu_system_seconds_total", COUNTER,
-              None if cpu.system_usec is None else cpu.system_usec // USEC)
+              None if cpu.system_usec is None else cpu.system_usec / USEC)
         m.add("container_cpu_cfs_periods_total", COUNTER, cpu.nr_periods)
         m.add("container_cpu_cfs_throttled_periods_total", COUNTER, cpu.nr_throttled)
         m.add("container_cpu_cfs_throttled_seconds_total", COUNTER,
-              None if cpu.throttled_usec is None else cpu.throttled_usec // USEC)
+              None if cpu.throttled_usec is None else cpu.throttled_usec / USEC)
     memory = stats.memory
     if memory is not None:
         m.add("container_memory_usage_bytes", GAUGE, memory.current)
@@ -240,35 +260,76 @@ def _network_metrics(m: _Metrics, network: NetworkSample | None) -> None:
 
 
 def container_metrics(container: Container, sandbox: Sandbox, sample: CgroupSample, disk: DiskUsage | None,
-                      now: int) -> cri.ContainerMetrics:
+                      now: int) -> list[Sample]:
     pod = sandbox.meta.config.metadata
     m = _Metrics((container.id, container.meta.image_name, pod.namespace, pod.name,
                   container.meta.config.metadata.name))
     _cgroup_metrics(m, sample)
     _disk_metrics(m, disk)
     started = container.status.started_at or container.meta.created_at
-    m.add("container_start_time_seconds", GAUGE, started // NS)
-    m.add("container_last_seen", GAUGE, now // NS)
-    return cri.ContainerMetrics(container_id=container.id, metrics=m.items)
+    m.add("container_start_time_seconds", GAUGE, started / NS)
+    m.add("container_last_seen", GAUGE, now / NS)
+    return m.samples
+
+
+@dataclass(frozen=True)
+class PodMetrics:
+    """One pod's samples: its own (cgroup and network) and each container's, by id."""
+
+    sandbox_id: str
+    samples: list[Sample]
+    containers: list[tuple[str, list[Sample]]]
 
 
 async def pod_sandbox_metrics(stats: StatsCollector, sandboxes: SandboxStore, containers: ContainerStore,
-                              now: int) -> list[cri.PodSandboxMetrics]:
-    """The metrics of every ready pod: its network's, and each created and running container's."""
+                              now: int) -> list[PodMetrics]:
+    """The metrics of every ready pod: its cgroup's and its network's, and each created and running container's.
+    Read without touching the CPU rates the stats RPCs keep (a scrape must not shorten the kubelet's window)."""
     ready = sorted((s for s in sandboxes.all() if s.status.state == READY), key=lambda s: s.meta.created_at)
     members = {s.id: live_containers(containers, s.id) for s in ready}
     every = [c for cs in members.values() for c in cs]
-    samples = await stats.cgroups([CgroupRequest(c.id, c.meta.cgroup, processes=True, open_files=True,
-                                                 limits=True) for c in every])
+    requests = [CgroupRequest(s.id, s.meta.cgroup, processes=True, limits=True) for s in ready]
+    requests += [CgroupRequest(c.id, c.meta.cgroup, processes=True, open_files=True, limits=True) for c in every]
+    samples = await stats.cgroups(requests, rates=False)
     disks = await stats.disk_usage({c.id: upper_dir(c) for c in every})
     networks = await stats.network({s.id: ns for s in ready if (ns := own_netns(s)) is not None})
     out = []
     for sandbox in ready:
         pod = sandbox.meta.config.metadata
-        pod_metrics = _Metrics((sandbox.id, "", pod.namespace, pod.name, "POD"))
-        _network_metrics(pod_metrics, networks.get(sandbox.id))
-        out.append(cri.PodSandboxMetrics(
-            pod_sandbox_id=sandbox.id, metrics=pod_metrics.items,
-            container_metrics=[container_metrics(c, sandbox, samples[c.id], disks.get(c.id), now)
-                               for c in members[sandbox.id]]))
+        cgroup = _Metrics((sandbox.id, "", pod.namespace, pod.name, ""))  # the pod cgroup, as cAdvisor's
+        _cgroup_metrics(cgroup, samples[sandbox.id])
+        network = _Metrics((sandbox.id, "", pod.namespace, pod.name, "POD"))
+        _network_metrics(network, networks.get(sandbox.id))
+        out.append(PodMetrics(sandbox.id, cgroup.samples + network.samples, [
+            (c.id, container_metrics(c, sandbox, samples[c.id], disks.get(c.id), now)) for c in members[sandbox.id]]))
     return out
+
+
+def cri_pod_metrics(pods: Sequence[PodMetrics]) -> list[cri.PodSandboxMetrics]:
+    """ListPodSandboxMetrics's answer: the samples as CRI metrics (whole numbers)."""
+    return [cri.PodSandboxMetrics(
+        pod_sandbox_id=p.sandbox_id, metrics=[s.message() for s in p.samples],
+        container_metrics=[cri.ContainerMetrics(container_id=cid, metrics=[s.message() for s in samples])
+                           for cid, samples in p.containers]) for p in pods]
+
+
+def prometheus_families(pods: Sequence[PodMetrics]) -> Iterator[Metric]:
+    """The samples as Prometheus metric families for crispd's /metrics, in the table's order, with its help texts
+    and label keys; exact values. A counter whose name lacks _total (container_memory_failcnt) is "unknown", since
+    OpenMetrics wants counters to end in _total."""
+    by_name: dict[str, list[Sample]] = {}
+    for pod in pods:
+        for sample in [*pod.samples, *(s for _, samples in pod.containers for s in samples)]:
+            by_name.setdefault(sample.name, []).append(sample)
+    for descriptor in DESCRIPTORS:
+        found = by_name.get(descriptor.name)
+        if not found:
+            continue
+        counter = found[0].kind == COUNTER and descriptor.name.endswith("_total")
+        kind = "counter" if counter else "gauge" if found[0].kind == GAUGE else "unknown"
+        # a counter family is named without _total (the exposition adds it), its samples with it
+        family = Metric(descriptor.name.removesuffix("_total") if counter else descriptor.name, descriptor.help, kind)
+        keys = [*BASE_LABELS, *descriptor.extra_labels]
+        for sample in found:
+            family.add_sample(descriptor.name, dict(zip(keys, sample.labels, strict=True)), sample.value)
+        yield family

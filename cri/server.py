@@ -61,30 +61,32 @@ class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = str(handler_call_details.method).rsplit("/", 1)[-1]
+        service, _, method = str(handler_call_details.method).lstrip("/").rpartition("/")
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),
+                self._wrap_unary(service, method, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),
+                self._wrap_stream(service, method, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # CRI has no client-streaming RPCs
 
-    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    def _wrap_unary(self, service: str, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         async def call(request: Any, context: aio.ServicerContext) -> Any:
             start = time.monotonic()
             code = grpc.StatusCode.OK
+            self._metrics.rpc_started("unary", service, method)
             try:
                 self._gate(method)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     result = await result
+                self._metrics.rpc_sent("unary", service, method)
                 return result
             except BaseException as exc:
                 code, message = self._classify(method, context, exc)
@@ -92,20 +94,23 @@ class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                     raise
                 await context.abort(code, message)
             finally:
-                self._record(method, code, start)
+                self._record("unary", service, method, code, start)
 
         return call
 
-    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
+    def _wrap_stream(self, service: str, method: str, behavior: Callable[..., Any]
+                     ) -> Callable[..., AsyncIterator[Any]]:
         async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.monotonic()
             code = grpc.StatusCode.OK
+            self._metrics.rpc_started("server_stream", service, method)
             try:
                 self._gate(method)
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
                         yield item
+                        self._metrics.rpc_sent("server_stream", service, method)
                 elif inspect.isawaitable(result):
                     await result
             except BaseException as exc:
@@ -114,7 +119,7 @@ class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                     raise
                 await context.abort(code, message)
             finally:
-                self._record(method, code, start)
+                self._record("server_stream", service, method, code, start)
 
         return call
 
@@ -141,8 +146,8 @@ class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         log.log(logging.DEBUG if _is_quiet(method) else logging.INFO, "%s: %s: %s", method, code.name, exc)
         return code, str(exc)
 
-    def _record(self, method: str, code: grpc.StatusCode, start: float) -> None:
+    def _record(self, kind: str, service: str, method: str, code: grpc.StatusCode, start: float) -> None:
         seconds = time.monotonic() - start
-        self._metrics.observe_rpc(method, code.name, seconds)
+        self._metrics.rpc_handled(kind, service, method, code, seconds)
         if code is grpc.StatusCode.OK:
             log.log(logging.DEBUG if _is_quiet(method) else logging.INFO, "%s ok in %.1f ms", method, seconds * 1e3)

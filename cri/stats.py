@@ -155,8 +155,9 @@ class StatsCollector:
         self._disk: dict[str, tuple[int, DiskUsage]] = {}
         self._disk_lock = asyncio.Lock()
 
-    async def cgroups(self, requests: list[CgroupRequest]) -> dict[str, CgroupSample]:
-        """Read these cgroups (one worker thread for all); key -> sample, with nano cores where a rate exists."""
+    async def cgroups(self, requests: list[CgroupRequest], rates: bool = True) -> dict[str, CgroupSample]:
+        """Read these cgroups (one worker thread for all); key -> sample, with nano cores where a rate exists
+        (`rates` false: no nano cores, and the samples kept for the rates stay as they are)."""
         if not requests:
             return {}
         try:
@@ -169,6 +170,8 @@ class StatsCollector:
             return [(_read_cgroup(mount, r, self._clock_ns), time.monotonic_ns()) for r in requests]
 
         samples = await asyncio.to_thread(read_all)
+        if not rates:
+            return {request.key: sample for request, (sample, _) in zip(requests, samples, strict=True)}
         out = {}
         for request, (sample, mono) in zip(requests, samples, strict=True):
             out[request.key] = self._with_rate(request.key, sample, mono)

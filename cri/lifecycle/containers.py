@@ -102,7 +102,9 @@ class ContainerController:
             return
         log.info("container %s exited with %d (%s)", container.id, status.exit_code, container.status.reason)
         if status.oom_killed:
-            self.metrics.oom_kills.inc()
+            sandbox = self.sandboxes.find(container.meta.sandbox_id)
+            pod = sandbox.meta.config.metadata if sandbox is not None else cri.PodSandboxMetadata()
+            self.metrics.oom_kills.labels(pod.namespace, pod.name, container.meta.config.metadata.name).inc()
         self.events.container(container, cri.CONTAINER_STOPPED_EVENT)
 
     async def _watch_exit(self, container: Container) -> None:

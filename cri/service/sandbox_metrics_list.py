@@ -4,7 +4,7 @@ so that the kubelet's /metrics/cadvisor can come from the runtime alone."""
 from __future__ import annotations
 
 from cri import api as cri
-from cri.pod_metrics import pod_sandbox_metrics
+from cri.pod_metrics import cri_pod_metrics, pod_sandbox_metrics
 from cri.service.context import ServiceContext
 from cri.usage import forget_removed
 
@@ -13,4 +13,4 @@ async def list_pod_sandbox_metrics(ctx: ServiceContext, request: cri.ListPodSand
                                    ) -> cri.ListPodSandboxMetricsResponse:
     metrics = await pod_sandbox_metrics(ctx.stats, ctx.sandboxes, ctx.containers, ctx.clock_ns())
     forget_removed(ctx.stats, ctx.containers, ctx.sandboxes)
-    return cri.ListPodSandboxMetricsResponse(pod_metrics=metrics)
+    return cri.ListPodSandboxMetricsResponse(pod_metrics=cri_pod_metrics(metrics))

@@ -11,6 +11,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cri import api as cri
+from runtime.cgroups import CgroupV2Manager
+from runtime.cgroups.fs import read_flat_keyed
 from tests.cri.crispd import Crispd
 from tests.cri.pods import running_pods
 from tests.cri.test_containers import Kubelet
@@ -60,10 +63,15 @@ def test_rpc_counters_move_and_the_page_parses(crispd: Crispd) -> None:
     with pytest.raises(grpc.RpcError):
         crispd.runtime.ContainerStatus(cri.ContainerStatusRequest(container_id="nosuchcontainer"))
     after = scrape(crispd)
-    ok = {"method": "Version", "code": "OK"}
-    assert value(after, "crisp_grpc_requests_total", **ok) == value(before, "crisp_grpc_requests_total", **ok) + 3
-    assert value(after, "crisp_grpc_requests_total", method="ContainerStatus", code="NOT_FOUND") == 1
-    assert value(after, "crisp_grpc_request_duration_seconds_count", method="Version") >= 3
+    runtime = {"grpc_type": "unary", "grpc_service": "runtime.v1.RuntimeService"}
+    ok = {**runtime, "grpc_method": "Version", "grpc_code": "OK"}
+    assert value(after, "grpc_server_handled_total", **ok) == value(before, "grpc_server_handled_total", **ok) + 3
+    assert value(after, "grpc_server_handled_total", **runtime, grpc_method="ContainerStatus",
+                 grpc_code="NotFound") == 1
+    assert value(after, "grpc_server_started_total", **runtime, grpc_method="ContainerStatus") == 1
+    assert value(after, "grpc_server_msg_sent_total", **runtime, grpc_method="ContainerStatus") == 0
+    assert value(after, "grpc_server_handling_seconds_count", **runtime, grpc_method="Version") >= 3
+    assert not [name for name, _ in after if name.endswith("_created")]  # no *_created series
     assert value(after, "crisp_ready") == 1
     assert value(after, "crisp_containers", state="running") == 0 and value(after, "crisp_pods", state="ready") == 0
     assert value(after, "process_resident_memory_bytes") > 0
@@ -79,7 +87,7 @@ def test_http_details(crispd: Crispd) -> None:
     assert body.rstrip().endswith(b"# EOF")
     status, headers, body = http(url, {"Accept-Encoding": "gzip"})
     assert status == 200 and headers["Content-Encoding"] == "gzip"
-    assert b"crisp_grpc_requests_total" in gzip.decompress(body)
+    assert b"grpc_server_handled_total" in gzip.decompress(body)
     status, _, body = http(url, method="HEAD")
     assert status == 200 and body == b""
     assert http(crispd.metrics_url("/nothing"))[0] == 404
@@ -134,11 +142,73 @@ def test_pull_pod_and_container_metrics(tmp_path: Path, test_images: TestImages)
         assert value(after, "crisp_container_oom_kills_total") == 0
 
 
+def test_workload_metrics_on_crispds_page(tmp_path: Path, test_images: TestImages) -> None:
+    """cAdvisor's per-container and per-pod series on crispd's own /metrics, from the table ListMetricDescriptors
+    gives (names, help, label keys), with exact values that agree with the cgroup."""
+    with running_pods(tmp_path) as pods:
+        daemon = pods.daemon
+        kubelet = Kubelet(pods, test_images, tmp_path / "logs")
+        pod_id, pod = kubelet.pod("busy")
+        burner = kubelet.run(pod_id, pod, "burner", ["sh", "-c", "while :; do :; done"])
+        cgroup = CgroupV2Manager.discover().mount / json.loads(daemon.runtime.ContainerStatus(
+            cri.ContainerStatusRequest(container_id=burner, verbose=True)).info["info"])["cgroup"].lstrip("/")
+        assert wait_until(lambda: cpu_seconds(cgroup) > 0.5, 30)
+        before = cpu_seconds(cgroup)
+        text = urllib.request.urlopen(daemon.metrics_url(), timeout=30).read().decode()
+        after = cpu_seconds(cgroup)
+        # by the name of their samples (a counter family is named without _total)
+        families = {f.name + ("_total" if f.type == "counter" else ""): f for f in text_string_to_metric_families(text)}
+        labels = {"id": burner, "image": test_images.busybox, "namespace": "default", "pod": "busy",
+                  "container": "burner"}
+        (usage,) = [s for s in families["container_cpu_usage_seconds_total"].samples if s.labels["pod"] == "busy"
+                    and s.labels["container"] == "burner"]
+        assert usage.labels == {**labels, "cpu": "total"}
+        assert before <= usage.value <= after and usage.value != int(usage.value)  # exact, not whole seconds
+        assert families["container_cpu_usage_seconds_total"].type == "counter"
+        # the pod: its cgroup (container "") and its network (container "POD")
+        pod_series = {(s.name, s.labels["container"]) for f in families.values() for s in f.samples
+                      if s.labels.get("pod") == "busy" and s.labels.get("id") == pod_id}
+        assert ("container_cpu_usage_seconds_total", "") in pod_series
+        assert ("container_network_receive_bytes_total", "POD") in pod_series
+        # every cAdvisor family on the page is one of ListMetricDescriptors's, with its help and label keys
+        described = {d.name: d for d in daemon.runtime.ListMetricDescriptors(
+            cri.ListMetricDescriptorsRequest()).descriptors}
+        assert len([name for name in families if name.startswith("container_")]) > 10
+        for name, family in families.items():
+            if not name.startswith("container_"):
+                continue
+            assert family.documentation == described[name].help, name
+            for sample in family.samples:
+                assert sorted(sample.labels) == sorted(described[name].label_keys), name
+        assert not [name for name in families if name.endswith("_created")]
+        assert "_created" not in text
+        if not (cgroup / "memory.current").exists():  # no memory controller: no memory series, not zeros
+            assert not [name for name in families if name.startswith("container_memory_")]
+
+
+def cpu_seconds(cgroup: Path) -> float:
+    stat = read_flat_keyed(cgroup / "cpu.stat")
+    assert stat is not None
+    return stat["usage_usec"] / 1e6
+
+
 @pytest.mark.root
-def test_a_real_prometheus_scrapes_crispd(crispd: Crispd, tmp_path: Path) -> None:
+def test_a_real_prometheus_scrapes_crispd(tmp_path: Path, test_images: TestImages,
+                                          record_property: Callable[[str, object], None]) -> None:
+    """A real Prometheus with deploy's config sees crispd, its gRPC metrics and a container's cAdvisor series."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("needs Debian's prometheus (make test installs it)")
+    (tmp_path / "crispd").mkdir()
+    with running_pods(tmp_path / "crispd") as pods:
+        kubelet = Kubelet(pods, test_images, tmp_path / "logs")
+        pod_id, pod = kubelet.pod("prom")
+        kubelet.run(pod_id, pod, "app", ["sh", "-c", "while :; do :; done"])
+        prometheus_scrapes(pods.daemon, tmp_path, binary, record_property)
+
+
+def prometheus_scrapes(crispd: Crispd, tmp_path: Path, binary: str,
+                       record_property: Callable[[str, object], None]) -> None:
     target = crispd.metrics_url("").split("//")[1]
     config = DEPLOY_CONFIG.read_text()
     assert '"127.0.0.1:9647"' in config
@@ -171,7 +241,13 @@ def test_a_real_prometheus_scrapes_crispd(crispd: Crispd, tmp_path: Path) -> Non
         # the scrape's samples become visible to queries a moment after the target turns up
         assert wait_until(lambda: query('up{job="crisp"}') == ["1"], 30)
         assert query('crisp_ready{job="crisp",component="crispd"}') == ["1"]
-        assert float(query('crisp_grpc_requests_total{job="crisp",method="Version",code="OK"}')[0]) >= 1
+        assert float(query('grpc_server_handled_total{job="crisp",grpc_service="runtime.v1.RuntimeService",'
+                           'grpc_method="Version",grpc_code="OK"}')[0]) >= 1
+        per_container = 'container_cpu_usage_seconds_total{job="crisp",namespace="default",pod="prom",container="app"}'
+        (seconds,) = query(per_container)
+        assert float(seconds) > 0
+        record_property("summary", f"Prometheus: {per_container} = {seconds}")
+        assert query('count({job="crisp",__name__=~".+_created"})') == []
     finally:
         proc.terminate()
         try:

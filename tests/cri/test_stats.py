@@ -203,9 +203,12 @@ def test_metric_descriptors_and_pod_metrics(kubelet: Kubelet) -> None:
     every = list(pod_metrics.metrics) + [m for c in pod_metrics.container_metrics for m in c.metrics]
     for m in every:  # each metric is described, with as many label values as the descriptor has keys
         assert len(m.label_values) == len(by_name[m.name].label_keys), m.name
-    pod_level = {(m.name, m.label_values[5]): m for m in pod_metrics.metrics}
-    assert pod_level[("container_network_receive_bytes_total", "eth0")].label_values[:5] == [
+    pod_level = {(m.name, *m.label_values[4:]): m for m in pod_metrics.metrics}
+    assert pod_level[("container_network_receive_bytes_total", "POD", "eth0")].label_values[:5] == [
         pod_id, "", "default", "metrics", "POD"]
+    # the pod cgroup, as cAdvisor shows it: container ""
+    pod_usage = pod_level[("container_cpu_usage_seconds_total", "", "total")]
+    assert pod_usage.label_values[:5] == [pod_id, "", "default", "metrics", ""] and pod_usage.value.value >= 0
     (container,) = pod_metrics.container_metrics
     assert container.container_id == busy
     found = {m.name: m for m in container.metrics}

@@ -143,9 +143,12 @@ def test_cri_usage_sets_only_what_the_host_reports() -> None:
 
 async def _serve_scenario() -> None:
     readiness, metrics = Readiness(), Metrics()
-    server = MetricsServer("127.0.0.1:0", metrics, readiness,
-                           lambda: StateSnapshot(containers={"running": 2}, pods={"ready": 1}, event_subscribers=1,
-                                                 ready=readiness.ready, shims_alive=lambda: 2))
+
+    async def snapshot() -> StateSnapshot:
+        return StateSnapshot(containers={"running": 2}, pods={"ready": 1}, event_subscribers=1,
+                             ready=readiness.ready, shims_alive=lambda: 2)
+
+    server = MetricsServer("127.0.0.1:0", metrics, readiness, snapshot)
     await server.start()
     try:
         (host, port), = server.addresses

@@ -92,18 +92,23 @@ def test_interceptor(tmp_path: Path) -> None:
         assert got == [b"one", b"two"]
         assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
 
-        def count(method: str, code: str) -> float:
-            value = metrics.registry.get_sample_value(
-                "crisp_grpc_requests_total", {"method": method, "code": code})
+        def sample(name: str, method: str, kind: str = "unary", **labels: str) -> float:
+            value = metrics.registry.get_sample_value(name, {"grpc_type": kind, "grpc_service": "test.Svc",
+                                                             "grpc_method": method, **labels})
             return value or 0.0
 
-        assert count("Ok", "OK") == 1
-        assert count("Ok", "UNAVAILABLE") == 1
-        assert count("NotFound", "NOT_FOUND") == 1
-        assert count("Bug", "INTERNAL") == 1
-        assert count("Aborts", "OUT_OF_RANGE") == 1
-        assert count("Stream", "FAILED_PRECONDITION") == 1
-        assert metrics.registry.get_sample_value(
-            "crisp_grpc_request_duration_seconds_count", {"method": "Ok"}) == 2
+        # go-grpc-prometheus's names, labels and code spellings
+        assert sample("grpc_server_handled_total", "Ok", grpc_code="OK") == 1
+        assert sample("grpc_server_handled_total", "Ok", grpc_code="Unavailable") == 1
+        assert sample("grpc_server_handled_total", "NotFound", grpc_code="NotFound") == 1
+        assert sample("grpc_server_handled_total", "Bug", grpc_code="Internal") == 1
+        assert sample("grpc_server_handled_total", "Aborts", grpc_code="OutOfRange") == 1
+        assert sample("grpc_server_handled_total", "Stream", "server_stream", grpc_code="FailedPrecondition") == 1
+        assert sample("grpc_server_started_total", "Ok") == sample("grpc_server_msg_received_total", "Ok") == 2
+        assert sample("grpc_server_msg_sent_total", "Ok") == 1  # the refused call sent nothing
+        assert sample("grpc_server_msg_sent_total", "Stream", "server_stream") == 2
+        assert sample("grpc_server_handling_seconds_count", "Ok") == 2
+        assert metrics.registry.get_sample_value("grpc_server_handled_created", {}) is None
+        assert not [s.name for m in metrics.registry.collect() for s in m.samples if s.name.endswith("_created")]
 
     asyncio.run(_with_server(tmp_path, body))
