@@ -54,8 +54,10 @@ class StartupError(Exception):
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="crispd", description="crisp: a Kubernetes CRI v1 container runtime")
-    parser.add_argument("command", nargs="?", default="run", choices=("run", "config", "version"),
-                        help="run the daemon (default), print the effective config as TOML, or print the version")
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "config", "doctor", "version"),
+                        help="run the daemon (default), print the effective config as TOML, check this node for "
+                             "what would keep pods from starting (exit 0: all well, 1: pods cannot start, 2: "
+                             "warnings), or print the version")
     parser.add_argument("--config", help="config file (default /etc/crisp/crisp.toml; missing means defaults)")
     parser.add_argument("--root", help="root dir for persistent data (overrides the config's root)")
     parser.add_argument("--state", help="state dir for volatile data (overrides the config's state)")
@@ -314,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(dump_toml(redact(config)))
         return 0
+    if args.command == "doctor":
+        from cri.doctor.main import doctor  # not needed to serve
+
+        return doctor(config)
     setup_logging(config.log_level, config.log_format)
     try:
         Daemon(config).run()

@@ -219,6 +219,11 @@ def _bridge_problem(bridge: str, subnets: tuple[IPNetwork, ...] = ()) -> str:
     link = Path("/sys/class/net", bridge)
     if link.exists() and not (link / "bridge").is_dir():
         return f"network interface {bridge} exists and is not a bridge"
+    return pod_cidr_conflict(bridge, subnets)
+
+
+def pod_cidr_conflict(bridge: str, subnets: tuple[IPNetwork, ...]) -> str:
+    """Why the pod CIDR cannot be the bridge's: a host route sends part of it elsewhere ("" when none does)."""
     routes = host_routes() if subnets else []
     for subnet in subnets:
         others = sorted({iface for network, iface in routes if iface != bridge and _inside(network, subnet)})

@@ -14,15 +14,18 @@ import os
 import secrets
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cri import api as cri
 from tests.cri.pods import Pods
+from tests.cri.test_doctor import doctor
 from tests.imagetools import Pusher, busybox_image, running_registry
 from tests.leaks import mounts_under
 from tests.vm.guest.support import HOLD, Cgroup, allocate_and_hold, unique_name, wait_until
@@ -300,3 +303,43 @@ def test_pod_sandbox_resources_change_the_pod_cgroup_crisp_made_live(kubelet: Ku
     assert limits(pod_cgroup, "memory.max") == {"memory.max": str(8 * MiB)}
     status = kubelet.wait_exited(container_id)
     assert (status.exit_code, status.reason) == (137, "OOMKilled"), status
+
+
+def test_memory_and_oom_series_on_crispds_metrics_page(kubelet: Kubelet) -> None:
+    """With the memory controller, crispd's own /metrics has the cAdvisor memory series of containers and of the
+    pod cgroup, the container's limit, the pod's OOM events, and crisp's OOM kills by pod and container."""
+    pod_id, pod = kubelet.pod("watched")
+    kubelet.run(pod_id, pod, "holder", allocate_and_hold(32, HOLD),
+                cri.LinuxContainerResources(memory_limit_in_bytes=64 * MiB))
+    kubelet.wait_logged(pod, "holder", "holding")
+    hungry = kubelet.run(pod_id, pod, "hungry", allocate_and_hold(48),
+                         cri.LinuxContainerResources(memory_limit_in_bytes=16 * MiB))
+    assert kubelet.wait_exited(hungry).reason == "OOMKilled"
+    text = urllib.request.urlopen(kubelet.node.pods.daemon.metrics_url(), timeout=120).read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        found = [v for (n, keys), v in samples.items() if n == name and labels.items() <= dict(keys).items()]
+        assert len(found) == 1, (name, labels, found)
+        return found[0]
+
+    holder = {"namespace": "limits", "pod": "watched", "container": "holder"}
+    assert value("container_memory_working_set_bytes", **holder) >= 30 * MiB
+    assert value("container_spec_memory_limit_bytes", **holder) == 64 * MiB
+    pod_cgroup = {"namespace": "limits", "pod": "watched", "container": "", "id": pod_id}
+    assert value("container_memory_working_set_bytes", **pod_cgroup) >= value("container_memory_working_set_bytes",
+                                                                              **holder)
+    assert value("container_oom_events_total", **pod_cgroup) >= 1
+    assert value("container_oom_events_total", **holder) == 0
+    assert value("crisp_container_oom_kills_total", namespace="limits", pod="watched", container="hungry") == 1
+
+
+def test_doctor_finds_nothing_wrong_under_pure_cgroup_v2(node: Node) -> None:
+    """Every controller, a running crispd: `crispd doctor` passes every check (the disk of a small guest aside)."""
+    code, checks = doctor(node.pods.daemon)
+    verdict = {name: v for name, (v, _) in checks.items()}
+    assert {name: v for name, v in verdict.items() if not name.startswith("disk")} == {
+        name: "ok" for name in verdict if not name.startswith("disk")}, checks
+    assert code == (0 if set(verdict.values()) == {"ok"} else 2)
+    assert checks["cgroup controllers"][1] == "pods get cpu, cpuset, memory, pids, io, hugetlb"
