@@ -309,7 +309,7 @@ def test_memory_and_oom_series_on_crispds_metrics_page(kubelet: Kubelet) -> None
     """With the memory controller, crispd's own /metrics has the cAdvisor memory series of containers and of the
     pod cgroup, the container's limit, the pod's OOM events, and crisp's OOM kills by pod and container."""
     pod_id, pod = kubelet.pod("watched")
-    kubelet.run(pod_id, pod, "holder", allocate_and_hold(32, HOLD),
+    kubelet.run(pod_id, pod, "holder", allocate_and_hold(16, HOLD),  # filling peaks at twice that
                 cri.LinuxContainerResources(memory_limit_in_bytes=64 * MiB))
     kubelet.wait_logged(pod, "holder", "holding")
     hungry = kubelet.run(pod_id, pod, "hungry", allocate_and_hold(48),
@@ -325,7 +325,7 @@ def test_memory_and_oom_series_on_crispds_metrics_page(kubelet: Kubelet) -> None
         return found[0]
 
     holder = {"namespace": "limits", "pod": "watched", "container": "holder"}
-    assert value("container_memory_working_set_bytes", **holder) >= 30 * MiB
+    assert value("container_memory_working_set_bytes", **holder) >= 15 * MiB
     assert value("container_spec_memory_limit_bytes", **holder) == 64 * MiB
     pod_cgroup = {"namespace": "limits", "pod": "watched", "container": "", "id": pod_id}
     assert value("container_memory_working_set_bytes", **pod_cgroup) >= value("container_memory_working_set_bytes",
