@@ -81,12 +81,16 @@ def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
         except OSError as exc:
             raise ShimError("NotFound", f"{config.id}: bundle {config.bundle}: {exc.strerror}") from None
         _setup_stdio(config.bundle)
-        set_process_title(NAME, config.id)  # the zygote's command line is no use to an operator looking for us
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
             # only crispd's shutdown ends a shim: a stray signal would leave its container unwatched
             signal.signal(signum, signal.SIG_IGN)
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         warnings = []
+        try:  # the zygote's command line is no use to an operator looking for us
+            set_process_title(NAME, config.id)
+        except OSError as exc:  # a shim without its name still watches its container
+            warnings.append(f"cannot name the shim {NAME}: {exc}")
+            log(warnings[-1])
         warning = lower_oom_score()
         if warning:
             warnings.append(warning)

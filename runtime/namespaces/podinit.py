@@ -35,7 +35,10 @@ def reap_children() -> None:
 
 
 def _pid1(pod_id: str, named_fd: int) -> int:
-    set_process_title(NAME, pod_id)
+    try:
+        set_process_title(NAME, pod_id)
+    except OSError as exc:  # the pod still gets its PID 1
+        print(f"cannot name the pod init {NAME}: {exc}", file=sys.stderr, flush=True)
     os.write(named_fd, b"\n")
     os.close(named_fd)
     os.chdir("/")
