@@ -7,7 +7,12 @@ import logging
 from cri import api as cri
 from cri.service.container_run import remove_pod_containers, stop_pod_containers
 from cri.service.context import ServiceContext
-from cri.service.sandbox_teardown import kill_pod_processes, release_pod_resources, teardown_pod_network
+from cri.service.sandbox_teardown import (
+    kill_pod_processes,
+    release_pod_resources,
+    teardown_pod_network,
+    unpin_pod_netns,
+)
 from cri.store.sandboxes import NOT_READY, READY, Sandbox
 
 log = logging.getLogger(__name__)
@@ -25,10 +30,12 @@ async def stop_pod_sandbox(ctx: ServiceContext, request: cri.StopPodSandboxReque
 
 
 async def stop_sandbox(ctx: ServiceContext, sandbox: Sandbox) -> None:
-    """Kill everything in the pod (no grace: the kubelet stops containers first) and tear its network down."""
+    """Kill everything in the pod (no grace: the kubelet stops containers first), tear its network down and let
+    its network namespace go."""
     await stop_pod_containers(ctx, sandbox.id)
     await kill_pod_processes(ctx, sandbox)
     await teardown_pod_network(ctx, sandbox)
+    await unpin_pod_netns(sandbox)
     if sandbox.status.state == READY:
         await ctx.sandboxes.update(sandbox, state=NOT_READY)
         log.info("pod %s stopped", sandbox.id)

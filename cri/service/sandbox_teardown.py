@@ -58,6 +58,15 @@ async def teardown_pod_network(ctx: ServiceContext, sandbox: Sandbox) -> None:
     await ctx.network.teardown(pod_network_request(sandbox.id, netns, sandbox.meta.config))
 
 
+async def unpin_pod_netns(sandbox: Sandbox) -> None:
+    """A stopped pod's network namespace goes with its network (CRI: StopPodSandbox reclaims the pod's network
+    resources; containerd removes the netns there too): no process of the pod is left to use it, and a stopped pod
+    may stay for as long as its API object does. Idempotent; the pod's other pins stay until RemovePodSandbox."""
+    netns = sandbox.meta.namespaces.get("net")
+    if netns and not sandbox.meta.host_network:
+        await unpin_namespaces([Path(netns)])
+
+
 async def release_pod_resources(ctx: ServiceContext, sandbox: Sandbox) -> None:
     """Unmount and delete everything the pod holds on the host (idempotent; missing pieces are fine)."""
     meta = sandbox.meta
