@@ -36,8 +36,10 @@ async def stop_sandbox(ctx: ServiceContext, sandbox: Sandbox) -> None:
     await kill_pod_processes(ctx, sandbox)
     await teardown_pod_network(ctx, sandbox)
     await unpin_pod_netns(sandbox)
-    if sandbox.status.state == READY:
-        await ctx.sandboxes.update(sandbox, state=NOT_READY)
+    was_ready = sandbox.status.state == READY
+    if was_ready or sandbox.status.ips:  # the addresses went back to the pool: PodSandboxStatus shows none
+        await ctx.sandboxes.update(sandbox, state=NOT_READY, ips=())
+    if was_ready:
         log.info("pod %s stopped", sandbox.id)
         ctx.sandbox_event(sandbox, cri.CONTAINER_STOPPED_EVENT)
 

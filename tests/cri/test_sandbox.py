@@ -80,7 +80,7 @@ def test_run_status_stop_remove(pods: Pods) -> None:
     rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     assert not os.path.exists(f"/proc/{pid}")
     status = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
-    assert status.state == cri.SANDBOX_NOTREADY
+    assert status.state == cri.SANDBOX_NOTREADY and status.network.ip == ""
     assert store_rows(pods.daemon.root / "crisp.db", [pod_id]) == [f"sandboxes {pod_id}",
                                                                   f"name_reservations {pod_id}"]
     assert ns["net"] not in mounts_under(pod_dir) and not os.path.exists(ns["net"])
