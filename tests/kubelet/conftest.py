@@ -1,0 +1,139 @@
+"""The kubelet tier's node: one loopback registry with the test images, one crispd (own socket, root, cgroup base,
+bridge and subnet) and one standalone kubelet driving it, shared by every scenario of the session (each scenario
+runs its own static pods and removes them).
+
+At the end, with the kubelet stopped, every pod left is stopped and removed over CRI, and nothing may remain: no
+mount, cgroup, shim or container process, veth, sandbox dir, row, and no new cgroup in the host's v1 hierarchies.
+Whatever remains is then removed by force (processes killed through their cgroup, mounts detached), also when a
+test failed, so that a failing run leaves the host as it found it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cri import api as cri
+from tests.cri.pods import Pods
+from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.kubelet.hostguard import KUBELET_SYSCTLS
+from tests.kubelet.kubelet import Kubelet
+from tests.kubelet.support import wait_until
+from tests.leaks import cgroup_v1_dirs, cgroups_under, mounts_under
+from tests.tools import tool
+
+# crispd's config for a hybrid host: containers whose limits need a controller cgroup v2 lacks run without them
+CGROUP_CONFIG = 'missing_controller = "warn"\n'
+
+
+@dataclass(frozen=True)
+class WebServer:
+    """A web server image: what a container runs it with, its port and what its / answers."""
+
+    image: str
+    command: list[str] | None
+    port: int
+    page: str
+
+
+@dataclass
+class Node:
+    kubelet: Kubelet
+    crisp: Pods
+    busybox: str  # a reference in the loopback registry
+    web: WebServer
+    base: Path
+
+
+def _sysctls() -> dict[str, str]:
+    return {name: Path("/proc/sys", name).read_text() for name in KUBELET_SYSCTLS}
+
+
+def _remove_all_pods(crisp: Pods) -> None:
+    runtime = crisp.daemon.runtime
+    for item in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=30).items:
+        runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=item.id), timeout=60)
+        runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=60)
+
+
+def _force_cleanup(crisp: Pods, base: Path) -> None:
+    """The last resort after a failure: kill what runs in the test's cgroups, detach its mounts, drop its host bits."""
+    mount = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() else \
+        Path("/sys/fs/cgroup")
+    kill = mount / crisp.cgroup_base.lstrip("/") / "cgroup.kill"
+    if kill.exists():
+        with contextlib.suppress(OSError):
+            kill.write_text("1")
+    for target in reversed(mounts_under(base)):
+        subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+    crisp.cleanup_host()
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    if os.geteuid() != 0 or shutil.which("docker-registry") is None:
+        pytest.skip("needs root and docker-registry (make test installs them)")
+    binary = tool("kubelet")
+    base = tmp_path_factory.mktemp("kubelet-tier")
+    v1_before, sysctls_before = cgroup_v1_dirs(), _sysctls()
+    leaks: list[str] = []
+    codes: dict[str, int | None] = {}
+    with contextlib.ExitStack() as stack:
+        registry = stack.enter_context(running_registry(base / "registry"))
+        Pusher(registry.url).image("crisp/busybox", busybox_image(), "latest")
+        busybox = f"{registry.host}/crisp/busybox:latest"
+        web = WebServer(busybox, ["sh", "-c", "mkdir /www && echo crisp-page >/www/index.html && "
+                                              "exec httpd -f -p 8080 -h /www"], 8080, "crisp-page")
+
+        (base / "crispd").mkdir()
+        crisp = Pods(base / "crispd", cgroup_config=CGROUP_CONFIG)
+        stack.callback(_force_cleanup, crisp, base)
+        crisp.daemon.start()
+        stack.callback(lambda: codes.setdefault("crispd", crisp.daemon.stop(signal.SIGTERM, timeout=60)))
+        stack.callback(lambda: leaks.extend(crisp.leaks()))
+        stack.callback(_remove_all_pods, crisp)
+
+        kubelet = Kubelet(binary, base / "kubelet", crisp.daemon.socket, containerLogMaxSize="1Ki",
+                          containerLogMaxFiles=3, containerLogMonitorInterval="3s")
+        stack.callback(lambda: codes.setdefault("kubelet", kubelet.stop()))
+        kubelet.start()
+        yield Node(kubelet, crisp, busybox, web, base)
+    # the kubelet's dirs hold nothing mounted (its mounts died with its namespace): they go with the tmp dir
+    assert leaks == [], leaks
+    assert codes == {"kubelet": 0, "crispd": 0}, crisp.daemon.log()[-4000:]
+    assert crisp.daemon.slow_callbacks() == []
+    assert sorted(cgroup_v1_dirs() - v1_before) == []
+    assert _sysctls() == sysctls_before
+    assert cgroups_under(crisp.cgroup_base) == []
+
+
+
+StaticPod = Callable[[dict[str, Any]], str]
+
+
+@pytest.fixture
+def static_pod(node: Node) -> Iterator[StaticPod]:
+    """Run static pods (`static_pod(manifest)` returns the name the kubelet gives it); afterwards each manifest is
+    removed and the kubelet must have let go of the pod."""
+    added: list[str] = []
+
+    def add(manifest: dict[str, Any]) -> str:
+        added.append(manifest["metadata"]["name"])
+        return node.kubelet.add_pod(manifest)
+
+    yield add
+    for name in added:
+        with contextlib.suppress(FileNotFoundError):
+            node.kubelet.remove_pod(name)
+    gone = {node.kubelet.pod_name(name) for name in added}
+    wait_until(lambda: not gone & {p["metadata"]["name"] for p in node.kubelet.pods()}, 30,
+               f"pods {sorted(gone)} gone from the kubelet's /pods")
