@@ -29,7 +29,7 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
+.PHONY: run test test-kubelet test-vm vm-image lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
@@ -51,9 +51,17 @@ debs-test:
 run: debs-run venv
 	exec $(VENV)/bin/crispd $(ARGS)
 
-## test: install what the tests need, then lint, type-check and run every test
+# run a tier and print its wall time: $(call tier,<name>,<command>)
+tier = @start=$$(date +%s); $(2); rc=$$?; echo "tier $(1): $$(( $$(date +%s) - start )) s"; exit $$rc
+
+## test: install what the tests need, then lint, type-check and run every test (each tier's wall time printed)
 test: debs-test venv lint
-	$(VENV)/bin/pytest -q
+	$(call tier,main,$(VENV)/bin/pytest -q --ignore=tests/kubelet)
+	$(call tier,kubelet,$(VENV)/bin/pytest -q tests/kubelet)
+
+## test-kubelet: only the kubelet tier: a real standalone kubelet runs static pods on crispd (tests/kubelet)
+test-kubelet: debs-test venv
+	$(call tier,kubelet,$(VENV)/bin/pytest -q tests/kubelet)
 
 ## test-vm: only the pure cgroup v2 tier: boots a VM once and runs tests/vm/guest (and every test marked `vm`) in it
 test-vm: debs-test venv

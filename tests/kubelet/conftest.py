@@ -28,7 +28,7 @@ from tests.imagetools import Pusher, busybox_image, running_registry
 from tests.kubelet.hostguard import KUBELET_SYSCTLS
 from tests.kubelet.kubelet import Kubelet
 from tests.kubelet.support import wait_until
-from tests.leaks import cgroup_v1_dirs, cgroups_under, mounts_under
+from tests.leaks import cgroup_v1_dirs, cgroups_under, mounts_under, processes_mentioning
 from tests.tools import tool
 
 # crispd's config for a hybrid host: containers whose limits need a controller cgroup v2 lacks run without them
@@ -65,17 +65,25 @@ def _remove_all_pods(crisp: Pods) -> None:
         runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=60)
 
 
-def _force_cleanup(crisp: Pods, base: Path) -> None:
-    """The last resort after a failure: kill what runs in the test's cgroups, detach its mounts, drop its host bits."""
+def _force_cleanup(crisp: Pods, kubelet_dirs: list[Path]) -> None:
+    """The last resort after a failure (a no-op after a clean run): kill what runs in the test's cgroups and the
+    shims crispd left, detach the mounts under its dirs, drop its host bits; then remove crispd's and the kubelet's
+    dirs (never while something is still mounted below them)."""
     mount = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() else \
         Path("/sys/fs/cgroup")
     kill = mount / crisp.cgroup_base.lstrip("/") / "cgroup.kill"
     if kill.exists():
         with contextlib.suppress(OSError):
             kill.write_text("1")
-    for target in reversed(mounts_under(base)):
+    for process in processes_mentioning(str(crisp.daemon.state)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(process.split(":")[0]), signal.SIGKILL)
+    for target in reversed(mounts_under(crisp.daemon.base)):
         subprocess.run(["umount", "-l", target], capture_output=True, check=False)
     crisp.cleanup_host()
+    if mounts_under(crisp.daemon.base) == []:
+        for directory in (crisp.daemon.root, crisp.daemon.state, *kubelet_dirs):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -96,25 +104,24 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
         (base / "crispd").mkdir()
         crisp = Pods(base / "crispd", cgroup_config=CGROUP_CONFIG)
-        stack.callback(_force_cleanup, crisp, base)
+        kubelet = Kubelet(binary, base / "kubelet", crisp.daemon.socket, containerLogMaxSize="1Ki",
+                          containerLogMaxFiles=3, containerLogMonitorInterval="3s")
+        stack.callback(_force_cleanup, crisp, kubelet.dirs)
         crisp.daemon.start()
         stack.callback(lambda: codes.setdefault("crispd", crisp.daemon.stop(signal.SIGTERM, timeout=60)))
         stack.callback(lambda: leaks.extend(crisp.leaks()))
         stack.callback(_remove_all_pods, crisp)
 
-        kubelet = Kubelet(binary, base / "kubelet", crisp.daemon.socket, containerLogMaxSize="1Ki",
-                          containerLogMaxFiles=3, containerLogMonitorInterval="3s")
         stack.callback(lambda: codes.setdefault("kubelet", kubelet.stop()))
         kubelet.start()
         yield Node(kubelet, crisp, busybox, web, base)
-    # the kubelet's dirs hold nothing mounted (its mounts died with its namespace): they go with the tmp dir
+    # what is left for a post-mortem: crispd's and the kubelet's logs and configs
     assert leaks == [], leaks
     assert codes == {"kubelet": 0, "crispd": 0}, crisp.daemon.log()[-4000:]
     assert crisp.daemon.slow_callbacks() == []
     assert sorted(cgroup_v1_dirs() - v1_before) == []
     assert _sysctls() == sysctls_before
     assert cgroups_under(crisp.cgroup_base) == []
-
 
 
 StaticPod = Callable[[dict[str, Any]], str]

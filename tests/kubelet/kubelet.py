@@ -77,8 +77,13 @@ class Kubelet:
         return [*guard, "--", str(self.binary), f"--config={self.config_path}", f"--root-dir={self.root}",
                 f"--cert-dir={self.certs}", f"--hostname-override={NODE_NAME}", "--v=2"]
 
+    @property
+    def dirs(self) -> list[Path]:
+        """What the kubelet (and crisp, for its pods' logs) writes; its log and config stay beside them."""
+        return [self.root, self.manifests, self.pod_logs, self.certs, self.facades]
+
     def start(self, timeout: float = 60) -> Kubelet:
-        for d in (self.root, self.manifests, self.pod_logs, self.certs):
+        for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(self.config, indent=1))
         with open(self.log_path, "ab") as log:
