@@ -29,7 +29,7 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-kubelet test-vm vm-image lint unit venv debs-run debs-test clean
+.PHONY: run test test-kubelet test-vm vm-image tools images lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
@@ -47,6 +47,14 @@ debs-test:
 	scripts/ensure-debs $(TEST_DEBS)
 	scripts/fetch-debs $(DEB_CACHE) $(TEST_DEB_FILES)
 
+## tools: build the pinned Go tools (crictl, critest, the kubelet...) into their cache (scripts/build-k8s-tools)
+tools:
+	scripts/build-k8s-tools >/dev/null
+
+## images: build the test images critest and the kubelet tier pull into their cache (tests/images; CRISP_IMAGES_CACHE)
+images: debs-test venv
+	$(VENV)/bin/python -m tests.images build
+
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
 run: debs-run venv
 	exec $(VENV)/bin/crispd $(ARGS)
@@ -55,16 +63,16 @@ run: debs-run venv
 tier = @start=$$(date +%s); $(2); rc=$$?; echo "tier $(1): $$(( $$(date +%s) - start )) s"; exit $$rc
 
 ## test: install what the tests need, then lint, type-check and run every test (each tier's wall time printed)
-test: debs-test venv lint
+test: debs-test venv tools images lint
 	$(call tier,main,$(VENV)/bin/pytest -q --ignore=tests/kubelet)
 	$(call tier,kubelet,$(VENV)/bin/pytest -q tests/kubelet)
 
 ## test-kubelet: only the kubelet tier: a real standalone kubelet runs static pods on crispd (tests/kubelet)
-test-kubelet: debs-test venv
+test-kubelet: debs-test venv tools images
 	$(call tier,kubelet,$(VENV)/bin/pytest -q tests/kubelet)
 
 ## test-vm: only the pure cgroup v2 tier: boots a VM once and runs tests/vm/guest (and every test marked `vm`) in it
-test-vm: debs-test venv
+test-vm: debs-test venv tools images
 	$(VENV)/bin/pytest -q -m vm
 
 ## vm-image: build the VM tier's kernel, root image and wheels now (CRISP_VM_CACHE, default /var/cache/crisp-vm)
