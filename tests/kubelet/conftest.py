@@ -1,6 +1,7 @@
-"""The kubelet tier's node: one loopback registry with the test images, one crispd (own socket, root, cgroup base,
-bridge and subnet) and one standalone kubelet driving it, shared by every scenario of the session (each scenario
-runs its own static pods and removes them).
+"""The kubelet tier's node: one loopback registry with the project's test images (tests/images: the upstream names
+resolve to it through hosts.toml), one crispd (own socket, root, cgroup base, bridge and subnet) and one standalone
+kubelet driving it, shared by every scenario of the session (each scenario runs its own static pods and removes
+them).
 
 At the end, with the kubelet stopped, every pod left is stopped and removed over CRI, and nothing may remain: no
 mount, cgroup, shim or container process, veth, sandbox dir, row, and no new cgroup in the host's v1 hierarchies.
@@ -24,7 +25,7 @@ import pytest
 
 from cri import api as cri
 from tests.cri.pods import Pods
-from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.images import BUSYBOX, NGINX, serve
 from tests.kubelet.hostguard import KUBELET_SYSCTLS
 from tests.kubelet.kubelet import Kubelet
 from tests.kubelet.support import wait_until
@@ -49,7 +50,7 @@ class WebServer:
 class Node:
     kubelet: Kubelet
     crisp: Pods
-    busybox: str  # a reference in the loopback registry
+    busybox: str  # an image reference crisp pulls from the loopback registry
     web: WebServer
     base: Path
 
@@ -96,14 +97,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     leaks: list[str] = []
     codes: dict[str, int | None] = {}
     with contextlib.ExitStack() as stack:
-        registry = stack.enter_context(running_registry(base / "registry"))
-        Pusher(registry.url).image("crisp/busybox", busybox_image(), "latest")
-        busybox = f"{registry.host}/crisp/busybox:latest"
-        web = WebServer(busybox, ["sh", "-c", "mkdir /www && echo crisp-page >/www/index.html && "
-                                              "exec httpd -f -p 8080 -h /www"], 8080, "crisp-page")
+        served = stack.enter_context(serve(base / "images"))
+        web = WebServer(NGINX, None, 80, "Welcome to nginx!")
 
         (base / "crispd").mkdir()
-        crisp = Pods(base / "crispd", cgroup_config=CGROUP_CONFIG)
+        crisp = Pods(base / "crispd", extra_config=served.crisp_config, cgroup_config=CGROUP_CONFIG)
         kubelet = Kubelet(binary, base / "kubelet", crisp.daemon.socket, containerLogMaxSize="1Ki",
                           containerLogMaxFiles=3, containerLogMonitorInterval="3s")
         stack.callback(_force_cleanup, crisp, kubelet.dirs)
@@ -114,7 +112,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
         stack.callback(lambda: codes.setdefault("kubelet", kubelet.stop()))
         kubelet.start()
-        yield Node(kubelet, crisp, busybox, web, base)
+        yield Node(kubelet, crisp, BUSYBOX, web, base)
     # what is left for a post-mortem: crispd's and the kubelet's logs and configs
     assert leaks == [], leaks
     assert codes == {"kubelet": 0, "crispd": 0}, crisp.daemon.log()[-4000:]

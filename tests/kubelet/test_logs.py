@@ -67,13 +67,16 @@ def test_logs_after_the_kubelet_rotates_them(node: Node, static_pod: StaticPod) 
     wait_until(lambda: _rotated(directory), 20, "a log rotated by the kubelet")
 
     # the current file starts where the newest rotated one ends: crisp reopened the log at the rename, nothing lost
-    for _ in range(5):  # unless the kubelet rotated again meanwhile
+    def consistent() -> tuple[list[int], list[int]] | None:
+        """The newest rotated file's lines and the current file's, unless the kubelet rotated in between (or the
+        new file has no line yet)."""
         before = _rotated(directory)
         last_rotated = _numbers(_read(before[-1]))
         current = _numbers(node.kubelet.logs(name, "app"))
-        if _rotated(directory) == before:
-            break
-    assert current and last_rotated and current[0] == last_rotated[-1] + 1, (last_rotated[-3:], current[:3])
+        return (last_rotated, current) if current and _rotated(directory) == before else None
+
+    last_rotated, current = wait_until(consistent, 20, "the current log and the newest rotated one read together")
+    assert last_rotated and current[0] == last_rotated[-1] + 1, (last_rotated[-3:], current[:3])
     assert current == list(range(current[0], current[0] + len(current)))
 
     # following across the next rotation: the kubelet switches to the new file and goes on

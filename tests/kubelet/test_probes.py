@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from tests.kubelet.conftest import Node, StaticPod
-from tests.kubelet.support import container, container_status, is_ready, pod_manifest, wait_pod
+from tests.kubelet.support import container, container_status, is_ready, pod_manifest, wait_pod, wait_until
 
 
 def test_web_pod_becomes_ready_and_a_second_container_reaches_it_over_localhost(node: Node,
@@ -26,7 +26,7 @@ def test_web_pod_becomes_ready_and_a_second_container_reaches_it_over_localhost(
         status = container_status(pod, ctr)
         assert status["ready"] and status["started"] and status["restartCount"] == 0, status
         assert "running" in status["state"], status
-    assert web.page.encode() in node.kubelet.logs(name, "client")
+    wait_until(lambda: web.page.encode() in node.kubelet.logs(name, "client"), 10, "the page in the client's log")
 
 
 def test_exec_probes_and_a_failing_liveness_probe_restarts_the_container(node: Node, static_pod: StaticPod) -> None:
@@ -41,7 +41,9 @@ def test_exec_probes_and_a_failing_liveness_probe_restarts_the_container(node: N
     assert container_status(pod, "app")["restartCount"] == 0
     pod = wait_pod(node.kubelet, name, lambda p: container_status(p, "app").get("restartCount", 0) >= 1, 60,
                    "restarted after its liveness probe failed")
-    last = container_status(pod, "app")["lastState"]["terminated"]
+    status = container_status(pod, "app")
+    assert "terminated" in status["lastState"], status
+    last = status["lastState"]["terminated"]
     # killed by the kubelet (SIGTERM to sleep as PID 1 ... then SIGKILL after the grace period)
     assert last["exitCode"] in (137, 143), last
     # the restarted container runs the script again: ready again, then killed again

@@ -9,7 +9,7 @@ from typing import Any
 
 from cri import api as cri
 from tests.kubelet.conftest import Node, StaticPod
-from tests.kubelet.support import container, container_status, is_ready, pod_manifest, wait_pod
+from tests.kubelet.support import container, container_status, is_ready, pod_manifest, wait_pod, wait_until
 
 CONTAINERS = ("app", "helper")
 
@@ -50,10 +50,9 @@ def test_crispd_killed_while_the_kubelet_runs(node: Node, static_pod: StaticPod)
     before = _identity(node, wait_pod(node.kubelet, name, is_ready, 60, "Running and Ready"))
     assert node.crisp.daemon.stop(signal.SIGKILL) == -signal.SIGKILL
     node.crisp.daemon.start()
-    # the kubelet, which kept polling a missing socket, finds the same pod in the new crispd
-    pod = wait_pod(node.kubelet, name, lambda p: is_ready(p) and node.kubelet.healthy(), 60,
-                   "Ready with crispd back")
+    # the kubelet's runtime client reconnects (with its backoff): ExecSync reaches the container again
+    wait_until(lambda: node.kubelet.run(name, "app", "cat /proc/1/cmdline") == (200, b"sleep\x00100000\x00"), 60,
+               "the kubelet's ExecSync through the new crispd")
+    # and it finds the same pod there: same sandbox, same containers, not restarted, Ready
+    pod = wait_pod(node.kubelet, name, is_ready, 60, "Ready with crispd back")
     assert _identity(node, pod) == before
-    # and ExecSync reaches the containers through the new crispd
-    status, body = node.kubelet.run(name, "app", "cat /proc/1/cmdline")
-    assert (status, body) == (200, b"sleep\x00100000\x00")
