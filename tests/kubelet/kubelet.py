@@ -45,6 +45,7 @@ class Kubelet:
         self.port, self.healthz_port, self.read_only_port = free_port(), free_port(), free_port()
         self.config = self.configuration() | config
         self.proc: subprocess.Popen[bytes] | None = None
+        self.request_timeout = 30.0  # one API request (the VM tier's emulated guest needs more)
         self.http = urllib3.PoolManager()  # plain HTTP: healthz and the read-only port
         self._https: urllib3.PoolManager | None = None
 
@@ -99,10 +100,13 @@ class Kubelet:
         raise RuntimeError(f"the kubelet was not healthy within {timeout}s:\n{self.log()[-6000:]}")
 
     def healthy(self) -> bool:
+        """Its healthz, read-only and main (TLS) ports all answer /healthz (they start one after the other)."""
+        urls = [f"http://127.0.0.1:{self.healthz_port}/healthz", f"http://127.0.0.1:{self.read_only_port}/healthz",
+                f"{self.api}/healthz"]
         try:
-            url = f"http://127.0.0.1:{self.healthz_port}/healthz"
-            return bool(self.http.request("GET", url, retries=False, timeout=2).status == 200)
-        except urllib3.exceptions.HTTPError:
+            return all((self.https if url.startswith("https:") else self.http).request(
+                "GET", url, retries=False, timeout=5).status == 200 for url in urls)
+        except (urllib3.exceptions.HTTPError, OSError):  # OSError: no serving certificate yet
             return False
 
     def stop(self, timeout: float = 30) -> int | None:
@@ -166,7 +170,12 @@ class Kubelet:
 
     def _get_json(self, url: str) -> Any:
         http = self.https if url.startswith("https:") else self.http
-        response = http.request("GET", url, timeout=10, retries=False)
+        try:
+            response = http.request("GET", url, timeout=self.request_timeout, retries=False)
+        except urllib3.exceptions.HTTPError:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the kubelet exited with {self.proc.returncode}:\n{self.log()[-6000:]}") from None
+            raise
         assert response.status == 200, f"GET {url}: {response.status} {response.data[:2000]!r}"
         return json.loads(response.data)
 
@@ -184,7 +193,7 @@ class Kubelet:
 
     def logs(self, pod: str, container: str, **query: str) -> bytes:
         response = self.https.request("GET", f"{self.api}/containerLogs/{NAMESPACE}/{pod}/{container}",
-                                     fields=query, timeout=30, retries=False)
+                                     fields=query, timeout=self.request_timeout, retries=False)
         assert response.status == 200, f"containerLogs: {response.status} {response.data[:2000]!r}"
         return bytes(response.data)
 
@@ -204,7 +213,7 @@ class Kubelet:
     def run(self, pod: str, container: str, command: str) -> tuple[int, bytes]:
         """POST /run (the kubelet's ExecSync): its status and body."""
         url = f"{self.api}/run/{NAMESPACE}/{pod}/{container}?" + urllib.parse.urlencode({"cmd": command})
-        response = self.https.request("POST", url, timeout=30, retries=False)
+        response = self.https.request("POST", url, timeout=self.request_timeout, retries=False)
         return response.status, bytes(response.data)
 
     def exec(self, pod: str, container: str, command: list[str], stdin: bytes | None = None) -> ExecResult:
