@@ -44,7 +44,8 @@ def _read(path: Path) -> bytes:
 
 
 def test_logs_and_following_them(node: Node, static_pod: StaticPod) -> None:
-    script = "echo to-stdout; echo to-stderr >&2; sleep 1; echo later; exec sleep 1000"
+    # apart in time: a runtime reads the two pipes independently, so only time orders their lines in the log
+    script = "echo to-stdout; sleep 0.5; echo to-stderr >&2; sleep 0.5; echo later; exec sleep 1000"
     name = static_pod(pod_manifest("talker", [container("app", node.busybox, ["sh", "-c", script])]))
     wait_pod(node.kubelet, name, is_ready, 60, "Running")
     follow = node.kubelet.follow_logs(name, "app")
