@@ -50,6 +50,12 @@ class Pods:
                                                                               runtime_handler=handler))
         return str(response.pod_sandbox_id)
 
+    def remove_all_pods(self, timeout: float = 60) -> None:
+        """Remove every pod crispd has (RemovePodSandbox stops it first), as a kubelet would at the end."""
+        runtime = self.daemon.runtime
+        for item in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=timeout).items:
+            runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=timeout)
+
     def leaks(self) -> list[str]:
         left = [f"mount {m}" for m in mounts_under(self.daemon.base)]
         left += [f"cgroup {c}" for c in cgroups_under(self.cgroup_base)]

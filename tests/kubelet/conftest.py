@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from cri import api as cri
 from tests.cri.pods import Pods
 from tests.images import BUSYBOX, NGINX, serve
 from tests.kubelet.hostguard import KUBELET_SYSCTLS
@@ -57,13 +56,6 @@ class Node:
 
 def _sysctls() -> dict[str, str]:
     return {name: Path("/proc/sys", name).read_text() for name in KUBELET_SYSCTLS}
-
-
-def _remove_all_pods(crisp: Pods) -> None:
-    runtime = crisp.daemon.runtime
-    for item in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=30).items:
-        runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=item.id), timeout=60)
-        runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=60)
 
 
 def _force_cleanup(crisp: Pods, kubelet_dirs: list[Path]) -> None:
@@ -108,7 +100,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         crisp.daemon.start()
         stack.callback(lambda: codes.setdefault("crispd", crisp.daemon.stop(signal.SIGTERM, timeout=60)))
         stack.callback(lambda: leaks.extend(crisp.leaks()))
-        stack.callback(_remove_all_pods, crisp)
+        stack.callback(crisp.remove_all_pods)
 
         stack.callback(lambda: codes.setdefault("kubelet", kubelet.stop()))
         kubelet.start()
