@@ -52,13 +52,15 @@ def test_exec_probes_and_a_failing_liveness_probe_restarts_the_container(node: N
 
 
 def test_a_crash_looping_container_is_restarted_with_its_exit_code(node: Node, static_pod: StaticPod) -> None:
+    # the termination message goes to the file the kubelet mounts at /dev/termination-log (terminationMessagePath)
     name = static_pod(pod_manifest("crashing", [container(
-        "app", node.busybox, ["sh", "-c", "echo crashing; exit 3"])]))
+        "app", node.busybox, ["sh", "-c", "echo crashing; echo last words > /dev/termination-log; exit 3"])]))
     pod = wait_pod(node.kubelet, name, lambda p: container_status(p, "app").get("restartCount", 0) >= 2, 60,
                    "restarted twice")
     status = container_status(pod, "app")
     terminated = status["lastState"]["terminated"]
     assert terminated["exitCode"] == 3 and terminated["reason"] == "Error", status
+    assert terminated["message"] == "last words\n", status
     assert b"crashing" in node.kubelet.logs(name, "app", previous="true")
     wait_pod(node.kubelet, name,
              lambda p: container_status(p, "app")["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff",
