@@ -99,3 +99,9 @@ def store_rows(db: Path, ids: Collection[str]) -> list[str]:
             found += [f"{table} {value}" for (value,) in conn.execute(f"SELECT {column} FROM {table}")
                       if value in ids]
     return found
+
+
+def shm_segments(size: int | None = None) -> set[int]:
+    """The ids of the System V shared memory segments in this IPC namespace (of `size` bytes only, if given)."""
+    lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return {int(fields[1]) for fields in (line.split() for line in lines) if size is None or int(fields[3]) == size}
