@@ -858,6 +858,13 @@ class Shim:
         session.done = True
         self.execs.pop(session.id, None)
         self._exec_cleanup(session)
+        # the container's init may have died after op_exec's check (a probe racing the container's end): the
+        # executor then refuses the exec; its exit is ours to reap, and the refusal is the caller's precondition
+        self.loop.reap()
+        if self.state == "stopped":
+            reply(protocol.reply_error("FailedPrecondition", f"container {self.config.id} exited while exec "
+                                       f"{session.id} was starting ({message})"))
+            return
         reply(protocol.reply_error("Internal", f"{self.config.id}: {message}"))
 
     def _exec_launched(self, session: ExecSession, result: CommandResult, offset: int, since: float,
