@@ -226,6 +226,7 @@ class Daemon:
             await ctx.delay_point("crispd.ready")
             await recover(ctx)
             _freeze_startup_heap()
+            await asyncio.sleep(0)  # the collection ends this step, still outside the slow-callback check
             self.readiness.set_ready()
             if self.config.debug.slow_callback_ms > 0:
                 asyncio.get_running_loop().slow_callback_duration = self.config.debug.slow_callback_ms / 1000
