@@ -171,6 +171,13 @@ class ExecSessions:
         session.done = True
         self.sessions.pop(session.id, None)
         self._cleanup(session)
+        # the container's init may have died after op_exec's check (a probe racing the container's end): the
+        # executor then refuses the exec; its exit is ours to reap, and the refusal is the caller's precondition
+        self.loop.reap()
+        if self.shim.container.state == "stopped":
+            reply(protocol.reply_error("FailedPrecondition", f"container {self.id} exited while exec {session.id} "
+                                       f"was starting ({message})"))
+            return
         reply(protocol.reply_error("Internal", f"{self.id}: {message}"))
 
     def _launched(self, session: ExecSession, result: CommandResult, offset: int, since: float,

@@ -199,14 +199,26 @@ class PodSandboxController:
             await self._stop(sandbox)
 
     async def _stop(self, sandbox: Sandbox) -> None:
-        """Kill everything in the pod (no grace: the kubelet stops containers first) and tear its network down."""
+        """Kill everything in the pod (no grace: the kubelet stops containers first), tear its network down and let
+        its network namespace go."""
         await self.containers.stop_all(sandbox.id)
         await self._kill_pod_processes(sandbox)
         await self._teardown_network(self._network_request(sandbox))
-        if sandbox.status.state == READY:
-            await self.sandboxes.update(sandbox, state=NOT_READY)
+        await self._unpin_netns(sandbox)
+        was_ready = sandbox.status.state == READY
+        if was_ready or sandbox.status.ips:  # the addresses went back to the pool: PodSandboxStatus shows none
+            await self.sandboxes.update(sandbox, state=NOT_READY, ips=())
+        if was_ready:
             log.info("pod %s stopped", sandbox.id)
             self.events.sandbox(sandbox, cri.CONTAINER_STOPPED_EVENT)
+
+    async def _unpin_netns(self, sandbox: Sandbox) -> None:
+        """A stopped pod's network namespace goes with its network (CRI: StopPodSandbox reclaims the pod's network
+        resources; containerd removes the netns there too): no process of the pod is left to use it, and a stopped
+        pod may stay for as long as its API object does. The pod's other pins stay until remove."""
+        netns = sandbox.meta.namespaces.get("net")
+        if netns and not sandbox.meta.host_network:
+            await self._unpin([Path(netns)])
 
     async def remove(self, sandbox: Sandbox) -> None:
         """Stop the pod, remove its containers, then undo every step of its creation (idempotent)."""

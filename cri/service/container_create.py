@@ -118,6 +118,18 @@ def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
 
 async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
                   request: cri.CreateContainerRequest) -> None:
+    """Under the pod's lock: a StopPodSandbox or RemovePodSandbox that comes meanwhile (a kubelet that gave up on
+    this call) waits for the container and stops or removes it too, and a creation that had to wait for one of
+    them finds the pod stopped."""
+    async with sandbox.lock:
+        if sandbox.status.state != READY:
+            await ctx.container_names.release(name, container_id)
+            raise errors.FailedPrecondition(f"pod {sandbox.id} was stopped: cannot create containers in it")
+        await _create_in_pod(ctx, container_id, name, sandbox, request)
+
+
+async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
+                         request: cri.CreateContainerRequest) -> None:
     config = request.config
     image = await ctx.images.resolve(config.image.image)
     log_path = _log_path(sandbox, config)

@@ -21,7 +21,9 @@ NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever t
 class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
-    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd") -> None:
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "") -> None:
+        """`cgroup_config` adds keys to the [cgroup] table (a TOML table is declared once)."""
+        self.cgroup_config = cgroup_config
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.bridge = f"crispt{secrets.token_hex(4)}"
         self.subnet = free_subnet4(24)
@@ -30,7 +32,7 @@ class Pods:
 
     def config_text(self, extra: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
-        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n'
+        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n{self.cgroup_config}'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
                 f'cni_config_dir = "{NO_CNI_DIR}"\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
@@ -52,6 +54,12 @@ class Pods:
         response = self.daemon.runtime.RunPodSandbox(cri.RunPodSandboxRequest(config=config,
                                                                               runtime_handler=handler))
         return str(response.pod_sandbox_id)
+
+    def remove_all_pods(self, timeout: float = 60) -> None:
+        """Remove every pod crispd has (RemovePodSandbox stops it first), as a kubelet would at the end."""
+        runtime = self.daemon.runtime
+        for item in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=timeout).items:
+            runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=timeout)
 
     def leaks(self) -> list[str]:
         left = [f"mount {m}" for m in mounts_under(self.daemon.base)]
