@@ -12,7 +12,10 @@ import os
 from collections.abc import Mapping
 
 from runtime import errors
+from runtime.executor import procfs
 from runtime.executor.oci import Linux
+from runtime.linux import syscalls as sc
+from runtime.namespaces.sysctl import sysctl_path
 
 _IPC_EXACT = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
               "kernel.shmmni", "kernel.shm_rmid_forced"}
@@ -74,15 +77,16 @@ def check_sysctls(linux: Linux) -> None:
                 f"sysctl {name!r} needs a {ns} namespace of its own: the container shares the host's")
 
 
-def sysctl_path(name: str) -> str:
-    return "/proc/sys/" + name.replace(".", "/")
-
-
-def apply_sysctls(sysctls: Mapping[str, str]) -> None:
-    """Write them through /proc of the current (container) namespaces; called after pivot_root."""
+def apply_sysctls(sys: sc.Syscalls, sysctls: Mapping[str, str], proc_fd: int) -> None:
+    """Write them through the init's private procfs (of the container's namespaces); called after pivot_root.
+    Never through the container's /proc: a volume mounted inside it would redirect the writes."""
     for name, value in sysctls.items():
         try:
-            with open(sysctl_path(name), "w") as f:
-                f.write(value)
+            fd = procfs.open_below(sys, proc_fd, sysctl_path(name).removeprefix("/proc/"),
+                                   os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise errors.InvalidArgument(f"sysctl {name}={value!r}: {exc.strerror}") from None
