@@ -150,7 +150,9 @@ class Rootfs:
                     raise MountError(f"device {device.path}: {exc.strerror}") from None
             devices.create_symlinks(sys, self._root_fd)
         try:
-            os.close(paths.ensure_dir(sys, self._root_fd, self.spec.process.cwd))
+            # a dangling symlink on the way is followed: its target is made inside the root, as runc does
+            os.close(paths.ensure_dir(sys, self._root_fd, paths.resolve_in_root(sys, self._root_fd,
+                                                                               self.spec.process.cwd)))
         except OSError as exc:
             raise errors.InvalidArgument(
                 f"cwd {self.spec.process.cwd!r} set in config.json cannot be made a directory: {exc.strerror}"

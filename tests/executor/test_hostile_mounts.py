@@ -138,3 +138,14 @@ def test_a_dangling_symlink_mount_target_is_made_inside_the_root(runtimes: list[
         assert (rootfs / "srv/crisp-dangling/data").is_dir() and (rootfs / "crisp-dangling-rel/sub").is_dir()
         assert not Path("/srv/crisp-dangling").exists() and not Path("/crisp-dangling-rel").exists()
 
+
+def test_a_working_dir_through_a_dangling_symlink_is_made_inside_the_root(builtin: Runtime, bundles: Bundles) -> None:
+    """(runc 1.1 makes it with the host's view of the path, outside the root: not run here.)"""
+    bundle = bundles.make(make_spec(sh(f"{BB} pwd"), process_cwd="/app/bin"))
+    rootfs = bundle / "rootfs"
+    (rootfs / "app").symlink_to("/srv/crisp-dangling-app")
+    result = builtin.run(bundle)
+    assert result.create == 0 and result.exit == 0, result.err
+    assert result.out == "/srv/crisp-dangling-app/bin\n"
+    assert (rootfs / "srv/crisp-dangling-app/bin").is_dir()
+    assert not Path("/srv/crisp-dangling-app").exists()
