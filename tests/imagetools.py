@@ -184,10 +184,10 @@ class Image:
 
 def image(layers: list[Layer], user: str = "", cmd: list[str] | None = None, arch: str = "amd64",
           docker: bool = False, env: list[str] | None = None, labels: dict[str, str] | None = None,
-          layer_type_override: str | None = None) -> Image:
+          layer_type_override: str | None = None, workdir: str = "/") -> Image:
     config = {
         "architecture": arch, "os": "linux", "created": "2024-01-01T00:00:00Z",
-        "config": {"User": user, "Env": env or ["PATH=/bin"], "Cmd": cmd or ["/bin/sh"], "WorkingDir": "/",
+        "config": {"User": user, "Env": env or ["PATH=/bin"], "Cmd": cmd or ["/bin/sh"], "WorkingDir": workdir,
                    "Labels": labels or {}},
         "rootfs": {"type": "layers", "diff_ids": [lay.diff_id for lay in layers]},
     }

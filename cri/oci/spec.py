@@ -29,6 +29,7 @@ from cri.oci.mounts import (
     DEFAULT_READONLY_PATHS,
     PodFiles,
     assemble_mounts,
+    check_bind_targets,
     cri_binds,
     cri_devices,
     host_devices,
@@ -536,6 +537,7 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
 
     # mounts and devices
     binds = cri_binds(config.mounts, inputs.host.mounts, rro_supported=inputs.options.recursive_read_only)
+    check_bind_targets(binds, inputs.image_files)
     taken = {posixpath.normpath(b.container_path) for b in binds}
     files = inputs.pod.files
     if sc.namespace_options.ipc == _NS_MODE.NODE or (

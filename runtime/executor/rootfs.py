@@ -24,12 +24,6 @@ from runtime.executor import devices, mountopts, paths, procfs
 from runtime.executor.oci import Mount, Overlay, Spec
 from runtime.linux import syscalls as sc
 
-# files under /proc a container may have something mounted on (lxcfs does this), as runc allows
-PROC_MOUNT_ALLOWED = frozenset({
-    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
-    "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid",
-})
-
 # statvfs f_flag bits that a bind remount must keep unless the mount options clear them
 _ST_KEEP = {sc.MS_NOSUID: os.ST_NOSUID, sc.MS_NODEV: os.ST_NODEV, sc.MS_NOEXEC: os.ST_NOEXEC}
 _PAGE = 4096
@@ -85,11 +79,7 @@ def check_proc_destination(mount: Mount, resolved: str | None = None) -> None:
     """Nothing but procfs itself (and runc's few files) may be mounted in /proc; `resolved` is where the
     destination really lands (its symlinks followed inside the root)."""
     dest = posixpath.normpath("/" + (mount.destination if resolved is None else resolved).lstrip("/"))
-    if dest != "/proc" and not dest.startswith("/proc/"):
-        return
-    if dest == "/proc" and mount.type == "proc":
-        return
-    if dest in PROC_MOUNT_ALLOWED:
+    if not procfs.mount_refused_in_proc(dest, mount.type):
         return
     via = "" if resolved is None or dest == mount.destination else f" (through a symlink: it lands on {dest})"
     raise MountError(f"mount on {mount.destination}{via}: nothing may be mounted inside /proc but the proc "
