@@ -26,6 +26,7 @@ from cri.oci import (
     inspect_host,
     resolve_stop_signal,
 )
+from cri.oci.workdir import make_working_dir
 from cri.service import runtime_info
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
@@ -155,6 +156,8 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
+        await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
+                                spec["process"]["cwd"])
         cgroup = cgroup_paths.from_oci(spec["linux"]["cgroupsPath"])
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)

@@ -95,3 +95,18 @@ def test_a_volume_through_an_image_symlink_never_lands_in_proc(client: Client, h
     assert client.rt.ListContainers(cri.ListContainersRequest()).containers == [] or all(
         c.state != cri.CONTAINER_RUNNING for c in client.rt.ListContainers(cri.ListContainersRequest()).containers)
 
+
+def test_working_dir_and_volume_through_dangling_symlinks(client: Client, hostile: Hostile,
+                                                          tmp_path: Path) -> None:
+    """The image's WorkingDir /app/bin with /app -> /srv/app (missing), a volume at /data -> srv/data (missing):
+    both are made inside the rootfs where the symlinks point, as runc makes them."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "hello").write_text("from the volume\n")
+    client.pull(hostile.links)
+    pod_id, pod = client.pod()
+    cid = client.run(pod_id, pod, hostile.links, mounts=[cri.Mount(container_path="/data", host_path=str(volume))])
+    result = client.exec(cid, ["sh", "-c", "pwd; cat /data/hello /srv/data/hello"])
+    assert (result.exit_code, result.stderr) == (0, b"")
+    assert result.stdout == b"/srv/app/bin\nfrom the volume\nfrom the volume\n"
+    assert not Path("/srv/app").exists() and not Path("/srv/data").exists()
