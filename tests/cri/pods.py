@@ -64,10 +64,10 @@ class Pods:
 
 
 @contextlib.contextmanager
-def running_pods(base: Path, extra_config: str = "") -> Iterator[Pods]:
-    """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
-    cleanly without blocking its loop."""
-    p = Pods(base, extra_config)
+def running_pods(base: Path, extra_config: str = "", pods: Pods | None = None) -> Iterator[Pods]:
+    """A started `Pods` crispd (`pods`, or a new one); afterwards every pod is removed, nothing may be left, and
+    crispd must have stopped cleanly without blocking its loop."""
+    p = pods if pods is not None else Pods(base, extra_config)
     p.daemon.start()
     try:
         yield p
