@@ -1,0 +1,155 @@
+"""Hostile layers against a real crispd: built here (GNU tar for sparse entries, tarfile for the rest), pushed to
+the loopback registry, pulled over the socket. Each is refused with INVALID_ARGUMENT naming the layer (or, for
+the huge directory tree, pulled), and leaves nothing in the image store."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri import api as cri
+from tests.cri.conftest import TestImages
+from tests.cri.crispd import Crispd
+from tests.imagetools import LAYER_TYPES, Layer, Pusher, busybox_layer, image, sha256
+
+pytestmark = pytest.mark.root
+
+def _gnu_tar(entries: list[tarfile.TarInfo]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info in entries:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isreg() else None)
+    return out.getvalue()
+
+
+def _raw_layer(raw: bytes) -> Layer:
+    return Layer(gzip.compress(raw, mtime=0), LAYER_TYPES["gzip"], sha256(raw))
+
+
+def sparse_layer(tmp: Path, tar_format: str) -> Layer:
+    """GNU tar's sparse entry of a 2 GiB file with one byte of data: about a hundred bytes gzipped."""
+    src = tmp / f"sparse-{tar_format}"
+    src.mkdir()
+    with open(src / "bomb", "wb") as f:
+        f.truncate(2 << 30)
+        f.seek(1 << 30)
+        f.write(b"x")
+    raw = subprocess.run(["tar", "--sparse", f"--format={tar_format}", "-cf", "-", "-C", str(src), "bomb"],
+                         check=True, capture_output=True).stdout
+    return _raw_layer(raw)
+
+
+def _entry(name: str, **fields: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mtime = 1_700_000_000
+    info.mode = 0o644
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
+def _directories(count: int) -> Layer:
+    entries = [_entry(f"d{i}", type=tarfile.DIRTYPE, mode=0o755) for i in range(count)]
+    return _raw_layer(_gnu_tar(entries))
+
+
+BAD_ENTRIES: dict[str, list[tarfile.TarInfo]] = {
+    "long-name": [_entry("a" * 300)],
+    "long-symlink": [_entry("link", type=tarfile.SYMTYPE, linkname="t" * 5000)],
+    "absurd-mtime": [_entry("late", mtime=2**80)],
+    "negative-uid": [_entry("who", uid=-2)],
+    "negative-gid": [_entry("who", gid=-7)],
+    "huge-uid": [_entry("who", uid=2**40)],
+}
+
+
+class Hostile:
+    def __init__(self, registry: str, tmp: Path) -> None:
+        self.registry = registry
+        self.push = Pusher(f"http://{registry}")
+        self.base = busybox_layer()
+        self.tmp = tmp
+
+    def image(self, name: str, *layers: Layer) -> tuple[str, list[Layer]]:
+        img = image([self.base, *layers], labels={"case": name, "at": str(time.time())})
+        self.push.image("crisp/hostile", img, name)
+        return f"{self.registry}/crisp/hostile:{name}", img.layers
+
+
+@pytest.fixture(scope="module")
+def hostile(test_images: TestImages, tmp_path_factory: pytest.TempPathFactory) -> Hostile:
+    return Hostile(test_images.registry, tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Crispd]:
+    d = Crispd(tmp_path)
+    d.start()
+    try:
+        yield d
+    finally:
+        assert d.stop() == 0, d.log()
+    assert d.slow_callbacks() == [], d.log()
+
+
+def pull_error(daemon: Crispd, ref: str) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)), timeout=120)
+    return info.value
+
+
+def assert_store_empty(daemon: Crispd) -> None:
+    images = daemon.root / "images"
+    deadline = time.monotonic() + 20
+    while True:
+        left = [str(p) for d in ("blobs/sha256", "snapshots", "tmp") for p in (images / d).iterdir()]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert left == []
+    assert list(daemon.images.ListImages(cri.ListImagesRequest()).images) == []
+
+
+@pytest.mark.parametrize("tar_format", ["gnu", "posix"])
+def test_sparse_entries_are_refused(daemon: Crispd, hostile: Hostile, tar_format: str) -> None:
+    bomb = sparse_layer(hostile.tmp, tar_format)
+    assert len(bomb.blob) < 1024  # a tiny layer...
+    ref, _ = hostile.image(f"sparse-{tar_format}", bomb)
+    err = pull_error(daemon, ref)  # ...that must not write 2 GiB
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert bomb.digest in (err.details() or "") and "sparse" in (err.details() or "")
+    assert_store_empty(daemon)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ENTRIES))
+def test_unrepresentable_entries_are_invalid_argument(daemon: Crispd, hostile: Hostile, case: str) -> None:
+    bad = _raw_layer(_gnu_tar(BAD_ENTRIES[case]))
+    ref, _ = hostile.image(f"bad-{case}", bad)
+    err = pull_error(daemon, ref)
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert bad.digest in (err.details() or "") and BAD_ENTRIES[case][0].name in (err.details() or "")
+    assert_store_empty(daemon)
+
+
+def test_a_layer_of_25000_directories_is_pulled(tmp_path: Path, hostile: Hostile) -> None:
+    """One fd per directory kept open until the end ran out of fds (EMFILE, reported as INTERNAL)."""
+    ref, _ = hostile.image("many-dirs", _directories(25_000))
+    daemon = Crispd(tmp_path).start()
+    try:
+        daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)), timeout=300)
+        snapshot = daemon.root / "images/snapshots"
+        dirs = [p for p in snapshot.iterdir() if (p / "fs/d24999").is_dir()]
+        assert len(dirs) == 1 and len(os.listdir(dirs[0] / "fs")) == 25_000
+        assert daemon.proc is not None
+        assert len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) < 200
+    finally:
+        assert daemon.stop() == 0, daemon.log()
