@@ -266,6 +266,10 @@ class ImageConfig:
     pull_progress_timeout_seconds: float = 300.0
     # connect timeout, and read timeout of small requests (manifests, configs, tokens)
     request_timeout_seconds: float = 30.0
+    # a layer whose entries add up to more than this unpacked (each its header's size plus 512) is refused before
+    # it is written out (compression bombs); the image cap counts the layers one pull unpacks
+    max_layer_unpacked_bytes: int = 64 << 30
+    max_image_unpacked_bytes: int = 128 << 30
     # default credentials per registry host ("docker.io", "registry.example.com:5000")
     auths: dict[str, RegistryAuthConfig] = field(default_factory=dict)
 
@@ -278,6 +282,9 @@ class ImageConfig:
             return [("pull_progress_timeout_seconds", "must be positive")]
         if self.request_timeout_seconds <= 0:
             return [("request_timeout_seconds", "must be positive")]
+        for name in ("max_layer_unpacked_bytes", "max_image_unpacked_bytes"):
+            if getattr(self, name) <= 0:
+                return [(name, "must be positive")]
         return []
 
 

@@ -108,7 +108,8 @@ class ImageManager:
                                 max_connections=max(4, self.config.max_concurrent_downloads))
         self.puller = Puller(self.files, client, self.config.registry_config_path,
                              self.config.max_concurrent_downloads, self.config.pull_progress_timeout_seconds,
-                             on_fetched=on_fetched)
+                             on_fetched=on_fetched, max_layer_unpacked=self.config.max_layer_unpacked_bytes,
+                             max_image_unpacked=self.config.max_image_unpacked_bytes)
         self.clock_ns = clock_ns
         self._pulls: dict[tuple[str, str], _PullJob] = {}
         self._gc_lock = asyncio.Lock()

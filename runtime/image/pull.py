@@ -34,7 +34,7 @@ from runtime.image.manifest import (
 from runtime.image.reference import Reference
 from runtime.image.registry import Credentials, RegistryClient, RepositorySession
 from runtime.image.store import ImageStore, remove_tree
-from runtime.image.unpack import unpack_layer
+from runtime.image.unpack import ImageBudget, UnpackLimits, unpack_layer
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,11 @@ class Puller:
     """Pulls images into an ImageStore; shared by all pulls (threads and connection pools)."""
 
     def __init__(self, store: ImageStore, client: RegistryClient, hosts_dir: str, max_concurrent_downloads: int,
-                 progress_timeout: float, on_fetched: Callable[[int], None] | None = None) -> None:
+                 progress_timeout: float, on_fetched: Callable[[int], None] | None = None,
+                 max_layer_unpacked: int = 64 << 30, max_image_unpacked: int = 128 << 30) -> None:
         self.store = store
+        self.max_layer_unpacked = max_layer_unpacked
+        self.max_image_unpacked = max_image_unpacked
         # told of every chunk of layer bytes downloaded (from a pool thread): crispd's metrics
         self.on_fetched = on_fetched
         self.client = client
@@ -216,7 +219,9 @@ class Puller:
         # everything this image needs is held from here on: GC leaves it alone
         await in_thread(lambda: [self.store.put_blob(d, body) for d, body in blobs.items()])
         progress.total = sum(layer.size for layer in layers)
-        jobs = [in_thread(lambda layer=layer: self._fetch_layer(session, layer, progress, cancel), self._pool)
+        limits = UnpackLimits(self.max_layer_unpacked, ImageBudget(self.max_image_unpacked))
+        jobs = [in_thread(lambda layer=layer: self._fetch_layer(session, layer, progress, cancel, limits),
+                          self._pool)
                 for layer in layers]
         await asyncio.gather(*jobs)
         size = sum(len(body) for body in blobs.values()) + progress.total
@@ -226,7 +231,7 @@ class Puller:
             platform=platform_name)
 
     def _fetch_layer(self, session: RepositorySession, layer: LayerInfo, progress: _Progress,
-                     cancel: threading.Event) -> None:
+                     cancel: threading.Event, limits: UnpackLimits | None = None) -> None:
         """Download (unless stored) and unpack (unless unpacked) one layer; runs in a pool thread."""
         if cancel.is_set():
             raise errors.Cancelled(f"layer {layer.digest}: pull cancelled")
@@ -250,7 +255,7 @@ class Puller:
             fs = tmp / "fs"
             fs.mkdir(mode=0o755)
             result = unpack_layer(self.store.blob_path(layer.digest), fs, layer.digest, layer.diff_id, cancel,
-                                  on_entry=lambda _member: progress.touch())
+                                  on_entry=lambda _member: progress.touch(), limits=limits)
             self.store.commit_snapshot(layer.chain_id, tmp)
         except BaseException:
             remove_tree(tmp)

@@ -19,9 +19,12 @@ import pytest
 from cri import api as cri
 from tests.cri.conftest import TestImages
 from tests.cri.crispd import Crispd
-from tests.imagetools import LAYER_TYPES, Layer, Pusher, busybox_layer, image, sha256
+from tests.imagetools import LAYER_TYPES, Layer, Pusher, busybox_layer, file, image, layer, sha256
 
 pytestmark = pytest.mark.root
+
+MiB = 1 << 20
+
 
 def _gnu_tar(entries: list[tarfile.TarInfo]) -> bytes:
     out = io.BytesIO()
@@ -92,7 +95,7 @@ def hostile(test_images: TestImages, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Crispd]:
-    d = Crispd(tmp_path)
+    d = Crispd(tmp_path, config="[image]\nmax_layer_unpacked_bytes = 8388608\nmax_image_unpacked_bytes = 12582912\n")
     d.start()
     try:
         yield d
@@ -127,6 +130,25 @@ def test_sparse_entries_are_refused(daemon: Crispd, hostile: Hostile, tar_format
     err = pull_error(daemon, ref)  # ...that must not write 2 GiB
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert bomb.digest in (err.details() or "") and "sparse" in (err.details() or "")
+    assert_store_empty(daemon)
+
+
+def test_a_layer_over_the_unpacked_size_cap_is_refused(daemon: Crispd, hostile: Hostile) -> None:
+    big = layer([file("zeros", bytes(9 * MiB))])  # 9 MiB of zeros: a few KiB gzipped
+    ref, _ = hostile.image("over-layer-cap", big)
+    err = pull_error(daemon, ref)
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert big.digest in (err.details() or "") and "8388608" in (err.details() or "")
+    assert_store_empty(daemon)
+
+
+def test_an_image_over_the_unpacked_size_cap_is_refused(daemon: Crispd, hostile: Hostile) -> None:
+    a, b = layer([file("a", bytes(5 * MiB))]), layer([file("b", bytes(6 * MiB))])
+    ref, _ = hostile.image("over-image-cap", a, b)
+    err = pull_error(daemon, ref)
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert "12582912" in (err.details() or "") and "image" in (err.details() or "")
+    assert a.digest in (err.details() or "") or b.digest in (err.details() or "")
     assert_store_empty(daemon)
 
 
