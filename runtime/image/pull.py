@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from runtime import errors
+from runtime.fstree import remove_tree
 from runtime.image.hosts import registry_hosts
 from runtime.image.manifest import (
     INDEX_TYPES,
@@ -33,7 +34,7 @@ from runtime.image.manifest import (
 )
 from runtime.image.reference import Reference
 from runtime.image.registry import Credentials, RegistryClient, RepositorySession
-from runtime.image.store import ImageStore, remove_tree
+from runtime.image.store import ImageStore
 from runtime.image.unpack import ImageBudget, UnpackLimits, unpack_layer
 
 log = logging.getLogger(__name__)

@@ -41,6 +41,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from runtime import errors
+from runtime.fstree import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class _Unpacker:
             prefix = tuple(parts)
             for key in [k for k in self._dir_cache if k[:len(prefix)] == prefix]:
                 os.close(self._dir_cache.pop(key))
-            shutil.rmtree(name, dir_fd=dir_fd)
+            remove_tree(name, dir_fd=dir_fd)
         else:
             os.unlink(name, dir_fd=dir_fd)
         return False

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from runtime.fstree import remove_tree
 from tests.cri.conftest import TestImages
 from tests.cri.crispd import Crispd
 from tests.imagetools import LAYER_TYPES, Layer, Pusher, busybox_layer, file, image, layer, sha256
@@ -175,3 +176,20 @@ def test_a_layer_of_25000_directories_is_pulled(tmp_path: Path, hostile: Hostile
         assert len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) < 200
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_layer_1500_directories_deep_is_pulled_measured_and_removed(tmp_path: Path, hostile: Hostile) -> None:
+    """Walks and removals that recurse once per level (shutil.rmtree, os.walk) die past ~1,000 levels."""
+    deep = _raw_layer(_gnu_tar([_entry("d/" * 1500 + "f", size=3)]))
+    ref, _ = hostile.image("deep", deep)
+    daemon = Crispd(tmp_path).start()
+    try:
+        daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)), timeout=120)
+        usage = daemon.images.ImageFsInfo(cri.ImageFsInfoRequest()).image_filesystems[0]
+        assert usage.inodes_used.value > 1500
+        daemon.images.RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image=ref)))
+        assert_store_empty(daemon)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+        # never leave it to pytest's own cleanup of tmp dirs (shutil.rmtree: RecursionError for every session)
+        remove_tree(daemon.root / "images", ignore_errors=True)
