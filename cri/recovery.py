@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 
 from cri.service.container_run import record_exit, start_watching
 from cri.service.context import ServiceContext
 from cri.store.containers import EXITED, RUNNING
 from cri.store.sandboxes import NOT_READY, READY
+from runtime.fstree import remove_tree
 from runtime.network.types import PodNetworkRequest
 from shim.protocol import ExitStatus
 
@@ -30,8 +30,8 @@ async def recover_containers(ctx: ServiceContext) -> None:
             log.info("container %s: removing the leftovers of a container crisp has no record of", container_id)
             if shim.info is not None:
                 await ctx.discard_shim(container_id)
-            await asyncio.to_thread(shutil.rmtree, shim.bundle, True)
-            await asyncio.to_thread(shutil.rmtree, ctx.root_dir / "containers" / container_id, True)
+            await asyncio.to_thread(remove_tree, shim.bundle, True)
+            await asyncio.to_thread(remove_tree, ctx.root_dir / "containers" / container_id, True)
     for container in containers.values():
         if container.status.state == EXITED:
             continue

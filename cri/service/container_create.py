@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
 from runtime.cgroups import drop_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
 
@@ -220,5 +220,5 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
 
 
 def _remove_dirs(bundle: Path, container_dir: Path) -> None:
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(container_dir, ignore_errors=True)
+    remove_tree(bundle, ignore_errors=True)
+    remove_tree(container_dir, ignore_errors=True)

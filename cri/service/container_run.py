@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 
 from cri import api as cri
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container
 from runtime import errors
+from runtime.fstree import remove_tree
 from shim.protocol import ExitStatus
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,8 @@ async def remove(ctx: ServiceContext, container: Container) -> None:
     def cleanup() -> None:
         if cgroup.exists() and cgroup.created_by_crisp():
             cgroup.remove()
-        shutil.rmtree(container.meta.bundle, ignore_errors=True)
-        shutil.rmtree(container.meta.container_dir, ignore_errors=True)
+        remove_tree(container.meta.bundle, ignore_errors=True)
+        remove_tree(container.meta.container_dir, ignore_errors=True)
 
     await asyncio.to_thread(cleanup)
     await ctx.containers.delete(container)

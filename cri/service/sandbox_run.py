@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import logging
 import secrets
-import shutil
 import time
 from typing import Any
 
@@ -25,6 +24,7 @@ from cri.service.sandbox_teardown import remove_pod_init
 from cri.store.sandboxes import READY, Sandbox, SandboxMeta, SandboxStatus
 from runtime import errors
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import start_pod_init
 from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
@@ -92,7 +92,7 @@ async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.P
     async with Rollback(f"RunPodSandbox {sandbox_id}") as undo:
         undo.push("name reservation", lambda: ctx.sandbox_names.release(name, sandbox_id))
         await asyncio.to_thread(pod_dir.mkdir, mode=0o700, parents=True)
-        undo.push("pod dir", lambda: asyncio.to_thread(shutil.rmtree, pod_dir, True))
+        undo.push("pod dir", lambda: asyncio.to_thread(remove_tree, pod_dir, True))
 
         pod_cgroup = await asyncio.to_thread(manager.create, cgroup, exist_ok=True)
         if pod_cgroup.created_by_crisp():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from pathlib import Path
 
 from cri.network import pod_network_request
 from cri.service.context import ServiceContext
 from cri.store.sandboxes import Sandbox
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.mounts import unmount
 from runtime.namespaces.pidns import remove_pid_pin, stop_pod_init
 from runtime.namespaces.pin import unpin_namespaces
@@ -86,4 +86,4 @@ async def release_pod_resources(ctx: ServiceContext, sandbox: Sandbox) -> None:
             path = cgroup_paths.parent(path)
 
     await asyncio.to_thread(remove_pod_cgroup)
-    await asyncio.to_thread(shutil.rmtree, pod_dir, True)
+    await asyncio.to_thread(remove_tree, pod_dir, True)

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from runtime.fstree import remove_tree
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
 from tests.imagetools import Image, Pusher, busybox_image, directory, image, layer, symlink
@@ -63,8 +64,8 @@ class Client:
         self.rt.StartContainer(cri.StartContainerRequest(container_id=cid))
         return cid
 
-    def exec(self, cid: str, cmd: list[str]) -> cri.ExecSyncResponse:
-        return self.rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=10))
+    def exec(self, cid: str, cmd: list[str], timeout: int = 10) -> cri.ExecSyncResponse:
+        return self.rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=timeout))
 
 
 @pytest.fixture(params=["", "runc"], ids=["builtin", "runc"])
@@ -110,3 +111,26 @@ def test_working_dir_and_volume_through_dangling_symlinks(client: Client, hostil
     assert (result.exit_code, result.stderr) == (0, b"")
     assert result.stdout == b"/srv/app/bin\nfrom the volume\nfrom the volume\n"
     assert not Path("/srv/app").exists() and not Path("/srv/data").exists()
+
+
+def test_a_writable_layer_1500_directories_deep_is_measured_and_removed(client: Client, hostile: Hostile) -> None:
+    """Walks and removals that recurse once per level (shutil.rmtree, os.walk) die past ~1,000 levels."""
+    client.pull(hostile.links)
+    pod_id, pod = client.pod()
+    cid = client.run(pod_id, pod, hostile.links)
+    container_dir = client.pods.daemon.root / "containers" / cid
+    try:
+        deep = client.exec(cid, ["sh", "-c", "cd /; i=0; while [ $i -lt 1500 ]; do mkdir d; cd d || exit 1; "
+                                             "i=$((i+1)); done; echo done"], timeout=120)
+        assert deep.stdout == b"done\n", deep.stderr
+        stats = client.rt.ContainerStats(cri.ContainerStatsRequest(container_id=cid)).stats
+        assert stats.writable_layer.inodes_used.value > 1500
+        client.rt.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=5))
+        client.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
+        assert not container_dir.exists()
+    finally:
+        # never leave it to pytest's own cleanup of tmp dirs (shutil.rmtree: RecursionError for every session)
+        try:
+            client.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        finally:
+            remove_tree(container_dir, ignore_errors=True)
