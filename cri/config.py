@@ -262,9 +262,11 @@ class ImageConfig:
     registry_config_path: str = "/etc/crisp/certs.d"
     # layers downloaded at once, over all pulls
     max_concurrent_downloads: int = 3
-    # a pull that receives no bytes and unpacks nothing for this long is aborted
+    # a pull that receives no bytes and unpacks nothing for this long is aborted (so is a blob download that
+    # receives nothing for this long, plus the request timeout)
     pull_progress_timeout_seconds: float = 300.0
-    # connect timeout, and read timeout of small requests (manifests, configs, tokens)
+    # connect timeout; the time a manifest, index, config or token request has to be complete (headers and
+    # body: a registry that drips is cut off), and a blob request to send its headers
     request_timeout_seconds: float = 30.0
     # a layer whose entries add up to more than this unpacked (each its header's size plus 512) is refused before
     # it is written out (compression bombs); the image cap counts the layers one pull unpacks
@@ -278,6 +280,7 @@ class ImageConfig:
             return [("registry_config_path", f"must be an absolute path, got {self.registry_config_path!r}")]
         if self.max_concurrent_downloads < 1:
             return [("max_concurrent_downloads", "must be at least 1")]
+
         if self.pull_progress_timeout_seconds <= 0:
             return [("pull_progress_timeout_seconds", "must be positive")]
         if self.request_timeout_seconds <= 0:

@@ -25,9 +25,10 @@ from runtime.fstree import remove_tree
 from runtime.image.hosts import registry_hosts
 from runtime.image.manifest import (
     INDEX_TYPES,
-    MAX_CONFIG_BYTES,
+    OCI_CONFIG,
     chain_ids,
     host_platform,
+    max_bytes,
     parse_config,
     parse_manifest,
     select_platform,
@@ -189,7 +190,7 @@ class Puller:
         platform = host_platform()
         if resolved.media_type in INDEX_TYPES:
             chosen = select_platform(resolved.body, resolved.digest, platform)
-            manifest = await in_thread(lambda: session.fetch_manifest(chosen.digest))
+            manifest = await in_thread(lambda: session.fetch_manifest(chosen.digest, chosen.size))
             if manifest.media_type in INDEX_TYPES:
                 raise errors.InvalidArgument(f"{ref}: index {chosen.digest} nested in an index is not supported")
             log.info("resolved %s to index %s, %s manifest %s", ref, resolved.digest, chosen.platform,
@@ -204,7 +205,8 @@ class Puller:
         parsed = parse_manifest(manifest.body, manifest.digest)
         config_desc = parsed.config
         config_body = await in_thread(
-            lambda: session.fetch_small_blob(config_desc.digest, config_desc.size, MAX_CONFIG_BYTES))
+            lambda: session.fetch_small_blob(config_desc.digest, config_desc.size,
+                                             max_bytes(config_desc.media_type or OCI_CONFIG)))
         progress.touch()
         config = parse_config(config_body, config_desc.digest, len(parsed.layers))
         os_name = config.get("os")
