@@ -260,8 +260,10 @@ class RegistryAuthConfig:
 class ImageConfig:
     # containerd-style registry hosts: <dir>/<registry host>/hosts.toml (mirrors, CA, plain http, skip_verify)
     registry_config_path: str = "/etc/crisp/certs.d"
-    # layers downloaded at once, over all pulls
-    max_concurrent_downloads: int = 3
+    # layers downloaded at once, over all pulls; one registry gets at most the second number of them, so that a
+    # slow one never holds up pulls from the others
+    max_concurrent_downloads: int = 4
+    max_concurrent_downloads_per_registry: int = 3
     # a pull that receives no bytes and unpacks nothing for this long is aborted (so is a blob download that
     # receives nothing for this long, plus the request timeout)
     pull_progress_timeout_seconds: float = 300.0
@@ -280,7 +282,8 @@ class ImageConfig:
             return [("registry_config_path", f"must be an absolute path, got {self.registry_config_path!r}")]
         if self.max_concurrent_downloads < 1:
             return [("max_concurrent_downloads", "must be at least 1")]
-
+        if not 1 <= self.max_concurrent_downloads_per_registry <= self.max_concurrent_downloads:
+            return [("max_concurrent_downloads_per_registry", "must be between 1 and max_concurrent_downloads")]
         if self.pull_progress_timeout_seconds <= 0:
             return [("pull_progress_timeout_seconds", "must be positive")]
         if self.request_timeout_seconds <= 0:

@@ -109,7 +109,8 @@ class ImageManager:
         self.puller = Puller(self.files, client, self.config.registry_config_path,
                              self.config.max_concurrent_downloads, self.config.pull_progress_timeout_seconds,
                              on_fetched=on_fetched, max_layer_unpacked=self.config.max_layer_unpacked_bytes,
-                             max_image_unpacked=self.config.max_image_unpacked_bytes)
+                             max_image_unpacked=self.config.max_image_unpacked_bytes,
+                             max_downloads_per_registry=self.config.max_concurrent_downloads_per_registry)
         self.clock_ns = clock_ns
         self._pulls: dict[tuple[str, str], _PullJob] = {}
         self._gc_lock = asyncio.Lock()

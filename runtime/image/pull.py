@@ -1,7 +1,10 @@
 """Pull one image: resolve, pick the platform, fetch config and layers concurrently, unpack them into snapshots.
 
 `Puller.pull` runs on the event loop; every network request, hash, write and unpack runs in worker threads (layer
-downloads in a pool of `max_concurrent_downloads` threads, each unpacking the layer it fetched). A pull that makes no
+downloads in a pool of `max_concurrent_downloads` threads, each unpacking the layer it fetched). One registry
+gets at most `max_concurrent_downloads_per_registry` of those threads and half of the small requests' ones: a
+slow or dripping registry holds up its own pulls, never another registry's (pulls wait for a slot on the loop,
+not in a pool's queue). A pull that makes no
 progress (no bytes downloaded, no tar entry unpacked) for `progress_timeout` seconds is aborted; on any failure
 or cancellation the threads are told to stop, waited for, and their temp files removed. Recording the image in the
 metadata store is the caller's job.
@@ -97,7 +100,8 @@ class Puller:
 
     def __init__(self, store: ImageStore, client: RegistryClient, hosts_dir: str, max_concurrent_downloads: int,
                  progress_timeout: float, on_fetched: Callable[[int], None] | None = None,
-                 max_layer_unpacked: int = 64 << 30, max_image_unpacked: int = 128 << 30) -> None:
+                 max_layer_unpacked: int = 64 << 30, max_image_unpacked: int = 128 << 30,
+                 max_downloads_per_registry: int | None = None) -> None:
         self.store = store
         self.max_layer_unpacked = max_layer_unpacked
         self.max_image_unpacked = max_image_unpacked
@@ -110,6 +114,10 @@ class Puller:
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent_downloads, thread_name_prefix="crisp-pull")
         # resolving, manifests, configs, hosts files: small requests, kept out of the layer pool's queue
         self._meta_pool = ThreadPoolExecutor(max_workers=META_WORKERS, thread_name_prefix="crisp-pull-meta")
+        self._per_registry = {self._pool: max_downloads_per_registry or max_concurrent_downloads,
+                              self._meta_pool: META_WORKERS // 2}
+        # (registry, pool) -> its slots; made on the loop
+        self._slots: dict[tuple[str, ThreadPoolExecutor], asyncio.Semaphore] = {}
 
     def prestart(self) -> None:
         """Start every worker thread now (blocking: call it from a worker thread).
@@ -131,10 +139,16 @@ class Puller:
         progress = _Progress()
         pending: list[concurrent.futures.Future[Any]] = []
 
-        def in_thread(fn: Callable[[], T], pool: ThreadPoolExecutor | None = None) -> asyncio.Future[T]:
-            cf = (pool or self._meta_pool).submit(fn)
-            pending.append(cf)
-            return asyncio.wrap_future(cf)
+        async def in_thread(fn: Callable[[], T], pool: ThreadPoolExecutor | None = None) -> T:
+            pool = pool or self._meta_pool
+            key = (ref.domain, pool)
+            slots = self._slots.get(key)
+            if slots is None:
+                slots = self._slots[key] = asyncio.Semaphore(self._per_registry[pool])
+            async with slots:
+                cf = pool.submit(fn)
+                pending.append(cf)
+                return await asyncio.wrap_future(cf)
 
         sessions: list[RepositorySession] = []
         started = time.monotonic()
@@ -180,7 +194,7 @@ class Puller:
 
     async def _pull(self, ref: Reference, credentials: list[Credentials], hold: HoldFn, cancel: threading.Event,
                     progress: _Progress,
-                    in_thread: Callable[..., asyncio.Future[Any]], sessions: list[RepositorySession]) -> PulledImage:
+                    in_thread: Callable[..., Awaitable[Any]], sessions: list[RepositorySession]) -> PulledImage:
         hosts = await in_thread(lambda: registry_hosts(self.hosts_dir, ref.domain))
         session = self.client.session(ref, hosts, credentials, cancel)
         sessions.append(session)

@@ -3,6 +3,7 @@ deadlines, progress timeouts, the pull's abort), and one slow registry does not 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from tests.cri.conftest import TestImages
 from tests.cri.crispd import Crispd
 from tests.hostile_registry import HostileRegistry
 from tests.imagetools import busybox_layer, file, image, layer
@@ -128,3 +130,36 @@ def test_a_cancelled_pull_drops_every_request(tmp_path: Path, hostile: HostileRe
     finally:
         _stop(daemon)
 
+
+def test_slow_registries_do_not_starve_a_healthy_one(tmp_path: Path, hostile: HostileRegistry,
+                                                     test_images: TestImages) -> None:
+    """Four pulls dripping manifests and four dripping layers from one registry; a pull from another one still
+    goes through while they drip."""
+    refs = [hostile.add(f"crisp/starve-{kind}-{i}", _image(f"starve-{kind}-{i}"), f"drip-{kind}")  # type: ignore[arg-type]
+            for kind in ("manifest", "blob") for i in range(4)]
+    daemon = _daemon(tmp_path, PATIENT)
+    results: list[grpc.StatusCode] = []
+
+    def slow(ref: str) -> None:
+        try:
+            _pull(daemon, ref, timeout=40)
+        except grpc.RpcError as exc:
+            results.append(exc.code())
+
+    threads = [threading.Thread(target=slow, args=(ref,)) for ref in refs]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 15
+        while sum(hostile.requests[f"crisp/starve-blob-{i}"] for i in range(4)) < 4 * 3 \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)  # every dripping pull is at its layers (manifest, config, layer requests made)
+        started = time.monotonic()
+        assert _pull(daemon, test_images.busybox, timeout=30).startswith("sha256:")
+        assert time.monotonic() - started < 20
+        assert all(t.is_alive() for t in threads), "the slow pulls were meant to be still dripping"
+    finally:
+        for t in threads:
+            t.join()
+        _stop(daemon)
+    assert results == [grpc.StatusCode.DEADLINE_EXCEEDED] * len(refs)
