@@ -53,6 +53,8 @@ def _validate(config: cri.PodSandboxConfig) -> None:
         raise errors.InvalidArgument("a pod sandbox cannot use a TARGET PID namespace (only a container can)")
     if ns.HasField("userns_options") and ns.userns_options.mode == cri.POD:
         raise errors.Unimplemented("user namespaces are not supported by crisp")
+    if config.log_directory and not config.log_directory.startswith("/"):
+        raise errors.InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
 
 
 async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest, context: Any = None
