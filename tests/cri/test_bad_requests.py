@@ -8,7 +8,9 @@ import grpc
 import pytest
 
 from cri import api as cri
+from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
+from tests.imagetools import Pusher, busybox_layer, file, image, layer
 
 pytestmark = pytest.mark.root
 
@@ -34,6 +36,26 @@ def _remove(pods: Pods, ref: str) -> None:
 
 def _status(pods: Pods, ref: str) -> cri.ImageStatusResponse:
     return pods.daemon.images.ImageStatus(cri.ImageStatusRequest(image=cri.ImageSpec(image=ref)))
+
+
+def test_remove_image_by_short_prefix_names_nothing(pods: Pods, test_images: TestImages) -> None:
+    push = Pusher(f"http://{test_images.registry}")
+    other = image([busybox_layer(), layer([file("other", b"x")])], labels={"v": "prefix"})
+    push.image("crisp/prefix", other, "v1")
+    a = _pull(pods, test_images.busybox)
+    b = _pull(pods, f"{test_images.registry}/crisp/prefix:v1")
+    hexes = [i.removeprefix("sha256:") for i in (a, b)]
+    # one to eleven hex characters: a (would-be) reference, never an id prefix
+    for ref in (hexes[1][:1], hexes[1][:5], f"sha256:{hexes[1][:4]}", hexes[1][:11]):
+        assert not _status(pods, ref).HasField("image"), ref
+        _remove(pods, ref)  # names nothing: OK, and nothing goes
+        assert _ids(pods) == {a, b}, ref
+    # twelve or more: an unambiguous prefix names its image
+    assert _status(pods, hexes[1][:12]).image.id == b
+    _remove(pods, f"sha256:{hexes[1][:12]}")
+    assert _ids(pods) == {a}
+    _remove(pods, hexes[0])  # the full id, bare
+    assert _ids(pods) == set()
 
 
 def test_a_relative_log_directory_is_invalid(pods: Pods) -> None:
