@@ -306,6 +306,18 @@ class ShimConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    # labels, annotations and names of all pods and containers together: past this, RunPodSandbox and
+    # CreateContainer answer RESOURCE_EXHAUSTED (List answers stay well below the kubelet's 16 MiB limit)
+    metadata_budget_bytes: int = 12 << 20
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.metadata_budget_bytes < 256 * 1024:
+            return [("metadata_budget_bytes", "must be at least 262144 (one object's limit)")]
+        return []
+
+
+@dataclass(frozen=True)
 class DebugConfig:
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
@@ -336,6 +348,7 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     shim: ShimConfig = field(default_factory=ShimConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri import metadata_limits
 from cri.oci import (
     LayeredFiles,
     Overlay,
@@ -67,6 +68,9 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
         log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
+    metadata_limits.check(f"container {name}", metadata_limits.container_bytes(config),
+                          metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
+                          ctx.config.limits.metadata_budget_bytes)
     container_id = secrets.token_hex(32)
     await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
     await ctx.create_to_the_end("container", name, container_id,

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from cri import api as cri
+from cri import metadata_limits
 from cri.network import pod_network_request
 from cri.service import runtime_info
 from cri.service.context import ServiceContext
@@ -69,6 +70,9 @@ async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest
     if earlier is not None:
         log.info("RunPodSandbox %s: returning pod %s, created after an earlier caller gave up", name, earlier)
         return cri.RunPodSandboxResponse(pod_sandbox_id=earlier)
+    metadata_limits.check(f"pod {name}", metadata_limits.pod_bytes(config),
+                          metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
+                          ctx.config.limits.metadata_budget_bytes)
     sandbox_id = secrets.token_hex(32)
     if config.linux.security_context.namespace_options.network != cri.NODE:
         pod_network_request(sandbox_id, "", config)  # bad port mappings fail here, before anything is made

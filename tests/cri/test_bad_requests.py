@@ -4,6 +4,8 @@ happens) and leaves nothing behind."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -56,6 +58,51 @@ def test_remove_image_by_short_prefix_names_nothing(pods: Pods, test_images: Tes
     assert _ids(pods) == {a}
     _remove(pods, hexes[0])  # the full id, bare
     assert _ids(pods) == set()
+
+
+@pytest.mark.parametrize("where", ["labels", "annotations"])
+def test_oversized_pod_metadata_is_refused(pods: Pods, where: str) -> None:
+    config = pod_config("big")
+    getattr(config, where)["big"] = "x" * (256 * 1024)
+    err = _rpc_error(pods.run, config)
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert "256 KiB" in (err.details() or "")
+    assert pods.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items == []
+
+
+def test_oversized_container_metadata_is_refused(pods: Pods, test_images: TestImages) -> None:
+    _pull(pods, test_images.busybox)
+    config = pod_config("meta")
+    pod_id = pods.run(config)
+    container = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="c"),
+                                    image=cri.ImageSpec(image=test_images.busybox), command=["true"],
+                                    annotations={f"k{i}": "v" * 1024 for i in range(300)})
+    err = _rpc_error(pods.daemon.runtime.CreateContainer,
+                     cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=container, sandbox_config=config))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert pods.daemon.runtime.ListContainers(cri.ListContainersRequest()).containers == []
+
+
+def test_metadata_beyond_the_node_budget_is_resource_exhausted(tmp_path: Path) -> None:
+    """A node-wide budget keeps List answers far below the kubelet's 16 MiB message limit."""
+    from tests.cri.pods import running_pods
+
+    with running_pods(tmp_path, "[limits]\nmetadata_budget_bytes = 1048576\n") as pods:
+        made = []
+        for i in range(4):  # 4 x 200 KiB: room left for 224 KiB
+            config = pod_config(f"m{i}")
+            config.annotations["blob"] = "y" * (200 * 1024)
+            made.append(pods.run(config))
+        config = pod_config("over")
+        config.annotations["blob"] = "y" * (250 * 1024)
+        err = _rpc_error(pods.run, config)
+        assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        listed = pods.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items
+        assert sorted(p.id for p in listed) == sorted(made)
+        # room comes back with the pods that go
+        pods.daemon.runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=made[0]))
+        pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=made[0]))
+        pods.run(config)
 
 
 def test_a_relative_log_directory_is_invalid(pods: Pods) -> None:
