@@ -42,8 +42,10 @@ class NodeFacts:
     hostname: str = "localhost"
     # uname machine (x86_64, aarch64, ...): picks seccomp architectures and arch-specific syscalls
     arch: str = "x86_64"
-    # /sys/fs/cgroup is cgroup v2 alone (not a hybrid host): containers get a cgroup namespace
+    # /sys/fs/cgroup is cgroup v2 alone (not a hybrid host)
     cgroup2_unified: bool = True
+    # the kernel has cgroup namespaces (Linux 4.6+): unprivileged containers get one, hybrid host or not
+    cgroup_namespaces: bool = True
 
     @property
     def has_sys_resource(self) -> bool:
@@ -66,6 +68,7 @@ class NodeFacts:
             hostname=socket.gethostname(),
             arch=platform.machine(),
             cgroup2_unified=_cgroup2_unified(os.path.join(proc, "self/mountinfo")),
+            cgroup_namespaces=os.path.exists(os.path.join(proc, "self/ns/cgroup")),
         )
 
 

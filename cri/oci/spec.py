@@ -297,7 +297,9 @@ def _namespaces(inputs: SpecInputs, privileged: bool) -> tuple[list[dict[str, st
     elif pid_mode != _NS_MODE.NODE:
         raise InvalidArgument(f"unknown PID namespace mode {pid_mode}")
 
-    if inputs.node.cgroup2_unified and not privileged:
+    # without one, the container's cgroup2 mount is the host's whole tree (on a hybrid host too: containers only
+    # ever see the v2 hierarchy); a privileged container sees the host's, as with runc and containerd
+    if inputs.node.cgroup_namespaces and not privileged:
         namespaces.append({"type": "cgroup"})
     return namespaces, not host_network
 

@@ -134,3 +134,17 @@ def test_a_writable_layer_1500_directories_deep_is_measured_and_removed(client: 
             client.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         finally:
             remove_tree(container_dir, ignore_errors=True)
+
+
+def test_a_container_sees_only_its_own_cgroup(client: Client, hostile: Hostile) -> None:
+    """On this hybrid host (cgroup v2 beside v1) containers got no cgroup namespace: their /sys/fs/cgroup was the
+    host's whole cgroup2 tree, every pod's cgroup included."""
+    client.pull(hostile.links)
+    pod_id, pod = client.pod()
+    cid = client.run(pod_id, pod, hostile.links)
+    result = client.exec(cid, ["sh", "-c", "ls /sys/fs/cgroup; echo; cat /proc/self/cgroup"])
+    listing, _, own = result.stdout.decode().partition("\n\n")
+    base = client.pods.cgroup_base.strip("/")
+    assert base not in listing.split(), listing  # the host's tree (the test's cgroup base is at its root)
+    assert "cgroup.procs" in listing.split()
+    assert "0::/" in own.splitlines(), own

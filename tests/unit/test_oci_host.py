@@ -37,6 +37,7 @@ def test_cgroup_mode_from_mountinfo(tmp_path: Path) -> None:
     (proc / "self/mountinfo").write_text("30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n")
     node = NodeFacts.probe(str(proc))
     assert node.cgroup2_unified and node.capabilities == ("CAP_CHOWN",) and node.oom_score_adj == -5
+    assert not node.cgroup_namespaces  # this fake /proc has no self/ns/cgroup
     (proc / "self/mountinfo").write_text("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n")
     assert not NodeFacts.probe(str(proc)).cgroup2_unified
 
