@@ -17,7 +17,7 @@ from tests.imagetools import Image
 
 BEHAVIOURS = frozenset({
     "good", "endless-manifest", "huge-manifest", "drip-manifest", "drip-headers", "drip-config", "drip-blob",
-    "endless-blob", "drip-token",
+    "endless-blob", "drip-token", "nested-manifest",
 })
 DRIP_SECONDS = 0.5
 
@@ -91,6 +91,8 @@ class HostileRegistry:
                 return self._drip(h, repo, body, media)
             if behaviour == "drip-headers":
                 return self._drip_headers(h, repo)
+            if behaviour == "nested-manifest":  # valid JSON nesting too deep for a recursive parser
+                return self._send(h, 200, b"[" * 200_000 + b"]" * 200_000, media)
             return self._send(h, 200, body, media)
         blobs = {img.id: img.config, **{lay.digest: lay.blob for lay in img.layers}}
         if kind != "blobs" or ref not in blobs:

@@ -108,6 +108,8 @@ def _load(body: bytes, what: str, digest: str) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _invalid(what, digest, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid(what, digest, "its JSON is nested too deep") from None
     if not isinstance(data, dict):
         raise _invalid(what, digest, "not a JSON object")
     return data

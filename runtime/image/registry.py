@@ -290,7 +290,7 @@ class RepositorySession:
         try:
             data = json.loads(body)
             token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise _HostFailed(f"{host}: the token server {realm} sent no token")

@@ -128,7 +128,7 @@ def open_decompressed(f: IO[bytes]) -> IO[bytes]:
 
 # what an entry can make the filesystem say that is the entry's fault, not the node's
 _ENTRY_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.EOVERFLOW, errno.EMLINK,
-                           errno.ENOTDIR, errno.EISDIR, errno.EEXIST})
+                           errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.E2BIG, errno.ERANGE})
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,32 @@ class UnpackResult:
     # uncompressed tar size
     tar_size: int
     entries: int
+
+
+# pax and GNU long name headers are read into memory whole: a bigger one is refused before (Go's archive/tar
+# refuses them past 1 MiB too)
+_MAX_SPECIAL_HEADER = 1 << 20
+_SPECIAL = {tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global", tarfile.SOLARIS_XHDTYPE: "pax",
+            tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link"}
+_SPARSE = "sparse entries are not accepted in layers"
+
+
+class _LayerTarInfo(tarfile.TarInfo):
+    """tarfile's header parsing without its unbounded reads: special headers are capped, and a sparse entry is
+    refused before its map (which may claim any length) is read."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        kind = _SPECIAL.get(self.type)
+        if kind is not None and self.size > _MAX_SPECIAL_HEADER:
+            raise tarfile.HeaderError(f"a {kind} header of {self.size} bytes (more than {_MAX_SPECIAL_HEADER})")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.HeaderError(f"entry {self.name!r}: {_SPARSE}")
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
+
+    def _refuse_sparse(self, next: tarfile.TarInfo, *_: object) -> None:
+        raise tarfile.HeaderError(f"entry {next.name!r}: {_SPARSE}")
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
 
 
 class _Unpacker:
@@ -168,7 +194,7 @@ class _Unpacker:
         name = member.name
         if member.sparse is not None or member.type == tarfile.GNUTYPE_SPARSE or any(
                 key.startswith("GNU.sparse.") for key in member.pax_headers):
-            raise self._unsafe(f"entry {name!r} is a sparse file: sparse entries are not accepted in layers")
+            raise self._unsafe(f"entry {name!r}: {_SPARSE}")
         for what, text, limit in (("name", name, _PATH_MAX - 1), ("link target", member.linkname, _PATH_MAX - 1)):
             raw = text.encode("utf-8", "surrogateescape")
             if b"\0" in raw:
@@ -426,7 +452,7 @@ def unpack_layer(blob: Path, dest: Path, layer: str, expected_diff_id: str | Non
             reader = _HashingReader(decompressed, cancel)
             buffered = io.BufferedReader(reader, _CHUNK)
             try:
-                with tarfile.open(fileobj=buffered, mode="r|", bufsize=_CHUNK) as tar:
+                with tarfile.open(fileobj=buffered, mode="r|", bufsize=_CHUNK, tarinfo=_LayerTarInfo) as tar:
                     for member in tar:
                         if on_entry is not None:
                             on_entry(member)

@@ -193,3 +193,34 @@ def test_a_layer_1500_directories_deep_is_pulled_measured_and_removed(tmp_path: 
         assert daemon.stop() == 0, daemon.log()
         # never leave it to pytest's own cleanup of tmp dirs (shutil.rmtree: RecursionError for every session)
         remove_tree(daemon.root / "images", ignore_errors=True)
+
+
+def _pax_tar(info: tarfile.TarInfo) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(b"x" * info.size))
+    return out.getvalue()
+
+
+def _with_pax(name: str, headers: dict[str, str]) -> tarfile.TarInfo:
+    info = _entry(name, size=1)
+    info.pax_headers = headers
+    return info
+
+
+HUGE_HEADERS: dict[str, bytes] = {
+    # read into memory whole by a tar reader: a few KiB of gzip could claim gigabytes
+    "pax-2mib": _pax_tar(_with_pax("big-pax", {"comment": "x" * (2 << 20)})),
+    "gnu-long-name-2mib": _gnu_tar([_entry("d/" * (1 << 20) + "f")]),
+    "xattr-100kib": _pax_tar(_with_pax("big-xattr", {"SCHILY.xattr.user.big": "x" * (100 << 10)})),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HUGE_HEADERS))
+def test_huge_headers_are_invalid_argument(daemon: Crispd, hostile: Hostile, case: str) -> None:
+    bad = _raw_layer(HUGE_HEADERS[case])
+    ref, _ = hostile.image(f"huge-{case}", bad)
+    err = pull_error(daemon, ref)
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+    assert bad.digest in (err.details() or "")
+    assert_store_empty(daemon)

@@ -163,3 +163,15 @@ def test_slow_registries_do_not_starve_a_healthy_one(tmp_path: Path, hostile: Ho
             t.join()
         _stop(daemon)
     assert results == [grpc.StatusCode.DEADLINE_EXCEEDED] * len(refs)
+
+
+def test_a_manifest_nested_too_deep_is_invalid(tmp_path: Path, hostile: HostileRegistry) -> None:
+    ref = hostile.add("crisp/nested-manifest", _image("nested-manifest"), "nested-manifest")  # type: ignore[arg-type]
+    daemon = _daemon(tmp_path, FAST)
+    try:
+        err, _ = _pull_error(daemon, ref)
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        assert "nested too deep" in (err.details() or "")
+        assert _store_empty(daemon)
+    finally:
+        _stop(daemon)
