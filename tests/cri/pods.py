@@ -36,6 +36,11 @@ class Pods:
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
                 f'{extra}')
 
+    def standalone_config(self, extra: str = "") -> str:
+        """The whole config file, for a test that rewrites it (with its own [debug]): a metrics port of its own
+        too (crisp's default may be another daemon's on this host)."""
+        return '[metrics]\naddress = "127.0.0.1:0"\n' + self.config_text(extra)
+
     def cleanup_host(self) -> None:
         """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover."""
         subprocess.run(["nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)

@@ -256,7 +256,7 @@ def test_missing_controller_is_an_error_and_leaves_nothing(kubelet: Kubelet) -> 
 @pytest.mark.parametrize("point", CREATE_FAIL_POINTS)
 def test_failure_mid_create_leaves_nothing(tmp_path: Path, test_images: TestImages, point: str) -> None:
     p = Pods(tmp_path)
-    p.daemon.config_path.write_text(p.config_text(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n'))
+    p.daemon.config_path.write_text(p.standalone_config(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n'))
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
@@ -336,7 +336,7 @@ def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
 
 def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: TestImages) -> None:
     p = Pods(tmp_path)
-    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
+    p.daemon.config_path.write_text(p.standalone_config('[debug]\nslow_callback_ms = 50\n'
                                                   '[debug.delay_points]\n"create_container.record" = 1500\n'))
     p.daemon.start()
     try:

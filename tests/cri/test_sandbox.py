@@ -217,7 +217,8 @@ def test_unknown_runtime_handler(pods: Pods) -> None:
 def test_failure_mid_run_leaves_nothing(tmp_path: Path, point: str) -> None:
     p = Pods(tmp_path, extra_config=f'[debug]\nfail_points = ["{point}"]\n')
     # the fixture file already has a [debug] table: give this one its own config
-    p.daemon.config_path.write_text(p.config_text(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n'))
+    p.daemon.config_path.write_text(p.standalone_config(
+        f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n'))
     p.daemon.start()
     try:
         with pytest.raises(grpc.RpcError) as err:
@@ -233,7 +234,7 @@ def test_failure_mid_run_leaves_nothing(tmp_path: Path, point: str) -> None:
     # and the database holds no row: a new crispd on the same root lists nothing, the name is free
     again = Pods(tmp_path, name="again")
     again.cgroup_base, again.bridge, again.subnet = p.cgroup_base, p.bridge, p.subnet
-    again.daemon.config_path.write_text(again.config_text())
+    again.daemon.config_path.write_text(again.standalone_config())
     again.daemon.start()
     try:
         assert again.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items == []
@@ -282,7 +283,7 @@ def test_pod_cgroup_from_cgroup_parent(pods: Pods) -> None:
 
 def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
     p = Pods(tmp_path)
-    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
+    p.daemon.config_path.write_text(p.standalone_config('[debug]\nslow_callback_ms = 50\n'
                                                   '[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n'))
     p.daemon.start()
     try:
