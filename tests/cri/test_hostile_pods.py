@@ -37,7 +37,8 @@ def hostile(test_images: TestImages) -> Iterator[Hostile]:
 
     procl = image([*base.layers, layer([symlink("procl", "/proc")])], docker=True, cmd=["sleep", "1000"])
     links = image([*base.layers, layer([symlink("app", "/srv/app"), symlink("data", "srv/data"),
-                                         directory("srv")])], docker=True, cmd=["sleep", "1000"], workdir="/app/bin")
+                                         directory("srv")])], docker=True, cmd=["sleep", "1000"],
+                  config={"WorkingDir": "/app/bin"})
     yield Hostile(procl=build("crisp/hostile-procl", procl), links=build("crisp/hostile-links", links))
 
 
