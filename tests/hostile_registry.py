@@ -8,12 +8,11 @@ dropped a request (rather than leaving a thread blocked in it).
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from collections import defaultdict
-from typing import Any
 
 from tests.imagetools import Image
+from tests.registrytools import LoopbackHTTP
 
 BEHAVIOURS = frozenset({
     "good", "endless-manifest", "huge-manifest", "drip-manifest", "drip-headers", "drip-config", "drip-blob",
@@ -22,51 +21,21 @@ BEHAVIOURS = frozenset({
 DRIP_SECONDS = 0.5
 
 
-class HostileRegistry:
+class HostileRegistry(LoopbackHTTP):
     def __init__(self) -> None:
+        super().__init__()
         self.images: dict[str, tuple[Image, str]] = {}
         self.closed: dict[str, list[float]] = defaultdict(list)
         self.requests: dict[str, int] = defaultdict(int)
-        self._stop = threading.Event()
-        self._server: http.server.ThreadingHTTPServer | None = None
-        self.port = 0
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def add(self, repo: str, img: Image, behaviour: str) -> str:
         assert behaviour in BEHAVIOURS, behaviour
         self.images[repo] = (img, behaviour)
         return f"{self.host}/{repo}:v1"
 
-    def start(self) -> HostileRegistry:
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                owner._serve(self)
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
     # ------------------------------------------------------------------------------------------------ serving
 
-    def _serve(self, h: http.server.BaseHTTPRequestHandler) -> None:
+    def serve_get(self, h: http.server.BaseHTTPRequestHandler) -> None:
         path = h.path.split("?", 1)[0]
         if path == "/v2/" or path == "/v2":
             return self._send(h, 200, b"{}", "application/json")
@@ -130,7 +99,7 @@ class HostileRegistry:
         chunk = b" " * 65536
         try:
             h.wfile.write(head)
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 h.wfile.write(chunk)
         except OSError:
             self._gone(repo)
@@ -146,7 +115,7 @@ class HostileRegistry:
         try:
             h.wfile.flush()
             for i in range(len(body)):
-                if self._stop.wait(DRIP_SECONDS):
+                if self.stopping.wait(DRIP_SECONDS):
                     break
                 h.wfile.write(body[i:i + 1])
                 h.wfile.flush()
@@ -159,7 +128,7 @@ class HostileRegistry:
         try:
             h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
             h.wfile.flush()
-            while not self._stop.wait(DRIP_SECONDS):
+            while not self.stopping.wait(DRIP_SECONDS):
                 h.wfile.write(b"x")
                 h.wfile.flush()
         except OSError:

@@ -12,7 +12,8 @@ import pytest
 from cri import api as cri
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
-from tests.imagetools import Pusher, busybox_layer, file, image, layer
+from tests.imagetools import busybox_layer, file, image, layer
+from tests.registrytools import Pusher
 
 pytestmark = pytest.mark.root
 

@@ -20,7 +20,8 @@ from cri import api as cri
 from runtime.fstree import remove_tree
 from tests.cri.conftest import TestImages
 from tests.cri.crispd import Crispd
-from tests.imagetools import LAYER_TYPES, Layer, Pusher, busybox_layer, file, image, layer, sha256
+from tests.imagetools import LAYER_TYPES, Layer, busybox_layer, file, image, layer, sha256
+from tests.registrytools import Pusher
 
 pytestmark = pytest.mark.root
 

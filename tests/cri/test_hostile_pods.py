@@ -15,7 +15,8 @@ from cri import api as cri
 from runtime.fstree import remove_tree
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
-from tests.imagetools import Image, Pusher, busybox_image, directory, image, layer, symlink
+from tests.imagetools import Image, busybox_image, directory, image, layer, symlink
+from tests.registrytools import Pusher
 
 pytestmark = pytest.mark.root
 
