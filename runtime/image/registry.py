@@ -184,6 +184,16 @@ class _HostFailed(Exception):
         self.auth = auth
 
 
+def _refusal(host: RegistryHost, what: str) -> Callable[[int], _HostFailed]:
+    """A registry's answer other than 200 to a manifest or blob request: 404 is "not found" (the best answer
+    there is), anything else this host's failure."""
+    def refused(status: int) -> _HostFailed:
+        if status == 404:
+            return _HostFailed(f"{host}: {what} not found", not_found=True)
+        return _HostFailed(f"{host}: {what}: HTTP {status}")
+    return refused
+
+
 class RepositorySession:
     """One repository on its hosts, with the auth state of one pull."""
 
@@ -217,6 +227,25 @@ class RepositorySession:
         if request.expired:
             return _HostFailed(f"{host}: {what}: no complete answer within {self.client.request_timeout:g} s")
         return _HostFailed(f"{host}: {what}: {type(exc).__name__}: {exc}")
+
+    def _read_answer(self, host: RegistryHost, request: Request, resp: urllib3.BaseHTTPResponse, what: str,
+                     limit: int, refused: Callable[[int], _HostFailed],
+                     too_large: Callable[[TooLarge], Exception]) -> bytes:
+        """The body of a 200 answer, at most `limit` bytes and complete within the request's deadline; another
+        status is `refused(status)`, a longer body `too_large`. The response is released whatever happens."""
+        try:
+            if resp.status != 200:
+                raise refused(resp.status)
+            body = transport.read_capped(resp, limit)
+        except TooLarge as exc:
+            raise too_large(exc) from None
+        except (Urllib3Error, OSError) as exc:
+            raise self._failed(host, request, what, exc) from None
+        finally:
+            transport.discard(resp)
+        if request.expired or request.aborted:  # cut off: what was read is not all there is
+            raise self._failed(host, request, what, TimeoutError())
+        return body
 
     # ------------------------------------------------------------------------------------------------ auth
 
@@ -272,21 +301,15 @@ class RepositorySession:
                                         preload_content=False, retries=_RETRIES)
             except Urllib3Error as exc:
                 raise self._failed(host, request, what, exc) from None
-            try:
-                if resp.status in (401, 403):
-                    raise _HostFailed(f"{host}: the token server {realm} refused the credentials "
-                                      f"(HTTP {resp.status})", auth=True)
-                if resp.status != 200:
-                    raise _HostFailed(f"{host}: token server {realm} answered HTTP {resp.status}")
-                body = transport.read_capped(resp, MAX_TOKEN_BYTES)
-            except TooLarge:
-                raise _HostFailed(f"{host}: the token from {realm} is larger than {MAX_TOKEN_BYTES} bytes") from None
-            except (Urllib3Error, OSError) as exc:
-                raise self._failed(host, request, what, exc) from None
-            finally:
-                transport.discard(resp)
-            if request.expired or request.aborted:
-                raise self._failed(host, request, what, TimeoutError())
+
+            def refused(status: int) -> _HostFailed:
+                if status in (401, 403):
+                    return _HostFailed(f"{host}: the token server {realm} refused the credentials (HTTP {status})",
+                                       auth=True)
+                return _HostFailed(f"{host}: token server {realm} answered HTTP {status}")
+
+            body = self._read_answer(host, request, resp, what, MAX_TOKEN_BYTES, refused, lambda _: _HostFailed(
+                f"{host}: the token from {realm} is larger than {MAX_TOKEN_BYTES} bytes"))
         try:
             data = json.loads(body)
             token = data.get("token") or data.get("access_token")
@@ -386,21 +409,9 @@ class RepositorySession:
             limit = max_bytes(resp.headers.get("Content-Type", "").split(";")[0].strip())
             if size is not None:
                 limit = min(limit, size)
-            try:
-                if resp.status == 404:
-                    raise _HostFailed(f"{host}: {what} not found", not_found=True)
-                if resp.status != 200:
-                    raise _HostFailed(f"{host}: {what}: HTTP {resp.status}")
-                body = transport.read_capped(resp, limit)
-            except TooLarge as exc:
-                what_size = "its descriptor's size" if size is not None and size < max_bytes("") else "bytes"
-                raise _HostFailed(f"{host}: {what} is larger than {limit} {what_size} ({exc})") from None
-            except (Urllib3Error, OSError) as exc:
-                raise self._failed(host, request, what, exc) from None
-            finally:
-                transport.discard(resp)
-            if request.expired or request.aborted:  # cut off: what was read is not all there is
-                raise self._failed(host, request, what, TimeoutError())
+            what_size = "its descriptor's size" if size is not None and size < max_bytes("") else "bytes"
+            body = self._read_answer(host, request, resp, what, limit, _refusal(host, what), lambda exc: _HostFailed(
+                f"{host}: {what} is larger than {limit} {what_size} ({exc})"))
         digest = sha256_digest(body)
         if obj.startswith("sha256:") and digest != obj:
             raise DigestMismatch(f"manifest {obj} from {host}: content has digest {digest}")
@@ -432,20 +443,9 @@ class RepositorySession:
             with self._track(what, self.client.request_timeout) as request:
                 resp = self._request(host, self._url(host, "blobs", digest), {}, request,
                                      read_timeout=self.client.request_timeout)
-                try:
-                    if resp.status == 404:
-                        raise _HostFailed(f"{host}: blob {digest} not found", not_found=True)
-                    if resp.status != 200:
-                        raise _HostFailed(f"{host}: blob {digest}: HTTP {resp.status}")
-                    body = transport.read_capped(resp, size)
-                except TooLarge:
-                    raise DigestMismatch(f"blob {digest} from {host}: more data than its size {size}") from None
-                except (Urllib3Error, OSError) as exc:
-                    raise self._failed(host, request, f"reading {what}", exc) from None
-                finally:
-                    transport.discard(resp)
-                if request.expired or request.aborted:
-                    raise self._failed(host, request, f"reading {what}", TimeoutError())
+                body = self._read_answer(host, request, resp, f"reading {what}", size, _refusal(host, what),
+                                         lambda _: DigestMismatch(
+                                             f"blob {digest} from {host}: more data than its size {size}"))
             if len(body) != size or sha256_digest(body) != digest:
                 raise DigestMismatch(f"blob {digest} from {host}: got {len(body)} bytes with digest "
                                      f"{sha256_digest(body)}, expected {size} bytes")
