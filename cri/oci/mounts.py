@@ -16,8 +16,8 @@ from typing import Any
 from cri import api as cri
 from cri.oci.host import DeviceLookup, DeviceNode, MountSource
 from cri.oci.user import ImageFiles
+from runtime.bundle import mount_refused_in_proc
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
-from runtime.executor.procfs import mount_refused_in_proc
 
 _PROPAGATION = cri.MountPropagation
 

@@ -11,25 +11,9 @@ of it), checks that it is one, and opens files below it with openat2 (no symlink
 from __future__ import annotations
 
 import os
-import posixpath
 
 from runtime import errors
 from runtime.linux import syscalls as sc
-
-# files under /proc a container may have something mounted on (lxcfs does this), as runc allows
-PROC_MOUNT_ALLOWED = frozenset({
-    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
-    "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid",
-})
-
-
-def mount_refused_in_proc(destination: str, fstype: str) -> bool:
-    """runc's rule, for a destination as it lands in the container (symlinks followed): nothing but a procfs
-    on /proc itself and a few files (lxcfs's) may be mounted at or below /proc."""
-    dest = posixpath.normpath("/" + destination.lstrip("/"))
-    if dest != "/proc" and not dest.startswith("/proc/"):
-        return False
-    return not ((dest == "/proc" and fstype == "proc") or dest in PROC_MOUNT_ALLOWED)
 
 # below a private procfs: no symlink, no magic link, no mount to cross, no way out
 _RESOLVE_BELOW = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS | sc.RESOLVE_NO_XDEV

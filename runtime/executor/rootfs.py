@@ -20,7 +20,7 @@ import stat
 from collections.abc import Iterator
 
 from runtime import errors
-from runtime.bundle import Overlay
+from runtime.bundle import Overlay, mount_refused_in_proc
 from runtime.executor import devices, mountopts, paths, procfs
 from runtime.executor.oci import Mount, Spec
 from runtime.linux import syscalls as sc
@@ -58,7 +58,7 @@ def check_proc_destination(mount: Mount, resolved: str | None = None) -> None:
     """Nothing but procfs itself (and runc's few files) may be mounted in /proc; `resolved` is where the
     destination really lands (its symlinks followed inside the root)."""
     dest = posixpath.normpath("/" + (mount.destination if resolved is None else resolved).lstrip("/"))
-    if not procfs.mount_refused_in_proc(dest, mount.type):
+    if not mount_refused_in_proc(dest, mount.type):
         return
     via = "" if resolved is None or dest == mount.destination else f" (through a symlink: it lands on {dest})"
     raise MountError(f"mount on {mount.destination}{via}: nothing may be mounted inside /proc but the proc "
