@@ -335,7 +335,6 @@ def test_missing_pod_namespace_is_a_failed_precondition() -> None:
 
 def test_cgroup_namespace_wherever_the_kernel_has_them() -> None:
     assert "cgroup" in _ns(build())
-    assert "cgroup" in _ns(build(node=replace(NODE, cgroup2_unified=False)))  # a hybrid host too
     assert "cgroup" not in _ns(build(node=replace(NODE, cgroup_namespaces=False)))
 
 
