@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -24,6 +23,7 @@ from cri.store.names import NameIndex
 from cri.store.sandboxes import READY, SandboxStore
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager, enforceable_limits
+from runtime.fstree import remove_tree
 from shim.protocol import ExitStatus
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,8 @@ class ContainerController:
         def cleanup() -> None:
             if cgroup.exists() and cgroup.created_by_crisp():
                 cgroup.remove()
-            shutil.rmtree(container.meta.bundle, ignore_errors=True)
-            shutil.rmtree(container.meta.container_dir, ignore_errors=True)
+            remove_tree(container.meta.bundle, ignore_errors=True)
+            remove_tree(container.meta.container_dir, ignore_errors=True)
 
         await asyncio.to_thread(cleanup)
         await self.containers.delete(container)

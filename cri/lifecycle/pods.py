@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from cri.store.sandboxes import NOT_READY, READY, Sandbox, SandboxMeta, SandboxS
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager, enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import remove_pid_pin, start_pod_init, stop_pod_init
 from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
@@ -326,4 +326,4 @@ class PodSandboxController:
         await asyncio.to_thread(remove)
 
     async def _remove_dir(self, pod_dir: Path) -> None:
-        await asyncio.to_thread(shutil.rmtree, pod_dir, True)
+        await asyncio.to_thread(remove_tree, pod_dir, True)

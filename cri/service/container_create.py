@@ -13,11 +13,11 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri import metadata_limits
 from cri.oci import (
     LayeredFiles,
     PodContext,
@@ -28,6 +28,7 @@ from cri.oci import (
     inspect_host,
     resolve_stop_signal,
 )
+from cri.oci.workdir import make_working_dir
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
@@ -35,6 +36,7 @@ from runtime import errors
 from runtime.bundle import Overlay
 from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
 
@@ -68,6 +70,9 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
         log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
+    metadata_limits.check(f"container {name}", metadata_limits.container_bytes(config),
+                          metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
+                          ctx.config.limits.metadata_budget_bytes)
     container_id = secrets.token_hex(32)
     await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
     await ctx.creations.run_to_the_end("container", name, container_id,
@@ -170,6 +175,8 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
+        await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
+                                spec["process"]["cwd"])
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
         ctx.debug.fail("create_container.spec")
@@ -223,5 +230,5 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
 
 
 def _remove_dirs(bundle: Path, container_dir: Path) -> None:
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(container_dir, ignore_errors=True)
+    remove_tree(bundle, ignore_errors=True)
+    remove_tree(container_dir, ignore_errors=True)

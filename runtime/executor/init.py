@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 
 from runtime import errors
-from runtime.executor import console, protocol, sysctls
+from runtime.executor import console, procfs, protocol, sysctls
 from runtime.executor.oci import Process, Spec
 from runtime.executor.process import ProcessSetup, apply_rlimits, set_oom_score_adj
 from runtime.executor.rootfs import Rootfs
@@ -38,7 +38,7 @@ def container_init(sys: sc.Syscalls, ctx: InitContext, sock: socket.socket) -> N
     rootfs = Rootfs(sys, spec)
     rootfs.prepare()
     rootfs.pivot()
-    sysctls.apply_sysctls(spec.linux.sysctl)
+    sysctls.apply_sysctls(sys, spec.linux.sysctl, rootfs.proc_fd)
     if spec.process.terminal:
         if ctx.console_sock is None:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
@@ -53,16 +53,19 @@ def container_init(sys: sc.Syscalls, ctx: InitContext, sock: socket.socket) -> N
             raise errors.InvalidArgument("cannot set the domainname without a UTS namespace of its own")
         sys.setdomainname(spec.domainname)
     apply_rlimits(spec.process)
+    # made while we may still mount; shows our own process dirs only, and closes at exec
+    own_proc = procfs.open_private(sys, pid_only=True)
     ctx.setup.apply_identity()
     ctx.setup.chdir()
     path = ctx.setup.executable()
     ProcessSetup.close_fds(ctx.preserve_fds)
     protocol.send(sock, protocol.Ready())
     # blocks until `start` opens the fifo for reading
-    fifo = os.open(f"/proc/self/fd/{ctx.fifo_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    fifo = procfs.reopen_own_fd(own_proc, ctx.fifo_fd, os.O_WRONLY)
     os.write(fifo, b"0")
     os.close(fifo)
     os.close(ctx.fifo_fd)
+    os.close(own_proc)
     try:
         ctx.setup.exec(path)
     except errors.CrispError as exc:

@@ -333,9 +333,9 @@ def test_missing_pod_namespace_is_a_failed_precondition() -> None:
         build(pod=replace(POD, ipc_ns_path=""))
 
 
-def test_cgroup_namespace_only_on_a_pure_v2_node() -> None:
+def test_cgroup_namespace_wherever_the_kernel_has_them() -> None:
     assert "cgroup" in _ns(build())
-    assert "cgroup" not in _ns(build(node=replace(NODE, cgroup2_unified=False)))
+    assert "cgroup" not in _ns(build(node=replace(NODE, cgroup_namespaces=False)))
 
 
 def test_user_namespaces_are_unimplemented() -> None:
