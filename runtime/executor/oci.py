@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.executor.hooks import Hooks, parse_hooks
 
 OVERLAY_ANNOTATION = "io.crisp.rootfs.overlay"
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user", "time")
@@ -205,6 +206,7 @@ class Spec:
     linux: Linux = field(default_factory=Linux)
     annotations: Mapping[str, str] = field(default_factory=dict)
     overlay: Overlay | None = None
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -447,6 +449,7 @@ def parse_spec(data: object, bundle: Path) -> Spec:
         linux=_parse_linux(d.get("linux")),
         annotations=annotations,
         overlay=_parse_overlay(annotations),
+        hooks=parse_hooks(d.get("hooks")),
     )
 
 
