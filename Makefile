@@ -29,7 +29,7 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
+.PHONY: run test test-vm vm-image tools images lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
@@ -47,16 +47,24 @@ debs-test:
 	scripts/ensure-debs $(TEST_DEBS)
 	scripts/fetch-debs $(DEB_CACHE) $(TEST_DEB_FILES)
 
+## tools: build the pinned Go tools (crictl, critest, the kubelet...) into their cache (scripts/build-k8s-tools)
+tools:
+	scripts/build-k8s-tools >/dev/null
+
+## images: build the test images critest and the kubelet tier pull into their cache (tests/images; CRISP_IMAGES_CACHE)
+images: debs-test venv
+	$(VENV)/bin/python -m tests.images build
+
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
 run: debs-run venv
 	exec $(VENV)/bin/crispd $(ARGS)
 
 ## test: install what the tests need, then lint, type-check and run every test
-test: debs-test venv lint
+test: debs-test venv tools images lint
 	$(VENV)/bin/pytest -q
 
 ## test-vm: only the pure cgroup v2 tier: boots a VM once and runs tests/vm/guest (and every test marked `vm`) in it
-test-vm: debs-test venv
+test-vm: debs-test venv tools images
 	$(VENV)/bin/pytest -q -m vm
 
 ## vm-image: build the VM tier's kernel, root image and wheels now (CRISP_VM_CACHE, default /var/cache/crisp-vm)
