@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cri.cdi import CdiConfig
+from cri.nri.config import NriConfig
 from runtime import errors
 from runtime.cgroups import paths as cgroup_paths
 from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
@@ -323,6 +325,8 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     shim: ShimConfig = field(default_factory=ShimConfig)
+    nri: NriConfig = field(default_factory=NriConfig)
+    cdi: CdiConfig = field(default_factory=CdiConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:

@@ -215,6 +215,7 @@ class Daemon:
             os.chmod(self.socket, 0o660)
             await ctx.delay_point("crispd.ready")
             await recover(ctx)
+            await ctx.nri.start(ctx)
             self.readiness.set_ready()
             if self.config.debug.slow_callback_ms > 0:
                 asyncio.get_running_loop().slow_callback_duration = self.config.debug.slow_callback_ms / 1000
@@ -238,6 +239,7 @@ class Daemon:
             if metrics_server is not None:
                 await metrics_server.close()
             if ctx is not None:
+                await ctx.nri.stop()
                 await ctx.cancel_background()
             await shims.close()  # the zygote ends; the shims and their containers go on
             await network.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri import cdi
 from cri.oci import (
     LayeredFiles,
     Overlay,
@@ -116,6 +117,13 @@ def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
 
 async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
                   request: cri.CreateContainerRequest) -> None:
+    # no NRI plugin is synchronized while a container is being created: it would miss this one
+    async with ctx.nri.creation():
+        await _create_container(ctx, container_id, name, sandbox, request)
+
+
+async def _create_container(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
+                            request: cri.CreateContainerRequest) -> None:
     config = request.config
     image = await ctx.images.resolve(config.image.image)
     log_path = _log_path(sandbox, config)
@@ -155,6 +163,9 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
+        await asyncio.to_thread(cdi.inject_devices, ctx.config.cdi, spec, cdi.requested_devices(config))
+        seen = await ctx.nri.create_container(sandbox, container_id, config, spec, ctx.clock_ns())
+        undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
         cgroup = cgroup_paths.from_oci(spec["linux"]["cgroupsPath"])
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
@@ -188,6 +199,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.container_event(container, cri.CONTAINER_CREATED_EVENT)
+    await ctx.nri.post_create_container(container)
 
 
 def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...] | list[str]) -> str:

@@ -38,6 +38,7 @@ async def record_exit(ctx: ServiceContext, container: Container, status: ExitSta
     if status.oom_killed:
         ctx.metrics.oom_kills.inc()
     ctx.container_event(container, cri.CONTAINER_STOPPED_EVENT)
+    await ctx.nri.container_stopped(container)
 
 
 async def watch_exit(ctx: ServiceContext, container: Container) -> None:
@@ -63,11 +64,13 @@ async def start_container(ctx: ServiceContext, request: cri.StartContainerReques
         if sandbox is None or sandbox.status.state != "ready":
             raise errors.FailedPrecondition(f"the pod of container {container.id} is not ready")
         client = ctx.shims.client(container.id)
+        await ctx.nri.start_container(container)
         started_at = await client.start()
         await ctx.containers.update(container, state=RUNNING, started_at=started_at or ctx.clock_ns())
         start_watching(ctx, container)
     log.info("container %s started", container.id)
     ctx.container_event(container, cri.CONTAINER_STARTED_EVENT)
+    await ctx.nri.post_start_container(container)
     return cri.StartContainerResponse()
 
 
@@ -100,6 +103,7 @@ async def stop(ctx: ServiceContext, container: Container, grace: int) -> None:
         except TimeoutError:
             raise errors.DeadlineExceeded(f"container {container.id} did not exit after SIGKILL") from None
     await kill_cgroup(ctx, container)
+    await ctx.nri.wait_stopped(container.id)  # NRI's StopContainer is delivered before this RPC returns
     log.info("container %s stopped", container.id)
 
 
@@ -144,6 +148,7 @@ async def remove(ctx: ServiceContext, container: Container) -> None:
     await ctx.container_names.release(container.meta.name, container.id)
     log.info("container %s removed", container.id)
     ctx.container_event(container, cri.CONTAINER_DELETED_EVENT)
+    await ctx.nri.remove_container(container)
 
 
 async def stop_pod_containers(ctx: ServiceContext, sandbox_id: str) -> None:

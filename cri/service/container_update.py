@@ -8,7 +8,7 @@ import logging
 from cri import api as cri
 from cri.oci import oci_resources
 from cri.service.context import ServiceContext
-from cri.store.containers import RUNNING
+from cri.store.containers import RUNNING, Container
 from runtime import errors
 from runtime.cgroups import drop_limits
 
@@ -38,6 +38,13 @@ async def _apply(ctx: ServiceContext, cgroup_path: str, resources: cri.LinuxCont
     await asyncio.to_thread(apply)
 
 
+async def apply_container_resources(ctx: ServiceContext, container: Container,
+                                    resources: cri.LinuxContainerResources) -> None:
+    """Apply to the container's cgroup and keep them as its resources."""
+    await _apply(ctx, container.meta.cgroup, resources, f"container {container.id}")
+    await ctx.containers.update(container, resources=resources.SerializeToString().hex())
+
+
 async def update_container_resources(ctx: ServiceContext, request: cri.UpdateContainerResourcesRequest
                                      ) -> cri.UpdateContainerResourcesResponse:
     container = ctx.containers.get(request.container_id)
@@ -45,8 +52,10 @@ async def update_container_resources(ctx: ServiceContext, request: cri.UpdateCon
         if container.status.state not in (RUNNING, "created"):
             raise errors.FailedPrecondition(f"container {container.id} is {container.status.state}")
         if request.HasField("linux"):
-            await _apply(ctx, container.meta.cgroup, request.linux, f"container {container.id}")
-            await ctx.containers.update(container, resources=request.linux.SerializeToString().hex())
+            resources = await ctx.nri.update_container(container, request.linux)  # NRI plugins may amend them
+            await apply_container_resources(ctx, container, resources)
+    if request.HasField("linux"):
+        await ctx.nri.post_update_container(container)
     return cri.UpdateContainerResourcesResponse()
 
 
@@ -58,7 +67,9 @@ async def update_pod_sandbox_resources(ctx: ServiceContext, request: cri.UpdateP
         if not await asyncio.to_thread(cgroup.created_by_crisp):
             raise errors.FailedPrecondition(
                 f"pod {sandbox.id}: its cgroup {sandbox.meta.cgroup} is the kubelet's; the kubelet sizes it")
+        await ctx.nri.update_pod_sandbox(sandbox, request.resources)
         await _apply(ctx, sandbox.meta.cgroup, request.resources, f"pod {sandbox.id}")
+        await ctx.nri.post_update_pod_sandbox(sandbox)
     return cri.UpdatePodSandboxResourcesResponse()
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from cri.config import Config
 from cri.events import EventBroker
 from cri.metrics import Metrics, StateSnapshot
+from cri.nri.service import NriService
 from cri.oci import NodeFacts
 from cri.server import Readiness
 from cri.service.images import ImageManager, InUse
@@ -71,6 +72,8 @@ class ServiceContext:
     streaming: StreamingServer | None = None
     # `[debug] fail_points`: named places where a test makes creation fail on purpose
     _abandoned: dict[str, str] = field(default_factory=dict)
+    # NRI plugins (cri/nri/service.py): every call a no-op unless `[nri] enable`
+    nri: NriService = field(init=False)
 
     def __post_init__(self) -> None:
         self.sandboxes = SandboxStore(self.store)
@@ -79,6 +82,7 @@ class ServiceContext:
         self.container_names = NameIndex(self.store, "container")
         self.events = EventBroker(self.config.events.subscriber_buffer,
                                   on_drop=self.metrics.event_subscribers_dropped.inc)
+        self.nri = NriService(self.config.nri)
         self.stats = StatsCollector(self.cgroup_manager, self.network, self.config.stats.disk_usage_cache_seconds,
                                     self.config.stats.network_timeout_seconds, clock_ns=self.clock_ns)
 

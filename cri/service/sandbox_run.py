@@ -140,6 +140,8 @@ async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.P
         await ctx.delay_point("run_pod_sandbox.record")
 
         sandbox = Sandbox(meta, status)
+        await ctx.nri.run_pod_sandbox(sandbox)  # the pod stays invisible until the NRI plugins agree
+        undo.push("NRI plugins", lambda: ctx.nri.remove_pod_sandbox(sandbox))
         await ctx.sandboxes.add(sandbox)
         undo.push("sandbox row", lambda: ctx.sandboxes.delete(sandbox))
         ctx.fail_point("run_pod_sandbox.record")

@@ -28,6 +28,8 @@ async def stop_sandbox(ctx: ServiceContext, sandbox: Sandbox) -> None:
     """Kill everything in the pod (no grace: the kubelet stops containers first) and tear its network down."""
     await stop_pod_containers(ctx, sandbox.id)
     await kill_pod_processes(ctx, sandbox)
+    if sandbox.status.state == READY:
+        await ctx.nri.stop_pod_sandbox(sandbox)  # once, with the containers stopped and the pod still there
     await teardown_pod_network(ctx, sandbox)
     if sandbox.status.state == READY:
         await ctx.sandboxes.update(sandbox, state=NOT_READY)
@@ -52,4 +54,5 @@ async def remove_pod_sandbox(ctx: ServiceContext, request: cri.RemovePodSandboxR
         await ctx.sandbox_names.release(sandbox.meta.name, sandbox.id)
     log.info("pod %s removed", sandbox.id)
     ctx.sandbox_event(sandbox, cri.CONTAINER_DELETED_EVENT)
+    await ctx.nri.remove_pod_sandbox(sandbox)
     return cri.RemovePodSandboxResponse()

@@ -11,7 +11,7 @@ import os
 import stat
 from typing import Any
 
-from runtime import errors
+from runtime import errors, ociedit
 from runtime.cdi.registry import Resolved
 from runtime.cdi.spec import ContainerEdits, DeviceNode
 
@@ -52,50 +52,32 @@ def _fill(node: DeviceNode, source: str) -> dict[str, Any]:
     return device
 
 
-def _depth(mount: dict[str, Any]) -> int:
-    return len([part for part in str(mount.get("destination", "")).split("/") if part])
-
-
 def _apply(spec: dict[str, Any], edits: ContainerEdits, source: str) -> None:
     if edits.intel_rdt is not None:
         raise errors.InvalidArgument(f"{source}: intelRdt edits are not supported by crisp")
     if edits.net_devices:
         raise errors.InvalidArgument(f"{source}: netDevices edits are not supported by crisp")
-    process = spec.setdefault("process", {})
-    env = process.setdefault("env", [])
     for entry in edits.env:
-        name = entry.partition("=")[0]
-        positions = [i for i, e in enumerate(env) if e.partition("=")[0] == name]
-        if positions:
-            env[positions[0]] = entry
-        else:
-            env.append(entry)
-    linux = spec.setdefault("linux", {})
-    user = process.setdefault("user", {})
+        name, _, value = entry.partition("=")
+        ociedit.set_env(spec, name, value)
+    user = spec.setdefault("process", {}).setdefault("user", {})
     for node in edits.device_nodes:
         device = _fill(node, source)
         if "uid" not in device and user.get("uid", 0) > 0:
             device["uid"] = user["uid"]
         if "gid" not in device and user.get("gid", 0) > 0:
             device["gid"] = user["gid"]
-        devices = [d for d in linux.get("devices", []) if d.get("path") != device["path"]]
-        linux["devices"] = [*devices, device]
-        if device["type"] in ("b", "c", "u"):
-            access = {"": "rwm", "none": ""}.get(node.permissions, node.permissions)
-            rule = {"allow": True, "type": "c" if device["type"] == "u" else device["type"],
-                    "major": device["major"], "minor": device["minor"], "access": access}
-            linux.setdefault("resources", {}).setdefault("devices", []).append(rule)
+        ociedit.add_device(spec, device, {"": ociedit.DEFAULT_ACCESS, "none": ""}.get(node.permissions,
+                                                                                    node.permissions))
     if edits.mounts:
-        mounts = spec.setdefault("mounts", [])
         for m in edits.mounts:
-            mounts[:] = [x for x in mounts if x.get("destination") != m.container_path]
             mount: dict[str, Any] = {"destination": m.container_path, "source": m.host_path}
             if m.type:
                 mount["type"] = m.type
             if m.options:
                 mount["options"] = list(m.options)
-            mounts.append(mount)
-        mounts.sort(key=_depth)
+            ociedit.add_mount(spec, mount)
+        ociedit.order_mounts(spec)
     for hook in edits.hooks:
         hook_entry: dict[str, Any] = {"path": hook.path}
         if hook.args:
@@ -104,7 +86,7 @@ def _apply(spec: dict[str, Any], edits: ContainerEdits, source: str) -> None:
             hook_entry["env"] = list(hook.env)
         if hook.timeout is not None:
             hook_entry["timeout"] = hook.timeout
-        spec.setdefault("hooks", {}).setdefault(hook.hook_name, []).append(hook_entry)
+        ociedit.add_hook(spec, hook.hook_name, hook_entry)
     gids = user.setdefault("additionalGids", [])
     for gid in edits.additional_gids:
         if gid and gid not in gids:

@@ -21,8 +21,9 @@ NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever t
 class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
-    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd") -> None:
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_extra: str = "") -> None:
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
+        self.cgroup_extra = cgroup_extra  # more keys of [cgroup]
         self.bridge = f"crispt{secrets.token_hex(4)}"
         self.subnet = free_subnet4(24)
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
@@ -30,7 +31,7 @@ class Pods:
 
     def config_text(self, extra: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
-        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n'
+        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n{self.cgroup_extra}'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
                 f'cni_config_dir = "{NO_CNI_DIR}"\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
@@ -64,10 +65,10 @@ class Pods:
 
 
 @contextlib.contextmanager
-def running_pods(base: Path, extra_config: str = "") -> Iterator[Pods]:
+def running_pods(base: Path, extra_config: str = "", cgroup_extra: str = "") -> Iterator[Pods]:
     """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
     cleanly without blocking its loop."""
-    p = Pods(base, extra_config)
+    p = Pods(base, extra_config, cgroup_extra=cgroup_extra)
     p.daemon.start()
     try:
         yield p
