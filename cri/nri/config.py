@@ -18,11 +18,14 @@ class NriConfig:
     plugin_config_path: str = field(default="/etc/nri/conf.d", metadata={"absolute": True})
     plugin_registration_timeout_seconds: float = 5.0
     plugin_request_timeout_seconds: float = 2.0
+    # a joining plugin's Synchronize (the whole node's pods and containers); container creations wait meanwhile
+    plugin_sync_timeout_seconds: float = 5.0
     # only pre-installed plugins: no socket is listened on
     disable_connections: bool = False
 
     def check(self) -> list[tuple[str, str]]:
-        for key in ("plugin_registration_timeout_seconds", "plugin_request_timeout_seconds"):
+        for key in ("plugin_registration_timeout_seconds", "plugin_request_timeout_seconds",
+                    "plugin_sync_timeout_seconds"):
             if getattr(self, key) <= 0:
                 return [(key, "must be positive")]
         if len(os.fsencode(self.socket_path)) > 107:

@@ -62,7 +62,8 @@ class NriService:
             return
         c = self.config
         settings = Settings(Path(c.socket_path), Path(c.plugin_path), Path(c.plugin_config_path),
-                            Timeouts(c.plugin_registration_timeout_seconds, c.plugin_request_timeout_seconds),
+                            Timeouts(c.plugin_registration_timeout_seconds, c.plugin_request_timeout_seconds,
+                                     c.plugin_sync_timeout_seconds),
                             accept_connections=not c.disable_connections)
         adaptation = Adaptation(settings, RUNTIME_NAME, VERSION, self._synchronize, self._apply_updates)
         try:

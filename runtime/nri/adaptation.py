@@ -88,7 +88,7 @@ class Adaptation:
             await plugin.start(self.runtime_name, self.runtime_version, timeouts)
             async with self.lock.synchronization():
                 pods, containers = await self._sync()
-                updates = await plugin.synchronize(pods, containers, timeouts.request)
+                updates = await plugin.synchronize(pods, containers, timeouts.synchronization)
                 if updates:
                     failed = await self._update(updates)
                     if failed:

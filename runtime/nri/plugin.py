@@ -42,6 +42,9 @@ class PluginError(errors.CrispError):
 class Timeouts:
     registration: float = 5.0
     request: float = 2.0
+    # a plugin's synchronization handles the whole node at once: it gets longer than one event (critest holds one
+    # for 2 s and expects the plugin to join); creations wait for it meanwhile
+    synchronization: float = 5.0
 
 
 def check_name(name: str) -> None:
