@@ -212,3 +212,25 @@ def test_plugin_updates_a_container(nri_pods: Pods, test_images: TestImages, tmp
     assert json.loads(out.stdout) == ["nope"], daemon.log()[-4000:]
     status = kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
     assert status.resources.linux.cpu_shares == 512
+
+
+def test_update_events_and_amended_resources(nri_pods: Pods, test_images: TestImages, tmp_path: Path,
+                                             nri_dir: Path) -> None:
+    """UpdateContainerResources: the plugin sees the request and amends it (its cpu shares win); then
+    PostUpdateContainer. UpdatePodSandboxResources: UpdatePodSandbox, then PostUpdatePodSandbox."""
+    kubelet = Kubelet(nri_pods, test_images, tmp_path / "logs")
+    plugin = TestPlugin(nri_pods.daemon, nri_dir, "amender", "10", amend={"cpu": {"shares": {"value": 300}}})
+    with plugins(plugin.start()):
+        pod_id, pod = kubelet.pod("nri-upd")
+        cid = kubelet.run(pod_id, pod, "app", ["sleep", "300"])
+        kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(
+            container_id=cid, linux=cri.LinuxContainerResources(cpu_shares=200, memory_limit_in_bytes=64 << 20)))
+        status = kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
+        assert (status.resources.linux.cpu_shares, status.resources.linux.memory_limit_in_bytes) == (300, 64 << 20)
+        assert plugin.names(container=cid)[-2:] == ["UpdateContainer", "PostUpdateContainer"]
+        (update,) = [e for e in plugin.events() if e["event"] == "UpdateContainer"]
+        assert update["resources"]["cpu"]["shares"] == {"value": "200"}  # what the kubelet asked, before amending
+        kubelet.rt.UpdatePodSandboxResources(cri.UpdatePodSandboxResourcesRequest(
+            pod_sandbox_id=pod_id, resources=cri.LinuxContainerResources(cpu_shares=1024)))
+        assert [e for e in plugin.names(pod=pod_id) if "PodSandbox" in e][-2:] == ["UpdatePodSandbox",
+                                                                                  "PostUpdatePodSandbox"]

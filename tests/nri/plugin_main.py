@@ -4,7 +4,8 @@ config from the drop-in) or external (`python -m tests.nri.plugin_main '<config>
 
 Config keys: "events" (method names to subscribe to; default all), "record" (a file: one JSON line per call, with
 the pod and container ids and names and a timestamp), "adjust" (CreateContainer's ContainerAdjustment, as JSON),
-"update" (CreateContainer's updates of other containers, JSON list), "fail" ({method: message}: answer with an
+"update" (CreateContainer's updates of other containers, JSON list), "amend" (UpdateContainer's LinuxResources
+for the container being updated, as JSON), "fail" ({method: message}: answer with an
 error), "crash" (method: exit mid-call), "stall" (method: never answer), "hold" ({method: file}: answer once the file
 exists), "env_file" (write the environment and what fd 3 is there at start).
 """
@@ -58,6 +59,8 @@ class Behaviour:
                             pid=container.pid, exit_code=container.exit_code)
             if method == "Synchronize":
                 line.update(pods=[p.id for p in request.pods], containers=[c.id for c in request.containers])
+            if method in ("UpdateContainer", "UpdatePodSandbox"):
+                line.update(resources=json_format.MessageToDict(request.linux_resources))
             if method == "CreateContainer":
                 line.update(env=list(request.container.env), annotations=dict(request.container.annotations))
             self.record(line)
@@ -76,6 +79,11 @@ class Behaviour:
                     json_format.ParseDict(config["adjust"], response.adjust)
                 for update in config.get("update", []):
                     json_format.ParseDict(update, response.update.add())
+                return response
+            if method == "UpdateContainer" and "amend" in config:
+                response = api.UpdateContainerResponse()
+                amended = response.update.add(container_id=request.container.id)
+                json_format.ParseDict(config["amend"], amended.linux.resources)
                 return response
             return None
         return handle
