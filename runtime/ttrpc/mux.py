@@ -1,11 +1,13 @@
 """NRI's connection multiplexer: several logical byte streams over one socket (the "trunk").
 
 Each chunk on the trunk is `connection id (4) | length (4)`, big-endian, then `length` bytes of that connection's
-stream. A chunk is at most one ttrpc frame (10 + 4 MiB bytes); a longer write is cut into several. Id 0 is
-reserved; chunks for a connection nobody opened are dropped. Opening is local: nothing is sent, both ends simply
-use the same ids (NRI: 1 carries the plugin's service, 2 the runtime's). A connection whose reader falls more than
-`buffer_limit` bytes behind breaks the whole trunk, as a full read queue does in NRI's Go implementation; crisp's
-readers consume every byte as it comes, so only a peer that floods a connection nobody answers hits it.
+stream. A chunk read may be as long as one ttrpc frame (10 + 4 MiB bytes); crisp writes chunks of at most 4 KiB:
+NRI's Go reader hands each chunk whole to one Read of ttrpc's 4 KiB bufio buffer and fails (ENOMEM) on a longer
+one unless that Read happens to be a large payload's (as its own writer arranges). Id 0 is reserved; chunks for a
+connection nobody opened are dropped. Opening is local: nothing is sent, both ends simply use the same ids (NRI: 1
+carries the plugin's service, 2 the runtime's). A connection whose reader falls more than `buffer_limit` bytes
+behind breaks the whole trunk, as a full read queue does in NRI's Go implementation; crisp's readers consume every
+byte as it comes, so only a peer that floods a connection nobody answers hits it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from runtime.ttrpc import wire
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">II")
-MAX_CHUNK = wire.HEADER_SIZE + wire.MAX_DATA
+MAX_CHUNK = wire.HEADER_SIZE + wire.MAX_DATA  # the longest chunk accepted
+WRITE_CHUNK = 4096  # the longest chunk written
 BUFFER_LIMIT = 4 * MAX_CHUNK
 
 
@@ -101,7 +104,7 @@ class Mux:
         view = memoryview(data)
         # all chunks are queued before the first await: writes of two tasks never interleave within a connection
         while True:
-            chunk = view[:MAX_CHUNK]
+            chunk = view[:WRITE_CHUNK]
             self._writer.write(HEADER.pack(conn_id, len(chunk)) + bytes(chunk))
             view = view[len(chunk):]
             if not view:

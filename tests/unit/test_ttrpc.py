@@ -190,6 +190,14 @@ def test_mux_chunk_format_and_limits() -> None:
         trunk.start()
         await conn.write(b"hello")
         assert await raw_reader.readexactly(13) == struct.pack(">II", 2, 5) + b"hello"
+        # a long write goes out in chunks NRI's Go reader takes (its ttrpc reads through a 4 KiB buffer)
+        await conn.write(bytes(10000))
+        sizes = []
+        for _ in range(3):
+            conn_id, length = struct.unpack(">II", await raw_reader.readexactly(8))
+            await raw_reader.readexactly(length)
+            sizes.append((conn_id, length))
+        assert sizes == [(2, 4096), (2, 4096), (2, 1808)]
         # a chunk for a connection nobody opened is dropped; the next one for ours arrives
         raw_writer.write(struct.pack(">II", 7, 3) + b"xyz" + struct.pack(">II", 2, 2) + b"ok")
         assert await conn.readexactly(2) == b"ok"
