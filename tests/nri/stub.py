@@ -32,6 +32,7 @@ class Stub:
         self.closed = asyncio.Event()
         self.mux: Mux | None = None
         self.runtime: Client | None = None
+        self.serving: asyncio.Task[None] | None = None
 
     async def connect(self, socket_path: str | None = None) -> None:
         if socket_path is None:
@@ -46,7 +47,7 @@ class Stub:
         self.runtime = Client(self.mux.open(2))
         self.mux.start()
         self.runtime.start()
-        asyncio.get_running_loop().create_task(server.serve(self.mux.open(1)))
+        self.serving = asyncio.get_running_loop().create_task(server.serve(self.mux.open(1)))
         await self.runtime.call(api.RUNTIME_SERVICE, "RegisterPlugin", api.RegisterPluginRequest(
             plugin_name=self.name, plugin_idx=self.idx, NRI_version="crisp-test"), api.Empty, 5)
 

@@ -275,3 +275,36 @@ def test_plugin_updates_containers(tmp_path: Path) -> None:
         assert runtime.updates[-1][0].linux.resources.cpu.shares.value == 512
         await nri.stop()
     _run(scenario)
+
+
+def test_validator_sees_the_merged_adjustment_and_may_reject_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        nri = _adaptation(tmp_path, FakeRuntime())
+        await nri.start()
+        seen: list[Any] = []
+
+        async def adjust(request: Any) -> Any:
+            response = api.CreateContainerResponse()
+            response.adjust.annotations["owned"] = "by-adjuster"
+            return response
+
+        async def validate(request: Any) -> Any:
+            seen.append(request)
+            reject = request.adjust.annotations.get("owned") == "by-adjuster" and request.container.id == "bad"
+            return api.ValidateContainerAdjustmentResponse(reject=reject, reason="not on my node")
+
+        adjuster = Stub("adjuster", "10", api.event_mask(api.CREATE_CONTAINER), {"CreateContainer": adjust})
+        validator = Stub("validator", "90", api.event_mask(api.VALIDATE_CONTAINER_ADJUSTMENT),
+                         {"ValidateContainerAdjustment": validate})
+        for stub in (adjuster, validator):  # kept referenced: the loop holds its tasks weakly
+            await _connect(nri, stub)
+        await nri.create_container(api.PodSandbox(id="p"), api.Container(id="good"))
+        request = seen[0]
+        assert [(p.name, p.index) for p in request.plugins] == [("adjuster", "10"), ("validator", "90")]
+        owners = request.owners.owners["good"].compound[1].owners  # Field Annotations = 1
+        assert dict(owners) == {"owned": "10-adjuster"}
+        assert not request.container.annotations  # the container as it was before any adjustment
+        with pytest.raises(PluginError, match=r"validator 90-validator rejected .* not on my node"):
+            await nri.create_container(api.PodSandbox(id="p"), api.Container(id="bad"))
+        await nri.stop()
+    _run(scenario)
