@@ -65,11 +65,13 @@ class Pods:
 
 
 @contextlib.contextmanager
-def running_pods(base: Path, extra_config: str = "", cgroup_extra: str = "") -> Iterator[Pods]:
+def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
+                 check_slow_callbacks: bool = True, cgroup_extra: str = "") -> Iterator[Pods]:
     """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
-    cleanly without blocking its loop."""
+    cleanly without blocking its loop (unless `check_slow_callbacks` is false: under the VM tier's emulation every
+    callback is slow)."""
     p = Pods(base, extra_config, cgroup_extra=cgroup_extra)
-    p.daemon.start()
+    p.daemon.start(start_timeout)
     try:
         yield p
     finally:
@@ -84,7 +86,8 @@ def running_pods(base: Path, extra_config: str = "", cgroup_extra: str = "") -> 
             p.cleanup_host()
     assert leaks == []
     assert code == 0, p.daemon.log()
-    assert p.daemon.slow_callbacks() == [], p.daemon.log()
+    if check_slow_callbacks:
+        assert p.daemon.slow_callbacks() == [], p.daemon.log()
 
 
 @pytest.fixture

@@ -78,9 +78,9 @@ def catalogue(inputs: Inputs) -> list[Published]:
                            docker=not oci, env=[layers.DEFAULT_PATH], cmd=["sh"], user=user, config=config)
                      for arch in ARCHES)
 
-    def marked(name: str, oci: bool = False) -> tuple[Image, ...]:
+    def marked(name: str) -> tuple[Image, ...]:
         mark = layers.marker(name)
-        return busybox(lambda arch: [mark], oci=oci)
+        return busybox(lambda arch: [mark])
 
     libraries = [p for name, p in sorted(inputs.nginx.items()) if name not in ("nginx", "nginx-common")]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tests.vm.image import Image, ensure_image
+from tests.vm.inputs import provide as provide_inputs
 from tests.vm.machine import VmRun, boot
 from tests.vm.settings import VmSettings, cache_lock
 from tests.vm.wheels import REPO, build_crisp_wheel, ensure_dependency_wheels
@@ -27,6 +28,7 @@ class GuestResult:
     outcome: str  # passed | failed | skipped | xfailed | xpassed
     text: str  # the failure (with captured output) or the skip reason
     seconds: float
+    summaries: tuple[str, ...] = ()  # the test's record_property("summary", ...) lines
 
 
 @dataclass
@@ -67,6 +69,7 @@ def run_guest_tests(nodeids: Sequence[str], settings: VmSettings | None = None,
         io_dir = run_dir / "io"
         build_crisp_wheel(io_dir / "crisp-wheel")
         (io_dir / "nodeids").write_text("".join(nodeid + "\n" for nodeid in nodeids))
+        provide_inputs(io_dir, nodeids)
         (io_dir / "results.jsonl").write_bytes(b"")
         prepared = time.monotonic()
         vm = boot(image, settings, run_dir, JOB.read_text(), REPO, stream=stream)
@@ -118,9 +121,14 @@ def _lines(path: Path) -> list[dict[str, object]]:
 def _results(path: Path) -> dict[str, GuestResult]:
     return {
         str(record["nodeid"]): GuestResult(nodeid=str(record["nodeid"]), outcome=str(record["outcome"]),
-                                           text=str(record["text"]), seconds=float(str(record["seconds"])))
+                                           text=str(record["text"]), seconds=float(str(record["seconds"])),
+                                           summaries=_strings(record.get("summaries")))
         for record in _lines(path) if "outcome" in record
     }
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(str(item) for item in value) if isinstance(value, list) else ()
 
 
 def _collect_errors(path: Path) -> list[str]:
