@@ -1,4 +1,5 @@
-"""NRI in crispd: the RPCs call these at fixed points; with `[nri] enable = false` every call is a no-op.
+"""NRI in crispd: the pod-sandbox and container controllers (cri/lifecycle) and CreateContainer call these at
+fixed points; with `[nri] enable = false` every call is a no-op.
 
 Where the events happen (the order critest checks):
   RunPodSandbox     the pod is made (network included) but not yet recorded: invisible until the plugins agree; an
@@ -13,8 +14,8 @@ Where the events happen (the order critest checks):
                     StopContainer and RemoveContainer wait for it, so Remove never overtakes Stop.
   RemoveContainer   after the container is gone.
   UpdateContainer   UpdateContainerResources: the plugins may amend the resources (then PostUpdate).
-Updates plugins ask for (UpdateContainers, or in an answer) are applied to running or created containers; the
-ones that fail come back to the plugin.
+Updates plugins ask for (UpdateContainers, or in an answer) are applied to running or created containers, each
+under its container's lock (cri/lifecycle/limits.py); the ones that fail come back to the plugin.
 """
 
 from __future__ import annotations
@@ -24,40 +25,42 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cri import api as cri
+from cri.cdi import CdiConfig, inject_devices
+from cri.lifecycle.limits import ContainerLimits
 from cri.nri import convert
 from cri.nri.config import NriConfig
-from cri.store.containers import CREATED, RUNNING, Container
-from cri.store.sandboxes import Sandbox
+from cri.store.containers import Container, ContainerStore
+from cri.store.sandboxes import Sandbox, SandboxStore
 from runtime import errors
+from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 from runtime.nri import api
 from runtime.nri.adaptation import Adaptation, Settings
 from runtime.nri.oci_adjust import apply_adjustment
 from runtime.nri.plugin import Timeouts
-from runtime.version import VERSION
-
-if TYPE_CHECKING:
-    from cri.service.context import ServiceContext
+from runtime.version import RUNTIME_NAME, VERSION
 
 log = logging.getLogger(__name__)
 
-RUNTIME_NAME = "crisp"
-
 
 class NriService:
-    def __init__(self, config: NriConfig | None = None) -> None:
-        self.config = config or NriConfig()
+    def __init__(self, *, config: NriConfig, cdi: CdiConfig, sandboxes: SandboxStore, containers: ContainerStore,
+                 limits: ContainerLimits) -> None:
+        self.config = config
+        self.cdi = cdi
+        self.sandboxes = sandboxes
+        self.containers = containers
+        self.limits = limits
+        # made by `start` when NRI is enabled
         self.adaptation: Adaptation | None = None
-        self._ctx: ServiceContext | None = None
         self._stop_events: dict[str, asyncio.Event] = {}
 
     # ------------------------------------------------------------------ lifetime
 
-    async def start(self, ctx: ServiceContext) -> None:
+    async def start(self) -> None:
         """With NRI enabled: start the pre-installed plugins and listen for others (after recovery)."""
-        self._ctx = ctx
         if not self.config.enable:
             return
         c = self.config
@@ -93,31 +96,23 @@ class NriService:
 
     # ------------------------------------------------------------------ the runtime's side of synchronization
 
-    @property
-    def ctx(self) -> ServiceContext:
-        assert self._ctx is not None
-        return self._ctx
-
     async def _synchronize(self) -> tuple[list[Any], list[Any]]:
-        ctx = self.ctx
-        return ([convert.pod_sandbox(s) for s in ctx.sandboxes.all()],
-                [convert.container(c) for c in ctx.containers.all()])
+        return ([convert.pod_sandbox(s) for s in self.sandboxes.all()],
+                [convert.container(c) for c in self.containers.all()])
 
     async def _apply_updates(self, updates: list[Any]) -> list[Any]:
-        from cri.service.container_update import apply_container_resources
-
         failed = []
         for update in updates:
-            container = self.ctx.containers.find(update.container_id)
+            container = self.containers.find(update.container_id)
             try:
                 if container is None:
                     raise errors.NotFound(f"container {update.container_id} does not exist")
-                if container.status.state not in (CREATED, RUNNING):
-                    raise errors.FailedPrecondition(f"container {container.id} is {container.status.state}")
+                # checked before the lock too: the container StopContainer is stopping holds its lock until the
+                # plugins have heard of the stop, and an update of it is refused anyway
+                self.limits.check(container)
                 base = (cri.LinuxContainerResources.FromString(bytes.fromhex(container.status.resources))
                         if container.status.resources else None)
-                await apply_container_resources(self.ctx, container,
-                                                convert.cri_resources(update.linux.resources, base))
+                await self.limits.update(container, convert.cri_resources(update.linux.resources, base))
             except errors.CrispError as exc:
                 log.warning("NRI update of container %s failed: %s", update.container_id, exc)
                 failed.append(update)
@@ -130,7 +125,7 @@ class NriService:
                                             + ", ".join(u.container_id for u in failed))
 
     def _pod_of(self, container: Container) -> Any:
-        sandbox = self.ctx.sandboxes.find(container.meta.sandbox_id)
+        sandbox = self.sandboxes.find(container.meta.sandbox_id)
         return convert.pod_sandbox(sandbox) if sandbox is not None else api.PodSandbox(id=container.meta.sandbox_id)
 
     # ------------------------------------------------------------------ pods
@@ -164,17 +159,14 @@ class NriService:
         `abandon_container` if the creation fails later)."""
         if self.adaptation is None:
             return None
-        from cri.cdi import inject_devices
-        from runtime.namespaces.sysctl import check_pod_sysctls
-
         nri_container = convert.creating_container(container_id, sandbox.id, config, spec, created_at)
         response = await self.adaptation.create_container(convert.pod_sandbox(sandbox), nri_container)
         cdi_devices = apply_adjustment(spec, response.adjust)
         if cdi_devices:
-            await asyncio.to_thread(inject_devices, self.ctx.config.cdi, spec, cdi_devices)
+            await asyncio.to_thread(inject_devices, self.cdi, spec, cdi_devices)
         if response.adjust.linux.sysctl:
-            check_pod_sysctls(dict(spec["linux"].get("sysctl", {})), host_network=sandbox.meta.host_network,
-                              host_ipc=sandbox.meta.host_ipc)
+            shared = pod_host_namespaces(host_network=sandbox.meta.host_network, host_ipc=sandbox.meta.host_ipc)
+            check_sysctls(spec["linux"].get("sysctl", {}), shared, who=f"container {container_id}")
         await self._updates(list(response.update), f"container {container_id}")
         return nri_container
 

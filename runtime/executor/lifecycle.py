@@ -12,15 +12,8 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.executor import hooks
-from runtime.executor.state import (
-    CREATED,
-    FIFO_FAILED,
-    FIFO_OK,
-    ContainerDir,
-    State,
-    oci_state,
-    process_start_time,
-)
+from runtime.executor.state import CREATED, FIFO_FAILED, FIFO_OK, ContainerDir, State, oci_state
+from runtime.procs import process_start_time
 
 log = logging.getLogger(__name__)
 
