@@ -4,6 +4,7 @@ mounts by destination (ordered parents first), hooks, rlimits by type."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_ACCESS = "rwm"
@@ -45,9 +46,15 @@ def remove_mount(spec: dict[str, Any], destination: str) -> None:
     spec["mounts"] = [m for m in spec.get("mounts", []) if m.get("destination") != destination]
 
 
-def add_mount(spec: dict[str, Any], mount: dict[str, Any]) -> None:
+def add_mount(spec: dict[str, Any], destination: str, source: str, type: str = "",
+              options: Sequence[str] = ()) -> None:
     """Add (or replace, by destination) a mount; call `order_mounts` after the last one."""
-    remove_mount(spec, mount["destination"])
+    mount: dict[str, Any] = {"destination": destination, "source": source}
+    if type:
+        mount["type"] = type
+    if options:
+        mount["options"] = list(options)
+    remove_mount(spec, destination)
     spec["mounts"].append(mount)
 
 
@@ -60,7 +67,16 @@ def order_mounts(spec: dict[str, Any]) -> None:
     spec.setdefault("mounts", []).sort(key=_depth)
 
 
-def add_hook(spec: dict[str, Any], kind: str, hook: dict[str, Any]) -> None:
+def add_hook(spec: dict[str, Any], kind: str, path: str, args: Sequence[str] = (), env: Sequence[str] = (),
+             timeout: int | None = None) -> None:
+    """Append a hook to those of `kind` (prestart, createRuntime, ..., poststop)."""
+    hook: dict[str, Any] = {"path": path}
+    if args:
+        hook["args"] = list(args)
+    if env:
+        hook["env"] = list(env)
+    if timeout is not None:
+        hook["timeout"] = timeout
     spec.setdefault("hooks", {}).setdefault(kind, []).append(hook)
 
 

@@ -71,22 +71,10 @@ def _apply(spec: dict[str, Any], edits: ContainerEdits, source: str) -> None:
                                                                                     node.permissions))
     if edits.mounts:
         for m in edits.mounts:
-            mount: dict[str, Any] = {"destination": m.container_path, "source": m.host_path}
-            if m.type:
-                mount["type"] = m.type
-            if m.options:
-                mount["options"] = list(m.options)
-            ociedit.add_mount(spec, mount)
+            ociedit.add_mount(spec, m.container_path, m.host_path, m.type, m.options)
         ociedit.order_mounts(spec)
     for hook in edits.hooks:
-        hook_entry: dict[str, Any] = {"path": hook.path}
-        if hook.args:
-            hook_entry["args"] = list(hook.args)
-        if hook.env:
-            hook_entry["env"] = list(hook.env)
-        if hook.timeout is not None:
-            hook_entry["timeout"] = hook.timeout
-        ociedit.add_hook(spec, hook.hook_name, hook_entry)
+        ociedit.add_hook(spec, hook.hook_name, hook.path, hook.args, hook.env, hook.timeout)
     gids = user.setdefault("additionalGids", [])
     for gid in edits.additional_gids:
         if gid and gid not in gids:

@@ -46,17 +46,6 @@ def check_supported(adjust: Any) -> None:
         raise errors.InvalidArgument("NRI adjustment of linux.net_devices is not supported by crisp")
 
 
-def _hook(hook: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": hook.path}
-    if hook.args:
-        out["args"] = list(hook.args)
-    if hook.env:
-        out["env"] = list(hook.env)
-    if hook.HasField("timeout"):
-        out["timeout"] = hook.timeout.value
-    return out
-
-
 def _resources(spec: dict[str, Any], res: Any) -> None:
     target = spec.setdefault("linux", {}).setdefault("resources", {})
     if res.HasField("memory"):
@@ -115,7 +104,8 @@ def apply_adjustment(spec: dict[str, Any], adjust: Any) -> list[str]:
                         ("createContainer", "create_container"), ("startContainer", "start_container"),
                         ("poststart", "poststart"), ("poststop", "poststop")):
         for hook in getattr(adjust.hooks, field):
-            ociedit.add_hook(spec, kind, _hook(hook))
+            ociedit.add_hook(spec, kind, hook.path, hook.args, hook.env,
+                             hook.timeout.value if hook.HasField("timeout") else None)
     for device in adjust.linux.devices:
         path, removed = removal(device.path)
         if removed:
@@ -145,12 +135,7 @@ def apply_adjustment(spec: dict[str, Any], adjust: Any) -> list[str]:
             if removed:
                 ociedit.remove_mount(spec, destination)
                 continue
-            entry: dict[str, Any] = {"destination": destination, "source": mount.source}
-            if mount.type:
-                entry["type"] = mount.type
-            if mount.options:
-                entry["options"] = list(mount.options)
-            ociedit.add_mount(spec, entry)
+            ociedit.add_mount(spec, destination, mount.source, mount.type, mount.options)
         ociedit.order_mounts(spec)
     for rlimit in adjust.rlimits:
         ociedit.set_rlimit(spec, rlimit.type, rlimit.hard, rlimit.soft)
