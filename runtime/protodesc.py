@@ -82,6 +82,12 @@ class _Builder:
                 self.set_type(field, type_name)
 
 
+def add_fields(message: Any, full_name: str, declarations: str, package: str, enums: Iterable[str] = ()) -> None:
+    """Add declared fields to the DescriptorProto `message` (`full_name`: its name in `package`, nested ones as
+    `Outer.Inner`); a type that is neither a scalar nor one of `enums` is a message of the package."""
+    _Builder(package, enums).add_fields(message, full_name, declarations)
+
+
 def build_file(name: str, package: str, messages: Mapping[str, str], enums: Mapping[str, str] | None = None,
                services: Iterable[Service] = ()) -> descriptor_pb2.FileDescriptorProto:
     """A proto3 file. `messages` maps a message name (nested ones as `Outer.Inner`) to its field declarations;
