@@ -107,6 +107,24 @@ def test_self_exit_delivers_stop_container(kubelet: Kubelet, nri_dir: Path) -> N
                                                "StopContainer", "RemoveContainer"]
 
 
+def test_stop_container_answered_with_an_update_of_the_stopped_container(
+        nri_pods: Pods, test_images: TestImages, tmp_path: Path, nri_dir: Path) -> None:
+    # StopContainer holds the container's lock until the plugins have heard of the stop; an update of that very
+    # container, asked for in the answer, is refused (it has exited) instead of waiting for the lock forever
+    kubelet = Kubelet(nri_pods, test_images, tmp_path / "logs")
+    update = {"container_id": "SELF", "linux": {"resources": {"cpu": {"shares": {"value": "512"}}}}}
+    plugin = TestPlugin(nri_pods.daemon, nri_dir, "stopper", "30", stop_update=[update])
+    with plugins(plugin.start()):
+        pod_id, pod = kubelet.pod("nri-stop-update")
+        cid = kubelet.run(pod_id, pod, "app", ["sleep", "300"])
+        kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=1), timeout=30)
+        assert kubelet.status(cid).state == cri.CONTAINER_EXITED
+        assert "StopContainer" in plugin.names(container=cid)
+        assert f"NRI update of container {cid} failed: container {cid} is exited" in nri_pods.daemon.log()
+        kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid), timeout=30)
+        assert plugin.names(container=cid)[-2:] == ["StopContainer", "RemoveContainer"]
+
+
 def test_plugin_crashing_mid_call_is_dropped_and_pods_go_on(kubelet: Kubelet, nri_dir: Path) -> None:
     daemon = kubelet.pods.daemon
     crasher = TestPlugin(daemon, nri_dir, "crasher", "05", crash="CreateContainer")

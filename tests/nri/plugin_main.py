@@ -4,7 +4,8 @@ config from the drop-in) or external (`python -m tests.nri.plugin_main '<config>
 
 Config keys: "events" (method names to subscribe to; default all), "record" (a file: one JSON line per call, with
 the pod and container ids and names and a timestamp), "adjust" (CreateContainer's ContainerAdjustment, as JSON),
-"update" (CreateContainer's updates of other containers, JSON list), "amend" (UpdateContainer's LinuxResources
+"update" (CreateContainer's updates of other containers, JSON list), "stop_update" (StopContainer's updates, JSON
+list; the container id "SELF" stands for the stopped container), "amend" (UpdateContainer's LinuxResources
 for the container being updated, as JSON), "fail" ({method: message}: answer with an
 error), "crash" (method: exit mid-call), "stall" (method: never answer), "hold" ({method: file}: answer once the file
 exists), "env_file" (write the environment and what fd 3 is there at start).
@@ -79,6 +80,14 @@ class Behaviour:
                     json_format.ParseDict(config["adjust"], response.adjust)
                 for update in config.get("update", []):
                     json_format.ParseDict(update, response.update.add())
+                return response
+            if method == "StopContainer" and "stop_update" in config:
+                response = api.StopContainerResponse()
+                for update in config["stop_update"]:
+                    added = response.update.add()
+                    json_format.ParseDict(update, added)
+                    if added.container_id == "SELF":
+                        added.container_id = request.container.id
                 return response
             if method == "UpdateContainer" and "amend" in config:
                 response = api.UpdateContainerResponse()
