@@ -18,6 +18,8 @@ from typing import Any
 
 from cri import configfile
 from cri.configfile import ConfigError as ConfigError
+from cri.cdi import CdiConfig
+from cri.nri.config import NriConfig
 from runtime import errors
 from runtime.cgroups import paths as cgroup_paths
 from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
@@ -346,6 +348,8 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     shim: ShimConfig = field(default_factory=ShimConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    nri: NriConfig = field(default_factory=NriConfig)
+    cdi: CdiConfig = field(default_factory=CdiConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:

@@ -237,6 +237,7 @@ class Daemon:
             os.chmod(self.socket, 0o660)
             await ctx.debug.delay("crispd.ready")
             await recover(ctx)
+            await ctx.nri.start()
             _freeze_startup_heap()
             await asyncio.sleep(0)  # the collection ends this step, still outside the slow-callback check
             self.readiness.set_ready()
@@ -262,6 +263,7 @@ class Daemon:
             if metrics_server is not None:
                 await metrics_server.close()
             if ctx is not None:
+                await ctx.nri.stop()
                 await ctx.container_control.close()
             await shims.close()  # the zygote ends; the shims and their containers go on
             await network.close()

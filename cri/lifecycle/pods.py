@@ -8,6 +8,8 @@ Running a pod is a list of steps, each of which registers its undo; removing a p
 (`_remove_dir`, `_remove_cgroup`, `_unpin`, `_remove_pod_init`, `_unmount_shm`, `_teardown_network`) in the same
 order, so a failed RunPodSandbox and a RemovePodSandbox leave the same nothing behind. Every undo is idempotent:
 missing pieces are fine. Everything a request could get wrong is checked in `plan`, before anything is made.
+NRI plugins hear of a pod at fixed points (cri/nri/service.py says which); a new pod stays invisible until they
+have agreed to it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cri.lifecycle.containers import ContainerController
 from cri.lifecycle.pod_files import pod_hostname, write_pod_files
 from cri.metrics import Metrics
 from cri.network import pod_network_request
+from cri.nri.service import NriService
 from cri.oci import oci_resources
 from cri.store.names import NameIndex
 from cri.store.sandboxes import NOT_READY, READY, Sandbox, SandboxMeta, SandboxStatus, SandboxStore
@@ -73,8 +76,8 @@ class PodSandboxController:
     def __init__(self, *, state_dir: Path, cgroup_base: str, missing_controller: str, sandboxes: SandboxStore,
                  names: NameIndex,
                  containers: ContainerController, cgroups: Callable[[], CgroupV2Manager],
-                 network: NetworkManager | None, events: EventPublisher, metrics: Metrics, debug: DebugPoints,
-                 clock_ns: Callable[[], int]) -> None:
+                 network: NetworkManager | None, nri: NriService, events: EventPublisher, metrics: Metrics,
+                 debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
         self.state_dir = state_dir
         self.cgroup_base = cgroup_paths.normalize(cgroup_base)
         self.missing_controller = missing_controller
@@ -83,6 +86,7 @@ class PodSandboxController:
         self.containers = containers
         self.cgroups = cgroups
         self.network = network
+        self.nri = nri
         self.events = events
         self.metrics = metrics
         self.debug = debug
@@ -165,6 +169,8 @@ class PodSandboxController:
             await self.debug.delay("run_pod_sandbox.record")
 
             sandbox = Sandbox(meta, status)
+            await self.nri.run_pod_sandbox(sandbox)  # the pod stays invisible until the NRI plugins agree
+            undo.push("NRI plugins", lambda: self.nri.remove_pod_sandbox(sandbox))
             await self.sandboxes.add(sandbox)
             undo.push("sandbox row", lambda: self.sandboxes.delete(sandbox))
             self.debug.fail("run_pod_sandbox.record")
@@ -203,6 +209,8 @@ class PodSandboxController:
         its network namespace go."""
         await self.containers.stop_all(sandbox.id)
         await self._kill_pod_processes(sandbox)
+        if sandbox.status.state == READY:
+            await self.nri.stop_pod_sandbox(sandbox)  # once, with the containers stopped and the pod still there
         await self._teardown_network(self._network_request(sandbox))
         await self._unpin_netns(sandbox)
         was_ready = sandbox.status.state == READY
@@ -242,6 +250,7 @@ class PodSandboxController:
             await self.names.release(meta.name, sandbox.id)
         log.info("pod %s removed", sandbox.id)
         self.events.sandbox(sandbox, cri.CONTAINER_DELETED_EVENT)
+        await self.nri.remove_pod_sandbox(sandbox)
 
     async def update_resources(self, sandbox: Sandbox, resources: cri.LinuxContainerResources) -> None:
         """Size the pod cgroup, live: crispd owns it when it made it (the kubelet sizes its own)."""
@@ -249,14 +258,16 @@ class PodSandboxController:
         path = sandbox.meta.cgroup
         what = f"pod {sandbox.id}"
         oci = oci_resources(resources, swap_limit=True)
+        if not await asyncio.to_thread(manager.cgroup(path).created_by_crisp):
+            raise errors.FailedPrecondition(f"{what}: its cgroup {path} is the kubelet's; the kubelet sizes it")
+        await self.nri.update_pod_sandbox(sandbox, resources)
 
         def apply() -> None:
-            if not manager.cgroup(path).created_by_crisp():
-                raise errors.FailedPrecondition(f"{what}: its cgroup {path} is the kubelet's; the kubelet sizes it")
             missing = manager.missing_controllers(oci, path)
             manager.open(path).apply(enforceable_limits(oci, missing, self.missing_controller, what))
 
         await asyncio.to_thread(apply)
+        await self.nri.post_update_pod_sandbox(sandbox)
 
     async def _kill_pod_processes(self, sandbox: Sandbox) -> None:
         """SIGKILL whatever still runs in the pod: its PID 1 (if any) and every crisp leaf of the pod cgroup."""

@@ -368,8 +368,6 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     privileged = sc.privileged
     if privileged and not inputs.sandbox_config.linux.security_context.privileged:
         raise InvalidArgument(f"a privileged container is not allowed in the unprivileged pod {inputs.pod.sandbox_id}")
-    if config.CDI_devices:
-        raise Unimplemented("CDI devices are not supported by crisp")
     _check_apparmor(sc, privileged)
 
     # process

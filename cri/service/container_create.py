@@ -4,6 +4,9 @@ The container is made to its end even if the kubelet gives up waiting; its retry
 container's id (cri/lifecycle/creations.py).
 
 Every step registers its undo; a failure anywhere leaves no shim, mount, cgroup, dir or row behind.
+
+The spec gets the container's CDI devices (cri/cdi.py), then the NRI plugins' adjustments, before it is written;
+no NRI plugin is synchronized meanwhile (it would miss this container).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from cri import api as cri
 from cri import metadata_limits
+from cri import cdi
 from cri.oci import (
     LayeredFiles,
     PodContext,
@@ -130,7 +134,8 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         if sandbox.status.state != READY:
             await ctx.container_names.release(name, container_id)
             raise errors.FailedPrecondition(f"pod {sandbox.id} was stopped: cannot create containers in it")
-        await _create_in_pod(ctx, container_id, name, sandbox, request)
+        async with ctx.nri.creation():
+            await _create_in_pod(ctx, container_id, name, sandbox, request)
 
 
 async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
@@ -177,6 +182,9 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         spec = await asyncio.to_thread(build)
         await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
                                 spec["process"]["cwd"])
+        await asyncio.to_thread(cdi.inject_devices, ctx.config.cdi, spec, cdi.requested_devices(config))
+        seen = await ctx.nri.create_container(sandbox, container_id, config, spec, ctx.clock_ns())
+        undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
         ctx.debug.fail("create_container.spec")
@@ -208,6 +216,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
+    await ctx.nri.post_create_container(container)
 
 
 def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...] | list[str]) -> str:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from runtime import errors
-from runtime.executor import console, procfs, protocol, sysctls
+from runtime.executor import console, hooks, procfs, protocol, sysctls
 from runtime.executor.oci import Process, Spec
 from runtime.executor.process import ProcessSetup, apply_rlimits, set_oom_score_adj
 from runtime.executor.rootfs import Rootfs
+from runtime.executor.state import FIFO_FAILED, FIFO_OK
 from runtime.linux import syscalls as sc
 
 
@@ -28,6 +31,8 @@ class InitContext:
     console_sock: socket.socket | None
     new_uts: bool
     preserve_fds: int = 0
+    # the hooks' state document without status and pid (id, bundle, annotations, ociVersion)
+    hook_state: Mapping[str, Any] = field(default_factory=dict)
 
 
 def container_init(sys: sc.Syscalls, ctx: InitContext, sock: socket.socket) -> None:
@@ -37,6 +42,13 @@ def container_init(sys: sc.Syscalls, ctx: InitContext, sock: socket.socket) -> N
     set_oom_score_adj(spec.process.oom_score_adj)
     rootfs = Rootfs(sys, spec)
     rootfs.prepare()
+    if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
+        protocol.send(sock, protocol.RunHooks())
+        if not isinstance(protocol.receive(sock), protocol.HooksDone):
+            os._exit(1)  # the executor went away (or a hook failed there and it is killing us)
+    if spec.hooks.get("createContainer"):
+        state = {**ctx.hook_state, "status": "creating", "pid": os.getpid()}
+        hooks.run_hooks(spec.hooks, "createContainer", state, cwd=spec.root_path)
     rootfs.pivot()
     sysctls.apply_sysctls(sys, spec.linux.sysctl, rootfs.proc_fd)
     if spec.process.terminal:
@@ -62,7 +74,14 @@ def container_init(sys: sc.Syscalls, ctx: InitContext, sock: socket.socket) -> N
     protocol.send(sock, protocol.Ready())
     # blocks until `start` opens the fifo for reading
     fifo = procfs.reopen_own_fd(own_proc, ctx.fifo_fd, os.O_WRONLY)
-    os.write(fifo, b"0")
+    try:
+        state = {**ctx.hook_state, "status": "created", "pid": os.getpid()}
+        hooks.run_hooks(spec.hooks, "startContainer", state, default_env=ctx.setup.env)
+    except hooks.HookError as exc:
+        os.write(fifo, FIFO_FAILED + str(exc).encode()[:4000])
+        os.write(2, f"crisp-executor: {exc}\n".encode())
+        os._exit(1)
+    os.write(fifo, FIFO_OK)
     os.close(fifo)
     os.close(ctx.fifo_fd)
     os.close(own_proc)

@@ -78,11 +78,12 @@ class Pods:
 
 @contextlib.contextmanager
 def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
-                 check_slow_callbacks: bool = True, pods: Pods | None = None) -> Iterator[Pods]:
-    """A started `Pods` crispd (`pods`, or a new one); afterwards every pod is removed, nothing may be left, and
-    crispd must have stopped cleanly without blocking its loop (unless `check_slow_callbacks` is false: under the
-    VM tier's emulation every callback is slow)."""
-    p = pods if pods is not None else Pods(base, extra_config)
+                 check_slow_callbacks: bool = True, pods: Pods | None = None,
+                 cgroup_config: str = "") -> Iterator[Pods]:
+    """A started `Pods` crispd (`pods`, or a new one with `cgroup_config` in its [cgroup] table); afterwards every
+    pod is removed, nothing may be left, and crispd must have stopped cleanly without blocking its loop (unless
+    `check_slow_callbacks` is false: under the VM tier's emulation every callback is slow)."""
+    p = pods if pods is not None else Pods(base, extra_config, cgroup_config=cgroup_config)
     p.daemon.start(start_timeout)
     try:
         yield p

@@ -468,8 +468,6 @@ def test_annotations() -> None:
 
 
 def test_unsupported_security_features() -> None:
-    with pytest.raises(Unimplemented, match="CDI"):
-        build(container_config(CDI_devices=[pb.CDIDevice(name="vendor.com/gpu=0")]))
     apparmor = pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref="my-profile")
     with pytest.raises(FailedPrecondition, match="AppArmor"):
         build(container_config(linux=_sc(apparmor=apparmor)))
