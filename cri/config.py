@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cri import configfile
-from cri.configfile import ConfigError as ConfigError
 from cri.cdi import CdiConfig
+from cri.configfile import ConfigError as ConfigError
 from cri.nri.config import NriConfig
 from runtime import errors
 from runtime.cgroups import paths as cgroup_paths

@@ -24,7 +24,7 @@ from cri.store.containers import CREATED, RUNNING, Container, ContainerStore
 from cri.store.names import NameIndex
 from cri.store.sandboxes import READY, SandboxStore
 from runtime import errors
-from runtime.cgroups import CgroupV2Manager, enforceable_limits
+from runtime.cgroups import CgroupV2Manager
 from runtime.fstree import remove_tree
 from shim.protocol import ExitStatus
 

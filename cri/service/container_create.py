@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cri import api as cri
-from cri import metadata_limits
-from cri import cdi
+from cri import cdi, metadata_limits
 from cri.oci import (
     LayeredFiles,
     PodContext,
