@@ -31,6 +31,7 @@ from cri.streaming.server import StreamingServer
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.lockfile import LockFile
+from runtime.systemd import notify
 from runtime.version import VERSION
 from shim.manager import ShimManager
 
@@ -114,6 +115,8 @@ class Daemon:
         self.images = ImageManager(config, self.store, on_fetched=self.metrics.image_pull_bytes.inc)
         self._locks: list[LockFile] = []
         self._stop: asyncio.Event | None = None
+        # systemd's notify socket is crispd's alone: taken out of the environment before any child is started
+        self._notify_env = {"NOTIFY_SOCKET": os.environ.pop("NOTIFY_SOCKET", "")}
 
     def _acquire_locks(self) -> None:
         wanted = {
@@ -220,8 +223,11 @@ class Daemon:
                 asyncio.get_running_loop().slow_callback_duration = self.config.debug.slow_callback_ms / 1000
             log.info("crispd %s serving CRI v1 on %s (root %s, state %s)", VERSION, self.socket,
                      self.config.root, self.config.state)
+            # under systemd (Type=notify) the unit is active only now, so `After=crispd.service` means "serving"
+            notify(f"READY=1\nSTATUS=serving CRI v1 on {self.socket}", self._notify_env)
             await stop.wait()
         finally:
+            notify("STOPPING=1", self._notify_env)
             self.readiness.set_not_ready("crispd is stopping")
             if ctx is not None:
                 ctx.events.close()  # event streams end, so that the server's grace period is not spent on them
