@@ -90,6 +90,9 @@ class NetworkConfig:
     # the pod CIDR (one network, or an IPv4,IPv6 pair); empty means the kubelet's (UpdateRuntimeConfig), else
     # 10.88.0.0/16
     pod_cidr: str = ""
+    # "auto": CNI when the config dir holds a config, else the built-in bridge; "cni": CNI only, NetworkReady false
+    # until a config appears there (a kind node, whose kindnet writes its conflist after the node started)
+    backend: str = field(default="auto", metadata=_choices("auto", "cni"))
     # the built-in bridge (used when the CNI config dir holds no config); its name also names its nftables table
     bridge: str = DEFAULT_BRIDGE
     mtu: int = 1500

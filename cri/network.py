@@ -42,7 +42,7 @@ def build_network(config: Config, store: Store) -> NetworkManager:
                            mtu=net.mtu, masquerade=net.masquerade)
     cni = CniBackend(cache_dir=Path(config.root) / "network" / "cni", config_dir=net.cni_config_dir,
                      bin_dirs=tuple(net.cni_bin_dirs), timeout=net.timeout_seconds)
-    return NetworkManager(bridge=bridge, cni=cni, helper=helper)
+    return NetworkManager(bridge=bridge, cni=cni, helper=helper, cni_only=net.backend == "cni")
 
 
 def pod_network_request(sandbox_id: str, netns: str, config: cri.PodSandboxConfig) -> PodNetworkRequest:

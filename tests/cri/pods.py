@@ -21,18 +21,20 @@ NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever t
 class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
-    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd") -> None:
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", network: str = "") -> None:
+        """`network`: more keys of the [network] section (`backend = "cni"`, ...)."""
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.bridge = f"crispt{secrets.token_hex(4)}"
         self.subnet = free_subnet4(24)
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
-        self.daemon = Crispd(base, config=self.config_text(extra_config), name=name)
+        self.daemon = Crispd(base, config=self.config_text(extra_config, network), name=name)
 
-    def config_text(self, extra: str = "") -> str:
+    def config_text(self, extra: str = "", network: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
+        cni_dir = "" if "cni_config_dir" in network else f'cni_config_dir = "{NO_CNI_DIR}"\n'
         return (f'[cgroup]\nbase = "{self.cgroup_base}"\n'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
-                f'cni_config_dir = "{NO_CNI_DIR}"\n'
+                f'{cni_dir}{network}\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
                 f'{extra}')
 
@@ -64,10 +66,10 @@ class Pods:
 
 
 @contextlib.contextmanager
-def running_pods(base: Path, extra_config: str = "") -> Iterator[Pods]:
+def running_pods(base: Path, extra_config: str = "", network: str = "") -> Iterator[Pods]:
     """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
     cleanly without blocking its loop."""
-    p = Pods(base, extra_config)
+    p = Pods(base, extra_config, network=network)
     p.daemon.start()
     try:
         yield p
