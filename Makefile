@@ -31,15 +31,22 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-vm vm-image lint unit venv debs-run debs-test clean
+.PHONY: run test test-vm vm-image lint unit venv venv-run dist debs-run debs-test clean
 
-$(VENV)/.installed: pyproject.toml
+# crisp (editable) with what it needs at run time, and nothing else
+$(VENV)/.installed-run: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+# ... and the test tools on top
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+venv-run: $(VENV)/.installed-run
 venv: $(VENV)/.installed
 
 debs-run:
@@ -50,8 +57,14 @@ debs-test:
 	scripts/fetch-debs $(DEB_CACHE) $(TEST_DEB_FILES)
 
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
-run: debs-run venv
+run: debs-run venv-run
 	exec $(VENV)/bin/crispd $(ARGS)
+
+## dist: crisp's wheel + a wheelhouse of its dependencies in dist/wheelhouse, for `deploy/install.sh --wheels`
+## (another node's Python: make dist DIST_ARGS="--python-version 3.13 --platform manylinux_2_41_x86_64")
+DIST_ARGS ?=
+dist: venv-run
+	$(VENV)/bin/python scripts/dist $(DIST_ARGS)
 
 ## test: install what the tests need, then lint, type-check and run every test
 test: debs-test venv lint
@@ -74,4 +87,4 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist
