@@ -1,7 +1,7 @@
 """Wheels for the guest, prepared on the host so that the guest needs no network.
 
 Two sets: crisp's dependencies (+ pytest), pinned to the versions installed next to the running pytest, cached in
-`<cache>/wheels/<key>/` and baked into the image's venv (/opt/crisp); and crisp itself, built fresh for every run
+`<cache>/wheels/<key>/` and baked into the image's venv (/opt/crisp-tests); and crisp itself, built fresh for every run
 from the checkout and installed into that venv when the guest boots.
 """
 
