@@ -61,8 +61,11 @@ class CgroupConfig:
     driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
     # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
     missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
-    # where crisp makes pod cgroups (<base>/pod<uid>) when the kubelet gives no cgroup_parent (crictl, critest)
+    # where crisp makes pod cgroups (<base>/pod<uid>) when the kubelet gives no cgroup_parent (crictl, critest);
+    # the cgroupfs driver's (the systemd driver puts them under crisp.slice)
     base: str = field(default="/crisp", metadata=_ABS)
+    # the systemd driver's way to systemd: auto (its private socket when there, else the system bus), private, system
+    systemd_bus: str = field(default="auto", metadata=_choices("auto", "private", "system"))
 
     def check(self) -> list[tuple[str, str]]:
         try:

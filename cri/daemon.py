@@ -245,6 +245,7 @@ class Daemon:
                 await metrics_server.close()
             if ctx is not None:
                 await ctx.cancel_background()
+                await ctx.cgroup_driver.close()
             await shims.close()  # the zygote ends; the shims and their containers go on
             await network.close()
             if images is not None:

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,7 +140,9 @@ class ShimClient:
                         fields: dict[str, Any]) -> dict[str, Any]:
         writer.write(protocol.encode(protocol.request(op, **fields)))
         await writer.drain()
-        line = await reader.readline()
+        return self._reply(await reader.readline(), op)
+
+    def _reply(self, line: bytes, op: str) -> dict[str, Any]:
         if not line:
             raise errors.Unavailable(f"the shim of container {self.id} closed the connection during {op}")
         reply = json.loads(line)
@@ -174,9 +176,36 @@ class ShimClient:
 
     # --- the operations -------------------------------------------------------------------------------------
 
-    async def create(self, call_timeout: float | None = None) -> int:
-        """Create the container through the executor; returns its init pid. On failure the shim exits."""
-        return int((await self.call("create", call_timeout))["pid"])
+    async def create(self, call_timeout: float | None = None,
+                     held: Callable[[int], Awaitable[None]] | None = None) -> int:
+        """Create the container through the executor; returns its init pid. On failure the shim exits.
+
+        `held` (the systemd cgroup driver): the shim first reports the executor's pid, before the executor does
+        anything; `held(pid)` puts it where the container's cgroup is to be (the executor waits for that). If
+        `held` fails it must kill the executor (the shim then undoes the create): its error is raised."""
+        if held is None:
+            return int((await self.call("create", call_timeout))["pid"])
+        limit = self.timeout if call_timeout is None else call_timeout
+        reader, writer = await self._connect()
+        try:
+            async with asyncio.timeout(limit):
+                first = await self._exchange(reader, writer, "create", {"hold": True})
+                try:
+                    await held(int(first["held"]))
+                except BaseException:
+                    with contextlib.suppress(Exception):  # the shim's word on the killed executor
+                        await asyncio.wait_for(reader.readline(), 10)
+                    raise
+                return int(self._reply(await reader.readline(), "create")["pid"])
+        except TimeoutError:
+            raise errors.DeadlineExceeded(f"the shim of container {self.id} did not answer create within "
+                                          f"{limit}s") from None
+        except (ConnectionError, ValueError) as exc:
+            raise errors.Unavailable(f"the shim of container {self.id} failed during create: {exc}") from None
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     async def start(self, call_timeout: float | None = None) -> int:
         """Start the created container; returns its start time (ns)."""

@@ -198,10 +198,12 @@ class Shim:
             return 0
 
     def run_executor(self, args: list[str], done: Callable[[CommandResult, int], None],
-                     stdin: int | None = None, stdout: int | None = None, stderr: int | None = None) -> None:
+                     stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
+                     fd3: int | None = None) -> int:
+        """Start an executor command; returns its pid (`done` gets its result)."""
         offset = self._log_size()
-        run_command(self.loop, self.executor_argv(*args), lambda result: done(result, offset),
-                    stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT)
+        return run_command(self.loop, self.executor_argv(*args), lambda result: done(result, offset),
+                           stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT, fd3=fd3)
 
     # --- the control socket ---------------------------------------------------------------------------------
 
@@ -292,8 +294,12 @@ class Shim:
         except ShimError as exc:
             self._create_failed(reply, exc)
             return
+        # hold (the systemd cgroup driver): crispd puts the container's first process into its scope before that
+        # process starts; the executor reports its pid on fd 3 and waits, the shim passes it on as a first reply,
+        # {"held": pid}
+        hold = bool(message.get("hold"))
         if overlay is None:
-            self._create_container(reply)
+            self._create_container(reply, hold)
             return
         target, options, cwd = overlay
 
@@ -303,7 +309,7 @@ class Shim:
                                                      f"on {target} failed ({result.describe()})"))
                 return
             self.rootfs_mounted = target
-            self._create_container(reply)
+            self._create_container(reply, hold)
 
         argv = ["mount", "-t", "overlay", "overlay", "-o", options, target]
         if cwd:
@@ -351,13 +357,19 @@ class Shim:
                             "overlay mount")
         return target, options, base
 
-    def _create_container(self, reply: Reply) -> None:
+    def _create_container(self, reply: Reply, hold: bool = False) -> None:
         process = self.spec.get("process") or {}
         tty = bool(process.get("terminal")) if isinstance(process, dict) else False
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         child_fds = [devnull]
         console: socket.socket | None = None
         args = ["create", "--bundle", self.bundle, "--pid-file", self.path("init.pid")]
+        held_w: int | None = None
+        if hold:
+            held_r, held_w = os.pipe2(os.O_CLOEXEC)
+            child_fds.append(held_w)
+            args += ["--held-pid-fd", "3"]
+            self._relay_held_pid(held_r, reply)
         stdio = (devnull, devnull, devnull)
         try:
             if tty:
@@ -386,7 +398,7 @@ class Shim:
                 else:
                     self._created(result, offset, since, reply)
 
-            self.run_executor(args, created, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+            self.run_executor(args, created, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], fd3=held_w)
         except OSError as exc:
             if console is not None:
                 console.close()
@@ -394,6 +406,27 @@ class Shim:
         finally:
             for fd in child_fds:
                 os.close(fd)
+
+    def _relay_held_pid(self, fd: int, reply: Reply) -> None:
+        """The executor's line on the held-pid pipe ("<pid>\n") becomes the first reply of a held create."""
+        os.set_blocking(fd, False)
+        data = bytearray()
+
+        def on_readable() -> None:
+            chunk = read_available(fd)
+            if chunk is None:
+                return
+            data.extend(chunk)
+            if chunk and b"\n" not in data:
+                return
+            self.loop.forget(fd)
+            os.close(fd)
+            text = bytes(data).strip()
+            if text.isdigit():
+                reply(protocol.reply_ok(held=int(text)))
+            # else the executor ended without one: its failure is the create's reply
+
+        self.loop.add_reader(fd, on_readable)
 
     def _await_console(self, console: socket.socket, result: CommandResult, offset: int, since: float,
                        reply: Reply) -> None:
@@ -622,6 +655,8 @@ class Shim:
     def _cgroup_dir(self) -> str:
         linux = self.spec.get("linux") or {}
         path = linux.get("cgroupsPath", "") if isinstance(linux, dict) else ""
+        if self.config.cgroup:  # the path as crispd computed it (the systemd form of cgroupsPath is not a path)
+            path = self.config.cgroup
         if not self.config.cgroup2_mount or not isinstance(path, str) or not path.startswith("/"):
             return ""
         return os.path.join(self.config.cgroup2_mount, path.lstrip("/"))

@@ -155,19 +155,36 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
+        driver = ctx.cgroup_driver
+        spec["linux"]["cgroupsPath"] = driver.oci_cgroups_path(sandbox.meta.cgroup, container_id)
         cgroup = cgroup_paths.from_oci(spec["linux"]["cgroupsPath"])
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
         ctx.fail_point("create_container.spec")
 
+        # the systemd driver: runc and crun make the container's scope themselves, the built-in executor waits in
+        # the one crispd makes (cri/cgroup_driver.py)
+        systemd_flag = ["--systemd-cgroup"] if driver.uses_systemd else []
         shim_config = ShimConfig(
-            id=container_id, bundle=str(bundle), executor=list(handler.argv), executor_root=str(handler.root),
+            id=container_id, bundle=str(bundle), executor=[*handler.argv, *systemd_flag],
+            executor_root=str(handler.root), cgroup=cgroup,
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
             cgroup2_mount=str(manager.mount),
             cgroup2_bind=str(manager.mount) if handler.kind == "oci" and str(manager.mount) != "/sys/fs/cgroup"
             else "")
-        _, pid = await ctx.shims.create(shim_config)
+        held = None
+        if driver.uses_systemd:
+            undo.push("shim scope", lambda: driver.shim_gone(container_id))
+            undo.push("container cgroup", lambda: driver.remove_leaf(cgroup))
+            if handler.kind == "builtin":
+                resources = spec["linux"].get("resources") or {}
+
+                async def held(first_pid: int) -> None:
+                    await driver.start_container_scope(cgroup, container_id, first_pid, resources)
+
+        _, pid = await ctx.shims.create(shim_config, placed=lambda shim_pid: driver.place_shim(container_id, shim_pid),
+                                        held=held)
         undo.push("shim and container", lambda: ctx.discard_shim(container_id))
         ctx.fail_point("create_container.shim")
         await ctx.delay_point("create_container.record")

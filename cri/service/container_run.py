@@ -131,11 +131,10 @@ async def remove(ctx: ServiceContext, container: Container) -> None:
         return
     await stop(ctx, container, 0)
     await ctx.discard_shim(container.id)
-    cgroup = ctx.cgroup_manager().cgroup(container.meta.cgroup)
+    await ctx.cgroup_driver.remove_leaf(container.meta.cgroup)
+    await ctx.cgroup_driver.shim_gone(container.id)
 
     def cleanup() -> None:
-        if cgroup.exists() and cgroup.created_by_crisp():
-            cgroup.remove()
         shutil.rmtree(container.meta.bundle, ignore_errors=True)
         shutil.rmtree(container.meta.container_dir, ignore_errors=True)
 

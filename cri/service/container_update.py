@@ -23,7 +23,7 @@ async def _apply(ctx: ServiceContext, cgroup_path: str, resources: cri.LinuxCont
     manager = ctx.cgroup_manager()
     oci = oci_resources(resources, swap_limit=True)
 
-    def apply() -> None:
+    def check() -> None:
         nonlocal oci
         missing = manager.missing_controllers(oci, cgroup_path)
         if missing:
@@ -32,10 +32,9 @@ async def _apply(ctx: ServiceContext, cgroup_path: str, resources: cri.LinuxCont
                 raise errors.FailedPrecondition(f"{what}: this node's cgroup v2 lacks controllers for {described}")
             log.warning("%s: dropping limits this node cannot enforce: %s", what, described)
             oci = drop_limits(oci, missing)
-        cgroup = manager.open(cgroup_path)
-        cgroup.apply(oci)
 
-    await asyncio.to_thread(apply)
+    await asyncio.to_thread(check)
+    await ctx.cgroup_driver.update(cgroup_path, oci)
 
 
 async def update_container_resources(ctx: ServiceContext, request: cri.UpdateContainerResourcesRequest

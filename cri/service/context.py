@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cri.cgroup_driver import CgroupDriver
 from cri.config import Config
 from cri.events import EventBroker
 from cri.metrics import Metrics, StateSnapshot
@@ -67,6 +68,8 @@ class ServiceContext:
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     # None when the host has no cgroup2 mount: pods cannot be run then
     cgroups: CgroupV2Manager | None = None
+    # who makes, removes and updates pod and container cgroups: the cgroupfs or the systemd driver
+    cgroup_driver: CgroupDriver = field(init=False)
     # the server behind the URLs of Exec, Attach and PortForward; None only in tests that stream nothing
     streaming: StreamingServer | None = None
     # `[debug] fail_points`: named places where a test makes creation fail on purpose
@@ -79,6 +82,7 @@ class ServiceContext:
         self.container_names = NameIndex(self.store, "container")
         self.events = EventBroker(self.config.events.subscriber_buffer,
                                   on_drop=self.metrics.event_subscribers_dropped.inc)
+        self.cgroup_driver = CgroupDriver(self.config.cgroup, self.cgroup_manager)
         self.stats = StatsCollector(self.cgroup_manager, self.network, self.config.stats.disk_usage_cache_seconds,
                                     self.config.stats.network_timeout_seconds, clock_ns=self.clock_ns)
 

@@ -24,7 +24,6 @@ from cri.service.sandbox_files import pod_hostname, write_pod_files
 from cri.service.sandbox_teardown import remove_pod_init
 from cri.store.sandboxes import READY, Sandbox, SandboxMeta, SandboxStatus
 from runtime import errors
-from runtime.cgroups import paths as cgroup_paths
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import start_pod_init
 from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
@@ -86,17 +85,16 @@ async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.P
     sysctls = check_pod_sysctls(dict(linux.sysctls), host_network=host_network, host_ipc=host_ipc)
     hostname = pod_hostname(config, host_network)
     pod_dir = ctx.state_dir / "sandboxes" / sandbox_id
-    manager = ctx.cgroup_manager()
-    cgroup = cgroup_paths.pod_cgroup_path(linux.cgroup_parent, config.metadata.uid, ctx.config.cgroup.base)
+    driver = ctx.cgroup_driver
+    cgroup = driver.pod_cgroup_path(linux.cgroup_parent, config.metadata.uid)
 
     async with Rollback(f"RunPodSandbox {sandbox_id}") as undo:
         undo.push("name reservation", lambda: ctx.sandbox_names.release(name, sandbox_id))
         await asyncio.to_thread(pod_dir.mkdir, mode=0o700, parents=True)
         undo.push("pod dir", lambda: asyncio.to_thread(shutil.rmtree, pod_dir, True))
 
-        pod_cgroup = await asyncio.to_thread(manager.create, cgroup, exist_ok=True)
-        if pod_cgroup.created_by_crisp():
-            undo.push("pod cgroup", lambda: asyncio.to_thread(pod_cgroup.remove))
+        if await driver.create_pod_cgroup(cgroup):
+            undo.push("pod cgroup", lambda: driver.remove_pod_cgroup(cgroup))
         ctx.fail_point("run_pod_sandbox.cgroup")
 
         kinds = {k for k, own in (("net", not host_network), ("ipc", not host_ipc), ("uts", not host_network))
@@ -112,9 +110,7 @@ async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.P
             pid_pin = pod_dir / "ns" / "pid"
             init_ref = await start_pod_init(pid_pin)
             undo.push("pod init", lambda: remove_pod_init(ctx, init_ref, pid_pin, cgroup, sandbox_id))
-            leaf = await asyncio.to_thread(manager.create,
-                                           cgroup_paths.container_cgroup_path(cgroup, sandbox_id), exist_ok=True)
-            await asyncio.to_thread(leaf.add_process, init_ref.pid)
+            await driver.place_pod_init(cgroup, sandbox_id, init_ref.pid)
             namespaces["pid"] = str(pid_pin)
             pod_init = (init_ref.pid, init_ref.start_time)
         ctx.fail_point("run_pod_sandbox.pod_init")

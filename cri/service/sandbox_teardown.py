@@ -24,8 +24,7 @@ async def remove_pod_init(ctx: ServiceContext, ref: ProcessRef | None, pin: Path
     """Kill the pod's PID 1 (every process of its PID namespace dies with it), unpin, remove its cgroup leaf."""
     await stop_pod_init(ref)
     await remove_pid_pin(pin)
-    leaf = ctx.cgroup_manager().cgroup(cgroup_paths.container_cgroup_path(pod_cgroup, sandbox_id))
-    await asyncio.to_thread(leaf.remove)
+    await ctx.cgroup_driver.remove_leaf(ctx.cgroup_driver.leaf_path(pod_cgroup, sandbox_id))
 
 
 async def kill_pod_processes(ctx: ServiceContext, sandbox: Sandbox) -> None:
@@ -68,22 +67,5 @@ async def release_pod_resources(ctx: ServiceContext, sandbox: Sandbox) -> None:
     if pid_pin is not None:
         await remove_pod_init(ctx, sandbox.status.pod_init_ref(), Path(pid_pin), meta.cgroup, meta.id)
     await unpin_namespaces(Path(p) for kind, p in meta.namespaces.items() if kind != "pid")
-    manager = ctx.cgroup_manager()
-    base = cgroup_paths.normalize(ctx.config.cgroup.base)
-
-    def remove_pod_cgroup() -> None:
-        """The pod cgroup if crisp made it (the kubelet's own stays), then the empty levels above it that crisp
-        made for it, up to the base."""
-        path = meta.cgroup
-        while path not in ("/", base):
-            cgroup = manager.cgroup(path)
-            if not cgroup.exists():
-                path = cgroup_paths.parent(path)
-                continue
-            if not cgroup.created_by_crisp() or cgroup.children() or cgroup.procs():
-                return
-            cgroup.remove()
-            path = cgroup_paths.parent(path)
-
-    await asyncio.to_thread(remove_pod_cgroup)
+    await ctx.cgroup_driver.remove_pod_cgroup(meta.cgroup)
     await asyncio.to_thread(shutil.rmtree, pod_dir, True)

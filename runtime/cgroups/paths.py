@@ -9,8 +9,16 @@ Layout (cgroupfs paths, relative to the cgroup2 mount, always starting with "/")
 
 A kubelet running with the systemd cgroup driver passes slice names (`kubepods-burstable-pod<uid>.slice`);
 `resolve_parent` expands those to their cgroupfs path (`/kubepods.slice/kubepods-burstable.slice/...`), as systemd
-lays them out. crisp does not talk to systemd (no transient units over D-Bus): its own cgroups are plain
-directories, so the `systemd` driver in the strict sense is not supported.
+lays them out (the dash rule, `expand_slice`).
+
+With crisp's systemd driver every cgroup crisp makes is a systemd unit (crispd starts it over D-Bus), named so that
+its cgroup is where the rules below put it:
+- a pod without `cgroup_parent` gets the slice `crisp-pod<uid>.slice` (dashes of the uid as "_", as the kubelet
+  escapes them) under `crisp.slice`: `/crisp.slice/crisp-pod<uid>.slice`;
+- a container (and a pod's init) gets the scope `crisp-<id>.scope` in its pod's slice; the OCI form of its path is
+  `<pod slice>:crisp:<id>` (`systemd_cgroups_path`), which runc and crun turn into the same scope;
+- a shim gets the scope `crisp-shim-<id>.scope` in `system.slice` (outside crispd.service: a stop or restart of
+  crispd never reaches it).
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from runtime import errors
 
 DEFAULT_BASE = "/crisp"
 CONTAINER_PREFIX = "crisp-"
+SYSTEMD_SLICE = "crisp.slice"  # the systemd driver's parent of the pod slices crisp makes
+SCOPE_PREFIX = "crisp"  # the prefix of the OCI systemd form: units crisp-<id>.scope
+SHIM_SLICE = "system.slice"
 
 _COMPONENT = re.compile(r"^[A-Za-z0-9_.:@=+-]+$")
 _POD_UID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -70,8 +81,67 @@ def pod_cgroup_path(cgroup_parent: str, pod_uid: str, base: str = DEFAULT_BASE) 
     return join(base, f"pod{pod_uid}")
 
 
-def container_cgroup_path(pod_cgroup: str, container_id: str) -> str:
-    """`<pod cgroup>/crisp-<id>`: the cgroup of one container (or of a pod's init)."""
+def pod_slice_name(pod_uid: str) -> str:
+    """The slice of a pod crisp makes itself under the systemd driver: `crisp-pod<uid>.slice` (a dash is systemd's
+    separator of levels, so the uid's dashes become "_", as the kubelet does)."""
+    if not _POD_UID.match(pod_uid):
+        raise errors.InvalidArgument(f"bad pod uid {pod_uid!r} for a slice name")
+    return f"{SYSTEMD_SLICE.removesuffix('.slice')}-pod{pod_uid.replace('-', '_')}.slice"
+
+
+def systemd_pod_cgroup_path(cgroup_parent: str, pod_uid: str) -> str:
+    """The pod cgroup under the systemd driver: the kubelet's slice when given (a path is refused: a kubelet with
+    the cgroupfs driver talking to a runtime with the systemd driver), else crisp's own pod slice."""
+    if not cgroup_parent:
+        return expand_slice(pod_slice_name(pod_uid))
+    if not (cgroup_parent.endswith(".slice") and "/" not in cgroup_parent):
+        raise errors.InvalidArgument(
+            f"cgroup parent {cgroup_parent!r} is not a systemd slice: crisp runs with the systemd cgroup driver "
+            "(the kubelet's cgroupDriver must be systemd too)")
+    return expand_slice(cgroup_parent)
+
+
+def slice_of(pod_cgroup: str) -> str:
+    """The slice a pod cgroup path ends in (`/a.slice/a-b.slice` -> `a-b.slice`)."""
+    name = normalize(pod_cgroup).rsplit("/", 1)[-1]
+    if not name.endswith(".slice"):
+        raise errors.InvalidArgument(f"cgroup {pod_cgroup} is not a systemd slice")
+    return name
+
+
+def scope_name(container_id: str) -> str:
+    """The scope of a container (or of a pod's init) under the systemd driver."""
+    if not _POD_UID.match(container_id):
+        raise errors.InvalidArgument(f"bad container id {container_id!r} for a unit name")
+    return f"{SCOPE_PREFIX}-{container_id}.scope"
+
+
+def shim_scope_name(container_id: str) -> str:
+    """The scope a container's shim lives in under the systemd driver."""
+    if not _POD_UID.match(container_id):
+        raise errors.InvalidArgument(f"bad container id {container_id!r} for a unit name")
+    return f"{SCOPE_PREFIX}-shim-{container_id}.scope"
+
+
+def systemd_cgroups_path(pod_cgroup: str, container_id: str) -> str:
+    """The OCI `linux.cgroupsPath` of a container under the systemd driver: `<pod slice>:crisp:<id>`."""
+    scope_name(container_id)  # checks the id
+    return f"{slice_of(pod_cgroup)}:{SCOPE_PREFIX}:{container_id}"
+
+
+def unit_of(path: str) -> str:
+    """The systemd unit a cgroup path of the systemd layout belongs to: its last component."""
+    name = normalize(path).rsplit("/", 1)[-1]
+    if not name.endswith((".slice", ".scope", ".service")):
+        raise errors.InvalidArgument(f"cgroup {path} is not a systemd unit's")
+    return name
+
+
+def container_cgroup_path(pod_cgroup: str, container_id: str, systemd: bool = False) -> str:
+    """`<pod cgroup>/crisp-<id>`: the cgroup of one container (or of a pod's init); with the systemd driver its
+    scope, `<pod cgroup>/crisp-<id>.scope`."""
+    if systemd:
+        return join(pod_cgroup, scope_name(container_id))
     if not _POD_UID.match(container_id):
         raise errors.InvalidArgument(f"bad container id {container_id!r} for a cgroup name")
     return join(pod_cgroup, CONTAINER_PREFIX + container_id)

@@ -46,20 +46,22 @@ def _accounting() -> list[Property]:
     return [(name, ("b", True)) for name in ACCOUNTING]
 
 
-def scope_properties(*, slice_name: str, pids: Sequence[int], description: str) -> list[Property]:
-    """A scope for processes that already run (`pids`), in `slice_name`, delegated: what happens inside its cgroup
-    (limits, device filter, sub-cgroups) is crisp's and the container's, not systemd's. No default dependencies:
-    it must not be stopped with basic.target at shutdown before its pod is done."""
+def scope_properties(*, slice_name: str, pids: Sequence[int], description: str, delegate: bool = True
+                     ) -> list[Property]:
+    """A scope for processes that already run (`pids`), in `slice_name`; delegated (a container's): what happens
+    inside its cgroup (limits, device filter, sub-cgroups) is crisp's and the container's, not systemd's. No default
+    dependencies: it must not be stopped with basic.target at shutdown before its pod is done."""
     if not pids:
         raise errors.InvalidArgument("a scope needs at least one process")
-    return [
+    props: list[Property] = [
         ("Description", ("s", description)),
         ("Slice", ("s", slice_name)),
         ("PIDs", ("au", [int(pid) for pid in pids])),
-        ("Delegate", ("b", True)),
         ("DefaultDependencies", ("b", False)),
-        *_accounting(),
     ]
+    if delegate:
+        props += [("Delegate", ("b", True)), *_accounting()]
+    return props
 
 
 def slice_properties(*, description: str) -> list[Property]:

@@ -77,3 +77,30 @@ def test_oci_cgroups_path() -> None:
         "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope"
     )
     assert paths.from_oci(":crisp:abc") == "/system.slice/crisp-abc.scope"
+
+
+def test_systemd_driver_layout() -> None:
+    uid = "0f2c6b1e-8d4a-4e7f-9c3b-2a1d5e6f7a8b"
+    assert paths.pod_slice_name(uid) == "crisp-pod0f2c6b1e_8d4a_4e7f_9c3b_2a1d5e6f7a8b.slice"
+    assert paths.systemd_pod_cgroup_path("", uid) == (
+        "/crisp.slice/crisp-pod0f2c6b1e_8d4a_4e7f_9c3b_2a1d5e6f7a8b.slice")
+    # kind's kubelet (cgroupRoot /kubelet) under the systemd driver
+    kubelet = "kubelet-kubepods-burstable-pod0f2c6b1e_8d4a.slice"
+    pod = paths.systemd_pod_cgroup_path(kubelet, uid)
+    assert pod == ("/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/"
+                   "kubelet-kubepods-burstable-pod0f2c6b1e_8d4a.slice")
+    assert paths.slice_of(pod) == kubelet
+    assert paths.systemd_cgroups_path(pod, "abc123") == f"{kubelet}:crisp:abc123"
+    # the OCI form names the scope the container's cgroup path names: one layout, read both ways
+    assert paths.from_oci(paths.systemd_cgroups_path(pod, "abc123")) == paths.container_cgroup_path(
+        pod, "abc123", systemd=True) == f"{pod}/crisp-abc123.scope"
+    assert paths.unit_of(f"{pod}/crisp-abc123.scope") == "crisp-abc123.scope"
+    assert paths.unit_of(pod) == kubelet
+    assert paths.shim_scope_name("abc123") == "crisp-shim-abc123.scope"
+    with pytest.raises(errors.InvalidArgument, match="cgroupDriver must be systemd"):
+        paths.systemd_pod_cgroup_path("/kubepods/burstable/pod1", uid)
+    for bad in ("a/b", "x.scope/..", ""):
+        with pytest.raises(errors.InvalidArgument):
+            paths.scope_name(bad)
+    with pytest.raises(errors.InvalidArgument):
+        paths.unit_of("/crisp/pod1")
