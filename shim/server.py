@@ -141,6 +141,7 @@ class Shim:
         self.status: ExitStatus | None = None
         self.started_at = 0
         self.oom_before = 0
+        self.parent_oom_before = 0
         self.conns: set[Conn] = set()
         self.waiters: list[Reply] = []
         self.attachers: dict[Conn, Attacher] = {}
@@ -389,7 +390,8 @@ class Shim:
                     stdin_fd = in_r
                 stdio = (stdin_fd, out_w, err_w)
             args.append(self.config.id)
-            self.oom_before = self._oom_kills()
+            self.oom_before = self._oom_kills() or 0
+            self.parent_oom_before = self._oom_kills(parent=True) or 0
             since = time.monotonic()
 
             def created(result: CommandResult, offset: int) -> None:
@@ -638,10 +640,13 @@ class Shim:
                     log(f"dropping an attach session that fell {conn.backlog} bytes behind")
                     conn.close()
 
-    def _oom_kills(self) -> int:
+    def _oom_kills(self, parent: bool = False) -> int | None:
+        """oom_kill of the container's memory.events (or its parent's: hierarchical); None when unreadable."""
         cgroup = self._cgroup_dir()
         if not cgroup:
             return 0
+        if parent:
+            cgroup = os.path.dirname(cgroup)
         try:
             with open(os.path.join(cgroup, "memory.events")) as f:
                 for line in f:
@@ -649,8 +654,18 @@ class Shim:
                     if key == "oom_kill":
                         return int(value)
         except (OSError, ValueError):
-            pass
+            return None
         return 0
+
+    def _oom_killed(self, sig: int) -> bool:
+        """Whether the kernel's OOM killer killed the container. A systemd scope is gone as soon as it is empty
+        (the systemd cgroup driver): then a SIGKILL while its parent (the pod's slice, which counts its children's
+        OOM kills) counted one more is taken as this container's."""
+        count = self._oom_kills()
+        if count is not None:
+            return count > self.oom_before
+        parent = self._oom_kills(parent=True)
+        return sig == signal.SIGKILL and parent is not None and parent > self.parent_oom_before
 
     def _cgroup_dir(self) -> str:
         linux = self.spec.get("linux") or {}
@@ -666,7 +681,7 @@ class Shim:
         for out in self.outputs:
             out.drain()
         code, sig = protocol.wait_status_to_exit(wait_status)
-        oom = self._oom_kills() > self.oom_before
+        oom = self._oom_killed(sig)
         self.status = ExitStatus(exit_code=code, signal=sig, started_at=self.started_at,
                                  finished_at=finished, oom_killed=oom)
         try:

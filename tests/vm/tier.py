@@ -87,7 +87,10 @@ def run_guest_tests(nodeids: Sequence[str], settings: VmSettings | None = None,
         (io_dir / "nodeids").write_text("".join(nodeid + "\n" for nodeid in nodeids))
         (io_dir / "results.jsonl").write_bytes(b"")
         prepared = time.monotonic()
-        vm = boot(image, settings, run_dir, JOB.read_text(), REPO, stream=stream, guest=guest, tools_dir=tools)
+        # the systemd guest installs crisp with pip and runs a kubelet: under TCG that takes twice as long
+        limit = settings.timeout * (2 if guest == "systemd" else 1)
+        vm = boot(image, settings, run_dir, JOB.read_text(), REPO, timeout=limit, stream=stream, guest=guest,
+                  tools_dir=tools)
         run = TierRun(results=_results(io_dir / "results.jsonl"), vm=vm, image=image, guest=guest)
         run.collect_errors = _collect_errors(io_dir / "results.jsonl")
         run.timings = {"prepare": prepared - started, "vm": vm.seconds, **_guest_timings(io_dir / "timings")}
