@@ -86,10 +86,11 @@ async def _create(ctx: ServiceContext, sandbox_id: str, name: str, config: cri.P
     hostname = pod_hostname(config, host_network)
     pod_dir = ctx.state_dir / "sandboxes" / sandbox_id
     driver = ctx.cgroup_driver
-    cgroup = driver.pod_cgroup_path(linux.cgroup_parent, config.metadata.uid)
 
     async with Rollback(f"RunPodSandbox {sandbox_id}") as undo:
         undo.push("name reservation", lambda: ctx.sandbox_names.release(name, sandbox_id))
+        # a bad cgroup parent is refused after the name's undo is in place: the name is free again for a retry
+        cgroup = driver.pod_cgroup_path(linux.cgroup_parent, config.metadata.uid)
         await asyncio.to_thread(pod_dir.mkdir, mode=0o700, parents=True)
         undo.push("pod dir", lambda: asyncio.to_thread(shutil.rmtree, pod_dir, True))
 

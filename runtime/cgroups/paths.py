@@ -90,15 +90,19 @@ def pod_slice_name(pod_uid: str) -> str:
 
 
 def systemd_pod_cgroup_path(cgroup_parent: str, pod_uid: str) -> str:
-    """The pod cgroup under the systemd driver: the kubelet's slice when given (a path is refused: a kubelet with
-    the cgroupfs driver talking to a runtime with the systemd driver), else crisp's own pod slice."""
+    """The pod cgroup under the systemd driver: the kubelet's slice when given, as a slice name or as the path of
+    one (the kubelet sends `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`); a path
+    that is not a slice's as systemd lays them out is refused (a kubelet with the cgroupfs driver talking to a
+    runtime with the systemd driver). Without one, crisp's own pod slice."""
     if not cgroup_parent:
         return expand_slice(pod_slice_name(pod_uid))
-    if not (cgroup_parent.endswith(".slice") and "/" not in cgroup_parent):
-        raise errors.InvalidArgument(
-            f"cgroup parent {cgroup_parent!r} is not a systemd slice: crisp runs with the systemd cgroup driver "
-            "(the kubelet's cgroupDriver must be systemd too)")
-    return expand_slice(cgroup_parent)
+    last = cgroup_parent.rstrip("/").rsplit("/", 1)[-1]
+    if last.endswith(".slice") and ("/" not in cgroup_parent.rstrip("/")
+                                    or normalize(cgroup_parent) == expand_slice(last)):
+        return expand_slice(last)
+    raise errors.InvalidArgument(
+        f"cgroup parent {cgroup_parent!r} is not a systemd slice: crisp runs with the systemd cgroup driver "
+        "(the kubelet's cgroupDriver must be systemd too)")
 
 
 def slice_of(pod_cgroup: str) -> str:

@@ -90,6 +90,7 @@ def test_systemd_driver_layout() -> None:
     assert pod == ("/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/"
                    "kubelet-kubepods-burstable-pod0f2c6b1e_8d4a.slice")
     assert paths.slice_of(pod) == kubelet
+    assert paths.systemd_pod_cgroup_path(pod, uid) == pod  # the kubelet sends the slice's path, too
     assert paths.systemd_cgroups_path(pod, "abc123") == f"{kubelet}:crisp:abc123"
     # the OCI form names the scope the container's cgroup path names: one layout, read both ways
     assert paths.from_oci(paths.systemd_cgroups_path(pod, "abc123")) == paths.container_cgroup_path(
@@ -97,8 +98,9 @@ def test_systemd_driver_layout() -> None:
     assert paths.unit_of(f"{pod}/crisp-abc123.scope") == "crisp-abc123.scope"
     assert paths.unit_of(pod) == kubelet
     assert paths.shim_scope_name("abc123") == "crisp-shim-abc123.scope"
-    with pytest.raises(errors.InvalidArgument, match="cgroupDriver must be systemd"):
-        paths.systemd_pod_cgroup_path("/kubepods/burstable/pod1", uid)
+    for cgroupfs in ("/kubepods/burstable/pod1", "/kubepods/kubepods-pod1.slice", "/a.slice/b.slice"):
+        with pytest.raises(errors.InvalidArgument, match="cgroupDriver must be systemd"):
+            paths.systemd_pod_cgroup_path(cgroupfs, uid)
     for bad in ("a/b", "x.scope/..", ""):
         with pytest.raises(errors.InvalidArgument):
             paths.scope_name(bad)

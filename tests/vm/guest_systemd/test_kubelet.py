@@ -74,8 +74,10 @@ def kubelet(node: Node, tmp_path: Path) -> Iterator[int]:
     try:
         yield read_only_port
     finally:
-        journal = subprocess.run(["journalctl", "-u", UNIT, "--no-pager", "-n", "80"], capture_output=True, text=True)
-        print(f"the kubelet's last words:\n{journal.stdout}")  # shown when the test failed
+        for unit, lines in ((UNIT, "80"), ("crispd.service", "150")):  # shown when the test failed
+            journal = subprocess.run(["journalctl", "-u", unit, "--no-pager", "-n", lines], capture_output=True,
+                                     text=True)
+            print(f"{unit}, the last {lines} lines:\n{journal.stdout}")
         (MANIFESTS / "web.json").unlink(missing_ok=True)
         systemctl("stop", UNIT, check=False)
         systemctl("reset-failed", UNIT, check=False)
