@@ -31,7 +31,8 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-vm vm-image lint unit venv venv-run dist debs-run debs-test clean
+.PHONY: run test test-conformance test-extended test-vm vm-image tools images lint unit venv venv-run dist debs-run \
+	debs-test clean
 
 # crisp (editable) with what it needs at run time, and nothing else
 $(VENV)/.installed-run: pyproject.toml
@@ -56,6 +57,14 @@ debs-test:
 	scripts/ensure-debs $(TEST_DEBS)
 	scripts/fetch-debs $(DEB_CACHE) $(TEST_DEB_FILES)
 
+## tools: build the pinned Go tools (crictl, critest, the kubelet...) into their cache (scripts/build-k8s-tools)
+tools:
+	scripts/build-k8s-tools >/dev/null
+
+## images: build the test images critest and the kubelet tier pull into their cache (tests/images; CRISP_IMAGES_CACHE)
+images: debs-test venv
+	$(VENV)/bin/python -m tests.images build
+
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
 run: debs-run venv-run
 	exec $(VENV)/bin/crispd $(ARGS)
@@ -66,12 +75,34 @@ DIST_ARGS ?=
 dist: venv-run
 	$(VENV)/bin/python scripts/dist $(DIST_ARGS)
 
-## test: install what the tests need, then lint, type-check and run every test
-test: debs-test venv lint
-	$(VENV)/bin/pytest -q
+PYTEST := $(VENV)/bin/pytest -q
+# the tiers with a tests/<tier> directory and a target of their own (make test-<tier>); make test runs the rest of the
+# suite first (the VM tier with it: one boot), then each of them
+TIERS := conformance
+# $(call timed,NAME,COMMAND): one step of make test, followed by its wall time
+timed = @start=$$(date +%s); $(2); status=$$?; echo "make test: $(1): $$(( $$(date +%s) - start )) s"; exit $$status
+
+## test: install what the tests need (Debian packages, the Go tools, the test images), then lint, type-check and run
+## every tier, printing each step's wall time
+test: debs-test venv
+	$(call timed,tools,scripts/build-k8s-tools >/dev/null)
+	$(call timed,images,$(VENV)/bin/python -m tests.images build)
+	$(call timed,lint,$(MAKE) --no-print-directory lint)
+	$(call timed,suite,$(PYTEST) $(TIERS:%=--ignore=tests/%))
+	$(call timed,conformance,$(PYTEST) tests/conformance)
+
+## test-conformance: only critest's validation suite against crispd (tests/conformance; the specs that need cgroup
+## controllers run in the VM tier, tests/vm/guest/test_critest.py)
+test-conformance: debs-test venv tools images
+	$(PYTEST) tests/conformance
+
+## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it); none today:
+## critest on the runc handler fits the conformance tier's budget, so make test runs it
+test-extended: debs-test venv tools images
+	$(PYTEST) --extended -m extended || [ $$? = 5 ]
 
 ## test-vm: only the pure cgroup v2 tier: boots a VM once and runs tests/vm/guest (and every test marked `vm`) in it
-test-vm: debs-test venv
+test-vm: debs-test venv tools images
 	$(VENV)/bin/pytest -q -m vm
 
 ## vm-image: build the VM tier's kernel, root image and wheels now (CRISP_VM_CACHE, default /var/cache/crisp-vm)

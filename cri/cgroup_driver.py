@@ -1,5 +1,5 @@
-"""The cgroup driver crispd runs pods with (`[cgroup] driver`): where pod, pod-init and container cgroups go, who
-makes and removes them, and how live limits reach them.
+"""The cgroup driver crispd runs pods with (`[cgroup] driver`): who makes and removes the pod, pod-init and container
+cgroups, and who owns their units. Where each cgroup goes is `runtime.cgroups.paths.Layout`'s.
 
 cgroupfs (the default): crisp makes plain directories (`runtime.cgroups`). systemd: every cgroup crisp makes is a
 systemd unit that crispd starts over D-Bus (`runtime.systemd`; the shim and the executor never speak it):
@@ -14,8 +14,9 @@ systemd unit that crispd starts over D-Bus (`runtime.systemd`; the shim and the 
 - each shim gets the scope `crisp-shim-<id>.scope` in system.slice: in crispd.service it would count against crispd's
   tasks and be reached by a stop of it (KillMode=process spares it, a `systemctl kill` would not); in a scope of its
   own, as CRI-O gives each conmon, `systemctl restart crispd` never touches a shim or a container;
-- removal is StopUnit (which waits until the cgroup is gone) plus ResetFailedUnit; live updates are
-  SetUnitProperties plus the files.
+- removal is StopUnit (which waits until the cgroup is gone) plus ResetFailedUnit; live limits are
+  SetUnitProperties (`set_unit_resources`), before the files are written by their owner (the executor's `update`
+  for a container, the pod controller for a pod cgroup crisp made).
 Every cgroupfs call runs in a worker thread.
 """
 
@@ -26,16 +27,19 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from cri.config import CgroupConfig
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.cgroups import paths as cgroup_paths
+from runtime.procs import parent_pid
 from runtime.systemd import Systemd, resource_properties, scope_properties, slice_properties
 
 log = logging.getLogger(__name__)
+
+Hook = Callable[[int], Awaitable[None]]
 
 
 class CgroupDriver:
@@ -43,11 +47,12 @@ class CgroupDriver:
 
     def __init__(self, config: CgroupConfig, manager: Callable[[], CgroupV2Manager],
                  systemd: Systemd | None = None) -> None:
-        self.config = config
         self.manager = manager
-        self.systemd: Systemd | None = systemd if config.driver == "systemd" else None
-        if config.driver == "systemd" and systemd is None:
-            self.systemd = Systemd(bus=config.systemd_bus)
+        self.systemd: Systemd | None = None
+        if config.driver == "systemd":
+            self.systemd = systemd if systemd is not None else Systemd(bus=config.systemd_bus)
+        self.layout = cgroup_paths.Layout(systemd=self.systemd is not None, base=config.base)
+        self._base = cgroup_paths.normalize(config.base)
 
     @property
     def uses_systemd(self) -> bool:
@@ -58,36 +63,21 @@ class CgroupDriver:
             raise errors.FailedPrecondition("the cgroupfs driver makes no systemd units")
         return self.systemd
 
-    # ---------------------------------------------------------------------------------------------- layout
-
-    def pod_cgroup_path(self, cgroup_parent: str, pod_uid: str) -> str:
-        if self.uses_systemd:
-            return cgroup_paths.systemd_pod_cgroup_path(cgroup_parent, pod_uid)
-        return cgroup_paths.pod_cgroup_path(cgroup_parent, pod_uid, self.config.base)
-
-    def leaf_path(self, pod_cgroup: str, leaf_id: str) -> str:
-        """The cgroup of a container or of a pod's init."""
-        return cgroup_paths.container_cgroup_path(pod_cgroup, leaf_id, systemd=self.uses_systemd)
-
-    def oci_cgroups_path(self, pod_cgroup: str, container_id: str) -> str:
-        """The spec's linux.cgroupsPath: the cgroupfs path, or systemd's `<pod slice>:crisp:<id>`."""
-        if self.uses_systemd:
-            return cgroup_paths.systemd_cgroups_path(pod_cgroup, container_id)
-        return self.leaf_path(pod_cgroup, container_id)
-
-    def _crisps_own_slice(self, path: str) -> bool:
-        return cgroup_paths.parent(path) == cgroup_paths.expand_slice(cgroup_paths.SYSTEMD_SLICE)
+    def executor_flags(self) -> list[str]:
+        """What the executor's command line gets: with systemd, `--systemd-cgroup` (runc and crun make the
+        container's scope themselves, the built-in executor waits in the one crispd makes)."""
+        return ["--systemd-cgroup"] if self.uses_systemd else []
 
     # ---------------------------------------------------------------------------------------------- pods
 
-    async def create_pod_cgroup(self, path: str) -> bool:
-        """Make the pod cgroup unless it is the kubelet's (exists, or its slice: systemd makes the kubelet's slices
-        itself); True when crisp made it (then `remove_pod_cgroup` takes it away)."""
+    async def create_pod_cgroup(self, path: str) -> None:
+        """Make the pod cgroup unless it is the kubelet's (with systemd: a slice not under crisp.slice, which systemd
+        makes itself); `remove_pod_cgroup` takes away only what crisp made."""
         if not self.uses_systemd:
-            cg = await asyncio.to_thread(self.manager().create, path, exist_ok=True)
-            return await asyncio.to_thread(cg.created_by_crisp)
-        if not self._crisps_own_slice(path):
-            return False
+            await asyncio.to_thread(self.manager().create, path, exist_ok=True)
+            return
+        if not self.layout.crisps_pod_slice(path):
+            return
         unit = cgroup_paths.unit_of(path)
         try:
             await self._bus().start_transient_unit(unit, slice_properties(description=f"crisp pod {unit}"))
@@ -98,26 +88,31 @@ class CgroupDriver:
         except BaseException:
             await self._stop(unit)
             raise
-        return True
+        log.debug("systemd: pod slice %s started", unit)
 
     async def remove_pod_cgroup(self, path: str) -> None:
-        """The pod cgroup if crisp made it (the kubelet's stays), and with cgroupfs the empty levels above it that
-        crisp made for it, up to the base."""
+        """The pod cgroup if crisp made it (the kubelet's own stays) and nothing is in it (another attempt of the
+        same pod may share it); with cgroupfs then the empty levels above it that crisp made for it, up to the
+        base."""
         manager = self.manager()
+
+        def unused(current: str) -> bool:
+            cgroup = manager.cgroup(current)
+            return not cgroup.exists() or not (cgroup.children() or cgroup.procs())
+
         if self.uses_systemd:
-            if self._crisps_own_slice(path):
+            if self.layout.crisps_pod_slice(path) and await asyncio.to_thread(unused, path):
                 await self._stop(cgroup_paths.unit_of(path))
             return
-        base = cgroup_paths.normalize(self.config.base)
 
         def remove() -> None:
             current = path
-            while current not in ("/", base):
+            while current not in ("/", self._base):
                 cgroup = manager.cgroup(current)
                 if not cgroup.exists():
                     current = cgroup_paths.parent(current)
                     continue
-                if not cgroup.created_by_crisp() or cgroup.children() or cgroup.procs():
+                if not cgroup.created_by_crisp() or not unused(current):
                     return
                 cgroup.remove()
                 current = cgroup_paths.parent(current)
@@ -126,57 +121,65 @@ class CgroupDriver:
 
     async def place_pod_init(self, pod_cgroup: str, sandbox_id: str, pid: int) -> None:
         """The pod's init (and, with systemd, the `unshare` that waits for it) into its own leaf."""
-        path = self.leaf_path(pod_cgroup, sandbox_id)
+        path = self.layout.leaf(pod_cgroup, sandbox_id)
         if not self.uses_systemd:
             leaf = await asyncio.to_thread(self.manager().create, path, exist_ok=True)
             await asyncio.to_thread(leaf.add_process, pid)
             return
-        pids = [pid, *await asyncio.to_thread(_waiting_parent, pid)]
+        pids = [pid, *await asyncio.to_thread(_waiting_unshare, pid)]
         await self._start_scope(path, pids, f"crisp pod init {sandbox_id}", {})
 
     async def remove_leaf(self, path: str) -> None:
         """A container's or a pod init's cgroup, once its processes are gone (absent is fine). With systemd: its
         scope is stopped (runc's and crun's are gone already: they stop their own)."""
-        cg = self.manager().cgroup(path)
-        if not self.uses_systemd:
-            if await asyncio.to_thread(lambda: cg.exists() and cg.created_by_crisp()):
-                await asyncio.to_thread(cg.remove)
+        if self.uses_systemd:
+            if path.endswith(".scope"):
+                await self._stop(cgroup_paths.unit_of(path))
             return
-        if path.endswith(".scope"):
-            await self._stop(cgroup_paths.unit_of(path))
+        cg = self.manager().cgroup(path)
+        if await asyncio.to_thread(lambda: cg.exists() and cg.created_by_crisp()):
+            await asyncio.to_thread(cg.remove)
+
+    async def set_unit_resources(self, path: str, resources: Mapping[str, Any]) -> None:
+        """Live limits, systemd's part: the unit's properties, so that systemd keeps them (the files, with the
+        exact values, are their owner's to write next). Nothing with cgroupfs."""
+        if self.uses_systemd:
+            await self._bus().set_unit_properties(cgroup_paths.unit_of(path), resource_properties(resources))
 
     # ---------------------------------------------------------------------------------------------- containers
 
-    async def start_container_scope(self, path: str, container_id: str, held_pid: int,
-                                    resources: Mapping[str, Any]) -> None:
-        """The built-in executor's container under systemd: its scope, with the container's held first process in
-        it. Failing, that process is killed (it has done nothing yet: the create then fails) and the scope stopped."""
-        try:
-            await self._start_scope(path, [held_pid], f"crisp container {container_id}", resources)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(held_pid, signal.SIGKILL)
-            raise
+    def container_hold(self, path: str, container_id: str, resources: Mapping[str, Any]) -> Hook | None:
+        """With systemd, for the built-in executor: what crispd does with the container's held first process (the
+        shim's first reply to a held create): start its scope with it. None with cgroupfs."""
+        if not self.uses_systemd:
+            return None
 
-    async def update(self, path: str, resources: Mapping[str, Any]) -> None:
-        """Live limits of a crisp cgroup: with systemd, the unit's properties first (systemd then keeps them), then
-        the files, which carry the exact values (`apply`, every limit required)."""
-        manager = self.manager()
-        if self.uses_systemd:
-            await self._bus().set_unit_properties(cgroup_paths.unit_of(path), resource_properties(resources))
-        cg = await asyncio.to_thread(manager.open, path)
-        await asyncio.to_thread(cg.apply, resources)
+        async def held(first_pid: int) -> None:
+            # failing, that process is killed (it has done nothing yet: the create then fails)
+            try:
+                await self._start_scope(path, [first_pid], f"crisp container {container_id}", resources)
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(first_pid, signal.SIGKILL)
+                raise
+
+        return held
 
     # ---------------------------------------------------------------------------------------------- shims
 
-    async def place_shim(self, container_id: str, shim_pid: int) -> None:
-        """With systemd, a shim goes into a scope of its own (see the module's doc)."""
+    def shim_placement(self, container_id: str) -> Hook | None:
+        """With systemd, where a new shim goes before it creates its container: a scope of its own (the module's
+        doc). None with cgroupfs (a shim stays where crispd is)."""
         if not self.uses_systemd:
-            return
-        unit = cgroup_paths.shim_scope_name(container_id)
-        props = scope_properties(slice_name=cgroup_paths.SHIM_SLICE, pids=[shim_pid],
-                                 description=f"crisp shim of container {container_id}", delegate=False)
-        await self._bus().start_transient_unit(unit, props)
+            return None
+
+        async def place(shim_pid: int) -> None:
+            unit = cgroup_paths.shim_scope_name(container_id)
+            props = scope_properties(slice_name=cgroup_paths.SHIM_SLICE, pids=[shim_pid],
+                                     description=f"crisp shim of container {container_id}", delegate=False)
+            await self._bus().start_transient_unit(unit, props)
+
+        return place
 
     async def shim_gone(self, container_id: str) -> None:
         """After a container was removed: its shim's scope, if one is left (a shim that exited ends it)."""
@@ -210,12 +213,13 @@ class CgroupDriver:
             await self.systemd.close()
 
 
-def _waiting_parent(pid: int) -> list[int]:
+def _waiting_unshare(pid: int) -> list[int]:
     """The `unshare --fork` that started a pod init and waits for it, when it is its parent."""
+    ppid = parent_pid(pid)
+    if ppid is None:
+        return []
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
         with open(f"/proc/{ppid}/comm") as f:
             return [ppid] if f.read().strip() == "unshare" else []
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return []

@@ -184,14 +184,18 @@ class Image:
 
 def image(layers: list[Layer], user: str = "", cmd: list[str] | None = None, arch: str = "amd64",
           docker: bool = False, env: list[str] | None = None, labels: dict[str, str] | None = None,
-          layer_type_override: str | None = None) -> Image:
-    config = {
+          layer_type_override: str | None = None, variant: str = "",
+          config: dict[str, Any] | None = None) -> Image:
+    """`config` adds or replaces keys of the image config's `config` (Entrypoint, ExposedPorts, StopSignal...)."""
+    document: dict[str, Any] = {
         "architecture": arch, "os": "linux", "created": "2024-01-01T00:00:00Z",
         "config": {"User": user, "Env": env or ["PATH=/bin"], "Cmd": cmd or ["/bin/sh"], "WorkingDir": "/",
-                   "Labels": labels or {}},
+                   "Labels": labels or {}, **(config or {})},
         "rootfs": {"type": "layers", "diff_ids": [lay.diff_id for lay in layers]},
     }
-    config_bytes = json.dumps(config, sort_keys=True).encode()
+    if variant:
+        document["variant"] = variant
+    config_bytes = json.dumps(document, sort_keys=True).encode()
     manifest = {
         "schemaVersion": 2,
         "mediaType": DOCKER_MANIFEST if docker else OCI_MANIFEST,
@@ -376,10 +380,13 @@ class Registry:
     """Debian's docker-registry on a random 127.0.0.1 port with its storage in a temp dir."""
 
     def __init__(self, workdir: Path, htpasswd: dict[str, str] | None = None,
-                 token: TokenServer | None = None) -> None:
+                 token: TokenServer | None = None, storage: Path | None = None, readonly: bool = False) -> None:
+        """`storage`: serve this storage dir instead of a new one in `workdir`; `readonly`: refuse pushes and never
+        write to it (so that several registries may serve one cached storage at once)."""
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.storage = workdir / "storage"
+        self.storage = storage or workdir / "storage"
+        self.readonly = readonly
         self.port = free_port()
         self.htpasswd = htpasswd
         self.token = token
@@ -397,7 +404,9 @@ class Registry:
     def _config(self) -> str:
         lines = [
             "version: 0.1", "log:", "  level: info", "storage:", "  filesystem:",
-            f"    rootdirectory: {self.storage}", "  delete:", "    enabled: true",
+            f"    rootdirectory: {self.storage}", "  delete:", f"    enabled: {'false' if self.readonly else 'true'}",
+            "  maintenance:", "    uploadpurging:", "      enabled: false",
+            "    readonly:", f"      enabled: {'true' if self.readonly else 'false'}",
             "http:", f"  addr: {self.host}", f"  secret: {os.urandom(8).hex()}",
         ]
         if self.htpasswd is not None:

@@ -61,3 +61,9 @@ def wait_until(predicate: object, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(callable(predicate) and predicate())
+
+
+def shm_segments(size: int | None = None) -> set[int]:
+    """The ids of the System V shared memory segments in this IPC namespace (of `size` bytes only, if given)."""
+    lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return {int(fields[1]) for fields in (line.split() for line in lines) if size is None or int(fields[3]) == size}

@@ -7,6 +7,10 @@ Layout (cgroupfs paths, relative to the cgroup2 mount, always starting with "/")
   own leaf the same way (`<pod cgroup>/crisp-<sandbox id>`), because cgroup v2 puts no process in a cgroup that
   has children.
 
+Where cgroup v2 is mounted is read from /proc/self/mountinfo (`find_cgroup2_mount`), never assumed: on a hybrid
+host it is /sys/fs/cgroup/unified, and an OCI runtime (runc, crun) that looks only at /sys/fs/cgroup is given the
+cgroup2 mount bound there (`oci_runtime_bind`).
+
 A kubelet running with the systemd cgroup driver passes slice names (`kubepods-burstable-pod<uid>.slice`);
 `resolve_parent` expands those to their cgroupfs path (`/kubepods.slice/kubepods-burstable.slice/...`), as systemd
 lays them out (the dash rule, `expand_slice`).
@@ -23,7 +27,10 @@ its cgroup is where the rules below put it:
 
 from __future__ import annotations
 
+import posixpath
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 from runtime import errors
 
@@ -32,6 +39,9 @@ CONTAINER_PREFIX = "crisp-"
 SYSTEMD_SLICE = "crisp.slice"  # the systemd driver's parent of the pod slices crisp makes
 SCOPE_PREFIX = "crisp"  # the prefix of the OCI systemd form: units crisp-<id>.scope
 SHIM_SLICE = "system.slice"
+SYS_FS_CGROUP = "/sys/fs/cgroup"
+# where a cgroup2 mount is usually found, best first: a pure v2 host, then a hybrid one
+_PREFERRED = (SYS_FS_CGROUP, "/sys/fs/cgroup/unified")
 
 _COMPONENT = re.compile(r"^[A-Za-z0-9_.:@=+-]+$")
 _POD_UID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -151,6 +161,36 @@ def container_cgroup_path(pod_cgroup: str, container_id: str, systemd: bool = Fa
     return join(pod_cgroup, CONTAINER_PREFIX + container_id)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where crisp's cgroups go under one cgroup driver (`[cgroup] driver`): directories under `base` (cgroupfs), or
+    systemd's units (systemd; the module's doc)."""
+
+    systemd: bool = False
+    base: str = DEFAULT_BASE
+
+    def pod(self, cgroup_parent: str, pod_uid: str) -> str:
+        """The pod cgroup (InvalidArgument for a parent the driver cannot use)."""
+        if self.systemd:
+            return systemd_pod_cgroup_path(cgroup_parent, pod_uid)
+        return pod_cgroup_path(cgroup_parent, pod_uid, self.base)
+
+    def leaf(self, pod_cgroup: str, leaf_id: str) -> str:
+        """The cgroup of a container or of a pod's init."""
+        return container_cgroup_path(pod_cgroup, leaf_id, systemd=self.systemd)
+
+    def oci(self, pod_cgroup: str, container_id: str) -> str:
+        """A container's `linux.cgroupsPath`: its cgroupfs path, or systemd's `<pod slice>:crisp:<id>` (which
+        `from_oci` reads back as `leaf`)."""
+        if self.systemd:
+            return systemd_cgroups_path(pod_cgroup, container_id)
+        return self.leaf(pod_cgroup, container_id)
+
+    def crisps_pod_slice(self, pod_cgroup: str) -> bool:
+        """systemd: whether a pod cgroup is a slice crisp makes (under crisp.slice) rather than the kubelet's."""
+        return self.systemd and parent(pod_cgroup) == expand_slice(SYSTEMD_SLICE)
+
+
 def from_oci(cgroups_path: str) -> str:
     """An OCI `linux.cgroupsPath` as a cgroupfs path: a cgroupfs path as is (relative paths are taken relative to
     the mount, like absolute ones), or the systemd form `slice:prefix:name` as `<slice path>/<prefix>-<name>.scope`
@@ -166,3 +206,55 @@ def parent(path: str) -> str:
     """The parent of a normalized cgroup path ("/" for a top-level cgroup and for the root)."""
     head = normalize(path).rsplit("/", 1)[0]
     return head or "/"
+
+
+# ---------------------------------------------------------------------------------------------- the mount
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def cgroup2_mounts(mountinfo: str) -> list[Path]:
+    """The mount points of every cgroup2 filesystem in a /proc/<pid>/mountinfo text, in order."""
+    found = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        if len(fields) >= 5 and right.split()[:1] == ["cgroup2"]:
+            found.append(Path(_unescape(fields[4])))
+    return found
+
+
+def find_cgroup2_mount(mountinfo: str) -> Path:
+    """The cgroup2 mount crisp uses: /sys/fs/cgroup, else /sys/fs/cgroup/unified, else the first one."""
+    mounts = cgroup2_mounts(mountinfo)
+    if not mounts:
+        raise errors.FailedPrecondition("no cgroup2 filesystem is mounted (crisp needs cgroup v2)")
+    for preferred in _PREFERRED:
+        if Path(preferred) in mounts:
+            return Path(preferred)
+    return mounts[0]
+
+
+def oci_runtime_bind(cgroup2_mount: str | Path) -> str:
+    """For runc/crun: the cgroup2 mount to bind on /sys/fs/cgroup ('' when it is there already, a pure v2 host).
+
+    An OCI runtime looks at /sys/fs/cgroup only; on a hybrid host it would use (and write into) the host's v1
+    hierarchies. crisp is cgroup v2 only, so the shim runs such a runtime with cgroup v2 bound there.
+    """
+    mount = str(cgroup2_mount)
+    if not mount or posixpath.normpath(mount) == SYS_FS_CGROUP:
+        return ""
+    return mount

@@ -1,6 +1,6 @@
 """The executor's only contact with cgroups (through `runtime.cgroups`, imported on use: `start` and `state`
-never need it): make the container's cgroup with its
-limits and device filter, put processes in it, signal and remove it.
+never need it): make the container's cgroup with its limits and device filter, change its limits (`update`), put
+processes in it, signal and remove it.
 
 Every limit in the spec is required (crispd dropped beforehand what its config lets it drop): a missing
 controller fails `create`. The device filter is always installed, runc's default allow list included.
@@ -33,6 +33,8 @@ class ContainerCgroup(Protocol):
     def path(self) -> str: ...
 
     def add_process(self, pid: int) -> None: ...
+
+    def apply(self, resources: Mapping[str, Any]) -> None: ...
 
     def procs(self) -> list[int]: ...
 
@@ -77,7 +79,7 @@ def hand_over(cg: Cgroup, pid: int, held_fd: int, resources: Mapping[str, Any],
     `held_fd`, wait until crispd has started the scope with it and finished the scope (marked it as crisp's, last),
     then install the device filter. crispd kills the process when it cannot make the scope."""
     from runtime.cgroups import rules_from_oci
-    from runtime.executor.state import process_start_time
+    from runtime.procs import process_start_time
 
     start = process_start_time(pid)
     try:

@@ -22,12 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cri import api as cri
+from tests import tools
 from tests.cri.pods import Pods, pod_config
 from tests.cri.spdy_client import SpdyClient, finish, open_remote_command
 from tests.imagetools import Pusher, busybox_image, running_registry
 from tests.leaks import mounts_under, wait_until
 
-CRICTL = Path("/work/tools/bin/crictl")
+# crictl as scripts/build-k8s-tools builds it (make tools)
+CRICTL = tools.bin_dir() / "crictl"
 
 
 def rss_mb(pid: int) -> float:

@@ -1,5 +1,5 @@
 """Exec, Attach and PortForward end to end: a real crispd with real containers, driven by a SPDY client written
-from the protocol (tests/cri/spdy_client.py), and by crictl where it is installed."""
+from the protocol (tests/cri/spdy_client.py), and by crictl (the pinned one: make tools)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from tests import tools
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods
 from tests.cri.spdy_client import (
@@ -34,7 +35,6 @@ from tests.leaks import wait_until
 
 pytestmark = pytest.mark.root
 
-CRICTL = Path("/work/tools/bin/crictl")
 REMOTE_COMMAND_PROTOCOLS = ["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"]
 
 
@@ -415,13 +415,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.skipif(not CRICTL.exists(), reason="crictl is not installed here")
 def test_crictl_exec_and_port_forward(kube: Kubelet, tmp_path: Path) -> None:
     pod_id, container_id, digest = web_pod(kube)
     socket_url = f"unix://{kube.pods.daemon.socket}"
     config = tmp_path / "crictl.yaml"
     config.write_text(f"runtime-endpoint: {socket_url}\nimage-endpoint: {socket_url}\ntimeout: 30\n")
-    crictl = [str(CRICTL), "--config", str(config)]
+    crictl = [str(tools.tool("crictl")), "--config", str(config)]
 
     def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([*crictl, *args], input=stdin, capture_output=True, timeout=120)
@@ -449,3 +448,17 @@ def test_crictl_exec_and_port_forward(kube: Kubelet, tmp_path: Path) -> None:
     finally:
         forward.terminate()
         forward.wait(30)
+
+
+def test_a_client_that_hangs_up_ends_its_session_without_an_error(kube: Kubelet) -> None:
+    """client-go's port forwarder (critest's) closes its connection when it is done, without a GOAWAY: crispd's
+    goodbye then meets a closed socket (the reset comes back at once on loopback, so shutting down the write side
+    finds the socket no longer connected). The session ends as any other, crispd logs no failure."""
+    pod_id, _, _ = web_pod(kube)
+    for _ in range(5):
+        forwarder = Forwarder(port_forward_url(kube, pod_id))
+        response, error = forwarder.exchange(8080, b"GET /ready HTTP/1.0\r\n\r\n", half_close=False)
+        assert error == b"" and b" 200 " in response.split(b"\r\n")[0]
+        forwarder.client.abort()
+    assert kube.pods.daemon.log().count("session (portforward.k8s.io) from") == 5
+    assert not wait_until(lambda: "streaming connection from" in kube.pods.daemon.log(), 3)

@@ -147,6 +147,8 @@ class GuestTest(pytest.Item):
         if os.geteuid() != 0:
             pytest.skip("the VM tier needs root (building the image with mmdebstrap, 9p passthrough)")
         result = self.config.stash[TIER_KEY].result(self)
+        # the guest test's record_property("summary", ...) lines, printed at the end of the host's run
+        self.user_properties.extend(("summary", line) for line in result.summaries)
         if result.outcome in ("passed", "xfailed"):
             return
         if result.outcome == "skipped":
@@ -240,6 +242,11 @@ class GuestReporter:
 
 
 def _combine(nodeid: str, reports: list[pytest.TestReport]) -> dict[str, object]:
+    summaries = [str(value) for report in reports for key, value in report.user_properties if key == "summary"]
+    return {**_outcome(nodeid, reports), "summaries": summaries}
+
+
+def _outcome(nodeid: str, reports: list[pytest.TestReport]) -> dict[str, object]:
     seconds = sum(report.duration for report in reports)
     failed = [report for report in reports if report.failed]
     if failed:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tests.vm.image import Image, ensure_image
+from tests.vm.inputs import provide as provide_inputs
 from tests.vm.machine import VmRun, boot
 from tests.vm.settings import VmSettings, cache_lock
 from tests.vm.wheels import REPO, build_crisp_wheel, build_wheelhouse, ensure_dependency_wheels
@@ -28,6 +29,7 @@ class GuestResult:
     outcome: str  # passed | failed | skipped | xfailed | xpassed
     text: str  # the failure (with captured output) or the skip reason
     seconds: float
+    summaries: tuple[str, ...] = ()  # the test's record_property("summary", ...) lines
 
 
 @dataclass
@@ -85,6 +87,7 @@ def run_guest_tests(nodeids: Sequence[str], settings: VmSettings | None = None,
             build_wheelhouse(io_dir / "wheelhouse", wheels)
             tools = tools_dir()
         (io_dir / "nodeids").write_text("".join(nodeid + "\n" for nodeid in nodeids))
+        provide_inputs(io_dir, nodeids)
         (io_dir / "results.jsonl").write_bytes(b"")
         prepared = time.monotonic()
         # the systemd guest installs crisp with pip and runs a kubelet: under TCG that takes twice as long
@@ -139,9 +142,14 @@ def _lines(path: Path) -> list[dict[str, object]]:
 def _results(path: Path) -> dict[str, GuestResult]:
     return {
         str(record["nodeid"]): GuestResult(nodeid=str(record["nodeid"]), outcome=str(record["outcome"]),
-                                           text=str(record["text"]), seconds=float(str(record["seconds"])))
+                                           text=str(record["text"]), seconds=float(str(record["seconds"])),
+                                           summaries=_strings(record.get("summaries")))
         for record in _lines(path) if "outcome" in record
     }
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(str(item) for item in value) if isinstance(value, list) else ()
 
 
 def _collect_errors(path: Path) -> list[str]:

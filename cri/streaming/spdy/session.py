@@ -193,7 +193,8 @@ class SpdySession:
         try:
             for stream in list(self._streams.values()):
                 stream.discard_input()
-            with contextlib.suppress(ChannelClosed, ConnectionError):
+            # a client that already hung up: the goodbye meets a reset socket (shutdown then says ENOTCONN)
+            with contextlib.suppress(ChannelClosed, OSError):
                 self._send(frames.encode_goaway(self._last_stream_id))
                 await self._drain()
                 if self._writer.can_write_eof():

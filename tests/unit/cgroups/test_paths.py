@@ -8,7 +8,6 @@ import pytest
 
 from runtime import errors
 from runtime.cgroups import find_cgroup2_mount, paths
-from runtime.cgroups.manager import cgroup2_mounts
 
 HYBRID = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -32,9 +31,12 @@ def test_mount_discovery() -> None:
     assert find_cgroup2_mount(PURE) == Path("/sys/fs/cgroup")
     assert find_cgroup2_mount(ODD) == Path("/run/my cgroup")  # optional fields and escapes handled
     assert find_cgroup2_mount(ODD + PURE.splitlines()[1] + "\n") == Path("/sys/fs/cgroup")
-    assert cgroup2_mounts(ODD + PURE) == [Path("/run/my cgroup"), Path("/sys/fs/cgroup")]
+    assert paths.cgroup2_mounts(ODD + PURE) == [Path("/run/my cgroup"), Path("/sys/fs/cgroup")]
     with pytest.raises(errors.FailedPrecondition):
         find_cgroup2_mount(HYBRID.replace("cgroup2", "cgroupX"))
+    # what an OCI runtime (which looks only at /sys/fs/cgroup) gets bound there: nothing on a pure v2 node
+    assert paths.oci_runtime_bind(find_cgroup2_mount(HYBRID)) == "/sys/fs/cgroup/unified"
+    assert paths.oci_runtime_bind(find_cgroup2_mount(PURE)) == ""
 
 
 def test_normalize() -> None:
@@ -68,6 +70,9 @@ def test_systemd_slices() -> None:
             paths.expand_slice(bad)
     assert paths.resolve_parent("kubepods-besteffort.slice") == "/kubepods.slice/kubepods-besteffort.slice"
     assert paths.resolve_parent("/kubepods/besteffort") == "/kubepods/besteffort"
+    assert paths.resolve_parent("kubepods/pod2/") == "/kubepods/pod2"
+    with pytest.raises(errors.InvalidArgument):
+        paths.resolve_parent("/kubepods/../../etc")
     assert paths.pod_cgroup_path("kubepods-pod9.slice", "9") == "/kubepods.slice/kubepods-pod9.slice"
 
 
@@ -106,3 +111,27 @@ def test_systemd_driver_layout() -> None:
             paths.scope_name(bad)
     with pytest.raises(errors.InvalidArgument):
         paths.unit_of("/crisp/pod1")
+
+
+def test_layout_per_driver() -> None:
+    """One layout per driver: the pod cgroup, a leaf, the spec's cgroupsPath (read back by from_oci as the leaf),
+    and which pod cgroups are crisp's own slices."""
+    uid = "0f2c6b1e-8d4a"
+    cgroupfs = paths.Layout(base="/crisp-base")
+    pod = cgroupfs.pod("", uid)
+    assert pod == "/crisp-base/pod0f2c6b1e-8d4a"
+    assert cgroupfs.leaf(pod, "abc") == cgroupfs.oci(pod, "abc") == "/crisp-base/pod0f2c6b1e-8d4a/crisp-abc"
+    assert cgroupfs.pod("kubepods-burstable-pod1.slice", uid) == "/kubepods.slice/kubepods-burstable.slice/" \
+        "kubepods-burstable-pod1.slice"
+    assert not cgroupfs.crisps_pod_slice(pod)
+
+    systemd = paths.Layout(systemd=True, base="/crisp-base")
+    own = systemd.pod("", uid)
+    assert own == "/crisp.slice/crisp-pod0f2c6b1e_8d4a.slice"
+    assert systemd.crisps_pod_slice(own)
+    assert systemd.leaf(own, "abc") == paths.from_oci(systemd.oci(own, "abc")) == f"{own}/crisp-abc.scope"
+    assert systemd.oci(own, "abc") == "crisp-pod0f2c6b1e_8d4a.slice:crisp:abc"
+    kubelets = systemd.pod("kubepods-burstable-pod1.slice", uid)
+    assert not systemd.crisps_pod_slice(kubelets)
+    with pytest.raises(errors.InvalidArgument, match="cgroupDriver must be systemd"):
+        systemd.pod("/kubepods/burstable/pod1", uid)

@@ -1,0 +1,61 @@
+"""critest's whole validation suite against a crispd on a temporary root and socket, pulling the test images from
+loopback (tests/images), judged against expected.toml (tests/conformance/critest.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests import tools
+from tests.conformance import critest
+from tests.cri.pods import running_pods
+from tests.images import serve
+from tests.leaks import shm_segments
+
+pytestmark = pytest.mark.root
+
+HOST_IPC_SEGMENT = 1048576
+# critest processes at once (the Serial specs then alone), as critest's -parallel does: crispd serves concurrent
+# clients, and the specs' waits overlap
+PARALLEL = 2
+
+
+def run_suite(tmp_path: Path, record_property: Callable[[str, object], None], handler: str = "") -> None:
+    binary = tools.tool("critest")
+    expected = critest.load_expectations()
+    if shutil.which("docker-registry") is None:
+        pytest.fail("docker-registry is missing: `make test` installs it", pytrace=False)
+    (tmp_path / "crisp").mkdir()
+    shm_before = shm_segments(HOST_IPC_SEGMENT)
+    try:
+        # crispd's loop blocking is tests/cri's to judge (its fixture checks every daemon); over minutes of critest on
+        # a shared 2-core host, scheduling delays alone make callbacks slow: counted in the summary, not judged
+        with serve(tmp_path / "images") as served, \
+                running_pods(tmp_path / "crisp", served.crisp_config, check_slow_callbacks=False) as pods:
+            report = critest.run(binary, f"unix://{pods.daemon.socket}", tmp_path / "critest", handler=handler,
+                                 parallel=PARALLEL)
+            record_property("summary", f"{report.counts()} in {report.seconds:.0f}s ({handler or 'built-in executor'};"
+                                       f" crispd logged {len(pods.daemon.slow_callbacks())} slow callbacks)")
+            found = critest.problems(report, expected)
+            # judged before crispd stops: then running_pods checks that the pods critest removed left nothing
+            assert not found, (f"{report.counts()}; {len(found)} specs not as expected.toml says (critest's output: "
+                               f"{report.output}):\n" + "\n".join(found))
+    finally:
+        # the HostIpc specs make a segment in the host's IPC namespace (ipcmk -M 1048576) and never remove it
+        for segment in shm_segments(HOST_IPC_SEGMENT) - shm_before:
+            subprocess.run(["ipcrm", "-m", str(segment)], check=False, capture_output=True)
+
+
+def test_critest_builtin_executor(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
+    run_suite(tmp_path, record_property)
+
+
+def test_critest_runc(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
+    """The same suite with every pod on the runc handler (it fits the tier's budget: make test runs it too).
+    crun is not run: these hosts' capability bounding set withholds CAP_SYS_RESOURCE, and crun 1.8.1 refuses to
+    load its device filter when it cannot raise RLIMIT_MEMLOCK (every unprivileged container fails to create)."""
+    run_suite(tmp_path, record_property, handler="runc")
