@@ -6,6 +6,7 @@ test_service.py's), so that nothing here depends on the order of the files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -16,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from cri import api as cri
-from tests.vm.guest.support import HOLD, allocate_and_hold, wait_until
+from tests.vm.guest.cri_steps import container_status, pod_config, run_container, wait_exited
+from tests.vm.guest.support import HOLD, allocate_and_hold
 from tests.vm.guest_systemd.conftest import Node, crisp_units, systemctl, unit_properties
 
 MiB = 1 << 20
 CGROUP = Path("/sys/fs/cgroup")
 CONTAINERS = Path("/run/crisp/containers")  # crispd's state dir: a bundle per container, with shim.json
-NAMESPACES = cri.NamespaceOption(network=cri.NODE, pid=cri.CONTAINER)
 SLEEP = ["sleep", "100000"]
 
 
@@ -36,14 +37,8 @@ class Kubelet:
         return self.node.runtime
 
     def pod(self, name: str, cgroup_parent: str = "", handler: str = "") -> tuple[str, cri.PodSandboxConfig]:
-        logs = Path("/tmp/crisp-pod-logs") / f"{name}-{secrets.token_hex(4)}"
-        logs.mkdir(parents=True)
-        config = cri.PodSandboxConfig(
-            metadata=cri.PodSandboxMetadata(name=name, namespace="systemd", uid=f"{secrets.token_hex(4)}-{name}"),
-            log_directory=str(logs),
-            linux=cri.LinuxPodSandboxConfig(
-                cgroup_parent=cgroup_parent,
-                security_context=cri.LinuxSandboxSecurityContext(namespace_options=NAMESPACES)))
+        config = pod_config(name, "systemd", f"{secrets.token_hex(4)}-{name}", Path("/tmp/crisp-pod-logs"),
+                            cgroup_parent)
         pod_id = str(self.rt.RunPodSandbox(cri.RunPodSandboxRequest(config=config, runtime_handler=handler),
                                            timeout=120).pod_sandbox_id)
         self.pods.append(pod_id)
@@ -51,22 +46,10 @@ class Kubelet:
 
     def run(self, pod_id: str, pod: cri.PodSandboxConfig, name: str, command: list[str],
             resources: cri.LinuxContainerResources | None = None) -> str:
-        linux = cri.LinuxContainerConfig(
-            security_context=cri.LinuxContainerSecurityContext(namespace_options=NAMESPACES))
-        if resources is not None:
-            linux.resources.CopyFrom(resources)
-        config = cri.ContainerConfig(
-            metadata=cri.ContainerMetadata(name=name), image=cri.ImageSpec(image=self.node.image), command=command,
-            log_path=f"{name}.log", linux=linux)
-        container_id = str(self.rt.CreateContainer(cri.CreateContainerRequest(
-            pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=120).container_id)
-        self.rt.StartContainer(cri.StartContainerRequest(container_id=container_id), timeout=120)
-        return container_id
+        return run_container(self.rt, self.node.image, pod_id, pod, name, command, resources)
 
     def status(self, container_id: str) -> cri.ContainerStatus:
-        response: cri.ContainerStatusResponse = self.rt.ContainerStatus(
-            cri.ContainerStatusRequest(container_id=container_id, verbose=True), timeout=30)
-        return response.status
+        return container_status(self.rt, container_id)
 
     def pid(self, container_id: str) -> int:
         info = self.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=container_id, verbose=True),
@@ -74,9 +57,7 @@ class Kubelet:
         return int(json.loads(info["info"])["pid"])
 
     def wait_exited(self, container_id: str) -> cri.ContainerStatus:
-        wait_until(lambda: self.status(container_id).state == cri.CONTAINER_EXITED, 120,
-                   f"container {container_id} to be reported exited", interval=0.2)
-        return self.status(container_id)
+        return wait_exited(self.rt, container_id)
 
     def remove_all(self) -> None:
         for pod_id in self.pods:
@@ -84,14 +65,14 @@ class Kubelet:
             self.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
         self.pods.clear()
 
+    close = remove_all
+
 
 @pytest.fixture
 def kubelet(node: Node) -> Iterator[Kubelet]:
-    made = Kubelet(node)
-    try:
+    """A Kubelet whose pods are all removed afterwards."""
+    with contextlib.closing(Kubelet(node)) as made:
         yield made
-    finally:
-        made.remove_all()
 
 
 def cgroup_of(pid: int) -> str:
