@@ -69,11 +69,16 @@ install_venv() {
         || { echo "install.sh: python3 with venv is needed (Debian: apt-get install python3-venv)" >&2; exit 1; }
     mkdir -p "$PREFIX"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    local had_crisp=0
+    "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("crisp")' 2>/dev/null && had_crisp=1
     local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
     if [ -n "$wheels" ]; then
         "${pip[@]}" install --no-index --find-links "$wheels" --upgrade crisp
-        # the same version built again (a development build) replaces the installed one
-        "${pip[@]}" install --no-index --find-links "$wheels" --force-reinstall --no-deps crisp
+        # the same version built again (a development build) replaces one installed before this run (a fresh
+        # venv got it just now: pip is slow enough to run once where once will do)
+        if [ "$had_crisp" = 1 ]; then
+            "${pip[@]}" install --no-index --find-links "$wheels" --force-reinstall --no-deps crisp
+        fi
     else
         "${pip[@]}" install --upgrade "$REPO"
     fi
