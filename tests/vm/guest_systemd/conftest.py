@@ -21,7 +21,8 @@ import grpc
 import pytest
 
 from cri import api as cri
-from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.imagetools import busybox_image
+from tests.registrytools import Pusher, running_registry
 
 IO = Path("/run/crisp-vm/io")
 SOURCE = Path("/tmp/crisp-src")  # the job's copy of the checkout (tests, deploy, scripts)
