@@ -106,8 +106,7 @@ do_install() {
     install_venv
     install_files
     if systemd_running; then
-        systemctl daemon-reload
-        systemctl enable crispd.service
+        systemctl enable crispd.service  # and a daemon-reload, which reads the new unit (systemctl's own)
         if [ "$start" = 1 ]; then
             systemctl restart crispd.service  # Type=notify: returns once crispd serves
             say "crispd is $(systemctl is-active crispd.service)"
