@@ -70,7 +70,7 @@ install_venv() {
     mkdir -p "$PREFIX"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     local had_crisp=0
-    "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("crisp")' 2>/dev/null && had_crisp=1
+    "$VENV/bin/python" -I -c 'import importlib.metadata as m; m.version("crisp")' 2>/dev/null && had_crisp=1
     local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
     if [ -n "$wheels" ]; then
         "${pip[@]}" install --no-index --find-links "$wheels" --upgrade crisp
