@@ -70,7 +70,7 @@ install_venv() {
     mkdir -p "$PREFIX"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     local had_crisp=0
-    "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("crisp")' 2>/dev/null && had_crisp=1
+    "$VENV/bin/python" -I -c 'import importlib.metadata as m; m.version("crisp")' 2>/dev/null && had_crisp=1
     local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
     if [ -n "$wheels" ]; then
         "${pip[@]}" install --no-index --find-links "$wheels" --upgrade crisp
@@ -106,8 +106,7 @@ do_install() {
     install_venv
     install_files
     if systemd_running; then
-        systemctl daemon-reload
-        systemctl enable crispd.service
+        systemctl enable crispd.service  # and a daemon-reload, which reads the new unit (systemctl's own)
         if [ "$start" = 1 ]; then
             systemctl restart crispd.service  # Type=notify: returns once crispd serves
             say "crispd is $(systemctl is-active crispd.service)"

@@ -27,19 +27,14 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     rm -rf /var/lib/apt/lists/*
 fi
 
-# 2. crisp: its venv in /opt/crisp, crispd.service, /etc/crisp/crisp.toml and /etc/crictl.yaml. kind nodes use
-#    the systemd cgroup driver (the kubelet takes it from crisp's RuntimeConfig) and kindnet's CNI config, which
-#    appears only after the node started: CNI only, so that NetworkReady waits for it.
-"$DEPLOY/install.sh" install --driver systemd --cni-only --no-start "${wheels[@]}"
-
-# 3. containerd stays installed but never starts (kind's preloaded images live there, unused)
+# 2. containerd stays installed but never starts (kind's preloaded images live there, unused)
 if [ -e /etc/systemd/system/containerd.service ] || [ -e /lib/systemd/system/containerd.service ]; then
     running && systemctl stop containerd.service 2>/dev/null || true
     systemctl disable containerd.service 2>/dev/null || true
     say "containerd disabled"
 fi
 
-# 4. the kubelet: crispd's service is the runtime's cgroup, and it starts after crispd (the CRI socket comes from
+# 3. the kubelet: crispd's service is the runtime's cgroup, and it starts after crispd (the CRI socket comes from
 #    kubeadm's nodeRegistration.criSocket, set by kind-config.yaml)
 RUNTIME_CGROUPS=--runtime-cgroups=/system.slice/crispd.service
 if [ -f /etc/default/kubelet ] && grep -q -- '--runtime-cgroups=' /etc/default/kubelet; then
@@ -57,10 +52,11 @@ Wants=crispd.service
 After=crispd.service
 UNIT
 
-# 5. on a live node, start crisp now (an image build leaves that to the node's boot)
-if running; then
-    systemctl daemon-reload
-    systemctl restart crispd.service  # Type=notify: returns once crispd serves CRI
-    say "crispd is $(systemctl is-active crispd.service)"
-fi
+# 4. crisp: its venv in /opt/crisp, crispd.service, /etc/crisp/crisp.toml and /etc/crictl.yaml. kind nodes use
+#    the systemd cgroup driver (the kubelet takes it from crisp's RuntimeConfig) and kindnet's CNI config, which
+#    appears only after the node started: CNI only, so that NetworkReady waits for it. Last, so that the one
+#    daemon-reload of the installer's `systemctl enable` reads the kubelet's drop-in too; on a live node the
+#    installer then starts crispd (Type=notify: it returns once crispd serves CRI), an image build leaves that to
+#    the node's boot.
+"$DEPLOY/install.sh" install --driver systemd --cni-only "${wheels[@]}"
 say "done: crisp is this node's container runtime"

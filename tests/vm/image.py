@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.vm.settings import VmSettings, prune
+from tests.vm.wheels import run_time_requirements
 
 SUITE = "bookworm"
 # What the guest tests use: Python for pytest + crisp, the OCI runtimes for differential tests, busybox as a
@@ -138,6 +139,9 @@ def _build(settings: VmSettings, wheels: Path, target: Path, log: Callable[[str]
     out, rootfs, initrd = build / "out", build / "rootfs", build / "initrd"
     out.mkdir(parents=True)
     build_log = build / "build.log"
+    # crisp's run-time dependencies, for the node venv the systemd guest's installer finds (files/venv.sh)
+    requirements = build / "node-requirements.txt"
+    requirements.write_text("".join(requirement + "\n" for requirement in run_time_requirements()))
     try:
         log(f"building the {SUITE} kernel + root image into {target} (mmdebstrap, takes a minute or two)")
         hook = (f"sh {FILES / 'customize.sh'} \"$1\" {out} '{' '.join(PRUNE_MODULE_DIRS)}' "
@@ -149,7 +153,7 @@ def _build(settings: VmSettings, wheels: Path, target: Path, log: Callable[[str]
             "--dpkgopt=path-exclude=/usr/share/locale/*", "--dpkgopt=path-include=/usr/share/locale/locale.alias",
             "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             f"--customize-hook={hook}",
-            f"--customize-hook=sh {FILES / 'venv.sh'} \"$1\" {wheels} {out}",
+            f"--customize-hook=sh {FILES / 'venv.sh'} \"$1\" {wheels} {out} {requirements}",
             SUITE, str(rootfs),
             f"deb {settings.mirror} {SUITE} main", f"deb {settings.mirror} {SUITE}-updates main",
             f"deb {settings.security_mirror} {SUITE}-security main",

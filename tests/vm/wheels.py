@@ -1,8 +1,10 @@
 """Wheels for the guest, prepared on the host so that the guest needs no network.
 
 Two sets: crisp's dependencies (+ pytest), pinned to the versions installed next to the running pytest, cached in
-`<cache>/wheels/<key>/` and baked into the image's venv (/opt/crisp-tests); and crisp itself, built fresh for every run
-from the checkout and installed into that venv when the guest boots.
+`<cache>/wheels/<key>/` and baked into the image's venvs (the test venv /opt/crisp-tests, and crisp's run-time
+dependencies alone in /opt/crisp/venv, where deploy/install.sh puts crisp); and crisp itself, built fresh for every
+run from the checkout and installed into the test venv when the guest boots (the systemd guest's installer takes it
+from `make dist`'s wheelhouse).
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
+def run_time_requirements(repo: Path = REPO) -> list[str]:
+    """crisp's run-time dependencies (pyproject's ranges)."""
+    return list(tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"])
+
+
 def guest_requirements(repo: Path = REPO) -> list[str]:
-    """crisp's runtime dependencies (pyproject's ranges) and the test runner."""
-    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *GUEST_TEST_TOOLS]
+    """crisp's run-time dependencies and the test runner."""
+    return [*run_time_requirements(repo), *GUEST_TEST_TOOLS]
 
 
 def host_pins() -> list[str]:

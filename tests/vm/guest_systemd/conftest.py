@@ -2,7 +2,10 @@
 and a pure cgroup v2 hierarchy, in a boot of its own).
 
 The session's node is what a kind node becomes: deploy/kind/setup-node.sh installs crisp from `make dist`'s
-wheelhouse (the guest has no network) and systemd starts crispd.service. A Debian docker-registry on guest loopback
+wheelhouse (the guest has no network) and systemd starts crispd.service. The image already holds the node venv
+/opt/crisp/venv with crisp's run-time dependencies (built at host speed, tests/vm/files/venv.sh), so that the
+installer's pip has only crisp's wheel to install: the fresh venv and the dependencies' install are the host's
+test (tests/packaging/test_install.py). A Debian docker-registry on guest loopback
 serves busybox as an image. Tests talk CRI to /run/crisp/crisp.sock as the kubelet does, and ask systemd what it
 sees (`systemctl show`, `systemctl status`)."""
 
@@ -70,8 +73,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     if not Path("/run/systemd/system").is_dir():
         pytest.fail("not the systemd guest: PID 1 is not systemd")
     base = tmp_path_factory.mktemp("node")
-    # installing under TCG (a venv, pip, grpcio's wheel, crispd's first start) takes minutes: more than the guest's
-    # bound on one test phase (CRISP_VM_TEST_TIMEOUT), which the next phase sets again
+    # installing under TCG (pip and crisp's wheel into the node venv the image holds with crisp's dependencies,
+    # crispd's first start) takes minutes: more than the guest's bound on one test phase (CRISP_VM_TEST_TIMEOUT),
+    # which the next phase sets again
     signal.setitimer(signal.ITIMER_REAL, SETUP_TIMEOUT)
     started = time.monotonic()
     setup = subprocess.run([str(SOURCE / "deploy" / "kind" / "setup-node.sh"), "--wheels", str(IO / "wheelhouse")],
