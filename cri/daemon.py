@@ -125,7 +125,8 @@ class Daemon:
         """For image GC: the images and snapshots the containers still use."""
         containers = self.containers.all()
         return InUse(images=frozenset(c.meta.image_id for c in containers),
-                     snapshots=frozenset(d for c in containers for d in c.meta.lowerdirs))
+                     snapshots=frozenset(d for c in containers for d in (*c.meta.lowerdirs,
+                                                                         *c.meta.volume_snapshots)))
 
     def _acquire_locks(self) -> None:
         wanted = {

@@ -24,6 +24,7 @@ from cri.oci.host import HostPaths, NodeFacts
 from cri.oci.mounts import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
+    ImageVolume,
     PodFiles,
     assemble_mounts,
     cri_binds,
@@ -129,6 +130,8 @@ class SpecInputs:
     # the image's files (for /etc/passwd and /etc/group)
     image_files: ImageFiles = field(default_factory=StaticFiles)
     host: HostPaths = field(default_factory=HostPaths)
+    # the images of the CRI mounts that have one, by container path
+    image_volumes: Mapping[str, ImageVolume] = field(default_factory=dict)
     options: SpecOptions = field(default_factory=SpecOptions)
 
 
@@ -409,7 +412,8 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
         process["oomScoreAdj"] = oom
 
     # mounts and devices
-    binds = cri_binds(config.mounts, inputs.host.mounts, rro_supported=inputs.options.recursive_read_only)
+    binds = cri_binds(config.mounts, inputs.host.mounts, rro_supported=inputs.options.recursive_read_only,
+                      image_volumes=inputs.image_volumes)
     taken = {posixpath.normpath(b.container_path) for b in binds}
     files = inputs.pod.files
     if sc.namespace_options.ipc == _NS_MODE.NODE or (

@@ -25,10 +25,12 @@ from cri.oci import (
     SpecInputs,
     SpecOptions,
     build_container_spec,
+    image_volume,
     inspect_host,
     resolve_stop_signal,
 )
 from cri.service.context import ServiceContext
+from cri.service.images import ImageRecord
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
@@ -120,6 +122,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
                   request: cri.CreateContainerRequest) -> None:
     config = request.config
     image = await ctx.images.resolve(config.image.image)
+    volume_images = await _image_volume_images(ctx, config)
     log_path = _log_path(sandbox, config)
     handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
@@ -150,11 +153,16 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
 
         def build() -> dict[str, Any]:
             host = inspect_host(config, privileged=privileged)
+            volumes = {m.container_path: image_volume(volume_images[m.container_path].id,
+                                                      volume_images[m.container_path].snapshot_dirs,
+                                                      m.image_sub_path)
+                       for m in config.mounts if m.container_path in volume_images}
             inputs = SpecInputs(
                 container_id=container_id, config=config, sandbox_config=sandbox.meta.config,
                 image_config=image_config, pod=pod, node=ctx.node, rootfs_path=str(bundle / "rootfs"),
                 cgroup_path=cgroup, overlay=overlay, image_name=config.image.image,
-                image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host, options=options)
+                image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host,
+                image_volumes=volumes, options=options)
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
@@ -175,12 +183,14 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
 
         user = spec["process"]["user"]
         meta = ContainerMeta(
-            id=container_id, name=name, sandbox_id=sandbox.id, config=config, created_at=ctx.clock_ns(),
+            id=container_id, name=name, sandbox_id=sandbox.id, config=_with_image_refs(config, volume_images),
+            created_at=ctx.clock_ns(),
             image_id=image.id, image_ref=image.image_ref, image_name=_reported_image_name(config, image.repo_tags),
             handler=sandbox.meta.runtime_handler, bundle=str(bundle), container_dir=str(container_dir),
             lowerdirs=tuple(image.snapshot_dirs), log_path=log_path, cgroup=cgroup,
             stop_signal=resolve_stop_signal(config, image_config), uid=int(user.get("uid", 0)),
-            gid=int(user.get("gid", 0)), groups=tuple(int(g) for g in user.get("additionalGids", [])))
+            gid=int(user.get("gid", 0)), groups=tuple(int(g) for g in user.get("additionalGids", [])),
+            volume_snapshots=tuple(sorted({d for v in volume_images.values() for d in v.snapshot_dirs})))
         resources = config.linux.resources.SerializeToString() if config.linux.HasField("resources") else b""
         container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex()))
         await ctx.containers.add(container)
@@ -189,6 +199,31 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
+
+
+async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig) -> dict[str, ImageRecord]:
+    """The images of the CRI mounts that have one (the kubelet pulled them), by container path; NotFound if gone."""
+    out = {}
+    for m in config.mounts:
+        if m.HasField("image") and m.image.image:
+            if m.container_path in out:
+                raise errors.InvalidArgument(f"two image volumes on {m.container_path!r}")
+            out[m.container_path] = await ctx.images.resolve(m.image.image)
+    return out
+
+
+def _with_image_refs(config: cri.ContainerConfig, volume_images: dict[str, ImageRecord]) -> cri.ContainerConfig:
+    """The config as recorded: each image volume's ImageSpec carries the id of the image it was made of
+    (image_ref, which ContainerStatus.mounts reports)."""
+    if not volume_images:
+        return config
+    recorded = cri.ContainerConfig()
+    recorded.CopyFrom(config)
+    for m in recorded.mounts:
+        if m.container_path in volume_images and m.HasField("image"):
+            spec: Any = m.image  # image_ref is newer than the published stubs' types (cri/api.py)
+            spec.image_ref = volume_images[m.container_path].id
+    return recorded
 
 
 def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...] | list[str]) -> str:

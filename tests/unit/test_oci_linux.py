@@ -10,7 +10,7 @@ import pytest
 
 from cri import api as pb
 from cri.oci.host import DeviceLookup, DeviceNode, HostPaths, MountSource
-from cri.oci.mounts import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
+from cri.oci.mounts import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, ImageVolume
 from cri.oci.spec import SpecOptions
 from runtime.bundle import OVERLAY_ANNOTATION, Overlay
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
@@ -163,10 +163,34 @@ def test_missing_host_path_is_invalid() -> None:
         build(config)
 
 
+def test_image_volumes_bind_one_source_and_overlay_several() -> None:
+    one = pb.Mount(container_path="/one", readonly=True, image=pb.ImageSpec(image="sha256:a"))
+    two = pb.Mount(container_path="/two", readonly=True, image=pb.ImageSpec(image="sha256:b"), image_sub_path="etc")
+    volumes = {"/one": ImageVolume("sha256:a", ("/s/1/fs",)), "/two": ImageVolume("sha256:b", ("/s/3/fs/etc",
+                                                                                             "/s/2/fs/etc"))}
+    spec = build(container_config(mounts=[one, two]), image_volumes=volumes)
+    mounts = {m["destination"]: m for m in spec["mounts"]}
+    assert mounts["/one"] == {"destination": "/one", "type": "bind", "source": "/s/1/fs",
+                              "options": ["rbind", "rprivate", "ro"]}
+    assert mounts["/two"] == {"destination": "/two", "type": "overlay", "source": "overlay",
+                              "options": ["ro", "lowerdir=/s/3/fs/etc:/s/2/fs/etc"]}
+    check_spec(spec)
+
+
+def test_image_volume_refusals() -> None:
+    volumes = {"/img": ImageVolume("sha256:a", ("/s/1/fs",))}
+    writable = pb.Mount(container_path="/img", image=pb.ImageSpec(image="sha256:a"))
+    with pytest.raises(InvalidArgument, match="read-only"):
+        build(container_config(mounts=[writable]), image_volumes=volumes)
+    both = pb.Mount(container_path="/img", readonly=True, host_path="/x", image=pb.ImageSpec(image="sha256:a"))
+    with pytest.raises(InvalidArgument, match="not both"):
+        build(container_config(mounts=[both]), image_volumes=volumes)
+    sub_path_only = pb.Mount(container_path="/x", host_path="/x", image_sub_path="etc")
+    with pytest.raises(InvalidArgument, match="image volumes only"):
+        build(container_config(mounts=[sub_path_only]), host=_host(MountSource("/x", "/x")))
+
+
 def test_unsupported_mount_kinds() -> None:
-    image_mount = pb.Mount(container_path="/img", image=pb.ImageSpec(image="sha256:abc"))
-    with pytest.raises(Unimplemented, match="image volume"):
-        build(container_config(mounts=[image_mount]))
     idmapped = pb.Mount(container_path="/x", host_path="/x",
                         uidMappings=[pb.IDMapping(host_id=1000, container_id=0, length=1)])
     with pytest.raises(Unimplemented, match="user namespaces"):
