@@ -153,7 +153,10 @@ class Daemon:
     def run(self) -> None:
         """Take the dirs and locks (before any event loop exists), then serve until signalled."""
         Path(self.config.root).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(self.config.state).mkdir(parents=True, exist_ok=True, mode=0o700)
+        # searchable, not listable (as containerd's): runc walks to a user-namespaced pod's rootfs and files as the
+        # pod's root, a host uid; what is private below it is 0700 itself
+        Path(self.config.state).mkdir(parents=True, exist_ok=True, mode=0o711)
+        os.chmod(self.config.state, 0o711)
         _prepare_socket_dir(self.socket)
         self._acquire_locks()
         try:

@@ -9,6 +9,7 @@ Every step registers its undo; a failure anywhere leaves no shim, mount, cgroup,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from cri.oci import (
     inspect_host,
     resolve_stop_signal,
 )
+from cri.oci.userns import PodUserns, pod_userns
 from cri.service.context import ServiceContext
 from cri.service.images import ImageRecord
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
@@ -99,11 +101,27 @@ def _target_pid_ns(ctx: ServiceContext, config: cri.ContainerConfig, sandbox: Sa
     return f"/proc/{target.status.pid}/ns/pid"
 
 
-def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.ContainerConfig) -> None:
+def _pod_userns(sandbox: Sandbox) -> PodUserns | None:
+    """The pod's own user namespace, with the mappings RunPodSandbox checked."""
+    path = sandbox.meta.namespaces.get("user")
+    userns = pod_userns(sandbox.meta.config.linux.security_context.namespace_options)
+    if userns is None or not path:
+        return None
+    return dataclasses.replace(userns, path=path)
+
+
+def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.ContainerConfig,
+                  root_ids: tuple[int, int] | None) -> None:
     bundle.mkdir(mode=0o700, parents=True)
     (bundle / "rootfs").mkdir(mode=0o755)
     for sub in ("upper", "work"):
         (container_dir / sub).mkdir(mode=0o755, parents=True)
+    if root_ids is not None:
+        # in a user namespace the container's root owns its writable layer's root (the image layers it sees
+        # through id-mapped mounts; nothing of the image is chowned), and may pass through the bundle dir to
+        # its rootfs (as containerd's 0711)
+        os.chown(container_dir / "upper", *root_ids)
+        bundle.chmod(0o711)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     # a host path that does not exist yet is made as a directory (as containerd and dockershim do)
@@ -135,7 +153,9 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
     async with Rollback(f"CreateContainer {container_id}") as undo:
         undo.push("name reservation", lambda: ctx.container_names.release(name, container_id))
         undo.push("dirs", lambda: asyncio.to_thread(_remove_dirs, bundle, container_dir))
-        await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config)
+        userns = _pod_userns(sandbox)
+        await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config,
+                                userns.root if userns is not None else None)
 
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
                           workdir=str(container_dir / "work"))
@@ -143,7 +163,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             sandbox_id=sandbox.id,
             net_ns_path=meta_ns.get("net", ""), ipc_ns_path=meta_ns.get("ipc", ""),
             uts_ns_path=meta_ns.get("uts", ""), pid_ns_path=meta_ns.get("pid", ""),
-            target_pid_ns_path=_target_pid_ns(ctx, config, sandbox),
+            target_pid_ns_path=_target_pid_ns(ctx, config, sandbox), userns=userns,
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
         features = await ctx.handlers.features(sandbox.meta.runtime_handler)

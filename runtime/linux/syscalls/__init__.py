@@ -75,6 +75,11 @@ MOUNT_ATTR_NOATIME = 0x10
 MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+MOUNT_ATTR_IDMAP = 0x100000
+# open_tree(2), move_mount(2)
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = 0o2000000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 # *at() flags
 AT_FDCWD = -100
@@ -114,8 +119,10 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # raw syscall numbers for calls glibc 2.36 has no wrapper for (x86_64 and aarch64 share the new-style numbers)
 _SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 321},
-    "aarch64": {"pivot_root": 41, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 280},
+    "x86_64": {"pivot_root": 155, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 321,
+               "open_tree": 428, "move_mount": 429},
+    "aarch64": {"pivot_root": 41, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 280,
+                "open_tree": 428, "move_mount": 429},
 }
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -204,11 +211,23 @@ class _MountAttr(ctypes.Structure):
 
 
 def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
-                  propagation: int = 0) -> None:
-    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
+                  propagation: int = 0, userns_fd: int = 0) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
     result = _raw_syscall("mount_setattr", ctypes.c_int(dirfd), _path(path), ctypes.c_uint(flags),
                           ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
     _check(result, "mount_setattr", path or None)
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """open_tree(2): with OPEN_TREE_CLONE, a detached copy of the mount at path (an fd; attach it with
+    move_mount, or close it and it is gone)."""
+    return _check(_raw_syscall("open_tree", ctypes.c_int(dirfd), _path(path), ctypes.c_uint(flags)),
+                  "open_tree", path)
+
+
+def move_mount(from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int) -> None:
+    _check(_raw_syscall("move_mount", ctypes.c_int(from_fd), _path(from_path), ctypes.c_int(to_fd),
+                        _path(to_path), ctypes.c_uint(flags)), "move_mount", to_path)
 
 
 @functools.cache
