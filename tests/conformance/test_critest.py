@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,13 +30,16 @@ def run_suite(tmp_path: Path, record_property: Callable[[str, object], None], ha
     expected = critest.load_expectations()
     if shutil.which("docker-registry") is None:
         pytest.fail("docker-registry is missing: `make test` installs it", pytrace=False)
-    (tmp_path / "crisp").mkdir()
+    # crispd's dirs where a user-namespaced pod's host uid can walk to them, as /run and /var/lib are on a node
+    # (runc prepares such a pod's rootfs as its root); pytest's tmp dirs are private to root
+    base = Path(tempfile.mkdtemp(prefix="crisp-critest-"))
+    base.chmod(0o711)
     shm_before = shm_segments(HOST_IPC_SEGMENT)
     try:
         # crispd's loop blocking is tests/cri's to judge (its fixture checks every daemon); over minutes of critest on
         # a shared 2-core host, scheduling delays alone make callbacks slow: counted in the summary, not judged
         with serve(tmp_path / "images") as served, \
-                running_pods(tmp_path / "crisp", served.crisp_config, check_slow_callbacks=False) as pods:
+                running_pods(base, served.crisp_config, check_slow_callbacks=False) as pods:
             report = critest.run(binary, f"unix://{pods.daemon.socket}", tmp_path / "critest", handler=handler,
                                  parallel=PARALLEL)
             record_property("summary", f"{report.counts()} in {report.seconds:.0f}s ({handler or 'built-in executor'};"
@@ -48,6 +52,7 @@ def run_suite(tmp_path: Path, record_property: Callable[[str, object], None], ha
         # the HostIpc specs make a segment in the host's IPC namespace (ipcmk -M 1048576) and never remove it
         for segment in shm_segments(HOST_IPC_SEGMENT) - shm_before:
             subprocess.run(["ipcrm", "-m", str(segment)], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_critest_builtin_executor(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:
