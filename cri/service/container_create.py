@@ -39,6 +39,7 @@ from runtime import errors
 from runtime.bundle import Overlay
 from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.linux import idmap
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
 
@@ -110,6 +111,18 @@ def _pod_userns(sandbox: Sandbox) -> PodUserns | None:
     return dataclasses.replace(userns, path=path)
 
 
+def _check_idmappable(config: cri.ContainerConfig, userns: PodUserns) -> None:
+    """Every volume of a user-namespaced container is id-mapped: one whose filesystem this kernel cannot id-map
+    (tmpfs before Linux 6.3, ...) is refused up front, named. Blocking: runs in a worker thread."""
+    sources = [m.host_path for m in config.mounts if m.host_path and os.path.exists(m.host_path)]
+    problems = idmap.probe(sources, userns.path, recursive=True) if sources else {}
+    for mount in config.mounts:
+        if problems.get(mount.host_path):
+            raise errors.FailedPrecondition(
+                f"volume {mount.host_path} -> {mount.container_path}: its filesystem cannot be id-mapped for the "
+                f"pod's user namespace on this kernel ({problems[mount.host_path]})")
+
+
 def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.ContainerConfig,
                   root_ids: tuple[int, int] | None) -> None:
     bundle.mkdir(mode=0o700, parents=True)
@@ -173,6 +186,8 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
 
         def build() -> dict[str, Any]:
             host = inspect_host(config, privileged=privileged)
+            if userns is not None:
+                _check_idmappable(config, userns)
             volumes = {m.container_path: image_volume(volume_images[m.container_path].id,
                                                       volume_images[m.container_path].snapshot_dirs,
                                                       m.image_sub_path)

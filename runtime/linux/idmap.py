@@ -126,25 +126,34 @@ def throwaway_userns() -> Iterator[int]:
         holder.wait()
 
 
-def probe(paths: Sequence[str]) -> dict[str, str]:
-    """For each directory: "" when its filesystem can be id-mapped here, else why not. Nothing gets mounted (the
-    id-mapped clone is never attached). Blocking; needs root."""
-    out: dict[str, str] = {}
+def probe(paths: Sequence[str], userns: str = "", *, recursive: bool = False) -> dict[str, str]:
+    """For each path: "" when its filesystem (`recursive`: and every mount below it, as a volume's rbind takes
+    them) can be id-mapped here, else why not. Through the user namespace pinned at `userns`, or a throwaway one.
+    Nothing gets mounted (the id-mapped clone is never attached). Blocking; needs root."""
     try:
-        with throwaway_userns() as userns_fd:
-            for path in paths:
-                try:
-                    fd = sc.open_tree(sc.AT_FDCWD, path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
-                    try:
-                        sc.mount_setattr(fd, "", sc.AT_EMPTY_PATH, sc.MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
-                    finally:
-                        os.close(fd)
-                    out[path] = ""
-                except OSError as exc:
-                    out[path] = f"{path}: {exc.strerror or exc}"
+        if userns:
+            fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                return {path: _probe_one(path, fd, recursive) for path in paths}
+            finally:
+                os.close(fd)
+        with throwaway_userns() as fd:
+            return {path: _probe_one(path, fd, recursive) for path in paths}
     except OSError as exc:
         return {path: f"no user namespace to probe with: {exc.strerror or exc}" for path in paths}
-    return out
+
+
+def _probe_one(path: str, userns_fd: int, recursive: bool) -> str:
+    rec = sc.AT_RECURSIVE if recursive else 0
+    try:
+        fd = sc.open_tree(sc.AT_FDCWD, path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | rec)
+        try:
+            sc.mount_setattr(fd, "", sc.AT_EMPTY_PATH | rec, sc.MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return ""
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +167,22 @@ def test_image_volume_is_id_mapped(kubelet: Kubelet) -> None:
     kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
     # its staged id-mapped mounts went with it
     assert mounts_under(kubelet.pods.daemon.state / "containers") == []
+
+
+def test_a_volume_the_kernel_cannot_id_map_is_refused_by_name(kubelet: Kubelet) -> None:
+    """ramfs has no id-mapped mounts on any kernel (tmpfs had none before 6.3: the VM tier's 6.1)."""
+    volume = Path(tempfile.mkdtemp(prefix="crisp-ramfs-"))
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(volume)], check=True)
+    try:
+        options = _userns()
+        pod_id, pod = kubelet.pod(**_pod_with(options))
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.create(pod_id, pod, "app", ["true"], **_container_options(options),
+                           mounts=[cri.Mount(container_path="/vol", host_path=str(volume))])
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"volume {volume} -> /vol" in str(err.value.details())
+        assert list(kubelet.rt.ListContainers(cri.ListContainersRequest()).containers) == []
+        assert mounts_under(kubelet.pods.daemon.state / "containers") == []
+    finally:
+        subprocess.run(["umount", str(volume)], check=False)
+        volume.rmdir()
