@@ -80,17 +80,24 @@ def _overlay_path(value: object, where: str) -> str:
     return value
 
 
+def _json_annotation(annotations: object, key: str) -> object:
+    """The JSON value of one annotation, None when absent; InvalidArgument naming it when it is not JSON."""
+    raw = annotations.get(key) if isinstance(annotations, Mapping) else None
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise errors.InvalidArgument(f"annotations.{key}: not JSON: {exc}") from None
+
+
 def overlay_of(annotations: object) -> Overlay | None:
     """The overlay a spec's annotations ask for (None: the rootfs is root.path as it is). InvalidArgument,
     naming the field, when the annotation is malformed."""
-    raw = annotations.get(OVERLAY_ANNOTATION) if isinstance(annotations, Mapping) else None
-    if raw is None:
+    data = _json_annotation(annotations, OVERLAY_ANNOTATION)
+    if data is None:
         return None
     where = f"annotations.{OVERLAY_ANNOTATION}"
-    try:
-        data = json.loads(raw)
-    except (TypeError, ValueError) as exc:
-        raise errors.InvalidArgument(f"{where}: not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("lowerdirs"), list):
         raise errors.InvalidArgument(f"{where}: needs a list of lowerdirs")
     lowers = tuple(_overlay_path(p, f"{where}.lowerdirs[{i}]") for i, p in enumerate(data["lowerdirs"]))
@@ -142,14 +149,10 @@ def staged_path(bundle: str, index: int) -> str:
 
 def idmap_of(annotations: object) -> Idmap | None:
     """The id-mapped mounts a spec's annotations ask for (None: none); InvalidArgument when malformed."""
-    raw = annotations.get(IDMAP_ANNOTATION) if isinstance(annotations, Mapping) else None
-    if raw is None:
+    data = _json_annotation(annotations, IDMAP_ANNOTATION)
+    if data is None:
         return None
     where = f"annotations.{IDMAP_ANNOTATION}"
-    try:
-        data = json.loads(raw)
-    except (TypeError, ValueError) as exc:
-        raise errors.InvalidArgument(f"{where}: not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("mounts"), list):
         raise errors.InvalidArgument(f"{where}: needs a userns and a list of mounts")
     userns = _absolute(data.get("userns"), f"{where}.userns")
