@@ -29,7 +29,7 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-conformance test-extended test-vm vm-image tools images lint unit venv debs-run debs-test clean
+.PHONY: run test test-conformance test-kubelet test-extended test-vm vm-image tools images lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
@@ -62,7 +62,7 @@ run: debs-run venv
 PYTEST := $(VENV)/bin/pytest -q
 # the tiers with a tests/<tier> directory and a target of their own (make test-<tier>); make test runs the rest of the
 # suite first (the VM tier with it: one boot), then each of them
-TIERS := conformance
+TIERS := conformance kubelet
 # $(call timed,NAME,COMMAND): one step of make test, followed by its wall time
 timed = @start=$$(date +%s); $(2); status=$$?; echo "make test: $(1): $$(( $$(date +%s) - start )) s"; exit $$status
 
@@ -74,11 +74,17 @@ test: debs-test venv
 	$(call timed,lint,$(MAKE) --no-print-directory lint)
 	$(call timed,suite,$(PYTEST) $(TIERS:%=--ignore=tests/%))
 	$(call timed,conformance,$(PYTEST) tests/conformance)
+	$(call timed,kubelet,$(PYTEST) tests/kubelet)
 
 ## test-conformance: only critest's validation suite against crispd (tests/conformance; the specs that need cgroup
 ## controllers run in the VM tier, tests/vm/guest/test_critest.py)
 test-conformance: debs-test venv tools images
 	$(PYTEST) tests/conformance
+
+## test-kubelet: only the kubelet tier: a real standalone kubelet runs static pods on crispd (tests/kubelet; its
+## QoS cgroup path runs in the VM tier, tests/vm/guest/test_kubelet_qos.py)
+test-kubelet: debs-test venv tools images
+	$(PYTEST) tests/kubelet
 
 ## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it); none today:
 ## critest on the runc handler fits the conformance tier's budget, so make test runs it

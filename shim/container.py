@@ -161,8 +161,7 @@ class Container:
 
     def _created(self, result: CommandResult, offset: int, since: float, reply: Reply) -> None:
         if not result.ok:
-            message = self.shim.executor.error(result, offset)
-            self._create_failed(reply, ShimError("Internal", f"{self.id}: {message}"))
+            self._create_failed(reply, self.shim.executor.error(result, offset))
             return
         try:
             with open(self.shim.path(INIT_PID_NAME)) as f:
@@ -233,7 +232,7 @@ class Container:
                 log(f"container {self.id} started")
                 reply(protocol.reply_ok(pid=self.pid, started_at=self.started_at))
             else:
-                reply(protocol.reply_error("Internal", f"{self.id}: {self.shim.executor.error(result, offset)}"))
+                reply(self.shim.executor.error(result, offset).reply())
 
         self.shim.executor.run(["start", self.id], started)
 
@@ -270,7 +269,7 @@ class Container:
             if result.ok or self.status is not None:
                 reply(protocol.reply_ok())
             else:
-                reply(protocol.reply_error("Internal", f"{self.id}: {self.shim.executor.error(result, offset)}"))
+                reply(self.shim.executor.error(result, offset).reply())
 
         self.shim.executor.run(["kill", "--all", self.id, str(sig)], killed)
 
@@ -302,7 +301,7 @@ class Container:
                 log(f"container {self.id}: resources updated")
                 reply(protocol.reply_ok())
             else:
-                reply(protocol.reply_error("Internal", f"{self.id}: {self.shim.executor.error(result, offset)}"))
+                reply(self.shim.executor.error(result, offset).reply())
 
         self.shim.executor.run(["update", "--resources", path, self.id], updated)
 
@@ -386,11 +385,11 @@ class Container:
 
         self.shim.executor.run(["delete", "--force", self.id], deleted)
 
-    def _delete_failed(self, message: str) -> None:
+    def _delete_failed(self, error: ShimError) -> None:
         """The container may still hold processes, mounts or its cgroup: nothing of the record goes (shim.json,
         the socket, the rootfs mount); the shim keeps serving, and a later shutdown tries again."""
-        log(f"{message}; keeping the container's record for another try")
+        log(f"{error.message}; keeping the container's record for another try")
         replies, self._shutdown_replies = self._shutdown_replies, []
         self._shutting_down = False
         for reply in replies:
-            reply(protocol.reply_error("Internal", f"{self.id}: {message}"))
+            reply(error.reply())

@@ -8,6 +8,8 @@ Running a pod is a list of steps, each of which registers its undo; removing a p
 (`_remove_dir`, `_remove_cgroup`, `_unpin`, `_remove_pod_init`, `_unmount_shm`, `_teardown_network`) in the same
 order, so a failed RunPodSandbox and a RemovePodSandbox leave the same nothing behind. Every undo is idempotent:
 missing pieces are fine. Everything a request could get wrong is checked in `plan`, before anything is made.
+NRI plugins hear of a pod at fixed points (cri/nri/service.py says which); a new pod stays invisible until they
+have agreed to it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from cri.lifecycle.containers import ContainerController
 from cri.lifecycle.pod_files import pod_hostname, write_pod_files
 from cri.metrics import Metrics
 from cri.network import pod_network_request
+from cri.nri.service import NriService
 from cri.oci import oci_resources
 from cri.oci.userns import PodUserns, pod_userns
 from cri.store.names import NameIndex
@@ -35,6 +37,7 @@ from cri.store.sandboxes import NOT_READY, READY, Sandbox, SandboxMeta, SandboxS
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager, enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import remove_pid_pin, start_pod_init, stop_pod_init
 from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
@@ -76,8 +79,8 @@ class PodSandboxController:
     def __init__(self, *, state_dir: Path, cgroup_base: str, missing_controller: str, sandboxes: SandboxStore,
                  names: NameIndex,
                  containers: ContainerController, cgroups: Callable[[], CgroupV2Manager],
-                 network: NetworkManager | None, events: EventPublisher, metrics: Metrics, debug: DebugPoints,
-                 clock_ns: Callable[[], int]) -> None:
+                 network: NetworkManager | None, nri: NriService, events: EventPublisher, metrics: Metrics,
+                 debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
         self.state_dir = state_dir
         self.cgroup_base = cgroup_paths.normalize(cgroup_base)
         self.missing_controller = missing_controller
@@ -86,6 +89,7 @@ class PodSandboxController:
         self.containers = containers
         self.cgroups = cgroups
         self.network = network
+        self.nri = nri
         self.events = events
         self.metrics = metrics
         self.debug = debug
@@ -174,6 +178,8 @@ class PodSandboxController:
             await self.debug.delay("run_pod_sandbox.record")
 
             sandbox = Sandbox(meta, status)
+            await self.nri.run_pod_sandbox(sandbox)  # the pod stays invisible until the NRI plugins agree
+            undo.push("NRI plugins", lambda: self.nri.remove_pod_sandbox(sandbox))
             await self.sandboxes.add(sandbox)
             undo.push("sandbox row", lambda: self.sandboxes.delete(sandbox))
             self.debug.fail("run_pod_sandbox.record")
@@ -208,14 +214,28 @@ class PodSandboxController:
             await self._stop(sandbox)
 
     async def _stop(self, sandbox: Sandbox) -> None:
-        """Kill everything in the pod (no grace: the kubelet stops containers first) and tear its network down."""
+        """Kill everything in the pod (no grace: the kubelet stops containers first), tear its network down and let
+        its network namespace go."""
         await self.containers.stop_all(sandbox.id)
         await self._kill_pod_processes(sandbox)
-        await self._teardown_network(self._network_request(sandbox))
         if sandbox.status.state == READY:
-            await self.sandboxes.update(sandbox, state=NOT_READY)
+            await self.nri.stop_pod_sandbox(sandbox)  # once, with the containers stopped and the pod still there
+        await self._teardown_network(self._network_request(sandbox))
+        await self._unpin_netns(sandbox)
+        was_ready = sandbox.status.state == READY
+        if was_ready or sandbox.status.ips:  # the addresses went back to the pool: PodSandboxStatus shows none
+            await self.sandboxes.update(sandbox, state=NOT_READY, ips=())
+        if was_ready:
             log.info("pod %s stopped", sandbox.id)
             self.events.sandbox(sandbox, cri.CONTAINER_STOPPED_EVENT)
+
+    async def _unpin_netns(self, sandbox: Sandbox) -> None:
+        """A stopped pod's network namespace goes with its network (CRI: StopPodSandbox reclaims the pod's network
+        resources; containerd removes the netns there too): no process of the pod is left to use it, and a stopped
+        pod may stay for as long as its API object does. The pod's other pins stay until remove."""
+        netns = sandbox.meta.namespaces.get("net")
+        if netns and not sandbox.meta.host_network:
+            await self._unpin([Path(netns)])
 
     async def remove(self, sandbox: Sandbox) -> None:
         """Stop the pod, remove its containers, then undo every step of its creation (idempotent)."""
@@ -239,6 +259,7 @@ class PodSandboxController:
             await self.names.release(meta.name, sandbox.id)
         log.info("pod %s removed", sandbox.id)
         self.events.sandbox(sandbox, cri.CONTAINER_DELETED_EVENT)
+        await self.nri.remove_pod_sandbox(sandbox)
 
     async def update_resources(self, sandbox: Sandbox, resources: cri.LinuxContainerResources) -> None:
         """Size the pod cgroup, live: crispd owns it when it made it (the kubelet sizes its own)."""
@@ -246,14 +267,16 @@ class PodSandboxController:
         path = sandbox.meta.cgroup
         what = f"pod {sandbox.id}"
         oci = oci_resources(resources, swap_limit=True)
+        if not await asyncio.to_thread(manager.cgroup(path).created_by_crisp):
+            raise errors.FailedPrecondition(f"{what}: its cgroup {path} is the kubelet's; the kubelet sizes it")
+        await self.nri.update_pod_sandbox(sandbox, resources)
 
         def apply() -> None:
-            if not manager.cgroup(path).created_by_crisp():
-                raise errors.FailedPrecondition(f"{what}: its cgroup {path} is the kubelet's; the kubelet sizes it")
             missing = manager.missing_controllers(oci, path)
             manager.open(path).apply(enforceable_limits(oci, missing, self.missing_controller, what))
 
         await asyncio.to_thread(apply)
+        await self.nri.post_update_pod_sandbox(sandbox)
 
     async def _kill_pod_processes(self, sandbox: Sandbox) -> None:
         """SIGKILL whatever still runs in the pod: its PID 1 (if any) and every crisp leaf of the pod cgroup."""
@@ -323,4 +346,4 @@ class PodSandboxController:
         await asyncio.to_thread(remove)
 
     async def _remove_dir(self, pod_dir: Path) -> None:
-        await asyncio.to_thread(shutil.rmtree, pod_dir, True)
+        await asyncio.to_thread(remove_tree, pod_dir, True)

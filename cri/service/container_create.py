@@ -4,6 +4,9 @@ The container is made to its end even if the kubelet gives up waiting; its retry
 container's id (cri/lifecycle/creations.py).
 
 Every step registers its undo; a failure anywhere leaves no shim, mount, cgroup, dir or row behind.
+
+The spec gets the container's CDI devices (cri/cdi.py), then the NRI plugins' adjustments, before it is written;
+no NRI plugin is synchronized meanwhile (it would miss this container).
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri import cdi, metadata_limits
 from cri.oci import (
     LayeredFiles,
     PodContext,
@@ -31,6 +34,7 @@ from cri.oci import (
     resolve_stop_signal,
 )
 from cri.oci.userns import PodUserns, pod_userns
+from cri.oci.workdir import make_working_dir
 from cri.service.context import ServiceContext
 from cri.service.images import ImageRecord
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
@@ -39,6 +43,7 @@ from runtime import errors
 from runtime.bundle import Overlay
 from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.linux import idmap
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
@@ -73,6 +78,9 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
         log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
+    metadata_limits.check(f"container {name}", metadata_limits.container_bytes(config),
+                          metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
+                          ctx.config.limits.metadata_budget_bytes)
     container_id = secrets.token_hex(32)
     await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
     await ctx.creations.run_to_the_end("container", name, container_id,
@@ -151,6 +159,19 @@ def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
 
 async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
                   request: cri.CreateContainerRequest) -> None:
+    """Under the pod's lock: a StopPodSandbox or RemovePodSandbox that comes meanwhile (a kubelet that gave up on
+    this call) waits for the container and stops or removes it too, and a creation that had to wait for one of
+    them finds the pod stopped."""
+    async with sandbox.lock:
+        if sandbox.status.state != READY:
+            await ctx.container_names.release(name, container_id)
+            raise errors.FailedPrecondition(f"pod {sandbox.id} was stopped: cannot create containers in it")
+        async with ctx.nri.creation():
+            await _create_in_pod(ctx, container_id, name, sandbox, request)
+
+
+async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
+                         request: cri.CreateContainerRequest) -> None:
     config = request.config
     image = await ctx.images.resolve(config.image.image)
     volume_images = await _image_volume_images(ctx, config)
@@ -201,6 +222,11 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
+        await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
+                                spec["process"]["cwd"])
+        await asyncio.to_thread(cdi.inject_devices, ctx.config.cdi, spec, cdi.requested_devices(config))
+        seen = await ctx.nri.create_container(sandbox, container_id, config, spec, ctx.clock_ns())
+        undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
         ctx.debug.fail("create_container.spec")
@@ -234,6 +260,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
+    await ctx.nri.post_create_container(container)
 
 
 async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig) -> dict[str, ImageRecord]:
@@ -281,5 +308,5 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
 
 
 def _remove_dirs(bundle: Path, container_dir: Path) -> None:
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(container_dir, ignore_errors=True)
+    remove_tree(bundle, ignore_errors=True)
+    remove_tree(container_dir, ignore_errors=True)

@@ -15,8 +15,10 @@ from cri.events import EventBroker, EventPublisher
 from cri.handlers import RuntimeHandlers
 from cri.lifecycle.containers import ContainerController
 from cri.lifecycle.creations import Creations
+from cri.lifecycle.limits import ContainerLimits
 from cri.lifecycle.pods import PodSandboxController
 from cri.metrics import Metrics
+from cri.nri.service import NriService
 from cri.oci import NodeFacts
 from cri.server import Readiness
 from cri.service.images import ImageManager
@@ -58,6 +60,8 @@ class ServiceContext:
     stats: StatsCollector
     creations: Creations
     debug: DebugPoints
+    # NRI plugins (cri/nri/service.py): every call a no-op unless `[nri] enable`
+    nri: NriService
     sandbox_control: PodSandboxController
     container_control: ContainerController
     # wall clock in nanoseconds (CRI timestamps)
@@ -75,13 +79,17 @@ class ServiceContext:
         events = EventPublisher(broker, sandboxes, containers, clock_ns)
         cgroup_manager = _cgroup_manager(cgroups)
         debug = DebugPoints(config.debug)
+        limits = ContainerLimits(containers=containers, shims=shims, cgroups=cgroup_manager,
+                                 missing_controller=config.cgroup.missing_controller)
+        nri = NriService(config=config.nri, cdi=config.cdi, sandboxes=sandboxes, containers=containers,
+                         limits=limits)
         lifecycle = ContainerController(
             containers=containers, names=container_names, sandboxes=sandboxes, shims=shims, cgroups=cgroup_manager,
-            missing_controller=config.cgroup.missing_controller, events=events, metrics=metrics, clock_ns=clock_ns)
+            limits=limits, nri=nri, events=events, metrics=metrics, clock_ns=clock_ns)
         pods = PodSandboxController(
             state_dir=Path(config.state), cgroup_base=config.cgroup.base,
             missing_controller=config.cgroup.missing_controller, sandboxes=sandboxes, names=sandbox_names,
-            containers=lifecycle, cgroups=cgroup_manager, network=network, events=events, metrics=metrics,
+            containers=lifecycle, cgroups=cgroup_manager, network=network, nri=nri, events=events, metrics=metrics,
             debug=debug, clock_ns=clock_ns)
         return cls(
             config=config, store=store, metrics=metrics, readiness=readiness, images=images, sandboxes=sandboxes,
@@ -90,7 +98,7 @@ class ServiceContext:
             handlers=RuntimeHandlers(config.runtime, Path(config.state), Path(config.root)), events=events,
             stats=StatsCollector(cgroup_manager, network, config.stats.disk_usage_cache_seconds,
                                  config.stats.network_timeout_seconds, clock_ns=clock_ns),
-            creations=Creations(), debug=debug, sandbox_control=pods, container_control=lifecycle,
+            creations=Creations(), debug=debug, nri=nri, sandbox_control=pods, container_control=lifecycle,
             clock_ns=clock_ns)
 
     @property

@@ -20,7 +20,7 @@ from typing import Any
 
 from runtime import errors
 from runtime.bundle import read_json
-from runtime.executor import cgroup, console, launcher, lifecycle, protocol, rootfs, sysctls
+from runtime.executor import cgroup, console, hooks, launcher, lifecycle, protocol, rootfs, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
 from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
 from runtime.executor.process import ProcessSetup, apply_rlimits, set_oom_score_adj
@@ -98,10 +98,16 @@ class Executor:
         cdir = self._dir(container_id)
         with contextlib.ExitStack() as undo:
             cdir.make()
+            if spec.hooks.get("poststop"):
+                # a failed create is a deleted container: its poststop hooks run last (runtime-spec step 13)
+                stopped = hooks.state_document(spec.oci_version, container_id, "stopped", str(bundle),
+                                               spec.annotations)
+                undo.callback(hooks.run_hooks_warn, spec.hooks, "poststop", stopped, f"container {container_id}",
+                              str(bundle))
             undo.callback(cdir.remove)
             with cdir.locked() as lock_fd:
-                pid = self._create_locked(cdir, spec, raw.get("linux") or {}, bundle, pid_file, console_socket,
-                                          preserve_fds, undo, lock_fd)
+                pid = self._create_locked(cdir, spec, raw, bundle, pid_file, console_socket, preserve_fds, undo,
+                                          lock_fd)
             undo.pop_all()
         log.info("container %s: created, init pid %d", container_id, pid)
         return pid
@@ -114,9 +120,10 @@ class Executor:
         if (spec.hostname or spec.domainname) and sysctls.shares_host(spec.linux, "uts"):
             raise errors.InvalidArgument("hostname: setting it needs a UTS namespace of its own")
 
-    def _create_locked(self, cdir: ContainerDir, spec: Spec, raw_linux: dict[str, object], bundle: Path,
+    def _create_locked(self, cdir: ContainerDir, spec: Spec, raw: dict[str, Any], bundle: Path,
                        pid_file: Path | None, console_socket: str | None, preserve_fds: int,
                        undo: contextlib.ExitStack, lock_fd: int) -> int:
+        raw_linux = raw.get("linux") or {}
         setup = ProcessSetup(self.sys, spec.process, spec.linux.seccomp)
         os.mkfifo(cdir.fifo, 0o622)
         os.chmod(cdir.fifo, 0o622)
@@ -142,10 +149,18 @@ class Executor:
         in_userns = spec.linux.namespace("user") is not None
         if in_userns:
             plan.before_userns = lambda: _before_userns(self.sys, spec)
-        ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds,
+        hook_state = hooks.state_document(spec.oci_version, cdir.id, "creating", str(bundle), spec.annotations)
+        ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds, hook_state,
                           rootfs_premounted=in_userns)
+
+        def runtime_hooks(init_pid: int) -> None:
+            # prestart first, then createRuntime, both here in the runtime namespace (runc's order)
+            state = {**hook_state, "pid": init_pid}
+            hooks.run_hooks(spec.hooks, "prestart", state, cwd=str(bundle))
+            hooks.run_hooks(spec.hooks, "createRuntime", state, cwd=str(bundle))
+
         launched = launcher.launch(self.sys, plan, lambda sock: container_init(self.sys, ctx, sock),
-                                   cg.add_process, close_in_child=[lock_fd])
+                                   cg.add_process, close_in_child=[lock_fd], run_hooks=runtime_hooks)
         launched_pids.append(launched.pid)
         launched.sock.close()
         start = process_start_time(launched.pid)
@@ -155,6 +170,7 @@ class Executor:
             id=cdir.id, bundle=str(bundle), rootfs=spec.root_path, pid=launched.pid, pid_start=start,
             created=now_rfc3339(), cgroup=cg.path, oci_version=spec.oci_version, annotations=dict(spec.annotations),
             linux={k: raw_linux[k] for k in ("seccomp", "namespaces") if k in raw_linux},
+            hooks=raw.get("hooks") or {},
         ))
         if pid_file is not None:
             write_pid_file(pid_file, launched.pid)
@@ -233,6 +249,10 @@ class Executor:
         finally:
             lock.__exit__(None, None, None)
         log.info("container %s: deleted", container_id)
+        spec_hooks = hooks.parse_hooks(state.hooks)
+        if spec_hooks.get("poststop"):
+            stopped = hooks.state_document(state.oci_version, state.id, "stopped", state.bundle, state.annotations)
+            hooks.run_hooks_warn(spec_hooks, "poststop", stopped, f"container {container_id}")
 
     # ------------------------------------------------------------------ update
 

@@ -73,15 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _log_error(args: argparse.Namespace, message: str) -> None:
+def _log_error(args: argparse.Namespace, message: str, kind: str = errors.INTERNAL) -> None:
+    """runc's error line, plus the wire name of the error's kind (`runtime.errors`), which the shim passes on."""
     print(f"crisp-executor: {message}", file=sys.stderr)
     if not args.log:
         return
     if args.log_format == "json":
-        line = json.dumps({"level": "error", "msg": message,
+        line = json.dumps({"level": "error", "msg": message, "kind": kind,
                            "time": datetime.datetime.now(datetime.UTC).isoformat()})
     else:
-        line = f"level=error msg={json.dumps(message)}"
+        line = f"level=error msg={json.dumps(message)} kind={kind}"
     try:
         with open(args.log, "a") as f:
             f.write(line + "\n")
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except errors.CrispError as exc:
-        _log_error(args, str(exc) or type(exc).__name__)
+        _log_error(args, str(exc) or type(exc).__name__, errors.kind_of(exc))
         return 1
     except OSError as exc:
         _log_error(args, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))

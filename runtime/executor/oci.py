@@ -16,6 +16,7 @@ from typing import Any
 
 from runtime import errors
 from runtime.bundle import Idmap, Overlay, idmap_of, load_config, overlay_of, rootfs_path
+from runtime.executor.hooks import Hooks, parse_hooks
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user", "time")
 MAX_ID = 2**32 - 2
@@ -196,6 +197,7 @@ class Spec:
     annotations: Mapping[str, str] = field(default_factory=dict)
     overlay: Overlay | None = None
     idmap: Idmap | None = None
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -424,6 +426,7 @@ def parse_spec(data: object, bundle: Path) -> Spec:
         annotations=annotations,
         overlay=overlay_of(annotations),
         idmap=idmap_of(annotations),
+        hooks=parse_hooks(d.get("hooks")),
     )
 
 

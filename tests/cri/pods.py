@@ -21,7 +21,9 @@ NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever t
 class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
-    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd") -> None:
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "") -> None:
+        """`cgroup_config` adds keys to the [cgroup] table (a TOML table is declared once)."""
+        self.cgroup_config = cgroup_config
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.bridge = f"crispt{secrets.token_hex(4)}"
         self.subnet = free_subnet4(24)
@@ -30,7 +32,7 @@ class Pods:
 
     def config_text(self, extra: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
-        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n'
+        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n{self.cgroup_config}'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
                 f'cni_config_dir = "{NO_CNI_DIR}"\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
@@ -53,6 +55,12 @@ class Pods:
                                                                               runtime_handler=handler))
         return str(response.pod_sandbox_id)
 
+    def remove_all_pods(self, timeout: float = 60) -> None:
+        """Remove every pod crispd has (RemovePodSandbox stops it first), as a kubelet would at the end."""
+        runtime = self.daemon.runtime
+        for item in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=timeout).items:
+            runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=timeout)
+
     def leaks(self) -> list[str]:
         left = [f"mount {m}" for m in mounts_under(self.daemon.base)]
         left += [f"cgroup {c}" for c in cgroups_under(self.cgroup_base)]
@@ -70,11 +78,12 @@ class Pods:
 
 @contextlib.contextmanager
 def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
-                 check_slow_callbacks: bool = True) -> Iterator[Pods]:
-    """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
-    cleanly without blocking its loop (unless `check_slow_callbacks` is false: under the VM tier's emulation every
-    callback is slow)."""
-    p = Pods(base, extra_config)
+                 check_slow_callbacks: bool = True, pods: Pods | None = None,
+                 cgroup_config: str = "") -> Iterator[Pods]:
+    """A started `Pods` crispd (`pods`, or a new one with `cgroup_config` in its [cgroup] table); afterwards every
+    pod is removed, nothing may be left, and crispd must have stopped cleanly without blocking its loop (unless
+    `check_slow_callbacks` is false: under the VM tier's emulation every callback is slow)."""
+    p = pods if pods is not None else Pods(base, extra_config, cgroup_config=cgroup_config)
     p.daemon.start(start_timeout)
     try:
         yield p

@@ -23,8 +23,9 @@ import pytest
 
 from cri import api as cri
 from tests.cri.pods import Pods
-from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.imagetools import busybox_image
 from tests.leaks import mounts_under
+from tests.registrytools import Pusher, running_registry
 from tests.vm.guest.support import HOLD, Cgroup, allocate_and_hold, unique_name, wait_until
 
 MiB = 1 << 20
