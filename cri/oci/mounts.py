@@ -156,7 +156,8 @@ def cri_binds(
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"{where}: container_path must be an absolute path")
         if m.uidMappings or m.gidMappings:
-            raise Unimplemented(f"{where}: id-mapped mounts need user namespaces, which crisp does not support")
+            raise Unimplemented(f"{where}: per-mount id mappings are not supported (a pod with its own user namespace "
+                                "has every volume id-mapped with the pod's mappings)")
         if m.HasField("image") and m.image.image:
             out.append(_image_volume_bind(m, image_volumes or {}))
             continue
