@@ -80,26 +80,28 @@ def _overlay_path(value: object, where: str) -> str:
     return value
 
 
-def _json_annotation(annotations: object, key: str) -> object:
-    """The JSON value of one annotation, None when absent; InvalidArgument naming it when it is not JSON."""
+def _json_annotation(annotations: object, key: str, list_field: str, need: str) -> dict[str, Any] | None:
+    """One annotation's JSON object, which must hold a list at `list_field`; None when absent. InvalidArgument
+    naming it (and saying what it needs) when it is not that."""
     raw = annotations.get(key) if isinstance(annotations, Mapping) else None
     if raw is None:
         return None
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (TypeError, ValueError) as exc:
         raise errors.InvalidArgument(f"annotations.{key}: not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get(list_field), list):
+        raise errors.InvalidArgument(f"annotations.{key}: {need}")
+    return data
 
 
 def overlay_of(annotations: object) -> Overlay | None:
     """The overlay a spec's annotations ask for (None: the rootfs is root.path as it is). InvalidArgument,
     naming the field, when the annotation is malformed."""
-    data = _json_annotation(annotations, OVERLAY_ANNOTATION)
+    data = _json_annotation(annotations, OVERLAY_ANNOTATION, "lowerdirs", "needs a list of lowerdirs")
     if data is None:
         return None
     where = f"annotations.{OVERLAY_ANNOTATION}"
-    if not isinstance(data, dict) or not isinstance(data.get("lowerdirs"), list):
-        raise errors.InvalidArgument(f"{where}: needs a list of lowerdirs")
     lowers = tuple(_overlay_path(p, f"{where}.lowerdirs[{i}]") for i, p in enumerate(data["lowerdirs"]))
     if not lowers:
         raise errors.InvalidArgument(f"{where}: an overlay needs at least one lower dir")
@@ -149,12 +151,10 @@ def staged_path(bundle: str, index: int) -> str:
 
 def idmap_of(annotations: object) -> Idmap | None:
     """The id-mapped mounts a spec's annotations ask for (None: none); InvalidArgument when malformed."""
-    data = _json_annotation(annotations, IDMAP_ANNOTATION)
+    data = _json_annotation(annotations, IDMAP_ANNOTATION, "mounts", "needs a userns and a list of mounts")
     if data is None:
         return None
     where = f"annotations.{IDMAP_ANNOTATION}"
-    if not isinstance(data, dict) or not isinstance(data.get("mounts"), list):
-        raise errors.InvalidArgument(f"{where}: needs a userns and a list of mounts")
     userns = _absolute(data.get("userns"), f"{where}.userns")
     mounts = []
     for i, m in enumerate(data["mounts"]):
