@@ -13,7 +13,8 @@ from cri import api as cri
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods
 from tests.cri.test_containers import Kubelet
-from tests.imagetools import Pusher, directory, file, image, layer, symlink
+from tests.imagetools import directory, file, image, layer, symlink
+from tests.registrytools import Pusher
 
 pytestmark = pytest.mark.root
 
