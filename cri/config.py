@@ -60,8 +60,10 @@ class CgroupConfig:
     driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
     # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
     missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
-    # where crisp makes pod cgroups (<base>/pod<uid>) when the kubelet gives no cgroup_parent (crictl, critest)
+    # cgroupfs: where crisp makes pod cgroups (<base>/pod<uid>) without a cgroup_parent (systemd: under crisp.slice)
     base: str = field(default="/crisp", metadata=_ABS)
+    # the systemd driver's bus: auto (systemd's private socket if there, else the system bus), private, system
+    systemd_bus: str = field(default="auto", metadata=_choices("auto", "private", "system"))
 
     def check(self) -> list[tuple[str, str]]:
         try:
@@ -89,6 +91,8 @@ class NetworkConfig:
     # the pod CIDR (one network, or an IPv4,IPv6 pair); empty means the kubelet's (UpdateRuntimeConfig), else
     # 10.88.0.0/16
     pod_cidr: str = ""
+    # "auto": CNI when the config dir holds a config, else the bridge; "cni": CNI only, not ready until one is there
+    backend: str = field(default="auto", metadata=_choices("auto", "cni"))
     # the built-in bridge (used when the CNI config dir holds no config); its name also names its nftables table
     bridge: str = DEFAULT_BRIDGE
     mtu: int = 1500

@@ -43,7 +43,7 @@ def build_network(config: Config, store: Store) -> NetworkManager:
     cni = CniBackend(cache_dir=Path(config.root) / "network" / "cni", config_dir=net.cni_config_dir,
                      bin_dirs=tuple(net.cni_bin_dirs), timeout=net.timeout_seconds,
                      localnet_guard=lambda: helper.call({"op": "localnet_guard", "table": net.bridge}))
-    return NetworkManager(bridge=bridge, cni=cni, helper=helper)
+    return NetworkManager(bridge=bridge, cni=cni, helper=helper, cni_only=net.backend == "cni")
 
 
 def pod_network_request(sandbox_id: str, netns: str, config: cri.PodSandboxConfig) -> PodNetworkRequest:

@@ -38,10 +38,11 @@ class Executor:
                              cgroup2_bind=self.config.cgroup2_bind)
 
     def run(self, args: list[str], done: Done, stdin: int | None = None, stdout: int | None = None,
-            stderr: int | None = None) -> None:
+            stderr: int | None = None, fd3: int | None = None) -> int:
+        """Start an executor command (`fd3`: an fd it gets as 3); returns its pid, `done` gets its result."""
         offset = self._log_size()
-        run_command(self.loop, self.argv(*args), lambda result: done(result, offset),
-                    stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT)
+        return run_command(self.loop, self.argv(*args), lambda result: done(result, offset),
+                           stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT, fd3=fd3)
 
     def error(self, result: CommandResult, log_offset: int) -> ShimError:
         """The executor's own words about a failure (the last error in its log, else its output) and its kind."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cri import api as cri
+from cri.cgroup_driver import CgroupDriver
 from cri.events import EventPublisher
 from cri.lifecycle.limits import ContainerLimits
 from cri.metrics import Metrics
@@ -24,7 +25,6 @@ from cri.store.containers import CREATED, RUNNING, Container, ContainerStore
 from cri.store.names import NameIndex
 from cri.store.sandboxes import READY, SandboxStore
 from runtime import errors
-from runtime.cgroups import CgroupV2Manager
 from runtime.fstree import remove_tree
 from shim.protocol import ExitStatus
 
@@ -42,7 +42,7 @@ def exit_reason(status: ExitStatus) -> str:
 
 class ContainerController:
     def __init__(self, *, containers: ContainerStore, names: NameIndex, sandboxes: SandboxStore, shims: ShimManager,
-                 cgroups: Callable[[], CgroupV2Manager], limits: ContainerLimits, nri: NriService,
+                 cgroups: CgroupDriver, limits: ContainerLimits, nri: NriService,
                  events: EventPublisher, metrics: Metrics, clock_ns: Callable[[], int]) -> None:
         self.containers = containers
         self.names = names
@@ -162,7 +162,7 @@ class ContainerController:
 
     async def _kill_cgroup(self, container: Container) -> None:
         """Whatever the container left behind (processes of a shared PID namespace) dies with its cgroup."""
-        cgroup = self.cgroups().cgroup(container.meta.cgroup)
+        cgroup = self.cgroups.manager().cgroup(container.meta.cgroup)
 
         def kill() -> None:
             if cgroup.exists() and cgroup.created_by_crisp():
@@ -182,11 +182,10 @@ class ContainerController:
             return  # removed while we waited for the lock
         await self._stop(container, 0)
         await self.shims.discard(container.id)
-        cgroup = self.cgroups().cgroup(container.meta.cgroup)
+        await self.cgroups.remove_leaf(container.meta.cgroup)
+        await self.cgroups.shim_gone(container.id)
 
         def cleanup() -> None:
-            if cgroup.exists() and cgroup.created_by_crisp():
-                cgroup.remove()
             remove_tree(container.meta.bundle, ignore_errors=True)
             remove_tree(container.meta.container_dir, ignore_errors=True)
 

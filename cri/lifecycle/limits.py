@@ -1,6 +1,7 @@
-"""The live limits of a created or running container: applied through the component that owns its cgroup (with
-the cgroupfs driver, the only one crisp drives: the shim and the executor's `update`, as runc has it), kept in its
-record (ContainerStatus.resources).
+"""The live limits of a created or running container: applied through the components that own its cgroup (with the
+systemd driver crispd's D-Bus calls set the scope's unit properties first; then the shim runs the executor's
+`update`, which writes the files, as runc has it; runc and crun with `--systemd-cgroup` set their own scope's
+properties too), kept in its record (ContainerStatus.resources).
 
 Its own part, apart from the container controller, because two callers need it: UpdateContainerResources (through
 the controller, which NRI plugins may amend) and the updates NRI plugins ask for themselves (cri/nri/service.py),
@@ -10,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from cri import api as cri
+from cri.cgroup_driver import CgroupDriver
 from cri.oci import oci_resources
 from cri.shims.manager import ShimManager
 from cri.store.containers import CREATED, RUNNING, Container, ContainerStore
 from runtime import errors
-from runtime.cgroups import CgroupV2Manager, enforceable_limits
+from runtime.cgroups import enforceable_limits
 
 log = logging.getLogger(__name__)
 
 
 class ContainerLimits:
-    def __init__(self, *, containers: ContainerStore, shims: ShimManager, cgroups: Callable[[], CgroupV2Manager],
+    def __init__(self, *, containers: ContainerStore, shims: ShimManager, cgroups: CgroupDriver,
                  missing_controller: str) -> None:
         self.containers = containers
         self.shims = shims
@@ -46,8 +47,9 @@ class ContainerLimits:
         """Apply with the container's lock held by the caller. The missing-controller policy applies as at create:
         crispd decides what is dropped, the executor treats the rest as required."""
         oci = oci_resources(resources, swap_limit=True)
-        missing = await asyncio.to_thread(self.cgroups().missing_controllers, oci, container.meta.cgroup)
+        missing = await asyncio.to_thread(self.cgroups.manager().missing_controllers, oci, container.meta.cgroup)
         limits = enforceable_limits(oci, missing, self.missing_controller, f"container {container.id}")
+        await self.cgroups.set_unit_resources(container.meta.cgroup, limits)
         await self.shims.client(container.id).update(limits)
         await self.containers.update(container, resources=resources.SerializeToString().hex())
         log.info("container %s: resources updated", container.id)

@@ -178,8 +178,11 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
     log_path = _log_path(sandbox, config)
     handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
+    driver = ctx.cgroup_driver
     bundle = ctx.state_dir / "containers" / container_id
-    cgroup = cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)
+    # the container's cgroup, once: the spec gets it in the driver's OCI form, the record and the shim as a path
+    cgroup = driver.layout.leaf(sandbox.meta.cgroup, container_id)
+    cgroups_path = driver.layout.oci(sandbox.meta.cgroup, container_id)
     container_dir = ctx.root_dir / "containers" / container_id
     meta_ns = sandbox.meta.namespaces
     privileged = config.linux.security_context.privileged
@@ -216,7 +219,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             inputs = SpecInputs(
                 container_id=container_id, config=config, sandbox_config=sandbox.meta.config,
                 image_config=image_config, pod=pod, node=ctx.node, rootfs_path=str(bundle / "rootfs"),
-                cgroup_path=cgroup, overlay=overlay, image_name=config.image.image,
+                cgroup_path=cgroups_path, overlay=overlay, image_name=config.image.image,
                 image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host,
                 image_volumes=volumes, options=options)
             return build_container_spec(inputs)
@@ -232,12 +235,18 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         ctx.debug.fail("create_container.spec")
 
         shim_config = ShimConfig(
-            id=container_id, bundle=str(bundle), executor=list(handler.argv), executor_root=str(handler.root),
+            id=container_id, bundle=str(bundle), executor=[*handler.argv, *driver.executor_flags()],
+            executor_root=str(handler.root),
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
             cgroup2_mount=str(manager.mount), cgroup=cgroup,
             cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
-        _, pid = await ctx.shims.create(shim_config)
+        # the undo steps RemoveContainer takes, in its order (undone last to first)
+        undo.push("shim scope", lambda: driver.shim_gone(container_id))
+        undo.push("container cgroup", lambda: driver.remove_leaf(cgroup))
+        held = driver.container_hold(cgroup, container_id, spec["linux"].get("resources") or {}) \
+            if handler.kind == "builtin" else None
+        _, pid = await ctx.shims.create(shim_config, placed=driver.shim_placement(container_id), held=held)
         undo.push("shim and container", lambda: ctx.shims.discard(container_id))
         ctx.debug.fail("create_container.shim")
         await ctx.debug.delay("create_container.record")

@@ -76,9 +76,11 @@ def _wait_gone(pid: int, start: int, timeout: float) -> bool:
 
 
 class Executor:
-    def __init__(self, root: Path, sys: sc.Syscalls | None = None) -> None:
+    def __init__(self, root: Path, sys: sc.Syscalls | None = None, systemd_cgroup: bool = False) -> None:
+        """`systemd_cgroup`: containers live in scopes crispd makes (runtime/executor/cgroup.py)."""
         self.root = root
         self.sys = sys or sc.Syscalls()
+        self.systemd_cgroup = systemd_cgroup
 
     def _dir(self, container_id: str) -> ContainerDir:
         return ContainerDir(self.root, container_id)
@@ -91,10 +93,16 @@ class Executor:
     # ------------------------------------------------------------------ create
 
     def create(self, container_id: str, bundle: Path, pid_file: Path | None = None,
-               console_socket: str | None = None, preserve_fds: int = 0) -> int:
+               console_socket: str | None = None, preserve_fds: int = 0, held_pid_fd: int | None = None) -> int:
         bundle = bundle.absolute()
         spec, raw = load_spec(bundle)
         self._check(spec)
+        if self.systemd_cgroup:
+            if not spec.linux.cgroups_path or spec.linux.cgroups_path.count(":") != 2:
+                raise errors.InvalidArgument(f"--systemd-cgroup needs linux.cgroupsPath as slice:prefix:name, not "
+                                             f"{spec.linux.cgroups_path!r}")
+            if held_pid_fd is None:
+                raise errors.InvalidArgument("--systemd-cgroup needs --held-pid-fd: crispd makes the scope")
         cdir = self._dir(container_id)
         with contextlib.ExitStack() as undo:
             cdir.make()
@@ -107,7 +115,7 @@ class Executor:
             undo.callback(cdir.remove)
             with cdir.locked() as lock_fd:
                 pid = self._create_locked(cdir, spec, raw, bundle, pid_file, console_socket, preserve_fds, undo,
-                                          lock_fd)
+                                          lock_fd, held_pid_fd)
             undo.pop_all()
         log.info("container %s: created, init pid %d", container_id, pid)
         return pid
@@ -122,7 +130,7 @@ class Executor:
 
     def _create_locked(self, cdir: ContainerDir, spec: Spec, raw: dict[str, Any], bundle: Path,
                        pid_file: Path | None, console_socket: str | None, preserve_fds: int,
-                       undo: contextlib.ExitStack, lock_fd: int) -> int:
+                       undo: contextlib.ExitStack, lock_fd: int, held_pid_fd: int | None = None) -> int:
         raw_linux = raw.get("linux") or {}
         setup = ProcessSetup(self.sys, spec.process, spec.linux.seccomp)
         os.mkfifo(cdir.fifo, 0o622)
@@ -137,7 +145,17 @@ class Executor:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
         cgroup_path = spec.linux.cgroups_path or cgroup.default_path(cdir.id)
         launched_pids: list[int] = []
-        cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
+        cg: cgroup.ContainerCgroup
+        if self.systemd_cgroup and held_pid_fd is not None:
+            scope = cgroup.systemd_scope(cgroup_path)
+            cg, made = scope, False
+            fd = held_pid_fd
+
+            def add_to_cgroup(pid: int) -> None:
+                cgroup.hand_over(scope, pid, fd, spec.linux.resources)
+        else:
+            cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
+            add_to_cgroup = cg.add_process
         if made:
             undo.callback(undo_step("remove the cgroup", cg.remove))
         undo.callback(undo_step("kill the container's processes", _kill_processes, cg, launched_pids))
@@ -160,7 +178,8 @@ class Executor:
             hooks.run_hooks(spec.hooks, "createRuntime", state, cwd=str(bundle))
 
         launched = launcher.launch(self.sys, plan, lambda sock: container_init(self.sys, ctx, sock),
-                                   cg.add_process, close_in_child=[lock_fd], run_hooks=runtime_hooks)
+                                   add_to_cgroup, close_in_child=[lock_fd, *([held_pid_fd] if held_pid_fd else [])],
+                                   run_hooks=runtime_hooks)
         launched_pids.append(launched.pid)
         launched.sock.close()
         start = process_start_time(launched.pid)
@@ -244,7 +263,8 @@ class Executor:
                     raise errors.DeadlineExceeded(f"container {container_id}: init {state.pid} did not die")
             if cg is not None:
                 cg.kill()
-                cg.remove()
+                if not self.systemd_cgroup:  # a scope goes when crispd stops its unit
+                    cg.remove()
             cdir.remove()
         finally:
             lock.__exit__(None, None, None)

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="log file (errors are also written there)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--debug", action="store_true")
-    p.add_argument("--systemd-cgroup", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--systemd-cgroup", action="store_true",
+                   help="containers live in systemd scopes crispd makes (linux.cgroupsPath slice:prefix:name)")
     p.add_argument("--version", action="version", version=f"crisp-executor version {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--console-socket")
     c.add_argument("--preserve-fds", type=int, default=0)
     c.add_argument("--no-pivot", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--held-pid-fd", type=int, help="with --systemd-cgroup: report the container's first process here "
+                   "and wait until crispd made its scope")
     c.add_argument("id")
 
     s = sub.add_parser("start", help="start a created container")
@@ -104,10 +107,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from runtime.executor.container import ExecOptions, Executor, parse_signal
 
-    executor = Executor(Path(args.root))
+    executor = Executor(Path(args.root), systemd_cgroup=args.systemd_cgroup)
     if args.command == "create":
         executor.create(args.id, Path(args.bundle), Path(args.pid_file) if args.pid_file else None,
-                        args.console_socket, args.preserve_fds)
+                        args.console_socket, args.preserve_fds, args.held_pid_fd)
     elif args.command == "kill":
         executor.kill(args.id, parse_signal(args.signal), args.all)
     elif args.command == "delete":

@@ -39,7 +39,10 @@ class FakeRuntime:
 
 def _adaptation(tmp_path: Path, runtime: FakeRuntime, request_timeout: float = 2.0) -> Adaptation:
     settings = Settings(socket_path=tmp_path / "nri.sock", plugin_path=tmp_path / "plugins",
-                        plugin_config_path=tmp_path / "conf.d", timeouts=Timeouts(2.0, request_timeout))
+                        plugin_config_path=tmp_path / "conf.d",
+                        # a pre-installed plugin here is a Python process: on a loaded 2-core machine its start
+                        # alone took over 2 s (the refusal of a silent one has its own short timeout)
+                        timeouts=Timeouts(10.0, request_timeout))
     return Adaptation(settings, "crisp-test", "0.1", runtime.sync, runtime.update)
 
 
