@@ -138,7 +138,8 @@ class Daemon:
         """For image GC: the images and snapshots the containers still use."""
         containers = self.containers.all()
         return InUse(images=frozenset(c.meta.image_id for c in containers),
-                     snapshots=frozenset(d for c in containers for d in c.meta.lowerdirs))
+                     snapshots=frozenset(d for c in containers for d in (*c.meta.lowerdirs,
+                                                                         *c.meta.volume_snapshots)))
 
     def _acquire_locks(self) -> None:
         wanted = {
@@ -165,7 +166,10 @@ class Daemon:
     def run(self) -> None:
         """Take the dirs and locks (before any event loop exists), then serve until signalled."""
         Path(self.config.root).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(self.config.state).mkdir(parents=True, exist_ok=True, mode=0o700)
+        # searchable, not listable (as containerd's): runc walks to a user-namespaced pod's rootfs and files as the
+        # pod's root, a host uid; what is private below it is 0700 itself
+        Path(self.config.state).mkdir(parents=True, exist_ok=True, mode=0o711)
+        os.chmod(self.config.state, 0o711)
         _prepare_socket_dir(self.socket)
         self._acquire_locks()
         try:

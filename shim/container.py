@@ -239,7 +239,7 @@ class Container:
             self.rootfs_mounted = ""
             done()
 
-        unmount_rootfs(self.shim.loop, target, unmounted)
+        unmount_rootfs(self.shim.loop, target, unmounted, self.config.bundle, self.spec)
 
     # --- start, state, kill, wait ---------------------------------------------------------------------------
 

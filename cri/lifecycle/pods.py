@@ -33,6 +33,7 @@ from cri.metrics import Metrics
 from cri.network import pod_network_request
 from cri.nri.service import NriService
 from cri.oci import oci_resources
+from cri.oci.userns import PodUserns, pod_userns
 from cri.store.names import NameIndex
 from cri.store.sandboxes import NOT_READY, READY, Sandbox, SandboxMeta, SandboxStatus, SandboxStore
 from runtime import errors
@@ -70,6 +71,8 @@ class PodPlan:
     host_ipc: bool
     host_pid: bool
     shared_pid: bool
+    # the pod's own user namespace (userns_options POD), made before its other namespaces, which it owns
+    userns: PodUserns | None
     # the pod's network, once for setup and for its undo; None for a host-network pod
     network: PodNetworkRequest | None
 
@@ -100,6 +103,7 @@ class PodSandboxController:
         linux = config.linux
         ns = linux.security_context.namespace_options
         host_network, host_ipc = ns.network == cri.NODE, ns.ipc == cri.NODE
+        userns = pod_userns(ns)
         pod_dir = self.state_dir / "sandboxes" / sandbox_id
         network = None
         if not host_network and self.network is not None:
@@ -110,7 +114,7 @@ class PodSandboxController:
             hostname=pod_hostname(config, host_network),
             sysctls=check_sysctls(linux.sysctls, pod_host_namespaces(host_network=host_network, host_ipc=host_ipc)),
             host_network=host_network, host_ipc=host_ipc, host_pid=ns.pid == cri.NODE, shared_pid=ns.pid == cri.POD,
-            network=network)
+            userns=userns, network=network)
 
     async def run(self, plan: PodPlan) -> Sandbox:
         """Make the pod (its name is reserved by the caller): on failure every step made so far is undone, the
@@ -118,7 +122,8 @@ class PodSandboxController:
         pod_dir = plan.dir
         async with Rollback(f"RunPodSandbox {plan.id}") as undo:
             undo.push("name reservation", lambda: self.names.release(plan.name, plan.id))
-            await asyncio.to_thread(pod_dir.mkdir, mode=0o700, parents=True)
+            # with a user namespace the pod's root (a host uid) may pass through to its files (as containerd's 0711)
+            await asyncio.to_thread(pod_dir.mkdir, mode=0o711 if plan.userns else 0o700, parents=True)
             undo.push("pod dir", lambda: self._remove_dir(pod_dir))
 
             await self.cgroups.create_pod_cgroup(plan.cgroup)
@@ -127,7 +132,11 @@ class PodSandboxController:
 
             kinds = {k for k, own in (("net", not plan.host_network), ("ipc", not plan.host_ipc),
                                       ("uts", not plan.host_network)) if own}
-            setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()))
+            if plan.userns is not None:
+                kinds.add("user")
+            setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()),
+                                   uid_mappings=plan.userns.uids if plan.userns else (),
+                                   gid_mappings=plan.userns.gids if plan.userns else ())
             pins = await pin_namespaces(pod_dir / "ns", setup)
             undo.push("namespaces", lambda: self._unpin(pins.values()))
             namespaces = {kind: str(path) for kind, path in pins.items()}
@@ -136,7 +145,7 @@ class PodSandboxController:
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
-                init_ref = await start_pod_init(pid_pin)
+                init_ref = await start_pod_init(pid_pin, userns=namespaces.get("user", ""))
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
                 await self.cgroups.place_pod_init(plan.cgroup, plan.id, init_ref.pid)
                 namespaces["pid"] = str(pid_pin)

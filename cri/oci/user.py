@@ -66,14 +66,26 @@ class LayeredFiles:
         self.max_bytes = max_bytes
 
     def read(self, path: str) -> bytes | None:
-        found = self._resolve(path)
-        if found is None:
+        entry = self._resolve(path)
+        if entry is None or not stat.S_ISREG(entry[2].st_mode):
             return None
-        with open(found, "rb", opener=_nofollow_opener) as f:
+        with open(os.path.join(entry[0], *entry[1]), "rb", opener=_nofollow_opener) as f:
             data = f.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
             raise InvalidArgument(f"{path} in the image is larger than {self.max_bytes} bytes")
         return data
+
+    def sources(self, path: str) -> tuple[str, ...] | None:
+        """What makes up `path` of the merged view on the host: for a directory, its dir in every layer that
+        contributes to it (topmost first, as overlayfs stacks them); for any other file, the one host path. None
+        when it does not exist. Symlinks on the way resolve inside the merged view."""
+        entry = self._resolve(path)
+        if entry is None:
+            return None
+        layer, parts, st = entry
+        if stat.S_ISDIR(st.st_mode):
+            return tuple(os.path.join(top, *parts) for top in self._layers_for_dir(parts))
+        return (os.path.join(layer, *parts),)
 
     def resolve(self, path: str) -> str:
         """Where `path` lands in the merged view: every symlink that exists followed inside it (dangling ones
@@ -117,8 +129,9 @@ class LayeredFiles:
 
     # -- resolution
 
-    def _resolve(self, path: str) -> str | None:
-        """The host path of the regular file at `path` in the merged view, or None."""
+    def _resolve(self, path: str) -> tuple[str, list[str], os.stat_result] | None:
+        """The topmost layer holding `path` of the merged view, the path's components as resolved, and its stat
+        (not a symlink), or None. The root itself resolves to the topmost layer."""
         pending = [p for p in path.split("/") if p]
         done: list[str] = []
         # the layers in which the current directory (done) is merged, topmost first
@@ -154,10 +167,10 @@ class LayeredFiles:
                 done.append(name)
                 active = self._layers_for_dir(done)
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            return os.path.join(layer, *done, name)
-        return None
+            return layer, [*done, name], st
+        if not active:
+            return None
+        return active[0], done, os.stat(os.path.join(active[0], *done))
 
     def _root_layers(self) -> list[str]:
         return self._layers_for_dir([])

@@ -12,6 +12,7 @@ no NRI plugin is synchronized meanwhile (it would miss this container).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -28,11 +29,14 @@ from cri.oci import (
     SpecInputs,
     SpecOptions,
     build_container_spec,
+    image_volume,
     inspect_host,
     resolve_stop_signal,
 )
+from cri.oci.userns import PodUserns, pod_userns
 from cri.oci.workdir import make_working_dir
 from cri.service.context import ServiceContext
+from cri.service.images import ImageRecord
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
@@ -40,6 +44,7 @@ from runtime.bundle import Overlay
 from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.fstree import remove_tree
+from runtime.linux import idmap
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
 
@@ -105,11 +110,39 @@ def _target_pid_ns(ctx: ServiceContext, config: cri.ContainerConfig, sandbox: Sa
     return f"/proc/{target.status.pid}/ns/pid"
 
 
-def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.ContainerConfig) -> None:
+def _pod_userns(sandbox: Sandbox) -> PodUserns | None:
+    """The pod's own user namespace, with the mappings RunPodSandbox checked."""
+    path = sandbox.meta.namespaces.get("user")
+    userns = pod_userns(sandbox.meta.config.linux.security_context.namespace_options)
+    if userns is None or not path:
+        return None
+    return dataclasses.replace(userns, path=path)
+
+
+def _check_idmappable(config: cri.ContainerConfig, userns: PodUserns) -> None:
+    """Every volume of a user-namespaced container is id-mapped: one whose filesystem this kernel cannot id-map
+    (tmpfs before Linux 6.3, ...) is refused up front, named. Blocking: runs in a worker thread."""
+    sources = [m.host_path for m in config.mounts if m.host_path and os.path.exists(m.host_path)]
+    problems = idmap.probe(sources, userns.path, recursive=True) if sources else {}
+    for mount in config.mounts:
+        if problems.get(mount.host_path):
+            raise errors.FailedPrecondition(
+                f"volume {mount.host_path} -> {mount.container_path}: its filesystem cannot be id-mapped for the "
+                f"pod's user namespace on this kernel ({problems[mount.host_path]})")
+
+
+def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.ContainerConfig,
+                  root_ids: tuple[int, int] | None) -> None:
     bundle.mkdir(mode=0o700, parents=True)
     (bundle / "rootfs").mkdir(mode=0o755)
     for sub in ("upper", "work"):
         (container_dir / sub).mkdir(mode=0o755, parents=True)
+    if root_ids is not None:
+        # in a user namespace the container's root owns its writable layer's root (the image layers it sees
+        # through id-mapped mounts; nothing of the image is chowned), and may pass through the bundle dir to
+        # its rootfs (as containerd's 0711)
+        os.chown(container_dir / "upper", *root_ids)
+        bundle.chmod(0o711)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     # a host path that does not exist yet is made as a directory (as containerd and dockershim do)
@@ -141,6 +174,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
                          request: cri.CreateContainerRequest) -> None:
     config = request.config
     image = await ctx.images.resolve(config.image.image)
+    volume_images = await _image_volume_images(ctx, config)
     log_path = _log_path(sandbox, config)
     handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
@@ -156,7 +190,9 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
     async with Rollback(f"CreateContainer {container_id}") as undo:
         undo.push("name reservation", lambda: ctx.container_names.release(name, container_id))
         undo.push("dirs", lambda: asyncio.to_thread(_remove_dirs, bundle, container_dir))
-        await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config)
+        userns = _pod_userns(sandbox)
+        await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config,
+                                userns.root if userns is not None else None)
 
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
                           workdir=str(container_dir / "work"))
@@ -164,7 +200,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             sandbox_id=sandbox.id,
             net_ns_path=meta_ns.get("net", ""), ipc_ns_path=meta_ns.get("ipc", ""),
             uts_ns_path=meta_ns.get("uts", ""), pid_ns_path=meta_ns.get("pid", ""),
-            target_pid_ns_path=_target_pid_ns(ctx, config, sandbox),
+            target_pid_ns_path=_target_pid_ns(ctx, config, sandbox), userns=userns,
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
         features = await ctx.handlers.features(sandbox.meta.runtime_handler)
@@ -174,11 +210,18 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
 
         def build() -> dict[str, Any]:
             host = inspect_host(config, privileged=privileged)
+            if userns is not None:
+                _check_idmappable(config, userns)
+            volumes = {m.container_path: image_volume(volume_images[m.container_path].id,
+                                                      volume_images[m.container_path].snapshot_dirs,
+                                                      m.image_sub_path)
+                       for m in config.mounts if m.container_path in volume_images}
             inputs = SpecInputs(
                 container_id=container_id, config=config, sandbox_config=sandbox.meta.config,
                 image_config=image_config, pod=pod, node=ctx.node, rootfs_path=str(bundle / "rootfs"),
                 cgroup_path=cgroups_path, overlay=overlay, image_name=config.image.image,
-                image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host, options=options)
+                image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host,
+                image_volumes=volumes, options=options)
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
@@ -210,12 +253,14 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
 
         user = spec["process"]["user"]
         meta = ContainerMeta(
-            id=container_id, name=name, sandbox_id=sandbox.id, config=config, created_at=ctx.clock_ns(),
+            id=container_id, name=name, sandbox_id=sandbox.id, config=_with_image_refs(config, volume_images),
+            created_at=ctx.clock_ns(),
             image_id=image.id, image_ref=image.image_ref, image_name=_reported_image_name(config, image.repo_tags),
             handler=sandbox.meta.runtime_handler, bundle=str(bundle), container_dir=str(container_dir),
             lowerdirs=tuple(image.snapshot_dirs), log_path=log_path, cgroup=cgroup,
             stop_signal=resolve_stop_signal(config, image_config), uid=int(user.get("uid", 0)),
-            gid=int(user.get("gid", 0)), groups=tuple(int(g) for g in user.get("additionalGids", [])))
+            gid=int(user.get("gid", 0)), groups=tuple(int(g) for g in user.get("additionalGids", [])),
+            volume_snapshots=tuple(sorted({d for v in volume_images.values() for d in v.snapshot_dirs})))
         resources = config.linux.resources.SerializeToString() if config.linux.HasField("resources") else b""
         container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex()))
         await ctx.containers.add(container)
@@ -225,6 +270,31 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
     await ctx.nri.post_create_container(container)
+
+
+async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig) -> dict[str, ImageRecord]:
+    """The images of the CRI mounts that have one (the kubelet pulled them), by container path; NotFound if gone."""
+    out = {}
+    for m in config.mounts:
+        if m.HasField("image") and m.image.image:
+            if m.container_path in out:
+                raise errors.InvalidArgument(f"two image volumes on {m.container_path!r}")
+            out[m.container_path] = await ctx.images.resolve(m.image.image)
+    return out
+
+
+def _with_image_refs(config: cri.ContainerConfig, volume_images: dict[str, ImageRecord]) -> cri.ContainerConfig:
+    """The config as recorded: each image volume's ImageSpec carries the id of the image it was made of
+    (image_ref, which ContainerStatus.mounts reports)."""
+    if not volume_images:
+        return config
+    recorded = cri.ContainerConfig()
+    recorded.CopyFrom(config)
+    for m in recorded.mounts:
+        if m.container_path in volume_images and m.HasField("image"):
+            spec: Any = m.image  # image_ref is newer than the published stubs' types (cri/api.py)
+            spec.image_ref = volume_images[m.container_path].id
+    return recorded
 
 
 def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...] | list[str]) -> str:

@@ -98,7 +98,7 @@ class ServiceContext:
             config=config, store=store, metrics=metrics, readiness=readiness, images=images, sandboxes=sandboxes,
             sandbox_names=sandbox_names, containers=containers, container_names=container_names, shims=shims,
             streaming=streaming, network=network, cgroups=cgroups, cgroup_driver=driver, node=node,
-            handlers=RuntimeHandlers(config.runtime, Path(config.state)), events=events,
+            handlers=RuntimeHandlers(config.runtime, Path(config.state), Path(config.root)), events=events,
             stats=StatsCollector(cgroup_manager, network, config.stats.disk_usage_cache_seconds,
                                  config.stats.network_timeout_seconds, clock_ns=clock_ns),
             creations=Creations(), debug=debug, nri=nri, sandbox_control=pods, container_control=lifecycle,

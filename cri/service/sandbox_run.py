@@ -12,6 +12,7 @@ from typing import Any
 
 from cri import api as cri
 from cri import metadata_limits
+from cri.oci.userns import pod_userns
 from cri.service.context import ServiceContext
 from runtime import errors
 
@@ -32,8 +33,6 @@ def _validate(config: cri.PodSandboxConfig) -> None:
     ns = config.linux.security_context.namespace_options
     if ns.pid == cri.TARGET:
         raise errors.InvalidArgument("a pod sandbox cannot use a TARGET PID namespace (only a container can)")
-    if ns.HasField("userns_options") and ns.userns_options.mode == cri.POD:
-        raise errors.Unimplemented("user namespaces are not supported by crisp")
     if config.log_directory and not config.log_directory.startswith("/"):
         raise errors.InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
 
@@ -45,6 +44,11 @@ async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest
     handler = request.runtime_handler
     if handler not in ctx.handlers.names():
         raise errors.InvalidArgument(f"unknown runtime handler {handler!r}")
+    if pod_userns(config.linux.security_context.namespace_options) is not None:
+        features = await ctx.handlers.features(handler)
+        if not features.user_namespaces:
+            raise errors.FailedPrecondition(f"runtime handler {handler!r} does not support user namespaces on this "
+                                            "host (Status lists each handler's features)")
     name = sandbox_name(config.metadata)
     earlier = ctx.creations.abandoned_result(ctx.sandbox_names, name)
     if earlier is not None:

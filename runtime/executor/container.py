@@ -20,10 +20,10 @@ from typing import Any
 
 from runtime import errors
 from runtime.bundle import read_json
-from runtime.executor import cgroup, console, hooks, launcher, lifecycle, protocol, sysctls
+from runtime.executor import cgroup, console, hooks, launcher, lifecycle, protocol, rootfs, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
 from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
-from runtime.executor.process import ProcessSetup
+from runtime.executor.process import ProcessSetup, apply_rlimits, set_oom_score_adj
 from runtime.executor.state import (
     CREATED,
     RUNNING,
@@ -164,8 +164,12 @@ class Executor:
         self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         plan = launcher.plan_namespaces([(ns.type, ns.path) for ns in spec.linux.namespaces])
         new_uts = not sysctls.shares_host(spec.linux, "uts")
+        in_userns = spec.linux.namespace("user") is not None
+        if in_userns:
+            plan.before_userns = lambda: _before_userns(self.sys, spec)
         hook_state = hooks.state_document(spec.oci_version, cdir.id, "creating", str(bundle), spec.annotations)
-        ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds, hook_state)
+        ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds, hook_state,
+                          rootfs_premounted=in_userns)
 
         def runtime_hooks(init_pid: int) -> None:
             # prestart first, then createRuntime, both here in the runtime namespace (runc's order)
@@ -364,6 +368,14 @@ class Executor:
         message = protocol.receive(sock)
         if isinstance(message, protocol.Failure):
             raise message.to_error()
+
+
+def _before_userns(sys: sc.Syscalls, spec: Spec) -> None:
+    """Stage 1, before it joins the pod's user namespace: the mounts only the host's root may make, and the limits
+    only it may raise (rlimits, a lower oom_score_adj), which the init inherits."""
+    rootfs.before_userns(sys, spec)
+    set_oom_score_adj(spec.process.oom_score_adj)
+    apply_rlimits(spec.process)
 
 
 def _kill_processes(cg: cgroup.ContainerCgroup, pids: list[int]) -> None:

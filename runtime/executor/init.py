@@ -33,6 +33,7 @@ class InitContext:
     preserve_fds: int = 0
     # the hooks' state document without status and pid (id, bundle, annotations, ociVersion)
     hook_state: Mapping[str, Any] = field(default_factory=dict)
+    rootfs_premounted: bool = False  # rootfs.before_userns mounted the overlay and bound the root
 
 
 def container_init(sys: sc.Syscalls, ctx: InitContext, sock: socket.socket) -> None:
@@ -40,7 +41,13 @@ def container_init(sys: sc.Syscalls, ctx: InitContext, sock: socket.socket) -> N
     os.setsid()
     os.umask(0)
     set_oom_score_adj(spec.process.oom_score_adj)
-    rootfs = Rootfs(sys, spec)
+    rootfs = Rootfs(sys, spec, premounted=ctx.rootfs_premounted)
+    if spec.linux.namespace("user") is not None:
+        # the container's mounts must be made as the user namespace's root: a filesystem it owns (/dev's tmpfs,
+        # devpts, mqueue) refuses files of ids it does not map
+        rootfs.hold_host_paths()
+        sys.setresgid(0, 0, 0)
+        sys.setresuid(0, 0, 0)
     rootfs.prepare()
     if spec.hooks.get("prestart") or spec.hooks.get("createRuntime"):
         protocol.send(sock, protocol.RunHooks())

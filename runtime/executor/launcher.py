@@ -29,19 +29,26 @@ HANDSHAKE_TIMEOUT = 60.0
 
 NS_FLAGS = {
     "pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET, "mount": sc.CLONE_NEWNS, "ipc": sc.CLONE_NEWIPC,
-    "uts": sc.CLONE_NEWUTS, "cgroup": sc.CLONE_NEWCGROUP,
+    "uts": sc.CLONE_NEWUTS, "cgroup": sc.CLONE_NEWCGROUP, "user": sc.CLONE_NEWUSER,
 }
-PROC_NS_NAMES = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup"}
-# joined in this order: the mount namespace last, since joining it changes our root and cwd
-JOIN_ORDER = ("cgroup", "ipc", "uts", "network", "pid", "mount")
+PROC_NS_NAMES = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup",
+                 "user": "user"}
+# joined in this order: the user namespace first (the others are owned by it, and joining it gives the
+# capabilities to join them), the mount namespace last, since joining it changes our root and cwd
+JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "network", "pid", "mount")
 
 
 @dataclass
 class NamespacePlan:
-    """Namespaces to join (fds opened by the executor before forking) and the flags of those to create."""
+    """Namespaces to join (fds opened by the executor before forking) and the flags of those to create.
+
+    `before_userns`, with a user namespace to join: stage 1 first unshares a mount namespace of its own (owned by
+    the host's user namespace) and calls it there, to mount what only the host's root may (id-mapped mounts, the
+    rootfs overlay); the container's mount namespace is then made inside the user namespace, as a copy of it."""
 
     join: list[tuple[str, int]] = field(default_factory=list)
     unshare_flags: int = 0
+    before_userns: Callable[[], None] | None = None
 
     def close(self) -> None:
         for _, fd in self.join:
@@ -99,6 +106,9 @@ def _stage1(sock: socket.socket, sys: sc.Syscalls, plan: NamespacePlan,
         sock.settimeout(None)
         # from here on no process in the container may ptrace us or open our /proc files
         sys.prctl(sc.PR_SET_DUMPABLE, 0)
+        if plan.before_userns is not None and any(ns_type == "user" for ns_type, _ in plan.join):
+            sys.unshare(sc.CLONE_NEWNS)
+            plan.before_userns()
         for ns_type, fd in plan.join:
             try:
                 sys.setns(fd, NS_FLAGS[ns_type])

@@ -23,6 +23,7 @@ from runtime import errors
 from runtime.bundle import Overlay, mount_refused_in_proc
 from runtime.executor import devices, mountopts, paths, procfs
 from runtime.executor.oci import Mount, Spec
+from runtime.linux import idmap
 from runtime.linux import syscalls as sc
 
 # statvfs f_flag bits that a bind remount must keep unless the mount options clear them
@@ -77,13 +78,50 @@ def mount_point_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
     return best
 
 
+def before_userns(sys: sc.Syscalls, spec: Spec) -> None:
+    """What a container joining a pod's user namespace needs mounted by the host's root: run by stage 1 in a mount
+    namespace of its own (launcher.NamespacePlan.before_userns), which the container's is then copied from. The
+    id-mapped mounts of the bundle (rootfs layers, volumes) are staged and the rootfs overlay is mounted over
+    them; nothing of it reaches the host's mount namespace."""
+    sys.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    if spec.idmap is not None:
+        idmap.stage(spec.idmap)
+    if spec.overlay is not None:
+        Rootfs(sys, spec).mount_overlay(spec.overlay)
+    try:
+        sys.mount(spec.root_path, spec.root_path, None, sc.MS_BIND | sc.MS_REC)
+    except FileNotFoundError:
+        raise errors.NotFound(f"root.path {spec.root_path} does not exist") from None
+
+
 class Rootfs:
-    def __init__(self, sys: sc.Syscalls, spec: Spec) -> None:
+    def __init__(self, sys: sc.Syscalls, spec: Spec, *, premounted: bool = False) -> None:
         self.sys = sys
         self.spec = spec
         self.root = spec.root_path
+        self.premounted = premounted  # before_userns mounted the overlay and bound the root
         self._root_fd = -1
         self._dev_null = -1
+        # bind sources opened before the process became the user namespace's root (mounts index -> fd)
+        self._sources: dict[int, int] = {}
+        self._root_parent_fd = -1
+        self._root_name = ""
+
+    def hold_host_paths(self) -> None:
+        """In a user namespace, before the process takes the namespace's root ids (which may not reach the
+        bundle or a volume through their host dirs): open the rootfs and every bind source by path; the mounts
+        then go through the fds."""
+        parent, self._root_name = os.path.split(self.root.rstrip("/"))
+        self._root_parent_fd = os.open(parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        for i, mount in enumerate(self.spec.mounts):
+            if (mount.type == "bind" or "bind" in mount.options or "rbind" in mount.options) \
+                    and mount.source.startswith("/"):
+                try:
+                    self._sources[i] = os.open(mount.source, os.O_PATH | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise errors.NotFound(
+                        f"mount source {mount.source!r} for {mount.destination} does not exist") from None
         self.proc_fd = -1  # the private procfs, from pivot() until finish() is done
 
     # ------------------------------------------------------------------ before pivot_root (host paths visible)
@@ -96,18 +134,29 @@ class Rootfs:
         # mount here: make the mount the rootfs sits on private (only it: the rest keeps the asked propagation)
         if propagation in ("shared", "rshared"):
             sys.mount(None, mount_point_of(os.path.dirname(self.root.rstrip("/")) or "/"), None, sc.MS_PRIVATE)
-        if self.spec.overlay is not None:
-            self._mount_overlay(self.spec.overlay)
-        try:
-            sys.mount(self.root, self.root, None, sc.MS_BIND | sc.MS_REC)
-        except FileNotFoundError:
-            raise errors.NotFound(f"root.path {self.root} does not exist") from None
+        if not self.premounted:
+            if self.spec.overlay is not None:
+                self.mount_overlay(self.spec.overlay)
+            try:
+                sys.mount(self.root, self.root, None, sc.MS_BIND | sc.MS_REC)
+            except FileNotFoundError:
+                raise errors.NotFound(f"root.path {self.root} does not exist") from None
+        elif self._root_parent_fd >= 0:
+            # what before_userns mounted came into this namespace locked to its parent, and pivot_root refuses a
+            # locked new root: bind it once more from in here, and step onto that bind through the bundle dir
+            sys.mount(paths.fd_path(self._root_fd), paths.fd_path(self._root_fd), None, sc.MS_BIND | sc.MS_REC)
+            os.close(self._root_fd)
+            self._root_fd = os.open(self._root_name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                    dir_fd=self._root_parent_fd)
+            os.close(self._root_parent_fd)
+            self._root_parent_fd = -1
+        if self._root_fd < 0:
+            self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if propagation in ("shared", "rshared"):
-            sys.mount(None, self.root, None, sc.MS_PRIVATE)
-        self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            sys.mount(None, paths.fd_path(self._root_fd), None, sc.MS_PRIVATE)
         for i, mount in enumerate(self.spec.mounts):
             try:
-                self._mount(mount)
+                self._mount(mount, self._sources.pop(i, -1))
             except OSError as exc:
                 raise MountError(f"mounts[{i}] {mount.type or 'bind'} {mount.source or '-'} on "
                                  f"{mount.destination}: {exc.strerror}") from None
@@ -127,7 +176,7 @@ class Rootfs:
                 f"cwd {self.spec.process.cwd!r} set in config.json cannot be made a directory: {exc.strerror}"
             ) from None
 
-    def _mount_overlay(self, overlay: Overlay) -> None:
+    def mount_overlay(self, overlay: Overlay) -> None:
         data, base = overlay.mount_data()
         old_cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if base else -1
         try:
@@ -147,7 +196,7 @@ class Rootfs:
                 return False
         return True
 
-    def _mount(self, mount: Mount) -> None:
+    def _mount(self, mount: Mount, source_fd: int = -1) -> None:
         sys = self.sys
         check_proc_destination(mount)
         try:
@@ -164,14 +213,18 @@ class Rootfs:
         dest = paths.resolve_in_root(sys, self._root_fd, mount.destination)
         check_proc_destination(mount, dest)
         if is_bind:
+            source = paths.fd_path(source_fd) if source_fd >= 0 else mount.source
             try:
-                like_dir = os.path.isdir(mount.source) if mount.source.startswith("/") else True
-                os.stat(mount.source)
+                like_dir = os.path.isdir(source) if source.startswith("/") else True
+                os.stat(source)
+                with _fd(self._target(mount, dest, like_dir)) as target:
+                    sys.mount(source, paths.fd_path(target), None, opts.flags | sc.MS_BIND)
             except FileNotFoundError:
                 raise errors.NotFound(
                     f"mount source {mount.source!r} for {mount.destination} does not exist") from None
-            with _fd(self._target(mount, dest, like_dir)) as target:
-                sys.mount(mount.source, paths.fd_path(target), None, opts.flags | sc.MS_BIND)
+            finally:
+                if source_fd >= 0:
+                    os.close(source_fd)
             self._after_mount(dest, mount, opts, remount=True)
             return
         source = mount.source or fstype
@@ -225,7 +278,7 @@ class Rootfs:
         sys = self.sys
         old_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.chdir(self.root)
+            os.fchdir(self._root_fd)
             sys.pivot_root(".", ".")
             # the old root is now stacked on the new one: step onto it (not the new root, whose mounts, shared
             # volumes included, must keep their propagation), keep its unmount from propagating, detach it

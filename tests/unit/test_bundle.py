@@ -9,15 +9,20 @@ import pytest
 
 from runtime import errors
 from runtime.bundle import (
+    IDMAP_ANNOTATION,
     OVERLAY_ANNOTATION,
+    Idmap,
     Overlay,
+    StagedMount,
     exec_process,
     executor_argv,
+    idmap_of,
     load_config,
     mount_refused_in_proc,
     overlay_of,
     read_json,
     rootfs_path,
+    staged_path,
 )
 
 
@@ -41,6 +46,21 @@ def test_the_overlay_annotation_round_trips() -> None:
 def test_a_bad_annotation_is_invalid_and_named(value: str, message: str) -> None:
     with pytest.raises(errors.InvalidArgument, match=message):
         overlay_of({OVERLAY_ANNOTATION: value})
+
+
+def test_the_idmap_annotation_round_trips_and_is_checked() -> None:
+    idmap = Idmap("/s/ns/user", (StagedMount("/b/idmap/0", source="/snap/1/fs"),
+                                 StagedMount("/b/idmap/1", source="/vol:with,odd chars"),
+                                 StagedMount("/b/idmap/2", lowerdirs=("/b/idmap/0", "/b/idmap/1"))))
+    assert idmap_of({IDMAP_ANNOTATION: idmap.annotation()}) == idmap
+    assert idmap_of({}) is None
+    assert staged_path("/b", 3) == "/b/idmap/3"
+    for bad, message in (('{"userns": "rel", "mounts": []}', "userns"),
+                         ('{"userns": "/u", "mounts": [{"target": "/t", "lowerdirs": ["/a"]}]}', "two lowerdirs"),
+                         ('{"userns": "/u", "mounts": [{"target": "/t:x", "source": "/a"}]}', "target"),
+                         ("[]", "needs a userns")):
+        with pytest.raises(errors.InvalidArgument, match=message):
+            idmap_of({IDMAP_ANNOTATION: bad})
 
 
 def test_many_layers_are_named_relative_to_their_parent() -> None:

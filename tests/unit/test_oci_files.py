@@ -101,6 +101,27 @@ def test_layered_files_symlinks_stay_inside(tmp_path: Path) -> None:
     assert files.read("/conf/passwd") == b"real"
 
 
+def test_layered_files_sources_of_a_directory_and_a_file(tmp_path: Path) -> None:
+    top, mid, low = tmp_path / "top", tmp_path / "mid", tmp_path / "low"
+    _write(low / "etc/a", "low")
+    _write(low / "etc/sub/x", "low")
+    _write(mid / "etc/b", "mid")
+    _write(top / "other/c", "top")
+    (low / "only").mkdir()
+    _write(top / "etc/sub/.wh..wh..opq", "")  # an opaque dir: the layers below it do not count
+    os.symlink("../../../etc", top / "other/link")
+    files = LayeredFiles([str(top), str(mid), str(low)])
+    assert files.sources("/") == (str(top), str(mid), str(low))
+    etc = (str(top / "etc"), str(mid / "etc"), str(low / "etc"))
+    assert files.sources("etc") == etc
+    assert files.sources("other/link") == etc  # resolved inside the image
+    assert files.sources("etc/sub") == (str(top / "etc/sub"),)
+    assert files.sources("/etc/a") == (str(low / "etc/a"),)
+    assert files.sources("only") == (str(low / "only"),)
+    assert files.sources("etc/a/below") is None
+    assert files.sources("missing") is None
+
+
 def test_layered_files_size_limit(tmp_path: Path) -> None:
     _write(tmp_path / "etc/passwd", "x" * 100)
     with pytest.raises(InvalidArgument, match="larger"):

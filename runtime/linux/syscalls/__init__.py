@@ -76,6 +76,7 @@ MOUNT_ATTR_NOATIME = 0x10
 MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+MOUNT_ATTR_IDMAP = 0x100000
 
 # *at() flags
 AT_FDCWD = -100
@@ -220,8 +221,8 @@ class _MountAttr(ctypes.Structure):
 
 
 def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
-                  propagation: int = 0) -> None:
-    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
+                  propagation: int = 0, userns_fd: int = 0) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
     result = _raw_syscall("mount_setattr", ctypes.c_int(dirfd), _path(path), ctypes.c_uint(flags),
                           ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
     _check(result, "mount_setattr", path or None)
