@@ -47,9 +47,15 @@ def detach_foreign_mounts(needed: list[str]) -> None:
             syscalls.umount2(target, syscalls.MNT_DETACH)
 
 
-def guard_sysctls(facades: Path) -> None:
+def guard_sysctls(facades: Path, writable: tuple[str, ...] = ()) -> None:
+    """/proc/sys read-only but for the `writable` subtrees (e.g. "net": the sysctls of the caller's own network
+    namespace) and the facades of KUBELET_SYSCTLS."""
     syscalls.mount("/proc/sys", "/proc/sys", None, syscalls.MS_BIND | syscalls.MS_REC)
     syscalls.mount(None, "/proc/sys", None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
+    for subtree in writable:
+        path = f"/proc/sys/{subtree}"
+        syscalls.mount(path, path, None, syscalls.MS_BIND)  # a copy of the read-only mount...
+        syscalls.mount(None, path, None, syscalls.MS_REMOUNT | syscalls.MS_BIND)  # ...made writable
     for name in KUBELET_SYSCTLS:
         facade = facades / name.replace("/", ".")
         facade.write_text(Path("/proc/sys", name).read_text())
