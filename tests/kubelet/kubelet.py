@@ -38,8 +38,9 @@ def hybrid_host_settings() -> dict[str, Any]:
     too)."""
     return {
         # a hybrid host counts as cgroup v1: run anyway, and make no QoS or node-allocatable cgroups (they would go
-        # into the host's v1 hierarchies); the VM tier runs the QoS path
-        "failCgroupV1": False, "cgroupsPerQOS": False, "enforceNodeAllocatable": [],
+        # into the host's v1 hierarchies); the VM tier runs the QoS path. "none" rather than an empty list, which
+        # kubeadm's config drops (the kubelet then defaults to ["pods"], which needs cgroupsPerQOS)
+        "failCgroupV1": False, "cgroupsPerQOS": False, "enforceNodeAllocatable": ["none"],
         "makeIPTablesUtilChains": False, "failSwapOn": False,
         # never garbage-collect the test's images, never evict for a host's disk filled by other work
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
