@@ -44,6 +44,9 @@ KUBE_RESERVED = {"cpu": "50m", "memory": "50Mi"}
 EVICTION_HARD = {"memory.available": "100Mi", "nodefs.available": "0%", "imagefs.available": "0%",
                  "nodefs.inodesFree": "0%"}
 MAX_PODS = 40
+# crispd shares two cores with etcd, the API server, the controller manager, the scheduler and the kubelet (and, on
+# a shared machine, whatever else runs): a step preempted for over 50 ms is not a blocking call, one of 200 ms is
+SLOW_CALLBACK_MS = 200
 
 
 @dataclass
@@ -105,7 +108,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         with node.network():  # the registry listens on the node's loopback, where crispd pulls from
             served = stack.enter_context(serve(base / "images"))
         (base / "crispd").mkdir()
-        crisp = Pods(base / "crispd", extra_config=served.crisp_config, cgroup_config=CGROUP_CONFIG)
+        crisp = Pods(base / "crispd", cgroup_config=CGROUP_CONFIG)
+        crisp.daemon.config_path.write_text(crisp.config_text(
+            f'[metrics]\naddress = "127.0.0.1:0"\n[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n'
+            + served.crisp_config))
         crisps.append(crisp)
         crisp.daemon.prefix = node.enter()
         crisp.daemon.start()
