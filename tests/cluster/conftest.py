@@ -128,7 +128,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         control_plane.write_manifests()
         stack.callback(lambda: codes.update(control_plane.stop()))
         control_plane.start()
-        control_plane.kubeadm("upload-config", "all")  # its first client also binds admin.conf's group to cluster-admin
+        # as kubeadm init: its first client binds admin.conf's group to cluster-admin; bootstrap-token's RBAC rules
+        # let the API server's kubelet client use the kubelet's API (exec, logs, port-forward...)
+        control_plane.kubeadm("upload-config", "all")
+        control_plane.kubeadm("bootstrap-token")
         kubectl = Kubectl(node, kubectl_binary, NAMESPACE)
 
         control_plane.kubeadm("kubelet-start")
