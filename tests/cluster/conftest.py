@@ -121,7 +121,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
         kubelet = NodeKubelet(node, kubelet_binary, base / "kubelet", crisp.daemon.socket, maxPods=MAX_PODS,
                               systemReserved=SYSTEM_RESERVED, kubeReserved=KUBE_RESERVED,
-                              evictionHard=EVICTION_HARD)
+                              evictionHard=EVICTION_HARD,
+                              # restarts in seconds rather than the default backoff's 10, 20, 40... (the budget)
+                              crashLoopBackOff={"maxContainerRestartPeriod": "2s"})
         kubelet_dirs += kubelet.dirs
         control_plane = ControlPlane(node, tools, base / "control-plane", kubeadm_config(
             NODE_NAME, NODE_ADDRESS, crisp.daemon.socket, versions()["KUBERNETES_VERSION"], kubelet.config))
