@@ -162,3 +162,18 @@ def node_ready(kubectl: Kubectl) -> bool:
     done = kubectl.run("get", "node", NODE_NAME, "--output=jsonpath={.status.conditions[?(@.type=='Ready')].status}",
                        check=False)
     return done.returncode == 0 and done.stdout == b"True"
+
+
+@pytest.fixture(autouse=True)
+def cluster_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each scenario of the tier: crispd, the kubelet and the control plane still run (a scenario that killed
+    one says so, rather than the next failing for no visible reason)."""
+    yield
+    if "cluster" not in request.fixturenames:
+        return
+    cluster: Cluster = request.getfixturevalue("cluster")
+    cluster.control_plane.check_running()
+    for name, proc, log in (("crispd", cluster.crisp.daemon.proc, cluster.crisp.daemon.log),
+                            ("kubelet", cluster.kubelet.proc, cluster.kubelet.log)):
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log()[-6000:]}")
