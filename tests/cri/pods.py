@@ -76,10 +76,14 @@ class Pods:
         sandboxes = self.daemon.state / "sandboxes"
         if sandboxes.exists():
             left += [f"dir {d}" for d in sandboxes.iterdir()]
+        left += [f"veth {name}" for name in self.veths()]
+        return left
+
+    def veths(self) -> list[str]:
+        """The ports of crispd's bridge (one veth per pod with a pod network)."""
         ports = subprocess.run([*self.daemon.prefix, "ip", "-o", "link", "show", "master", self.bridge],
                                capture_output=True, text=True).stdout.split("\n")
-        left += [f"veth {line.split(':')[1].strip()}" for line in ports if line.strip()]
-        return left
+        return [line.split(":")[1].strip() for line in ports if line.strip()]
 
 
 @contextlib.contextmanager
