@@ -10,9 +10,10 @@ A small holder process makes both (`python -m tests.cluster.namespaces ...`) and
   a control plane's endpoints may not be loopback) and the default route.
 
 `Node.enter()` is the nsenter prefix that starts a program inside; `Node.network()` puts the calling thread there for
-a moment (a socket made then stays there); `Node.path()` reads a file as the node sees it. `Node.stop()` ends the
-holder and kills whatever process is left in the namespaces: with the last one gone, both namespaces go, with every
-mount, veth, bridge and nft table made in them.
+a moment (a socket made then stays there); `Node.path()` reads a file as the node sees it. `Node.stop()` kills whatever
+process is left in the namespaces and ends the holder: with the last process gone, both namespaces go, with every
+mount, veth, bridge and nft table made in them. The holder does the same when its stdin closes without that (the
+test process died).
 
 A missing mount point (/etc/kubernetes...) is made on the host as an empty dir (as kubeadm's packages would), and
 stays: removing a dir that another run's node has a mount on would detach that mount.
@@ -75,7 +76,27 @@ def _hold(argv: list[str]) -> None:
     _setup_network(args.address)
     sys.stdout.buffer.write(READY)
     sys.stdout.flush()
-    sys.stdin.buffer.read()  # until the test closes it, or dies
+    sys.stdin.buffer.read()  # until the test closes it, or dies: then nothing may outlive the node
+    for pid in processes_in(namespace_ids(os.getpid())):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def namespace_ids(pid: int | str) -> set[tuple[int, int]]:
+    """(dev, inode) of the network and mount namespaces of a process."""
+    return {(found.st_dev, found.st_ino) for found in (os.stat(f"/proc/{pid}/ns/{kind}") for kind in ("net", "mnt"))}
+
+
+def processes_in(ids: set[tuple[int, int]]) -> list[int]:
+    """Every process (but the caller) in any of these namespaces."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if namespace_ids(entry) & ids:
+                found.append(int(entry))
+    return found
 
 
 # --------------------------------------------------------------------------------------------------- the test's side
@@ -91,7 +112,7 @@ class Node:
         self.tmpfs = tmpfs
         self.proc: subprocess.Popen[bytes] | None = None
         self._netns: int | None = None  # an fd of the node's network namespace (Node.network)
-        self._ids: set[tuple[int, int]] = set()  # (dev, inode) of its two namespaces
+        self._ids: set[tuple[int, int]] = set()  # its namespaces (Node.processes)
 
     @property
     def pid(self) -> int:
@@ -118,13 +139,8 @@ class Node:
                                    f"{(self.base / 'holder.log').read_text(errors='replace')[-3000:]}")
             time.sleep(0.02)
         self._netns = os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._ids = {self._ns_id(self.pid, "net"), self._ns_id(self.pid, "mnt")}
+        self._ids = namespace_ids(self.pid)
         return self
-
-    @staticmethod
-    def _ns_id(pid: int | str, kind: str) -> tuple[int, int]:
-        found = os.stat(f"/proc/{pid}/ns/{kind}")
-        return found.st_dev, found.st_ino
 
     def enter(self) -> list[str]:
         """The prefix of a command that runs inside the node (in its root dir; give absolute paths)."""
@@ -154,14 +170,7 @@ class Node:
 
     def processes(self) -> list[int]:
         """Every process in the node's mount or network namespace, the holder excepted."""
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) in (os.getpid(), self.pid):
-                continue
-            with contextlib.suppress(OSError):
-                if {self._ns_id(entry, "net"), self._ns_id(entry, "mnt")} & self._ids:
-                    found.append(int(entry))
-        return found
+        return [pid for pid in processes_in(self._ids) if self.proc is None or pid != self.proc.pid]
 
     def stop(self, timeout: float = 10) -> list[str]:
         """End the holder and kill what is left in the namespaces; returns the command lines it had to kill (none
