@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 # The cri-api release (k8s.io/cri-api, the staging module of the pinned Kubernetes) whose protocol crisp speaks;
 # scripts/tools.versions pins the same release as CRI_API_VERSION.
 CRI_API_VERSION = "v0.37.2"
+# what Version and Status report as the runtime API version
+RUNTIME_API_VERSION = "v1"
 
 _FDP = descriptor_pb2.FieldDescriptorProto
 _TYPES = {"string": _FDP.TYPE_STRING, "bool": _FDP.TYPE_BOOL, "bytes": _FDP.TYPE_BYTES,

@@ -1,5 +1,9 @@
 """Container events for GetContainerEvents subscribers (the kubelet's evented PLEG), fanned out without blocking.
 
+`EventPublisher` is what code that changes a container's or a pod's state calls, right after the change is
+recorded: it builds the ContainerEventResponse (with the pod's status and all its containers' statuses as they are
+at that moment, and only when someone subscribed) and hands it to the `EventBroker`.
+
 Publishing never waits: each subscriber has a queue of at most `buffer` events. A subscriber whose queue is full
 (its client stopped reading, and gRPC's transport buffers, a few MB, are full too, so that sending blocks) is
 dropped: it is taken off the list at once, its queue is thrown away, and its RPC ends with RESOURCE_EXHAUSTED
@@ -15,6 +19,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cri import api as cri
+from cri.status import pod_container_statuses, sandbox_status
+from cri.store.containers import Container, ContainerStore
+from cri.store.sandboxes import Sandbox, SandboxStore
 from runtime import errors
 
 log = logging.getLogger(__name__)
@@ -119,3 +127,36 @@ class EventBroker:
         for sub in list(self._subscribers):
             self._subscribers.remove(sub)
             sub.end(errors.Unavailable("container events: crispd is shutting down"))
+
+
+class EventPublisher:
+    """Publishes container and pod state changes; the pod's id stands as the container id of a pod event, as
+    containerd has it and the kubelet expects."""
+
+    def __init__(self, broker: EventBroker, sandboxes: SandboxStore, containers: ContainerStore,
+                 clock_ns: Callable[[], int]) -> None:
+        self.broker = broker
+        self._sandboxes = sandboxes
+        self._containers = containers
+        self._clock_ns = clock_ns
+
+    def container(self, container: Container, event_type: int) -> None:
+        """A container was created, started, stopped (its exit recorded) or deleted (its row gone)."""
+        if self.broker.subscribers:
+            self.broker.publish(self._response(container.id, container.meta.sandbox_id, event_type))
+
+    def sandbox(self, sandbox: Sandbox, event_type: int) -> None:
+        """A pod was created and started (RunPodSandbox done), stopped (not ready) or deleted (row gone)."""
+        if self.broker.subscribers:
+            self.broker.publish(self._response(sandbox.id, sandbox.id, event_type, sandbox))
+
+    def _response(self, container_id: str, sandbox_id: str, event_type: int, sandbox: Sandbox | None = None
+                  ) -> cri.ContainerEventResponse:
+        """The event as the kubelet wants it; a removed pod is described by the object the caller still holds."""
+        pod = sandbox if sandbox is not None else self._sandboxes.find(sandbox_id)
+        response = cri.ContainerEventResponse(
+            container_id=container_id, container_event_type=event_type,  # type: ignore[arg-type]
+            created_at=self._clock_ns(), containers_statuses=pod_container_statuses(self._containers, sandbox_id))
+        if pod is not None:
+            response.pod_sandbox_status.CopyFrom(sandbox_status(pod))
+        return response

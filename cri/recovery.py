@@ -6,10 +6,10 @@ import asyncio
 import logging
 import shutil
 
-from cri.service.container_run import record_exit, start_watching
 from cri.service.context import ServiceContext
 from cri.store.containers import EXITED, RUNNING
 from cri.store.sandboxes import NOT_READY, READY
+from runtime import errors
 from runtime.network.types import PodNetworkRequest
 from shim.protocol import ExitStatus
 
@@ -21,15 +21,18 @@ async def recover_containers(ctx: ServiceContext) -> None:
     shim's status file) or, if nothing is known, exit code 255 with a reason."""
     await ctx.container_names.load()
     containers = {c.id: c for c in await ctx.containers.load()}
-    if ctx.shim_manager is None:
-        return
     found = {shim.id: shim for shim in await ctx.shims.recover()}
     for container_id, shim in found.items():
         if container_id not in containers:
             # crispd died while creating it (or after removing its row): nothing refers to it any more
             log.info("container %s: removing the leftovers of a container crisp has no record of", container_id)
             if shim.info is not None:
-                await ctx.discard_shim(container_id)
+                try:
+                    await ctx.shims.discard(container_id)
+                except errors.CrispError as exc:
+                    # its bundle (shim.json) is the record of what is left: kept for the next start to try again
+                    log.warning("container %s: cannot remove its leftovers yet: %s", container_id, exc)
+                    continue
             await asyncio.to_thread(shutil.rmtree, shim.bundle, True)
             await asyncio.to_thread(shutil.rmtree, ctx.root_dir / "containers" / container_id, True)
     for container in containers.values():
@@ -39,17 +42,17 @@ async def recover_containers(ctx: ServiceContext) -> None:
         if recovered is not None and recovered.client is not None:
             state = await recovered.client.state()
             if state.status is not None:
-                await record_exit(ctx, container, state.status)
+                await ctx.container_control.record_exit(container, state.status)
             elif container.status.state == RUNNING or state.state == "running":
                 if container.status.state != RUNNING:
                     await ctx.containers.update(container, state=RUNNING, started_at=state.started_at)
-                start_watching(ctx, container)
+                ctx.container_control.watch(container)
             continue
         status = recovered.status if recovered is not None else None
         if status is None:
             status = ExitStatus(exit_code=255, reason="Unknown",
                                 message="the container's shim is gone and left no exit status")
-        await record_exit(ctx, container, status)
+        await ctx.container_control.record_exit(container, status)
     log.info("recovered %d containers (%d with a live shim)", len(containers),
              sum(1 for s in found.values() if s.client is not None))
 

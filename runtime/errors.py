@@ -46,3 +46,32 @@ class Unimplemented(CrispError):
 
 class Cancelled(CrispError):
     """The operation was cancelled by its caller."""
+
+
+# ---------------------------------------------------------------------------------------------- the wire form
+# Helpers, the shim and the executor report a failure as {"kind": <class name>, "message": ...}; the reader turns
+# it back into the kind with `from_kind`. Every such decoder goes through here.
+
+INTERNAL = "Internal"  # the wire name of anything that is not one of the kinds below
+
+KINDS: dict[str, type[CrispError]] = {
+    cls.__name__: cls
+    for cls in (NotFound, AlreadyExists, InvalidArgument, FailedPrecondition, Unavailable, ResourceExhausted,
+                DeadlineExceeded, Unimplemented, Cancelled)
+}
+
+
+def kind_of(exc: BaseException) -> str:
+    """The wire name of an error's kind: a `KINDS` name, else "Internal"."""
+    for name, cls in KINDS.items():
+        if isinstance(exc, cls):
+            return name
+    return INTERNAL
+
+
+def from_kind(kind: object, message: str, fallback: type[Exception] = CrispError,
+              extra: tuple[type[Exception], ...] = ()) -> Exception:
+    """The exception a wire error names: one of `KINDS` (or of `extra`, by class name), else `fallback`."""
+    name = str(kind)
+    cls = KINDS.get(name) or next((c for c in extra if c.__name__ == name), fallback)
+    return cls(message)

@@ -1,4 +1,7 @@
-"""Processes crisp started and finds again after a restart: identified by pid plus start time (pid reuse)."""
+"""Processes crisp started and finds again after a restart: identified by pid plus start time (pid reuse).
+
+Standard library only: crispd, the shim and the executor all read a process's start time here.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,18 @@ import signal
 from dataclasses import dataclass
 
 
-def proc_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat); None if it is gone."""
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot): with the pid it names one process for good.
+    None when there is no such process, or only its zombie (it has exited)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    # the command name (field 2) may contain spaces and parentheses: split after its last ')'
+    # the command name (field 2) may contain spaces and parentheses: the fields start after its last ')'
     fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
     return int(fields[19])
 
 
@@ -26,11 +32,11 @@ class ProcessRef:
 
     @classmethod
     def of(cls, pid: int) -> ProcessRef | None:
-        start = proc_start_time(pid)
+        start = process_start_time(pid)
         return None if start is None else cls(pid, start)
 
     def alive(self) -> bool:
-        return proc_start_time(self.pid) == self.start_time
+        return process_start_time(self.pid) == self.start_time
 
     def signal(self, signum: int = signal.SIGKILL) -> bool:
         """Send signum if this very process is still there; False when it is gone."""

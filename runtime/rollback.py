@@ -1,8 +1,8 @@
 """Undo steps registered as work proceeds, run in reverse when the work fails (the async ExitStack of crisp).
 
-Unlike contextlib.AsyncExitStack, a failing undo step is logged and never replaces the original error, and the
-undo runs to its end even when the task that does the work is being cancelled (a cancelled RPC must not leave a
-half-made pod network behind).
+Unlike contextlib.AsyncExitStack, a failing undo step is logged and never replaces the original error
+(`runtime.undo`'s rule), and the undo runs to its end even when the task that does the work is being cancelled (a
+cancelled RPC must not leave a half-made pod network behind).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+
+from runtime.undo import run_undo
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,10 @@ class Rollback:
             # cancelled again while undoing: the undo goes on in its task; the caller gets its error now
             log.warning("%s: cancelled while undoing; the undo completes in the background", self.what)
 
+    def _report(self, message: str, exc: BaseException) -> None:
+        log.error("%s: %s", self.what, message, exc_info=exc)
+
     async def _undo(self, steps: list[tuple[str, Callable[[], Awaitable[object]]]], cause: BaseException) -> None:
         log.info("%s failed (%s), undoing %d step(s)", self.what, cause or type(cause).__name__, len(steps))
         for description, undo in reversed(steps):
-            try:
-                await undo()
-            except Exception:
-                log.exception("%s: undo step failed: %s", self.what, description)
+            await run_undo(description, undo, report=self._report)

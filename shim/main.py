@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from runtime.linux import syscalls
+from runtime.procs import process_start_time
 from runtime.version import VERSION
 from shim import protocol
+from shim.log import log
 from shim.protocol import ShimConfig, ShimError
-from shim.server import Shim, log
+from shim.server import Shim
 
 OOM_SCORE_ADJ = -999
 
@@ -89,7 +91,7 @@ def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
         shim = Shim(config)
         shim.loop.install_sigchld()
         shim.listen()
-        start_time = protocol.process_start_time(os.getpid())
+        start_time = process_start_time(os.getpid())
         info = {"version": protocol.PROTOCOL_VERSION, "pid": os.getpid(), "start_time": start_time,
                 "socket": os.path.join(config.bundle, protocol.SOCKET_NAME), "config": config.to_json()}
         protocol.write_file_atomic(os.path.join(config.bundle, protocol.INFO_NAME),

@@ -19,6 +19,8 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from runtime import errors
+
 PROTOCOL_VERSION = 1
 
 SOCKET_NAME = "shim.sock"
@@ -26,11 +28,8 @@ INFO_NAME = "shim.json"
 STATUS_NAME = "status.json"
 SHIM_LOG_NAME = "shim.log"
 
-# the error kinds a shim reports; they are the class names in runtime.errors
-ERROR_KINDS = (
-    "NotFound", "AlreadyExists", "InvalidArgument", "FailedPrecondition", "Unavailable", "ResourceExhausted",
-    "DeadlineExceeded", "Unimplemented", "Cancelled", "Internal",
-)
+# the error kinds a shim reports: runtime.errors' wire names
+ERROR_KINDS = (*errors.KINDS, errors.INTERNAL)
 
 # binary frames after attach/exec: 1 byte stream, 4 bytes big-endian length, payload
 FRAME_HEADER = struct.Struct(">BI")
@@ -74,7 +73,8 @@ class ShimConfig:
     stdin: bool = False              # keep the container's stdin open for attach
     stdin_once: bool = False         # close the container's stdin when the first attach session ends
     mount_rootfs: bool = False       # mount the io.crisp.rootfs.overlay annotation on root.path (runc, crun)
-    cgroup2_mount: str = ""          # where cgroup v2 is mounted (memory.events for OOM kills)
+    cgroup2_mount: str = ""          # where cgroup v2 is mounted
+    cgroup: str = ""                 # the container's cgroup under it (its memory.events counts OOM kills)
     # non-empty: run the executor in a private mount namespace with this cgroup2 mount bound on /sys/fs/cgroup
     # (an OCI runtime on a hybrid host would otherwise use the host's cgroup v1 hierarchies)
     cgroup2_bind: str = ""
@@ -190,21 +190,6 @@ def read_status_file(path: str) -> ExitStatus | None:
     return ExitStatus.from_json(data)
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot): with the pid it names one process for good.
-    None when there is no such process, or only its zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # the command name may contain spaces and parentheses: the fields start after the last ')'
-    rest = raw[raw.rindex(b")") + 2:].split()
-    if rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[19])
-
-
 def encode(message: dict[str, Any]) -> bytes:
     return (json.dumps(message, separators=(",", ":")) + "\n").encode()
 
@@ -224,11 +209,3 @@ def reply_error(kind: str, message: str) -> dict[str, Any]:
 def frame(stream: int, payload: bytes) -> bytes:
     return FRAME_HEADER.pack(stream, len(payload)) + payload
 
-
-def with_cgroup2_at_sys_fs_cgroup(cgroup2_mount: str, argv: list[str]) -> list[str]:
-    """argv run in a mount namespace of its own where the cgroup2 mount is bound on /sys/fs/cgroup (for an OCI
-    runtime on a hybrid host). Only /sys is made private there: every other mount keeps its propagation, so
-    host-to-container (rslave) and bidirectional (rshared) volume propagation still reach the containers the
-    runtime makes from this namespace, while the bind itself never propagates back to the host."""
-    script = 'mount --make-rprivate /sys && mount --bind "$0" /sys/fs/cgroup && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c", script, cgroup2_mount, *argv]

@@ -1,24 +1,15 @@
 """CRI configs + image config -> OCI runtime spec (config.json) for the executor.
 
-`build_container_spec(SpecInputs)` builds a container's spec, `build_exec_process` the process of an exec in it;
+`build_container_spec(SpecInputs)` builds a container's spec (an exec's process is `runtime.bundle.exec_process`);
 `NodeFacts.probe()` (once) and `inspect_host()` (per request, in a worker thread) gather what they need from the
 host, `LayeredFiles` reads the image's /etc/passwd and /etc/group from its unmounted layers.
 """
 
 from cri.oci.host import HostPaths, NodeFacts, inspect_host
 from cri.oci.mounts import PodFiles
-from cri.oci.spec import (
-    Overlay,
-    PodContext,
-    SpecInputs,
-    SpecOptions,
-    build_container_spec,
-    build_exec_process,
-    cgroups_path,
-    cri_signal,
-    oci_resources,
-    resolve_stop_signal,
-)
+from cri.oci.resources import oci_resources
+from cri.oci.signals import cri_signal, resolve_stop_signal
+from cri.oci.spec import PodContext, SpecInputs, SpecOptions, build_container_spec
 from cri.oci.user import ImageFiles, LayeredFiles, StaticFiles
 
 __all__ = [
@@ -26,15 +17,12 @@ __all__ = [
     "ImageFiles",
     "LayeredFiles",
     "NodeFacts",
-    "Overlay",
     "PodContext",
     "PodFiles",
     "SpecInputs",
     "SpecOptions",
     "StaticFiles",
     "build_container_spec",
-    "build_exec_process",
-    "cgroups_path",
     "cri_signal",
     "inspect_host",
     "oci_resources",

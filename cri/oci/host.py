@@ -18,10 +18,12 @@ import socket
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cri import api as cri
 from cri.oci.capabilities import capabilities_from_mask
 from cri.oci.seccomp import requested_seccomp
+from runtime.cgroups import paths as cgroup_paths
 
 # Directories of /dev that are not device nodes to copy into a privileged container (as runc and containerd skip).
 _SKIPPED_DEV_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
@@ -75,10 +77,9 @@ def _rlimit_value(value: int) -> int:
 
 
 def _cgroup2_unified(mountinfo: str) -> bool:
-    for entry in parse_mountinfo(mountinfo):
-        if entry.mount_point == "/sys/fs/cgroup":
-            return entry.fs_type == "cgroup2"
-    return False
+    """A pure cgroup v2 node: cgroup2 is mounted on /sys/fs/cgroup itself."""
+    with open(mountinfo) as f:
+        return Path(cgroup_paths.SYS_FS_CGROUP) in cgroup_paths.cgroup2_mounts(f.read())
 
 
 # ---------------------------------------------------------------------------------------------- mountinfo

@@ -11,12 +11,9 @@ support (UNIMPLEMENTED).
 
 from __future__ import annotations
 
-import copy
-import json
 import posixpath
 import re
-import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -34,16 +31,16 @@ from cri.oci.mounts import (
     host_devices,
     pod_binds,
 )
+from cri.oci.resources import oci_resources
 from cri.oci.seccomp import parse_profile, render_profile, requested_seccomp
 from cri.oci.seccomp_default import DEFAULT_PROFILE
 from cri.oci.user import ImageFiles, StaticFiles, UserDatabase, UserRequest, resolve_user
+from runtime.bundle import OVERLAY_ANNOTATION, TERM, Overlay, merge_env
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# JSON {"lowerdirs": [topmost, ..., bottom], "upperdir": ..., "workdir": ...}: see docs/contracts.md
-OVERLAY_ANNOTATION = "io.crisp.rootfs.overlay"
-CGROUP_PREFIX = "crisp-"
 
 # The annotations containerd puts on a container's spec (tools and NRI plugins read them).
 ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
@@ -61,24 +58,10 @@ _GROUPS_POLICY = cri.SupplementalGroupsPolicy
 
 
 @dataclass(frozen=True)
-class Overlay:
-    """The container's rootfs as an overlay of image snapshots (mounted by the executor or the shim)."""
-
-    lowerdirs: tuple[str, ...]  # topmost first
-    upperdir: str
-    workdir: str
-
-    def annotation(self) -> str:
-        return json.dumps({"lowerdirs": list(self.lowerdirs), "upperdir": self.upperdir, "workdir": self.workdir})
-
-
-@dataclass(frozen=True)
 class PodContext:
     """What crisp knows about the container's pod."""
 
     sandbox_id: str
-    # the pod cgroup (the kubelet's cgroup_parent, or the one crisp made); containers go to <it>/crisp-<id>
-    cgroup_parent: str
     # the pod's pinned namespaces (bind mounts under <state>/sandboxes/<id>/ns/); unused for host namespaces
     net_ns_path: str = ""
     ipc_ns_path: str = ""
@@ -138,6 +121,8 @@ class SpecInputs:
     node: NodeFacts
     # root.path: the rootfs mount point, <bundle>/rootfs
     rootfs_path: str
+    # linux.cgroupsPath: the container's cgroup (runtime.cgroups.paths.container_cgroup_path), made by the caller
+    cgroup_path: str
     overlay: Overlay | None = None
     # the image name the container was created from (an annotation)
     image_name: str = ""
@@ -148,25 +133,6 @@ class SpecInputs:
 
 
 # ---------------------------------------------------------------------------------------------- process
-
-
-def merge_env(base: Sequence[str], overrides: Iterable[str]) -> list[str]:
-    """Each `KEY=value` replaces the same key in place or is appended; a bare `KEY` removes it."""
-    out = list(base)
-    index = {e.partition("=")[0]: i for i, e in enumerate(out)}
-    removed: set[int] = set()
-    for item in overrides:
-        key, sep, _ = item.partition("=")
-        if not sep:
-            if key in index:
-                removed.add(index.pop(key))
-            continue
-        if key in index:
-            out[index[key]] = item
-        else:
-            index[key] = len(out)
-            out.append(item)
-    return [e for i, e in enumerate(out) if i not in removed]
 
 
 def _string_list(image_config: Mapping[str, Any], key: str) -> list[str]:
@@ -301,64 +267,14 @@ def _namespaces(inputs: SpecInputs, privileged: bool) -> tuple[list[dict[str, st
     return namespaces, not host_network
 
 
-# Sysctls a container may set, by the namespace that makes them per-pod (runc's rules).
-_IPC_SYSCTLS = frozenset(
-    {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
-     "kernel.shmmni", "kernel.shm_rmid_forced"}
-)
-
-
-def normalize_sysctl(name: str) -> str:
-    """`net/ipv4/ip_forward` -> `net.ipv4.ip_forward` (the kubelet's rule: with a slash, `/` and `.` swap)."""
-    if "/" not in name:
-        return name
-    return name.translate(str.maketrans("/.", "./"))
-
-
 def pod_sysctls(sandbox_config: cri.PodSandboxConfig) -> dict[str, str]:
-    """The pod's sysctls, checked: only namespaced ones, and none for a namespace shared with the host."""
+    """The pod's sysctls for `linux.sysctl`, by the rulebook RunPodSandbox checked them with."""
     ns = sandbox_config.linux.security_context.namespace_options
-    out = {}
-    for raw, value in sorted(sandbox_config.linux.sysctls.items()):
-        name = normalize_sysctl(raw)
-        if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
-            if ns.ipc == _NS_MODE.NODE:
-                raise InvalidArgument(f"sysctl {name} would change the host: the pod uses the host IPC namespace")
-        elif name.startswith("net."):
-            if ns.network == _NS_MODE.NODE:
-                raise InvalidArgument(f"sysctl {name} would change the host: the pod uses the host network")
-        else:
-            raise InvalidArgument(f"sysctl {name} is not namespaced: it cannot be set for one pod")
-        out[name] = value
-    return out
+    host = pod_host_namespaces(host_network=ns.network == _NS_MODE.NODE, host_ipc=ns.ipc == _NS_MODE.NODE)
+    return check_sysctls(sandbox_config.linux.sysctls, host)
 
 
-# ---------------------------------------------------------------------------------------------- cgroups
-
-
-def expand_slice(name: str) -> str:
-    """A systemd slice name as its cgroupfs path: `kubepods-burstable-pod1.slice` ->
-    `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice`."""
-    stem = name.removesuffix(".slice")
-    if not stem or "/" in stem or stem.startswith("-") or stem.endswith("-") or "--" in stem:
-        raise InvalidArgument(f"invalid systemd slice name {name!r}")
-    if stem == "-":
-        return "/"
-    parts = stem.split("-")
-    return "/" + "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
-
-
-def cgroups_path(cgroup_parent: str, container_id: str) -> str:
-    """`<cgroup_parent>/crisp-<id>`, a cgroupfs path relative to the cgroup2 mount (a systemd slice expanded)."""
-    parent = cgroup_parent.strip()
-    if ".." in parent.split("/"):
-        raise InvalidArgument(f"invalid cgroup parent {cgroup_parent!r}")
-    if parent.endswith(".slice") and "/" not in parent:
-        parent = expand_slice(parent)
-    if not parent.startswith("/"):
-        parent = "/" + parent
-    parent = posixpath.normpath(parent)
-    return posixpath.join(parent, CGROUP_PREFIX + container_id)
+# ---------------------------------------------------------------------------------------------- resources
 
 
 def _resources(inputs: SpecInputs, device_rules: list[dict[str, Any]], privileged: bool) -> dict[str, Any]:
@@ -369,48 +285,6 @@ def _resources(inputs: SpecInputs, device_rules: list[dict[str, Any]], privilege
         out["devices"] = [{"allow": False, "access": "rwm"}, *device_rules]
     if inputs.config.linux.HasField("resources"):
         out.update(oci_resources(inputs.config.linux.resources, swap_limit=inputs.options.swap_limit))
-    return out
-
-
-def oci_resources(r: cri.LinuxContainerResources, *, swap_limit: bool = True) -> dict[str, Any]:
-    """CRI LinuxContainerResources as OCI `linux.resources` (without devices); 0 means unset.
-    Also what UpdateContainerResources and UpdatePodSandboxResources apply live."""
-    out: dict[str, Any] = {}
-    cpu: dict[str, Any] = {}
-    if r.cpu_shares:
-        if r.cpu_shares < 0:
-            raise InvalidArgument(f"cpu_shares {r.cpu_shares} is negative")
-        cpu["shares"] = r.cpu_shares
-    if r.cpu_quota:
-        cpu["quota"] = r.cpu_quota
-    if r.cpu_period:
-        if r.cpu_period < 0:
-            raise InvalidArgument(f"cpu_period {r.cpu_period} is negative")
-        cpu["period"] = r.cpu_period
-    if r.cpuset_cpus:
-        cpu["cpus"] = r.cpuset_cpus
-    if r.cpuset_mems:
-        cpu["mems"] = r.cpuset_mems
-    if cpu:
-        out["cpu"] = cpu
-    memory: dict[str, Any] = {}
-    if r.memory_limit_in_bytes:
-        if r.memory_limit_in_bytes < 0:
-            raise InvalidArgument(f"memory_limit_in_bytes {r.memory_limit_in_bytes} is negative")
-        memory["limit"] = r.memory_limit_in_bytes
-        if not r.memory_swap_limit_in_bytes and swap_limit:
-            memory["swap"] = r.memory_limit_in_bytes  # no swap unless asked for
-    if r.memory_swap_limit_in_bytes and swap_limit:
-        swap = r.memory_swap_limit_in_bytes
-        if swap != -1 and (swap < 0 or (r.memory_limit_in_bytes and swap < r.memory_limit_in_bytes)):
-            raise InvalidArgument(f"memory_swap_limit_in_bytes {swap} is below the memory limit")
-        memory["swap"] = swap
-    if memory:
-        out["memory"] = memory
-    if r.hugepage_limits:
-        out["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit} for h in r.hugepage_limits]
-    if r.unified:
-        out["unified"] = dict(sorted(r.unified.items()))
     return out
 
 
@@ -504,7 +378,7 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     hostname = inputs.sandbox_config.hostname
     env = [DEFAULT_PATH_ENV]
     if config.tty:
-        env = merge_env(env, ["TERM=xterm"])
+        env = merge_env(env, [TERM])
     env = merge_env(env, ["HOSTNAME=" + (hostname or inputs.node.hostname)])
     env = merge_env(env, _string_list(image, "Env"))
     env = merge_env(env, [_env_entry(kv.key, cast(bytes, kv.value)) for kv in config.envs])
@@ -552,7 +426,7 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     namespaces, own_uts = _namespaces(inputs, privileged)
     linux: dict[str, Any] = {
         "namespaces": namespaces,
-        "cgroupsPath": cgroups_path(inputs.pod.cgroup_parent, inputs.container_id),
+        "cgroupsPath": inputs.cgroup_path,
         "resources": _resources(inputs, device_rules, privileged),
     }
     if devices:
@@ -580,91 +454,3 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     if own_uts and hostname:
         spec["hostname"] = hostname
     return spec
-
-
-# ---------------------------------------------------------------------------------------------- exec, stop
-
-
-def build_exec_process(
-    container_process: Mapping[str, Any], args: Sequence[str], *, tty: bool, env: Sequence[str] = ()
-) -> dict[str, Any]:
-    """The process spec of an ExecSync/Exec: the container's process (same user, groups, capabilities, cwd, env,
-    rlimits, oom_score_adj, no_new_privs) running `args`, with a terminal when `tty` (then TERM=xterm unless
-    set), and `env` entries (`KEY=value`) replacing or adding variables. For `executor exec --process`."""
-    if not args:
-        raise InvalidArgument("exec needs a command")
-    process = copy.deepcopy(dict(container_process))
-    process["args"] = list(args)
-    process["terminal"] = tty
-    process.pop("consoleSize", None)
-    current = list(process.get("env") or [])
-    if tty and not any(e.startswith("TERM=") for e in current):
-        current.append("TERM=xterm")
-    process["env"] = merge_env(current, [e for e in env if "=" in e])
-    return process
-
-
-def _signal_number(name: str) -> int | None:
-    text = name.strip().upper()
-    if text.isdigit():
-        number = int(text)
-        return number if 0 < number <= signal.SIGRTMAX else None
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    for base, sign in (("SIGRTMIN+", 1), ("SIGRTMAX-", -1)):
-        if text.startswith(base) and text[len(base) :].isdigit():
-            anchor = signal.SIGRTMIN if sign > 0 else signal.SIGRTMAX
-            number = int(anchor) + sign * int(text[len(base) :])
-            return number if signal.SIGRTMIN <= number <= signal.SIGRTMAX else None
-    try:
-        return int(signal.Signals[text])
-    except KeyError:
-        return None
-
-
-_CRI_SIGNAL_PREFIX = "SIGNAL_"  # the pinned cri-api names its Signal values SIGNAL_SIGTERM, ...
-_CRI_SIGNAL_ALIASES = {"SIGCLD": "SIGCHLD", "SIGPOLL": "SIGIO", "SIGIOT": "SIGABRT"}
-
-
-def _cri_signal_name(value: cri.Signal.ValueType) -> str:
-    name = cri.Signal.Name(value).removeprefix(_CRI_SIGNAL_PREFIX)
-    if name.startswith("SIGRTMINPLUS"):
-        return "SIGRTMIN+" + name.removeprefix("SIGRTMINPLUS")
-    if name.startswith("SIGRTMAXMINUS"):
-        return "SIGRTMAX-" + name.removeprefix("SIGRTMAXMINUS")
-    return _CRI_SIGNAL_ALIASES.get(name, name)
-
-
-def cri_signal(number: int) -> cri.Signal.ValueType:
-    """The CRI Signal of a signal number (RUNTIME_DEFAULT for one the CRI has no name for)."""
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        return _CRI_RUNTIME_DEFAULT
-    try:
-        return cri.Signal.Value(_CRI_SIGNAL_PREFIX + name)
-    except ValueError:
-        return _CRI_RUNTIME_DEFAULT
-
-
-_CRI_RUNTIME_DEFAULT: cri.Signal.ValueType = 0  # type: ignore[assignment]  # SIGNAL_RUNTIME_DEFAULT
-
-
-def resolve_stop_signal(config: cri.ContainerConfig, image_config: Mapping[str, Any]) -> int:
-    """The signal StopContainer sends first: the CRI stop_signal, else the image's StopSignal, else SIGTERM."""
-    if config.stop_signal != _CRI_RUNTIME_DEFAULT:
-        try:
-            name = _cri_signal_name(config.stop_signal)
-        except ValueError:
-            raise InvalidArgument(f"unknown stop_signal {config.stop_signal}") from None
-        number = _signal_number(name)
-        if number is None:
-            raise InvalidArgument(f"stop_signal {name} is not a signal on this node")
-        return number
-    text = _string(image_config, "StopSignal")
-    if text:
-        number = _signal_number(text)
-        if number is None:
-            raise InvalidArgument(f"the image's StopSignal {text!r} is not a signal")
-        return number
-    return int(signal.SIGTERM)

@@ -1,5 +1,8 @@
 """CreateContainer: the image's snapshots as lower dirs, the OCI spec, a shim, and the container created by it.
 
+The container is made to its end even if the kubelet gives up waiting; its retry of the same name then gets this
+container's id (cri/lifecycle/creations.py).
+
 Every step registers its undo; a failure anywhere leaves no shim, mount, cgroup, dir or row behind.
 """
 
@@ -17,7 +20,6 @@ from typing import Any
 from cri import api as cri
 from cri.oci import (
     LayeredFiles,
-    Overlay,
     PodContext,
     PodFiles,
     SpecInputs,
@@ -26,12 +28,12 @@ from cri.oci import (
     inspect_host,
     resolve_stop_signal,
 )
-from cri.service import runtime_info
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
-from runtime.cgroups import drop_limits
+from runtime.bundle import Overlay
+from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
@@ -61,15 +63,15 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
     if sandbox.status.state != READY:
         raise errors.FailedPrecondition(f"pod {sandbox.id} is not ready: cannot create containers in it")
     name = container_name(config, sandbox)
-    earlier = ctx.abandoned_result(ctx.container_names, name)
+    earlier = ctx.creations.abandoned_result(ctx.container_names, name)
     if earlier is not None:
         log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
     container_id = secrets.token_hex(32)
     await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
-    await ctx.create_to_the_end("container", name, container_id,
-                                _create(ctx, container_id, name, sandbox, request), context)
+    await ctx.creations.run_to_the_end("container", name, container_id,
+                                       _create(ctx, container_id, name, sandbox, request), context)
     return cri.CreateContainerResponse(container_id=container_id)
 
 
@@ -131,9 +133,10 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
     config = request.config
     image = await ctx.images.resolve(config.image.image)
     log_path = _log_path(sandbox, config)
-    handler = runtime_info.runtime_handler(ctx, sandbox.meta.runtime_handler)
+    handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
     bundle = ctx.state_dir / "containers" / container_id
+    cgroup = cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)
     container_dir = ctx.root_dir / "containers" / container_id
     meta_ns = sandbox.meta.namespaces
     privileged = config.linux.security_context.privileged
@@ -146,13 +149,13 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
                           workdir=str(container_dir / "work"))
         pod = PodContext(
-            sandbox_id=sandbox.id, cgroup_parent=sandbox.meta.cgroup,
+            sandbox_id=sandbox.id,
             net_ns_path=meta_ns.get("net", ""), ipc_ns_path=meta_ns.get("ipc", ""),
             uts_ns_path=meta_ns.get("uts", ""), pid_ns_path=meta_ns.get("pid", ""),
             target_pid_ns_path=_target_pid_ns(ctx, config, sandbox),
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
-        features = await asyncio.to_thread(runtime_info.handler_features, ctx, sandbox.meta.runtime_handler)
+        features = await ctx.handlers.features(sandbox.meta.runtime_handler)
         options = SpecOptions.from_config(ctx.config.oci, ctx.node,
                                           recursive_read_only=features.recursive_read_only_mounts)
         image_config = image.runtime_config
@@ -162,27 +165,25 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             inputs = SpecInputs(
                 container_id=container_id, config=config, sandbox_config=sandbox.meta.config,
                 image_config=image_config, pod=pod, node=ctx.node, rootfs_path=str(bundle / "rootfs"),
-                overlay=overlay, image_name=config.image.image,
+                cgroup_path=cgroup, overlay=overlay, image_name=config.image.image,
                 image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host, options=options)
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
-        cgroup = cgroup_paths.from_oci(spec["linux"]["cgroupsPath"])
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
-        ctx.fail_point("create_container.spec")
+        ctx.debug.fail("create_container.spec")
 
         shim_config = ShimConfig(
             id=container_id, bundle=str(bundle), executor=list(handler.argv), executor_root=str(handler.root),
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
-            cgroup2_mount=str(manager.mount),
-            cgroup2_bind=str(manager.mount) if handler.kind == "oci" and str(manager.mount) != "/sys/fs/cgroup"
-            else "")
+            cgroup2_mount=str(manager.mount), cgroup=cgroup,
+            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
         _, pid = await ctx.shims.create(shim_config)
-        undo.push("shim and container", lambda: ctx.discard_shim(container_id))
-        ctx.fail_point("create_container.shim")
-        await ctx.delay_point("create_container.record")
+        undo.push("shim and container", lambda: ctx.shims.discard(container_id))
+        ctx.debug.fail("create_container.shim")
+        await ctx.debug.delay("create_container.record")
 
         user = spec["process"]["user"]
         meta = ContainerMeta(
@@ -196,10 +197,10 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex()))
         await ctx.containers.add(container)
         undo.push("container row", lambda: ctx.containers.delete(container))
-        ctx.fail_point("create_container.record")
+        ctx.debug.fail("create_container.record")
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
-    ctx.container_event(container, cri.CONTAINER_CREATED_EVENT)
+    ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
 
 
 def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...] | list[str]) -> str:
@@ -216,15 +217,8 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
     resources = spec["linux"].get("resources", {})
     manager = ctx.cgroup_manager()
     missing = await asyncio.to_thread(manager.missing_controllers, resources, cgroup)
-    if not missing:
-        return spec
-    described = ", ".join(f"{m.key} (needs {m.controller})" for m in missing)
-    if ctx.config.cgroup.missing_controller == "error":
-        raise errors.FailedPrecondition(
-            f"container {container_id}: this node's cgroup v2 lacks controllers for {described} "
-            "(set cgroup.missing_controller = \"warn\" to run without these limits)")
-    log.warning("container %s: dropping limits this node cannot enforce: %s", container_id, described)
-    spec["linux"]["resources"] = drop_limits(resources, missing)
+    spec["linux"]["resources"] = enforceable_limits(resources, missing, ctx.config.cgroup.missing_controller,
+                                                    f"container {container_id}")
     return spec
 
 

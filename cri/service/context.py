@@ -1,86 +1,97 @@
-"""What every RPC implementation needs, built once by the daemon and passed in (no global state)."""
+"""What every RPC implementation needs: the parts of crispd, wired once (`ServiceContext.wire`) from the ones
+daemon.py starts. A bag of parts, frozen: nothing is added or replaced after it is built, and it has no behaviour
+of its own beyond saying that an optional part is missing."""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import logging
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cri.config import Config
-from cri.events import EventBroker
-from cri.metrics import Metrics, StateSnapshot
+from cri.debug import DebugPoints
+from cri.events import EventBroker, EventPublisher
+from cri.handlers import RuntimeHandlers
+from cri.lifecycle.containers import ContainerController
+from cri.lifecycle.creations import Creations
+from cri.lifecycle.pods import PodSandboxController
+from cri.metrics import Metrics
 from cri.oci import NodeFacts
 from cri.server import Readiness
-from cri.service.images import ImageManager, InUse
+from cri.service.images import ImageManager
+from cri.shims.manager import ShimManager
 from cri.stats import StatsCollector
-from cri.store.containers import Container, ContainerStore
+from cri.store.containers import ContainerStore
 from cri.store.db import Store
 from cri.store.names import NameIndex
-from cri.store.sandboxes import Sandbox, SandboxStore
+from cri.store.sandboxes import SandboxStore
 from cri.streaming.server import StreamingServer
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.network.manager import NetworkManager
-from shim.manager import ShimManager, shim_alive
-
-log = logging.getLogger(__name__)
 
 
-def caller_gone(context: Any) -> bool:
-    """True when the RPC's caller has given up: it cancelled, or its deadline has passed."""
-    if context is None:
-        return False
-    if context.cancelled():
-        return True
-    remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
-
-
-@dataclass
+@dataclass(frozen=True)
 class ServiceContext:
     config: Config
     store: Store
     metrics: Metrics
     readiness: Readiness
     images: ImageManager
-    # pod networking (CNI or the built-in bridge); None only in tests that need no network
-    network: NetworkManager | None = None
-    # wall clock in nanoseconds (CRI timestamps); a seam for tests
-    clock_ns: Callable[[], int] = field(default=time.time_ns)
-    sandboxes: SandboxStore = field(init=False)
-    sandbox_names: NameIndex = field(init=False)
-    containers: ContainerStore = field(init=False)
-    container_names: NameIndex = field(init=False)
-    # the shims of all containers (started through the zygote); None only in tests that run no container
-    shim_manager: ShimManager | None = None
-    # crispd's own capabilities, oom_score_adj, limits: what container specs are built against
-    node: NodeFacts = field(default_factory=lambda: NodeFacts(capabilities=()))
-    # GetContainerEvents subscribers
-    events: EventBroker = field(init=False)
-    # the stats and metrics RPCs' samples, rates and caches
-    stats: StatsCollector = field(init=False)
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
+    sandboxes: SandboxStore
+    sandbox_names: NameIndex
+    containers: ContainerStore
+    container_names: NameIndex
+    # the shims of all containers (started through the zygote)
+    shims: ShimManager
+    # the server behind the URLs of Exec, Attach and PortForward
+    streaming: StreamingServer
+    # pod networking (CNI or the built-in bridge)
+    network: NetworkManager | None
     # None when the host has no cgroup2 mount: pods cannot be run then
-    cgroups: CgroupV2Manager | None = None
-    # the server behind the URLs of Exec, Attach and PortForward; None only in tests that stream nothing
-    streaming: StreamingServer | None = None
-    # `[debug] fail_points`: named places where a test makes creation fail on purpose
-    _abandoned: dict[str, str] = field(default_factory=dict)
+    cgroups: CgroupV2Manager | None
+    # crispd's own capabilities, oom_score_adj, limits: what container specs are built against
+    node: NodeFacts
+    handlers: RuntimeHandlers
+    events: EventPublisher
+    stats: StatsCollector
+    creations: Creations
+    debug: DebugPoints
+    sandbox_control: PodSandboxController
+    container_control: ContainerController
+    # wall clock in nanoseconds (CRI timestamps)
+    clock_ns: Callable[[], int]
 
-    def __post_init__(self) -> None:
-        self.sandboxes = SandboxStore(self.store)
-        self.sandbox_names = NameIndex(self.store, "sandbox")
-        self.containers = ContainerStore(self.store)
-        self.container_names = NameIndex(self.store, "container")
-        self.events = EventBroker(self.config.events.subscriber_buffer,
-                                  on_drop=self.metrics.event_subscribers_dropped.inc)
-        self.stats = StatsCollector(self.cgroup_manager, self.network, self.config.stats.disk_usage_cache_seconds,
-                                    self.config.stats.network_timeout_seconds, clock_ns=self.clock_ns)
+    @classmethod
+    def wire(cls, *, config: Config, store: Store, metrics: Metrics, readiness: Readiness, images: ImageManager,
+             sandboxes: SandboxStore, containers: ContainerStore, shims: ShimManager, streaming: StreamingServer,
+             network: NetworkManager | None, cgroups: CgroupV2Manager | None, node: NodeFacts,
+             clock_ns: Callable[[], int] = time.time_ns) -> ServiceContext:
+        """The object graph of the RPCs, built once from the parts the daemon started."""
+        sandbox_names = NameIndex(store, "sandbox")
+        container_names = NameIndex(store, "container")
+        broker = EventBroker(config.events.subscriber_buffer, on_drop=metrics.event_subscribers_dropped.inc)
+        events = EventPublisher(broker, sandboxes, containers, clock_ns)
+        cgroup_manager = _cgroup_manager(cgroups)
+        debug = DebugPoints(config.debug)
+        lifecycle = ContainerController(
+            containers=containers, names=container_names, sandboxes=sandboxes, shims=shims, cgroups=cgroup_manager,
+            missing_controller=config.cgroup.missing_controller, events=events, metrics=metrics, clock_ns=clock_ns)
+        pods = PodSandboxController(
+            state_dir=Path(config.state), cgroup_base=config.cgroup.base,
+            missing_controller=config.cgroup.missing_controller, sandboxes=sandboxes, names=sandbox_names,
+            containers=lifecycle, cgroups=cgroup_manager, network=network, events=events, metrics=metrics,
+            debug=debug, clock_ns=clock_ns)
+        return cls(
+            config=config, store=store, metrics=metrics, readiness=readiness, images=images, sandboxes=sandboxes,
+            sandbox_names=sandbox_names, containers=containers, container_names=container_names, shims=shims,
+            streaming=streaming, network=network, cgroups=cgroups, node=node,
+            handlers=RuntimeHandlers(config.runtime, Path(config.state)), events=events,
+            stats=StatsCollector(cgroup_manager, network, config.stats.disk_usage_cache_seconds,
+                                 config.stats.network_timeout_seconds, clock_ns=clock_ns),
+            creations=Creations(), debug=debug, sandbox_control=pods, container_control=lifecycle,
+            clock_ns=clock_ns)
 
     @property
     def state_dir(self) -> Path:
@@ -90,129 +101,13 @@ class ServiceContext:
     def root_dir(self) -> Path:
         return Path(self.config.root)
 
-    @property
-    def shims(self) -> ShimManager:
-        if self.shim_manager is None:
-            raise errors.Unavailable("crispd runs without shims: containers cannot be run")
-        return self.shim_manager
-
-    def streaming_server(self) -> StreamingServer:
-        if self.streaming is None:
-            raise errors.Unavailable("crispd runs without its streaming server")
-        return self.streaming
-
     def cgroup_manager(self) -> CgroupV2Manager:
-        if self.cgroups is None:
+        return _cgroup_manager(self.cgroups)()
+
+
+def _cgroup_manager(cgroups: CgroupV2Manager | None) -> Callable[[], CgroupV2Manager]:
+    def manager() -> CgroupV2Manager:
+        if cgroups is None:
             raise errors.FailedPrecondition("this host has no cgroup2 filesystem: crisp cannot run pods")
-        return self.cgroups
-
-    def fail_point(self, name: str) -> None:
-        """Raise here if the config's `[debug] fail_points` names this place (failure-injection tests)."""
-        if name in self.config.debug.fail_points:
-            raise errors.CrispError(f"injected failure at {name}")
-
-    async def delay_point(self, name: str) -> None:
-        """Pause here if the config's `[debug] delay_points` names this place."""
-        delay = self.config.debug.delay_points.get(name)
-        if delay:
-            await asyncio.sleep(delay / 1000)
-
-    # Creations that finished after their caller had given up (a kubelet timeout): name -> id. A retry of the
-    # same name gets that id instead of ALREADY_EXISTS, once.
-    def abandoned_result(self, names: NameIndex, name: str) -> str | None:
-        """The id made for `name` by a creation whose caller gave up, if that is who holds the name."""
-        holder = names.holder(name)
-        if holder is not None and self._abandoned.get(name) == holder:
-            del self._abandoned[name]
-            return holder
-        return None
-
-    async def create_to_the_end(self, what: str, name: str, object_id: str, work: Coroutine[Any, Any, None],
-                                rpc_context: Any) -> None:
-        """Run a creation to its end even if its caller goes away (cancels, or its deadline passes); then the
-        result is kept for the caller's retry (`abandoned_result`)."""
-        task = asyncio.ensure_future(work)
-
-        def keep(t: asyncio.Task[None]) -> None:
-            if not t.cancelled() and t.exception() is None:
-                log.info("%s %s (%s) finished creating after its caller gave up", what, object_id, name)
-                self._abandoned[name] = object_id
-
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(keep)
-            raise
-        if caller_gone(rpc_context):
-            keep(task)
-
-    # --- containers' helpers shared by the RPC modules ----------------------------------------------------
-
-    def spawn_background(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
-        """Run coro as a task crispd keeps a reference to; a failure is logged, never lost."""
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._background.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("%s failed: %s", what, t.exception(), exc_info=t.exception())
-
-        task.add_done_callback(done)
-
-    async def cancel_background(self) -> None:
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-
-    async def discard_shim(self, container_id: str) -> None:
-        """Make the container and its shim go away: a live shim deletes the container and exits; a dead one's
-        remains are cleaned up; nothing known is fine."""
-        info = self.shims.info(container_id)
-        if info is None:
-            return
-        if self.shims.is_alive(container_id):
-            try:
-                await self.shims.client(container_id).shutdown(force=True)
-            except errors.CrispError as exc:
-                log.warning("container %s: shim shutdown failed (%s); killing it", container_id, exc)
-                await self.shims.kill_shim(container_id)
-                await self.shims.cleanup_dead(info)
-        else:
-            await self.shims.cleanup_dead(info)
-        self.shims.forget(container_id)
-
-    async def images_in_use(self) -> InUse:
-        """For image GC: the images and snapshots the containers still use."""
-        containers = self.containers.all()
-        return InUse(images=frozenset(c.meta.image_id for c in containers),
-                     snapshots=frozenset(d for c in containers for d in c.meta.lowerdirs))
-
-    def forget_stats_of_removed(self) -> None:
-        """Rates and caches of containers and pods that are gone are dropped."""
-        self.stats.forget_except([c.id for c in self.containers.all()] + [s.id for s in self.sandboxes.all()])
-
-    def state_snapshot(self) -> StateSnapshot:
-        """What exists now, for the metrics page (counted here, on the loop, where the stores live)."""
-        shims = [(i.pid, i.start_time) for i in self.shim_manager.known()] if self.shim_manager else None
-        return StateSnapshot(
-            containers=collections.Counter(c.status.state for c in self.containers.all()),
-            pods=collections.Counter(s.status.state for s in self.sandboxes.all()),
-            event_subscribers=self.events.subscribers, ready=self.readiness.ready,
-            shims_alive=None if shims is None else lambda: sum(shim_alive(pid, start) for pid, start in shims))
-
-    def container_event(self, container: Container, event_type: int) -> None:
-        """A container changed state (created, started, stopped, deleted): tell GetContainerEvents subscribers,
-        with the statuses of its pod and of the pod's containers as they are now."""
-        if self.events.subscribers:
-            # imported here: the status modules build on this one
-            from cri.service.container_events import event_response
-
-            self.events.publish(event_response(self, container.id, container.meta.sandbox_id, event_type))
-
-    def sandbox_event(self, sandbox: Sandbox, event_type: int) -> None:
-        """A pod changed state: the event carries the pod's id as the container id, as the kubelet expects."""
-        if self.events.subscribers:
-            from cri.service.container_events import event_response
-
-            self.events.publish(event_response(self, sandbox.id, sandbox.id, event_type, sandbox))
+        return cgroups
+    return manager

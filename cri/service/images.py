@@ -10,9 +10,8 @@ For container code (CreateContainer, the OCI spec, status):
     record.repo_tags, record.repo_digests
 
 `resolve` raises `errors.NotFound`; `find` returns None instead. Images and their snapshots stay on disk while
-a container uses them: `set_in_use(callback)` installs an async callback returning `InUse` (image ids and
-snapshots, by chain id or lower-dir path, that containers still use); GC never deletes those. Until the container
-lifecycle installs one, nothing is in use.
+a container uses them: the `in_use` callback the manager is built with returns `InUse` (image ids and snapshots,
+by chain id or lower-dir path, that containers still use); GC never deletes those. Without one, nothing is in use.
 
 Pulls of the same reference (with the same credentials) share one task: a caller that cancels detaches only
 itself; the task is cancelled (and its temp files removed) when its last caller is gone.
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cri import api as cri
 from cri.config import Config
 from cri.store import images as image_rows
 from cri.store.db import Store
@@ -96,7 +96,7 @@ class _PullJob:
 
 class ImageManager:
     def __init__(self, config: Config, db: Store, clock_ns: Callable[[], int] = time.time_ns,
-                 on_fetched: Callable[[int], None] | None = None) -> None:
+                 on_fetched: Callable[[int], None] | None = None, in_use: InUseFn = _nothing_in_use) -> None:
         self.config = config.image
         self.db = db
         self.root = Path(config.root) / "images"
@@ -113,7 +113,7 @@ class ImageManager:
         self._pulls: dict[tuple[str, str], _PullJob] = {}
         self._gc_lock = asyncio.Lock()
         self._leases: Counter[str] = Counter()
-        self._in_use: InUseFn = _nothing_in_use
+        self._in_use = in_use
         self._usage: tuple[float, int, int] | None = None
         # file work of the image store (prepare, GC, usage); crispd's default executor stays unused
         self._executor = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="crisp-images")
@@ -146,9 +146,6 @@ class ImageManager:
         await self._in_thread(self.puller.close)
         # idle by now; not waited for (a blocking join would stall the loop)
         self._executor.shutdown(wait=False)
-
-    def set_in_use(self, callback: InUseFn) -> None:
-        self._in_use = callback
 
     # ------------------------------------------------------------------------------------------------ lookups
 
@@ -352,3 +349,21 @@ def _fingerprint(creds: list[Credentials]) -> str:
     for c in creds:
         h.update(repr((c.username, c.password, c.identity_token, c.registry_token, c.server)).encode())
     return h.hexdigest()
+
+
+def cri_image(record: ImageRecord) -> cri.Image:
+    """An image record as a CRI Image; the config's user becomes `uid` (numeric) or `username`, as the CRI asks."""
+    image = cri.Image(
+        id=record.id,
+        repo_tags=list(record.repo_tags),
+        repo_digests=list(record.repo_digests),
+        size=record.size,
+        spec=cri.ImageSpec(image=record.id),
+        pinned=False,
+    )
+    user = str(record.runtime_config.get("User") or "").split(":", 1)[0]
+    if user.isdigit():
+        image.uid.value = int(user)
+    elif user:
+        image.username = user
+    return image

@@ -15,6 +15,7 @@ from typing import Any
 from cri import api as cri
 from cri.store.db import Store
 from cri.store.truncindex import resolve_id
+from runtime import errors
 
 CREATED = "created"
 RUNNING = "running"
@@ -103,12 +104,15 @@ class ContainerStore:
         return list(self._containers.values())
 
     def get(self, id_or_prefix: str) -> Container:
+        """By full id or unique prefix; NOT_FOUND, or INVALID_ARGUMENT for an empty or ambiguous id."""
         return self._containers[resolve_id(self._containers, id_or_prefix, "container")]
 
     def find(self, id_or_prefix: str) -> Container | None:
+        """Like `get`, but None when there is no such container (Stop and Remove of an unknown id are OK). An empty
+        or ambiguous id is still INVALID_ARGUMENT: "I could not tell which" is never "it is not there"."""
         try:
             return self.get(id_or_prefix)
-        except Exception:
+        except errors.NotFound:
             return None
 
     def all(self) -> list[Container]:

@@ -16,6 +16,7 @@ from typing import Any
 from cri import api as cri
 from cri.store.db import Store
 from cri.store.truncindex import resolve_id
+from runtime import errors
 from runtime.procs import ProcessRef
 
 READY = "ready"
@@ -100,9 +101,11 @@ class SandboxStore:
         return self._sandboxes[resolve_id(self._sandboxes, id_or_prefix, "pod sandbox")]
 
     def find(self, id_or_prefix: str) -> Sandbox | None:
+        """Like `get`, but None when there is no such pod (Stop and Remove of an unknown id are OK). An empty
+        or ambiguous id is still INVALID_ARGUMENT: "I could not tell which" is never "it is not there"."""
         try:
             return self.get(id_or_prefix)
-        except Exception:
+        except errors.NotFound:
             return None
 
     def all(self) -> list[Sandbox]:

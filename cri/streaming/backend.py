@@ -1,5 +1,5 @@
 """The seam between the streaming protocols and the rest of crispd: running execs and attaches through the
-container's shim, and dialling ports inside a pod. cri/service/streaming.py implements it over the ServiceContext."""
+container's shim, and dialling ports inside a pod. cri/streaming/containers.py implements it over crisp's stores."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from cri.streaming.requests import AttachRequest, ExecRequest, PortForwardReques
 
 
 class ProcessStream(Protocol):
-    """An exec or attach session with a shim (shim.client.ShimStream)."""
+    """An exec or attach session with a shim (cri.shims.client.ShimStream)."""
 
     exit: dict[str, Any] | None
 

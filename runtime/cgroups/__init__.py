@@ -19,8 +19,9 @@ them from a worker thread, never on its event loop. docs/contracts.md has the la
 from runtime.cgroups import paths
 from runtime.cgroups.cgroup import Cgroup
 from runtime.cgroups.devices import DEFAULT_RULES, DeviceRule, rules_from_oci
-from runtime.cgroups.manager import CgroupManager, CgroupV2Manager, find_cgroup2_mount
-from runtime.cgroups.resources import MissingLimit, drop_limits
+from runtime.cgroups.manager import CgroupManager, CgroupV2Manager
+from runtime.cgroups.paths import find_cgroup2_mount
+from runtime.cgroups.resources import MissingLimit, drop_limits, enforceable_limits
 from runtime.cgroups.stats import CgroupStats, CpuStats, IoStats, MemoryStats, PidsStats, Pressure, PsiLine
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Pressure",
     "PsiLine",
     "drop_limits",
+    "enforceable_limits",
     "find_cgroup2_mount",
     "paths",
     "rules_from_oci",

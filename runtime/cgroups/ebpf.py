@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from runtime import errors
 from runtime.cgroups.devices import ACC_MKNOD, ACC_READ, ACC_WRITE, DEV_BLOCK, DEV_CHAR, DeviceRule, effective_rules
-from runtime.linux import syscalls
+from runtime.linux.syscalls import bpf
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,12 @@ def build_program(rules: Sequence[DeviceRule]) -> bytes:
 def load_program(insns: bytes) -> int:
     """Load the program; a rejected program raises FailedPrecondition with the verifier's log."""
     try:
-        fd, _ = syscalls.bpf_prog_load(BPF_PROG_TYPE_CGROUP_DEVICE, insns, LICENSE, BPF_CGROUP_DEVICE)
+        fd, _ = bpf.bpf_prog_load(BPF_PROG_TYPE_CGROUP_DEVICE, insns, LICENSE, BPF_CGROUP_DEVICE)
         return fd
     except OSError:
         pass
     try:  # again, with the verifier log for the error message
-        fd, _ = syscalls.bpf_prog_load(BPF_PROG_TYPE_CGROUP_DEVICE, insns, LICENSE, BPF_CGROUP_DEVICE, 1 << 16)
+        fd, _ = bpf.bpf_prog_load(BPF_PROG_TYPE_CGROUP_DEVICE, insns, LICENSE, BPF_CGROUP_DEVICE, 1 << 16)
         return fd
     except OSError as exc:
         raise errors.FailedPrecondition(f"cannot load the device filter (bpf): {exc.strerror}") from exc
@@ -149,7 +149,7 @@ def load_program(insns: bytes) -> int:
 def attached_programs(cgroup_fd: int) -> list[int]:
     """Ids of the device programs attached to the cgroup itself."""
     try:
-        return syscalls.bpf_prog_query(cgroup_fd, BPF_CGROUP_DEVICE)
+        return bpf.bpf_prog_query(cgroup_fd, BPF_CGROUP_DEVICE)
     except OSError as exc:
         raise errors.FailedPrecondition(f"cannot query device filters (bpf): {exc.strerror}") from exc
 
@@ -164,7 +164,7 @@ def attach_device_filter(cgroup_dir: str, rules: Sequence[DeviceRule]) -> int:
         prog_fd = load_program(insns)
         try:
             try:
-                syscalls.bpf_prog_attach(cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI)
+                bpf.bpf_prog_attach(cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI)
             except OSError as exc:
                 raise errors.FailedPrecondition(
                     f"cannot attach the device filter to {cgroup_dir}: {exc.strerror}"
@@ -180,13 +180,13 @@ def attach_device_filter(cgroup_dir: str, rules: Sequence[DeviceRule]) -> int:
 
 def _detach(cgroup_fd: int, prog_id: int, cgroup_dir: str) -> None:
     try:
-        old_fd = syscalls.bpf_prog_get_fd_by_id(prog_id)
+        old_fd = bpf.bpf_prog_get_fd_by_id(prog_id)
     except FileNotFoundError:
         return  # already gone
     except OSError as exc:
         raise errors.FailedPrecondition(f"cannot open old device filter {prog_id} of {cgroup_dir}: {exc}") from exc
     try:
-        syscalls.bpf_prog_detach(cgroup_fd, old_fd, BPF_CGROUP_DEVICE)
+        bpf.bpf_prog_detach(cgroup_fd, old_fd, BPF_CGROUP_DEVICE)
     except FileNotFoundError:
         pass  # detached meanwhile
     except OSError as exc:

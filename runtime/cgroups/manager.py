@@ -23,8 +23,6 @@ from runtime.cgroups.resources import MissingLimit
 log = logging.getLogger(__name__)
 
 MOUNTINFO = Path("/proc/self/mountinfo")
-# where a cgroup2 mount is usually found, best first: a pure v2 host, then a hybrid one
-_PREFERRED = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
 
 
 class CgroupManager(Protocol):
@@ -39,42 +37,6 @@ class CgroupManager(Protocol):
     def missing_controllers(self, resources: Mapping[str, Any], path: str) -> list[MissingLimit]: ...
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def cgroup2_mounts(mountinfo: str) -> list[Path]:
-    """The mount points of every cgroup2 filesystem in a /proc/<pid>/mountinfo text, in order."""
-    found = []
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields = left.split()
-        if len(fields) >= 5 and right.split()[:1] == ["cgroup2"]:
-            found.append(Path(_unescape(fields[4])))
-    return found
-
-
-def find_cgroup2_mount(mountinfo: str) -> Path:
-    mounts = cgroup2_mounts(mountinfo)
-    if not mounts:
-        raise errors.FailedPrecondition("no cgroup2 filesystem is mounted (crisp needs cgroup v2)")
-    for preferred in _PREFERRED:
-        if Path(preferred) in mounts:
-            return Path(preferred)
-    return mounts[0]
-
-
 class CgroupV2Manager:
     """Cgroups under one cgroup2 mount."""
 
@@ -84,7 +46,7 @@ class CgroupV2Manager:
     @classmethod
     def discover(cls, mountinfo: Path = MOUNTINFO) -> CgroupV2Manager:
         """The manager of this process's cgroup2 mount, found in mountinfo (never assumed)."""
-        return cls(find_cgroup2_mount(mountinfo.read_text()))
+        return cls(paths.find_cgroup2_mount(mountinfo.read_text()))
 
     def __repr__(self) -> str:
         return f"CgroupV2Manager({str(self.mount)!r})"

@@ -7,6 +7,10 @@ Layout (cgroupfs paths, relative to the cgroup2 mount, always starting with "/")
   own leaf the same way (`<pod cgroup>/crisp-<sandbox id>`), because cgroup v2 puts no process in a cgroup that
   has children.
 
+Where cgroup v2 is mounted is read from /proc/self/mountinfo (`find_cgroup2_mount`), never assumed: on a hybrid
+host it is /sys/fs/cgroup/unified, and an OCI runtime (runc, crun) that looks only at /sys/fs/cgroup is given the
+cgroup2 mount bound there (`oci_runtime_bind`).
+
 A kubelet running with the systemd cgroup driver passes slice names (`kubepods-burstable-pod<uid>.slice`);
 `resolve_parent` expands those to their cgroupfs path (`/kubepods.slice/kubepods-burstable.slice/...`), as systemd
 lays them out. crisp does not talk to systemd (no transient units over D-Bus): its own cgroups are plain
@@ -15,12 +19,17 @@ directories, so the `systemd` driver in the strict sense is not supported.
 
 from __future__ import annotations
 
+import posixpath
 import re
+from pathlib import Path
 
 from runtime import errors
 
 DEFAULT_BASE = "/crisp"
 CONTAINER_PREFIX = "crisp-"
+SYS_FS_CGROUP = "/sys/fs/cgroup"
+# where a cgroup2 mount is usually found, best first: a pure v2 host, then a hybrid one
+_PREFERRED = (SYS_FS_CGROUP, "/sys/fs/cgroup/unified")
 
 _COMPONENT = re.compile(r"^[A-Za-z0-9_.:@=+-]+$")
 _POD_UID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -92,3 +101,55 @@ def parent(path: str) -> str:
     """The parent of a normalized cgroup path ("/" for a top-level cgroup and for the root)."""
     head = normalize(path).rsplit("/", 1)[0]
     return head or "/"
+
+
+# ---------------------------------------------------------------------------------------------- the mount
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def cgroup2_mounts(mountinfo: str) -> list[Path]:
+    """The mount points of every cgroup2 filesystem in a /proc/<pid>/mountinfo text, in order."""
+    found = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        if len(fields) >= 5 and right.split()[:1] == ["cgroup2"]:
+            found.append(Path(_unescape(fields[4])))
+    return found
+
+
+def find_cgroup2_mount(mountinfo: str) -> Path:
+    """The cgroup2 mount crisp uses: /sys/fs/cgroup, else /sys/fs/cgroup/unified, else the first one."""
+    mounts = cgroup2_mounts(mountinfo)
+    if not mounts:
+        raise errors.FailedPrecondition("no cgroup2 filesystem is mounted (crisp needs cgroup v2)")
+    for preferred in _PREFERRED:
+        if Path(preferred) in mounts:
+            return Path(preferred)
+    return mounts[0]
+
+
+def oci_runtime_bind(cgroup2_mount: str | Path) -> str:
+    """For runc/crun: the cgroup2 mount to bind on /sys/fs/cgroup ('' when it is there already, a pure v2 host).
+
+    An OCI runtime looks at /sys/fs/cgroup only; on a hybrid host it would use (and write into) the host's v1
+    hierarchies. crisp is cgroup v2 only, so the shim runs such a runtime with cgroup v2 bound there.
+    """
+    mount = str(cgroup2_mount)
+    if not mount or posixpath.normpath(mount) == SYS_FS_CGROUP:
+        return ""
+    return mount

@@ -10,11 +10,18 @@ A CRI (and OCI) value of 0 means "unset": nothing is written for it.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from runtime import errors
+
+log = logging.getLogger(__name__)
+
+# `[cgroup] missing_controller`: what a limit whose cgroup v2 controller is missing does
+MISSING_ERROR = "error"   # the request fails (FAILED_PRECONDITION) before anything is made or changed
+MISSING_WARN = "warn"     # the limit is dropped, with a warning
 
 
 @dataclass(frozen=True)
@@ -117,3 +124,19 @@ def drop_limits(resources: Mapping[str, Any], missing: Iterable[MissingLimit]) -
         if isinstance(sec, dict):
             sec.pop(rest, None)
     return out
+
+
+def enforceable_limits(resources: Mapping[str, Any], missing: Iterable[MissingLimit], policy: str, what: str
+                       ) -> dict[str, Any]:
+    """The one home of the missing-controller policy: `resources` when nothing is missing; else, with "error",
+    FailedPrecondition naming every missing limit; with "warn", a copy without them (and a warning)."""
+    missing = list(missing)
+    if not missing:
+        return dict(resources)
+    described = ", ".join(f"{m.key} (needs {m.controller})" for m in missing)
+    if policy != MISSING_WARN:
+        raise errors.FailedPrecondition(
+            f"{what}: this node's cgroup v2 lacks controllers for {described} "
+            f'(set cgroup.missing_controller = "{MISSING_WARN}" to run without these limits)')
+    log.warning("%s: dropping limits this node cannot enforce: %s", what, described)
+    return drop_limits(resources, missing)

@@ -1,6 +1,6 @@
 """The executor's only contact with cgroups (through `runtime.cgroups`, imported on use: `start` and `state`
-never need it): make the container's cgroup with its
-limits and device filter, put processes in it, signal and remove it.
+never need it): make the container's cgroup with its limits and device filter, change its limits (`update`), put
+processes in it, signal and remove it.
 
 Every limit in the spec is required (crispd dropped beforehand what its config lets it drop): a missing
 controller fails `create`. The device filter is always installed, runc's default allow list included.
@@ -18,6 +18,8 @@ class ContainerCgroup(Protocol):
     def path(self) -> str: ...
 
     def add_process(self, pid: int) -> None: ...
+
+    def apply(self, resources: Mapping[str, Any]) -> None: ...
 
     def procs(self) -> list[int]: ...
 

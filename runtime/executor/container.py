@@ -8,17 +8,18 @@ behind: no state dir, no cgroup, no process (and no mount: every mount lives in 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtime import errors
+from runtime.bundle import read_json
 from runtime.executor import cgroup, console, launcher, lifecycle, protocol, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
 from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
@@ -29,9 +30,10 @@ from runtime.executor.state import (
     ContainerDir,
     State,
     now_rfc3339,
-    process_start_time,
 )
 from runtime.linux import syscalls as sc
+from runtime.procs import process_start_time
+from runtime.undo import undo_step
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,8 @@ class Executor:
         launched_pids: list[int] = []
         cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
         if made:
-            undo.callback(_quietly, "remove the cgroup", cg.remove)
-        undo.callback(_quietly, "kill the container's processes", _kill_processes, cg, launched_pids)
+            undo.callback(undo_step("remove the cgroup", cg.remove))
+        undo.callback(undo_step("kill the container's processes", _kill_processes, cg, launched_pids))
         # until create returns, the init is our child (so a failed one is reaped here, not left as a zombie that
         # keeps its cgroup populated); once we exit it passes to the nearest subreaper above us (the shim)
         self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
@@ -228,6 +230,25 @@ class Executor:
             lock.__exit__(None, None, None)
         log.info("container %s: deleted", container_id)
 
+    # ------------------------------------------------------------------ update
+
+    def update(self, container_id: str, resources: Mapping[str, Any]) -> None:
+        """Change the limits of a created or running container (an OCI `linux.resources` without devices, as
+        `runc update --resources`); every limit given is required, as at create."""
+        if "devices" in resources:
+            raise errors.InvalidArgument("update: the device rules of a container cannot be changed")
+        cdir = self._dir(container_id)
+        with cdir.locked():
+            state = cdir.read()
+            status = cdir.status(state)
+            if status not in (CREATED, RUNNING):
+                raise errors.FailedPrecondition(f"container {container_id} is {status}: nothing to update")
+            cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
+            if cg is None:
+                raise errors.FailedPrecondition(f"container {container_id} has no cgroup")
+            cg.apply(resources)
+        log.info("container %s: resources updated", container_id)
+
     # ------------------------------------------------------------------ exec
 
     def exec(self, container_id: str, options: ExecOptions) -> int:
@@ -235,12 +256,8 @@ class Executor:
         _, state, status = self._load(container_id)
         if status != RUNNING:
             raise errors.FailedPrecondition(f"cannot exec in container {container_id}: it is {status}")
-        try:
-            process = parse_process(json.loads(options.process_file.read_text()), "process.json")
-        except FileNotFoundError:
-            raise errors.NotFound(f"--process {options.process_file}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise errors.InvalidArgument(f"--process {options.process_file}: {exc}") from None
+        process = parse_process(read_json(str(options.process_file), f"--process {options.process_file}"),
+                                "process.json")
         seccomp = None
         if state.linux.get("seccomp") is not None:
             probe = parse_spec({"root": {"path": "/"}, "process": {"args": ["x"]},
@@ -307,14 +324,6 @@ class Executor:
         message = protocol.receive(sock)
         if isinstance(message, protocol.Failure):
             raise message.to_error()
-
-
-def _quietly(what: str, fn: Callable[..., object], *args: object) -> None:
-    """Run one undo step; a failing undo is logged and never hides the error that caused the undo."""
-    try:
-        fn(*args)
-    except Exception as exc:
-        log.warning("could not %s: %s", what, exc)
 
 
 def _kill_processes(cg: cgroup.ContainerCgroup, pids: list[int]) -> None:

@@ -85,7 +85,7 @@ def report_failure(sock: socket.socket, exc: BaseException) -> None:
     else:
         message = f"{type(exc).__name__}: {exc}"
     with contextlib.suppress(OSError):
-        protocol.send(sock, protocol.Failure(protocol.kind_of(exc), message))
+        protocol.send(sock, protocol.Failure(errors.kind_of(exc), message))
 
 
 def _stage1(sock: socket.socket, sys: sc.Syscalls, plan: NamespacePlan,

@@ -9,7 +9,8 @@ import select
 from pathlib import Path
 
 from runtime import errors
-from runtime.executor.state import CREATED, ContainerDir, oci_state, process_start_time
+from runtime.executor.state import CREATED, ContainerDir, oci_state
+from runtime.procs import process_start_time
 
 log = logging.getLogger(__name__)
 

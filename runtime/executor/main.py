@@ -14,8 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from runtime import errors
+from runtime.bundle import read_json
 from runtime.executor import lifecycle
 from runtime.version import VERSION
 
@@ -56,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--force", "-f", action="store_true")
     d.add_argument("id")
 
+    u = sub.add_parser("update", help="change the resource limits of a container")
+    u.add_argument("--resources", "-r", required=True,
+                   help="a file with the OCI linux.resources to apply (JSON; - for stdin)")
+    u.add_argument("id")
+
     e = sub.add_parser("exec", help="run a process in a running container")
     e.add_argument("--process", "-p", required=True)
     e.add_argument("--pid-file")
@@ -82,6 +89,10 @@ def _log_error(args: argparse.Namespace, message: str) -> None:
         pass
 
 
+def _read_resources(path: str) -> dict[str, Any]:
+    return read_json("/dev/stdin" if path == "-" else path, f"--resources {path}")
+
+
 def run(args: argparse.Namespace) -> int:
     # start and state run often and import little; the rest needs the whole executor
     if args.command == "start":
@@ -100,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         executor.kill(args.id, parse_signal(args.signal), args.all)
     elif args.command == "delete":
         executor.delete(args.id, args.force)
+    elif args.command == "update":
+        executor.update(args.id, _read_resources(args.resources))
     elif args.command == "exec":
         return executor.exec(args.id, ExecOptions(
             process_file=Path(args.process), pid_file=Path(args.pid_file) if args.pid_file else None,

@@ -8,7 +8,6 @@ spec asks for.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.bundle import Overlay, load_config, overlay_of, rootfs_path
 
-OVERLAY_ANNOTATION = "io.crisp.rootfs.overlay"
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user", "time")
 MAX_ID = 2**32 - 2
 
@@ -163,15 +162,6 @@ class Seccomp:
     architectures: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     syscalls: tuple[SeccompRule, ...] = ()
-
-
-@dataclass(frozen=True)
-class Overlay:
-    """The `io.crisp.rootfs.overlay` annotation: an overlay mounted on root.path inside the container's mount ns."""
-
-    lowerdirs: tuple[str, ...]
-    upperdir: str = ""
-    workdir: str = ""
 
 
 @dataclass(frozen=True)
@@ -392,29 +382,6 @@ def _parse_linux(data: object) -> Linux:
     )
 
 
-def _parse_overlay(annotations: Mapping[str, str]) -> Overlay | None:
-    raw = annotations.get(OVERLAY_ANNOTATION)
-    if raw is None:
-        return None
-    where = f"annotations.{OVERLAY_ANNOTATION}"
-    try:
-        d = _obj(json.loads(raw), where)
-    except json.JSONDecodeError as exc:
-        raise _fail(where, f"not JSON: {exc}") from None
-    lowers = tuple(_abs_path(p, f"{where}.lowerdirs[{i}]")
-                   for i, p in enumerate(_list(d.get("lowerdirs"), f"{where}.lowerdirs")))
-    if not lowers:
-        raise _fail(where, "an overlay needs at least one lower dir")
-    upper = _abs_path(d["upperdir"], f"{where}.upperdir") if d.get("upperdir") else ""
-    work = _abs_path(d["workdir"], f"{where}.workdir") if d.get("workdir") else ""
-    if bool(upper) != bool(work):
-        raise _fail(where, "upperdir and workdir go together")
-    for p in (*lowers, upper, work):
-        if any(c in p for c in ",:\n"):
-            raise _fail(where, f"{p!r}: overlay paths must not contain ',' or ':'")
-    return Overlay(lowers, upper, work)
-
-
 def parse_spec(data: object, bundle: Path) -> Spec:
     """A config.json document as a Spec; root.path is made absolute against the bundle dir."""
     d = _obj(data, "config.json")
@@ -438,7 +405,7 @@ def parse_spec(data: object, bundle: Path) -> Spec:
     annotations = {k: _str(v, f"annotations.{k}") for k, v in _obj(d.get("annotations"), "annotations").items()}
     return Spec(
         oci_version=_str(d.get("ociVersion"), "ociVersion"),
-        root_path=posixpath.normpath(str(bundle / root_path)),
+        root_path=rootfs_path(str(bundle), d),
         root_readonly=_bool(root.get("readonly"), "root.readonly"),
         process=parse_process(d["process"]),
         hostname=_str(d.get("hostname"), "hostname"),
@@ -446,17 +413,11 @@ def parse_spec(data: object, bundle: Path) -> Spec:
         mounts=tuple(mounts),
         linux=_parse_linux(d.get("linux")),
         annotations=annotations,
-        overlay=_parse_overlay(annotations),
+        overlay=overlay_of(annotations),
     )
 
 
 def load_spec(bundle: Path) -> tuple[Spec, dict[str, Any]]:
     """Read and parse `<bundle>/config.json`; also returns the raw document."""
-    path = bundle / "config.json"
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise errors.NotFound(f"bundle {bundle}: no config.json") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read: {exc}") from None
+    raw = load_config(str(bundle))
     return parse_spec(raw, bundle), raw

@@ -39,8 +39,8 @@ class Failure:
     kind: str
     message: str
 
-    def to_error(self) -> errors.CrispError:
-        return error_from_kind(self.kind, self.message)
+    def to_error(self) -> Exception:
+        return errors.from_kind(self.kind, self.message)
 
 
 Message = Go | ChildPid | Ready | Failure
@@ -48,28 +48,8 @@ Message = Go | ChildPid | Ready | Failure
 _TYPES: dict[str, type[Message]] = {"go": Go, "pid": ChildPid, "ready": Ready, "error": Failure}
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
-_KINDS: dict[str, type[errors.CrispError]] = {
-    cls.__name__: cls for cls in (
-        errors.NotFound, errors.AlreadyExists, errors.InvalidArgument, errors.FailedPrecondition,
-        errors.Unavailable, errors.ResourceExhausted, errors.DeadlineExceeded, errors.Unimplemented,
-        errors.Cancelled,
-    )
-}
-
-
 class ProtocolError(errors.CrispError):
     """A message that does not parse: a bug, or a child that died mid-write."""
-
-
-def error_from_kind(kind: str, message: str) -> errors.CrispError:
-    return _KINDS.get(kind, errors.CrispError)(message)
-
-
-def kind_of(exc: BaseException) -> str:
-    for name, cls in _KINDS.items():
-        if isinstance(exc, cls):
-            return name
-    return "Internal"
 
 
 def encode(message: Message) -> bytes:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import posixpath
 import stat
 from collections.abc import Iterator
 
 from runtime import errors
+from runtime.bundle import Overlay
 from runtime.executor import devices, mountopts, paths
-from runtime.executor.oci import Mount, Overlay, Spec
+from runtime.executor.oci import Mount, Spec
 from runtime.linux import syscalls as sc
 
 # files under /proc a container may have something mounted on (lxcfs does this), as runc allows
@@ -28,7 +28,6 @@ PROC_MOUNT_ALLOWED = frozenset({
 
 # statvfs f_flag bits that a bind remount must keep unless the mount options clear them
 _ST_KEEP = {sc.MS_NOSUID: os.ST_NOSUID, sc.MS_NODEV: os.ST_NODEV, sc.MS_NOEXEC: os.ST_NOEXEC}
-_PAGE = 4096
 
 
 class MountError(errors.InvalidArgument):
@@ -54,27 +53,6 @@ def _cleared_flags(options: tuple[str, ...]) -> int:
         if opt in options:
             out |= flag
     return out
-
-
-def overlay_data(overlay: Overlay) -> tuple[str, str | None]:
-    """The overlay mount data, and the dir to chdir into when the absolute paths do not fit one page."""
-    def data(dirs: tuple[str, ...], upper: str, work: str) -> str:
-        out = "lowerdir=" + ":".join(dirs)
-        if upper:
-            out += f",upperdir={upper},workdir={work}"
-        return out
-
-    full = data(overlay.lowerdirs, overlay.upperdir, overlay.workdir)
-    if len(full) < _PAGE - 1:
-        return full, None
-    # the layers share the snapshots dir: name them relative to it (the mount runs with that as its cwd)
-    base = posixpath.commonpath(overlay.lowerdirs)
-    if len(overlay.lowerdirs) == 1:
-        base = posixpath.dirname(base)
-    short = data(tuple(posixpath.relpath(p, base) for p in overlay.lowerdirs), overlay.upperdir, overlay.workdir)
-    if len(short) >= _PAGE - 1:
-        raise MountError(f"overlay: {len(overlay.lowerdirs)} layers do not fit in one mount call")
-    return short, base
 
 
 def check_proc_destination(mount: Mount) -> None:
@@ -148,7 +126,7 @@ class Rootfs:
             ) from None
 
     def _mount_overlay(self, overlay: Overlay) -> None:
-        data, base = overlay_data(overlay)
+        data, base = overlay.mount_data()
         old_cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if base else -1
         try:
             if base:

@@ -12,31 +12,31 @@ import logging
 
 from runtime import errors
 from runtime.executor.oci import Seccomp, SeccompRule
-from runtime.linux import syscalls as sc
+from runtime.linux.syscalls import libseccomp as scmp
 
 log = logging.getLogger(__name__)
 
 _FLAG_ATTRS = {
-    "SECCOMP_FILTER_FLAG_LOG": sc.SCMP_FLTATR_CTL_LOG,
-    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": sc.SCMP_FLTATR_CTL_SSB,
+    "SECCOMP_FILTER_FLAG_LOG": scmp.SCMP_FLTATR_CTL_LOG,
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": scmp.SCMP_FLTATR_CTL_SSB,
 }
 
 
 def _action(name: str, errno_ret: int | None, where: str) -> int:
     if name == "SCMP_ACT_ALLOW":
-        return sc.SCMP_ACT_ALLOW
+        return scmp.SCMP_ACT_ALLOW
     if name == "SCMP_ACT_ERRNO":
-        return sc.scmp_act_errno(errno.EPERM if errno_ret is None else errno_ret)
+        return scmp.scmp_act_errno(errno.EPERM if errno_ret is None else errno_ret)
     if name == "SCMP_ACT_KILL" or name == "SCMP_ACT_KILL_THREAD":
-        return sc.SCMP_ACT_KILL_THREAD
+        return scmp.SCMP_ACT_KILL_THREAD
     if name == "SCMP_ACT_KILL_PROCESS":
-        return sc.SCMP_ACT_KILL_PROCESS
+        return scmp.SCMP_ACT_KILL_PROCESS
     if name == "SCMP_ACT_TRAP":
-        return sc.SCMP_ACT_TRAP
+        return scmp.SCMP_ACT_TRAP
     if name == "SCMP_ACT_TRACE":
-        return sc.scmp_act_trace(errno.EPERM if errno_ret is None else errno_ret)
+        return scmp.scmp_act_trace(errno.EPERM if errno_ret is None else errno_ret)
     if name == "SCMP_ACT_LOG":
-        return sc.SCMP_ACT_LOG
+        return scmp.SCMP_ACT_LOG
     raise errors.InvalidArgument(f"{where}: unsupported seccomp action {name!r}")
 
 
@@ -49,7 +49,7 @@ def _conditions(rule: SeccompRule, where: str) -> list[list[tuple[int, int, int,
     """The rule's conditions as libseccomp tuples, split into several rules where an argument repeats."""
     conds = []
     for arg in rule.args:
-        op = sc.SCMP_CMP.get(arg.op)
+        op = scmp.SCMP_CMP.get(arg.op)
         if op is None:
             raise errors.InvalidArgument(f"{where}: unknown seccomp operator {arg.op!r}")
         conds.append((arg.index, op, arg.value, arg.value_two))
@@ -64,9 +64,9 @@ class SeccompProgram:
 
     def __init__(self, profile: Seccomp) -> None:
         default = _action(profile.default_action, profile.default_errno_ret, "linux.seccomp.defaultAction")
-        self._filter = sc.SeccompFilter(default)
+        self._filter = scmp.SeccompFilter(default)
         try:
-            self._filter.set_attr(sc.SCMP_FLTATR_CTL_NNP, 0)
+            self._filter.set_attr(scmp.SCMP_FLTATR_CTL_NNP, 0)
             for arch in profile.architectures:
                 self._filter.add_arch(_arch_name(arch))
             for flag in profile.flags:
@@ -85,8 +85,8 @@ class SeccompProgram:
         if action == default:
             return  # libseccomp refuses rules that repeat the default action
         for name in rule.names:
-            number = sc.seccomp_syscall_number(name)
-            if number == sc.NR_SCMP_ERROR:
+            number = scmp.seccomp_syscall_number(name)
+            if number == scmp.NR_SCMP_ERROR:
                 log.debug("seccomp: skipping syscall %s unknown to libseccomp", name)
                 continue
             for conds in _conditions(rule, where):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.procs import process_start_time
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 STATE_FILE = "state.json"
@@ -48,18 +49,6 @@ class State:
 
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
-
-
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks), or None when the pid is gone or a zombie."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
 
 
 class ContainerDir:

@@ -1,9 +1,8 @@
-"""Namespaced sysctls: which namespace a sysctl belongs to, and refusing any that would reach the host.
+"""The executor's side of sysctls: which namespaces the container shares with the host, and writing the values.
 
-A sysctl is written inside the container (through its own /proc) only when the namespace it belongs to is the
-container's own: `net.*` needs a network namespace that is not the host's, the IPC ones an IPC namespace that is
-not the host's, kernel.hostname/domainname a private UTS namespace. Everything else is not namespaced and
-would change the whole machine: refused.
+What may be set at all is `runtime.namespaces.sysctl`'s rulebook (the one RunPodSandbox and the spec builder
+use); here a namespace counts as the host's when the spec does not list it, or lists a path to the very namespace
+the executor runs in. Values are written inside the container, through its own /proc, after pivot_root.
 """
 
 from __future__ import annotations
@@ -13,43 +12,14 @@ from collections.abc import Mapping
 
 from runtime import errors
 from runtime.executor.oci import Linux
-
-_IPC_EXACT = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax",
-              "kernel.shmmni", "kernel.shm_rmid_forced"}
-_UTS_EXACT = {"kernel.hostname", "kernel.domainname"}
-
-
-def namespace_of(name: str) -> str | None:
-    """The OCI namespace type a sysctl lives in ("network", "ipc", "uts"), None when it is not namespaced."""
-    if name.startswith("net."):
-        return "network"
-    if name in _IPC_EXACT or name.startswith("fs.mqueue.") or name.startswith(("kernel.shm", "kernel.msg")):
-        return "ipc"
-    if name in _UTS_EXACT:
-        return "uts"
-    return None
-
-
-def validate_pod_sysctls(sysctls: Mapping[str, str], host_network: bool, host_ipc: bool) -> None:
-    """For the CRI layer: a pod's sysctls must each live in a namespace the pod does not share with the host."""
-    for name in sorted(sysctls):
-        ns = namespace_of(name)
-        if ns is None:
-            raise errors.InvalidArgument(f"sysctl {name!r} is not namespaced: it would change the whole node")
-        if ns == "network" and host_network:
-            raise errors.InvalidArgument(f"sysctl {name!r} cannot be set on a pod that uses the host network")
-        if ns == "ipc" and host_ipc:
-            raise errors.InvalidArgument(f"sysctl {name!r} cannot be set on a pod that uses the host IPC namespace")
-        if ns == "uts":
-            raise errors.InvalidArgument(f"sysctl {name!r}: set the pod's hostname instead")
-
+from runtime.namespaces import sysctl as rules
 
 _PROC_NS = {"network": "net", "ipc": "ipc", "uts": "uts"}
 
 
 def shares_host(linux: Linux, ns_type: str) -> bool:
-    """Whether the container would share this namespace with the executor (the host): not listed, or a path to the
-    very namespace the executor is in."""
+    """Whether the container would share this namespace (an OCI type) with the executor (the host): not listed,
+    or a path to the very namespace the executor is in."""
     ns = linux.namespace(ns_type)
     if ns is None:
         return True
@@ -64,25 +34,18 @@ def shares_host(linux: Linux, ns_type: str) -> bool:
 
 
 def check_sysctls(linux: Linux) -> None:
-    """Refuse (before anything is created) every sysctl that would be written into a namespace of the host."""
-    for name in sorted(linux.sysctl):
-        ns = namespace_of(name)
-        if ns is None:
-            raise errors.InvalidArgument(f"sysctl {name!r} is not namespaced: refusing to change the host")
-        if shares_host(linux, ns):
-            raise errors.InvalidArgument(
-                f"sysctl {name!r} needs a {ns} namespace of its own: the container shares the host's")
-
-
-def sysctl_path(name: str) -> str:
-    return "/proc/sys/" + name.replace(".", "/")
+    """Refuse (before anything is created) every sysctl the rulebook refuses for this container."""
+    if not linux.sysctl:
+        return
+    host = {kind for kind in rules.KINDS if shares_host(linux, rules.OCI_TYPES[kind])}
+    rules.check_sysctls(linux.sysctl, host, who="the container")
 
 
 def apply_sysctls(sysctls: Mapping[str, str]) -> None:
     """Write them through /proc of the current (container) namespaces; called after pivot_root."""
     for name, value in sysctls.items():
         try:
-            with open(sysctl_path(name), "w") as f:
+            with open(rules.sysctl_path(name), "w") as f:
                 f.write(value)
         except OSError as exc:
             raise errors.InvalidArgument(f"sysctl {name}={value!r}: {exc.strerror}") from None

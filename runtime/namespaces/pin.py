@@ -76,12 +76,11 @@ async def _run_helper(argv: list[str]) -> None:
         raise _helper_error(result.stderr.decode(errors="replace").strip(), result.returncode)
 
 
-def _helper_error(stderr: str, code: int) -> errors.CrispError:
+def _helper_error(stderr: str, code: int) -> Exception:
     last = stderr.splitlines()[-1] if stderr else ""
     try:
         report = json.loads(last)
-        kind = getattr(errors, str(report["kind"]), errors.CrispError)
-        return kind(f"pod namespace setup: {report['message']}")
+        return errors.from_kind(report["kind"], f"pod namespace setup: {report['message']}")
     except (ValueError, KeyError, TypeError):
         return errors.CrispError(f"pod namespace setup failed (exit status {code}): {stderr or 'no message'}")
 

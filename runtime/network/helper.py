@@ -38,23 +38,15 @@ from runtime.network.bridge import BridgeNetwork
 from runtime.network.helper_client import HelperCrashed
 from runtime.network.ipam import IPInterface, gateway
 from runtime.network.types import NetworkError, PortMapping
+from runtime.undo import undo_step
 
 
 def _log(message: str) -> None:
     print(f"crisp-network-helper: {message}", file=sys.stderr, flush=True)
 
 
-def _undo(failures: list[str], description: str, fn: Callable[..., Any], *args: Any) -> Callable[[], None]:
-    """An undo step that records its own failure instead of hiding the error being undone."""
-
-    def run() -> None:
-        try:
-            fn(*args)
-        except Exception as exc:
-            _log(f"undo failed: {description}: {exc}")
-            failures.append(f"{description}: {exc}")
-
-    return run
+def _report(message: str, exc: BaseException) -> None:
+    _log(message)
 
 
 def _addresses(request: dict[str, Any]) -> list[IPInterface]:
@@ -94,13 +86,14 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
             if earlier:
                 _log(f"pod {sandbox_id}: removed veth {veth} left by an earlier attempt")
             hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
-            undo.callback(_undo(failures, f"delete veth {veth}", hostnet.delete_link, ipr, veth))
+            undo.callback(undo_step(f"delete veth {veth}", hostnet.delete_link, ipr, veth, report=_report,
+                                    failures=failures))
             host_mac = hostnet.link_mac(ipr, hostnet.lookup(ipr, veth) or 0)
             # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, no rules
             stale = nft.tagged_handles(net.table, sandbox_id) if earlier else []
             nft.run(_base_rules(net) + nft.delete_commands(net.table, stale) + pod_rules)
-            undo.callback(_undo(failures, f"delete the nftables rules of pod {sandbox_id}", _delete_rules, net.table,
-                                sandbox_id))
+            undo.callback(undo_step(f"delete the nftables rules of pod {sandbox_id}", _delete_rules, net.table,
+                                    sandbox_id, report=_report, failures=failures))
             with hostnet.in_netns(netns), IPRoute() as pod:
                 pod_mac = hostnet.configure_pod(pod, addresses, gateways)
             undo.pop_all()

@@ -38,13 +38,6 @@ class HelperCrashed(NetworkError):
     """The helper died, answered nonsense, or could not undo its own steps: what it had done may not be undone."""
 
 
-_KINDS: dict[str, type[Exception]] = {
-    cls.__name__: cls
-    for cls in (errors.NotFound, errors.AlreadyExists, errors.InvalidArgument, errors.FailedPrecondition,
-                errors.Unavailable, errors.ResourceExhausted, errors.DeadlineExceeded, NetworkError, HelperCrashed)
-}
-
-
 def decode_reply(line: bytes, op: str) -> dict[str, Any]:
     """The helper's result, or its error raised as the kind it named."""
     try:
@@ -56,8 +49,8 @@ def decode_reply(line: bytes, op: str) -> dict[str, Any]:
     if reply.get("ok"):
         result = reply.get("result", {})
         return result if isinstance(result, dict) else {}
-    kind = _KINDS.get(str(reply.get("kind")), NetworkError)
-    raise kind(str(reply.get("message", "the network helper failed")))
+    raise errors.from_kind(reply.get("kind"), str(reply.get("message", "the network helper failed")),
+                           fallback=NetworkError, extra=(NetworkError, HelperCrashed))
 
 
 class _Helper:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shim.manager import ShimManager
+from cri.shims.manager import ShimManager
 from tests.integration.shim.helpers import ShimEnv, build_busybox_rootfs
 
 

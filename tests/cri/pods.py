@@ -39,6 +39,11 @@ class Pods:
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
                 f'{extra}')
 
+    def rewrite_config(self, extra: str = "") -> None:
+        """Replace crispd's config with this test's own plus `extra` (the metrics endpoint stays on a free port:
+        never crisp's default, which another crispd on the host may hold)."""
+        self.daemon.config_path.write_text('[metrics]\naddress = "127.0.0.1:0"\n' + self.config_text(extra))
+
     def cleanup_host(self) -> None:
         """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover."""
         host = self.daemon.prefix

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from runtime.cgroups import CgroupV2Manager
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
 from tests.leaks import mounts_under, wait_until
@@ -242,6 +243,42 @@ def test_host_namespaces(kubelet: Kubelet) -> None:
     assert kubelet.exec(container_id, ["busybox", "hostname"]).stdout.decode().strip() == os.uname().nodename
 
 
+def test_pod_sysctls_the_old_rulebooks_disagreed_on(pods: Pods, test_images: TestImages, tmp_path: Path) -> None:
+    """kernel.domainname (UTS) and kernel.shm_next_id (IPC) are namespaced: the pod runs, its containers are
+    created in it, and they see the pod's values (RunPodSandbox once took them and CreateContainer refused)."""
+    kubelet = Kubelet(pods, test_images, tmp_path / "logs")
+    config = pod_config("sysctls")
+    config.log_directory = str(kubelet.log_dir / "sysctls")
+    config.linux.sysctls.update({"kernel.domainname": "pods.example", "kernel.shm_next_id": "4242"})
+    pod_id = kubelet.pods.run(config)
+    container_id = kubelet.run(pod_id, config, "app", ["sleep", "1000"])
+    assert kubelet.exec(container_id, ["cat", "/proc/sys/kernel/domainname"]).stdout == b"pods.example\n"
+    assert kubelet.exec(container_id, ["cat", "/proc/sys/kernel/shm_next_id"]).stdout == b"4242\n"
+    assert Path("/proc/sys/kernel/domainname").read_text() != "pods.example\n"  # the node's is untouched
+
+
+def test_update_container_resources_through_the_executor(kubelet: Kubelet) -> None:
+    """UpdateContainerResources reaches the container's cgroup through its shim and executor; the resources in
+    force are what ContainerStatus reports; a limit this node cannot enforce is refused by default and leaves
+    the record as it was."""
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.run(pod_id, pod, "app", ["sleep", "1000"])
+    info = json.loads(kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(
+        container_id=container_id, verbose=True)).info["info"])
+    cgroup = CgroupV2Manager.discover().cgroup(info["cgroup"]).dir
+    resources = cri.LinuxContainerResources(unified={"cgroup.max.descendants": "13"})
+    kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(container_id=container_id,
+                                                                             linux=resources))
+    assert (cgroup / "cgroup.max.descendants").read_text().strip() == "13"
+    assert kubelet.status(container_id).resources.linux == resources
+    if "memory" not in (cgroup.parent / "cgroup.subtree_control").read_text().split():
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(
+                container_id=container_id, linux=cri.LinuxContainerResources(memory_limit_in_bytes=64 << 20)))
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert kubelet.status(container_id).resources.linux == resources
+
+
 def test_missing_controller_is_an_error_and_leaves_nothing(kubelet: Kubelet) -> None:
     pod_id, pod = kubelet.pod()
     with pytest.raises(grpc.RpcError) as err:
@@ -257,7 +294,7 @@ def test_missing_controller_is_an_error_and_leaves_nothing(kubelet: Kubelet) -> 
 @pytest.mark.parametrize("point", CREATE_FAIL_POINTS)
 def test_failure_mid_create_leaves_nothing(tmp_path: Path, test_images: TestImages, point: str) -> None:
     p = Pods(tmp_path)
-    p.daemon.config_path.write_text(p.config_text(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n'))
+    p.rewrite_config(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
@@ -337,8 +374,7 @@ def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
 
 def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: TestImages) -> None:
     p = Pods(tmp_path)
-    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
-                                                  '[debug.delay_points]\n"create_container.record" = 1500\n'))
+    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"create_container.record" = 1500\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")

@@ -102,6 +102,36 @@ def test_stop_and_remove_of_unknown_pods_are_ok(pods: Pods) -> None:
     pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id="doesnotexist"))
 
 
+def test_an_ambiguous_pod_id_is_invalid_for_every_rpc(pods: Pods) -> None:
+    """A prefix of two pods' ids names neither: INVALID_ARGUMENT, for Stop and Remove too (they once answered OK
+    and did nothing); an unknown id is OK for Stop and Remove, NOT_FOUND for the others."""
+    rt = pods.daemon.runtime
+    by_first: dict[str, str] = {}
+    prefix = ""
+    for i in range(17):  # 16 hex digits: two of 17 pods start alike for sure (usually within a few)
+        config = pod_config(f"p{i}")
+        config.linux.security_context.namespace_options.network = cri.NODE  # no pod network: quicker
+        pod_id = pods.run(config)
+        if pod_id[0] in by_first:
+            prefix = pod_id[0]
+            break
+        by_first[pod_id[0]] = pod_id
+    assert prefix
+    for call in (lambda: rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=prefix)),
+                 lambda: rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=prefix)),
+                 lambda: rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=prefix))):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert "ambiguous" in (err.value.details() or "")
+    ready = rt.ListPodSandbox(cri.ListPodSandboxRequest(filter=cri.PodSandboxFilter(
+        state=cri.PodSandboxStateValue(state=cri.SANDBOX_READY)))).items
+    assert len(ready) == len(by_first) + 1  # nothing was stopped
+    with pytest.raises(grpc.RpcError) as err:
+        rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id="doesnotexist"))
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+
+
 def test_remove_without_stop(pods: Pods) -> None:
     pod_id = pods.run(pod_config())
     pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
@@ -222,7 +252,7 @@ def test_unknown_runtime_handler(pods: Pods) -> None:
 def test_failure_mid_run_leaves_nothing(tmp_path: Path, point: str) -> None:
     p = Pods(tmp_path, extra_config=f'[debug]\nfail_points = ["{point}"]\n')
     # the fixture file already has a [debug] table: give this one its own config
-    p.daemon.config_path.write_text(p.config_text(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n'))
+    p.rewrite_config(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n')
     p.daemon.start()
     try:
         with pytest.raises(grpc.RpcError) as err:
@@ -238,7 +268,7 @@ def test_failure_mid_run_leaves_nothing(tmp_path: Path, point: str) -> None:
     # and the database holds no row: a new crispd on the same root lists nothing, the name is free
     again = Pods(tmp_path, name="again")
     again.cgroup_base, again.bridge, again.subnet = p.cgroup_base, p.bridge, p.subnet
-    again.daemon.config_path.write_text(again.config_text())
+    again.rewrite_config()
     again.daemon.start()
     try:
         assert again.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items == []
@@ -287,8 +317,7 @@ def test_pod_cgroup_from_cgroup_parent(pods: Pods) -> None:
 
 def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
     p = Pods(tmp_path)
-    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
-                                                  '[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n'))
+    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n')
     p.daemon.start()
     try:
         request = cri.RunPodSandboxRequest(config=pod_config("slow"))

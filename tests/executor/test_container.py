@@ -401,6 +401,41 @@ def test_kill_all_reaches_every_process_of_the_cgroup(builtin: Runtime, bundles:
     assert not _cgroup_dir(cid).exists()
 
 
+def test_update_changes_the_limits_of_a_live_container(builtin: Runtime, bundles: Bundles, tmp_path: Path) -> None:
+    """`update --resources F ID`, as runc has it: the limits of a created or running container, required as at
+    create (a limit whose controller is missing fails), never its device rules, nothing for a stopped one."""
+    bundle = bundles.make(make_spec([BB, "sleep", "300"]))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    resources = tmp_path / "resources.json"
+
+    def update(limits: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        resources.write_text(json.dumps(limits))
+        return subprocess.run(builtin.command("update", "--resources", str(resources), cid), capture_output=True,
+                              text=True)
+
+    try:
+        subprocess.run(builtin.command("create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid),
+                       check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # core cgroup files need no controller: this host has them too
+        assert update({"unified": {"cgroup.max.descendants": "7"}}).returncode == 0
+        assert (_cgroup_dir(cid) / "cgroup.max.descendants").read_text().strip() == "7"
+        subprocess.run(builtin.command("start", cid), check=True)
+        assert update({"unified": {"cgroup.max.descendants": "9"}}).returncode == 0
+        assert (_cgroup_dir(cid) / "cgroup.max.descendants").read_text().strip() == "9"
+        if "pids" not in (_cgroup_dir(cid).parent / "cgroup.subtree_control").read_text().split():
+            refused = update({"pids": {"limit": 10}})
+            assert refused.returncode != 0 and "no controller" in refused.stderr
+        refused = update({"devices": [{"allow": True, "access": "rwm"}]})
+        assert refused.returncode != 0 and "device rules" in refused.stderr
+        subprocess.run(builtin.command("kill", cid, "KILL"), check=True)
+        assert _wait_status(builtin, cid, "stopped")["status"] == "stopped"
+        refused = update({"unified": {"cgroup.max.descendants": "3"}})
+        assert refused.returncode != 0 and "stopped" in refused.stderr
+    finally:
+        subprocess.run(builtin.command("delete", "--force", cid), capture_output=True)
+    assert not _cgroup_dir(cid).exists()
+
+
 def test_delete_force_of_a_created_container(builtin: Runtime, bundles: Bundles) -> None:
     bundle = bundles.make(make_spec([BB, "sleep", "300"]))
     cid = f"crisp-t-{uuid.uuid4().hex[:8]}"

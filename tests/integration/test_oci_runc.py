@@ -27,11 +27,12 @@ from cri.oci import (
     SpecInputs,
     SpecOptions,
     build_container_spec,
-    build_exec_process,
     inspect_host,
 )
 from cri.oci.capabilities import CAPABILITY_BITS, DEFAULT_CAPABILITIES
 from cri.oci.host import parse_mountinfo
+from runtime.bundle import exec_process
+from runtime.cgroups.paths import container_cgroup_path
 
 RUNC = shutil.which("runc")
 BUSYBOX = "/bin/busybox"  # Debian busybox-static: runs without a libc in the rootfs
@@ -76,7 +77,6 @@ class Pod:
         files = self.dir / "files"
         return PodContext(
             sandbox_id=self.name,
-            cgroup_parent=self.cgroup_parent,
             net_ns_path=str(self.dir / "ns/net"),
             ipc_ns_path=str(self.dir / "ns/ipc"),
             uts_ns_path=str(self.dir / "ns/uts"),
@@ -164,6 +164,7 @@ def _bundle(pod: Pod, config: pb.ContainerConfig, sandbox: pb.PodSandboxConfig,
             pod=pod.context(),
             node=node,
             rootfs_path=str(root),
+            cgroup_path=container_cgroup_path(pod.cgroup_parent, cid),
             image_files=LayeredFiles([str(root)]),
             host=inspect_host(config, privileged=privileged),
             options=SpecOptions(restrict_oom_score_adj=not node.has_sys_resource),
@@ -331,7 +332,7 @@ def test_runc_exec_with_the_exec_process(pod: Pod) -> None:
         )
         stdio.seek(0)
         assert started.returncode == 0, stdio.read()
-    process = build_exec_process(spec["process"], ["/bin/sh", "-c", REPORT], tty=False, env=["EXTRA=1"])
+    process = exec_process(spec["process"], ["/bin/sh", "-c", REPORT], tty=False, env=["EXTRA=1"])
     (bundle / "process.json").write_text(json.dumps(process))
     done = pod.runc("exec", "--process", str(bundle / "process.json"), cid, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr

@@ -22,10 +22,12 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def sleeper(node: Node) -> Iterator[str]:
     name = node.kubelet.add_pod(pod_manifest("api", [container("app", node.busybox, SLEEPER)]))
-    wait_pod(node.kubelet, name, is_ready, 60, "Running")
-    yield name
-    node.kubelet.remove_pod("api")
-    wait_until(lambda: node.kubelet.pod(name) is None, 30, f"pod {name} gone")
+    try:
+        wait_pod(node.kubelet, name, is_ready, 60, "Running")
+        yield name
+    finally:
+        node.kubelet.remove_pod("api")
+        wait_until(lambda: node.kubelet.pod(name) is None, 30, f"pod {name} gone")
 
 
 def test_run_returns_the_commands_output(node: Node, sleeper: str) -> None:

@@ -24,7 +24,6 @@ NODE = NodeFacts(
 )
 POD = PodContext(
     sandbox_id="sb1",
-    cgroup_parent="/kubepods/burstable/podu1",
     net_ns_path="/run/crisp/sandboxes/sb1/ns/net",
     ipc_ns_path="/run/crisp/sandboxes/sb1/ns/ipc",
     uts_ns_path="/run/crisp/sandboxes/sb1/ns/uts",
@@ -85,6 +84,7 @@ def inputs(
         "pod": POD,
         "node": NODE,
         "rootfs_path": "/run/crisp/containers/c1/rootfs",
+        "cgroup_path": "/kubepods/burstable/podu1/crisp-c1",
         "image_name": "docker.io/library/busybox:latest",
         "image_files": IMAGE_FILES,
         "host": HostPaths(),

@@ -42,3 +42,19 @@ def test_every_kind_is_mapped() -> None:
     internal = grpc.StatusCode.INTERNAL
     unmapped = [k.__name__ for k in kinds if k is not errors.CrispError and status_code_for(k("x")) is internal]
     assert unmapped == []
+
+
+class _Extra(Exception):
+    pass
+
+
+def test_wire_kinds_round_trip() -> None:
+    """The one decoder of `{"kind", "message"}` (shim client, namespace pinning, network helper, executor)."""
+    for cls in errors.KINDS.values():
+        decoded = errors.from_kind(errors.kind_of(cls("m")), "m")
+        assert type(decoded) is cls and str(decoded) == "m"
+    assert errors.kind_of(ValueError("x")) == errors.INTERNAL
+    assert type(errors.from_kind(errors.INTERNAL, "x")) is errors.CrispError
+    assert type(errors.from_kind("CrispError", "x", fallback=_Extra)) is _Extra
+    assert type(errors.from_kind("_Extra", "x", extra=(_Extra,))) is _Extra
+    assert type(errors.from_kind(None, "x")) is errors.CrispError

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from runtime import errors
+from runtime.bundle import OVERLAY_ANNOTATION, Overlay
 from runtime.executor import mountopts, protocol, sysctls
-from runtime.executor.oci import OVERLAY_ANNOTATION, Linux, Mount, Namespace, Overlay, parse_spec
+from runtime.executor.oci import Linux, Mount, Namespace, parse_spec
 from runtime.executor.process import ExecError, ProcessSetup, find_executable
-from runtime.executor.rootfs import MountError, check_proc_destination, overlay_data
+from runtime.executor.rootfs import MountError, check_proc_destination
 from runtime.linux import syscalls as sc
 
 
@@ -58,11 +59,11 @@ def test_overlay_annotation_and_long_layer_lists() -> None:
     parsed = parse_spec(spec(annotations={OVERLAY_ANNOTATION: json.dumps(
         {"lowerdirs": ["/s/2/fs", "/s/1/fs"], "upperdir": "/c/u", "workdir": "/c/w"})}), Path("/b"))
     assert parsed.overlay == Overlay(("/s/2/fs", "/s/1/fs"), "/c/u", "/c/w")
-    assert overlay_data(parsed.overlay) == ("lowerdir=/s/2/fs:/s/1/fs,upperdir=/c/u,workdir=/c/w", None)
+    assert parsed.overlay.mount_data() == ("lowerdir=/s/2/fs:/s/1/fs,upperdir=/c/u,workdir=/c/w", None)
     base = "/var/lib/crisp/images/snapshots"
     many = Overlay(tuple(f"{base}/{'a' * 61}{i:03d}/fs" for i in range(55)), "/var/lib/crisp/c/u",
                    "/var/lib/crisp/c/w")
-    data, chdir = overlay_data(many)
+    data, chdir = many.mount_data()
     assert chdir == base and len(data) < 4096 and "upperdir=/var/lib/crisp/c/u" in data
     assert data.startswith(f"lowerdir={'a' * 61}000/fs:")
 
@@ -90,27 +91,12 @@ def test_nothing_but_proc_goes_into_proc(dest: str, fstype: str, ok: bool) -> No
             check_proc_destination(mount)
 
 
-@pytest.mark.parametrize("name, ns", [
-    ("net.ipv4.ip_forward", "network"), ("kernel.shmmax", "ipc"), ("kernel.msgmax", "ipc"), ("kernel.sem", "ipc"),
-    ("fs.mqueue.msg_max", "ipc"), ("kernel.shm_rmid_forced", "ipc"), ("kernel.panic", None), ("vm.swappiness", None),
-])
-def test_sysctl_namespaces(name: str, ns: str | None) -> None:
-    assert sysctls.namespace_of(name) == ns
-
-
-def test_pod_sysctl_validation() -> None:
-    sysctls.validate_pod_sysctls({"net.ipv4.ip_forward": "1", "kernel.shmmax": "1"}, False, False)
-    with pytest.raises(errors.InvalidArgument, match="host network"):
-        sysctls.validate_pod_sysctls({"net.ipv4.ip_forward": "1"}, host_network=True, host_ipc=False)
-    with pytest.raises(errors.InvalidArgument, match="host IPC"):
-        sysctls.validate_pod_sysctls({"fs.mqueue.msg_max": "1"}, host_network=False, host_ipc=True)
-    with pytest.raises(errors.InvalidArgument, match="not namespaced"):
-        sysctls.validate_pod_sysctls({"kernel.panic": "1"}, False, False)
-
-
 def test_executor_refuses_sysctls_for_shared_namespaces() -> None:
     new_net = Linux(namespaces=(Namespace("network"),), sysctl={"net.ipv4.ip_forward": "1"})
     sysctls.check_sysctls(new_net)
+    sysctls.check_sysctls(Linux(namespaces=(Namespace("uts"),), sysctl={"kernel.domainname": "x"}))
+    with pytest.raises(errors.InvalidArgument, match="shares the host UTS"):
+        sysctls.check_sysctls(Linux(namespaces=(), sysctl={"kernel.domainname": "x"}))
     with pytest.raises(errors.InvalidArgument, match="shares the host"):
         sysctls.check_sysctls(Linux(namespaces=(), sysctl={"net.ipv4.ip_forward": "1"}))
     # a "path" that is the very namespace we are in is the host's
@@ -122,7 +108,7 @@ def test_executor_refuses_sysctls_for_shared_namespaces() -> None:
 def test_protocol_round_trip_and_typed_errors() -> None:
     for message in (protocol.Go(), protocol.ChildPid(42), protocol.Ready(), protocol.Failure("NotFound", "x")):
         assert protocol.decode(protocol.encode(message)) == message
-    error = protocol.Failure(protocol.kind_of(errors.InvalidArgument("bad")), "bad").to_error()
+    error = protocol.Failure(errors.kind_of(errors.InvalidArgument("bad")), "bad").to_error()
     assert isinstance(error, errors.InvalidArgument) and str(error) == "bad"
     with pytest.raises(protocol.ProtocolError):
         protocol.decode(b'{"type": "nope"}')

@@ -17,8 +17,8 @@ from cri.events import EventBroker
 from cri.metrics import Metrics, StateSnapshot
 from cri.metrics_server import MetricsServer
 from cri.server import Readiness
-from cri.service.container_stats import cpu_usage, memory_usage, psi
 from cri.stats import MIN_RATE_NS, CgroupSample, StatsCollector
+from cri.usage import cpu_usage, memory_usage, psi
 from runtime import errors
 from runtime.cgroups import CgroupStats, CpuStats, MemoryStats, Pressure, PsiLine
 from runtime.network.netstats import InterfaceCounters, parse_proc_net_dev

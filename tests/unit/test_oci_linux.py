@@ -11,7 +11,8 @@ import pytest
 from cri import api as pb
 from cri.oci.host import DeviceLookup, DeviceNode, HostPaths, MountSource
 from cri.oci.mounts import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
-from cri.oci.spec import OVERLAY_ANNOTATION, Overlay, SpecOptions, cgroups_path, expand_slice, normalize_sysctl
+from cri.oci.spec import SpecOptions
+from runtime.bundle import OVERLAY_ANNOTATION, Overlay
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from tests.unit.oci_schema import check_spec
 from tests.unit.oci_support import NODE, POD, build, container_config, inputs, replace, sandbox_config
@@ -356,15 +357,11 @@ def test_hostname() -> None:
 # ---------------------------------------------------------------------------------------------- cgroups
 
 
-def test_cgroups_path() -> None:
+def test_cgroups_path_is_the_callers_value() -> None:
+    """The container's cgroup is made once (runtime.cgroups.paths, tested there) and written as it was given."""
     assert build()["linux"]["cgroupsPath"] == "/kubepods/burstable/podu1/crisp-c1"
-    assert cgroups_path("kubepods/pod2/", "x") == "/kubepods/pod2/crisp-x"
-    assert cgroups_path("kubepods-burstable-pod1.slice", "x") == (
-        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/crisp-x"
-    )
-    assert expand_slice("kubepods.slice") == "/kubepods.slice"
-    with pytest.raises(InvalidArgument):
-        cgroups_path("/kubepods/../../etc", "x")
+    assert build(cgroup_path="/kubepods.slice/x.slice/crisp-c1")["linux"]["cgroupsPath"] == (
+        "/kubepods.slice/x.slice/crisp-c1")
 
 
 # ---------------------------------------------------------------------------------------------- resources
@@ -420,7 +417,6 @@ def test_pod_sysctls() -> None:
         "net.ipv4.ip_forward": "1",
     }
     assert "sysctl" not in build()["linux"]
-    assert normalize_sysctl("net.ipv4.ip_forward") == "net.ipv4.ip_forward"
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,10 @@ import pytest
 from cri import api as pb
 from cri.config import OciConfig
 from cri.oci.capabilities import DEFAULT_CAPABILITIES, capabilities_from_mask, normalize_capability
-from cri.oci.spec import (
-    DEFAULT_PATH_ENV,
-    SpecOptions,
-    build_exec_process,
-    merge_env,
-    process_args,
-    resolve_stop_signal,
-)
+from cri.oci.signals import resolve_stop_signal
+from cri.oci.spec import DEFAULT_PATH_ENV, SpecOptions, process_args
 from cri.oci.user import StaticFiles
+from runtime.bundle import exec_process, merge_env
 from runtime.errors import FailedPrecondition, InvalidArgument
 from tests.unit.oci_support import ALL_CAPS, NODE, build, container_config, replace, sandbox_config
 
@@ -356,7 +351,7 @@ def test_exec_process_keeps_identity_and_replaces_args() -> None:
         working_dir="/srv",
     )
     container = build(config)["process"]
-    process = build_exec_process(container, ["/bin/sh", "-c", "id"], tty=True, env=["EXTRA=1", "HOME=/x"])
+    process = exec_process(container, ["/bin/sh", "-c", "id"], tty=True, env=["EXTRA=1", "HOME=/x"])
     assert process["args"] == ["/bin/sh", "-c", "id"]
     assert process["terminal"] is True
     assert process["user"] == container["user"] and process["capabilities"] == container["capabilities"]
@@ -364,10 +359,14 @@ def test_exec_process_keeps_identity_and_replaces_args() -> None:
     assert "TERM=xterm" in process["env"] and "EXTRA=1" in process["env"] and "HOME=/x" in process["env"]
     assert process["oomScoreAdj"] == 5  # as containerd passes the container's process to runc exec
     assert container["args"] == ["/bin/app"]  # the container's spec is untouched
-    plain = build_exec_process(container, ["ls"], tty=False)
+    plain = exec_process(container, ["ls"], tty=False)
     assert plain["terminal"] is False and plain["env"] == container["env"]
+    # the shim's exec passes a working dir and, for a tty, the first window size
+    sized = exec_process(container, ["top"], tty=True, cwd="/tmp", console_size=(80, 24))
+    assert sized["cwd"] == "/tmp" and sized["consoleSize"] == {"width": 80, "height": 24}
+    assert "consoleSize" not in exec_process(container, ["top"], tty=False, console_size=(80, 24))
     with pytest.raises(InvalidArgument):
-        build_exec_process(container, [], tty=False)
+        exec_process(container, [], tty=False)
 
 
 # ---------------------------------------------------------------------------------------------- stop signal

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from cri.shims.client import ShimInternalError, shim_error
 from runtime import errors
 from shim import protocol
-from shim.client import ShimInternalError, error_from
 from shim.io.cri_log import CriLog, format_chunk, format_timestamp
-from shim.manager import cgroup2_bind_for_oci, find_cgroup2_mount
 from shim.protocol import ExitStatus, ShimConfig, ShimError
 
 TS = b"2026-01-02T03:04:05.000000006Z"
@@ -104,20 +103,10 @@ def test_wait_status_to_exit() -> None:
 
 
 def test_error_kinds_map_back() -> None:
-    assert isinstance(error_from("NotFound", "x"), errors.NotFound)
-    assert isinstance(error_from("FailedPrecondition", "x"), errors.FailedPrecondition)
-    assert isinstance(error_from("Internal", "x"), ShimInternalError)
-    assert isinstance(error_from("CrispError", "x"), ShimInternalError)
-    assert isinstance(error_from("bogus", "x"), ShimInternalError)
+    assert isinstance(shim_error({"kind": "NotFound", "message": "x"}, ""), errors.NotFound)
+    assert isinstance(shim_error({"kind": "FailedPrecondition"}, ""), errors.FailedPrecondition)
+    assert isinstance(shim_error({"kind": "Internal"}, ""), ShimInternalError)
+    assert isinstance(shim_error({"kind": "CrispError"}, ""), ShimInternalError)
+    assert isinstance(shim_error({"kind": "bogus"}, ""), ShimInternalError)
+    assert str(shim_error(None, "create failed")) == "create failed"
 
-
-def test_find_cgroup2_mount() -> None:
-    hybrid = ("31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
-              "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
-              "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
-    assert find_cgroup2_mount(hybrid) == "/sys/fs/cgroup/unified"
-    assert cgroup2_bind_for_oci("/sys/fs/cgroup/unified") == "/sys/fs/cgroup/unified"
-    unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
-    assert find_cgroup2_mount(unified) == "/sys/fs/cgroup"
-    assert cgroup2_bind_for_oci("/sys/fs/cgroup") == ""
-    assert find_cgroup2_mount("") == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from cri import api as cri
 from cri.store.containers import EXITED, RUNNING, Container, ContainerMeta, ContainerStatus, ContainerStore
 from cri.store.db import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, Store, migrate
+from runtime import errors
 
 TABLES = {"settings", "name_reservations", "sandboxes", "containers", "images", "image_names", "ip_leases"}
 
@@ -104,6 +106,37 @@ def test_status_updates_that_overlap_lose_nothing(tmp_path: Path) -> None:
             assert (status.state, status.exit_code, status.reason, status.resources) == (
                 EXITED, 137, "OOMKilled", "0801")
         assert container.exited.is_set()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_find_says_not_there_only_when_it_is_not(tmp_path: Path) -> None:
+    """`find` (Stop and Remove) is None only for an unknown id: an ambiguous prefix or an empty id is
+    INVALID_ARGUMENT, as `get` (every other RPC) has it; once it swallowed every error and Stop/Remove answered OK
+    for an id they never resolved."""
+
+    async def scenario() -> None:
+        store = Store(tmp_path / "crisp.db")
+        await store.open()
+        containers = ContainerStore(store)
+        first = _container("ab1" + "0" * 61)
+        second = Container(dataclasses.replace(_container("ab2" + "0" * 61).meta, name="d_p_ns_uid_0"),
+                           ContainerStatus(state=RUNNING))
+        await store.run(lambda c: c.execute(
+            "INSERT INTO sandboxes (id, name, state, runtime_handler, created_at, config) VALUES (?, ?, ?, ?, ?, ?)",
+            (first.meta.sandbox_id, "p_ns_uid_0", "ready", "", 1, b"")))
+        await containers.add(first)
+        await containers.add(second)
+        assert containers.find("ab1") is first and containers.find(second.id) is second
+        assert containers.find("ff") is None
+        with pytest.raises(errors.NotFound):
+            containers.get("ff")
+        for bad in ("ab", ""):
+            with pytest.raises(errors.InvalidArgument):
+                containers.find(bad)
+            with pytest.raises(errors.InvalidArgument):
+                containers.get(bad)
         await store.close()
 
     asyncio.run(scenario())

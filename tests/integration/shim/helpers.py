@@ -22,8 +22,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cri.shims.manager import ShimManager
+from runtime.cgroups.paths import find_cgroup2_mount, oci_runtime_bind
+from runtime.procs import process_start_time
 from shim import protocol
-from shim.manager import ShimManager, cgroup2_bind_for_oci, find_cgroup2_mount
 from shim.protocol import ShimConfig
 
 T = TypeVar("T")
@@ -75,7 +77,7 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 120, check_slow_callbacks
 
 
 def cgroup2_mount() -> str:
-    return find_cgroup2_mount(Path("/proc/self/mountinfo").read_text())
+    return str(find_cgroup2_mount(Path("/proc/self/mountinfo").read_text()))
 
 
 def build_busybox_rootfs(target: Path) -> None:
@@ -191,8 +193,8 @@ class ShimEnv:
         # the built-in executor mounts the rootfs overlay and finds cgroup v2 itself; runc and crun need the shim
         return ShimConfig(id=cid, bundle=str(self.containers / cid), executor=executor_argv(self.executor),
                           executor_root=str(self.executor_root), log_path=str(self.logs / f"{cid}.log") if log else "",
-                          mount_rootfs=not self.builtin, cgroup2_mount=self.cgroup2,
-                          cgroup2_bind="" if self.builtin else cgroup2_bind_for_oci(self.cgroup2), **fields)
+                          mount_rootfs=not self.builtin, cgroup2_mount=self.cgroup2, cgroup=f"/{CGROUP_PREFIX}{cid}",
+                          cgroup2_bind="" if self.builtin else oci_runtime_bind(self.cgroup2), **fields)
 
     def manager(self) -> ShimManager:
         return ShimManager(self.containers, call_timeout=60)
@@ -214,7 +216,7 @@ class ShimEnv:
         for info in self.containers.glob(f"*/{protocol.INFO_NAME}"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 data = json.loads(info.read_text())
-                if protocol.process_start_time(data["pid"]) == data["start_time"]:
+                if process_start_time(data["pid"]) == data["start_time"]:
                     pids.append(int(data["pid"]))
         return pids
 
@@ -257,7 +259,7 @@ class ShimEnv:
         for pid in self.shim_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        bind = "" if self.builtin else cgroup2_bind_for_oci(self.cgroup2)
+        bind = "" if self.builtin else oci_runtime_bind(self.cgroup2)
         for cid in self.ids:
             argv = [*executor_argv(self.executor), "--root", str(self.executor_root), "delete", "--force", cid]
             if bind:

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from shim.manager import ShimManager
+from cri.shims.manager import ShimManager
 from shim.protocol import ShimConfig
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shlex
 import time
 
 import pytest
 
+from cri.shims.client import ShimClient
+from cri.shims.manager import ShimManager
 from runtime import errors
 from shim import protocol
-from shim.client import ShimClient
-from shim.manager import ShimManager
-from tests.integration.shim.helpers import ShimEnv, run
+from tests.integration.shim.helpers import ShimEnv, executor_argv, run
 
 pytestmark = pytest.mark.root
 
@@ -57,6 +59,39 @@ def test_exec_sync_output_and_exit_code(shim_env: ShimEnv) -> None:
     run(scenario())
     # the exec's output goes to its caller, not into the container's log
     assert b"out yes" not in (shim_env.logs / f"{cid}.log").read_bytes()
+
+
+def test_an_exec_racing_the_containers_end_is_a_failed_precondition(shim_env: ShimEnv) -> None:
+    """The container's init dies after the shim checked that it runs and before the executor execs (a kubelet's
+    probe racing the container's end): the executor refuses, and the caller hears that the container exited, not
+    that the shim failed."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+    init_pid = shim_env.base / f"{cid}.init"
+    executor = shim_env.base / f"{cid}.executor"
+    # an executor that, asked to exec, first kills the container's init and waits until it is dead
+    executor.write_text(f"""#!/bin/sh
+case " $* " in *" exec "*)
+    pid=$(cat {init_pid}); kill -9 "$pid"
+    while grep -qs '^State:.*[RSD]' /proc/"$pid"/status; do sleep 0.01; done;;
+esac
+exec {shlex.join(executor_argv(shim_env.executor))} "$@"
+""")
+    executor.chmod(0o755)
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        client, _ = await manager.create(dataclasses.replace(shim_env.config(cid), executor=[str(executor)]))
+        try:
+            await client.start()
+            init_pid.write_text(str((await client.state()).pid))
+            with pytest.raises(errors.FailedPrecondition, match="exited"):
+                await client.exec_sync(["true"])
+            assert (await client.wait(call_timeout=10)).signal == 9
+        finally:
+            await _finish(manager, client, cid)
+
+    run(scenario())
 
 
 def test_exec_timeout_kills_its_processes(shim_env: ShimEnv) -> None:
@@ -195,6 +230,9 @@ def test_shim_imports_nothing_heavy(runc_env: ShimEnv) -> None:
     assert not any(m.startswith(("grpc", "google", "pyroute2", "cri.", "prometheus")) for m in modules)
     assert info["threads"] == 1
     # ctypes is there for exactly one prctl(PR_SET_CHILD_SUBREAPER), through runtime.linux.syscalls
-    assert {m for m in modules if m.startswith("runtime")} <= {"runtime", "runtime.version", "runtime.linux",
-                                                               "runtime.linux.syscalls"}
+    # and the stdlib-only rule modules the shim shares with crispd and the executor (the bundle contract, error
+    # kinds, process start times)
+    assert {m for m in modules if m.startswith("runtime")} <= {
+        "runtime", "runtime.version", "runtime.linux", "runtime.linux.syscalls", "runtime.bundle", "runtime.errors",
+        "runtime.procs"}
     print(json.dumps(sorted(modules)))

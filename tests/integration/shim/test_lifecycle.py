@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -109,6 +110,42 @@ def test_exit_before_start_was_asked(runc_env: ShimEnv) -> None:
     run(scenario())
 
 
+def test_a_failed_delete_keeps_the_record(runc_env: ShimEnv) -> None:
+    """When the executor's `delete` fails the container may still hold processes, mounts or its cgroup: the shim
+    answers the shutdown with the executor's words, keeps shim.json (the record of what is left), its socket and
+    the rootfs mount, and serves on; the next shutdown deletes it all."""
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["sleep", "1000"])
+    refuse = runc_env.base / "refuse-delete"
+    # runc, except that `delete` fails while the marker file exists
+    script = f'case " $* " in *" delete "*) if [ -e {refuse} ]; then echo "delete refused" >&2; exit 1; fi;; ' \
+             'esac; exec runc "$@"'
+    bundle = runc_env.containers / cid
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            config = dataclasses.replace(runc_env.config(cid),
+                                         executor=["/bin/sh", "-c", script, "runc-refusing-delete"])
+            client, _ = await manager.create(config)
+            await client.start()
+            await client.kill(signal.SIGKILL)
+            await manager.wait_exit(cid)
+            refuse.touch()
+            with pytest.raises(errors.CrispError, match="delete refused"):
+                await client.shutdown()
+            assert (bundle / "shim.json").exists() and (bundle / "shim.sock").exists()
+            assert (bundle / "rootfs").is_mount()
+            assert (await client.state()).state == "stopped"  # still serving
+            refuse.unlink()
+            await client.shutdown()
+            assert not (bundle / "shim.json").exists() and not (bundle / "rootfs").is_mount()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
 def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
     cid = shim_env.new_id()
     shim_env.bundle(cid, ["/no/such/binary"])
@@ -186,6 +223,36 @@ def test_a_dead_zygote_is_replaced(runc_env: ShimEnv) -> None:
             assert manager.zygote_pid not in (None, old)
             await client.start()
             assert (await manager.wait_exit(cid)).exit_code == 0
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_update_goes_through_the_executor(shim_env: ShimEnv) -> None:
+    """New limits reach the container's cgroup through the executor's `update` (the component that owns the
+    cgroup, as runc has it); an executor's refusal comes back typed; nothing is left of the request."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        try:
+            client, _ = await manager.create(shim_env.config(cid))
+            await client.start()
+            await client.update({"unified": {"cgroup.max.descendants": "11"}})
+            limit = await asyncio.to_thread((shim_env.cgroup_dir(cid) / "cgroup.max.descendants").read_text)
+            assert limit.strip() == "11"
+            with pytest.raises(errors.InvalidArgument):
+                await client.update([])  # type: ignore[arg-type]
+            with pytest.raises(errors.CrispError):
+                await client.update({"unified": {"cgroup.max.descendants": "not a number"}})
+            assert not (shim_env.containers / cid / "update.json").exists()
+            await client.kill(signal.SIGKILL)
+            await manager.wait_exit(cid)
+            with pytest.raises(errors.FailedPrecondition):
+                await client.update({"unified": {"cgroup.max.descendants": "12"}})
             await client.shutdown()
         finally:
             await manager.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,8 +13,8 @@ import time
 
 import pytest
 
+from cri.shims.manager import UNKNOWN_EXIT_CODE, CleanupFailed, shim_alive
 from shim import protocol
-from shim.manager import UNKNOWN_EXIT_CODE, shim_alive
 from tests.integration.shim.helpers import ShimEnv, joined_output, run
 
 pytestmark = pytest.mark.root
@@ -178,3 +180,43 @@ def test_shim_killed_after_exit_keeps_the_real_exit_code(runc_env: ShimEnv) -> N
             await manager.close()
 
     run(scenario())
+
+
+def test_a_dead_shims_remains_that_will_not_go_are_kept_and_said(runc_env: ShimEnv,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """After a shim died, crispd deletes its container; when that delete fails the record (shim.json) stays, the
+    failure is a WARNING (it was a DEBUG line, and the record went), discarding the container raises, and once the
+    executor can delete it a later discard cleans up."""
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["sleep", "1000"])
+    refuse = runc_env.base / "refuse-delete"
+    script = f'case " $* " in *" delete "*) if [ -e {refuse} ]; then echo "delete refused" >&2; exit 1; fi;; ' \
+             'esac; exec runc "$@"'
+    info_file = runc_env.containers / cid / protocol.INFO_NAME
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            config = dataclasses.replace(runc_env.config(cid), executor=["/bin/sh", "-c", script, "runc-refusing"])
+            client, _ = await manager.create(config)
+            await client.start()
+            info = manager.info(cid)
+            assert info is not None
+            refuse.touch()
+            os.kill(info.pid, signal.SIGKILL)
+            status = await manager.wait_exit(cid)
+            assert status.reason == "ShimDied"
+            assert info_file.exists() and manager.info(cid) is not None
+            with pytest.raises(CleanupFailed, match="delete refused"):
+                await manager.discard(cid)
+            assert info_file.exists()
+            refuse.unlink()
+            await manager.discard(cid)
+            assert not info_file.exists() and manager.info(cid) is None
+        finally:
+            await manager.close()
+
+    with caplog.at_level(logging.WARNING, logger="cri.shims.manager"):
+        run(scenario())
+    assert any(r.levelno == logging.WARNING and "delete refused" in r.getMessage() for r in caplog.records)
+    assert not os.path.ismount(runc_env.containers / cid / "rootfs")

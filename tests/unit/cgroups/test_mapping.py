@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runtime import errors
-from runtime.cgroups import MissingLimit, drop_limits
+from runtime.cgroups import MissingLimit, drop_limits, enforceable_limits
 from runtime.cgroups.cgroup import all_settings, missing_for
 from runtime.cgroups.cpu import cpu_max, shares_to_weight
 from runtime.cgroups.io import blkio_weight_to_io_weight
@@ -256,3 +256,16 @@ def test_drop_limits_removes_exactly_the_missing_keys() -> None:
     }
     assert missing_for(dropped, frozenset({"cpuset"})) == []
     assert resources["memory"] == {"limit": 1 << 20, "swap": 2 << 20}  # the input is not changed
+
+
+def test_missing_controller_policy(caplog: pytest.LogCaptureFixture) -> None:
+    """The one home of `[cgroup] missing_controller`, for CreateContainer and UpdateContainerResources alike."""
+    resources = {"memory": {"limit": 1 << 20}, "pids": {"limit": 10}}
+    missing = [MissingLimit("memory.limit", "memory")]
+    assert enforceable_limits(resources, [], "error", "container c1") == resources
+    with pytest.raises(errors.FailedPrecondition, match=r"container c1: .*memory.limit \(needs memory\)"):
+        enforceable_limits(resources, missing, "error", "container c1")
+    kept = enforceable_limits(resources, missing, "warn", "container c1")
+    assert kept == {"memory": {}, "pids": {"limit": 10}}
+    assert "container c1: dropping limits this node cannot enforce: memory.limit" in caplog.text
+    assert resources == {"memory": {"limit": 1 << 20}, "pids": {"limit": 10}}  # the caller's dict is unchanged

@@ -8,7 +8,6 @@ import pytest
 
 from runtime import errors
 from runtime.cgroups import find_cgroup2_mount, paths
-from runtime.cgroups.manager import cgroup2_mounts
 
 HYBRID = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -32,9 +31,12 @@ def test_mount_discovery() -> None:
     assert find_cgroup2_mount(PURE) == Path("/sys/fs/cgroup")
     assert find_cgroup2_mount(ODD) == Path("/run/my cgroup")  # optional fields and escapes handled
     assert find_cgroup2_mount(ODD + PURE.splitlines()[1] + "\n") == Path("/sys/fs/cgroup")
-    assert cgroup2_mounts(ODD + PURE) == [Path("/run/my cgroup"), Path("/sys/fs/cgroup")]
+    assert paths.cgroup2_mounts(ODD + PURE) == [Path("/run/my cgroup"), Path("/sys/fs/cgroup")]
     with pytest.raises(errors.FailedPrecondition):
         find_cgroup2_mount(HYBRID.replace("cgroup2", "cgroupX"))
+    # what an OCI runtime (which looks only at /sys/fs/cgroup) gets bound there: nothing on a pure v2 node
+    assert paths.oci_runtime_bind(find_cgroup2_mount(HYBRID)) == "/sys/fs/cgroup/unified"
+    assert paths.oci_runtime_bind(find_cgroup2_mount(PURE)) == ""
 
 
 def test_normalize() -> None:
@@ -68,6 +70,9 @@ def test_systemd_slices() -> None:
             paths.expand_slice(bad)
     assert paths.resolve_parent("kubepods-besteffort.slice") == "/kubepods.slice/kubepods-besteffort.slice"
     assert paths.resolve_parent("/kubepods/besteffort") == "/kubepods/besteffort"
+    assert paths.resolve_parent("kubepods/pod2/") == "/kubepods/pod2"
+    with pytest.raises(errors.InvalidArgument):
+        paths.resolve_parent("/kubepods/../../etc")
     assert paths.pod_cgroup_path("kubepods-pod9.slice", "9") == "/kubepods.slice/kubepods-pod9.slice"
 
 

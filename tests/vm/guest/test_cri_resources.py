@@ -48,7 +48,8 @@ def container_spec(container_id: str, pod_cgroup: str, rootfs: Path, args: list[
     config.linux.security_context.namespace_options.pid = CONTAINER
     return build_container_spec(SpecInputs(
         container_id=container_id, config=config, sandbox_config=sandbox, image_config={},
-        pod=PodContext(sandbox_id="pod", cgroup_parent=pod_cgroup), node=NodeFacts.probe(), rootfs_path=str(rootfs),
+        pod=PodContext(sandbox_id="pod"), node=NodeFacts.probe(), rootfs_path=str(rootfs),
+        cgroup_path=paths.container_cgroup_path(pod_cgroup, container_id),
     ))
 
 

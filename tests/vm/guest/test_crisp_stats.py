@@ -2,7 +2,7 @@
 cannot show. A memory allocator's working set rises in the CRI MemoryUsage and agrees with the cgroup's files;
 PSI is reported; the cAdvisor metrics that need the cpu and memory controllers (the ones critest's pod metrics spec
 misses on the hosts) are all there. The same code paths as ContainerStats and ListPodSandboxMetrics in crispd:
-`StatsCollector.cgroups` reads, `cri.service.container_stats` and `cri.service.pod_metrics` convert."""
+`StatsCollector.cgroups` reads, `cri.usage` and `cri.pod_metrics` convert."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cri.service.container_stats import cpu_usage, io_usage, memory_usage
-from cri.service.pod_metrics import _cgroup_metrics, _Metrics
+from cri.pod_metrics import _cgroup_metrics, _Metrics
 from cri.stats import MIN_RATE_NS, CgroupRequest, CgroupSample, StatsCollector
+from cri.usage import cpu_usage, io_usage, memory_usage
 from runtime.cgroups import Cgroup, CgroupV2Manager
 from tests.vm.guest.support import (
     HOLD,

@@ -29,11 +29,11 @@ class ShimInternalError(errors.CrispError):
     """The shim failed in a way that is nobody's fault but crisp's (INTERNAL)."""
 
 
-def error_from(kind: str, message: str) -> errors.CrispError:
-    cls = getattr(errors, kind, None)
-    if isinstance(cls, type) and issubclass(cls, errors.CrispError) and cls is not errors.CrispError:
-        return cls(message)
-    return ShimInternalError(message)
+def shim_error(problem: object, default: str) -> Exception:
+    """A shim's `{"kind", "message"}` as the error it names; a kind crisp does not know is ShimInternalError."""
+    fields = problem if isinstance(problem, dict) else {}
+    return errors.from_kind(fields.get("kind", errors.INTERNAL), str(fields.get("message", default)),
+                            fallback=ShimInternalError)
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,7 @@ class ShimStream:
                 self.exit = json.loads(payload)
                 return None
             if stream == protocol.STREAM_ERROR:
-                problem = json.loads(payload)
-                raise error_from(problem.get("kind", "Internal"), problem.get("message", ""))
+                raise shim_error(json.loads(payload), "")
             return stream, payload
 
     async def _send(self, stream: int, payload: bytes) -> None:
@@ -145,8 +144,7 @@ class ShimClient:
             raise errors.Unavailable(f"the shim of container {self.id} closed the connection during {op}")
         reply = json.loads(line)
         if not reply.get("ok"):
-            problem = reply.get("error") or {}
-            raise error_from(str(problem.get("kind", "Internal")), str(problem.get("message", f"{op} failed")))
+            raise shim_error(reply.get("error"), f"{op} failed")
         return dict(reply)
 
     async def call(self, op: str, call_timeout: float | None = None, **fields: Any) -> dict[str, Any]:
@@ -195,6 +193,10 @@ class ShimClient:
     async def wait(self, call_timeout: float | None = 0) -> ExitStatus:
         """The exit status, once the container has exited (no timeout unless one is given)."""
         return ExitStatus.from_json((await self.call("wait", call_timeout))["status"])
+
+    async def update(self, resources: dict[str, Any], call_timeout: float | None = None) -> None:
+        """New limits (an OCI linux.resources without devices), applied by the executor's `update`."""
+        await self.call("update", call_timeout, resources=resources)
 
     async def reopen_log(self, call_timeout: float | None = None) -> None:
         await self.call("reopen_log", call_timeout)

@@ -1,4 +1,4 @@
-"""ListMetricDescriptors and ListPodSandboxMetrics: cAdvisor's container metrics, from the CRI.
+"""cAdvisor's container metrics from the CRI (ListMetricDescriptors, ListPodSandboxMetrics).
 
 With these the kubelet's /metrics/cadvisor can come from the runtime alone (PodAndContainerStatsFromCRI). The names,
 help texts and label keys are cAdvisor's, as the kubelet and critest know them; every metric carries the base labels
@@ -15,12 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cri import api as cri
-from cri.service.container_stats import upper_dir
-from cri.service.context import ServiceContext
-from cri.service.sandbox_stats import own_netns
-from cri.stats import CgroupRequest, CgroupSample, DiskUsage, NetworkSample
-from cri.store.containers import EXITED, Container
-from cri.store.sandboxes import READY, Sandbox
+from cri.stats import CgroupRequest, CgroupSample, DiskUsage, NetworkSample, StatsCollector
+from cri.store.containers import Container, ContainerStore
+from cri.store.sandboxes import READY, Sandbox, SandboxStore
+from cri.usage import live_containers, own_netns, upper_dir
 from runtime.cgroups import Pressure
 
 BASE_LABELS = ("id", "image", "namespace", "pod", "container")
@@ -254,31 +252,23 @@ def container_metrics(container: Container, sandbox: Sandbox, sample: CgroupSamp
     return cri.ContainerMetrics(container_id=container.id, metrics=m.items)
 
 
-async def list_metric_descriptors(ctx: ServiceContext, request: cri.ListMetricDescriptorsRequest
-                                  ) -> cri.ListMetricDescriptorsResponse:
-    return cri.ListMetricDescriptorsResponse(descriptors=[d.message() for d in DESCRIPTORS])
-
-
-async def list_pod_sandbox_metrics(ctx: ServiceContext, request: cri.ListPodSandboxMetricsRequest
-                                   ) -> cri.ListPodSandboxMetricsResponse:
-    sandboxes = sorted((s for s in ctx.sandboxes.all() if s.status.state == READY),
-                       key=lambda s: s.meta.created_at)
-    containers = {s.id: sorted((c for c in ctx.containers.of_sandbox(s.id) if c.status.state != EXITED),
-                               key=lambda c: c.meta.created_at) for s in sandboxes}
-    every = [c for cs in containers.values() for c in cs]
-    samples = await ctx.stats.cgroups([CgroupRequest(c.id, c.meta.cgroup, processes=True, open_files=True,
-                                                     limits=True) for c in every])
-    disks = await ctx.stats.disk_usage({c.id: upper_dir(c) for c in every})
-    networks = await ctx.stats.network({s.id: ns for s in sandboxes if (ns := own_netns(s)) is not None})
-    now = ctx.clock_ns()
+async def pod_sandbox_metrics(stats: StatsCollector, sandboxes: SandboxStore, containers: ContainerStore,
+                              now: int) -> list[cri.PodSandboxMetrics]:
+    """The metrics of every ready pod: its network's, and each created and running container's."""
+    ready = sorted((s for s in sandboxes.all() if s.status.state == READY), key=lambda s: s.meta.created_at)
+    members = {s.id: live_containers(containers, s.id) for s in ready}
+    every = [c for cs in members.values() for c in cs]
+    samples = await stats.cgroups([CgroupRequest(c.id, c.meta.cgroup, processes=True, open_files=True,
+                                                 limits=True) for c in every])
+    disks = await stats.disk_usage({c.id: upper_dir(c) for c in every})
+    networks = await stats.network({s.id: ns for s in ready if (ns := own_netns(s)) is not None})
     out = []
-    for sandbox in sandboxes:
+    for sandbox in ready:
         pod = sandbox.meta.config.metadata
         pod_metrics = _Metrics((sandbox.id, "", pod.namespace, pod.name, "POD"))
         _network_metrics(pod_metrics, networks.get(sandbox.id))
         out.append(cri.PodSandboxMetrics(
             pod_sandbox_id=sandbox.id, metrics=pod_metrics.items,
             container_metrics=[container_metrics(c, sandbox, samples[c.id], disks.get(c.id), now)
-                               for c in containers[sandbox.id]]))
-    ctx.forget_stats_of_removed()
-    return cri.ListPodSandboxMetricsResponse(pod_metrics=out)
+                               for c in members[sandbox.id]]))
+    return out

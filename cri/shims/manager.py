@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import shim as shim_package
+from cri.shims.client import DEFAULT_TIMEOUT, ShimClient, shim_error
 from runtime import errors
+from runtime.bundle import executor_argv, load_config, rootfs_path
 from runtime.command import run_command
+from runtime.procs import process_start_time
 from shim import protocol
-from shim.client import DEFAULT_TIMEOUT, ShimClient
 from shim.protocol import ExitStatus, ShimConfig
 
 log = logging.getLogger(__name__)
@@ -36,28 +38,6 @@ CLEANUP_TIMEOUT = 30.0
 UNKNOWN_EXIT_CODE = 255
 SPAWN_TIMEOUT = 10.0
 _ZYGOTE_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from shim.zygote import main; main()"
-
-
-def find_cgroup2_mount(mountinfo: str) -> str:
-    """The cgroup v2 mount point from /proc/self/mountinfo text ('' when there is none)."""
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        if sep and right.split(" ", 1)[0] == "cgroup2":
-            fields = left.split()
-            if len(fields) >= 5:
-                return fields[4].replace("\\040", " ")
-    return ""
-
-
-def cgroup2_bind_for_oci(cgroup2_mount: str) -> str:
-    """For runc/crun: the cgroup2 mount to bind on /sys/fs/cgroup when the host is hybrid ('' when it is not).
-
-    An OCI runtime looks at /sys/fs/cgroup only; on a hybrid host it would use (and write into) the host's v1
-    hierarchies. crisp is cgroup v2 only, so the shim runs such a runtime with cgroup v2 bound there.
-    """
-    if not cgroup2_mount or os.path.normpath(cgroup2_mount) == "/sys/fs/cgroup":
-        return ""
-    return cgroup2_mount
 
 
 @dataclass(frozen=True)
@@ -84,7 +64,7 @@ class RecoveredShim:
 
 
 def shim_alive(pid: int, start_time: int) -> bool:
-    return pid > 0 and protocol.process_start_time(pid) == start_time
+    return pid > 0 and process_start_time(pid) == start_time
 
 
 def _read_info(bundle: Path) -> ShimInfo | None:
@@ -206,9 +186,7 @@ class ShimManager:
         finally:
             self._requests.pop(request_id, None)
         if not answer.get("ok"):
-            problem = answer.get("error") or {}
-            from shim.client import error_from
-            raise error_from(str(problem.get("kind", "Internal")), str(problem.get("message", "shim failed")))
+            raise shim_error(answer.get("error"), "shim failed")
         for warning in answer.get("warnings", []):
             # the same host limit applies to every shim: said once at WARNING, then at DEBUG
             if warning in self._warned:
@@ -270,7 +248,7 @@ class ShimManager:
         except ProcessLookupError:
             return
         try:
-            if protocol.process_start_time(info.pid) != info.start_time:
+            if process_start_time(info.pid) != info.start_time:
                 return  # the pid is someone else's now: ours is gone
             loop = asyncio.get_running_loop()
             gone: asyncio.Future[None] = loop.create_future()
@@ -309,9 +287,13 @@ class ShimManager:
                         await task
 
     async def dead_shim_status(self, info: ShimInfo) -> ExitStatus:
-        """What is known about the container of a shim that is gone; its remains are cleaned up."""
+        """What is known about the container of a shim that is gone; its remains are cleaned up (a failure is
+        logged: the record stays for RemoveContainer to try again)."""
         status = await asyncio.to_thread(protocol.read_status_file, os.path.join(info.bundle, protocol.STATUS_NAME))
-        await self.cleanup_dead(info)
+        try:
+            await self.cleanup_dead(info)
+        except errors.CrispError as exc:
+            log.warning("container %s: %s", info.id, exc)
         if status is not None:
             return status
         log.warning("container %s: its shim (pid %d) died before the container exited", info.id, info.pid)
@@ -320,11 +302,12 @@ class ShimManager:
                                   "is unknown")
 
     async def cleanup_dead(self, info: ShimInfo) -> None:
-        """After a shim died: kill and delete what is left of its container, unmount the rootfs it mounted."""
+        """After a shim died: kill and delete what is left of its container, unmount the rootfs it mounted, and
+        then forget it (shim.json goes). A delete or umount that fails keeps the record and raises, so that the
+        next try (RemoveContainer, crispd's next start) finds it again."""
         config = info.config
-        argv = [*config.executor, "--root", config.executor_root, "delete", "--force", config.id]
-        if config.cgroup2_bind:
-            argv = protocol.with_cgroup2_at_sys_fs_cgroup(config.cgroup2_bind, argv)
+        argv = executor_argv(config.executor, config.executor_root, "delete", "--force", config.id,
+                             cgroup2_bind=config.cgroup2_bind)
         await _run(argv, f"container {config.id}: delete after its shim died")
         if config.mount_rootfs:
             rootfs = await asyncio.to_thread(_rootfs_of, info.bundle)
@@ -335,6 +318,24 @@ class ShimManager:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, os.path.join(info.bundle, name))
         self._shims.pop(config.id, None)
+
+    async def discard(self, container_id: str) -> None:
+        """Make the container and its shim go away: a live shim deletes the container and exits; a dead one's
+        remains are cleaned up; nothing known is fine. A container that could not be deleted raises (its record
+        stays)."""
+        info = self._shims.get(container_id)
+        if info is None:
+            return
+        if self.is_alive(container_id):
+            try:
+                await self.client(container_id).shutdown(force=True)
+            except errors.CrispError as exc:
+                log.warning("container %s: shim shutdown failed (%s); killing it", container_id, exc)
+                await self.kill_shim(container_id)
+                await self.cleanup_dead(info)
+        else:
+            await self.cleanup_dead(info)
+        self.forget(container_id)
 
     async def recover(self) -> list[RecoveredShim]:
         """Every container in the state dir: reconnected to its live shim, or with what is known of its exit."""
@@ -375,17 +376,20 @@ def _list_bundles(containers_dir: Path) -> list[Path]:
         return []
 
 
-def _rootfs_of(bundle: str) -> str:
+def _rootfs_of(bundle_dir: str) -> str:
     try:
-        spec = json.loads(Path(bundle, "config.json").read_bytes())
-        path = str((spec.get("root") or {}).get("path", "rootfs"))
-    except (OSError, ValueError, AttributeError):
+        return rootfs_path(bundle_dir, load_config(bundle_dir))
+    except errors.CrispError:
         return ""
-    return os.path.normpath(os.path.join(bundle, path))
+
+
+class CleanupFailed(errors.CrispError):
+    """What a dead shim left could not be removed (INTERNAL); its record stays for the next try."""
 
 
 async def _run(argv: Sequence[str], what: str) -> None:
-    """Clean-up commands after a shim died; a failure is logged (what is already gone may fail to go again)."""
+    """A clean-up command after a shim died; a failure raises CleanupFailed (`delete --force` of a container that
+    is already gone, and an umount of what is not mounted, are not run or succeed)."""
     result = await run_command(argv, kill_after=CLEANUP_TIMEOUT, what=what)
     if result.returncode != 0:
-        log.debug("%s: exit status %s: %s", what, result.returncode, result.message())
+        raise CleanupFailed(f"{what}: exit status {result.returncode}: {result.message()}")

@@ -1,4 +1,4 @@
-"""Every libc and raw system call crisp makes through ctypes, in one module (use_errno=True everywhere).
+"""Every libc and raw system call crisp makes through ctypes, in this package (use_errno=True everywhere).
 
 Each wrapper raises `OSError` with the real errno and the call's name, like the `os` module does. Nothing is
 loaded at import: libc and libseccomp are opened on first use, so importing this module never touches the
@@ -6,8 +6,10 @@ system. `Syscalls` bundles the calls the executor makes into one object: the sea
 (a subclass) while integration tests make them for real.
 
 Layout: constants, then the loaders, then one section per concern (namespaces, mounts, paths, processes and
-credentials, capabilities, seccomp), then the `Syscalls` seam. Other parts of crisp append wrappers at the end of
-the section they belong to, each in a small commit.
+credentials, capabilities), then the `Syscalls` seam; libseccomp (`syscalls.libseccomp`, the executor's seccomp
+filters) and bpf(2) (`syscalls.bpf`, the cgroup device filter) have a module each in this package, imported only
+by what uses them. Other parts of crisp append wrappers at the end of the section they belong to, each in a small
+commit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import ctypes.util
 import functools
 import os
 import platform
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -295,185 +296,6 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc().capset(ctypes.byref(header), data), "capset")
-
-
-# ---------------------------------------------------------------------------------------------- seccomp (libseccomp)
-
-SCMP_ACT_KILL_PROCESS = 0x80000000
-SCMP_ACT_KILL_THREAD = 0x00000000
-SCMP_ACT_TRAP = 0x00030000
-SCMP_ACT_NOTIFY = 0x7FC00000
-SCMP_ACT_LOG = 0x7FFC0000
-SCMP_ACT_ALLOW = 0x7FFF0000
-
-
-def scmp_act_errno(errno_value: int) -> int:
-    return 0x00050000 | (errno_value & 0xFFFF)
-
-
-def scmp_act_trace(msg: int) -> int:
-    return 0x7FF00000 | (msg & 0xFFFF)
-
-
-# enum scmp_filter_attr
-SCMP_FLTATR_ACT_DEFAULT = 1
-SCMP_FLTATR_ACT_BADARCH = 2
-SCMP_FLTATR_CTL_NNP = 3
-SCMP_FLTATR_CTL_TSYNC = 4
-SCMP_FLTATR_CTL_LOG = 6
-SCMP_FLTATR_CTL_SSB = 7
-
-# enum scmp_compare
-SCMP_CMP = {"SCMP_CMP_NE": 1, "SCMP_CMP_LT": 2, "SCMP_CMP_LE": 3, "SCMP_CMP_EQ": 4, "SCMP_CMP_GE": 5,
-            "SCMP_CMP_GT": 6, "SCMP_CMP_MASKED_EQ": 7}
-
-NR_SCMP_ERROR = -1
-
-
-class ScmpArgCmp(ctypes.Structure):
-    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64),
-                ("datum_b", ctypes.c_uint64)]
-
-
-@functools.cache
-def _libseccomp() -> ctypes.CDLL:
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
-    lib = ctypes.CDLL(name, use_errno=True)
-    lib.seccomp_init.restype = ctypes.c_void_p
-    lib.seccomp_init.argtypes = [ctypes.c_uint32]
-    lib.seccomp_release.argtypes = [ctypes.c_void_p]
-    lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
-    lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
-    lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
-    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
-                                           ctypes.POINTER(ScmpArgCmp)]
-    lib.seccomp_load.argtypes = [ctypes.c_void_p]
-    return lib
-
-
-def _check_scmp(result: int, call: str) -> None:
-    # libseccomp returns -errno
-    if result < 0:
-        raise OSError(-result, f"{call}: {os.strerror(-result)}")
-
-
-class SeccompFilter:
-    """A libseccomp filter context: build it with rules, `load()` it into the calling thread, `release()` it."""
-
-    def __init__(self, default_action: int) -> None:
-        self._lib = _libseccomp()
-        ctx = self._lib.seccomp_init(ctypes.c_uint32(default_action))
-        if not ctx:
-            raise OSError(22, f"seccomp_init: invalid default action {default_action:#x}")
-        self._ctx: int | None = ctx
-
-    def _handle(self) -> int:
-        if self._ctx is None:
-            raise ValueError("seccomp filter already released")
-        return self._ctx
-
-    def add_arch(self, arch_name: str) -> None:
-        token = self._lib.seccomp_arch_resolve_name(arch_name.encode())
-        if token == 0:
-            raise OSError(22, f"seccomp: unknown architecture {arch_name!r}")
-        result = self._lib.seccomp_arch_add(self._handle(), token)
-        if result != -17:  # EEXIST: the native architecture is always there
-            _check_scmp(result, f"seccomp_arch_add({arch_name})")
-
-    def set_attr(self, attr: int, value: int) -> None:
-        _check_scmp(self._lib.seccomp_attr_set(self._handle(), attr, value), f"seccomp_attr_set({attr})")
-
-    def add_rule(self, action: int, syscall_nr: int, conditions: Sequence[tuple[int, int, int, int]]) -> None:
-        """conditions: (arg index, SCMP_CMP_* value, datum_a, datum_b)."""
-        array = (ScmpArgCmp * max(len(conditions), 1))(*(ScmpArgCmp(*c) for c in conditions))
-        result = self._lib.seccomp_rule_add_array(self._handle(), ctypes.c_uint32(action), syscall_nr,
-                                                  len(conditions), array)
-        _check_scmp(result, f"seccomp_rule_add(syscall {syscall_nr})")
-
-    def load(self) -> None:
-        _check_scmp(self._lib.seccomp_load(self._handle()), "seccomp_load")
-
-    def release(self) -> None:
-        if self._ctx is not None:
-            self._lib.seccomp_release(self._ctx)
-            self._ctx = None
-
-
-def seccomp_syscall_number(name: str) -> int:
-    """The native syscall number for a name, or NR_SCMP_ERROR when libseccomp does not know it."""
-    return int(_libseccomp().seccomp_syscall_resolve_name(name.encode()))
-
-
-# ---------------------------------------------------------------------------------------------- bpf
-
-# bpf(2) commands used by the cgroup v2 device filter (runtime/cgroups/ebpf.py)
-BPF_PROG_LOAD = 5
-BPF_PROG_ATTACH = 8
-BPF_PROG_DETACH = 9
-BPF_PROG_GET_FD_BY_ID = 13
-BPF_PROG_QUERY = 16
-# union bpf_attr is larger than any layout used here; the kernel accepts a shorter, zero-padded attr
-_BPF_ATTR_SIZE = 128
-
-
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char], call: str) -> int:
-    return _check(_raw_syscall("bpf", ctypes.c_int(cmd), ctypes.byref(attr), ctypes.c_uint(_BPF_ATTR_SIZE)), call)
-
-
-def bpf_prog_load(prog_type: int, insns: bytes, license: str, expected_attach_type: int = 0,
-                  log_size: int = 0) -> tuple[int, str]:
-    """BPF_PROG_LOAD: (program fd, verifier log). With log_size > 0 the verifier log is returned, and added to the
-    OSError's message when the load fails."""
-    if len(insns) % 8:
-        raise ValueError("eBPF instructions are 8 bytes each")
-    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
-    code = ctypes.create_string_buffer(insns, len(insns))
-    lic = ctypes.create_string_buffer(license.encode())
-    log = ctypes.create_string_buffer(log_size) if log_size else None
-    struct.pack_into("=IIQQ", attr, 0, prog_type, len(insns) // 8, ctypes.addressof(code), ctypes.addressof(lic))
-    if log is not None:
-        struct.pack_into("=IIQ", attr, 24, 1, log_size, ctypes.addressof(log))
-    struct.pack_into("=I", attr, 68, expected_attach_type)
-    try:
-        fd = _bpf(BPF_PROG_LOAD, attr, "bpf(BPF_PROG_LOAD)")
-    except OSError as exc:
-        if log is not None and log.value:
-            raise OSError(exc.errno, f"{exc.strerror}; verifier log: {log.value.decode(errors='replace')}") from None
-        raise
-    return fd, log.value.decode(errors="replace") if log is not None else ""
-
-
-def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int, replace_fd: int = 0) -> None:
-    """BPF_PROG_ATTACH: attach prog_fd to target_fd (a cgroup dir fd)."""
-    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
-    struct.pack_into("=IIIII", attr, 0, target_fd, prog_fd, attach_type, flags, replace_fd)
-    _bpf(BPF_PROG_ATTACH, attr, "bpf(BPF_PROG_ATTACH)")
-
-
-def bpf_prog_detach(target_fd: int, prog_fd: int, attach_type: int) -> None:
-    """BPF_PROG_DETACH: detach one program (prog_fd) from target_fd."""
-    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
-    struct.pack_into("=III", attr, 0, target_fd, prog_fd, attach_type)
-    _bpf(BPF_PROG_DETACH, attr, "bpf(BPF_PROG_DETACH)")
-
-
-def bpf_prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:
-    """BPF_PROG_QUERY: the ids of the programs attached directly to target_fd for attach_type."""
-    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
-    ids = (ctypes.c_uint32 * max_progs)()
-    struct.pack_into("=IIIIQI", attr, 0, target_fd, attach_type, 0, 0, ctypes.addressof(ids), max_progs)
-    _bpf(BPF_PROG_QUERY, attr, "bpf(BPF_PROG_QUERY)")
-    (count,) = struct.unpack_from("=I", attr, 24)
-    return [int(ids[i]) for i in range(min(count, max_progs))]
-
-
-def bpf_prog_get_fd_by_id(prog_id: int) -> int:
-    """BPF_PROG_GET_FD_BY_ID: a new fd for the loaded program with that id."""
-    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
-    struct.pack_into("=I", attr, 0, prog_id)
-    return _bpf(BPF_PROG_GET_FD_BY_ID, attr, "bpf(BPF_PROG_GET_FD_BY_ID)")
 
 
 # ---------------------------------------------------------------------------------------------- the seam

@@ -1,0 +1,207 @@
+"""The container controller: start, stop and remove a container, record its exit once, watch it until it exits.
+
+Start, Stop, Remove (and UpdateContainerResources) of one container run one at a time (the container's lock);
+state changes are written to the store first and published as events right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from cri import api as cri
+from cri.events import EventPublisher
+from cri.metrics import Metrics
+from cri.oci import oci_resources
+from cri.shims.manager import ShimManager
+from cri.store.containers import CREATED, RUNNING, Container, ContainerStore
+from cri.store.names import NameIndex
+from cri.store.sandboxes import READY, SandboxStore
+from runtime import errors
+from runtime.cgroups import CgroupV2Manager, enforceable_limits
+from shim.protocol import ExitStatus
+
+log = logging.getLogger(__name__)
+
+# after SIGKILL, how long the container may take to be reported gone
+KILL_WAIT = 10.0
+
+
+def exit_reason(status: ExitStatus) -> str:
+    if status.oom_killed:
+        return "OOMKilled"
+    return "Completed" if status.exit_code == 0 else "Error"
+
+
+class ContainerController:
+    def __init__(self, *, containers: ContainerStore, names: NameIndex, sandboxes: SandboxStore, shims: ShimManager,
+                 cgroups: Callable[[], CgroupV2Manager], missing_controller: str, events: EventPublisher,
+                 metrics: Metrics, clock_ns: Callable[[], int]) -> None:
+        self.containers = containers
+        self.names = names
+        self.sandboxes = sandboxes
+        self.shims = shims
+        self.cgroups = cgroups
+        self.missing_controller = missing_controller
+        self.events = events
+        self.metrics = metrics
+        self.clock_ns = clock_ns
+        # the exit watches: crispd keeps a reference to each (the loop keeps only weak ones)
+        self._watches: set[asyncio.Task[None]] = set()
+
+    # --- start ----------------------------------------------------------------------------------------------
+
+    async def start(self, container: Container) -> None:
+        async with container.lock:
+            if container.status.state != CREATED:
+                raise errors.FailedPrecondition(
+                    f"container {container.id} is {container.status.state}: only a created container can be "
+                    "started")
+            sandbox = self.sandboxes.find(container.meta.sandbox_id)
+            if sandbox is None or sandbox.status.state != READY:
+                raise errors.FailedPrecondition(f"the pod of container {container.id} is not ready")
+            started_at = await self.shims.client(container.id).start()
+            await self.containers.update(container, state=RUNNING, started_at=started_at or self.clock_ns())
+            self.watch(container)
+        log.info("container %s started", container.id)
+        self.events.container(container, cri.CONTAINER_STARTED_EVENT)
+
+    # --- resources ------------------------------------------------------------------------------------------
+
+    async def update_resources(self, container: Container, resources: cri.LinuxContainerResources) -> None:
+        """Change the limits of a created or running container live, through the component that owns its cgroup
+        (with the cgroupfs driver, the only one crisp drives: the shim and the executor's `update`, as runc has
+        it); the resources in force are kept in its record (ContainerStatus.resources). The missing-controller
+        policy applies as at create: crispd decides what is dropped, the executor treats the rest as required."""
+        async with container.lock:
+            if container.status.state not in (RUNNING, CREATED):
+                raise errors.FailedPrecondition(f"container {container.id} is {container.status.state}")
+            oci = oci_resources(resources, swap_limit=True)
+            missing = await asyncio.to_thread(self.cgroups().missing_controllers, oci, container.meta.cgroup)
+            limits = enforceable_limits(oci, missing, self.missing_controller, f"container {container.id}")
+            await self.shims.client(container.id).update(limits)
+            await self.containers.update(container, resources=resources.SerializeToString().hex())
+            log.info("container %s: resources updated", container.id)
+
+    # --- exits ----------------------------------------------------------------------------------------------
+
+    async def record_exit(self, container: Container, status: ExitStatus) -> None:
+        """The container has exited: keep how, once (later reports of the same exit change nothing)."""
+        message = status.message or (f"killed by signal {status.signal}" if status.signal else "")
+        if not await self.containers.record_exit(
+                container, exit_code=status.exit_code, finished_at=status.finished_at or self.clock_ns(),
+                started_at=container.status.started_at or status.started_at,
+                reason=status.reason or exit_reason(status), message=message):
+            return
+        log.info("container %s exited with %d (%s)", container.id, status.exit_code, container.status.reason)
+        if status.oom_killed:
+            self.metrics.oom_kills.inc()
+        self.events.container(container, cri.CONTAINER_STOPPED_EVENT)
+
+    async def _watch_exit(self, container: Container) -> None:
+        try:
+            status = await self.shims.wait_exit(container.id)
+        except errors.NotFound:
+            status = ExitStatus(exit_code=255, reason="Unknown", message="crisp lost track of this container's shim")
+        await self.record_exit(container, status)
+
+    def watch(self, container: Container) -> None:
+        """Wait for the container to exit (through its shim, or its status file if the shim dies) and record
+        it; a failure of the watch is logged, never lost."""
+        self._spawn(f"exit watch {container.id}", self._watch_exit(container))
+
+    def _spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._watches.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._watches.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %s", what, t.exception(), exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        """crispd stops: the watches end (the shims go on; the next crispd watches again)."""
+        for task in list(self._watches):
+            task.cancel()
+        await asyncio.gather(*self._watches, return_exceptions=True)
+
+    # --- stop -----------------------------------------------------------------------------------------------
+
+    async def stop(self, container: Container, grace: int) -> None:
+        async with container.lock:
+            await self._stop(container, grace)
+
+    async def _stop(self, container: Container, grace: int) -> None:
+        """Stop signal, up to `grace` seconds (0: at once) for the main process, then SIGKILL; then nothing of the
+        container may stay (its cgroup is killed). A created or exited container is left as it is."""
+        if container.status.state != RUNNING:
+            return
+        client = self.shims.client(container.id)
+        if grace > 0:
+            with contextlib.suppress(errors.NotFound, errors.FailedPrecondition, errors.Unavailable):
+                await client.kill(container.meta.stop_signal)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(container.exited.wait(), grace)
+        if not container.exited.is_set():
+            with contextlib.suppress(errors.NotFound, errors.FailedPrecondition, errors.Unavailable):
+                await client.kill(signal.SIGKILL, all=True)
+            try:
+                await asyncio.wait_for(container.exited.wait(), KILL_WAIT)
+            except TimeoutError:
+                raise errors.DeadlineExceeded(f"container {container.id} did not exit after SIGKILL") from None
+        await self._kill_cgroup(container)
+        log.info("container %s stopped", container.id)
+
+    async def _kill_cgroup(self, container: Container) -> None:
+        """Whatever the container left behind (processes of a shared PID namespace) dies with its cgroup."""
+        cgroup = self.cgroups().cgroup(container.meta.cgroup)
+
+        def kill() -> None:
+            if cgroup.exists() and cgroup.created_by_crisp():
+                cgroup.kill()
+
+        await asyncio.to_thread(kill)
+
+    # --- remove ---------------------------------------------------------------------------------------------
+
+    async def remove(self, container: Container) -> None:
+        async with container.lock:
+            await self._remove(container)
+
+    async def _remove(self, container: Container) -> None:
+        """Force-stop, let the shim delete the container and exit, remove dirs, row and name (idempotent)."""
+        if self.containers.find(container.id) is None:
+            return  # removed while we waited for the lock
+        await self._stop(container, 0)
+        await self.shims.discard(container.id)
+        cgroup = self.cgroups().cgroup(container.meta.cgroup)
+
+        def cleanup() -> None:
+            if cgroup.exists() and cgroup.created_by_crisp():
+                cgroup.remove()
+            shutil.rmtree(container.meta.bundle, ignore_errors=True)
+            shutil.rmtree(container.meta.container_dir, ignore_errors=True)
+
+        await asyncio.to_thread(cleanup)
+        await self.containers.delete(container)
+        await self.names.release(container.meta.name, container.id)
+        log.info("container %s removed", container.id)
+        self.events.container(container, cri.CONTAINER_DELETED_EVENT)
+
+    # --- a pod's containers ---------------------------------------------------------------------------------
+
+    async def stop_all(self, sandbox_id: str) -> None:
+        """Stop every container of a pod, at once (the kubelet stops them with their grace before)."""
+        for container in self.containers.of_sandbox(sandbox_id):
+            await self.stop(container, 0)
+
+    async def remove_all(self, sandbox_id: str) -> None:
+        for container in self.containers.of_sandbox(sandbox_id):
+            await self.remove(container)

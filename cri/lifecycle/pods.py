@@ -1,0 +1,329 @@
+"""The pod-sandbox controller: run, stop and remove a pod.
+
+No pause process and no sandbox image: the pod's network, IPC and UTS namespaces are created by a short-lived helper
+and kept open by bind mounts under `<state>/sandboxes/<id>/ns`. Only a pod that shares its PID namespace gets a
+process of its own (a PID 1 that reaps), in its own leaf of the pod cgroup.
+
+Running a pod is a list of steps, each of which registers its undo; removing a pod runs the same undo functions
+(`_remove_dir`, `_remove_cgroup`, `_unpin`, `_remove_pod_init`, `_unmount_shm`, `_teardown_network`) in the same
+order, so a failed RunPodSandbox and a RemovePodSandbox leave the same nothing behind. Every undo is idempotent:
+missing pieces are fine. Everything a request could get wrong is checked in `plan`, before anything is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cri import api as cri
+from cri.debug import DebugPoints
+from cri.events import EventPublisher
+from cri.lifecycle.containers import ContainerController
+from cri.lifecycle.pod_files import pod_hostname, write_pod_files
+from cri.metrics import Metrics
+from cri.network import pod_network_request
+from cri.oci import oci_resources
+from cri.store.names import NameIndex
+from cri.store.sandboxes import NOT_READY, READY, Sandbox, SandboxMeta, SandboxStatus, SandboxStore
+from runtime import errors
+from runtime.cgroups import CgroupV2Manager, enforceable_limits
+from runtime.cgroups import paths as cgroup_paths
+from runtime.mounts import mount_tmpfs, unmount
+from runtime.namespaces.pidns import remove_pid_pin, start_pod_init, stop_pod_init
+from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
+from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
+from runtime.network.manager import NetworkManager
+from runtime.network.types import PodNetworkRequest
+from runtime.procs import ProcessRef
+from runtime.rollback import Rollback
+
+log = logging.getLogger(__name__)
+
+SHM_SIZE = 64 * 1024 * 1024
+HOST_SHM = "/dev/shm"
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    """A pod about to be run: the request checked and everything derived from it, before anything is made."""
+
+    id: str
+    name: str
+    config: cri.PodSandboxConfig
+    handler: str
+    dir: Path
+    cgroup: str
+    hostname: str
+    sysctls: dict[str, str]
+    host_network: bool
+    host_ipc: bool
+    host_pid: bool
+    shared_pid: bool
+    # the pod's network, once for setup and for its undo; None for a host-network pod
+    network: PodNetworkRequest | None
+
+
+class PodSandboxController:
+    def __init__(self, *, state_dir: Path, cgroup_base: str, missing_controller: str, sandboxes: SandboxStore,
+                 names: NameIndex,
+                 containers: ContainerController, cgroups: Callable[[], CgroupV2Manager],
+                 network: NetworkManager | None, events: EventPublisher, metrics: Metrics, debug: DebugPoints,
+                 clock_ns: Callable[[], int]) -> None:
+        self.state_dir = state_dir
+        self.cgroup_base = cgroup_paths.normalize(cgroup_base)
+        self.missing_controller = missing_controller
+        self.sandboxes = sandboxes
+        self.names = names
+        self.containers = containers
+        self.cgroups = cgroups
+        self.network = network
+        self.events = events
+        self.metrics = metrics
+        self.debug = debug
+        self.clock_ns = clock_ns
+
+    # --- run ------------------------------------------------------------------------------------------------
+
+    def plan(self, sandbox_id: str, name: str, config: cri.PodSandboxConfig, handler: str) -> PodPlan:
+        """Check what a RunPodSandbox request asks for (sysctls, hostname, cgroup, port mappings); raises
+        InvalidArgument before anything is made."""
+        linux = config.linux
+        ns = linux.security_context.namespace_options
+        host_network, host_ipc = ns.network == cri.NODE, ns.ipc == cri.NODE
+        pod_dir = self.state_dir / "sandboxes" / sandbox_id
+        network = None
+        if not host_network and self.network is not None:
+            network = pod_network_request(sandbox_id, str(pod_dir / "ns" / "net"), config)
+        return PodPlan(
+            id=sandbox_id, name=name, config=config, handler=handler, dir=pod_dir,
+            cgroup=cgroup_paths.pod_cgroup_path(linux.cgroup_parent, config.metadata.uid, self.cgroup_base),
+            hostname=pod_hostname(config, host_network),
+            sysctls=check_sysctls(linux.sysctls, pod_host_namespaces(host_network=host_network, host_ipc=host_ipc)),
+            host_network=host_network, host_ipc=host_ipc, host_pid=ns.pid == cri.NODE, shared_pid=ns.pid == cri.POD,
+            network=network)
+
+    async def run(self, plan: PodPlan) -> Sandbox:
+        """Make the pod (its name is reserved by the caller): on failure every step made so far is undone, the
+        name reservation included."""
+        manager = self.cgroups()
+        pod_dir = plan.dir
+        async with Rollback(f"RunPodSandbox {plan.id}") as undo:
+            undo.push("name reservation", lambda: self.names.release(plan.name, plan.id))
+            await asyncio.to_thread(pod_dir.mkdir, mode=0o700, parents=True)
+            undo.push("pod dir", lambda: self._remove_dir(pod_dir))
+
+            await asyncio.to_thread(manager.create, plan.cgroup, exist_ok=True)
+            undo.push("pod cgroup", lambda: self._remove_cgroup(plan.cgroup))
+            self.debug.fail("run_pod_sandbox.cgroup")
+
+            kinds = {k for k, own in (("net", not plan.host_network), ("ipc", not plan.host_ipc),
+                                      ("uts", not plan.host_network)) if own}
+            setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()))
+            pins = await pin_namespaces(pod_dir / "ns", setup)
+            undo.push("namespaces", lambda: self._unpin(pins.values()))
+            namespaces = {kind: str(path) for kind, path in pins.items()}
+            self.debug.fail("run_pod_sandbox.namespaces")
+
+            pod_init = None
+            if plan.shared_pid:
+                pid_pin = pod_dir / "ns" / "pid"
+                init_ref = await start_pod_init(pid_pin)
+                undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
+                leaf = await asyncio.to_thread(manager.create,
+                                               cgroup_paths.container_cgroup_path(plan.cgroup, plan.id), exist_ok=True)
+                await asyncio.to_thread(leaf.add_process, init_ref.pid)
+                namespaces["pid"] = str(pid_pin)
+                pod_init = (init_ref.pid, init_ref.start_time)
+            self.debug.fail("run_pod_sandbox.pod_init")
+
+            files = await asyncio.to_thread(write_pod_files, pod_dir, plan.config, plan.hostname, plan.host_network)
+            shm_path = HOST_SHM
+            if not plan.host_ipc:
+                shm = pod_dir / "shm"
+                await asyncio.to_thread(shm.mkdir, mode=0o755)
+                await mount_tmpfs(shm, size_bytes=SHM_SIZE)
+                undo.push("pod /dev/shm", lambda: self._unmount_shm(shm))
+                shm_path = str(shm)
+            self.debug.fail("run_pod_sandbox.files")
+
+            meta = SandboxMeta(
+                id=plan.id, name=plan.name, config=plan.config, runtime_handler=plan.handler,
+                created_at=self.clock_ns(), dir=str(pod_dir), cgroup=plan.cgroup, namespaces=namespaces,
+                host_network=plan.host_network, host_ipc=plan.host_ipc, host_pid=plan.host_pid,
+                hostname=plan.hostname, hostname_path=str(files["hostname"]), hosts_path=str(files["hosts"]),
+                resolv_path=str(files["resolv.conf"]), shm_path=shm_path)
+            status = SandboxStatus(state=READY, pod_init=pod_init)
+            if plan.network is not None:
+                status = await self._setup_network(plan.network, status, undo)
+            self.debug.fail("run_pod_sandbox.network")
+            await self.debug.delay("run_pod_sandbox.record")
+
+            sandbox = Sandbox(meta, status)
+            await self.sandboxes.add(sandbox)
+            undo.push("sandbox row", lambda: self.sandboxes.delete(sandbox))
+            self.debug.fail("run_pod_sandbox.record")
+            undo.commit()
+        log.info("pod %s (%s) is ready", plan.id, plan.name)
+        self.events.sandbox(sandbox, cri.CONTAINER_CREATED_EVENT)
+        self.events.sandbox(sandbox, cri.CONTAINER_STARTED_EVENT)
+        return sandbox
+
+    async def _setup_network(self, request: PodNetworkRequest, status: SandboxStatus, undo: Rollback
+                             ) -> SandboxStatus:
+        """Attach the pod's network namespace to the pod network."""
+        assert self.network is not None
+        started = time.monotonic()
+        try:
+            result = await self.network.setup(request)
+        except BaseException:
+            self.metrics.network_setup_failures.inc()
+            raise
+        seconds = time.monotonic() - started
+        self.metrics.network_setup_duration.labels(backend=result.backend).observe(seconds)
+        # pushed after the namespaces' undo, so it runs before the netns pin goes (CNI DEL wants the netns)
+        undo.push("pod network", lambda: self._teardown_network(request))
+        log.info("pod %s: network %s/%s, IPs %s (%.1f ms)", request.sandbox_id, result.backend, result.network,
+                 ", ".join(result.pod_ips), seconds * 1e3)
+        return dataclasses.replace(status, ips=tuple(result.pod_ips), network=result.to_json())
+
+    # --- stop and remove ------------------------------------------------------------------------------------
+
+    async def stop(self, sandbox: Sandbox) -> None:
+        async with sandbox.lock:
+            await self._stop(sandbox)
+
+    async def _stop(self, sandbox: Sandbox) -> None:
+        """Kill everything in the pod (no grace: the kubelet stops containers first), tear its network down and let
+        its network namespace go."""
+        await self.containers.stop_all(sandbox.id)
+        await self._kill_pod_processes(sandbox)
+        await self._teardown_network(self._network_request(sandbox))
+        await self._unpin_netns(sandbox)
+        was_ready = sandbox.status.state == READY
+        if was_ready or sandbox.status.ips:  # the addresses went back to the pool: PodSandboxStatus shows none
+            await self.sandboxes.update(sandbox, state=NOT_READY, ips=())
+        if was_ready:
+            log.info("pod %s stopped", sandbox.id)
+            self.events.sandbox(sandbox, cri.CONTAINER_STOPPED_EVENT)
+
+    async def _unpin_netns(self, sandbox: Sandbox) -> None:
+        """A stopped pod's network namespace goes with its network (CRI: StopPodSandbox reclaims the pod's network
+        resources; containerd removes the netns there too): no process of the pod is left to use it, and a stopped
+        pod may stay for as long as its API object does. The pod's other pins stay until remove."""
+        netns = sandbox.meta.namespaces.get("net")
+        if netns and not sandbox.meta.host_network:
+            await self._unpin([Path(netns)])
+
+    async def remove(self, sandbox: Sandbox) -> None:
+        """Stop the pod, remove its containers, then undo every step of its creation (idempotent)."""
+        async with sandbox.lock:
+            if self.sandboxes.find(sandbox.id) is None:  # removed while we waited for the lock
+                return
+            await self._stop(sandbox)
+            await self.containers.remove_all(sandbox.id)
+            await self._teardown_network(self._network_request(sandbox))  # again: a stop may have found it busy
+            meta = sandbox.meta
+            pod_dir = Path(meta.dir)
+            if not meta.host_ipc:
+                await self._unmount_shm(pod_dir / "shm")
+            pid_pin = meta.namespaces.get("pid")
+            if pid_pin is not None:
+                await self._remove_pod_init(sandbox.status.pod_init_ref(), Path(pid_pin), meta.cgroup, meta.id)
+            await self._unpin(Path(p) for kind, p in meta.namespaces.items() if kind != "pid")
+            await self._remove_cgroup(meta.cgroup)
+            await self._remove_dir(pod_dir)
+            await self.sandboxes.delete(sandbox)
+            await self.names.release(meta.name, sandbox.id)
+        log.info("pod %s removed", sandbox.id)
+        self.events.sandbox(sandbox, cri.CONTAINER_DELETED_EVENT)
+
+    async def update_resources(self, sandbox: Sandbox, resources: cri.LinuxContainerResources) -> None:
+        """Size the pod cgroup, live: crispd owns it when it made it (the kubelet sizes its own)."""
+        manager = self.cgroups()
+        path = sandbox.meta.cgroup
+        what = f"pod {sandbox.id}"
+        oci = oci_resources(resources, swap_limit=True)
+
+        def apply() -> None:
+            if not manager.cgroup(path).created_by_crisp():
+                raise errors.FailedPrecondition(f"{what}: its cgroup {path} is the kubelet's; the kubelet sizes it")
+            missing = manager.missing_controllers(oci, path)
+            manager.open(path).apply(enforceable_limits(oci, missing, self.missing_controller, what))
+
+        await asyncio.to_thread(apply)
+
+    async def _kill_pod_processes(self, sandbox: Sandbox) -> None:
+        """SIGKILL whatever still runs in the pod: its PID 1 (if any) and every crisp leaf of the pod cgroup."""
+        ref = sandbox.status.pod_init_ref()
+        if ref is not None:
+            await stop_pod_init(ref)
+        manager = self.cgroups()
+
+        def kill_leaves() -> None:
+            pod = manager.cgroup(sandbox.meta.cgroup)
+            if not pod.exists():
+                return
+            for child in pod.children():
+                if child.startswith(cgroup_paths.CONTAINER_PREFIX):
+                    leaf = manager.cgroup(cgroup_paths.join(sandbox.meta.cgroup, child))
+                    if leaf.created_by_crisp():
+                        leaf.kill()
+
+        await asyncio.to_thread(kill_leaves)
+
+    def _network_request(self, sandbox: Sandbox) -> PodNetworkRequest | None:
+        """The pod's network request as RunPodSandbox made it (host-network pods have none)."""
+        if sandbox.meta.host_network or self.network is None:
+            return None
+        return pod_network_request(sandbox.id, sandbox.meta.namespaces.get("net", ""), sandbox.meta.config)
+
+    # --- the undo steps, shared by a failed run and by remove -----------------------------------------------
+
+    async def _teardown_network(self, request: PodNetworkRequest | None) -> None:
+        """Detach the pod from the pod network (idempotent; works with the netns already gone)."""
+        if request is None or self.network is None:
+            return
+        if request.netns and not await asyncio.to_thread(Path(request.netns).exists):
+            request = dataclasses.replace(request, netns="")
+        await self.network.teardown(request)
+
+    async def _unmount_shm(self, shm: Path) -> None:
+        await unmount(shm)
+
+    async def _remove_pod_init(self, ref: ProcessRef | None, pin: Path, pod_cgroup: str, sandbox_id: str) -> None:
+        """Kill the pod's PID 1 (every process of its PID namespace dies with it), unpin, remove its cgroup leaf."""
+        await stop_pod_init(ref)
+        await remove_pid_pin(pin)
+        leaf = self.cgroups().cgroup(cgroup_paths.container_cgroup_path(pod_cgroup, sandbox_id))
+        await asyncio.to_thread(leaf.remove)
+
+    async def _unpin(self, pins: Iterable[Path]) -> None:
+        await unpin_namespaces(pins)
+
+    async def _remove_cgroup(self, path: str) -> None:
+        """The pod cgroup if crisp made it (the kubelet's own stays) and nothing is in it (another attempt of the
+        same pod may share it), then the empty levels above it that crisp made for it, up to the base."""
+        manager = self.cgroups()
+
+        def remove() -> None:
+            current = path
+            while current not in ("/", self.cgroup_base):
+                cgroup = manager.cgroup(current)
+                if not cgroup.exists():
+                    current = cgroup_paths.parent(current)
+                    continue
+                if not cgroup.created_by_crisp() or cgroup.children() or cgroup.procs():
+                    return
+                cgroup.remove()
+                current = cgroup_paths.parent(current)
+
+        await asyncio.to_thread(remove)
+
+    async def _remove_dir(self, pod_dir: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, pod_dir, True)

@@ -1,0 +1,53 @@
+"""The rootfs overlay an OCI runtime (runc, crun) expects mounted: mounted on root.path in the host's mount
+namespace before `create`, unmounted after `delete` (the built-in executor mounts it itself, inside the container).
+What to mount is the bundle contract's (runtime.bundle); the mount and umount commands run without blocking."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from runtime.bundle import overlay_of, rootfs_path
+from shim.executor import STEP_TIMEOUT
+from shim.log import log
+from shim.loop import Loop
+from shim.spawn import CommandResult, run_command
+
+
+def mount_rootfs(loop: Loop, bundle: str, spec: dict[str, Any], done: Callable[[str, str], None]) -> bool:
+    """Mount the spec's overlay annotation on its root.path; False (nothing done) when it has none. Then
+    `done(target, "")`, or `done(target, why)` when the mount failed. Bad annotations raise InvalidArgument."""
+    overlay = overlay_of(spec.get("annotations"))
+    if overlay is None:
+        return False
+    target = rootfs_path(bundle, spec)
+    os.makedirs(target, exist_ok=True)
+    options, cwd = overlay.mount_data()
+    argv = ["mount", "-t", "overlay", "overlay", "-o", options, target]
+    if cwd:
+        # the layers are named relative to their common parent: the mount runs there
+        argv = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv]
+
+    def mounted(result: CommandResult) -> None:
+        done(target, "" if result.ok else f"mounting the rootfs overlay on {target} failed ({result.describe()})")
+
+    run_command(loop, argv, mounted, timeout=STEP_TIMEOUT)
+    return True
+
+
+def unmount_rootfs(loop: Loop, target: str, done: Callable[[], None]) -> None:
+    """Unmount it (lazily when it is busy); `done()` either way, after logging what failed."""
+    def unmounted(result: CommandResult) -> None:
+        if result.ok:
+            done()
+            return
+        log(f"umount {target} failed ({result.describe()}); detaching it lazily")
+
+        def lazy(result: CommandResult) -> None:
+            if not result.ok:
+                log(f"umount -l {target} failed too ({result.describe()})")
+            done()
+        run_command(loop, ["umount", "-l", target], lazy, timeout=STEP_TIMEOUT)
+
+    run_command(loop, ["umount", target], unmounted, timeout=STEP_TIMEOUT)
