@@ -44,6 +44,14 @@ def remove_cgroup_tree(base: str) -> None:
                 pass
 
 
+def kill_cgroup_tree(base: str) -> None:
+    """A failed test's last resort: SIGKILL every process in base and below it (cgroup.kill)."""
+    kill = CgroupV2Manager.discover().mount / base.lstrip("/") / "cgroup.kill"
+    if kill.exists():
+        with contextlib.suppress(OSError):
+            kill.write_text("1")
+
+
 def processes_mentioning(text: str) -> list[str]:
     found = []
     for pid in os.listdir("/proc"):

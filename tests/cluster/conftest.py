@@ -68,20 +68,21 @@ def _sysctls() -> dict[str, str]:
     return {name: Path("/proc/sys", name).read_text() for name in KUBELET_SYSCTLS}
 
 
-def _force_cleanup(node: Node, crisps: list[Pods], dirs: list[Path], killed: list[str]) -> None:
+def _force_cleanup(node: Node, crisp: Pods, dirs: list[Path], killed: list[str]) -> None:
     """After a failure (a no-op after a clean run): kill crispd's containers and everything in the node's
     namespaces, then drop crispd's cgroups and the tier's dirs (the logs and configs stay)."""
-    for crisp in crisps:
-        crisp.kill_containers()
+    crisp.kill_containers()
     killed.extend(node.stop())
-    for crisp in crisps:
-        crisp.daemon.prefix = []  # the node's namespaces are gone, with crispd's bridge and nft table
-        with contextlib.suppress(AssertionError):  # a container slow to die: crisp.leaks() has reported it
-            wait_until(lambda c=crisp: c.cleanup_host() or not cgroups_under(c.cgroup_base), 10,  # type: ignore[misc]
-                       "crispd's cgroups removed", interval=0.1)
-        dirs += [crisp.daemon.root, crisp.daemon.state]
-    for directory in dirs:
+    crisp.daemon.prefix = []  # the node's namespaces are gone, with crispd's bridge and nft table
+    with contextlib.suppress(AssertionError):  # a container slow to die: crisp.leaks() has reported it
+        wait_until(lambda: _cleaned(crisp), 10, "crispd's cgroups removed", interval=0.1)
+    for directory in [*dirs, crisp.daemon.root, crisp.daemon.state]:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _cleaned(crisp: Pods) -> bool:
+    crisp.cleanup_host()
+    return not cgroups_under(crisp.cgroup_base)
 
 
 def _delete_workloads(kubectl: Kubectl, timeout: float = 120) -> None:
@@ -102,20 +103,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     killed: list[str] = []
     codes: dict[str, int | None] = {}
     with contextlib.ExitStack() as stack:
+        (base / "crispd").mkdir()
+        crisp = Pods(base / "crispd", cgroup_config=CGROUP_CONFIG)
         node = Node(base / "node", keep=[ROOT, base, tools, Path(sys.prefix), Path(sys.base_prefix)],
-                    tmpfs=["/etc/kubernetes", KUBELET_DIR, "/var/lib/etcd"])
-        crisps: list[Pods] = []
+                    tmpfs=["/etc/kubernetes", KUBELET_DIR, "/var/lib/etcd"], cgroups=[crisp.cgroup_base])
         kubelet_dirs: list[Path] = []
-        stack.callback(_force_cleanup, node, crisps, kubelet_dirs, killed)
+        stack.callback(_force_cleanup, node, crisp, kubelet_dirs, killed)
         node.start()
         with node.network():  # the registry listens on the node's loopback, where crispd pulls from
             served = stack.enter_context(serve(base / "images"))
-        (base / "crispd").mkdir()
-        crisp = Pods(base / "crispd", cgroup_config=CGROUP_CONFIG)
         crisp.daemon.config_path.write_text(crisp.config_text(
             f'[metrics]\naddress = "127.0.0.1:0"\n[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n'
             + served.crisp_config))
-        crisps.append(crisp)
         crisp.daemon.prefix = node.enter()
         crisp.daemon.start()
         stack.callback(lambda: codes.setdefault("crispd", crisp.daemon.stop(signal.SIGTERM, timeout=60)))

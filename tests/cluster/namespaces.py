@@ -13,7 +13,7 @@ A small holder process makes both (`python -m tests.cluster.namespaces ...`) and
 a moment (a socket made then stays there); `Node.path()` reads a file as the node sees it. `Node.stop()` kills whatever
 process is left in the namespaces and ends the holder: with the last process gone, both namespaces go, with every
 mount, veth, bridge and nft table made in them. The holder does the same when its stdin closes without that (the
-test process died).
+test process died), and kills and removes the node's containers' cgroups too.
 
 A missing mount point (/etc/kubernetes...) is made on the host as an empty dir (as kubeadm's packages would), and
 stays: removing a dir that another run's node has a mount on would detach that mount.
@@ -34,6 +34,7 @@ from typing import IO
 
 from runtime.linux import syscalls
 from tests.kubelet.hostguard import detach_foreign_mounts, guard_sysctls
+from tests.leaks import cgroups_under, kill_cgroup_tree, remove_cgroup_tree
 
 # an address of TEST-NET-1 (RFC 5737): routed nowhere, so no host network and no pod subnet (10.128.0.0/9) meets it
 NODE_ADDRESS = "192.0.2.10"
@@ -64,6 +65,8 @@ def _hold(argv: list[str]) -> None:
     parser.add_argument("--facades", type=Path, required=True, help="where the kubelet's sysctl facades go")
     parser.add_argument("--keep", action="append", default=[], help="a path the node's programs need")
     parser.add_argument("--tmpfs", action="append", default=[], help="a dir the node gets an empty tmpfs on")
+    parser.add_argument("--cgroup", action="append", default=[],
+                        help="a cgroup (v2 path) whose processes die with the node, and which is then removed")
     args = parser.parse_args(argv)
     args.facades.mkdir(parents=True, exist_ok=True)
     syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWNET)
@@ -80,6 +83,13 @@ def _hold(argv: list[str]) -> None:
     for pid in processes_in(namespace_ids(os.getpid())):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    for cgroup in args.cgroup:  # the containers, which run in namespaces of their own
+        kill_cgroup_tree(cgroup)
+        deadline = time.monotonic() + 10
+        while cgroups_under(cgroup) and time.monotonic() < deadline:
+            remove_cgroup_tree(cgroup)
+            time.sleep(0.1)
+        remove_cgroup_tree(cgroup)
 
 
 def namespace_ids(pid: int | str) -> set[tuple[int, int]]:
@@ -105,11 +115,14 @@ def processes_in(ids: set[tuple[int, int]]) -> list[int]:
 class Node:
     """The holder and the namespaces it made (see the module's doc)."""
 
-    def __init__(self, base: Path, keep: list[Path], tmpfs: list[str], address: str = NODE_ADDRESS) -> None:
+    def __init__(self, base: Path, keep: list[Path], tmpfs: list[str], cgroups: list[str],
+                 address: str = NODE_ADDRESS) -> None:
+        """`cgroups`: where the node's containers run (crispd's cgroup base), for the holder's last resort."""
         self.base = base
         self.address = address
         self.keep = keep
         self.tmpfs = tmpfs
+        self.cgroups = cgroups
         self.proc: subprocess.Popen[bytes] | None = None
         self._netns: int | None = None  # an fd of the node's network namespace (Node.network)
         self._ids: set[tuple[int, int]] = set()  # its namespaces (Node.processes)
@@ -125,6 +138,7 @@ class Node:
                    "--facades", str(self.base / "sysctl")]
         command += [arg for path in self.keep for arg in ("--keep", str(path))]
         command += [arg for path in self.tmpfs for arg in ("--tmpfs", path)]
+        command += [arg for path in self.cgroups for arg in ("--cgroup", path)]
         with open(self.base / "holder.log", "ab") as log:
             self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                          close_fds=True, start_new_session=True,

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from cri import api as cri
-from runtime.cgroups import CgroupV2Manager
 from tests.cri.crispd import Crispd
 from tests.integration.netutil import free_subnet4
-from tests.leaks import cgroups_under, mounts_under, processes_mentioning, remove_cgroup_tree
+from tests.leaks import cgroups_under, kill_cgroup_tree, mounts_under, processes_mentioning, remove_cgroup_tree
 
 NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
 
@@ -53,10 +52,7 @@ class Pods:
 
     def kill_containers(self) -> None:
         """A failed test's last resort: kill every process in this crispd's cgroups (its pods' containers)."""
-        kill = CgroupV2Manager.discover().mount / self.cgroup_base.lstrip("/") / "cgroup.kill"
-        if kill.exists():
-            with contextlib.suppress(OSError):
-                kill.write_text("1")
+        kill_cgroup_tree(self.cgroup_base)
 
     def run(self, config: cri.PodSandboxConfig, handler: str | None = None) -> str:
         handler = self.handler if handler is None else handler
