@@ -29,7 +29,7 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-conformance test-kubelet test-cluster test-extended test-vm vm-image tools images lint unit venv debs-run debs-test clean
+.PHONY: run test test-conformance test-kubelet test-cluster test-cluster-extended test-extended test-vm vm-image tools images lint unit venv debs-run debs-test clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
@@ -92,6 +92,10 @@ test-kubelet: debs-test venv tools images
 ## (tests/cluster)
 test-cluster: debs-test venv tools images
 	$(PYTEST) tests/cluster
+
+## test-cluster-extended: the cluster tier's scenarios beyond make test's budget (the 30-replica scale-up's figures)
+test-cluster-extended: debs-test venv tools images
+	$(PYTEST) --extended -m extended tests/cluster
 
 ## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it); none today:
 ## critest on the runc handler fits the conformance tier's budget, so make test runs it
