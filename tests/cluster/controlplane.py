@@ -29,8 +29,9 @@ MANIFESTS = "/etc/kubernetes/manifests"
 API_PORT = 6443
 
 
-def kubeadm_config(node_name: str, address: str, cri_socket: Path, version: str,
-                   kubelet: dict[str, Any]) -> str:
+def kubeadm_config(node_name: str, address: str, cri_socket: Path, version: str, kubelet: dict[str, Any],
+                   cluster_extra: dict[str, Any]) -> str:
+    """`cluster_extra`: more ClusterConfiguration fields (the self-hosted cluster's image repositories)."""
     init = {
         "apiVersion": "kubeadm.k8s.io/v1beta4", "kind": "InitConfiguration",
         "localAPIEndpoint": {"advertiseAddress": address, "bindPort": API_PORT},
@@ -44,6 +45,7 @@ def kubeadm_config(node_name: str, address: str, cri_socket: Path, version: str,
         "apiVersion": "kubeadm.k8s.io/v1beta4", "kind": "ClusterConfiguration",
         "kubernetesVersion": version,
         "encryptionAlgorithm": "ECDSA-P256",  # keys in milliseconds rather than RSA's seconds
+        **cluster_extra,
     }
     return yaml.safe_dump_all([init, cluster, kubelet], sort_keys=False)
 
@@ -61,9 +63,12 @@ class ControlPlane:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def kubeadm(self, *phase: str, timeout: float = 120) -> str:
-        """`kubeadm init phase <phase...> --config <ours>`; its output (kubeadm's log keeps all of them)."""
-        command = [str(self.bin_dir / "kubeadm"), "init", "phase", *phase, f"--config={self.config}"]
-        done = self.node.run(command, timeout=timeout, check=False)
+        """`kubeadm init phase <phase...> --config <ours>`; its output (kubeadm.log in `base` keeps them all)."""
+        configured = phase[0] != "wait-control-plane"  # the one phase without flags
+        command = [str(self.bin_dir / "kubeadm"), "init", "phase", *phase, *[f"--config={self.config}"] * configured]
+        # the kubelet and the control plane's binaries on its PATH, as a node that has them installed
+        path = f"PATH={self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        done = self.node.run(["env", path, *command], timeout=timeout, check=False)
         with open(self.base / "kubeadm.log", "a") as log:
             log.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr}")
         if done.returncode != 0:

@@ -27,8 +27,11 @@ HEALTHZ_PORT = 10248  # kubeadm's default, which it checks
 
 
 class NodeKubelet(Kubelet):
-    def __init__(self, node: Node, binary: Path, base: Path, runtime_socket: Path, **config: Any) -> None:
+    def __init__(self, node: Node, binary: Path, base: Path, runtime_socket: Path, self_hosted: bool = False,
+                 **config: Any) -> None:
+        """`self_hosted`: the kubelet runs the control plane from kubeadm's static pod manifests."""
         self.node = node
+        self.self_hosted = self_hosted
         super().__init__(binary, base, runtime_socket, **config)
         self.healthz_port, self.port = HEALTHZ_PORT, 10250
 
@@ -36,6 +39,8 @@ class NodeKubelet(Kubelet):
         config = super().configuration()
         for key in STANDALONE_ONLY:
             del config[key]
+        if self.self_hosted:
+            del config["staticPodPath"]  # kubeadm's, /etc/kubernetes/manifests
         return config
 
     def kubeadm_flags(self) -> list[str]:

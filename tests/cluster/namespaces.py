@@ -1,5 +1,5 @@
-"""The cluster tier's node: a mount namespace and a network namespace of its own, in which crispd, the kubelet, etcd
-and the control plane run, so that their fixed paths and ports collide with nothing on the host.
+"""The cluster tier's node: a mount, network and UTS namespace of its own, in which crispd, the kubelet, etcd and the
+control plane run, so that their fixed paths and ports collide with nothing on the host.
 
 A small holder process makes both (`python -m tests.cluster.namespaces ...`) and lives until its stdin closes:
 - mount namespace: private; every mount the host had other than /, /proc, /sys, /dev and the mounts holding a
@@ -8,6 +8,7 @@ A small holder process makes both (`python -m tests.cluster.namespaces ...`) and
   /proc/sys/net (crispd's bridge needs ip_forward) and the facades of the sysctls the kubelet sets.
 - network namespace: loopback and a veth pair whose first end carries the node's address (the advertise address:
   a control plane's endpoints may not be loopback) and the default route.
+- UTS namespace: the node's name as hostname, which resolves to its address (an /etc/hosts of its own).
 
 `Node.enter()` is the nsenter prefix that starts a program inside; `Node.network()` puts the calling thread there for
 a moment (a socket made then stays there); `Node.path()` reads a file as the node sees it. `Node.stop()` kills whatever
@@ -62,6 +63,7 @@ def _setup_network(address: str) -> None:
 def _hold(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.namespaces")
     parser.add_argument("--address", required=True, help="the node's address/prefix")
+    parser.add_argument("--hostname", required=True, help="the node's name")
     parser.add_argument("--facades", type=Path, required=True, help="where the kubelet's sysctl facades go")
     parser.add_argument("--keep", action="append", default=[], help="a path the node's programs need")
     parser.add_argument("--tmpfs", action="append", default=[], help="a dir the node gets an empty tmpfs on")
@@ -69,9 +71,13 @@ def _hold(argv: list[str]) -> None:
                         help="a cgroup (v2 path) whose processes die with the node, and which is then removed")
     args = parser.parse_args(argv)
     args.facades.mkdir(parents=True, exist_ok=True)
-    syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWNET)
+    syscalls.unshare(syscalls.CLONE_NEWNS | syscalls.CLONE_NEWNET | syscalls.CLONE_NEWUTS)
+    syscalls.sethostname(args.hostname)
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
     detach_foreign_mounts([os.path.realpath(k) for k in [*args.keep, args.facades]])
+    hosts = args.facades.parent / "hosts"  # the node's name resolves to its address without a DNS server
+    hosts.write_text(f"127.0.0.1 localhost\n::1 localhost\n{args.address.split('/')[0]} {args.hostname}\n")
+    syscalls.mount(str(hosts), "/etc/hosts", None, syscalls.MS_BIND)
     for path in args.tmpfs:
         os.makedirs(path, exist_ok=True)
         syscalls.mount("tmpfs", path, "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755")
@@ -115,10 +121,11 @@ def processes_in(ids: set[tuple[int, int]]) -> list[int]:
 class Node:
     """The holder and the namespaces it made (see the module's doc)."""
 
-    def __init__(self, base: Path, keep: list[Path], tmpfs: list[str], cgroups: list[str],
+    def __init__(self, base: Path, name: str, keep: list[Path], tmpfs: list[str], cgroups: list[str],
                  address: str = NODE_ADDRESS) -> None:
         """`cgroups`: where the node's containers run (crispd's cgroup base), for the holder's last resort."""
         self.base = base
+        self.name = name
         self.address = address
         self.keep = keep
         self.tmpfs = tmpfs
@@ -135,7 +142,7 @@ class Node:
     def start(self, timeout: float = 30) -> Node:
         self.base.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "tests.cluster.namespaces", "--address", f"{self.address}/{NODE_PREFIX}",
-                   "--facades", str(self.base / "sysctl")]
+                   "--hostname", self.name, "--facades", str(self.base / "sysctl")]
         command += [arg for path in self.keep for arg in ("--keep", str(path))]
         command += [arg for path in self.tmpfs for arg in ("--tmpfs", path)]
         command += [arg for path in self.cgroups for arg in ("--cgroup", path)]
@@ -158,7 +165,7 @@ class Node:
 
     def enter(self) -> list[str]:
         """The prefix of a command that runs inside the node (in its root dir; give absolute paths)."""
-        return ["nsenter", f"--target={self.pid}", "--mount", "--net", "--wd=/"]
+        return ["nsenter", f"--target={self.pid}", "--mount", "--net", "--uts", "--wd=/"]
 
     def run(self, argv: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.enter(), *argv], capture_output=True, text=True, timeout=timeout, check=check)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import Cluster
 from tests.cluster.kubectl import Object
+from tests.cluster.onenode import Cluster
 from tests.cluster.workloads import container, container_id, deployment, is_ready, pods
 from tests.images import NGINX_NEW
 from tests.kubelet.kubelet import NODE_NAME

@@ -3,7 +3,7 @@ place by the kubelet (its emptyDir kept), and then succeeds."""
 
 from __future__ import annotations
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.onenode import Cluster
 from tests.cluster.workloads import GRACE, container, container_status, pod
 
 

@@ -9,7 +9,7 @@ import select
 import subprocess
 import time
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.onenode import Cluster
 from tests.cluster.workloads import container, container_status, is_ready, pod
 from tests.kubelet.support import wait_until
 

@@ -7,7 +7,7 @@ import ipaddress
 
 import urllib3
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.onenode import Cluster
 from tests.cluster.workloads import container, is_ready, pod
 
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from cri import api as cri
-from tests.cluster.conftest import EVICTION_HARD, KUBE_RESERVED, MAX_PODS, SYSTEM_RESERVED, Cluster
+from tests.cluster.onenode import EVICTION_HARD, KUBE_RESERVED, MAX_PODS, SYSTEM_RESERVED, Cluster
 from tests.cluster.workloads import container, pod, quantity
 from tests.kubelet.kubelet import NODE_NAME
 from tests.kubelet.support import wait_until

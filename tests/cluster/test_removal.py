@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cri import api as cri
-from tests.cluster.conftest import Cluster
+from tests.cluster.onenode import Cluster
 from tests.cluster.workloads import container, deployment, pods
 from tests.kubelet.support import wait_until
 from tests.leaks import cgroups_under, mounts_under, processes_mentioning, store_rows

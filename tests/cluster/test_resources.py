@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cri import api as cri
-from tests.cluster.conftest import NAMESPACE, Cluster
+from tests.cluster.onenode import NAMESPACE, Cluster
 from tests.cluster.workloads import container, container_id, container_status, pod
 from tests.kubelet.kubelet import NODE_NAME
 from tests.kubelet.support import wait_until

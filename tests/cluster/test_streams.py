@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.onenode import Cluster
 from tests.cluster.workloads import container, pod
 
 ECHO_PORT = 9000

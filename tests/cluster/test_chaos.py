@@ -1,0 +1,98 @@
+"""The self-hosted cluster (issue 15's second way, `make test-cluster-extended`): crisp runs its own control plane as
+the kubelet's static pods, and a crispd killed with SIGKILL during a rollout costs nothing: the API server keeps
+answering /readyz, no container restarts, the rollout completes once crispd is back."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.cluster.conftest import check_alive, needs_root_and_registry
+from tests.cluster.controlplane import COMPONENTS
+from tests.cluster.onenode import Cluster, one_node_cluster
+from tests.cluster.workloads import container, container_id, container_status, deployment, is_ready, pods
+from tests.images import NGINX_NEW
+from tests.kubelet.kubelet import NODE_NAME
+from tests.kubelet.support import wait_until
+
+pytestmark = pytest.mark.extended
+
+
+@pytest.fixture(scope="module")
+def selfhosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    needs_root_and_registry()
+    with one_node_cluster(tmp_path_factory.mktemp("cluster-selfhosted"), self_hosted=True) as one:
+        yield one
+        check_alive(one)
+
+
+def _control_plane(cluster: Cluster) -> dict[str, tuple[str, int]]:
+    """The control plane's mirror pods: component -> (crisp's container id, restart count)."""
+    found = {}
+    for component in COMPONENTS:
+        mirror = cluster.kubectl.get("pod", f"{component}-{NODE_NAME}", "--namespace=kube-system")
+        assert is_ready(mirror), mirror["status"]
+        found[component] = (container_id(mirror, component), container_status(mirror, component)["restartCount"])
+    return found
+
+
+def test_crisp_runs_its_own_control_plane(selfhosted: Cluster) -> None:
+    control_plane = _control_plane(selfhosted)
+    assert set(control_plane) == set(COMPONENTS)
+    # each from the project's image, in crisp, on the node's network
+    for component in COMPONENTS:
+        mirror = selfhosted.kubectl.get("pod", f"{component}-{NODE_NAME}", "--namespace=kube-system")
+        assert mirror["spec"]["hostNetwork"] is True
+        assert "/control-plane/" in mirror["spec"]["containers"][0]["image"]
+    assert selfhosted.kubectl.text("get", "--raw=/readyz") == "ok"
+
+
+def _running(cluster: Cluster) -> dict[str, tuple[str, int]]:
+    """Every running container of the workloads' pods: pod/container -> (id, restart count)."""
+    found = {}
+    for pod in pods(cluster.kubectl, "rolling", running_only=True):
+        for status in pod["status"].get("containerStatuses", []):
+            if "running" in status["state"]:
+                found[f"{pod['metadata']['name']}/{status['name']}"] = (status["containerID"], status["restartCount"])
+    return found
+
+
+def test_crispd_killed_during_a_rollout(selfhosted: Cluster) -> None:
+    kubectl, crisp = selfhosted.kubectl, selfhosted.crisp
+    ready = {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1}
+    kubectl.apply(deployment("rolling", 3, [container("nginx", selfhosted.nginx, None, readinessProbe=ready)],
+                             strategy={"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1,
+                                                                                  "maxSurge": 1}}))
+    kubectl.run("rollout", "status", "deployment/rolling", "--timeout=180s", timeout=200)
+    control_plane = _control_plane(selfhosted)
+
+    kubectl.run("set", "image", "deployment/rolling", f"nginx={NGINX_NEW}")
+
+    def midway() -> bool:
+        status: dict[str, Any] = kubectl.get("deployment", "rolling")["status"]
+        return 0 < status.get("updatedReplicas", 0) < 3
+
+    wait_until(midway, 60, "the rollout under way", interval=0.2)
+    before = _running(selfhosted)
+    assert crisp.daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    answers = []
+    down = time.monotonic()
+    while time.monotonic() - down < 5:  # crispd is gone: the control plane runs on under its shims
+        answers.append(kubectl.run("get", "--raw=/readyz", check=False).stdout)
+        time.sleep(0.5)
+    crisp.daemon.start()
+    for _ in range(5):
+        answers.append(kubectl.run("get", "--raw=/readyz", check=False).stdout)
+        time.sleep(0.5)
+    assert answers == [b"ok"] * len(answers)
+
+    kubectl.run("rollout", "status", "deployment/rolling", "--timeout=300s", timeout=330)
+    assert _control_plane(selfhosted) == control_plane
+    after = _running(selfhosted)
+    assert {k: v for k, v in after.items() if k in before} == {k: v for k, v in before.items() if k in after}
+    assert {p["spec"]["containers"][0]["image"] for p in pods(kubectl, "rolling", running_only=True)} == {NGINX_NEW}
+    kubectl.run("delete", "deployment/rolling", "--cascade=foreground", "--timeout=120s", timeout=150)
