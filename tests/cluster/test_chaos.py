@@ -30,22 +30,25 @@ def selfhosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         check_alive(one)
 
 
+def _mirrors(cluster: Cluster) -> dict[str, Any]:
+    """The control plane's mirror pods (the kubelet makes them once the node is registered), by component."""
+    found = {p["metadata"]["name"]: p for p in cluster.kubectl.items("pods", "--namespace=kube-system")}
+    return {c: found[f"{c}-{NODE_NAME}"] for c in COMPONENTS if f"{c}-{NODE_NAME}" in found}
+
+
 def _control_plane(cluster: Cluster) -> dict[str, tuple[str, int]]:
-    """The control plane's mirror pods: component -> (crisp's container id, restart count)."""
-    found = {}
-    for component in COMPONENTS:
-        mirror = cluster.kubectl.get("pod", f"{component}-{NODE_NAME}", "--namespace=kube-system")
-        assert is_ready(mirror), mirror["status"]
-        found[component] = (container_id(mirror, component), container_status(mirror, component)["restartCount"])
-    return found
+    """The control plane, once all Ready: component -> (crisp's container id, restart count)."""
+    def ready() -> dict[str, Any] | None:
+        mirrors = _mirrors(cluster)
+        return mirrors if len(mirrors) == len(COMPONENTS) and all(map(is_ready, mirrors.values())) else None
+
+    mirrors = wait_until(ready, 120, "the control plane's mirror pods Ready")
+    return {c: (container_id(m, c), container_status(m, c)["restartCount"]) for c, m in mirrors.items()}
 
 
 def test_crisp_runs_its_own_control_plane(selfhosted: Cluster) -> None:
-    control_plane = _control_plane(selfhosted)
-    assert set(control_plane) == set(COMPONENTS)
-    # each from the project's image, in crisp, on the node's network
-    for component in COMPONENTS:
-        mirror = selfhosted.kubectl.get("pod", f"{component}-{NODE_NAME}", "--namespace=kube-system")
+    assert set(_control_plane(selfhosted)) == set(COMPONENTS)  # each Ready, in crisp (crisp://<id>)
+    for mirror in _mirrors(selfhosted).values():  # from the project's image, on the node's network
         assert mirror["spec"]["hostNetwork"] is True
         assert "/control-plane/" in mirror["spec"]["containers"][0]["image"]
     assert selfhosted.kubectl.text("get", "--raw=/readyz") == "ok"
