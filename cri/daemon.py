@@ -36,6 +36,7 @@ from cri.streaming.server import StreamingServer
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.lockfile import LockFile
+from runtime.systemd import notify
 from runtime.version import VERSION
 
 log = logging.getLogger("crispd")
@@ -130,6 +131,8 @@ class Daemon:
                                    in_use=self._images_in_use)
         self._locks: list[LockFile] = []
         self._stop: asyncio.Event | None = None
+        # systemd's notify socket is crispd's alone: taken out of the environment before any child is started
+        self._notify_env = {"NOTIFY_SOCKET": os.environ.pop("NOTIFY_SOCKET", "")}
 
     async def _images_in_use(self) -> InUse:
         """For image GC: the images and snapshots the containers still use."""
@@ -237,6 +240,7 @@ class Daemon:
             os.chmod(self.socket, 0o660)
             await ctx.debug.delay("crispd.ready")
             await recover(ctx)
+            await ctx.nri.start()
             _freeze_startup_heap()
             await asyncio.sleep(0)  # the collection ends this step, still outside the slow-callback check
             self.readiness.set_ready()
@@ -244,8 +248,11 @@ class Daemon:
                 asyncio.get_running_loop().slow_callback_duration = self.config.debug.slow_callback_ms / 1000
             log.info("crispd %s serving CRI v1 on %s (root %s, state %s)", VERSION, self.socket,
                      self.config.root, self.config.state)
+            # under systemd (Type=notify) the unit is active only now, so `After=crispd.service` means "serving"
+            notify(f"READY=1\nSTATUS=serving CRI v1 on {self.socket}", self._notify_env)
             await stop.wait()
         finally:
+            notify("STOPPING=1", self._notify_env)
             self.readiness.set_not_ready("crispd is stopping")
             if ctx is not None:
                 ctx.events.broker.close()  # event streams end, so that the server's grace period is not spent on them
@@ -262,7 +269,9 @@ class Daemon:
             if metrics_server is not None:
                 await metrics_server.close()
             if ctx is not None:
+                await ctx.nri.stop()
                 await ctx.container_control.close()
+                await ctx.cgroup_driver.close()
             await shims.close()  # the zygote ends; the shims and their containers go on
             await network.close()
             if images is not None:

@@ -125,6 +125,25 @@ def load_config(bundle: str) -> dict[str, Any]:
     return read_json(os.path.join(bundle, CONFIG_NAME), f"bundle {bundle}: {CONFIG_NAME}")
 
 
+# ---------------------------------------------------------------------------------------------- mounts
+
+# files under /proc a container may have something mounted on (lxcfs does this), as runc allows
+PROC_MOUNT_ALLOWED = frozenset({
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
+    "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid",
+})
+
+
+def mount_refused_in_proc(destination: str, fstype: str) -> bool:
+    """runc's rule, for a destination as it lands in the container (symlinks followed): nothing but a procfs
+    on /proc itself and a few files (lxcfs's) may be mounted at or below /proc. cri/oci refuses such a volume
+    before the bundle is written; the executor checks every mount of a spec again where it lands."""
+    dest = posixpath.normpath("/" + destination.lstrip("/"))
+    if dest != "/proc" and not dest.startswith("/proc/"):
+        return False
+    return not ((dest == "/proc" and fstype == "proc") or dest in PROC_MOUNT_ALLOWED)
+
+
 # ---------------------------------------------------------------------------------------------- processes
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from cri import api as cri
 from cri.oci.host import DeviceLookup, DeviceNode, MountSource
+from cri.oci.user import ImageFiles
+from runtime.bundle import mount_refused_in_proc
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
 
 _PROPAGATION = cri.MountPropagation
@@ -148,6 +150,17 @@ def cri_binds(
             )
         )
     return out
+
+
+def check_bind_targets(binds: Sequence[BindRequest], files: ImageFiles) -> None:
+    """A bind must not land inside /proc where the image's symlinks take it (`/procl/sys` with `/procl -> /proc`):
+    refused here for every runtime handler (crun 1.8 would mount it there; runc and the built-in executor refuse
+    it too, later and less clearly)."""
+    for b in binds:
+        landed = files.resolve(b.container_path)
+        if mount_refused_in_proc(landed, "bind"):
+            via = "" if landed == _clean(b.container_path) else f" (through a symlink of the image: {landed})"
+            raise InvalidArgument(f"mount -> {b.container_path!r}{via}: nothing may be mounted inside /proc")
 
 
 def pod_binds(files: PodFiles, cri_destinations: set[str], *, readonly_rootfs: bool) -> list[BindRequest]:

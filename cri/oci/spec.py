@@ -26,6 +26,7 @@ from cri.oci.mounts import (
     DEFAULT_READONLY_PATHS,
     PodFiles,
     assemble_mounts,
+    check_bind_targets,
     cri_binds,
     cri_devices,
     host_devices,
@@ -262,7 +263,9 @@ def _namespaces(inputs: SpecInputs, privileged: bool) -> tuple[list[dict[str, st
     elif pid_mode != _NS_MODE.NODE:
         raise InvalidArgument(f"unknown PID namespace mode {pid_mode}")
 
-    if inputs.node.cgroup2_unified and not privileged:
+    # without one, the container's cgroup2 mount is the host's whole tree (on a hybrid host too: containers only
+    # ever see the v2 hierarchy); a privileged container sees the host's, as with runc and containerd
+    if inputs.node.cgroup_namespaces and not privileged:
         namespaces.append({"type": "cgroup"})
     return namespaces, not host_network
 
@@ -365,8 +368,6 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     privileged = sc.privileged
     if privileged and not inputs.sandbox_config.linux.security_context.privileged:
         raise InvalidArgument(f"a privileged container is not allowed in the unprivileged pod {inputs.pod.sandbox_id}")
-    if config.CDI_devices:
-        raise Unimplemented("CDI devices are not supported by crisp")
     _check_apparmor(sc, privileged)
 
     # process
@@ -410,6 +411,7 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
 
     # mounts and devices
     binds = cri_binds(config.mounts, inputs.host.mounts, rro_supported=inputs.options.recursive_read_only)
+    check_bind_targets(binds, inputs.image_files)
     taken = {posixpath.normpath(b.container_path) for b in binds}
     files = inputs.pod.files
     if sc.namespace_options.ipc == _NS_MODE.NODE or (

@@ -4,6 +4,9 @@ The container is made to its end even if the kubelet gives up waiting; its retry
 container's id (cri/lifecycle/creations.py).
 
 Every step registers its undo; a failure anywhere leaves no shim, mount, cgroup, dir or row behind.
+
+The spec gets the container's CDI devices (cri/cdi.py), then the NRI plugins' adjustments, before it is written;
+no NRI plugin is synchronized meanwhile (it would miss this container).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri import cdi, metadata_limits
 from cri.oci import (
     LayeredFiles,
     PodContext,
@@ -28,6 +31,7 @@ from cri.oci import (
     inspect_host,
     resolve_stop_signal,
 )
+from cri.oci.workdir import make_working_dir
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
@@ -35,6 +39,7 @@ from runtime import errors
 from runtime.bundle import Overlay
 from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
 
@@ -68,6 +73,9 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
         log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
+    metadata_limits.check(f"container {name}", metadata_limits.container_bytes(config),
+                          metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
+                          ctx.config.limits.metadata_budget_bytes)
     container_id = secrets.token_hex(32)
     await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
     await ctx.creations.run_to_the_end("container", name, container_id,
@@ -125,7 +133,8 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         if sandbox.status.state != READY:
             await ctx.container_names.release(name, container_id)
             raise errors.FailedPrecondition(f"pod {sandbox.id} was stopped: cannot create containers in it")
-        await _create_in_pod(ctx, container_id, name, sandbox, request)
+        async with ctx.nri.creation():
+            await _create_in_pod(ctx, container_id, name, sandbox, request)
 
 
 async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
@@ -135,8 +144,11 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
     log_path = _log_path(sandbox, config)
     handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
+    driver = ctx.cgroup_driver
     bundle = ctx.state_dir / "containers" / container_id
-    cgroup = cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)
+    # the container's cgroup, once: the spec gets it in the driver's OCI form, the record and the shim as a path
+    cgroup = driver.layout.leaf(sandbox.meta.cgroup, container_id)
+    cgroups_path = driver.layout.oci(sandbox.meta.cgroup, container_id)
     container_dir = ctx.root_dir / "containers" / container_id
     meta_ns = sandbox.meta.namespaces
     privileged = config.linux.security_context.privileged
@@ -165,22 +177,33 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             inputs = SpecInputs(
                 container_id=container_id, config=config, sandbox_config=sandbox.meta.config,
                 image_config=image_config, pod=pod, node=ctx.node, rootfs_path=str(bundle / "rootfs"),
-                cgroup_path=cgroup, overlay=overlay, image_name=config.image.image,
+                cgroup_path=cgroups_path, overlay=overlay, image_name=config.image.image,
                 image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host, options=options)
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)
+        await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
+                                spec["process"]["cwd"])
+        await asyncio.to_thread(cdi.inject_devices, ctx.config.cdi, spec, cdi.requested_devices(config))
+        seen = await ctx.nri.create_container(sandbox, container_id, config, spec, ctx.clock_ns())
+        undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
         spec = await _check_controllers(ctx, container_id, spec, cgroup)
         await asyncio.to_thread(_write_spec, bundle, spec)
         ctx.debug.fail("create_container.spec")
 
         shim_config = ShimConfig(
-            id=container_id, bundle=str(bundle), executor=list(handler.argv), executor_root=str(handler.root),
+            id=container_id, bundle=str(bundle), executor=[*handler.argv, *driver.executor_flags()],
+            executor_root=str(handler.root),
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
             cgroup2_mount=str(manager.mount), cgroup=cgroup,
             cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
-        _, pid = await ctx.shims.create(shim_config)
+        # the undo steps RemoveContainer takes, in its order (undone last to first)
+        undo.push("shim scope", lambda: driver.shim_gone(container_id))
+        undo.push("container cgroup", lambda: driver.remove_leaf(cgroup))
+        held = driver.container_hold(cgroup, container_id, spec["linux"].get("resources") or {}) \
+            if handler.kind == "builtin" else None
+        _, pid = await ctx.shims.create(shim_config, placed=driver.shim_placement(container_id), held=held)
         undo.push("shim and container", lambda: ctx.shims.discard(container_id))
         ctx.debug.fail("create_container.shim")
         await ctx.debug.delay("create_container.record")
@@ -201,6 +224,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
+    await ctx.nri.post_create_container(container)
 
 
 def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...] | list[str]) -> str:
@@ -223,5 +247,5 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
 
 
 def _remove_dirs(bundle: Path, container_dir: Path) -> None:
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(container_dir, ignore_errors=True)
+    remove_tree(bundle, ignore_errors=True)
+    remove_tree(container_dir, ignore_errors=True)

@@ -41,6 +41,7 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
             "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION,
                         "runtimeApiVersion": cri.RUNTIME_API_VERSION, "criApiRelease": cri.CRI_API_VERSION},
             "podCIDR": await effective_pod_cidr(ctx.config, ctx.store),
+            "nri": ctx.nri.status(),
         }
         for key, value in info.items():
             response.info[key] = json.dumps(value, sort_keys=True)

@@ -129,6 +129,18 @@ def _child(sock: socket.socket, child_main: Callable[[socket.socket], None]) -> 
         os._exit(127)
 
 
+def _await_child_pid(sock: socket.socket) -> int:
+    """The init asked for hooks before stage 1's ChildPid was read (two senders, no order): read on to it."""
+    while True:
+        message = protocol.receive(sock)
+        if message is None:
+            raise errors.CrispError("the container process died during setup without saying why")
+        if isinstance(message, protocol.Failure):
+            raise message.to_error()
+        if isinstance(message, protocol.ChildPid):
+            return message.pid
+
+
 @dataclass
 class Launched:
     pid: int
@@ -136,10 +148,12 @@ class Launched:
 
 
 def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.socket], None],
-           add_to_cgroup: Callable[[int], None], close_in_child: Sequence[int] = ()) -> Launched:
+           add_to_cgroup: Callable[[int], None], close_in_child: Sequence[int] = (),
+           run_hooks: Callable[[int], None] | None = None) -> Launched:
     """Fork stage 1, put it into the cgroup, let it go, and return the init's pid once the child is Ready.
 
-    Any failure (ours or a typed one from a child) kills what was started and raises.
+    When the child asks (RunHooks), `run_hooks(init pid)` runs here before it may go on (HooksDone). Any failure
+    (ours, a hook's, or a typed one from a child) kills what was started and raises.
     """
     parent_sock, child_sock = protocol.socketpair()
     stage1 = os.fork()
@@ -169,6 +183,11 @@ def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.s
                 init_pid = message.pid
             elif isinstance(message, protocol.Failure):
                 raise message.to_error()
+            elif isinstance(message, protocol.RunHooks):
+                init_pid = init_pid or _await_child_pid(parent_sock)
+                if run_hooks is not None:
+                    run_hooks(init_pid)
+                protocol.send(parent_sock, protocol.HooksDone())
             elif isinstance(message, protocol.Ready):
                 ready = True
             if ready and init_pid:

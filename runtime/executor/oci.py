@@ -16,6 +16,7 @@ from typing import Any
 
 from runtime import errors
 from runtime.bundle import Overlay, load_config, overlay_of, rootfs_path
+from runtime.executor.hooks import Hooks, parse_hooks
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user", "time")
 MAX_ID = 2**32 - 2
@@ -195,6 +196,7 @@ class Spec:
     linux: Linux = field(default_factory=Linux)
     annotations: Mapping[str, str] = field(default_factory=dict)
     overlay: Overlay | None = None
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -414,6 +416,7 @@ def parse_spec(data: object, bundle: Path) -> Spec:
         linux=_parse_linux(d.get("linux")),
         annotations=annotations,
         overlay=overlay_of(annotations),
+        hooks=parse_hooks(d.get("hooks")),
     )
 
 

@@ -4,27 +4,26 @@ masked and read-only paths.
 Order (as runc): root propagation, the overlay of the image layers, the rootfs bound onto itself, the spec's
 mounts in order (each target resolved inside the rootfs), /dev, pivot_root; then, seen from inside, read-only
 and masked paths and a read-only root.
+
+A mount's destination is checked where it really lands (the image's symlinks followed inside the root, as runc's
+SecureJoin does): `/procl/sys` with `/procl -> /proc` is inside /proc. After pivot_root nothing goes through the
+container's /proc: the masking and read-only binds are attached by fd (open_tree, fsmount, move_mount, mount_setattr)
+and what needs a procfs (sysctls, the start fifo) uses a private one (procfs.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
+import posixpath
 import stat
 from collections.abc import Iterator
 
 from runtime import errors
-from runtime.bundle import Overlay
-from runtime.executor import devices, mountopts, paths
+from runtime.bundle import Overlay, mount_refused_in_proc
+from runtime.executor import devices, mountopts, paths, procfs
 from runtime.executor.oci import Mount, Spec
 from runtime.linux import syscalls as sc
-
-# files under /proc a container may have something mounted on (lxcfs does this), as runc allows
-PROC_MOUNT_ALLOWED = frozenset({
-    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
-    "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid",
-})
 
 # statvfs f_flag bits that a bind remount must keep unless the mount options clear them
 _ST_KEEP = {sc.MS_NOSUID: os.ST_NOSUID, sc.MS_NODEV: os.ST_NODEV, sc.MS_NOEXEC: os.ST_NOEXEC}
@@ -43,7 +42,7 @@ def _fd(fd: int) -> Iterator[int]:
 
 
 def _kept_flags(fd: int, cleared: int) -> int:
-    st = os.statvfs(paths.fd_path(fd))
+    st = os.fstatvfs(fd)
     return sum(ms for ms, st_flag in _ST_KEEP.items() if st.f_flag & st_flag and not cleared & ms)
 
 
@@ -55,15 +54,15 @@ def _cleared_flags(options: tuple[str, ...]) -> int:
     return out
 
 
-def check_proc_destination(mount: Mount) -> None:
-    dest = mount.destination
-    if dest != "/proc" and not dest.startswith("/proc/"):
+def check_proc_destination(mount: Mount, resolved: str | None = None) -> None:
+    """Nothing but procfs itself (and runc's few files) may be mounted in /proc; `resolved` is where the
+    destination really lands (its symlinks followed inside the root)."""
+    dest = posixpath.normpath("/" + (mount.destination if resolved is None else resolved).lstrip("/"))
+    if not mount_refused_in_proc(dest, mount.type):
         return
-    if dest == "/proc" and mount.type == "proc":
-        return
-    if dest in PROC_MOUNT_ALLOWED:
-        return
-    raise MountError(f"mount on {dest}: nothing may be mounted inside /proc but the proc filesystem itself")
+    via = "" if resolved is None or dest == mount.destination else f" (through a symlink: it lands on {dest})"
+    raise MountError(f"mount on {mount.destination}{via}: nothing may be mounted inside /proc but the proc "
+                     "filesystem itself")
 
 
 def mount_point_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
@@ -85,6 +84,7 @@ class Rootfs:
         self.root = spec.root_path
         self._root_fd = -1
         self._dev_null = -1
+        self.proc_fd = -1  # the private procfs, from pivot() until finish() is done
 
     # ------------------------------------------------------------------ before pivot_root (host paths visible)
 
@@ -119,7 +119,9 @@ class Rootfs:
                     raise MountError(f"device {device.path}: {exc.strerror}") from None
             devices.create_symlinks(sys, self._root_fd)
         try:
-            os.close(paths.ensure_dir(sys, self._root_fd, self.spec.process.cwd))
+            # a dangling symlink on the way is followed: its target is made inside the root, as runc does
+            os.close(paths.ensure_dir(sys, self._root_fd, paths.resolve_in_root(sys, self._root_fd,
+                                                                               self.spec.process.cwd)))
         except OSError as exc:
             raise errors.InvalidArgument(
                 f"cwd {self.spec.process.cwd!r} set in config.json cannot be made a directory: {exc.strerror}"
@@ -153,6 +155,14 @@ class Rootfs:
         except mountopts.UnsupportedOption as exc:
             raise MountError(str(exc)) from None
         is_bind = mount.type == "bind" or opts.is_bind
+        fstype = mount.type
+        if not is_bind and fstype in ("proc", "sysfs", "cgroup", "cgroup2"):
+            # these must land on a real directory of the rootfs, not through a symlink
+            self._refuse_symlink(mount.destination)
+        # where it really lands, checked before anything is made there (and made there: a dangling symlink's
+        # target is created inside the root, as runc does)
+        dest = paths.resolve_in_root(sys, self._root_fd, mount.destination)
+        check_proc_destination(mount, dest)
         if is_bind:
             try:
                 like_dir = os.path.isdir(mount.source) if mount.source.startswith("/") else True
@@ -160,21 +170,30 @@ class Rootfs:
             except FileNotFoundError:
                 raise errors.NotFound(
                     f"mount source {mount.source!r} for {mount.destination} does not exist") from None
-            with _fd(paths.ensure_target(sys, self._root_fd, mount.destination, like_dir)) as target:
+            with _fd(self._target(mount, dest, like_dir)) as target:
                 sys.mount(mount.source, paths.fd_path(target), None, opts.flags | sc.MS_BIND)
-            self._after_mount(mount, opts, remount=True)
+            self._after_mount(dest, mount, opts, remount=True)
             return
-        fstype = mount.type
         source = mount.source or fstype
         if fstype == "cgroup":
             fstype = source = "cgroup2"  # the executor is cgroup v2 only: the container's own cgroup, via its ns
-        if fstype in ("proc", "sysfs", "cgroup2"):
-            # these must land on a real directory of the rootfs, not through a symlink
-            self._refuse_symlink(mount.destination)
         data = opts.data
-        with _fd(paths.ensure_dir(sys, self._root_fd, mount.destination)) as target:
+        with _fd(self._target(mount, dest, like_dir=True)) as target:
             sys.mount(source, paths.fd_path(target), fstype, opts.flags & ~sc.MS_REMOUNT, data or None)
-        self._after_mount(mount, opts, remount=False)
+        self._after_mount(dest, mount, opts, remount=False)
+
+    def _target(self, mount: Mount, dest: str, like_dir: bool) -> int:
+        """The mount point at `dest` (made if missing), checked to be where `dest` said (not moved meanwhile)."""
+        fd = paths.ensure_target(self.sys, self._root_fd, dest, like_dir)
+        try:
+            landed = paths.path_in_root(self._root_fd, fd)
+            if landed != dest:
+                raise MountError(f"mount on {mount.destination}: its target moved to {landed} while it was made")
+            check_proc_destination(mount, landed)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _refuse_symlink(self, destination: str) -> None:
         try:
@@ -186,10 +205,10 @@ class Rootfs:
             if stat.S_ISLNK(os.fstat(fd).st_mode):
                 raise MountError(f"{destination} is a symlink: refusing to mount through it")
 
-    def _after_mount(self, mount: Mount, opts: mountopts.MountOptions, remount: bool) -> None:
+    def _after_mount(self, dest: str, mount: Mount, opts: mountopts.MountOptions, remount: bool) -> None:
         """Bind remount for the flags, then recursive attributes, then propagation, on the new mount."""
         sys = self.sys
-        with _fd(paths.open_in_root(sys, self._root_fd, mount.destination)) as fd:
+        with _fd(paths.open_in_root(sys, self._root_fd, dest)) as fd:
             target = paths.fd_path(fd)
             flags = opts.flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
             if remount and flags:
@@ -218,6 +237,7 @@ class Rootfs:
         os.chdir("/")
         os.close(self._root_fd)
         self._root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.proc_fd = procfs.open_private(sys)
 
     # ------------------------------------------------------------------ after pivot_root (container paths)
 
@@ -238,10 +258,10 @@ class Rootfs:
             with _fd(os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) as fd:
                 flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _kept_flags(fd, 0)
             self.sys.mount(None, "/", None, flags)
-        for fd in (self._root_fd, self._dev_null):
+        for fd in (self._root_fd, self._dev_null, self.proc_fd):
             if fd >= 0:
                 os.close(fd)
-        self._root_fd = self._dev_null = -1
+        self._root_fd = self._dev_null = self.proc_fd = -1
 
     def _open_dev_null(self) -> None:
         """The container's /dev/null, the source of masking binds (a bind source must be in our mount
@@ -263,32 +283,42 @@ class Rootfs:
                 return None
             raise
 
+    def _attach(self, mount_fd: int, target_fd: int) -> None:
+        """Attach a detached mount onto the object an O_PATH fd holds: no path is resolved on either side."""
+        try:
+            self.sys.move_mount(mount_fd, "", target_fd, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(mount_fd)
+
     def _readonly_path(self, path: str) -> None:
+        """A read-only copy of the mount tree at `path` put over it (runc: bind onto itself, remount ro)."""
         fd = self._open_existing(path)
         if fd is None:
             return
         with _fd(fd):
-            self.sys.mount(paths.fd_path(fd), paths.fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
-        fd = self._open_existing(path)
-        if fd is None:
-            return
-        with _fd(fd):
-            flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _kept_flags(fd, 0)
-            self.sys.mount(None, paths.fd_path(fd), None, flags)
-            if sc.has_mount_setattr():
-                self.sys.mount_setattr(fd, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE, sc.MOUNT_ATTR_RDONLY)
+            tree = self.sys.open_tree(fd, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH
+                                      | sc.AT_RECURSIVE)
+            try:
+                self.sys.mount_setattr(tree, "", sc.AT_EMPTY_PATH | sc.AT_RECURSIVE, sc.MOUNT_ATTR_RDONLY)
+            except BaseException:
+                os.close(tree)
+                raise
+            self._attach(tree, fd)
 
     def _mask_path(self, path: str) -> None:
+        """An empty read-only tmpfs over a dir, the container's /dev/null over anything else."""
         fd = self._open_existing(path)
         if fd is None:
             return
         with _fd(fd):
-            target = paths.fd_path(fd)
             if paths.is_dir_fd(fd):
-                self.sys.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY)
-            else:
+                fs = self.sys.fsopen("tmpfs", sc.FSOPEN_CLOEXEC)
                 try:
-                    self.sys.mount(paths.fd_path(self._dev_null), target, None, sc.MS_BIND)
-                except OSError as exc:
-                    if exc.errno != errno.ENOENT:
-                        raise
+                    self.sys.fsconfig(fs, sc.FSCONFIG_CMD_CREATE)
+                    mnt = self.sys.fsmount(fs, sc.FSMOUNT_CLOEXEC, sc.MOUNT_ATTR_RDONLY)
+                finally:
+                    os.close(fs)
+            else:
+                mnt = self.sys.open_tree(self._dev_null, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC
+                                         | sc.AT_EMPTY_PATH)
+            self._attach(mnt, fd)

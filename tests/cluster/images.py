@@ -10,18 +10,8 @@ from pathlib import Path
 
 import urllib3
 
-from tests.imagetools import (
-    DOCKER_LIST,
-    DOCKER_MANIFEST,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Image,
-    Pusher,
-    directory,
-    file,
-    image,
-    layer,
-)
+from tests.imagetools import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Image, directory, file, image, layer
+from tests.registrytools import Pusher
 
 REPOSITORY = "control-plane"
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")

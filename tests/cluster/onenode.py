@@ -34,11 +34,11 @@ from tests.cluster.kubelet import KUBELET_DIR, NodeKubelet
 from tests.cluster.namespaces import NODE_ADDRESS, Node
 from tests.cri.pods import Pods
 from tests.images import BUSYBOX, NGINX, PAUSE, serve
-from tests.imagetools import Pusher, Registry, hosts_toml
 from tests.kubelet.hostguard import KUBELET_SYSCTLS
 from tests.kubelet.kubelet import CGROUP_CONFIG, NODE_NAME
 from tests.kubelet.support import wait_until
 from tests.leaks import cgroup_v1_dirs, cgroups_under
+from tests.registrytools import Pusher, Registry, hosts_toml
 from tests.tools import ROOT, bin_dir, tool, versions
 
 NAMESPACE = "crisp-tier"  # the scenarios' workloads; deleted at the end

@@ -77,7 +77,7 @@ def test_crispd_killed_during_a_rollout(selfhosted: Cluster) -> None:
 
     def midway() -> bool:
         status: dict[str, Any] = kubectl.get("deployment", "rolling")["status"]
-        return 0 < status.get("updatedReplicas", 0) < 3
+        return bool(0 < status.get("updatedReplicas", 0) < 3)
 
     wait_until(midway, 60, "the rollout under way", interval=0.2)
     before = _running(selfhosted)

@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from tests.cluster.kubectl import Object
 from tests.cluster.onenode import Cluster
 from tests.cluster.workloads import container, container_id, deployment, is_ready, pods
@@ -65,7 +63,7 @@ def _watch_deployment(cluster: Cluster) -> tuple[subprocess.Popen[bytes], Callab
 
 
 def test_a_deployment_rolls_out_scales_updates_and_rolls_back(cluster: Cluster,
-                                                              record_property: pytest.RecordProperty) -> None:
+                                                              record_property: Callable[[str, object], None]) -> None:
     kubectl = cluster.kubectl
     started = time.monotonic()
     kubectl.apply(deployment("web", 3, [_nginx(cluster.nginx)], strategy={

@@ -5,8 +5,7 @@ pulled, used by no container."""
 from __future__ import annotations
 
 import time
-
-import pytest
+from collections.abc import Callable
 
 from cri import api as cri
 from tests.cluster.onenode import Cluster
@@ -15,7 +14,7 @@ from tests.kubelet.support import wait_until
 from tests.leaks import cgroups_under, mounts_under, processes_mentioning, store_rows
 
 
-def test_a_deleted_deployment_leaves_nothing(cluster: Cluster, record_property: pytest.RecordProperty) -> None:
+def test_a_deleted_deployment_leaves_nothing(cluster: Cluster, record_property: Callable[[str, object], None]) -> None:
     kubectl, crisp = cluster.kubectl, cluster.crisp
     runtime = crisp.daemon.runtime
     kubectl.apply(deployment("doomed", 3, [container("nginx", cluster.nginx, None)]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def _crispd_usage(pid: int) -> tuple[float, int, int]:
 
 
 @pytest.mark.extended
-def test_a_30_replica_scale_up(cluster: Cluster, record_property: pytest.RecordProperty) -> None:
+def test_a_30_replica_scale_up(cluster: Cluster, record_property: Callable[[str, object], None]) -> None:
     kubectl = cluster.kubectl
     assert cluster.crisp.daemon.proc is not None
     crispd = cluster.crisp.daemon.proc.pid

@@ -35,10 +35,12 @@ def crispd_command() -> list[str]:
 class Crispd:
     """One crispd process; `start()` waits until it answers over its socket."""
 
-    def __init__(self, base: Path, config: str = "", name: str = "crispd", metrics: str = "127.0.0.1:0") -> None:
+    def __init__(self, base: Path, config: str = "", name: str = "crispd", metrics: str = "127.0.0.1:0",
+                 env: dict[str, str] | None = None) -> None:
         """`metrics` is the Prometheus endpoint's address: port 0 (the default) lets the kernel pick a free one
-        (`metrics_url` finds it); "" turns it off."""
+        (`metrics_url` finds it); "" turns it off. `env`: added to crispd's environment."""
         self.base = base
+        self.env = env or {}
         self.root = base / "root"
         self.state = base / "state"
         self.socket = base / "run" / "crisp.sock"
@@ -61,7 +63,7 @@ class Crispd:
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(*extra), stdout=log, stderr=log, close_fds=True,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **self.env})
         return self.proc
 
     def start(self, timeout: float = 30.0) -> Crispd:

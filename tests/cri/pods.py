@@ -21,20 +21,23 @@ NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever t
 class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
-    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "") -> None:
-        """`cgroup_config` adds keys to the [cgroup] table (a TOML table is declared once)."""
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "",
+                 network: str = "") -> None:
+        """`cgroup_config` adds keys to the [cgroup] table (a TOML table is declared once); `network`: more keys of
+        the [network] section (`backend = "cni"`, ...)."""
         self.cgroup_config = cgroup_config
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.bridge = f"crispt{secrets.token_hex(4)}"
         self.subnet = free_subnet4(24)
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
-        self.daemon = Crispd(base, config=self.config_text(extra_config), name=name)
+        self.daemon = Crispd(base, config=self.config_text(extra_config, network), name=name)
 
-    def config_text(self, extra: str = "") -> str:
+    def config_text(self, extra: str = "", network: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
+        cni_dir = "" if "cni_config_dir" in network else f'cni_config_dir = "{NO_CNI_DIR}"\n'
         return (f'[cgroup]\nbase = "{self.cgroup_base}"\n{self.cgroup_config}'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
-                f'cni_config_dir = "{NO_CNI_DIR}"\n'
+                f'{cni_dir}{network}\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
                 f'{extra}')
 
@@ -89,11 +92,13 @@ class Pods:
 
 @contextlib.contextmanager
 def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
-                 check_slow_callbacks: bool = True) -> Iterator[Pods]:
-    """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
+                 check_slow_callbacks: bool = True, pods: Pods | None = None,
+                 cgroup_config: str = "", network: str = "") -> Iterator[Pods]:
+    """A started `Pods` crispd (`pods`, or a new one with `cgroup_config` in its [cgroup] table and `network` in
+    its [network] section); afterwards every pod is removed, nothing may be left, and crispd must have stopped
     cleanly without blocking its loop (unless `check_slow_callbacks` is false: under the VM tier's emulation every
     callback is slow)."""
-    p = Pods(base, extra_config)
+    p = pods if pods is not None else Pods(base, extra_config, cgroup_config=cgroup_config, network=network)
     p.daemon.start(start_timeout)
     try:
         yield p

@@ -315,6 +315,19 @@ def test_pod_cgroup_from_cgroup_parent(pods: Pods) -> None:
     pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
+def test_a_refused_cgroup_parent_leaves_the_name_free(pods: Pods) -> None:
+    """A cgroup parent crisp refuses is INVALID_ARGUMENT, and the pod's name is not left reserved (it was, until
+    a kubelet whose cgroup parents the systemd driver did not take retried in vain for as long as it ran)."""
+    config = pod_config("refused")
+    config.linux.cgroup_parent = f"{pods.cgroup_base}/bad name"
+    with pytest.raises(grpc.RpcError) as err:
+        pods.run(config)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    config.linux.cgroup_parent = ""
+    pod_id = pods.run(config)
+    pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
 def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
     p = Pods(tmp_path)
     p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n')

@@ -34,7 +34,8 @@ from tests.images.inputs import (
     library_dependencies,
     sha256_file,
 )
-from tests.imagetools import Pusher, Registry, hosts_toml, sha256
+from tests.imagetools import sha256
+from tests.registrytools import Pusher, Registry, hosts_toml
 
 __all__ = ["BUSYBOX", "NGINX", "NGINX_NEW", "PAUSE", "ImageSet", "Served", "build", "serve"]
 

@@ -23,7 +23,7 @@ from typing import Any
 import urllib3
 
 from tests.cri.spdy_client import ExecResult, finish, open_remote_command
-from tests.imagetools import free_port
+from tests.registrytools import free_port
 
 NODE_NAME = "crisp-node"
 NAMESPACE = "default"

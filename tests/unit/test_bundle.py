@@ -14,6 +14,7 @@ from runtime.bundle import (
     exec_process,
     executor_argv,
     load_config,
+    mount_refused_in_proc,
     overlay_of,
     read_json,
     rootfs_path,
@@ -84,3 +85,14 @@ def test_the_contract_files(tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(errors.InvalidArgument, match="not a JSON object"):
         read_json(str(tmp_path / "list.json"), "resources")
+
+
+@pytest.mark.parametrize(("destination", "fstype", "refused"), [
+    ("/proc", "proc", False), ("/proc", "bind", True), ("/proc/sys", "bind", True), ("proc/1/fd", "tmpfs", True),
+    ("/proc/sys/../kcore", "bind", True), ("/proc/cpuinfo", "bind", False), ("/procfs/x", "bind", False),
+    ("/proc/../etc/x", "bind", False),
+])
+def test_what_may_be_mounted_in_proc(destination: str, fstype: str, refused: bool) -> None:
+    """One rule for cri/oci (a volume where the image's symlinks take it) and the executor (every mount where it
+    lands): procfs on /proc and lxcfs's few files, nothing else at or below /proc."""
+    assert mount_refused_in_proc(destination, fstype) is refused

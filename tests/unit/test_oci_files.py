@@ -122,3 +122,23 @@ def test_layered_files_overlay_whiteouts(tmp_path: Path) -> None:
     assert files.read("/etc/passwd") is None
     assert files.read("/etc/group") == b"low"
     assert files.read("/opt/x") is None
+
+
+def test_layered_files_resolve_follows_symlinks_inside_the_merged_view(tmp_path: Path) -> None:
+    upper, low = tmp_path / "upper", tmp_path / "low"
+    (low / "srv").mkdir(parents=True)
+    upper.mkdir()
+    os.symlink("/proc", low / "procl")
+    os.symlink("../../../../../../etc", low / "up")  # `..` stops at the root of the merged view
+    os.symlink("srv/missing/deeper", low / "dangling")
+    os.symlink("loop", low / "loop")
+    os.mknod(upper / "srv", 0o020000, 0)  # a whiteout in the upper layer hides the lower dir
+    files = LayeredFiles([str(upper), str(low)])
+    assert files.resolve("/procl/self/fd") == "/proc/self/fd"
+    assert files.resolve("/up/passwd") == "/etc/passwd"
+    assert files.resolve("/dangling/x/../y") == "/srv/missing/deeper/y"
+    assert files.resolve("/a/./b/../c") == "/a/c"
+    with pytest.raises(InvalidArgument, match="too many levels of symbolic links"):
+        files.resolve("/loop/x")
+    assert files.lstat("/srv") is None and files.lstat("/procl") is not None
+    assert LayeredFiles([str(low)]).lstat("/srv") is not None
