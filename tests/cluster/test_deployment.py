@@ -44,22 +44,29 @@ def _serving(cluster: Cluster, replicas: int, image: str) -> list[Object]:
     return found
 
 
-def _watch_deployment(cluster: Cluster) -> tuple[subprocess.Popen[bytes], Callable[[], list[Object]]]:
-    """`kubectl get --watch` on the Deployment: every version of it from now on, read once the watch is ended."""
-    watch = cluster.kubectl.popen("get", "deployment/web", "--watch", "--output=json", stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL)
+def _watch_deployment(cluster: Cluster) -> Callable[[], list[Object]]:
+    """`kubectl get --watch` on the Deployment into a file (a pipe would fill and stall it): every version of it
+    from now on, read once the returned function ends the watch."""
+    path = cluster.base / "deployment-watch.json"
+    with open(path, "wb") as out:
+        watch = cluster.kubectl.popen("get", "deployment/web", "--watch", "--output=json", stdout=out,
+                                      stderr=subprocess.DEVNULL)
 
     def seen() -> list[Object]:
         watch.terminate()
-        text = watch.communicate(timeout=30)[0].decode()
+        watch.wait(30)
+        text = path.read_text()
         decoder, found, at = json.JSONDecoder(), [], 0
         while text[at:].strip():
             at += len(text[at:]) - len(text[at:].lstrip())
-            obj, at = decoder.raw_decode(text, at)
+            try:
+                obj, at = decoder.raw_decode(text, at)
+            except json.JSONDecodeError:  # the last one, cut by the end of the watch
+                break
             found.append(obj)
         return found
 
-    return watch, seen
+    return seen
 
 
 def test_a_deployment_rolls_out_scales_updates_and_rolls_back(cluster: Cluster,
@@ -82,7 +89,7 @@ def test_a_deployment_rolls_out_scales_updates_and_rolls_back(cluster: Cluster,
     _rollout(cluster)
     old = {p["status"]["containerStatuses"][0]["imageID"] for p in _serving(cluster, 3, cluster.nginx)}
 
-    _, seen = _watch_deployment(cluster)
+    seen = _watch_deployment(cluster)
     try:
         kubectl.run("set", "image", "deployment/web", f"nginx={NGINX_NEW}")
         _rollout(cluster)
