@@ -31,8 +31,8 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-conformance test-kubelet test-extended test-vm vm-image tools images lint unit venv venv-run \
-	dist debs-run debs-test clean
+.PHONY: run test test-conformance test-kubelet test-cluster test-cluster-extended test-extended test-vm vm-image tools \
+	images lint unit venv venv-run dist debs-run debs-test clean
 
 # crisp (editable) with what it needs at run time, and nothing else
 $(VENV)/.installed-run: pyproject.toml
@@ -78,7 +78,7 @@ dist: venv-run
 PYTEST := $(VENV)/bin/pytest -q
 # the tiers with a tests/<tier> directory and a target of their own (make test-<tier>); make test runs the rest of the
 # suite first (the VM tier with it: one boot), then each of them
-TIERS := conformance kubelet
+TIERS := conformance kubelet cluster
 # $(call timed,NAME,COMMAND): one step of make test, followed by its wall time
 timed = @start=$$(date +%s); $(2); status=$$?; echo "make test: $(1): $$(( $$(date +%s) - start )) s"; exit $$status
 
@@ -91,6 +91,7 @@ test: debs-test venv
 	$(call timed,suite,$(PYTEST) $(TIERS:%=--ignore=tests/%))
 	$(call timed,conformance,$(PYTEST) tests/conformance)
 	$(call timed,kubelet,$(PYTEST) tests/kubelet)
+	$(call timed,cluster,$(PYTEST) tests/cluster)
 
 ## test-conformance: only critest's validation suite against crispd (tests/conformance; the specs that need cgroup
 ## controllers run in the VM tier, tests/vm/guest/test_critest.py)
@@ -102,8 +103,21 @@ test-conformance: debs-test venv tools images
 test-kubelet: debs-test venv tools images
 	$(PYTEST) tests/kubelet
 
-## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it); none today:
-## critest on the runc handler fits the conformance tier's budget, so make test runs it
+## test-cluster: only the cluster tier: a one-node cluster (etcd, the control plane and the kubelet as kubeadm sets
+## them up, in a mount and network namespace of its own) runs workloads on crispd, checked through kubectl
+## (tests/cluster)
+test-cluster: debs-test venv tools images
+	$(PYTEST) tests/cluster
+
+## test-cluster-extended: the cluster tier's scenarios beyond make test's budget: the self-hosted control plane (the
+## kubelet runs it on crisp from kubeadm's manifests) with crispd killed during a rollout, and the 30-replica scale-up's
+## figures
+test-cluster-extended: debs-test venv tools images
+	$(PYTEST) --extended -m extended tests/cluster
+
+## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it): today the cluster
+## tier's (make test-cluster-extended); critest on the runc handler fits the conformance tier's budget, so make test
+## runs it
 test-extended: debs-test venv tools images
 	$(PYTEST) --extended -m extended || [ $$? = 5 ]
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from runtime.cgroups import CgroupV2Manager
 
 
-def mounts_under(prefix: Path) -> list[str]:
+def mounts_under(prefix: Path, pid: int | str = "self") -> list[str]:
+    """The mounts at or below prefix, in the mount namespace of `pid` (by default this process's)."""
     found = []
-    with open("/proc/self/mountinfo") as f:
+    with open(f"/proc/{pid}/mountinfo") as f:
         for line in f:
             target = line.split()[4].replace("\\040", " ")
             if target == str(prefix) or target.startswith(f"{prefix}/"):
@@ -41,6 +42,14 @@ def remove_cgroup_tree(base: str) -> None:
                 os.rmdir(d)
             except OSError:
                 pass
+
+
+def kill_cgroup_tree(base: str) -> None:
+    """A failed test's last resort: SIGKILL every process in base and below it (cgroup.kill)."""
+    kill = CgroupV2Manager.discover().mount / base.lstrip("/") / "cgroup.kill"
+    if kill.exists():
+        with contextlib.suppress(OSError):
+            kill.write_text("1")
 
 
 def processes_mentioning(text: str) -> list[str]:

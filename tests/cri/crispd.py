@@ -50,10 +50,13 @@ class Crispd:
                                     f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{config}")
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
+        # a command prefix that starts crispd (and the tools that look at its host: ip, nft) elsewhere, e.g. nsenter
+        # into the namespaces of the cluster tier's node
+        self.prefix: list[str] = []
 
     def command(self, *extra: str) -> list[str]:
         return [
-            *crispd_command(), "--config", str(self.config_path), "--root", str(self.root),
+            *self.prefix, *crispd_command(), "--config", str(self.config_path), "--root", str(self.root),
             "--state", str(self.state), "--listen", str(self.socket), "--log-level", "debug", *extra,
         ]
 

@@ -13,7 +13,7 @@ import pytest
 from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.integration.netutil import free_subnet4
-from tests.leaks import cgroups_under, mounts_under, processes_mentioning, remove_cgroup_tree
+from tests.leaks import cgroups_under, kill_cgroup_tree, mounts_under, processes_mentioning, remove_cgroup_tree
 
 NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
 
@@ -48,9 +48,14 @@ class Pods:
 
     def cleanup_host(self) -> None:
         """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover."""
-        subprocess.run(["nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+        host = self.daemon.prefix
+        subprocess.run([*host, "nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
+        subprocess.run([*host, "ip", "link", "delete", self.bridge], capture_output=True, check=False)
         remove_cgroup_tree(self.cgroup_base)
+
+    def kill_containers(self) -> None:
+        """A failed test's last resort: kill every process in this crispd's cgroups (its pods' containers)."""
+        kill_cgroup_tree(self.cgroup_base)
 
     def run(self, config: cri.PodSandboxConfig, handler: str | None = None) -> str:
         handler = self.handler if handler is None else handler
@@ -65,18 +70,24 @@ class Pods:
             runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=timeout)
 
     def leaks(self) -> list[str]:
-        left = [f"mount {m}" for m in mounts_under(self.daemon.base)]
+        """What pods left, as crispd sees it (its mounts, its network namespace's veths): call it while it runs."""
+        running = self.daemon.proc is not None and self.daemon.proc.poll() is None
+        crispd = str(self.daemon.proc.pid) if running and self.daemon.proc else ""
+        left = [f"mount {m}" for m in mounts_under(self.daemon.base, crispd or "self")]
         left += [f"cgroup {c}" for c in cgroups_under(self.cgroup_base)]
-        crispd = str(self.daemon.proc.pid) if self.daemon.proc else ""
         left += [f"process {p}" for p in processes_mentioning(str(self.daemon.state))
                  if p.split(":")[0] != crispd]
         sandboxes = self.daemon.state / "sandboxes"
         if sandboxes.exists():
             left += [f"dir {d}" for d in sandboxes.iterdir()]
-        ports = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True,
-                               text=True).stdout.split("\n")
-        left += [f"veth {line.split(':')[1].strip()}" for line in ports if line.strip()]
+        left += [f"veth {name}" for name in self.veths()]
         return left
+
+    def veths(self) -> list[str]:
+        """The ports of crispd's bridge (one veth per pod with a pod network)."""
+        ports = subprocess.run([*self.daemon.prefix, "ip", "-o", "link", "show", "master", self.bridge],
+                               capture_output=True, text=True).stdout.split("\n")
+        return [line.split(":")[1].strip() for line in ports if line.strip()]
 
 
 @contextlib.contextmanager

@@ -27,13 +27,10 @@ import pytest
 from tests.cri.pods import Pods
 from tests.images import BUSYBOX, NGINX, serve
 from tests.kubelet.hostguard import KUBELET_SYSCTLS
-from tests.kubelet.kubelet import Kubelet
+from tests.kubelet.kubelet import CGROUP_CONFIG, Kubelet
 from tests.kubelet.support import wait_until
 from tests.leaks import cgroup_v1_dirs, cgroups_under, mounts_under, processes_mentioning
 from tests.tools import tool
-
-# crispd's config for a hybrid host: containers whose limits need a controller cgroup v2 lacks run without them
-CGROUP_CONFIG = 'missing_controller = "warn"\n'
 
 
 @dataclass(frozen=True)
@@ -74,12 +71,7 @@ def _force_cleanup(crisp: Pods, kubelet_dirs: list[Path]) -> None:
     """The last resort after a failure (a no-op after a clean run): kill what runs in the test's cgroups and the
     shims crispd left, detach the mounts under its dirs, drop its host bits; then remove crispd's and the kubelet's
     dirs (never while something is still mounted below them)."""
-    mount = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() else \
-        Path("/sys/fs/cgroup")
-    kill = mount / crisp.cgroup_base.lstrip("/") / "cgroup.kill"
-    if kill.exists():
-        with contextlib.suppress(OSError):
-            kill.write_text("1")
+    crisp.kill_containers()
     for process in processes_mentioning(str(crisp.daemon.state)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(process.split(":")[0]), signal.SIGKILL)

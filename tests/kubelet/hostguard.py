@@ -15,6 +15,7 @@ Mounts made there die with the namespace when the kubelet exits, also on SIGKILL
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -44,12 +45,23 @@ def detach_foreign_mounts(needed: list[str]) -> None:
     # parents before children: detaching a parent takes its children along
     for target in sorted(set(_mount_targets()), key=len):
         if not _kept(target, needed) and target in _mount_targets():
-            syscalls.umount2(target, syscalls.MNT_DETACH)
+            try:
+                syscalls.umount2(target, syscalls.MNT_DETACH)
+            except OSError as e:
+                # another test removed the dir it was mounted on meanwhile, which detached our copy too
+                if e.errno not in (errno.EINVAL, errno.ENOENT) or target in _mount_targets():
+                    raise
 
 
-def guard_sysctls(facades: Path) -> None:
+def guard_sysctls(facades: Path, writable: tuple[str, ...] = ()) -> None:
+    """/proc/sys read-only but for the `writable` subtrees (e.g. "net": the sysctls of the caller's own network
+    namespace) and the facades of KUBELET_SYSCTLS."""
     syscalls.mount("/proc/sys", "/proc/sys", None, syscalls.MS_BIND | syscalls.MS_REC)
     syscalls.mount(None, "/proc/sys", None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
+    for subtree in writable:
+        path = f"/proc/sys/{subtree}"
+        syscalls.mount(path, path, None, syscalls.MS_BIND)  # a copy of the read-only mount...
+        syscalls.mount(None, path, None, syscalls.MS_REMOUNT | syscalls.MS_BIND)  # ...made writable
     for name in KUBELET_SYSCTLS:
         facade = facades / name.replace("/", ".")
         facade.write_text(Path("/proc/sys", name).read_text())

@@ -29,6 +29,26 @@ NODE_NAME = "crisp-node"
 NAMESPACE = "default"
 
 
+# crispd's config for a hybrid host: containers whose limits need a controller cgroup v2 lacks run without them
+CGROUP_CONFIG = 'missing_controller = "warn"\n'
+
+
+def hybrid_host_settings() -> dict[str, Any]:
+    """The KubeletConfiguration fields every kubelet of the tests needs on this kind of host (the cluster tier's
+    too)."""
+    return {
+        # a hybrid host counts as cgroup v1: run anyway, and make no QoS or node-allocatable cgroups (they would go
+        # into the host's v1 hierarchies); the VM tier runs the QoS path. "none" rather than an empty list, which
+        # kubeadm's config drops (the kubelet then defaults to ["pods"], which needs cgroupsPerQOS)
+        "failCgroupV1": False, "cgroupsPerQOS": False, "enforceNodeAllocatable": ["none"],
+        "makeIPTablesUtilChains": False, "failSwapOn": False,
+        # never garbage-collect the test's images, never evict for a host's disk filled by other work
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "0%", "nodefs.available": "0%", "imagefs.available": "0%",
+                         "nodefs.inodesFree": "0%"},
+    }
+
+
 class Kubelet:
     def __init__(self, binary: Path, base: Path, runtime_socket: Path, **config: Any) -> None:
         """`config` adds to or overrides the KubeletConfiguration fields this class sets."""
@@ -60,14 +80,7 @@ class Kubelet:
             "healthzBindAddress": "127.0.0.1", "healthzPort": self.healthz_port,
             "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
             "authorization": {"mode": "AlwaysAllow"},
-            # a hybrid host counts as cgroup v1: run anyway, and make no QoS or node-allocatable cgroups (they
-            # would go into the host's v1 hierarchies); the VM tier runs the QoS path
-            "failCgroupV1": False, "cgroupsPerQOS": False, "enforceNodeAllocatable": [],
-            "makeIPTablesUtilChains": False, "failSwapOn": False,
-            # never garbage-collect the test's images, never evict for a host's disk filled by other work
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "0%", "nodefs.available": "0%", "imagefs.available": "0%",
-                             "nodefs.inodesFree": "0%"},
+            **hybrid_host_settings(),
         }
 
     # ------------------------------------------------------------------------------------------- process
