@@ -17,6 +17,7 @@ from pathlib import Path
 
 from grpc import aio
 
+from cri import slowcallbacks
 from cri.config import Config, ConfigError, dump_toml, load_config, with_overrides
 from cri.metrics import Metrics, StateSnapshot
 from cri.metrics_server import MetricsServer
@@ -183,6 +184,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if self.config.debug.slow_callback_ms > 0:
             loop.set_debug(True)
+            slowcallbacks.install(self.config.debug.slow_callback_ms / 1000)
             # start-up (building the gRPC server, binding) blocks before anything is served: the threshold
             # applies from readiness on, see _serve
             loop.slow_callback_duration = 3600.0
