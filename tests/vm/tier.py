@@ -110,9 +110,10 @@ def _check(run: TierRun, nodeids: Sequence[str]) -> None:
     """Say why results are missing: a VM that died, timed out, or a guest pytest that never ran a test."""
     vm = run.vm
     assert vm is not None
-    # a node id may name a file or a class (`python -m tests.vm test FILE`): answered by any test in it
+    # a node id may name a directory, a file or a class (`python -m tests.vm test FILE`): answered by any test in it
     missing = [nodeid for nodeid in nodeids
-               if nodeid not in run.results and not any(done.startswith(nodeid + "::") for done in run.results)]
+               if nodeid not in run.results
+               and not any(done.startswith((nodeid + "::", nodeid.rstrip("/") + "/")) for done in run.results)]
     if not missing:
         return
     if vm.timed_out:
