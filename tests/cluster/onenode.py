@@ -143,9 +143,7 @@ def one_node_cluster(base: Path, self_hosted: bool = False) -> Iterator[Cluster]
                 cluster_config = {"imageRepository": f"{own.host}/{REPOSITORY}", "etcd": {"local": {
                     "imageRepository": f"{own.host}/{REPOSITORY}", "imageTag": ETCD_TAG}},
                     "proxy": {"disabled": True}, "dns": {"disabled": True}}  # no kube-proxy, no CoreDNS
-        crisp.daemon.config_path.write_text(crisp.config_text(
-            f'[metrics]\naddress = "127.0.0.1:0"\n[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n'
-            + served.crisp_config))
+        crisp.rewrite_config(f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{served.crisp_config}")
         crisp.daemon.prefix = node.enter()
         crisp.daemon.start()
         stack.callback(lambda: codes.setdefault("crispd", crisp.daemon.stop(signal.SIGTERM, timeout=60)))
