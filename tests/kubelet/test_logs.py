@@ -28,8 +28,9 @@ def _log_dir(node: Node, pod: dict[str, object], ctr: str) -> Path:
 
 
 def _rotated(directory: Path) -> list[Path]:
-    """The kubelet's rotated files, oldest first (named `0.log.<timestamp>`, older ones gzipped)."""
-    return sorted((p for p in directory.iterdir() if p.name.startswith("0.log.")),
+    """The kubelet's rotated files, oldest first (named `0.log.<timestamp>`, older ones gzipped; a `.tmp` is a gzip
+    being written, renamed to `.gz` when done, which the kubelet itself does not count as a log)."""
+    return sorted((p for p in directory.iterdir() if p.name.startswith("0.log.") and not p.name.endswith(".tmp")),
                   key=lambda p: p.name.removesuffix(".gz"))
 
 
