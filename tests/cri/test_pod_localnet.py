@@ -153,8 +153,8 @@ class CniPods(Pods):
                 {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
             ]}))
 
-    def config_text(self, extra: str = "") -> str:
-        return super().config_text(extra).replace("/nonexistent/crisp-test-no-cni", str(self.cni_dir))
+    def config_text(self, extra: str = "", network: str = "") -> str:
+        return super().config_text(extra, network).replace("/nonexistent/crisp-test-no-cni", str(self.cni_dir))
 
     def cleanup_host(self) -> None:
         super().cleanup_host()
