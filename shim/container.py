@@ -61,6 +61,8 @@ class Container:
         self.spec: dict[str, Any] = {}
         self._shutdown_replies: list[Reply] = []
         self._shutting_down = False
+        self._kills_in_flight = 0
+        self._after_kills: list[Any] = []
 
     @property
     def cgroup_dir(self) -> str:
@@ -303,7 +305,23 @@ class Container:
             else:
                 reply(self.shim.executor.error(result, offset).reply())
 
-        self.shim.executor.run(["kill", "--all", self.id, str(sig)], killed)
+        self._kill_all(str(sig), killed)
+
+    def _kill_all(self, sig: str, done: Any) -> None:
+        """`kill --all`, counted: runc freezes the cgroup while it signals every process, and a delete that finds
+        a stopped container's cgroup frozen fails ("invalid state transition from stopped to paused"), so a
+        delete waits for the kills in flight."""
+        self._kills_in_flight += 1
+
+        def killed(result: CommandResult, offset: int) -> None:
+            self._kills_in_flight -= 1
+            done(result, offset)
+            if not self._kills_in_flight:
+                after, self._after_kills = self._after_kills, []
+                for then in after:
+                    then()
+
+        self.shim.executor.run(["kill", "--all", self.id, sig], killed)
 
     def op_wait(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
         if self.state in ("new", "creating"):
@@ -389,12 +407,16 @@ class Container:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.shim.executor.run(["kill", "--all", self.id, "KILL"], lambda result, offset: None)
+            self._kill_all("KILL", lambda result, offset: None)
             self.waiters.append(lambda answer: self._delete_and_exit())
         else:
             self._delete_and_exit()
 
     def _delete_and_exit(self) -> None:
+        if self._kills_in_flight:
+            self._after_kills.append(self._delete_and_exit)
+            return
+
         def deleted(result: CommandResult, offset: int) -> None:
             if not result.ok:
                 self._delete_failed(self.shim.executor.error(result, offset))

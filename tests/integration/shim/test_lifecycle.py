@@ -147,6 +147,34 @@ def test_a_failed_delete_keeps_the_record(runc_env: ShimEnv) -> None:
     run(scenario())
 
 
+def test_a_forced_shutdown_deletes_after_the_kill_all_ends(runc_env: ShimEnv) -> None:
+    """A forced shutdown kills the init and runs `kill --all`. runc freezes the cgroup while it signals every
+    process, and a `delete` that loads the stopped container and then finds its cgroup frozen fails ("invalid
+    state transition from stopped to paused"), so the shim deletes only once the kill has ended. The wrapper
+    makes the kill last a second and writes down when each command starts and ends."""
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["sleep", "1000"])
+    journal = runc_env.base / "journal"
+    script = (f'case " $* " in *" kill --all "*) echo kill-start >> {journal}; sleep 1; runc "$@"; s=$?; '
+              f'echo kill-end >> {journal}; exit $s;; *" delete "*) echo delete >> {journal};; esac; '
+              'exec runc "$@"')
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            config = dataclasses.replace(runc_env.config(cid),
+                                         executor=["/bin/sh", "-c", script, "runc-slow-kill"])
+            client, _ = await manager.create(config)
+            await client.start()
+            await client.shutdown(force=True)
+            assert journal.read_text().split() == ["kill-start", "kill-end", "delete"]
+            assert not (runc_env.containers / cid / "shim.json").exists()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
 def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
     cid = shim_env.new_id()
     shim_env.bundle(cid, ["/no/such/binary"])
