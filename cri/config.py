@@ -1,9 +1,9 @@
 """crispd's configuration: one TOML file parsed into frozen dataclasses, one per section.
 
 Every default is defined exactly once, as the dataclass field default. Unknown keys and bad values raise
-`ConfigError` naming the full key (`cgroup.driver`). `dump_toml` (cri/config_toml.py) renders the effective config back
-as TOML; docs/configuration.md and deploy/crisp.toml are generated from these classes (cri/config_doc.py).
-Field metadata: `choices` (allowed values), `absolute` (must be an absolute path).
+`ConfigError` naming the full key (`cgroup.driver`). `dump_toml` renders the effective config back as TOML;
+docs/configuration.md and deploy/crisp.toml are generated from these classes (cri/config_doc.py). Field metadata:
+`choices` (allowed values), `absolute` (must be an absolute path); the codec that reads them is cri/configfile.py.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from cri.config_toml import dump_toml
+from cri import configfile
+from cri.cdi import CdiConfig
+from cri.configfile import ConfigError as ConfigError
+from cri.nri.config import NriConfig
 from runtime import errors
 from runtime.cgroups import paths as cgroup_paths
 from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
@@ -26,10 +28,6 @@ from runtime.network.cni import DEFAULT_CONFIG_DIR as DEFAULT_CNI_CONFIG_DIR
 from runtime.network.ipam import parse_pod_cidrs
 
 DEFAULT_CONFIG_PATH = "/etc/crisp/crisp.toml"
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; the message names the file and the key."""
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -62,13 +60,16 @@ class HandlerConfig:
 class CgroupConfig:
     """cgroup v2: where crisp makes pod cgroups and what a limit whose controller is missing does."""
 
-    # what RuntimeConfig tells the kubelet its cgroup driver is (crisp itself always writes cgroupfs paths; a
-    # systemd slice as cgroup_parent is expanded to one)
+    # who makes crisp's cgroups, and what RuntimeConfig tells the kubelet: "cgroupfs", plain directories; "systemd",
+    # systemd units that crispd starts over D-Bus (pods' slices under crisp.slice, containers' and pod inits' scopes,
+    # each shim a scope in system.slice), as a kubelet with cgroupDriver systemd expects
     driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
     # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
     missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
-    # where crisp makes pod cgroups (<base>/pod<uid>) when the kubelet gives no cgroup_parent (crictl, critest)
+    # cgroupfs: where crisp makes pod cgroups (<base>/pod<uid>) without a cgroup_parent (systemd: under crisp.slice)
     base: str = field(default="/crisp", metadata=_ABS)
+    # the systemd driver's bus: auto (systemd's private socket if there, else the system bus), private, system
+    systemd_bus: str = field(default="auto", metadata=_choices("auto", "private", "system"))
 
     def check(self) -> list[tuple[str, str]]:
         try:
@@ -100,6 +101,8 @@ class NetworkConfig:
     # the pod CIDR (one network, or an IPv4,IPv6 pair); empty means the kubelet's (UpdateRuntimeConfig), else
     # 10.88.0.0/16
     pod_cidr: str = ""
+    # "auto": CNI when the config dir holds a config, else the bridge; "cni": CNI only, not ready until one is there
+    backend: str = field(default="auto", metadata=_choices("auto", "cni"))
     # the built-in bridge (used when the CNI config dir holds no config); its name also names its nftables table
     bridge: str = DEFAULT_BRIDGE
     # the MTU of the bridge and of the pods' interfaces on it
@@ -286,11 +289,21 @@ class ImageConfig:
     # containerd-style registry hosts: <dir>/<registry host>/hosts.toml (mirrors, CA, plain http, skip_verify)
     registry_config_path: str = "/etc/crisp/certs.d"
     # layers downloaded at once, over all pulls
-    max_concurrent_downloads: int = 3
-    # a pull that receives no bytes and unpacks nothing for this long is aborted
+    max_concurrent_downloads: int = 4
+    # layers downloaded at once from one registry (at most max_concurrent_downloads), so that a slow one never holds
+    # up pulls from the others
+    max_concurrent_downloads_per_registry: int = 3
+    # a pull that receives no bytes and unpacks nothing for this long is aborted (so is a blob download that
+    # receives nothing for this long, plus the request timeout)
     pull_progress_timeout_seconds: float = 300.0
-    # connect timeout, and read timeout of small requests (manifests, configs, tokens)
+    # connect timeout; the time a manifest, index, config or token request has to be complete (headers and
+    # body: a registry that drips is cut off), and a blob request to send its headers
     request_timeout_seconds: float = 30.0
+    # a layer whose entries add up to more than this unpacked (each its header's size plus 512) is refused before
+    # it is written out (compression bombs)
+    max_layer_unpacked_bytes: int = 64 << 30
+    # the same cap for all the layers one pull unpacks
+    max_image_unpacked_bytes: int = 128 << 30
     # keyed by registry host ("docker.io", "registry.example.com:5000")
     auths: dict[str, RegistryAuthConfig] = field(default_factory=dict)
 
@@ -299,10 +312,15 @@ class ImageConfig:
             return [("registry_config_path", f"must be an absolute path, got {self.registry_config_path!r}")]
         if self.max_concurrent_downloads < 1:
             return [("max_concurrent_downloads", "must be at least 1")]
+        if not 1 <= self.max_concurrent_downloads_per_registry <= self.max_concurrent_downloads:
+            return [("max_concurrent_downloads_per_registry", "must be between 1 and max_concurrent_downloads")]
         if self.pull_progress_timeout_seconds <= 0:
             return [("pull_progress_timeout_seconds", "must be positive")]
         if self.request_timeout_seconds <= 0:
             return [("request_timeout_seconds", "must be positive")]
+        for name in ("max_layer_unpacked_bytes", "max_image_unpacked_bytes"):
+            if getattr(self, name) <= 0:
+                return [(name, "must be positive")]
         return []
 
 
@@ -316,6 +334,20 @@ class ShimConfig:
     def check(self) -> list[tuple[str, str]]:
         if self.log_max_line_bytes < 64:
             return [("log_max_line_bytes", "must be at least 64")]
+        return []
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Node-wide limits on what the kubelet's requests may add up to."""
+
+    # labels, annotations and names of all pods and containers together: past this, RunPodSandbox and
+    # CreateContainer answer RESOURCE_EXHAUSTED (List answers stay well below the kubelet's 16 MiB limit)
+    metadata_budget_bytes: int = 12 << 20
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.metadata_budget_bytes < 256 * 1024:
+            return [("metadata_budget_bytes", "must be at least 262144 (one object's limit)")]
         return []
 
 
@@ -357,84 +389,15 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     shim: ShimConfig = field(default_factory=ShimConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    nri: NriConfig = field(default_factory=NriConfig)
+    cdi: CdiConfig = field(default_factory=CdiConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:
         if self.shutdown_grace_seconds < 0:
             return [("shutdown_grace_seconds", "must not be negative")]
         return []
-
-
-T = TypeVar("T")
-
-
-def _describe(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"
-
-
-def _convert(tp: Any, value: object, key: str) -> object:
-    """Check one TOML value against a field's annotation; nested dataclasses and dicts recurse."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
-        return _build(typing.cast(type[Any], tp), value, key + ".")
-    if origin is dict:
-        _, value_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
-        return {name: _convert(value_tp, item, f"{key}.{name}") for name, item in value.items()}
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected an array, got {_describe(value)}")
-        return [_convert(item_tp, item, f"{key}[{i}]") for i, item in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
-        return value
-    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in this module
-
-
-def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
-    for name in data:
-        if name not in fields:
-            raise ConfigError(f"unknown key '{prefix}{name}'")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        key = prefix + name
-        converted = _convert(hints[name], value, key)
-        meta = fields[name].metadata
-        if "choices" in meta and converted not in meta["choices"]:
-            allowed = ", ".join(repr(c) for c in meta["choices"])
-            raise ConfigError(f"{key}: {converted!r} is not one of {allowed}")
-        if meta.get("absolute") and not os.path.isabs(str(converted)):
-            raise ConfigError(f"{key}: must be an absolute path, got {converted!r}")
-        kwargs[name] = converted
-    obj = cls(**kwargs)
-    _check(obj, prefix)
-    return obj
-
-
-def _check(obj: object, prefix: str) -> None:
-    check = getattr(obj, "check", None)
-    if check is not None:
-        for name, message in check():
-            raise ConfigError(f"{prefix}{name}: {message}")
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -444,7 +407,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     try:
-        return _build(Config, data)
+        return configfile.build(Config, data)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -481,3 +444,8 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
     if not changes:
         return config
     return parse_config(dump_toml(dataclasses.replace(config, **changes)), "command line")
+
+
+def dump_toml(config: Config) -> str:
+    """The config as TOML that `parse_config` reads back to an equal Config."""
+    return configfile.dump(config)

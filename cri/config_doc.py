@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cri.config import DEFAULT_CONFIG_PATH, Config
-from cri.config_toml import toml_key, toml_value
+from cri.configfile import toml_key, toml_value
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "configuration.md"
@@ -98,7 +98,10 @@ def tables(cls: type = Config, name: str = "", named: str = "") -> list[Table]:
     """The tables of `cls` and of everything below it, in the dataclasses' order."""
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
-    own = Table(name, inspect.cleandoc(cls.__doc__ or ""), [], named)
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    if doc.startswith(f"{cls.__name__}("):  # the signature dataclass() puts there when the class has no docstring
+        doc = ""
+    own = Table(name, doc, [], named)
     out = [own]
     for f in dataclasses.fields(typing.cast(Any, cls)):
         tp = hints[f.name]

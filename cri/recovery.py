@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 
 from cri.service.context import ServiceContext
 from cri.store.containers import EXITED, RUNNING
 from cri.store.sandboxes import NOT_READY, READY
 from runtime import errors
+from runtime.fstree import remove_tree
 from runtime.network.types import PodNetworkRequest
 from shim.protocol import ExitStatus
 
@@ -33,8 +33,8 @@ async def recover_containers(ctx: ServiceContext) -> None:
                     # its bundle (shim.json) is the record of what is left: kept for the next start to try again
                     log.warning("container %s: cannot remove its leftovers yet: %s", container_id, exc)
                     continue
-            await asyncio.to_thread(shutil.rmtree, shim.bundle, True)
-            await asyncio.to_thread(shutil.rmtree, ctx.root_dir / "containers" / container_id, True)
+            await asyncio.to_thread(remove_tree, shim.bundle, True)
+            await asyncio.to_thread(remove_tree, ctx.root_dir / "containers" / container_id, True)
     for container in containers.values():
         if container.status.state == EXITED:
             continue

@@ -34,12 +34,12 @@ async def mount_tmpfs(target: Path, *, size_bytes: int, options: str = "nosuid,n
                f"mount tmpfs on {target}")
 
 
+async def bind_mount(source: str | Path, target: Path) -> None:
+    """Bind `source` (a file or a directory; a namespace file pins that namespace) on the existing `target`."""
+    await _run(["mount", "--bind", str(source), str(target)], f"bind {source} on {target}")
+
+
 async def unmount(target: Path, *, lazy: bool = True) -> None:
     """Unmount target if it is a mount point (every mount stacked on it); a missing or unmounted path is fine."""
     while is_mountpoint(target):
         await _run(["umount", *(["--lazy"] if lazy else []), str(target)], f"unmount {target}")
-
-
-async def bind_mount(source: Path, target: Path) -> None:
-    """Bind `source` (a file or a directory; a namespace file pins that namespace) on the existing `target`."""
-    await _run(["mount", "--bind", str(source), str(target)], f"bind {source} on {target}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 
 def _stat_fields(pid: int | str) -> list[bytes] | None:
-    """/proc/<pid>/stat from field 3 (the state) on; None when there is no such process."""
+    """The fields of /proc/<pid>/stat from field 3 (the state) on; None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()

@@ -1,7 +1,8 @@
 """The container controller: start, stop and remove a container, record its exit once, watch it until it exits.
 
 Start, Stop, Remove (and UpdateContainerResources) of one container run one at a time (the container's lock);
-state changes are written to the store first and published as events right after.
+state changes are written to the store first and published as events right after. NRI plugins hear of each at
+fixed points (cri/nri/service.py says which).
 """
 
 from __future__ import annotations
@@ -9,21 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cri import api as cri
+from cri.cgroup_driver import CgroupDriver
 from cri.events import EventPublisher
+from cri.lifecycle.limits import ContainerLimits
 from cri.metrics import Metrics
-from cri.oci import oci_resources, resources_in_force
+from cri.nri.service import NriService
 from cri.shims.manager import ShimManager
 from cri.store.containers import CREATED, RUNNING, Container, ContainerStore
 from cri.store.names import NameIndex
 from cri.store.sandboxes import READY, SandboxStore
 from runtime import errors
-from runtime.cgroups import CgroupV2Manager, enforceable_limits
+from runtime.fstree import remove_tree
 from shim.protocol import ExitStatus
 
 log = logging.getLogger(__name__)
@@ -40,14 +42,15 @@ def exit_reason(status: ExitStatus) -> str:
 
 class ContainerController:
     def __init__(self, *, containers: ContainerStore, names: NameIndex, sandboxes: SandboxStore, shims: ShimManager,
-                 cgroups: Callable[[], CgroupV2Manager], missing_controller: str, events: EventPublisher,
-                 metrics: Metrics, clock_ns: Callable[[], int]) -> None:
+                 cgroups: CgroupDriver, limits: ContainerLimits, nri: NriService,
+                 events: EventPublisher, metrics: Metrics, clock_ns: Callable[[], int]) -> None:
         self.containers = containers
         self.names = names
         self.sandboxes = sandboxes
         self.shims = shims
         self.cgroups = cgroups
-        self.missing_controller = missing_controller
+        self.limits = limits
+        self.nri = nri
         self.events = events
         self.metrics = metrics
         self.clock_ns = clock_ns
@@ -65,30 +68,24 @@ class ContainerController:
             sandbox = self.sandboxes.find(container.meta.sandbox_id)
             if sandbox is None or sandbox.status.state != READY:
                 raise errors.FailedPrecondition(f"the pod of container {container.id} is not ready")
+            await self.nri.start_container(container)  # a plugin's error fails the start
             started_at = await self.shims.client(container.id).start()
             await self.containers.update(container, state=RUNNING, started_at=started_at or self.clock_ns())
             self.watch(container)
         log.info("container %s started", container.id)
         self.events.container(container, cri.CONTAINER_STARTED_EVENT)
+        await self.nri.post_start_container(container)
 
     # --- resources ------------------------------------------------------------------------------------------
 
     async def update_resources(self, container: Container, resources: cri.LinuxContainerResources) -> None:
-        """Change the limits of a created or running container live, through the component that owns its cgroup
-        (with the cgroupfs driver, the only one crisp drives: the shim and the executor's `update`, as runc has
-        it); the resources in force are kept in its record (ContainerStatus.resources). The missing-controller
-        policy applies as at create: crispd decides what is dropped, the executor treats the rest as required."""
+        """Change the limits of a created or running container live (cri/lifecycle/limits.py), as NRI plugins
+        leave them (their updates of other containers are applied too)."""
         async with container.lock:
-            if container.status.state not in (RUNNING, CREATED):
-                raise errors.FailedPrecondition(f"container {container.id} is {container.status.state}")
-            oci = oci_resources(resources, swap_limit=True)
-            missing = await asyncio.to_thread(self.cgroups().missing_controllers, oci, container.meta.cgroup)
-            limits = enforceable_limits(oci, missing, self.missing_controller, f"container {container.id}")
-            await self.shims.client(container.id).update(limits)
-            in_force = resources_in_force(resources, (m.key for m in missing))  # what is left after "warn"
-            await self.containers.update(container, resources=in_force.SerializeToString().hex(),
-                                         dropped_limits=[str(m) for m in missing])
-            log.info("container %s: resources updated", container.id)
+            self.limits.check(container)
+            resources = await self.nri.update_container(container, resources)
+            await self.limits.apply(container, resources)
+        await self.nri.post_update_container(container)
 
     # --- exits ----------------------------------------------------------------------------------------------
 
@@ -106,6 +103,7 @@ class ContainerController:
             pod = sandbox.meta.config.metadata if sandbox is not None else cri.PodSandboxMetadata()
             self.metrics.oom_kills.labels(pod.namespace, pod.name, container.meta.config.metadata.name).inc()
         self.events.container(container, cri.CONTAINER_STOPPED_EVENT)
+        await self.nri.container_stopped(container)
 
     async def _watch_exit(self, container: Container) -> None:
         try:
@@ -161,11 +159,12 @@ class ContainerController:
             except TimeoutError:
                 raise errors.DeadlineExceeded(f"container {container.id} did not exit after SIGKILL") from None
         await self._kill_cgroup(container)
+        await self.nri.wait_stopped(container.id)  # NRI's StopContainer is delivered before StopContainer returns
         log.info("container %s stopped", container.id)
 
     async def _kill_cgroup(self, container: Container) -> None:
         """Whatever the container left behind (processes of a shared PID namespace) dies with its cgroup."""
-        cgroup = self.cgroups().cgroup(container.meta.cgroup)
+        cgroup = self.cgroups.manager().cgroup(container.meta.cgroup)
 
         def kill() -> None:
             if cgroup.exists() and cgroup.created_by_crisp():
@@ -185,19 +184,19 @@ class ContainerController:
             return  # removed while we waited for the lock
         await self._stop(container, 0)
         await self.shims.discard(container.id)
-        cgroup = self.cgroups().cgroup(container.meta.cgroup)
+        await self.cgroups.remove_leaf(container.meta.cgroup)
+        await self.cgroups.shim_gone(container.id)
 
         def cleanup() -> None:
-            if cgroup.exists() and cgroup.created_by_crisp():
-                cgroup.remove()
-            shutil.rmtree(container.meta.bundle, ignore_errors=True)
-            shutil.rmtree(container.meta.container_dir, ignore_errors=True)
+            remove_tree(container.meta.bundle, ignore_errors=True)
+            remove_tree(container.meta.container_dir, ignore_errors=True)
 
         await asyncio.to_thread(cleanup)
         await self.containers.delete(container)
         await self.names.release(container.meta.name, container.id)
         log.info("container %s removed", container.id)
         self.events.container(container, cri.CONTAINER_DELETED_EVENT)
+        await self.nri.remove_container(container)
 
     # --- a pod's containers ---------------------------------------------------------------------------------
 

@@ -11,13 +11,16 @@ from runtime import errors
 from runtime.command import run_command
 from runtime.mounts import bind_mount, unmount
 from runtime.namespaces import podinit
+from runtime.namespaces.pin import usernsexec_argv
 from runtime.procs import ProcessRef, package_root
 
 START_TIMEOUT = 30.0
 
 
-async def start_pod_init(pin: Path, pod_id: str) -> ProcessRef:
-    """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs."""
+async def start_pod_init(pin: Path, pod_id: str, userns: str = "") -> ProcessRef:
+    """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs. The init makes the
+    namespace itself (podinit.py) and crispd pins it once PID 1 runs. With the pod's own user namespace (`userns`,
+    its pin), the init starts inside it (usernsexec), so that the PID namespace it makes is owned by it."""
     log_path = pin.parent / "podinit.log"
     log_fd = await asyncio.to_thread(_prepare, pin, log_path)
     read_fd, write_fd = os.pipe()
@@ -25,9 +28,10 @@ async def start_pod_init(pin: Path, pod_id: str) -> ProcessRef:
     try:
         try:  # the detached processes outlive any pipe to crispd: their output goes to a file
             # `setsid -f` forks the pod init off and exits at once; it reports on the pipe (EOF: it died)
+            enter = usernsexec_argv(userns) if userns else []
             await run_command(
-                ["setsid", "-f", sys.executable, "-I", "-S", "-c", podinit.BOOTSTRAP, package_root(), pod_id,
-                 str(write_fd)],
+                ["setsid", "-f", *enter, sys.executable, "-I", "-S", "-c", podinit.BOOTSTRAP, package_root(),
+                 pod_id, str(write_fd)],
                 kill_after=START_TIMEOUT, what="pod init", pass_fds=(write_fd,), output_fd=log_fd)
         finally:
             os.close(log_fd)

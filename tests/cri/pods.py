@@ -13,7 +13,7 @@ import pytest
 from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.integration.netutil import free_subnet4
-from tests.leaks import cgroups_under, mounts_under, processes_mentioning, remove_cgroup_tree
+from tests.leaks import cgroups_under, kill_cgroup_tree, mounts_under, processes_mentioning, remove_cgroup_tree
 
 NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
 
@@ -22,10 +22,10 @@ class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
     def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "",
-                 netns_dir: Path | None = None) -> None:
-        """`cgroup_config`: more keys of the [cgroup] table (`extra_config` comes after other tables); `netns_dir`:
-        where pods' network namespaces get their `ip netns` names (default: under `base`, so that a leak is a mount
-        under it)."""
+                 network: str = "", netns_dir: Path | None = None) -> None:
+        """`cgroup_config` adds keys to the [cgroup] table (a TOML table is declared once); `network`: more keys of
+        the [network] section (`backend = "cni"`, ...); `netns_dir`: where pods' network namespaces get their `ip
+        netns` names (default: under `base`, so that a leak is a mount under it)."""
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.cgroup_config = cgroup_config
         self.bridge = f"crispt{secrets.token_hex(4)}"
@@ -33,13 +33,14 @@ class Pods:
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
         self.netns_dir = netns_dir or base / f"netns-{name}"
         self.pod_ids: set[str] = set()  # the pods `run` made
-        self.daemon = Crispd(base, config=self.config_text(extra_config), name=name)
+        self.daemon = Crispd(base, config=self.config_text(extra_config, network), name=name)
 
-    def config_text(self, extra: str = "") -> str:
+    def config_text(self, extra: str = "", network: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
+        cni_dir = "" if "cni_config_dir" in network else f'cni_config_dir = "{NO_CNI_DIR}"\n'
         return (f'[cgroup]\nbase = "{self.cgroup_base}"\n{self.cgroup_config}'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
-                f'cni_config_dir = "{NO_CNI_DIR}"\nnetns_dir = "{self.netns_dir}"\n'
+                f'{cni_dir}netns_dir = "{self.netns_dir}"\n{network}\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
                 f'{extra}')
 
@@ -50,9 +51,14 @@ class Pods:
 
     def cleanup_host(self) -> None:
         """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover."""
-        subprocess.run(["nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+        host = self.daemon.prefix
+        subprocess.run([*host, "nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
+        subprocess.run([*host, "ip", "link", "delete", self.bridge], capture_output=True, check=False)
         remove_cgroup_tree(self.cgroup_base)
+
+    def kill_containers(self) -> None:
+        """A failed test's last resort: kill every process in this crispd's cgroups (its pods' containers)."""
+        kill_cgroup_tree(self.cgroup_base)
 
     def run(self, config: cri.PodSandboxConfig, handler: str | None = None) -> str:
         handler = self.handler if handler is None else handler
@@ -61,10 +67,18 @@ class Pods:
         self.pod_ids.add(response.pod_sandbox_id)
         return str(response.pod_sandbox_id)
 
+    def remove_all_pods(self, timeout: float = 60) -> None:
+        """Remove every pod crispd has (RemovePodSandbox stops it first), as a kubelet would at the end."""
+        runtime = self.daemon.runtime
+        for item in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=timeout).items:
+            runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=timeout)
+
     def leaks(self) -> list[str]:
-        left = [f"mount {m}" for m in mounts_under(self.daemon.base)]
+        """What pods left, as crispd sees it (its mounts, its network namespace's veths): call it while it runs."""
+        running = self.daemon.proc is not None and self.daemon.proc.poll() is None
+        crispd = str(self.daemon.proc.pid) if running and self.daemon.proc else ""
+        left = [f"mount {m}" for m in mounts_under(self.daemon.base, crispd or "self")]
         left += [f"cgroup {c}" for c in cgroups_under(self.cgroup_base)]
-        crispd = str(self.daemon.proc.pid) if self.daemon.proc else ""
         left += [f"process {p}" for p in processes_mentioning(str(self.daemon.state))
                  if p.split(":")[0] != crispd]
         if self.netns_dir.exists():  # a shared dir (/run/netns): only the names of the pods run here
@@ -74,20 +88,26 @@ class Pods:
         sandboxes = self.daemon.state / "sandboxes"
         if sandboxes.exists():
             left += [f"dir {d}" for d in sandboxes.iterdir()]
-        ports = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True,
-                               text=True).stdout.split("\n")
-        left += [f"veth {line.split(':')[1].strip()}" for line in ports if line.strip()]
+        left += [f"veth {name}" for name in self.veths()]
         return left
+
+    def veths(self) -> list[str]:
+        """The ports of crispd's bridge (one veth per pod with a pod network)."""
+        ports = subprocess.run([*self.daemon.prefix, "ip", "-o", "link", "show", "master", self.bridge],
+                               capture_output=True, text=True).stdout.split("\n")
+        return [line.split(":")[1].strip() for line in ports if line.strip()]
 
 
 @contextlib.contextmanager
 def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
-                 check_slow_callbacks: bool = True, cgroup_config: str = "", netns_dir: Path | None = None
-                 ) -> Iterator[Pods]:
-    """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
-    cleanly without blocking its loop (unless `check_slow_callbacks` is false: under the VM tier's emulation every
-    callback is slow)."""
-    p = Pods(base, extra_config, cgroup_config=cgroup_config, netns_dir=netns_dir)
+                 check_slow_callbacks: bool = True, pods: Pods | None = None,
+                 cgroup_config: str = "", network: str = "", netns_dir: Path | None = None) -> Iterator[Pods]:
+    """A started `Pods` crispd (`pods`, or a new one with `cgroup_config` in its [cgroup] table, `network` in its
+    [network] section and pods' `ip netns` names in `netns_dir`); afterwards every pod is removed, nothing may be
+    left, and crispd must have stopped cleanly without blocking its loop (unless `check_slow_callbacks` is false:
+    under the VM tier's emulation every callback is slow)."""
+    p = pods if pods is not None else Pods(base, extra_config, cgroup_config=cgroup_config, network=network,
+                                           netns_dir=netns_dir)
     p.daemon.start(start_timeout)
     try:
         yield p

@@ -11,12 +11,12 @@ from cri.config import (
     Config,
     ConfigError,
     HandlerConfig,
+    dump_toml,
     load_config,
     parse_config,
     parse_host_port,
     with_overrides,
 )
-from cri.config_toml import dump_toml
 
 
 def test_empty_file_is_all_defaults() -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cri.config import Config, ConfigError, parse_config, redact
-from cri.config_toml import dump_toml
+from cri.config import Config, ConfigError, dump_toml, parse_config, redact
 
 
 def test_defaults_and_round_trip() -> None:
