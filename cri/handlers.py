@@ -23,6 +23,15 @@ log = logging.getLogger(__name__)
 USERNS_RUNTIMES = ("runc",)
 
 
+def idmapped_dirs(state_dir: Path, root_dir: Path | None) -> list[Path]:
+    """Where user-namespaced pods need id-mapped mounts to work: the state dir's parent (its filesystem, where critest
+    looks too) and, with a root dir, the image snapshots (the rootfs layers)."""
+    dirs = [state_dir.parent]
+    if root_dir is not None:
+        dirs.append(root_dir / "images" / "snapshots")
+    return dirs
+
+
 class RuntimeHandlers:
     def __init__(self, config: RuntimeConfig, state_dir: Path, root_dir: Path | None = None) -> None:
         self._config = config
@@ -75,12 +84,10 @@ class RuntimeHandlers:
             if not sc.has_mount_setattr():
                 self._idmap = "the kernel has no mount_setattr (Linux 5.12+)"
             else:
-                paths = [str(self._state_dir.parent)]
-                if self._root_dir is not None:
-                    snapshots = self._root_dir / "images" / "snapshots"
-                    snapshots.mkdir(parents=True, exist_ok=True)
-                    paths.append(str(snapshots))
-                problems = [p for p in idmap.probe(paths).values() if p]
+                paths = idmapped_dirs(self._state_dir, self._root_dir)
+                for path in paths[1:]:
+                    path.mkdir(parents=True, exist_ok=True)
+                problems = [p for p in idmap.probe([str(p) for p in paths]).values() if p]
                 self._idmap = "; ".join(problems)
                 if self._idmap:
                     log.warning("user namespaces are not available: %s", self._idmap)

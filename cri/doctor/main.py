@@ -14,7 +14,7 @@ from cri.doctor.report import Check, exit_code, render
 
 def run_checks(config: Config) -> list[Check]:
     running = check_crispd(config)  # first: a running crispd knows the pod CIDR in force (maybe the kubelet's)
-    return [*check_cgroups(config), *check_kernel(), *check_network(config, running.pod_cidr),
+    return [*check_cgroups(config), *check_kernel(config), *check_network(config, running.pod_cidr),
             *check_registries(config), check_socket(config), check_handlers(config), *check_disk(config),
             running.check]
 

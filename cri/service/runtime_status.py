@@ -31,7 +31,8 @@ async def _cgroup_info(ctx: ServiceContext) -> dict[str, object]:
     policy = ctx.config.cgroup.missing_controller
     if ctx.cgroups is None:
         return {"missingController": policy, "notes": ["no cgroup2 filesystem: pods cannot be run"]}
-    available = await asyncio.to_thread(pod_controllers, ctx.cgroups, ctx.config.cgroup.base)
+    available = await asyncio.to_thread(pod_controllers, ctx.cgroups, ctx.config.cgroup.base,
+                                        ctx.cgroup_driver.uses_systemd)
     return {"mount": str(ctx.cgroups.mount), "podControllers": sorted(available), "missingController": policy,
             "notes": missing_controller_notes(available, policy)}
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import shutil
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from cri.doctor.cgroups import pod_controllers
+from cri.config import parse_config
+from cri.doctor import cgroups as doctor_cgroups
+from cri.doctor.cgroups import check_cgroup_driver, pod_controllers
 from runtime.cgroups import CgroupV2Manager
 from runtime.network.bridge import host_routes
 from tests.cri.crispd import Crispd, crispd_command
@@ -42,6 +46,12 @@ def doctor(daemon: Crispd, *flags: str) -> tuple[int, dict[str, tuple[str, str]]
     return result.returncode, checks
 
 
+def tmpfs_idmap_kernel() -> bool:
+    """Linux 6.3 or later: tmpfs can be id-mapped."""
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 3)
+
+
 def controllers_missing(pods: Pods) -> bool:
     return not {"cpu", "cpuset", "memory", "pids", "io"} <= pod_controllers(CgroupV2Manager.discover(),
                                                                              pods.cgroup_base)
@@ -67,9 +77,13 @@ def test_a_good_set_up(tmp_path: Path) -> None:
     expected = {name: "ok" for name in checks}
     if missing:
         expected["cgroup controllers"] = "warn"
+    if not tmpfs_idmap_kernel():
+        expected["tmpfs id-mapping"] = "warn"
     assert verdicts(checks) == expected, checks
     assert code == (2 if missing else 0)
     assert checks["crispd"][1].endswith("ready (runtime and network)")
+    assert checks["cgroup driver"][1].startswith(f"cgroupfs: crisp's cgroups are directories under {pods.cgroup_base}")
+    assert "id-mapped mounts work where crisp keeps pods' files and image layers" in checks["user namespaces"][1]
     assert checks["pod network"][1].startswith(f"the built-in bridge {pods.bridge}")
     assert checks["registry mirrors"][1] == "1 host(s) of 1 registr(ies) answer"
     assert str(pods.subnet) in checks["pod CIDR"][1]  # the running crispd's pod CIDR
@@ -150,3 +164,40 @@ def test_broken_set_ups(tmp_path: Path) -> None:
     # and the doctor made nothing: no root or state dir, no cgroup
     assert not daemon.root.exists() and not daemon.state.exists()
     assert not (CgroupV2Manager.discover().mount / pods.cgroup_base.lstrip("/")).exists()
+
+
+def test_the_systemd_driver_needs_systemd_as_pid_1(tmp_path: Path) -> None:
+    if doctor_cgroups.SYSTEMD_BOOTED.is_dir():
+        pytest.skip("PID 1 is systemd here (the VM tier's systemd guest checks this driver)")
+    pods = Pods(tmp_path, cgroup_config='driver = "systemd"\n' + WARN_POLICY)
+    code, checks = doctor(pods.daemon)
+    assert code == 1
+    verdict, text = checks["cgroup driver"]
+    pid1 = Path("/proc/1/comm").read_text().strip()
+    assert verdict == "fail" and text.startswith(f"systemd, but PID 1 is {pid1}, not systemd"), text
+
+
+@pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon is missing (`make debs-test`)")
+def test_the_systemd_driver_needs_systemd_on_the_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Booted with systemd (as the doctor sees it), but the bus crisp is told to use has no systemd on it, or
+    nobody listens there: a failure naming the bus and what it said."""
+    booted = tmp_path / "systemd-system"
+    booted.mkdir()
+    monkeypatch.setattr(doctor_cgroups, "SYSTEMD_BOOTED", booted)
+    config = parse_config('[cgroup]\ndriver = "systemd"\nsystemd_bus = "system"\n')
+    socket_path = tmp_path / "bus"
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={socket_path}")
+    check = check_cgroup_driver(config)  # nobody listens
+    assert check.verdict == "fail" and 'systemd does not answer over D-Bus (cgroup.systemd_bus = "system")' in \
+        check.message, check
+    bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile", "--nosyslog",
+                            f"--address=unix:path={socket_path}", "--print-address"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert bus.stdout is not None and bus.stdout.readline().startswith(b"unix:path=")
+        check = check_cgroup_driver(config)  # a bus, but no systemd on it
+    finally:
+        bus.kill()
+        bus.wait()
+    assert check.verdict == "fail" and "org.freedesktop.systemd1" in check.message, check
+    assert "/run/systemd/private" in check.fix
