@@ -16,6 +16,8 @@ import grpc
 import pytest
 
 from cri import api as cri
+from cri.doctor.cgroups import pod_controllers
+from runtime.cgroups import CgroupV2Manager
 from tests.cri.conftest import TestImages
 from tests.cri.nri_support import REPO, TestPlugin, nri_config, nri_status, plugin_names, plugins, wait_for
 from tests.cri.pods import Pods, running_pods
@@ -229,7 +231,18 @@ def test_plugin_updates_a_container(nri_pods: Pods, test_images: TestImages, tmp
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == ["nope"], daemon.log()[-4000:]
     status = kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
-    assert status.resources.linux.cpu_shares == 512
+    if "cpu" in pod_controllers(CgroupV2Manager.discover(), nri_pods.cgroup_base):
+        assert status.resources.linux.cpu_shares == 512
+    else:  # dropped (missing_controller = "warn"): not shown as in force, named as dropped (issue 22)
+        assert status.resources.linux.cpu_shares == 0
+        assert dropped_limits(kubelet, cid) == ["cpu.shares (needs cpu)"]
+
+
+def dropped_limits(kubelet: Kubelet, container_id: str) -> list[str]:
+    """The limits ContainerStatus's verbose info says were dropped for a missing controller."""
+    response = kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=container_id, verbose=True))
+    limits: list[str] = json.loads(response.info["info"]).get("droppedLimits", {}).get("limits", [])
+    return limits
 
 
 def test_update_events_and_amended_resources(nri_pods: Pods, test_images: TestImages, tmp_path: Path,
@@ -244,7 +257,13 @@ def test_update_events_and_amended_resources(nri_pods: Pods, test_images: TestIm
         kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(
             container_id=cid, linux=cri.LinuxContainerResources(cpu_shares=200, memory_limit_in_bytes=64 << 20)))
         status = kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=cid)).status
-        assert (status.resources.linux.cpu_shares, status.resources.linux.memory_limit_in_bytes) == (300, 64 << 20)
+        controllers = pod_controllers(CgroupV2Manager.discover(), nri_pods.cgroup_base)
+        # what is in force: a limit whose controller pods lack here is dropped and named (issue 22)
+        assert (status.resources.linux.cpu_shares, status.resources.linux.memory_limit_in_bytes) == (
+            300 if "cpu" in controllers else 0, 64 << 20 if "memory" in controllers else 0)
+        assert dropped_limits(kubelet, cid) == [
+            f"{key} (needs {controller})" for key, controller in (("cpu.shares", "cpu"), ("memory.limit", "memory"))
+            if controller not in controllers]
         assert plugin.names(container=cid)[-2:] == ["UpdateContainer", "PostUpdateContainer"]
         (update,) = [e for e in plugin.events() if e["event"] == "UpdateContainer"]
         assert update["resources"]["cpu"]["shares"] == {"value": "200"}  # what the kubelet asked, before amending
