@@ -78,7 +78,7 @@ def ip_netns_names() -> list[str]:
 
 def test_pod_network_namespaces_have_ip_netns_names(tmp_path: Path) -> None:
     """crisp-<pod id> in /run/netns, as CRI-O and containerd pin theirs: `ip netns exec` enters the pod's network;
-    the name goes with the pod, a host-network pod has none."""
+    the name goes with the pod's network namespace (at StopPodSandbox), a host-network pod has none."""
     with running_pods(tmp_path, netns_dir=NETNS_DIR) as pods:
         pod_id = pods.run(pod_config())
         name = f"crisp-{pod_id}"
@@ -97,6 +97,9 @@ def test_pod_network_namespaces_have_ip_netns_names(tmp_path: Path) -> None:
         host_id = pods.run(host)
         assert f"crisp-{host_id}" not in ip_netns_names()
 
-        pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        # StopPodSandbox lets the pod's network namespace go (its network is torn down): the name goes with it
+        pods.daemon.runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
         assert name not in ip_netns_names() and not (NETNS_DIR / name).exists()
         assert str(NETNS_DIR / name) not in mounts_under(NETNS_DIR)
+        pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert name not in ip_netns_names() and not (NETNS_DIR / name).exists()
