@@ -1,0 +1,95 @@
+"""Checkpointing a running container into an archive (CheckpointContainer; KEP-2008, forensic checkpointing).
+
+Whether CRIU can work here is asked once per crispd (`criu check`, in a worker thread) and kept: when it cannot,
+every checkpoint is FAILED_PRECONDITION with CRIU's own words. A checkpoint holds the container's lock (no start,
+stop, update or removal meanwhile), dumps its process tree with CRIU into a staging dir under the state dir,
+leaving it running, adds the metadata and the rootfs diff, and writes the archive at the requested location
+(runtime/checkpoint/archive.py). Whatever fails, the staging dir goes and no archive, partial or whole, is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from cri.store.containers import RUNNING, Container
+from runtime import bundle, errors
+from runtime.checkpoint import archive, criu
+from runtime.executor import handlers
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 600.0  # seconds, when the request names none
+
+
+class Checkpoints:
+    def __init__(self, *, state_dir: Path, clock_ns: Callable[[], int]) -> None:
+        self._staging_root = state_dir / "checkpoints"
+        self._clock_ns = clock_ns
+        self._problem: str | None = None
+        self._probe = asyncio.Lock()
+
+    async def problem(self) -> str:
+        """Why CRIU cannot checkpoint on this host ("" when it can); `criu check` runs once per crispd."""
+        async with self._probe:
+            if self._problem is None:
+                self._problem = await asyncio.to_thread(criu.problem)
+                if self._problem:
+                    log.info("checkpoints are refused on this host: %s", self._problem)
+        return self._problem
+
+    async def checkpoint(self, container: Container, handler: handlers.Handler, location: str,
+                         time_limit: float) -> None:
+        """Dump the running `container` into the archive at `location` (absolute; its directory must exist: else
+        InvalidArgument); `time_limit` in seconds, 0 for the default."""
+        if handler.kind != handlers.BUILTIN:
+            raise errors.FailedPrecondition(
+                f"container {container.id}: checkpoints are made for the built-in executor only, "
+                f"not for runtime handler {handler.name!r}")
+        _require_running(container)
+        reason = await self.problem()
+        if reason:
+            raise errors.FailedPrecondition(f"CRIU cannot checkpoint on this host: {reason}")
+        async with container.lock:
+            _require_running(container)
+            await asyncio.to_thread(self._checkpoint, container, handler.name, location,
+                                    time_limit if time_limit > 0 else DEFAULT_TIMEOUT)
+        log.info("container %s checkpointed into %s", container.id, location)
+
+    def _checkpoint(self, container: Container, runtime: str, location: str, timeout: float) -> None:
+        if os.path.isdir(location):
+            raise errors.InvalidArgument(f"location {location}: is a directory, not an archive's path")
+        if not os.path.isdir(os.path.dirname(location)):
+            raise errors.InvalidArgument(f"location {location}: its directory does not exist")
+        meta = container.meta
+        spec = bundle.load_config(meta.bundle)
+        linux = spec.get("linux")
+        namespaces = criu.namespace_externals(linux.get("namespaces") or [] if isinstance(linux, dict) else [])
+        overlay = bundle.overlay_of(spec.get("annotations") or {})
+        self._staging_root.mkdir(mode=0o700, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f"{meta.id[:12]}-", dir=self._staging_root)
+        try:
+            images = Path(staging) / archive.CHECKPOINT_DIR
+            images.mkdir()
+            criu.dump(container.status.pid, str(images), staging, namespaces=namespaces, timeout=timeout)
+            deleted = archive.write_rootfs_diff(overlay.upperdir if overlay else "",
+                                                str(Path(staging) / archive.ROOTFS_DIFF))
+            config = archive.config_dump(
+                container_id=meta.id, name=meta.config.metadata.name, image_name=meta.image_name,
+                image_ref=meta.image_ref, runtime=runtime or handlers.BUILTIN, created_ns=meta.created_at,
+                checkpointed_ns=self._clock_ns())
+            archive.write_metadata(staging, config=config, spec=spec, deleted=deleted)
+            archive.write_archive(staging, location)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _require_running(container: Container) -> None:
+    if container.status.state != RUNNING or container.status.pid <= 0:
+        raise errors.FailedPrecondition(f"container {container.id} is {container.status.state}: only a running "
+                                        "container can be checkpointed")
