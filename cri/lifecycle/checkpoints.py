@@ -84,7 +84,11 @@ class Checkpoints:
                 image_ref=meta.image_ref, runtime=runtime or handlers.BUILTIN, created_ns=meta.created_at,
                 checkpointed_ns=self._clock_ns())
             archive.write_metadata(staging, config=config, spec=spec, deleted=deleted)
-            archive.write_archive(staging, location)
+            try:
+                archive.write_archive(staging, location)
+            except OSError as exc:
+                raise errors.FailedPrecondition(f"location {location}: the archive cannot be written there: "
+                                                f"{exc.strerror or exc}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -4,7 +4,8 @@ into an archive in checkpointctl's layout, and keeps running.
 One crispd and a loopback registry serve the module (see test_crispd_limits.py). Two pods: one on the host's
 network with a PID namespace per container (CRIU dumps the container's own PID namespace), and one with its own
 network namespace and a shared PID namespace (the pod's pinned network and PID namespaces are external to CRIU).
-The archive's layout is checked here in Python (checkpointctl is not in the guest)."""
+The archive's layout is checked here in Python, and read by `checkpointctl show` (scripts/build-k8s-tools builds it;
+tests/vm/inputs.py puts it into the io share when this file is selected)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from tests.vm.guest.support import wait_until
 # leaves a file in its writable layer, deletes one of the image's (a whiteout), then sleeps
 WORKLOAD = ["sh", "-c", "echo checkpointed > /tmp/marker; rm /bin/false; exec sleep 100000"]
 CRIU_IMAGES = ("inventory.img", "pstree.img")
+READ_ONLY_DIR = "/mnt/host"  # the checkout, shared read-only
+INPUTS = Path("/run/crisp-vm/io/inputs")
 LAYOUTS = {
     "own-pid-ns": cri.NamespaceOption(network=cri.NODE, pid=cri.CONTAINER),
     "pod-net-shared-pid": cri.NamespaceOption(network=cri.POD, pid=cri.POD),
@@ -99,6 +102,15 @@ def test_checkpoint_of_a_running_container(node: Node, layout: str, tmp_path: Pa
         pid = json.loads(rt.ContainerStatus(cri.ContainerStatusRequest(
             container_id=container_id, verbose=True), timeout=30).info["info"])["pid"]
 
+        # a dump whose archive cannot be written (the checkout's share is read-only) leaves nothing behind
+        with pytest.raises(grpc.RpcError) as refused:
+            rt.CheckpointContainer(cri.CheckpointContainerRequest(
+                container_id=container_id, location=f"{READ_ONLY_DIR}/{name}.tar", timeout=300), timeout=360)
+        assert "Read-only file system" in (refused.value.details() or ""), refused.value.details()
+        assert not list(Path(READ_ONLY_DIR).glob(f"*{name}*"))
+        staging = node.pods.daemon.state / "checkpoints"
+        assert not staging.exists() or list(staging.iterdir()) == []
+
         location = tmp_path / "app.tar"
         rt.CheckpointContainer(cri.CheckpointContainerRequest(
             container_id=container_id, location=str(location), timeout=300), timeout=360)
@@ -127,13 +139,24 @@ def test_checkpoint_of_a_running_container(node: Node, layout: str, tmp_path: Pa
         assert json.loads(rt.ContainerStatus(cri.ContainerStatusRequest(
             container_id=container_id, verbose=True), timeout=30).info["info"])["pid"] == pid
         assert _exec(rt, container_id, ["cat", "/tmp/marker"]) == b"checkpointed\n"
-        staging = node.pods.daemon.state / "checkpoints"
         assert not staging.exists() or list(staging.iterdir()) == []
         assert sorted(p.name for p in tmp_path.iterdir()) == ["app.tar"]
+        shown = _checkpointctl_show(location)
+        assert "app" in shown and container_id[:12] in shown and "builtin" in shown, shown
         record_property("summary", f"{layout}: archive {location.stat().st_size >> 10} KiB, "
                                    f"CRIU images {images >> 10} KiB")
     finally:
         rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+
+
+def _checkpointctl_show(archive: Path) -> str:
+    missing = INPUTS / "missing"
+    if missing.exists():
+        pytest.fail(f"the host could not provide checkpointctl: {missing.read_text()}", pytrace=False)
+    done = subprocess.run([str(INPUTS / "checkpointctl"), "show", str(archive)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
