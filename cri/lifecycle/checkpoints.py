@@ -2,9 +2,11 @@
 
 Whether CRIU can work here is asked once per crispd (`criu check`, in a worker thread) and kept: when it cannot,
 every checkpoint is FAILED_PRECONDITION with CRIU's own words. A checkpoint holds the container's lock (no start,
-stop, update or removal meanwhile), dumps its process tree with CRIU into a staging dir under the state dir,
-leaving it running, adds the metadata and the rootfs diff, and writes the archive at the requested location
-(runtime/checkpoint/archive.py). Whatever fails, the staging dir goes and no archive, partial or whole, is left.
+stop, update or removal meanwhile) and dumps its process tree into a staging dir under the state dir, leaving it
+running: the built-in executor's containers by crispd's own call of CRIU, an OCI runtime's (runc, crun) by the
+runtime's `checkpoint`. Then the metadata and the rootfs diff are added and the archive is written at the requested
+location (runtime/checkpoint/archive.py). Whatever fails, the staging dir goes and no archive, partial or whole, is
+left.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cri.store.containers import RUNNING, Container
@@ -44,24 +46,23 @@ class Checkpoints:
         return self._problem
 
     async def checkpoint(self, container: Container, handler: handlers.Handler, location: str,
-                         time_limit: float) -> None:
+                         time_limit: float, oci_runtime: Sequence[str] = ()) -> None:
         """Dump the running `container` into the archive at `location` (absolute; its directory must exist: else
-        InvalidArgument); `time_limit` in seconds, 0 for the default."""
-        if handler.kind != handlers.BUILTIN:
-            raise errors.FailedPrecondition(
-                f"container {container.id}: checkpoints are made for the built-in executor only, "
-                f"not for runtime handler {handler.name!r}")
+        InvalidArgument); `time_limit` in seconds, 0 for the default. The built-in executor's containers are
+        dumped by crispd's own CRIU call; an OCI runtime's (`oci_runtime`: its command line up to the
+        subcommand, as the shim runs it) by its `checkpoint`."""
         _require_running(container)
         reason = await self.problem()
         if reason:
             raise errors.FailedPrecondition(f"CRIU cannot checkpoint on this host: {reason}")
         async with container.lock:
             _require_running(container)
-            await asyncio.to_thread(self._checkpoint, container, handler.name, location,
-                                    time_limit if time_limit > 0 else DEFAULT_TIMEOUT)
+            await asyncio.to_thread(self._checkpoint, container, handler, location,
+                                    time_limit if time_limit > 0 else DEFAULT_TIMEOUT, list(oci_runtime))
         log.info("container %s checkpointed into %s", container.id, location)
 
-    def _checkpoint(self, container: Container, runtime: str, location: str, timeout: float) -> None:
+    def _checkpoint(self, container: Container, handler: handlers.Handler, location: str, timeout: float,
+                    oci_runtime: list[str]) -> None:
         if os.path.isdir(location):
             raise errors.InvalidArgument(f"location {location}: is a directory, not an archive's path")
         if not os.path.isdir(os.path.dirname(location)):
@@ -76,12 +77,15 @@ class Checkpoints:
         try:
             images = Path(staging) / archive.CHECKPOINT_DIR
             images.mkdir()
-            criu.dump(container.status.pid, str(images), staging, namespaces=namespaces, timeout=timeout)
+            if handler.kind == handlers.BUILTIN:
+                criu.dump(container.status.pid, str(images), staging, namespaces=namespaces, timeout=timeout)
+            else:
+                criu.runtime_checkpoint(oci_runtime, meta.id, str(images), staging, timeout=timeout)
             deleted = archive.write_rootfs_diff(overlay.upperdir if overlay else "",
                                                 str(Path(staging) / archive.ROOTFS_DIFF))
             config = archive.config_dump(
                 container_id=meta.id, name=meta.config.metadata.name, image_name=meta.image_name,
-                image_ref=meta.image_ref, runtime=runtime or handlers.BUILTIN, created_ns=meta.created_at,
+                image_ref=meta.image_ref, runtime=handler.name or handlers.BUILTIN, created_ns=meta.created_at,
                 checkpointed_ns=self._clock_ns())
             archive.write_metadata(staging, config=config, spec=spec, deleted=deleted)
             try:

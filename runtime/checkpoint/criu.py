@@ -190,3 +190,21 @@ def _log_tail(log: str, stderr: str, lines: int = 8) -> str:
         text = stderr
     wanted = [line.strip() for line in text.splitlines() if "Error" in line] or text.strip().splitlines()
     return "; ".join(wanted[-lines:]) or "no output"
+
+
+def runtime_checkpoint(runtime: Sequence[str], container_id: str, images_dir: str, work_dir: str, *,
+                       timeout: float) -> None:
+    """An OCI runtime's own dump of its container (`<runtime...> checkpoint --leave-running`: runc and crun run
+    CRIU themselves and name the container's externals to it); its log is LOG_NAME in work_dir as well."""
+    argv = [*runtime, "checkpoint", "--leave-running", "--image-path", images_dir, "--work-path", work_dir,
+            container_id]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, close_fds=True)
+    except subprocess.TimeoutExpired:
+        raise errors.DeadlineExceeded(f"checkpoint of {container_id} took longer than {timeout:.0f}s") from None
+    if done.returncode != 0:
+        said = " ".join(done.stderr.split())[-600:] or "no output"
+        log = os.path.join(work_dir, LOG_NAME)
+        criu_said = f"; CRIU: {_log_tail(log, '')}" if os.path.exists(log) else ""
+        raise errors.FailedPrecondition(f"{os.path.basename(runtime[0])} checkpoint failed (status "
+                                        f"{done.returncode}): {said}{criu_said}")

@@ -59,11 +59,13 @@ def _left_behind(pods: Pods, out: Path) -> list[str]:
     return left + ([str(p) for p in staging.iterdir()] if staging.exists() else [])
 
 
-def test_refused_with_crius_reason_where_criu_check_fails(pods: Pods, test_images: TestImages,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("handler", ["", "runc"], ids=["builtin", "runc"])
+def test_refused_with_crius_reason_where_criu_check_fails(pods: Pods, test_images: TestImages, tmp_path: Path,
+                                                          handler: str) -> None:
     status, first_line = _criu_check()
     if status == 0:
         pytest.skip("criu check passes on this host: the dump is tested in the VM tier")
+    pods.handler = handler
     container_id = _container(pods, test_images, tmp_path)
     out = tmp_path / "out"
     out.mkdir()

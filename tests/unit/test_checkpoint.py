@@ -135,3 +135,10 @@ def test_open_files_outside_the_namespace_are_external(tmp_path: Path) -> None:
         assert key in criu.external_files([os.getpid()], mount_ids=set())
         assert key not in criu.external_files([os.getpid()], mount_ids={mnt_id})
     assert os.getpid() in criu.tree_pids(os.getppid())
+
+
+def test_an_oci_runtime_that_cannot_checkpoint_is_named_with_its_words(tmp_path: Path) -> None:
+    runtime = ["sh", "-c", 'echo "unknown command $0" >&2; exit 1']
+    with pytest.raises(errors.FailedPrecondition, match=r"sh checkpoint failed \(status 1\): unknown command "
+                                                        "checkpoint"):
+        criu.runtime_checkpoint(runtime, "c1", str(tmp_path), str(tmp_path), timeout=30)
