@@ -4,7 +4,8 @@ into an archive in checkpointctl's layout, and keeps running.
 One crispd and a loopback registry serve the module (see test_crispd_limits.py). Two pods: one on the host's
 network with a PID namespace per container (CRIU dumps the container's own PID namespace), and one with its own
 network namespace and a shared PID namespace (the pod's pinned network and PID namespaces are external to CRIU).
-The archive's layout is checked here in Python, and read by `checkpointctl show` (scripts/build-k8s-tools builds it;
+Each under the built-in executor, runc, and crun (which refuses: Debian's is built without CRIU). The archive's
+layout is checked here in Python, and read by `checkpointctl show` (scripts/build-k8s-tools builds it;
 tests/vm/inputs.py puts it into the io share when this file is selected)."""
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from tests.vm.guest.support import wait_until
 # leaves a file in its writable layer, deletes one of the image's (a whiteout), then sleeps
 WORKLOAD = ["sh", "-c", "echo checkpointed > /tmp/marker; rm /bin/false; exec sleep 100000"]
 CRIU_IMAGES = ("inventory.img", "pstree.img")
+# the built-in executor (crispd calls CRIU), and the OCI runtimes' own `checkpoint`
+HANDLERS = ("builtin", "runc", "crun")
+# what a runtime that cannot checkpoint answers: Debian 12's crun (1.8.1) is built without CRIU
+REFUSED = {"crun": "crun checkpoint failed (status 1): unknown command checkpoint"}
 READ_ONLY_DIR = "/mnt/host"  # the checkout, shared read-only
 INPUTS = Path("/run/crisp-vm/io/inputs")
 LAYOUTS = {
@@ -76,8 +81,9 @@ def _unmount_all_under(path: Path) -> None:
         subprocess.run(["umount", "-l", target], check=False)
 
 
+@pytest.mark.parametrize("handler", HANDLERS)
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_checkpoint_of_a_running_container(node: Node, layout: str, tmp_path: Path,
+def test_checkpoint_of_a_running_container(node: Node, layout: str, handler: str, tmp_path: Path,
                                            record_property: Callable[[str, object], None]) -> None:
     rt = node.pods.daemon.runtime
     namespaces = LAYOUTS[layout]
@@ -88,7 +94,7 @@ def test_checkpoint_of_a_running_container(node: Node, layout: str, tmp_path: Pa
         log_directory=str(node.base / "logs" / name),
         linux=cri.LinuxPodSandboxConfig(security_context=cri.LinuxSandboxSecurityContext(
             namespace_options=namespaces)))
-    pod_id = node.pods.run(pod)
+    pod_id = node.pods.run(pod, handler="" if handler == "builtin" else handler)
     try:
         config = cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name="app"), image=cri.ImageSpec(image=node.image), command=WORKLOAD,
@@ -102,6 +108,16 @@ def test_checkpoint_of_a_running_container(node: Node, layout: str, tmp_path: Pa
         pid = json.loads(rt.ContainerStatus(cri.ContainerStatusRequest(
             container_id=container_id, verbose=True), timeout=30).info["info"])["pid"]
 
+        if handler in REFUSED:
+            with pytest.raises(grpc.RpcError) as refused:
+                rt.CheckpointContainer(cri.CheckpointContainerRequest(
+                    container_id=container_id, location=str(tmp_path / "app.tar"), timeout=300), timeout=360)
+            assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+            assert REFUSED[handler] in (refused.value.details() or ""), refused.value.details()
+            assert list(tmp_path.iterdir()) == []
+            assert container_status(rt, container_id).state == cri.CONTAINER_RUNNING
+            record_property("summary", f"{handler}, {layout}: refused: {refused.value.details()}")
+            return
         # a dump whose archive cannot be written (the checkout's share is read-only) leaves nothing behind
         with pytest.raises(grpc.RpcError) as refused:
             rt.CheckpointContainer(cri.CheckpointContainerRequest(
@@ -129,6 +145,7 @@ def test_checkpoint_of_a_running_container(node: Node, layout: str, tmp_path: Pa
                 assert marker is not None and marker.read() == b"checkpointed\n"
             images = sum(m.size for m in archive.getmembers() if m.name.startswith("checkpoint/"))
         assert config_dump["id"] == container_id and config_dump["name"] == "app"
+        assert config_dump["runtime"] == handler
         assert config_dump["rootfsImageName"] == node.image and config_dump["createdTime"].endswith("Z")
         assert spec_dump["annotations"]["io.kubernetes.cri.container-name"] == "app"
         assert spec_dump["annotations"]["io.kubernetes.cri.sandbox-name"] == name
@@ -142,8 +159,8 @@ def test_checkpoint_of_a_running_container(node: Node, layout: str, tmp_path: Pa
         assert not staging.exists() or list(staging.iterdir()) == []
         assert sorted(p.name for p in tmp_path.iterdir()) == ["app.tar"]
         shown = _checkpointctl_show(location)
-        assert "app" in shown and container_id[:12] in shown and "builtin" in shown, shown
-        record_property("summary", f"{layout}: archive {location.stat().st_size >> 10} KiB, "
+        assert "app" in shown and container_id[:12] in shown and handler in shown, shown
+        record_property("summary", f"{handler}, {layout}: archive {location.stat().st_size >> 10} KiB, "
                                    f"CRIU images {images >> 10} KiB")
     finally:
         rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
