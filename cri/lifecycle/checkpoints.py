@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from cri.store.containers import RUNNING, Container
 from runtime import bundle, errors
 from runtime.checkpoint import archive, criu
 from runtime.executor import handlers
+from runtime.fstree import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,11 @@ class Checkpoints:
         self._probe = asyncio.Lock()
 
     async def problem(self) -> str:
-        """Why CRIU cannot checkpoint on this host ("" when it can); `criu check` runs once per crispd."""
+        """Why CRIU cannot checkpoint on this host ("" when it can); `criu check` runs once per crispd, and then
+        the staging dirs a crispd that died during a checkpoint left are removed."""
         async with self._probe:
-            if self._problem is None:
+            if self._problem is None:  # no checkpoint of this crispd has begun: what is staged is a dead one's
+                await asyncio.to_thread(remove_tree, self._staging_root, True)
                 self._problem = await asyncio.to_thread(criu.problem)
                 if self._problem:
                     log.info("checkpoints are refused on this host: %s", self._problem)
@@ -94,7 +96,7 @@ class Checkpoints:
                 raise errors.FailedPrecondition(f"location {location}: the archive cannot be written there: "
                                                 f"{exc.strerror or exc}") from None
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging, ignore_errors=True)
 
 
 def _require_running(container: Container) -> None:

@@ -69,6 +69,9 @@ def test_refused_with_crius_reason_where_criu_check_fails(pods: Pods, test_image
     container_id = _container(pods, test_images, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
+    dead = pods.daemon.state / "checkpoints" / "0123456789ab-dead"  # staged by a crispd that died meanwhile
+    dead.mkdir(parents=True)
+    (dead / "dump.log").write_text("x")
     for _ in range(2):  # the second answer comes from crispd's cached verdict: the same words
         error = _checkpoint_error(pods, container_id, str(out / "app.tar"))
         assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error.details()
