@@ -14,6 +14,7 @@ from cri.config import Config
 from cri.debug import DebugPoints
 from cri.events import EventBroker, EventPublisher
 from cri.handlers import RuntimeHandlers
+from cri.lifecycle.checkpoints import Checkpoints
 from cri.lifecycle.containers import ContainerController
 from cri.lifecycle.creations import Creations
 from cri.lifecycle.limits import ContainerLimits
@@ -67,6 +68,8 @@ class ServiceContext:
     nri: NriService
     sandbox_control: PodSandboxController
     container_control: ContainerController
+    # CheckpointContainer: whether CRIU works here (asked once), dumps into archives
+    checkpoints: Checkpoints
     # wall clock in nanoseconds (CRI timestamps)
     clock_ns: Callable[[], int]
 
@@ -102,7 +105,7 @@ class ServiceContext:
             stats=StatsCollector(cgroup_manager, network, config.stats.disk_usage_cache_seconds,
                                  config.stats.network_timeout_seconds, clock_ns=clock_ns),
             creations=Creations(), debug=debug, nri=nri, sandbox_control=pods, container_control=lifecycle,
-            clock_ns=clock_ns)
+            checkpoints=Checkpoints(state_dir=Path(config.state), clock_ns=clock_ns), clock_ns=clock_ns)
 
     @property
     def state_dir(self) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 from cri import api as cri
 from cri.service import (
     container_attach,
+    container_checkpoint,
     container_create,
     container_events,
     container_exec,
@@ -131,6 +132,10 @@ class RuntimeService:
     async def ReopenContainerLog(self, request: cri.ReopenContainerLogRequest, context: Any
                                  ) -> cri.ReopenContainerLogResponse:
         return await container_reopen_log.reopen_container_log(self.ctx, request)
+
+    async def CheckpointContainer(self, request: cri.CheckpointContainerRequest, context: Any
+                                  ) -> cri.CheckpointContainerResponse:
+        return await container_checkpoint.checkpoint_container(self.ctx, request)
 
     async def ExecSync(self, request: cri.ExecSyncRequest, context: Any) -> cri.ExecSyncResponse:
         return await container_exec_sync.exec_sync(self.ctx, request)

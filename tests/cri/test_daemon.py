@@ -25,7 +25,7 @@ IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig", "Run
                # containers
                "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer", "ContainerStatus",
                "ListContainers", "UpdateContainerResources", "UpdatePodSandboxResources", "ReopenContainerLog",
-               "ExecSync", "Exec", "Attach", "PortForward",
+               "ExecSync", "Exec", "Attach", "PortForward", "CheckpointContainer",
                # observability
                "ContainerStats", "ListContainerStats", "PodSandboxStats", "ListPodSandboxStats",
                "ListMetricDescriptors", "ListPodSandboxMetrics", "GetContainerEvents",

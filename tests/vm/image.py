@@ -28,7 +28,7 @@ SUITE = "bookworm"
 # it is (the plain guest never starts it), and dbus so that crisp's D-Bus client is tried on a system bus too.
 GUEST_PACKAGES = (
     "python3", "python3-venv", "iproute2", "util-linux", "mount", "procps", "kmod", "nftables", "iptables",
-    "runc", "crun", "containernetworking-plugins", "busybox-static", "docker-registry", "systemd", "dbus",
+    "runc", "crun", "containernetworking-plugins", "busybox-static", "docker-registry", "systemd", "dbus", "criu",
 )
 # the Debian kernel builds these as modules; the initramfs loads them to reach the root disk and the 9p shares
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4", "9p", "9pnet_virtio", "virtio_console")

@@ -1,6 +1,6 @@
 """Host files that some guest tests need, put into the run's io share before the boot (the guest has no network,
-no tool cache and no image cache): the tools a guest test file needs (`TOOLS`: critest, the kubelet) and the test
-image set.
+no tool cache and no image cache): the tools a guest test file needs (`TOOLS`: critest, the kubelet,
+checkpointctl) and the test image set.
 
 A guest test finds them in /run/crisp-vm/io/inputs; what the host could not provide is explained in `inputs/missing`
 (the guest test fails with it), so that one missing input never stops the tier's other tests."""
@@ -14,7 +14,8 @@ from pathlib import Path
 
 CRITEST_TESTS = "tests/vm/guest/test_critest.py"
 # the guest test files that need tools, and which
-TOOLS = {CRITEST_TESTS: ("critest",), "tests/vm/guest/test_kubelet_qos.py": ("kubelet",)}
+TOOLS = {CRITEST_TESTS: ("critest",), "tests/vm/guest/test_kubelet_qos.py": ("kubelet",),
+         "tests/vm/guest/test_checkpoint.py": ("checkpointctl",)}
 
 
 def selects(nodeid: str, path: str) -> bool:

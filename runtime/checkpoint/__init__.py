@@ -1,0 +1,1 @@
+"""Checkpointing a running container: CRIU (`criu.py`) and the archive checkpointctl reads (`archive.py`)."""
