@@ -12,13 +12,15 @@ RUN_DEBS := ca-certificates iproute2 libseccomp2 mount nftables util-linux
 VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # one package per line (sorted), so that parallel changes merge cleanly
 # containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables;
-# runc, crun: the OCI runtime handlers; busybox-static: test containers' rootfs; docker-registry etc.: image tests;
+# runc, crun: the OCI runtime handlers; criu: CheckpointContainer (refused with `criu check`'s words where it
+# fails); busybox-static: test containers' rootfs; docker-registry etc.: image tests;
 # prometheus: a real Prometheus scrapes crispd with deploy/prometheus.yml; dbus-daemon: crisp's D-Bus client is
 # tested against a real bus (systemd itself answers in the VM tier)
 TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 	apache2-utils \
 	busybox-static \
 	containernetworking-plugins \
+	criu \
 	crun \
 	dbus-daemon \
 	docker-registry \

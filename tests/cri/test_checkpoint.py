@@ -5,8 +5,6 @@ whose kernel criu checks."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -15,20 +13,11 @@ import pytest
 from cri import api as cri
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
+from tests.criutools import criu_check
 
 pytestmark = pytest.mark.root
 
 SLEEP = ["sleep", "100000"]
-
-
-def _criu_check() -> tuple[int, str]:
-    """`criu check` as this test sees it (not through crisp): its status and its first error line."""
-    criu = shutil.which("criu", path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if criu is None:
-        return -1, "criu is not installed"
-    done = subprocess.run([criu, "check"], capture_output=True, text=True, check=False)
-    lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-    return done.returncode, lines[0] if lines else ""
 
 
 def _container(pods: Pods, images: TestImages, tmp_path: Path, start: bool = True) -> str:
@@ -62,7 +51,7 @@ def _left_behind(pods: Pods, out: Path) -> list[str]:
 @pytest.mark.parametrize("handler", ["", "runc"], ids=["builtin", "runc"])
 def test_refused_with_crius_reason_where_criu_check_fails(pods: Pods, test_images: TestImages, tmp_path: Path,
                                                           handler: str) -> None:
-    status, first_line = _criu_check()
+    status, first_line = criu_check()
     if status == 0:
         pytest.skip("criu check passes on this host: the dump is tested in the VM tier")
     pods.handler = handler

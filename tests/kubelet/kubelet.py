@@ -229,6 +229,13 @@ class Kubelet:
         response = self.https.request("POST", url, timeout=self.request_timeout, retries=False)
         return response.status, bytes(response.data)
 
+    def checkpoint(self, pod: str, container: str, timeout: int = 60) -> tuple[int, bytes]:
+        """POST /checkpoint (the kubelet's CheckpointContainer, into its root dir's checkpoints/): its status and
+        body (on success a JSON object whose `items` name the archive)."""
+        url = f"{self.api}/checkpoint/{NAMESPACE}/{pod}/{container}?timeout={timeout}"
+        response = self.https.request("POST", url, timeout=max(self.request_timeout, timeout + 30), retries=False)
+        return response.status, bytes(response.data)
+
     def exec(self, pod: str, container: str, command: list[str], stdin: bytes | None = None) -> ExecResult:
         """/exec as kubectl drives it through the API server: SPDY to the kubelet, which proxies the upgrade to
         the runtime's streaming URL (from crisp's Exec)."""

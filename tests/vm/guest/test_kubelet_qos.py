@@ -3,6 +3,8 @@ guest. The kubelet makes /kubepods and its QoS and pod cgroups itself and hands 
 `cgroup_parent`; crisp puts the containers below it, enforces their limits there and leaves the kubelet's cgroups to
 the kubelet. The tier on the host (tests/kubelet) cannot: a hybrid host counts as cgroup v1 for the kubelet.
 
+Here too, the kubelet's checkpoint API, where criu works (tests/kubelet/test_checkpoint.py has the host's refusal).
+
 The guest has no network and no tool cache: the host's VM tier puts the kubelet and the built image set into the io
 share (`inputs/`) when this file's tests are selected."""
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,3 +107,28 @@ def test_a_guaranteed_pod_in_the_kubelets_qos_cgroups(node: tuple[Kubelet, Pods]
     # the pod stops; the kubelet removes its pod cgroup once crisp has left it empty
     wait_until(lambda: kubelet.pod(name) is None, SLOW, "the pod gone from the kubelet's /pods")
     wait_until(lambda: not (root / "kubepods" / f"pod{uid}").exists(), SLOW, "the kubelet's pod cgroup removed")
+
+
+def test_the_kubelets_checkpoint_api_makes_an_archive(node: tuple[Kubelet, Pods]) -> None:
+    """POST /checkpoint: the kubelet asks crisp's CheckpointContainer for an archive in its root dir's
+    checkpoints/; crisp dumps the container with CRIU and leaves it running."""
+    kubelet, _ = node
+    name = kubelet.add_pod(pod_manifest("ckpt", [container(
+        "app", BUSYBOX, ["sh", "-c", "echo kept > /tmp/marker; exec sleep 100000"])]))
+    try:
+        pod = wait_pod(kubelet, name, is_ready, SLOW, "Running and Ready")
+        status, body = kubelet.checkpoint(name, "app", timeout=SLOW)
+        assert status == 200, (status, body)
+        archive = Path(json.loads(body)["items"][0])
+        assert archive.parent == kubelet.root / "checkpoints", archive
+        with tarfile.open(archive) as tar:
+            names = set(tar.getnames())
+        assert {"config.dump", "spec.dump", "rootfs-diff.tar", "checkpoint/inventory.img",
+                "checkpoint/pstree.img"} <= names, sorted(names)
+        again = wait_pod(kubelet, name, is_ready, SLOW, "still Running and Ready")
+        app = next(c for c in again["status"]["containerStatuses"] if c["name"] == "app")
+        assert "running" in app["state"] and app["restartCount"] == 0, app
+        assert container_id(again, "app") == container_id(pod, "app")
+    finally:
+        kubelet.remove_pod("ckpt")
+    wait_until(lambda: kubelet.pod(name) is None, SLOW, "the pod gone from the kubelet's /pods")
