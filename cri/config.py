@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runtime import errors
+from runtime import errors, failpoints
 from runtime.cgroups import paths as cgroup_paths
 from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
 from runtime.network.cni import DEFAULT_BIN_DIRS as DEFAULT_CNI_BIN_DIRS
@@ -296,10 +296,21 @@ class ShimConfig:
 class DebugConfig:
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
-    # named places where creation fails on purpose (tests of rollback), e.g. "run_pod_sandbox.network"
+    # fail points (runtime/failpoints.py lists them) where crispd fails on purpose (tests of rollback), e.g.
+    # "run_pod_sandbox.network"
     fail_points: list[str] = field(default_factory=list)
-    # named places where creation pauses this many milliseconds (tests of callers that give up)
+    # fail points where crispd pauses this many milliseconds (tests of callers that give up)
     delay_points: dict[str, int] = field(default_factory=dict)
+    # fail points where crispd stops until it is killed (tests of kill -9 at every step)
+    hang_points: list[str] = field(default_factory=list)
+
+    def check(self) -> list[tuple[str, str]]:
+        for key, names in (("fail_points", self.fail_points), ("delay_points", list(self.delay_points)),
+                           ("hang_points", self.hang_points)):
+            for name in names:
+                if name not in failpoints.ALL:
+                    return [(key, f"{name!r} is not a fail point (runtime/failpoints.py lists them)")]
+        return []
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The container controller: start, stop and remove a container, record its exit once, watch it until it exits.
 
 Start, Stop, Remove (and UpdateContainerResources) of one container run one at a time (the container's lock);
-state changes are written to the store first and published as events right after.
+state changes are written to the store first and published as events right after. A creation that crispd did
+not live to finish or undo is undone at its next start (`undo_unfinished`) with the steps Remove uses.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import logging
 import shutil
 import signal
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri.debug import DebugPoints
 from cri.events import EventPublisher
 from cri.metrics import Metrics
 from cri.oci import oci_resources
@@ -32,6 +36,16 @@ log = logging.getLogger(__name__)
 KILL_WAIT = 10.0
 
 
+@dataclass(frozen=True)
+class ContainerRemains:
+    """Where a container that has no record may have left something (from its creation's intent, or the
+    dirs' own names)."""
+
+    bundle: Path
+    container_dir: Path
+    cgroup: str | None  # None: not known; left alone
+
+
 def exit_reason(status: ExitStatus) -> str:
     if status.oom_killed:
         return "OOMKilled"
@@ -41,7 +55,7 @@ def exit_reason(status: ExitStatus) -> str:
 class ContainerController:
     def __init__(self, *, containers: ContainerStore, names: NameIndex, sandboxes: SandboxStore, shims: ShimManager,
                  cgroups: Callable[[], CgroupV2Manager], missing_controller: str, events: EventPublisher,
-                 metrics: Metrics, clock_ns: Callable[[], int]) -> None:
+                 metrics: Metrics, debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
         self.containers = containers
         self.names = names
         self.sandboxes = sandboxes
@@ -50,6 +64,7 @@ class ContainerController:
         self.missing_controller = missing_controller
         self.events = events
         self.metrics = metrics
+        self.debug = debug
         self.clock_ns = clock_ns
         # the exit watches: crispd keeps a reference to each (the loop keeps only weak ones)
         self._watches: set[asyncio.Task[None]] = set()
@@ -66,8 +81,10 @@ class ContainerController:
             if sandbox is None or sandbox.status.state != READY:
                 raise errors.FailedPrecondition(f"the pod of container {container.id} is not ready")
             started_at = await self.shims.client(container.id).start()
+            await self.debug.point("start_container.shim")
             await self.containers.update(container, state=RUNNING, started_at=started_at or self.clock_ns())
             self.watch(container)
+            await self.debug.point("start_container.record")
         log.info("container %s started", container.id)
         self.events.container(container, cri.CONTAINER_STARTED_EVENT)
 
@@ -147,21 +164,26 @@ class ContainerController:
         if grace > 0:
             with contextlib.suppress(errors.NotFound, errors.FailedPrecondition, errors.Unavailable):
                 await client.kill(container.meta.stop_signal)
+            await self.debug.point("stop_container.signal")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(container.exited.wait(), grace)
+            await self.debug.point("stop_container.grace")
         if not container.exited.is_set():
             with contextlib.suppress(errors.NotFound, errors.FailedPrecondition, errors.Unavailable):
                 await client.kill(signal.SIGKILL, all=True)
+            await self.debug.point("stop_container.kill")
             try:
                 await asyncio.wait_for(container.exited.wait(), KILL_WAIT)
             except TimeoutError:
                 raise errors.DeadlineExceeded(f"container {container.id} did not exit after SIGKILL") from None
-        await self._kill_cgroup(container)
+            await self.debug.point("stop_container.killed")
+        await self._kill_cgroup(container.meta.cgroup)
+        await self.debug.point("stop_container.cgroup")
         log.info("container %s stopped", container.id)
 
-    async def _kill_cgroup(self, container: Container) -> None:
+    async def _kill_cgroup(self, path: str) -> None:
         """Whatever the container left behind (processes of a shared PID namespace) dies with its cgroup."""
-        cgroup = self.cgroups().cgroup(container.meta.cgroup)
+        cgroup = self.cgroups().cgroup(path)
 
         def kill() -> None:
             if cgroup.exists() and cgroup.created_by_crisp():
@@ -180,20 +202,43 @@ class ContainerController:
         if self.containers.find(container.id) is None:
             return  # removed while we waited for the lock
         await self._stop(container, 0)
+        await self.debug.point("remove_container.stopped")
         await self.shims.discard(container.id)
-        cgroup = self.cgroups().cgroup(container.meta.cgroup)
-
-        def cleanup() -> None:
-            if cgroup.exists() and cgroup.created_by_crisp():
-                cgroup.remove()
-            shutil.rmtree(container.meta.bundle, ignore_errors=True)
-            shutil.rmtree(container.meta.container_dir, ignore_errors=True)
-
-        await asyncio.to_thread(cleanup)
+        await self.debug.point("remove_container.shim")
+        meta = container.meta
+        await self._remove_remains(ContainerRemains(Path(meta.bundle), Path(meta.container_dir), meta.cgroup))
+        await self.debug.point("remove_container.dirs")
         await self.containers.delete(container)
+        await self.debug.point("remove_container.record")
         await self.names.release(container.meta.name, container.id)
+        await self.debug.point("remove_container.name")
         log.info("container %s removed", container.id)
         self.events.container(container, cri.CONTAINER_DELETED_EVENT)
+
+    async def _remove_remains(self, remains: ContainerRemains) -> None:
+        """The container's cgroup (if crisp made it), its bundle and its writable layer."""
+        cgroup = self.cgroups().cgroup(remains.cgroup) if remains.cgroup is not None else None
+
+        def cleanup() -> None:
+            if cgroup is not None and cgroup.exists() and cgroup.created_by_crisp():
+                cgroup.remove()
+            shutil.rmtree(remains.bundle, ignore_errors=True)
+            shutil.rmtree(remains.container_dir, ignore_errors=True)
+
+        await asyncio.to_thread(cleanup)
+
+    async def undo_unfinished(self, container_id: str, name: str, remains: ContainerRemains) -> None:
+        """Undo a creation that crispd did not finish (it died): its shim deletes the container and exits (a
+        dead shim's remains are cleaned up), whatever runs in its cgroup is killed, its dirs go, and its name is
+        free again. A container that cannot be deleted raises, and everything stays for the next try."""
+        log.info("container %s (%s): undoing its creation, which crispd did not finish", container_id,
+                 name or "no name")
+        await self.shims.discard(container_id)
+        if remains.cgroup is not None:
+            await self._kill_cgroup(remains.cgroup)
+        await self._remove_remains(remains)
+        if name:
+            await self.names.release(name, container_id)
 
     # --- a pod's containers ---------------------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ Running a pod is a list of steps, each of which registers its undo; removing a p
 (`_remove_dir`, `_remove_cgroup`, `_unpin`, `_remove_pod_init`, `_unmount_shm`, `_teardown_network`) in the same
 order, so a failed RunPodSandbox and a RemovePodSandbox leave the same nothing behind. Every undo is idempotent:
 missing pieces are fine. Everything a request could get wrong is checked in `plan`, before anything is made.
+
+A creation that crispd did not live to finish or undo (it was killed) is undone at its next start with the same
+steps (`undo_unfinished`), from what the name reservation kept of the plan (`PodPlan.intent`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cri import api as cri
 from cri.debug import DebugPoints
@@ -35,8 +39,8 @@ from runtime import errors
 from runtime.cgroups import CgroupV2Manager, enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.mounts import mount_tmpfs, unmount
-from runtime.namespaces.pidns import remove_pid_pin, start_pod_init, stop_pod_init
-from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, unpin_namespaces
+from runtime.namespaces.pidns import find_pod_init, remove_pid_pin, start_pod_init, stop_pod_init
+from runtime.namespaces.pin import KINDS, NamespaceSetup, pin_namespaces, unpin_namespaces
 from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 from runtime.network.manager import NetworkManager
 from runtime.network.types import PodNetworkRequest
@@ -68,6 +72,23 @@ class PodPlan:
     # the pod's network, once for setup and for its undo; None for a host-network pod
     network: PodNetworkRequest | None
 
+    def intent(self) -> dict[str, Any]:
+        """What undoing this creation needs, kept with the name reservation until the pod is removed."""
+        return {"dir": str(self.dir), "cgroup": self.cgroup, "config": self.config.SerializeToString().hex()}
+
+
+@dataclass(frozen=True)
+class PodRemains:
+    """What a pod may hold on the host, to be given back (from its record, or from a creation's intent)."""
+
+    id: str
+    dir: Path
+    cgroup: str | None  # None: not known (a pod dir without record or intent): left alone
+    network: PodNetworkRequest | None
+    pod_init: ProcessRef | None  # None: found from its pinned PID namespace, if it has one
+    pins: tuple[Path, ...]
+    pid_pin: Path | None
+
 
 class PodSandboxController:
     def __init__(self, *, state_dir: Path, cgroup_base: str, missing_controller: str, sandboxes: SandboxStore,
@@ -97,9 +118,7 @@ class PodSandboxController:
         ns = linux.security_context.namespace_options
         host_network, host_ipc = ns.network == cri.NODE, ns.ipc == cri.NODE
         pod_dir = self.state_dir / "sandboxes" / sandbox_id
-        network = None
-        if not host_network and self.network is not None:
-            network = pod_network_request(sandbox_id, str(pod_dir / "ns" / "net"), config)
+        network = self._pod_network(sandbox_id, str(pod_dir / "ns" / "net"), config)
         return PodPlan(
             id=sandbox_id, name=name, config=config, handler=handler, dir=pod_dir,
             cgroup=cgroup_paths.pod_cgroup_path(linux.cgroup_parent, config.metadata.uid, self.cgroup_base),
@@ -115,42 +134,46 @@ class PodSandboxController:
         pod_dir = plan.dir
         async with Rollback(f"RunPodSandbox {plan.id}") as undo:
             undo.push("name reservation", lambda: self.names.release(plan.name, plan.id))
+            await self.debug.point("run_pod_sandbox.name")
             await asyncio.to_thread(pod_dir.mkdir, mode=0o700, parents=True)
             undo.push("pod dir", lambda: self._remove_dir(pod_dir))
+            await self.debug.point("run_pod_sandbox.dir")
 
             await asyncio.to_thread(manager.create, plan.cgroup, exist_ok=True)
             undo.push("pod cgroup", lambda: self._remove_cgroup(plan.cgroup))
-            self.debug.fail("run_pod_sandbox.cgroup")
+            await self.debug.point("run_pod_sandbox.cgroup")
 
             kinds = {k for k, own in (("net", not plan.host_network), ("ipc", not plan.host_ipc),
                                       ("uts", not plan.host_network)) if own}
             setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()))
             pins = await pin_namespaces(pod_dir / "ns", setup)
-            undo.push("namespaces", lambda: self._unpin(pins.values()))
+            undo.push("namespaces", lambda: self._unpin(tuple(pins.values())))
             namespaces = {kind: str(path) for kind, path in pins.items()}
-            self.debug.fail("run_pod_sandbox.namespaces")
+            await self.debug.point("run_pod_sandbox.namespaces")
 
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
                 init_ref = await start_pod_init(pid_pin)
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
-                leaf = await asyncio.to_thread(manager.create,
-                                               cgroup_paths.container_cgroup_path(plan.cgroup, plan.id), exist_ok=True)
-                await asyncio.to_thread(leaf.add_process, init_ref.pid)
+                await self.debug.point("run_pod_sandbox.pod_init")
+                leaf = cgroup_paths.container_cgroup_path(plan.cgroup, plan.id)
+                await asyncio.to_thread(lambda: manager.create(leaf, exist_ok=True).add_process(init_ref.pid))
+                await self.debug.point("run_pod_sandbox.pod_init_cgroup")
                 namespaces["pid"] = str(pid_pin)
                 pod_init = (init_ref.pid, init_ref.start_time)
-            self.debug.fail("run_pod_sandbox.pod_init")
 
             files = await asyncio.to_thread(write_pod_files, pod_dir, plan.config, plan.hostname, plan.host_network)
+            await self.debug.point("run_pod_sandbox.files")
             shm_path = HOST_SHM
             if not plan.host_ipc:
                 shm = pod_dir / "shm"
                 await asyncio.to_thread(shm.mkdir, mode=0o755)
+                await self.debug.point("run_pod_sandbox.shm_dir")
                 await mount_tmpfs(shm, size_bytes=SHM_SIZE)
                 undo.push("pod /dev/shm", lambda: self._unmount_shm(shm))
+                await self.debug.point("run_pod_sandbox.shm")
                 shm_path = str(shm)
-            self.debug.fail("run_pod_sandbox.files")
 
             meta = SandboxMeta(
                 id=plan.id, name=plan.name, config=plan.config, runtime_handler=plan.handler,
@@ -161,13 +184,12 @@ class PodSandboxController:
             status = SandboxStatus(state=READY, pod_init=pod_init)
             if plan.network is not None:
                 status = await self._setup_network(plan.network, status, undo)
-            self.debug.fail("run_pod_sandbox.network")
-            await self.debug.delay("run_pod_sandbox.record")
+                await self.debug.point("run_pod_sandbox.network")
 
             sandbox = Sandbox(meta, status)
             await self.sandboxes.add(sandbox)
             undo.push("sandbox row", lambda: self.sandboxes.delete(sandbox))
-            self.debug.fail("run_pod_sandbox.record")
+            await self.debug.point("run_pod_sandbox.record")
             undo.commit()
         log.info("pod %s (%s) is ready", plan.id, plan.name)
         self.events.sandbox(sandbox, cri.CONTAINER_CREATED_EVENT)
@@ -201,12 +223,16 @@ class PodSandboxController:
     async def _stop(self, sandbox: Sandbox) -> None:
         """Kill everything in the pod (no grace: the kubelet stops containers first) and tear its network down."""
         await self.containers.stop_all(sandbox.id)
+        await self.debug.point("stop_pod_sandbox.containers")
         await self._kill_pod_processes(sandbox)
+        await self.debug.point("stop_pod_sandbox.processes")
         await self._teardown_network(self._network_request(sandbox))
+        await self.debug.point("stop_pod_sandbox.network")
         if sandbox.status.state == READY:
             await self.sandboxes.update(sandbox, state=NOT_READY)
             log.info("pod %s stopped", sandbox.id)
             self.events.sandbox(sandbox, cri.CONTAINER_STOPPED_EVENT)
+            await self.debug.point("stop_pod_sandbox.record")
 
     async def remove(self, sandbox: Sandbox) -> None:
         """Stop the pod, remove its containers, then undo every step of its creation (idempotent)."""
@@ -214,22 +240,59 @@ class PodSandboxController:
             if self.sandboxes.find(sandbox.id) is None:  # removed while we waited for the lock
                 return
             await self._stop(sandbox)
+            await self.debug.point("remove_pod_sandbox.stopped")
             await self.containers.remove_all(sandbox.id)
-            await self._teardown_network(self._network_request(sandbox))  # again: a stop may have found it busy
+            await self.debug.point("remove_pod_sandbox.containers")
             meta = sandbox.meta
-            pod_dir = Path(meta.dir)
-            if not meta.host_ipc:
-                await self._unmount_shm(pod_dir / "shm")
             pid_pin = meta.namespaces.get("pid")
-            if pid_pin is not None:
-                await self._remove_pod_init(sandbox.status.pod_init_ref(), Path(pid_pin), meta.cgroup, meta.id)
-            await self._unpin(Path(p) for kind, p in meta.namespaces.items() if kind != "pid")
-            await self._remove_cgroup(meta.cgroup)
-            await self._remove_dir(pod_dir)
+            await self._dismantle(PodRemains(  # no fail point: its steps have theirs
+                id=sandbox.id, dir=Path(meta.dir), cgroup=meta.cgroup, network=self._network_request(sandbox),
+                pod_init=sandbox.status.pod_init_ref(),
+                pins=tuple(Path(p) for kind, p in meta.namespaces.items() if kind != "pid"),
+                pid_pin=Path(pid_pin) if pid_pin is not None else None))
             await self.sandboxes.delete(sandbox)
+            await self.debug.point("remove_pod_sandbox.record")
             await self.names.release(meta.name, sandbox.id)
+            await self.debug.point("remove_pod_sandbox.name")
         log.info("pod %s removed", sandbox.id)
         self.events.sandbox(sandbox, cri.CONTAINER_DELETED_EVENT)
+
+    async def _dismantle(self, pod: PodRemains) -> None:
+        """Give back everything the pod holds on the host, in the order a failed RunPodSandbox undoes it: its
+        network (again, for a remove: a stop may have found it busy), /dev/shm, PID 1, the pins, the cgroup, the
+        dir. Each step is idempotent."""
+        await self._teardown_network(pod.network)
+        await self.debug.point("remove_pod_sandbox.network")
+        await self._unmount_shm(pod.dir / "shm")
+        await self.debug.point("remove_pod_sandbox.shm")
+        if pod.pid_pin is not None:
+            await self._remove_pod_init(pod.pod_init, pod.pid_pin, pod.cgroup, pod.id)
+            await self.debug.point("remove_pod_sandbox.pod_init")
+        await self._unpin(pod.pins)
+        await self.debug.point("remove_pod_sandbox.namespaces")
+        if pod.cgroup is not None:
+            await self._remove_cgroup(pod.cgroup)
+            await self.debug.point("remove_pod_sandbox.cgroup")
+        await self._remove_dir(pod.dir)
+        await self.debug.point("remove_pod_sandbox.dir")
+
+    async def undo_unfinished(self, sandbox_id: str, name: str, intent: dict[str, Any]) -> None:
+        """Undo a creation that crispd did not finish (it died): the steps a failed RunPodSandbox would have run,
+        from the reservation's intent (empty for a pod dir that nothing refers to), and the name is free again."""
+        pod_dir = Path(intent.get("dir") or self.state_dir / "sandboxes" / sandbox_id)
+        cgroup = intent.get("cgroup")
+        network: PodNetworkRequest | None = None
+        if "config" in intent:
+            config = cri.PodSandboxConfig.FromString(bytes.fromhex(intent["config"]))
+            network = self._pod_network(sandbox_id, str(pod_dir / "ns" / "net"), config)
+        elif self.network is not None:
+            network = PodNetworkRequest(sandbox_id=sandbox_id, netns="")
+        log.info("pod %s (%s): undoing its creation, which crispd did not finish", sandbox_id, name or "no name")
+        await self._dismantle(PodRemains(
+            id=sandbox_id, dir=pod_dir, cgroup=str(cgroup) if cgroup else None, network=network, pod_init=None,
+            pins=tuple(pod_dir / "ns" / kind for kind in KINDS), pid_pin=pod_dir / "ns" / "pid"))
+        if name:
+            await self.names.release(name, sandbox_id)
 
     async def update_resources(self, sandbox: Sandbox, resources: cri.LinuxContainerResources) -> None:
         """Size the pod cgroup, live: crispd owns it when it made it (the kubelet sizes its own)."""
@@ -267,9 +330,13 @@ class PodSandboxController:
 
     def _network_request(self, sandbox: Sandbox) -> PodNetworkRequest | None:
         """The pod's network request as RunPodSandbox made it (host-network pods have none)."""
-        if sandbox.meta.host_network or self.network is None:
+        return self._pod_network(sandbox.id, sandbox.meta.namespaces.get("net", ""), sandbox.meta.config)
+
+    def _pod_network(self, sandbox_id: str, netns: str, config: cri.PodSandboxConfig) -> PodNetworkRequest | None:
+        """The network request of a pod (None for a host-network pod, or without a pod network)."""
+        if config.linux.security_context.namespace_options.network == cri.NODE or self.network is None:
             return None
-        return pod_network_request(sandbox.id, sandbox.meta.namespaces.get("net", ""), sandbox.meta.config)
+        return pod_network_request(sandbox_id, netns, config)
 
     # --- the undo steps, shared by a failed run and by remove -----------------------------------------------
 
@@ -284,14 +351,19 @@ class PodSandboxController:
     async def _unmount_shm(self, shm: Path) -> None:
         await unmount(shm)
 
-    async def _remove_pod_init(self, ref: ProcessRef | None, pin: Path, pod_cgroup: str, sandbox_id: str) -> None:
-        """Kill the pod's PID 1 (every process of its PID namespace dies with it), unpin, remove its cgroup leaf."""
+    async def _remove_pod_init(self, ref: ProcessRef | None, pin: Path, pod_cgroup: str | None, sandbox_id: str
+                               ) -> None:
+        """Kill the pod's PID 1 (every process of its PID namespace dies with it), unpin, remove its cgroup leaf.
+        A PID 1 that no record names is found through the pin."""
+        if ref is None:
+            ref = await asyncio.to_thread(find_pod_init, pin)
         await stop_pod_init(ref)
         await remove_pid_pin(pin)
-        leaf = self.cgroups().cgroup(cgroup_paths.container_cgroup_path(pod_cgroup, sandbox_id))
-        await asyncio.to_thread(leaf.remove)
+        if pod_cgroup is not None:
+            leaf = self.cgroups().cgroup(cgroup_paths.container_cgroup_path(pod_cgroup, sandbox_id))
+            await asyncio.to_thread(leaf.remove)
 
-    async def _unpin(self, pins: Iterable[Path]) -> None:
+    async def _unpin(self, pins: tuple[Path, ...]) -> None:
         await unpin_namespaces(pins)
 
     async def _remove_cgroup(self, path: str) -> None:

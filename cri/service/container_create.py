@@ -63,16 +63,28 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
     if sandbox.status.state != READY:
         raise errors.FailedPrecondition(f"pod {sandbox.id} is not ready: cannot create containers in it")
     name = container_name(config, sandbox)
-    earlier = ctx.creations.abandoned_result(ctx.container_names, name)
+    earlier = await ctx.creations.abandoned_result(ctx.container_names, name)
     if earlier is not None:
-        log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
+        log.info("CreateContainer %s: returning container %s, made for an earlier call that never got its answer",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
     container_id = secrets.token_hex(32)
-    await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
-    await ctx.creations.run_to_the_end("container", name, container_id,
+    # what undoing this creation needs, should crispd die before it is done or undone (cri/recovery.py)
+    intent = {"sandbox_id": sandbox.id, "bundle": str(_bundle_dir(ctx, container_id)),
+              "container_dir": str(_container_dir(ctx, container_id)),
+              "cgroup": cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)}
+    await ctx.container_names.reserve(name, container_id, ctx.clock_ns(), intent)
+    await ctx.creations.run_to_the_end("container", ctx.container_names, name, container_id,
                                        _create(ctx, container_id, name, sandbox, request), context)
     return cri.CreateContainerResponse(container_id=container_id)
+
+
+def _bundle_dir(ctx: ServiceContext, container_id: str) -> Path:
+    return ctx.state_dir / "containers" / container_id
+
+
+def _container_dir(ctx: ServiceContext, container_id: str) -> Path:
+    return ctx.root_dir / "containers" / container_id
 
 
 def _log_path(sandbox: Sandbox, config: cri.ContainerConfig) -> str:
@@ -119,20 +131,22 @@ def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
 async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
                   request: cri.CreateContainerRequest) -> None:
     config = request.config
-    image = await ctx.images.resolve(config.image.image)
+    image = await ctx.images.resolve(config.image.image)  # no fail point: a read
     log_path = _log_path(sandbox, config)
     handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
-    bundle = ctx.state_dir / "containers" / container_id
+    bundle = _bundle_dir(ctx, container_id)
     cgroup = cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)
-    container_dir = ctx.root_dir / "containers" / container_id
+    container_dir = _container_dir(ctx, container_id)
     meta_ns = sandbox.meta.namespaces
     privileged = config.linux.security_context.privileged
 
     async with Rollback(f"CreateContainer {container_id}") as undo:
         undo.push("name reservation", lambda: ctx.container_names.release(name, container_id))
+        await ctx.debug.point("create_container.name")
         undo.push("dirs", lambda: asyncio.to_thread(_remove_dirs, bundle, container_dir))
         await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config)
+        await ctx.debug.point("create_container.dirs")
 
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
                           workdir=str(container_dir / "work"))
@@ -143,7 +157,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             target_pid_ns_path=_target_pid_ns(ctx, config, sandbox),
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
-        features = await ctx.handlers.features(sandbox.meta.runtime_handler)
+        features = await ctx.handlers.features(sandbox.meta.runtime_handler)  # no fail point: a read
         options = SpecOptions.from_config(ctx.config.oci, ctx.node,
                                           recursive_read_only=features.recursive_read_only_mounts)
         image_config = image.runtime_config
@@ -157,10 +171,10 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
                 image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host, options=options)
             return build_container_spec(inputs)
 
-        spec = await asyncio.to_thread(build)
-        spec = await _check_controllers(ctx, container_id, spec, cgroup)
+        spec = await asyncio.to_thread(build)  # no fail point: a read
+        spec = await _check_controllers(ctx, container_id, spec, cgroup)  # no fail point: a read
         await asyncio.to_thread(_write_spec, bundle, spec)
-        ctx.debug.fail("create_container.spec")
+        await ctx.debug.point("create_container.spec")
 
         shim_config = ShimConfig(
             id=container_id, bundle=str(bundle), executor=list(handler.argv), executor_root=str(handler.root),
@@ -170,8 +184,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
         _, pid = await ctx.shims.create(shim_config)
         undo.push("shim and container", lambda: ctx.shims.discard(container_id))
-        ctx.debug.fail("create_container.shim")
-        await ctx.debug.delay("create_container.record")
+        await ctx.debug.point("create_container.shim")
 
         user = spec["process"]["user"]
         meta = ContainerMeta(
@@ -185,7 +198,7 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
         container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex()))
         await ctx.containers.add(container)
         undo.push("container row", lambda: ctx.containers.delete(container))
-        ctx.debug.fail("create_container.record")
+        await ctx.debug.point("create_container.record")
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)

@@ -66,7 +66,7 @@ class ServiceContext:
     @classmethod
     def wire(cls, *, config: Config, store: Store, metrics: Metrics, readiness: Readiness, images: ImageManager,
              sandboxes: SandboxStore, containers: ContainerStore, shims: ShimManager, streaming: StreamingServer,
-             network: NetworkManager | None, cgroups: CgroupV2Manager | None, node: NodeFacts,
+             network: NetworkManager | None, debug: DebugPoints, cgroups: CgroupV2Manager | None, node: NodeFacts,
              clock_ns: Callable[[], int] = time.time_ns) -> ServiceContext:
         """The object graph of the RPCs, built once from the parts the daemon started."""
         sandbox_names = NameIndex(store, "sandbox")
@@ -74,10 +74,10 @@ class ServiceContext:
         broker = EventBroker(config.events.subscriber_buffer, on_drop=metrics.event_subscribers_dropped.inc)
         events = EventPublisher(broker, sandboxes, containers, clock_ns)
         cgroup_manager = _cgroup_manager(cgroups)
-        debug = DebugPoints(config.debug)
         lifecycle = ContainerController(
             containers=containers, names=container_names, sandboxes=sandboxes, shims=shims, cgroups=cgroup_manager,
-            missing_controller=config.cgroup.missing_controller, events=events, metrics=metrics, clock_ns=clock_ns)
+            missing_controller=config.cgroup.missing_controller, events=events, metrics=metrics, debug=debug,
+            clock_ns=clock_ns)
         pods = PodSandboxController(
             state_dir=Path(config.state), cgroup_base=config.cgroup.base,
             missing_controller=config.cgroup.missing_controller, sandboxes=sandboxes, names=sandbox_names,

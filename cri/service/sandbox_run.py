@@ -43,12 +43,14 @@ async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest
     if handler not in ctx.handlers.names():
         raise errors.InvalidArgument(f"unknown runtime handler {handler!r}")
     name = sandbox_name(config.metadata)
-    earlier = ctx.creations.abandoned_result(ctx.sandbox_names, name)
+    earlier = await ctx.creations.abandoned_result(ctx.sandbox_names, name)
     if earlier is not None:
-        log.info("RunPodSandbox %s: returning pod %s, created after an earlier caller gave up", name, earlier)
+        log.info("RunPodSandbox %s: returning pod %s, made for an earlier call that never got its answer", name,
+                 earlier)
         return cri.RunPodSandboxResponse(pod_sandbox_id=earlier)
     sandbox_id = secrets.token_hex(32)
     plan = ctx.sandbox_control.plan(sandbox_id, name, config, handler)
-    await ctx.sandbox_names.reserve(name, sandbox_id, ctx.clock_ns())
-    await ctx.creations.run_to_the_end("pod", name, sandbox_id, ctx.sandbox_control.run(plan), context)
+    await ctx.sandbox_names.reserve(name, sandbox_id, ctx.clock_ns(), plan.intent())
+    await ctx.creations.run_to_the_end("pod", ctx.sandbox_names, name, sandbox_id, ctx.sandbox_control.run(plan),
+                                       context)
     return cri.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)

@@ -75,7 +75,13 @@ CREATE TABLE ip_leases (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+# v2: a name reservation keeps what its creation is about to make (JSON), so that a crispd that died half way
+# through a creation finds and undoes it at its next start (cri/recovery.py)
+_SCHEMA_V2 = """
+ALTER TABLE name_reservations ADD COLUMN intent TEXT NOT NULL DEFAULT '{}';
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from runtime import errors
+from runtime.failpoints import NoPoints, Points
 from runtime.image.hosts import registry_hosts
 from runtime.image.manifest import (
     INDEX_TYPES,
@@ -94,8 +95,10 @@ class Puller:
     """Pulls images into an ImageStore; shared by all pulls (threads and connection pools)."""
 
     def __init__(self, store: ImageStore, client: RegistryClient, hosts_dir: str, max_concurrent_downloads: int,
-                 progress_timeout: float, on_fetched: Callable[[int], None] | None = None) -> None:
+                 progress_timeout: float, on_fetched: Callable[[int], None] | None = None,
+                 points: Points | None = None) -> None:
         self.store = store
+        self.points = points or NoPoints()
         # told of every chunk of layer bytes downloaded (from a pool thread): crispd's metrics
         self.on_fetched = on_fetched
         self.client = client
@@ -176,16 +179,16 @@ class Puller:
     async def _pull(self, ref: Reference, credentials: list[Credentials], hold: HoldFn, cancel: threading.Event,
                     progress: _Progress,
                     in_thread: Callable[..., asyncio.Future[Any]], sessions: list[RepositorySession]) -> PulledImage:
-        hosts = await in_thread(lambda: registry_hosts(self.hosts_dir, ref.domain))
+        hosts = await in_thread(lambda: registry_hosts(self.hosts_dir, ref.domain))  # no fail point: a read
         session = self.client.session(ref, hosts, credentials, cancel)
         sessions.append(session)
-        resolved = await in_thread(session.resolve)
+        resolved = await in_thread(session.resolve)  # no fail point: a read
         progress.touch()
         blobs: dict[str, bytes] = {resolved.digest: resolved.body}
         platform = host_platform()
         if resolved.media_type in INDEX_TYPES:
             chosen = select_platform(resolved.body, resolved.digest, platform)
-            manifest = await in_thread(lambda: session.fetch_manifest(chosen.digest))
+            manifest = await in_thread(lambda: session.fetch_manifest(chosen.digest))  # no fail point: a read
             if manifest.media_type in INDEX_TYPES:
                 raise errors.InvalidArgument(f"{ref}: index {chosen.digest} nested in an index is not supported")
             log.info("resolved %s to index %s, %s manifest %s", ref, resolved.digest, chosen.platform,
@@ -199,7 +202,7 @@ class Puller:
         blobs[manifest.digest] = manifest.body
         parsed = parse_manifest(manifest.body, manifest.digest)
         config_desc = parsed.config
-        config_body = await in_thread(
+        config_body = await in_thread(  # no fail point: a read
             lambda: session.fetch_small_blob(config_desc.digest, config_desc.size, MAX_CONFIG_BYTES))
         progress.touch()
         config = parse_config(config_body, config_desc.digest, len(parsed.layers))
@@ -212,13 +215,15 @@ class Puller:
         layers = tuple(LayerInfo(d.digest, d.size, d.media_type, diff, chain)
                        for d, diff, chain in zip(parsed.layers, diff_ids, chains, strict=True))
         all_blobs = (*blobs, *(layer.digest for layer in layers))
-        await hold(set(all_blobs), set(chains))
+        await hold(set(all_blobs), set(chains))  # no fail point: leases in crispd's memory
         # everything this image needs is held from here on: GC leaves it alone
         await in_thread(lambda: [self.store.put_blob(d, body) for d, body in blobs.items()])
+        await self.points.point("pull_image.metadata")
         progress.total = sum(layer.size for layer in layers)
         jobs = [in_thread(lambda layer=layer: self._fetch_layer(session, layer, progress, cancel), self._pool)
                 for layer in layers]
         await asyncio.gather(*jobs)
+        await self.points.point("pull_image.layers")
         size = sum(len(body) for body in blobs.values()) + progress.total
         return PulledImage(
             id=config_desc.digest, resolved_digest=resolved.digest, resolved_media_type=resolved.media_type,
@@ -245,6 +250,7 @@ class Puller:
 
             session.fetch_blob(layer.digest, layer.size, lambda: self.store.writer(layer.digest, layer.size),
                                fetched)
+            self.points.point_in_thread("pull_image.layer_fetched")
         tmp = self.store.new_tmp_dir("unpack-")
         try:
             fs = tmp / "fs"
@@ -255,6 +261,7 @@ class Puller:
         except BaseException:
             remove_tree(tmp)
             raise
+        self.points.point_in_thread("pull_image.layer_unpacked")
         log.debug("unpacked layer %s (%d entries) into snapshot %s", layer.digest, result.entries, layer.chain_id)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.command import run_command
-from runtime.mounts import unmount
+from runtime.mounts import is_mountpoint, unmount
 from runtime.namespaces import podinit
 from runtime.procs import ProcessRef
 
@@ -65,6 +65,30 @@ def _read_line(fd: int) -> str:
             break
         data += chunk
     return data.decode()
+
+
+def find_pod_init(pin: Path) -> ProcessRef | None:
+    """PID 1 of the PID namespace pinned at `pin`, found in /proc (for a pod init that no record names: crispd
+    died before it wrote one); None if nothing is pinned there or the namespace has no process left."""
+    if not is_mountpoint(pin):
+        return None
+    try:
+        wanted = f"pid:[{os.stat(pin).st_ino}]"
+    except OSError:
+        return None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry.name}/ns/pid") != wanted:
+                continue
+            with open(f"/proc/{entry.name}/status") as f:
+                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        except OSError:
+            continue
+        if nspid and nspid[-1] == "1":
+            return ProcessRef.of(int(entry.name))
+    return None
 
 
 STOP_TIMEOUT = 10.0

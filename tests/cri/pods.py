@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.integration.netutil import free_subnet4
-from tests.leaks import cgroups_under, mounts_under, processes_mentioning, remove_cgroup_tree
+from tests.leaks import (
+    cgroups_under,
+    children_of,
+    mounts_under,
+    processes_mentioning,
+    processes_using,
+    remove_cgroup_tree,
+)
 
 NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
 
@@ -54,18 +62,42 @@ class Pods:
         return str(response.pod_sandbox_id)
 
     def leaks(self) -> list[str]:
+        """Everything pods and containers make that is still there: mounts (pins, /dev/shm, rootfs), cgroups,
+        processes (pod inits, shims, containers), pod and container dirs, veths, hostPort rules, and the rows
+        (pods, containers, names, IP leases)."""
         left = [f"mount {m}" for m in mounts_under(self.daemon.base)]
         left += [f"cgroup {c}" for c in cgroups_under(self.cgroup_base)]
-        crispd = str(self.daemon.proc.pid) if self.daemon.proc else ""
+        crispd = self.daemon.proc.pid if self.daemon.proc and self.daemon.proc.poll() is None else 0
         left += [f"process {p}" for p in processes_mentioning(str(self.daemon.state))
-                 if p.split(":")[0] != crispd]
-        sandboxes = self.daemon.state / "sandboxes"
-        if sandboxes.exists():
-            left += [f"dir {d}" for d in sandboxes.iterdir()]
+                 if p.split(":")[0] != str(crispd)]
+        ours = {crispd, *children_of(crispd)} if crispd else set()
+        left += [f"process {p}" for p in processes_using(self.daemon.base, exclude=ours)]
+        for parent in (self.daemon.state / "sandboxes", self.daemon.state / "containers",
+                       self.daemon.root / "containers"):
+            if parent.exists():
+                left += [f"dir {d}" for d in parent.iterdir()]
         ports = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True,
                                text=True).stdout.split("\n")
         left += [f"veth {line.split(':')[1].strip()}" for line in ports if line.strip()]
+        rules = subprocess.run(["nft", "list", "table", "inet", self.bridge], capture_output=True, text=True).stdout
+        left += [f"nft rule {line.strip()}" for line in rules.splitlines() if 'comment "crisp:' in line]
+        left += [f"row {row}" for row in self.rows()]
         return left
+
+    def rows(self) -> list[str]:
+        """The pod, container, name and IP lease rows in crispd's database (images are not a pod's)."""
+        db = self.daemon.root / "crisp.db"
+        if not db.exists():
+            return []
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            found = []
+            for table, column in (("sandboxes", "id"), ("containers", "id"), ("name_reservations", "name"),
+                                  ("ip_leases", "ip")):
+                found += [f"{table} {value}" for (value,) in conn.execute(f"SELECT {column} FROM {table}")]
+            return found
+        finally:
+            conn.close()
 
 
 @contextlib.contextmanager

@@ -373,7 +373,7 @@ def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
 
 def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: TestImages) -> None:
     p = Pods(tmp_path)
-    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"create_container.record" = 1500\n')
+    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"create_container.shim" = 1500\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")

@@ -312,7 +312,7 @@ def test_pod_cgroup_from_cgroup_parent(pods: Pods) -> None:
 
 def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
     p = Pods(tmp_path)
-    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n')
+    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"run_pod_sandbox.network" = 1500\n')
     p.daemon.start()
     try:
         request = cri.RunPodSandboxRequest(config=pod_config("slow"))
