@@ -310,6 +310,8 @@ class DebugConfig:
             for name in names:
                 if name not in failpoints.ALL:
                     return [(key, f"{name!r} is not a fail point (runtime/failpoints.py lists them)")]
+                if key != "hang_points" and failpoints.operation_of(name) == "shim":
+                    return [(key, f"{name!r} is a shim's point: a shim only stops there (hang_points)")]
         return []
 
 

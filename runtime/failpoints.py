@@ -6,7 +6,7 @@ failure's), pauses (`delay_points`) or stops until it is killed (`hang_points`: 
 point by its name (`cri.debug.DebugPoints`); a name that is not listed here is a bug, and so is a step without a
 point (tests/unit/test_failpoints.py reads the functions named in `STEP_FUNCTIONS`).
 
-Standard library only: crispd and the image puller import it.
+Standard library only: crispd, the image puller and the shim import it.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ STEPS: dict[str, tuple[str, ...]] = {
     ),
     # not an RPC: crispd's start, before it recovers and says it is ready
     "crispd": ("crispd.ready",),
+    # the shim's steps (only `hang_points`: a shim stops there until it is killed, see shim/server.py): up and
+    # serving, the rootfs mounted (OCI runtimes), the container created, started, an exec started, the init's
+    # exit recorded (before anyone heard of it), the container deleted (before the shim's files go)
+    "shim": ("shim.listening", "shim.rootfs", "shim.created", "shim.started", "shim.exec", "shim.exited",
+             "shim.deleted"),
 }
 
 # operation -> the coroutines ("module:Class.function") whose every step (an `await` statement) must be followed by

@@ -25,6 +25,22 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def processes_with_argument(argument: str) -> list[int]:
+    """The pids whose command line has `argument` as one of its arguments (this process excluded)."""
+    wanted = argument.encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if wanted in f.read().split(b"\0"):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 @dataclass(frozen=True)
 class ProcessRef:
     pid: int

@@ -99,6 +99,7 @@ def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
         _report(sync_fd, {"ok": True, "pid": os.getpid(), "start_time": start_time, "warnings": warnings})
         sync_fd = -1
         log(f"shim {VERSION} ready for container {config.id}")
+        shim.point("shim.listening")
         shim.run()
         code = 0
     except ShimError as exc:

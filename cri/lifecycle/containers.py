@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # after SIGKILL, how long the container may take to be reported gone
 KILL_WAIT = 10.0
+# how long a shim that dropped a call may take to be gone, if it is dying
+SHIM_GONE_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,11 @@ class ContainerController:
             sandbox = self.sandboxes.find(container.meta.sandbox_id)
             if sandbox is None or sandbox.status.state != READY:
                 raise errors.FailedPrecondition(f"the pod of container {container.id} is not ready")
-            started_at = await self.shims.client(container.id).start()
+            try:
+                started_at = await self.shims.client(container.id).start()
+            except errors.Unavailable:
+                await self._shim_died(container)
+                raise
             await self.debug.point("start_container.shim")
             await self.containers.update(container, state=RUNNING, started_at=started_at or self.clock_ns())
             self.watch(container)
@@ -126,6 +132,19 @@ class ContainerController:
         except errors.NotFound:
             status = ExitStatus(exit_code=255, reason="Unknown", message="crisp lost track of this container's shim")
         await self.record_exit(container, status)
+
+    async def _shim_died(self, container: Container) -> None:
+        """A call failed because the container's shim is gone (killed under it): the container is killed and
+        deleted, and its exit recorded (exit code 255, ShimDied, unless its status file says better)."""
+        info = self.shims.info(container.id)
+        if info is None:
+            return
+        try:
+            # its connection closes as the process ends, a moment before it is gone
+            await asyncio.wait_for(self.shims.shim_gone(info), SHIM_GONE_WAIT)
+        except TimeoutError:
+            return  # it failed the call and lives on
+        await self.record_exit(container, await self.shims.dead_shim_status(info))
 
     def watch(self, container: Container) -> None:
         """Wait for the container to exit (through its shim, or its status file if the shim dies) and record

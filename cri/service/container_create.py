@@ -31,7 +31,7 @@ from cri.oci import (
 from cri.service.context import ServiceContext
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
-from runtime import errors
+from runtime import errors, failpoints
 from runtime.bundle import Overlay
 from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
@@ -181,9 +181,11 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
             cgroup2_mount=str(manager.mount), cgroup=cgroup,
-            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
-        _, pid = await ctx.shims.create(shim_config)
+            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "",
+            hang_points=[p for p in ctx.config.debug.hang_points if failpoints.operation_of(p) == "shim"])
+        # before the create: a shim that dies half way through it leaves what it made for the discard
         undo.push("shim and container", lambda: ctx.shims.discard(container_id))
+        _, pid = await ctx.shims.create(shim_config)
         await ctx.debug.point("create_container.shim")
 
         user = spec["process"]["user"]

@@ -23,9 +23,9 @@ from typing import Any
 import shim as shim_package
 from cri.shims.client import DEFAULT_TIMEOUT, ShimClient, shim_error
 from runtime import errors
-from runtime.bundle import executor_argv, load_config, rootfs_path
+from runtime.bundle import EXECUTOR_LOG, executor_argv, load_config, rootfs_path
 from runtime.command import run_command
-from runtime.procs import process_start_time
+from runtime.procs import ProcessRef, process_start_time, processes_with_argument
 from shim import protocol
 from shim.protocol import ExitStatus, ShimConfig
 
@@ -306,6 +306,7 @@ class ShimManager:
         then forget it (shim.json goes). A delete or umount that fails keeps the record and raises, so that the
         next try (RemoveContainer, crispd's next start) finds it again."""
         config = info.config
+        await _kill_orphaned_commands(info)
         argv = executor_argv(config.executor, config.executor_root, "delete", "--force", config.id,
                              cgroup2_bind=config.cgroup2_bind)
         await _run(argv, f"container {config.id}: delete after its shim died")
@@ -366,6 +367,23 @@ class ShimManager:
 def _package_root() -> str:
     """The directory that holds the shim package (the zygote imports it from there, without site-packages)."""
     return os.path.dirname(os.path.dirname(os.path.abspath(shim_package.__file__)))
+
+
+async def _kill_orphaned_commands(info: ShimInfo) -> None:
+    """The executor commands a dead shim had running (their `--log` is its bundle's) would go on creating,
+    starting or exec'ing for nobody: they are killed before the container is deleted, so that none of them
+    makes something after the delete. (A created container's builtin init still has that command line: it goes
+    too, as the delete would have it.)"""
+    refs = [ref for pid in await asyncio.to_thread(processes_with_argument, os.path.join(info.bundle, EXECUTOR_LOG))
+            if (ref := ProcessRef.of(pid)) is not None]
+    for ref in refs:
+        log.info("container %s: killing %d, an executor command its dead shim started", info.id, ref.pid)
+        ref.signal()
+    deadline = asyncio.get_running_loop().time() + CLEANUP_TIMEOUT
+    while any(ref.alive() for ref in refs):
+        if asyncio.get_running_loop().time() > deadline:
+            raise CleanupFailed(f"container {info.id}: executor commands of its dead shim survive SIGKILL")
+        await asyncio.sleep(0.01)
 
 
 def _mounted(path: str) -> bool:

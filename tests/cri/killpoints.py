@@ -56,19 +56,22 @@ class World:
         self.pod.log_directory = str(self.log_dir)
         self.pod_id = self.pods.run(self.pod)
 
-    def create_request(self) -> cri.CreateContainerRequest:
+    def create_request(self, command: list[str] = STUBBORN) -> cri.CreateContainerRequest:
         config = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="app"),
-                                     image=cri.ImageSpec(image=self.images.busybox), command=STUBBORN,
+                                     image=cri.ImageSpec(image=self.images.busybox), command=command,
                                      log_path="app/0.log")
         return cri.CreateContainerRequest(pod_sandbox_id=self.pod_id, config=config, sandbox_config=self.pod)
 
-    def make_container(self, start: bool) -> None:
-        self.container_id = self.rt.CreateContainer(self.create_request()).container_id
+    def make_container(self, start: bool, command: list[str] = STUBBORN) -> None:
+        self.container_id = self.rt.CreateContainer(self.create_request(command)).container_id
         if start:
             self.rt.StartContainer(cri.StartContainerRequest(container_id=self.container_id))
 
+    def container_status(self) -> cri.ContainerStatus:
+        return self.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=self.container_id)).status
+
     def container_state(self) -> int:
-        return int(self.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=self.container_id)).status.state)
+        return int(self.container_status().state)
 
     def containers(self) -> list[cri.Container]:
         return list(self.rt.ListContainers(cri.ListContainersRequest()).containers)
@@ -76,11 +79,12 @@ class World:
     def sandboxes(self) -> list[cri.PodSandbox]:
         return list(self.rt.ListPodSandbox(cri.ListPodSandboxRequest()).items)
 
-    def remove_everything(self) -> None:
-        for item in self.sandboxes():
-            self.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-        for image in self.pods.daemon.images.ListImages(cri.ListImagesRequest()).images:
-            self.pods.daemon.images.RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image=image.id)))
+    def remove_everything(self, timeout: float = 60) -> None:
+        for item in self.rt.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=timeout).items:
+            self.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=timeout)
+        images = self.pods.daemon.images
+        for image in images.ListImages(cri.ListImagesRequest(), timeout=timeout).images:
+            images.RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image=image.id)), timeout=timeout)
 
     def image_leftovers(self) -> list[str]:
         store = self.pods.daemon.root / "images"
@@ -207,7 +211,7 @@ SCENARIOS: dict[str, Scenario] = {
 RPC_POINTS = [p for operation, points in failpoints.STEPS.items() if operation in SCENARIOS for p in points]
 
 
-def _call_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException | object]]:
+def call_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[BaseException | object]]:
     outcome: list[BaseException | object] = []
 
     def run() -> None:
@@ -230,7 +234,7 @@ def kill_at(point: str, base: Path, images: TestImages) -> None:
     world = World(p, images, base / "logs")
     try:
         scenario.prepare(world)
-        thread, outcome = _call_in_thread(lambda: scenario.call(world))
+        thread, outcome = call_in_thread(lambda: scenario.call(world))
         hung = HANG_MESSAGE % point
         assert wait_until(lambda: hung in p.daemon.log(), 60), f"crispd never reached {point}:\n{p.daemon.log()}"
         assert p.daemon.proc is not None
@@ -250,8 +254,29 @@ def kill_at(point: str, base: Path, images: TestImages) -> None:
         assert wait_until(lambda: p.leaks() + world.image_leftovers() == [], 10), \
             p.leaks() + world.image_leftovers()
     finally:
-        p.daemon.stop()
-        for m in reversed(mounts_under(base)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
+        try:
+            leave_nothing(world)
+        finally:
+            p.daemon.stop()
+            for m in reversed(mounts_under(base)):
+                subprocess.run(["umount", "-l", m], check=False)
+            p.cleanup_host()
     assert p.daemon.slow_callbacks() == [], p.daemon.log()
+
+
+def leave_nothing(world: World) -> None:
+    """A test that failed half way leaves its pods to a crispd without fail points, which removes them (best
+    effort: the test's own error is the one that counts)."""
+    daemon = world.pods.daemon
+    try:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            try:
+                world.remove_everything(timeout=30)
+                return
+            except grpc.RpcError:  # stopped at its point: killed, as the test would have
+                daemon.stop(signal.SIGKILL)
+        world.pods.rewrite_config('[debug]\nslow_callback_ms = 50\n')
+        daemon.start()
+        world.remove_everything()
+    except (grpc.RpcError, RuntimeError):
+        pass
