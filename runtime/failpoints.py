@@ -60,8 +60,8 @@ STEPS: dict[str, tuple[str, ...]] = {
 # a point before the next one; a statement that changes nothing (a read) says so in a `# no fail point: <why>`
 # comment
 STEP_FUNCTIONS: dict[str, tuple[str, ...]] = {
-    "RunPodSandbox": ("cri.lifecycle.pods:PodSandboxController.run",),
-    "CreateContainer": ("cri.service.container_create:_create",),
+    "RunPodSandbox": ("cri.lifecycle.pods:PodSandboxController._make",),
+    "CreateContainer": ("cri.service.container_create:_make",),
     "StartContainer": ("cri.lifecycle.containers:ContainerController.start",),
     "StopContainer": ("cri.lifecycle.containers:ContainerController._stop",),
     "RemoveContainer": ("cri.lifecycle.containers:ContainerController._remove",),

@@ -85,7 +85,7 @@ class ContainerController:
             try:
                 started_at = await self.shims.client(container.id).start()
             except errors.Unavailable:
-                await self._shim_died(container)
+                await self._shim_died(container)  # no fail point: the start failed
                 raise
             await self.debug.point("start_container.shim")
             await self.containers.update(container, state=RUNNING, started_at=started_at or self.clock_ns())

@@ -129,7 +129,11 @@ class PodSandboxController:
 
     async def run(self, plan: PodPlan) -> Sandbox:
         """Make the pod (its name is reserved by the caller): on failure every step made so far is undone, the
-        name reservation included."""
+        name reservation included; a full filesystem is RESOURCE_EXHAUSTED naming the pod's dir."""
+        with errors.writing(f"pod {plan.id} in {plan.dir}"):
+            return await self._make(plan)
+
+    async def _make(self, plan: PodPlan) -> Sandbox:
         manager = self.cgroups()
         pod_dir = plan.dir
         async with Rollback(f"RunPodSandbox {plan.id}") as undo:

@@ -130,6 +130,14 @@ def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
 
 async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
                   request: cri.CreateContainerRequest) -> None:
+    """Make the container; a full root or state filesystem is RESOURCE_EXHAUSTED naming its dirs."""
+    with errors.writing(f"container {container_id} in {_bundle_dir(ctx, container_id)} and "
+                        f"{_container_dir(ctx, container_id)}"):
+        await _make(ctx, container_id, name, sandbox, request)
+
+
+async def _make(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
+                request: cri.CreateContainerRequest) -> None:
     config = request.config
     image = await ctx.images.resolve(config.image.image)  # no fail point: a read
     log_path = _log_path(sandbox, config)

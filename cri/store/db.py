@@ -15,9 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from runtime import errors
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SQLITE_FULL = 13  # "database or disk is full"
 
 # Rows keep the CRI config as serialized protobuf (`config`) and everything crisp learned while creating the
 # object as JSON (`info`); the columns are what lists filter and join on.
@@ -157,7 +160,13 @@ class Store:
         def call() -> T:
             if self._conn is None:
                 raise RuntimeError("the metadata store is not open")
-            return fn(self._conn)
+            try:
+                return fn(self._conn)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode == SQLITE_FULL:
+                    raise errors.ResourceExhausted(
+                        f"no space left to write the metadata database {self.path}: {exc}") from exc
+                raise
 
         return await self._call(call)
 

@@ -251,16 +251,17 @@ class Puller:
             session.fetch_blob(layer.digest, layer.size, lambda: self.store.writer(layer.digest, layer.size),
                                fetched)
             self.points.point_in_thread("pull_image.layer_fetched")
-        tmp = self.store.new_tmp_dir("unpack-")
-        try:
-            fs = tmp / "fs"
-            fs.mkdir(mode=0o755)
-            result = unpack_layer(self.store.blob_path(layer.digest), fs, layer.digest, layer.diff_id, cancel,
-                                  on_entry=lambda _member: progress.touch())
-            self.store.commit_snapshot(layer.chain_id, tmp)
-        except BaseException:
-            remove_tree(tmp)
-            raise
+        with errors.writing(f"layer {layer.digest} unpacked into {self.store.tmp_dir}"):
+            tmp = self.store.new_tmp_dir("unpack-")
+            try:
+                fs = tmp / "fs"
+                fs.mkdir(mode=0o755)
+                result = unpack_layer(self.store.blob_path(layer.digest), fs, layer.digest, layer.diff_id, cancel,
+                                      on_entry=lambda _member: progress.touch())
+                self.store.commit_snapshot(layer.chain_id, tmp)
+            except BaseException:
+                remove_tree(tmp)
+                raise
         self.points.point_in_thread("pull_image.layer_unpacked")
         log.debug("unpacked layer %s (%d entries) into snapshot %s", layer.digest, result.entries, layer.chain_id)
 

@@ -58,8 +58,8 @@ def _simple_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
 
 
 def steps_without_point(source: str) -> list[str]:
-    """Every step (a statement that awaits) of the coroutine in `source` that is not followed by a fail point
-    before the next step or the end, unless its first line says `# no fail point: <why>`."""
+    """Every step (a statement that awaits, unless its first line says `# no fail point: <why>`) of the coroutine
+    in `source` that is not followed by a fail point before the next step or the end."""
     lines = source.splitlines()
     function = ast.parse(source).body[0]
     assert isinstance(function, ast.AsyncFunctionDef), "a step function is a coroutine"
@@ -69,11 +69,11 @@ def steps_without_point(source: str) -> list[str]:
         if isinstance(stmt, ast.Expr) and _point_name(stmt.value) is not None:
             pending = None
             continue
-        if not _awaits(stmt):
-            continue
+        if not _awaits(stmt) or EXEMPT in lines[stmt.lineno - 1]:
+            continue  # not a step (a statement that says why it needs no point is not one either)
         if pending is not None:
             missing.append(lines[pending.lineno - 1].strip())
-        pending = None if EXEMPT in lines[stmt.lineno - 1] else stmt
+        pending = stmt
     if pending is not None:
         missing.append(lines[pending.lineno - 1].strip())
     return missing
