@@ -94,6 +94,19 @@ def _stop(w: World, fs: Path) -> None:
         w.pods.cleanup_host()
 
 
+def _create_while_full(w: World, fs: Path, named: str) -> None:
+    """CreateContainer with fs full: refused, nothing of the container anywhere; then, with room, it works."""
+    filler = fill(fs)
+    _expect_full(lambda: w.make_container(start=False), named)
+    assert w.containers() == []
+    daemon = w.pods.daemon
+    assert _entries(daemon.state / "containers") + _entries(daemon.root / "containers") == []
+    filler.unlink()
+    w.make_container(start=True)
+    assert w.container_state() == cri.CONTAINER_RUNNING
+    _finish(w, fs)
+
+
 def test_full_root_during_a_pull(world: World) -> None:
     w = world
     with small_fs(w.pods.daemon.root) as fs:
@@ -121,14 +134,7 @@ def test_full_state_during_run_and_create(world: World) -> None:
             assert w.sandboxes() == [] and w.pods.leaks() == [f"mount {fs}"]
             filler.unlink()
             w.make_pod()
-            filler = fill(fs)
-            _expect_full(lambda: w.make_container(start=False), str(fs / "containers"))
-            assert w.containers() == []
-            assert _entries(fs / "containers") + _entries(w.pods.daemon.root / "containers") == []
-            filler.unlink()
-            w.make_container(start=True)
-            assert w.container_state() == cri.CONTAINER_RUNNING
-            _finish(w, fs)
+            _create_while_full(w, fs, str(fs / "containers"))
         finally:
             _stop(w, fs)
 
@@ -140,14 +146,7 @@ def test_full_root_during_create(world: World) -> None:
             w.pods.daemon.start()
             w.pull()
             w.make_pod()
-            filler = fill(fs)
-            _expect_full(lambda: w.make_container(start=False), str(fs))
-            assert w.containers() == []
-            assert _entries(fs / "containers") + _entries(w.pods.daemon.state / "containers") == []
-            filler.unlink()
-            w.make_container(start=True)
-            assert w.container_state() == cri.CONTAINER_RUNNING
-            _finish(w, fs)
+            _create_while_full(w, fs, str(fs))
         finally:
             _stop(w, fs)
 
