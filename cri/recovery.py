@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cri.lifecycle.containers import ContainerRemains
@@ -22,6 +23,20 @@ from runtime.network.types import PodNetworkRequest
 from shim.protocol import ExitStatus
 
 log = logging.getLogger(__name__)
+
+# unfinished creations undone at once (each waits mostly on a shim, the executor's delete, mounts, the network)
+UNDO_CONCURRENCY = 8
+
+
+async def _each(ids: set[str], undo: Callable[[str], Awaitable[None]]) -> None:
+    """undo(id) for every id, UNDO_CONCURRENCY at a time."""
+    limit = asyncio.Semaphore(UNDO_CONCURRENCY)
+
+    async def one(object_id: str) -> None:
+        async with limit:
+            await undo(object_id)
+
+    await asyncio.gather(*(one(object_id) for object_id in sorted(ids)))
 
 
 async def recover_containers(ctx: ServiceContext) -> None:
@@ -81,7 +96,8 @@ async def undo_unfinished_containers(ctx: ServiceContext) -> None:
     _unanswered(ctx, all_reservations, known)
     reservations = {r.owner_id: r for r in all_reservations if r.owner_id not in known}
     leftovers = (set(reservations) | await asyncio.to_thread(_dir_names, bundles, layers)) - known
-    for container_id in sorted(leftovers):
+
+    async def undo(container_id: str) -> None:
         reservation = reservations.get(container_id)
         intent = reservation.intent if reservation is not None else {}
         shim = ctx.shims.info(container_id)
@@ -96,6 +112,8 @@ async def undo_unfinished_containers(ctx: ServiceContext) -> None:
             # its bundle and its reservation are the record of what is left: kept for the next start
             log.warning("container %s: cannot undo its unfinished creation yet: %s", container_id, exc)
 
+    await _each(leftovers, undo)
+
 
 async def undo_unfinished_pods(ctx: ServiceContext) -> None:
     """Every pod creation without a record (a reserved name, a pod dir) is undone."""
@@ -104,7 +122,8 @@ async def undo_unfinished_pods(ctx: ServiceContext) -> None:
     _unanswered(ctx, all_reservations, known)
     reservations = {r.owner_id: r for r in all_reservations if r.owner_id not in known}
     leftovers = (set(reservations) | await asyncio.to_thread(_dir_names, ctx.state_dir / "sandboxes")) - known
-    for sandbox_id in sorted(leftovers):
+
+    async def undo(sandbox_id: str) -> None:
         reservation = reservations.get(sandbox_id)
         try:
             await ctx.sandbox_control.undo_unfinished(
@@ -112,6 +131,8 @@ async def undo_unfinished_pods(ctx: ServiceContext) -> None:
                 reservation.intent if reservation is not None else {})
         except errors.CrispError as exc:
             log.warning("pod %s: cannot undo its unfinished creation yet: %s", sandbox_id, exc)
+
+    await _each(leftovers, undo)
 
 
 async def recover(ctx: ServiceContext) -> None:
