@@ -80,8 +80,9 @@ test: debs-test venv
 test-conformance: debs-test venv tools images
 	$(PYTEST) tests/conformance
 
-## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it); none today:
-## critest on the runc handler fits the conformance tier's budget, so make test runs it
+## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it): crispd killed at
+## every fail point of runtime/failpoints.py (make test kills it at one or two per RPC); critest on the runc handler
+## fits the conformance tier's budget, so make test runs it
 test-extended: debs-test venv tools images
 	$(PYTEST) --extended -m extended || [ $$? = 5 ]
 
