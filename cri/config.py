@@ -296,8 +296,7 @@ class ShimConfig:
 class DebugConfig:
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
-    # fail points (runtime/failpoints.py lists them) where crispd fails on purpose (tests of rollback), e.g.
-    # "run_pod_sandbox.network"
+    # fail points (runtime/failpoints.py) where crispd fails on purpose (rollback tests): "run_pod_sandbox.network"
     fail_points: list[str] = field(default_factory=list)
     # fail points where crispd pauses this many milliseconds (tests of callers that give up)
     delay_points: dict[str, int] = field(default_factory=dict)
@@ -305,14 +304,10 @@ class DebugConfig:
     hang_points: list[str] = field(default_factory=list)
 
     def check(self) -> list[tuple[str, str]]:
-        for key, names in (("fail_points", self.fail_points), ("delay_points", list(self.delay_points)),
-                           ("hang_points", self.hang_points)):
-            for name in names:
-                if name not in failpoints.ALL:
-                    return [(key, f"{name!r} is not a fail point (runtime/failpoints.py lists them)")]
-                if key != "hang_points" and failpoints.operation_of(name) == "shim":
-                    return [(key, f"{name!r} is a shim's point: a shim only stops there (hang_points)")]
-        return []
+        named = [("fail_points", n) for n in self.fail_points] + [("delay_points", n) for n in self.delay_points]
+        problems = [(key, failpoints.refusal(name, hang=key == "hang_points"))
+                    for key, name in named + [("hang_points", n) for n in self.hang_points]]
+        return [(key, problem) for key, problem in problems if problem][:1]
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,15 @@ def check(name: str) -> str:
     return name
 
 
+def refusal(name: str, hang: bool) -> str:
+    """Why a config cannot name this point (empty if it can): unknown, or a shim's, which only stops (hang)."""
+    if name not in ALL:
+        return f"{name!r} is not a fail point (runtime/failpoints.py lists them)"
+    if not hang and operation_of(name) == "shim":
+        return f"{name!r} is a shim's point: a shim only stops there (hang_points)"
+    return ""
+
+
 def operation_of(point: str) -> str:
     """The operation a point belongs to (KeyError for a name that is not a point)."""
     for operation, points in STEPS.items():

@@ -184,6 +184,9 @@ def test_debug_points_must_be_fail_points() -> None:
             parse_config(f'[debug]\n{key} = ["create_container.shmi"]\n')
     with pytest.raises(ConfigError, match=r"debug\.delay_points: 'nowhere' is not a fail point"):
         parse_config('[debug.delay_points]\nnowhere = 5\n')
+    assert parse_config('[debug]\nhang_points = ["shim.created"]\n').debug.hang_points == ["shim.created"]
+    with pytest.raises(ConfigError, match=r"debug\.fail_points: 'shim.created' is a shim's point"):
+        parse_config('[debug]\nfail_points = ["shim.created"]\n')
 
 
 @pytest.mark.parametrize(("address", "expected"), [
