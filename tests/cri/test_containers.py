@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from runtime import failpoints
 from runtime.cgroups import CgroupV2Manager
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
@@ -21,7 +22,7 @@ from tests.leaks import mounts_under, wait_until
 
 pytestmark = pytest.mark.root
 
-CREATE_FAIL_POINTS = ["create_container.spec", "create_container.shim", "create_container.record"]
+CREATE_FAIL_POINTS = failpoints.STEPS["CreateContainer"]
 CRI_LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
 
 

@@ -12,14 +12,14 @@ import grpc
 import pytest
 
 from cri import api as cri
+from runtime import failpoints
 from runtime.cgroups import CgroupV2Manager
 from tests.cri.pods import Pods, pod_config
 from tests.leaks import mounts_under, processes_mentioning, wait_until
 
 pytestmark = pytest.mark.root
 
-FAIL_POINTS = ["run_pod_sandbox.cgroup", "run_pod_sandbox.namespaces", "run_pod_sandbox.pod_init",
-               "run_pod_sandbox.files", "run_pod_sandbox.network", "run_pod_sandbox.record"]
+FAIL_POINTS = failpoints.STEPS["RunPodSandbox"]
 
 
 def nsenter(*args: str) -> str:
