@@ -292,6 +292,9 @@ class PodSandboxController:
         elif self.network is not None:
             network = PodNetworkRequest(sandbox_id=sandbox_id, netns="")
         log.info("pod %s (%s): undoing its creation, which crispd did not finish", sandbox_id, name or "no name")
+        if not cgroup:
+            log.warning("pod %s: nothing says which cgroup it had (a dir without a record): its cgroup is left",
+                        sandbox_id)
         await self._dismantle(PodRemains(
             id=sandbox_id, dir=pod_dir, cgroup=str(cgroup) if cgroup else None, network=network, pod_init=None,
             pins=tuple(pod_dir / "ns" / kind for kind in KINDS), pid_pin=pod_dir / "ns" / "pid"))
