@@ -13,12 +13,14 @@ VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # one package per line (sorted), so that parallel changes merge cleanly
 # containernetworking-plugins + iptables: the CNI tests run Debian's plugins, portmap drives iptables;
 # runc, crun: the OCI runtime handlers; busybox-static: test containers' rootfs; docker-registry etc.: image tests;
-# prometheus: a real Prometheus scrapes crispd with deploy/prometheus.yml
+# prometheus: a real Prometheus scrapes crispd with deploy/prometheus.yml; dbus-daemon: crisp's D-Bus client is
+# tested against a real bus (systemd itself answers in the VM tier)
 TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 	apache2-utils \
 	busybox-static \
 	containernetworking-plugins \
 	crun \
+	dbus-daemon \
 	docker-registry \
 	iptables \
 	openssl \
@@ -29,15 +31,23 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-conformance test-extended test-vm vm-image tools images lint unit venv debs-run debs-test clean
+.PHONY: run test test-conformance test-kubelet test-cluster test-cluster-extended test-extended test-vm vm-image tools \
+	images lint unit venv venv-run dist debs-run debs-test clean
 
-$(VENV)/.installed: pyproject.toml
+# crisp (editable) with what it needs at run time, and nothing else
+$(VENV)/.installed-run: pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || scripts/ensure-debs python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+# ... and the test tools on top
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+venv-run: $(VENV)/.installed-run
 venv: $(VENV)/.installed
 
 debs-run:
@@ -56,13 +66,19 @@ images: debs-test venv
 	$(VENV)/bin/python -m tests.images build
 
 ## run: install crisp and start crispd in the foreground on its defaults (as root; ARGS="--log-level debug" ...)
-run: debs-run venv
+run: debs-run venv-run
 	exec $(VENV)/bin/crispd $(ARGS)
+
+## dist: crisp's wheel + a wheelhouse of its dependencies in dist/wheelhouse, for `deploy/install.sh --wheels`
+## (another node's Python: make dist DIST_ARGS="--python-version 3.13 --platform manylinux_2_41_x86_64")
+DIST_ARGS ?=
+dist: venv-run
+	$(VENV)/bin/python scripts/dist $(DIST_ARGS)
 
 PYTEST := $(VENV)/bin/pytest -q
 # the tiers with a tests/<tier> directory and a target of their own (make test-<tier>); make test runs the rest of the
 # suite first (the VM tier with it: one boot), then each of them
-TIERS := conformance
+TIERS := conformance kubelet cluster
 # $(call timed,NAME,COMMAND): one step of make test, followed by its wall time
 timed = @start=$$(date +%s); $(2); status=$$?; echo "make test: $(1): $$(( $$(date +%s) - start )) s"; exit $$status
 
@@ -74,15 +90,34 @@ test: debs-test venv
 	$(call timed,lint,$(MAKE) --no-print-directory lint)
 	$(call timed,suite,$(PYTEST) $(TIERS:%=--ignore=tests/%))
 	$(call timed,conformance,$(PYTEST) tests/conformance)
+	$(call timed,kubelet,$(PYTEST) tests/kubelet)
+	$(call timed,cluster,$(PYTEST) tests/cluster)
 
 ## test-conformance: only critest's validation suite against crispd (tests/conformance; the specs that need cgroup
 ## controllers run in the VM tier, tests/vm/guest/test_critest.py)
 test-conformance: debs-test venv tools images
 	$(PYTEST) tests/conformance
 
+## test-kubelet: only the kubelet tier: a real standalone kubelet runs static pods on crispd (tests/kubelet; its
+## QoS cgroup path runs in the VM tier, tests/vm/guest/test_kubelet_qos.py)
+test-kubelet: debs-test venv tools images
+	$(PYTEST) tests/kubelet
+
+## test-cluster: only the cluster tier: a one-node cluster (etcd, the control plane and the kubelet as kubeadm sets
+## them up, in a mount and network namespace of its own) runs workloads on crispd, checked through kubectl
+## (tests/cluster)
+test-cluster: debs-test venv tools images
+	$(PYTEST) tests/cluster
+
+## test-cluster-extended: the cluster tier's scenarios beyond make test's budget: the self-hosted control plane (the
+## kubelet runs it on crisp from kubeadm's manifests) with crispd killed during a rollout, and the 30-replica scale-up's
+## figures
+test-cluster-extended: debs-test venv tools images
+	$(PYTEST) --extended -m extended tests/cluster
+
 ## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it): crispd killed at
-## every fail point of runtime/failpoints.py (make test kills it at one or two per RPC); critest on the runc handler
-## fits the conformance tier's budget, so make test runs it
+## every fail point of runtime/failpoints.py (make test kills it at one or two per RPC) and the cluster tier's (make
+## test-cluster-extended); critest on the runc handler fits the conformance tier's budget, so make test runs it
 test-extended: debs-test venv tools images
 	$(PYTEST) --extended -m extended || [ $$? = 5 ]
 
@@ -103,4 +138,4 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist

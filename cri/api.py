@@ -22,6 +22,8 @@ from cri_api.v1 import api_pb2 as _published
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.internal import enum_type_wrapper
 
+from runtime import protodesc
+
 if TYPE_CHECKING:
     # mypy checks crisp against the published stubs' types; what the pinned release added is Any (__getattr__)
     from cri_api.v1.api_pb2 import *  # noqa: F403
@@ -32,17 +34,12 @@ CRI_API_VERSION = "v0.37.2"
 # what Version and Status report as the runtime API version
 RUNTIME_API_VERSION = "v1"
 
-_FDP = descriptor_pb2.FieldDescriptorProto
-_TYPES = {"string": _FDP.TYPE_STRING, "bool": _FDP.TYPE_BOOL, "bytes": _FDP.TYPE_BYTES,
-          "int64": _FDP.TYPE_INT64, "message": _FDP.TYPE_MESSAGE}
-
-# Fields the pinned release added to messages the stubs have: (message, field, number, repeated, type).
-_ADDED_FIELDS: tuple[tuple[str, str, int, bool, str], ...] = (
-    ("Mount", "mount_options", 11, True, "string"),
-    ("ImageSpec", "image_ref", 20, False, "string"),
-    ("RuntimeFeatures", "user_namespaces_host_network", 2, False, "bool"),
-    ("RuntimeFeatures", "mount_options", 3, False, "bool"),
-)
+# Fields the pinned release added to messages the stubs have: message -> field declarations (runtime/protodesc.py).
+_ADDED_FIELDS: dict[str, str] = {
+    "Mount": "repeated string mount_options = 11;",
+    "ImageSpec": "string image_ref = 20;",
+    "RuntimeFeatures": "bool user_namespaces_host_network = 2; bool mount_options = 3;",
+}
 # Fields whose type the pinned release changed: (message, field, new type). An environment variable's value became
 # bytes (the encoding on the wire is the same as a string's; parsing no longer insists on UTF-8).
 _RETYPED_FIELDS: tuple[tuple[str, str, str], ...] = (
@@ -50,40 +47,29 @@ _RETYPED_FIELDS: tuple[tuple[str, str, str], ...] = (
 )
 # Enums whose value names the pinned release prefixed (numbers unchanged): enum -> prefix. A Signal is SIGNAL_SIGTERM.
 _PREFIXED_ENUM_VALUES: dict[str, str] = {"Signal": "SIGNAL_"}
-# Messages the pinned release added: name -> fields (name, number, kind, type); kind is "optional", "repeated" or
-# "map" (a map<string, string>), type a scalar name or a message of the package.
-_ADDED_MESSAGES: dict[str, tuple[tuple[str, int, str, str], ...]] = {
-    "StreamPodSandboxesRequest": (("filter", 1, "optional", "PodSandboxFilter"),),
-    "StreamPodSandboxesResponse": (("pod_sandboxes", 1, "repeated", "PodSandbox"),),
-    "StreamPodSandboxStatsRequest": (("filter", 1, "optional", "PodSandboxStatsFilter"),),
-    "StreamPodSandboxStatsResponse": (("pod_sandbox_stats", 1, "repeated", "PodSandboxStats"),),
-    "StreamContainersRequest": (("filter", 1, "optional", "ContainerFilter"),),
-    "StreamContainersResponse": (("containers", 1, "repeated", "Container"),),
-    "StreamImagesRequest": (("filter", 1, "optional", "ImageFilter"),),
-    "StreamImagesResponse": (("images", 1, "repeated", "Image"),),
-    "StreamContainerStatsRequest": (("filter", 1, "optional", "ContainerStatsFilter"),),
-    "StreamContainerStatsResponse": (("container_stats", 1, "repeated", "ContainerStats"),),
-    "StreamPodSandboxMetricsRequest": (),
-    "StreamPodSandboxMetricsResponse": (("pod_sandbox_metrics", 1, "repeated", "PodSandboxMetrics"),),
-    "CheckpointPodRequest": (
-        ("pod_sandbox_id", 1, "optional", "string"),
-        ("output_path", 2, "optional", "string"),
-        ("container_ids", 3, "repeated", "string"),
-        ("options", 4, "map", "string"),
-    ),
-    "CheckpointPodResponse": (),
-    "RestorePodRequest": (
-        ("checkpoint_path", 1, "optional", "string"),
-        ("config", 2, "optional", "PodSandboxConfig"),
-        ("runtime_handler", 3, "optional", "string"),
-        ("options", 4, "map", "string"),
-        ("container_configs", 5, "repeated", "ContainerConfig"),
-    ),
-    "RestoredContainer": (("name", 1, "optional", "string"), ("container_id", 2, "optional", "string")),
-    "RestorePodResponse": (
-        ("pod_sandbox_id", 1, "optional", "string"),
-        ("restored_containers", 2, "repeated", "RestoredContainer"),
-    ),
+# Messages the pinned release added: name -> field declarations.
+_ADDED_MESSAGES: dict[str, str] = {
+    "StreamPodSandboxesRequest": "PodSandboxFilter filter = 1;",
+    "StreamPodSandboxesResponse": "repeated PodSandbox pod_sandboxes = 1;",
+    "StreamPodSandboxStatsRequest": "PodSandboxStatsFilter filter = 1;",
+    "StreamPodSandboxStatsResponse": "repeated PodSandboxStats pod_sandbox_stats = 1;",
+    "StreamContainersRequest": "ContainerFilter filter = 1;",
+    "StreamContainersResponse": "repeated Container containers = 1;",
+    "StreamImagesRequest": "ImageFilter filter = 1;",
+    "StreamImagesResponse": "repeated Image images = 1;",
+    "StreamContainerStatsRequest": "ContainerStatsFilter filter = 1;",
+    "StreamContainerStatsResponse": "repeated ContainerStats container_stats = 1;",
+    "StreamPodSandboxMetricsRequest": "",
+    "StreamPodSandboxMetricsResponse": "repeated PodSandboxMetrics pod_sandbox_metrics = 1;",
+    "CheckpointPodRequest": """
+        string pod_sandbox_id = 1; string output_path = 2; repeated string container_ids = 3;
+        map<string, string> options = 4;""",
+    "CheckpointPodResponse": "",
+    "RestorePodRequest": """
+        string checkpoint_path = 1; PodSandboxConfig config = 2; string runtime_handler = 3;
+        map<string, string> options = 4; repeated ContainerConfig container_configs = 5;""",
+    "RestoredContainer": "string name = 1; string container_id = 2;",
+    "RestorePodResponse": "string pod_sandbox_id = 1; repeated RestoredContainer restored_containers = 2;",
 }
 # RPCs the pinned release added: (service, method, server streaming). Request and response are <method>Request and
 # <method>Response.
@@ -99,51 +85,28 @@ _ADDED_METHODS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
-def _field(proto: Any, name: str, number: int, repeated: bool, type_: str, package: str) -> None:
-    f = proto.field.add(name=name, number=number, json_name=_json_name(name),
-                        label=_FDP.LABEL_REPEATED if repeated else _FDP.LABEL_OPTIONAL)
-    if type_ in _TYPES:
-        f.type = _TYPES[type_]
-    else:
-        f.type = _FDP.TYPE_MESSAGE
-        f.type_name = type_ if type_.startswith(".") else f".{package}.{type_}"
-
-
-def _json_name(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
 def _extended_file() -> descriptor_pb2.FileDescriptorProto:
     fdp = descriptor_pb2.FileDescriptorProto.FromString(_published.DESCRIPTOR.serialized_pb)
     package = fdp.package
     messages = {m.name: m for m in fdp.message_type}
-    for message, name, number, repeated, type_ in _ADDED_FIELDS:
-        if any(f.number == number for f in messages[message].field):
-            raise RuntimeError(f"the CRI stubs already have {message} field {number}: review cri/api.py")
-        _field(messages[message], name, number, repeated, type_, package)
+    for message, declarations in _ADDED_FIELDS.items():
+        existing = list(messages[message].field)
+        protodesc.add_fields(messages[message], message, declarations, package)
+        if any(f.number in {e.number for e in existing} for f in messages[message].field[len(existing):]):
+            raise RuntimeError(f"the CRI stubs already have a field of {message} it adds: review cri/api.py")
     for message, name, type_ in _RETYPED_FIELDS:
         (field,) = [f for f in messages[message].field if f.name == name]
-        field.type = _TYPES[type_]
+        field.type = protodesc.SCALARS[type_]
     for enum in fdp.enum_type:
         prefix = _PREFIXED_ENUM_VALUES.get(enum.name, "")
         for value in enum.value if prefix else ():
             if value.name.startswith(prefix):
                 raise RuntimeError(f"the CRI stubs already prefix {enum.name}: review cri/api.py")
             value.name = prefix + value.name
-    for message, fields in _ADDED_MESSAGES.items():
+    for message, declarations in _ADDED_MESSAGES.items():
         if message in messages:
             raise RuntimeError(f"the CRI stubs already have {message}: review cri/api.py")
-        proto = fdp.message_type.add(name=message)
-        for name, number, kind, type_ in fields:
-            if kind == "map":
-                entry = proto.nested_type.add(name="".join(p.capitalize() for p in name.split("_")) + "Entry")
-                entry.options.map_entry = True
-                _field(entry, "key", 1, False, "string", package)
-                _field(entry, "value", 2, False, type_, package)
-                _field(proto, name, number, True, f".{package}.{message}.{entry.name}", package)
-            else:
-                _field(proto, name, number, kind == "repeated", type_, package)
+        protodesc.add_fields(fdp.message_type.add(name=message), message, declarations, package)
     services = {s.name: s for s in fdp.service}
     for service, method, streaming in _ADDED_METHODS:
         if any(m.name == method for m in services[service].method):

@@ -2,21 +2,24 @@
 
 Every default is defined exactly once, as the dataclass field default. Unknown keys and bad values raise
 `ConfigError` naming the full key (`cgroup.driver`). `dump_toml` renders the effective config back as TOML.
-Field metadata: `choices` (allowed values), `absolute` (must be an absolute path).
+Field metadata: `choices` (allowed values), `absolute` (must be an absolute path); the codec that reads them is
+cri/configfile.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from cri import configfile
+from cri.cdi import CdiConfig
+from cri.configfile import ConfigError as ConfigError
+from cri.nri.config import NriConfig
 from runtime import errors, failpoints
 from runtime.cgroups import paths as cgroup_paths
 from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
@@ -25,10 +28,6 @@ from runtime.network.cni import DEFAULT_CONFIG_DIR as DEFAULT_CNI_CONFIG_DIR
 from runtime.network.ipam import parse_pod_cidrs
 
 DEFAULT_CONFIG_PATH = "/etc/crisp/crisp.toml"
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; the message names the file and the key."""
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -61,8 +60,10 @@ class CgroupConfig:
     driver: str = field(default="cgroupfs", metadata=_choices("cgroupfs", "systemd"))
     # a requested limit whose cgroup v2 controller is missing: "error" fails the request, "warn" logs and goes on
     missing_controller: str = field(default="error", metadata=_choices("error", "warn"))
-    # where crisp makes pod cgroups (<base>/pod<uid>) when the kubelet gives no cgroup_parent (crictl, critest)
+    # cgroupfs: where crisp makes pod cgroups (<base>/pod<uid>) without a cgroup_parent (systemd: under crisp.slice)
     base: str = field(default="/crisp", metadata=_ABS)
+    # the systemd driver's bus: auto (systemd's private socket if there, else the system bus), private, system
+    systemd_bus: str = field(default="auto", metadata=_choices("auto", "private", "system"))
 
     def check(self) -> list[tuple[str, str]]:
         try:
@@ -90,6 +91,8 @@ class NetworkConfig:
     # the pod CIDR (one network, or an IPv4,IPv6 pair); empty means the kubelet's (UpdateRuntimeConfig), else
     # 10.88.0.0/16
     pod_cidr: str = ""
+    # "auto": CNI when the config dir holds a config, else the bridge; "cni": CNI only, not ready until one is there
+    backend: str = field(default="auto", metadata=_choices("auto", "cni"))
     # the built-in bridge (used when the CNI config dir holds no config); its name also names its nftables table
     bridge: str = DEFAULT_BRIDGE
     mtu: int = 1500
@@ -260,12 +263,20 @@ class RegistryAuthConfig:
 class ImageConfig:
     # containerd-style registry hosts: <dir>/<registry host>/hosts.toml (mirrors, CA, plain http, skip_verify)
     registry_config_path: str = "/etc/crisp/certs.d"
-    # layers downloaded at once, over all pulls
-    max_concurrent_downloads: int = 3
-    # a pull that receives no bytes and unpacks nothing for this long is aborted
+    # layers downloaded at once, over all pulls; one registry gets at most the second number of them, so that a
+    # slow one never holds up pulls from the others
+    max_concurrent_downloads: int = 4
+    max_concurrent_downloads_per_registry: int = 3
+    # a pull that receives no bytes and unpacks nothing for this long is aborted (so is a blob download that
+    # receives nothing for this long, plus the request timeout)
     pull_progress_timeout_seconds: float = 300.0
-    # connect timeout, and read timeout of small requests (manifests, configs, tokens)
+    # connect timeout; the time a manifest, index, config or token request has to be complete (headers and
+    # body: a registry that drips is cut off), and a blob request to send its headers
     request_timeout_seconds: float = 30.0
+    # a layer whose entries add up to more than this unpacked (each its header's size plus 512) is refused before
+    # it is written out (compression bombs); the image cap counts the layers one pull unpacks
+    max_layer_unpacked_bytes: int = 64 << 30
+    max_image_unpacked_bytes: int = 128 << 30
     # default credentials per registry host ("docker.io", "registry.example.com:5000")
     auths: dict[str, RegistryAuthConfig] = field(default_factory=dict)
 
@@ -274,10 +285,15 @@ class ImageConfig:
             return [("registry_config_path", f"must be an absolute path, got {self.registry_config_path!r}")]
         if self.max_concurrent_downloads < 1:
             return [("max_concurrent_downloads", "must be at least 1")]
+        if not 1 <= self.max_concurrent_downloads_per_registry <= self.max_concurrent_downloads:
+            return [("max_concurrent_downloads_per_registry", "must be between 1 and max_concurrent_downloads")]
         if self.pull_progress_timeout_seconds <= 0:
             return [("pull_progress_timeout_seconds", "must be positive")]
         if self.request_timeout_seconds <= 0:
             return [("request_timeout_seconds", "must be positive")]
+        for name in ("max_layer_unpacked_bytes", "max_image_unpacked_bytes"):
+            if getattr(self, name) <= 0:
+                return [(name, "must be positive")]
         return []
 
 
@@ -289,6 +305,18 @@ class ShimConfig:
     def check(self) -> list[tuple[str, str]]:
         if self.log_max_line_bytes < 64:
             return [("log_max_line_bytes", "must be at least 64")]
+        return []
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # labels, annotations and names of all pods and containers together: past this, RunPodSandbox and
+    # CreateContainer answer RESOURCE_EXHAUSTED (List answers stay well below the kubelet's 16 MiB limit)
+    metadata_budget_bytes: int = 12 << 20
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.metadata_budget_bytes < 256 * 1024:
+            return [("metadata_budget_bytes", "must be at least 262144 (one object's limit)")]
         return []
 
 
@@ -331,84 +359,15 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     shim: ShimConfig = field(default_factory=ShimConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    nri: NriConfig = field(default_factory=NriConfig)
+    cdi: CdiConfig = field(default_factory=CdiConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> list[tuple[str, str]]:
         if self.shutdown_grace_seconds < 0:
             return [("shutdown_grace_seconds", "must not be negative")]
         return []
-
-
-T = TypeVar("T")
-
-
-def _describe(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"
-
-
-def _convert(tp: Any, value: object, key: str) -> object:
-    """Check one TOML value against a field's annotation; nested dataclasses and dicts recurse."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
-        return _build(typing.cast(type[Any], tp), value, key + ".")
-    if origin is dict:
-        _, value_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
-        return {name: _convert(value_tp, item, f"{key}.{name}") for name, item in value.items()}
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected an array, got {_describe(value)}")
-        return [_convert(item_tp, item, f"{key}[{i}]") for i, item in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
-        return value
-    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in this module
-
-
-def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
-    for name in data:
-        if name not in fields:
-            raise ConfigError(f"unknown key '{prefix}{name}'")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        key = prefix + name
-        converted = _convert(hints[name], value, key)
-        meta = fields[name].metadata
-        if "choices" in meta and converted not in meta["choices"]:
-            allowed = ", ".join(repr(c) for c in meta["choices"])
-            raise ConfigError(f"{key}: {converted!r} is not one of {allowed}")
-        if meta.get("absolute") and not os.path.isabs(str(converted)):
-            raise ConfigError(f"{key}: must be an absolute path, got {converted!r}")
-        kwargs[name] = converted
-    obj = cls(**kwargs)
-    _check(obj, prefix)
-    return obj
-
-
-def _check(obj: object, prefix: str) -> None:
-    check = getattr(obj, "check", None)
-    if check is not None:
-        for name, message in check():
-            raise ConfigError(f"{prefix}{name}: {message}")
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -418,7 +377,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     try:
-        return _build(Config, data)
+        return configfile.build(Config, data)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -454,50 +413,6 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
     return parse_config(dump_toml(dataclasses.replace(config, **changes)), "command line")
 
 
-# ---------------------------------------------------------------------------------------------- TOML output
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def _toml_key(name: str) -> str:
-    bare = name and all(c.isalnum() or c in "-_" for c in name)
-    return name if bare else json.dumps(name)
-
-
-def _dump_table(obj: object, header: str, out: list[str]) -> None:
-    scalars: list[str] = []
-    tables: list[tuple[str, object]] = []
-    for f in dataclasses.fields(typing.cast(Any, obj)):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            tables.append((f.name, value))
-        elif isinstance(value, dict) and any(dataclasses.is_dataclass(v) for v in value.values()):
-            for name, item in value.items():
-                tables.append((f"{f.name}.{_toml_key(name)}", item))
-        elif isinstance(value, dict):  # a table of plain values: an inline table keeps it on one line
-            items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-            scalars.append(f"{f.name} = {{{items}}}" if value else f"# {f.name}: none")
-        else:
-            scalars.append(f"{f.name} = {_toml_value(value)}")
-    if header:
-        out.append(f"\n[{header}]")
-    out.extend(scalars)
-    for name, table in tables:
-        _dump_table(table, f"{header}.{name}" if header else name, out)
-
-
 def dump_toml(config: Config) -> str:
     """The config as TOML that `parse_config` reads back to an equal Config."""
-    out: list[str] = []
-    _dump_table(config, "", out)
-    return "\n".join(out).lstrip("\n") + "\n"
+    return configfile.dump(config)

@@ -41,8 +41,9 @@ def build_network(config: Config, store: Store) -> NetworkManager:
     bridge = BridgeBackend(leases=SqliteLeaseStore(store), pod_cidr=pod_cidr, helper=helper, bridge=net.bridge,
                            mtu=net.mtu, masquerade=net.masquerade)
     cni = CniBackend(cache_dir=Path(config.root) / "network" / "cni", config_dir=net.cni_config_dir,
-                     bin_dirs=tuple(net.cni_bin_dirs), timeout=net.timeout_seconds)
-    return NetworkManager(bridge=bridge, cni=cni, helper=helper)
+                     bin_dirs=tuple(net.cni_bin_dirs), timeout=net.timeout_seconds,
+                     localnet_guard=lambda: helper.call({"op": "localnet_guard", "table": net.bridge}))
+    return NetworkManager(bridge=bridge, cni=cni, helper=helper, cni_only=net.backend == "cni")
 
 
 def pod_network_request(sandbox_id: str, netns: str, config: cri.PodSandboxConfig) -> PodNetworkRequest:

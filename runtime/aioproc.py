@@ -68,14 +68,14 @@ def _readable(fd: int) -> bool:
 
 
 async def spawn(argv: Sequence[str], *, stdin: bool = True, stdout: bool = True, stderr: int | None = None,
-                env: dict[str, str] | None = None) -> Process:
+                env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()) -> Process:
     """Start argv from a worker thread; stdin/stdout as asyncio streams when asked for, stderr as given (None:
-    inherited)."""
+    inherited); `pass_fds` stay open in the child (at their numbers)."""
 
     def start() -> tuple[subprocess.Popen[bytes], int]:
         popen = subprocess.Popen(list(argv), stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                  stdout=subprocess.PIPE if stdout else subprocess.DEVNULL, stderr=stderr,
-                                 close_fds=True, env=env)
+                                 close_fds=True, env=env, pass_fds=tuple(pass_fds))
         return popen, os.pidfd_open(popen.pid)
 
     popen, pidfd = await asyncio.to_thread(start)

@@ -67,27 +67,41 @@ def _mount_data(lowers: Iterable[str], upper: str, work: str) -> str:
     return data
 
 
-def _overlay_path(value: object, where: str) -> str:
+def _absolute(value: object, where: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise errors.InvalidArgument(f"{where}: {value!r} is not an absolute path")
+    return value
+
+
+def _overlay_path(value: object, where: str) -> str:
+    value = _absolute(value, where)
     if any(c in value for c in ",:\n"):
         raise errors.InvalidArgument(f"{where}: {value!r}: overlay paths must not contain ',', ':' or newlines")
     return value
 
 
-def overlay_of(annotations: object) -> Overlay | None:
-    """The overlay a spec's annotations ask for (None: the rootfs is root.path as it is). InvalidArgument,
-    naming the field, when the annotation is malformed."""
-    raw = annotations.get(OVERLAY_ANNOTATION) if isinstance(annotations, Mapping) else None
+def _json_annotation(annotations: object, key: str, list_field: str, need: str) -> dict[str, Any] | None:
+    """One annotation's JSON object, which must hold a list at `list_field`; None when absent. InvalidArgument
+    naming it (and saying what it needs) when it is not that."""
+    raw = annotations.get(key) if isinstance(annotations, Mapping) else None
     if raw is None:
         return None
-    where = f"annotations.{OVERLAY_ANNOTATION}"
     try:
         data = json.loads(raw)
     except (TypeError, ValueError) as exc:
-        raise errors.InvalidArgument(f"{where}: not JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("lowerdirs"), list):
-        raise errors.InvalidArgument(f"{where}: needs a list of lowerdirs")
+        raise errors.InvalidArgument(f"annotations.{key}: not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get(list_field), list):
+        raise errors.InvalidArgument(f"annotations.{key}: {need}")
+    return data
+
+
+def overlay_of(annotations: object) -> Overlay | None:
+    """The overlay a spec's annotations ask for (None: the rootfs is root.path as it is). InvalidArgument,
+    naming the field, when the annotation is malformed."""
+    data = _json_annotation(annotations, OVERLAY_ANNOTATION, "lowerdirs", "needs a list of lowerdirs")
+    if data is None:
+        return None
+    where = f"annotations.{OVERLAY_ANNOTATION}"
     lowers = tuple(_overlay_path(p, f"{where}.lowerdirs[{i}]") for i, p in enumerate(data["lowerdirs"]))
     if not lowers:
         raise errors.InvalidArgument(f"{where}: an overlay needs at least one lower dir")
@@ -96,6 +110,67 @@ def overlay_of(annotations: object) -> Overlay | None:
     if bool(upper) != bool(work):
         raise errors.InvalidArgument(f"{where}: upperdir and workdir go together")
     return Overlay(lowers, upper, work)
+
+
+# ---------------------------------------------------------------------------------------------- id-mapped mounts
+
+# JSON {"userns": path, "mounts": [{"target": path, "source": path} | {"target": path, "lowerdirs": [...]}]}
+IDMAP_ANNOTATION = "io.crisp.idmap"
+IDMAP_DIR = "idmap"               # <bundle>/idmap/<n>: where the staged mounts go
+
+
+@dataclass(frozen=True)
+class StagedMount:
+    """One mount staged under `<bundle>/idmap` before the container's own: an id-mapped bind of `source`, or a
+    read-only overlay of `lowerdirs` (topmost first; themselves staged before it)."""
+
+    target: str
+    source: str = ""
+    lowerdirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Idmap:
+    """A container in a pod's user namespace (`userns`, a pinned namespace file) sees its rootfs and volumes through
+    id-mapped mounts. The spec already names the staged targets (the overlay's lower dirs, the bind sources);
+    whoever mounts the rootfs stages `mounts` in order first, in the same mount namespace: the shim in the host's
+    for an OCI runtime, the built-in executor in the container's before it joins the user namespace."""
+
+    userns: str
+    mounts: tuple[StagedMount, ...] = ()
+
+    def annotation(self) -> str:
+        return json.dumps({"userns": self.userns, "mounts": [
+            {"target": m.target, "source": m.source} if m.source else
+            {"target": m.target, "lowerdirs": list(m.lowerdirs)} for m in self.mounts]})
+
+
+def staged_path(bundle: str, index: int) -> str:
+    return posixpath.join(bundle, IDMAP_DIR, str(index))
+
+
+def idmap_of(annotations: object) -> Idmap | None:
+    """The id-mapped mounts a spec's annotations ask for (None: none); InvalidArgument when malformed."""
+    data = _json_annotation(annotations, IDMAP_ANNOTATION, "mounts", "needs a userns and a list of mounts")
+    if data is None:
+        return None
+    where = f"annotations.{IDMAP_ANNOTATION}"
+    userns = _absolute(data.get("userns"), f"{where}.userns")
+    mounts = []
+    for i, m in enumerate(data["mounts"]):
+        w = f"{where}.mounts[{i}]"
+        if not isinstance(m, dict):
+            raise errors.InvalidArgument(f"{w}: not an object")
+        target = _overlay_path(m.get("target"), f"{w}.target")
+        if "source" in m:
+            mounts.append(StagedMount(target, source=_absolute(m["source"], f"{w}.source")))
+            continue
+        lowers = m.get("lowerdirs")
+        if not isinstance(lowers, list) or len(lowers) < 2:
+            raise errors.InvalidArgument(f"{w}: needs a source or at least two lowerdirs")
+        mounts.append(StagedMount(target, lowerdirs=tuple(_overlay_path(p, f"{w}.lowerdirs[{j}]")
+                                                          for j, p in enumerate(lowers))))
+    return Idmap(userns, tuple(mounts))
 
 
 def rootfs_path(bundle: str, spec: Mapping[str, Any]) -> str:
@@ -123,6 +198,25 @@ def read_json(path: str, what: str) -> dict[str, Any]:
 def load_config(bundle: str) -> dict[str, Any]:
     """The bundle's config.json."""
     return read_json(os.path.join(bundle, CONFIG_NAME), f"bundle {bundle}: {CONFIG_NAME}")
+
+
+# ---------------------------------------------------------------------------------------------- mounts
+
+# files under /proc a container may have something mounted on (lxcfs does this), as runc allows
+PROC_MOUNT_ALLOWED = frozenset({
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps", "/proc/uptime",
+    "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev", "/proc/sys/kernel/ns_last_pid",
+})
+
+
+def mount_refused_in_proc(destination: str, fstype: str) -> bool:
+    """runc's rule, for a destination as it lands in the container (symlinks followed): nothing but a procfs
+    on /proc itself and a few files (lxcfs's) may be mounted at or below /proc. cri/oci refuses such a volume
+    before the bundle is written; the executor checks every mount of a spec again where it lands."""
+    dest = posixpath.normpath("/" + destination.lstrip("/"))
+    if dest != "/proc" and not dest.startswith("/proc/"):
+        return False
+    return not ((dest == "/proc" and fstype == "proc") or dest in PROC_MOUNT_ALLOWED)
 
 
 # ---------------------------------------------------------------------------------------------- processes

@@ -18,13 +18,14 @@ STEPS: dict[str, tuple[str, ...]] = {
     "RunPodSandbox": (
         "run_pod_sandbox.name", "run_pod_sandbox.dir", "run_pod_sandbox.cgroup", "run_pod_sandbox.namespaces",
         "run_pod_sandbox.pod_init", "run_pod_sandbox.pod_init_cgroup", "run_pod_sandbox.files",
-        "run_pod_sandbox.shm_dir", "run_pod_sandbox.shm", "run_pod_sandbox.network", "run_pod_sandbox.record",
+        "run_pod_sandbox.shm_dir", "run_pod_sandbox.shm", "run_pod_sandbox.network", "run_pod_sandbox.nri",
+        "run_pod_sandbox.record",
     ),
     "CreateContainer": (
-        "create_container.name", "create_container.dirs", "create_container.spec", "create_container.shim",
-        "create_container.record",
+        "create_container.name", "create_container.dirs", "create_container.working_dir", "create_container.cdi",
+        "create_container.nri", "create_container.spec", "create_container.shim", "create_container.record",
     ),
-    "StartContainer": ("start_container.shim", "start_container.record"),
+    "StartContainer": ("start_container.nri", "start_container.shim", "start_container.record"),
     "StopContainer": (
         "stop_container.signal", "stop_container.grace", "stop_container.kill", "stop_container.killed",
         "stop_container.cgroup",
@@ -34,8 +35,8 @@ STEPS: dict[str, tuple[str, ...]] = {
         "remove_container.name",
     ),
     "StopPodSandbox": (
-        "stop_pod_sandbox.containers", "stop_pod_sandbox.processes", "stop_pod_sandbox.network",
-        "stop_pod_sandbox.record",
+        "stop_pod_sandbox.containers", "stop_pod_sandbox.processes", "stop_pod_sandbox.nri",
+        "stop_pod_sandbox.network", "stop_pod_sandbox.netns", "stop_pod_sandbox.record",
     ),
     "RemovePodSandbox": (
         "remove_pod_sandbox.stopped", "remove_pod_sandbox.containers", "remove_pod_sandbox.network",
@@ -61,7 +62,7 @@ STEPS: dict[str, tuple[str, ...]] = {
 # comment
 STEP_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "RunPodSandbox": ("cri.lifecycle.pods:PodSandboxController._make",),
-    "CreateContainer": ("cri.service.container_create:_make",),
+    "CreateContainer": ("cri.service.container_create:_create_in_pod",),
     "StartContainer": ("cri.lifecycle.containers:ContainerController.start",),
     "StopContainer": ("cri.lifecycle.containers:ContainerController._stop",),
     "RemoveContainer": ("cri.lifecycle.containers:ContainerController._remove",),

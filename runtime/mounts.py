@@ -34,6 +34,10 @@ async def mount_tmpfs(target: Path, *, size_bytes: int, options: str = "nosuid,n
                f"mount tmpfs on {target}")
 
 
+async def bind_mount(source: str, target: Path) -> None:
+    await _run(["mount", "--bind", source, str(target)], f"bind {source} on {target}")
+
+
 async def unmount(target: Path, *, lazy: bool = True) -> None:
     """Unmount target if it is a mount point (every mount stacked on it); a missing or unmounted path is fine."""
     while is_mountpoint(target):

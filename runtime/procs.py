@@ -10,19 +10,30 @@ import signal
 from dataclasses import dataclass
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot): with the pid it names one process for good.
-    None when there is no such process, or only its zombie (it has exited)."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat from field 3 (the state) on; None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # the command name (field 2) may contain spaces and parentheses: the fields start after its last ')'
-    fields = data[data.rindex(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
+    return data[data.rindex(b")") + 2:].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot): with the pid it names one process for good.
+    None when there is no such process, or only its zombie (it has exited)."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in (b"Z", b"X"):
         return None
     return int(fields[19])
+
+
+def parent_pid(pid: int) -> int | None:
+    """Field 4 of /proc/<pid>/stat; None when there is no such process."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[1])
 
 
 def processes_with_argument(argument: str) -> list[int]:

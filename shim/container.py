@@ -29,7 +29,8 @@ from shim.io.cri_log import STDERR, STDOUT
 from shim.io.output import Output, output_pipe
 from shim.io.streams import Conn, Sink
 from shim.log import log
-from shim.oom import oom_kills
+from shim.loop import read_available
+from shim.oom import OomCounter
 from shim.protocol import ExitStatus, ShimError
 from shim.rootfs import mount_rootfs, unmount_rootfs
 from shim.spawn import CommandResult
@@ -51,7 +52,7 @@ class Container:
         self.pid = 0
         self.status: ExitStatus | None = None
         self.started_at = 0
-        self.oom_before = 0
+        self.oom = OomCounter()
         self.waiters: list[Reply] = []
         self.outputs: list[Output] = []
         self.stdin: Sink | None = None
@@ -60,6 +61,8 @@ class Container:
         self.spec: dict[str, Any] = {}
         self._shutdown_replies: list[Reply] = []
         self._shutting_down = False
+        self._kills_in_flight = 0
+        self._after_kills: list[Any] = []
 
     @property
     def cgroup_dir(self) -> str:
@@ -73,6 +76,10 @@ class Container:
         if self.state != "new":
             raise ShimError("AlreadyExists", f"container {self.id} is already {self.state}")
         self.state = "creating"
+        # hold (the systemd cgroup driver): crispd puts the container's first process into its scope before that
+        # process starts; the executor reports its pid on fd 3 and waits, the shim passes it on as a first reply,
+        # {"held": pid}
+        hold = bool(message.get("hold"))
 
         def mounted(target: str, error: str) -> None:
             if error:
@@ -80,7 +87,7 @@ class Container:
                 return
             self.rootfs_mounted = target
             self.shim.point("shim.rootfs")
-            self._create_container(reply)
+            self._create_container(reply, hold)
 
         try:
             self.spec = load_config(self.config.bundle)
@@ -90,15 +97,21 @@ class Container:
             self._create_failed(reply, ShimError(errors.kind_of(exc), f"{self.id}: {exc}"))
             return
         if not mounting:
-            self._create_container(reply)
+            self._create_container(reply, hold)
 
-    def _create_container(self, reply: Reply) -> None:
+    def _create_container(self, reply: Reply, hold: bool) -> None:
         process = self.spec.get("process") or {}
         tty = bool(process.get("terminal")) if isinstance(process, dict) else False
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         child_fds = [devnull]
         console: socket.socket | None = None
         args = ["create", "--bundle", self.config.bundle, "--pid-file", self.shim.path(INIT_PID_NAME)]
+        held_w: int | None = None
+        if hold:
+            held_r, held_w = os.pipe2(os.O_CLOEXEC)
+            child_fds.append(held_w)
+            args += ["--held-pid-fd", "3"]
+            self._relay_held_pid(held_r, reply)
         stdio = (devnull, devnull, devnull)
         try:
             if tty:
@@ -118,7 +131,7 @@ class Container:
                     stdin_fd = in_r
                 stdio = (stdin_fd, out_w, err_w)
             args.append(self.id)
-            self.oom_before = oom_kills(self.cgroup_dir)
+            self.oom.start(self.cgroup_dir)
             since = time.monotonic()
 
             def created(result: CommandResult, offset: int) -> None:
@@ -127,7 +140,7 @@ class Container:
                 else:
                     self._created(result, offset, since, reply)
 
-            self.shim.executor.run(args, created, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+            self.shim.executor.run(args, created, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], fd3=held_w)
         except OSError as exc:
             if console is not None:
                 console.close()
@@ -135,6 +148,27 @@ class Container:
         finally:
             for fd in child_fds:
                 os.close(fd)
+
+    def _relay_held_pid(self, fd: int, reply: Reply) -> None:
+        """The executor's line on the held-pid pipe ("<pid>\\n") becomes the first reply of a held create."""
+        os.set_blocking(fd, False)
+        data = bytearray()
+
+        def on_readable() -> None:
+            chunk = read_available(fd)
+            if chunk is None:
+                return
+            data.extend(chunk)
+            if chunk and b"\n" not in data:
+                return
+            self.shim.loop.forget(fd)
+            os.close(fd)
+            text = bytes(data).strip()
+            if text.isdigit():
+                reply(protocol.reply_ok(held=int(text)))
+            # else the executor ended without one: its failure is the create's reply
+
+        self.shim.loop.add_reader(fd, on_readable)
 
     def _await_console(self, console: socket.socket, result: CommandResult, offset: int, since: float,
                        reply: Reply) -> None:
@@ -162,8 +196,7 @@ class Container:
 
     def _created(self, result: CommandResult, offset: int, since: float, reply: Reply) -> None:
         if not result.ok:
-            message = self.shim.executor.error(result, offset)
-            self._create_failed(reply, ShimError("Internal", f"{self.id}: {message}"))
+            self._create_failed(reply, self.shim.executor.error(result, offset))
             return
         try:
             with open(self.shim.path(INIT_PID_NAME)) as f:
@@ -210,7 +243,7 @@ class Container:
             self.rootfs_mounted = ""
             done()
 
-        unmount_rootfs(self.shim.loop, target, unmounted)
+        unmount_rootfs(self.shim.loop, target, unmounted, self.config.bundle, self.spec)
 
     # --- start, state, kill, wait ---------------------------------------------------------------------------
 
@@ -236,7 +269,7 @@ class Container:
                 self.shim.point("shim.started")
                 reply(protocol.reply_ok(pid=self.pid, started_at=self.started_at))
             else:
-                reply(protocol.reply_error("Internal", f"{self.id}: {self.shim.executor.error(result, offset)}"))
+                reply(self.shim.executor.error(result, offset).reply())
 
         self.shim.executor.run(["start", self.id], started)
 
@@ -273,9 +306,25 @@ class Container:
             if result.ok or self.status is not None:
                 reply(protocol.reply_ok())
             else:
-                reply(protocol.reply_error("Internal", f"{self.id}: {self.shim.executor.error(result, offset)}"))
+                reply(self.shim.executor.error(result, offset).reply())
 
-        self.shim.executor.run(["kill", "--all", self.id, str(sig)], killed)
+        self._kill_all(str(sig), killed)
+
+    def _kill_all(self, sig: str, done: Any) -> None:
+        """`kill --all`, counted: runc freezes the cgroup while it signals every process, and a delete that finds
+        a stopped container's cgroup frozen fails ("invalid state transition from stopped to paused"), so a
+        delete waits for the kills in flight."""
+        self._kills_in_flight += 1
+
+        def killed(result: CommandResult, offset: int) -> None:
+            self._kills_in_flight -= 1
+            done(result, offset)
+            if not self._kills_in_flight:
+                after, self._after_kills = self._after_kills, []
+                for then in after:
+                    then()
+
+        self.shim.executor.run(["kill", "--all", self.id, sig], killed)
 
     def op_wait(self, conn: Conn, message: dict[str, Any], reply: Reply) -> None:
         if self.state in ("new", "creating"):
@@ -305,7 +354,7 @@ class Container:
                 log(f"container {self.id}: resources updated")
                 reply(protocol.reply_ok())
             else:
-                reply(protocol.reply_error("Internal", f"{self.id}: {self.shim.executor.error(result, offset)}"))
+                reply(self.shim.executor.error(result, offset).reply())
 
         self.shim.executor.run(["update", "--resources", path, self.id], updated)
 
@@ -320,7 +369,7 @@ class Container:
         for out in self.outputs:
             out.drain()
         code, sig = protocol.wait_status_to_exit(wait_status)
-        oom = oom_kills(self.cgroup_dir) > self.oom_before
+        oom = self.oom.killed(sig)
         self.status = ExitStatus(exit_code=code, signal=sig, started_at=self.started_at, finished_at=finished,
                                  oom_killed=oom)
         try:
@@ -362,12 +411,16 @@ class Container:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            self.shim.executor.run(["kill", "--all", self.id, "KILL"], lambda result, offset: None)
+            self._kill_all("KILL", lambda result, offset: None)
             self.waiters.append(lambda answer: self._delete_and_exit())
         else:
             self._delete_and_exit()
 
     def _delete_and_exit(self) -> None:
+        if self._kills_in_flight:
+            self._after_kills.append(self._delete_and_exit)
+            return
+
         def deleted(result: CommandResult, offset: int) -> None:
             if not result.ok:
                 self._delete_failed(self.shim.executor.error(result, offset))
@@ -391,11 +444,11 @@ class Container:
 
         self.shim.executor.run(["delete", "--force", self.id], deleted)
 
-    def _delete_failed(self, message: str) -> None:
+    def _delete_failed(self, error: ShimError) -> None:
         """The container may still hold processes, mounts or its cgroup: nothing of the record goes (shim.json,
         the socket, the rootfs mount); the shim keeps serving, and a later shutdown tries again."""
-        log(f"{message}; keeping the container's record for another try")
+        log(f"{error.message}; keeping the container's record for another try")
         replies, self._shutdown_replies = self._shutdown_replies, []
         self._shutting_down = False
         for reply in replies:
-            reply(protocol.reply_error("Internal", f"{self.id}: {message}"))
+            reply(error.reply())

@@ -157,7 +157,7 @@ class ExecSessions:
                 session.outputs[reader] = protocol.STREAM_STDOUT
                 session.stdin = Sink(self.loop, master, owns_fd=True)
             if error and result.ok:
-                self._failed(session, reply, error)
+                self._failed(session, reply, ShimError(errors.INTERNAL, f"{self.id}: {error}"))
                 return
             self._launched(session, result, offset, since, reply)
 
@@ -167,11 +167,18 @@ class ExecSessions:
             return
         receive_console(self.loop, console, finish)
 
-    def _failed(self, session: ExecSession, reply: Reply, message: str) -> None:
+    def _failed(self, session: ExecSession, reply: Reply, error: ShimError) -> None:
         session.done = True
         self.sessions.pop(session.id, None)
         self._cleanup(session)
-        reply(protocol.reply_error("Internal", f"{self.id}: {message}"))
+        # the container's init may have died after op_exec's check (a probe racing the container's end): the
+        # executor then refuses the exec; its exit is ours to reap, and the refusal is the caller's precondition
+        self.loop.reap()
+        if self.shim.container.state == "stopped":
+            reply(protocol.reply_error("FailedPrecondition", f"container {self.id} exited while exec {session.id} "
+                                       f"was starting ({error.message})"))
+            return
+        reply(error.reply())
 
     def _launched(self, session: ExecSession, result: CommandResult, offset: int, since: float,
                   reply: Reply) -> None:
@@ -182,7 +189,7 @@ class ExecSessions:
             with open(session.files[1]) as f:
                 session.pid = int(f.read().strip())
         except (OSError, ValueError) as exc:
-            self._failed(session, reply, f"no pid file from the executor: {exc}")
+            self._failed(session, reply, ShimError(errors.INTERNAL, f"{self.id}: no pid file from the executor: {exc}"))
             return
         conn = session.conn
         self.shim.point("shim.exec")

@@ -1,5 +1,8 @@
 """Driving the executor (crisp-executor, runc or crun) with runc's command line, and its failures in its own words.
 
+A failure keeps the kind the executor gave it: crisp-executor's error lines in its JSON log carry the wire name of
+their `runtime.errors` kind (`"kind"`), which the shim passes on as it is; runc's and crun's carry none (Internal).
+
 Every command gets the bundle contract's global options (runtime.bundle.executor_argv: `--root`, `--log
 <bundle>/executor.log --log-format json`, and the cgroup2 bind for an OCI runtime on a hybrid host), a timeout,
 and runs without blocking the shim's loop.
@@ -11,9 +14,10 @@ import json
 import os
 from collections.abc import Callable
 
+from runtime import errors
 from runtime.bundle import EXECUTOR_LOG, executor_argv
 from shim.loop import Loop
-from shim.protocol import ShimConfig
+from shim.protocol import ShimConfig, ShimError
 from shim.spawn import CommandResult, run_command
 
 STEP_TIMEOUT = 60.0  # any one executor, mount or umount command
@@ -34,14 +38,15 @@ class Executor:
                              cgroup2_bind=self.config.cgroup2_bind)
 
     def run(self, args: list[str], done: Done, stdin: int | None = None, stdout: int | None = None,
-            stderr: int | None = None) -> None:
+            stderr: int | None = None, fd3: int | None = None) -> int:
+        """Start an executor command (`fd3`: an fd it gets as 3); returns its pid, `done` gets its result."""
         offset = self._log_size()
-        run_command(self.loop, self.argv(*args), lambda result: done(result, offset),
-                    stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT)
+        return run_command(self.loop, self.argv(*args), lambda result: done(result, offset),
+                           stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT, fd3=fd3)
 
-    def error(self, result: CommandResult, log_offset: int) -> str:
-        """The executor's own words about a failure: the last error in its log, else its output."""
-        message = ""
+    def error(self, result: CommandResult, log_offset: int) -> ShimError:
+        """The executor's own words about a failure (the last error in its log, else its output) and its kind."""
+        message, kind = "", errors.INTERNAL
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(log_offset)
@@ -50,15 +55,18 @@ class Executor:
                         entry = json.loads(line)
                     except ValueError:
                         text = line.decode(errors="replace").strip()
-                        message = text or message
+                        if text:
+                            message, kind = text, errors.INTERNAL
                         continue
                     if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", "panic"):
                         message = str(entry.get("msg", "")) or message
+                        kind = str(entry.get("kind", errors.INTERNAL))
         except OSError:
             pass
         name = os.path.basename(self.config.executor[0])
         command = next((a for a in result.argv if a in _COMMANDS), "")
-        return f"{name} {command} failed ({result.describe()})" + (f": {message}" if message else "")
+        return ShimError(kind, f"{self.config.id}: {name} {command} failed ({result.describe()})"
+                         + (f": {message}" if message else ""))
 
     def _log_size(self) -> int:
         try:

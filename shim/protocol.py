@@ -59,6 +59,9 @@ class ShimError(Exception):
     def to_json(self) -> dict[str, str]:
         return {"kind": self.kind, "message": self.message}
 
+    def reply(self) -> dict[str, Any]:
+        return reply_error(self.kind, self.message)
+
 
 @dataclass(frozen=True)
 class ShimConfig:

@@ -26,13 +26,17 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int, env: dict[str, str] | None = None) -> int:
-    """Start argv with the given fds as 0, 1, 2 (each must be >= 3 or already that number); returns the pid.
+def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int, env: dict[str, str] | None = None,
+          fd3: int | None = None) -> int:
+    """Start argv with the given fds as 0, 1, 2 (and `fd3` as 3; each must be >= 4 or already that number);
+    returns the pid.
 
     Every other fd of the shim is close-on-exec (Python's default), so nothing else leaks into the child.
     """
     actions = []
-    for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+    if fd3 == 3:
+        os.set_inheritable(3, True)  # no dup2 to clear its close-on-exec
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr), *(((3, fd3),) if fd3 is not None else ())):
         if fd != target:
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
     return os.posix_spawnp(argv[0], list(argv), env if env is not None else child_env(), file_actions=actions,
@@ -113,7 +117,7 @@ class _Command:
 
 def run_command(loop: Loop, argv: Sequence[str], done: Callable[[CommandResult], None],
                 stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
-                timeout: float = 0.0, env: dict[str, str] | None = None) -> int:
+                timeout: float = 0.0, env: dict[str, str] | None = None, fd3: int | None = None) -> int:
     """Run argv without blocking the loop; `done` gets the result once it exited and its pipes are drained.
 
     stdin defaults to /dev/null, stdout and stderr to pipes that are collected. A timeout (> 0) SIGKILLs it.
@@ -136,7 +140,7 @@ def run_command(loop: Loop, argv: Sequence[str], done: Callable[[CommandResult],
                 targets.append(w)
             else:
                 targets.append(given)
-        pid = spawn(argv, stdin, targets[0], targets[1], env)
+        pid = spawn(argv, stdin, targets[0], targets[1], env, fd3)
     except OSError:
         for fd in read_ends:
             os.close(fd)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -10,9 +12,10 @@ from pathlib import Path
 from runtime.cgroups import CgroupV2Manager
 
 
-def mounts_under(prefix: Path) -> list[str]:
+def mounts_under(prefix: Path, pid: int | str = "self") -> list[str]:
+    """The mounts at or below prefix, in the mount namespace of `pid` (by default this process's)."""
     found = []
-    with open("/proc/self/mountinfo") as f:
+    with open(f"/proc/{pid}/mountinfo") as f:
         for line in f:
             target = line.split()[4].replace("\\040", " ")
             if target == str(prefix) or target.startswith(f"{prefix}/"):
@@ -39,6 +42,14 @@ def remove_cgroup_tree(base: str) -> None:
                 os.rmdir(d)
             except OSError:
                 pass
+
+
+def kill_cgroup_tree(base: str) -> None:
+    """A failed test's last resort: SIGKILL every process in base and below it (cgroup.kill)."""
+    kill = CgroupV2Manager.discover().mount / base.lstrip("/") / "cgroup.kill"
+    if kill.exists():
+        with contextlib.suppress(OSError):
+            kill.write_text("1")
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -95,6 +106,41 @@ def wait_until(predicate: object, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(callable(predicate) and predicate())
+
+
+def cgroup_v1_dirs() -> set[str]:
+    """Every cgroup dir of the host's cgroup v1 hierarchies ("<mount>/<path>"), except the siblings of the cgroups
+    this process lives in: whoever put the test runner in a per-job v1 cgroup (a host's job manager) makes one for
+    every other job there too, and nothing a test starts creates cgroups relative to its own."""
+    found: set[str] = set()
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if line.split(" - ")[1].split()[0] == "cgroup"]
+    own = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(","):
+            own[c.removeprefix("name=")] = path
+    for mount in mounts:
+        parent = str(Path(own.get(Path(mount).name, "/")).parent)
+        skip = f"{mount}{parent}" if parent != "/" else ""
+        for d, subdirs, _ in os.walk(mount):
+            if skip and (d == skip or d.startswith(skip + "/")):
+                subdirs.clear()
+                continue
+            found.add(d)
+    return found
+
+
+def store_rows(db: Path, ids: Collection[str]) -> list[str]:
+    """The rows of a crispd's metadata store (`<root>/crisp.db`) that name any of these pod or container ids (read
+    only, beside the running crispd)."""
+    owner = {"sandboxes": "id", "containers": "id", "name_reservations": "owner_id", "ip_leases": "sandbox_id"}
+    found = []
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+        for table, column in owner.items():
+            found += [f"{table} {value}" for (value,) in conn.execute(f"SELECT {column} FROM {table}")
+                      if value in ids]
+    return found
 
 
 def shm_segments(size: int | None = None) -> set[int]:

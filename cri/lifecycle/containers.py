@@ -1,8 +1,9 @@
 """The container controller: start, stop and remove a container, record its exit once, watch it until it exits.
 
 Start, Stop, Remove (and UpdateContainerResources) of one container run one at a time (the container's lock);
-state changes are written to the store first and published as events right after. A creation that crispd did
-not live to finish or undo is undone at its next start (`undo_unfinished`) with the steps Remove uses.
+state changes are written to the store first and published as events right after. NRI plugins hear of each at
+fixed points (cri/nri/service.py says which). A creation that crispd did not live to finish or undo is undone at
+its next start (`undo_unfinished`) with the steps Remove uses.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import signal
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri.cgroup_driver import CgroupDriver
 from cri.debug import DebugPoints
 from cri.events import EventPublisher
+from cri.lifecycle.limits import ContainerLimits
 from cri.metrics import Metrics
-from cri.oci import oci_resources
+from cri.nri.service import NriService
 from cri.shims.manager import ShimManager
 from cri.store.containers import CREATED, RUNNING, Container, ContainerStore
 from cri.store.names import NameIndex
 from cri.store.sandboxes import READY, SandboxStore
 from runtime import errors
-from runtime.cgroups import CgroupV2Manager, enforceable_limits
+from runtime.fstree import remove_tree
 from shim.protocol import ExitStatus
 
 log = logging.getLogger(__name__)
@@ -56,14 +58,15 @@ def exit_reason(status: ExitStatus) -> str:
 
 class ContainerController:
     def __init__(self, *, containers: ContainerStore, names: NameIndex, sandboxes: SandboxStore, shims: ShimManager,
-                 cgroups: Callable[[], CgroupV2Manager], missing_controller: str, events: EventPublisher,
-                 metrics: Metrics, debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
+                 cgroups: CgroupDriver, limits: ContainerLimits, nri: NriService,
+                 events: EventPublisher, metrics: Metrics, debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
         self.containers = containers
         self.names = names
         self.sandboxes = sandboxes
         self.shims = shims
         self.cgroups = cgroups
-        self.missing_controller = missing_controller
+        self.limits = limits
+        self.nri = nri
         self.events = events
         self.metrics = metrics
         self.debug = debug
@@ -82,6 +85,8 @@ class ContainerController:
             sandbox = self.sandboxes.find(container.meta.sandbox_id)
             if sandbox is None or sandbox.status.state != READY:
                 raise errors.FailedPrecondition(f"the pod of container {container.id} is not ready")
+            await self.nri.start_container(container)  # a plugin's error fails the start
+            await self.debug.point("start_container.nri")
             try:
                 started_at = await self.shims.client(container.id).start()
             except errors.Unavailable:
@@ -93,23 +98,18 @@ class ContainerController:
             await self.debug.point("start_container.record")
         log.info("container %s started", container.id)
         self.events.container(container, cri.CONTAINER_STARTED_EVENT)
+        await self.nri.post_start_container(container)  # no fail point: NRI hears of a done start
 
     # --- resources ------------------------------------------------------------------------------------------
 
     async def update_resources(self, container: Container, resources: cri.LinuxContainerResources) -> None:
-        """Change the limits of a created or running container live, through the component that owns its cgroup
-        (with the cgroupfs driver, the only one crisp drives: the shim and the executor's `update`, as runc has
-        it); the resources in force are kept in its record (ContainerStatus.resources). The missing-controller
-        policy applies as at create: crispd decides what is dropped, the executor treats the rest as required."""
+        """Change the limits of a created or running container live (cri/lifecycle/limits.py), as NRI plugins
+        leave them (their updates of other containers are applied too)."""
         async with container.lock:
-            if container.status.state not in (RUNNING, CREATED):
-                raise errors.FailedPrecondition(f"container {container.id} is {container.status.state}")
-            oci = oci_resources(resources, swap_limit=True)
-            missing = await asyncio.to_thread(self.cgroups().missing_controllers, oci, container.meta.cgroup)
-            limits = enforceable_limits(oci, missing, self.missing_controller, f"container {container.id}")
-            await self.shims.client(container.id).update(limits)
-            await self.containers.update(container, resources=resources.SerializeToString().hex())
-            log.info("container %s: resources updated", container.id)
+            self.limits.check(container)
+            resources = await self.nri.update_container(container, resources)
+            await self.limits.apply(container, resources)
+        await self.nri.post_update_container(container)
 
     # --- exits ----------------------------------------------------------------------------------------------
 
@@ -125,6 +125,7 @@ class ContainerController:
         if status.oom_killed:
             self.metrics.oom_kills.inc()
         self.events.container(container, cri.CONTAINER_STOPPED_EVENT)
+        await self.nri.container_stopped(container)
 
     async def _watch_exit(self, container: Container) -> None:
         try:
@@ -198,11 +199,13 @@ class ContainerController:
             await self.debug.point("stop_container.killed")
         await self._kill_cgroup(container.meta.cgroup)
         await self.debug.point("stop_container.cgroup")
+        # NRI's StopContainer is delivered before StopContainer returns
+        await self.nri.wait_stopped(container.id)  # no fail point: a wait
         log.info("container %s stopped", container.id)
 
     async def _kill_cgroup(self, path: str) -> None:
         """Whatever the container left behind (processes of a shared PID namespace) dies with its cgroup."""
-        cgroup = self.cgroups().cgroup(path)
+        cgroup = self.cgroups.manager().cgroup(path)
 
         def kill() -> None:
             if cgroup.exists() and cgroup.created_by_crisp():
@@ -225,7 +228,8 @@ class ContainerController:
         await self.shims.discard(container.id)
         await self.debug.point("remove_container.shim")
         meta = container.meta
-        await self._remove_remains(ContainerRemains(Path(meta.bundle), Path(meta.container_dir), meta.cgroup))
+        await self._remove_remains(container.id, ContainerRemains(Path(meta.bundle), Path(meta.container_dir),
+                                                                  meta.cgroup))
         await self.debug.point("remove_container.dirs")
         await self.containers.delete(container)
         await self.debug.point("remove_container.record")
@@ -233,16 +237,18 @@ class ContainerController:
         await self.debug.point("remove_container.name")
         log.info("container %s removed", container.id)
         self.events.container(container, cri.CONTAINER_DELETED_EVENT)
+        await self.nri.remove_container(container)  # no fail point: NRI hears of a done removal
 
-    async def _remove_remains(self, remains: ContainerRemains) -> None:
-        """The container's cgroup (if crisp made it), its bundle and its writable layer."""
-        cgroup = self.cgroups().cgroup(remains.cgroup) if remains.cgroup is not None else None
+    async def _remove_remains(self, container_id: str, remains: ContainerRemains) -> None:
+        """The container's cgroup (if crisp made it; with systemd its scope), its shim's scope (systemd), its
+        bundle and its writable layer."""
+        if remains.cgroup is not None:
+            await self.cgroups.remove_leaf(remains.cgroup)
+        await self.cgroups.shim_gone(container_id)
 
         def cleanup() -> None:
-            if cgroup is not None and cgroup.exists() and cgroup.created_by_crisp():
-                cgroup.remove()
-            shutil.rmtree(remains.bundle, ignore_errors=True)
-            shutil.rmtree(remains.container_dir, ignore_errors=True)
+            remove_tree(remains.bundle, ignore_errors=True)
+            remove_tree(remains.container_dir, ignore_errors=True)
 
         await asyncio.to_thread(cleanup)
 
@@ -255,7 +261,7 @@ class ContainerController:
         await self.shims.discard(container_id)
         if remains.cgroup is not None:
             await self._kill_cgroup(remains.cgroup)
-        await self._remove_remains(remains)
+        await self._remove_remains(container_id, remains)
         if name:
             await self.names.release(name, container_id)
 

@@ -8,6 +8,8 @@ Running a pod is a list of steps, each of which registers its undo; removing a p
 (`_remove_dir`, `_remove_cgroup`, `_unpin`, `_remove_pod_init`, `_unmount_shm`, `_teardown_network`) in the same
 order, so a failed RunPodSandbox and a RemovePodSandbox leave the same nothing behind. Every undo is idempotent:
 missing pieces are fine. Everything a request could get wrong is checked in `plan`, before anything is made.
+NRI plugins hear of a pod at fixed points (cri/nri/service.py says which); a new pod stays invisible until they
+have agreed to it.
 
 A creation that crispd did not live to finish or undo (it was killed) is undone at its next start with the same
 steps (`undo_unfinished`), from what the name reservation kept of the plan (`PodPlan.intent`).
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,18 +27,22 @@ from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri.cgroup_driver import CgroupDriver
 from cri.debug import DebugPoints
 from cri.events import EventPublisher
 from cri.lifecycle.containers import ContainerController
 from cri.lifecycle.pod_files import pod_hostname, write_pod_files
 from cri.metrics import Metrics
 from cri.network import pod_network_request
+from cri.nri.service import NriService
 from cri.oci import oci_resources
+from cri.oci.userns import PodUserns, pod_userns
 from cri.store.names import NameIndex
 from cri.store.sandboxes import NOT_READY, READY, Sandbox, SandboxMeta, SandboxStatus, SandboxStore
 from runtime import errors
-from runtime.cgroups import CgroupV2Manager, enforceable_limits
+from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import find_pod_init, remove_pid_pin, start_pod_init, stop_pod_init
 from runtime.namespaces.pin import KINDS, NamespaceSetup, pin_namespaces, unpin_namespaces
@@ -69,6 +74,8 @@ class PodPlan:
     host_ipc: bool
     host_pid: bool
     shared_pid: bool
+    # the pod's own user namespace (userns_options POD), made before its other namespaces, which it owns
+    userns: PodUserns | None
     # the pod's network, once for setup and for its undo; None for a host-network pod
     network: PodNetworkRequest | None
 
@@ -91,19 +98,18 @@ class PodRemains:
 
 
 class PodSandboxController:
-    def __init__(self, *, state_dir: Path, cgroup_base: str, missing_controller: str, sandboxes: SandboxStore,
-                 names: NameIndex,
-                 containers: ContainerController, cgroups: Callable[[], CgroupV2Manager],
-                 network: NetworkManager | None, events: EventPublisher, metrics: Metrics, debug: DebugPoints,
+    def __init__(self, *, state_dir: Path, missing_controller: str, sandboxes: SandboxStore, names: NameIndex,
+                 containers: ContainerController, cgroups: CgroupDriver, network: NetworkManager | None,
+                 nri: NriService, events: EventPublisher, metrics: Metrics, debug: DebugPoints,
                  clock_ns: Callable[[], int]) -> None:
         self.state_dir = state_dir
-        self.cgroup_base = cgroup_paths.normalize(cgroup_base)
         self.missing_controller = missing_controller
         self.sandboxes = sandboxes
         self.names = names
         self.containers = containers
         self.cgroups = cgroups
         self.network = network
+        self.nri = nri
         self.events = events
         self.metrics = metrics
         self.debug = debug
@@ -117,15 +123,16 @@ class PodSandboxController:
         linux = config.linux
         ns = linux.security_context.namespace_options
         host_network, host_ipc = ns.network == cri.NODE, ns.ipc == cri.NODE
+        userns = pod_userns(ns)
         pod_dir = self.state_dir / "sandboxes" / sandbox_id
         network = self._pod_network(sandbox_id, str(pod_dir / "ns" / "net"), config)
         return PodPlan(
             id=sandbox_id, name=name, config=config, handler=handler, dir=pod_dir,
-            cgroup=cgroup_paths.pod_cgroup_path(linux.cgroup_parent, config.metadata.uid, self.cgroup_base),
+            cgroup=self.cgroups.layout.pod(linux.cgroup_parent, config.metadata.uid),
             hostname=pod_hostname(config, host_network),
             sysctls=check_sysctls(linux.sysctls, pod_host_namespaces(host_network=host_network, host_ipc=host_ipc)),
             host_network=host_network, host_ipc=host_ipc, host_pid=ns.pid == cri.NODE, shared_pid=ns.pid == cri.POD,
-            network=network)
+            userns=userns, network=network)
 
     async def run(self, plan: PodPlan) -> Sandbox:
         """Make the pod (its name is reserved by the caller): on failure every step made so far is undone, the
@@ -134,22 +141,26 @@ class PodSandboxController:
             return await self._make(plan)
 
     async def _make(self, plan: PodPlan) -> Sandbox:
-        manager = self.cgroups()
         pod_dir = plan.dir
         async with Rollback(f"RunPodSandbox {plan.id}") as undo:
             undo.push("name reservation", lambda: self.names.release(plan.name, plan.id))
             await self.debug.point("run_pod_sandbox.name")
-            await asyncio.to_thread(pod_dir.mkdir, mode=0o700, parents=True)
+            # with a user namespace the pod's root (a host uid) may pass through to its files (as containerd's 0711)
+            await asyncio.to_thread(pod_dir.mkdir, mode=0o711 if plan.userns else 0o700, parents=True)
             undo.push("pod dir", lambda: self._remove_dir(pod_dir))
             await self.debug.point("run_pod_sandbox.dir")
 
-            await asyncio.to_thread(manager.create, plan.cgroup, exist_ok=True)
+            await self.cgroups.create_pod_cgroup(plan.cgroup)
             undo.push("pod cgroup", lambda: self._remove_cgroup(plan.cgroup))
             await self.debug.point("run_pod_sandbox.cgroup")
 
             kinds = {k for k, own in (("net", not plan.host_network), ("ipc", not plan.host_ipc),
                                       ("uts", not plan.host_network)) if own}
-            setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()))
+            if plan.userns is not None:
+                kinds.add("user")
+            setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()),
+                                   uid_mappings=plan.userns.uids if plan.userns else (),
+                                   gid_mappings=plan.userns.gids if plan.userns else ())
             pins = await pin_namespaces(pod_dir / "ns", setup)
             undo.push("namespaces", lambda: self._unpin(tuple(pins.values())))
             namespaces = {kind: str(path) for kind, path in pins.items()}
@@ -158,11 +169,10 @@ class PodSandboxController:
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
-                init_ref = await start_pod_init(pid_pin)
+                init_ref = await start_pod_init(pid_pin, userns=namespaces.get("user", ""))
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
                 await self.debug.point("run_pod_sandbox.pod_init")
-                leaf = cgroup_paths.container_cgroup_path(plan.cgroup, plan.id)
-                await asyncio.to_thread(lambda: manager.create(leaf, exist_ok=True).add_process(init_ref.pid))
+                await self.cgroups.place_pod_init(plan.cgroup, plan.id, init_ref.pid)
                 await self.debug.point("run_pod_sandbox.pod_init_cgroup")
                 namespaces["pid"] = str(pid_pin)
                 pod_init = (init_ref.pid, init_ref.start_time)
@@ -191,6 +201,9 @@ class PodSandboxController:
                 await self.debug.point("run_pod_sandbox.network")
 
             sandbox = Sandbox(meta, status)
+            await self.nri.run_pod_sandbox(sandbox)  # the pod stays invisible until the NRI plugins agree
+            undo.push("NRI plugins", lambda: self.nri.remove_pod_sandbox(sandbox))
+            await self.debug.point("run_pod_sandbox.nri")
             await self.sandboxes.add(sandbox)
             undo.push("sandbox row", lambda: self.sandboxes.delete(sandbox))
             await self.debug.point("run_pod_sandbox.record")
@@ -225,18 +238,34 @@ class PodSandboxController:
             await self._stop(sandbox)
 
     async def _stop(self, sandbox: Sandbox) -> None:
-        """Kill everything in the pod (no grace: the kubelet stops containers first) and tear its network down."""
+        """Kill everything in the pod (no grace: the kubelet stops containers first), tear its network down and let
+        its network namespace go."""
         await self.containers.stop_all(sandbox.id)
         await self.debug.point("stop_pod_sandbox.containers")
         await self._kill_pod_processes(sandbox)
         await self.debug.point("stop_pod_sandbox.processes")
+        if sandbox.status.state == READY:
+            await self.nri.stop_pod_sandbox(sandbox)  # once, with the containers stopped and the pod still there
+            await self.debug.point("stop_pod_sandbox.nri")
         await self._teardown_network(self._network_request(sandbox))
         await self.debug.point("stop_pod_sandbox.network")
-        if sandbox.status.state == READY:
-            await self.sandboxes.update(sandbox, state=NOT_READY)
+        await self._unpin_netns(sandbox)
+        await self.debug.point("stop_pod_sandbox.netns")
+        was_ready = sandbox.status.state == READY
+        if was_ready or sandbox.status.ips:  # the addresses went back to the pool: PodSandboxStatus shows none
+            await self.sandboxes.update(sandbox, state=NOT_READY, ips=())
+            await self.debug.point("stop_pod_sandbox.record")
+        if was_ready:
             log.info("pod %s stopped", sandbox.id)
             self.events.sandbox(sandbox, cri.CONTAINER_STOPPED_EVENT)
-            await self.debug.point("stop_pod_sandbox.record")
+
+    async def _unpin_netns(self, sandbox: Sandbox) -> None:
+        """A stopped pod's network namespace goes with its network (CRI: StopPodSandbox reclaims the pod's network
+        resources; containerd removes the netns there too): no process of the pod is left to use it, and a stopped
+        pod may stay for as long as its API object does. The pod's other pins stay until remove."""
+        netns = sandbox.meta.namespaces.get("net")
+        if netns and not sandbox.meta.host_network:
+            await self._unpin((Path(netns),))
 
     async def remove(self, sandbox: Sandbox) -> None:
         """Stop the pod, remove its containers, then undo every step of its creation (idempotent)."""
@@ -260,6 +289,7 @@ class PodSandboxController:
             await self.debug.point("remove_pod_sandbox.name")
         log.info("pod %s removed", sandbox.id)
         self.events.sandbox(sandbox, cri.CONTAINER_DELETED_EVENT)
+        await self.nri.remove_pod_sandbox(sandbox)  # no fail point: NRI hears of a done removal
 
     async def _dismantle(self, pod: PodRemains) -> None:
         """Give back everything the pod holds on the host, in the order a failed RunPodSandbox undoes it: its
@@ -302,26 +332,30 @@ class PodSandboxController:
             await self.names.release(name, sandbox_id)
 
     async def update_resources(self, sandbox: Sandbox, resources: cri.LinuxContainerResources) -> None:
-        """Size the pod cgroup, live: crispd owns it when it made it (the kubelet sizes its own)."""
-        manager = self.cgroups()
+        """Size the pod cgroup, live: crispd owns it when it made it (the kubelet sizes its own); with the systemd
+        driver its slice's unit properties first."""
+        manager = self.cgroups.manager()
         path = sandbox.meta.cgroup
         what = f"pod {sandbox.id}"
         oci = oci_resources(resources, swap_limit=True)
+        if not await asyncio.to_thread(manager.cgroup(path).created_by_crisp):
+            raise errors.FailedPrecondition(f"{what}: its cgroup {path} is the kubelet's; the kubelet sizes it")
+        await self.nri.update_pod_sandbox(sandbox, resources)
 
-        def apply() -> None:
-            if not manager.cgroup(path).created_by_crisp():
-                raise errors.FailedPrecondition(f"{what}: its cgroup {path} is the kubelet's; the kubelet sizes it")
-            missing = manager.missing_controllers(oci, path)
-            manager.open(path).apply(enforceable_limits(oci, missing, self.missing_controller, what))
+        def enforceable() -> dict[str, Any]:
+            return enforceable_limits(oci, manager.missing_controllers(oci, path), self.missing_controller, what)
 
-        await asyncio.to_thread(apply)
+        limits = await asyncio.to_thread(enforceable)
+        await self.cgroups.set_unit_resources(path, limits)
+        await asyncio.to_thread(lambda: manager.open(path).apply(limits))
+        await self.nri.post_update_pod_sandbox(sandbox)
 
     async def _kill_pod_processes(self, sandbox: Sandbox) -> None:
         """SIGKILL whatever still runs in the pod: its PID 1 (if any) and every crisp leaf of the pod cgroup."""
         ref = sandbox.status.pod_init_ref()
         if ref is not None:
             await stop_pod_init(ref)
-        manager = self.cgroups()
+        manager = self.cgroups.manager()
 
         def kill_leaves() -> None:
             pod = manager.cgroup(sandbox.meta.cgroup)
@@ -367,30 +401,13 @@ class PodSandboxController:
         await stop_pod_init(ref)
         await remove_pid_pin(pin)
         if pod_cgroup is not None:
-            leaf = self.cgroups().cgroup(cgroup_paths.container_cgroup_path(pod_cgroup, sandbox_id))
-            await asyncio.to_thread(leaf.remove)
+            await self.cgroups.remove_leaf(self.cgroups.layout.leaf(pod_cgroup, sandbox_id))
 
     async def _unpin(self, pins: tuple[Path, ...]) -> None:
         await unpin_namespaces(pins)
 
     async def _remove_cgroup(self, path: str) -> None:
-        """The pod cgroup if crisp made it (the kubelet's own stays) and nothing is in it (another attempt of the
-        same pod may share it), then the empty levels above it that crisp made for it, up to the base."""
-        manager = self.cgroups()
-
-        def remove() -> None:
-            current = path
-            while current not in ("/", self.cgroup_base):
-                cgroup = manager.cgroup(current)
-                if not cgroup.exists():
-                    current = cgroup_paths.parent(current)
-                    continue
-                if not cgroup.created_by_crisp() or cgroup.children() or cgroup.procs():
-                    return
-                cgroup.remove()
-                current = cgroup_paths.parent(current)
-
-        await asyncio.to_thread(remove)
+        await self.cgroups.remove_pod_cgroup(path)
 
     async def _remove_dir(self, pod_dir: Path) -> None:
-        await asyncio.to_thread(shutil.rmtree, pod_dir, True)
+        await asyncio.to_thread(remove_tree, pod_dir, True)

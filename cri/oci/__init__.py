@@ -6,7 +6,7 @@ host, `LayeredFiles` reads the image's /etc/passwd and /etc/group from its unmou
 """
 
 from cri.oci.host import HostPaths, NodeFacts, inspect_host
-from cri.oci.mounts import PodFiles
+from cri.oci.mounts import ImageVolume, PodFiles, image_volume
 from cri.oci.resources import oci_resources
 from cri.oci.signals import cri_signal, resolve_stop_signal
 from cri.oci.spec import PodContext, SpecInputs, SpecOptions, build_container_spec
@@ -15,6 +15,7 @@ from cri.oci.user import ImageFiles, LayeredFiles, StaticFiles
 __all__ = [
     "HostPaths",
     "ImageFiles",
+    "ImageVolume",
     "LayeredFiles",
     "NodeFacts",
     "PodContext",
@@ -24,6 +25,7 @@ __all__ = [
     "StaticFiles",
     "build_container_spec",
     "cri_signal",
+    "image_volume",
     "inspect_host",
     "oci_resources",
     "resolve_stop_signal",

@@ -18,12 +18,10 @@ import socket
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cri import api as cri
 from cri.oci.capabilities import capabilities_from_mask
 from cri.oci.seccomp import requested_seccomp
-from runtime.cgroups import paths as cgroup_paths
 
 # Directories of /dev that are not device nodes to copy into a privileged container (as runc and containerd skip).
 _SKIPPED_DEV_DIRS = frozenset({"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"})
@@ -44,8 +42,8 @@ class NodeFacts:
     hostname: str = "localhost"
     # uname machine (x86_64, aarch64, ...): picks seccomp architectures and arch-specific syscalls
     arch: str = "x86_64"
-    # /sys/fs/cgroup is cgroup v2 alone (not a hybrid host): containers get a cgroup namespace
-    cgroup2_unified: bool = True
+    # the kernel has cgroup namespaces (Linux 4.6+): unprivileged containers get one, hybrid host or not
+    cgroup_namespaces: bool = True
 
     @property
     def has_sys_resource(self) -> bool:
@@ -67,19 +65,13 @@ class NodeFacts:
             nofile=(_rlimit_value(soft), _rlimit_value(hard)),
             hostname=socket.gethostname(),
             arch=platform.machine(),
-            cgroup2_unified=_cgroup2_unified(os.path.join(proc, "self/mountinfo")),
+            cgroup_namespaces=os.path.exists(os.path.join(proc, "self/ns/cgroup")),
         )
 
 
 def _rlimit_value(value: int) -> int:
     # RLIM_INFINITY is -1 in Python; the OCI spec wants the kernel's unsigned value
     return 2**64 - 1 if value == resource.RLIM_INFINITY else value
-
-
-def _cgroup2_unified(mountinfo: str) -> bool:
-    """A pure cgroup v2 node: cgroup2 is mounted on /sys/fs/cgroup itself."""
-    with open(mountinfo) as f:
-        return Path(cgroup_paths.SYS_FS_CGROUP) in cgroup_paths.cgroup2_mounts(f.read())
 
 
 # ---------------------------------------------------------------------------------------------- mountinfo

@@ -15,7 +15,9 @@ from typing import Any
 
 from cri import api as cri
 from cri.oci.host import DeviceLookup, DeviceNode, MountSource
-from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from cri.oci.user import ImageFiles, LayeredFiles
+from runtime.bundle import Overlay, mount_refused_in_proc
+from runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 
 _PROPAGATION = cri.MountPropagation
 
@@ -86,6 +88,17 @@ class BindRequest:
     readonly: bool = False
     recursive_readonly: bool = False
     propagation: int = _PROPAGATION.PROPAGATION_PRIVATE
+    # an image volume of several layers: a read-only overlay of these dirs (topmost first) instead of a bind
+    lowerdirs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageVolume:
+    """A CRI mount's image on the host: its id and what makes up its (sub)path in the image's layers
+    (`LayeredFiles.sources`): one file or directory to bind, or the directories of several layers to overlay."""
+
+    image_id: str
+    sources: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -102,19 +115,54 @@ def _clean(path: str) -> str:
     return posixpath.normpath(path) if path else path
 
 
+def image_volume(image_id: str, snapshot_dirs: Sequence[str], sub_path: str) -> ImageVolume:
+    """Look up an image volume's (sub)path in the image's layers (topmost first) without mounting them; a sub path
+    resolves inside the image, symlinks included. NotFound when the image has no such path; FailedPrecondition when
+    its layers do not fit one overlay mount. Blocking: call it from a worker thread."""
+    sources = LayeredFiles(snapshot_dirs).sources(sub_path or "/")
+    if sources is None:
+        raise NotFound(f"image_sub_path {sub_path!r} does not exist in image {image_id}")
+    if len(sources) > 1:
+        _, base = Overlay(lowerdirs=sources).mount_data()
+        if base is not None:
+            raise FailedPrecondition(f"image {image_id}: its {len(sources)} layers do not fit one overlay mount "
+                                     "as an image volume")
+    return ImageVolume(image_id, sources)
+
+
+def _image_volume_bind(m: cri.Mount, volumes: Mapping[str, ImageVolume]) -> BindRequest:
+    where = f"image volume {m.image.image!r} -> {m.container_path!r}"
+    if not m.readonly:
+        raise InvalidArgument(f"{where}: an image volume is read-only, readonly must be set")
+    if m.host_path:
+        raise InvalidArgument(f"{where}: a mount has either an image or a host path, not both")
+    volume = volumes.get(m.container_path)
+    if volume is None or not volume.sources:
+        raise InvalidArgument(f"{where}: the image was not looked up")
+    if len(volume.sources) == 1:
+        return BindRequest(container_path=m.container_path, source=volume.sources[0], readonly=True)
+    return BindRequest(container_path=m.container_path, source="overlay", readonly=True, lowerdirs=volume.sources)
+
+
 def cri_binds(
-    mounts: Sequence[cri.Mount], sources: Mapping[str, MountSource], *, rro_supported: bool
+    mounts: Sequence[cri.Mount], sources: Mapping[str, MountSource], *, rro_supported: bool,
+    image_volumes: Mapping[str, ImageVolume] | None = None,
 ) -> list[BindRequest]:
-    """Check the CRI mounts and pair each with its resolved host source."""
+    """Check the CRI mounts and pair each with its resolved host source (an image volume: with its layers,
+    `image_volumes` by container path)."""
     out = []
     for m in mounts:
         where = f"mount {m.host_path!r} -> {m.container_path!r}"
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"{where}: container_path must be an absolute path")
-        if m.HasField("image") and m.image.image:
-            raise Unimplemented(f"{where}: image volume mounts are not supported")
         if m.uidMappings or m.gidMappings:
-            raise Unimplemented(f"{where}: id-mapped mounts need user namespaces, which crisp does not support")
+            raise Unimplemented(f"{where}: per-mount id mappings are not supported (a pod with its own user namespace "
+                                "has every volume id-mapped with the pod's mappings)")
+        if m.HasField("image") and m.image.image:
+            out.append(_image_volume_bind(m, image_volumes or {}))
+            continue
+        if m.image_sub_path:
+            raise InvalidArgument(f"{where}: image_sub_path is for image volumes only")
         if m.propagation not in _PROPAGATION.values():
             raise InvalidArgument(f"{where}: unknown propagation {m.propagation}")
         if m.recursive_read_only:
@@ -150,6 +198,17 @@ def cri_binds(
     return out
 
 
+def check_bind_targets(binds: Sequence[BindRequest], files: ImageFiles) -> None:
+    """A bind must not land inside /proc where the image's symlinks take it (`/procl/sys` with `/procl -> /proc`):
+    refused here for every runtime handler (crun 1.8 would mount it there; runc and the built-in executor refuse
+    it too, later and less clearly)."""
+    for b in binds:
+        landed = files.resolve(b.container_path)
+        if mount_refused_in_proc(landed, "bind"):
+            via = "" if landed == _clean(b.container_path) else f" (through a symlink of the image: {landed})"
+            raise InvalidArgument(f"mount -> {b.container_path!r}{via}: nothing may be mounted inside /proc")
+
+
 def pod_binds(files: PodFiles, cri_destinations: set[str], *, readonly_rootfs: bool) -> list[BindRequest]:
     """The pod's hostname, hosts and resolv.conf (read-only when the rootfs is) and /dev/shm, unless a CRI mount
     takes the path."""
@@ -182,6 +241,11 @@ def assemble_mounts(
         mounts.append(m)
     rootfs_propagation = ""
     for b in sorted(binds, key=lambda b: _depth(b.container_path)):
+        if b.lowerdirs:
+            data, _ = Overlay(lowerdirs=b.lowerdirs).mount_data()
+            mounts.append({"destination": b.container_path, "type": "overlay", "source": "overlay",
+                           "options": ["ro", data]})
+            continue
         options = ["rbind"]
         if b.propagation == _PROPAGATION.PROPAGATION_BIDIRECTIONAL:
             options.append("rshared")

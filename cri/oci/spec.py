@@ -24,8 +24,10 @@ from cri.oci.host import HostPaths, NodeFacts
 from cri.oci.mounts import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
+    ImageVolume,
     PodFiles,
     assemble_mounts,
+    check_bind_targets,
     cri_binds,
     cri_devices,
     host_devices,
@@ -35,8 +37,18 @@ from cri.oci.resources import oci_resources
 from cri.oci.seccomp import parse_profile, render_profile, requested_seccomp
 from cri.oci.seccomp_default import DEFAULT_PROFILE
 from cri.oci.user import ImageFiles, StaticFiles, UserDatabase, UserRequest, resolve_user
-from runtime.bundle import OVERLAY_ANNOTATION, TERM, Overlay, merge_env
-from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from cri.oci.userns import (
+    PodUserns,
+    Stager,
+    bundle_of,
+    check_container_userns,
+    idmap_annotation,
+    idmapped_binds,
+    idmapped_overlay,
+    pod_userns,
+)
+from runtime.bundle import IDMAP_ANNOTATION, OVERLAY_ANNOTATION, TERM, Overlay, merge_env
+from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 
 OCI_VERSION = "1.0.2"
@@ -72,6 +84,8 @@ class PodContext:
     target_pid_ns_path: str = ""
     # the pod's hostname, hosts, resolv.conf and shm dir, bound unless a CRI mount targets the same path
     files: PodFiles = field(default_factory=PodFiles)
+    # the pod's own user namespace (userns_options POD), which the container joins
+    userns: PodUserns | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,8 @@ class SpecInputs:
     # the image's files (for /etc/passwd and /etc/group)
     image_files: ImageFiles = field(default_factory=StaticFiles)
     host: HostPaths = field(default_factory=HostPaths)
+    # the images of the CRI mounts that have one, by container path
+    image_volumes: Mapping[str, ImageVolume] = field(default_factory=dict)
     options: SpecOptions = field(default_factory=SpecOptions)
 
 
@@ -219,8 +235,9 @@ def _namespaces(inputs: SpecInputs, privileged: bool) -> tuple[list[dict[str, st
     pod_ns = inputs.sandbox_config.linux.security_context.namespace_options
     ctr_ns = inputs.config.linux.security_context.namespace_options
     sid = pod.sandbox_id
-    if ctr_ns.HasField("userns_options") and ctr_ns.userns_options.mode != _NS_MODE.NODE:
-        raise Unimplemented("user namespaces are not supported by crisp")
+    check_container_userns(pod_ns, ctr_ns)
+    if pod_userns(pod_ns) is not None and pod.userns is None:
+        raise FailedPrecondition(f"pod {sid} has no user namespace")
     for kind in ("network", "ipc", "pid"):
         if getattr(ctr_ns, kind) == _NS_MODE.NODE and getattr(pod_ns, kind) != _NS_MODE.NODE:
             raise InvalidArgument(f"the container asks for the host {kind} namespace but pod {sid} does not use it")
@@ -229,6 +246,8 @@ def _namespaces(inputs: SpecInputs, privileged: bool) -> tuple[list[dict[str, st
             raise InvalidArgument(f"a container cannot have its own {kind} namespace (only POD or NODE)")
 
     namespaces = [{"type": "mount"}]
+    if pod.userns is not None:
+        namespaces.insert(0, {"type": "user", "path": pod.userns.path})
     host_network = pod_ns.network == _NS_MODE.NODE
     if not host_network:
         if not pod.net_ns_path:
@@ -262,7 +281,10 @@ def _namespaces(inputs: SpecInputs, privileged: bool) -> tuple[list[dict[str, st
     elif pid_mode != _NS_MODE.NODE:
         raise InvalidArgument(f"unknown PID namespace mode {pid_mode}")
 
-    if inputs.node.cgroup2_unified and not privileged:
+    # without one, the container's cgroup2 mount is the host's whole tree (on a hybrid host too: containers only
+    # ever see the v2 hierarchy); a privileged container sees the host's, as with runc and containerd. In a user
+    # namespace, cgroupfs can only be mounted from a cgroup namespace it owns
+    if (inputs.node.cgroup_namespaces and not privileged) or pod.userns is not None:
         namespaces.append({"type": "cgroup"})
     return namespaces, not host_network
 
@@ -316,11 +338,9 @@ def _annotations(inputs: SpecInputs) -> dict[str, str]:
             ANNOTATION_IMAGE_NAME: inputs.image_name,
         }
     )
-    if inputs.overlay is not None:
-        out[OVERLAY_ANNOTATION] = inputs.overlay.annotation()
-    else:
-        out.pop(OVERLAY_ANNOTATION, None)
-    return dict(sorted(out.items()))
+    out.pop(OVERLAY_ANNOTATION, None)
+    out.pop(IDMAP_ANNOTATION, None)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- security
@@ -365,8 +385,6 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     privileged = sc.privileged
     if privileged and not inputs.sandbox_config.linux.security_context.privileged:
         raise InvalidArgument(f"a privileged container is not allowed in the unprivileged pod {inputs.pod.sandbox_id}")
-    if config.CDI_devices:
-        raise Unimplemented("CDI devices are not supported by crisp")
     _check_apparmor(sc, privileged)
 
     # process
@@ -409,13 +427,26 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
         process["oomScoreAdj"] = oom
 
     # mounts and devices
-    binds = cri_binds(config.mounts, inputs.host.mounts, rro_supported=inputs.options.recursive_read_only)
+    binds = cri_binds(config.mounts, inputs.host.mounts, rro_supported=inputs.options.recursive_read_only,
+                      image_volumes=inputs.image_volumes)
+    check_bind_targets(binds, inputs.image_files)
     taken = {posixpath.normpath(b.container_path) for b in binds}
     files = inputs.pod.files
     if sc.namespace_options.ipc == _NS_MODE.NODE or (
         inputs.sandbox_config.linux.security_context.namespace_options.ipc == _NS_MODE.NODE
     ):
         files = PodFiles(files.hostname, files.hosts, files.resolv_conf, "/dev/shm")
+    userns = inputs.pod.userns
+    overlay = inputs.overlay
+    annotations = _annotations(inputs)
+    if userns is not None:
+        stager = Stager(bundle_of(inputs.rootfs_path))
+        if overlay is not None:
+            overlay = idmapped_overlay(overlay, stager)
+        binds = idmapped_binds(binds, stager)
+        annotations[IDMAP_ANNOTATION] = idmap_annotation(userns, stager)
+    if overlay is not None:
+        annotations[OVERLAY_ANNOTATION] = overlay.annotation()
     binds += pod_binds(files, taken, readonly_rootfs=sc.readonly_rootfs)
     mounts, rootfs_propagation = assemble_mounts(binds, privileged=privileged)
     devices, device_rules = cri_devices(config.devices, inputs.host.devices)
@@ -442,13 +473,16 @@ def build_container_spec(inputs: SpecInputs) -> dict[str, Any]:
     seccomp = _seccomp(inputs, privileged, capabilities["bounding"])
     if seccomp is not None:
         linux["seccomp"] = seccomp
+    if userns is not None:
+        linux["uidMappings"] = userns.oci_mappings(userns.uids)
+        linux["gidMappings"] = userns.oci_mappings(userns.gids)
 
     spec: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": process,
         "root": {"path": inputs.rootfs_path, "readonly": sc.readonly_rootfs},
         "mounts": mounts,
-        "annotations": _annotations(inputs),
+        "annotations": dict(sorted(annotations.items())),
         "linux": linux,
     }
     if own_uts and hostname:

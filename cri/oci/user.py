@@ -28,6 +28,10 @@ class ImageFiles(Protocol):
         """The file's bytes, or None when it does not exist (or is not a regular file)."""
         ...
 
+    def resolve(self, path: str) -> str:
+        """Where `path` lands in the image: its symlinks followed (inside the image), missing parts as written."""
+        ...
+
 
 @dataclass(frozen=True)
 class StaticFiles:
@@ -37,6 +41,9 @@ class StaticFiles:
 
     def read(self, path: str) -> bytes | None:
         return self.files.get(path)
+
+    def resolve(self, path: str) -> str:
+        return os.path.normpath("/" + path.lstrip("/"))
 
 
 _MAX_SYMLINKS = 40
@@ -59,19 +66,72 @@ class LayeredFiles:
         self.max_bytes = max_bytes
 
     def read(self, path: str) -> bytes | None:
-        found = self._resolve(path)
-        if found is None:
+        entry = self._resolve(path)
+        if entry is None or not stat.S_ISREG(entry[2].st_mode):
             return None
-        with open(found, "rb", opener=_nofollow_opener) as f:
+        with open(os.path.join(entry[0], *entry[1]), "rb", opener=_nofollow_opener) as f:
             data = f.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
             raise InvalidArgument(f"{path} in the image is larger than {self.max_bytes} bytes")
         return data
 
+    def sources(self, path: str) -> tuple[str, ...] | None:
+        """What makes up `path` of the merged view on the host: for a directory, its dir in every layer that
+        contributes to it (topmost first, as overlayfs stacks them); for any other file, the one host path. None
+        when it does not exist. Symlinks on the way resolve inside the merged view."""
+        entry = self._resolve(path)
+        if entry is None:
+            return None
+        layer, parts, st = entry
+        if stat.S_ISDIR(st.st_mode):
+            return tuple(os.path.join(top, *parts) for top in self._layers_for_dir(parts))
+        return (os.path.join(layer, *parts),)
+
+    def resolve(self, path: str) -> str:
+        """Where `path` lands in the merged view: every symlink that exists followed inside it (dangling ones
+        too), the parts that do not exist kept as written (as runc's SecureJoin resolves mount targets)."""
+        pending = [p for p in path.split("/") if p not in ("", ".")]
+        done: list[str] = []
+        active: list[str] | None = self._root_layers()  # None: below something the image does not have
+        links = 0
+        while pending:
+            name = pending.pop(0)
+            if name == "..":
+                if done:
+                    done.pop()
+                active = self._layers_for_dir(done)
+                continue
+            entry = self._lookup(active, done, name) if active is not None else None
+            if entry is not None and stat.S_ISLNK(entry[1].st_mode):
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise InvalidArgument(f"{path} in the image: too many levels of symbolic links")
+                target = os.readlink(os.path.join(entry[0], *done, name))
+                if target.startswith("/"):
+                    done = []
+                    active = self._root_layers()
+                pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+                continue
+            done.append(name)
+            active = self._layers_for_dir(done) if entry is not None and stat.S_ISDIR(entry[1].st_mode) else None
+        return "/" + "/".join(done)
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        """The entry at `path` (no symlink followed, the parents must be real dirs) in the merged view."""
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return os.stat(self.layers[0]) if self.layers else None
+        active = self._layers_for_dir(parts[:-1])
+        if not active:
+            return None
+        entry = self._lookup(active, parts[:-1], parts[-1])
+        return None if entry is None else entry[1]
+
     # -- resolution
 
-    def _resolve(self, path: str) -> str | None:
-        """The host path of the regular file at `path` in the merged view, or None."""
+    def _resolve(self, path: str) -> tuple[str, list[str], os.stat_result] | None:
+        """The topmost layer holding `path` of the merged view, the path's components as resolved, and its stat
+        (not a symlink), or None. The root itself resolves to the topmost layer."""
         pending = [p for p in path.split("/") if p]
         done: list[str] = []
         # the layers in which the current directory (done) is merged, topmost first
@@ -107,10 +167,10 @@ class LayeredFiles:
                 done.append(name)
                 active = self._layers_for_dir(done)
                 continue
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            return os.path.join(layer, *done, name)
-        return None
+            return layer, [*done, name], st
+        if not active:
+            return None
+        return active[0], done, os.stat(os.path.join(active[0], *done))
 
     def _root_layers(self) -> list[str]:
         return self._layers_for_dir([])

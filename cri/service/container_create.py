@@ -4,20 +4,24 @@ The container is made to its end even if the kubelet gives up waiting; its retry
 container's id (cri/lifecycle/creations.py).
 
 Every step registers its undo; a failure anywhere leaves no shim, mount, cgroup, dir or row behind.
+
+The spec gets the container's CDI devices (cri/cdi.py), then the NRI plugins' adjustments, before it is written;
+no NRI plugin is synchronized meanwhile (it would miss this container).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
 from cri import api as cri
+from cri import cdi, metadata_limits
 from cri.oci import (
     LayeredFiles,
     PodContext,
@@ -25,16 +29,22 @@ from cri.oci import (
     SpecInputs,
     SpecOptions,
     build_container_spec,
+    image_volume,
     inspect_host,
     resolve_stop_signal,
 )
+from cri.oci.userns import PodUserns, pod_userns
+from cri.oci.workdir import make_working_dir
 from cri.service.context import ServiceContext
+from cri.service.images import ImageRecord
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors, failpoints
 from runtime.bundle import Overlay
 from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
+from runtime.fstree import remove_tree
+from runtime.linux import idmap
 from runtime.rollback import Rollback
 from shim.protocol import ShimConfig
 
@@ -68,11 +78,14 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
         log.info("CreateContainer %s: returning container %s, made for an earlier call that never got its answer",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
+    metadata_limits.check(f"container {name}", metadata_limits.container_bytes(config),
+                          metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
+                          ctx.config.limits.metadata_budget_bytes)
     container_id = secrets.token_hex(32)
     # what undoing this creation needs, should crispd die before it is done or undone (cri/recovery.py)
     intent = {"sandbox_id": sandbox.id, "bundle": str(_bundle_dir(ctx, container_id)),
               "container_dir": str(_container_dir(ctx, container_id)),
-              "cgroup": cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)}
+              "cgroup": ctx.cgroup_driver.layout.leaf(sandbox.meta.cgroup, container_id)}
     await ctx.container_names.reserve(name, container_id, ctx.clock_ns(), intent)
     await ctx.creations.run_to_the_end("container", ctx.container_names, name, container_id,
                                        _create(ctx, container_id, name, sandbox, request), context)
@@ -109,11 +122,39 @@ def _target_pid_ns(ctx: ServiceContext, config: cri.ContainerConfig, sandbox: Sa
     return f"/proc/{target.status.pid}/ns/pid"
 
 
-def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.ContainerConfig) -> None:
+def _pod_userns(sandbox: Sandbox) -> PodUserns | None:
+    """The pod's own user namespace, with the mappings RunPodSandbox checked."""
+    path = sandbox.meta.namespaces.get("user")
+    userns = pod_userns(sandbox.meta.config.linux.security_context.namespace_options)
+    if userns is None or not path:
+        return None
+    return dataclasses.replace(userns, path=path)
+
+
+def _check_idmappable(config: cri.ContainerConfig, userns: PodUserns) -> None:
+    """Every volume of a user-namespaced container is id-mapped: one whose filesystem this kernel cannot id-map
+    (tmpfs before Linux 6.3, ...) is refused up front, named. Blocking: runs in a worker thread."""
+    sources = [m.host_path for m in config.mounts if m.host_path and os.path.exists(m.host_path)]
+    problems = idmap.probe(sources, userns.path, recursive=True) if sources else {}
+    for mount in config.mounts:
+        if problems.get(mount.host_path):
+            raise errors.FailedPrecondition(
+                f"volume {mount.host_path} -> {mount.container_path}: its filesystem cannot be id-mapped for the "
+                f"pod's user namespace on this kernel ({problems[mount.host_path]})")
+
+
+def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.ContainerConfig,
+                  root_ids: tuple[int, int] | None) -> None:
     bundle.mkdir(mode=0o700, parents=True)
     (bundle / "rootfs").mkdir(mode=0o755)
     for sub in ("upper", "work"):
         (container_dir / sub).mkdir(mode=0o755, parents=True)
+    if root_ids is not None:
+        # in a user namespace the container's root owns its writable layer's root (the image layers it sees
+        # through id-mapped mounts; nothing of the image is chowned), and may pass through the bundle dir to
+        # its rootfs (as containerd's 0711)
+        os.chown(container_dir / "upper", *root_ids)
+        bundle.chmod(0o711)
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     # a host path that does not exist yet is made as a directory (as containerd and dockershim do)
@@ -130,21 +171,32 @@ def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
 
 async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
                   request: cri.CreateContainerRequest) -> None:
-    """Make the container; a full root or state filesystem is RESOURCE_EXHAUSTED naming its dirs."""
-    with errors.writing(f"container {container_id} in {_bundle_dir(ctx, container_id)} and "
-                        f"{_container_dir(ctx, container_id)}"):
-        await _make(ctx, container_id, name, sandbox, request)
+    """Under the pod's lock: a StopPodSandbox or RemovePodSandbox that comes meanwhile (a kubelet that gave up on
+    this call) waits for the container and stops or removes it too, and a creation that had to wait for one of
+    them finds the pod stopped. A full root or state filesystem is RESOURCE_EXHAUSTED naming its dirs."""
+    async with sandbox.lock:
+        if sandbox.status.state != READY:
+            await ctx.container_names.release(name, container_id)
+            raise errors.FailedPrecondition(f"pod {sandbox.id} was stopped: cannot create containers in it")
+        async with ctx.nri.creation():
+            with errors.writing(f"container {container_id} in {_bundle_dir(ctx, container_id)} and "
+                                f"{_container_dir(ctx, container_id)}"):
+                await _create_in_pod(ctx, container_id, name, sandbox, request)
 
 
-async def _make(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
-                request: cri.CreateContainerRequest) -> None:
+async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
+                         request: cri.CreateContainerRequest) -> None:
     config = request.config
     image = await ctx.images.resolve(config.image.image)  # no fail point: a read
+    volume_images = await _image_volume_images(ctx, config)  # no fail point: a read
     log_path = _log_path(sandbox, config)
     handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
     manager = ctx.cgroup_manager()
+    driver = ctx.cgroup_driver
     bundle = _bundle_dir(ctx, container_id)
-    cgroup = cgroup_paths.container_cgroup_path(sandbox.meta.cgroup, container_id)
+    # the container's cgroup, once: the spec gets it in the driver's OCI form, the record and the shim as a path
+    cgroup = driver.layout.leaf(sandbox.meta.cgroup, container_id)
+    cgroups_path = driver.layout.oci(sandbox.meta.cgroup, container_id)
     container_dir = _container_dir(ctx, container_id)
     meta_ns = sandbox.meta.namespaces
     privileged = config.linux.security_context.privileged
@@ -153,7 +205,9 @@ async def _make(ctx: ServiceContext, container_id: str, name: str, sandbox: Sand
         undo.push("name reservation", lambda: ctx.container_names.release(name, container_id))
         await ctx.debug.point("create_container.name")
         undo.push("dirs", lambda: asyncio.to_thread(_remove_dirs, bundle, container_dir))
-        await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config)
+        userns = _pod_userns(sandbox)
+        await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config,
+                                userns.root if userns is not None else None)
         await ctx.debug.point("create_container.dirs")
 
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
@@ -162,7 +216,7 @@ async def _make(ctx: ServiceContext, container_id: str, name: str, sandbox: Sand
             sandbox_id=sandbox.id,
             net_ns_path=meta_ns.get("net", ""), ipc_ns_path=meta_ns.get("ipc", ""),
             uts_ns_path=meta_ns.get("uts", ""), pid_ns_path=meta_ns.get("pid", ""),
-            target_pid_ns_path=_target_pid_ns(ctx, config, sandbox),
+            target_pid_ns_path=_target_pid_ns(ctx, config, sandbox), userns=userns,
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
         features = await ctx.handlers.features(sandbox.meta.runtime_handler)  # no fail point: a read
@@ -172,38 +226,61 @@ async def _make(ctx: ServiceContext, container_id: str, name: str, sandbox: Sand
 
         def build() -> dict[str, Any]:
             host = inspect_host(config, privileged=privileged)
+            if userns is not None:
+                _check_idmappable(config, userns)
+            volumes = {m.container_path: image_volume(volume_images[m.container_path].id,
+                                                      volume_images[m.container_path].snapshot_dirs,
+                                                      m.image_sub_path)
+                       for m in config.mounts if m.container_path in volume_images}
             inputs = SpecInputs(
                 container_id=container_id, config=config, sandbox_config=sandbox.meta.config,
                 image_config=image_config, pod=pod, node=ctx.node, rootfs_path=str(bundle / "rootfs"),
-                cgroup_path=cgroup, overlay=overlay, image_name=config.image.image,
-                image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host, options=options)
+                cgroup_path=cgroups_path, overlay=overlay, image_name=config.image.image,
+                image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host,
+                image_volumes=volumes, options=options)
             return build_container_spec(inputs)
 
         spec = await asyncio.to_thread(build)  # no fail point: a read
+        await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
+                                spec["process"]["cwd"])
+        await ctx.debug.point("create_container.working_dir")
+        await asyncio.to_thread(cdi.inject_devices, ctx.config.cdi, spec, cdi.requested_devices(config))
+        await ctx.debug.point("create_container.cdi")
+        seen = await ctx.nri.create_container(sandbox, container_id, config, spec, ctx.clock_ns())
+        undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
+        await ctx.debug.point("create_container.nri")
         spec = await _check_controllers(ctx, container_id, spec, cgroup)  # no fail point: a read
         await asyncio.to_thread(_write_spec, bundle, spec)
         await ctx.debug.point("create_container.spec")
 
         shim_config = ShimConfig(
-            id=container_id, bundle=str(bundle), executor=list(handler.argv), executor_root=str(handler.root),
+            id=container_id, bundle=str(bundle), executor=[*handler.argv, *driver.executor_flags()],
+            executor_root=str(handler.root),
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
             cgroup2_mount=str(manager.mount), cgroup=cgroup,
             cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "",
             hang_points=[p for p in ctx.config.debug.hang_points if failpoints.operation_of(p) == "shim"])
-        # before the create: a shim that dies half way through it leaves what it made for the discard
+        # the undo steps RemoveContainer takes, in its order (undone last to first); before the create: a shim
+        # that dies half way through it (or a crispd killed meanwhile) leaves what it made for them
+        undo.push("shim scope", lambda: driver.shim_gone(container_id))
+        undo.push("container cgroup", lambda: driver.remove_leaf(cgroup))
+        held = driver.container_hold(cgroup, container_id, spec["linux"].get("resources") or {}) \
+            if handler.kind == "builtin" else None
         undo.push("shim and container", lambda: ctx.shims.discard(container_id))
-        _, pid = await ctx.shims.create(shim_config)
+        _, pid = await ctx.shims.create(shim_config, placed=driver.shim_placement(container_id), held=held)
         await ctx.debug.point("create_container.shim")
 
         user = spec["process"]["user"]
         meta = ContainerMeta(
-            id=container_id, name=name, sandbox_id=sandbox.id, config=config, created_at=ctx.clock_ns(),
+            id=container_id, name=name, sandbox_id=sandbox.id, config=_with_image_refs(config, volume_images),
+            created_at=ctx.clock_ns(),
             image_id=image.id, image_ref=image.image_ref, image_name=_reported_image_name(config, image.repo_tags),
             handler=sandbox.meta.runtime_handler, bundle=str(bundle), container_dir=str(container_dir),
             lowerdirs=tuple(image.snapshot_dirs), log_path=log_path, cgroup=cgroup,
             stop_signal=resolve_stop_signal(config, image_config), uid=int(user.get("uid", 0)),
-            gid=int(user.get("gid", 0)), groups=tuple(int(g) for g in user.get("additionalGids", [])))
+            gid=int(user.get("gid", 0)), groups=tuple(int(g) for g in user.get("additionalGids", [])),
+            volume_snapshots=tuple(sorted({d for v in volume_images.values() for d in v.snapshot_dirs})))
         resources = config.linux.resources.SerializeToString() if config.linux.HasField("resources") else b""
         container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex()))
         await ctx.containers.add(container)
@@ -212,6 +289,32 @@ async def _make(ctx: ServiceContext, container_id: str, name: str, sandbox: Sand
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
+    await ctx.nri.post_create_container(container)  # no fail point: NRI hears of a done creation
+
+
+async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig) -> dict[str, ImageRecord]:
+    """The images of the CRI mounts that have one (the kubelet pulled them), by container path; NotFound if gone."""
+    out = {}
+    for m in config.mounts:
+        if m.HasField("image") and m.image.image:
+            if m.container_path in out:
+                raise errors.InvalidArgument(f"two image volumes on {m.container_path!r}")
+            out[m.container_path] = await ctx.images.resolve(m.image.image)
+    return out
+
+
+def _with_image_refs(config: cri.ContainerConfig, volume_images: dict[str, ImageRecord]) -> cri.ContainerConfig:
+    """The config as recorded: each image volume's ImageSpec carries the id of the image it was made of
+    (image_ref, which ContainerStatus.mounts reports)."""
+    if not volume_images:
+        return config
+    recorded = cri.ContainerConfig()
+    recorded.CopyFrom(config)
+    for m in recorded.mounts:
+        if m.container_path in volume_images and m.HasField("image"):
+            spec: Any = m.image  # image_ref is newer than the published stubs' types (cri/api.py)
+            spec.image_ref = volume_images[m.container_path].id
+    return recorded
 
 
 def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...] | list[str]) -> str:
@@ -234,5 +337,5 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
 
 
 def _remove_dirs(bundle: Path, container_dir: Path) -> None:
-    shutil.rmtree(bundle, ignore_errors=True)
-    shutil.rmtree(container_dir, ignore_errors=True)
+    remove_tree(bundle, ignore_errors=True)
+    remove_tree(container_dir, ignore_errors=True)

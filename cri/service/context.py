@@ -9,14 +9,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cri.cgroup_driver import CgroupDriver
 from cri.config import Config
 from cri.debug import DebugPoints
 from cri.events import EventBroker, EventPublisher
 from cri.handlers import RuntimeHandlers
 from cri.lifecycle.containers import ContainerController
 from cri.lifecycle.creations import Creations
+from cri.lifecycle.limits import ContainerLimits
 from cri.lifecycle.pods import PodSandboxController
 from cri.metrics import Metrics
+from cri.nri.service import NriService
 from cri.oci import NodeFacts
 from cri.server import Readiness
 from cri.service.images import ImageManager
@@ -51,6 +54,8 @@ class ServiceContext:
     network: NetworkManager | None
     # None when the host has no cgroup2 mount: pods cannot be run then
     cgroups: CgroupV2Manager | None
+    # who makes, removes and owns the units of pod and container cgroups: the cgroupfs or the systemd driver
+    cgroup_driver: CgroupDriver
     # crispd's own capabilities, oom_score_adj, limits: what container specs are built against
     node: NodeFacts
     handlers: RuntimeHandlers
@@ -58,6 +63,8 @@ class ServiceContext:
     stats: StatsCollector
     creations: Creations
     debug: DebugPoints
+    # NRI plugins (cri/nri/service.py): every call a no-op unless `[nri] enable`
+    nri: NriService
     sandbox_control: PodSandboxController
     container_control: ContainerController
     # wall clock in nanoseconds (CRI timestamps)
@@ -74,23 +81,26 @@ class ServiceContext:
         broker = EventBroker(config.events.subscriber_buffer, on_drop=metrics.event_subscribers_dropped.inc)
         events = EventPublisher(broker, sandboxes, containers, clock_ns)
         cgroup_manager = _cgroup_manager(cgroups)
+        driver = CgroupDriver(config.cgroup, cgroup_manager)
+        limits = ContainerLimits(containers=containers, shims=shims, cgroups=driver,
+                                 missing_controller=config.cgroup.missing_controller)
+        nri = NriService(config=config.nri, cdi=config.cdi, sandboxes=sandboxes, containers=containers,
+                         limits=limits)
         lifecycle = ContainerController(
-            containers=containers, names=container_names, sandboxes=sandboxes, shims=shims, cgroups=cgroup_manager,
-            missing_controller=config.cgroup.missing_controller, events=events, metrics=metrics, debug=debug,
-            clock_ns=clock_ns)
+            containers=containers, names=container_names, sandboxes=sandboxes, shims=shims, cgroups=driver,
+            limits=limits, nri=nri, events=events, metrics=metrics, debug=debug, clock_ns=clock_ns)
         pods = PodSandboxController(
-            state_dir=Path(config.state), cgroup_base=config.cgroup.base,
-            missing_controller=config.cgroup.missing_controller, sandboxes=sandboxes, names=sandbox_names,
-            containers=lifecycle, cgroups=cgroup_manager, network=network, events=events, metrics=metrics,
-            debug=debug, clock_ns=clock_ns)
+            state_dir=Path(config.state), missing_controller=config.cgroup.missing_controller,
+            sandboxes=sandboxes, names=sandbox_names, containers=lifecycle, cgroups=driver, network=network,
+            nri=nri, events=events, metrics=metrics, debug=debug, clock_ns=clock_ns)
         return cls(
             config=config, store=store, metrics=metrics, readiness=readiness, images=images, sandboxes=sandboxes,
             sandbox_names=sandbox_names, containers=containers, container_names=container_names, shims=shims,
-            streaming=streaming, network=network, cgroups=cgroups, node=node,
-            handlers=RuntimeHandlers(config.runtime, Path(config.state)), events=events,
+            streaming=streaming, network=network, cgroups=cgroups, cgroup_driver=driver, node=node,
+            handlers=RuntimeHandlers(config.runtime, Path(config.state), Path(config.root)), events=events,
             stats=StatsCollector(cgroup_manager, network, config.stats.disk_usage_cache_seconds,
                                  config.stats.network_timeout_seconds, clock_ns=clock_ns),
-            creations=Creations(), debug=debug, sandbox_control=pods, container_control=lifecycle,
+            creations=Creations(), debug=debug, nri=nri, sandbox_control=pods, container_control=lifecycle,
             clock_ns=clock_ns)
 
     @property

@@ -48,7 +48,9 @@ from runtime.image.store import ImageStore
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_SHORT_ID_RE = re.compile(r"^(?:sha256:)?([a-f0-9]{1,63})$")
+# an id prefix must be this long to name an image: shorter hex is a reference (`a` is docker.io/library/a:latest)
+MIN_ID_PREFIX = 12
+_SHORT_ID_RE = re.compile(rf"^(?:sha256:)?([a-f0-9]{{{MIN_ID_PREFIX},63}})$")
 # ImageFsInfo is polled by the kubelet; walking the store is not free
 USAGE_CACHE_SECONDS = 10.0
 IMAGE_WORKERS = 2
@@ -111,7 +113,10 @@ class ImageManager:
                                 max_connections=max(4, self.config.max_concurrent_downloads))
         self.puller = Puller(self.files, client, self.config.registry_config_path,
                              self.config.max_concurrent_downloads, self.config.pull_progress_timeout_seconds,
-                             on_fetched=on_fetched, points=self.points)
+                             on_fetched=on_fetched, max_layer_unpacked=self.config.max_layer_unpacked_bytes,
+                             max_image_unpacked=self.config.max_image_unpacked_bytes,
+                             max_downloads_per_registry=self.config.max_concurrent_downloads_per_registry,
+                             points=self.points)
         self.clock_ns = clock_ns
         self._pulls: dict[tuple[str, str], _PullJob] = {}
         self._gc_lock = asyncio.Lock()
@@ -163,7 +168,8 @@ class ImageManager:
         )
 
     async def find(self, ref: str) -> ImageRecord | None:
-        """The image named by a tag, a digest reference, an id or an unambiguous id prefix; None if none."""
+        """The image named by a tag, a digest reference, an id or an unambiguous id prefix of at least
+        MIN_ID_PREFIX hex digits; None if none. An ambiguous prefix is InvalidArgument naming the candidates."""
         if not ref:
             raise errors.InvalidArgument("no image given")
         parsed: Reference | None = None
@@ -189,9 +195,10 @@ class ImageManager:
                     if row is not None:
                         return self._record(row, _image_ref_for(row, parsed))
             if short is not None:
-                ids = image_rows.image_ids_by_prefix(conn, f"sha256:{short.group(1)}")
-                if len(ids) == 1:
-                    row = image_rows.get_image(conn, ids[0])
+                image_id = pick_by_prefix(short.group(1),
+                                          image_rows.image_ids_by_prefix(conn, f"sha256:{short.group(1)}"))
+                if image_id is not None:
+                    row = image_rows.get_image(conn, image_id)
                     return None if row is None else self._record(row)
             return None
 
@@ -329,6 +336,13 @@ class ImageManager:
             used, inodes = await self._in_thread(lambda: usage(str(self.root)))
             self._usage = (time.monotonic(), used, inodes)
         return self._usage[1], self._usage[2]
+
+
+def pick_by_prefix(prefix: str, ids: list[str]) -> str | None:
+    """The one image id an id prefix names; None for none; InvalidArgument listing them when several."""
+    if len(ids) > 1:
+        raise errors.InvalidArgument(f"image id prefix {prefix!r} is ambiguous: it names {', '.join(sorted(ids))}")
+    return ids[0] if ids else None
 
 
 def _chain_id_of_dir(path: str) -> str:

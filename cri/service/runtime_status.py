@@ -36,11 +36,13 @@ async def status(ctx: ServiceContext, request: cri.StatusRequest) -> cri.StatusR
         features=cri.RuntimeFeatures(supplemental_groups_policy=True),
     )
     if request.verbose:
+        # critest (and containerd's readers) look for the state dir as config.stateDir
         info = {
-            "config": redacted(ctx.config),
+            "config": {**redacted(ctx.config), "stateDir": str(ctx.state_dir)},
             "version": {"runtimeName": RUNTIME_NAME, "runtimeVersion": VERSION,
                         "runtimeApiVersion": cri.RUNTIME_API_VERSION, "criApiRelease": cri.CRI_API_VERSION},
             "podCIDR": await effective_pod_cidr(ctx.config, ctx.store),
+            "nri": ctx.nri.status(),
         }
         for key, value in info.items():
             response.info[key] = json.dumps(value, sort_keys=True)

@@ -11,6 +11,8 @@ import secrets
 from typing import Any
 
 from cri import api as cri
+from cri import metadata_limits
+from cri.oci.userns import pod_userns
 from cri.service.context import ServiceContext
 from runtime import errors
 
@@ -31,8 +33,8 @@ def _validate(config: cri.PodSandboxConfig) -> None:
     ns = config.linux.security_context.namespace_options
     if ns.pid == cri.TARGET:
         raise errors.InvalidArgument("a pod sandbox cannot use a TARGET PID namespace (only a container can)")
-    if ns.HasField("userns_options") and ns.userns_options.mode == cri.POD:
-        raise errors.Unimplemented("user namespaces are not supported by crisp")
+    if config.log_directory and not config.log_directory.startswith("/"):
+        raise errors.InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path")
 
 
 async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest, context: Any = None
@@ -42,12 +44,20 @@ async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest
     handler = request.runtime_handler
     if handler not in ctx.handlers.names():
         raise errors.InvalidArgument(f"unknown runtime handler {handler!r}")
+    if pod_userns(config.linux.security_context.namespace_options) is not None:
+        features = await ctx.handlers.features(handler)
+        if not features.user_namespaces:
+            raise errors.FailedPrecondition(f"runtime handler {handler!r} does not support user namespaces on this "
+                                            "host (Status lists each handler's features)")
     name = sandbox_name(config.metadata)
     earlier = await ctx.creations.abandoned_result(ctx.sandbox_names, name)
     if earlier is not None:
         log.info("RunPodSandbox %s: returning pod %s, made for an earlier call that never got its answer", name,
                  earlier)
         return cri.RunPodSandboxResponse(pod_sandbox_id=earlier)
+    metadata_limits.check(f"pod {name}", metadata_limits.pod_bytes(config),
+                          metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
+                          ctx.config.limits.metadata_budget_bytes)
     sandbox_id = secrets.token_hex(32)
     plan = ctx.sandbox_control.plan(sandbox_id, name, config, handler)
     await ctx.sandbox_names.reserve(name, sandbox_id, ctx.clock_ns(), plan.intent())

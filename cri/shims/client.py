@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +139,9 @@ class ShimClient:
                         fields: dict[str, Any]) -> dict[str, Any]:
         writer.write(protocol.encode(protocol.request(op, **fields)))
         await writer.drain()
-        line = await reader.readline()
+        return self._reply(await reader.readline(), op)
+
+    def _reply(self, line: bytes, op: str) -> dict[str, Any]:
         if not line:
             raise errors.Unavailable(f"the shim of container {self.id} closed the connection during {op}")
         reply = json.loads(line)
@@ -147,34 +149,52 @@ class ShimClient:
             raise shim_error(reply.get("error"), f"{op} failed")
         return dict(reply)
 
-    async def call(self, op: str, call_timeout: float | None = None, **fields: Any) -> dict[str, Any]:
-        """One request and its reply. timeout None: the client's default; 0: no timeout (for `wait`)."""
+    @contextlib.asynccontextmanager
+    async def _session(self, op: str, call_timeout: float | None
+                       ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+        """A connection of its own for one request and its replies, closed afterwards. The time limit (None: the
+        client's default; 0: none) covers connecting too: DeadlineExceeded; a broken connection is Unavailable."""
         limit = self.timeout if call_timeout is None else call_timeout
-
-        async def run() -> dict[str, Any]:
-            reader, writer = await self._connect()
-            try:
-                return await self._exchange(reader, writer, op, fields)
-            except (ConnectionError, ValueError) as exc:
-                raise errors.Unavailable(f"the shim of container {self.id} failed during {op}: {exc}") from None
-            finally:
-                writer.close()
-                with contextlib.suppress(ConnectionError):
-                    await writer.wait_closed()
-
-        if not limit:
-            return await run()
         try:
-            return await asyncio.wait_for(run(), limit)
+            async with asyncio.timeout(limit or None):
+                reader, writer = await self._connect()
+                try:
+                    yield reader, writer
+                finally:
+                    writer.close()
+                    with contextlib.suppress(ConnectionError):
+                        await writer.wait_closed()
         except TimeoutError:
             raise errors.DeadlineExceeded(f"the shim of container {self.id} did not answer {op} within "
                                           f"{limit}s") from None
+        except (ConnectionError, ValueError) as exc:
+            raise errors.Unavailable(f"the shim of container {self.id} failed during {op}: {exc}") from None
+
+    async def call(self, op: str, call_timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+        """One request and its reply. timeout None: the client's default; 0: no timeout (for `wait`)."""
+        async with self._session(op, call_timeout) as (reader, writer):
+            return await self._exchange(reader, writer, op, fields)
 
     # --- the operations -------------------------------------------------------------------------------------
 
-    async def create(self, call_timeout: float | None = None) -> int:
-        """Create the container through the executor; returns its init pid. On failure the shim exits."""
-        return int((await self.call("create", call_timeout))["pid"])
+    async def create(self, call_timeout: float | None = None,
+                     held: Callable[[int], Awaitable[None]] | None = None) -> int:
+        """Create the container through the executor; returns its init pid. On failure the shim exits.
+
+        `held` (the systemd cgroup driver): the shim first reports the executor's pid, before the executor does
+        anything; `held(pid)` puts it where the container's cgroup is to be (the executor waits for that). If
+        `held` fails it must kill the executor (the shim then undoes the create): its error is raised."""
+        if held is None:
+            return int((await self.call("create", call_timeout))["pid"])
+        async with self._session("create", call_timeout) as (reader, writer):
+            first = await self._exchange(reader, writer, "create", {"hold": True})
+            try:
+                await held(int(first["held"]))
+            except BaseException:
+                with contextlib.suppress(Exception):  # the shim's word on the killed executor
+                    await asyncio.wait_for(reader.readline(), 10)
+                raise
+            return int(self._reply(await reader.readline(), "create")["pid"])
 
     async def start(self, call_timeout: float | None = None) -> int:
         """Start the created container; returns its start time (ns)."""

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,15 +201,25 @@ class ShimManager:
         log.info("container %s: shim started (pid %d)", config.id, info.pid)
         return self.client(config.id)
 
-    async def create(self, config: ShimConfig, call_timeout: float | None = None) -> tuple[ShimClient, int]:
+    async def create(self, config: ShimConfig, call_timeout: float | None = None,
+                     placed: Callable[[int], Awaitable[None]] | None = None,
+                     held: Callable[[int], Awaitable[None]] | None = None) -> tuple[ShimClient, int]:
         """A shim, and the container created through it: (client, init pid). If create fails the shim has already
-        undone it and exited."""
+        undone it and exited. `placed(shim pid)` runs before the create (the systemd driver gives the shim a scope
+        of its own); `held(executor pid)` while the executor waits for its cgroup (ShimClient.create)."""
         client = await self.spawn(config)
         try:
-            pid = await client.create(call_timeout=call_timeout if call_timeout is not None else self.call_timeout * 2)
+            if placed is not None:
+                await placed(self._shims[config.id].pid)
+            pid = await client.create(call_timeout=call_timeout if call_timeout is not None else self.call_timeout * 2,
+                                      held=held)
         except errors.DeadlineExceeded:
             # a shim stuck in create is of no use: make sure it does not stay
             await self.kill_shim(config.id)
+            raise
+        except BaseException:
+            if self.is_alive(config.id) and placed is not None:
+                await self.kill_shim(config.id)  # placing it failed: nothing was created
             raise
         return client, pid
 

@@ -43,6 +43,8 @@ class ContainerMeta:
     uid: int
     gid: int
     groups: tuple[int, ...]
+    # the snapshots of the images its image volumes show (held in use while the container exists)
+    volume_snapshots: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -86,6 +88,7 @@ def _from_row(row: sqlite3.Row) -> Container:
     meta_data = info["meta"]
     meta_data["lowerdirs"] = tuple(meta_data["lowerdirs"])
     meta_data["groups"] = tuple(meta_data["groups"])
+    meta_data["volume_snapshots"] = tuple(meta_data.get("volume_snapshots", ()))
     meta = ContainerMeta(config=cri.ContainerConfig.FromString(row["config"]), **meta_data)
     return Container(meta, ContainerStatus(**info["status"]))
 

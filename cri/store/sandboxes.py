@@ -63,7 +63,7 @@ class Sandbox:
     def __init__(self, meta: SandboxMeta, status: SandboxStatus) -> None:
         self.meta = meta
         self.status = status
-        self.lock = asyncio.Lock()  # Stop and Remove of one pod run one at a time
+        self.lock = asyncio.Lock()  # Stop, Remove and the creation of a container in one pod run one at a time
 
     @property
     def id(self) -> str:

@@ -137,6 +137,10 @@ class Cgroup:
         values already written are put back. `devices` is not handled here: see set_device_filter.
         """
         self._require_owned("set limits on")
+        self.write_limits(resources)
+
+    def write_limits(self, resources: Mapping[str, Any]) -> None:
+        """`apply` without the ownership check: for a cgroup crisp is taking over (`CgroupV2Manager.adopt`)."""
         settings = all_settings(resources)
         available = self.controllers()
         missing = missing_for(resources, available)

@@ -104,6 +104,23 @@ class CgroupV2Manager:
         log.debug("cgroup %s: created", path)
         return cg
 
+    def adopt(self, path: str, resources: Mapping[str, Any] | None = None) -> Cgroup:
+        """Take over the cgroup of a systemd unit crispd started for crisp (the systemd driver): its parent gets every
+        controller it has enabled, as `create` does for the parent of what it makes (systemd enables only those it
+        knows: not hugetlb, rdma, misc), `resources` are written (every limit, as `apply`), and, last, it is marked
+        as crisp's: crisp then sets its limits and device filter and kills what is in it, but never removes it
+        (stopping the unit does). The mark coming last tells a waiting executor that the scope is ready."""
+        cg = self.open(path)
+        if cg.dir.parent != self.mount:
+            self._enable_controllers(cg.dir.parent)
+        if resources:
+            cg.write_limits(resources)
+        try:
+            mark_crisp_owned(cg.dir)
+        except OSError as exc:
+            raise errors.FailedPrecondition(f"cannot mark cgroup {cg.path} as crisp's (xattr {exc.strerror})") from exc
+        return cg
+
     def _enable_controllers(self, cgroup_dir: Path) -> None:
         """Enable in `cgroup_dir`'s subtree_control every controller it has, one by one (one that cannot be
         enabled, e.g. because processes sit in that cgroup, is logged and left out)."""

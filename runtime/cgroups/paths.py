@@ -13,20 +13,32 @@ cgroup2 mount bound there (`oci_runtime_bind`).
 
 A kubelet running with the systemd cgroup driver passes slice names (`kubepods-burstable-pod<uid>.slice`);
 `resolve_parent` expands those to their cgroupfs path (`/kubepods.slice/kubepods-burstable.slice/...`), as systemd
-lays them out. crisp does not talk to systemd (no transient units over D-Bus): its own cgroups are plain
-directories, so the `systemd` driver in the strict sense is not supported.
+lays them out (the dash rule, `expand_slice`).
+
+With crisp's systemd driver every cgroup crisp makes is a systemd unit (crispd starts it over D-Bus), named so that
+its cgroup is where the rules below put it:
+- a pod without `cgroup_parent` gets the slice `crisp-pod<uid>.slice` (dashes of the uid as "_", as the kubelet
+  escapes them) under `crisp.slice`: `/crisp.slice/crisp-pod<uid>.slice`;
+- a container (and a pod's init) gets the scope `crisp-<id>.scope` in its pod's slice; the OCI form of its path is
+  `<pod slice>:crisp:<id>` (`systemd_cgroups_path`), which runc and crun turn into the same scope;
+- a shim gets the scope `crisp-shim-<id>.scope` in `system.slice` (outside crispd.service: a stop or restart of
+  crispd never reaches it).
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import errors
 
 DEFAULT_BASE = "/crisp"
 CONTAINER_PREFIX = "crisp-"
+SYSTEMD_SLICE = "crisp.slice"  # the systemd driver's parent of the pod slices crisp makes
+SCOPE_PREFIX = "crisp"  # the prefix of the OCI systemd form: units crisp-<id>.scope
+SHIM_SLICE = "system.slice"
 SYS_FS_CGROUP = "/sys/fs/cgroup"
 # where a cgroup2 mount is usually found, best first: a pure v2 host, then a hybrid one
 _PREFERRED = (SYS_FS_CGROUP, "/sys/fs/cgroup/unified")
@@ -79,11 +91,104 @@ def pod_cgroup_path(cgroup_parent: str, pod_uid: str, base: str = DEFAULT_BASE) 
     return join(base, f"pod{pod_uid}")
 
 
-def container_cgroup_path(pod_cgroup: str, container_id: str) -> str:
-    """`<pod cgroup>/crisp-<id>`: the cgroup of one container (or of a pod's init)."""
+def pod_slice_name(pod_uid: str) -> str:
+    """The slice of a pod crisp makes itself under the systemd driver: `crisp-pod<uid>.slice` (a dash is systemd's
+    separator of levels, so the uid's dashes become "_", as the kubelet does)."""
+    if not _POD_UID.match(pod_uid):
+        raise errors.InvalidArgument(f"bad pod uid {pod_uid!r} for a slice name")
+    return f"{SYSTEMD_SLICE.removesuffix('.slice')}-pod{pod_uid.replace('-', '_')}.slice"
+
+
+def systemd_pod_cgroup_path(cgroup_parent: str, pod_uid: str) -> str:
+    """The pod cgroup under the systemd driver: the kubelet's slice when given, as a slice name or as the path of
+    one (the kubelet sends `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`); a path
+    that is not a slice's as systemd lays them out is refused (a kubelet with the cgroupfs driver talking to a
+    runtime with the systemd driver). Without one, crisp's own pod slice."""
+    if not cgroup_parent:
+        return expand_slice(pod_slice_name(pod_uid))
+    last = cgroup_parent.rstrip("/").rsplit("/", 1)[-1]
+    if last.endswith(".slice") and ("/" not in cgroup_parent.rstrip("/")
+                                    or normalize(cgroup_parent) == expand_slice(last)):
+        return expand_slice(last)
+    raise errors.InvalidArgument(
+        f"cgroup parent {cgroup_parent!r} is not a systemd slice: crisp runs with the systemd cgroup driver "
+        "(the kubelet's cgroupDriver must be systemd too)")
+
+
+def slice_of(pod_cgroup: str) -> str:
+    """The slice a pod cgroup path ends in (`/a.slice/a-b.slice` -> `a-b.slice`)."""
+    name = normalize(pod_cgroup).rsplit("/", 1)[-1]
+    if not name.endswith(".slice"):
+        raise errors.InvalidArgument(f"cgroup {pod_cgroup} is not a systemd slice")
+    return name
+
+
+def scope_name(container_id: str) -> str:
+    """The scope of a container (or of a pod's init) under the systemd driver."""
+    if not _POD_UID.match(container_id):
+        raise errors.InvalidArgument(f"bad container id {container_id!r} for a unit name")
+    return f"{SCOPE_PREFIX}-{container_id}.scope"
+
+
+def shim_scope_name(container_id: str) -> str:
+    """The scope a container's shim lives in under the systemd driver."""
+    if not _POD_UID.match(container_id):
+        raise errors.InvalidArgument(f"bad container id {container_id!r} for a unit name")
+    return f"{SCOPE_PREFIX}-shim-{container_id}.scope"
+
+
+def systemd_cgroups_path(pod_cgroup: str, container_id: str) -> str:
+    """The OCI `linux.cgroupsPath` of a container under the systemd driver: `<pod slice>:crisp:<id>`."""
+    scope_name(container_id)  # checks the id
+    return f"{slice_of(pod_cgroup)}:{SCOPE_PREFIX}:{container_id}"
+
+
+def unit_of(path: str) -> str:
+    """The systemd unit a cgroup path of the systemd layout belongs to: its last component."""
+    name = normalize(path).rsplit("/", 1)[-1]
+    if not name.endswith((".slice", ".scope", ".service")):
+        raise errors.InvalidArgument(f"cgroup {path} is not a systemd unit's")
+    return name
+
+
+def container_cgroup_path(pod_cgroup: str, container_id: str, systemd: bool = False) -> str:
+    """`<pod cgroup>/crisp-<id>`: the cgroup of one container (or of a pod's init); with the systemd driver its
+    scope, `<pod cgroup>/crisp-<id>.scope`."""
+    if systemd:
+        return join(pod_cgroup, scope_name(container_id))
     if not _POD_UID.match(container_id):
         raise errors.InvalidArgument(f"bad container id {container_id!r} for a cgroup name")
     return join(pod_cgroup, CONTAINER_PREFIX + container_id)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where crisp's cgroups go under one cgroup driver (`[cgroup] driver`): directories under `base` (cgroupfs), or
+    systemd's units (systemd; the module's doc)."""
+
+    systemd: bool = False
+    base: str = DEFAULT_BASE
+
+    def pod(self, cgroup_parent: str, pod_uid: str) -> str:
+        """The pod cgroup (InvalidArgument for a parent the driver cannot use)."""
+        if self.systemd:
+            return systemd_pod_cgroup_path(cgroup_parent, pod_uid)
+        return pod_cgroup_path(cgroup_parent, pod_uid, self.base)
+
+    def leaf(self, pod_cgroup: str, leaf_id: str) -> str:
+        """The cgroup of a container or of a pod's init."""
+        return container_cgroup_path(pod_cgroup, leaf_id, systemd=self.systemd)
+
+    def oci(self, pod_cgroup: str, container_id: str) -> str:
+        """A container's `linux.cgroupsPath`: its cgroupfs path, or systemd's `<pod slice>:crisp:<id>` (which
+        `from_oci` reads back as `leaf`)."""
+        if self.systemd:
+            return systemd_cgroups_path(pod_cgroup, container_id)
+        return self.leaf(pod_cgroup, container_id)
+
+    def crisps_pod_slice(self, pod_cgroup: str) -> bool:
+        """systemd: whether a pod cgroup is a slice crisp makes (under crisp.slice) rather than the kubelet's."""
+        return self.systemd and parent(pod_cgroup) == expand_slice(SYSTEMD_SLICE)
 
 
 def from_oci(cgroups_path: str) -> str:

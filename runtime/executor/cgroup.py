@@ -4,13 +4,28 @@ processes in it, signal and remove it.
 
 Every limit in the spec is required (crispd dropped beforehand what its config lets it drop): a missing
 controller fails `create`. The device filter is always installed, runc's default allow list included.
+
+With `--systemd-cgroup` (crisp's systemd driver) the cgroup is the scope `<slice>:crisp:<id>` names, and crispd makes
+it (the executor never speaks D-Bus): `create` reports stage 1's pid on `--held-pid-fd` before letting it go, the
+shim passes it to crispd, crispd starts the scope with it, writes the limits and marks the scope as crisp's, last;
+`create` waits for that, installs the device filter and goes on. The executor itself never enters the scope (its
+memory would count against the container's). Nothing is removed here (stopping the unit does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runtime import errors
+
+if TYPE_CHECKING:
+    from runtime.cgroups import Cgroup
+
+SCOPE_TIMEOUT = 60.0
 
 
 class ContainerCgroup(Protocol):
@@ -49,6 +64,52 @@ def create_cgroup(path: str, resources: Mapping[str, Any]) -> tuple[ContainerCgr
         cg.set_device_filter(rules_from_oci(resources.get("devices") or []))
         undo.pop_all()
     return cg, not existed
+
+
+def systemd_scope(path: str) -> Cgroup:
+    """`--systemd-cgroup`: the container's scope (`slice:prefix:name`), which crispd is yet to make."""
+    from runtime.cgroups import CgroupV2Manager, paths
+
+    return CgroupV2Manager.discover().cgroup(paths.from_oci(path))
+
+
+def hand_over(cg: Cgroup, pid: int, held_fd: int, resources: Mapping[str, Any],
+              timeout: float = SCOPE_TIMEOUT) -> None:
+    """`--systemd-cgroup`: report the container's first process (stage 1, which has done nothing yet) on
+    `held_fd`, wait until crispd has started the scope with it and finished the scope (marked it as crisp's, last),
+    then install the device filter. crispd kills the process when it cannot make the scope."""
+    from runtime.cgroups import rules_from_oci
+    from runtime.procs import process_start_time
+
+    start = process_start_time(pid)
+    try:
+        os.write(held_fd, f"{pid}\n".encode())
+    finally:
+        os.close(held_fd)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process_start_time(pid) != start:
+            raise errors.CrispError("the container's process was killed while it waited for its scope "
+                                    "(crispd could not make it)")
+        if _cgroup_of(pid) == cg.path and cg.created_by_crisp():
+            break
+        if time.monotonic() > deadline:
+            raise errors.DeadlineExceeded(f"no scope {cg.path} within {timeout:.0f}s (with --systemd-cgroup crispd "
+                                          "makes it)")
+        time.sleep(0.01)
+    cg.set_device_filter(rules_from_oci(resources.get("devices") or []))
+
+
+def _cgroup_of(pid: int) -> str:
+    """A process's cgroup v2 path (the "0::" line of /proc/<pid>/cgroup); "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def open_cgroup(path: str) -> ContainerCgroup | None:

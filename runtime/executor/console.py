@@ -27,6 +27,22 @@ def connect_console_socket(path: str) -> socket.socket:
     return sock
 
 
+def _bind_console(sys: sc.Syscalls, slave: int) -> None:
+    """Bind the pty we hold (by fd, not by a /dev/pts path a volume could cover) onto /dev/console (by fd)."""
+    fd = os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    target = sys.openat2(sc.AT_FDCWD, "/dev/console", os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
+                         sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS)
+    try:
+        tree = sys.open_tree(slave, "", sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_EMPTY_PATH)
+        try:
+            sys.move_mount(tree, "", target, "", sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(tree)
+    finally:
+        os.close(target)
+
+
 def setup_console(sys: sc.Syscalls, console: socket.socket, mount_console: bool,
                   size: tuple[int, int] | None = None) -> None:
     """Open a pty inside the container (after pivot_root), send its master, make the slave our stdio and
@@ -42,9 +58,7 @@ def setup_console(sys: sc.Syscalls, console: socket.socket, mount_console: bool,
         slave_path = f"/dev/pts/{number}"
         if mount_console:
             try:
-                fd = os.open("/dev/console", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-                os.close(fd)
-                sys.mount(slave_path, "/dev/console", None, sc.MS_BIND)
+                _bind_console(sys, slave)
             except OSError as exc:
                 raise errors.FailedPrecondition(f"cannot bind {slave_path} on /dev/console: {exc.strerror}") from None
         socket.send_fds(console, [slave_path.encode()], [master])

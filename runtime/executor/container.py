@@ -20,10 +20,10 @@ from typing import Any
 
 from runtime import errors
 from runtime.bundle import read_json
-from runtime.executor import cgroup, console, launcher, lifecycle, protocol, sysctls
+from runtime.executor import cgroup, console, hooks, launcher, lifecycle, protocol, rootfs, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
 from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
-from runtime.executor.process import ProcessSetup
+from runtime.executor.process import ProcessSetup, apply_rlimits, set_oom_score_adj
 from runtime.executor.state import (
     CREATED,
     RUNNING,
@@ -76,9 +76,11 @@ def _wait_gone(pid: int, start: int, timeout: float) -> bool:
 
 
 class Executor:
-    def __init__(self, root: Path, sys: sc.Syscalls | None = None) -> None:
+    def __init__(self, root: Path, sys: sc.Syscalls | None = None, systemd_cgroup: bool = False) -> None:
+        """`systemd_cgroup`: containers live in scopes crispd makes (runtime/executor/cgroup.py)."""
         self.root = root
         self.sys = sys or sc.Syscalls()
+        self.systemd_cgroup = systemd_cgroup
 
     def _dir(self, container_id: str) -> ContainerDir:
         return ContainerDir(self.root, container_id)
@@ -91,17 +93,29 @@ class Executor:
     # ------------------------------------------------------------------ create
 
     def create(self, container_id: str, bundle: Path, pid_file: Path | None = None,
-               console_socket: str | None = None, preserve_fds: int = 0) -> int:
+               console_socket: str | None = None, preserve_fds: int = 0, held_pid_fd: int | None = None) -> int:
         bundle = bundle.absolute()
         spec, raw = load_spec(bundle)
         self._check(spec)
+        if self.systemd_cgroup:
+            if not spec.linux.cgroups_path or spec.linux.cgroups_path.count(":") != 2:
+                raise errors.InvalidArgument(f"--systemd-cgroup needs linux.cgroupsPath as slice:prefix:name, not "
+                                             f"{spec.linux.cgroups_path!r}")
+            if held_pid_fd is None:
+                raise errors.InvalidArgument("--systemd-cgroup needs --held-pid-fd: crispd makes the scope")
         cdir = self._dir(container_id)
         with contextlib.ExitStack() as undo:
             cdir.make()
+            if spec.hooks.get("poststop"):
+                # a failed create is a deleted container: its poststop hooks run last (runtime-spec step 13)
+                stopped = hooks.state_document(spec.oci_version, container_id, "stopped", str(bundle),
+                                               spec.annotations)
+                undo.callback(hooks.run_hooks_warn, spec.hooks, "poststop", stopped, f"container {container_id}",
+                              str(bundle))
             undo.callback(cdir.remove)
             with cdir.locked() as lock_fd:
-                pid = self._create_locked(cdir, spec, raw.get("linux") or {}, bundle, pid_file, console_socket,
-                                          preserve_fds, undo, lock_fd)
+                pid = self._create_locked(cdir, spec, raw, bundle, pid_file, console_socket, preserve_fds, undo,
+                                          lock_fd, held_pid_fd)
             undo.pop_all()
         log.info("container %s: created, init pid %d", container_id, pid)
         return pid
@@ -114,9 +128,10 @@ class Executor:
         if (spec.hostname or spec.domainname) and sysctls.shares_host(spec.linux, "uts"):
             raise errors.InvalidArgument("hostname: setting it needs a UTS namespace of its own")
 
-    def _create_locked(self, cdir: ContainerDir, spec: Spec, raw_linux: dict[str, object], bundle: Path,
+    def _create_locked(self, cdir: ContainerDir, spec: Spec, raw: dict[str, Any], bundle: Path,
                        pid_file: Path | None, console_socket: str | None, preserve_fds: int,
-                       undo: contextlib.ExitStack, lock_fd: int) -> int:
+                       undo: contextlib.ExitStack, lock_fd: int, held_pid_fd: int | None = None) -> int:
+        raw_linux = raw.get("linux") or {}
         setup = ProcessSetup(self.sys, spec.process, spec.linux.seccomp)
         os.mkfifo(cdir.fifo, 0o622)
         os.chmod(cdir.fifo, 0o622)
@@ -130,7 +145,17 @@ class Executor:
             raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
         cgroup_path = spec.linux.cgroups_path or cgroup.default_path(cdir.id)
         launched_pids: list[int] = []
-        cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
+        cg: cgroup.ContainerCgroup
+        if self.systemd_cgroup and held_pid_fd is not None:
+            scope = cgroup.systemd_scope(cgroup_path)
+            cg, made = scope, False
+            fd = held_pid_fd
+
+            def add_to_cgroup(pid: int) -> None:
+                cgroup.hand_over(scope, pid, fd, spec.linux.resources)
+        else:
+            cg, made = cgroup.create_cgroup(cgroup_path, spec.linux.resources)
+            add_to_cgroup = cg.add_process
         if made:
             undo.callback(undo_step("remove the cgroup", cg.remove))
         undo.callback(undo_step("kill the container's processes", _kill_processes, cg, launched_pids))
@@ -139,9 +164,22 @@ class Executor:
         self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         plan = launcher.plan_namespaces([(ns.type, ns.path) for ns in spec.linux.namespaces])
         new_uts = not sysctls.shares_host(spec.linux, "uts")
-        ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds)
+        in_userns = spec.linux.namespace("user") is not None
+        if in_userns:
+            plan.before_userns = lambda: _before_userns(self.sys, spec)
+        hook_state = hooks.state_document(spec.oci_version, cdir.id, "creating", str(bundle), spec.annotations)
+        ctx = InitContext(spec, setup, fifo_fd, console_sock, new_uts, preserve_fds, hook_state,
+                          rootfs_premounted=in_userns)
+
+        def runtime_hooks(init_pid: int) -> None:
+            # prestart first, then createRuntime, both here in the runtime namespace (runc's order)
+            state = {**hook_state, "pid": init_pid}
+            hooks.run_hooks(spec.hooks, "prestart", state, cwd=str(bundle))
+            hooks.run_hooks(spec.hooks, "createRuntime", state, cwd=str(bundle))
+
         launched = launcher.launch(self.sys, plan, lambda sock: container_init(self.sys, ctx, sock),
-                                   cg.add_process, close_in_child=[lock_fd])
+                                   add_to_cgroup, close_in_child=[lock_fd, *([held_pid_fd] if held_pid_fd else [])],
+                                   run_hooks=runtime_hooks)
         launched_pids.append(launched.pid)
         launched.sock.close()
         start = process_start_time(launched.pid)
@@ -151,6 +189,7 @@ class Executor:
             id=cdir.id, bundle=str(bundle), rootfs=spec.root_path, pid=launched.pid, pid_start=start,
             created=now_rfc3339(), cgroup=cg.path, oci_version=spec.oci_version, annotations=dict(spec.annotations),
             linux={k: raw_linux[k] for k in ("seccomp", "namespaces") if k in raw_linux},
+            hooks=raw.get("hooks") or {},
         ))
         if pid_file is not None:
             write_pid_file(pid_file, launched.pid)
@@ -224,11 +263,16 @@ class Executor:
                     raise errors.DeadlineExceeded(f"container {container_id}: init {state.pid} did not die")
             if cg is not None:
                 cg.kill()
-                cg.remove()
+                if not self.systemd_cgroup:  # a scope goes when crispd stops its unit
+                    cg.remove()
             cdir.remove()
         finally:
             lock.__exit__(None, None, None)
         log.info("container %s: deleted", container_id)
+        spec_hooks = hooks.parse_hooks(state.hooks)
+        if spec_hooks.get("poststop"):
+            stopped = hooks.state_document(state.oci_version, state.id, "stopped", state.bundle, state.annotations)
+            hooks.run_hooks_warn(spec_hooks, "poststop", stopped, f"container {container_id}")
 
     # ------------------------------------------------------------------ update
 
@@ -324,6 +368,14 @@ class Executor:
         message = protocol.receive(sock)
         if isinstance(message, protocol.Failure):
             raise message.to_error()
+
+
+def _before_userns(sys: sc.Syscalls, spec: Spec) -> None:
+    """Stage 1, before it joins the pod's user namespace: the mounts only the host's root may make, and the limits
+    only it may raise (rlimits, a lower oom_score_adj), which the init inherits."""
+    rootfs.before_userns(sys, spec)
+    set_oom_score_adj(spec.process.oom_score_adj)
+    apply_rlimits(spec.process)
 
 
 def _kill_processes(cg: cgroup.ContainerCgroup, pids: list[int]) -> None:

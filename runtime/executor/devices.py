@@ -47,10 +47,30 @@ def create_device(sys: sc.Syscalls, root_fd: int, device: Device) -> None:
             sys.mknod(name, _TYPES[device.type] | mode, os.makedev(device.major, device.minor), parent_fd)
         except FileExistsError:
             return  # already there (a /dev from the image, or listed twice): leave it
+        except PermissionError:
+            # in a user namespace no device can be made: bind the host's node of the same path (as runc does)
+            _bind_host_device(sys, parent_fd, name, device)
+            return
         os.chown(name, device.uid or 0, device.gid or 0, dir_fd=parent_fd, follow_symlinks=False)
         os.chmod(name, mode, dir_fd=parent_fd, follow_symlinks=False)
     finally:
         os.close(parent_fd)
+
+
+def _bind_host_device(sys: sc.Syscalls, parent_fd: int, name: str, device: Device) -> None:
+    try:
+        st = os.stat(device.path)
+    except OSError as exc:
+        raise errors.FailedPrecondition(f"linux.devices: {device.path} cannot be made in a user namespace and the "
+                                        f"host has none to bind ({exc.strerror})") from None
+    if st.st_rdev != os.makedev(device.major, device.minor) or (st.st_mode & 0o170000) != _TYPES[device.type]:
+        raise errors.FailedPrecondition(f"linux.devices: {device.path} cannot be made in a user namespace and the "
+                                        "host's node of that path is another device")
+    fd = os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
+    try:
+        sys.mount(device.path, paths.fd_path(fd), None, sc.MS_BIND)
+    finally:
+        os.close(fd)
 
 
 def create_symlinks(sys: sc.Syscalls, root_fd: int) -> None:

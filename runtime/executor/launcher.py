@@ -29,19 +29,26 @@ HANDSHAKE_TIMEOUT = 60.0
 
 NS_FLAGS = {
     "pid": sc.CLONE_NEWPID, "network": sc.CLONE_NEWNET, "mount": sc.CLONE_NEWNS, "ipc": sc.CLONE_NEWIPC,
-    "uts": sc.CLONE_NEWUTS, "cgroup": sc.CLONE_NEWCGROUP,
+    "uts": sc.CLONE_NEWUTS, "cgroup": sc.CLONE_NEWCGROUP, "user": sc.CLONE_NEWUSER,
 }
-PROC_NS_NAMES = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup"}
-# joined in this order: the mount namespace last, since joining it changes our root and cwd
-JOIN_ORDER = ("cgroup", "ipc", "uts", "network", "pid", "mount")
+PROC_NS_NAMES = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts", "cgroup": "cgroup",
+                 "user": "user"}
+# joined in this order: the user namespace first (the others are owned by it, and joining it gives the
+# capabilities to join them), the mount namespace last, since joining it changes our root and cwd
+JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "network", "pid", "mount")
 
 
 @dataclass
 class NamespacePlan:
-    """Namespaces to join (fds opened by the executor before forking) and the flags of those to create."""
+    """Namespaces to join (fds opened by the executor before forking) and the flags of those to create.
+
+    `before_userns`, with a user namespace to join: stage 1 first unshares a mount namespace of its own (owned by
+    the host's user namespace) and calls it there, to mount what only the host's root may (id-mapped mounts, the
+    rootfs overlay); the container's mount namespace is then made inside the user namespace, as a copy of it."""
 
     join: list[tuple[str, int]] = field(default_factory=list)
     unshare_flags: int = 0
+    before_userns: Callable[[], None] | None = None
 
     def close(self) -> None:
         for _, fd in self.join:
@@ -99,6 +106,9 @@ def _stage1(sock: socket.socket, sys: sc.Syscalls, plan: NamespacePlan,
         sock.settimeout(None)
         # from here on no process in the container may ptrace us or open our /proc files
         sys.prctl(sc.PR_SET_DUMPABLE, 0)
+        if plan.before_userns is not None and any(ns_type == "user" for ns_type, _ in plan.join):
+            sys.unshare(sc.CLONE_NEWNS)
+            plan.before_userns()
         for ns_type, fd in plan.join:
             try:
                 sys.setns(fd, NS_FLAGS[ns_type])
@@ -129,6 +139,18 @@ def _child(sock: socket.socket, child_main: Callable[[socket.socket], None]) -> 
         os._exit(127)
 
 
+def _await_child_pid(sock: socket.socket) -> int:
+    """The init asked for hooks before stage 1's ChildPid was read (two senders, no order): read on to it."""
+    while True:
+        message = protocol.receive(sock)
+        if message is None:
+            raise errors.CrispError("the container process died during setup without saying why")
+        if isinstance(message, protocol.Failure):
+            raise message.to_error()
+        if isinstance(message, protocol.ChildPid):
+            return message.pid
+
+
 @dataclass
 class Launched:
     pid: int
@@ -136,10 +158,12 @@ class Launched:
 
 
 def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.socket], None],
-           add_to_cgroup: Callable[[int], None], close_in_child: Sequence[int] = ()) -> Launched:
+           add_to_cgroup: Callable[[int], None], close_in_child: Sequence[int] = (),
+           run_hooks: Callable[[int], None] | None = None) -> Launched:
     """Fork stage 1, put it into the cgroup, let it go, and return the init's pid once the child is Ready.
 
-    Any failure (ours or a typed one from a child) kills what was started and raises.
+    When the child asks (RunHooks), `run_hooks(init pid)` runs here before it may go on (HooksDone). Any failure
+    (ours, a hook's, or a typed one from a child) kills what was started and raises.
     """
     parent_sock, child_sock = protocol.socketpair()
     stage1 = os.fork()
@@ -169,6 +193,11 @@ def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.s
                 init_pid = message.pid
             elif isinstance(message, protocol.Failure):
                 raise message.to_error()
+            elif isinstance(message, protocol.RunHooks):
+                init_pid = init_pid or _await_child_pid(parent_sock)
+                if run_hooks is not None:
+                    run_hooks(init_pid)
+                protocol.send(parent_sock, protocol.HooksDone())
             elif isinstance(message, protocol.Ready):
                 ready = True
             if ready and init_pid:

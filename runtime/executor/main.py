@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log", help="log file (errors are also written there)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--debug", action="store_true")
-    p.add_argument("--systemd-cgroup", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--systemd-cgroup", action="store_true",
+                   help="containers live in systemd scopes crispd makes (linux.cgroupsPath slice:prefix:name)")
     p.add_argument("--version", action="version", version=f"crisp-executor version {VERSION}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--console-socket")
     c.add_argument("--preserve-fds", type=int, default=0)
     c.add_argument("--no-pivot", action="store_true", help=argparse.SUPPRESS)
+    c.add_argument("--held-pid-fd", type=int, help="with --systemd-cgroup: report the container's first process here "
+                   "and wait until crispd made its scope")
     c.add_argument("id")
 
     s = sub.add_parser("start", help="start a created container")
@@ -73,15 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _log_error(args: argparse.Namespace, message: str) -> None:
+def _log_error(args: argparse.Namespace, message: str, kind: str = errors.INTERNAL) -> None:
+    """runc's error line, plus the wire name of the error's kind (`runtime.errors`), which the shim passes on."""
     print(f"crisp-executor: {message}", file=sys.stderr)
     if not args.log:
         return
     if args.log_format == "json":
-        line = json.dumps({"level": "error", "msg": message,
+        line = json.dumps({"level": "error", "msg": message, "kind": kind,
                            "time": datetime.datetime.now(datetime.UTC).isoformat()})
     else:
-        line = f"level=error msg={json.dumps(message)}"
+        line = f"level=error msg={json.dumps(message)} kind={kind}"
     try:
         with open(args.log, "a") as f:
             f.write(line + "\n")
@@ -103,10 +107,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from runtime.executor.container import ExecOptions, Executor, parse_signal
 
-    executor = Executor(Path(args.root))
+    executor = Executor(Path(args.root), systemd_cgroup=args.systemd_cgroup)
     if args.command == "create":
         executor.create(args.id, Path(args.bundle), Path(args.pid_file) if args.pid_file else None,
-                        args.console_socket, args.preserve_fds)
+                        args.console_socket, args.preserve_fds, args.held_pid_fd)
     elif args.command == "kill":
         executor.kill(args.id, parse_signal(args.signal), args.all)
     elif args.command == "delete":
@@ -130,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except errors.CrispError as exc:
-        _log_error(args, str(exc) or type(exc).__name__)
+        _log_error(args, str(exc) or type(exc).__name__, errors.kind_of(exc))
         return 1
     except OSError as exc:
         _log_error(args, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))

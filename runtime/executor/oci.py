@@ -1,9 +1,9 @@
 """The parts of an OCI runtime spec (config.json) the executor applies, parsed into frozen dataclasses.
 
 Parsing checks types and values once, so the setup code can trust them; a bad document is `InvalidArgument` with
-the JSON path of the bad field. Features the executor does not implement (user namespaces, personality, Intel
-RDT, time namespaces) are refused rather than ignored: a container must never run with less isolation than its
-spec asks for.
+the JSON path of the bad field. Features the executor does not implement (new user namespaces: it only joins a
+pod's, personality, Intel RDT, time namespaces, per-mount id maps) are refused rather than ignored: a container
+must never run with less isolation than its spec asks for.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.bundle import Overlay, load_config, overlay_of, rootfs_path
+from runtime.bundle import Idmap, Overlay, idmap_of, load_config, overlay_of, rootfs_path
+from runtime.executor.hooks import Hooks, parse_hooks
 
 NAMESPACE_TYPES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user", "time")
 MAX_ID = 2**32 - 2
@@ -195,6 +196,8 @@ class Spec:
     linux: Linux = field(default_factory=Linux)
     annotations: Mapping[str, str] = field(default_factory=dict)
     overlay: Overlay | None = None
+    idmap: Idmap | None = None
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -317,7 +320,7 @@ def _parse_seccomp(data: object, where: str) -> Seccomp | None:
 
 def _parse_linux(data: object) -> Linux:
     d = _obj(data, "linux")
-    for key in ("uidMappings", "gidMappings", "intelRdt", "personality", "timeOffsets"):
+    for key in ("intelRdt", "personality", "timeOffsets"):
         if d.get(key):
             raise _fail(f"linux.{key}", "not supported by the built-in executor")
     namespaces = []
@@ -327,12 +330,16 @@ def _parse_linux(data: object) -> Linux:
         ns_type = _str(n.get("type"), f"linux.namespaces[{i}].type")
         if ns_type not in NAMESPACE_TYPES:
             raise _fail(f"linux.namespaces[{i}].type", f"unknown namespace type {ns_type!r}")
-        if ns_type in ("user", "time"):
-            raise _fail(f"linux.namespaces[{i}]", f"{ns_type} namespaces are not supported by the built-in executor")
+        if ns_type == "time":
+            raise _fail(f"linux.namespaces[{i}]", "time namespaces are not supported by the built-in executor")
         if ns_type in seen:
             raise _fail(f"linux.namespaces[{i}]", f"the {ns_type} namespace is listed twice")
         seen.add(ns_type)
         path = _str(n.get("path"), f"linux.namespaces[{i}].path")
+        if ns_type == "user" and not path:
+            # a pod's user namespace is made (and mapped) with the pod; a container only joins it
+            raise _fail(f"linux.namespaces[{i}]", "the built-in executor joins a user namespace by path, it "
+                        "makes none")
         if path and not path.startswith("/"):
             raise _fail(f"linux.namespaces[{i}].path", f"{path!r} must be an absolute path")
         namespaces.append(Namespace(ns_type, path))
@@ -367,6 +374,10 @@ def _parse_linux(data: object) -> Linux:
     cgroups_path = _str(d.get("cgroupsPath"), "linux.cgroupsPath")
     if cgroups_path and ".." in cgroups_path.split("/"):
         raise _fail("linux.cgroupsPath", f"{cgroups_path!r} must not contain '..'")
+    if "user" not in seen:
+        for key in ("uidMappings", "gidMappings"):
+            if d.get(key):
+                raise _fail(f"linux.{key}", "id mappings need a user namespace")
     return Linux(
         namespaces=tuple(namespaces),
         cgroups_path=cgroups_path,
@@ -414,6 +425,8 @@ def parse_spec(data: object, bundle: Path) -> Spec:
         linux=_parse_linux(d.get("linux")),
         annotations=annotations,
         overlay=overlay_of(annotations),
+        idmap=idmap_of(annotations),
+        hooks=parse_hooks(d.get("hooks")),
     )
 
 

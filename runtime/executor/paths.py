@@ -27,6 +27,62 @@ def open_in_root(sys: sc.Syscalls, root_fd: int, path: str, flags: int = os.O_PA
     return sys.openat2(root_fd, path, flags | os.O_CLOEXEC, 0, RESOLVE)
 
 
+MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP)
+
+
+def resolve_in_root(sys: sc.Syscalls, root_fd: int, path: str) -> str:
+    """The path `path` names inside the root, every symlink that exists followed (inside the root, as after
+    pivot_root, dangling ones too) and the components that do not exist kept as written, as runc's SecureJoin
+    does: where a mount (or a dir made for one) really lands, before anything is made."""
+    pending = [p for p in path.split("/") if p not in ("", ".")]
+    pending.reverse()
+    resolved: list[str] = []
+    links = 0
+    while pending:
+        name = pending.pop()
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        try:
+            dir_fd = open_in_root(sys, root_fd, "/" + "/".join(resolved), O_PATH_DIR)
+        except OSError as exc:
+            if not missing(exc):
+                raise
+            resolved.append(name)  # under a dir that is yet to be made: nothing to follow
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            target = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+        except OSError as exc:
+            if not missing(exc):
+                raise
+            target = None
+        finally:
+            os.close(dir_fd)
+        if target is None:
+            resolved.append(name)
+            continue
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        if target.startswith("/"):
+            resolved = []
+        pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+    return "/" + "/".join(resolved)
+
+
+def path_in_root(root_fd: int, fd: int) -> str:
+    """The path of `fd` inside the root, as the kernel names it (before pivot_root: the host's /proc)."""
+    root = os.readlink(fd_path(root_fd))
+    where = os.readlink(fd_path(fd))
+    if where == root:
+        return "/"
+    if not where.startswith(root.rstrip("/") + "/"):
+        raise OSError(errno.EXDEV, f"{where} is not inside the root {root}")
+    return where[len(root.rstrip("/")):]
+
+
 def _split(path: str) -> tuple[str, str]:
     path = posixpath.normpath("/" + path)
     return posixpath.dirname(path), posixpath.basename(path)

@@ -3,6 +3,8 @@
 One SOCK_SEQPACKET socketpair carries every message, each one datagram of JSON:
   parent -> stage-1 child   Go            (the child may now join/unshare namespaces; it is in its cgroup)
   stage-1 child -> parent   ChildPid      (the pid of the process that becomes the container's init)
+  init -> parent            RunHooks      (create: the filesystem is mounted; run prestart + createRuntime now)
+  parent -> init            HooksDone     (they ran: go on to pivot_root)
   init -> parent            Ready         (set up, about to wait for `start` (create) or to exec (exec))
   any child -> parent       Failure       (a typed error: kind + one-line message)
 The socket is close-on-exec, so for `exec` the parent learns of a successful execve from end-of-file.
@@ -30,6 +32,16 @@ class ChildPid:
 
 
 @dataclass(frozen=True)
+class RunHooks:
+    pass
+
+
+@dataclass(frozen=True)
+class HooksDone:
+    pass
+
+
+@dataclass(frozen=True)
 class Ready:
     pass
 
@@ -43,9 +55,10 @@ class Failure:
         return errors.from_kind(self.kind, self.message)
 
 
-Message = Go | ChildPid | Ready | Failure
+Message = Go | ChildPid | RunHooks | HooksDone | Ready | Failure
 
-_TYPES: dict[str, type[Message]] = {"go": Go, "pid": ChildPid, "ready": Ready, "error": Failure}
+_TYPES: dict[str, type[Message]] = {"go": Go, "pid": ChildPid, "hooks": RunHooks, "hooks_done": HooksDone,
+                                    "ready": Ready, "error": Failure}
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
 class ProtocolError(errors.CrispError):

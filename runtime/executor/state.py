@@ -23,6 +23,10 @@ from runtime.procs import process_start_time
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 STATE_FILE = "state.json"
 FIFO = "exec.fifo"
+# what the init writes into the exec fifo once `start` opened it: OK, or FAILED followed by the error (a
+# startContainer hook failed; the init exits)
+FIFO_OK = b"0"
+FIFO_FAILED = b"E"
 
 CREATING, CREATED, RUNNING, STOPPED = "creating", "created", "running", "stopped"
 
@@ -45,6 +49,8 @@ class State:
     annotations: Mapping[str, str] = field(default_factory=dict)
     # what `exec` needs of the spec: its seccomp profile and namespace list, as written in config.json
     linux: Mapping[str, Any] = field(default_factory=dict)
+    # the spec's hooks as written in config.json (start and delete run poststart and poststop from here)
+    hooks: Mapping[str, Any] = field(default_factory=dict)
 
 
 def now_rfc3339() -> str:

@@ -11,7 +11,9 @@ import os
 from collections.abc import Mapping
 
 from runtime import errors
+from runtime.executor import procfs
 from runtime.executor.oci import Linux
+from runtime.linux import syscalls as sc
 from runtime.namespaces import sysctl as rules
 
 _PROC_NS = {"network": "net", "ipc": "ipc", "uts": "uts"}
@@ -41,11 +43,16 @@ def check_sysctls(linux: Linux) -> None:
     rules.check_sysctls(linux.sysctl, host, who="the container")
 
 
-def apply_sysctls(sysctls: Mapping[str, str]) -> None:
-    """Write them through /proc of the current (container) namespaces; called after pivot_root."""
+def apply_sysctls(sys: sc.Syscalls, sysctls: Mapping[str, str], proc_fd: int) -> None:
+    """Write them through the init's private procfs (of the container's namespaces); called after pivot_root.
+    Never through the container's /proc: a volume mounted inside it would redirect the writes."""
     for name, value in sysctls.items():
         try:
-            with open(rules.sysctl_path(name), "w") as f:
-                f.write(value)
+            fd = procfs.open_below(sys, proc_fd, rules.sysctl_path(name).removeprefix("/proc/"),
+                                   os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise errors.InvalidArgument(f"sysctl {name}={value!r}: {exc.strerror}") from None

@@ -7,9 +7,9 @@ holds off new references while `collect` runs; this module only deletes. Runs in
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
+from runtime.fstree import tree_usage
 from runtime.image.store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -54,22 +54,4 @@ def collect(store: ImageStore, keep_blobs: set[str], keep_snapshots: set[str]) -
 
 def usage(path: str) -> tuple[int, int]:
     """Bytes (allocated blocks) and inodes used under path, each hardlinked inode counted once."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in (*dirnames, *filenames):
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            key = (st.st_dev, st.st_ino)
-            if key not in seen:
-                seen.add(key)
-                total += st.st_blocks * 512
-    try:
-        st = os.lstat(path)
-        total += st.st_blocks * 512
-        seen.add((st.st_dev, st.st_ino))
-    except OSError:
-        return 0, 0
-    return total, len(seen)
+    return tree_usage(path)

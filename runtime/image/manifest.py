@@ -40,8 +40,21 @@ LAYER_TYPES = frozenset({
 CONFIG_TYPES = frozenset({OCI_CONFIG, DOCKER_CONFIG})
 
 # manifests and configs are read into memory: bound them (containerd uses the same 4 MiB for manifests)
+# how much of each kind of small object crisp reads at most (a registry may stream for ever); an unknown media
+# type gets the manifests' cap (as distribution's registry, which refuses manifests over 4 MiB)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+MAX_TOKEN_BYTES = 1024 * 1024
+_MAX_BYTES = {
+    OCI_INDEX: MAX_MANIFEST_BYTES, DOCKER_LIST: MAX_MANIFEST_BYTES,
+    OCI_MANIFEST: MAX_MANIFEST_BYTES, DOCKER_MANIFEST: MAX_MANIFEST_BYTES,
+    OCI_CONFIG: MAX_CONFIG_BYTES, DOCKER_CONFIG: MAX_CONFIG_BYTES,
+}
+
+
+def max_bytes(media_type: str) -> int:
+    """The size cap of a manifest, index or config of this media type."""
+    return _MAX_BYTES.get(media_type, MAX_MANIFEST_BYTES)
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,8 @@ def _load(body: bytes, what: str, digest: str) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _invalid(what, digest, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid(what, digest, "its JSON is nested too deep") from None
     if not isinstance(data, dict):
         raise _invalid(what, digest, "not a JSON object")
     return data

@@ -1,7 +1,10 @@
 """Pull one image: resolve, pick the platform, fetch config and layers concurrently, unpack them into snapshots.
 
 `Puller.pull` runs on the event loop; every network request, hash, write and unpack runs in worker threads (layer
-downloads in a pool of `max_concurrent_downloads` threads, each unpacking the layer it fetched). A pull that makes no
+downloads in a pool of `max_concurrent_downloads` threads, each unpacking the layer it fetched). One registry
+gets at most `max_concurrent_downloads_per_registry` of those threads and half of the small requests' ones: a
+slow or dripping registry holds up its own pulls, never another registry's (pulls wait for a slot on the loop,
+not in a pool's queue). A pull that makes no
 progress (no bytes downloaded, no tar entry unpacked) for `progress_timeout` seconds is aborted; on any failure
 or cancellation the threads are told to stop, waited for, and their temp files removed. Recording the image in the
 metadata store is the caller's job.
@@ -22,20 +25,22 @@ from typing import Any, TypeVar
 
 from runtime import errors
 from runtime.failpoints import NoPoints, Points
+from runtime.fstree import remove_tree
 from runtime.image.hosts import registry_hosts
 from runtime.image.manifest import (
     INDEX_TYPES,
-    MAX_CONFIG_BYTES,
+    OCI_CONFIG,
     chain_ids,
     host_platform,
+    max_bytes,
     parse_config,
     parse_manifest,
     select_platform,
 )
 from runtime.image.reference import Reference
 from runtime.image.registry import Credentials, RegistryClient, RepositorySession
-from runtime.image.store import ImageStore, remove_tree
-from runtime.image.unpack import unpack_layer
+from runtime.image.store import ImageStore
+from runtime.image.unpack import ImageBudget, UnpackLimits, unpack_layer
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +101,12 @@ class Puller:
 
     def __init__(self, store: ImageStore, client: RegistryClient, hosts_dir: str, max_concurrent_downloads: int,
                  progress_timeout: float, on_fetched: Callable[[int], None] | None = None,
-                 points: Points | None = None) -> None:
+                 max_layer_unpacked: int = 64 << 30, max_image_unpacked: int = 128 << 30,
+                 max_downloads_per_registry: int | None = None, points: Points | None = None) -> None:
         self.store = store
         self.points = points or NoPoints()
+        self.max_layer_unpacked = max_layer_unpacked
+        self.max_image_unpacked = max_image_unpacked
         # told of every chunk of layer bytes downloaded (from a pool thread): crispd's metrics
         self.on_fetched = on_fetched
         self.client = client
@@ -108,6 +116,10 @@ class Puller:
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent_downloads, thread_name_prefix="crisp-pull")
         # resolving, manifests, configs, hosts files: small requests, kept out of the layer pool's queue
         self._meta_pool = ThreadPoolExecutor(max_workers=META_WORKERS, thread_name_prefix="crisp-pull-meta")
+        self._per_registry = {self._pool: max_downloads_per_registry or max_concurrent_downloads,
+                              self._meta_pool: META_WORKERS // 2}
+        # (registry, pool) -> its slots; made on the loop
+        self._slots: dict[tuple[str, ThreadPoolExecutor], asyncio.Semaphore] = {}
 
     def prestart(self) -> None:
         """Start every worker thread now (blocking: call it from a worker thread).
@@ -129,10 +141,16 @@ class Puller:
         progress = _Progress()
         pending: list[concurrent.futures.Future[Any]] = []
 
-        def in_thread(fn: Callable[[], T], pool: ThreadPoolExecutor | None = None) -> asyncio.Future[T]:
-            cf = (pool or self._meta_pool).submit(fn)
-            pending.append(cf)
-            return asyncio.wrap_future(cf)
+        async def in_thread(fn: Callable[[], T], pool: ThreadPoolExecutor | None = None) -> T:
+            pool = pool or self._meta_pool
+            key = (ref.domain, pool)
+            slots = self._slots.get(key)
+            if slots is None:
+                slots = self._slots[key] = asyncio.Semaphore(self._per_registry[pool])
+            async with slots:
+                cf = pool.submit(fn)
+                pending.append(cf)
+                return await asyncio.wrap_future(cf)
 
         sessions: list[RepositorySession] = []
         started = time.monotonic()
@@ -178,7 +196,7 @@ class Puller:
 
     async def _pull(self, ref: Reference, credentials: list[Credentials], hold: HoldFn, cancel: threading.Event,
                     progress: _Progress,
-                    in_thread: Callable[..., asyncio.Future[Any]], sessions: list[RepositorySession]) -> PulledImage:
+                    in_thread: Callable[..., Awaitable[Any]], sessions: list[RepositorySession]) -> PulledImage:
         hosts = await in_thread(lambda: registry_hosts(self.hosts_dir, ref.domain))  # no fail point: a read
         session = self.client.session(ref, hosts, credentials, cancel)
         sessions.append(session)
@@ -188,7 +206,8 @@ class Puller:
         platform = host_platform()
         if resolved.media_type in INDEX_TYPES:
             chosen = select_platform(resolved.body, resolved.digest, platform)
-            manifest = await in_thread(lambda: session.fetch_manifest(chosen.digest))  # no fail point: a read
+            manifest = await in_thread(  # no fail point: a read
+                lambda: session.fetch_manifest(chosen.digest, chosen.size))
             if manifest.media_type in INDEX_TYPES:
                 raise errors.InvalidArgument(f"{ref}: index {chosen.digest} nested in an index is not supported")
             log.info("resolved %s to index %s, %s manifest %s", ref, resolved.digest, chosen.platform,
@@ -203,7 +222,8 @@ class Puller:
         parsed = parse_manifest(manifest.body, manifest.digest)
         config_desc = parsed.config
         config_body = await in_thread(  # no fail point: a read
-            lambda: session.fetch_small_blob(config_desc.digest, config_desc.size, MAX_CONFIG_BYTES))
+            lambda: session.fetch_small_blob(config_desc.digest, config_desc.size,
+                                             max_bytes(config_desc.media_type or OCI_CONFIG)))
         progress.touch()
         config = parse_config(config_body, config_desc.digest, len(parsed.layers))
         os_name = config.get("os")
@@ -220,7 +240,9 @@ class Puller:
         await in_thread(lambda: [self.store.put_blob(d, body) for d, body in blobs.items()])
         await self.points.point("pull_image.metadata")
         progress.total = sum(layer.size for layer in layers)
-        jobs = [in_thread(lambda layer=layer: self._fetch_layer(session, layer, progress, cancel), self._pool)
+        limits = UnpackLimits(self.max_layer_unpacked, ImageBudget(self.max_image_unpacked))
+        jobs = [in_thread(lambda layer=layer: self._fetch_layer(session, layer, progress, cancel, limits),
+                          self._pool)
                 for layer in layers]
         await asyncio.gather(*jobs)
         await self.points.point("pull_image.layers")
@@ -231,7 +253,7 @@ class Puller:
             platform=platform_name)
 
     def _fetch_layer(self, session: RepositorySession, layer: LayerInfo, progress: _Progress,
-                     cancel: threading.Event) -> None:
+                     cancel: threading.Event, limits: UnpackLimits | None = None) -> None:
         """Download (unless stored) and unpack (unless unpacked) one layer; runs in a pool thread."""
         if cancel.is_set():
             raise errors.Cancelled(f"layer {layer.digest}: pull cancelled")
@@ -257,7 +279,7 @@ class Puller:
                 fs = tmp / "fs"
                 fs.mkdir(mode=0o755)
                 result = unpack_layer(self.store.blob_path(layer.digest), fs, layer.digest, layer.diff_id, cancel,
-                                      on_entry=lambda _member: progress.touch())
+                                      on_entry=lambda _member: progress.touch(), limits=limits)
                 self.store.commit_snapshot(layer.chain_id, tmp)
             except BaseException:
                 remove_tree(tmp)

@@ -7,6 +7,10 @@
   never logged.
 - Redirects (to blob storage) are followed; urllib3 drops the Authorization header when the host changes.
 - Every manifest and blob is verified against its digest (and size) before anyone uses it.
+- Hostile registries (transport.py): manifests, indexes, configs and tokens are read up to a cap per media type
+  and must be complete within `request_timeout` (headers included); a blob must send its headers within it and
+  then a byte at least every `read_timeout`, and stops at its descriptor's size. `abort()` cuts off every request
+  of the session wherever it is blocked.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from runtime import errors
+from runtime.image import transport
 from runtime.image.hosts import RegistryHost
-from runtime.image.manifest import MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, detect_media_type
+from runtime.image.manifest import MANIFEST_ACCEPT, MAX_TOKEN_BYTES, detect_media_type, max_bytes
 from runtime.image.reference import Reference
 from runtime.image.store import BlobWriter, DigestMismatch, sha256_digest
+from runtime.image.transport import Request, TooLarge
 from runtime.version import VERSION
 
 log = logging.getLogger(__name__)
@@ -108,7 +114,7 @@ class _Pools:
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                pool = urllib3.PoolManager(num_pools=32, maxsize=self._max, ssl_context=self._context(host))
+                pool = transport.pool_manager(num_pools=32, maxsize=self._max, ssl_context=self._context(host))
                 self._pools[key] = pool
             return pool
 
@@ -145,6 +151,7 @@ class RegistryClient:
         self.request_timeout = request_timeout
         self.read_timeout = read_timeout
         self._pools = _Pools(max_connections)
+        self.reaper = transport.Reaper()
 
     def session(self, ref: Reference, hosts: list[RegistryHost], credentials: list[Credentials],
                 cancel: threading.Event | None = None) -> RepositorySession:
@@ -152,6 +159,7 @@ class RegistryClient:
 
     def close(self) -> None:
         self._pools.clear()
+        self.reaper.close()
 
     def pool(self, host: RegistryHost) -> urllib3.PoolManager:
         return self._pools.get(host)
@@ -176,6 +184,16 @@ class _HostFailed(Exception):
         self.auth = auth
 
 
+def _refusal(host: RegistryHost, what: str) -> Callable[[int], _HostFailed]:
+    """A registry's answer other than 200 to a manifest or blob request: 404 is "not found" (the best answer
+    there is), anything else this host's failure."""
+    def refused(status: int) -> _HostFailed:
+        if status == 404:
+            return _HostFailed(f"{host}: {what} not found", not_found=True)
+        return _HostFailed(f"{host}: {what}: HTTP {status}")
+    return refused
+
+
 class RepositorySession:
     """One repository on its hosts, with the auth state of one pull."""
 
@@ -188,17 +206,46 @@ class RepositorySession:
         self.cancel = cancel
         self._auth_headers: dict[str, str] = {}  # host netloc -> Authorization value
         self._preferred: RegistryHost | None = None
-        self._streams: set[urllib3.BaseHTTPResponse] = set()
+        self._requests = transport.Requests(client.reaper)
         self._lock = threading.Lock()
 
     def abort(self) -> None:
-        """Cancel the session: blob reads blocked in other threads return at once (their sockets are shut)."""
+        """Cancel the session: every request of it, blocked in other threads wherever, returns at once (their
+        sockets are shut), and any request made later fails."""
         self.cancel.set()
-        with self._lock:
-            streams = list(self._streams)
-        for resp in streams:
-            with contextlib.suppress(Exception):
-                resp.shutdown()
+        self._requests.abort()
+
+    def _track(self, what: str, timeout: float | None) -> contextlib.AbstractContextManager[Request]:
+        if self.cancel.is_set():
+            raise errors.Cancelled(f"{what}: cancelled")
+        return self._requests.request(what, timeout)
+
+    def _failed(self, host: RegistryHost, request: Request, what: str, exc: BaseException) -> Exception:
+        """What a failed read or request means: cancelled, too slow, or this host's failure."""
+        if request.aborted or self.cancel.is_set():
+            return errors.Cancelled(f"{what}: cancelled")
+        if request.expired:
+            return _HostFailed(f"{host}: {what}: no complete answer within {self.client.request_timeout:g} s")
+        return _HostFailed(f"{host}: {what}: {type(exc).__name__}: {exc}")
+
+    def _read_answer(self, host: RegistryHost, request: Request, resp: urllib3.BaseHTTPResponse, what: str,
+                     limit: int, refused: Callable[[int], _HostFailed],
+                     too_large: Callable[[TooLarge], Exception]) -> bytes:
+        """The body of a 200 answer, at most `limit` bytes and complete within the request's deadline; another
+        status is `refused(status)`, a longer body `too_large`. The response is released whatever happens."""
+        try:
+            if resp.status != 200:
+                raise refused(resp.status)
+            body = transport.read_capped(resp, limit)
+        except TooLarge as exc:
+            raise too_large(exc) from None
+        except (Urllib3Error, OSError) as exc:
+            raise self._failed(host, request, what, exc) from None
+        finally:
+            transport.discard(resp)
+        if request.expired or request.aborted:  # cut off: what was read is not all there is
+            raise self._failed(host, request, what, TimeoutError())
+        return body
 
     # ------------------------------------------------------------------------------------------------ auth
 
@@ -234,32 +281,39 @@ class RepositorySession:
         pool = self.client.pool(host)
         timeout = urllib3.Timeout(connect=self.client.request_timeout, read=self.client.request_timeout)
         headers = {"User-Agent": USER_AGENT}
+        what = f"token server {realm}"
+        with self._track(what, self.client.request_timeout) as request:
+            try:
+                if creds is not None and creds.identity_token:
+                    fields = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                              "client_id": "crisp", "scope": scope}
+                    if service:
+                        fields["service"] = service
+                    resp = pool.request("POST", realm, fields=fields, encode_multipart=False, headers=headers,
+                                        timeout=timeout, preload_content=False, retries=_RETRIES)
+                else:
+                    query = {"scope": scope}
+                    if service:
+                        query["service"] = service
+                    if creds is not None and (creds.username or creds.password):
+                        headers.update(urllib3.make_headers(basic_auth=f"{creds.username}:{creds.password}"))
+                    resp = pool.request("GET", realm, fields=query, headers=headers, timeout=timeout,
+                                        preload_content=False, retries=_RETRIES)
+            except Urllib3Error as exc:
+                raise self._failed(host, request, what, exc) from None
+
+            def refused(status: int) -> _HostFailed:
+                if status in (401, 403):
+                    return _HostFailed(f"{host}: the token server {realm} refused the credentials (HTTP {status})",
+                                       auth=True)
+                return _HostFailed(f"{host}: token server {realm} answered HTTP {status}")
+
+            body = self._read_answer(host, request, resp, what, MAX_TOKEN_BYTES, refused, lambda _: _HostFailed(
+                f"{host}: the token from {realm} is larger than {MAX_TOKEN_BYTES} bytes"))
         try:
-            if creds is not None and creds.identity_token:
-                fields = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
-                          "client_id": "crisp", "scope": scope}
-                if service:
-                    fields["service"] = service
-                resp = pool.request("POST", realm, fields=fields, encode_multipart=False, headers=headers,
-                                    timeout=timeout)
-            else:
-                query = {"scope": scope}
-                if service:
-                    query["service"] = service
-                if creds is not None and (creds.username or creds.password):
-                    headers.update(urllib3.make_headers(basic_auth=f"{creds.username}:{creds.password}"))
-                resp = pool.request("GET", realm, fields=query, headers=headers, timeout=timeout)
-        except Urllib3Error as exc:
-            raise _HostFailed(f"{host}: token server {realm}: {exc}") from None
-        if resp.status in (401, 403):
-            raise _HostFailed(f"{host}: the token server {realm} refused the credentials (HTTP {resp.status})",
-                              auth=True)
-        if resp.status != 200:
-            raise _HostFailed(f"{host}: token server {realm} answered HTTP {resp.status}")
-        try:
-            data = json.loads(resp.data)
+            data = json.loads(body)
             token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise _HostFailed(f"{host}: the token server {realm} sent no token")
@@ -267,9 +321,10 @@ class RepositorySession:
 
     # ------------------------------------------------------------------------------------------------ requests
 
-    def _request(self, host: RegistryHost, url: str, headers: dict[str, str], stream: bool,
+    def _request(self, host: RegistryHost, url: str, headers: dict[str, str], request: Request,
                  read_timeout: float) -> urllib3.BaseHTTPResponse:
-        """GET with auth (one challenge round) and redirects; returns the final response (any status)."""
+        """GET with auth (one challenge round) and redirects, inside `request` (the caller's tracked block);
+        returns the final response (any status)."""
         pool = self.client.pool(host)
         timeout = urllib3.Timeout(connect=self.client.request_timeout, read=read_timeout)
         base = {"User-Agent": USER_AGENT, **dict(host.headers), **headers}
@@ -284,16 +339,14 @@ class RepositorySession:
                                     redirect=True, retries=_RETRIES,
                                     timeout=timeout)
             except Urllib3Error as exc:
-                raise _HostFailed(f"{host}: {type(exc).__name__}: {exc}") from None
+                raise self._failed(host, request, request.what, exc) from None
             if resp.status != 401 or attempt == 1:
                 if resp.status == 401:
-                    resp.drain_conn()
-                    resp.release_conn()
+                    transport.discard(resp)
                     raise _HostFailed(f"{host}: the registry refused the credentials (HTTP 401)", auth=True)
                 return resp
             challenge = resp.headers.get("WWW-Authenticate", "")
-            resp.drain_conn()
-            resp.release_conn()
+            transport.discard(resp)
             if not challenge:
                 raise _HostFailed(f"{host}: HTTP 401 without an auth challenge", auth=True)
             value = self._authorize(host, challenge)
@@ -342,27 +395,23 @@ class RepositorySession:
         return self._each_host(capability, lambda h: self._fetch_manifest(h, self.ref.object),  # type: ignore[no-any-return]
                                f"resolving {self.ref}")
 
-    def fetch_manifest(self, digest: str) -> Resolved:
-        return self._each_host("pull", lambda h: self._fetch_manifest(h, digest),  # type: ignore[no-any-return]
+    def fetch_manifest(self, digest: str, size: int | None = None) -> Resolved:
+        """A manifest by digest; with the descriptor's `size`, nothing past it is read."""
+        return self._each_host("pull", lambda h: self._fetch_manifest(h, digest, size),  # type: ignore[no-any-return]
                                f"fetching manifest {digest} of {self.ref.name}")
 
-    def _fetch_manifest(self, host: RegistryHost, obj: str) -> Resolved:
+    def _fetch_manifest(self, host: RegistryHost, obj: str, size: int | None = None) -> Resolved:
         url = self._url(host, "manifests", obj)
-        resp = self._request(host, url, {"Accept": MANIFEST_ACCEPT}, stream=False,
-                             read_timeout=self.client.request_timeout)
-        try:
-            if resp.status == 404:
-                raise _HostFailed(f"{host}: manifest {self.ref.path}:{obj} not found", not_found=True)
-            if resp.status != 200:
-                raise _HostFailed(f"{host}: manifest {self.ref.path}:{obj}: HTTP {resp.status}")
-            body = resp.read(MAX_MANIFEST_BYTES + 1)
-            if len(body) > MAX_MANIFEST_BYTES:
-                raise _HostFailed(f"{host}: manifest {obj} is larger than {MAX_MANIFEST_BYTES} bytes")
-        except Urllib3Error as exc:
-            raise _HostFailed(f"{host}: reading manifest {obj}: {exc}") from None
-        finally:
-            resp.drain_conn()
-            resp.release_conn()
+        what = f"manifest {self.ref.path}:{obj}"
+        with self._track(what, self.client.request_timeout) as request:
+            resp = self._request(host, url, {"Accept": MANIFEST_ACCEPT}, request,
+                                 read_timeout=self.client.request_timeout)
+            limit = max_bytes(resp.headers.get("Content-Type", "").split(";")[0].strip())
+            if size is not None:
+                limit = min(limit, size)
+            what_size = "its descriptor's size" if size is not None and size < max_bytes("") else "bytes"
+            body = self._read_answer(host, request, resp, what, limit, _refusal(host, what), lambda exc: _HostFailed(
+                f"{host}: {what} is larger than {limit} {what_size} ({exc})"))
         digest = sha256_digest(body)
         if obj.startswith("sha256:") and digest != obj:
             raise DigestMismatch(f"manifest {obj} from {host}: content has digest {digest}")
@@ -390,19 +439,13 @@ class RepositorySession:
             raise errors.InvalidArgument(f"blob {digest} of {self.ref.name} is {size} bytes, over {limit}")
 
         def attempt(host: RegistryHost) -> bytes:
-            resp = self._request(host, self._url(host, "blobs", digest), {}, stream=False,
-                                 read_timeout=self.client.request_timeout)
-            try:
-                if resp.status == 404:
-                    raise _HostFailed(f"{host}: blob {digest} not found", not_found=True)
-                if resp.status != 200:
-                    raise _HostFailed(f"{host}: blob {digest}: HTTP {resp.status}")
-                body = resp.read(limit + 1)
-            except Urllib3Error as exc:
-                raise _HostFailed(f"{host}: reading blob {digest}: {exc}") from None
-            finally:
-                resp.drain_conn()
-                resp.release_conn()
+            what = f"blob {digest}"
+            with self._track(what, self.client.request_timeout) as request:
+                resp = self._request(host, self._url(host, "blobs", digest), {}, request,
+                                     read_timeout=self.client.request_timeout)
+                body = self._read_answer(host, request, resp, f"reading {what}", size, _refusal(host, what),
+                                         lambda _: DigestMismatch(
+                                             f"blob {digest} from {host}: more data than its size {size}"))
             if len(body) != size or sha256_digest(body) != digest:
                 raise DigestMismatch(f"blob {digest} from {host}: got {len(body)} bytes with digest "
                                      f"{sha256_digest(body)}, expected {size} bytes")
@@ -411,29 +454,27 @@ class RepositorySession:
         return self._each_host("pull", attempt, f"fetching blob {digest} of {self.ref.name}")  # type: ignore[no-any-return]
 
     def _download(self, host: RegistryHost, digest: str, writer: BlobWriter, progress: Callable[[int], None]) -> None:
-        resp = self._request(host, self._url(host, "blobs", digest), {}, stream=True,
-                             read_timeout=self.client.read_timeout)
-        with self._lock:
-            self._streams.add(resp)
-        try:
-            if resp.status == 404:
-                raise _HostFailed(f"{host}: blob {digest} not found", not_found=True)
-            if resp.status != 200:
-                raise _HostFailed(f"{host}: blob {digest}: HTTP {resp.status}")
-            for chunk in resp.stream(_CHUNK, decode_content=False):
-                if self.cancel.is_set():
-                    raise errors.Cancelled(f"download of {digest} cancelled")
-                writer.write(chunk)
-                progress(len(chunk))
-        except BaseException as exc:
-            resp.close()  # unread data: the connection cannot be reused
+        what = f"downloading blob {digest}"
+        # the headers within the request timeout; then no deadline, but a byte at least every read_timeout
+        with self._track(what, self.client.request_timeout) as request:
+            resp = self._request(host, self._url(host, "blobs", digest), {}, request,
+                                 read_timeout=self.client.read_timeout)
+            request.deadline = None
+            try:
+                if resp.status == 404:
+                    raise _HostFailed(f"{host}: blob {digest} not found", not_found=True)
+                if resp.status != 200:
+                    raise _HostFailed(f"{host}: blob {digest}: HTTP {resp.status}")
+                for chunk in resp.stream(_CHUNK, decode_content=False):
+                    if self.cancel.is_set():
+                        raise errors.Cancelled(f"download of {digest} cancelled")
+                    writer.write(chunk)  # refuses more than the descriptor's size
+                    progress(len(chunk))
+            except BaseException as exc:
+                transport.discard(resp)  # unread data: the connection cannot be reused
+                if self.cancel.is_set() or request.aborted:
+                    raise errors.Cancelled(f"download of {digest} cancelled") from None
+                if isinstance(exc, Urllib3Error | OSError):
+                    raise self._failed(host, request, what, exc) from None
+                raise
             resp.release_conn()
-            if self.cancel.is_set():
-                raise errors.Cancelled(f"download of {digest} cancelled") from None
-            if isinstance(exc, Urllib3Error | OSError):
-                raise _HostFailed(f"{host}: downloading blob {digest}: {type(exc).__name__}: {exc}") from None
-            raise
-        finally:
-            with self._lock:
-                self._streams.discard(resp)
-        resp.release_conn()

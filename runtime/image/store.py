@@ -15,13 +15,13 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from runtime import errors
+from runtime.fstree import remove_tree
 from runtime.image.reference import is_sha256_digest
 
 log = logging.getLogger(__name__)
@@ -209,14 +209,3 @@ class ImageStore:
         dst = Path(tempfile.mkdtemp(prefix="rm-", dir=self.tmp_dir)) / "snapshot"
         os.rename(src, dst)
         remove_tree(dst.parent)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a file or a dir tree that may hold read-only dirs and immutable-looking modes (we are root)."""
-    try:
-        if path.is_symlink() or not path.is_dir():
-            path.unlink()
-            return
-    except FileNotFoundError:
-        return
-    shutil.rmtree(path)

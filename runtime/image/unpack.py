@@ -9,6 +9,14 @@ device nodes, absolute symlink targets).
 OCI whiteouts become overlayfs whiteouts: `.wh.NAME` -> a 0:0 character device `NAME`; `.wh..wh..opq` -> the xattr
 `trusted.overlay.opaque=y` on its dir. Ownership, modes (setuid/setgid/sticky), mtimes, device nodes, fifos,
 hardlinks, symlinks and `SCHILY.xattr.*` pax headers (file capabilities) are applied. Runs in a worker thread.
+
+Hostile layers: an entry the filesystem cannot hold as given (a name part over 255 bytes, a symlink target over
+4095, ids outside 0..2**32-2, an mtime outside 64-bit nanoseconds) is refused with `UnsafeLayer` naming it.
+Sparse entries (GNU 'S', PAX GNU.sparse.*) are refused: the OCI image spec says layers should not use them, no
+image builder writes them, and unpacked they are written out in full (a 106-byte layer wrote 2 GiB). Every entry
+counts its apparent size (its header's size, plus 512 bytes for the header) against `UnpackLimits` before a byte
+of it is written: a layer, and the layers one pull unpacks together, have a cap (compression bombs).
+At most `_DIR_CACHE` directory fds stay open, whatever the number of directories in the layer.
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ import gzip
 import hashlib
 import io
 import logging
+import math
 import os
 import shutil
 import stat
 import tarfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +41,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from runtime import errors
+from runtime.fstree import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +53,39 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
+# directory fds kept open while unpacking (the most recently used ones)
+_DIR_CACHE = 64
+_NAME_MAX = 255
+_PATH_MAX = 4096
+_MAX_ID = 2**32 - 2  # 2**32-1 is "no change" to chown
+_TAR_HEADER = 512
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class UnsafeLayer(errors.InvalidArgument):
     """A layer entry that would escape its snapshot, or that cannot be represented."""
+
+
+class ImageBudget:
+    """The unpacked bytes the layers of one pull may add up to (shared by its layer threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        """Count n more bytes; False once the image is over its cap."""
+        with self._lock:
+            self.used += n
+            return self.used <= self.limit
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    layer_bytes: int
+    image: ImageBudget
 
 
 class _HashingReader(io.RawIOBase):
@@ -88,6 +126,11 @@ def open_decompressed(f: IO[bytes]) -> IO[bytes]:
     return f
 
 
+# what an entry can make the filesystem say that is the entry's fault, not the node's
+_ENTRY_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EINVAL, errno.ELOOP, errno.EOVERFLOW, errno.EMLINK,
+                           errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.E2BIG, errno.ERANGE})
+
+
 @dataclass(frozen=True)
 class UnpackResult:
     diff_id: str
@@ -96,12 +139,42 @@ class UnpackResult:
     entries: int
 
 
+# pax and GNU long name headers are read into memory whole: a bigger one is refused before (Go's archive/tar
+# refuses them past 1 MiB too)
+_MAX_SPECIAL_HEADER = 1 << 20
+_SPECIAL = {tarfile.XHDTYPE: "pax", tarfile.XGLTYPE: "pax global", tarfile.SOLARIS_XHDTYPE: "pax",
+            tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link"}
+_SPARSE = "sparse entries are not accepted in layers"
+
+
+class _LayerTarInfo(tarfile.TarInfo):
+    """tarfile's header parsing without its unbounded reads: special headers are capped, and a sparse entry is
+    refused before its map (which may claim any length) is read."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        kind = _SPECIAL.get(self.type)
+        if kind is not None and self.size > _MAX_SPECIAL_HEADER:
+            raise tarfile.HeaderError(f"a {kind} header of {self.size} bytes (more than {_MAX_SPECIAL_HEADER})")
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.HeaderError(f"entry {self.name!r}: {_SPARSE}")
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
+
+    def _refuse_sparse(self, next: tarfile.TarInfo, *_: object) -> None:
+        raise tarfile.HeaderError(f"entry {next.name!r}: {_SPARSE}")
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
 class _Unpacker:
-    def __init__(self, root_fd: int, layer: str, cancel: threading.Event | None) -> None:
+    def __init__(self, root_fd: int, layer: str, cancel: threading.Event | None,
+                 limits: UnpackLimits | None = None) -> None:
         self.root_fd = root_fd
         self.layer = layer
         self.cancel = cancel
-        self._dir_cache: dict[tuple[str, ...], int] = {}
+        self.limits = limits
+        self.apparent = 0
+        # least recently used first; trimmed between entries only, so that an fd borrowed during one stays open
+        self._dir_cache: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self.dir_times: list[tuple[tuple[str, ...], int]] = []
 
     def close(self) -> None:
@@ -111,6 +184,45 @@ class _Unpacker:
         for fd in self._dir_cache.values():
             os.close(fd)
         self._dir_cache.clear()
+
+    def trim_cache(self) -> None:
+        while len(self._dir_cache) > _DIR_CACHE:
+            os.close(self._dir_cache.popitem(last=False)[1])
+
+    def check(self, member: tarfile.TarInfo) -> None:
+        """Refuse what the filesystem cannot hold as given, and sparse entries; count the apparent size."""
+        name = member.name
+        if member.sparse is not None or member.type == tarfile.GNUTYPE_SPARSE or any(
+                key.startswith("GNU.sparse.") for key in member.pax_headers):
+            raise self._unsafe(f"entry {name!r}: {_SPARSE}")
+        for what, text, limit in (("name", name, _PATH_MAX - 1), ("link target", member.linkname, _PATH_MAX - 1)):
+            raw = text.encode("utf-8", "surrogateescape")
+            if b"\0" in raw:
+                raise self._unsafe(f"entry {name!r}: its {what} contains a NUL byte")
+            if len(raw) > limit:
+                raise self._unsafe(f"entry {name[:200]!r}...: its {what} is longer than {limit} bytes")
+        if any(len(part.encode("utf-8", "surrogateescape")) > _NAME_MAX for part in name.split("/")):
+            raise self._unsafe(f"entry {name!r}: a part of its name is longer than {_NAME_MAX} bytes")
+        for what, value in (("uid", member.uid), ("gid", member.gid)):
+            if not 0 <= value <= _MAX_ID:
+                raise self._unsafe(f"entry {name!r}: {what} {value} is out of range (0-{_MAX_ID})")
+        mtime = member.mtime
+        if not math.isfinite(mtime) or not -(2**63) < mtime * 1_000_000_000 < 2**63:
+            raise self._unsafe(f"entry {name!r}: mtime {mtime} is outside 64-bit nanoseconds (years 1677-2262)")
+        if member.size < 0:
+            raise self._unsafe(f"entry {name!r}: negative size {member.size}")
+        self._count(name, _TAR_HEADER + (member.size if member.isreg() else 0))
+
+    def _count(self, name: str, n: int) -> None:
+        if self.limits is None:
+            return
+        self.apparent += n
+        if self.apparent > self.limits.layer_bytes:
+            raise self._unsafe(f"entry {name!r}: the layer unpacks to more than {self.limits.layer_bytes} bytes "
+                               "(image.max_layer_unpacked_bytes)")
+        if not self.limits.image.take(n):
+            raise self._unsafe(f"entry {name!r}: the image's layers unpack to more than {self.limits.image.limit} "
+                               "bytes (image.max_image_unpacked_bytes)")
 
     def _unsafe(self, message: str) -> UnsafeLayer:
         return UnsafeLayer(f"layer {self.layer}: {message}")
@@ -125,30 +237,49 @@ class _Unpacker:
         return parts
 
     def open_dir(self, parts: list[str] | tuple[str, ...], create: bool) -> int:
-        """A borrowed fd of the dir at `parts` (creating missing dirs 0755 if `create`), never through a symlink."""
+        """A borrowed fd of the dir at `parts` (creating missing dirs 0755 if `create`), never through a symlink.
+
+        Valid until the next entry: only the dir itself is cached, the ones on the way are opened and closed."""
         key = tuple(parts)
         if not key:
             return self.root_fd
         cached = self._dir_cache.get(key)
         if cached is not None:
+            self._dir_cache.move_to_end(key)
             return cached
-        parent = self.open_dir(key[:-1], create)
+        depth = len(key) - 1
+        while depth > 0 and key[:depth] not in self._dir_cache:
+            depth -= 1
+        fd = self._dir_cache[key[:depth]] if depth else self.root_fd
+        owned = False
+        try:
+            for i in range(depth, len(key)):
+                child = self._open_child(fd, key[: i + 1], create)
+                if owned:
+                    os.close(fd)
+                fd, owned = child, True
+        except BaseException:
+            if owned:
+                os.close(fd)
+            raise
+        self._dir_cache[key] = fd
+        return fd
+
+    def _open_child(self, parent: int, key: tuple[str, ...], create: bool) -> int:
         name = key[-1]
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             if not create:
                 raise self._unsafe(f"{'/'.join(key)} does not exist") from None
             os.mkdir(name, 0o755, dir_fd=parent)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            return os.open(name, _DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
             raise self._unsafe(f"parent {'/'.join(key)} is {kind}: entries under it would escape") from None
-        self._dir_cache[key] = fd
-        return fd
 
     def _remove_existing(self, parts: list[str], dir_fd: int, keep_dir: bool) -> bool:
         """Make room for a new entry at `parts` (in dir_fd); returns True if a dir exists there and is kept."""
@@ -164,7 +295,7 @@ class _Unpacker:
             prefix = tuple(parts)
             for key in [k for k in self._dir_cache if k[:len(prefix)] == prefix]:
                 os.close(self._dir_cache.pop(key))
-            shutil.rmtree(name, dir_fd=dir_fd)
+            remove_tree(name, dir_fd=dir_fd)
         else:
             os.unlink(name, dir_fd=dir_fd)
         return False
@@ -194,6 +325,8 @@ class _Unpacker:
     def entry(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise errors.Cancelled(f"unpacking layer {self.layer} cancelled")
+        self.trim_cache()
+        self.check(member)
         parts = self.split(member.name, "entry")
         if not parts:
             if member.isdir():  # "./": the snapshot's root dir itself
@@ -291,6 +424,7 @@ class _Unpacker:
     def finish(self) -> None:
         """Directory mtimes last: creating entries in a dir changes its mtime."""
         for parts, mtime_ns in reversed(self.dir_times):
+            self.trim_cache()
             try:
                 fd = self.open_dir(parts, create=False)
             except UnsafeLayer:
@@ -300,13 +434,14 @@ class _Unpacker:
 
 def unpack_layer(blob: Path, dest: Path, layer: str, expected_diff_id: str | None = None,
                  cancel: threading.Event | None = None,
-                 on_entry: Callable[[tarfile.TarInfo], None] | None = None) -> UnpackResult:
+                 on_entry: Callable[[tarfile.TarInfo], None] | None = None,
+                 limits: UnpackLimits | None = None) -> UnpackResult:
     """Unpack the layer blob into `dest` (an empty dir); verifies the uncompressed digest when it is known.
 
     On any error `dest` may hold a partial tree: the caller removes it.
     """
     root_fd = os.open(dest, _DIR_FLAGS)
-    unpacker = _Unpacker(root_fd, layer, cancel)
+    unpacker = _Unpacker(root_fd, layer, cancel, limits)
     entries = 0
     try:
         with open(blob, "rb") as raw:
@@ -317,11 +452,16 @@ def unpack_layer(blob: Path, dest: Path, layer: str, expected_diff_id: str | Non
             reader = _HashingReader(decompressed, cancel)
             buffered = io.BufferedReader(reader, _CHUNK)
             try:
-                with tarfile.open(fileobj=buffered, mode="r|", bufsize=_CHUNK) as tar:
+                with tarfile.open(fileobj=buffered, mode="r|", bufsize=_CHUNK, tarinfo=_LayerTarInfo) as tar:
                     for member in tar:
                         if on_entry is not None:
                             on_entry(member)
-                        unpacker.entry(member, tar)
+                        try:
+                            unpacker.entry(member, tar)
+                        except OSError as exc:
+                            if exc.errno not in _ENTRY_ERRNOS:
+                                raise
+                            raise UnsafeLayer(f"layer {layer}: entry {member.name[:300]!r}: {exc.strerror}") from None
                         entries += 1
                 buffered.read()  # the end-of-archive blocks and padding belong to the diff id too
             except (tarfile.TarError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:

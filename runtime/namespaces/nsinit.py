@@ -30,6 +30,12 @@ def main(argv: list[str]) -> int:
     request = json.loads(argv[0])
     step = ""
     try:
+        if request.get("await_maps"):
+            # a new user namespace: crispd writes its id maps while we are in it, then says go
+            step = "waiting for the user namespace's id maps"
+            print("ready", flush=True)
+            if sys.stdin.readline().strip() != "go":
+                raise OSError(0, "crispd did not map the user namespace")
         if request.get("hostname"):
             step = f"sethostname {request['hostname']!r}"
             socket.sethostname(request["hostname"])

@@ -9,23 +9,27 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.command import run_command
-from runtime.mounts import is_mountpoint, unmount
+from runtime.mounts import bind_mount, is_mountpoint, unmount
 from runtime.namespaces import podinit
+from runtime.namespaces.pin import usernsexec_argv
 from runtime.procs import ProcessRef
 
 START_TIMEOUT = 30.0
 
 
-async def start_pod_init(pin: Path) -> ProcessRef:
-    """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs."""
+async def start_pod_init(pin: Path, userns: str = "") -> ProcessRef:
+    """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs. With the pod's own
+    user namespace (`userns`, its pin), the PID namespace is made inside it, so that it owns it; `unshare` cannot
+    pin it from in there (the bind mount needs the host's root), so crispd pins it once the init runs."""
     log_path = pin.parent / "podinit.log"
     log_fd = await asyncio.to_thread(_prepare, pin, log_path)
     read_fd, write_fd = os.pipe()
     try:
         try:  # the detached processes outlive any pipe to crispd: their output goes to a file
             # `setsid -f` forks the pod init off and exits at once; it reports on the pipe (EOF: it died)
+            unshare = ["unshare", f"--pid={pin}"] if not userns else [*usernsexec_argv(userns), "unshare", "--pid"]
             await run_command(
-                ["setsid", "-f", "unshare", f"--pid={pin}", "--fork", "--kill-child", "--",
+                ["setsid", "-f", *unshare, "--fork", "--kill-child", "--",
                  sys.executable, "-I", "-S", podinit.__file__, str(write_fd)],
                 kill_after=START_TIMEOUT, what="pod init", pass_fds=(write_fd,), output_fd=log_fd)
         finally:
@@ -46,6 +50,13 @@ async def start_pod_init(pin: Path) -> ProcessRef:
         message = (await asyncio.to_thread(log_path.read_text, errors="replace")).strip()
         message = message or "it exited before it was ready"
         raise errors.CrispError(f"pod init did not start: {message}")
+    if userns:
+        try:
+            await bind_mount(f"/proc/{ref.pid}/ns/pid", pin)
+        except BaseException:
+            await stop_pod_init(ref)
+            await remove_pid_pin(pin)
+            raise
     return ref
 
 

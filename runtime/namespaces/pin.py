@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,13 +18,14 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.command import run_command
+from runtime.linux import idmap
 from runtime.mounts import unmount
 from runtime.namespaces import nsinit
 from runtime.namespaces.sysctl import sysctl_path
 
 log = logging.getLogger(__name__)
 
-KINDS = ("net", "ipc", "uts")
+KINDS = ("net", "ipc", "uts", "user")
 PIN_TIMEOUT = 30.0
 
 
@@ -34,6 +36,9 @@ class NamespaceSetup:
     kinds: frozenset[str]  # a subset of KINDS
     hostname: str = ""  # set only when the pod has its own UTS namespace
     sysctls: tuple[tuple[str, str], ...] = ()
+    # with "user": its uid and gid mappings (container id, host id, length); the others are made owned by it
+    uid_mappings: tuple[tuple[int, int, int], ...] = ()
+    gid_mappings: tuple[tuple[int, int, int], ...] = ()
 
 
 def pin_paths(pin_dir: Path, kinds: Iterable[str]) -> dict[str, Path]:
@@ -54,14 +59,29 @@ async def pin_namespaces(pin_dir: Path, setup: NamespaceSetup) -> dict[str, Path
         "loopback": "net" in setup.kinds,
         "sysctls": [(sysctl_path(key), value) for key, value in setup.sysctls],
     }
-    argv = ["unshare", *(f"--{kind}={path}" for kind, path in paths.items()), "--",
-            sys.executable, "-I", "-S", nsinit.__file__, json.dumps(request)]
+    helper = [sys.executable, "-I", "-S", nsinit.__file__]
     try:
-        await _run_helper(argv)
+        if "user" in setup.kinds:
+            # unshare cannot pin namespaces it makes with a user namespace (its pinning child gets EPERM), and
+            # what it execs has no capabilities there (it is nobody until the maps exist): the first helper only
+            # holds the new namespaces while crispd pins and maps them, the second sets them up as their root
+            argv = ["unshare", *(f"--{kind}" for kind in paths), "--", *helper, json.dumps({"await_maps": True})]
+            await asyncio.to_thread(_run_mapping_helper, argv, setup, paths)
+            await _run_helper([*usernsexec_argv(paths["user"]), "nsenter",
+                               *(f"--{kind}={path}" for kind, path in paths.items() if kind != "user"), "--",
+                               *helper, json.dumps(request)])
+        else:
+            await _run_helper(["unshare", *(f"--{kind}={path}" for kind, path in paths.items()), "--", *helper,
+                               json.dumps(request)])
     except BaseException:
         await unpin_namespaces(paths.values())
         raise
     return paths
+
+
+def usernsexec_argv(userns: Path | str) -> list[str]:
+    """The command prefix that runs a program in a pod's user namespace with its capabilities (usernsexec.py)."""
+    return [sys.executable, "-I", "-m", "runtime.namespaces.usernsexec", str(userns), "--"]
 
 
 def _prepare(pin_dir: Path, files: list[Path]) -> None:
@@ -74,6 +94,36 @@ async def _run_helper(argv: list[str]) -> None:
     result = await run_command(argv, kill_after=PIN_TIMEOUT, what="pod namespace setup")
     if result.returncode != 0:
         raise _helper_error(result.stderr.decode(errors="replace").strip(), result.returncode)
+
+
+def _run_mapping_helper(argv: list[str], setup: NamespaceSetup, paths: dict[str, Path]) -> None:
+    """The helper with a new user namespace: once it says it is in its namespaces, pin them, write the user
+    namespace's id maps (the helper's pid is unshare's: unshare execs it), then let it go on. Blocking: runs in a
+    worker thread."""
+    helper = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert helper.stdin is not None and helper.stdout is not None
+        ready = helper.stdout.readline()
+        if ready.strip() == b"ready":
+            for kind, path in paths.items():
+                pinned = subprocess.run(["mount", "--bind", f"/proc/{helper.pid}/ns/{kind}", str(path)],
+                                        capture_output=True, text=True, timeout=PIN_TIMEOUT)
+                if pinned.returncode != 0:
+                    raise errors.CrispError(f"pinning the pod's {kind} namespace: {pinned.stderr.strip()}")
+            try:
+                idmap.write_maps(helper.pid, setup.uid_mappings, setup.gid_mappings)
+            except OSError as exc:
+                raise errors.InvalidArgument(f"pod user namespace: the kernel refused its id maps: "
+                                             f"{exc.strerror}") from None
+            helper.stdin.write(b"go\n")
+            helper.stdin.flush()
+        _, stderr = helper.communicate(timeout=PIN_TIMEOUT)
+    except BaseException:
+        helper.kill()
+        helper.wait()
+        raise
+    if helper.returncode != 0:
+        raise _helper_error(stderr.decode(errors="replace").strip(), helper.returncode)
 
 
 def _helper_error(stderr: str, code: int) -> Exception:

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,8 +285,12 @@ class CniBackend:
     name = "cni"
 
     def __init__(self, *, cache_dir: Path, config_dir: str = DEFAULT_CONFIG_DIR,
-                 bin_dirs: tuple[str, ...] = DEFAULT_BIN_DIRS, timeout: float = 60.0) -> None:
+                 bin_dirs: tuple[str, ...] = DEFAULT_BIN_DIRS, timeout: float = 60.0,
+                 localnet_guard: Callable[[], Awaitable[object]] | None = None) -> None:
+        """`localnet_guard` makes sure, before any plugin runs, that nothing from a pod reaches 127.0.0.0/8 (see
+        nft.py: the portmap plugin turns route_localnet on)."""
         self.config_dir = config_dir
+        self.localnet_guard = localnet_guard
         self.bin_dirs = tuple(bin_dirs)
         self.timeout = timeout
         self.cache = ResultCache(cache_dir)
@@ -324,6 +329,8 @@ class CniBackend:
 
     async def setup(self, pod: PodNetworkRequest) -> NetworkResult:
         net = await self._network()
+        if self.localnet_guard is not None:
+            await self.localnet_guard()
         if await self.attached(pod):
             await self.teardown(pod)
         attachments = []

@@ -34,7 +34,7 @@ from pyroute2 import IPRoute
 
 from runtime import errors
 from runtime.network import hostnet, netstats, nft
-from runtime.network.bridge import BridgeNetwork
+from runtime.network.bridge import BridgeNetwork, check_bridge_name
 from runtime.network.helper_client import HelperCrashed
 from runtime.network.ipam import IPInterface, gateway
 from runtime.network.types import NetworkError, PortMapping
@@ -194,7 +194,16 @@ def op_stats(request: dict[str, Any]) -> dict[str, Any]:
     return {"namespaces": out}
 
 
+def op_localnet_guard(request: dict[str, Any]) -> dict[str, Any]:
+    """CNI mode: the table named `table` with only the localnet guard (nft.py), before any plugin runs."""
+    table = str(request["table"])
+    check_bridge_name(table)  # a table of crisp's, named like the bridge setting
+    nft.run(nft.localnet_guard_commands(table))
+    return {}
+
+
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "localnet_guard": op_localnet_guard,
     "setup": op_setup,
     "teardown": op_teardown,
     "check": op_check,

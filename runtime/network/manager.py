@@ -1,4 +1,5 @@
-"""The pod network crispd talks to: CNI when the node has a CNI config, else the built-in bridge.
+"""The pod network crispd talks to: CNI when the node has a CNI config, else the built-in bridge (or, `cni_only`,
+CNI alone: not ready, and pods refused, until a config appears; each call reads the config dir anew).
 
 The choice is made per pod at setup; teardown and check find the backend a pod was attached with from that
 backend's own record (a CNI cache file, bridge leases), so pods keep working (and are cleaned up) when a CNI config
@@ -25,14 +26,16 @@ class NetworkManager:
 
     name = "auto"
 
-    def __init__(self, *, bridge: BridgeBackend, cni: CniBackend, helper: HelperRunner) -> None:
+    def __init__(self, *, bridge: BridgeBackend, cni: CniBackend, helper: HelperRunner, cni_only: bool = False
+                 ) -> None:
         self.bridge = bridge
         self.cni = cni
+        self.cni_only = cni_only
         self._helper = helper
 
     async def backend(self) -> NetworkBackend:
         """The backend a new pod is attached with."""
-        return self.cni if await self.cni.configured() else self.bridge
+        return self.cni if self.cni_only or await self.cni.configured() else self.bridge
 
     async def setup(self, pod: PodNetworkRequest) -> NetworkResult:
         # an attachment left by an earlier attempt (a crash, a retried RunPodSandbox) goes first

@@ -7,7 +7,12 @@ One `inet` table per bridge network (named like the bridge) holds:
   pod's teardown deletes exactly its own rules by handle;
 - `postrouting` (nat): SNAT for DNATed connections from 127.0.0.0/8 (they cannot leave through the bridge with a
   loopback source; `route_localnet` on the bridge lets them be routed at all) and for pod-to-hostPort-to-pod
-  (hairpin) connections, and masquerade for traffic from the pod CIDR to anywhere outside it.
+  (hairpin) connections, and masquerade for traffic from the pod CIDR to anywhere outside it;
+- `localnet` (filter, input): packets to 127.0.0.0/8 that come in on any interface but lo and are not part of a
+  DNATed connection are dropped. `route_localnet` (which the hostPorts on 127.0.0.1 need, and which Debian's
+  portmap plugin sets too) would let a pod deliver them to the host's loopback-only sockets (CVE-2020-8558);
+  kube-proxy drops the same by source address, which a pod with CAP_NET_RAW can fake, so here by interface.
+  In CNI mode the table holds only this chain.
 The base chains are flushed and rewritten in the same atomic batch as a pod's rules, so a changed pod CIDR takes
 effect with the next pod and concurrent helpers never see a half-written table.
 """
@@ -41,11 +46,24 @@ def _quote(text: str) -> str:
     return json.dumps(text)  # nft accepts double-quoted strings; names are checked to be plain anyway
 
 
+def localnet_guard_commands(table: str) -> list[str]:
+    """The table (made if missing) with its `localnet` chain (re)written: see above."""
+    t = f"inet {table}"
+    return [
+        f"add table {t}",
+        f"add chain {t} localnet {{ type filter hook input priority filter; policy accept; }}",
+        f"flush chain {t} localnet",
+        # `ct status & dnat == 0`: not part of a DNATed connection (`ct status != dnat` compares the whole word)
+        f'add rule {t} localnet iifname != "lo" ip daddr 127.0.0.0/8 ct status & dnat == 0 counter drop '
+        'comment "crisp: nothing from outside reaches 127.0.0.0/8 unless DNATed (route_localnet)"',
+    ]
+
+
 def base_commands(table: str, bridge: str, subnets: Sequence[IPNetwork], masquerade: bool) -> list[str]:
     """Create the table and its chains if missing and (re)write the base chains' rules."""
     t = f"inet {table}"
     cmds = [
-        f"add table {t}",
+        *localnet_guard_commands(table),
         f"add chain {t} {HOSTPORTS}",
         f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
         f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",

@@ -18,16 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cri import api as cri
 from tests.cri.crispd import Crispd
-from tests.imagetools import (
-    Layer,
-    Pusher,
-    busybox_layer,
-    file,
-    image,
-    running_registry,
-    sha256,
-    tar_bytes,
-)
+from tests.imagetools import Layer, busybox_layer, file, image, sha256, tar_bytes
+from tests.registrytools import Pusher, running_registry
 
 
 def _vm_hwm_kib(pid: int) -> int:

@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cri import api as cri
 from tests.cri.pods import Pods, pod_config
-from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.imagetools import busybox_image
 from tests.leaks import mounts_under
+from tests.registrytools import Pusher, running_registry
 
 
 def rss_mb(pid: int) -> float:

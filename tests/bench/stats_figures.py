@@ -25,7 +25,8 @@ import grpc
 
 from cri import api as cri
 from tests.cri.pods import running_pods
-from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.imagetools import busybox_image
+from tests.registrytools import Pusher, running_registry
 
 
 def timed(fn: Callable[[], object], reps: int) -> tuple[float, object]:

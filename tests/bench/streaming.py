@@ -25,8 +25,9 @@ from cri import api as cri
 from tests import tools
 from tests.cri.pods import Pods, pod_config
 from tests.cri.spdy_client import SpdyClient, finish, open_remote_command
-from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.imagetools import busybox_image
 from tests.leaks import mounts_under, wait_until
+from tests.registrytools import Pusher, running_registry
 
 # crictl as scripts/build-k8s-tools builds it (make tools)
 CRICTL = tools.bin_dir() / "crictl"

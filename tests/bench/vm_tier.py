@@ -26,11 +26,12 @@ from tests.vm.wheels import REPO, build_crisp_wheel, ensure_dependency_wheels
 PROBE = r"""
 set -e
 t() { cut -d' ' -f1 /proc/uptime; }
+P=/opt/crisp-tests/bin/python
 echo "job-start $(t)"
-s=$(t); /opt/crisp/bin/python -c pass; echo "python-start $(awk "BEGIN{print $(t)-$s}")"
-s=$(t); /opt/crisp/bin/python /mnt/host/tests/vm/install_wheel.py /run/crisp-vm/io/crisp-wheel/crisp-*.whl >/dev/null
+s=$(t); $P -c pass; echo "python-start $(awk "BEGIN{print $(t)-$s}")"
+s=$(t); $P /mnt/host/tests/vm/install_wheel.py /run/crisp-vm/io/crisp-wheel/crisp-*.whl >/dev/null
 echo "install-crisp $(awk "BEGIN{print $(t)-$s}")"
-s=$(t); /opt/crisp/bin/python -c 'import cri.oci, runtime.cgroups'; echo "import-crisp $(awk "BEGIN{print $(t)-$s}")"
+s=$(t); $P -c 'import cri.oci, runtime.cgroups'; echo "import-crisp $(awk "BEGIN{print $(t)-$s}")"
 b=/tmp/bundle; mkdir -p $b/rootfs/bin; cp /bin/busybox $b/rootfs/bin/; ln -s busybox $b/rootfs/bin/true
 cd $b; runc spec; sed -i 's/"terminal": true/"terminal": false/; s/"sh"/"true"/' config.json
 s=$(t); runc run crisp-bench </dev/null >/dev/null; echo "runc-run $(awk "BEGIN{print $(t)-$s}")"

@@ -82,23 +82,23 @@ def focus_regex(names: list[str]) -> str:
 
 
 def run(critest: Path, endpoint: str, workdir: Path, focus: list[str] | None = None, handler: str = "",
-        timeout: float = 1800.0, parallel: int = 1) -> Report:
+        timeout: float = 1800.0, parallel: int = 1, nri_socket: str = "") -> Report:
     """Run critest's validation suite (or the `focus` specs) against `endpoint`, in workdir. With `parallel` > 1, as
     critest's own parallel mode (ginkgo's) does, but without the ginkgo CLI: the specs not labelled Serial are dealt
     to `parallel` critest processes at once, then the Serial ones (the image specs, which pull and remove images
-    others use) run alone."""
+    others use) run alone. With `nri_socket`, critest's NRI specs (all Serial) connect their plugins there."""
     if parallel <= 1:
-        return _run_once(critest, endpoint, workdir, focus, handler, timeout)
+        return _run_once(critest, endpoint, workdir, focus, handler, timeout, nri_socket)
     started = time.monotonic()
     specs = list_specs(critest, workdir / "dry-run", focus)
     free = sorted(name for name, serial in specs.items() if not serial)
     shards = [free[i::parallel] for i in range(parallel)]
     with ThreadPoolExecutor(parallel) as pool:
         reports = list(pool.map(lambda i: _run_once(critest, endpoint, workdir / f"shard{i}", shards[i], handler,
-                                                    timeout), range(parallel)))
+                                                    timeout, nri_socket), range(parallel)))
     serial = sorted(name for name, is_serial in specs.items() if is_serial)
     if serial:
-        reports.append(_run_once(critest, endpoint, workdir / "serial", serial, handler, timeout))
+        reports.append(_run_once(critest, endpoint, workdir / "serial", serial, handler, timeout, nri_socket))
     return Report({name: spec for report in reports for name, spec in report.specs.items()},
                   [failure for report in reports for failure in report.suite_failures], time.monotonic() - started,
                   max(report.exit_status for report in reports), workdir)
@@ -123,7 +123,7 @@ def list_specs(critest: Path, workdir: Path, focus: list[str] | None = None) -> 
 
 
 def _run_once(critest: Path, endpoint: str, workdir: Path, focus: list[str] | None, handler: str,
-              timeout: float) -> Report:
+              timeout: float, nri_socket: str = "") -> Report:
     """One critest process: its output goes to workdir/critest.log, its ginkgo JSON report to
     workdir/critest.json."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +135,8 @@ def _run_once(critest: Path, endpoint: str, workdir: Path, focus: list[str] | No
             f"--ginkgo.json-report={report}", f"--ginkgo.timeout={int(timeout)}s"]
     if handler:
         argv.append(f"--runtime-handler={handler}")
+    if nri_socket:
+        argv.append(f"--nri-socket={nri_socket}")
     if focus is not None:
         argv.append(f"--ginkgo.focus={focus_regex(focus)}")
     (workdir / "crictl.yaml").write_text(f"runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\n")

@@ -1,10 +1,12 @@
 """critest's whole validation suite against a crispd on a temporary root and socket, pulling the test images from
-loopback (tests/images), judged against expected.toml (tests/conformance/critest.py)."""
+loopback (tests/images), judged against expected.toml (tests/conformance/critest.py). crispd has NRI enabled and
+critest gets `--nri-socket`: its NRI specs (critest's own Go plugin stub, NRI v0.12.2) run and must pass."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from tests import tools
 from tests.conformance import critest
+from tests.cri.nri_support import nri_config
 from tests.cri.pods import running_pods
 from tests.images import serve
 from tests.leaks import shm_segments
@@ -29,15 +32,20 @@ def run_suite(tmp_path: Path, record_property: Callable[[str, object], None], ha
     expected = critest.load_expectations()
     if shutil.which("docker-registry") is None:
         pytest.fail("docker-registry is missing: `make test` installs it", pytrace=False)
-    (tmp_path / "crisp").mkdir()
+    # crispd's dirs where a user-namespaced pod's host uid can walk to them, as /run and /var/lib are on a node
+    # (runc prepares such a pod's rootfs as its root); pytest's tmp dirs are private to root
+    base = Path(tempfile.mkdtemp(prefix="crisp-critest-"))
+    base.chmod(0o711)
     shm_before = shm_segments(HOST_IPC_SEGMENT)
+    nri_dir = Path(tempfile.mkdtemp(prefix="crisp-nri-"))  # short: a unix socket path has 107 bytes
     try:
         # crispd's loop blocking is tests/cri's to judge (its fixture checks every daemon); over minutes of critest on
         # a shared 2-core host, scheduling delays alone make callbacks slow: counted in the summary, not judged
         with serve(tmp_path / "images") as served, \
-                running_pods(tmp_path / "crisp", served.crisp_config, check_slow_callbacks=False) as pods:
+                running_pods(base, served.crisp_config + nri_config(nri_dir),
+                             check_slow_callbacks=False) as pods:
             report = critest.run(binary, f"unix://{pods.daemon.socket}", tmp_path / "critest", handler=handler,
-                                 parallel=PARALLEL)
+                                 parallel=PARALLEL, nri_socket=str(nri_dir / "nri.sock"))
             record_property("summary", f"{report.counts()} in {report.seconds:.0f}s ({handler or 'built-in executor'};"
                                        f" crispd logged {len(pods.daemon.slow_callbacks())} slow callbacks)")
             found = critest.problems(report, expected)
@@ -48,6 +56,8 @@ def run_suite(tmp_path: Path, record_property: Callable[[str, object], None], ha
         # the HostIpc specs make a segment in the host's IPC namespace (ipcmk -M 1048576) and never remove it
         for segment in shm_segments(HOST_IPC_SEGMENT) - shm_before:
             subprocess.run(["ipcrm", "-m", str(segment)], check=False, capture_output=True)
+        shutil.rmtree(nri_dir, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_critest_builtin_executor(tmp_path: Path, record_property: Callable[[str, object], None]) -> None:

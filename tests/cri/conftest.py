@@ -38,7 +38,8 @@ class TestImages:
 @pytest.fixture(scope="session")
 def test_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestImages]:
     """A loopback registry (Debian's docker-registry) holding a busybox image built from busybox-static."""
-    from tests.imagetools import Pusher, busybox_image, running_registry
+    from tests.imagetools import busybox_image
+    from tests.registrytools import Pusher, running_registry
 
     if os.geteuid() != 0 or shutil.which("docker-registry") is None:
         pytest.skip("needs root and docker-registry (make test installs it)")

@@ -35,10 +35,12 @@ def crispd_command() -> list[str]:
 class Crispd:
     """One crispd process; `start()` waits until it answers over its socket."""
 
-    def __init__(self, base: Path, config: str = "", name: str = "crispd", metrics: str = "127.0.0.1:0") -> None:
+    def __init__(self, base: Path, config: str = "", name: str = "crispd", metrics: str = "127.0.0.1:0",
+                 env: dict[str, str] | None = None) -> None:
         """`metrics` is the Prometheus endpoint's address: port 0 (the default) lets the kernel pick a free one
-        (`metrics_url` finds it); "" turns it off."""
+        (`metrics_url` finds it); "" turns it off. `env`: added to crispd's environment."""
         self.base = base
+        self.env = env or {}
         self.root = base / "root"
         self.state = base / "state"
         self.socket = base / "run" / "crisp.sock"
@@ -48,17 +50,20 @@ class Crispd:
                                     f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{config}")
         self.proc: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
+        # a command prefix that starts crispd (and the tools that look at its host: ip, nft) elsewhere, e.g. nsenter
+        # into the namespaces of the cluster tier's node
+        self.prefix: list[str] = []
 
     def command(self, *extra: str) -> list[str]:
         return [
-            *crispd_command(), "--config", str(self.config_path), "--root", str(self.root),
+            *self.prefix, *crispd_command(), "--config", str(self.config_path), "--root", str(self.root),
             "--state", str(self.state), "--listen", str(self.socket), "--log-level", "debug", *extra,
         ]
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(*extra), stdout=log, stderr=log, close_fds=True,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **self.env})
         return self.proc
 
     def start(self, timeout: float = 30.0) -> Crispd:

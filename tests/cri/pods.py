@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ from tests.integration.netutil import free_subnet4
 from tests.leaks import (
     cgroups_under,
     children_of,
+    kill_cgroup_tree,
     mounts_under,
     processes_mentioning,
     processes_using,
@@ -29,18 +31,23 @@ NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever t
 class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
-    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd") -> None:
+    def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "",
+                 network: str = "") -> None:
+        """`cgroup_config` adds keys to the [cgroup] table (a TOML table is declared once); `network`: more keys of
+        the [network] section (`backend = "cni"`, ...)."""
+        self.cgroup_config = cgroup_config
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.bridge = f"crispt{secrets.token_hex(4)}"
         self.subnet = free_subnet4(24)
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
-        self.daemon = Crispd(base, config=self.config_text(extra_config), name=name)
+        self.daemon = Crispd(base, config=self.config_text(extra_config, network), name=name)
 
-    def config_text(self, extra: str = "") -> str:
+    def config_text(self, extra: str = "", network: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
-        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n'
+        cni_dir = "" if "cni_config_dir" in network else f'cni_config_dir = "{NO_CNI_DIR}"\n'
+        return (f'[cgroup]\nbase = "{self.cgroup_base}"\n{self.cgroup_config}'
                 f'[network]\nbridge = "{self.bridge}"\npod_cidr = "{self.subnet}"\n'
-                f'cni_config_dir = "{NO_CNI_DIR}"\n'
+                f'{cni_dir}{network}\n'
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
                 f'{extra}')
 
@@ -51,9 +58,14 @@ class Pods:
 
     def cleanup_host(self) -> None:
         """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover."""
-        subprocess.run(["nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+        host = self.daemon.prefix
+        subprocess.run([*host, "nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
+        subprocess.run([*host, "ip", "link", "delete", self.bridge], capture_output=True, check=False)
         remove_cgroup_tree(self.cgroup_base)
+
+    def kill_containers(self) -> None:
+        """A failed test's last resort: kill every process in this crispd's cgroups (its pods' containers)."""
+        kill_cgroup_tree(self.cgroup_base)
 
     def run(self, config: cri.PodSandboxConfig, handler: str | None = None) -> str:
         handler = self.handler if handler is None else handler
@@ -61,28 +73,43 @@ class Pods:
                                                                               runtime_handler=handler))
         return str(response.pod_sandbox_id)
 
+    def remove_all_pods(self, timeout: float = 60) -> None:
+        """Remove every pod crispd has (RemovePodSandbox stops it first), as a kubelet would at the end."""
+        runtime = self.daemon.runtime
+        for item in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=timeout).items:
+            runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=timeout)
+
     def leaks(self) -> list[str]:
-        """Everything pods and containers make that is still there: mounts (pins, /dev/shm, rootfs), cgroups,
-        processes (pod inits, shims, containers), pod and container dirs, veths, hostPort rules, and the rows
+        """Everything pods and containers make that is still there, as crispd sees it (call it while it runs):
+        mounts in its mount namespace (pins, /dev/shm, rootfs), cgroups, processes (pod inits, shims,
+        containers), pod and container dirs, the veths and hostPort rules of its network namespace, and the rows
         (pods, containers, names, IP leases)."""
-        left = [f"mount {m}" for m in mounts_under(self.daemon.base)]
+        running = self.daemon.proc is not None and self.daemon.proc.poll() is None
+        crispd = str(self.daemon.proc.pid) if running and self.daemon.proc else ""
+        left = [f"mount {m}" for m in mounts_under(self.daemon.base, crispd or "self")]
         left += [f"cgroup {c}" for c in cgroups_under(self.cgroup_base)]
-        crispd = self.daemon.proc.pid if self.daemon.proc and self.daemon.proc.poll() is None else 0
         left += [f"process {p}" for p in processes_mentioning(str(self.daemon.state))
-                 if p.split(":")[0] != str(crispd)]
-        ours = {crispd, *children_of(crispd)} if crispd else set()
+                 if p.split(":")[0] != crispd]
+        ours = {int(crispd), *children_of(int(crispd))} if crispd else set()
         left += [f"process {p}" for p in processes_using(self.daemon.base, exclude=ours)]
         for parent in (self.daemon.state / "sandboxes", self.daemon.state / "containers",
                        self.daemon.root / "containers"):
             if parent.exists():
                 left += [f"dir {d}" for d in parent.iterdir()]
-        ports = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True,
-                               text=True).stdout.split("\n")
-        left += [f"veth {line.split(':')[1].strip()}" for line in ports if line.strip()]
-        rules = subprocess.run(["nft", "list", "table", "inet", self.bridge], capture_output=True, text=True).stdout
-        left += [f"nft rule {line.strip()}" for line in rules.splitlines() if 'comment "crisp:' in line]
+        left += [f"veth {name}" for name in self.veths()]
+        rules = subprocess.run([*self.daemon.prefix, "nft", "list", "table", "inet", self.bridge],
+                               capture_output=True, text=True).stdout
+        # a pod's hostPort rules are commented `crisp:<sandbox id>` (the bridge's own rules stay, as the table does)
+        left += [f"nft rule {line.strip()}" for line in rules.splitlines()
+                 if re.search(r'comment "crisp:[^ "]+"', line)]
         left += [f"row {row}" for row in self.rows()]
         return left
+
+    def veths(self) -> list[str]:
+        """The ports of crispd's bridge (one veth per pod with a pod network)."""
+        ports = subprocess.run([*self.daemon.prefix, "ip", "-o", "link", "show", "master", self.bridge],
+                               capture_output=True, text=True).stdout.split("\n")
+        return [line.split(":")[1].strip() for line in ports if line.strip()]
 
     def rows(self) -> list[str]:
         """The pod, container, name and IP lease rows in crispd's database (images are not a pod's)."""
@@ -102,11 +129,13 @@ class Pods:
 
 @contextlib.contextmanager
 def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
-                 check_slow_callbacks: bool = True) -> Iterator[Pods]:
-    """A started `Pods` crispd; afterwards every pod is removed, nothing may be left, and crispd must have stopped
+                 check_slow_callbacks: bool = True, pods: Pods | None = None,
+                 cgroup_config: str = "", network: str = "") -> Iterator[Pods]:
+    """A started `Pods` crispd (`pods`, or a new one with `cgroup_config` in its [cgroup] table and `network` in
+    its [network] section); afterwards every pod is removed, nothing may be left, and crispd must have stopped
     cleanly without blocking its loop (unless `check_slow_callbacks` is false: under the VM tier's emulation every
     callback is slow)."""
-    p = Pods(base, extra_config)
+    p = pods if pods is not None else Pods(base, extra_config, cgroup_config=cgroup_config, network=network)
     p.daemon.start(start_timeout)
     try:
         yield p

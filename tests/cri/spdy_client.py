@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import queue
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -97,12 +98,18 @@ def _control(frame_type: int, flags: int, payload: bytes) -> bytes:
 
 class SpdyClient:
     def __init__(self, url: str, protocols: tuple[str, ...] = ("v4.channel.k8s.io",), method: str = "POST",
-                 upgrade: bool = True, timeout: float = 30) -> None:
+                 upgrade: bool = True, timeout: float = 30, tls: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None) -> None:
+        """`tls` (with `server_hostname`, the name the server's certificate must carry) for an https URL."""
         parts = urlsplit(url)
-        assert parts.scheme == "http" and parts.hostname and parts.port, url
+        assert parts.scheme in ("http", "https") and parts.hostname and parts.port, url
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        if parts.scheme == "https":
+            assert tls is not None, url
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname or parts.hostname)
         self.sock.settimeout(None)
-        lines = [f"{method} {parts.path} HTTP/1.1", f"Host: {parts.netloc}", "User-Agent: crisp-test"]
+        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", "User-Agent: crisp-test"]
         if upgrade:
             lines += ["Connection: Upgrade", "Upgrade: SPDY/3.1"]
         lines += [f"X-Stream-Protocol-Version: {p}" for p in protocols]
@@ -278,10 +285,10 @@ class ExecResult:
 
 
 def open_remote_command(url: str, stdin: bool, stdout: bool, stderr: bool, tty: bool,
-                        protocols: tuple[str, ...] = ("v4.channel.k8s.io",)
+                        protocols: tuple[str, ...] = ("v4.channel.k8s.io",), **connect: Any
                         ) -> tuple[SpdyClient, dict[str, ClientStream]]:
-    """Upgrade and open the streams the way client-go does (error first)."""
-    client = SpdyClient(url, protocols)
+    """Upgrade and open the streams the way client-go does (error first); `connect` goes to SpdyClient."""
+    client = SpdyClient(url, protocols, **connect)
     streams = {"error": client.open({"streamType": "error"})}
     for name, wanted in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
         if wanted:

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -392,6 +393,42 @@ def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: Test
             kubelet.rt.CreateContainer(request)
         assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
         kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
+    finally:
+        assert p.daemon.stop() == 0
+        for m in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", m], check=False)
+        p.cleanup_host()
+
+
+def test_pod_removal_waits_for_a_creation_in_it(tmp_path: Path, test_images: TestImages) -> None:
+    """A kubelet that gave up on a CreateContainer (a timeout, a restart) may remove the pod while crisp still
+    creates the container: the removal takes that container along instead of leaving it behind in no pod."""
+    p = Pods(tmp_path)
+    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
+                                                  '[debug.delay_points]\n"create_container.record" = 1500\n'))
+    p.daemon.start()
+    try:
+        kubelet = Kubelet(p, test_images, tmp_path / "logs")
+        pod_id, pod = kubelet.pod()
+        config = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="late"),
+                                     image=cri.ImageSpec(image=test_images.busybox), command=["sleep", "1000"])
+        outcome: list[object] = []
+
+        def create() -> None:
+            try:
+                outcome.append(kubelet.rt.CreateContainer(cri.CreateContainerRequest(
+                    pod_sandbox_id=pod_id, config=config, sandbox_config=pod)).container_id)
+            except grpc.RpcError as error:
+                outcome.append(error.code())
+
+        creating = threading.Thread(target=create)
+        creating.start()
+        assert wait_until(lambda: any((p.daemon.state / "containers").glob("*")), 10)  # under way
+        kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        creating.join(30)
+        assert len(outcome) == 1 and outcome[0] != grpc.StatusCode.INTERNAL, outcome
+        assert kubelet.rt.ListContainers(cri.ListContainersRequest()).containers == []
         assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
     finally:
         assert p.daemon.stop() == 0

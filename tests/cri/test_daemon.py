@@ -285,3 +285,26 @@ def test_crispd_forks_nothing_but_starts_its_shim_zygote(crispd: Crispd) -> None
     commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children]
     assert len(commands) == 1
     assert b"-I" in commands[0] and any(b"shim.zygote" in part for part in commands[0])
+
+
+def test_notifies_systemd_when_serving_and_stopping(tmp_path: Path) -> None:
+    """Type=notify: READY=1 once the socket answers, STOPPING=1 on SIGTERM; no child inherits the notify socket."""
+    notify_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(notify_path))
+        server.settimeout(30)
+        daemon = Crispd(tmp_path, env={"NOTIFY_SOCKET": str(notify_path)})
+        try:
+            daemon.spawn()
+            ready = server.recv(4096).decode()
+            assert ready.splitlines()[0] == "READY=1"
+            assert daemon.runtime.Version(cri.VersionRequest(), timeout=5).runtime_name == "crisp"
+            assert daemon.proc is not None
+            children = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()
+            assert children  # the shim zygote
+            for pid in children:
+                assert b"NOTIFY_SOCKET=" not in Path(f"/proc/{pid}/environ").read_bytes()
+            assert daemon.stop() == 0
+            assert server.recv(4096) == b"STOPPING=1"
+        finally:
+            daemon.stop()

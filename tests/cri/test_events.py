@@ -82,7 +82,7 @@ def test_events_of_a_full_lifecycle(kubelet: Kubelet) -> None:
         pod_id, pod = kubelet.pod("events")
         # big annotations make every event large (each carries every container's status): the stuck subscriber's
         # transport buffers (a few MB) fill up, then its queue
-        annotations = {f"note{i}": "x" * 65536 for i in range(4)}
+        annotations = {f"note{i}": "x" * 65000 for i in range(4)}  # within the 256 KiB a container may have
         first = kubelet.run(pod_id, pod, "first", ["sleep", "1000"], annotations=annotations)
         kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=first, timeout=0))
         kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=first))

@@ -29,21 +29,16 @@ from tests.imagetools import (
     OCI_INDEX,
     Entry,
     Image,
-    Pusher,
-    Registry,
-    SlowProxy,
-    TokenServer,
     busybox_layer,
     directory,
     file,
     hardlink,
-    hosts_toml,
     image,
     index,
     layer,
-    running_registry,
     symlink,
 )
+from tests.registrytools import Pusher, Registry, SlowProxy, TokenServer, hosts_toml, running_registry
 
 pytestmark = pytest.mark.root
 

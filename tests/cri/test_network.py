@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cri import api as cri
+from runtime.network.cni import DEFAULT_BIN_DIRS, find_plugin
 from tests.cri.crispd import Crispd
+from tests.cri.pods import pod_config, running_pods
 from tests.integration.netutil import free_subnet4, host_links, unique
 
 
@@ -91,3 +95,33 @@ def test_a_broken_cni_config_makes_the_network_not_ready(tmp_path: Path) -> None
     finally:
         assert again.stop() == 0
     assert daemon.slow_callbacks() == [] and again.slow_callbacks() == [], daemon.log() + again.log()
+
+
+def test_cni_only_is_not_ready_until_a_config_appears_then_used_without_a_restart(tmp_path: Path) -> None:
+    """`backend = "cni"` (a kind node, where kindnet writes its conflist after the node started): NetworkReady is
+    false and pods are refused, never put on the built-in bridge; the config is picked up once it is there."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if find_plugin("ptp", DEFAULT_BIN_DIRS) is None:
+        pytest.skip("needs Debian's containernetworking-plugins")
+    conf_dir = tmp_path / "net.d"
+    conf_dir.mkdir()
+    with running_pods(tmp_path, network=f'backend = "cni"\ncni_config_dir = "{conf_dir}"\n') as pods:
+        condition = _network_condition(pods.daemon)
+        assert condition.status is False and condition.reason == "NetworkPluginNotReady"
+        assert "cni config uninitialized" in condition.message and str(conf_dir) in condition.message
+        with pytest.raises(grpc.RpcError) as refused:
+            pods.run(pod_config("early"))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert pods.bridge not in host_links()  # never the built-in bridge
+        subnet = free_subnet4(24)
+        (conf_dir / "10-kindnet.conflist").write_text(json.dumps({
+            "cniVersion": "0.4.0", "name": unique("crispnet"), "plugins": [
+                {"type": "ptp", "ipMasq": False,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": str(subnet)}]],
+                          "dataDir": str(tmp_path / "ipam")}},
+            ]}))
+        assert _network_condition(pods.daemon).status is True
+        sandbox = pods.run(pod_config("late"))
+        status = pods.daemon.runtime.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=sandbox))
+        assert ipaddress.ip_address(status.status.network.ip) in subnet

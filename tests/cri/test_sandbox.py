@@ -15,7 +15,7 @@ from cri import api as cri
 from runtime import failpoints
 from runtime.cgroups import CgroupV2Manager
 from tests.cri.pods import Pods, pod_config
-from tests.leaks import mounts_under, processes_mentioning, wait_until
+from tests.leaks import mounts_under, processes_mentioning, store_rows, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -75,11 +75,16 @@ def test_run_status_stop_remove(pods: Pods) -> None:
     assert cgroup == f"{pods.cgroup_base}/poduid-web"
     assert Path(f"/proc/{pid}/cgroup").read_text().strip().endswith(f"{cgroup}/crisp-{pod_id}")
 
-    # stop: everything in the pod dies, the record stays
+    # stop: everything in the pod dies, its network goes (address, veth and the netns pin), the record stays
+    assert f"ip_leases {pod_id}" in store_rows(pods.daemon.root / "crisp.db", [pod_id])
     rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     assert not os.path.exists(f"/proc/{pid}")
     status = rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
-    assert status.state == cri.SANDBOX_NOTREADY
+    assert status.state == cri.SANDBOX_NOTREADY and status.network.ip == ""
+    assert store_rows(pods.daemon.root / "crisp.db", [pod_id]) == [f"sandboxes {pod_id}",
+                                                                  f"name_reservations {pod_id}"]
+    assert ns["net"] not in mounts_under(pod_dir) and not os.path.exists(ns["net"])
+    assert [leak for leak in pods.leaks() if leak.startswith("veth")] == []
     rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))  # idempotent
 
     rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
@@ -307,6 +312,19 @@ def test_pod_cgroup_from_cgroup_parent(pods: Pods) -> None:
     pod_id = pods.run(config)
     manager = CgroupV2Manager.discover()
     assert (manager.mount / config.linux.cgroup_parent.lstrip("/")).is_dir()
+    pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_a_refused_cgroup_parent_leaves_the_name_free(pods: Pods) -> None:
+    """A cgroup parent crisp refuses is INVALID_ARGUMENT, and the pod's name is not left reserved (it was, until
+    a kubelet whose cgroup parents the systemd driver did not take retried in vain for as long as it ran)."""
+    config = pod_config("refused")
+    config.linux.cgroup_parent = f"{pods.cgroup_base}/bad name"
+    with pytest.raises(grpc.RpcError) as err:
+        pods.run(config)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    config.linux.cgroup_parent = ""
+    pod_id = pods.run(config)
     pods.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 

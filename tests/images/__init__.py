@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.images.catalogue import BUSYBOX, NGINX, PAUSE, UPSTREAMS, Inputs, catalogue, platform
+from tests.images.catalogue import BUSYBOX, NGINX, NGINX_NEW, PAUSE, UPSTREAMS, Inputs, catalogue, platform
 from tests.images.inputs import (
     ARCHES,
     BASE_PACKAGES,
@@ -34,9 +34,10 @@ from tests.images.inputs import (
     library_dependencies,
     sha256_file,
 )
-from tests.imagetools import Pusher, Registry, hosts_toml, sha256
+from tests.imagetools import sha256
+from tests.registrytools import Pusher, Registry, hosts_toml
 
-__all__ = ["BUSYBOX", "NGINX", "PAUSE", "ImageSet", "Served", "build", "serve"]
+__all__ = ["BUSYBOX", "NGINX", "NGINX_NEW", "PAUSE", "ImageSet", "Served", "build", "serve"]
 
 RECIPE = [*sorted(Path(__file__).parent.glob("*.py")), Path(__file__).parent.parent / "imagetools.py"]
 

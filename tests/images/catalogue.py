@@ -1,5 +1,5 @@
 """Which test images exist: every image critest v1.37.0 names (pkg/validate/consts.go, pkg/framework/util.go,
-cri-tools' images/ Dockerfiles, the benchmark's defaults) and what the kubelet tier pulls, by upstream name.
+cri-tools' images/ Dockerfiles, the benchmark's defaults) and what the kubelet and cluster tiers pull, by upstream name.
 
 Each is served under its upstream repository path from one loopback registry (hosts.toml maps every upstream
 registry there), in the manifest format its upstream uses: Docker manifest lists for registry.k8s.io and
@@ -26,6 +26,7 @@ STAGING = "gcr.io/k8s-staging-cri-tools"
 # the names other tiers use
 BUSYBOX = f"{E2E}/busybox:1.29-2"
 NGINX = f"{E2E}/nginx:1.14-2"
+NGINX_NEW = f"{E2E}/nginx:1.28.0-2"  # the cluster tier's rolling update: the same server in another image
 PAUSE = "registry.k8s.io/pause:3.10.2"
 
 
@@ -84,9 +85,9 @@ def catalogue(inputs: Inputs) -> list[Published]:
 
     libraries = [p for name, p in sorted(inputs.nginx.items()) if name not in ("nginx", "nginx-common")]
 
-    def nginx(port: int) -> Image:
+    def nginx(port: int, *extra: Layer) -> Image:
         return image([base["amd64"], layers.nginx(inputs.nginx["nginx"], inputs.nginx["nginx-common"], libraries,
-                                                  port)],
+                                                  port), *extra],
                      arch="amd64", docker=True, env=[layers.DEFAULT_PATH, "NGINX_VERSION=1.22.1"],
                      cmd=["nginx", "-g", "daemon off;"],
                      config={"ExposedPorts": {f"{port}/tcp": {}}, "StopSignal": "SIGTERM"})
@@ -102,6 +103,7 @@ def catalogue(inputs: Inputs) -> list[Published]:
         Published((f"{E2E}/nonewprivs",), ("1.3",), busybox(
             lambda arch: [nnps[arch]], config={"Entrypoint": ["/usr/local/bin/nnp"], "Cmd": None})),
         Published((f"{E2E}/nginx",), ("1.14-2",), (nginx(80),)),
+        Published((f"{E2E}/nginx",), ("1.28.0-2",), (nginx(80, layers.marker("nginx-1.28.0-2")),)),
         Published(("registry.k8s.io/pause", "k8s.gcr.io/pause"), ("3.9", "3.10.2"), tuple(
             image([pauses[arch]], arch=arch, variant=VARIANTS[arch], docker=True, user="65535:65535",
                   env=[layers.DEFAULT_PATH], config={"Entrypoint": ["/pause"], "Cmd": None})

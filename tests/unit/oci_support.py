@@ -20,7 +20,6 @@ NODE = NodeFacts(
     nofile=(20000, 40000),
     hostname="node1",
     arch="x86_64",
-    cgroup2_unified=True,
 )
 POD = PodContext(
     sandbox_id="sb1",

@@ -9,14 +9,20 @@ import pytest
 
 from runtime import errors
 from runtime.bundle import (
+    IDMAP_ANNOTATION,
     OVERLAY_ANNOTATION,
+    Idmap,
     Overlay,
+    StagedMount,
     exec_process,
     executor_argv,
+    idmap_of,
     load_config,
+    mount_refused_in_proc,
     overlay_of,
     read_json,
     rootfs_path,
+    staged_path,
 )
 
 
@@ -40,6 +46,21 @@ def test_the_overlay_annotation_round_trips() -> None:
 def test_a_bad_annotation_is_invalid_and_named(value: str, message: str) -> None:
     with pytest.raises(errors.InvalidArgument, match=message):
         overlay_of({OVERLAY_ANNOTATION: value})
+
+
+def test_the_idmap_annotation_round_trips_and_is_checked() -> None:
+    idmap = Idmap("/s/ns/user", (StagedMount("/b/idmap/0", source="/snap/1/fs"),
+                                 StagedMount("/b/idmap/1", source="/vol:with,odd chars"),
+                                 StagedMount("/b/idmap/2", lowerdirs=("/b/idmap/0", "/b/idmap/1"))))
+    assert idmap_of({IDMAP_ANNOTATION: idmap.annotation()}) == idmap
+    assert idmap_of({}) is None
+    assert staged_path("/b", 3) == "/b/idmap/3"
+    for bad, message in (('{"userns": "rel", "mounts": []}', "userns"),
+                         ('{"userns": "/u", "mounts": [{"target": "/t", "lowerdirs": ["/a"]}]}', "two lowerdirs"),
+                         ('{"userns": "/u", "mounts": [{"target": "/t:x", "source": "/a"}]}', "target"),
+                         ("[]", "needs a userns")):
+        with pytest.raises(errors.InvalidArgument, match=message):
+            idmap_of({IDMAP_ANNOTATION: bad})
 
 
 def test_many_layers_are_named_relative_to_their_parent() -> None:
@@ -84,3 +105,14 @@ def test_the_contract_files(tmp_path: Path) -> None:
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(errors.InvalidArgument, match="not a JSON object"):
         read_json(str(tmp_path / "list.json"), "resources")
+
+
+@pytest.mark.parametrize(("destination", "fstype", "refused"), [
+    ("/proc", "proc", False), ("/proc", "bind", True), ("/proc/sys", "bind", True), ("proc/1/fd", "tmpfs", True),
+    ("/proc/sys/../kcore", "bind", True), ("/proc/cpuinfo", "bind", False), ("/procfs/x", "bind", False),
+    ("/proc/../etc/x", "bind", False),
+])
+def test_what_may_be_mounted_in_proc(destination: str, fstype: str, refused: bool) -> None:
+    """One rule for cri/oci (a volume where the image's symlinks take it) and the executor (every mount where it
+    lands): procfs on /proc and lxcfs's few files, nothing else at or below /proc."""
+    assert mount_refused_in_proc(destination, fstype) is refused

@@ -39,7 +39,7 @@ def test_parse_spec_resolves_root_against_the_bundle() -> None:
     ({"process": {"args": ["x"], "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 2, "hard": 1}]}}, "rlimits[0]"),
     ({"process": {"args": ["x"], "env": ["NOEQUALS"]}}, "process.env[0]"),
     ({"linux": {"uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]}}, "linux.uidMappings"),
-    ({"linux": {"namespaces": [{"type": "user"}]}}, "user namespaces are not supported"),
+    ({"linux": {"namespaces": [{"type": "user"}]}}, "joins a user namespace by path"),
     ({"linux": {"namespaces": [{"type": "pid"}, {"type": "pid"}]}}, "listed twice"),
     ({"linux": {"namespaces": [{"type": "bogus"}]}}, "unknown namespace type"),
     ({"linux": {"sysctl": {"../x": "1"}}}, "not a sysctl name"),

@@ -101,6 +101,27 @@ def test_layered_files_symlinks_stay_inside(tmp_path: Path) -> None:
     assert files.read("/conf/passwd") == b"real"
 
 
+def test_layered_files_sources_of_a_directory_and_a_file(tmp_path: Path) -> None:
+    top, mid, low = tmp_path / "top", tmp_path / "mid", tmp_path / "low"
+    _write(low / "etc/a", "low")
+    _write(low / "etc/sub/x", "low")
+    _write(mid / "etc/b", "mid")
+    _write(top / "other/c", "top")
+    (low / "only").mkdir()
+    _write(top / "etc/sub/.wh..wh..opq", "")  # an opaque dir: the layers below it do not count
+    os.symlink("../../../etc", top / "other/link")
+    files = LayeredFiles([str(top), str(mid), str(low)])
+    assert files.sources("/") == (str(top), str(mid), str(low))
+    etc = (str(top / "etc"), str(mid / "etc"), str(low / "etc"))
+    assert files.sources("etc") == etc
+    assert files.sources("other/link") == etc  # resolved inside the image
+    assert files.sources("etc/sub") == (str(top / "etc/sub"),)
+    assert files.sources("/etc/a") == (str(low / "etc/a"),)
+    assert files.sources("only") == (str(low / "only"),)
+    assert files.sources("etc/a/below") is None
+    assert files.sources("missing") is None
+
+
 def test_layered_files_size_limit(tmp_path: Path) -> None:
     _write(tmp_path / "etc/passwd", "x" * 100)
     with pytest.raises(InvalidArgument, match="larger"):
@@ -122,3 +143,23 @@ def test_layered_files_overlay_whiteouts(tmp_path: Path) -> None:
     assert files.read("/etc/passwd") is None
     assert files.read("/etc/group") == b"low"
     assert files.read("/opt/x") is None
+
+
+def test_layered_files_resolve_follows_symlinks_inside_the_merged_view(tmp_path: Path) -> None:
+    upper, low = tmp_path / "upper", tmp_path / "low"
+    (low / "srv").mkdir(parents=True)
+    upper.mkdir()
+    os.symlink("/proc", low / "procl")
+    os.symlink("../../../../../../etc", low / "up")  # `..` stops at the root of the merged view
+    os.symlink("srv/missing/deeper", low / "dangling")
+    os.symlink("loop", low / "loop")
+    os.mknod(upper / "srv", 0o020000, 0)  # a whiteout in the upper layer hides the lower dir
+    files = LayeredFiles([str(upper), str(low)])
+    assert files.resolve("/procl/self/fd") == "/proc/self/fd"
+    assert files.resolve("/up/passwd") == "/etc/passwd"
+    assert files.resolve("/dangling/x/../y") == "/srv/missing/deeper/y"
+    assert files.resolve("/a/./b/../c") == "/a/c"
+    with pytest.raises(InvalidArgument, match="too many levels of symbolic links"):
+        files.resolve("/loop/x")
+    assert files.lstat("/srv") is None and files.lstat("/procl") is not None
+    assert LayeredFiles([str(low)]).lstat("/srv") is not None

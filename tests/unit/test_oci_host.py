@@ -29,16 +29,17 @@ def test_node_facts_from_this_process() -> None:
     assert node.arch == os.uname().machine and node.hostname
 
 
-def test_cgroup_mode_from_mountinfo(tmp_path: Path) -> None:
+def test_facts_from_a_proc_dir(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)
     (proc / "self/status").write_text("CapEff:\t0000000000000001\n")
     (proc / "self/oom_score_adj").write_text("-5\n")
-    (proc / "self/mountinfo").write_text("30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n")
     node = NodeFacts.probe(str(proc))
-    assert node.cgroup2_unified and node.capabilities == ("CAP_CHOWN",) and node.oom_score_adj == -5
-    (proc / "self/mountinfo").write_text("31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n")
-    assert not NodeFacts.probe(str(proc)).cgroup2_unified
+    assert node.capabilities == ("CAP_CHOWN",) and node.oom_score_adj == -5
+    assert not node.cgroup_namespaces  # this fake /proc has no self/ns/cgroup
+    (proc / "self/ns").mkdir()
+    (proc / "self/ns/cgroup").write_text("")
+    assert NodeFacts.probe(str(proc)).cgroup_namespaces
 
 
 def test_mountinfo_propagation(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ import pytest
 
 from cri import api as pb
 from cri.oci.host import DeviceLookup, DeviceNode, HostPaths, MountSource
-from cri.oci.mounts import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
+from cri.oci.mounts import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, ImageVolume
 from cri.oci.spec import SpecOptions
-from runtime.bundle import OVERLAY_ANNOTATION, Overlay
+from cri.oci.userns import PodUserns, pod_userns
+from runtime.bundle import IDMAP_ANNOTATION, OVERLAY_ANNOTATION, Overlay
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from tests.unit.oci_schema import check_spec
 from tests.unit.oci_support import NODE, POD, build, container_config, inputs, replace, sandbox_config
@@ -163,13 +164,37 @@ def test_missing_host_path_is_invalid() -> None:
         build(config)
 
 
+def test_image_volumes_bind_one_source_and_overlay_several() -> None:
+    one = pb.Mount(container_path="/one", readonly=True, image=pb.ImageSpec(image="sha256:a"))
+    two = pb.Mount(container_path="/two", readonly=True, image=pb.ImageSpec(image="sha256:b"), image_sub_path="etc")
+    volumes = {"/one": ImageVolume("sha256:a", ("/s/1/fs",)), "/two": ImageVolume("sha256:b", ("/s/3/fs/etc",
+                                                                                             "/s/2/fs/etc"))}
+    spec = build(container_config(mounts=[one, two]), image_volumes=volumes)
+    mounts = {m["destination"]: m for m in spec["mounts"]}
+    assert mounts["/one"] == {"destination": "/one", "type": "bind", "source": "/s/1/fs",
+                              "options": ["rbind", "rprivate", "ro"]}
+    assert mounts["/two"] == {"destination": "/two", "type": "overlay", "source": "overlay",
+                              "options": ["ro", "lowerdir=/s/3/fs/etc:/s/2/fs/etc"]}
+    check_spec(spec)
+
+
+def test_image_volume_refusals() -> None:
+    volumes = {"/img": ImageVolume("sha256:a", ("/s/1/fs",))}
+    writable = pb.Mount(container_path="/img", image=pb.ImageSpec(image="sha256:a"))
+    with pytest.raises(InvalidArgument, match="read-only"):
+        build(container_config(mounts=[writable]), image_volumes=volumes)
+    both = pb.Mount(container_path="/img", readonly=True, host_path="/x", image=pb.ImageSpec(image="sha256:a"))
+    with pytest.raises(InvalidArgument, match="not both"):
+        build(container_config(mounts=[both]), image_volumes=volumes)
+    sub_path_only = pb.Mount(container_path="/x", host_path="/x", image_sub_path="etc")
+    with pytest.raises(InvalidArgument, match="image volumes only"):
+        build(container_config(mounts=[sub_path_only]), host=_host(MountSource("/x", "/x")))
+
+
 def test_unsupported_mount_kinds() -> None:
-    image_mount = pb.Mount(container_path="/img", image=pb.ImageSpec(image="sha256:abc"))
-    with pytest.raises(Unimplemented, match="image volume"):
-        build(container_config(mounts=[image_mount]))
     idmapped = pb.Mount(container_path="/x", host_path="/x",
                         uidMappings=[pb.IDMapping(host_id=1000, container_id=0, length=1)])
-    with pytest.raises(Unimplemented, match="user namespaces"):
+    with pytest.raises(Unimplemented, match="per-mount id mappings"):
         build(container_config(mounts=[idmapped]), host=_host(MountSource("/x", "/x")))
 
 
@@ -333,17 +358,84 @@ def test_missing_pod_namespace_is_a_failed_precondition() -> None:
         build(pod=replace(POD, ipc_ns_path=""))
 
 
-def test_cgroup_namespace_only_on_a_pure_v2_node() -> None:
+def test_cgroup_namespace_wherever_the_kernel_has_them() -> None:
     assert "cgroup" in _ns(build())
-    assert "cgroup" not in _ns(build(node=replace(NODE, cgroup2_unified=False)))
+    assert "cgroup" not in _ns(build(node=replace(NODE, cgroup_namespaces=False)))
 
 
-def test_user_namespaces_are_unimplemented() -> None:
-    userns = pb.UserNamespace(mode=pb.POD, uids=[pb.IDMapping(host_id=100000, container_id=0, length=65536)])
-    with pytest.raises(Unimplemented):
-        build(container_config(linux=_sc(namespace_options=pb.NamespaceOption(userns_options=userns))))
-    userns = pb.UserNamespace(mode=pb.NODE)
-    build(container_config(linux=_sc(namespace_options=pb.NamespaceOption(userns_options=userns))))
+def _userns_option(mode: int = pb.POD, **kw: Any) -> pb.NamespaceOption:
+    ids = [pb.IDMapping(host_id=1000, container_id=0, length=100000)]
+    return pb.NamespaceOption(userns_options=pb.UserNamespace(mode=mode, uids=kw.get("uids", ids),
+                                                             gids=kw.get("gids", ids)))
+
+
+def test_a_container_joins_its_pods_user_namespace_through_id_mapped_mounts() -> None:
+    options = _userns_option()
+    sandbox = sandbox_config()
+    sandbox.linux.security_context.namespace_options.CopyFrom(options)
+    userns = PodUserns(uids=((0, 1000, 100000),), gids=((0, 1000, 100000),), path="/run/crisp/sandboxes/sb1/ns/user")
+    volume = pb.Mount(container_path="/data", host_path="/srv/data")
+    image = pb.Mount(container_path="/img", readonly=True, image=pb.ImageSpec(image="sha256:b"))
+    spec = build(container_config(mounts=[volume, image], linux=_sc(namespace_options=options)), sandbox,
+                 pod=replace(POD, userns=userns), host=_host(MountSource("/srv/data", "/srv/data")),
+                 overlay=Overlay(("/snap/2/fs", "/snap/1/fs"), "/c/upper", "/c/work"),
+                 image_volumes={"/img": ImageVolume("sha256:b", ("/snap/9/fs", "/snap/8/fs"))})
+    check_spec(spec)
+    linux = spec["linux"]
+    assert linux["namespaces"][0] == {"type": "user", "path": userns.path}
+    assert {"type": "cgroup"} in linux["namespaces"]
+    assert linux["uidMappings"] == linux["gidMappings"] == [{"containerID": 0, "hostID": 1000, "size": 100000}]
+    staged = "/run/crisp/containers/c1/idmap"
+    idmap = json.loads(spec["annotations"][IDMAP_ANNOTATION])
+    assert idmap == {"userns": userns.path, "mounts": [
+        {"target": f"{staged}/0", "source": "/snap/2/fs"}, {"target": f"{staged}/1", "source": "/snap/1/fs"},
+        {"target": f"{staged}/2", "source": "/srv/data"},
+        {"target": f"{staged}/3", "source": "/snap/9/fs"}, {"target": f"{staged}/4", "source": "/snap/8/fs"},
+        {"target": f"{staged}/5", "lowerdirs": [f"{staged}/3", f"{staged}/4"]}]}
+    # the rootfs overlay is made of the staged layers; its writable layer is not id-mapped
+    assert json.loads(spec["annotations"][OVERLAY_ANNOTATION]) == {
+        "lowerdirs": [f"{staged}/0", f"{staged}/1"], "upperdir": "/c/upper", "workdir": "/c/work"}
+    mounts = _mounts_by_dest(spec)
+    assert mounts["/data"]["source"] == f"{staged}/2" and mounts["/img"]["source"] == f"{staged}/5"
+    assert mounts["/img"]["type"] == "bind" and "ro" in mounts["/img"]["options"]
+    assert mounts["/etc/hosts"]["source"] == "/run/crisp/sandboxes/sb1/hosts"  # the pod's files: as they are
+
+
+def test_user_namespace_refusals() -> None:
+    options = _userns_option()
+    sandbox = sandbox_config()
+    sandbox.linux.security_context.namespace_options.CopyFrom(options)
+    with pytest.raises(FailedPrecondition, match="has no user namespace"):
+        build(container_config(linux=_sc(namespace_options=options)), sandbox)
+    other = _userns_option(uids=[pb.IDMapping(host_id=5000, container_id=0, length=10)])
+    with pytest.raises(InvalidArgument, match="must be its pod's"):
+        build(container_config(linux=_sc(namespace_options=other)), sandbox)
+    build(container_config(linux=_sc(namespace_options=_userns_option(pb.NODE, uids=[], gids=[]))))
+
+
+@pytest.mark.parametrize("options, message", [
+    (_userns_option(pb.CONTAINER), "mode CONTAINER is not supported"),
+    (_userns_option(pb.TARGET), "mode TARGET is not supported"),
+    (_userns_option(pb.NODE), "NODE takes no mappings"),
+    (_userns_option(uids=[]), "exactly one uid mapping"),
+    (_userns_option(gids=[pb.IDMapping(length=1)] * 2), "exactly one gid mapping"),
+    (_userns_option(uids=[pb.IDMapping(container_id=1, host_id=1000, length=5)]), "must map container id 0"),
+    (_userns_option(uids=[pb.IDMapping(host_id=1000)]), "length 0"),
+    (_userns_option(gids=[pb.IDMapping(host_id=2**32 - 2, length=2)]), "beyond the last id"),
+])
+def test_pod_user_namespace_checks(options: pb.NamespaceOption, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        pod_userns(options)
+
+
+def test_pod_user_namespace_with_host_namespaces_is_refused() -> None:
+    for kind in ("network", "ipc", "pid"):
+        options = _userns_option()
+        setattr(options, kind, pb.NODE)
+        with pytest.raises(InvalidArgument, match=f"host's {kind}"):
+            pod_userns(options)
+    assert pod_userns(_userns_option()) == PodUserns(uids=((0, 1000, 100000),), gids=((0, 1000, 100000),))
+    assert pod_userns(pb.NamespaceOption()) is None
 
 
 # ---------------------------------------------------------------------------------------------- hostname
@@ -468,8 +560,6 @@ def test_annotations() -> None:
 
 
 def test_unsupported_security_features() -> None:
-    with pytest.raises(Unimplemented, match="CDI"):
-        build(container_config(CDI_devices=[pb.CDIDevice(name="vendor.com/gpu=0")]))
     apparmor = pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost, localhost_ref="my-profile")
     with pytest.raises(FailedPrecondition, match="AppArmor"):
         build(container_config(linux=_sc(apparmor=apparmor)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from runtime.procs import ProcessRef, process_start_time
+from runtime.procs import ProcessRef, parent_pid, process_start_time
 
 
 def test_start_time_names_a_live_process_and_not_its_zombie() -> None:
@@ -26,3 +26,14 @@ def test_process_ref_tells_a_reused_pid() -> None:
     ref = ProcessRef.of(os.getpid())
     assert ref is not None and ref.alive()
     assert not ProcessRef(os.getpid(), ref.start_time + 1).alive()
+
+
+def test_parent_pid() -> None:
+    child = subprocess.Popen(["sleep", "10"])
+    try:
+        assert parent_pid(child.pid) == os.getpid()
+        assert parent_pid(os.getpid()) == os.getppid()
+    finally:
+        child.kill()
+        child.wait()
+    assert parent_pid(child.pid) is None

@@ -128,10 +128,11 @@ def test_host_replaces_vm_tests_by_proxies(pytester: pytest.Pytester, monkeypatc
     assert collected("-m", "not vm") == ["test_mixed.py::test_both", "test_mixed.py::test_host"]
 
     # one (fake) VM run for all proxies: the seam is the whole boot, tier.run_guest_tests
-    asked: list[list[str]] = []
+    asked: list[tuple[str, list[str]]] = []
 
-    def fake_run(nodeids: list[str], settings: VmSettings | None = None, stream: object = None) -> tier.TierRun:
-        asked.append(list(nodeids))
+    def fake_run(nodeids: list[str], settings: VmSettings | None = None, stream: object = None,
+                 guest: str = "plain") -> tier.TierRun:
+        asked.append((guest, list(nodeids)))
         return tier.TierRun(vm=None, image=None, results={
             "test_mixed.py::test_in_vm": tier.GuestResult("test_mixed.py::test_in_vm", "failed",
                                                           "AssertionError: the guest said no", 0.1),
@@ -145,12 +146,12 @@ def test_host_replaces_vm_tests_by_proxies(pytester: pytest.Pytester, monkeypatc
         run.assert_outcomes(skipped=3)
         return
     run.assert_outcomes(failed=2, skipped=1)
-    assert asked == [["test_mixed.py::test_in_vm", "test_mixed.py::test_in_vm_with_skipif",
-                      "test_mixed.py::test_both"]]
+    assert asked == [("plain", ["test_mixed.py::test_in_vm", "test_mixed.py::test_in_vm_with_skipif",
+                                "test_mixed.py::test_both"])]
     text = run.stdout.str()
     assert "AssertionError: the guest said no" in text
     assert "in the VM: evaluated in the guest" in text
-    assert "no result from the guest for test_mixed.py::test_both" in text
+    assert "no result from the plain guest for test_mixed.py::test_both" in text
 
 
 def test_settings_from_the_environment() -> None:

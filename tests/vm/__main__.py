@@ -1,9 +1,12 @@
 """Command line of the VM tier, for building ahead and for debugging (the tests themselves run through pytest).
 
   python -m tests.vm build [--force]   build (or reuse) the wheels and the image; print where they are
-  python -m tests.vm run CMD [ARG...]  run one command as root in a fresh VM: the checkout is read-only at
-                                       /mnt/host, crisp (from it) in /opt/crisp; exit status is CMD's
-  python -m tests.vm test NODEID...    run these tests in one boot, streaming the guest's pytest output
+  python -m tests.vm run [--systemd] CMD [ARG...]
+                                       run one command as root in a fresh VM (--systemd: the guest whose PID 1
+                                       is systemd): the checkout is read-only at /mnt/host, crisp (from it) in
+                                       /opt/crisp-tests; exit status is CMD's
+  python -m tests.vm test NODEID...    run these tests in one boot, streaming the guest's pytest output (tests
+                                       under tests/vm/guest_systemd in the systemd guest, in a boot of their own)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build", help="build or reuse the image")
     build.add_argument("--force", action="store_true", help="rebuild even when the cache holds the image")
     run = commands.add_parser("run", help="run one command in a fresh VM")
+    run.add_argument("--systemd", action="store_true", help="boot the guest whose PID 1 is systemd")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     test = commands.add_parser("test", help="run guest tests in one boot")
     test.add_argument("nodeids", nargs="+")
@@ -37,12 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = VmSettings.from_env()
 
     if args.command == "test":
-        result = run_guest_tests(args.nodeids, settings, stream=sys.stdout)
-        print(f"crisp-vm: {result.summary()}")
-        if result.error:
-            print(result.error, file=sys.stderr)
-        bad = [r for r in result.results.values() if r.outcome not in ("passed", "skipped", "xfailed")]
-        return 1 if bad or result.error else 0
+        status = 0
+        for guest in ("plain", "systemd"):
+            nodeids = [n for n in args.nodeids if n.startswith("tests/vm/guest_systemd") == (guest == "systemd")]
+            if not nodeids:
+                continue
+            result = run_guest_tests(nodeids, settings, stream=sys.stdout, guest=guest)
+            print(f"crisp-vm: {result.summary()}")
+            if result.error:
+                print(result.error, file=sys.stderr)
+            bad = [r for r in result.results.values() if r.outcome not in ("passed", "skipped", "xfailed")]
+            status = 1 if bad or result.error else status
+        return status
 
     started = time.monotonic()
     with cache_lock(settings.cache_dir):
@@ -59,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="crisp-vm-run-"))
     try:
         build_crisp_wheel(run_dir / "io" / "crisp-wheel")
-        install = "/opt/crisp/bin/python /mnt/host/tests/vm/install_wheel.py /run/crisp-vm/io/crisp-wheel/crisp-*.whl"
-        job = (f"{install} >/dev/null || exit 125\ncd /mnt/host\nexport PATH=/opt/crisp/bin:$PATH\n"
+        install = ("/opt/crisp-tests/bin/python /mnt/host/tests/vm/install_wheel.py "
+                   "/run/crisp-vm/io/crisp-wheel/crisp-*.whl")
+        job = (f"{install} >/dev/null || exit 125\ncd /mnt/host\nexport PATH=/opt/crisp-tests/bin:$PATH\n"
                f"exec {shlex.join(args.cmd)}\n")
-        result_run = boot(image, settings, run_dir, job, REPO, stream=sys.stdout)
+        guest = "systemd" if args.systemd else "plain"
+        result_run = boot(image, settings, run_dir, job, REPO, stream=sys.stdout, guest=guest)
         if result_run.exit_status is None:
             print(result_run.diagnosis(), file=sys.stderr)
             return 124 if result_run.timed_out else 125

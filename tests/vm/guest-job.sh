@@ -5,18 +5,19 @@ set -euo pipefail
 IO=/run/crisp-vm/io
 stamp() { echo "$1 $(cut -d' ' -f1 /proc/uptime)" >> "$IO/timings"; }
 stamp job-start
-export PATH=/opt/crisp/bin:$PATH
-# the tests run from a copy, so `import runtime` finds the installed crisp and not the checkout on 9p
+export PATH=/opt/crisp-tests/bin:$PATH
+# the tests run from a copy, so `import runtime` finds the installed crisp and not the checkout on 9p (deploy/:
+# the systemd guest installs crisp with deploy/kind/setup-node.sh)
 mkdir -p /tmp/crisp-src
 # (and the .deb files `make test` fetched for container root filesystems, if any)
 extra=$(cd /mnt/host && ls -d .cache/debs 2>/dev/null || true)
-tar -C /mnt/host --exclude=__pycache__ -cf - tests pyproject.toml $extra | tar -C /tmp/crisp-src -xf -
+tar -C /mnt/host --exclude=__pycache__ -cf - tests deploy scripts pyproject.toml $extra | tar -C /tmp/crisp-src -xf -
 cd /tmp/crisp-src
 # crisp from the checkout's wheel, into the guest's venv (no network: the dependencies are already there)
-/opt/crisp/bin/python tests/vm/install_wheel.py "$IO"/crisp-wheel/crisp-*.whl
+/opt/crisp-tests/bin/python tests/vm/install_wheel.py "$IO"/crisp-wheel/crisp-*.whl
 stamp crisp-installed
 mapfile -t nodeids < "$IO/nodeids"
 stamp pytest-start
 export CRISP_VM_GUEST=1 CRISP_VM_RESULTS="$IO/results.jsonl" CRISP_VM_TIMINGS="$IO/timings"
-exec /opt/crisp/bin/python -m pytest -p no:cacheprovider -o addopts= --strict-markers -ra -v --tb=long \
+exec /opt/crisp-tests/bin/python -m pytest -p no:cacheprovider -o addopts= --strict-markers -ra -v --tb=long \
     --rootdir /tmp/crisp-src "${nodeids[@]}"

@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.vm.settings import VmSettings, prune
+from tests.vm.wheels import run_time_requirements
 
 SUITE = "bookworm"
 # What the guest tests use: Python for pytest + crisp, the OCI runtimes for differential tests, busybox as a
 # container root file system, docker-registry to serve images to a crispd in the guest (it has no network), and
-# the usual tools (ip, nsenter, mount, ps, modprobe, nft, CNI plugins).
+# the usual tools (ip, nsenter, mount, ps, modprobe, nft, CNI plugins); systemd for the systemd guest, whose PID 1
+# it is (the plain guest never starts it), and dbus so that crisp's D-Bus client is tried on a system bus too.
 GUEST_PACKAGES = (
     "python3", "python3-venv", "iproute2", "util-linux", "mount", "procps", "kmod", "nftables", "iptables",
-    "runc", "crun", "containernetworking-plugins", "busybox-static", "docker-registry",
+    "runc", "crun", "containernetworking-plugins", "busybox-static", "docker-registry", "systemd", "dbus",
 )
 # the Debian kernel builds these as modules; the initramfs loads them to reach the root disk and the 9p shares
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4", "9p", "9pnet_virtio", "virtio_console")
@@ -137,6 +139,9 @@ def _build(settings: VmSettings, wheels: Path, target: Path, log: Callable[[str]
     out, rootfs, initrd = build / "out", build / "rootfs", build / "initrd"
     out.mkdir(parents=True)
     build_log = build / "build.log"
+    # crisp's run-time dependencies, for the node venv the systemd guest's installer finds (files/venv.sh)
+    requirements = build / "node-requirements.txt"
+    requirements.write_text("".join(requirement + "\n" for requirement in run_time_requirements()))
     try:
         log(f"building the {SUITE} kernel + root image into {target} (mmdebstrap, takes a minute or two)")
         hook = (f"sh {FILES / 'customize.sh'} \"$1\" {out} '{' '.join(PRUNE_MODULE_DIRS)}' "
@@ -148,7 +153,7 @@ def _build(settings: VmSettings, wheels: Path, target: Path, log: Callable[[str]
             "--dpkgopt=path-exclude=/usr/share/locale/*", "--dpkgopt=path-include=/usr/share/locale/locale.alias",
             "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             f"--customize-hook={hook}",
-            f"--customize-hook=sh {FILES / 'venv.sh'} \"$1\" {wheels} {out}",
+            f"--customize-hook=sh {FILES / 'venv.sh'} \"$1\" {wheels} {out} {requirements}",
             SUITE, str(rootfs),
             f"deb {settings.mirror} {SUITE} main", f"deb {settings.mirror} {SUITE}-updates main",
             f"deb {settings.security_mirror} {SUITE}-security main",
@@ -157,6 +162,7 @@ def _build(settings: VmSettings, wheels: Path, target: Path, log: Callable[[str]
         _write_initramfs(rootfs, initrd, out, build_log)
         shutil.copyfile(FILES / "vm-init", rootfs / "sbin" / "crisp-vm-init")
         (rootfs / "sbin" / "crisp-vm-init").chmod(0o755)
+        shutil.copyfile(FILES / "crisp-vm-job.service", rootfs / "etc" / "systemd" / "system" / "crisp-vm-job.service")
         subprocess.run(["truncate", "-s", DISK_SIZE, str(out / "root.img")], check=True)
         _run(["mke2fs", "-q", "-t", "ext4", "-L", "crisp-vm", "-E", "root_owner=0:0", "-d", str(rootfs), "-F",
               str(out / "root.img")], build_log)

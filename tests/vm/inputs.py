@@ -1,5 +1,6 @@
 """Host files that some guest tests need, put into the run's io share before the boot (the guest has no network,
-no tool cache and no image cache): today critest and the test image set, for tests/vm/guest/test_critest.py.
+no tool cache and no image cache): the tools a guest test file needs (`TOOLS`: critest, the kubelet) and the test
+image set.
 
 A guest test finds them in /run/crisp-vm/io/inputs; what the host could not provide is explained in `inputs/missing`
 (the guest test fails with it), so that one missing input never stops the tier's other tests."""
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 CRITEST_TESTS = "tests/vm/guest/test_critest.py"
+# the guest test files that need tools, and which
+TOOLS = {CRITEST_TESTS: ("critest",), "tests/vm/guest/test_kubelet_qos.py": ("kubelet",)}
 
 
 def selects(nodeid: str, path: str) -> bool:
@@ -28,7 +31,9 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def provide(io_dir: Path, nodeids: Sequence[str]) -> None:
-    if not any(selects(nodeid, CRITEST_TESTS) for nodeid in nodeids):
+    needed = sorted({tool for path, names in TOOLS.items() for tool in names
+                     if any(selects(nodeid, path) for nodeid in nodeids)})
+    if not needed:
         return
     inputs = io_dir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -36,11 +41,13 @@ def provide(io_dir: Path, nodeids: Sequence[str]) -> None:
         from tests import tools
         from tests.images import build
 
-        critest = tools.bin_dir() / "critest"
-        if not critest.is_file():
-            raise FileNotFoundError(f"{critest} is not built: run `make tools` (scripts/build-k8s-tools)")
+        for name in needed:
+            binary = tools.bin_dir() / name
+            if not binary.is_file():
+                raise FileNotFoundError(f"{binary} is not built: run `make tools` (scripts/build-k8s-tools)")
         images = build(verbose=False)
-        _link_or_copy(str(critest), str(inputs / "critest"))
+        for name in needed:
+            _link_or_copy(str(tools.bin_dir() / name), str(inputs / name))
         shutil.copytree(images.dir, inputs / "images", copy_function=_link_or_copy)
     except Exception as error:  # reported by the guest test that needs them, not by the whole tier
         (inputs / "missing").write_text(f"{type(error).__name__}: {error}\n")

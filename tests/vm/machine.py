@@ -29,6 +29,19 @@ KERNEL_ARGS = (
     " mitigations=off init_on_alloc=0 nokaslr no_timer_check random.trust_cpu=on audit=0 nowatchdog"
     " cryptomgr.notests"
 )
+# the guests one image boots as: "plain" (crisp-vm-init is PID 1, no init system) or "systemd" (systemd is PID 1
+# and runs crisp-vm-init as crisp-vm-job.service; no login prompts)
+GUESTS = ("plain", "systemd")
+SYSTEMD_ARGS = (
+    " crisp.init=systemd systemd.wants=crisp-vm-job.service systemd.show_status=0"
+    " systemd.mask=serial-getty@ttyS0.service systemd.mask=getty@tty1.service"
+)
+
+
+def kernel_args(guest: str) -> str:
+    if guest not in GUESTS:
+        raise ValueError(f"unknown guest {guest!r}: one of {GUESTS}")
+    return KERNEL_ARGS + (SYSTEMD_ARGS if guest == "systemd" else "")
 
 
 class VmError(RuntimeError):
@@ -83,7 +96,9 @@ def accelerator(settings: VmSettings) -> tuple[str, str]:
     return ("kvm", "host") if accel == "kvm" else ("tcg,thread=multi", "max")
 
 
-def qemu_command(image: Image, settings: VmSettings, run_dir: Path, host_dir: Path) -> list[str]:
+def qemu_command(image: Image, settings: VmSettings, run_dir: Path, host_dir: Path, guest: str = "plain",
+                 tools_dir: Path | None = None) -> list[str]:
+    """`tools_dir`, when given, is shared read-only at /mnt/tools (the Go tools: the kubelet, crictl)."""
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None:
         raise VmError("qemu-system-x86_64 is missing: `make test` installs it (qemu-system-x86 in TEST_DEBS)")
@@ -93,12 +108,14 @@ def qemu_command(image: Image, settings: VmSettings, run_dir: Path, host_dir: Pa
     return [
         qemu, "-machine", "q35", "-accel", accel, "-cpu", cpu, "-smp", str(settings.cpus), "-m", settings.memory,
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", *bios,
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", KERNEL_ARGS,
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", kernel_args(guest),
         "-drive", f"file={image.root},if=virtio,format=raw,snapshot=on,cache=unsafe",
         "-fsdev", f"local,id=crispio,path={run_dir / 'io'},security_model={security}",
         "-device", "virtio-9p-pci,fsdev=crispio,mount_tag=crispio",
         "-fsdev", f"local,id=host,path={host_dir},security_model={security},readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=host,mount_tag=host",
+        *(["-fsdev", f"local,id=tools,path={tools_dir},security_model={security},readonly=on",
+           "-device", "virtio-9p-pci,fsdev=tools,mount_tag=tools"] if tools_dir is not None else []),
         "-device", "virtio-serial-pci",
         "-chardev", f"file,id=out,path={run_dir / 'output'},append=on",
         "-device", "virtserialport,chardev=out,name=out",
@@ -107,7 +124,8 @@ def qemu_command(image: Image, settings: VmSettings, run_dir: Path, host_dir: Pa
 
 
 def boot(image: Image, settings: VmSettings, run_dir: Path, job: str, host_dir: Path,
-         timeout: float | None = None, stream: TextIO | None = None) -> VmRun:
+         timeout: float | None = None, stream: TextIO | None = None, guest: str = "plain",
+         tools_dir: Path | None = None) -> VmRun:
     """Run `job` (bash source) as root in a fresh VM, cwd /; returns once the VM is off. `run_dir` must hold an
     `io/` directory with the job's inputs. With `stream`, the job's output is copied there while it runs."""
     io_dir = run_dir / "io"
@@ -116,7 +134,7 @@ def boot(image: Image, settings: VmSettings, run_dir: Path, job: str, host_dir: 
     for stale in ("rc", "rc.tmp"):
         (io_dir / stale).unlink(missing_ok=True)
     (run_dir / "output").write_bytes(b"")
-    argv = qemu_command(image, settings, run_dir, host_dir.resolve())
+    argv = qemu_command(image, settings, run_dir, host_dir.resolve(), guest, tools_dir)
     limit = settings.timeout if timeout is None else timeout
     started = time.monotonic()
     with open(run_dir / "qemu.log", "wb") as qemu_log:

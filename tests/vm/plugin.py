@@ -25,6 +25,8 @@ import pytest
 from tests.vm.settings import VmSettings
 
 GUEST_DIR = Path(__file__).parent / "guest"
+# tests that run in the guest booted with systemd as PID 1 (one boot of its own, only when one of them is selected)
+SYSTEMD_GUEST_DIR = Path(__file__).parent / "guest_systemd"
 # host tests that also run in the VM: there every controller exists, cgroup v2 is the only hierarchy (so specs get
 # a cgroup namespace), and the kernel is Debian's 6.1 rather than the host's
 ALSO_IN_VM = tuple(Path(__file__).parents[1] / sub for sub in (
@@ -51,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselection, so that it sees the automatic `vm` mark
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.is_relative_to(GUEST_DIR):
+        if item.path.is_relative_to(GUEST_DIR) or item.path.is_relative_to(SYSTEMD_GUEST_DIR):
             item.add_marker(pytest.mark.vm)
         elif any(item.path.is_relative_to(also) for also in ALSO_IN_VM):
             item.add_marker(pytest.mark.vm_also)
@@ -64,8 +66,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     tier = config.stash.get(TIER_KEY, None)
-    if tier is not None and tier.run is not None:
-        terminalreporter.write_line(f"crisp-vm: {tier.run.summary()}")
+    for run in tier.runs.values() if tier is not None else []:
+        terminalreporter.write_line(f"crisp-vm: {run.summary()}")
 
 
 # ------------------------------------------------------------------------------------------------------- host side
@@ -76,24 +78,27 @@ class GuestFailure(Exception):
 
 
 class VmTier:
-    """The session's one VM run, started by the first proxy that runs, for every selected proxy."""
+    """The session's VM runs, one per guest kind (plain, systemd), each started by the first of its proxies that
+    runs, for every selected proxy of that kind."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.run: Any = None  # tests.vm.tier.TierRun once started
-        self.failure: str | None = None
+        self.runs: dict[str, Any] = {}  # guest -> tests.vm.tier.TierRun once started
+        self.failures: dict[str, str] = {}
         self.diagnosed = False
 
     def result(self, item: GuestTest) -> Any:
         """The guest's result for `item`; GuestFailure when the VM did not produce one."""
-        if self.run is None and self.failure is None:
-            self._start(item.session)
-        if self.failure is not None:
-            raise GuestFailure(self._once(self.failure))
-        found = self.run.results.get(item.guest_nodeid)
+        guest = item.guest
+        if guest not in self.runs and guest not in self.failures:
+            self._start(item.session, guest)
+        if guest in self.failures:
+            raise GuestFailure(self._once(self.failures[guest]))
+        run = self.runs[guest]
+        found = run.results.get(item.guest_nodeid)
         if found is None:
-            reason = self.run.error or "the guest's pytest did not report it"
-            raise GuestFailure(f"no result from the guest for {item.guest_nodeid}: {self._once(reason)}")
+            reason = run.error or "the guest's pytest did not report it"
+            raise GuestFailure(f"no result from the {guest} guest for {item.guest_nodeid}: {self._once(reason)}")
         return found
 
     def _once(self, text: str) -> str:
@@ -103,20 +108,22 @@ class VmTier:
         self.diagnosed = True
         return text
 
-    def _start(self, session: pytest.Session) -> None:
+    def _start(self, session: pytest.Session, guest: str) -> None:
         from tests.vm.tier import run_guest_tests  # imported when used: collecting never touches the system
 
-        nodeids = list(dict.fromkeys(item.guest_nodeid for item in session.items if isinstance(item, GuestTest)))
+        nodeids = list(dict.fromkeys(item.guest_nodeid for item in session.items
+                                     if isinstance(item, GuestTest) and item.guest == guest))
         try:
-            self.run = run_guest_tests(nodeids, VmSettings.from_env())
+            self.runs[guest] = run_guest_tests(nodeids, VmSettings.from_env(), guest=guest)
         except Exception as error:  # image build, wheels, QEMU: every proxy fails with the same reason
-            self.failure = f"the VM tier could not run: {type(error).__name__}: {error}"
+            self.failures[guest] = f"the VM tier ({guest} guest) could not run: {type(error).__name__}: {error}"
 
 
 class GuestTest(pytest.Item):
     """Stands in on the host for a test that runs in the VM."""
 
     guest_nodeid: str  # the test the guest runs (the proxy's own node id, but for the `@vm` of a `vm_also` test)
+    guest: str = "plain"  # the guest it runs in: "systemd" for tests under tests/vm/guest_systemd
     line: int | None = None  # where the test is defined (0-based, as pytest reports it)
 
     @classmethod
@@ -124,6 +131,7 @@ class GuestTest(pytest.Item):
         assert item.parent is not None
         proxy: GuestTest = cls.from_parent(item.parent, name=item.name + suffix)
         proxy.guest_nodeid = item.nodeid
+        proxy.guest = "systemd" if item.path.is_relative_to(SYSTEMD_GUEST_DIR) else "plain"
         proxy.line = item.reportinfo()[1]
         # marks of the module and class are inherited through the shared parent; copy the test's own
         for mark in item.own_markers:

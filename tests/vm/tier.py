@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from tests.vm.image import Image, ensure_image
 from tests.vm.inputs import provide as provide_inputs
 from tests.vm.machine import VmRun, boot
 from tests.vm.settings import VmSettings, cache_lock
-from tests.vm.wheels import REPO, build_crisp_wheel, ensure_dependency_wheels
+from tests.vm.wheels import REPO, build_crisp_wheel, build_wheelhouse, ensure_dependency_wheels
 
 JOB = Path(__file__).with_name("guest-job.sh")
 
@@ -39,9 +40,10 @@ class TierRun:
     timings: dict[str, float] = field(default_factory=dict)
     collect_errors: list[str] = field(default_factory=list)
     error: str | None = None  # why the tier could not run the tests at all
+    guest: str = "plain"
 
     def summary(self) -> str:
-        parts = [f"{len(self.results)} guest test results from one boot"]
+        parts = [f"{self.guest} guest: {len(self.results)} test results from one boot"]
         if self.image is not None:
             built = f"built in {self.image.build_seconds:.0f}s" if self.image.built_now else "cached"
             parts.append(f"image {self.image.key} ({built}, kernel {self.image.kernel_version})")
@@ -56,9 +58,21 @@ class TierRun:
         return "; ".join(parts)
 
 
+def tools_dir() -> Path | None:
+    """The Go tools' bin dir (the kubelet, crictl) when they are built: shared with the systemd guest."""
+    from tests.tools import bin_dir  # imported when used: it runs scripts/build-k8s-tools --dir
+
+    try:
+        found = bin_dir()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return found if found.is_dir() else None
+
+
 def run_guest_tests(nodeids: Sequence[str], settings: VmSettings | None = None,
-                    stream: TextIO | None = None) -> TierRun:
-    """Boot the VM once and run `nodeids` (pytest node ids relative to the repo root) in it."""
+                    stream: TextIO | None = None, guest: str = "plain") -> TierRun:
+    """Boot the VM once and run `nodeids` (pytest node ids relative to the repo root) in it. The "systemd" guest
+    also gets `make dist`'s wheelhouse (crisp and its run-time dependencies) in the io share and the Go tools."""
     settings = settings or VmSettings.from_env()
     started = time.monotonic()
     run_dir = Path(tempfile.mkdtemp(prefix="crisp-vm-run-"))
@@ -68,12 +82,19 @@ def run_guest_tests(nodeids: Sequence[str], settings: VmSettings | None = None,
             image = ensure_image(settings, wheels)
         io_dir = run_dir / "io"
         build_crisp_wheel(io_dir / "crisp-wheel")
+        tools = None
+        if guest == "systemd":
+            build_wheelhouse(io_dir / "wheelhouse", wheels)
+            tools = tools_dir()
         (io_dir / "nodeids").write_text("".join(nodeid + "\n" for nodeid in nodeids))
         provide_inputs(io_dir, nodeids)
         (io_dir / "results.jsonl").write_bytes(b"")
         prepared = time.monotonic()
-        vm = boot(image, settings, run_dir, JOB.read_text(), REPO, stream=stream)
-        run = TierRun(results=_results(io_dir / "results.jsonl"), vm=vm, image=image)
+        # the systemd guest installs crisp with pip and runs a kubelet: under TCG that takes twice as long
+        limit = settings.timeout * (2 if guest == "systemd" else 1)
+        vm = boot(image, settings, run_dir, JOB.read_text(), REPO, timeout=limit, stream=stream, guest=guest,
+                  tools_dir=tools)
+        run = TierRun(results=_results(io_dir / "results.jsonl"), vm=vm, image=image, guest=guest)
         run.collect_errors = _collect_errors(io_dir / "results.jsonl")
         run.timings = {"prepare": prepared - started, "vm": vm.seconds, **_guest_timings(io_dir / "timings")}
         _check(run, nodeids)
@@ -89,9 +110,10 @@ def _check(run: TierRun, nodeids: Sequence[str]) -> None:
     """Say why results are missing: a VM that died, timed out, or a guest pytest that never ran a test."""
     vm = run.vm
     assert vm is not None
-    # a node id may name a file or a class (`python -m tests.vm test FILE`): answered by any test in it
+    # a node id may name a directory, a file or a class (`python -m tests.vm test FILE`): answered by any test in it
     missing = [nodeid for nodeid in nodeids
-               if nodeid not in run.results and not any(done.startswith(nodeid + "::") for done in run.results)]
+               if nodeid not in run.results
+               and not any(done.startswith((nodeid + "::", nodeid.rstrip("/") + "/")) for done in run.results)]
     if not missing:
         return
     if vm.timed_out:

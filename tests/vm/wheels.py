@@ -1,8 +1,10 @@
 """Wheels for the guest, prepared on the host so that the guest needs no network.
 
 Two sets: crisp's dependencies (+ pytest), pinned to the versions installed next to the running pytest, cached in
-`<cache>/wheels/<key>/` and baked into the image's venv (/opt/crisp); and crisp itself, built fresh for every run
-from the checkout and installed into that venv when the guest boots.
+`<cache>/wheels/<key>/` and baked into the image's venvs (the test venv /opt/crisp-tests, and crisp's run-time
+dependencies alone in /opt/crisp/venv, where deploy/install.sh puts crisp); and crisp itself, built fresh for every
+run from the checkout and installed into the test venv when the guest boots (the systemd guest's installer takes it
+from `make dist`'s wheelhouse).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import hashlib
 import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -30,10 +31,14 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
+def run_time_requirements(repo: Path = REPO) -> list[str]:
+    """crisp's run-time dependencies (pyproject's ranges)."""
+    return list(tomllib.loads((repo / "pyproject.toml").read_text())["project"]["dependencies"])
+
+
 def guest_requirements(repo: Path = REPO) -> list[str]:
-    """crisp's runtime dependencies (pyproject's ranges) and the test runner."""
-    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *GUEST_TEST_TOOLS]
+    """crisp's run-time dependencies and the test runner."""
+    return [*run_time_requirements(repo), *GUEST_TEST_TOOLS]
 
 
 def host_pins() -> list[str]:
@@ -84,21 +89,33 @@ def ensure_dependency_wheels(settings: VmSettings, repo: Path = REPO) -> Path:
     return target
 
 
-# not part of crisp's source: left out of the copy its wheel is built from
-_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
-                                     ".cache", "tests")
+DIST = REPO / "scripts" / "dist"
 
 
-def build_crisp_wheel(into: Path, repo: Path = REPO) -> Path:
-    """crisp's own wheel, from the checkout as it is now. Built from a fresh copy: setuptools would put stale
-    files from an old `build/` dir into the wheel, and the checkout stays untouched."""
+def _dist(*args: str, log: Path) -> None:
+    with open(log, "ab") as out:
+        done = subprocess.run([sys.executable, str(DIST), *args], stdout=out, stderr=subprocess.STDOUT,
+                              close_fds=True, check=False)
+    if done.returncode != 0:
+        raise WheelError(f"scripts/dist failed ({done.returncode}):\n" +
+                         "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+
+
+def build_crisp_wheel(into: Path) -> Path:
+    """crisp's own wheel, from the checkout as it is now (`make dist`'s code, which builds it from a copy)."""
     into.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="crisp-vm-src-") as scratch:
-        source = Path(scratch) / "crisp"
-        shutil.copytree(repo, source, ignore=_NOT_SOURCE, symlinks=True)
-        _pip("wheel", "-q", "--no-deps", "--wheel-dir", str(into), str(source), log=into / "pip.log")
-    (into / "pip.log").unlink()
+    _dist("--wheel-only", "--out", str(into), log=into / "dist.log")
+    (into / "dist.log").unlink()
     wheels = sorted(into.glob("crisp-*.whl"))
     if len(wheels) != 1:
         raise WheelError(f"expected one crisp wheel in {into}, found {wheels}")
     return wheels[0]
+
+
+def build_wheelhouse(into: Path, dependencies: Path) -> Path:
+    """What `make dist` makes for a node (crisp's wheel and its run-time dependencies), offline: the dependencies
+    come from the cached `dependencies` wheels, for this Python, which is the guest's."""
+    into.mkdir(parents=True, exist_ok=True)
+    _dist("--out", str(into), "--no-index", "--find-links", str(dependencies), log=into.parent / "dist.log")
+    (into.parent / "dist.log").unlink()
+    return into

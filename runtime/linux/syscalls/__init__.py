@@ -19,6 +19,7 @@ import ctypes.util
 import functools
 import os
 import platform
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,12 +76,26 @@ MOUNT_ATTR_NOATIME = 0x10
 MOUNT_ATTR_STRICTATIME = 0x20
 MOUNT_ATTR_NODIRATIME = 0x80
 MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+MOUNT_ATTR_IDMAP = 0x100000
 
 # *at() flags
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
+
+# the new mount API: open_tree(2), move_mount(2), fsopen(2), fsconfig(2), fsmount(2) (Linux 5.2)
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+
+# statfs(2) f_type
+PROC_SUPER_MAGIC = 0x9FA0
 
 # openat2(2) resolve flags
 RESOLVE_NO_XDEV = 0x01
@@ -114,8 +129,10 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # raw syscall numbers for calls glibc 2.36 has no wrapper for (x86_64 and aarch64 share the new-style numbers)
 _SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 321},
-    "aarch64": {"pivot_root": 41, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 280},
+    "x86_64": {"pivot_root": 155, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 321,
+               "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
+    "aarch64": {"pivot_root": 41, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 280,
+                "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
 }
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -204,8 +221,8 @@ class _MountAttr(ctypes.Structure):
 
 
 def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
-                  propagation: int = 0) -> None:
-    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
+                  propagation: int = 0, userns_fd: int = 0) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
     result = _raw_syscall("mount_setattr", ctypes.c_int(dirfd), _path(path), ctypes.c_uint(flags),
                           ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
     _check(result, "mount_setattr", path or None)
@@ -219,6 +236,40 @@ def has_mount_setattr() -> bool:
     except OSError as exc:
         return exc.errno != 38  # ENOSYS
     return True
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """A mount (OPEN_TREE_CLONE: a detached copy of it, AT_RECURSIVE: with the mounts below) as an fd."""
+    return _check(_raw_syscall("open_tree", ctypes.c_int(dirfd), _path(path), ctypes.c_uint(flags)), "open_tree",
+                  path or None)
+
+
+def move_mount(from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int) -> None:
+    """Attach a mount (here: a detached one, by fd) onto a target (here: an O_PATH fd): no path is resolved."""
+    _check(_raw_syscall("move_mount", ctypes.c_int(from_fd), _path(from_path), ctypes.c_int(to_fd), _path(to_path),
+                        ctypes.c_uint(flags)), "move_mount", to_path or None)
+
+
+def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
+    return _check(_raw_syscall("fsopen", _path(fstype), ctypes.c_uint(flags)), "fsopen", fstype)
+
+
+def fsconfig(fs_fd: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
+    _check(_raw_syscall("fsconfig", ctypes.c_int(fs_fd), ctypes.c_uint(cmd), _path(key), _path(value),
+                        ctypes.c_int(0)), "fsconfig", key)
+
+
+def fsmount(fs_fd: int, flags: int = FSMOUNT_CLOEXEC, attr: int = 0) -> int:
+    """A new mount of a configured filesystem context, attached nowhere (reachable only through the fd)."""
+    return _check(_raw_syscall("fsmount", ctypes.c_int(fs_fd), ctypes.c_uint(flags), ctypes.c_uint(attr)),
+                  "fsmount")
+
+
+def fstatfs_type(fd: int) -> int:
+    """The filesystem magic (statfs f_type) of what fd refers to (O_PATH fds too)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit; f_type comes first
+    _check(_libc().fstatfs(ctypes.c_int(fd), buf), "fstatfs")
+    return int(struct.unpack_from("=l", buf, 0)[0]) & 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -326,6 +377,21 @@ class Syscalls:
 
     def openat2(self, dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
         return openat2(dirfd, path, flags, mode, resolve)
+
+    def open_tree(self, dirfd: int, path: str, flags: int) -> int:
+        return open_tree(dirfd, path, flags)
+
+    def move_mount(self, from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int) -> None:
+        move_mount(from_fd, from_path, to_fd, to_path, flags)
+
+    def fsopen(self, fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
+        return fsopen(fstype, flags)
+
+    def fsconfig(self, fs_fd: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
+        fsconfig(fs_fd, cmd, key, value)
+
+    def fsmount(self, fs_fd: int, flags: int = FSMOUNT_CLOEXEC, attr: int = 0) -> int:
+        return fsmount(fs_fd, flags, attr)
 
     def sethostname(self, name: str) -> None:
         sethostname(name)

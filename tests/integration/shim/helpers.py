@@ -193,7 +193,8 @@ class ShimEnv:
         # the built-in executor mounts the rootfs overlay and finds cgroup v2 itself; runc and crun need the shim
         return ShimConfig(id=cid, bundle=str(self.containers / cid), executor=executor_argv(self.executor),
                           executor_root=str(self.executor_root), log_path=str(self.logs / f"{cid}.log") if log else "",
-                          mount_rootfs=not self.builtin, cgroup2_mount=self.cgroup2, cgroup=f"/{CGROUP_PREFIX}{cid}",
+                          mount_rootfs=not self.builtin, cgroup2_mount=self.cgroup2,
+                          cgroup=fields.pop("cgroup", f"/{CGROUP_PREFIX}{cid}"),
                           cgroup2_bind="" if self.builtin else oci_runtime_bind(self.cgroup2), **fields)
 
     def manager(self) -> ShimManager:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shlex
 import time
 
 import pytest
@@ -12,7 +14,7 @@ from cri.shims.client import ShimClient
 from cri.shims.manager import ShimManager
 from runtime import errors
 from shim import protocol
-from tests.integration.shim.helpers import ShimEnv, run
+from tests.integration.shim.helpers import ShimEnv, executor_argv, run
 
 pytestmark = pytest.mark.root
 
@@ -57,6 +59,39 @@ def test_exec_sync_output_and_exit_code(shim_env: ShimEnv) -> None:
     run(scenario())
     # the exec's output goes to its caller, not into the container's log
     assert b"out yes" not in (shim_env.logs / f"{cid}.log").read_bytes()
+
+
+def test_an_exec_racing_the_containers_end_is_a_failed_precondition(shim_env: ShimEnv) -> None:
+    """The container's init dies after the shim checked that it runs and before the executor execs (a kubelet's
+    probe racing the container's end): the executor refuses, and the caller hears that the container exited, not
+    that the shim failed."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+    init_pid = shim_env.base / f"{cid}.init"
+    executor = shim_env.base / f"{cid}.executor"
+    # an executor that, asked to exec, first kills the container's init and waits until it is dead
+    executor.write_text(f"""#!/bin/sh
+case " $* " in *" exec "*)
+    pid=$(cat {init_pid}); kill -9 "$pid"
+    while grep -qs '^State:.*[RSD]' /proc/"$pid"/status; do sleep 0.01; done;;
+esac
+exec {shlex.join(executor_argv(shim_env.executor))} "$@"
+""")
+    executor.chmod(0o755)
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        client, _ = await manager.create(dataclasses.replace(shim_env.config(cid), executor=[str(executor)]))
+        try:
+            await client.start()
+            init_pid.write_text(str((await client.state()).pid))
+            with pytest.raises(errors.FailedPrecondition, match="exited"):
+                await client.exec_sync(["true"])
+            assert (await client.wait(call_timeout=10)).signal == 9
+        finally:
+            await _finish(manager, client, cid)
+
+    run(scenario())
 
 
 def test_exec_timeout_kills_its_processes(shim_env: ShimEnv) -> None:

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 
+from cri.shims.client import ShimInternalError
 from runtime import errors
 from tests.integration.shim.helpers import ShimEnv, joined_output, run
 
@@ -146,6 +147,34 @@ def test_a_failed_delete_keeps_the_record(runc_env: ShimEnv) -> None:
     run(scenario())
 
 
+def test_a_forced_shutdown_deletes_after_the_kill_all_ends(runc_env: ShimEnv) -> None:
+    """A forced shutdown kills the init and runs `kill --all`. runc freezes the cgroup while it signals every
+    process, and a `delete` that loads the stopped container and then finds its cgroup frozen fails ("invalid
+    state transition from stopped to paused"), so the shim deletes only once the kill has ended. The wrapper
+    makes the kill last a second and writes down when each command starts and ends."""
+    cid = runc_env.new_id()
+    runc_env.bundle(cid, ["sleep", "1000"])
+    journal = runc_env.base / "journal"
+    script = (f'case " $* " in *" kill --all "*) echo kill-start >> {journal}; sleep 1; runc "$@"; s=$?; '
+              f'echo kill-end >> {journal}; exit $s;; *" delete "*) echo delete >> {journal};; esac; '
+              'exec runc "$@"')
+
+    async def scenario() -> None:
+        manager = await runc_env.started_manager()
+        try:
+            config = dataclasses.replace(runc_env.config(cid),
+                                         executor=["/bin/sh", "-c", script, "runc-slow-kill"])
+            client, _ = await manager.create(config)
+            await client.start()
+            await client.shutdown(force=True)
+            assert journal.read_text().split() == ["kill-start", "kill-end", "delete"]
+            assert not (runc_env.containers / cid / "shim.json").exists()
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
 def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
     cid = shim_env.new_id()
     shim_env.bundle(cid, ["/no/such/binary"])
@@ -161,6 +190,48 @@ def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
         except errors.CrispError as exc:
             # crun reports a missing binary at create time; the shim then cleans up and exits by itself
             assert "no/such/binary" in str(exc) or "no such file" in str(exc).lower(), exc
+        finally:
+            await manager.close()
+
+    run(scenario())
+
+
+def test_an_executor_refusal_keeps_its_kind(shim_env: ShimEnv) -> None:
+    """What crisp-executor refuses reaches crispd with the kind the executor gave it (a bad spec at create or exec
+    is InvalidArgument, a limit without its controller FailedPrecondition), not as an internal error; runc's and
+    crun's failures name no kind."""
+    cid, bad = shim_env.new_id(), shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+    shim_env.bundle(bad, ["sleep", "1000"])
+    spec_path = shim_env.containers / bad / "config.json"
+    spec = json.loads(spec_path.read_text())
+    spec["linux"]["namespaces"].append({"type": "no-such-namespace"})
+    spec_path.write_text(json.dumps(spec))
+
+    def kind(builtin: type[errors.CrispError]) -> type[errors.CrispError]:
+        return builtin if shim_env.builtin else ShimInternalError
+
+    async def scenario() -> None:
+        manager = await shim_env.started_manager()
+        try:
+            # crun 1.8 leaves the cgroup of a create it refused (its `delete` knows no such container): not asked
+            if shim_env.executor != "crun":
+                with pytest.raises(errors.CrispError) as create:
+                    await manager.create(shim_env.config(bad))
+                assert type(create.value) is kind(errors.InvalidArgument), create.value
+                assert "no-such-namespace" in str(create.value)
+            client, _ = await manager.create(shim_env.config(cid))
+            await client.start()
+            with pytest.raises(errors.CrispError) as exec_:
+                await client.exec_sync(["/no/such/program"])
+            assert type(exec_.value) is kind(errors.InvalidArgument), exec_.value
+            assert "/no/such/program" in str(exec_.value)
+            with pytest.raises(errors.CrispError) as update:
+                await client.update({"unified": {"no.such.file": "1"}})
+            assert type(update.value) is kind(errors.FailedPrecondition), update.value
+            await client.kill(signal.SIGKILL)
+            await manager.wait_exit(cid)
+            await client.shutdown()
         finally:
             await manager.close()
 

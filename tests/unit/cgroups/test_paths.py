@@ -82,3 +82,56 @@ def test_oci_cgroups_path() -> None:
         "/kubepods.slice/kubepods-pod1.slice/cri-containerd-abc.scope"
     )
     assert paths.from_oci(":crisp:abc") == "/system.slice/crisp-abc.scope"
+
+
+def test_systemd_driver_layout() -> None:
+    uid = "0f2c6b1e-8d4a-4e7f-9c3b-2a1d5e6f7a8b"
+    assert paths.pod_slice_name(uid) == "crisp-pod0f2c6b1e_8d4a_4e7f_9c3b_2a1d5e6f7a8b.slice"
+    assert paths.systemd_pod_cgroup_path("", uid) == (
+        "/crisp.slice/crisp-pod0f2c6b1e_8d4a_4e7f_9c3b_2a1d5e6f7a8b.slice")
+    # kind's kubelet (cgroupRoot /kubelet) under the systemd driver
+    kubelet = "kubelet-kubepods-burstable-pod0f2c6b1e_8d4a.slice"
+    pod = paths.systemd_pod_cgroup_path(kubelet, uid)
+    assert pod == ("/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/"
+                   "kubelet-kubepods-burstable-pod0f2c6b1e_8d4a.slice")
+    assert paths.slice_of(pod) == kubelet
+    assert paths.systemd_pod_cgroup_path(pod, uid) == pod  # the kubelet sends the slice's path, too
+    assert paths.systemd_cgroups_path(pod, "abc123") == f"{kubelet}:crisp:abc123"
+    # the OCI form names the scope the container's cgroup path names: one layout, read both ways
+    assert paths.from_oci(paths.systemd_cgroups_path(pod, "abc123")) == paths.container_cgroup_path(
+        pod, "abc123", systemd=True) == f"{pod}/crisp-abc123.scope"
+    assert paths.unit_of(f"{pod}/crisp-abc123.scope") == "crisp-abc123.scope"
+    assert paths.unit_of(pod) == kubelet
+    assert paths.shim_scope_name("abc123") == "crisp-shim-abc123.scope"
+    for cgroupfs in ("/kubepods/burstable/pod1", "/kubepods/kubepods-pod1.slice", "/a.slice/b.slice"):
+        with pytest.raises(errors.InvalidArgument, match="cgroupDriver must be systemd"):
+            paths.systemd_pod_cgroup_path(cgroupfs, uid)
+    for bad in ("a/b", "x.scope/..", ""):
+        with pytest.raises(errors.InvalidArgument):
+            paths.scope_name(bad)
+    with pytest.raises(errors.InvalidArgument):
+        paths.unit_of("/crisp/pod1")
+
+
+def test_layout_per_driver() -> None:
+    """One layout per driver: the pod cgroup, a leaf, the spec's cgroupsPath (read back by from_oci as the leaf),
+    and which pod cgroups are crisp's own slices."""
+    uid = "0f2c6b1e-8d4a"
+    cgroupfs = paths.Layout(base="/crisp-base")
+    pod = cgroupfs.pod("", uid)
+    assert pod == "/crisp-base/pod0f2c6b1e-8d4a"
+    assert cgroupfs.leaf(pod, "abc") == cgroupfs.oci(pod, "abc") == "/crisp-base/pod0f2c6b1e-8d4a/crisp-abc"
+    assert cgroupfs.pod("kubepods-burstable-pod1.slice", uid) == "/kubepods.slice/kubepods-burstable.slice/" \
+        "kubepods-burstable-pod1.slice"
+    assert not cgroupfs.crisps_pod_slice(pod)
+
+    systemd = paths.Layout(systemd=True, base="/crisp-base")
+    own = systemd.pod("", uid)
+    assert own == "/crisp.slice/crisp-pod0f2c6b1e_8d4a.slice"
+    assert systemd.crisps_pod_slice(own)
+    assert systemd.leaf(own, "abc") == paths.from_oci(systemd.oci(own, "abc")) == f"{own}/crisp-abc.scope"
+    assert systemd.oci(own, "abc") == "crisp-pod0f2c6b1e_8d4a.slice:crisp:abc"
+    kubelets = systemd.pod("kubepods-burstable-pod1.slice", uid)
+    assert not systemd.crisps_pod_slice(kubelets)
+    with pytest.raises(errors.InvalidArgument, match="cgroupDriver must be systemd"):
+        systemd.pod("/kubepods/burstable/pod1", uid)

@@ -15,7 +15,7 @@ from tests.cri.crispd import Crispd, crispd_command
 
 def test_crispd_runs_from_the_guest_venv_and_answers(tmp_path: Path) -> None:
     assert crispd_command() == [str(Path(sys.executable).parent / "crispd")]
-    assert Path(sys.executable).parent == Path("/opt/crisp/bin")
+    assert Path(sys.executable).parent == Path("/opt/crisp-tests/bin")
     daemon = Crispd(tmp_path).start(timeout=120)
     try:
         version = daemon.runtime.Version(cri.VersionRequest(version="v1"), timeout=30)

@@ -23,8 +23,10 @@ import pytest
 
 from cri import api as cri
 from tests.cri.pods import Pods
-from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.imagetools import busybox_image
 from tests.leaks import mounts_under
+from tests.registrytools import Pusher, running_registry
+from tests.vm.guest.cri_steps import container_status, pod_config, run_container, wait_exited
 from tests.vm.guest.support import HOLD, Cgroup, allocate_and_hold, unique_name, wait_until
 
 MiB = 1 << 20
@@ -41,10 +43,6 @@ LIMIT_FILES = ("memory.max", "memory.swap.max", "cpu.max", "cpu.weight", "pids.m
 # what the pod cgroup crisp makes inherits from no CRI value
 UNLIMITED = {"memory.max": "max", "memory.swap.max": "max", "cpu.max": "max 100000", "cpu.weight": "100",
              "pids.max": "max"}
-
-# the host's network (limits need no pod network) and a PID namespace per container (no pod init to start), for the
-# pod and, as the kubelet sends them, for each of its containers
-NAMESPACES = cri.NamespaceOption(network=cri.NODE, pid=cri.CONTAINER)
 
 
 @dataclass
@@ -108,14 +106,7 @@ class Kubelet:
         return "/" + str(pod.path.relative_to(self.node.cgroup_root))
 
     def pod(self, name: str, cgroup_parent: str = "") -> tuple[str, cri.PodSandboxConfig]:
-        log_directory = self.node.base / "logs" / f"{name}-{secrets.token_hex(4)}"
-        log_directory.mkdir(parents=True)
-        config = cri.PodSandboxConfig(
-            metadata=cri.PodSandboxMetadata(name=name, namespace="limits", uid=f"uid-{secrets.token_hex(4)}"),
-            log_directory=str(log_directory),
-            linux=cri.LinuxPodSandboxConfig(
-                cgroup_parent=cgroup_parent,
-                security_context=cri.LinuxSandboxSecurityContext(namespace_options=NAMESPACES)))
+        config = pod_config(name, "limits", f"uid-{secrets.token_hex(4)}", self.node.base / "logs", cgroup_parent)
         pod_id = self.node.pods.run(config)
         self.pods_made.append(pod_id)
         return pod_id, config
@@ -126,27 +117,13 @@ class Kubelet:
 
     def run(self, pod_id: str, pod: cri.PodSandboxConfig, name: str, command: list[str],
             resources: cri.LinuxContainerResources | None = None) -> str:
-        linux = cri.LinuxContainerConfig(
-            security_context=cri.LinuxContainerSecurityContext(namespace_options=NAMESPACES))
-        if resources is not None:
-            linux.resources.CopyFrom(resources)
-        config = cri.ContainerConfig(
-            metadata=cri.ContainerMetadata(name=name), image=cri.ImageSpec(image=self.node.image), command=command,
-            log_path=f"{name}.log", linux=linux)
-        container_id = str(self.rt.CreateContainer(cri.CreateContainerRequest(
-            pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=120).container_id)
-        self.rt.StartContainer(cri.StartContainerRequest(container_id=container_id), timeout=120)
-        return container_id
+        return run_container(self.rt, self.node.image, pod_id, pod, name, command, resources)
 
     def status(self, container_id: str) -> cri.ContainerStatus:
-        response: cri.ContainerStatusResponse = self.rt.ContainerStatus(
-            cri.ContainerStatusRequest(container_id=container_id), timeout=30)
-        return response.status
+        return container_status(self.rt, container_id)
 
     def wait_exited(self, container_id: str) -> cri.ContainerStatus:
-        wait_until(lambda: self.status(container_id).state == cri.CONTAINER_EXITED, 120,
-                   f"container {container_id} to be reported exited", interval=0.2)
-        return self.status(container_id)
+        return wait_exited(self.rt, container_id)
 
     def log(self, pod: cri.PodSandboxConfig, name: str) -> str:
         path = Path(pod.log_directory) / f"{name}.log"
