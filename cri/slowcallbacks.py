@@ -10,11 +10,14 @@ ran or blocked, is over the threshold. Its report says how much of the wall time
 from __future__ import annotations
 
 import asyncio.events
+import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator
 
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 _SLOW = "Executing %s took %.3f seconds"
+_installed: _Filter | None = None
 
 
 class _RunQueueDelay:
@@ -46,13 +49,19 @@ class _Filter(logging.Filter):
         return True
 
 
-def install(threshold: float) -> None:
-    """Count only the time a callback ran or blocked against `threshold` (seconds); for crispd's loop thread, once,
-    with the loop in debug mode."""
+def install(threshold: float) -> Callable[[], None]:
+    """Count only the time a callback ran or blocked against `threshold` (seconds), in the loop thread that calls
+    this, with its loop in debug mode. Returns what undoes it (tests install it around one loop); while it is
+    installed, a second install only changes the threshold until it is undone."""
+    global _installed
+    if _installed is not None:
+        outer, before = _installed, _installed.threshold
+        outer.threshold = threshold
+        return lambda: setattr(outer, "threshold", before)
     try:
         delay = _RunQueueDelay()
     except OSError:
-        return  # no schedstat (a kernel without CONFIG_SCHED_INFO): wall time it is
+        return lambda: None  # no schedstat (a kernel without CONFIG_SCHED_INFO): wall time it is
     run = asyncio.events.Handle._run
 
     def timed_run(handle: asyncio.events.Handle) -> None:
@@ -63,4 +72,23 @@ def install(threshold: float) -> None:
             delay.last = delay.now() - before
 
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
-    logging.getLogger("asyncio").addFilter(_Filter(delay, threshold))
+    log_filter = _installed = _Filter(delay, threshold)
+    logging.getLogger("asyncio").addFilter(log_filter)
+
+    def uninstall() -> None:
+        global _installed
+        asyncio.events.Handle._run = run  # type: ignore[method-assign]
+        logging.getLogger("asyncio").removeFilter(log_filter)
+        os.close(delay.fd)
+        _installed = None
+
+    return uninstall
+
+
+@contextlib.contextmanager
+def installed(threshold: float) -> Iterator[None]:
+    uninstall = install(threshold)
+    try:
+        yield
+    finally:
+        uninstall()

@@ -110,6 +110,14 @@ class Crispd:
             raise RuntimeError(f"crispd logged no metrics address:\n{self.log()}")
         return found[-1] + path
 
+    def usage(self) -> tuple[float, int, int]:
+        """crispd's CPU time so far (seconds), resident and peak resident memory (KiB): the scale figures'."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines())
+        return cpu, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
     def slow_callbacks(self) -> list[str]:
         return SLOW_CALLBACK.findall(self.log())
 

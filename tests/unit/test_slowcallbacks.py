@@ -71,3 +71,23 @@ def test_a_short_callback_kept_off_the_cpu_is_not() -> None:
 
 def test_a_short_callback_on_a_free_cpu_is_not() -> None:
     assert "Executing" not in _run("computes", starve=False)
+
+
+def test_installed_is_undone_and_not_stacked() -> None:
+    """Tests install the check around one loop: it is undone after, and an install inside another one adds no
+    second wrapper or filter (a callback is timed once)."""
+    import asyncio.events
+    import logging
+
+    from cri import slowcallbacks
+
+    run, filters = asyncio.events.Handle._run, list(logging.getLogger("asyncio").filters)
+    with slowcallbacks.installed(0.1):
+        wrapped = asyncio.events.Handle._run
+        assert wrapped is not run and len(logging.getLogger("asyncio").filters) == len(filters) + 1
+        with slowcallbacks.installed(0.2):
+            assert asyncio.events.Handle._run is wrapped
+            assert len(logging.getLogger("asyncio").filters) == len(filters) + 1
+            assert [f.threshold for f in logging.getLogger("asyncio").filters if hasattr(f, "threshold")] == [0.2]
+        assert [f.threshold for f in logging.getLogger("asyncio").filters if hasattr(f, "threshold")] == [0.1]
+    assert asyncio.events.Handle._run is run and logging.getLogger("asyncio").filters == filters
