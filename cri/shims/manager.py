@@ -23,8 +23,9 @@ from typing import Any
 import shim as shim_package
 from cri.shims.client import DEFAULT_TIMEOUT, ShimClient, shim_error
 from runtime import errors
-from runtime.bundle import EXECUTOR_LOG, executor_argv, load_config, rootfs_path
+from runtime.bundle import EXECUTOR_LOG, executor_argv, idmap_of, load_config, rootfs_path
 from runtime.command import run_command
+from runtime.linux import idmap
 from runtime.procs import ProcessRef, process_start_time, processes_with_argument
 from shim import protocol
 from shim.protocol import ExitStatus, ShimConfig
@@ -325,6 +326,7 @@ class ShimManager:
             mounted = bool(rootfs) and await asyncio.to_thread(_mounted, rootfs)
             if mounted:
                 await _run(["umount", rootfs], f"container {config.id}: umount {rootfs}")
+            await _unstage_idmap(info)
         for name in (protocol.INFO_NAME, protocol.SOCKET_NAME):
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, os.path.join(info.bundle, name))
@@ -405,6 +407,20 @@ def _list_bundles(containers_dir: Path) -> list[Path]:
         return sorted(p for p in containers_dir.iterdir() if p.is_dir())
     except FileNotFoundError:
         return []
+
+
+async def _unstage_idmap(info: ShimInfo) -> None:
+    """The id-mapped mounts the dead shim staged under its bundle for the rootfs and volumes (a pod with a user
+    namespace); absent ones are fine. Before the bundle goes: removing it would reach through them."""
+    try:
+        staged = idmap_of(load_config(info.bundle).get("annotations"))
+    except errors.CrispError:
+        return  # no readable spec: nothing was staged from it
+    if staged is None:
+        return
+    failed = await asyncio.to_thread(idmap.unstage, staged)
+    if failed:
+        raise CleanupFailed(f"container {info.id}: cannot unmount its id-mapped mounts: {'; '.join(failed)}")
 
 
 def _rootfs_of(bundle_dir: str) -> str:
