@@ -21,7 +21,7 @@ async def start_pod_init(pin: Path, userns: str = "") -> ProcessRef:
     """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs. With the pod's own
     user namespace (`userns`, its pin), the PID namespace is made inside it, so that it owns it; `unshare` cannot
     pin it from in there (the bind mount needs the host's root), so crispd pins it once the init runs."""
-    log_path = pin.parent / "podinit.log"
+    log_path = _log_path(pin)
     log_fd = await asyncio.to_thread(_prepare, pin, log_path)
     read_fd, write_fd = os.pipe()
     try:
@@ -78,20 +78,29 @@ def _read_line(fd: int) -> str:
     return data.decode()
 
 
+def _log_path(pin: Path) -> Path:
+    """Where a pod init's output goes (its stdout and stderr for as long as it runs)."""
+    return pin.parent / "podinit.log"
+
+
 def find_pod_init(pin: Path) -> ProcessRef | None:
     """PID 1 of the PID namespace pinned at `pin`, found in /proc (for a pod init that no record names: crispd
-    died before it wrote one); None if nothing is pinned there or the namespace has no process left."""
-    if not is_mountpoint(pin):
-        return None
-    try:
-        wanted = f"pid:[{os.stat(pin).st_ino}]"
-    except OSError:
-        return None
+    died before it wrote one); without a pin (a pod with a user namespace, whose init crispd pins once it runs:
+    crispd died before), the PID 1 whose output goes to the pod's init log. None if there is no such process."""
+    wanted = ""
+    if is_mountpoint(pin):
+        try:
+            wanted = f"pid:[{os.stat(pin).st_ino}]"
+        except OSError:
+            return None
+    log_path = str(_log_path(pin))
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            if os.readlink(f"/proc/{entry.name}/ns/pid") != wanted:
+            if wanted and os.readlink(f"/proc/{entry.name}/ns/pid") != wanted:
+                continue
+            if not wanted and os.readlink(f"/proc/{entry.name}/fd/2") != log_path:
                 continue
             with open(f"/proc/{entry.name}/status") as f:
                 nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from cri import api as cri
+from runtime.mounts import unmount
 from runtime.namespaces.pidns import start_pod_init
 from runtime.namespaces.pin import NamespaceSetup, pin_namespaces
+from runtime.procs import ProcessRef
 from tests.cri.pods import Pods, pod_config
 from tests.leaks import mounts_under
 
@@ -46,6 +48,39 @@ def test_dirs_and_pins_without_a_record_are_removed_at_start(tmp_path: Path) -> 
             p.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id))
         leaks = p.leaks()
         assert p.daemon.stop() == 0
+        for m in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", m], check=False)
+        p.cleanup_host()
+    assert leaks == []
+
+
+def test_a_user_namespaced_pod_init_crispd_did_not_pin_yet_is_found_at_start(tmp_path: Path) -> None:
+    """A user-namespaced pod's init makes its PID namespace inside the pod's user namespace, and crispd pins it
+    once the init runs (the bind mount needs the host's root): a crispd killed in between left an init that no
+    pin names. The next start finds it through its log and kills it with the rest of the pod."""
+    p = Pods(tmp_path)
+    pod_dir = p.daemon.state / "sandboxes" / secrets.token_hex(32)
+    pid_pin = pod_dir / "ns" / "pid"
+    mappings = ((0, 3_000_000, 65536),)
+
+    async def leave_a_pod() -> ProcessRef:
+        pins = await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"user", "ipc"}),
+                                                                 uid_mappings=mappings, gid_mappings=mappings))
+        ref = await start_pod_init(pid_pin, userns=str(pins["user"]))
+        await unmount(pid_pin)  # as before crispd pinned it
+        return ref
+
+    init = asyncio.run(leave_a_pod())
+    try:
+        assert init.alive() and len(mounts_under(tmp_path)) == 2
+        p.daemon.start()
+        assert not pod_dir.exists()
+        assert not init.alive()
+        assert p.leaks() == []
+    finally:
+        leaks = p.leaks()
+        assert p.daemon.stop() == 0
+        init.signal()  # a failed test's (this very process only)
         for m in reversed(mounts_under(tmp_path)):
             subprocess.run(["umount", "-l", m], check=False)
         p.cleanup_host()
