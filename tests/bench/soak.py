@@ -30,8 +30,9 @@ import grpc
 
 from cri import api as cri
 from tests.cri.pods import Pods, pod_config
-from tests.imagetools import Pusher, busybox_image, running_registry
+from tests.imagetools import busybox_image
 from tests.leaks import mounts_under, wait_until
+from tests.registrytools import Pusher, running_registry
 
 STEPS = ("run", "create", "start", "exec", "stop", "remove")
 
