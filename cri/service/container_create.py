@@ -187,23 +187,24 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
 async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
                          request: cri.CreateContainerRequest) -> None:
     config = request.config
-    image = await ctx.images.resolve(config.image.image)  # no fail point: a read
-    volume_images = await _image_volume_images(ctx, config)  # no fail point: a read
-    log_path = _log_path(sandbox, config)
-    handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
-    manager = ctx.cgroup_manager()
-    driver = ctx.cgroup_driver
-    bundle = _bundle_dir(ctx, container_id)
-    # the container's cgroup, once: the spec gets it in the driver's OCI form, the record and the shim as a path
-    cgroup = driver.layout.leaf(sandbox.meta.cgroup, container_id)
-    cgroups_path = driver.layout.oci(sandbox.meta.cgroup, container_id)
-    container_dir = _container_dir(ctx, container_id)
-    meta_ns = sandbox.meta.namespaces
-    privileged = config.linux.security_context.privileged
-
     async with Rollback(f"CreateContainer {container_id}") as undo:
         undo.push("name reservation", lambda: ctx.container_names.release(name, container_id))
         await ctx.debug.point("create_container.name")
+        # the reads that may refuse the request: after the undo of the name, which a refusal gives back
+        image = await ctx.images.resolve(config.image.image)  # no fail point: a read
+        volume_images = await _image_volume_images(ctx, config)  # no fail point: a read
+        log_path = _log_path(sandbox, config)
+        handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
+        manager = ctx.cgroup_manager()
+        driver = ctx.cgroup_driver
+        bundle = _bundle_dir(ctx, container_id)
+        # the container's cgroup, once: the spec gets it in the driver's OCI form, the record and the shim as a path
+        cgroup = driver.layout.leaf(sandbox.meta.cgroup, container_id)
+        cgroups_path = driver.layout.oci(sandbox.meta.cgroup, container_id)
+        container_dir = _container_dir(ctx, container_id)
+        meta_ns = sandbox.meta.namespaces
+        privileged = config.linux.security_context.privileged
+
         undo.push("dirs", lambda: asyncio.to_thread(_remove_dirs, bundle, container_dir))
         userns = _pod_userns(sandbox)
         await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config,
