@@ -117,9 +117,10 @@ test-cluster: debs-test venv tools images
 test-cluster-extended: debs-test venv tools images
 	$(PYTEST) --extended -m extended tests/cluster
 
-## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it): today the cluster
-## tier's (make test-cluster-extended) and the kubelet tier's 30 static pods (tests/kubelet/test_scale.py, figures);
-## critest on the runc handler fits the conformance tier's budget, so make test runs it
+## test-extended: the tests marked `extended`, beyond make test's budget (.ci/run does not run it): crispd killed at
+## every fail point of runtime/failpoints.py (make test kills it at one or two per RPC), the cluster tier's (make
+## test-cluster-extended) and the kubelet tier's 30 static pods (tests/kubelet/test_scale.py, figures); critest on
+## the runc handler fits the conformance tier's budget, so make test runs it
 test-extended: debs-test venv tools images
 	$(PYTEST) --extended -m extended || [ $$? = 5 ]
 

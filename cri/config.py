@@ -20,7 +20,7 @@ from cri import configfile
 from cri.cdi import CdiConfig
 from cri.configfile import ConfigError as ConfigError
 from cri.nri.config import NriConfig
-from runtime import errors
+from runtime import errors, failpoints
 from runtime.cgroups import paths as cgroup_paths
 from runtime.network.bridge import DEFAULT_BRIDGE, check_bridge_name
 from runtime.network.cni import DEFAULT_BIN_DIRS as DEFAULT_CNI_BIN_DIRS
@@ -357,10 +357,18 @@ class DebugConfig:
 
     # > 0: run the event loop in asyncio debug mode and log callbacks slower than this many milliseconds
     slow_callback_ms: int = 0
-    # named places where creation fails on purpose (tests of rollback), e.g. "run_pod_sandbox.network"
+    # fail points (runtime/failpoints.py) where crispd fails on purpose (rollback tests): "run_pod_sandbox.network"
     fail_points: list[str] = field(default_factory=list)
-    # named places where creation pauses this many milliseconds (tests of callers that give up)
+    # fail points where crispd pauses this many milliseconds (tests of callers that give up)
     delay_points: dict[str, int] = field(default_factory=dict)
+    # fail points where crispd stops until it is killed (tests of kill -9 at every step)
+    hang_points: list[str] = field(default_factory=list)
+
+    def check(self) -> list[tuple[str, str]]:
+        named = [("fail_points", n) for n in self.fail_points] + [("delay_points", n) for n in self.delay_points]
+        problems = [(key, failpoints.refusal(name, hang=key == "hang_points"))
+                    for key, name in named + [("hang_points", n) for n in self.hang_points]]
+        return [(key, problem) for key, problem in problems if problem][:1]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from grpc import aio
 
 from cri import slowcallbacks
 from cri.config import Config, ConfigError, dump_toml, load_config, parse_host_port, redact, with_overrides
+from cri.debug import DebugPoints
 from cri.logformat import setup_logging
 from cri.metrics import Metrics, StateSnapshot
 from cri.metrics_server import MetricsServer
@@ -128,8 +129,9 @@ class Daemon:
         self.store = Store(Path(config.root) / "crisp.db")
         self.sandboxes = SandboxStore(self.store)
         self.containers = ContainerStore(self.store)
+        self.debug = DebugPoints(config.debug)
         self.images = ImageManager(config, self.store, on_fetched=self.metrics.image_pull_bytes.inc,
-                                   in_use=self._images_in_use)
+                                   in_use=self._images_in_use, points=self.debug)
         self._locks: list[LockFile] = []
         self._stop: asyncio.Event | None = None
         # systemd's notify socket is crispd's alone: taken out of the environment before any child is started
@@ -215,7 +217,7 @@ class Daemon:
             ctx = ServiceContext.wire(
                 config=self.config, store=self.store, metrics=self.metrics, readiness=self.readiness, images=images,
                 sandboxes=self.sandboxes, containers=self.containers, shims=shims, streaming=streaming,
-                network=network, cgroups=await asyncio.to_thread(_discover_cgroups),
+                network=network, debug=self.debug, cgroups=await asyncio.to_thread(_discover_cgroups),
                 node=await asyncio.to_thread(NodeFacts.probe))
             if self.config.metrics.address:
                 wired = ctx
@@ -244,7 +246,7 @@ class Daemon:
             finally:
                 os.umask(old_umask)
             os.chmod(self.socket, 0o660)
-            await ctx.debug.delay("crispd.ready")
+            await ctx.debug.point("crispd.ready")
             await recover(ctx)
             await ctx.nri.start()
             _freeze_startup_heap()

@@ -7,6 +7,10 @@ Messages say what was wrong and with which id.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
+
 
 class CrispError(Exception):
     """Base of every expected failure; the subclass says which kind."""
@@ -59,6 +63,29 @@ KINDS: dict[str, type[CrispError]] = {
     for cls in (NotFound, AlreadyExists, InvalidArgument, FailedPrecondition, Unavailable, ResourceExhausted,
                 DeadlineExceeded, Unimplemented, Cancelled)
 }
+
+
+# -------------------------------------------------------------------------------------------- a full filesystem
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(what: str, exc: OSError) -> ResourceExhausted:
+    """The ResourceExhausted that a full filesystem (or quota) is, naming what could not be written."""
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in what else ""
+    return ResourceExhausted(f"no space left to write {what}{where}: {exc.strerror}")
+
+
+@contextlib.contextmanager
+def writing(what: str) -> Iterator[None]:
+    """Inside: a full filesystem (ENOSPC, EDQUOT) is ResourceExhausted naming `what`; other errors pass as they
+    are. `what` says what was being written, with its path."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise no_space(what, exc) from exc
+        raise
 
 
 def kind_of(exc: BaseException) -> str:

@@ -64,6 +64,22 @@ def set_process_title(comm: str, *args: str) -> str:
     return title.decode(errors="replace")
 
 
+def processes_with_argument(argument: str) -> list[int]:
+    """The pids whose command line has `argument` as one of its arguments (this process excluded)."""
+    wanted = argument.encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if wanted in f.read().split(b"\0"):
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 @dataclass(frozen=True)
 class ProcessRef:
     pid: int

@@ -86,6 +86,7 @@ class Container:
                 self._create_failed(reply, ShimError("Internal", f"{self.id}: {error}"))
                 return
             self.rootfs_mounted = target
+            self.shim.point("shim.rootfs")
             self._create_container(reply, hold)
 
         try:
@@ -207,6 +208,7 @@ class Container:
         # the init is our child now (we are its subreaper); its exit is claimed even if it already happened
         self.shim.loop.watch_child(self.pid, self._on_exit, since=since)
         log(f"container {self.id} created, init pid {self.pid}")
+        self.shim.point("shim.created")
         reply(protocol.reply_ok(pid=self.pid))
 
     def _create_failed(self, reply: Reply, error: ShimError) -> None:
@@ -264,6 +266,7 @@ class Container:
             if result.ok or self.status is not None:
                 # an init that exited before `start` returned was started all the same
                 log(f"container {self.id} started")
+                self.shim.point("shim.started")
                 reply(protocol.reply_ok(pid=self.pid, started_at=self.started_at))
             else:
                 reply(self.shim.executor.error(result, offset).reply())
@@ -376,6 +379,7 @@ class Container:
         self.state = "stopped"
         log(f"container {self.id} exited: code {code}" + (f" (signal {sig})" if sig else "") +
             (" oom-killed" if oom else ""))
+        self.shim.point("shim.exited")
         for reply in self.waiters:
             reply(protocol.reply_ok(status=self.status.to_json()))
         self.waiters.clear()
@@ -421,6 +425,7 @@ class Container:
             if not result.ok:
                 self._delete_failed(self.shim.executor.error(result, offset))
                 return
+            self.shim.point("shim.deleted")
             self._unmount(finished)
 
         def finished() -> None:

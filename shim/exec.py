@@ -192,6 +192,7 @@ class ExecSessions:
             self._failed(session, reply, ShimError(errors.INTERNAL, f"{self.id}: no pid file from the executor: {exc}"))
             return
         conn = session.conn
+        self.shim.point("shim.exec")
         reply(protocol.reply_ok(exec_id=session.id, pid=session.pid, tty=session.tty))
         conn.framed = True
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from runtime import errors
 from runtime.linux import syscalls
 from runtime.procs import process_start_time, set_process_title
 from runtime.version import VERSION
@@ -106,6 +107,7 @@ def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
         _report(sync_fd, {"ok": True, "pid": os.getpid(), "start_time": start_time, "warnings": warnings})
         sync_fd = -1
         log(f"shim {VERSION} ready for container {config.id}")
+        shim.point("shim.listening")
         shim.run()
         code = 0
     except ShimError as exc:
@@ -113,9 +115,13 @@ def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
             _report(sync_fd, {"ok": False, "error": exc.to_json()})
         log(f"shim failed: {exc.message}")
     except BaseException as exc:
+        error = {"kind": "Internal", "message": f"shim failed: {exc!r}"}
+        if isinstance(exc, OSError) and exc.errno in errors.NO_SPACE:  # a full state filesystem
+            full = errors.no_space(f"the shim's files in {config_data.get('bundle')}", exc)
+            error = {"kind": errors.kind_of(full), "message": str(full)}
         if sync_fd >= 0:
-            _report(sync_fd, {"ok": False, "error": {"kind": "Internal", "message": f"shim failed: {exc!r}"}})
-        log(f"shim failed: {exc!r}")
+            _report(sync_fd, {"ok": False, "error": error})
+        log(f"shim failed: {error['message']}")
     os._exit(code)
 
 

@@ -81,6 +81,8 @@ class ShimConfig:
     # non-empty: run the executor in a private mount namespace with this cgroup2 mount bound on /sys/fs/cgroup
     # (an OCI runtime on a hybrid host would otherwise use the host's cgroup v1 hierarchies)
     cgroup2_bind: str = ""
+    # fail points (runtime/failpoints.py, "shim.*") where the shim stops until it is killed: the shim kill tests
+    hang_points: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from runtime import failpoints
 from runtime.version import VERSION
 from shim import protocol
 from shim.attach import Attachments
@@ -55,6 +56,14 @@ class Shim:
 
     def path(self, name: str) -> str:
         return os.path.join(self.bundle, name)
+
+    def point(self, name: str) -> None:
+        """A step is done: if crispd's `[debug] hang_points` names it, stop here (the whole loop) until killed."""
+        failpoints.check(name)
+        if name in self.config.hang_points:
+            log(f"debug: stopped at {name} until killed")
+            while True:
+                time.sleep(3600)
 
     # --- the control socket ---------------------------------------------------------------------------------
 

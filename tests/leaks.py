@@ -78,6 +78,39 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def processes_using(prefix: Path, exclude: Collection[int] = ()) -> list[str]:
+    """Processes with an open file or their working dir under prefix (shims hold their logs there; a pod init
+    its log), other than this one and `exclude`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid() or int(pid) in exclude:
+            continue
+        try:
+            links = [os.readlink(f"/proc/{pid}/cwd")]
+            links += [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        held = [link for link in links if link == str(prefix) or link.startswith(f"{prefix}/")]
+        if held:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{pid}: {cmdline.strip()} holds {held[0]}")
+    return found
+
+
+def children_of(pid: int) -> set[int]:
+    """The pids whose parent is pid."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry))
+    return found
+
+
 def wait_until(predicate: object, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

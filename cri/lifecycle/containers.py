@@ -2,7 +2,8 @@
 
 Start, Stop, Remove (and UpdateContainerResources) of one container run one at a time (the container's lock);
 state changes are written to the store first and published as events right after. NRI plugins hear of each at
-fixed points (cri/nri/service.py says which).
+fixed points (cri/nri/service.py says which). A creation that crispd did not live to finish or undo is undone at
+its next start (`undo_unfinished`) with the steps Remove uses.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cri import api as cri
 from cri.cgroup_driver import CgroupDriver
+from cri.debug import DebugPoints
 from cri.events import EventPublisher
 from cri.lifecycle.limits import ContainerLimits
 from cri.metrics import Metrics
@@ -32,6 +36,18 @@ log = logging.getLogger(__name__)
 
 # after SIGKILL, how long the container may take to be reported gone
 KILL_WAIT = 10.0
+# how long a shim that dropped a call may take to be gone, if it is dying
+SHIM_GONE_WAIT = 2.0
+
+
+@dataclass(frozen=True)
+class ContainerRemains:
+    """Where a container that has no record may have left something (from its creation's intent, or the
+    dirs' own names)."""
+
+    bundle: Path
+    container_dir: Path
+    cgroup: str | None  # None: not known; left alone
 
 
 def exit_reason(status: ExitStatus) -> str:
@@ -43,7 +59,7 @@ def exit_reason(status: ExitStatus) -> str:
 class ContainerController:
     def __init__(self, *, containers: ContainerStore, names: NameIndex, sandboxes: SandboxStore, shims: ShimManager,
                  cgroups: CgroupDriver, limits: ContainerLimits, nri: NriService,
-                 events: EventPublisher, metrics: Metrics, clock_ns: Callable[[], int]) -> None:
+                 events: EventPublisher, metrics: Metrics, debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
         self.containers = containers
         self.names = names
         self.sandboxes = sandboxes
@@ -53,6 +69,7 @@ class ContainerController:
         self.nri = nri
         self.events = events
         self.metrics = metrics
+        self.debug = debug
         self.clock_ns = clock_ns
         # the exit watches: crispd keeps a reference to each (the loop keeps only weak ones)
         self._watches: set[asyncio.Task[None]] = set()
@@ -69,12 +86,19 @@ class ContainerController:
             if sandbox is None or sandbox.status.state != READY:
                 raise errors.FailedPrecondition(f"the pod of container {container.id} is not ready")
             await self.nri.start_container(container)  # a plugin's error fails the start
-            started_at = await self.shims.client(container.id).start()
+            await self.debug.point("start_container.nri")
+            try:
+                started_at = await self.shims.client(container.id).start()
+            except errors.Unavailable:
+                await self._shim_died(container)  # no fail point: the start failed
+                raise
+            await self.debug.point("start_container.shim")
             await self.containers.update(container, state=RUNNING, started_at=started_at or self.clock_ns())
             self.watch(container)
+            await self.debug.point("start_container.record")
         log.info("container %s started", container.id)
         self.events.container(container, cri.CONTAINER_STARTED_EVENT)
-        await self.nri.post_start_container(container)
+        await self.nri.post_start_container(container)  # no fail point: NRI hears of a done start
 
     # --- resources ------------------------------------------------------------------------------------------
 
@@ -111,6 +135,19 @@ class ContainerController:
         except errors.NotFound:
             status = ExitStatus(exit_code=255, reason="Unknown", message="crisp lost track of this container's shim")
         await self.record_exit(container, status)
+
+    async def _shim_died(self, container: Container) -> None:
+        """A call failed because the container's shim is gone (killed under it): the container is killed and
+        deleted, and its exit recorded (exit code 255, ShimDied, unless its status file says better)."""
+        info = self.shims.info(container.id)
+        if info is None:
+            return
+        try:
+            # its connection closes as the process ends, a moment before it is gone
+            await asyncio.wait_for(self.shims.shim_gone(info), SHIM_GONE_WAIT)
+        except TimeoutError:
+            return  # it failed the call and lives on
+        await self.record_exit(container, await self.shims.dead_shim_status(info))
 
     def watch(self, container: Container) -> None:
         """Wait for the container to exit (through its shim, or its status file if the shim dies) and record
@@ -149,22 +186,28 @@ class ContainerController:
         if grace > 0:
             with contextlib.suppress(errors.NotFound, errors.FailedPrecondition, errors.Unavailable):
                 await client.kill(container.meta.stop_signal)
+            await self.debug.point("stop_container.signal")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(container.exited.wait(), grace)
+            await self.debug.point("stop_container.grace")
         if not container.exited.is_set():
             with contextlib.suppress(errors.NotFound, errors.FailedPrecondition, errors.Unavailable):
                 await client.kill(signal.SIGKILL, all=True)
+            await self.debug.point("stop_container.kill")
             try:
                 await asyncio.wait_for(container.exited.wait(), KILL_WAIT)
             except TimeoutError:
                 raise errors.DeadlineExceeded(f"container {container.id} did not exit after SIGKILL") from None
-        await self._kill_cgroup(container)
-        await self.nri.wait_stopped(container.id)  # NRI's StopContainer is delivered before StopContainer returns
+            await self.debug.point("stop_container.killed")
+        await self._kill_cgroup(container.meta.cgroup)
+        await self.debug.point("stop_container.cgroup")
+        # NRI's StopContainer is delivered before StopContainer returns
+        await self.nri.wait_stopped(container.id)  # no fail point: a wait
         log.info("container %s stopped", container.id)
 
-    async def _kill_cgroup(self, container: Container) -> None:
+    async def _kill_cgroup(self, path: str) -> None:
         """Whatever the container left behind (processes of a shared PID namespace) dies with its cgroup."""
-        cgroup = self.cgroups.manager().cgroup(container.meta.cgroup)
+        cgroup = self.cgroups.manager().cgroup(path)
 
         def kill() -> None:
             if cgroup.exists() and cgroup.created_by_crisp():
@@ -183,20 +226,46 @@ class ContainerController:
         if self.containers.find(container.id) is None:
             return  # removed while we waited for the lock
         await self._stop(container, 0)
+        await self.debug.point("remove_container.stopped")
         await self.shims.discard(container.id)
-        await self.cgroups.remove_leaf(container.meta.cgroup)
-        await self.cgroups.shim_gone(container.id)
-
-        def cleanup() -> None:
-            remove_tree(container.meta.bundle, ignore_errors=True)
-            remove_tree(container.meta.container_dir, ignore_errors=True)
-
-        await asyncio.to_thread(cleanup)
+        await self.debug.point("remove_container.shim")
+        meta = container.meta
+        await self._remove_remains(container.id, ContainerRemains(Path(meta.bundle), Path(meta.container_dir),
+                                                                  meta.cgroup))
+        await self.debug.point("remove_container.dirs")
         await self.containers.delete(container)
+        await self.debug.point("remove_container.record")
         await self.names.release(container.meta.name, container.id)
+        await self.debug.point("remove_container.name")
         log.info("container %s removed", container.id)
         self.events.container(container, cri.CONTAINER_DELETED_EVENT)
-        await self.nri.remove_container(container)
+        await self.nri.remove_container(container)  # no fail point: NRI hears of a done removal
+
+    async def _remove_remains(self, container_id: str, remains: ContainerRemains) -> None:
+        """The container's cgroup (if crisp made it; with systemd its scope), its shim's scope (systemd), its
+        bundle and its writable layer."""
+        if remains.cgroup is not None:
+            await self.cgroups.remove_leaf(remains.cgroup)
+        await self.cgroups.shim_gone(container_id)
+
+        def cleanup() -> None:
+            remove_tree(remains.bundle, ignore_errors=True)
+            remove_tree(remains.container_dir, ignore_errors=True)
+
+        await asyncio.to_thread(cleanup)
+
+    async def undo_unfinished(self, container_id: str, name: str, remains: ContainerRemains) -> None:
+        """Undo a creation that crispd did not finish (it died): its shim deletes the container and exits (a
+        dead shim's remains are cleaned up), whatever runs in its cgroup is killed, its dirs go, and its name is
+        free again. A container that cannot be deleted raises, and everything stays for the next try."""
+        log.info("container %s (%s): undoing its creation, which crispd did not finish", container_id,
+                 name or "no name")
+        await self.shims.discard(container_id)
+        if remains.cgroup is not None:
+            await self._kill_cgroup(remains.cgroup)
+        await self._remove_remains(container_id, remains)
+        if name:
+            await self.names.release(name, container_id)
 
     # --- a pod's containers ---------------------------------------------------------------------------------
 

@@ -1,6 +1,10 @@
 """Creations the kubelet gave up on: RunPodSandbox and CreateContainer run to their end even when their caller goes
 away (it cancels, or its deadline passes), and the caller's retry of the same name gets the id that was made,
-once, instead of ALREADY_EXISTS (the kubelet retries after a timeout with the same name)."""
+once, instead of ALREADY_EXISTS (the kubelet retries after a timeout with the same name). A creation that finished
+while crispd died before it answered is kept the same way (cri/recovery.py: `keep_for_retry`).
+
+A creation's name reservation carries its intent until the RPC answers (`settle`): what crispd's next start needs
+to undo it, or to know that its answer never left."""
 
 from __future__ import annotations
 
@@ -29,18 +33,23 @@ class Creations:
         # name -> the id made for it after its caller gave up
         self._abandoned: dict[str, str] = {}
 
-    def abandoned_result(self, names: NameIndex, name: str) -> str | None:
+    def keep_for_retry(self, name: str, object_id: str) -> None:
+        """`object_id` was made for `name`, and its caller never got the answer: its retry gets it (once)."""
+        self._abandoned[name] = object_id
+
+    async def abandoned_result(self, names: NameIndex, name: str) -> str | None:
         """The id made for `name` by a creation whose caller gave up, if that is who holds the name (once)."""
         holder = names.holder(name)
         if holder is not None and self._abandoned.get(name) == holder:
             del self._abandoned[name]
+            await names.settle(name, holder)
             return holder
         return None
 
-    async def run_to_the_end(self, what: str, name: str, object_id: str, work: Coroutine[Any, Any, object],
-                             rpc_context: Any) -> None:
+    async def run_to_the_end(self, what: str, names: NameIndex, name: str, object_id: str,
+                             work: Coroutine[Any, Any, object], rpc_context: Any) -> None:
         """Run a creation to its end even if its caller goes away; then its result is kept for the caller's
-        retry (`abandoned_result`)."""
+        retry (`abandoned_result`). A caller still there is about to be answered: the reservation is settled."""
         task = asyncio.ensure_future(work)
 
         def keep(t: asyncio.Future[object]) -> None:
@@ -55,3 +64,5 @@ class Creations:
             raise
         if caller_gone(rpc_context):
             keep(task)
+            return
+        await names.settle(name, object_id)

@@ -10,6 +10,9 @@ order, so a failed RunPodSandbox and a RemovePodSandbox leave the same nothing b
 missing pieces are fine. Everything a request could get wrong is checked in `plan`, before anything is made.
 NRI plugins hear of a pod at fixed points (cri/nri/service.py says which); a new pod stays invisible until they
 have agreed to it.
+
+A creation that crispd did not live to finish or undo (it was killed) is undone at its next start with the same
+steps (`undo_unfinished`), from what the name reservation kept of the plan (`PodPlan.intent`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +44,8 @@ from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.fstree import remove_tree
 from runtime.mounts import mount_tmpfs, unmount
-from runtime.namespaces.pidns import remove_pid_pin, start_pod_init, stop_pod_init
-from runtime.namespaces.pin import NamespaceSetup, pin_namespaces, publish_netns, unpin_namespaces
+from runtime.namespaces.pidns import find_pod_init, remove_pid_pin, start_pod_init, stop_pod_init
+from runtime.namespaces.pin import KINDS, NamespaceSetup, pin_namespaces, publish_netns, unpin_namespaces
 from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 from runtime.network.manager import NetworkManager
 from runtime.network.types import PodNetworkRequest
@@ -76,6 +79,23 @@ class PodPlan:
     # the pod's network, once for setup and for its undo; None for a host-network pod
     network: PodNetworkRequest | None
 
+    def intent(self) -> dict[str, Any]:
+        """What undoing this creation needs, kept with the name reservation until the pod is removed."""
+        return {"dir": str(self.dir), "cgroup": self.cgroup, "config": self.config.SerializeToString().hex()}
+
+
+@dataclass(frozen=True)
+class PodRemains:
+    """What a pod may hold on the host, to be given back (from its record, or from a creation's intent)."""
+
+    id: str
+    dir: Path
+    cgroup: str | None  # None: not known (a pod dir without record or intent): left alone
+    network: PodNetworkRequest | None
+    pod_init: ProcessRef | None  # None: found from its pinned PID namespace, if it has one
+    pins: tuple[Path, ...]
+    pid_pin: Path | None
+
 
 class PodSandboxController:
     def __init__(self, *, state_dir: Path, missing_controller: str, sandboxes: SandboxStore, names: NameIndex,
@@ -106,9 +126,7 @@ class PodSandboxController:
         host_network, host_ipc = ns.network == cri.NODE, ns.ipc == cri.NODE
         userns = pod_userns(ns)
         pod_dir = self.state_dir / "sandboxes" / sandbox_id
-        network = None
-        if not host_network and self.network is not None:
-            network = pod_network_request(sandbox_id, str(pod_dir / "ns" / "net"), config)
+        network = self._pod_network(sandbox_id, str(pod_dir / "ns" / "net"), config)
         return PodPlan(
             id=sandbox_id, name=name, config=config, handler=handler, dir=pod_dir,
             cgroup=self.cgroups.layout.pod(linux.cgroup_parent, config.metadata.uid),
@@ -119,17 +137,23 @@ class PodSandboxController:
 
     async def run(self, plan: PodPlan) -> Sandbox:
         """Make the pod (its name is reserved by the caller): on failure every step made so far is undone, the
-        name reservation included."""
+        name reservation included; a full filesystem is RESOURCE_EXHAUSTED naming the pod's dir."""
+        with errors.writing(f"pod {plan.id} in {plan.dir}"):
+            return await self._make(plan)
+
+    async def _make(self, plan: PodPlan) -> Sandbox:
         pod_dir = plan.dir
         async with Rollback(f"RunPodSandbox {plan.id}") as undo:
             undo.push("name reservation", lambda: self.names.release(plan.name, plan.id))
+            await self.debug.point("run_pod_sandbox.name")
             # with a user namespace the pod's root (a host uid) may pass through to its files (as containerd's 0711)
             await asyncio.to_thread(pod_dir.mkdir, mode=0o711 if plan.userns else 0o700, parents=True)
             undo.push("pod dir", lambda: self._remove_dir(pod_dir))
+            await self.debug.point("run_pod_sandbox.dir")
 
             await self.cgroups.create_pod_cgroup(plan.cgroup)
             undo.push("pod cgroup", lambda: self._remove_cgroup(plan.cgroup))
-            self.debug.fail("run_pod_sandbox.cgroup")
+            await self.debug.point("run_pod_sandbox.cgroup")
 
             kinds = {k for k, own in (("net", not plan.host_network), ("ipc", not plan.host_ipc),
                                       ("uts", not plan.host_network)) if own}
@@ -139,34 +163,38 @@ class PodSandboxController:
                                    uid_mappings=plan.userns.uids if plan.userns else (),
                                    gid_mappings=plan.userns.gids if plan.userns else ())
             pins = await pin_namespaces(pod_dir / "ns", setup)
-            undo.push("namespaces", lambda: self._unpin(pins.values()))
+            undo.push("namespaces", lambda: self._unpin(tuple(pins.values())))
+            await self.debug.point("run_pod_sandbox.namespaces")
             namespaces = {kind: str(path) for kind, path in pins.items()}
             netns_path = ""
             if "net" in pins and self.netns_dir:
-                published = await publish_netns(pins["net"], Path(self.netns_dir) / f"crisp-{plan.id}")
-                undo.push("netns name", lambda: self._unpin([published]))
+                published = await publish_netns(pins["net"], self._netns_name(plan.id))
+                undo.push("netns name", lambda: self._unpin((published,)))
+                await self.debug.point("run_pod_sandbox.netns_name")
                 netns_path = str(published)
-            self.debug.fail("run_pod_sandbox.namespaces")
 
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
                 init_ref = await start_pod_init(pid_pin, plan.id, userns=namespaces.get("user", ""))
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
+                await self.debug.point("run_pod_sandbox.pod_init")
                 await self.cgroups.place_pod_init(plan.cgroup, plan.id, init_ref.pid)
+                await self.debug.point("run_pod_sandbox.pod_init_cgroup")
                 namespaces["pid"] = str(pid_pin)
                 pod_init = (init_ref.pid, init_ref.start_time)
-            self.debug.fail("run_pod_sandbox.pod_init")
 
             files = await asyncio.to_thread(write_pod_files, pod_dir, plan.config, plan.hostname, plan.host_network)
+            await self.debug.point("run_pod_sandbox.files")
             shm_path = HOST_SHM
             if not plan.host_ipc:
                 shm = pod_dir / "shm"
                 await asyncio.to_thread(shm.mkdir, mode=0o755)
+                await self.debug.point("run_pod_sandbox.shm_dir")
                 await mount_tmpfs(shm, size_bytes=SHM_SIZE)
                 undo.push("pod /dev/shm", lambda: self._unmount_shm(shm))
+                await self.debug.point("run_pod_sandbox.shm")
                 shm_path = str(shm)
-            self.debug.fail("run_pod_sandbox.files")
 
             meta = SandboxMeta(
                 id=plan.id, name=plan.name, config=plan.config, runtime_handler=plan.handler,
@@ -177,15 +205,15 @@ class PodSandboxController:
             status = SandboxStatus(state=READY, pod_init=pod_init)
             if plan.network is not None:
                 status = await self._setup_network(plan.network, status, undo)
-            self.debug.fail("run_pod_sandbox.network")
-            await self.debug.delay("run_pod_sandbox.record")
+                await self.debug.point("run_pod_sandbox.network")
 
             sandbox = Sandbox(meta, status)
             await self.nri.run_pod_sandbox(sandbox)  # the pod stays invisible until the NRI plugins agree
             undo.push("NRI plugins", lambda: self.nri.remove_pod_sandbox(sandbox))
+            await self.debug.point("run_pod_sandbox.nri")
             await self.sandboxes.add(sandbox)
             undo.push("sandbox row", lambda: self.sandboxes.delete(sandbox))
-            self.debug.fail("run_pod_sandbox.record")
+            await self.debug.point("run_pod_sandbox.record")
             undo.commit()
         log.info("pod %s (%s) is ready", plan.id, plan.name)
         self.events.sandbox(sandbox, cri.CONTAINER_CREATED_EVENT)
@@ -220,14 +248,20 @@ class PodSandboxController:
         """Kill everything in the pod (no grace: the kubelet stops containers first), tear its network down and let
         its network namespace go."""
         await self.containers.stop_all(sandbox.id)
+        await self.debug.point("stop_pod_sandbox.containers")
         await self._kill_pod_processes(sandbox)
+        await self.debug.point("stop_pod_sandbox.processes")
         if sandbox.status.state == READY:
             await self.nri.stop_pod_sandbox(sandbox)  # once, with the containers stopped and the pod still there
+            await self.debug.point("stop_pod_sandbox.nri")
         await self._teardown_network(self._network_request(sandbox))
+        await self.debug.point("stop_pod_sandbox.network")
         await self._unpin_netns(sandbox)
+        await self.debug.point("stop_pod_sandbox.netns")
         was_ready = sandbox.status.state == READY
         if was_ready or sandbox.status.ips:  # the addresses went back to the pool: PodSandboxStatus shows none
             await self.sandboxes.update(sandbox, state=NOT_READY, ips=())
+            await self.debug.point("stop_pod_sandbox.record")
         if was_ready:
             log.info("pod %s stopped", sandbox.id)
             self.events.sandbox(sandbox, cri.CONTAINER_STOPPED_EVENT)
@@ -239,9 +273,9 @@ class PodSandboxController:
         until remove."""
         netns = sandbox.meta.namespaces.get("net")
         if sandbox.meta.netns_path:
-            await self._unpin([Path(sandbox.meta.netns_path)])
+            await self._unpin((Path(sandbox.meta.netns_path),))
         if netns and not sandbox.meta.host_network:
-            await self._unpin([Path(netns)])
+            await self._unpin((Path(netns),))
 
     async def remove(self, sandbox: Sandbox) -> None:
         """Stop the pod, remove its containers, then undo every step of its creation (idempotent)."""
@@ -249,25 +283,65 @@ class PodSandboxController:
             if self.sandboxes.find(sandbox.id) is None:  # removed while we waited for the lock
                 return
             await self._stop(sandbox)
+            await self.debug.point("remove_pod_sandbox.stopped")
             await self.containers.remove_all(sandbox.id)
-            await self._teardown_network(self._network_request(sandbox))  # again: a stop may have found it busy
+            await self.debug.point("remove_pod_sandbox.containers")
             meta = sandbox.meta
-            pod_dir = Path(meta.dir)
-            if not meta.host_ipc:
-                await self._unmount_shm(pod_dir / "shm")
             pid_pin = meta.namespaces.get("pid")
-            if pid_pin is not None:
-                await self._remove_pod_init(sandbox.status.pod_init_ref(), Path(pid_pin), meta.cgroup, meta.id)
-            if meta.netns_path:
-                await self._unpin([Path(meta.netns_path)])
-            await self._unpin(Path(p) for kind, p in meta.namespaces.items() if kind != "pid")
-            await self._remove_cgroup(meta.cgroup)
-            await self._remove_dir(pod_dir)
+            netns_name = (Path(meta.netns_path),) if meta.netns_path else ()
+            await self._dismantle(PodRemains(  # no fail point: its steps have theirs
+                id=sandbox.id, dir=Path(meta.dir), cgroup=meta.cgroup, network=self._network_request(sandbox),
+                pod_init=sandbox.status.pod_init_ref(),
+                pins=netns_name + tuple(Path(p) for kind, p in meta.namespaces.items() if kind != "pid"),
+                pid_pin=Path(pid_pin) if pid_pin is not None else None))
             await self.sandboxes.delete(sandbox)
+            await self.debug.point("remove_pod_sandbox.record")
             await self.names.release(meta.name, sandbox.id)
+            await self.debug.point("remove_pod_sandbox.name")
         log.info("pod %s removed", sandbox.id)
         self.events.sandbox(sandbox, cri.CONTAINER_DELETED_EVENT)
-        await self.nri.remove_pod_sandbox(sandbox)
+        await self.nri.remove_pod_sandbox(sandbox)  # no fail point: NRI hears of a done removal
+
+    async def _dismantle(self, pod: PodRemains) -> None:
+        """Give back everything the pod holds on the host, in the order a failed RunPodSandbox undoes it: its
+        network (again, for a remove: a stop may have found it busy), /dev/shm, PID 1, the pins, the cgroup, the
+        dir. Each step is idempotent."""
+        await self._teardown_network(pod.network)
+        await self.debug.point("remove_pod_sandbox.network")
+        await self._unmount_shm(pod.dir / "shm")
+        await self.debug.point("remove_pod_sandbox.shm")
+        if pod.pid_pin is not None:
+            await self._remove_pod_init(pod.pod_init, pod.pid_pin, pod.cgroup, pod.id)
+            await self.debug.point("remove_pod_sandbox.pod_init")
+        await self._unpin(pod.pins)
+        await self.debug.point("remove_pod_sandbox.namespaces")
+        if pod.cgroup is not None:
+            await self._remove_cgroup(pod.cgroup)
+            await self.debug.point("remove_pod_sandbox.cgroup")
+        await self._remove_dir(pod.dir)
+        await self.debug.point("remove_pod_sandbox.dir")
+
+    async def undo_unfinished(self, sandbox_id: str, name: str, intent: dict[str, Any]) -> None:
+        """Undo a creation that crispd did not finish (it died): the steps a failed RunPodSandbox would have run,
+        from the reservation's intent (empty for a pod dir that nothing refers to), and the name is free again."""
+        pod_dir = Path(intent.get("dir") or self.state_dir / "sandboxes" / sandbox_id)
+        cgroup = intent.get("cgroup")
+        network: PodNetworkRequest | None = None
+        if "config" in intent:
+            config = cri.PodSandboxConfig.FromString(bytes.fromhex(intent["config"]))
+            network = self._pod_network(sandbox_id, str(pod_dir / "ns" / "net"), config)
+        elif self.network is not None:
+            network = PodNetworkRequest(sandbox_id=sandbox_id, netns="")
+        log.info("pod %s (%s): undoing its creation, which crispd did not finish", sandbox_id, name or "no name")
+        if not cgroup:
+            log.warning("pod %s: nothing says which cgroup it had (a dir without a record): its cgroup is left",
+                        sandbox_id)
+        netns_name = (self._netns_name(sandbox_id),) if self.netns_dir else ()
+        await self._dismantle(PodRemains(
+            id=sandbox_id, dir=pod_dir, cgroup=str(cgroup) if cgroup else None, network=network, pod_init=None,
+            pins=netns_name + tuple(pod_dir / "ns" / kind for kind in KINDS), pid_pin=pod_dir / "ns" / "pid"))
+        if name:
+            await self.names.release(name, sandbox_id)
 
     async def update_resources(self, sandbox: Sandbox, resources: cri.LinuxContainerResources) -> None:
         """Size the pod cgroup, live: crispd owns it when it made it (the kubelet sizes its own); with the systemd
@@ -309,9 +383,13 @@ class PodSandboxController:
 
     def _network_request(self, sandbox: Sandbox) -> PodNetworkRequest | None:
         """The pod's network request as RunPodSandbox made it (host-network pods have none)."""
-        if sandbox.meta.host_network or self.network is None:
+        return self._pod_network(sandbox.id, sandbox.meta.namespaces.get("net", ""), sandbox.meta.config)
+
+    def _pod_network(self, sandbox_id: str, netns: str, config: cri.PodSandboxConfig) -> PodNetworkRequest | None:
+        """The network request of a pod (None for a host-network pod, or without a pod network)."""
+        if config.linux.security_context.namespace_options.network == cri.NODE or self.network is None:
             return None
-        return pod_network_request(sandbox.id, sandbox.meta.namespaces.get("net", ""), sandbox.meta.config)
+        return pod_network_request(sandbox_id, netns, config)
 
     # --- the undo steps, shared by a failed run and by remove -----------------------------------------------
 
@@ -326,13 +404,22 @@ class PodSandboxController:
     async def _unmount_shm(self, shm: Path) -> None:
         await unmount(shm)
 
-    async def _remove_pod_init(self, ref: ProcessRef | None, pin: Path, pod_cgroup: str, sandbox_id: str) -> None:
-        """Kill the pod's PID 1 (every process of its PID namespace dies with it), unpin, remove its cgroup leaf."""
+    async def _remove_pod_init(self, ref: ProcessRef | None, pin: Path, pod_cgroup: str | None, sandbox_id: str
+                               ) -> None:
+        """Kill the pod's PID 1 (every process of its PID namespace dies with it), unpin, remove its cgroup leaf.
+        A PID 1 that no record names is found through the pin."""
+        if ref is None:
+            ref = await asyncio.to_thread(find_pod_init, pin)
         await stop_pod_init(ref)
         await remove_pid_pin(pin)
-        await self.cgroups.remove_leaf(self.cgroups.layout.leaf(pod_cgroup, sandbox_id))
+        if pod_cgroup is not None:
+            await self.cgroups.remove_leaf(self.cgroups.layout.leaf(pod_cgroup, sandbox_id))
 
-    async def _unpin(self, pins: Iterable[Path]) -> None:
+    def _netns_name(self, sandbox_id: str) -> Path:
+        """The pod's `ip netns` name (`[network] netns_dir`)."""
+        return Path(self.netns_dir) / f"crisp-{sandbox_id}"
+
+    async def _unpin(self, pins: tuple[Path, ...]) -> None:
         await unpin_namespaces(pins)
 
     async def _remove_cgroup(self, path: str) -> None:

@@ -40,7 +40,7 @@ from cri.service.context import ServiceContext
 from cri.service.images import ImageRecord
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
-from runtime import errors
+from runtime import errors, failpoints
 from runtime.bundle import Overlay
 from runtime.cgroups import MissingLimit, enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
@@ -74,19 +74,31 @@ async def create_container(ctx: ServiceContext, request: cri.CreateContainerRequ
     if sandbox.status.state != READY:
         raise errors.FailedPrecondition(f"pod {sandbox.id} is not ready: cannot create containers in it")
     name = container_name(config, sandbox)
-    earlier = ctx.creations.abandoned_result(ctx.container_names, name)
+    earlier = await ctx.creations.abandoned_result(ctx.container_names, name)
     if earlier is not None:
-        log.info("CreateContainer %s: returning container %s, created after an earlier caller gave up",
+        log.info("CreateContainer %s: returning container %s, made for an earlier call that never got its answer",
                  name, earlier)
         return cri.CreateContainerResponse(container_id=earlier)
     metadata_limits.check(f"container {name}", metadata_limits.container_bytes(config),
                           metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
                           ctx.config.limits.metadata_budget_bytes)
     container_id = secrets.token_hex(32)
-    await ctx.container_names.reserve(name, container_id, ctx.clock_ns())
-    await ctx.creations.run_to_the_end("container", name, container_id,
+    # what undoing this creation needs, should crispd die before it is done or undone (cri/recovery.py)
+    intent = {"sandbox_id": sandbox.id, "bundle": str(_bundle_dir(ctx, container_id)),
+              "container_dir": str(_container_dir(ctx, container_id)),
+              "cgroup": ctx.cgroup_driver.layout.leaf(sandbox.meta.cgroup, container_id)}
+    await ctx.container_names.reserve(name, container_id, ctx.clock_ns(), intent)
+    await ctx.creations.run_to_the_end("container", ctx.container_names, name, container_id,
                                        _create(ctx, container_id, name, sandbox, request), context)
     return cri.CreateContainerResponse(container_id=container_id)
+
+
+def _bundle_dir(ctx: ServiceContext, container_id: str) -> Path:
+    return ctx.state_dir / "containers" / container_id
+
+
+def _container_dir(ctx: ServiceContext, container_id: str) -> Path:
+    return ctx.root_dir / "containers" / container_id
 
 
 def _log_path(sandbox: Sandbox, config: cri.ContainerConfig) -> str:
@@ -162,38 +174,43 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
                   request: cri.CreateContainerRequest) -> None:
     """Under the pod's lock: a StopPodSandbox or RemovePodSandbox that comes meanwhile (a kubelet that gave up on
     this call) waits for the container and stops or removes it too, and a creation that had to wait for one of
-    them finds the pod stopped."""
+    them finds the pod stopped. A full root or state filesystem is RESOURCE_EXHAUSTED naming its dirs."""
     async with sandbox.lock:
         if sandbox.status.state != READY:
             await ctx.container_names.release(name, container_id)
             raise errors.FailedPrecondition(f"pod {sandbox.id} was stopped: cannot create containers in it")
         async with ctx.nri.creation():
-            await _create_in_pod(ctx, container_id, name, sandbox, request)
+            with errors.writing(f"container {container_id} in {_bundle_dir(ctx, container_id)} and "
+                                f"{_container_dir(ctx, container_id)}"):
+                await _create_in_pod(ctx, container_id, name, sandbox, request)
 
 
 async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
                          request: cri.CreateContainerRequest) -> None:
     config = request.config
-    image = await ctx.images.resolve(config.image.image)
-    volume_images = await _image_volume_images(ctx, config)
-    log_path = _log_path(sandbox, config)
-    handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
-    manager = ctx.cgroup_manager()
-    driver = ctx.cgroup_driver
-    bundle = ctx.state_dir / "containers" / container_id
-    # the container's cgroup, once: the spec gets it in the driver's OCI form, the record and the shim as a path
-    cgroup = driver.layout.leaf(sandbox.meta.cgroup, container_id)
-    cgroups_path = driver.layout.oci(sandbox.meta.cgroup, container_id)
-    container_dir = ctx.root_dir / "containers" / container_id
-    meta_ns = sandbox.meta.namespaces
-    privileged = config.linux.security_context.privileged
-
     async with Rollback(f"CreateContainer {container_id}") as undo:
         undo.push("name reservation", lambda: ctx.container_names.release(name, container_id))
+        await ctx.debug.point("create_container.name")
+        # the reads that may refuse the request: after the undo of the name, which a refusal gives back
+        image = await ctx.images.resolve(config.image.image)  # no fail point: a read
+        volume_images = await _image_volume_images(ctx, config)  # no fail point: a read
+        log_path = _log_path(sandbox, config)
+        handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
+        manager = ctx.cgroup_manager()
+        driver = ctx.cgroup_driver
+        bundle = _bundle_dir(ctx, container_id)
+        # the container's cgroup, once: the spec gets it in the driver's OCI form, the record and the shim as a path
+        cgroup = driver.layout.leaf(sandbox.meta.cgroup, container_id)
+        cgroups_path = driver.layout.oci(sandbox.meta.cgroup, container_id)
+        container_dir = _container_dir(ctx, container_id)
+        meta_ns = sandbox.meta.namespaces
+        privileged = config.linux.security_context.privileged
+
         undo.push("dirs", lambda: asyncio.to_thread(_remove_dirs, bundle, container_dir))
         userns = _pod_userns(sandbox)
         await asyncio.to_thread(_prepare_dirs, bundle, container_dir, log_path, config,
                                 userns.root if userns is not None else None)
+        await ctx.debug.point("create_container.dirs")
 
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
                           workdir=str(container_dir / "work"))
@@ -204,7 +221,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             target_pid_ns_path=_target_pid_ns(ctx, config, sandbox), userns=userns,
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
-        features = await ctx.handlers.features(sandbox.meta.runtime_handler)
+        features = await ctx.handlers.features(sandbox.meta.runtime_handler)  # no fail point: a read
         options = SpecOptions.from_config(ctx.config.oci, ctx.node,
                                           recursive_read_only=features.recursive_read_only_mounts)
         image_config = image.runtime_config
@@ -225,15 +242,18 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
                 image_volumes=volumes, options=options)
             return build_container_spec(inputs)
 
-        spec = await asyncio.to_thread(build)
+        spec = await asyncio.to_thread(build)  # no fail point: a read
         await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
                                 spec["process"]["cwd"])
+        await ctx.debug.point("create_container.working_dir")
         await asyncio.to_thread(cdi.inject_devices, ctx.config.cdi, spec, cdi.requested_devices(config))
+        await ctx.debug.point("create_container.cdi")
         seen = await ctx.nri.create_container(sandbox, container_id, config, spec, ctx.clock_ns())
         undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
-        spec, dropped = await _check_controllers(ctx, container_id, spec, cgroup)
+        await ctx.debug.point("create_container.nri")
+        spec, dropped = await _check_controllers(ctx, container_id, spec, cgroup)  # no fail point: a read
         await asyncio.to_thread(_write_spec, bundle, spec)
-        ctx.debug.fail("create_container.spec")
+        await ctx.debug.point("create_container.spec")
 
         shim_config = ShimConfig(
             id=container_id, bundle=str(bundle), executor=[*handler.argv, *driver.executor_flags()],
@@ -241,16 +261,17 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
             cgroup2_mount=str(manager.mount), cgroup=cgroup,
-            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "")
-        # the undo steps RemoveContainer takes, in its order (undone last to first)
+            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "",
+            hang_points=[p for p in ctx.config.debug.hang_points if failpoints.operation_of(p) == "shim"])
+        # the undo steps RemoveContainer takes, in its order (undone last to first); before the create: a shim
+        # that dies half way through it (or a crispd killed meanwhile) leaves what it made for them
         undo.push("shim scope", lambda: driver.shim_gone(container_id))
         undo.push("container cgroup", lambda: driver.remove_leaf(cgroup))
         held = driver.container_hold(cgroup, container_id, spec["linux"].get("resources") or {}) \
             if handler.kind == "builtin" else None
-        _, pid = await ctx.shims.create(shim_config, placed=driver.shim_placement(container_id), held=held)
         undo.push("shim and container", lambda: ctx.shims.discard(container_id))
-        ctx.debug.fail("create_container.shim")
-        await ctx.debug.delay("create_container.record")
+        _, pid = await ctx.shims.create(shim_config, placed=driver.shim_placement(container_id), held=held)
+        await ctx.debug.point("create_container.shim")
 
         user = spec["process"]["user"]
         meta = ContainerMeta(
@@ -270,11 +291,11 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
                                                     dropped_limits=[str(m) for m in dropped]))
         await ctx.containers.add(container)
         undo.push("container row", lambda: ctx.containers.delete(container))
-        ctx.debug.fail("create_container.record")
+        await ctx.debug.point("create_container.record")
         undo.commit()
     log.info("container %s (%s) created in pod %s", container_id, name, sandbox.id)
     ctx.events.container(container, cri.CONTAINER_CREATED_EVENT)
-    await ctx.nri.post_create_container(container)
+    await ctx.nri.post_create_container(container)  # no fail point: NRI hears of a done creation
 
 
 async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig) -> dict[str, ImageRecord]:

@@ -76,7 +76,7 @@ class ServiceContext:
     @classmethod
     def wire(cls, *, config: Config, store: Store, metrics: Metrics, readiness: Readiness, images: ImageManager,
              sandboxes: SandboxStore, containers: ContainerStore, shims: ShimManager, streaming: StreamingServer,
-             network: NetworkManager | None, cgroups: CgroupV2Manager | None, node: NodeFacts,
+             network: NetworkManager | None, debug: DebugPoints, cgroups: CgroupV2Manager | None, node: NodeFacts,
              clock_ns: Callable[[], int] = time.time_ns) -> ServiceContext:
         """The object graph of the RPCs, built once from the parts the daemon started."""
         sandbox_names = NameIndex(store, "sandbox")
@@ -85,14 +85,13 @@ class ServiceContext:
         events = EventPublisher(broker, sandboxes, containers, clock_ns)
         cgroup_manager = _cgroup_manager(cgroups)
         driver = CgroupDriver(config.cgroup, cgroup_manager)
-        debug = DebugPoints(config.debug)
         limits = ContainerLimits(containers=containers, shims=shims, cgroups=driver,
                                  missing_controller=config.cgroup.missing_controller)
         nri = NriService(config=config.nri, cdi=config.cdi, sandboxes=sandboxes, containers=containers,
                          limits=limits)
         lifecycle = ContainerController(
             containers=containers, names=container_names, sandboxes=sandboxes, shims=shims, cgroups=driver,
-            limits=limits, nri=nri, events=events, metrics=metrics, clock_ns=clock_ns)
+            limits=limits, nri=nri, events=events, metrics=metrics, debug=debug, clock_ns=clock_ns)
         pods = PodSandboxController(
             state_dir=Path(config.state), missing_controller=config.cgroup.missing_controller,
             sandboxes=sandboxes, names=sandbox_names, netns_dir=config.network.netns_dir, containers=lifecycle,

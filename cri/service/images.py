@@ -38,6 +38,7 @@ from cri.store import images as image_rows
 from cri.store.db import Store
 from cri.store.images import ImageRow
 from runtime import errors
+from runtime.failpoints import NoPoints, Points
 from runtime.image.gc import GcResult, collect, usage
 from runtime.image.pull import PulledImage, Puller, image_info, prestart_pool
 from runtime.image.reference import Reference, image_id_hex, parse_reference
@@ -98,11 +99,13 @@ class _PullJob:
 
 class ImageManager:
     def __init__(self, config: Config, db: Store, clock_ns: Callable[[], int] = time.time_ns,
-                 on_fetched: Callable[[int], None] | None = None, in_use: InUseFn = _nothing_in_use) -> None:
+                 on_fetched: Callable[[int], None] | None = None, in_use: InUseFn = _nothing_in_use,
+                 points: Points | None = None) -> None:
         self.config = config.image
         self.db = db
         self.root = Path(config.root) / "images"
         self.files = ImageStore(self.root)
+        self.points = points or NoPoints()
         client = RegistryClient(request_timeout=self.config.request_timeout_seconds,
                                 # a stalled read outlasts the progress timeout: the pull's watchdog reports it
                                 read_timeout=self.config.pull_progress_timeout_seconds
@@ -112,7 +115,8 @@ class ImageManager:
                              self.config.max_concurrent_downloads, self.config.pull_progress_timeout_seconds,
                              on_fetched=on_fetched, max_layer_unpacked=self.config.max_layer_unpacked_bytes,
                              max_image_unpacked=self.config.max_image_unpacked_bytes,
-                             max_downloads_per_registry=self.config.max_concurrent_downloads_per_registry)
+                             max_downloads_per_registry=self.config.max_concurrent_downloads_per_registry,
+                             points=self.points)
         self.clock_ns = clock_ns
         self._pulls: dict[tuple[str, str], _PullJob] = {}
         self._gc_lock = asyncio.Lock()
@@ -261,8 +265,9 @@ class ImageManager:
         log.info("pulling %s", ref)
         failed = True
         try:
-            pulled = await self.puller.pull(ref, creds, hold)
+            pulled = await self.puller.pull(ref, creds, hold)  # no fail point: its steps have theirs
             await self._record_pull(ref, pulled)
+            await self.points.point("pull_image.record")
             failed = False
         finally:
             if held:
@@ -271,9 +276,9 @@ class ImageManager:
                     self._leases += Counter()  # drop zero counts
                 if failed:
                     # what a failed pull stored (blobs, the snapshots of its good layers) is referenced by nothing
-                    await asyncio.shield(self._gc_after_failure(ref))
+                    await asyncio.shield(self._gc_after_failure(ref))  # no fail point: the undo
         self._usage = None
-        return await self.resolve(ref.with_digest(pulled.resolved_digest))
+        return await self.resolve(ref.with_digest(pulled.resolved_digest))  # no fail point: a read
 
     async def _record_pull(self, ref: Reference, pulled: PulledImage) -> None:
         names = [(ref.with_digest(pulled.resolved_digest), "digest")]

@@ -50,15 +50,17 @@ async def run_pod_sandbox(ctx: ServiceContext, request: cri.RunPodSandboxRequest
             raise errors.FailedPrecondition(f"runtime handler {handler!r} does not support user namespaces on this "
                                             "host (Status lists each handler's features)")
     name = sandbox_name(config.metadata)
-    earlier = ctx.creations.abandoned_result(ctx.sandbox_names, name)
+    earlier = await ctx.creations.abandoned_result(ctx.sandbox_names, name)
     if earlier is not None:
-        log.info("RunPodSandbox %s: returning pod %s, created after an earlier caller gave up", name, earlier)
+        log.info("RunPodSandbox %s: returning pod %s, made for an earlier call that never got its answer", name,
+                 earlier)
         return cri.RunPodSandboxResponse(pod_sandbox_id=earlier)
     metadata_limits.check(f"pod {name}", metadata_limits.pod_bytes(config),
                           metadata_limits.node_bytes(ctx.sandboxes.all(), ctx.containers.all()),
                           ctx.config.limits.metadata_budget_bytes)
     sandbox_id = secrets.token_hex(32)
     plan = ctx.sandbox_control.plan(sandbox_id, name, config, handler)
-    await ctx.sandbox_names.reserve(name, sandbox_id, ctx.clock_ns())
-    await ctx.creations.run_to_the_end("pod", name, sandbox_id, ctx.sandbox_control.run(plan), context)
+    await ctx.sandbox_names.reserve(name, sandbox_id, ctx.clock_ns(), plan.intent())
+    await ctx.creations.run_to_the_end("pod", ctx.sandbox_names, name, sandbox_id, ctx.sandbox_control.run(plan),
+                                       context)
     return cri.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)

@@ -22,9 +22,10 @@ from typing import Any
 
 from cri.shims.client import DEFAULT_TIMEOUT, ShimClient, shim_error
 from runtime import errors
-from runtime.bundle import executor_argv, load_config, rootfs_path
+from runtime.bundle import EXECUTOR_LOG, executor_argv, idmap_of, load_config, rootfs_path
 from runtime.command import run_command
-from runtime.procs import package_root, process_start_time
+from runtime.linux import idmap
+from runtime.procs import ProcessRef, package_root, process_start_time, processes_with_argument
 from shim import protocol
 from shim.protocol import ExitStatus, ShimConfig
 
@@ -314,6 +315,7 @@ class ShimManager:
         then forget it (shim.json goes). A delete or umount that fails keeps the record and raises, so that the
         next try (RemoveContainer, crispd's next start) finds it again."""
         config = info.config
+        await _kill_orphaned_commands(info)
         argv = executor_argv(config.executor, config.executor_root, "delete", "--force", config.id,
                              cgroup2_bind=config.cgroup2_bind)
         await _run(argv, f"container {config.id}: delete after its shim died")
@@ -322,6 +324,7 @@ class ShimManager:
             mounted = bool(rootfs) and await asyncio.to_thread(_mounted, rootfs)
             if mounted:
                 await _run(["umount", rootfs], f"container {config.id}: umount {rootfs}")
+            await _unstage_idmap(info)
         for name in (protocol.INFO_NAME, protocol.SOCKET_NAME):
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, os.path.join(info.bundle, name))
@@ -364,8 +367,28 @@ class ShimManager:
                                            status=None, info=info))
             else:
                 status = await self.dead_shim_status(info)
+                if await asyncio.to_thread((bundle / protocol.INFO_NAME).exists):
+                    # its cleanup failed: known, so that the next discard (RemoveContainer) tries it again
+                    self._shims[info.id] = info
                 found.append(RecoveredShim(id=info.id, bundle=info.bundle, client=None, status=status, info=info))
         return found
+
+
+async def _kill_orphaned_commands(info: ShimInfo) -> None:
+    """The executor commands a dead shim had running (their `--log` is its bundle's) would go on creating,
+    starting or exec'ing for nobody: they are killed before the container is deleted, so that none of them
+    makes something after the delete. (A created container's builtin init still has that command line: it goes
+    too, as the delete would have it.)"""
+    refs = [ref for pid in await asyncio.to_thread(processes_with_argument, os.path.join(info.bundle, EXECUTOR_LOG))
+            if (ref := ProcessRef.of(pid)) is not None]
+    for ref in refs:
+        log.info("container %s: killing %d, an executor command its dead shim started", info.id, ref.pid)
+        ref.signal()
+    deadline = asyncio.get_running_loop().time() + CLEANUP_TIMEOUT
+    while any(ref.alive() for ref in refs):
+        if asyncio.get_running_loop().time() > deadline:
+            raise CleanupFailed(f"container {info.id}: executor commands of its dead shim survive SIGKILL")
+        await asyncio.sleep(0.01)
 
 
 def _mounted(path: str) -> bool:
@@ -377,6 +400,20 @@ def _list_bundles(containers_dir: Path) -> list[Path]:
         return sorted(p for p in containers_dir.iterdir() if p.is_dir())
     except FileNotFoundError:
         return []
+
+
+async def _unstage_idmap(info: ShimInfo) -> None:
+    """The id-mapped mounts the dead shim staged under its bundle for the rootfs and volumes (a pod with a user
+    namespace); absent ones are fine. Before the bundle goes: removing it would reach through them."""
+    try:
+        staged = idmap_of(load_config(info.bundle).get("annotations"))
+    except errors.CrispError:
+        return  # no readable spec: nothing was staged from it
+    if staged is None:
+        return
+    failed = await asyncio.to_thread(idmap.unstage, staged)
+    if failed:
+        raise CleanupFailed(f"container {info.id}: cannot unmount its id-mapped mounts: {'; '.join(failed)}")
 
 
 def _rootfs_of(bundle_dir: str) -> str:

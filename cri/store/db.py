@@ -15,9 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from runtime import errors
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SQLITE_FULL = 13  # "database or disk is full"
 
 # Rows keep the CRI config as serialized protobuf (`config`) and everything crisp learned while creating the
 # object as JSON (`info`); the columns are what lists filter and join on.
@@ -75,7 +78,13 @@ CREATE TABLE ip_leases (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+# v2: a name reservation keeps what its creation is about to make (JSON), so that a crispd that died half way
+# through a creation finds and undoes it at its next start (cri/recovery.py)
+_SCHEMA_V2 = """
+ALTER TABLE name_reservations ADD COLUMN intent TEXT NOT NULL DEFAULT '{}';
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -151,7 +160,13 @@ class Store:
         def call() -> T:
             if self._conn is None:
                 raise RuntimeError("the metadata store is not open")
-            return fn(self._conn)
+            try:
+                return fn(self._conn)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode == SQLITE_FULL:
+                    raise errors.ResourceExhausted(
+                        f"no space left to write the metadata database {self.path}: {exc}") from exc
+                raise
 
         return await self._call(call)
 

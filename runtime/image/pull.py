@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from runtime import errors
+from runtime.failpoints import NoPoints, Points
 from runtime.fstree import remove_tree
 from runtime.image.hosts import registry_hosts
 from runtime.image.manifest import (
@@ -101,8 +102,9 @@ class Puller:
     def __init__(self, store: ImageStore, client: RegistryClient, hosts_dir: str, max_concurrent_downloads: int,
                  progress_timeout: float, on_fetched: Callable[[int], None] | None = None,
                  max_layer_unpacked: int = 64 << 30, max_image_unpacked: int = 128 << 30,
-                 max_downloads_per_registry: int | None = None) -> None:
+                 max_downloads_per_registry: int | None = None, points: Points | None = None) -> None:
         self.store = store
+        self.points = points or NoPoints()
         self.max_layer_unpacked = max_layer_unpacked
         self.max_image_unpacked = max_image_unpacked
         # told of every chunk of layer bytes downloaded (from a pool thread): crispd's metrics
@@ -195,16 +197,17 @@ class Puller:
     async def _pull(self, ref: Reference, credentials: list[Credentials], hold: HoldFn, cancel: threading.Event,
                     progress: _Progress,
                     in_thread: Callable[..., Awaitable[Any]], sessions: list[RepositorySession]) -> PulledImage:
-        hosts = await in_thread(lambda: registry_hosts(self.hosts_dir, ref.domain))
+        hosts = await in_thread(lambda: registry_hosts(self.hosts_dir, ref.domain))  # no fail point: a read
         session = self.client.session(ref, hosts, credentials, cancel)
         sessions.append(session)
-        resolved = await in_thread(session.resolve)
+        resolved = await in_thread(session.resolve)  # no fail point: a read
         progress.touch()
         blobs: dict[str, bytes] = {resolved.digest: resolved.body}
         platform = host_platform()
         if resolved.media_type in INDEX_TYPES:
             chosen = select_platform(resolved.body, resolved.digest, platform)
-            manifest = await in_thread(lambda: session.fetch_manifest(chosen.digest, chosen.size))
+            manifest = await in_thread(  # no fail point: a read
+                lambda: session.fetch_manifest(chosen.digest, chosen.size))
             if manifest.media_type in INDEX_TYPES:
                 raise errors.InvalidArgument(f"{ref}: index {chosen.digest} nested in an index is not supported")
             log.info("resolved %s to index %s, %s manifest %s", ref, resolved.digest, chosen.platform,
@@ -218,7 +221,7 @@ class Puller:
         blobs[manifest.digest] = manifest.body
         parsed = parse_manifest(manifest.body, manifest.digest)
         config_desc = parsed.config
-        config_body = await in_thread(
+        config_body = await in_thread(  # no fail point: a read
             lambda: session.fetch_small_blob(config_desc.digest, config_desc.size,
                                              max_bytes(config_desc.media_type or OCI_CONFIG)))
         progress.touch()
@@ -232,15 +235,17 @@ class Puller:
         layers = tuple(LayerInfo(d.digest, d.size, d.media_type, diff, chain)
                        for d, diff, chain in zip(parsed.layers, diff_ids, chains, strict=True))
         all_blobs = (*blobs, *(layer.digest for layer in layers))
-        await hold(set(all_blobs), set(chains))
+        await hold(set(all_blobs), set(chains))  # no fail point: leases in crispd's memory
         # everything this image needs is held from here on: GC leaves it alone
         await in_thread(lambda: [self.store.put_blob(d, body) for d, body in blobs.items()])
+        await self.points.point("pull_image.metadata")
         progress.total = sum(layer.size for layer in layers)
         limits = UnpackLimits(self.max_layer_unpacked, ImageBudget(self.max_image_unpacked))
         jobs = [in_thread(lambda layer=layer: self._fetch_layer(session, layer, progress, cancel, limits),
                           self._pool)
                 for layer in layers]
         await asyncio.gather(*jobs)
+        await self.points.point("pull_image.layers")
         size = sum(len(body) for body in blobs.values()) + progress.total
         return PulledImage(
             id=config_desc.digest, resolved_digest=resolved.digest, resolved_media_type=resolved.media_type,
@@ -267,16 +272,19 @@ class Puller:
 
             session.fetch_blob(layer.digest, layer.size, lambda: self.store.writer(layer.digest, layer.size),
                                fetched)
-        tmp = self.store.new_tmp_dir("unpack-")
-        try:
-            fs = tmp / "fs"
-            fs.mkdir(mode=0o755)
-            result = unpack_layer(self.store.blob_path(layer.digest), fs, layer.digest, layer.diff_id, cancel,
-                                  on_entry=lambda _member: progress.touch(), limits=limits)
-            self.store.commit_snapshot(layer.chain_id, tmp)
-        except BaseException:
-            remove_tree(tmp)
-            raise
+            self.points.point_in_thread("pull_image.layer_fetched")
+        with errors.writing(f"layer {layer.digest} unpacked into {self.store.tmp_dir}"):
+            tmp = self.store.new_tmp_dir("unpack-")
+            try:
+                fs = tmp / "fs"
+                fs.mkdir(mode=0o755)
+                result = unpack_layer(self.store.blob_path(layer.digest), fs, layer.digest, layer.diff_id, cancel,
+                                      on_entry=lambda _member: progress.touch(), limits=limits)
+                self.store.commit_snapshot(layer.chain_id, tmp)
+            except BaseException:
+                remove_tree(tmp)
+                raise
+        self.points.point_in_thread("pull_image.layer_unpacked")
         log.debug("unpacked layer %s (%d entries) into snapshot %s", layer.digest, result.entries, layer.chain_id)
 
 

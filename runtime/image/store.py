@@ -48,14 +48,17 @@ class BlobWriter:
         self._store = store
         self.digest = digest
         self.expected_size = size
-        fd, name = tempfile.mkstemp(prefix="blob-", dir=store.tmp_dir)
+        self._what = f"blob {digest} in {store.root}"
+        with errors.writing(self._what):
+            fd, name = tempfile.mkstemp(prefix="blob-", dir=store.tmp_dir)
         self.tmp_path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self.written = 0
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        with errors.writing(self._what):  # not an OSError: no registry host is to blame
+            self._file.write(data)
         self._hash.update(data)
         self.written += len(data)
         if self.expected_size is not None and self.written > self.expected_size:
@@ -70,14 +73,15 @@ class BlobWriter:
             actual = "sha256:" + self._hash.hexdigest()
             if actual != self.digest:
                 raise DigestMismatch(f"blob {self.digest}: content has digest {actual} (corrupt or tampered)")
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            target = self._store.blob_path(self.digest)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.tmp_path, 0o644)
-            os.replace(self.tmp_path, target)
-            _fsync_dir(target.parent)
+            with errors.writing(self._what):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                target = self._store.blob_path(self.digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(self.tmp_path, 0o644)
+                os.replace(self.tmp_path, target)
+                _fsync_dir(target.parent)
             return target
         except BaseException:
             self.abort()

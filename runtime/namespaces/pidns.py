@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.command import run_command
-from runtime.mounts import bind_mount, unmount
+from runtime.mounts import bind_mount, is_mountpoint, unmount
 from runtime.namespaces import podinit
 from runtime.namespaces.pin import usernsexec_argv
 from runtime.procs import ProcessRef, package_root
@@ -21,7 +21,7 @@ async def start_pod_init(pin: Path, pod_id: str, userns: str = "") -> ProcessRef
     """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs. The init makes the
     namespace itself (podinit.py) and crispd pins it once PID 1 runs. With the pod's own user namespace (`userns`,
     its pin), the init starts inside it (usernsexec), so that the PID namespace it makes is owned by it."""
-    log_path = pin.parent / "podinit.log"
+    log_path = _log_path(pin)
     log_fd = await asyncio.to_thread(_prepare, pin, log_path)
     read_fd, write_fd = os.pipe()
     ref = None
@@ -72,6 +72,39 @@ def _read_line(fd: int) -> str:
             break
         data += chunk
     return data.decode()
+
+
+def _log_path(pin: Path) -> Path:
+    """Where a pod init's output goes (its stdout and stderr for as long as it runs)."""
+    return pin.parent / "podinit.log"
+
+
+def find_pod_init(pin: Path) -> ProcessRef | None:
+    """PID 1 of the PID namespace pinned at `pin`, found in /proc (for a pod init that no record names: crispd
+    died before it wrote one); without a pin (crispd pins the init once it runs: crispd died before), the PID 1
+    whose output goes to the pod's init log. None if there is no such process."""
+    wanted = ""
+    if is_mountpoint(pin):
+        try:
+            wanted = f"pid:[{os.stat(pin).st_ino}]"
+        except OSError:
+            return None
+    log_path = str(_log_path(pin))
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if wanted and os.readlink(f"/proc/{entry.name}/ns/pid") != wanted:
+                continue
+            if not wanted and os.readlink(f"/proc/{entry.name}/fd/2") != log_path:
+                continue
+            with open(f"/proc/{entry.name}/status") as f:
+                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        except OSError:
+            continue
+        if nspid and nspid[-1] == "1":
+            return ProcessRef.of(int(entry.name))
+    return None
 
 
 STOP_TIMEOUT = 10.0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,15 @@ import pytest
 from cri import api as cri
 from tests.cri.crispd import Crispd
 from tests.integration.netutil import free_subnet4
-from tests.leaks import cgroups_under, kill_cgroup_tree, mounts_under, processes_mentioning, remove_cgroup_tree
+from tests.leaks import (
+    cgroups_under,
+    children_of,
+    kill_cgroup_tree,
+    mounts_under,
+    processes_mentioning,
+    processes_using,
+    remove_cgroup_tree,
+)
 
 NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
 
@@ -74,7 +84,10 @@ class Pods:
             runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id), timeout=timeout)
 
     def leaks(self) -> list[str]:
-        """What pods left, as crispd sees it (its mounts, its network namespace's veths): call it while it runs."""
+        """Everything pods and containers make that is still there, as crispd sees it (call it while it runs):
+        mounts in its mount namespace (pins, /dev/shm, rootfs), cgroups, processes (pod inits, shims,
+        containers), pod and container dirs, the veths and hostPort rules of its network namespace, and the rows
+        (pods, containers, names, IP leases)."""
         running = self.daemon.proc is not None and self.daemon.proc.poll() is None
         crispd = str(self.daemon.proc.pid) if running and self.daemon.proc else ""
         left = [f"mount {m}" for m in mounts_under(self.daemon.base, crispd or "self")]
@@ -85,10 +98,19 @@ class Pods:
             own = self.netns_dir.is_relative_to(self.daemon.base)
             left += [f"netns name {n}" for n in self.netns_dir.iterdir()
                      if own or n.name.removeprefix("crisp-") in self.pod_ids]
-        sandboxes = self.daemon.state / "sandboxes"
-        if sandboxes.exists():
-            left += [f"dir {d}" for d in sandboxes.iterdir()]
+        ours = {int(crispd), *children_of(int(crispd))} if crispd else set()
+        left += [f"process {p}" for p in processes_using(self.daemon.base, exclude=ours)]
+        for parent in (self.daemon.state / "sandboxes", self.daemon.state / "containers",
+                       self.daemon.root / "containers"):
+            if parent.exists():
+                left += [f"dir {d}" for d in parent.iterdir()]
         left += [f"veth {name}" for name in self.veths()]
+        rules = subprocess.run([*self.daemon.prefix, "nft", "list", "table", "inet", self.bridge],
+                               capture_output=True, text=True).stdout
+        # a pod's hostPort rules are commented `crisp:<sandbox id>` (the bridge's own rules stay, as the table does)
+        left += [f"nft rule {line.strip()}" for line in rules.splitlines()
+                 if re.search(r'comment "crisp:[^ "]+"', line)]
+        left += [f"row {row}" for row in self.rows()]
         return left
 
     def veths(self) -> list[str]:
@@ -96,6 +118,21 @@ class Pods:
         ports = subprocess.run([*self.daemon.prefix, "ip", "-o", "link", "show", "master", self.bridge],
                                capture_output=True, text=True).stdout.split("\n")
         return [line.split(":")[1].strip() for line in ports if line.strip()]
+
+    def rows(self) -> list[str]:
+        """The pod, container, name and IP lease rows in crispd's database (images are not a pod's)."""
+        db = self.daemon.root / "crisp.db"
+        if not db.exists():
+            return []
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            found = []
+            for table, column in (("sandboxes", "id"), ("containers", "id"), ("name_reservations", "name"),
+                                  ("ip_leases", "ip")):
+                found += [f"{table} {value}" for (value,) in conn.execute(f"SELECT {column} FROM {table}")]
+            return found
+        finally:
+            conn.close()
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from runtime import failpoints
 from runtime.cgroups import CgroupV2Manager
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
@@ -22,7 +23,7 @@ from tests.leaks import mounts_under, wait_until
 
 pytestmark = pytest.mark.root
 
-CREATE_FAIL_POINTS = ["create_container.spec", "create_container.shim", "create_container.record"]
+CREATE_FAIL_POINTS = failpoints.STEPS["CreateContainer"]
 CRI_LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
 
 
@@ -374,7 +375,7 @@ def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
 
 def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: TestImages) -> None:
     p = Pods(tmp_path)
-    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"create_container.record" = 1500\n')
+    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"create_container.shim" = 1500\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from cri import api as cri
+from runtime import failpoints
 from runtime.cgroups import CgroupV2Manager
 from runtime.procs import process_start_time
 from tests.cri.pods import Pods, pod_config
@@ -19,8 +20,7 @@ from tests.leaks import mounts_under, processes_mentioning, store_rows, wait_unt
 
 pytestmark = pytest.mark.root
 
-FAIL_POINTS = ["run_pod_sandbox.cgroup", "run_pod_sandbox.namespaces", "run_pod_sandbox.pod_init",
-               "run_pod_sandbox.files", "run_pod_sandbox.network", "run_pod_sandbox.record"]
+FAIL_POINTS = failpoints.STEPS["RunPodSandbox"]
 
 
 def nsenter(*args: str) -> str:
@@ -332,7 +332,7 @@ def test_a_refused_cgroup_parent_leaves_the_name_free(pods: Pods) -> None:
 
 def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
     p = Pods(tmp_path)
-    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n')
+    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"run_pod_sandbox.network" = 1500\n')
     p.daemon.start()
     try:
         request = cri.RunPodSandboxRequest(config=pod_config("slow"))

@@ -163,11 +163,24 @@ def test_file_is_read(tmp_path: Path) -> None:
 
 
 def test_tables_of_plain_values_round_trip() -> None:
-    config = parse_config('[debug.delay_points]\n"run_pod_sandbox.record" = 1500\nother = 2\n')
-    assert config.debug.delay_points == {"run_pod_sandbox.record": 1500, "other": 2}
+    config = parse_config('[debug.delay_points]\n"run_pod_sandbox.record" = 1500\n"crispd.ready" = 2\n')
+    assert config.debug.delay_points == {"run_pod_sandbox.record": 1500, "crispd.ready": 2}
     assert parse_config(dump_toml(config)) == config
     with pytest.raises(ConfigError, match=r"debug\.delay_points\.x: expected an integer"):
         parse_config('[debug.delay_points]\nx = "slow"\n')
+
+
+def test_debug_points_must_be_fail_points() -> None:
+    config = parse_config('[debug]\nhang_points = ["create_container.shim"]\nfail_points = ["pull_image.record"]\n')
+    assert config.debug.hang_points == ["create_container.shim"]
+    for key in ("hang_points", "fail_points"):
+        with pytest.raises(ConfigError, match=rf"debug\.{key}: 'create_container.shmi' is not a fail point"):
+            parse_config(f'[debug]\n{key} = ["create_container.shmi"]\n')
+    with pytest.raises(ConfigError, match=r"debug\.delay_points: 'nowhere' is not a fail point"):
+        parse_config('[debug.delay_points]\nnowhere = 5\n')
+    assert parse_config('[debug]\nhang_points = ["shim.created"]\n').debug.hang_points == ["shim.created"]
+    with pytest.raises(ConfigError, match=r"debug\.fail_points: 'shim.created' is a shim's point"):
+        parse_config('[debug]\nfail_points = ["shim.created"]\n')
 
 
 @pytest.mark.parametrize(("address", "expected"), [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import grpc
 import pytest
 
@@ -58,3 +61,16 @@ def test_wire_kinds_round_trip() -> None:
     assert type(errors.from_kind("CrispError", "x", fallback=_Extra)) is _Extra
     assert type(errors.from_kind("_Extra", "x", extra=(_Extra,))) is _Extra
     assert type(errors.from_kind(None, "x")) is errors.CrispError
+
+
+def test_a_full_filesystem_is_resource_exhausted_naming_what() -> None:
+    with pytest.raises(errors.ResourceExhausted, match=r"no space left to write blob sha256:ab in /images "
+                                                       r"\(/images/tmp/blob-1\): No space left on device"):
+        with errors.writing("blob sha256:ab in /images"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/images/tmp/blob-1")
+    with pytest.raises(errors.ResourceExhausted, match=r"^no space left to write pod x in /run/p: Disk quota"):
+        with errors.writing("pod x in /run/p"):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/run/p")  # its path is named already
+    with pytest.raises(PermissionError):  # anything else goes on as it is
+        with errors.writing("pod x"):
+            raise PermissionError(errno.EACCES, "Permission denied", "/run/p")

@@ -13,6 +13,7 @@ import pytest
 from cri import api as cri
 from cri.store.containers import EXITED, RUNNING, Container, ContainerMeta, ContainerStatus, ContainerStore
 from cri.store.db import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, Store, migrate
+from cri.store.names import NameIndex
 from runtime import errors
 
 TABLES = {"settings", "name_reservations", "sandboxes", "containers", "images", "image_names", "ip_leases"}
@@ -137,6 +138,37 @@ def test_find_says_not_there_only_when_it_is_not(tmp_path: Path) -> None:
                 containers.find(bad)
             with pytest.raises(errors.InvalidArgument):
                 containers.get(bad)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_version_1_database_keeps_its_reservations_settled(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    migrate(conn, MIGRATIONS[:1])
+    conn.execute("INSERT INTO name_reservations (name, kind, owner_id, created_at) VALUES ('web', 'sandbox', 'a', 1)")
+    migrate(conn)
+    # a creation of an older crisp is finished or not by its row alone: nothing claims it was never answered
+    assert conn.execute("SELECT intent FROM name_reservations").fetchone() == ("{}",)
+
+
+def test_reservations_keep_their_intent_until_settled(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = Store(tmp_path / "crisp.db")
+        await store.open()
+        names = NameIndex(store, "container")
+        await names.reserve("app", "c1", 1, {"bundle": "/run/crisp/containers/c1"})
+        await names.reserve("db", "c2", 2)
+        assert sorted((r.name, r.owner_id, r.intent) for r in await names.reservations()) == [
+            ("app", "c1", {"bundle": "/run/crisp/containers/c1"}), ("db", "c2", {})]
+        await names.settle("app", "other")  # only its holder's reservation
+        assert {r.name: r.intent for r in await names.reservations()}["app"]
+        await names.settle("app", "c1")
+        again = NameIndex(store, "container")
+        await again.load()
+        assert again.holder("app") == "c1"
+        assert {r.name: r.intent for r in await again.reservations()} == {"app": {}, "db": {}}
+        assert await NameIndex(store, "sandbox").reservations() == []
         await store.close()
 
     asyncio.run(scenario())

@@ -231,8 +231,8 @@ def test_shim_imports_nothing_heavy(runc_env: ShimEnv) -> None:
     assert info["threads"] == 1
     # ctypes is there for exactly one prctl(PR_SET_CHILD_SUBREAPER), through runtime.linux.syscalls
     # and the stdlib-only rule modules the shim shares with crispd and the executor (the bundle contract, error
-    # kinds, process start times)
+    # kinds, process start times, the fail points)
     assert {m for m in modules if m.startswith("runtime")} <= {
         "runtime", "runtime.version", "runtime.linux", "runtime.linux.syscalls", "runtime.bundle", "runtime.errors",
-        "runtime.procs"}
+        "runtime.procs", "runtime.failpoints"}
     print(json.dumps(sorted(modules)))

@@ -1,0 +1,87 @@
+"""crispd's start reconciles its records with what exists: what no record refers to is undone."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cri import api as cri
+from runtime.mounts import unmount
+from runtime.namespaces.pidns import start_pod_init
+from runtime.namespaces.pin import NamespaceSetup, pin_namespaces
+from runtime.procs import ProcessRef
+from tests.cri.pods import Pods, pod_config
+from tests.leaks import mounts_under
+
+pytestmark = pytest.mark.root
+
+
+def test_dirs_and_pins_without_a_record_are_removed_at_start(tmp_path: Path) -> None:
+    """What a crispd older than name intents (or a hand) left: a pod dir with pinned namespaces and a running
+    PID 1, a container bundle and writable layer, none of them in the database."""
+    p = Pods(tmp_path)
+    pod_dir = p.daemon.state / "sandboxes" / secrets.token_hex(32)
+    container_id = secrets.token_hex(32)
+    bundle, layer = p.daemon.state / "containers" / container_id, p.daemon.root / "containers" / container_id
+
+    async def leave_a_pod() -> int:
+        await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"net", "ipc", "uts"})))
+        return (await start_pod_init(pod_dir / "ns" / "pid")).pid
+
+    init_pid = asyncio.run(leave_a_pod())
+    (bundle / "rootfs").mkdir(parents=True)
+    (layer / "upper").mkdir(parents=True)
+    try:
+        assert len(mounts_under(tmp_path)) == 4
+        p.daemon.start()
+        assert not pod_dir.exists() and not bundle.exists() and not layer.exists()
+        assert not Path(f"/proc/{init_pid}").exists() or b"podinit" not in Path(
+            f"/proc/{init_pid}/cmdline").read_bytes()
+        assert p.leaks() == []
+        p.run(pod_config())  # and crispd works as ever
+    finally:
+        for item in p.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items:
+            p.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id))
+        leaks = p.leaks()
+        assert p.daemon.stop() == 0
+        for m in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", m], check=False)
+        p.cleanup_host()
+    assert leaks == []
+
+
+def test_a_user_namespaced_pod_init_crispd_did_not_pin_yet_is_found_at_start(tmp_path: Path) -> None:
+    """A user-namespaced pod's init makes its PID namespace inside the pod's user namespace, and crispd pins it
+    once the init runs (the bind mount needs the host's root): a crispd killed in between left an init that no
+    pin names. The next start finds it through its log and kills it with the rest of the pod."""
+    p = Pods(tmp_path)
+    pod_dir = p.daemon.state / "sandboxes" / secrets.token_hex(32)
+    pid_pin = pod_dir / "ns" / "pid"
+    mappings = ((0, 3_000_000, 65536),)
+
+    async def leave_a_pod() -> ProcessRef:
+        pins = await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"user", "ipc"}),
+                                                                 uid_mappings=mappings, gid_mappings=mappings))
+        ref = await start_pod_init(pid_pin, userns=str(pins["user"]))
+        await unmount(pid_pin)  # as before crispd pinned it
+        return ref
+
+    init = asyncio.run(leave_a_pod())
+    try:
+        assert init.alive() and len(mounts_under(tmp_path)) == 2
+        p.daemon.start()
+        assert not pod_dir.exists()
+        assert not init.alive()
+        assert p.leaks() == []
+    finally:
+        leaks = p.leaks()
+        assert p.daemon.stop() == 0
+        init.signal()  # a failed test's (this very process only)
+        for m in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", m], check=False)
+        p.cleanup_host()
+    assert leaks == []
