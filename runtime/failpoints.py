@@ -18,8 +18,8 @@ STEPS: dict[str, tuple[str, ...]] = {
     "RunPodSandbox": (
         "run_pod_sandbox.name", "run_pod_sandbox.dir", "run_pod_sandbox.cgroup", "run_pod_sandbox.namespaces",
         "run_pod_sandbox.netns_name", "run_pod_sandbox.pod_init", "run_pod_sandbox.pod_init_cgroup",
-        "run_pod_sandbox.files", "run_pod_sandbox.shm_dir", "run_pod_sandbox.shm", "run_pod_sandbox.network", "run_pod_sandbox.nri",
-        "run_pod_sandbox.record",
+        "run_pod_sandbox.files", "run_pod_sandbox.shm_dir", "run_pod_sandbox.shm", "run_pod_sandbox.network",
+        "run_pod_sandbox.nri", "run_pod_sandbox.record",
     ),
     "CreateContainer": (
         "create_container.name", "create_container.dirs", "create_container.working_dir", "create_container.cdi",
