@@ -30,7 +30,7 @@ def test_dirs_and_pins_without_a_record_are_removed_at_start(tmp_path: Path) -> 
 
     async def leave_a_pod() -> int:
         await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"net", "ipc", "uts"})))
-        return (await start_pod_init(pod_dir / "ns" / "pid")).pid
+        return (await start_pod_init(pod_dir / "ns" / "pid", pod_dir.name)).pid
 
     init_pid = asyncio.run(leave_a_pod())
     (bundle / "rootfs").mkdir(parents=True)
@@ -55,9 +55,8 @@ def test_dirs_and_pins_without_a_record_are_removed_at_start(tmp_path: Path) -> 
 
 
 def test_a_user_namespaced_pod_init_crispd_did_not_pin_yet_is_found_at_start(tmp_path: Path) -> None:
-    """A user-namespaced pod's init makes its PID namespace inside the pod's user namespace, and crispd pins it
-    once the init runs (the bind mount needs the host's root): a crispd killed in between left an init that no
-    pin names. The next start finds it through its log and kills it with the rest of the pod."""
+    """A pod's init makes its PID namespace itself (a user-namespaced pod's inside the pod's user namespace), and
+    crispd pins it once the init runs: a crispd killed in between left an init that no pin names. The next start finds it through its log and kills it with the rest of the pod."""
     p = Pods(tmp_path)
     pod_dir = p.daemon.state / "sandboxes" / secrets.token_hex(32)
     pid_pin = pod_dir / "ns" / "pid"
@@ -66,7 +65,7 @@ def test_a_user_namespaced_pod_init_crispd_did_not_pin_yet_is_found_at_start(tmp
     async def leave_a_pod() -> ProcessRef:
         pins = await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"user", "ipc"}),
                                                                  uid_mappings=mappings, gid_mappings=mappings))
-        ref = await start_pod_init(pid_pin, userns=str(pins["user"]))
+        ref = await start_pod_init(pid_pin, pod_dir.name, userns=str(pins["user"]))
         await unmount(pid_pin)  # as before crispd pinned it
         return ref
 
