@@ -28,59 +28,65 @@ def test_dirs_and_pins_without_a_record_are_removed_at_start(tmp_path: Path) -> 
     container_id = secrets.token_hex(32)
     bundle, layer = p.daemon.state / "containers" / container_id, p.daemon.root / "containers" / container_id
 
-    async def leave_a_pod() -> int:
+    async def leave_a_pod() -> None:
         await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"net", "ipc", "uts"})))
-        return (await start_pod_init(pod_dir / "ns" / "pid", pod_dir.name)).pid
+        inits.append(await start_pod_init(pod_dir / "ns" / "pid", pod_dir.name))
 
-    init_pid = asyncio.run(leave_a_pod())
-    (bundle / "rootfs").mkdir(parents=True)
-    (layer / "upper").mkdir(parents=True)
+    inits: list[ProcessRef] = []
+    leaks: list[str] = []
     try:
+        asyncio.run(leave_a_pod())
+        (bundle / "rootfs").mkdir(parents=True)
+        (layer / "upper").mkdir(parents=True)
         assert len(mounts_under(tmp_path)) == 4
         p.daemon.start()
         assert not pod_dir.exists() and not bundle.exists() and not layer.exists()
-        assert not Path(f"/proc/{init_pid}").exists() or b"podinit" not in Path(
-            f"/proc/{init_pid}/cmdline").read_bytes()
+        assert not inits[0].alive()
         assert p.leaks() == []
         p.run(pod_config())  # and crispd works as ever
-    finally:
         for item in p.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items:
             p.daemon.runtime.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id))
         leaks = p.leaks()
-        assert p.daemon.stop() == 0
-        for m in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
+    finally:
+        _clean_up(p, tmp_path, inits)
     assert leaks == []
+
+
+def _clean_up(p: Pods, tmp_path: Path, inits: list[ProcessRef]) -> None:
+    """What a test left, also when it failed halfway (crispd may not have started): crispd stops, the pod inits
+    it made are killed (these very processes only), the mounts under the test's dir are detached."""
+    assert p.daemon.stop() == 0
+    for init in inits:
+        init.signal()
+    for m in reversed(mounts_under(tmp_path)):
+        subprocess.run(["umount", "-l", m], check=False)
+    p.cleanup_host()
 
 
 def test_a_user_namespaced_pod_init_crispd_did_not_pin_yet_is_found_at_start(tmp_path: Path) -> None:
     """A pod's init makes its PID namespace itself (a user-namespaced pod's inside the pod's user namespace), and
-    crispd pins it once the init runs: a crispd killed in between left an init that no pin names. The next start finds it through its log and kills it with the rest of the pod."""
+    crispd pins it once the init runs: a crispd killed in between left an init that no pin names. The next start
+    finds it through its log and kills it with the rest of the pod."""
     p = Pods(tmp_path)
     pod_dir = p.daemon.state / "sandboxes" / secrets.token_hex(32)
     pid_pin = pod_dir / "ns" / "pid"
     mappings = ((0, 3_000_000, 65536),)
 
-    async def leave_a_pod() -> ProcessRef:
+    async def leave_a_pod() -> None:
         pins = await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"user", "ipc"}),
                                                                  uid_mappings=mappings, gid_mappings=mappings))
-        ref = await start_pod_init(pid_pin, pod_dir.name, userns=str(pins["user"]))
+        inits.append(await start_pod_init(pid_pin, pod_dir.name, userns=str(pins["user"])))
         await unmount(pid_pin)  # as before crispd pinned it
-        return ref
 
-    init = asyncio.run(leave_a_pod())
+    inits: list[ProcessRef] = []
+    leaks: list[str] = []
     try:
-        assert init.alive() and len(mounts_under(tmp_path)) == 2
+        asyncio.run(leave_a_pod())
+        assert inits[0].alive() and len(mounts_under(tmp_path)) == 2
         p.daemon.start()
         assert not pod_dir.exists()
-        assert not init.alive()
-        assert p.leaks() == []
-    finally:
+        assert not inits[0].alive()
         leaks = p.leaks()
-        assert p.daemon.stop() == 0
-        init.signal()  # a failed test's (this very process only)
-        for m in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
+    finally:
+        _clean_up(p, tmp_path, inits)
     assert leaks == []
