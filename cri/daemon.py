@@ -44,6 +44,7 @@ from runtime.cgroups import CgroupV2Manager
 from runtime.lockfile import LockFile
 from runtime.systemd import notify
 from runtime.version import VERSION
+from runtime.workers import DEFAULT_WORKERS, started_pool
 
 log = logging.getLogger("crispd")
 
@@ -178,12 +179,15 @@ class Daemon:
         try:
             self.store.prestart()
             self.images.prestart()
+            # asyncio.to_thread's pool, every thread started now (runtime/workers.py says why)
+            self._workers = started_pool(DEFAULT_WORKERS, "crisp-worker")
             asyncio.run(self._main())
         finally:
             self._release_locks()
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(self._workers)
         if self.config.debug.slow_callback_ms > 0:
             loop.set_debug(True)
             slowcallbacks.install(self.config.debug.slow_callback_ms / 1000)

@@ -40,10 +40,11 @@ from cri.store.images import ImageRow
 from runtime import errors
 from runtime.failpoints import NoPoints, Points
 from runtime.image.gc import GcResult, collect, usage
-from runtime.image.pull import PulledImage, Puller, image_info, prestart_pool
+from runtime.image.pull import PulledImage, Puller, image_info
 from runtime.image.reference import Reference, image_id_hex, parse_reference
 from runtime.image.registry import Credentials, RegistryClient
 from runtime.image.store import ImageStore
+from runtime.workers import prestart_pool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -41,6 +41,7 @@ from runtime.image.reference import Reference
 from runtime.image.registry import Credentials, RegistryClient, RepositorySession
 from runtime.image.store import ImageStore
 from runtime.image.unpack import ImageBudget, UnpackLimits, unpack_layer
+from runtime.workers import prestart_pool
 
 log = logging.getLogger(__name__)
 
@@ -286,14 +287,6 @@ class Puller:
                 raise
         self.points.point_in_thread("pull_image.layer_unpacked")
         log.debug("unpacked layer %s (%d entries) into snapshot %s", layer.digest, result.entries, layer.chain_id)
-
-
-def prestart_pool(pool: ThreadPoolExecutor, workers: int) -> None:
-    """Make `pool` start `workers` threads: each job waits until all of them run at once."""
-    barrier = threading.Barrier(workers)
-    jobs = [pool.submit(barrier.wait, 30) for _ in range(workers)]
-    for job in jobs:
-        job.result()
 
 
 async def _settle(work: asyncio.Future[Any], threads: list[concurrent.futures.Future[Any]]) -> None:
