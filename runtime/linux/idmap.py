@@ -17,11 +17,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 
 from runtime import errors
 from runtime.bundle import Idmap, Overlay, idmap_of, load_config
 from runtime.linux import syscalls as sc
+
+USERNS_TIMEOUT = 10.0  # for a throwaway user namespace's holder to be in it
 
 # (container id, host id, length), as CRI and OCI give them
 Mapping = tuple[int, int, int]
@@ -107,14 +110,14 @@ def throwaway_userns() -> Iterator[int]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         own = os.readlink("/proc/self/ns/user")
-        for _ in range(500):
-            if os.readlink(f"/proc/{holder.pid}/ns/user") != own:
-                break
+        # bounded by time, not by tries: on a busy or emulated machine the child may take long to get there
+        deadline = time.monotonic() + USERNS_TIMEOUT
+        while os.readlink(f"/proc/{holder.pid}/ns/user") == own:
             if holder.poll() is not None:
                 raise OSError(f"unshare --user exited with status {holder.returncode}")
-            os.sched_yield()
-        else:
-            raise OSError("unshare --user did not make a user namespace")
+            if time.monotonic() > deadline:
+                raise OSError(f"unshare --user did not make a user namespace within {USERNS_TIMEOUT:g}s")
+            time.sleep(0.001)
         write_maps(holder.pid, [(0, 65534, 1)], [(0, 65534, 1)])
         fd = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
