@@ -250,7 +250,9 @@ def test_del_after_a_restart_and_with_the_namespace_gone(cni: CniEnv) -> None:
         assert len(cni.leased()) == 1
     # pod b's namespace is gone now (the namespaces block removed it): DEL passes an empty CNI_NETNS, and the
     # plugins release what they can: the address, portmap's rules; the bridge plugin's masquerade rules stay, as
-    # it finds the pod's addresses only in the namespace (the reason to tear down before unpinning it)
+    # it finds the pod's addresses only in the namespace (the reason to tear down before unpinning it). Its veth
+    # goes with the namespace, which the kernel cleans up asynchronously (CI at load once still saw it at the end)
+    wait_for(lambda: cni.ports() == [], 30, what="the kernel to remove pod b's veth with its namespace")
     cni.teardown(pod_b)
     cni.teardown(pod_b)  # and again: nothing to do
     cni.assert_clean(masquerade_left_for={pod_b.sandbox_id})
