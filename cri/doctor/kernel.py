@@ -1,6 +1,7 @@
 """The kernel features containers need: overlayfs, the cgroup device filter (eBPF), seccomp, user namespaces and
-id-mapped mounts (of crisp's dirs, and of tmpfs). Every probe is read-only (the BPF program is loaded, never attached;
-an id-mapped mount is cloned in a throwaway user namespace, never attached)."""
+id-mapped mounts (of crisp's dirs, and of tmpfs), and CRIU for checkpoints (`criu check`). Every probe is read-only
+(the BPF program is loaded, never attached; an id-mapped mount is cloned in a throwaway user namespace, never
+attached)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from cri.doctor.report import Check, fail, ok, warn
 from cri.handlers import idmapped_dirs
 from runtime import errors
 from runtime.cgroups import DEFAULT_RULES, ebpf
+from runtime.checkpoint import criu
 from runtime.linux import idmap, syscalls
 from runtime.linux.syscalls import libseccomp
 
@@ -126,5 +128,16 @@ def check_tmpfs_idmap() -> Check:
               f"get {what}")
 
 
+def check_checkpoint() -> Check:
+    """CheckpointContainer (the kubelet's checkpoint API) needs CRIU, and CRIU's own check of this kernel."""
+    problem = criu.problem()
+    if problem:
+        return warn("checkpoint", f"CheckpointContainer is refused (FAILED_PRECONDITION): {problem}",
+                    "a criu that knows this kernel (Debian 12's criu 3.17 fails on the vDSO of kernels as new as "
+                    "6.18; it works on Debian 12's 6.1); nothing else needs CRIU")
+    return ok("checkpoint", "criu check passes: CheckpointContainer dumps running containers")
+
+
 def check_kernel(config: Config) -> list[Check]:
-    return [check_overlayfs(), check_device_filter(), check_seccomp(), *check_user_namespaces(config)]
+    return [check_overlayfs(), check_device_filter(), check_seccomp(), *check_user_namespaces(config),
+            check_checkpoint()]

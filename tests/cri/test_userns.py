@@ -56,7 +56,7 @@ def pods() -> Iterator[Pods]:
     base = Path(tempfile.mkdtemp(prefix="crisp-userns-", dir="/var/tmp" if in_guest() else None))
     base.chmod(0o711)
     try:
-        with running_pods(base, check_slow_callbacks=not in_guest()) as p:
+        with running_pods(base, start_timeout=120 if in_guest() else 30, check_slow_callbacks=not in_guest()) as p:
             yield p
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -79,14 +79,14 @@ def test_status_advertises_user_namespaces_and_the_state_dir(kubelet: Kubelet) -
 # kernel (6.1: id-mapped overlayfs layers, no id-mapped tmpfs)
 @pytest.mark.parametrize("pid_mode", [pytest.param(cri.POD, marks=pytest.mark.vm_also), cri.CONTAINER],
                          ids=["shared-pid", "own-pid"])
-def test_pod_user_namespace(kubelet: Kubelet, tmp_path: Path, pid_mode: int) -> None:
+def test_pod_user_namespace(kubelet: Kubelet, pid_mode: int) -> None:
     options = _userns()
     options.pid = pid_mode
     pod_id, pod = kubelet.pod(**_pod_with(options))
     status = kubelet.rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
     assert status.linux.namespaces.options.userns_options == options.userns_options
 
-    volume = tmp_path / "volume"
+    volume = kubelet.pods.daemon.base / "volume"  # on a filesystem the kernel can id-map (see the fixture)
     volume.mkdir()
     (volume / "from-host").write_text("hi")
     os.chown(volume / "from-host", 33, 33)
