@@ -3,10 +3,18 @@ limits of tests/vm/guest, the systemd driver of tests/vm/guest_systemd)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import signal
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from cri import api as cri
+from tests.cri.pods import Pods
+from tests.imagetools import busybox_image
+from tests.leaks import mounts_under
+from tests.registrytools import Pusher, running_registry
 from tests.vm.guest.support import wait_until
 
 # the host's network (limits need no pod network) and a PID namespace per container (no pod init to start), for the
@@ -52,3 +60,31 @@ def wait_exited(rt: cri.RuntimeServiceStub, container_id: str) -> cri.ContainerS
     wait_until(lambda: container_status(rt, container_id).state == cri.CONTAINER_EXITED, 120,
                f"container {container_id} to be reported exited", interval=0.2)
     return container_status(rt, container_id)
+
+
+@contextlib.contextmanager
+def served_crispd(base: Path) -> Iterator[tuple[Pods, str]]:
+    """A crispd under `base` (the emulated guest gets 120 s to start it) with busybox pulled from a loopback
+    registry: (its Pods, the image's reference). Afterwards nothing may be left and crispd must stop cleanly."""
+    with contextlib.ExitStack() as stack:
+        registry = stack.enter_context(running_registry(base / "registry"))
+        Pusher(registry.url).image("crisp/busybox", busybox_image(), "latest")
+        (base / "crispd").mkdir()
+        pods = Pods(base / "crispd")
+        stack.callback(pods.cleanup_host)
+        stack.callback(_unmount_all_under, base / "crispd")
+        pods.daemon.start(timeout=120)
+        code: list[int] = []
+        stack.callback(lambda: code.append(pods.daemon.stop(signal.SIGTERM, timeout=60)))
+        image = f"{registry.host}/crisp/busybox:latest"
+        pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=image)), timeout=120)
+        yield pods, image
+        leaks = pods.leaks()
+        stack.close()
+        assert leaks == []
+        assert code == [0], pods.daemon.log()
+
+
+def _unmount_all_under(path: Path) -> None:
+    for target in reversed(mounts_under(path)):
+        subprocess.run(["umount", "-l", target], check=False)

@@ -10,10 +10,8 @@ tests/vm/inputs.py puts it into the io share when this file is selected)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-import signal
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -26,10 +24,7 @@ import pytest
 
 from cri import api as cri
 from tests.cri.pods import Pods
-from tests.imagetools import busybox_image
-from tests.leaks import mounts_under
-from tests.registrytools import Pusher, running_registry
-from tests.vm.guest.cri_steps import container_status
+from tests.vm.guest.cri_steps import container_status, served_crispd
 from tests.vm.guest.support import wait_until
 
 # leaves a file in its writable layer, deletes one of the image's (a whiteout), then sleeps
@@ -57,28 +52,8 @@ class Node:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     base = tmp_path_factory.mktemp("crispd-checkpoint")
-    with contextlib.ExitStack() as stack:
-        registry = stack.enter_context(running_registry(base / "registry"))
-        Pusher(registry.url).image("crisp/busybox", busybox_image(), "latest")
-        (base / "crispd").mkdir()
-        pods = Pods(base / "crispd")
-        stack.callback(pods.cleanup_host)
-        stack.callback(_unmount_all_under, base / "crispd")
-        pods.daemon.start(timeout=120)
-        code: list[int] = []
-        stack.callback(lambda: code.append(pods.daemon.stop(signal.SIGTERM, timeout=60)))
-        image = f"{registry.host}/crisp/busybox:latest"
-        pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=image)), timeout=120)
+    with served_crispd(base) as (pods, image):
         yield Node(pods, image, base)
-        leaks = pods.leaks()
-        stack.close()
-        assert leaks == []
-        assert code == [0], pods.daemon.log()
-
-
-def _unmount_all_under(path: Path) -> None:
-    for target in reversed(mounts_under(path)):
-        subprocess.run(["umount", "-l", target], check=False)
 
 
 @pytest.mark.parametrize("handler", HANDLERS)

@@ -9,11 +9,8 @@ its pods and checks that nothing is left. Slow callbacks are not checked here (s
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,10 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cri import api as cri
 from tests.cri.pods import Pods
 from tests.cri.test_doctor import doctor, tmpfs_idmap_kernel
-from tests.imagetools import busybox_image
-from tests.leaks import mounts_under
-from tests.registrytools import Pusher, running_registry
-from tests.vm.guest.cri_steps import container_status, pod_config, run_container, wait_exited
+from tests.vm.guest.cri_steps import container_status, pod_config, run_container, served_crispd, wait_exited
 from tests.vm.guest.support import HOLD, Cgroup, allocate_and_hold, unique_name, wait_until
 
 MiB = 1 << 20
@@ -61,28 +55,8 @@ class Node:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, cgroup_root: Path) -> Iterator[Node]:
     base = tmp_path_factory.mktemp("crispd-limits")
-    with contextlib.ExitStack() as stack:
-        registry = stack.enter_context(running_registry(base / "registry"))
-        Pusher(registry.url).image("crisp/busybox", busybox_image(), "latest")
-        (base / "crispd").mkdir()
-        pods = Pods(base / "crispd")
-        stack.callback(pods.cleanup_host)
-        stack.callback(_unmount_all_under, base / "crispd")
-        pods.daemon.start(timeout=120)
-        code: list[int] = []
-        stack.callback(lambda: code.append(pods.daemon.stop(signal.SIGTERM, timeout=60)))
-        image = f"{registry.host}/crisp/busybox:latest"
-        pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=image)), timeout=120)
+    with served_crispd(base) as (pods, image):
         yield Node(pods, image, cgroup_root, base)
-        leaks = pods.leaks()
-        stack.close()
-        assert leaks == []
-        assert code == [0], pods.daemon.log()
-
-
-def _unmount_all_under(path: Path) -> None:
-    for target in reversed(mounts_under(path)):
-        subprocess.run(["umount", "-l", target], check=False)
 
 
 @dataclass
