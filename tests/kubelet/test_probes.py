@@ -61,7 +61,9 @@ def test_a_crash_looping_container_is_restarted_with_its_exit_code(node: Node, s
     terminated = status["lastState"]["terminated"]
     assert terminated["exitCode"] == 3 and terminated["reason"] == "Error", status
     assert terminated["message"] == "last words\n", status
-    assert b"crashing" in node.kubelet.logs(name, "app", previous="true")
+    # the kubelet may answer for an attempt its container GC has just removed ("unable to retrieve container logs")
+    # until its status catches up with the newest dead attempt
+    wait_until(lambda: b"crashing" in node.kubelet.logs(name, "app", previous="true"), 30, "the previous attempt's log")
     wait_pod(node.kubelet, name,
              lambda p: container_status(p, "app")["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff",
              30, "in CrashLoopBackOff")

@@ -64,4 +64,6 @@ def test_removing_the_manifest_stops_the_pod_and_gc_leaves_nothing(node: Node) -
         assert not (node.crisp.daemon.root / "containers" / cid).exists()
     # and the kubelet removed its own directories of the pod
     wait_until(lambda: not (node.kubelet.root / "pods" / uid).exists(), 30, "the kubelet's pod dir removed")
-    assert [d.name for d in node.kubelet.pod_logs.iterdir() if uid in d.name] == []
+    # the pod's log dir goes in the kubelet's container GC, which runs once a minute
+    wait_until(lambda: [d.name for d in node.kubelet.pod_logs.iterdir() if uid in d.name] == [], 90,
+               "the kubelet's pod log dir removed")
