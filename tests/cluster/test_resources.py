@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from cri import api as cri
+from cri.doctor.cgroups import pod_controllers
+from runtime.cgroups import CgroupV2Manager
 from tests.cluster.onenode import NAMESPACE, Cluster
 from tests.cluster.workloads import container, container_id, container_status, pod
 from tests.kubelet.kubelet import NODE_NAME
@@ -44,9 +46,14 @@ def _sized_pod(cluster: Cluster, name: str) -> tuple[Any, str]:
 def test_requests_and_limits_reach_crisp_and_come_back(cluster: Cluster) -> None:
     found, cid = _sized_pod(cluster, "sized")
     linux = _linux(cluster, cid)
+    controllers = pod_controllers(CgroupV2Manager.discover(), cluster.crisp.cgroup_base)
+    # what is in force: a limit whose controller pods lack here is left out and named as dropped (issue 22's honest
+    # status; missing_controller = "warn" on these hosts); the VM tier has every controller
+    cpu = "cpu" in controllers
     assert (linux.cpu_period, linux.cpu_quota, linux.cpu_shares, linux.memory_limit_in_bytes) == (
-        CPU_PERIOD, 20_000, _shares(100), 128 * MI)
-    assert container_status(found, "main")["resources"] == SIZED
+        CPU_PERIOD if cpu else 0, 20_000 if cpu else 0, _shares(100) if cpu else 0,
+        128 * MI if "memory" in controllers else 0)
+    assert container_status(found, "main")["resources"] == SIZED  # the kubelet shows what the pod asked for
     cluster.kubectl.run("delete", "pod", "sized", "--wait=true", "--timeout=60s", timeout=90)
 
 
