@@ -108,3 +108,24 @@ def package_root() -> str:
     """The directory that holds crisp's packages (runtime, shim, cri): helpers crisp starts with `python -I -S`
     (no site-packages, no script dir) import them from there."""
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, deepest last, from /proc/<pid>/task/<tid>/children."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        current = queue.pop()
+        try:
+            tids = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            queue.extend(children)
+    return found

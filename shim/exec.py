@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import errors
 from runtime.bundle import exec_process
+from runtime.procs import descendants
 from shim import protocol
 from shim.console import close_console, receive_console, resize_from_frame
 from shim.io import pty
@@ -321,24 +322,3 @@ class ExecSessions:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below pid, deepest last, from /proc/<pid>/task/<tid>/children."""
-    found: list[int] = []
-    queue = [pid]
-    while queue:
-        current = queue.pop()
-        try:
-            tids = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{current}/task/{tid}/children") as f:
-                    children = [int(c) for c in f.read().split()]
-            except (OSError, ValueError):
-                continue
-            found.extend(children)
-            queue.extend(children)
-    return found

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from runtime import errors
+from runtime.procs import descendants
 
 CHECK_TIMEOUT = 60.0
 SEARCH_PATH = "/usr/sbin:/sbin:/usr/bin:/bin"
@@ -97,25 +98,6 @@ def namespace_externals(namespaces: Sequence[object]) -> list[tuple[str, int]]:
     return found
 
 
-def tree_pids(pid: int) -> list[int]:
-    """`pid` and its descendants (what a dump of its tree takes), from /proc's children lists."""
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        found.append(current)
-        try:
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                with open(f"/proc/{current}/task/{task}/children") as f:
-                    pending.extend(int(child) for child in f.read().split())
-            except OSError:
-                continue
-    return found
-
-
 def external_files(pids: Iterable[int], mount_ids: set[int]) -> list[str]:
     """The open files of these processes that live on a mount outside their mount namespace (the stdio the shim
     hands the container: /dev/null, log files), as CRIU names them: `file[<mnt_id>:<inode>]`, both in hex."""
@@ -169,7 +151,7 @@ def dump(pid: int, images_dir: str, work_dir: str, *, namespaces: Iterable[tuple
             mountinfo = parse_mountinfo(f.read())
     except OSError as exc:
         raise errors.FailedPrecondition(f"process {pid} is gone: {exc}") from None
-    files = external_files(tree_pids(pid), {m.mount_id for m in mountinfo})
+    files = external_files([pid, *descendants(pid)], {m.mount_id for m in mountinfo})
     argv = dump_argv(criu, pid, images_dir, work_dir, namespaces=namespaces, mounts=external_mounts(mountinfo),
                      files=files)
     try:
