@@ -254,14 +254,20 @@ def kill_at(point: str, base: Path, images: TestImages) -> None:
         assert wait_until(lambda: p.leaks() + world.image_leftovers() == [], 10), \
             p.leaks() + world.image_leftovers()
     finally:
-        try:
-            leave_nothing(world)
-        finally:
-            p.daemon.stop()
-            for m in reversed(mounts_under(base)):
-                subprocess.run(["umount", "-l", m], check=False)
-            p.cleanup_host()
+        tear_down(world, base)
     assert p.daemon.slow_callbacks() == [], p.daemon.log()
+
+
+def tear_down(world: World, base: Path) -> None:
+    """The end of every kill scenario, also a failed one: its pods removed (leave_nothing), crispd stopped, the
+    mounts under the test's dir detached, the host bits of its crispd dropped."""
+    try:
+        leave_nothing(world)
+    finally:
+        world.pods.daemon.stop()
+        for m in reversed(mounts_under(base)):
+            subprocess.run(["umount", "-l", m], check=False)
+        world.pods.cleanup_host()
 
 
 def leave_nothing(world: World) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,10 @@ import pytest
 
 from cri import api as cri
 from tests.cri.conftest import TestImages
-from tests.cri.killpoints import World, leave_nothing
+from tests.cri.killpoints import World, tear_down
 from tests.cri.pods import Pods, pod_config
 from tests.cri.test_containers import read_log
-from tests.leaks import mounts_under, wait_until
+from tests.leaks import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -113,13 +112,7 @@ def test_twenty_pods_and_a_kill(tmp_path: Path, test_images: TestImages) -> None
         w.remove_everything()
         assert wait_until(lambda: p.leaks() + w.image_leftovers() == [], 10), p.leaks() + w.image_leftovers()
     finally:
-        try:
-            leave_nothing(w)
-        finally:
-            p.daemon.stop()
-            for m in reversed(mounts_under(tmp_path)):
-                subprocess.run(["umount", "-l", m], check=False)
-            p.cleanup_host()
+        tear_down(w, tmp_path)
 
 
 def _log(base: Path, pod: Pod) -> Path:

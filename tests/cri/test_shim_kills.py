@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -15,7 +14,7 @@ import pytest
 
 from cri import api as cri
 from tests.cri.conftest import TestImages
-from tests.cri.killpoints import World, call_in_thread, leave_nothing
+from tests.cri.killpoints import World, call_in_thread, tear_down
 from tests.cri.pods import Pods
 from tests.leaks import mounts_under, wait_until
 
@@ -130,11 +129,5 @@ def test_shim_killed(tmp_path: Path, test_images: TestImages, point: str, handle
         w.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=w.pod_id))
         assert wait_until(lambda: p.leaks() == [], 10), p.leaks()
     finally:
-        try:
-            leave_nothing(w)
-        finally:
-            p.daemon.stop()
-        for m in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
+        tear_down(w, tmp_path)
     assert p.daemon.slow_callbacks() == [], p.daemon.log()
