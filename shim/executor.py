@@ -3,6 +3,9 @@
 A failure keeps the kind the executor gave it: crisp-executor's error lines in its JSON log carry the wire name of
 their `runtime.errors` kind (`"kind"`), which the shim passes on as it is; runc's and crun's carry none (Internal).
 
+crisp's own executor is resident: with `ShimConfig.resident` its code (imported by the zygote) runs each command in
+a fork of the shim, with the same arguments its command line would get, never in a new interpreter.
+
 Every command gets the bundle contract's global options (runtime.bundle.executor_argv: `--root`, `--log
 <bundle>/executor.log --log-format json`, and the cgroup2 bind for an OCI runtime on a hybrid host), a timeout,
 and runs without blocking the shim's loop.
@@ -16,6 +19,7 @@ from collections.abc import Callable
 
 from runtime import errors
 from runtime.bundle import EXECUTOR_LOG, executor_argv
+from runtime.executor.main import main as resident_main
 from shim.loop import Loop
 from shim.protocol import ShimConfig, ShimError
 from shim.spawn import CommandResult, run_command
@@ -41,8 +45,9 @@ class Executor:
             stderr: int | None = None, fd3: int | None = None) -> int:
         """Start an executor command (`fd3`: an fd it gets as 3); returns its pid, `done` gets its result."""
         offset = self._log_size()
+        entry = (resident_main, self.config.resident) if self.config.resident else None
         return run_command(self.loop, self.argv(*args), lambda result: done(result, offset),
-                           stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT, fd3=fd3)
+                           stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT, fd3=fd3, entry=entry)
 
     def error(self, result: CommandResult, log_offset: int) -> ShimError:
         """The executor's own words about a failure (the last error in its log, else its output) and its kind."""

@@ -48,6 +48,32 @@ def test_exit_code_times_and_log(shim_env: ShimEnv) -> None:
     assert '"exit_code": 3' in status_file.read_text()
 
 
+def test_the_builtin_executor_runs_in_forks_of_the_shim(builtin_env: ShimEnv) -> None:
+    """crisp's own executor is resident: the shim runs its commands (create, start, exec, kill, delete) in forks of
+    itself, so they work with no executor program on disk at all (the argv only names it in messages)."""
+    cid = builtin_env.new_id()
+    builtin_env.bundle(cid, ["sleep", "1000"])
+    missing = builtin_env.base / "no-such-dir" / "crisp-executor"
+
+    async def scenario() -> None:
+        manager = await builtin_env.started_manager()
+        client = None
+        try:
+            client, _ = await manager.create(dataclasses.replace(builtin_env.config(cid), executor=[str(missing)],
+                                                                 resident=1))
+            await client.start()
+            result = await client.exec_sync(["sh", "-c", "echo in $(hostname)"])
+            assert result.exit_code == 0 and result.stdout == b"in crisp-shimtest\n"
+            await client.kill(signal.SIGKILL)
+            assert (await client.wait(call_timeout=10)).signal == signal.SIGKILL
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+    assert not missing.parent.exists()
+
+
 def test_killed_by_signal(shim_env: ShimEnv) -> None:
     cid = shim_env.new_id()
     shim_env.bundle(cid, ["sleep", "1000"])
