@@ -7,8 +7,10 @@ zygote's stdin (`{"id": N, "config": {...ShimConfig}}`), one answer per line on 
 Everything a shim runs is imported here once; each shim is forked after `gc.freeze()`, so its pages stay shared
 copy-on-write with the zygote and its siblings. The forked child starts a new session and forks again, so the
 shim is nobody's child (crispd and the zygote may die; the shim stays). The shim reports on a sync pipe that the
-zygote relays. The zygote ends when crispd closes its stdin (or dies). It never moves itself or the shims into
-another cgroup: they stay in crispd's.
+zygote relays. The zygote runs from a sealed memfd copy of the interpreter (runtime/linux/sealed.py), and so
+do its forks: a container's init, forked from a shim, reaches no host binary through /proc/self/exe. The zygote
+ends when crispd closes its stdin (or dies). It never moves itself or the shims into another cgroup: they stay in
+crispd's.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def _fork_shim(config: dict[str, Any], selector: selectors.BaseSelector, pending
 
 
 def main() -> None:
+    if len(sys.argv) > 2:  # the fd of the sealed copy of the interpreter the zygote runs from: exec'd, not needed
+        os.close(int(sys.argv[2]))
     selector = selectors.DefaultSelector()
     pending: dict[int, tuple[Any, bytearray]] = {}
     inbuf = bytearray()

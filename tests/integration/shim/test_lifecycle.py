@@ -12,6 +12,7 @@ import pytest
 
 from cri.shims.client import ShimInternalError
 from runtime import errors
+from runtime.linux import sealed
 from tests.integration.shim.helpers import ShimEnv, joined_output, run
 
 pytestmark = pytest.mark.root
@@ -72,6 +73,35 @@ def test_the_builtin_executor_runs_in_forks_of_the_shim(builtin_env: ShimEnv) ->
 
     run(scenario())
     assert not missing.parent.exists()
+
+
+def test_a_containers_init_reaches_no_host_binary_through_proc_self_exe(builtin_env: ShimEnv) -> None:
+    """Until its final exec a container's init is a fork of the shim: its /proc/self/exe (what a `#!/proc/self/exe`
+    entrypoint would run) is the zygote's sealed in-memory copy of the interpreter, not the host's file, and nobody
+    can write to it."""
+    cid = builtin_env.new_id()
+    builtin_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        manager = await builtin_env.started_manager()
+        try:
+            client, pid = await manager.create(builtin_env.config(cid))
+            assert (await client.state()).state == "created"  # the init waits for start, before its final exec
+            assert os.readlink(f"/proc/{pid}/exe").startswith("/memfd:crisp-python")
+            fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                assert sealed.is_sealed(fd)  # F_SEAL_WRITE: no write through any fd, also once nothing runs it
+            finally:
+                os.close(fd)
+            await client.start()
+            assert os.readlink(f"/proc/{pid}/exe").endswith("/busybox")  # exec'd: now the image's program
+            await client.kill(signal.SIGKILL)
+            await client.wait(call_timeout=10)
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
 
 
 def test_killed_by_signal(shim_env: ShimEnv) -> None:
