@@ -124,8 +124,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# built once, when the module is imported: argparse looks up a translation of every help text (gettext goes to the
+# file system each time), ~25 ms that the resident executor (shim/executor.py) then never pays again
+PARSER = _parser()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = PARSER.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.debug else logging.WARNING,
                         format="crisp-executor: %(levelname)s %(message)s")
     if os.geteuid() != 0:
