@@ -72,8 +72,9 @@ def main() -> None:
     inbuf = bytearray()
     os.set_blocking(0, False)
     selector.register(0, selectors.EVENT_READ)
-    # open libc through ctypes once, here: every shim shares the handle (and never looks the library up itself)
-    syscalls.prctl(syscalls.PR_GET_DUMPABLE)
+    # open libc (and libseccomp) through ctypes once, here: every shim and every executor command shares the
+    # handles (and never looks a library up itself)
+    syscalls.preload()
     gc.freeze()
     _answer({"ready": True, "pid": os.getpid(), "version": VERSION})
     while True:

@@ -145,6 +145,19 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
+def preload() -> None:
+    """Open the C libraries crisp calls (libc, and libseccomp where installed) now: a process that forks workers
+    (the shim zygote) does it once, and no fork looks them up again (ctypes.util.find_library runs ldconfig)."""
+    _libc()
+    _libc_holding_the_gil()
+    from runtime.linux.syscalls import libseccomp
+
+    try:
+        libseccomp.preload()
+    except OSError:
+        pass  # no libseccomp: only a spec with seccomp needs it, and says so then
+
+
 @functools.cache
 def _syscall_number(name: str) -> int:
     machine = platform.machine()
@@ -187,7 +200,7 @@ class _CloneArgs(ctypes.Structure):
 
 @functools.cache
 def _libc_holding_the_gil() -> ctypes.PyDLL:
-    return ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return ctypes.PyDLL(_libc()._name, use_errno=True)  # the same library, found once (find_library runs ldconfig)
 
 
 def fork_into_cgroup(cgroup_fd: int) -> int:
