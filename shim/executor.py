@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 from runtime import errors
 from runtime.bundle import EXECUTOR_LOG, executor_argv
-from runtime.executor.main import main as resident_main
+from runtime.executor import main as executor_main
 from shim.loop import Loop
 from shim.protocol import ShimConfig, ShimError
-from shim.spawn import CommandResult, run_command
+from shim.spawn import CommandResult, Resident, run_command
 
 STEP_TIMEOUT = 60.0  # any one executor, mount or umount command
 _COMMANDS = ("create", "start", "state", "kill", "delete", "exec", "update")
@@ -36,6 +36,8 @@ class Executor:
         self.loop = loop
         self.config = config
         self.log_path = os.path.join(config.bundle, EXECUTOR_LOG)
+        self.resident = Resident(executor_main.main, executor_main.PROGRAM, config.resident) \
+            if config.resident else None
 
     def argv(self, *args: str) -> list[str]:
         return executor_argv(self.config.executor, self.config.executor_root, *args, log=self.log_path,
@@ -45,9 +47,9 @@ class Executor:
             stderr: int | None = None, fd3: int | None = None) -> int:
         """Start an executor command (`fd3`: an fd it gets as 3); returns its pid, `done` gets its result."""
         offset = self._log_size()
-        entry = (resident_main, self.config.resident) if self.config.resident else None
         return run_command(self.loop, self.argv(*args), lambda result: done(result, offset),
-                           stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT, fd3=fd3, entry=entry)
+                           stdin=stdin, stdout=stdout, stderr=stderr, timeout=STEP_TIMEOUT, fd3=fd3,
+                           resident=self.resident)
 
     def error(self, result: CommandResult, log_offset: int) -> ShimError:
         """The executor's own words about a failure (the last error in its log, else its output) and its kind."""

@@ -54,17 +54,29 @@ def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int, env: dict[s
 Entry = Callable[[list[str]], int]
 
 
-def fork_call(entry: Entry, argv: Sequence[str], skip: int, stdin: int, stdout: int, stderr: int,
+class Resident:
+    """A program whose code the shim has imported: `main(arguments)` runs in a fork of the shim, named `name`."""
+
+    __slots__ = ("main", "name", "skip")
+
+    def __init__(self, main: Entry, name: str, skip: int) -> None:
+        self.main = main
+        self.name = name
+        self.skip = skip  # how many words of an argv name the program (the rest are its arguments)
+
+
+def fork_call(program: Resident, argv: Sequence[str], stdin: int, stdout: int, stderr: int,
               fd3: int | None = None) -> int:
-    """Run `entry(argv[skip:])` in a fork of the shim, set up as `spawn` sets up a program (fds 0-2 and 3, every
-    other fd closed, signals at their defaults and unblocked, PATH set); returns the pid. `argv[:skip]` names the
-    program: the child's title becomes `argv[0]`'s name and the arguments, never the shim's."""
+    """Run `program.main(argv[program.skip:])` in a fork of the shim, set up as `spawn` sets up a program (fds 0-2
+    and 3, every other fd closed, signals at their defaults and unblocked, PATH set); returns the pid. The child's
+    title is the program's name and its arguments, never the shim's."""
     pid = os.fork()
     if pid != 0:
         return pid
     code = 1
+    entry, skip = program.main, program.skip
     try:
-        _become_command(os.path.basename(argv[0]), list(argv[skip:]), stdin, stdout, stderr, fd3)
+        _become_command(program.name, list(argv[skip:]), stdin, stdout, stderr, fd3)
         code = entry(list(argv[skip:]))
     except SystemExit as exc:  # argparse's way out
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -182,11 +194,11 @@ class _Command:
 def run_command(loop: Loop, argv: Sequence[str], done: Callable[[CommandResult], None],
                 stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
                 timeout: float = 0.0, env: dict[str, str] | None = None, fd3: int | None = None,
-                entry: tuple[Entry, int] | None = None) -> int:
+                resident: Resident | None = None) -> int:
     """Run argv without blocking the loop; `done` gets the result once it exited and its pipes are drained.
 
-    stdin defaults to /dev/null, stdout and stderr to pipes that are collected. A timeout (> 0) SIGKILLs it. With
-    `entry` (a function and how many words of argv name the program) it runs in a fork of the shim (`fork_call`).
+    stdin defaults to /dev/null, stdout and stderr to pipes that are collected. A timeout (> 0) SIGKILLs it. A
+    `resident` program runs in a fork of the shim (`fork_call`).
     """
     cmd = _Command(loop, argv, done, stdout is None, stderr is None)
     to_close: list[int] = []
@@ -206,8 +218,8 @@ def run_command(loop: Loop, argv: Sequence[str], done: Callable[[CommandResult],
                 targets.append(w)
             else:
                 targets.append(given)
-        if entry is not None:
-            pid = fork_call(entry[0], argv, entry[1], stdin, targets[0], targets[1], fd3)
+        if resident is not None:
+            pid = fork_call(resident, argv, stdin, targets[0], targets[1], fd3)
         else:
             pid = spawn(argv, stdin, targets[0], targets[1], env, fd3)
     except OSError:

@@ -22,11 +22,12 @@ from runtime.executor import lifecycle
 from runtime.version import VERSION
 
 DEFAULT_ROOT = "/run/crisp/runtimes/builtin"
+PROGRAM = "crisp-executor"  # its name, also where it runs in a fork of a shim (shim/executor.py)
 log = logging.getLogger("crisp-executor")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crisp-executor", description="crisp's built-in OCI runtime")
+    p = argparse.ArgumentParser(prog=PROGRAM, description="crisp's built-in OCI runtime")
     p.add_argument("--root", default=DEFAULT_ROOT, help="state dir of the containers")
     p.add_argument("--log", help="log file (errors are also written there)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
