@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -93,7 +94,10 @@ def test_a_containers_init_reaches_no_host_binary_through_proc_self_exe(builtin_
                 assert sealed.is_sealed(fd)  # F_SEAL_WRITE: no write through any fd, also once nothing runs it
             finally:
                 os.close(fd)
-            await client.start()
+            await client.start()  # returns once the init is let go; its exec follows
+            deadline = time.monotonic() + 10
+            while not os.readlink(f"/proc/{pid}/exe").endswith("/busybox") and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             assert os.readlink(f"/proc/{pid}/exe").endswith("/busybox")  # exec'd: now the image's program
             await client.kill(signal.SIGKILL)
             await client.wait(call_timeout=10)
