@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from cri.shims.client import ShimInternalError
 from runtime import errors
 from runtime.linux import sealed
 from tests.integration.shim.helpers import ShimEnv, joined_output, run
+from tests.leaks import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -95,10 +95,8 @@ def test_a_containers_init_reaches_no_host_binary_through_proc_self_exe(builtin_
             finally:
                 os.close(fd)
             await client.start()  # returns once the init is let go; its exec follows
-            deadline = time.monotonic() + 10
-            while not os.readlink(f"/proc/{pid}/exe").endswith("/busybox") and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert os.readlink(f"/proc/{pid}/exe").endswith("/busybox")  # exec'd: now the image's program
+            # exec'd: now the image's program
+            assert wait_until(lambda: os.readlink(f"/proc/{pid}/exe").endswith("/busybox"))
             await client.kill(signal.SIGKILL)
             await client.wait(call_timeout=10)
             await client.shutdown()
