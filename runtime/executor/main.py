@@ -19,6 +19,7 @@ from typing import Any
 from runtime import errors
 from runtime.bundle import read_json
 from runtime.executor import lifecycle
+from runtime.linux import sealed
 from runtime.version import VERSION
 
 DEFAULT_ROOT = "/run/crisp/runtimes/builtin"
@@ -130,8 +131,31 @@ def run(args: argparse.Namespace) -> int:
 PARSER = _parser()
 
 
+# the commands that fork a process into a container
+_FORKING = frozenset({"create", "exec"})
+
+
+def _reexec_sealed(command: str) -> None:
+    """As a program (not resident in a shim, whose zygote runs sealed already), `create` and `exec` re-exec the
+    interpreter from a sealed copy first (runtime/linux/sealed.py, runc's defence): the process they fork into the
+    container must reach no host binary through /proc/self/exe. Returns only when that is done or not needed."""
+    if command not in _FORKING or not sys.orig_argv:
+        return
+    exe = os.open("/proc/self/exe", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if sealed.is_sealed(exe):
+            return
+    finally:
+        os.close(exe)
+    program = sealed.sealed_copy("/proc/self/exe", "crisp-python")
+    # close-on-exec: the kernel opens the program before it closes the fd, so nothing of it stays in the new image
+    os.execve(f"/proc/self/fd/{program}", sys.orig_argv, os.environ)  # then /proc/self/exe is sealed: no loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = PARSER.parse_args(argv)
+    if argv is None:  # the program, not a shim's fork
+        _reexec_sealed(args.command)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.debug else logging.WARNING,
                         format="crisp-executor: %(levelname)s %(message)s")
     if os.geteuid() != 0:
