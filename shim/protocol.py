@@ -71,6 +71,9 @@ class ShimConfig:
     bundle: str                      # the container's bundle = state dir (config.json, socket, status)
     executor: list[str]              # argv prefix of the OCI runtime: ["runc"], ["/usr/bin/crun"], [crisp-executor]
     executor_root: str               # the executor's --root
+    # > 0: the executor is crisp's own and runs in a fork of the shim (shim/executor.py): executor[:resident] is
+    # its program (what crispd runs when no shim is left, what messages name), executor[resident:] its arguments
+    resident: int = 0
     log_path: str = ""               # the CRI log file; empty: output is drained and discarded
     log_max_line: int = DEFAULT_LOG_MAX_LINE
     stdin: bool = False              # keep the container's stdin open for attach
@@ -107,6 +110,8 @@ class ShimConfig:
             raise ShimError("InvalidArgument", f"{self.id}: bundle must be an absolute path, got {self.bundle!r}")
         if not self.executor or not all(isinstance(a, str) and a for a in self.executor):
             raise ShimError("InvalidArgument", f"{self.id}: executor must be a non-empty argv list")
+        if isinstance(self.resident, bool) or not 0 <= self.resident <= len(self.executor):
+            raise ShimError("InvalidArgument", f"{self.id}: resident must name 0 to {len(self.executor)} words")
         if self.log_path and not os.path.isabs(self.log_path):
             raise ShimError("InvalidArgument", f"{self.id}: log path must be absolute, got {self.log_path!r}")
         if self.log_max_line < 64:

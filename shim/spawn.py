@@ -1,4 +1,6 @@
-"""Starting programs from the shim: posix_spawn (no fork of the shim's memory), signals reset to their defaults.
+"""Starting programs from the shim: posix_spawn (no fork of the shim's memory), signals reset to their defaults;
+and crisp's own executor, which is not started at all: its code is imported already (the zygote imported it), so a
+command of it runs in a fork of the shim (`fork_call`), never in a new interpreter.
 
 `run_command` runs a short command (the executor's create/start/kill/delete, mount, umount) without blocking the
 loop and calls back with its exit code and output.
@@ -6,11 +8,16 @@ loop and calls back with its exit code and output.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import signal
+import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 
+from runtime.procs import set_process_title
 from shim.loop import Loop, read_available
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -41,6 +48,75 @@ def spawn(argv: Sequence[str], stdin: int, stdout: int, stderr: int, env: dict[s
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
     return os.posix_spawnp(argv[0], list(argv), env if env is not None else child_env(), file_actions=actions,
                            setsigdef=_RESET_SIGNALS, setsigmask=())
+
+
+# the body of a command run in a fork of the shim: its arguments (without the program) -> its exit status
+Entry = Callable[[list[str]], int]
+
+
+class Resident:
+    """A program whose code the shim has imported: `main(arguments)` runs in a fork of the shim, named `name`."""
+
+    __slots__ = ("main", "name", "skip")
+
+    def __init__(self, main: Entry, name: str, skip: int) -> None:
+        self.main = main
+        self.name = name
+        self.skip = skip  # how many words of an argv name the program (the rest are its arguments)
+
+
+def fork_call(program: Resident, argv: Sequence[str], stdin: int, stdout: int, stderr: int,
+              fd3: int | None = None) -> int:
+    """Run `program.main(argv[program.skip:])` in a fork of the shim, set up as `spawn` sets up a program (fds 0-2
+    and 3, every other fd closed, signals at their defaults and unblocked, PATH set); returns the pid. The child's
+    title is the program's name and its arguments, never the shim's."""
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 1
+    entry, skip = program.main, program.skip
+    try:
+        _become_command(program.name, list(argv[skip:]), stdin, stdout, stderr, fd3)
+        code = entry(list(argv[skip:]))
+    except SystemExit as exc:  # argparse's way out
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(code)
+
+
+def _become_command(name: str, args: list[str], stdin: int, stdout: int, stderr: int, fd3: int | None) -> None:
+    """In a fresh fork of the shim: drop everything of the shim a command must not have (its loop's fds and signal
+    handling, its logging, its title), keep what a spawned program gets."""
+    gc.disable()  # short-lived: collecting would only copy the shim's pages
+    signal.set_wakeup_fd(-1)
+    for signum in _RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    for target, fd in ((0, stdin), (1, stdout), (2, stderr), *(((3, fd3),) if fd3 is not None else ())):
+        if fd != target:
+            os.dup2(fd, target)
+        else:
+            os.set_inheritable(fd, True)
+    os.closerange(4 if fd3 is not None else 3, os.sysconf("SC_OPEN_MAX"))
+    # the shim's Python-level streams and buffers stay behind (os._exit never flushes them); fresh ones on 1 and 2
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, "w", closefd=False, buffering=1)
+    sys.stderr = open(2, "w", closefd=False, buffering=1)
+    logging.root.handlers.clear()
+    os.environ.setdefault("PATH", DEFAULT_PATH)
+    try:
+        set_process_title(name, *args)
+    except OSError:
+        pass
 
 
 class CommandResult:
@@ -117,10 +193,12 @@ class _Command:
 
 def run_command(loop: Loop, argv: Sequence[str], done: Callable[[CommandResult], None],
                 stdin: int | None = None, stdout: int | None = None, stderr: int | None = None,
-                timeout: float = 0.0, env: dict[str, str] | None = None, fd3: int | None = None) -> int:
+                timeout: float = 0.0, env: dict[str, str] | None = None, fd3: int | None = None,
+                resident: Resident | None = None) -> int:
     """Run argv without blocking the loop; `done` gets the result once it exited and its pipes are drained.
 
-    stdin defaults to /dev/null, stdout and stderr to pipes that are collected. A timeout (> 0) SIGKILLs it.
+    stdin defaults to /dev/null, stdout and stderr to pipes that are collected. A timeout (> 0) SIGKILLs it. A
+    `resident` program runs in a fork of the shim (`fork_call`).
     """
     cmd = _Command(loop, argv, done, stdout is None, stderr is None)
     to_close: list[int] = []
@@ -140,7 +218,10 @@ def run_command(loop: Loop, argv: Sequence[str], done: Callable[[CommandResult],
                 targets.append(w)
             else:
                 targets.append(given)
-        pid = spawn(argv, stdin, targets[0], targets[1], env, fd3)
+        if resident is not None:
+            pid = fork_call(resident, argv, stdin, targets[0], targets[1], fd3)
+        else:
+            pid = spawn(argv, stdin, targets[0], targets[1], env, fd3)
     except OSError:
         for fd in read_ends:
             os.close(fd)

@@ -7,8 +7,10 @@ zygote's stdin (`{"id": N, "config": {...ShimConfig}}`), one answer per line on 
 Everything a shim runs is imported here once; each shim is forked after `gc.freeze()`, so its pages stay shared
 copy-on-write with the zygote and its siblings. The forked child starts a new session and forks again, so the
 shim is nobody's child (crispd and the zygote may die; the shim stays). The shim reports on a sync pipe that the
-zygote relays. The zygote ends when crispd closes its stdin (or dies). It never moves itself or the shims into
-another cgroup: they stay in crispd's.
+zygote relays. The zygote runs from a sealed memfd copy of the interpreter (runtime/linux/sealed.py), and so
+do its forks: a container's init, forked from a shim, reaches no host binary through /proc/self/exe. The zygote
+ends when crispd closes its stdin (or dies). It never moves itself or the shims into another cgroup: they stay in
+crispd's.
 """
 
 from __future__ import annotations
@@ -20,12 +22,19 @@ import selectors
 import sys
 from typing import Any
 
-# imported here, before any fork, so that every shim shares them
+# imported here, before any fork, so that every shim shares them (the executor's code too: the shim runs it in
+# forks of itself, shim/executor.py; runtime.executor.cgroup imports runtime.cgroups on use, so that is named here)
+import runtime.cgroups
+import runtime.executor.container
+import runtime.executor.main
 import shim.main
 import shim.server
 from runtime.linux import syscalls
 from runtime.version import VERSION
 from shim import protocol
+
+# named, so that no linter drops them as unused
+PRELOADED = (runtime.cgroups, runtime.executor.container, runtime.executor.main)
 
 
 def _answer(message: dict[str, Any]) -> None:
@@ -56,13 +65,16 @@ def _fork_shim(config: dict[str, Any], selector: selectors.BaseSelector, pending
 
 
 def main() -> None:
+    if len(sys.argv) > 2:  # the fd of the sealed copy of the interpreter the zygote runs from: exec'd, not needed
+        os.close(int(sys.argv[2]))
     selector = selectors.DefaultSelector()
     pending: dict[int, tuple[Any, bytearray]] = {}
     inbuf = bytearray()
     os.set_blocking(0, False)
     selector.register(0, selectors.EVENT_READ)
-    # open libc through ctypes once, here: every shim shares the handle (and never looks the library up itself)
-    syscalls.prctl(syscalls.PR_GET_DUMPABLE)
+    # open libc (and libseccomp) through ctypes once, here: every shim and every executor command shares the
+    # handles (and never looks a library up itself)
+    syscalls.preload()
     gc.freeze()
     _answer({"ready": True, "pid": os.getpid(), "version": VERSION})
     while True:

@@ -257,7 +257,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
 
         shim_config = ShimConfig(
             id=container_id, bundle=str(bundle), executor=[*handler.argv, *driver.executor_flags()],
-            executor_root=str(handler.root),
+            executor_root=str(handler.root), resident=len(handler.argv) if handler.kind == "builtin" else 0,
             log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
             stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
             cgroup2_mount=str(manager.mount), cgroup=cgroup,

@@ -25,6 +25,7 @@ from runtime import errors
 from runtime.bundle import EXECUTOR_LOG, executor_argv, idmap_of, load_config, rootfs_path
 from runtime.command import run_command
 from runtime.linux import idmap
+from runtime.linux.sealed import sealed_copy
 from runtime.procs import ProcessRef, package_root, process_start_time, processes_with_argument
 from shim import protocol
 from shim.protocol import ExitStatus, ShimConfig
@@ -37,6 +38,7 @@ CLEANUP_TIMEOUT = 30.0
 # exit code reported for a container whose shim died before writing a status (containerd uses the same)
 UNKNOWN_EXIT_CODE = 255
 SPAWN_TIMEOUT = 10.0
+# argv: the package root, the fd of the zygote's own program (which it closes)
 _ZYGOTE_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from shim.zygote import main; main()"
 
 
@@ -101,9 +103,16 @@ class ShimManager:
 
     async def start(self) -> None:
         """Start the zygote and wait until it is ready."""
-        self._zygote = await asyncio.create_subprocess_exec(
-            self.python, "-I", "-S", "-c", _ZYGOTE_BOOTSTRAP, package_root(),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, close_fds=True)
+        # the zygote (so every shim, and every container init the resident executor forks) runs from a sealed copy
+        # of the interpreter: through its /proc/self/exe a container reaches no host binary (runtime/linux/sealed.py)
+        program = await asyncio.to_thread(sealed_copy, self.python, "crisp-python")
+        try:
+            self._zygote = await asyncio.create_subprocess_exec(
+                self.python, "-I", "-S", "-c", _ZYGOTE_BOOTSTRAP, package_root(), str(program),
+                executable=f"/proc/self/fd/{program}", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                close_fds=True, pass_fds=(program,))
+        finally:
+            os.close(program)
         assert self._zygote.stdout is not None
         try:
             line = await asyncio.wait_for(self._zygote.stdout.readline(), self.spawn_timeout)

@@ -123,6 +123,16 @@ class Cgroup:
         fs.write(self.dir / "cgroup.procs", str(pid))
         log.debug("cgroup %s: added process %d", self.path, pid)
 
+    def open_for_new_process(self) -> int:
+        """An fd of this cgroup's directory for a process to be born in (clone3's CLONE_INTO_CGROUP), under the same
+        rules as `add_process`; the caller closes it."""
+        self._require_owned("add a process to")
+        if self.children():
+            raise errors.FailedPrecondition(
+                f"cgroup {self.path} has child cgroups; processes go into leaf cgroups only"
+            )
+        return os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
     # ---- limits ----
 
     def missing_controllers(self, resources: Mapping[str, Any]) -> list[MissingLimit]:

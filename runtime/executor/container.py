@@ -177,9 +177,16 @@ class Executor:
             hooks.run_hooks(spec.hooks, "prestart", state, cwd=str(bundle))
             hooks.run_hooks(spec.hooks, "createRuntime", state, cwd=str(bundle))
 
-        launched = launcher.launch(self.sys, plan, lambda sock: container_init(self.sys, ctx, sock),
-                                   add_to_cgroup, close_in_child=[lock_fd, *([held_pid_fd] if held_pid_fd else [])],
-                                   run_hooks=runtime_hooks)
+        # born in its cgroup (no migration) unless crispd's systemd driver hands the process over to a scope
+        cgroup_fd = None if self.systemd_cgroup and held_pid_fd is not None else cg.open_for_new_process()
+        try:
+            launched = launcher.launch(self.sys, plan, lambda sock: container_init(self.sys, ctx, sock),
+                                       add_to_cgroup,
+                                       close_in_child=[lock_fd, *([held_pid_fd] if held_pid_fd else [])],
+                                       run_hooks=runtime_hooks, cgroup_fd=cgroup_fd)
+        finally:
+            if cgroup_fd is not None:
+                os.close(cgroup_fd)
         launched_pids.append(launched.pid)
         launched.sock.close()
         start = process_start_time(launched.pid)
@@ -317,15 +324,19 @@ class Executor:
         # is reaped here rather than left as a zombie in the container's cgroup
         self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         ctx = ExecContext(process, setup, console_sock, options.preserve_fds)
+        cgroup_fd = None
         try:
+            cgroup_fd = cg.open_for_new_process() if cg is not None else None
             launched = launcher.launch(self.sys, plan, lambda sock: exec_process(self.sys, ctx, sock),
-                                       cg.add_process if cg is not None else lambda pid: None)
+                                       cg.add_process if cg is not None else lambda pid: None, cgroup_fd=cgroup_fd)
         except BaseException:
             _reap_children()
             raise
         finally:
             if console_sock is not None:
                 console_sock.close()
+            if cgroup_fd is not None:
+                os.close(cgroup_fd)
         try:
             self._await_exec(launched.sock)
         except BaseException:

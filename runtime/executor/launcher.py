@@ -151,6 +151,16 @@ def _await_child_pid(sock: socket.socket) -> int:
             return message.pid
 
 
+def _fork_stage1(cgroup_fd: int | None) -> tuple[int, bool]:
+    """(pid or 0 in the child, whether it was born in the cgroup)."""
+    if cgroup_fd is not None:
+        try:
+            return sc.fork_into_cgroup(cgroup_fd), True
+        except OSError as exc:
+            log.debug("clone3 into the cgroup refused (%s): fork, then move", exc)
+    return os.fork(), False
+
+
 @dataclass
 class Launched:
     pid: int
@@ -159,14 +169,16 @@ class Launched:
 
 def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.socket], None],
            add_to_cgroup: Callable[[int], None], close_in_child: Sequence[int] = (),
-           run_hooks: Callable[[int], None] | None = None) -> Launched:
+           run_hooks: Callable[[int], None] | None = None, cgroup_fd: int | None = None) -> Launched:
     """Fork stage 1, put it into the cgroup, let it go, and return the init's pid once the child is Ready.
 
-    When the child asks (RunHooks), `run_hooks(init pid)` runs here before it may go on (HooksDone). Any failure
-    (ours, a hook's, or a typed one from a child) kills what was started and raises.
+    With `cgroup_fd` (its cgroup's directory) stage 1 is born there (sc.fork_into_cgroup), unless the kernel
+    refuses: then, as without it, `add_to_cgroup(stage 1's pid)` moves it in. When the child asks (RunHooks),
+    `run_hooks(init pid)` runs here before it may go on (HooksDone). Any failure (ours, a hook's, or a typed one
+    from a child) kills what was started and raises.
     """
     parent_sock, child_sock = protocol.socketpair()
-    stage1 = os.fork()
+    stage1, placed = _fork_stage1(cgroup_fd)
     if stage1 == 0:
         parent_sock.close()
         for fd in close_in_child:
@@ -178,7 +190,8 @@ def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.s
     ready = False
     try:
         parent_sock.settimeout(HANDSHAKE_TIMEOUT)
-        add_to_cgroup(stage1)
+        if not placed:
+            add_to_cgroup(stage1)
         protocol.send(parent_sock, protocol.Go())
         while True:
             try:

@@ -19,14 +19,16 @@ from typing import Any
 from runtime import errors
 from runtime.bundle import read_json
 from runtime.executor import lifecycle
+from runtime.linux import sealed
 from runtime.version import VERSION
 
 DEFAULT_ROOT = "/run/crisp/runtimes/builtin"
+PROGRAM = "crisp-executor"  # its name, also where it runs in a fork of a shim (shim/executor.py)
 log = logging.getLogger("crisp-executor")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crisp-executor", description="crisp's built-in OCI runtime")
+    p = argparse.ArgumentParser(prog=PROGRAM, description="crisp's built-in OCI runtime")
     p.add_argument("--root", default=DEFAULT_ROOT, help="state dir of the containers")
     p.add_argument("--log", help="log file (errors are also written there)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -124,8 +126,36 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# built once, when the module is imported: argparse looks up a translation of every help text (gettext goes to the
+# file system each time), ~25 ms that the resident executor (shim/executor.py) then never pays again
+PARSER = _parser()
+
+
+# the commands that fork a process into a container
+_FORKING = frozenset({"create", "exec"})
+
+
+def _reexec_sealed(command: str) -> None:
+    """As a program (not resident in a shim, whose zygote runs sealed already), `create` and `exec` re-exec the
+    interpreter from a sealed copy first (runtime/linux/sealed.py, runc's defence): the process they fork into the
+    container must reach no host binary through /proc/self/exe. Returns only when that is done or not needed."""
+    if command not in _FORKING or not sys.orig_argv:
+        return
+    exe = os.open("/proc/self/exe", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if sealed.is_sealed(exe):
+            return
+    finally:
+        os.close(exe)
+    program = sealed.sealed_copy("/proc/self/exe", "crisp-python")
+    # close-on-exec: the kernel opens the program before it closes the fd, so nothing of it stays in the new image
+    os.execve(f"/proc/self/fd/{program}", sys.orig_argv, os.environ)  # then /proc/self/exe is sealed: no loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = PARSER.parse_args(argv)
+    if argv is None:  # the program, not a shim's fork
+        _reexec_sealed(args.command)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.debug else logging.WARNING,
                         format="crisp-executor: %(levelname)s %(message)s")
     if os.geteuid() != 0:

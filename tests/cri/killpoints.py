@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from tests.cri.conftest import TestImages
 
 # a container that outlives its stop signal: StopContainer reaches the SIGKILL steps
-STUBBORN = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
+# (once it runs it says it ignores TERM: a stop signal sent before its shell set the trap would kill it)
+STUBBORN = ["sh", "-c", "trap '' TERM; touch /tmp/trapped; while :; do sleep 1; done"]
 
 
 @dataclass
@@ -66,6 +67,9 @@ class World:
         self.container_id = self.rt.CreateContainer(self.create_request(command)).container_id
         if start:
             self.rt.StartContainer(cri.StartContainerRequest(container_id=self.container_id))
+            if command is STUBBORN:
+                assert wait_until(lambda: self.rt.ExecSync(cri.ExecSyncRequest(
+                    container_id=self.container_id, cmd=["cat", "/tmp/trapped"], timeout=10)).exit_code == 0)
 
     def container_status(self) -> cri.ContainerStatus:
         return self.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=self.container_id)).status

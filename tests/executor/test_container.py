@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime.cgroups import CgroupV2Manager
+from runtime.linux import sealed
 from tests.executor.conftest import Bundles, Runtime
 from tests.executor.rootfs import DEFAULT_CAPS, MASKED_PATHS, READONLY_PATHS, make_spec
 
@@ -446,6 +447,23 @@ def test_delete_force_of_a_created_container(builtin: Runtime, bundles: Bundles)
     assert not (builtin.root / cid).exists() and not _cgroup_dir(cid).exists()
     time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_created_init_reaches_no_host_binary_through_proc_self_exe(builtin: Runtime, bundles: Bundles) -> None:
+    """crisp-executor as a program re-execs itself from a sealed copy of its interpreter before `create` forks (as
+    runc does): the waiting init's /proc/self/exe, what a `#!/proc/self/exe` entrypoint would run, is that copy."""
+    bundle = bundles.make(make_spec([BB, "sleep", "300"]))
+    cid = f"crisp-t-{uuid.uuid4().hex[:8]}"
+    subprocess.run(builtin.command("create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid"), cid),
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    init = int((bundle / "pid").read_text())
+    assert os.readlink(f"/proc/{init}/exe").startswith("/memfd:crisp-python")
+    fd = os.open(f"/proc/{init}/exe", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        assert sealed.is_sealed(fd)
+    finally:
+        os.close(fd)
+    subprocess.run(builtin.command("delete", "--force", cid), check=True)
 
 
 # ---------------------------------------------------------------------------------------------- exec

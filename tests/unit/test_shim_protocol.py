@@ -79,7 +79,7 @@ def test_config_validation() -> None:
     good = ShimConfig(id="abc", bundle="/run/x", executor=["runc"], executor_root="/run/r")
     assert ShimConfig.from_json(json.loads(json.dumps(good.to_json()))) == good
     for bad in ({"id": "a/b"}, {"bundle": "rel"}, {"executor": []}, {"log_path": "rel.log"},
-                {"log_max_line": 10}):
+                {"log_max_line": 10}, {"resident": 2}, {"resident": -1}, {"resident": True}):
         with pytest.raises(ShimError) as failure:
             ShimConfig.from_json({**good.to_json(), **bad})
         assert failure.value.kind == "InvalidArgument"

@@ -19,6 +19,7 @@ import ctypes.util
 import functools
 import os
 import platform
+import signal
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWTIME = 0x00000080
+CLONE_INTO_CGROUP = 0x200000000  # clone3 only
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -129,9 +131,9 @@ LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 # raw syscall numbers for calls glibc 2.36 has no wrapper for (x86_64 and aarch64 share the new-style numbers)
 _SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 321,
+    "x86_64": {"pivot_root": 155, "clone3": 435, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 321,
                "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
-    "aarch64": {"pivot_root": 41, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 280,
+    "aarch64": {"pivot_root": 41, "clone3": 435, "openat2": 437, "mount_setattr": 442, "close_range": 436, "bpf": 280,
                 "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432},
 }
 
@@ -141,6 +143,19 @@ _SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
 @functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def preload() -> None:
+    """Open the C libraries crisp calls (libc, and libseccomp where installed) now: a process that forks workers
+    (the shim zygote) does it once, and no fork looks them up again (ctypes.util.find_library runs ldconfig)."""
+    _libc()
+    _libc_holding_the_gil()
+    from runtime.linux.syscalls import libseccomp
+
+    try:
+        libseccomp.preload()
+    except OSError:
+        pass  # no libseccomp: only a spec with seccomp needs it, and says so then
 
 
 @functools.cache
@@ -172,6 +187,46 @@ def _raw_syscall(name: str, *args: Any) -> int:
     fn = _libc().syscall
     fn.restype = ctypes.c_long
     return int(fn(ctypes.c_long(_syscall_number(name)), *args))
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls", "set_tid",
+        "set_tid_size", "cgroup")]
+
+
+@functools.cache
+def _libc_holding_the_gil() -> ctypes.PyDLL:
+    return ctypes.PyDLL(_libc()._name, use_errno=True)  # the same library, found once (find_library runs ldconfig)
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork(), with the child born in the cgroup v2 directory `cgroup_fd` (clone3's CLONE_INTO_CGROUP, Linux
+    5.7): no migration afterwards, whose write to cgroup.procs waits for an RCU grace period (~15 ms here).
+
+    Python's fork protocol is kept (PyOS_BeforeFork / AfterFork_Child / AfterFork_Parent, the GIL held across the
+    call, as os.fork holds it). glibc's own fork bookkeeping is not done in the child: keep it single-threaded and
+    short (the executor's stage 1 forks again with os.fork before anything runs in the container). Raises OSError
+    (ENOSYS on older kernels, EBUSY/EOPNOTSUPP for a cgroup that cannot take processes): fall back to os.fork and a
+    write to cgroup.procs."""
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+    syscall = _libc_holding_the_gil().syscall
+    syscall.restype = ctypes.c_long
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = int(syscall(ctypes.c_long(_syscall_number("clone3")), ctypes.byref(args),
+                      ctypes.c_size_t(ctypes.sizeof(args))))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3: {os.strerror(err)}")
+    return pid
 
 
 # ---------------------------------------------------------------------------------------------- namespaces

@@ -47,6 +47,10 @@ class ScmpArgCmp(ctypes.Structure):
                 ("datum_b", ctypes.c_uint64)]
 
 
+def preload() -> None:
+    _libseccomp()
+
+
 @functools.cache
 def _libseccomp() -> ctypes.CDLL:
     name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"

@@ -11,6 +11,7 @@ import pytest
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager, find_cgroup2_mount
 from runtime.cgroups.cgroup import OWNER_XATTR
+from runtime.linux import syscalls as sc
 from tests.integration.cgroups.conftest import Sandbox
 
 pytestmark = pytest.mark.root
@@ -85,6 +86,45 @@ def test_add_process_refused_in_a_cgroup_with_children(cgroups: Sandbox) -> None
     with pytest.raises(errors.FailedPrecondition):
         pod.add_process(proc.pid)
     assert pod.procs() == []
+
+
+def test_a_process_is_born_in_its_cgroup(cgroups: Sandbox) -> None:
+    """clone3 with CLONE_INTO_CGROUP (the executor's stage 1): the child starts in the cgroup, nothing moves it, and
+    it is a working Python process (it forks again, as stage 1 does, and its grandchild is in the cgroup too)."""
+    cg = cgroups.manager.create(cgroups.path("crisp-born"))
+    fd = cg.open_for_new_process()
+    try:
+        read_end, write_end = os.pipe()
+        pid = sc.fork_into_cgroup(fd)
+        if pid == 0:  # the child: report where it and its own child live, never return into pytest
+            code = 1
+            try:
+                os.close(read_end)
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os._exit(0)
+                _, status = os.waitpid(grandchild, 0)
+                os.write(write_end, f"{Path('/proc/self/cgroup').read_text().splitlines()[-1]} {status}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:
+            seen = reader.read().decode()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert seen == f"0::{cg.path} 0"
+
+
+def test_no_process_is_born_in_a_cgroup_with_children_or_not_crisps(cgroups: Sandbox) -> None:
+    pod = cgroups.manager.create(cgroups.path("crisp-pod"))
+    cgroups.manager.create(cgroups.path("crisp-pod", "crisp-ctr"))
+    with pytest.raises(errors.FailedPrecondition):
+        pod.open_for_new_process()
+    with pytest.raises(errors.FailedPrecondition):
+        cgroups.manager.cgroup("/").open_for_new_process()
 
 
 def test_add_missing_process_is_not_found(cgroups: Sandbox) -> None:

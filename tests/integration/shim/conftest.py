@@ -51,3 +51,8 @@ def shim_env(request: pytest.FixtureRequest, busybox_rootfs: Path) -> Iterator[S
 @pytest.fixture
 def runc_env(busybox_rootfs: Path) -> Iterator[ShimEnv]:
     yield from _env(busybox_rootfs, "runc")
+
+
+@pytest.fixture
+def builtin_env(busybox_rootfs: Path) -> Iterator[ShimEnv]:
+    yield from _env(busybox_rootfs, "builtin")

@@ -194,8 +194,10 @@ class ShimEnv:
 
     def config(self, cid: str, log: bool = True, **fields: Any) -> ShimConfig:
         # the built-in executor mounts the rootfs overlay and finds cgroup v2 itself; runc and crun need the shim
-        return ShimConfig(id=cid, bundle=str(self.containers / cid), executor=executor_argv(self.executor),
-                          executor_root=str(self.executor_root), log_path=str(self.logs / f"{cid}.log") if log else "",
+        argv = executor_argv(self.executor)
+        return ShimConfig(id=cid, bundle=str(self.containers / cid), executor=argv,
+                          executor_root=str(self.executor_root), resident=len(argv) if self.builtin else 0,
+                          log_path=str(self.logs / f"{cid}.log") if log else "",
                           mount_rootfs=not self.builtin, cgroup2_mount=self.cgroup2,
                           cgroup=fields.pop("cgroup", f"/{CGROUP_PREFIX}{cid}"),
                           cgroup2_bind="" if self.builtin else oci_runtime_bind(self.cgroup2), **fields)

@@ -12,6 +12,7 @@ import pytest
 
 from cri.shims.client import ShimInternalError
 from runtime import errors
+from runtime.linux import sealed
 from tests.integration.shim.helpers import ShimEnv, joined_output, run
 
 pytestmark = pytest.mark.root
@@ -46,6 +47,65 @@ def test_exit_code_times_and_log(shim_env: ShimEnv) -> None:
     assert joined_output(log, "stderr") == b"oops\n"
     status_file = shim_env.containers / cid / "status.json"
     assert '"exit_code": 3' in status_file.read_text()
+
+
+def test_the_builtin_executor_runs_in_forks_of_the_shim(builtin_env: ShimEnv) -> None:
+    """crisp's own executor is resident: the shim runs its commands (create, start, exec, kill, delete) in forks of
+    itself, so they work with no executor program on disk at all (the argv only names it in messages)."""
+    cid = builtin_env.new_id()
+    builtin_env.bundle(cid, ["sleep", "1000"])
+    missing = builtin_env.base / "no-such-dir" / "crisp-executor"
+
+    async def scenario() -> None:
+        manager = await builtin_env.started_manager()
+        client = None
+        try:
+            client, _ = await manager.create(dataclasses.replace(builtin_env.config(cid), executor=[str(missing)],
+                                                                 resident=1))
+            await client.start()
+            result = await client.exec_sync(["sh", "-c", "echo in $(hostname)"])
+            assert result.exit_code == 0 and result.stdout == b"in crisp-shimtest\n"
+            await client.kill(signal.SIGKILL)
+            assert (await client.wait(call_timeout=10)).signal == signal.SIGKILL
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
+    assert not missing.parent.exists()
+
+
+def test_a_containers_init_reaches_no_host_binary_through_proc_self_exe(builtin_env: ShimEnv) -> None:
+    """Until its final exec a container's init is a fork of the shim: its /proc/self/exe (what a `#!/proc/self/exe`
+    entrypoint would run) is the zygote's sealed in-memory copy of the interpreter, not the host's file, and nobody
+    can write to it."""
+    cid = builtin_env.new_id()
+    builtin_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        manager = await builtin_env.started_manager()
+        try:
+            client, pid = await manager.create(builtin_env.config(cid))
+            assert (await client.state()).state == "created"  # the init waits for start, before its final exec
+            assert os.readlink(f"/proc/{pid}/exe").startswith("/memfd:crisp-python")
+            fd = os.open(f"/proc/{pid}/exe", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                assert sealed.is_sealed(fd)  # F_SEAL_WRITE: no write through any fd, also once nothing runs it
+            finally:
+                os.close(fd)
+            await client.start()  # returns once the init is let go; its exec follows
+            for _ in range(1000):  # exec'd (within 10 s): now the image's program
+                if os.readlink(f"/proc/{pid}/exe").endswith("/busybox"):
+                    break
+                await asyncio.sleep(0.01)
+            assert os.readlink(f"/proc/{pid}/exe").endswith("/busybox")
+            await client.kill(signal.SIGKILL)
+            await client.wait(call_timeout=10)
+            await client.shutdown()
+        finally:
+            await manager.close()
+
+    run(scenario())
 
 
 def test_killed_by_signal(shim_env: ShimEnv) -> None:
