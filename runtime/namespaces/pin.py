@@ -1,8 +1,11 @@
 """Pod namespaces held open by bind mounts, without a pause process (as CRI-O's pinns does).
 
-`pin_namespaces` runs a short-lived helper: util-linux `unshare` creates the new namespaces and bind-mounts each
-one onto a file under the pod's dir; inside them `nsinit.py` sets the hostname, brings lo up and writes sysctls.
-`unpin_namespaces` unmounts the pins, and the namespaces die with their last user.
+`pin_namespaces` has a process forked from the warm zygote (a `Forker`: runtime/namespaces/forked.py) make the
+new namespaces, set them up (`nsinit.set_up`: hostname, lo up, sysctls) and bind-mount each one onto a file under
+the pod's dir; no program starts. A pod with its own user namespace still takes the older path of short-lived
+helpers (util-linux `unshare`, `nsinit.py` run as a program, `usernsexec`): crispd must pin its namespaces and
+write its id maps between the unshare and the setup, which a forked worker could do only with another round trip
+through the zygote. `unpin_namespaces` unmounts the pins, and the namespaces die with their last user.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from runtime import errors
 from runtime.command import run_command
@@ -27,6 +31,15 @@ log = logging.getLogger(__name__)
 
 KINDS = ("net", "ipc", "uts", "user")
 PIN_TIMEOUT = 30.0
+
+
+class Forker(Protocol):
+    """The warm process that forks a pod's namespace work (the shim zygote: cri/shims/manager.ShimManager)."""
+
+    async def fork_work(self, work: str, request: dict[str, Any], time_limit: float, what: str) -> dict[str, Any]:
+        """The answer of `forked.<work>(request)` run in a forked process; raises the error it names, and
+        DeadlineExceeded after `time_limit`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,7 @@ def pin_paths(pin_dir: Path, kinds: Iterable[str]) -> dict[str, Path]:
     return {kind: pin_dir / kind for kind in kinds}
 
 
-async def pin_namespaces(pin_dir: Path, setup: NamespaceSetup) -> dict[str, Path]:
+async def pin_namespaces(pin_dir: Path, setup: NamespaceSetup, forker: Forker) -> dict[str, Path]:
     """Create and pin the namespaces; on failure nothing stays mounted. Returns kind -> pin path."""
     unknown = set(setup.kinds) - set(KINDS)
     if unknown:
@@ -71,8 +84,10 @@ async def pin_namespaces(pin_dir: Path, setup: NamespaceSetup) -> dict[str, Path
                                *(f"--{kind}={path}" for kind, path in paths.items() if kind != "user"), "--",
                                *helper, json.dumps(request)])
         else:
-            await _run_helper(["unshare", *(f"--{kind}={path}" for kind, path in paths.items()), "--", *helper,
-                               json.dumps(request)])
+            # the worker's alarm ends it at PIN_TIMEOUT; crispd waits a little longer, so nothing lands after it
+            await forker.fork_work("pin_namespaces", {**request, "pins": {k: str(p) for k, p in paths.items()},
+                                                      "timeout": PIN_TIMEOUT},
+                                   PIN_TIMEOUT + 5, "pod namespace setup")
     except BaseException:
         await unpin_namespaces(paths.values())
         raise

@@ -1,0 +1,102 @@
+"""Pod namespace work done in a process forked from the warm zygote (shim/zygote.py), not in a new program.
+
+crispd never forks; it asks the zygote, which forks a detached worker (as for a shim) and relays the dict that
+the worker's function returns (`{"ok": true, ...}` or `{"ok": false, "error": {"kind", "message"}}`):
+- `pin_namespaces`: the worker unshare()s the pod's namespaces, sets them up (`nsinit.set_up`: hostname, lo,
+  sysctls) and bind-mounts its own /proc/self/ns/<kind> onto each pin file, then exits: the namespaces live on
+  through the pins. A user-namespaced pod does not come here (pin.py says why).
+- `start_pod_init`: the worker (inside the pod's user namespace when it has one) unshare()s a PID namespace and
+  forks its PID 1, which execs Debian's `catatonit -P` (a pause process: it reaps and exits on SIGTERM/SIGINT),
+  with its output on the pod's init log; the answer names PID 1's host pid once the exec succeeded.
+Standard library only (and crisp's stdlib-only modules): the zygote imports this once, before any fork.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from runtime.linux import syscalls as sc
+from runtime.namespaces import nsinit
+from runtime.namespaces.usernsexec import enter_user_namespace
+
+NAMESPACE_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}
+POD_INIT = ("catatonit", "-P")  # pause mode: no program, PID 1 that reaps and exits on SIGTERM/SIGINT
+
+
+def _failed(kind: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"kind": kind, "message": message}}
+
+
+def pin_namespaces(request: dict[str, Any]) -> dict[str, Any]:
+    """In a forked worker: make, set up and pin the namespaces `request["pins"]` ({kind: pin file}) names."""
+    # the kernel ends a worker stuck past crispd's time limit: nothing it does after crispd gave up lands
+    signal.alarm(max(1, int(request["timeout"])))
+    pins: dict[str, str] = request["pins"]
+    flags = 0
+    for kind in pins:
+        flags |= NAMESPACE_FLAGS[kind]
+    try:
+        sc.unshare(flags)
+    except OSError as exc:
+        return _failed("Internal", f"pod namespace setup: unshare {sorted(pins)}: {exc.strerror}")
+    try:
+        nsinit.set_up(request)
+    except nsinit.SetupFailed as exc:
+        return _failed("InvalidArgument", f"pod namespace setup: {exc}")
+    for kind, path in pins.items():
+        try:
+            sc.mount(f"/proc/self/ns/{kind}", path, None, sc.MS_BIND)
+        except OSError as exc:  # crispd unmounts the pins made so far
+            return _failed("Internal", f"pinning the pod's {kind} namespace on {path}: {exc.strerror}")
+    return {"ok": True}
+
+
+def start_pod_init(request: dict[str, Any]) -> dict[str, Any]:
+    """In a forked worker: a new PID namespace (owned by the pod's user namespace `request["userns"]`, if any)
+    with `catatonit -P` as its PID 1, writing to `request["log"]`. Answers PID 1's pid as the host sees it."""
+    try:
+        log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        if request.get("userns"):
+            enter_user_namespace(request["userns"])
+        sc.unshare(sc.CLONE_NEWPID)
+        exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+    except OSError as exc:
+        return _failed("Internal", f"pod init did not start: {exc}")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(exec_r)
+            _exec_pod_init(log_fd, exec_w)
+        except OSError as exc:
+            os.write(exec_w, f"{exc.errno} {exc.strerror}".encode())
+        finally:
+            os._exit(127)
+    os.close(exec_w)
+    os.close(log_fd)
+    with os.fdopen(exec_r, "rb") as reader:
+        failure = reader.read().decode(errors="replace")  # EOF without a word: the exec succeeded
+    if failure:
+        os.waitpid(pid, 0)
+        code, _, words = failure.partition(" ")
+        if code == str(2):  # ENOENT
+            return _failed("FailedPrecondition", f"pod init: {POD_INIT[0]} is not installed (Debian: apt-get "
+                                                 f"install {POD_INIT[0]})")
+        return _failed("Internal", f"pod init did not start: exec {POD_INIT[0]}: {words}")
+    return {"ok": True, "pid": pid}
+
+
+def _exec_pod_init(log_fd: int, exec_w: int) -> None:
+    """PID 1 of the new namespace: stdin /dev/null, output to the pod's init log, no other fd, default signals."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    keep = max(2, exec_w)
+    os.closerange(3, exec_w)
+    os.closerange(keep + 1, 1 << 16)
+    os.chdir("/")
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # Python ignores it, and an exec keeps what is ignored
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    os.execvp(POD_INIT[0], list(POD_INIT))
