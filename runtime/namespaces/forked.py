@@ -4,7 +4,10 @@ crispd never forks; it asks the zygote, which forks a detached worker (as for a 
 the worker's function returns (`{"ok": true, ...}` or `{"ok": false, "error": {"kind", "message"}}`):
 - `pin_namespaces`: the worker unshare()s the pod's namespaces, sets them up (`nsinit.set_up`: hostname, lo,
   sysctls) and bind-mounts its own /proc/self/ns/<kind> onto each pin file, then exits: the namespaces live on
-  through the pins. A user-namespaced pod does not come here (pin.py says why).
+  through the pins. With a user namespace the pins cannot be made from inside it (the host's mount namespace is
+  not its to change), so a child of the worker unshare()s them all, the worker (still the host's root) pins them
+  from outside and writes the id maps, and then the child, with every capability of its new user namespace (no
+  exec drops them), sets them up.
 - `start_pod_init`: the worker (inside the pod's user namespace when it has one) unshare()s a PID namespace and
   forks its PID 1, which execs Debian's `catatonit -P` (a pause process: it reaps and exits on SIGTERM/SIGINT),
   with its output on the pod's init log; the answer names PID 1's host pid once the exec succeeded.
@@ -13,15 +16,17 @@ Standard library only (and crisp's stdlib-only modules): the zygote imports this
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from typing import Any
 
+from runtime.linux import idmap
 from runtime.linux import syscalls as sc
 from runtime.namespaces import nsinit
-from runtime.namespaces.usernsexec import enter_user_namespace
+from runtime.namespaces.userns import enter_user_namespace
 
-NAMESPACE_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}
+NAMESPACE_FLAGS = {"net": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS, "user": sc.CLONE_NEWUSER}
 POD_INIT = ("catatonit", "-P")  # pause mode: no program, PID 1 that reaps and exits on SIGTERM/SIGINT
 
 
@@ -37,6 +42,8 @@ def pin_namespaces(request: dict[str, Any]) -> dict[str, Any]:
     flags = 0
     for kind in pins:
         flags |= NAMESPACE_FLAGS[kind]
+    if "user" in pins:
+        return _pin_from_outside(request, flags)
     try:
         sc.unshare(flags)
     except OSError as exc:
@@ -49,8 +56,73 @@ def pin_namespaces(request: dict[str, Any]) -> dict[str, Any]:
         try:
             sc.mount(f"/proc/self/ns/{kind}", path, None, sc.MS_BIND)
         except OSError as exc:  # crispd unmounts the pins made so far
-            return _failed("Internal", f"pinning the pod's {kind} namespace on {path}: {exc.strerror}")
+            return _failed("Internal", f"pinning the pod's {kind} namespace: {exc.strerror}")
     return {"ok": True}
+
+
+def _pin_from_outside(request: dict[str, Any], flags: int) -> dict[str, Any]:
+    """With a new user namespace: a child makes the namespaces; once it says so, pin them and write the maps, then
+    let it set them up. Its answer (one JSON line after "ready") is ours."""
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(report_r)
+            os.close(go_w)
+            _set_up_as_child(request, flags, report_w, go_r)
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    os.close(go_r)
+    try:
+        with os.fdopen(report_r, "rb") as reports:
+            if reports.readline() != b"ready\n":
+                return _answer_of(reports.readline())
+            for kind, path in request["pins"].items():
+                try:
+                    sc.mount(f"/proc/{pid}/ns/{kind}", path, None, sc.MS_BIND)
+                except OSError as exc:  # crispd unmounts the pins made so far
+                    return _failed("Internal", f"pinning the pod's {kind} namespace: {exc.strerror}")
+            try:
+                idmap.write_maps(pid, _mappings(request["uids"]), _mappings(request["gids"]))
+            except OSError as exc:
+                return _failed("InvalidArgument", f"pod user namespace: the kernel refused its id maps: "
+                                                  f"{exc.strerror}")
+            os.write(go_w, b"go\n")
+            return _answer_of(reports.readline())
+    finally:
+        os.close(go_w)  # a child still waiting gives up
+        os.waitpid(pid, 0)
+
+
+def _set_up_as_child(request: dict[str, Any], flags: int, report_w: int, go_r: int) -> None:
+    try:
+        sc.unshare(flags)
+    except OSError as exc:
+        answer = _failed("Internal", f"pod namespace setup: unshare {sorted(request['pins'])}: {exc.strerror}")
+    else:
+        os.write(report_w, b"ready\n")
+        if os.read(go_r, 3) != b"go\n":
+            return  # the worker could not pin or map: it says why
+        try:
+            nsinit.set_up(request)
+            answer = {"ok": True}
+        except nsinit.SetupFailed as exc:
+            answer = _failed("InvalidArgument", f"pod namespace setup: {exc}")
+    os.write(report_w, json.dumps(answer).encode() + b"\n")
+
+
+def _answer_of(line: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        answer = None
+    return answer if isinstance(answer, dict) else _failed("Internal", "pod namespace setup: its process died")
+
+
+def _mappings(rows: list[list[int]]) -> list[tuple[int, int, int]]:
+    return [(int(inside), int(outside), int(length)) for inside, outside, length in rows]
 
 
 def start_pod_init(request: dict[str, Any]) -> dict[str, Any]:

@@ -1,18 +1,14 @@
 """A pod's namespaces, set up from inside: the hostname, `lo` up, the pod's sysctls (`set_up`).
 
-A pod without a user namespace gets it in a process forked from the zygote (`forked.py`). A user-namespaced pod
-still runs this file as a program (`pin.py`: `python -I -S <this file>`, under util-linux `unshare`, then
-`usernsexec` + `nsenter`): standard library only, it imports as little as possible. Failures: one JSON line on
-stderr, exit status 1.
+Runs in a process forked from the shim zygote (`forked.py`) once it is in the pod's new namespaces. Standard
+library only.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import socket
 import struct
-import sys
 from typing import Any
 
 SIOCGIFFLAGS = 0x8913
@@ -49,20 +45,3 @@ def set_up(request: dict[str, Any]) -> None:
     except OSError as exc:
         raise SetupFailed(f"{step}: {exc.strerror}") from None
 
-
-def main(argv: list[str]) -> int:
-    request = json.loads(argv[0])
-    try:
-        if request.get("await_maps"):
-            # a new user namespace: crispd writes its id maps while we are in it, then says go
-            print("ready", flush=True)
-            if sys.stdin.readline().strip() != "go":
-                raise SetupFailed("waiting for the user namespace's id maps: crispd did not map the user namespace")
-        set_up(request)
-    except SetupFailed as exc:
-        print(json.dumps({"kind": "InvalidArgument", "message": str(exc)}), file=sys.stderr)
-        return 1
-    return 0
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

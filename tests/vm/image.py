@@ -23,9 +23,10 @@ from tests.vm.wheels import run_time_requirements
 
 SUITE = "bookworm"
 # What the guest tests use: Python for pytest + crisp, the OCI runtimes for differential tests, busybox as a
-# container root file system, catatonit as a shared-PID pod's PID 1, docker-registry to serve images to a crispd in the guest (it has no network), and
-# the usual tools (ip, nsenter, mount, ps, modprobe, nft, CNI plugins); systemd for the systemd guest, whose PID 1
-# it is (the plain guest never starts it), and dbus so that crisp's D-Bus client is tried on a system bus too.
+# container root file system, catatonit as a shared-PID pod's PID 1, docker-registry to serve images to a crispd in
+# the guest (it has no network), and the usual tools (ip, nsenter, mount, ps, modprobe, nft, CNI plugins); systemd
+# for the systemd guest, whose PID 1 it is (the plain guest never starts it), and dbus so that crisp's D-Bus client
+# is tried on a system bus too.
 GUEST_PACKAGES = (
     "python3", "python3-venv", "iproute2", "util-linux", "mount", "procps", "kmod", "nftables", "iptables",
     "runc", "crun", "containernetworking-plugins", "busybox-static", "docker-registry", "systemd", "dbus", "criu",
