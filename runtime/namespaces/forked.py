@@ -106,10 +106,15 @@ def _set_up_as_child(request: dict[str, Any], flags: int, report_w: int, go_r: i
         if os.read(go_r, 3) != b"go\n":
             return  # the worker could not pin or map: it says why
         try:
+            # the namespace's root (mapped now): IPC sysctls are writable by it only, capabilities or not
+            sc.setresgid(0, 0, 0)
+            sc.setresuid(0, 0, 0)
             nsinit.set_up(request)
             answer = {"ok": True}
         except nsinit.SetupFailed as exc:
             answer = _failed("InvalidArgument", f"pod namespace setup: {exc}")
+        except OSError as exc:
+            answer = _failed("Internal", f"pod namespace setup: becoming the user namespace's root: {exc.strerror}")
     os.write(report_w, json.dumps(answer).encode() + b"\n")
 
 
