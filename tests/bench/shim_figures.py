@@ -19,18 +19,8 @@ import time
 from pathlib import Path
 
 from cri.shims.manager import ShimManager
+from tests.bench.procmem import smaps_rollup
 from tests.integration.shim.helpers import ShimEnv, build_busybox_rootfs
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """kB figures: Rss, Pss, and USS = Private_Clean + Private_Dirty."""
-    values: dict[str, int] = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[-1] == "kB":
-                values[parts[0].rstrip(":")] = int(parts[1])
-    return {"rss": values["Rss"], "pss": values["Pss"], "uss": values["Private_Clean"] + values["Private_Dirty"]}
 
 
 def cpu_seconds(pid: int) -> float:
