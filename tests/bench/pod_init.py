@@ -15,7 +15,7 @@ from pathlib import Path
 from cri.shims.manager import ShimManager
 from runtime.namespaces.pidns import remove_pid_pin, start_pod_init, stop_pod_init
 from runtime.procs import ProcessRef
-from tests.bench.shim_figures import smaps_rollup
+from tests.bench.procmem import smaps_rollup
 
 
 async def main(pods: int, seconds: float) -> None:
