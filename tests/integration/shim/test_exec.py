@@ -231,8 +231,10 @@ def test_shim_imports_nothing_heavy(runc_env: ShimEnv) -> None:
     assert info["threads"] == 1
     # ctypes is there for exactly one prctl(PR_SET_CHILD_SUBREAPER), through runtime.linux.syscalls
     # and the stdlib-only rule modules the shim shares with crispd and the executor (the bundle contract, error
-    # kinds, process start times, the fail points)
+    # kinds, process start times, the fail points), and the pods' namespace work the zygote forks too (imported once
+    # in the zygote, shared copy-on-write: runtime/namespaces/forked.py and what it uses)
     assert {m for m in modules if m.startswith("runtime")} <= {
         "runtime", "runtime.version", "runtime.linux", "runtime.linux.syscalls", "runtime.bundle", "runtime.errors",
-        "runtime.procs", "runtime.failpoints"}
+        "runtime.procs", "runtime.failpoints", "runtime.namespaces", "runtime.namespaces.forked",
+        "runtime.namespaces.nsinit", "runtime.namespaces.userns", "runtime.linux.idmap"}
     print(json.dumps(sorted(modules)))
