@@ -6,8 +6,9 @@ ARGS ?=
 
 # Debian packages: what crispd needs at run time, and what the tests need on top of it
 # util-linux (unshare, setsid, mount, umount) and mount: pods and shims run them; nftables: the built-in bridge's
-# masquerade and hostPorts; iproute2: `ip` for pod networks; libseccomp2: the built-in executor's seccomp
-RUN_DEBS := ca-certificates iproute2 libseccomp2 mount nftables util-linux
+# masquerade and hostPorts; iproute2: `ip` for pod networks; libseccomp2: the built-in executor's seccomp;
+# catatonit: PID 1 of a pod that shares its PID namespace
+RUN_DEBS := ca-certificates catatonit iproute2 libseccomp2 mount nftables util-linux
 # the VM tier (tests/vm): QEMU (+ qboot from qemu-system-data), and mmdebstrap + mke2fs to build its image
 VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # one package per line (sorted), so that parallel changes merge cleanly
@@ -15,7 +16,7 @@ VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # runc, crun: the OCI runtime handlers; criu: CheckpointContainer (refused with `criu check`'s words where it
 # fails); busybox-static: test containers' rootfs; docker-registry etc.: image tests;
 # prometheus: a real Prometheus scrapes crispd with deploy/prometheus.yml; dbus-daemon: crisp's D-Bus client is
-# tested against a real bus (systemd itself answers in the VM tier)
+# tested against a real bus (systemd itself answers in the VM tier); strace: a pod starts no program but its init
 TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 	apache2-utils \
 	busybox-static \
@@ -28,6 +29,7 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 	openssl \
 	prometheus \
 	runc \
+	strace \
 
 # .deb files the tests unpack into container root filesystems instead of installing them
 TEST_DEB_FILES := busybox

@@ -67,6 +67,8 @@ default_config() {
 install_venv() {
     python3 -c 'import venv, ensurepip' 2>/dev/null \
         || { echo "install.sh: python3 with venv is needed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+    command -v catatonit >/dev/null || echo "install.sh: warning: catatonit is missing; pods that share their PID" \
+        "namespace need it as PID 1 (Debian: apt-get install catatonit)" >&2
     mkdir -p "$PREFIX"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
     local had_crisp=0

@@ -3,6 +3,8 @@
 crispd never forks (gRPC is not fork-safe), so it asks the zygote instead: one JSON request per line on the
 zygote's stdin (`{"id": N, "config": {...ShimConfig}}`), one answer per line on its stdout (`{"id": N, "ok": true,
 "pid": P, "start_time": T, "warnings": [...]}` or `{"id": N, "ok": false, "error": {"kind", "message"}}`).
+The pods' namespace work is forked from here too (`{"id": N, "work": "pin_namespaces" | "start_pod_init",
+"request": {...}}`, runtime/namespaces/forked.py): the worker's answer dict is relayed the same way.
 
 Everything a shim runs is imported here once; each shim is forked after `gc.freeze()`, so its pages stay shared
 copy-on-write with the zygote and its siblings. The forked child starts a new session and forks again, so the
@@ -20,7 +22,8 @@ import json
 import os
 import selectors
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 # imported here, before any fork, so that every shim shares them (the executor's code too: the shim runs it in
 # forks of itself, shim/executor.py; runtime.executor.cgroup imports runtime.cgroups on use, so that is named here)
@@ -30,6 +33,7 @@ import runtime.executor.main
 import shim.main
 import shim.server
 from runtime.linux import syscalls
+from runtime.namespaces import forked
 from runtime.version import VERSION
 from shim import protocol
 
@@ -41,9 +45,28 @@ def _answer(message: dict[str, Any]) -> None:
     os.write(1, protocol.encode(message))
 
 
-def _fork_shim(config: dict[str, Any], selector: selectors.BaseSelector, pending: dict[int, tuple[Any, bytearray]],
-               ) -> int:
-    """Fork a detached shim; returns the read end of its sync pipe."""
+# the pod namespace work crispd may ask for: the function runs in a detached worker and returns its answer
+WORK: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "pin_namespaces": forked.pin_namespaces, "start_pod_init": forked.start_pod_init}
+Pending = dict[int, tuple[Any, bytearray, str]]  # sync pipe -> (request id, what came so far, if it dies: why)
+
+
+def _run_work(name: str, request: dict[str, Any], sync_fd: int) -> NoReturn:
+    """The body of a forked worker: stdin and stdout (crispd's pipes) go; one answer line on the sync pipe."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    try:
+        answer = WORK[name](request)
+    except Exception as exc:  # whatever went wrong is said to crispd, not lost with the worker
+        answer = {"ok": False, "error": {"kind": "Internal", "message": f"{name}: {type(exc).__name__}: {exc}"}}
+    os.write(sync_fd, protocol.encode(answer))
+    os._exit(0)
+
+
+def _fork_detached(body: Callable[[int], NoReturn], selector: selectors.BaseSelector, pending: Pending) -> int:
+    """Fork a detached process that runs `body(sync fd)`; returns the read end of its sync pipe."""
     r, w = os.pipe2(os.O_CLOEXEC)
     gc.freeze()  # everything alive now is left alone by the children's collector: no copy-on-write from gc
     pid = os.fork()
@@ -56,7 +79,7 @@ def _fork_shim(config: dict[str, Any], selector: selectors.BaseSelector, pending
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
-            shim.main.become_shim(config, w)
+            body(w)
         finally:
             os._exit(127)
     os.close(w)
@@ -68,7 +91,7 @@ def main() -> None:
     if len(sys.argv) > 2:  # the fd of the sealed copy of the interpreter the zygote runs from: exec'd, not needed
         os.close(int(sys.argv[2]))
     selector = selectors.DefaultSelector()
-    pending: dict[int, tuple[Any, bytearray]] = {}
+    pending: Pending = {}
     inbuf = bytearray()
     os.set_blocking(0, False)
     selector.register(0, selectors.EVENT_READ)
@@ -93,7 +116,7 @@ def main() -> None:
                     inbuf[:] = rest
                     _handle(line, selector, pending)
                 continue
-            request_id, buf = pending[fd]
+            request_id, buf, died = pending[fd]
             data = os.read(fd, 65536)
             buf += data
             if data and b"\n" not in buf:
@@ -106,30 +129,37 @@ def main() -> None:
             except ValueError:
                 report = None
             if not isinstance(report, dict):
-                report = {"ok": False, "error": {"kind": "Internal",
-                                                 "message": "the shim died before it was ready (see its shim.log)"}}
+                report = {"ok": False, "error": {"kind": "Internal", "message": died}}
             _answer({"id": request_id, **report})
 
 
-def _handle(line: bytes, selector: selectors.BaseSelector, pending: dict[int, tuple[Any, bytearray]]) -> None:
+def _handle(line: bytes, selector: selectors.BaseSelector, pending: Pending) -> None:
     try:
         request = json.loads(line)
         request_id = request["id"]
-        config = request["config"]
-        if not isinstance(config, dict):
+        work = request.get("work")
+        body = request["request"] if work is not None else request["config"]
+        if not isinstance(body, dict):
             raise ValueError("config is not an object")
+        if work is not None and work not in WORK:
+            raise ValueError(f"no such work: {work!r}")
     except (ValueError, KeyError, TypeError) as exc:
         _answer({"id": None, "ok": False, "error": {"kind": "InvalidArgument", "message": f"bad request: {exc}"}})
         return
+    if work is None:
+        what, died = "a shim", "the shim died before it was ready (see its shim.log)"
+        run: Callable[[int], NoReturn] = lambda w: shim.main.become_shim(body, w)  # noqa: E731
+    else:
+        what, died = f"a {work} worker", f"the zygote's {work} worker died before it answered"
+        run = lambda w: _run_work(work, body, w)  # noqa: E731
     try:
-        fd = _fork_shim(config, selector, pending)
+        fd = _fork_detached(run, selector, pending)
     except OSError as exc:
         _answer({"id": request_id, "ok": False, "error": {"kind": "ResourceExhausted",
-                                                          "message": f"cannot fork a shim: {exc}"}})
+                                                          "message": f"cannot fork {what}: {exc}"}})
         return
-    pending[fd] = (request_id, bytearray())
+    pending[fd] = (request_id, bytearray(), died)
     selector.register(fd, selectors.EVENT_READ)
-
 
 if __name__ == "__main__":
     try:

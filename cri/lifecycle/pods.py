@@ -45,7 +45,7 @@ from runtime.cgroups import paths as cgroup_paths
 from runtime.fstree import remove_tree
 from runtime.mounts import mount_tmpfs, unmount
 from runtime.namespaces.pidns import find_pod_init, remove_pid_pin, start_pod_init, stop_pod_init
-from runtime.namespaces.pin import KINDS, NamespaceSetup, pin_namespaces, publish_netns, unpin_namespaces
+from runtime.namespaces.pin import KINDS, Forker, NamespaceSetup, pin_namespaces, publish_netns, unpin_namespaces
 from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 from runtime.network.manager import NetworkManager
 from runtime.network.types import PodNetworkRequest
@@ -101,8 +101,9 @@ class PodSandboxController:
     def __init__(self, *, state_dir: Path, missing_controller: str, sandboxes: SandboxStore, names: NameIndex,
                  netns_dir: str, containers: ContainerController, cgroups: CgroupDriver,
                  network: NetworkManager | None, nri: NriService, events: EventPublisher, metrics: Metrics,
-                 debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
+                 debug: DebugPoints, clock_ns: Callable[[], int], forker: Forker) -> None:
         self.state_dir = state_dir
+        self.forker = forker  # the shim zygote: pods' namespace work is forked from it
         self.netns_dir = netns_dir
         self.missing_controller = missing_controller
         self.sandboxes = sandboxes
@@ -162,7 +163,7 @@ class PodSandboxController:
             setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()),
                                    uid_mappings=plan.userns.uids if plan.userns else (),
                                    gid_mappings=plan.userns.gids if plan.userns else ())
-            pins = await pin_namespaces(pod_dir / "ns", setup)
+            pins = await pin_namespaces(pod_dir / "ns", setup, self.forker)
             undo.push("namespaces", lambda: self._unpin(tuple(pins.values())))
             await self.debug.point("run_pod_sandbox.namespaces")
             namespaces = {kind: str(path) for kind, path in pins.items()}
@@ -176,7 +177,7 @@ class PodSandboxController:
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
-                init_ref = await start_pod_init(pid_pin, plan.id, userns=namespaces.get("user", ""))
+                init_ref = await start_pod_init(pid_pin, plan.id, self.forker, userns=namespaces.get("user", ""))
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
                 await self.debug.point("run_pod_sandbox.pod_init")
                 await self.cgroups.place_pod_init(plan.cgroup, plan.id, init_ref.pid)

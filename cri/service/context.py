@@ -95,7 +95,8 @@ class ServiceContext:
         pods = PodSandboxController(
             state_dir=Path(config.state), missing_controller=config.cgroup.missing_controller,
             sandboxes=sandboxes, names=sandbox_names, netns_dir=config.network.netns_dir, containers=lifecycle,
-            cgroups=driver, network=network, nri=nri, events=events, metrics=metrics, debug=debug, clock_ns=clock_ns)
+            cgroups=driver, network=network, nri=nri, events=events, metrics=metrics, debug=debug, clock_ns=clock_ns,
+            forker=shims)
         return cls(
             config=config, store=store, metrics=metrics, readiness=readiness, images=images, sandboxes=sandboxes,
             sandbox_names=sandbox_names, containers=containers, container_names=container_names, shims=shims,

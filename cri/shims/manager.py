@@ -168,9 +168,9 @@ class ShimManager:
 
     # --- spawning -------------------------------------------------------------------------------------------
 
-    async def spawn(self, config: ShimConfig) -> ShimClient:
-        """A ready shim for the container (nothing created yet); returns its client."""
-        config.check()
+    async def _ask(self, request: dict[str, Any], time_limit: float, late: str) -> dict[str, Any]:
+        """The zygote's answer to one request (a new zygote if the last one died); DeadlineExceeded(`late`) if
+        none comes within `time_limit`."""
         async with self._lock:
             if self._zygote is not None and self._zygote.returncode is not None:
                 log.warning("the shim zygote (pid %d) exited with %s; starting a new one", self._zygote.pid,
@@ -183,16 +183,33 @@ class ShimManager:
         request_id = self._seq
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = future
-        self._zygote.stdin.write(protocol.encode({"id": request_id, "config": config.to_json()}))
+        self._zygote.stdin.write(protocol.encode({"id": request_id, **request}))
         try:
             await self._zygote.stdin.drain()
-            answer = await asyncio.wait_for(future, self.spawn_timeout)
+            return await asyncio.wait_for(future, time_limit)
         except TimeoutError:
-            raise errors.DeadlineExceeded(f"container {config.id}: no shim within {self.spawn_timeout}s") from None
+            raise errors.DeadlineExceeded(late) from None
         except ConnectionError as exc:
             raise errors.Unavailable(f"the shim zygote is gone: {exc}") from None
         finally:
             self._requests.pop(request_id, None)
+
+    async def fork_work(self, work: str, request: dict[str, Any], time_limit: float, what: str) -> dict[str, Any]:
+        """Pod namespace work (runtime/namespaces/forked.py) in a process the zygote forks: its answer, checked
+        (the error it names raised). runtime.namespaces.pin.Forker."""
+        answer = await self._ask({"work": work, "request": request}, time_limit,
+                                 f"{what}: not done within {time_limit:g}s")
+        if not answer.get("ok"):
+            problem = answer.get("error")
+            fields = problem if isinstance(problem, dict) else {}
+            raise errors.from_kind(fields.get("kind", errors.INTERNAL), str(fields.get("message", f"{what} failed")))
+        return answer
+
+    async def spawn(self, config: ShimConfig) -> ShimClient:
+        """A ready shim for the container (nothing created yet); returns its client."""
+        config.check()
+        answer = await self._ask({"config": config.to_json()}, self.spawn_timeout,
+                                 f"container {config.id}: no shim within {self.spawn_timeout}s")
         if not answer.get("ok"):
             raise shim_error(answer.get("error"), "shim failed")
         for warning in answer.get("warnings", []):

@@ -19,11 +19,13 @@ done
 say() { echo "crisp-kind: $*"; }
 running() { [ -d /run/systemd/system ]; }  # a live node (not an image build)
 
-# 1. Python for crisp's venv: kind's node image has none (apt needs the network: an image build has it)
-if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    say "installing python3 and python3-venv"
+# 1. Python for crisp's venv and catatonit (a shared-PID pod's PID 1): kind's node image has neither (apt needs
+# the network: an image build has it)
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null || ! command -v catatonit >/dev/null; then
+    say "installing python3, python3-venv and catatonit"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv catatonit \
+        >/dev/null
     rm -rf /var/lib/apt/lists/*
 fi
 

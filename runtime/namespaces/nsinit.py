@@ -1,17 +1,15 @@
-"""Runs inside a pod's freshly unshared namespaces (started by `pin.py` under util-linux `unshare`).
+"""A pod's namespaces, set up from inside: the hostname, `lo` up, the pod's sysctls (`set_up`).
 
-It sets the hostname, brings `lo` up and writes the pod's sysctls, then exits; the namespaces stay alive through
-the bind mounts `unshare` made. Standard library only and run as `python -I -S <this file>`: it is on the pod
-start path, so it imports as little as possible. Failures: one JSON line on stderr, exit status 1.
+Runs in a process forked from the shim zygote (`forked.py`) once it is in the pod's new namespaces. Standard
+library only.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import socket
 import struct
-import sys
+from typing import Any
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -26,16 +24,14 @@ def loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | IFF_UP))
 
 
-def main(argv: list[str]) -> int:
-    request = json.loads(argv[0])
+class SetupFailed(Exception):
+    """A step of `set_up` failed: the message names the step and the kernel's words."""
+
+
+def set_up(request: dict[str, Any]) -> None:
+    """Inside the new namespaces: the hostname, lo up, the sysctls (what `request` asks for)."""
     step = ""
     try:
-        if request.get("await_maps"):
-            # a new user namespace: crispd writes its id maps while we are in it, then says go
-            step = "waiting for the user namespace's id maps"
-            print("ready", flush=True)
-            if sys.stdin.readline().strip() != "go":
-                raise OSError(0, "crispd did not map the user namespace")
         if request.get("hostname"):
             step = f"sethostname {request['hostname']!r}"
             socket.sethostname(request["hostname"])
@@ -47,10 +43,5 @@ def main(argv: list[str]) -> int:
             with open(path, "w") as f:
                 f.write(value)
     except OSError as exc:
-        print(json.dumps({"kind": "InvalidArgument", "message": f"{step}: {exc.strerror}"}), file=sys.stderr)
-        return 1
-    return 0
+        raise SetupFailed(f"{step}: {exc.strerror}") from None
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,44 +1,31 @@
-"""A pod's shared PID namespace: a pinned namespace with `podinit.py` as its PID 1 (`crisp-podinit <pod id>`)."""
+"""A pod's shared PID namespace: a pinned namespace whose PID 1 is Debian's `catatonit -P` (a pause process that
+reaps, and exits on SIGTERM), forked off the warm zygote (runtime/namespaces/forked.py) and exec'd."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from pathlib import Path
 
 from runtime import errors
-from runtime.command import run_command
 from runtime.mounts import bind_mount, is_mountpoint, unmount
-from runtime.namespaces import podinit
-from runtime.namespaces.pin import usernsexec_argv
-from runtime.procs import ProcessRef, package_root
+from runtime.namespaces.pin import Forker
+from runtime.procs import ProcessRef
 
 START_TIMEOUT = 30.0
 
 
-async def start_pod_init(pin: Path, pod_id: str, userns: str = "") -> ProcessRef:
-    """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs. The init makes the
-    namespace itself (podinit.py) and crispd pins it once PID 1 runs. With the pod's own user namespace (`userns`,
-    its pin), the init starts inside it (usernsexec), so that the PID namespace it makes is owned by it."""
+async def start_pod_init(pin: Path, pod_id: str, forker: Forker, userns: str = "") -> ProcessRef:
+    """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs. A process forked from
+    the zygote makes the namespace and forks PID 1 into it; crispd pins it once PID 1 runs. With the pod's own user
+    namespace (`userns`, its pin), that process joins it first, so that the PID namespace is owned by it."""
     log_path = _log_path(pin)
-    log_fd = await asyncio.to_thread(_prepare, pin, log_path)
-    read_fd, write_fd = os.pipe()
+    await asyncio.to_thread(_prepare, pin)
     ref = None
     try:
-        try:  # the detached processes outlive any pipe to crispd: their output goes to a file
-            # `setsid -f` forks the pod init off and exits at once; it reports on the pipe (EOF: it died)
-            enter = usernsexec_argv(userns) if userns else []
-            await run_command(
-                ["setsid", "-f", *enter, sys.executable, "-I", "-S", "-c", podinit.BOOTSTRAP, package_root(),
-                 pod_id, str(write_fd)],
-                kill_after=START_TIMEOUT, what="pod init", pass_fds=(write_fd,), output_fd=log_fd)
-        finally:
-            os.close(log_fd)
-        os.close(write_fd)
-        write_fd = -1
-        line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), START_TIMEOUT)
-        ref = ProcessRef.of(int(line)) if line.strip().isdigit() else None
+        answer = await forker.fork_work("start_pod_init", {"log": str(log_path), "userns": userns},
+                                        START_TIMEOUT, f"pod {pod_id}: pod init")
+        ref = ProcessRef.of(int(answer["pid"]))
         if ref is None:
             message = (await asyncio.to_thread(log_path.read_text, errors="replace")).strip()
             raise errors.CrispError(f"pod init did not start: {message or 'it exited before it was ready'}")
@@ -50,28 +37,12 @@ async def start_pod_init(pin: Path, pod_id: str, userns: str = "") -> ProcessRef
             ref.signal()
         await remove_pid_pin(pin)
         raise
-    finally:
-        if write_fd >= 0:
-            os.close(write_fd)
-        os.close(read_fd)
     return ref
 
 
-def _prepare(pin: Path, log_path: Path) -> int:
+def _prepare(pin: Path) -> None:
     pin.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     pin.touch(mode=0o400)
-    return os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-
-
-def _read_line(fd: int) -> str:
-    """One line, or what came before EOF (the pod init died)."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 64)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode()
 
 
 def _log_path(pin: Path) -> Path:

@@ -178,6 +178,17 @@ def processes(name: str, words: set[str]) -> list[int]:
     return found
 
 
+def pod_inits(pod_ids: set[str]) -> list[int]:
+    """crisp's pod inits (`catatonit -P`, which does not name its pod) of these pods: their output goes to the
+    pod's `<state>/sandboxes/<pod id>/podinit.log`."""
+    found = []
+    for pid in processes("catatonit", {"-P"}):
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(f"/proc/{pid}/fd/2")).parent.name in pod_ids:
+                found.append(pid)
+    return found
+
+
 def listener_pid(socket: str) -> int:
     """The process holding the listening unix socket at `socket` (the daemon serving the endpoint)."""
     inodes = set()
@@ -205,7 +216,7 @@ def memory(side: Side, count: int) -> dict[str, str]:
     time.sleep(3)
     if side.kind == "crisp":
         shims = processes("crisp-shim", {cid for _, cid in made})
-        inits = processes("crisp-podinit", {pod for pod, _ in made})
+        inits = pod_inits({pod for pod, _ in made})
     else:
         shims = processes("containerd-shim", {side.socket})  # comm: the name's first 15 bytes
         # containerd's counterpart of a pod init: the pod's pause process, a child of its shim

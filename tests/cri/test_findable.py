@@ -1,7 +1,7 @@
 """Processes crisp leaves running are findable by name: each shim is `crisp-shim <container id>` (comm and command
-line), a shared-PID pod's PID 1 is `crisp-podinit <pod id>`, and nothing else of crisp's lingers; inside a
-container no process shows a host path. Checked with ps and pgrep as an operator would. A pod's network namespace
-has a name `ip netns` knows."""
+line), a shared-PID pod's PID 1 is `catatonit -P` (Debian's; the pod's PID namespace pin tells which pod's), and
+nothing else of crisp's lingers; inside a container no process shows a host path. Checked with ps and pgrep as an
+operator would. A pod's network namespace has a name `ip netns` knows."""
 
 from __future__ import annotations
 
@@ -50,9 +50,12 @@ def test_shims_and_pod_inits_name_themselves(pods: Pods, test_images: TestImages
     assert ps(shim, "args") == f"crisp-shim {container_id}"
     assert int(ps(shim, "rss")) > 0  # per-shim memory, as an operator would read it
     assert len(pgrep(f"^crisp-shim ({container_id}|{other})$")) == 2  # one shim per container
-    (init,) = pgrep(f"^crisp-podinit {pod_id}$")
-    assert ps(init, "comm") == "crisp-podinit"
-    assert ps(init, "args") == f"crisp-podinit {pod_id}"
+    # catatonit does not say whose it is: its PID namespace, the one pinned in the pod's dir, does
+    pid_pin = pods.daemon.state / "sandboxes" / pod_id / "ns" / "pid"
+    (init,) = [pid for pid in pgrep("^catatonit -P$")
+               if os.readlink(f"/proc/{pid}/ns/pid") == f"pid:[{os.stat(pid_pin).st_ino}]"]
+    assert ps(init, "comm") == "catatonit"
+    assert ps(init, "args") == "catatonit -P"
     # nothing else of crisp's runs: what works in the state dir is crispd (it names it in its flags), the shims
     # and the pod init (their cwd, their log files), each found by its name
     crispd = pods.daemon.proc.pid if pods.daemon.proc else 0
@@ -60,8 +63,8 @@ def test_shims_and_pod_inits_name_themselves(pods: Pods, test_images: TestImages
     assert users == {crispd, init, *pgrep(f"^crisp-shim ({container_id}|{other})$")}
 
     # inside the container: PID 1 is the pod init, and no process shows a host path
-    assert kubelet.exec(container_id, ["cat", "/proc/1/comm"]).stdout == b"crisp-podinit\n"
-    assert kubelet.exec(container_id, ["cat", "/proc/1/cmdline"]).stdout == f"crisp-podinit {pod_id}\0".encode()
+    assert kubelet.exec(container_id, ["cat", "/proc/1/comm"]).stdout == b"catatonit\n"
+    assert kubelet.exec(container_id, ["cat", "/proc/1/cmdline"]).stdout == b"catatonit\0-P\0"
     seen = kubelet.exec(container_id, ["sh", "-c", "for p in /proc/[0-9]*; do cat $p/comm $p/cmdline; echo; done"])
     assert seen.exit_code == 0 and b"sleep" in seen.stdout
     for host_path in (CHECKOUT, str(pods.daemon.base), "/.venv/", "python"):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from cri import api as cri
+from cri.shims.manager import ShimManager
 from runtime.mounts import unmount
 from runtime.namespaces.pidns import start_pod_init
 from runtime.namespaces.pin import NamespaceSetup, pin_namespaces
@@ -29,8 +32,9 @@ def test_dirs_and_pins_without_a_record_are_removed_at_start(tmp_path: Path) -> 
     bundle, layer = p.daemon.state / "containers" / container_id, p.daemon.root / "containers" / container_id
 
     async def leave_a_pod() -> None:
-        await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"net", "ipc", "uts"})))
-        inits.append(await start_pod_init(pod_dir / "ns" / "pid", pod_dir.name))
+        async with warm_zygote(tmp_path) as zygote:
+            await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"net", "ipc", "uts"})), zygote)
+            inits.append(await start_pod_init(pod_dir / "ns" / "pid", pod_dir.name, zygote))
 
     inits: list[ProcessRef] = []
     leaks: list[str] = []
@@ -50,6 +54,17 @@ def test_dirs_and_pins_without_a_record_are_removed_at_start(tmp_path: Path) -> 
     finally:
         _clean_up(p, tmp_path, inits)
     assert leaks == []
+
+
+@contextlib.asynccontextmanager
+async def warm_zygote(tmp_path: Path) -> AsyncIterator[ShimManager]:
+    """The shim zygote crispd would fork the pod's namespace work from (a crispd's own, without the crispd)."""
+    zygote = ShimManager(tmp_path / "zygote-containers")
+    await zygote.start()
+    try:
+        yield zygote
+    finally:
+        await zygote.close()
 
 
 def _clean_up(p: Pods, tmp_path: Path, inits: list[ProcessRef]) -> None:
@@ -73,9 +88,11 @@ def test_a_user_namespaced_pod_init_crispd_did_not_pin_yet_is_found_at_start(tmp
     mappings = ((0, 3_000_000, 65536),)
 
     async def leave_a_pod() -> None:
-        pins = await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"user", "ipc"}),
-                                                                 uid_mappings=mappings, gid_mappings=mappings))
-        inits.append(await start_pod_init(pid_pin, pod_dir.name, userns=str(pins["user"])))
+        async with warm_zygote(tmp_path) as zygote:
+            pins = await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"user", "ipc"}),
+                                                                     uid_mappings=mappings, gid_mappings=mappings),
+                                        zygote)
+            inits.append(await start_pod_init(pid_pin, pod_dir.name, zygote, userns=str(pins["user"])))
         await unmount(pid_pin)  # as before crispd pinned it
 
     inits: list[ProcessRef] = []

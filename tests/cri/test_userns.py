@@ -16,7 +16,7 @@ import pytest
 
 from cri import api as cri
 from tests.cri.conftest import TestImages
-from tests.cri.pods import Pods, running_pods
+from tests.cri.pods import Pods, pod_config, running_pods
 from tests.cri.test_containers import Kubelet
 from tests.leaks import mounts_under
 from tests.vm.plugin import in_guest
@@ -114,6 +114,25 @@ def test_pod_user_namespace(kubelet: Kubelet, pid_mode: int) -> None:
     assert kubelet.exec(container_id, ["chown", "33", "/written"]).exit_code == 0
     assert (upper / "written").stat().st_uid == HOST_ID + 33
     assert kubelet.exec(container_id, ["chown", str(LENGTH + 1), "/written"]).exit_code != 0
+
+
+def test_a_user_namespaced_pods_namespaces_are_set_up_inside_it(pods: Pods) -> None:
+    """The pod's hostname, lo and sysctls are set by its user namespace's root (the pins are made from outside,
+    then the maps written, then the setup runs with the new user namespace's capabilities)."""
+    config = pod_config(**_pod_with(_userns()))
+    config.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "80"
+    config.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+    pod_id = pods.run(config)
+    ns = pods.daemon.state / "sandboxes" / pod_id / "ns"
+
+    def inside(*args: str) -> str:
+        return subprocess.run(["nsenter", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    assert inside(f"--user={ns / 'user'}", "cat", "/proc/self/uid_map").split() == ["0", str(HOST_ID), str(LENGTH)]
+    assert inside(f"--uts={ns / 'uts'}", "hostname") == "web-host"
+    assert inside(f"--net={ns / 'net'}", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start") == "80"
+    assert "UP" in inside(f"--net={ns / 'net'}", "ip", "-o", "link", "show", "lo")
+    assert inside(f"--ipc={ns / 'ipc'}", "cat", "/proc/sys/kernel/shm_rmid_forced") == "1"
 
 
 def _pid_of(container_id: str) -> int:

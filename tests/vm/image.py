@@ -23,12 +23,14 @@ from tests.vm.wheels import run_time_requirements
 
 SUITE = "bookworm"
 # What the guest tests use: Python for pytest + crisp, the OCI runtimes for differential tests, busybox as a
-# container root file system, docker-registry to serve images to a crispd in the guest (it has no network), and
-# the usual tools (ip, nsenter, mount, ps, modprobe, nft, CNI plugins); systemd for the systemd guest, whose PID 1
-# it is (the plain guest never starts it), and dbus so that crisp's D-Bus client is tried on a system bus too.
+# container root file system, catatonit as a shared-PID pod's PID 1, docker-registry to serve images to a crispd in
+# the guest (it has no network), and the usual tools (ip, nsenter, mount, ps, modprobe, nft, CNI plugins); systemd
+# for the systemd guest, whose PID 1 it is (the plain guest never starts it), and dbus so that crisp's D-Bus client
+# is tried on a system bus too.
 GUEST_PACKAGES = (
     "python3", "python3-venv", "iproute2", "util-linux", "mount", "procps", "kmod", "nftables", "iptables",
     "runc", "crun", "containernetworking-plugins", "busybox-static", "docker-registry", "systemd", "dbus", "criu",
+    "catatonit",
 )
 # the Debian kernel builds these as modules; the initramfs loads them to reach the root disk and the 9p shares
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4", "9p", "9pnet_virtio", "virtio_console")

@@ -234,12 +234,14 @@ def test_shim_imports_nothing_heavy(runc_env: ShimEnv) -> None:
     assert not any(m.startswith(("grpc", "google", "pyroute2", "cri.", "prometheus")) for m in modules)
     assert info["threads"] == 1
     # the stdlib-only rule modules the shim shares with crispd (the bundle contract, error kinds, process start
-    # times, the fail points), and the executor with what it imports: nothing of images, networks, cgroup drivers
-    # (the executor's cgroup code, runtime.cgroups, is among them: imported by the zygote, never in a fork)
+    # times, the fail points), the executor with what it imports, and the pods' namespace work the zygote forks too
+    # (runtime/namespaces/forked.py and what it uses): nothing of images, networks, cgroup drivers. The executor's
+    # cgroup code, runtime.cgroups, is among them: imported by the zygote, never in a fork
     assert {"runtime.executor.main", "runtime.executor.container", "runtime.cgroups"} <= modules
     assert {m for m in modules if m.startswith("runtime") and not m.startswith(("runtime.executor",
                                                                                 "runtime.cgroups"))} <= {
         "runtime", "runtime.version", "runtime.linux", "runtime.linux.syscalls", "runtime.bundle", "runtime.errors",
         "runtime.procs", "runtime.failpoints", "runtime.linux.idmap", "runtime.linux.syscalls.libseccomp",
-        "runtime.linux.syscalls.bpf", "runtime.namespaces", "runtime.namespaces.sysctl", "runtime.undo"}
+        "runtime.linux.syscalls.bpf", "runtime.namespaces", "runtime.namespaces.sysctl", "runtime.undo",
+        "runtime.namespaces.forked", "runtime.namespaces.nsinit", "runtime.namespaces.userns"}
     print(json.dumps(sorted(modules)))
