@@ -1,7 +1,8 @@
 """crisp and containerd side by side in one run: issue 17's figures and the ratios its "Done when" judges.
 
     .venv/bin/python -m tests.bench.vs_containerd [--reps 20] [--containerd unix:///.../containerd.sock]
-                                                  [--handlers builtin,runc] [--pods 10] [--skip-critest]
+                                                  [--handlers builtin,runc] [--pods 10] [--many 30]
+                                                  [--skip-critest]
 
 crisp: a crispd on its own temporary root, socket, bridge and metrics port, pulling the tests' images from their
 loopback registry (tests/images), one side per RuntimeClass handler ("builtin" is crisp's default handler "").
@@ -14,6 +15,8 @@ side, each with its own crictl config.
   times every side once, in an order that alternates rep by rep, so that the host's load weighs on all alike; each
   rep's pod is stopped and removed outside the timed part.
 - critest -benchmark (tests/bench/critest_benchmark.yaml): each operation's median, side by side.
+- throughput: --many pods (runp+create+start each) made 10 at a time, in pods per second, then all of them removed
+  at once (stopp+rmp, one client per pod), and the daemon's CPU seconds over both; one side after the other.
 - memory with --pods pods running (shared PID namespace, so crisp starts a pod init; containerd's counterpart is the
   pod's pause process): PSS of each shim and pod init, RSS of the daemon (the process listening on the endpoint's
   socket).
@@ -24,6 +27,7 @@ Prints figures; asserts nothing. Everything it makes is removed at the end, also
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -227,6 +231,29 @@ def memory(side: Side, count: int) -> dict[str, str]:
     return figures
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def throughput(side: Side, count: int, parallel: int = 10) -> dict[str, str]:
+    """`count` pods made `parallel` at a time, then all removed at once: pods/s, removal wall time, daemon CPU."""
+    side.crictl("pull", IMAGE)
+    daemon = listener_pid(side.socket)
+    cpu = cpu_seconds(daemon)
+    began = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        made = list(pool.map(lambda _: side.run_pod()[0], range(count)))
+    made_in = time.perf_counter() - began
+    began = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        list(pool.map(side.remove_pod, made))
+    removed_in = time.perf_counter() - began
+    return {f"{parallel} at a time, pods/s": f"{count / made_in:.2f}",
+            f"{count} removed at once, s": f"{removed_in:.1f}", "daemon CPU s": f"{cpu_seconds(daemon) - cpu:.1f}",
+            "daemon RSS after, MB": f"{smaps_rollup(daemon)['rss'] / 1024:.1f}"}
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -297,6 +324,12 @@ def run(args: argparse.Namespace, base: Path) -> None:
             if not args.skip_critest:
                 report_critest(sides, {side.label: critest_benchmark(side) for side in sides}, reference)
                 print(f"({load()})")
+            if args.many:
+                rows = ["10 at a time, pods/s", f"{args.many} removed at once, s", "daemon CPU s",
+                        "daemon RSS after, MB"]
+                table(f"throughput: {args.many} pods", rows, [side.label for side in sides],
+                      {side.label: throughput(side, args.many) for side in sides})
+                print(f"({load()})")
             table(f"memory with {args.pods} pods running, MB (median, count)",
                   ["shim PSS", "pod init PSS", "daemon RSS"], [side.label for side in sides],
                   {side.label: memory(side, args.pods) for side in sides})
@@ -312,6 +345,7 @@ def main() -> None:
     parser.add_argument("--containerd", default="", help="containerd's CRI endpoint, unix:///...")
     parser.add_argument("--handlers", default="builtin", help="crisp's handlers, comma-separated (builtin, runc)")
     parser.add_argument("--pods", type=int, default=10, help="pods running for the memory figures")
+    parser.add_argument("--many", type=int, default=30, help="pods for the throughput figures (0: none)")
     parser.add_argument("--skip-critest", action="store_true")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through every cleanup, as Ctrl-C does
