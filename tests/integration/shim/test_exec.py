@@ -243,5 +243,5 @@ def test_shim_imports_nothing_heavy(runc_env: ShimEnv) -> None:
         "runtime", "runtime.version", "runtime.linux", "runtime.linux.syscalls", "runtime.bundle", "runtime.errors",
         "runtime.procs", "runtime.failpoints", "runtime.linux.idmap", "runtime.linux.syscalls.libseccomp",
         "runtime.linux.syscalls.bpf", "runtime.namespaces", "runtime.namespaces.sysctl", "runtime.undo",
-        "runtime.namespaces.forked", "runtime.namespaces.nsinit", "runtime.namespaces.userns"}
+        "runtime.namespaces.forked", "runtime.namespaces.nsinit", "runtime.namespaces.userns", "runtime.linux.sealed"}
     print(json.dumps(sorted(modules)))
