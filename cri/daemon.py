@@ -271,6 +271,8 @@ class Daemon:
             if server is not None:
                 # in-flight RPCs get the grace period; new ones are refused from now on
                 await server.stop(self.config.shutdown_grace_seconds)
+            if ctx is not None:
+                await ctx.creations.settle_now()  # every answer has left: no creation waits for its retry
             # nothing is served any more: like start-up, shutdown is outside the slow-callback check
             asyncio.get_running_loop().slow_callback_duration = 3600.0
             if listening:
