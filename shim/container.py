@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime import errors
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 CONSOLE_NAME = "console.sock"
 INIT_PID_NAME = "init.pid"
 UPDATE_NAME = "update.json"  # the resources of an update, for the executor's --resources
+EXEC_WAIT = 2.0  # how long `start` waits for the init's final exec before it answers all the same
 
 
 class Container:
@@ -256,6 +258,11 @@ class Container:
         self.state = "starting"
         self.started_at = time.time_ns()
 
+        def answer() -> None:
+            log(f"container {self.id} started")
+            self.shim.point("shim.started")
+            reply(protocol.reply_ok(pid=self.pid, started_at=self.started_at))
+
         def started(result: CommandResult, offset: int) -> None:
             if self.state == "starting":
                 if result.ok:
@@ -263,15 +270,33 @@ class Container:
                 else:
                     self.state = "created"
                     self.started_at = 0
-            if result.ok or self.status is not None:
-                # an init that exited before `start` returned was started all the same
-                log(f"container {self.id} started")
-                self.shim.point("shim.started")
-                reply(protocol.reply_ok(pid=self.pid, started_at=self.started_at))
+            if result.ok and self.shim.executor.resident is not None:
+                self._after_exec(answer)
+            elif result.ok or self.status is not None:
+                answer()  # an init that exited before `start` returned was started all the same
             else:
                 reply(self.shim.executor.error(result, offset).reply())
 
         self.shim.executor.run(["start", self.id], started)
+
+    def _after_exec(self, then: Callable[[], None]) -> None:
+        """Call `then` once the init has made its final exec (or ended): `start` only let it go, and a caller told
+        "started" expects the container's program, not crisp's Python, in the container (an exec right after, a
+        `ps`). The resident executor's init runs the zygote's sealed interpreter until then; EXEC_WAIT at most."""
+        own = os.readlink("/proc/self/exe")
+        deadline = time.monotonic() + EXEC_WAIT
+
+        def check() -> None:
+            try:
+                running = os.readlink(f"/proc/{self.pid}/exe")
+            except OSError:
+                running = ""  # ended (or a zombie): its exit is on its way
+            if running != own or self.status is not None or time.monotonic() > deadline:
+                then()
+            else:
+                self.shim.loop.call_later(0.001, check)
+
+        check()
 
     def state_json(self) -> dict[str, Any]:
         state = "running" if self.state == "starting" else self.state

@@ -224,6 +224,8 @@ def test_container_pid_namespace(kubelet: Kubelet) -> None:
         namespace_options=cri.NamespaceOption(pid=cri.CONTAINER)))
     a = kubelet.run(pod_id, pod, "a", ["sleep", "1001"], linux=opts)
     b = kubelet.run(pod_id, pod, "b", ["sleep", "1002"], linux=opts)
+    # StartContainer answers once the init is let go: its exec of `sleep` follows (runc's start is the same)
+    assert wait_until(lambda: "sleep 1002" in kubelet.exec(b, ["busybox", "ps", "-o", "args"]).stdout.decode())
     ps = kubelet.exec(b, ["busybox", "ps", "-o", "args"]).stdout.decode()
     assert "sleep 1002" in ps and "sleep 1001" not in ps
     assert a != b
