@@ -115,23 +115,23 @@ class Cgroup:
     def add_process(self, pid: int) -> None:
         """Move a process (all its threads) into this cgroup. Refused for a cgroup with children: in cgroup v2 only
         leaves hold processes."""
-        self._require_owned("add a process to")
-        if self.children():
-            raise errors.FailedPrecondition(
-                f"cgroup {self.path} has child cgroups; processes go into leaf cgroups only"
-            )
+        self._require_leaf_of_crisp()
         fs.write(self.dir / "cgroup.procs", str(pid))
         log.debug("cgroup %s: added process %d", self.path, pid)
 
     def open_for_new_process(self) -> int:
         """An fd of this cgroup's directory for a process to be born in (clone3's CLONE_INTO_CGROUP), under the same
         rules as `add_process`; the caller closes it."""
+        self._require_leaf_of_crisp()
+        return os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _require_leaf_of_crisp(self) -> None:
+        """Where a process may go: a cgroup crisp made, without children (in cgroup v2 only leaves hold them)."""
         self._require_owned("add a process to")
         if self.children():
             raise errors.FailedPrecondition(
                 f"cgroup {self.path} has child cgroups; processes go into leaf cgroups only"
             )
-        return os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     # ---- limits ----
 
