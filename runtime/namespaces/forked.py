@@ -52,12 +52,18 @@ def pin_namespaces(request: dict[str, Any]) -> dict[str, Any]:
         nsinit.set_up(request)
     except nsinit.SetupFailed as exc:
         return _failed("InvalidArgument", f"pod namespace setup: {exc}")
+    return _bind_pins(pins, "/proc/self/ns") or {"ok": True}
+
+
+def _bind_pins(pins: dict[str, str], ns_dir: str) -> dict[str, Any] | None:
+    """Bind each namespace file of `ns_dir` on its pin; the failure's answer, or None. crispd unmounts the pins
+    made so far when one fails."""
     for kind, path in pins.items():
         try:
-            sc.mount(f"/proc/self/ns/{kind}", path, None, sc.MS_BIND)
-        except OSError as exc:  # crispd unmounts the pins made so far
+            sc.mount(f"{ns_dir}/{kind}", path, None, sc.MS_BIND)
+        except OSError as exc:
             return _failed("Internal", f"pinning the pod's {kind} namespace: {exc.strerror}")
-    return {"ok": True}
+    return None
 
 
 def _pin_from_outside(request: dict[str, Any], flags: int) -> dict[str, Any]:
@@ -79,11 +85,9 @@ def _pin_from_outside(request: dict[str, Any], flags: int) -> dict[str, Any]:
         with os.fdopen(report_r, "rb") as reports:
             if reports.readline() != b"ready\n":
                 return _answer_of(reports.readline())
-            for kind, path in request["pins"].items():
-                try:
-                    sc.mount(f"/proc/{pid}/ns/{kind}", path, None, sc.MS_BIND)
-                except OSError as exc:  # crispd unmounts the pins made so far
-                    return _failed("Internal", f"pinning the pod's {kind} namespace: {exc.strerror}")
+            failed = _bind_pins(request["pins"], f"/proc/{pid}/ns")
+            if failed is not None:
+                return failed
             try:
                 idmap.write_maps(pid, _mappings(request["uids"]), _mappings(request["gids"]))
             except OSError as exc:
