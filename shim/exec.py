@@ -1,5 +1,5 @@
-"""Exec sessions: `<executor> exec --detach --process F --pid-file P ID`, then the exec'd process is the shim's
-child (its subreaper). Its output goes to its caller in frames (never into the container's log); a session whose
+"""Exec sessions: `<executor> exec --detach --process F --pid-file P ID` (the resident executor's exec is started
+by the shim itself, shim/exec_launch.py), then the exec'd process is the shim's child (its subreaper). Its output goes to its caller in frames (never into the container's log); a session whose
 caller goes away, or whose timeout passes, has its whole process tree killed.
 """
 
@@ -18,6 +18,7 @@ from runtime.bundle import exec_process
 from runtime.procs import descendants
 from shim import protocol
 from shim.console import close_console, receive_console, resize_from_frame
+from shim.exec_launch import start_exec
 from shim.io import pty
 from shim.io.output import output_pipe
 from shim.io.streams import Conn, Sink
@@ -97,15 +98,19 @@ class ExecSessions:
             raise ShimError(errors.kind_of(exc), f"{self.id}: {exc}") from None
         self._seq += 1
         session = ExecSession(conn, f"exec{self._seq}", tty, float(timeout))
-        spec_path = self.shim.path(f"{session.id}.json")
-        pid_path = self.shim.path(f"{session.id}.pid")
-        session.files = [spec_path, pid_path]
-        _write_new(spec_path, json.dumps(process).encode())
+        resident = self.shim.executor.resident is not None
+        argv: list[str] = []
+        if not resident:
+            spec_path = self.shim.path(f"{session.id}.json")
+            pid_path = self.shim.path(f"{session.id}.pid")
+            session.files = [spec_path, pid_path]
+            _write_new(spec_path, json.dumps(process).encode())
+            argv = ["exec", "--detach", "--process", spec_path, "--pid-file", pid_path]
 
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         child_fds = [devnull]
         console: socket.socket | None = None
-        argv = ["exec", "--detach", "--process", spec_path, "--pid-file", pid_path]
+        console_name = ""
         stdio = (devnull, devnull, devnull)
         try:
             if tty:
@@ -130,39 +135,57 @@ class ExecSessions:
             since = time.monotonic()
             session.started_at = time.time_ns()
 
-            def launched(result: CommandResult, offset: int) -> None:
+            def started(pid: int, error: ShimError | None) -> None:
                 if console is not None:
-                    self._await_console(session, console, result, offset, since, reply)
+                    self._await_console(session, console, pid, error, since, reply)
                 else:
-                    self._launched(session, result, offset, since, reply)
+                    self._launched(session, pid, error, since, reply)
 
             self.sessions[session.id] = session
-            self.shim.executor.run([*argv, self.id], launched, stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
-        except OSError as exc:
+            if resident:
+                start_exec(self.loop, self.shim.config.executor_root, self.id, process, stdio, console_name or None,
+                           started)
+            else:
+                self.shim.executor.run([*argv, self.id], lambda result, offset: started(*self._pid_of(session, result,
+                                                                                                      offset)),
+                                       stdin=stdio[0], stdout=stdio[1], stderr=stdio[2])
+        except (OSError, ShimError) as exc:
             self.sessions.pop(session.id, None)
             if console is not None:
                 console.close()
             self._cleanup(session)
+            if isinstance(exc, ShimError):
+                raise self._refusal(exc) from None
             raise ShimError("Internal", f"{self.id}: cannot run the executor for exec: {exc}") from None
         finally:
             for fd in child_fds:
                 os.close(fd)
 
-    def _await_console(self, session: ExecSession, console: socket.socket, result: CommandResult, offset: int,
+    def _pid_of(self, session: ExecSession, result: CommandResult, offset: int) -> tuple[int, ShimError | None]:
+        """The exec'd process's pid from the executor command's pid file, or the command's failure."""
+        if not result.ok:
+            return 0, self.shim.executor.error(result, offset)
+        try:
+            with open(session.files[1]) as f:
+                return int(f.read().strip()), None
+        except (OSError, ValueError) as exc:
+            return 0, ShimError(errors.INTERNAL, f"{self.id}: no pid file from the executor: {exc}")
+
+    def _await_console(self, session: ExecSession, console: socket.socket, pid: int, error: ShimError | None,
                        since: float, reply: Reply) -> None:
-        def finish(master: int, error: str) -> None:
+        def finish(master: int, problem: str) -> None:
             if master >= 0:
                 session.master = master
                 reader = os.dup(master)
                 os.set_blocking(reader, False)
                 session.outputs[reader] = protocol.STREAM_STDOUT
                 session.stdin = Sink(self.loop, master, owns_fd=True)
-            if error and result.ok:
-                self._failed(session, reply, ShimError(errors.INTERNAL, f"{self.id}: {error}"))
+            if problem and error is None:
+                self._failed(session, reply, ShimError(errors.INTERNAL, f"{self.id}: {problem}"))
                 return
-            self._launched(session, result, offset, since, reply)
+            self._launched(session, pid, error, since, reply)
 
-        if not result.ok:
+        if error is not None:
             close_console(self.loop, console)
             finish(-1, "")
             return
@@ -172,26 +195,24 @@ class ExecSessions:
         session.done = True
         self.sessions.pop(session.id, None)
         self._cleanup(session)
-        # the container's init may have died after op_exec's check (a probe racing the container's end): the
-        # executor then refuses the exec; its exit is ours to reap, and the refusal is the caller's precondition
+        reply(self._refusal(error).reply())
+
+    def _refusal(self, error: ShimError) -> ShimError:
+        """An exec's failure as its caller gets it. The container's init may have died after op_exec's check (a
+        probe racing the container's end): the executor then refuses the exec; the init's exit is ours to reap,
+        and the refusal is the caller's precondition."""
         self.loop.reap()
         if self.shim.container.state == "stopped":
-            reply(protocol.reply_error("FailedPrecondition", f"container {self.id} exited while exec {session.id} "
-                                       f"was starting ({error.message})"))
-            return
-        reply(error.reply())
+            return ShimError("FailedPrecondition", f"container {self.id} exited while an exec was starting "
+                             f"({error.message})")
+        return error
 
-    def _launched(self, session: ExecSession, result: CommandResult, offset: int, since: float,
+    def _launched(self, session: ExecSession, pid: int, error: ShimError | None, since: float,
                   reply: Reply) -> None:
-        if not result.ok:
-            self._failed(session, reply, self.shim.executor.error(result, offset))
+        if error is not None:
+            self._failed(session, reply, error)
             return
-        try:
-            with open(session.files[1]) as f:
-                session.pid = int(f.read().strip())
-        except (OSError, ValueError) as exc:
-            self._failed(session, reply, ShimError(errors.INTERNAL, f"{self.id}: no pid file from the executor: {exc}"))
-            return
+        session.pid = pid
         conn = session.conn
         self.shim.point("shim.exec")
         reply(protocol.reply_ok(exec_id=session.id, pid=session.pid, tty=session.tty))

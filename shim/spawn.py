@@ -93,10 +93,11 @@ def fork_call(program: Resident, argv: Sequence[str], stdin: int, stdout: int, s
         os._exit(code)
 
 
-def _become_command(name: str, args: list[str], stdin: int, stdout: int, stderr: int, fd3: int | None) -> None:
-    """In a fresh fork of the shim: drop everything of the shim a command must not have (its loop's fds and signal
-    handling, its logging, its title), keep what a spawned program gets."""
-    gc.disable()  # short-lived: collecting would only copy the shim's pages
+def leave_shim(stdin: int, stdout: int, stderr: int, fd3: int | None = None) -> None:
+    """First thing in a fork of the shim that will run something else: no garbage collection (it would only copy
+    the shim's pages), the shim's signal handling undone (its wakeup fd, its handlers and ignored signals, its
+    mask), the given fds as 0-2 (and 3)."""
+    gc.disable()
     signal.set_wakeup_fd(-1)
     for signum in _RESET_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
@@ -106,6 +107,12 @@ def _become_command(name: str, args: list[str], stdin: int, stdout: int, stderr:
             os.dup2(fd, target)
         else:
             os.set_inheritable(fd, True)
+
+
+def _become_command(name: str, args: list[str], stdin: int, stdout: int, stderr: int, fd3: int | None) -> None:
+    """In a fresh fork of the shim: drop everything of the shim a command must not have (its loop's fds and signal
+    handling, its logging, its title), keep what a spawned program gets."""
+    leave_shim(stdin, stdout, stderr, fd3)
     os.closerange(4 if fd3 is not None else 3, os.sysconf("SC_OPEN_MAX"))
     # the shim's Python-level streams and buffers stay behind (os._exit never flushes them); fresh ones on 1 and 2
     sys.stdin = open(0, closefd=False)

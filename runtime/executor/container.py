@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from runtime import errors
 from runtime.bundle import read_json
 from runtime.executor import cgroup, console, hooks, launcher, lifecycle, protocol, rootfs, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
-from runtime.executor.oci import Spec, load_spec, parse_process, parse_spec
+from runtime.executor.oci import Process, Spec, load_spec, parse_process, parse_spec
 from runtime.executor.process import ProcessSetup, apply_rlimits, set_oom_score_adj
 from runtime.executor.state import (
     CREATED,
@@ -48,6 +48,26 @@ class ExecOptions:
     console_socket: str | None = None
     detach: bool = False
     preserve_fds: int = 0
+
+
+@dataclass
+class PreparedExec:
+    """An exec ready to fork (Executor.prepare_exec): launch `plan` with `child_main`, born in `cgroup_fd`'s cgroup
+    (else moved into `cgroup`); `close` gives back the fds it holds."""
+
+    plan: launcher.NamespacePlan
+    cgroup: cgroup.ContainerCgroup | None
+    cgroup_fd: int | None
+    ctx: ExecContext
+    child_main: Callable[[socket.socket], None]
+
+    def close(self) -> None:
+        self.plan.close()
+        if self.cgroup_fd is not None:
+            os.close(self.cgroup_fd)
+            self.cgroup_fd = None
+        if self.ctx.console_sock is not None:
+            self.ctx.console_sock.close()
 
 
 def parse_signal(value: str) -> signal.Signals:
@@ -304,39 +324,23 @@ class Executor:
 
     def exec(self, container_id: str, options: ExecOptions) -> int:
         """Run a process in the container; with detach return 0 once it is exec'd, else its exit status."""
-        _, state, status = self._load(container_id)
-        if status != RUNNING:
-            raise errors.FailedPrecondition(f"cannot exec in container {container_id}: it is {status}")
         process = parse_process(read_json(str(options.process_file), f"--process {options.process_file}"),
                                 "process.json")
-        seccomp = None
-        if state.linux.get("seccomp") is not None:
-            probe = parse_spec({"root": {"path": "/"}, "process": {"args": ["x"]},
-                                "linux": {"seccomp": state.linux["seccomp"]}}, Path("/"))
-            seccomp = probe.linux.seccomp
-        setup = ProcessSetup(self.sys, process, seccomp)
         console_sock = console.connect_console_socket(options.console_socket) if options.console_socket else None
-        if process.terminal and console_sock is None:
-            raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
-        plan = self._exec_namespaces(state)
-        cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
+        prepared = self.prepare_exec(container_id, process, console_sock, options.preserve_fds)
         # the process is our child until we exit (then the shim's, the nearest subreaper above us): a failed one
         # is reaped here rather than left as a zombie in the container's cgroup
         self.sys.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-        ctx = ExecContext(process, setup, console_sock, options.preserve_fds)
-        cgroup_fd = None
+        cg = prepared.cgroup
         try:
-            cgroup_fd = cg.open_for_new_process() if cg is not None else None
-            launched = launcher.launch(self.sys, plan, lambda sock: exec_process(self.sys, ctx, sock),
-                                       cg.add_process if cg is not None else lambda pid: None, cgroup_fd=cgroup_fd)
+            launched = launcher.launch(self.sys, prepared.plan, prepared.child_main,
+                                       cg.add_process if cg is not None else lambda pid: None,
+                                       cgroup_fd=prepared.cgroup_fd)
         except BaseException:
             _reap_children()
             raise
         finally:
-            if console_sock is not None:
-                console_sock.close()
-            if cgroup_fd is not None:
-                os.close(cgroup_fd)
+            prepared.close()
         try:
             self._await_exec(launched.sock)
         except BaseException:
@@ -351,6 +355,42 @@ class Executor:
         if options.detach:
             return 0
         return _wait_and_forward(launched.pid)
+
+    def prepare_exec(self, container_id: str, process: Process, console_sock: socket.socket | None = None,
+                     preserve_fds: int = 0) -> PreparedExec:
+        """Everything an exec needs before its fork, checked: the container runs, its namespaces (opened through
+        its init's /proc entry), its cgroup, the process's setup (identity, capabilities, seccomp). Takes
+        `console_sock` (closed with the result)."""
+        try:
+            return self._prepare_exec(container_id, process, console_sock, preserve_fds)
+        except BaseException:
+            if console_sock is not None:
+                console_sock.close()
+            raise
+
+    def _prepare_exec(self, container_id: str, process: Process, console_sock: socket.socket | None,
+                      preserve_fds: int) -> PreparedExec:
+        _, state, status = self._load(container_id)
+        if status != RUNNING:
+            raise errors.FailedPrecondition(f"cannot exec in container {container_id}: it is {status}")
+        seccomp = None
+        if state.linux.get("seccomp") is not None:
+            probe = parse_spec({"root": {"path": "/"}, "process": {"args": ["x"]},
+                                "linux": {"seccomp": state.linux["seccomp"]}}, Path("/"))
+            seccomp = probe.linux.seccomp
+        setup = ProcessSetup(self.sys, process, seccomp)
+        if process.terminal and console_sock is None:
+            raise errors.InvalidArgument("process.terminal is set but no --console-socket was given")
+        plan = self._exec_namespaces(state)
+        cgroup_fd = None
+        try:
+            cg = cgroup.open_cgroup(state.cgroup) if state.cgroup else None
+            cgroup_fd = cg.open_for_new_process() if cg is not None else None
+        except BaseException:
+            plan.close()
+            raise
+        ctx = ExecContext(process, setup, console_sock, preserve_fds)
+        return PreparedExec(plan, cg, cgroup_fd, ctx, lambda sock: exec_process(self.sys, ctx, sock))
 
     def _exec_namespaces(self, state: State) -> launcher.NamespacePlan:
         """Every namespace the container's init is in (through its /proc entry, checked to still be it)."""

@@ -167,6 +167,47 @@ class Launched:
     sock: socket.socket
 
 
+@dataclass
+class Started:
+    """Stage 1 forked (`pid`) but not yet let go; `placed`: it was born in its cgroup; `sock`: the parent's end of
+    the handshake."""
+
+    pid: int
+    sock: socket.socket
+    placed: bool
+
+
+def start(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.socket], None],
+          close_in_child: Sequence[int] = (), cgroup_fd: int | None = None,
+          in_stage1: Callable[[], None] | None = None) -> Started:
+    """Fork stage 1 (into the cgroup of `cgroup_fd` if the kernel lets us) and return without waiting: the caller
+    puts it into its cgroup if it was not born there, sends Go and reads the handshake (`launch` does all that,
+    blocking). `in_stage1` runs first thing in stage 1: a caller that is not a short-lived program of its own
+    drops its own state there (its signal handling, its stdio). The plan's fds are closed here either way."""
+    parent_sock, child_sock = protocol.socketpair()
+    try:
+        stage1, placed = _fork_stage1(cgroup_fd)
+    except BaseException:
+        parent_sock.close()
+        child_sock.close()
+        plan.close()
+        raise
+    if stage1 == 0:
+        parent_sock.close()
+        try:
+            if in_stage1 is not None:
+                in_stage1()
+            for fd in close_in_child:
+                os.close(fd)
+        except BaseException as exc:
+            report_failure(child_sock, exc)
+            os._exit(1)
+        _stage1(child_sock, sys, plan, child_main)
+    child_sock.close()
+    plan.close()
+    return Started(stage1, parent_sock, placed)
+
+
 def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.socket], None],
            add_to_cgroup: Callable[[int], None], close_in_child: Sequence[int] = (),
            run_hooks: Callable[[int], None] | None = None, cgroup_fd: int | None = None) -> Launched:
@@ -177,15 +218,8 @@ def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.s
     `run_hooks(init pid)` runs here before it may go on (HooksDone). Any failure (ours, a hook's, or a typed one
     from a child) kills what was started and raises.
     """
-    parent_sock, child_sock = protocol.socketpair()
-    stage1, placed = _fork_stage1(cgroup_fd)
-    if stage1 == 0:
-        parent_sock.close()
-        for fd in close_in_child:
-            os.close(fd)
-        _stage1(child_sock, sys, plan, child_main)
-    child_sock.close()
-    plan.close()
+    started = start(sys, plan, child_main, close_in_child, cgroup_fd)
+    stage1, placed, parent_sock = started.pid, started.placed, started.sock
     init_pid = 0
     ready = False
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -91,6 +92,40 @@ exec {shlex.join(executor_argv(shim_env.executor))} "$@"
                 await client.exec_sync(["true"])
             assert (await client.wait(call_timeout=10)).signal == 9
         finally:
+            await _finish(manager, client, cid)
+
+    run(scenario())
+
+
+def test_an_exec_stuck_before_its_exec_holds_up_nothing_else(builtin_env: ShimEnv) -> None:
+    """The resident executor's exec is started by the shim itself, which reads its handshake in its loop: an exec
+    whose process cannot get to its exec (here: the container's cgroup is frozen, so the process forked into it
+    stops at birth) leaves the shim answering everything else, and finishes once it can. (runc and crun refuse
+    an exec into a frozen container.)"""
+    cid = builtin_env.new_id()
+    builtin_env.bundle(cid, ["sleep", "1000"])
+    freeze = builtin_env.cgroup_dir(cid) / "cgroup.freeze"
+
+    async def scenario() -> None:
+        manager, client = await _running(builtin_env, cid)
+        try:
+            freeze.write_text("1")
+            deadline = time.monotonic() + 10
+            while "frozen 1" not in (freeze.parent / "cgroup.events").read_text():
+                assert time.monotonic() < deadline, "the container's cgroup did not freeze"
+                await asyncio.sleep(0.01)
+            stuck = asyncio.ensure_future(client.exec_sync(["sh", "-c", "echo done"]))
+            await asyncio.sleep(0.5)
+            assert not stuck.done()
+            # a blocked shim would answer nothing until the exec's handshake timed out (a minute)
+            state = await asyncio.wait_for(client.state(), 10)
+            assert state.state == "running"
+            freeze.write_text("0")
+            result = await asyncio.wait_for(stuck, 30)
+            assert (result.exit_code, result.stdout) == (0, b"done\n")
+        finally:
+            if freeze.exists():
+                freeze.write_text("0")
             await _finish(manager, client, cid)
 
     run(scenario())
