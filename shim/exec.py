@@ -1,6 +1,7 @@
 """Exec sessions: `<executor> exec --detach --process F --pid-file P ID` (the resident executor's exec is started
-by the shim itself, shim/exec_launch.py), then the exec'd process is the shim's child (its subreaper). Its output goes to its caller in frames (never into the container's log); a session whose
-caller goes away, or whose timeout passes, has its whole process tree killed.
+by the shim itself, shim/exec_launch.py), then the exec'd process is the shim's child (its subreaper). Its output
+goes to its caller in frames (never into the container's log); a session whose caller goes away, or whose timeout
+passes, has its whole process tree killed.
 """
 
 from __future__ import annotations
