@@ -183,12 +183,12 @@ def processes(name: str, words: set[str]) -> list[int]:
 
 
 def pod_inits(pod_ids: set[str]) -> list[int]:
-    """crisp's pod inits (`catatonit -P`, which does not name its pod) of these pods: their output goes to the
-    pod's `<state>/sandboxes/<pod id>/podinit.log`."""
+    """crisp's pod inits (`catatonit -P`, which does not name its pod) of these pods: their output goes to a
+    `podinit.log` in the pod's directory (`<state>/sandboxes/<pod id>/...`)."""
     found = []
     for pid in processes("catatonit", {"-P"}):
         with contextlib.suppress(OSError):
-            if Path(os.readlink(f"/proc/{pid}/fd/2")).parent.name in pod_ids:
+            if pod_ids & set(Path(os.readlink(f"/proc/{pid}/fd/2")).parts):
                 found.append(pid)
     return found
 
