@@ -7,12 +7,12 @@ The pods' namespace work is forked from here too (`{"id": N, "work": "pin_namesp
 "request": {...}}`, runtime/namespaces/forked.py): the worker's answer dict is relayed the same way.
 
 Everything a shim runs is imported here once; each shim is forked after `gc.freeze()`, so its pages stay shared
-copy-on-write with the zygote and its siblings. The forked child starts a new session and forks again, so the
-shim is nobody's child (crispd and the zygote may die; the shim stays). The shim reports on a sync pipe that the
-zygote relays. The zygote runs from a sealed memfd copy of the interpreter (runtime/linux/sealed.py), and so
-do its forks: a container's init, forked from a shim, reaches no host binary through /proc/self/exe. The zygote
-ends when crispd closes its stdin (or dies). It never moves itself or the shims into another cgroup: they stay in
-crispd's.
+copy-on-write with the zygote and its siblings. The forked child starts a session of its own (crispd and the
+zygote may die; the shim stays, then a child of init); the zygote ignores SIGCHLD, so the kernel reaps its
+children and it never waits for one. The shim reports on a sync pipe that the zygote relays. The zygote runs
+from a sealed memfd copy of the interpreter (runtime/linux/sealed.py), and so do its forks: a container's init,
+forked from a shim, reaches no host binary through /proc/self/exe. The zygote ends when crispd closes its stdin
+(or dies). It never moves itself or the shims into another cgroup: they stay in crispd's.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import selectors
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -66,24 +67,25 @@ def _run_work(name: str, request: dict[str, Any], sync_fd: int) -> NoReturn:
 
 
 def _fork_detached(body: Callable[[int], NoReturn], selector: selectors.BaseSelector, pending: Pending) -> int:
-    """Fork a detached process that runs `body(sync fd)`; returns the read end of its sync pipe."""
+    """Fork a process of its own session that runs `body(sync fd)`; returns the read end of its sync pipe. One
+    fork, no wait: the zygote ignores SIGCHLD (the kernel reaps its children), and the child takes SIGCHLD back
+    to its default first thing, since an ignored SIGCHLD would be its children's too and would survive an exec
+    (a worker waits for the processes it forks; a pod init reaps zombies)."""
     r, w = os.pipe2(os.O_CLOEXEC)
     gc.freeze()  # everything alive now is left alone by the children's collector: no copy-on-write from gc
     pid = os.fork()
     if pid == 0:
         try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(r)
             selector.close()
             for fd in pending:
                 os.close(fd)
             os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
             body(w)
         finally:
             os._exit(127)
     os.close(w)
-    os.waitpid(pid, 0)  # the intermediate child exits at once
     return r
 
 
@@ -98,6 +100,7 @@ def main() -> None:
     # open libc (and libseccomp) through ctypes once, here: every shim and every executor command shares the
     # handles (and never looks a library up itself)
     syscalls.preload()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # _fork_detached: the kernel reaps the zygote's children
     gc.freeze()
     _answer({"ready": True, "pid": os.getpid(), "version": VERSION})
     while True:
