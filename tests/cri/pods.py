@@ -120,7 +120,8 @@ class Pods:
         return [line.split(":")[1].strip() for line in ports if line.strip()]
 
     def rows(self) -> list[str]:
-        """The pod, container, name and IP lease rows in crispd's database (images are not a pod's)."""
+        """The pod, container, name, IP lease and container removal rows in crispd's database (images are not a
+        pod's)."""
         db = self.daemon.root / "crisp.db"
         if not db.exists():
             return []
@@ -128,7 +129,7 @@ class Pods:
         try:
             found = []
             for table, column in (("sandboxes", "id"), ("containers", "id"), ("name_reservations", "name"),
-                                  ("ip_leases", "ip")):
+                                  ("ip_leases", "ip"), ("container_removals", "id")):
                 found += [f"{table} {value}" for (value,) in conn.execute(f"SELECT {column} FROM {table}")]
             return found
         finally:
