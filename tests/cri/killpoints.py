@@ -3,7 +3,9 @@
 `kill_at(point)`: a crispd that stops at `point` until killed; the scenario's world is made first (a pod, a
 container, the image), then the RPC is sent and hangs at the point; crispd gets SIGKILL, a new crispd starts on the
 same root and state, the RPC is retried and its outcome checked; then everything is removed and nothing may be
-left (Pods.leaks: mounts, cgroups, processes, dirs, veths, nft rules, rows; the image store).
+left (Pods.leaks: mounts, cgroups, processes, dirs, veths, nft rules, rows; the image store). The points of work
+an RPC does after its answer (ContainerCleanup: RemoveContainer's) are reached after an OK answer; the new crispd
+must have finished that work when it serves.
 """
 
 from __future__ import annotations
