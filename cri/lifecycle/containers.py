@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ class _Cleanup:
     id: str
     sandbox_id: str
     remains: ContainerRemains
+    snapshots: tuple[str, ...]  # the image snapshots it used (in use until the cleanup is done)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     done: bool = False
     failures: int = 0
@@ -87,7 +88,9 @@ def exit_reason(status: ExitStatus) -> str:
 class ContainerController:
     def __init__(self, *, containers: ContainerStore, names: NameIndex, sandboxes: SandboxStore, shims: ShimManager,
                  cgroups: CgroupDriver, limits: ContainerLimits, nri: NriService,
-                 events: EventPublisher, metrics: Metrics, debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
+                 events: EventPublisher, metrics: Metrics, debug: DebugPoints, clock_ns: Callable[[], int],
+                 released: Callable[[tuple[str, ...]], Awaitable[None]] | None = None) -> None:
+        """`released(snapshots)`: a removed container's remains are gone (image GC may take what only it held)."""
         self.containers = containers
         self.names = names
         self.sandboxes = sandboxes
@@ -99,6 +102,7 @@ class ContainerController:
         self.metrics = metrics
         self.debug = debug
         self.clock_ns = clock_ns
+        self.released = released
         # the exit watches: crispd keeps a reference to each (the loop keeps only weak ones)
         self._watches: set[asyncio.Task[None]] = set()
         # removed containers whose remains are being cleaned up, by id
@@ -273,7 +277,8 @@ class ContainerController:
         await self.debug.point("remove_container.name")
         log.info("container %s removed; its remains are cleaned up next", container.id)
         self.events.container(container, cri.CONTAINER_DELETED_EVENT)
-        self._clean_up_later(_Cleanup(container.id, meta.sandbox_id, remains))
+        self._clean_up_later(_Cleanup(container.id, meta.sandbox_id, remains,
+                                      (*meta.lowerdirs, *meta.volume_snapshots)))
         await self.nri.remove_container(container)  # no fail point: NRI hears of a done removal
 
     def _clean_up_later(self, cleanup: _Cleanup) -> None:
@@ -286,6 +291,8 @@ class ContainerController:
             while True:
                 try:
                     await self._clean_up(cleanup)
+                    if self.released is not None:
+                        await self.released(cleanup.snapshots)
                     return
                 except errors.CrispError as exc:
                     cleanup.failures += 1

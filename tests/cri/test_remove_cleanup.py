@@ -152,3 +152,20 @@ def test_crispd_killed_during_cleanups_of_many_containers(world: World) -> None:
     assert [leak for c in removed for leak in remains_of(w, c)] == []
     w.remove_everything()
     assert wait_until(lambda: w.pods.leaks() == [], 10), w.pods.leaks()
+
+
+def test_an_image_removed_before_the_cleanup_is_collected_after_it(world: World) -> None:
+    """The kubelet may remove an image as soon as no container lists it: its snapshots stay while the removed
+    container's rootfs may still be mounted, and go once its cleanup is done."""
+    w = world
+    restart(w, '[debug.delay_points]\n"container_cleanup.shim" = 1500\n')
+    w.pull()
+    w.make_pod()
+    w.make_container(start=True, command=SLEEPER)
+    remove(w, w.container_id)
+    w.pods.daemon.images.RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image=w.images.busybox)))
+    assert w.pods.daemon.images.ListImages(cri.ListImagesRequest()).images == []
+    assert any("snapshots" in left for left in w.image_leftovers())  # in use by the cleanup under way
+    assert wait_until(lambda: w.image_leftovers() == [], 15), w.image_leftovers()
+    w.remove_everything()
+    assert wait_until(lambda: w.pods.leaks() == [], 10), w.pods.leaks()
