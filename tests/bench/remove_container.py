@@ -45,6 +45,7 @@ class Side:
         self.pods.daemon.config_path.write_text(self.pods.config_text('[metrics]\naddress = ""\n'))
         self.stopped: list[float] = []
         self.created: list[float] = []
+        self.cycles: list[float] = []  # create+start+stop, right after the previous removal (its cleanup may run)
         self.n = 0
 
     def start(self) -> None:
@@ -56,6 +57,7 @@ class Side:
     def remove_once(self, start: bool) -> None:
         rt = self.pods.daemon.runtime
         self.n += 1
+        t0 = time.perf_counter()
         config = cri.ContainerConfig(metadata=cri.ContainerMetadata(name=f"c{self.n}"),
                                      image=cri.ImageSpec(image=self.ref), command=["sleep", "3600"])
         cid = rt.CreateContainer(cri.CreateContainerRequest(pod_sandbox_id=self.pod_id, config=config,
@@ -63,10 +65,11 @@ class Side:
         if start:
             rt.StartContainer(cri.StartContainerRequest(container_id=cid))
             rt.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=0))
+            self.cycles.append(time.perf_counter() - t0)
         time.sleep(0.2)  # what the previous call left to do in the background is not this call's
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
-        (self.stopped if start else self.created).append(time.perf_counter() - t0)
+        (self.stopped if start else self.created).append(time.perf_counter() - t1)
 
     def stop(self) -> None:
         try:
@@ -96,6 +99,7 @@ def main() -> None:
                     side.start()
                     side.remove_once(start=True)  # warm-up, not counted
                     side.stopped.clear()
+                    side.cycles.clear()
                 for i in range(args.runs):
                     order = sides if i % 2 == 0 else sides[::-1]
                     for side in order:
@@ -105,6 +109,7 @@ def main() -> None:
                 for side in sides:
                     print(summary(f"{side.label}: RemoveContainer, stopped", side.stopped))
                     print(summary(f"{side.label}: RemoveContainer, created", side.created))
+                    print(summary(f"{side.label}: Create+Start+Stop after a removal", side.cycles))
             finally:
                 for side in sides:
                     side.stop()
