@@ -356,6 +356,10 @@ def test_a_killed_shim_is_reported(kubelet: Kubelet) -> None:
     status = kubelet.wait_exited(container_id)
     assert status.reason and status.exit_code != 0
     kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
+    assert kubelet.rt.ListContainers(cri.ListContainersRequest()).containers == []
+    # the dead shim's remains go with the removal's cleanup, which runs after the answer
+    assert wait_until(lambda: f"container {container_id}: its remains are cleaned up" in kubelet.pods.daemon.log(),
+                      10)
     assert not bundle.exists()
 
 
