@@ -23,6 +23,7 @@ from tests.leaks import (
     processes_mentioning,
     processes_using,
     remove_cgroup_tree,
+    wait_until,
 )
 
 NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
@@ -76,6 +77,12 @@ class Pods:
                                                                               runtime_handler=handler))
         self.pod_ids.add(response.pod_sandbox_id)
         return str(response.pod_sandbox_id)
+
+    def cleaned_up(self, container_id: str, timeout: float = 15) -> bool:
+        """Wait until the cleanup of a removed container is done (RemoveContainer answers before it: its shim,
+        mounts, cgroup and dirs go after); whether it was within `timeout` seconds."""
+        line = f"container {container_id}: its remains are cleaned up"
+        return wait_until(lambda: line in self.daemon.log(), timeout)
 
     def remove_all_pods(self, timeout: float = 60) -> None:
         """Remove every pod crispd has (RemovePodSandbox stops it first), as a kubelet would at the end."""

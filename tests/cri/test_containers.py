@@ -358,8 +358,7 @@ def test_a_killed_shim_is_reported(kubelet: Kubelet) -> None:
     kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
     assert kubelet.rt.ListContainers(cri.ListContainersRequest()).containers == []
     # the dead shim's remains go with the removal's cleanup, which runs after the answer
-    assert wait_until(lambda: f"container {container_id}: its remains are cleaned up" in kubelet.pods.daemon.log(),
-                      10)
+    assert kubelet.pods.cleaned_up(container_id)
     assert not bundle.exists()
 
 

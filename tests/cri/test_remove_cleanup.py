@@ -71,7 +71,7 @@ def test_removed_container_is_gone_at_once_and_its_remains_go_after(world: World
     w.make_container(start=True, command=SLEEPER)  # the same name, in the same pod, at once
     assert w.container_id != old
     assert [(c.id, c.state) for c in w.containers()] == [(w.container_id, cri.CONTAINER_RUNNING)]
-    assert wait_until(lambda: f"container {old}: its remains are cleaned up" in w.pods.daemon.log(), 15)
+    assert w.pods.cleaned_up(old)
     assert remains_of(w, old) == []
     # a created container (never started) goes the same way
     remove(w, w.container_id)
@@ -79,7 +79,8 @@ def test_removed_container_is_gone_at_once_and_its_remains_go_after(world: World
     created = w.container_id
     remove(w, created)
     assert w.containers() == []
-    assert wait_until(lambda: remains_of(w, created) == [], 15), remains_of(w, created)
+    assert w.pods.cleaned_up(created)
+    assert remains_of(w, created) == []
     w.remove_everything()
     assert wait_until(lambda: w.pods.leaks() == [], 10), w.pods.leaks()
 
