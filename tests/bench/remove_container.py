@@ -1,5 +1,6 @@
 """Figures, not a test: RemoveContainer of a stopped container (critest's benchmark order: create, start, stop,
-remove), and of a created one, through a real crispd over its socket.
+remove), and of a created one, through a real crispd over its socket; then StopPodSandbox and RemovePodSandbox
+of pods with one running container.
 
 Prints the median and p95 of N RemoveContainer calls. With `--compare DIR` a second crispd runs from the checkout
 DIR (its `.venv/bin/crispd`, e.g. /work/main) on its own root, socket, cgroup base and bridge, and the calls
@@ -46,6 +47,8 @@ class Side:
         self.stopped: list[float] = []
         self.created: list[float] = []
         self.cycles: list[float] = []  # create+start+stop, right after the previous removal (its cleanup may run)
+        self.pod_stops: list[float] = []
+        self.pod_removals: list[float] = []
         self.n = 0
 
     def start(self) -> None:
@@ -71,6 +74,24 @@ class Side:
         rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
         (self.stopped if start else self.created).append(time.perf_counter() - t1)
 
+    def pod_once(self, i: int) -> None:
+        """A pod with a running container: StopPodSandbox and RemovePodSandbox timed (the kubelet's order)."""
+        rt = self.pods.daemon.runtime
+        config = pod_config(f"p{i}")
+        pod_id = self.pods.run(config)
+        container = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="app"), image=cri.ImageSpec(image=self.ref),
+                                        command=["sleep", "3600"])
+        cid = rt.CreateContainer(cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=container,
+                                                            sandbox_config=config)).container_id
+        rt.StartContainer(cri.StartContainerRequest(container_id=cid))
+        time.sleep(0.2)
+        t0 = time.perf_counter()
+        rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        t1 = time.perf_counter()
+        rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        self.pod_stops.append(t1 - t0)
+        self.pod_removals.append(time.perf_counter() - t1)
+
     def stop(self) -> None:
         try:
             self.pods.remove_all_pods()
@@ -84,6 +105,7 @@ class Side:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--pods", type=int, default=10, help="pods stopped and removed (0: none)")
     parser.add_argument("--compare", type=Path, help="another checkout whose .venv/bin/crispd runs side by side")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
@@ -106,10 +128,16 @@ def main() -> None:
                         side.remove_once(start=True)
                     for side in order[::-1]:
                         side.remove_once(start=False)
+                for i in range(args.pods):
+                    for side in (sides if i % 2 == 0 else sides[::-1]):
+                        side.pod_once(i)
                 for side in sides:
                     print(summary(f"{side.label}: RemoveContainer, stopped", side.stopped))
                     print(summary(f"{side.label}: RemoveContainer, created", side.created))
                     print(summary(f"{side.label}: Create+Start+Stop after a removal", side.cycles))
+                    if side.pod_stops:
+                        print(summary(f"{side.label}: StopPodSandbox (1 container)", side.pod_stops))
+                        print(summary(f"{side.label}: RemovePodSandbox after it", side.pod_removals))
             finally:
                 for side in sides:
                     side.stop()
