@@ -103,7 +103,7 @@ class ContainerController:
         self.debug = debug
         self.clock_ns = clock_ns
         self.released = released
-        # the exit watches: crispd keeps a reference to each (the loop keeps only weak ones)
+        # the exit watches and the cleanups: crispd keeps a reference to each (the loop keeps only weak ones)
         self._watches: set[asyncio.Task[None]] = set()
         # removed containers whose remains are being cleaned up, by id
         self._cleanups: dict[str, _Cleanup] = {}
@@ -188,7 +188,7 @@ class ContainerController:
         it; a failure of the watch is logged, never lost."""
         self._spawn(f"exit watch {container.id}", self._watch_exit(container))
 
-    def _spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._watches.add(task)
 
@@ -198,6 +198,7 @@ class ContainerController:
                 log.error("%s failed: %s", what, t.exception(), exc_info=t.exception())
 
         task.add_done_callback(done)
+        return task
 
     async def close(self) -> None:
         """crispd stops: the watches end (the shims go on; the next crispd watches again); the cleanups under
@@ -205,7 +206,7 @@ class ContainerController:
         running = [c.task for c in self._cleanups.values() if c.task is not None and c.failures == 0]
         if running:
             await asyncio.wait(running, timeout=CLEANUP_CLOSE_WAIT)
-        tasks = [*self._watches, *(c.task for c in self._cleanups.values() if c.task is not None)]
+        tasks = list(self._watches)  # the cleanups' tasks too
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -301,13 +302,7 @@ class ContainerController:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, CLEANUP_RETRY_MAX)
 
-        cleanup.task = asyncio.ensure_future(until_done())
-
-        def done(t: asyncio.Task[None]) -> None:
-            if not t.cancelled() and t.exception() is not None:
-                log.error("cleanup of container %s failed: %s", cleanup.id, t.exception(), exc_info=t.exception())
-
-        cleanup.task.add_done_callback(done)
+        cleanup.task = self._spawn(f"cleanup of container {cleanup.id}", until_done())
 
     async def _clean_up(self, cleanup: _Cleanup) -> None:
         """A removed container's shim deletes it and exits (a dead shim's remains are cleaned up), its cgroup
