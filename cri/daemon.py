@@ -139,11 +139,11 @@ class Daemon:
         self._notify_env = {"NOTIFY_SOCKET": os.environ.pop("NOTIFY_SOCKET", "")}
 
     async def _images_in_use(self) -> InUse:
-        """For image GC: the images and snapshots the containers still use."""
-        containers = self.containers.all()
-        return InUse(images=frozenset(c.meta.image_id for c in containers),
-                     snapshots=frozenset(d for c in containers for d in (*c.meta.lowerdirs,
-                                                                         *c.meta.volume_snapshots)))
+        """For image GC: the images and snapshots the containers still use (also those removed whose cleanup is
+        not done: their rootfs may still be mounted)."""
+        metas = [c.meta for c in self.containers.all()] + self.containers.removing()  # mounted until cleaned up
+        return InUse(images=frozenset(m.image_id for m in metas),
+                     snapshots=frozenset(d for m in metas for d in (*m.lowerdirs, *m.volume_snapshots)))
 
     def _acquire_locks(self) -> None:
         wanted = {

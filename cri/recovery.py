@@ -3,7 +3,8 @@
 Records are the truth for what finished: a pod or container row is written last, so one without a row did not
 finish. Such a creation (a name reserved without a row, or dirs nobody refers to, left by a crispd that was
 killed) is undone with the steps its RPC's own undo uses (the controllers' `undo_unfinished`), from the intent
-its name reservation kept, and its name is free again: the kubelet's retry then makes it anew.
+its name reservation kept, and its name is free again: the kubelet's retry then makes it anew. A removal whose
+cleanup did not finish (RemoveContainer answers before it) is finished the same way, from its journal entry.
 """
 
 from __future__ import annotations
@@ -89,28 +90,35 @@ def _unanswered(ctx: ServiceContext, reservations: list[Reservation], known: set
 
 
 async def undo_unfinished_containers(ctx: ServiceContext) -> None:
-    """Every container creation without a record (a reserved name, a bundle, a writable layer) is undone."""
+    """Every container creation without a record (a reserved name, a bundle, a writable layer) is undone, and
+    every removal whose cleanup did not finish (its journal entry) is finished the same way."""
     known = {c.id for c in ctx.containers.all()}
     bundles, layers = ctx.state_dir / "containers", ctx.root_dir / "containers"
     all_reservations = await ctx.container_names.reservations()
     _unanswered(ctx, all_reservations, known)
     reservations = {r.owner_id: r for r in all_reservations if r.owner_id not in known}
-    leftovers = (set(reservations) | await asyncio.to_thread(_dir_names, bundles, layers)) - known
+    removals = {r.id: r for r in await ctx.containers.removals()}
+    leftovers = (set(reservations) | set(removals) | await asyncio.to_thread(_dir_names, bundles, layers)) - known
 
     async def undo(container_id: str) -> None:
         reservation = reservations.get(container_id)
+        removal = removals.get(container_id)
         intent = reservation.intent if reservation is not None else {}
         shim = ctx.shims.info(container_id)
         cgroup = intent.get("cgroup") or (shim.config.cgroup if shim is not None and shim.config.cgroup else None)
         remains = ContainerRemains(bundle=Path(intent.get("bundle") or bundles / container_id),
                                    container_dir=Path(intent.get("container_dir") or layers / container_id),
                                    cgroup=cgroup)
+        if removal is not None:
+            remains = ContainerRemains.from_json(removal.remains)
         try:
             await ctx.container_control.undo_unfinished(
                 container_id, reservation.name if reservation is not None else "", remains)
+            if removal is not None:
+                await ctx.containers.removal_done(container_id)
         except errors.CrispError as exc:
-            # its bundle and its reservation are the record of what is left: kept for the next start
-            log.warning("container %s: cannot undo its unfinished creation yet: %s", container_id, exc)
+            # its bundle, its reservation or journal entry are the record of what is left: kept for the next start
+            log.warning("container %s: cannot undo its unfinished creation or removal yet: %s", container_id, exc)
 
     await _each(leftovers, undo)
 

@@ -30,10 +30,9 @@ STEPS: dict[str, tuple[str, ...]] = {
         "stop_container.signal", "stop_container.grace", "stop_container.kill", "stop_container.killed",
         "stop_container.cgroup",
     ),
-    "RemoveContainer": (
-        "remove_container.stopped", "remove_container.shim", "remove_container.dirs", "remove_container.record",
-        "remove_container.name",
-    ),
+    "RemoveContainer": ("remove_container.stopped", "remove_container.record", "remove_container.name"),
+    # not an RPC: a removed container's remains, cleaned up after RemoveContainer answered (from its journal entry)
+    "ContainerCleanup": ("container_cleanup.shim", "container_cleanup.dirs", "container_cleanup.journal"),
     "StopPodSandbox": (
         "stop_pod_sandbox.containers", "stop_pod_sandbox.processes", "stop_pod_sandbox.nri",
         "stop_pod_sandbox.network", "stop_pod_sandbox.netns", "stop_pod_sandbox.record",
@@ -66,6 +65,7 @@ STEP_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "StartContainer": ("cri.lifecycle.containers:ContainerController.start",),
     "StopContainer": ("cri.lifecycle.containers:ContainerController._stop",),
     "RemoveContainer": ("cri.lifecycle.containers:ContainerController._remove",),
+    "ContainerCleanup": ("cri.lifecycle.containers:ContainerController._clean_up",),
     "StopPodSandbox": ("cri.lifecycle.pods:PodSandboxController._stop",),
     "RemovePodSandbox": ("cri.lifecycle.pods:PodSandboxController.remove",
                          "cri.lifecycle.pods:PodSandboxController._dismantle"),

@@ -3,7 +3,10 @@
 Start, Stop, Remove (and UpdateContainerResources) of one container run one at a time (the container's lock);
 state changes are written to the store first and published as events right after. NRI plugins hear of each at
 fixed points (cri/nri/service.py says which). A creation that crispd did not live to finish or undo is undone at
-its next start (`undo_unfinished`) with the steps Remove uses.
+its next start (`undo_unfinished`) with the steps Remove uses. Remove answers once the container is gone from the
+store and its name free; its remains are cleaned up right after, from a journal entry written with the row's
+deletion, which stays until the cleanup succeeds (RemovePodSandbox finishes its containers' cleanups; crispd's
+next start finishes what a dead crispd left).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,11 @@ log = logging.getLogger(__name__)
 KILL_WAIT = 10.0
 # how long a shim that dropped a call may take to be gone, if it is dying
 SHIM_GONE_WAIT = 2.0
+# a removed container's cleanup that failed is tried again after this, doubling up to the max (seconds)
+CLEANUP_RETRY_FIRST = 1.0
+CLEANUP_RETRY_MAX = 60.0
+# on a graceful stop, how long the cleanups under way may take to finish (the rest is the next crispd's)
+CLEANUP_CLOSE_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,27 @@ class ContainerRemains:
     container_dir: Path
     cgroup: str | None  # None: not known; left alone
 
+    def to_json(self) -> dict[str, Any]:
+        return {"bundle": str(self.bundle), "container_dir": str(self.container_dir), "cgroup": self.cgroup}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ContainerRemains:
+        return cls(Path(data["bundle"]), Path(data["container_dir"]), data.get("cgroup"))
+
+
+@dataclass(eq=False)
+class _Cleanup:
+    """A removed container whose remains are still to be cleaned up (its journal entry is written)."""
+
+    id: str
+    sandbox_id: str
+    remains: ContainerRemains
+    snapshots: tuple[str, ...]  # the image snapshots it used (in use until the cleanup is done)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    done: bool = False
+    failures: int = 0
+    task: asyncio.Task[None] | None = None
+
 
 def exit_reason(status: ExitStatus) -> str:
     if status.oom_killed:
@@ -59,7 +88,9 @@ def exit_reason(status: ExitStatus) -> str:
 class ContainerController:
     def __init__(self, *, containers: ContainerStore, names: NameIndex, sandboxes: SandboxStore, shims: ShimManager,
                  cgroups: CgroupDriver, limits: ContainerLimits, nri: NriService,
-                 events: EventPublisher, metrics: Metrics, debug: DebugPoints, clock_ns: Callable[[], int]) -> None:
+                 events: EventPublisher, metrics: Metrics, debug: DebugPoints, clock_ns: Callable[[], int],
+                 released: Callable[[tuple[str, ...]], Awaitable[None]] | None = None) -> None:
+        """`released(snapshots)`: a removed container's remains are gone (image GC may take what only it held)."""
         self.containers = containers
         self.names = names
         self.sandboxes = sandboxes
@@ -71,8 +102,11 @@ class ContainerController:
         self.metrics = metrics
         self.debug = debug
         self.clock_ns = clock_ns
-        # the exit watches: crispd keeps a reference to each (the loop keeps only weak ones)
+        self.released = released
+        # the exit watches and the cleanups: crispd keeps a reference to each (the loop keeps only weak ones)
         self._watches: set[asyncio.Task[None]] = set()
+        # removed containers whose remains are being cleaned up, by id
+        self._cleanups: dict[str, _Cleanup] = {}
 
     # --- start ----------------------------------------------------------------------------------------------
 
@@ -154,7 +188,7 @@ class ContainerController:
         it; a failure of the watch is logged, never lost."""
         self._spawn(f"exit watch {container.id}", self._watch_exit(container))
 
-    def _spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._watches.add(task)
 
@@ -164,12 +198,18 @@ class ContainerController:
                 log.error("%s failed: %s", what, t.exception(), exc_info=t.exception())
 
         task.add_done_callback(done)
+        return task
 
     async def close(self) -> None:
-        """crispd stops: the watches end (the shims go on; the next crispd watches again)."""
-        for task in list(self._watches):
+        """crispd stops: the watches end (the shims go on; the next crispd watches again); the cleanups under
+        way get CLEANUP_CLOSE_WAIT to finish, then stop too (their journal entries stay for the next crispd)."""
+        running = [c.task for c in self._cleanups.values() if c.task is not None and c.failures == 0]
+        if running:
+            await asyncio.wait(running, timeout=CLEANUP_CLOSE_WAIT)
+        tasks = list(self._watches)  # the cleanups' tasks too
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._watches, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- stop -----------------------------------------------------------------------------------------------
 
@@ -222,24 +262,64 @@ class ContainerController:
             await self._remove(container)
 
     async def _remove(self, container: Container) -> None:
-        """Force-stop, let the shim delete the container and exit, remove dirs, row and name (idempotent)."""
+        """Force-stop; then the row goes, with a journal entry of the remains in the same transaction, and the
+        name: the container is gone and its name free when RemoveContainer answers. Its remains (the shim
+        deletes the container and exits, its cgroup, dirs) are cleaned up right after, from the journal
+        (`_clean_up`; a crispd that dies first finishes at its next start). Idempotent."""
         if self.containers.find(container.id) is None:
             return  # removed while we waited for the lock
         await self._stop(container, 0)
         await self.debug.point("remove_container.stopped")
-        await self.shims.discard(container.id)
-        await self.debug.point("remove_container.shim")
         meta = container.meta
-        await self._remove_remains(container.id, ContainerRemains(Path(meta.bundle), Path(meta.container_dir),
-                                                                  meta.cgroup))
-        await self.debug.point("remove_container.dirs")
-        await self.containers.delete(container)
+        remains = ContainerRemains(Path(meta.bundle), Path(meta.container_dir), meta.cgroup)
+        await self.containers.delete(container, remains.to_json())
         await self.debug.point("remove_container.record")
         await self.names.release(container.meta.name, container.id)
         await self.debug.point("remove_container.name")
-        log.info("container %s removed", container.id)
+        log.info("container %s removed; its remains are cleaned up next", container.id)
         self.events.container(container, cri.CONTAINER_DELETED_EVENT)
+        self._clean_up_later(_Cleanup(container.id, meta.sandbox_id, remains,
+                                      (*meta.lowerdirs, *meta.volume_snapshots)))
         await self.nri.remove_container(container)  # no fail point: NRI hears of a done removal
+
+    def _clean_up_later(self, cleanup: _Cleanup) -> None:
+        """Clean up a removed container's remains in the background, again after a failure (its journal entry
+        stays meanwhile: RemovePodSandbox and crispd's next start try it too)."""
+        self._cleanups[cleanup.id] = cleanup
+
+        async def until_done() -> None:
+            delay = CLEANUP_RETRY_FIRST
+            while True:
+                try:
+                    await self._clean_up(cleanup)
+                    if self.released is not None:
+                        await self.released(cleanup.snapshots)
+                    return
+                except errors.CrispError as exc:
+                    cleanup.failures += 1
+                    log.warning("container %s: cleaning up its remains failed (%s); trying again in %.0f s",
+                                cleanup.id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CLEANUP_RETRY_MAX)
+
+        cleanup.task = self._spawn(f"cleanup of container {cleanup.id}", until_done())
+
+    async def _clean_up(self, cleanup: _Cleanup) -> None:
+        """A removed container's shim deletes it and exits (a dead shim's remains are cleaned up), its cgroup
+        and dirs go, then its journal entry. Once: a caller that comes while it runs waits for it; after a
+        failure (it raises; everything stays) the next caller tries again."""
+        async with cleanup.lock:
+            if cleanup.done:
+                return
+            await self.shims.discard(cleanup.id)
+            await self.debug.point("container_cleanup.shim")
+            await self._remove_remains(cleanup.id, cleanup.remains)
+            await self.debug.point("container_cleanup.dirs")
+            await self.containers.removal_done(cleanup.id)
+            await self.debug.point("container_cleanup.journal")
+            cleanup.done = True
+            self._cleanups.pop(cleanup.id, None)
+            log.info("container %s: its remains are cleaned up", cleanup.id)
 
     async def _remove_remains(self, container_id: str, remains: ContainerRemains) -> None:
         """The container's cgroup (if crisp made it; with systemd its scope), its shim's scope (systemd), its
@@ -275,5 +355,9 @@ class ContainerController:
             await self.stop(container, 0)
 
     async def remove_all(self, sandbox_id: str) -> None:
+        """Remove every container of a pod, and finish the cleanup of every removed one (a failed cleanup is
+        tried again now, and raises if it fails again: the pod stays for the next RemovePodSandbox)."""
         for container in self.containers.of_sandbox(sandbox_id):
             await self.remove(container)
+        for cleanup in [c for c in self._cleanups.values() if c.sandbox_id == sandbox_id]:
+            await self._clean_up(cleanup)

@@ -1,5 +1,5 @@
-"""RemoveContainer: force-stopped, deleted by its shim, its dirs, row and name gone; idempotent, an unknown
-container is OK."""
+"""RemoveContainer: force-stopped, its row and name gone (the answer), then deleted by its shim and its cgroup and
+dirs gone, from a journal entry (cri/lifecycle/containers.py); idempotent, an unknown container is OK."""
 
 from __future__ import annotations
 

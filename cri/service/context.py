@@ -91,7 +91,8 @@ class ServiceContext:
                          limits=limits)
         lifecycle = ContainerController(
             containers=containers, names=container_names, sandboxes=sandboxes, shims=shims, cgroups=driver,
-            limits=limits, nri=nri, events=events, metrics=metrics, debug=debug, clock_ns=clock_ns)
+            limits=limits, nri=nri, events=events, metrics=metrics, debug=debug, clock_ns=clock_ns,
+            released=images.released)
         pods = PodSandboxController(
             state_dir=Path(config.state), missing_controller=config.cgroup.missing_controller,
             sandboxes=sandboxes, names=sandbox_names, netns_dir=config.network.netns_dir, containers=lifecycle,

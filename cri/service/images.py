@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +122,9 @@ class ImageManager:
         self._pulls: dict[tuple[str, str], _PullJob] = {}
         self._gc_lock = asyncio.Lock()
         self._leases: Counter[str] = Counter()
+        # snapshots the last GC kept only because containers use them (no image or pull references them): collected
+        # once such a container is gone for good (`released`)
+        self._held_by_containers: set[str] = set()
         self._in_use = in_use
         self._usage: tuple[float, int, int] | None = None
         # file work of the image store (prepare, GC, usage); crispd's default executor stays unused
@@ -324,11 +327,17 @@ class ImageManager:
             for row in rows:
                 keep_blobs.update(row.info.get("blobs", []))
                 keep_snapshots.update(layer["chainID"] for layer in row.info.get("layers", []))
-            for snapshot in in_use.snapshots:
-                keep_snapshots.add(snapshot if snapshot.startswith("sha256:") else _chain_id_of_dir(snapshot))
+            held = {_chain_id(snapshot) for snapshot in in_use.snapshots}
+            self._held_by_containers = held - keep_snapshots
+            keep_snapshots |= held
             result = await self._in_thread(lambda: collect(self.files, keep_blobs, keep_snapshots))
         self._usage = None
         return result
+
+    async def released(self, snapshots: Iterable[str]) -> None:
+        """A removed container's remains are gone: the snapshots only it kept are collected now."""
+        if {_chain_id(snapshot) for snapshot in snapshots} & self._held_by_containers:
+            await self.gc()
 
     async def fs_usage(self) -> tuple[int, int]:
         """Bytes and inodes used by the image store (cached for a few seconds; pulls and removals refresh it)."""
@@ -344,6 +353,11 @@ def pick_by_prefix(prefix: str, ids: list[str]) -> str | None:
     if len(ids) > 1:
         raise errors.InvalidArgument(f"image id prefix {prefix!r} is ambiguous: it names {', '.join(sorted(ids))}")
     return ids[0] if ids else None
+
+
+def _chain_id(snapshot: str) -> str:
+    """A snapshot as containers name it (a chain id, or a snapshot's dir) -> its chain id."""
+    return snapshot if snapshot.startswith("sha256:") else _chain_id_of_dir(snapshot)
 
 
 def _chain_id_of_dir(path: str) -> str:

@@ -394,7 +394,7 @@ class ShimManager:
             else:
                 status = await self.dead_shim_status(info)
                 if await asyncio.to_thread((bundle / protocol.INFO_NAME).exists):
-                    # its cleanup failed: known, so that the next discard (RemoveContainer) tries it again
+                    # its cleanup failed: known, so that the next discard (a removal's cleanup) tries it again
                     self._shims[info.id] = info
                 found.append(RecoveredShim(id=info.id, bundle=info.bundle, client=None, status=status, info=info))
         return found

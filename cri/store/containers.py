@@ -24,6 +24,15 @@ UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
+class Removal:
+    """A journaled removal: the container's row is gone, its remains (JSON, the controller's) not yet."""
+
+    id: str
+    sandbox_id: str
+    remains: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ContainerMeta:
     id: str
     name: str  # the reserved name: <name>_<pod name>_<pod namespace>_<pod uid>_<attempt>
@@ -100,6 +109,7 @@ class ContainerStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._containers: dict[str, Container] = {}
+        self._removing: dict[str, ContainerMeta] = {}  # removed, not yet cleaned up (`delete` with remains)
         # status updates read the current status, write the row, then set it: two of them interleaved (an exit
         # recorded while UpdateContainerResources writes) would lose one's changes, so they take turns
         self._updating = asyncio.Lock()
@@ -159,6 +169,30 @@ class ContainerStore:
             container.exited.set()
         return new
 
-    async def delete(self, container: Container) -> None:
-        await self._store.run(lambda c: c.execute("DELETE FROM containers WHERE id = ?", (container.id,)))
+    async def delete(self, container: Container, remains: dict[str, Any] | None = None) -> None:
+        """The row goes; with `remains` (what is left to clean up, as JSON) a removal is journaled in the same
+        transaction (`removals`, `removal_done`)."""
+        def delete(conn: sqlite3.Connection) -> None:
+            if remains is not None:
+                conn.execute("INSERT OR REPLACE INTO container_removals (id, sandbox_id, remains) VALUES (?, ?, ?)",
+                             (container.id, container.meta.sandbox_id, json.dumps(remains)))
+            conn.execute("DELETE FROM containers WHERE id = ?", (container.id,))
+
+        await self._store.transaction(delete)
         self._containers.pop(container.id, None)
+        if remains is not None:
+            self._removing[container.id] = container.meta
+
+    async def removals(self) -> list[Removal]:
+        """The removed containers whose cleanup is not done yet."""
+        rows = await self._store.run(
+            lambda c: c.execute("SELECT id, sandbox_id, remains FROM container_removals").fetchall())
+        return [Removal(str(r["id"]), str(r["sandbox_id"]), json.loads(r["remains"])) for r in rows]
+
+    async def removal_done(self, container_id: str) -> None:
+        await self._store.run(lambda c: c.execute("DELETE FROM container_removals WHERE id = ?", (container_id,)))
+        self._removing.pop(container_id, None)
+
+    def removing(self) -> list[ContainerMeta]:
+        """The containers removed by this crispd whose cleanup is not done: their layers are still in use."""
+        return list(self._removing.values())

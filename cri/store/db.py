@@ -84,7 +84,17 @@ _SCHEMA_V2 = """
 ALTER TABLE name_reservations ADD COLUMN intent TEXT NOT NULL DEFAULT '{}';
 """
 
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# v3: a removed container whose remains (its shim, mounts, cgroup, dirs) are not yet cleaned up: written with the
+# deletion of its row, deleted once the cleanup is done (cri/lifecycle/containers.py; recovery finishes the rest)
+_SCHEMA_V3 = """
+CREATE TABLE container_removals (
+    id         TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    remains    TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

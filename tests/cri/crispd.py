@@ -49,6 +49,9 @@ class Crispd:
         self.config_path.write_text(f'[metrics]\naddress = "{metrics}"\n'
                                     f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{config}")
         self.proc: subprocess.Popen[bytes] | None = None
+        # the crispd program (default: the one installed next to this interpreter); a benchmark may set another
+        # checkout's to compare the two
+        self.program: list[str] | None = None
         self._channel: grpc.Channel | None = None
         # a command prefix that starts crispd (and the tools that look at its host: ip, nft) elsewhere, e.g. nsenter
         # into the namespaces of the cluster tier's node
@@ -56,8 +59,9 @@ class Crispd:
 
     def command(self, *extra: str) -> list[str]:
         return [
-            *self.prefix, *crispd_command(), "--config", str(self.config_path), "--root", str(self.root),
-            "--state", str(self.state), "--listen", str(self.socket), "--log-level", "debug", *extra,
+            *self.prefix, *(self.program or crispd_command()), "--config", str(self.config_path),
+            "--root", str(self.root), "--state", str(self.state), "--listen", str(self.socket),
+            "--log-level", "debug", *extra,
         ]
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:

@@ -3,7 +3,9 @@
 `kill_at(point)`: a crispd that stops at `point` until killed; the scenario's world is made first (a pod, a
 container, the image), then the RPC is sent and hangs at the point; crispd gets SIGKILL, a new crispd starts on the
 same root and state, the RPC is retried and its outcome checked; then everything is removed and nothing may be
-left (Pods.leaks: mounts, cgroups, processes, dirs, veths, nft rules, rows; the image store).
+left (Pods.leaks: mounts, cgroups, processes, dirs, veths, nft rules, rows; the image store). The points of work
+an RPC does after its answer (ContainerCleanup: RemoveContainer's) are reached after an OK answer; the new crispd
+must have finished that work when it serves.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class Scenario:
     call: Callable[[World], object]
     # checks the retry's outcome (it may raise grpc.RpcError where the scenario allows it)
     retry: Callable[[World], None]
+    # the call answers before its points (work done after the answer): the kill comes after an OK answer
+    answered: bool = False
 
 
 def _expect_ok_or(codes: tuple[grpc.StatusCode, ...], call: Callable[[], object]) -> None:
@@ -160,6 +164,15 @@ def _retry_remove(w: World) -> None:
     w.make_container(start=True)  # the name is free again
 
 
+def _cleanup_finished(w: World) -> None:
+    """The restarted crispd finished the removed container's cleanup before it served: nothing of it is left
+    (its pod is), and its name is free."""
+    assert w.containers() == []
+    left = [leak for leak in w.pods.leaks() if w.container_id in leak]
+    assert left == [], left
+    w.make_container(start=True)
+
+
 def _retry_stop_pod(w: World) -> None:
     w.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=w.pod_id))
     assert [(i.id, i.state) for i in w.sandboxes()] == [(w.pod_id, cri.SANDBOX_NOTREADY)]
@@ -212,6 +225,10 @@ SCENARIOS: dict[str, Scenario] = {
     "RemoveContainer": Scenario(
         _running, lambda w: w.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=w.container_id)),
         _retry_remove),
+    # RemoveContainer answered; crispd is killed while it cleans up what the container left
+    "ContainerCleanup": Scenario(
+        _running, lambda w: w.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=w.container_id)),
+        _cleanup_finished, answered=True),
     "StopPodSandbox": Scenario(
         _running, lambda w: w.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=w.pod_id)),
         _retry_stop_pod),
@@ -221,7 +238,8 @@ SCENARIOS: dict[str, Scenario] = {
     "PullImage": Scenario(_nothing, lambda w: w.pull(), _retry_pull),
 }
 
-# every RPC point; crispd's start-up points are not an RPC's
+# every RPC point (and the points of work an RPC leaves for after its answer); crispd's start-up points are not an
+# RPC's
 RPC_POINTS = [p for operation, points in failpoints.STEPS.items() if operation in SCENARIOS for p in points]
 
 
@@ -255,8 +273,11 @@ def kill_at(point: str, base: Path, images: TestImages) -> None:
         os.kill(p.daemon.proc.pid, signal.SIGKILL)
         p.daemon.proc.wait(30)
         thread.join(30)  # the channel stays open until the call has its answer
-        assert len(outcome) == 1 and isinstance(outcome[0], grpc.RpcError), outcome
-        assert outcome[0].code() is grpc.StatusCode.UNAVAILABLE, outcome[0]
+        if scenario.answered:
+            assert len(outcome) == 1 and not isinstance(outcome[0], BaseException), outcome
+        else:
+            assert len(outcome) == 1 and isinstance(outcome[0], grpc.RpcError), outcome
+            assert outcome[0].code() is grpc.StatusCode.UNAVAILABLE, outcome[0]
         assert p.daemon.stop() == -signal.SIGKILL
         # the dead crispd's socket: a client that finds it backs off for seconds; the next crispd makes a new one
         p.daemon.socket.unlink()

@@ -23,6 +23,7 @@ from tests.leaks import (
     processes_mentioning,
     processes_using,
     remove_cgroup_tree,
+    wait_until,
 )
 
 NO_CNI_DIR = "/nonexistent/crisp-test-no-cni"  # the built-in bridge, whatever the host has in /etc/cni/net.d
@@ -77,6 +78,12 @@ class Pods:
         self.pod_ids.add(response.pod_sandbox_id)
         return str(response.pod_sandbox_id)
 
+    def cleaned_up(self, container_id: str, timeout: float = 15) -> bool:
+        """Wait until the cleanup of a removed container is done (RemoveContainer answers before it: its shim,
+        mounts, cgroup and dirs go after); whether it was within `timeout` seconds."""
+        line = f"container {container_id}: its remains are cleaned up"
+        return wait_until(lambda: line in self.daemon.log(), timeout)
+
     def remove_all_pods(self, timeout: float = 60) -> None:
         """Remove every pod crispd has (RemovePodSandbox stops it first), as a kubelet would at the end."""
         runtime = self.daemon.runtime
@@ -120,7 +127,8 @@ class Pods:
         return [line.split(":")[1].strip() for line in ports if line.strip()]
 
     def rows(self) -> list[str]:
-        """The pod, container, name and IP lease rows in crispd's database (images are not a pod's)."""
+        """The pod, container, name, IP lease and container removal rows in crispd's database (images are not a
+        pod's)."""
         db = self.daemon.root / "crisp.db"
         if not db.exists():
             return []
@@ -128,7 +136,7 @@ class Pods:
         try:
             found = []
             for table, column in (("sandboxes", "id"), ("containers", "id"), ("name_reservations", "name"),
-                                  ("ip_leases", "ip")):
+                                  ("ip_leases", "ip"), ("container_removals", "id")):
                 found += [f"{table} {value}" for (value,) in conn.execute(f"SELECT {column} FROM {table}")]
             return found
         finally:

@@ -356,6 +356,9 @@ def test_a_killed_shim_is_reported(kubelet: Kubelet) -> None:
     status = kubelet.wait_exited(container_id)
     assert status.reason and status.exit_code != 0
     kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
+    assert kubelet.rt.ListContainers(cri.ListContainersRequest()).containers == []
+    # the dead shim's remains go with the removal's cleanup, which runs after the answer
+    assert kubelet.pods.cleaned_up(container_id)
     assert not bundle.exists()
 
 

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.root
 
-BUFFER = 4  # the subscribers' buffer in this test's crispd
+# the subscribers' buffer in this test's crispd: at least the events one RPC sends in a burst (RemovePodSandbox of
+# the 10 fillers: 11, a few milliseconds apart), so that the subscribers that read (this test's threads, ~3 MB
+# events) keep up, and far fewer than the events the stuck one misses
+BUFFER = 12
 CREATED, STARTED, STOPPED, DELETED = (cri.CONTAINER_CREATED_EVENT, cri.CONTAINER_STARTED_EVENT,
                                       cri.CONTAINER_STOPPED_EVENT, cri.CONTAINER_DELETED_EVENT)
 

@@ -129,6 +129,7 @@ def test_a_writable_layer_1500_directories_deep_is_measured_and_removed(client: 
         assert stats.writable_layer.inodes_used.value > 1500
         client.rt.StopContainer(cri.StopContainerRequest(container_id=cid, timeout=5))
         client.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=cid))
+        assert client.pods.cleaned_up(cid, 60)  # its layer goes after the answer
         assert not container_dir.exists()
     finally:
         # never leave it to pytest's own cleanup of tmp dirs (shutil.rmtree: RecursionError for every session)

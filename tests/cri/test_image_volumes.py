@@ -117,6 +117,7 @@ def test_the_image_is_held_while_mounted(kubelet: Kubelet, volume_image: str) ->
     assert kubelet.exec(container_id, ["cat", f"{VOLUME}/a"]).stdout == b"from the lower layer\n"
     kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=container_id, timeout=0))
     kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
+    assert kubelet.pods.cleaned_up(container_id)  # its rootfs and volumes are unmounted after the answer
     # released: the next collection (after a removal) takes its snapshots
     kubelet.pods.daemon.images.RemoveImage(cri.RemoveImageRequest(image=cri.ImageSpec(image=kubelet.images.busybox)))
     assert not any(s.exists() for s in snapshots)

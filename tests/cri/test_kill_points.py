@@ -2,7 +2,8 @@
 gets what it asked for, and once everything is removed nothing is left (tests/cri/killpoints.py).
 
 `make test` runs the points in FAST, one or two per RPC (the steps that hold the most: pins and a pod init, a
-shim and its container, a started container, a cgroup kill, layers; and the records whose answer never left);
+shim and its container, a started container, a cgroup kill, a removed container's remains after the answer,
+layers; and the records whose answer never left);
 `make test-extended` runs every other point of runtime/failpoints.py as well (about 40 more, ~15 s each).
 """
 
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.root
 
 FAST = [
     "run_pod_sandbox.pod_init", "run_pod_sandbox.record", "create_container.shim", "create_container.record",
-    "start_container.shim", "stop_container.kill", "remove_container.shim", "stop_pod_sandbox.processes",
+    "start_container.shim", "stop_container.kill", "remove_container.record", "container_cleanup.shim",
+    "stop_pod_sandbox.processes",
     "remove_pod_sandbox.pod_init", "pull_image.layer_unpacked",
 ]
 

@@ -190,7 +190,8 @@ def test_image_volume_is_id_mapped(kubelet: Kubelet) -> None:
     assert b"audio" in kubelet.exec(container_id, ["cat", "/img/etc/group"]).stdout  # the layers merged
     kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=container_id, timeout=0))
     kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
-    # its staged id-mapped mounts went with it
+    # its staged id-mapped mounts went with it (with its cleanup, after the answer)
+    assert kubelet.pods.cleaned_up(container_id)
     assert mounts_under(kubelet.pods.daemon.state / "containers") == []
 
 

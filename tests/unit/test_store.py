@@ -16,7 +16,8 @@ from cri.store.db import MIGRATIONS, SCHEMA_VERSION, SchemaTooNew, Store, migrat
 from cri.store.names import NameIndex
 from runtime import errors
 
-TABLES = {"settings", "name_reservations", "sandboxes", "containers", "images", "image_names", "ip_leases"}
+TABLES = {"settings", "name_reservations", "sandboxes", "containers", "images", "image_names", "ip_leases",
+          "container_removals"}
 
 
 def test_fresh_database_gets_every_table(tmp_path: Path) -> None:
@@ -107,6 +108,35 @@ def test_status_updates_that_overlap_lose_nothing(tmp_path: Path) -> None:
             assert (status.state, status.exit_code, status.reason, status.resources) == (
                 EXITED, 137, "OOMKilled", "0801")
         assert container.exited.is_set()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_removal_is_journaled_with_the_rows_deletion(tmp_path: Path) -> None:
+    """RemoveContainer's delete writes the journal entry of the remains in the same transaction: the row is gone,
+    the entry there (also for a new store on the same database: crispd's next start), until `removal_done`; the
+    removed container's layers count as in use until then."""
+
+    async def scenario() -> None:
+        store = Store(tmp_path / "crisp.db")
+        await store.open()
+        containers = ContainerStore(store)
+        container = Container(dataclasses.replace(_container("c" * 64).meta, lowerdirs=("/s/1/fs",)),
+                              ContainerStatus(state=RUNNING))
+        await store.run(lambda c: c.execute(
+            "INSERT INTO sandboxes (id, name, state, runtime_handler, created_at, config) VALUES (?, ?, ?, ?, ?, ?)",
+            (container.meta.sandbox_id, "p_ns_uid_0", "ready", "", 1, b"")))
+        await containers.add(container)
+        await containers.delete(container, {"bundle": "/b", "container_dir": "/c", "cgroup": "/x"})
+        assert containers.find(container.id) is None
+        assert [m.lowerdirs for m in containers.removing()] == [("/s/1/fs",)]
+        again = ContainerStore(store)
+        assert await again.load() == []
+        assert [(r.id, r.sandbox_id, r.remains["bundle"]) for r in await again.removals()] == [
+            (container.id, container.meta.sandbox_id, "/b")]
+        await containers.removal_done(container.id)
+        assert containers.removing() == [] and await again.removals() == []
         await store.close()
 
     asyncio.run(scenario())
