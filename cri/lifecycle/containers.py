@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 KILL_WAIT = 10.0
 # how long a shim that dropped a call may take to be gone, if it is dying
 SHIM_GONE_WAIT = 2.0
+# how long StartContainer waits for the exit watch to reach the shim before it answers anyway
+WATCH_SETUP_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,11 @@ class ContainerController:
                 raise
             await self.debug.point("start_container.shim")
             await self.containers.update(container, state=RUNNING, started_at=started_at or self.clock_ns())
-            self.watch(container)
+            watch, watching = self.watch(container)
             await self.debug.point("start_container.record")
+        # the watch's set-up (a connection to the shim, a pidfd) is done before the answer, not while the caller's
+        # next call (ContainerStatus, in critest and the kubelet) waits for the loop
+        await _until_set(watching, watch, WATCH_SETUP_WAIT)
         log.info("container %s started", container.id)
         self.events.container(container, cri.CONTAINER_STARTED_EVENT)
         await self.nri.post_start_container(container)  # no fail point: NRI hears of a done start
@@ -129,9 +134,9 @@ class ContainerController:
         self.events.container(container, cri.CONTAINER_STOPPED_EVENT)
         await self.nri.container_stopped(container)
 
-    async def _watch_exit(self, container: Container) -> None:
+    async def _watch_exit(self, container: Container, watching: asyncio.Event) -> None:
         try:
-            status = await self.shims.wait_exit(container.id)
+            status = await self.shims.wait_exit(container.id, watching)
         except errors.NotFound:
             status = ExitStatus(exit_code=255, reason="Unknown", message="crisp lost track of this container's shim")
         await self.record_exit(container, status)
@@ -149,12 +154,14 @@ class ContainerController:
             return  # it failed the call and lives on
         await self.record_exit(container, await self.shims.dead_shim_status(info))
 
-    def watch(self, container: Container) -> None:
+    def watch(self, container: Container) -> tuple[asyncio.Task[None], asyncio.Event]:
         """Wait for the container to exit (through its shim, or its status file if the shim dies) and record
-        it; a failure of the watch is logged, never lost."""
-        self._spawn(f"exit watch {container.id}", self._watch_exit(container))
+        it; a failure of the watch is logged, never lost. Returns the watch, and what is set once the shim has
+        its request."""
+        watching = asyncio.Event()
+        return self._spawn(f"exit watch {container.id}", self._watch_exit(container, watching)), watching
 
-    def _spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._watches.add(task)
 
@@ -164,6 +171,7 @@ class ContainerController:
                 log.error("%s failed: %s", what, t.exception(), exc_info=t.exception())
 
         task.add_done_callback(done)
+        return task
 
     async def close(self) -> None:
         """crispd stops: the watches end (the shims go on; the next crispd watches again)."""
@@ -277,3 +285,12 @@ class ContainerController:
     async def remove_all(self, sandbox_id: str) -> None:
         for container in self.containers.of_sandbox(sandbox_id):
             await self.remove(container)
+
+
+async def _until_set(event: asyncio.Event, task: asyncio.Task[None], seconds: float) -> None:
+    """Until `event` is set, `task` has ended or `seconds` have passed, whichever comes first."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, task}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
