@@ -100,7 +100,7 @@ class ContainerController:
             await self.debug.point("start_container.record")
         # the watch's set-up (a connection to the shim, a pidfd) is done before the answer, not while the caller's
         # next call (ContainerStatus, in critest and the kubelet) waits for the loop
-        await _until_set(watching, watch, WATCH_SETUP_WAIT)
+        await _until_set(watching, watch, WATCH_SETUP_WAIT)  # no fail point: a wait, which changes nothing
         log.info("container %s started", container.id)
         self.events.container(container, cri.CONTAINER_STARTED_EVENT)
         await self.nri.post_start_container(container)  # no fail point: NRI hears of a done start
