@@ -46,6 +46,8 @@ CLEANUP_RETRY_FIRST = 1.0
 CLEANUP_RETRY_MAX = 60.0
 # on a graceful stop, how long the cleanups under way may take to finish (the rest is the next crispd's)
 CLEANUP_CLOSE_WAIT = 10.0
+# how long StartContainer waits for the exit watch to reach the shim before it answers anyway
+WATCH_SETUP_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,11 @@ class ContainerController:
                 raise
             await self.debug.point("start_container.shim")
             await self.containers.update(container, state=RUNNING, started_at=started_at or self.clock_ns())
-            self.watch(container)
+            watch, watching = self.watch(container)
             await self.debug.point("start_container.record")
+        # the watch's set-up (a connection to the shim, a pidfd) is done before the answer, not while the caller's
+        # next call (ContainerStatus, in critest and the kubelet) waits for the loop
+        await _until_set(watching, watch, WATCH_SETUP_WAIT)  # no fail point: a wait, which changes nothing
         log.info("container %s started", container.id)
         self.events.container(container, cri.CONTAINER_STARTED_EVENT)
         await self.nri.post_start_container(container)  # no fail point: NRI hears of a done start
@@ -163,9 +168,9 @@ class ContainerController:
         self.events.container(container, cri.CONTAINER_STOPPED_EVENT)
         await self.nri.container_stopped(container)
 
-    async def _watch_exit(self, container: Container) -> None:
+    async def _watch_exit(self, container: Container, watching: asyncio.Event) -> None:
         try:
-            status = await self.shims.wait_exit(container.id)
+            status = await self.shims.wait_exit(container.id, watching)
         except errors.NotFound:
             status = ExitStatus(exit_code=255, reason="Unknown", message="crisp lost track of this container's shim")
         await self.record_exit(container, status)
@@ -183,10 +188,12 @@ class ContainerController:
             return  # it failed the call and lives on
         await self.record_exit(container, await self.shims.dead_shim_status(info))
 
-    def watch(self, container: Container) -> None:
+    def watch(self, container: Container) -> tuple[asyncio.Task[None], asyncio.Event]:
         """Wait for the container to exit (through its shim, or its status file if the shim dies) and record
-        it; a failure of the watch is logged, never lost."""
-        self._spawn(f"exit watch {container.id}", self._watch_exit(container))
+        it; a failure of the watch is logged, never lost. Returns the watch, and what is set once the shim has
+        its request."""
+        watching = asyncio.Event()
+        return self._spawn(f"exit watch {container.id}", self._watch_exit(container, watching)), watching
 
     def _spawn(self, what: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
@@ -361,3 +368,12 @@ class ContainerController:
             await self.remove(container)
         for cleanup in [c for c in self._cleanups.values() if c.sandbox_id == sandbox_id]:
             await self._clean_up(cleanup)
+
+
+async def _until_set(event: asyncio.Event, task: asyncio.Task[None], seconds: float) -> None:
+    """Until `event` is set, `task` has ended or `seconds` have passed, whichever comes first."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter, task}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from cri import api as cri
 from cri.config import Config
+from cri.service.image_index import ImageIndex
 from cri.store import images as image_rows
 from cri.store.db import Store
 from cri.store.images import ImageRow
@@ -127,6 +128,7 @@ class ImageManager:
         self._held_by_containers: set[str] = set()
         self._in_use = in_use
         self._usage: tuple[float, int, int] | None = None
+        self._index = ImageIndex()  # loaded by start(); lookups read it (cri/service/image_index.py)
         # file work of the image store (prepare, GC, usage); crispd's default executor stays unused
         self._executor = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="crisp-images")
         self._default_credentials = [
@@ -145,7 +147,8 @@ class ImageManager:
         prestart_pool(self._executor, IMAGE_WORKERS)
 
     async def start(self) -> None:
-        """Prepare the dirs (throwing away tmp/), then collect what no image references."""
+        """Load the image rows, prepare the dirs (throwing away tmp/), then collect what no image references."""
+        self._index = ImageIndex(await self.db.run(image_rows.list_images))
         await self._in_thread(self.files.prepare)
         await self.gc()
 
@@ -185,28 +188,29 @@ class ImageManager:
                 if _SHORT_ID_RE.match(ref) is None:
                     raise
         short = _SHORT_ID_RE.match(ref)
-
-        def query(conn: Any) -> ImageRecord | None:
-            if full is not None:
-                row = image_rows.get_image(conn, f"sha256:{full}")
+        if full is not None:
+            row = self._index.get(f"sha256:{full}")
+            return None if row is None else self._record(row)
+        if parsed is not None:
+            name = parsed.with_digest(parsed.digest) if parsed.digest else parsed.tagged_name
+            assert name is not None
+            row = self._index.by_name(name)
+            if row is not None:
+                return self._record(row, _image_ref_for(row, parsed))
+        if short is not None:
+            image_id = pick_by_prefix(short.group(1), self._index.ids_by_prefix(f"sha256:{short.group(1)}"))
+            if image_id is not None:
+                row = self._index.get(image_id)
                 return None if row is None else self._record(row)
-            if parsed is not None:
-                name = parsed.with_digest(parsed.digest) if parsed.digest else parsed.tagged_name
-                assert name is not None
-                image_id = image_rows.image_id_by_name(conn, name)
-                if image_id is not None:
-                    row = image_rows.get_image(conn, image_id)
-                    if row is not None:
-                        return self._record(row, _image_ref_for(row, parsed))
-            if short is not None:
-                image_id = pick_by_prefix(short.group(1),
-                                          image_rows.image_ids_by_prefix(conn, f"sha256:{short.group(1)}"))
-                if image_id is not None:
-                    row = image_rows.get_image(conn, image_id)
-                    return None if row is None else self._record(row)
-            return None
+        return None
 
-        return await self.db.run(query)
+    async def _write(self, fn: Callable[[Any], T], apply: Callable[[T], None]) -> T:
+        """A transaction on the image rows whose result `apply` brings into the index, also if the caller is
+        cancelled meanwhile: the transaction goes on in the store's thread regardless."""
+        task = asyncio.ensure_future(self.db.transaction(fn))
+        # before the caller resumes (callbacks run in the order they were added; shield's comes next)
+        task.add_done_callback(lambda t: None if t.cancelled() or t.exception() is not None else apply(t.result()))
+        return await asyncio.shield(task)
 
     async def resolve(self, ref: str) -> ImageRecord:
         record = await self.find(ref)
@@ -215,8 +219,7 @@ class ImageManager:
         return record
 
     async def list_images(self) -> list[ImageRecord]:
-        rows = await self.db.run(image_rows.list_images)
-        return [self._record(row) for row in rows]
+        return [self._record(row) for row in self._index.rows()]
 
     # ------------------------------------------------------------------------------------------------ pull
 
@@ -290,10 +293,14 @@ class ImageManager:
             names.append((f"{ref.name}:{ref.tag}", "tag"))
         created = self.clock_ns()
 
-        def write(conn: Any) -> None:
+        def write(conn: Any) -> list[ImageRow]:
+            """The images whose rows changed: this one, and those its names leave."""
+            left = {image_rows.image_id_by_name(conn, name) for name, _ in names}
             image_rows.put_image(conn, pulled.id, pulled.size, pulled.config, image_info(pulled), created, names)
+            changed = (image_rows.get_image(conn, image_id) for image_id in {pulled.id, *left} if image_id)
+            return [row for row in changed if row is not None]
 
-        await self.db.transaction(write)
+        await self._write(write, self._index.update)
 
     async def _gc_after_failure(self, ref: Reference) -> None:
         try:
@@ -312,7 +319,7 @@ class ImageManager:
         def delete(conn: Any) -> bool:
             return image_rows.delete_image(conn, record.id)
 
-        if await self.db.transaction(delete):
+        if await self._write(delete, lambda gone: self._index.discard(record.id) if gone else None):
             log.info("removed image %s (%s)", record.id, ", ".join(record.repo_tags + record.repo_digests))
         await self.gc()
         return record

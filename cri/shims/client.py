@@ -136,9 +136,12 @@ class ShimClient:
             raise errors.Unavailable(f"cannot reach the shim of container {self.id}: {exc}") from None
 
     async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, op: str,
-                        fields: dict[str, Any]) -> dict[str, Any]:
+                        fields: dict[str, Any], sent: asyncio.Event | None = None) -> dict[str, Any]:
+        """Send one request and read its reply; `sent` is set once the request is on its way."""
         writer.write(protocol.encode(protocol.request(op, **fields)))
         await writer.drain()
+        if sent is not None:
+            sent.set()
         return self._reply(await reader.readline(), op)
 
     def _reply(self, line: bytes, op: str) -> dict[str, Any]:
@@ -210,9 +213,11 @@ class ShimClient:
         """Signal the init (all=False) or every process of the container (all=True)."""
         await self.call("kill", call_timeout, signal=int(signal), all=all)
 
-    async def wait(self, call_timeout: float | None = 0) -> ExitStatus:
-        """The exit status, once the container has exited (no timeout unless one is given)."""
-        return ExitStatus.from_json((await self.call("wait", call_timeout))["status"])
+    async def wait(self, call_timeout: float | None = 0, sent: asyncio.Event | None = None) -> ExitStatus:
+        """The exit status, once the container has exited (no timeout unless one is given); `sent` is set once
+        the shim has the request."""
+        async with self._session("wait", call_timeout) as (reader, writer):
+            return ExitStatus.from_json((await self._exchange(reader, writer, "wait", {}, sent))["status"])
 
     async def update(self, resources: dict[str, Any], call_timeout: float | None = None) -> None:
         """New limits (an OCI linux.resources without devices), applied by the executor's `update`."""

@@ -295,14 +295,15 @@ class ShimManager:
         finally:
             os.close(fd)
 
-    async def wait_exit(self, container_id: str) -> ExitStatus:
+    async def wait_exit(self, container_id: str, watching: asyncio.Event | None = None) -> ExitStatus:
         """The container's exit status: from its shim, or, if the shim dies, from the status file, or else
-        exit code 255 with reason ShimDied."""
+        exit code 255 with reason ShimDied. `watching` is set once the shim has the request (the shim's death is
+        watched from the same loop step on)."""
         info = self._shims.get(container_id)
         if info is None:
             raise errors.NotFound(f"no shim for container {container_id}")
         client = self.client(container_id)
-        waiting = asyncio.create_task(client.wait())
+        waiting = asyncio.create_task(client.wait(sent=watching))
         died = asyncio.create_task(self.shim_gone(info))
         try:
             done, _ = await asyncio.wait({waiting, died}, return_when=asyncio.FIRST_COMPLETED)

@@ -61,12 +61,6 @@ def image_id_by_name(conn: sqlite3.Connection, name: str) -> str | None:
     return None if row is None else str(row["image_id"])
 
 
-def image_ids_by_prefix(conn: sqlite3.Connection, id_prefix: str) -> list[str]:
-    """Ids starting with `id_prefix` (a `sha256:<hex>` prefix; no LIKE wildcards can sneak in)."""
-    rows = conn.execute("SELECT id FROM images WHERE substr(id, 1, ?) = ?", (len(id_prefix), id_prefix))
-    return [str(r["id"]) for r in rows]
-
-
 def list_images(conn: sqlite3.Connection) -> list[ImageRow]:
     rows = conn.execute("SELECT * FROM images ORDER BY created_at, id").fetchall()
     return [_row(conn, row) for row in rows]

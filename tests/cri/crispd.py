@@ -36,18 +36,21 @@ class Crispd:
     """One crispd process; `start()` waits until it answers over its socket."""
 
     def __init__(self, base: Path, config: str = "", name: str = "crispd", metrics: str = "127.0.0.1:0",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, debug: bool = True) -> None:
         """`metrics` is the Prometheus endpoint's address: port 0 (the default) lets the kernel pick a free one
-        (`metrics_url` finds it); "" turns it off. `env`: added to crispd's environment."""
+        (`metrics_url` finds it); "" turns it off. `env`: added to crispd's environment. `debug` (tests): log
+        level debug and asyncio's debug mode with the slow-callback check; off (benchmarks), crispd runs as
+        deployed: debug mode costs every callback of the loop, a few ms per RPC."""
         self.base = base
         self.env = env or {}
+        self.debug = debug
         self.root = base / "root"
         self.state = base / "state"
         self.socket = base / "run" / "crisp.sock"
         self.config_path = base / f"{name}.toml"
         self.log_path = base / f"{name}.log"
-        self.config_path.write_text(f'[metrics]\naddress = "{metrics}"\n'
-                                    f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{config}")
+        checks = f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n" if debug else ""
+        self.config_path.write_text(f'[metrics]\naddress = "{metrics}"\n{checks}{config}')
         self.proc: subprocess.Popen[bytes] | None = None
         # the crispd program (default: the one installed next to this interpreter); a benchmark may set another
         # checkout's to compare the two
@@ -61,7 +64,7 @@ class Crispd:
         return [
             *self.prefix, *(self.program or crispd_command()), "--config", str(self.config_path),
             "--root", str(self.root), "--state", str(self.state), "--listen", str(self.socket),
-            "--log-level", "debug", *extra,
+            "--log-level", "debug" if self.debug else "info", *extra,
         ]
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:

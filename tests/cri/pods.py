@@ -33,10 +33,10 @@ class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
     def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "",
-                 network: str = "", netns_dir: Path | None = None) -> None:
+                 network: str = "", netns_dir: Path | None = None, debug: bool = True) -> None:
         """`cgroup_config` adds keys to the [cgroup] table (a TOML table is declared once); `network`: more keys of
         the [network] section (`backend = "cni"`, ...); `netns_dir`: where pods' network namespaces get their `ip
-        netns` names (default: under `base`, so that a leak is a mount under it)."""
+        netns` names (default: under `base`, so that a leak is a mount under it); `debug`: Crispd's."""
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.cgroup_config = cgroup_config
         self.bridge = f"crispt{secrets.token_hex(4)}"
@@ -44,7 +44,7 @@ class Pods:
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
         self.netns_dir = netns_dir or base / f"netns-{name}"
         self.pod_ids: set[str] = set()  # the pods `run` made
-        self.daemon = Crispd(base, config=self.config_text(extra_config, network), name=name)
+        self.daemon = Crispd(base, config=self.config_text(extra_config, network), name=name, debug=debug)
 
     def config_text(self, extra: str = "", network: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""

@@ -291,6 +291,35 @@ def test_username_list_filter_remove_and_gc(daemon: Crispd, images: Images) -> N
     assert_nothing_left(daemon)
 
 
+def test_a_pull_moves_a_tag_from_the_image_that_had_it(daemon: Crispd, certs: Path, images: Images) -> None:
+    """The registry moved a tag: pulling it again gives the tag to the new image, and the old one keeps only its
+    other name (its digest), at once and after a restart."""
+    push, host = Pusher(images.registry.url), images.registry.host
+    moving = f"{host}/crisp/moving:t"
+    push.image("crisp/moving", images.shared_a, "t")
+    pull(daemon, moving)
+    assert [(i.id, list(i.repo_tags)) for i in listed(daemon)] == [(images.shared_a.id, [moving])]
+    push.image("crisp/moving", images.shared_b, "t")
+    pull(daemon, moving)
+    old_digest = f"{host}/crisp/moving@{images.shared_a.digest}"
+
+    def check(seen: Crispd) -> None:
+        assert status(seen, moving).image.id == images.shared_b.id
+        assert status(seen, old_digest).image.id == images.shared_a.id
+        assert {i.id: (list(i.repo_tags), list(i.repo_digests)) for i in listed(seen)} == {
+            images.shared_a.id: ([], [old_digest]),
+            images.shared_b.id: ([moving], [f"{host}/crisp/moving@{images.shared_b.digest}"])}
+
+    check(daemon)
+    assert daemon.stop() == 0, daemon.log()
+    again = _start(daemon.base, certs, name="again")
+    try:
+        check(again)
+    finally:
+        _stop(again)
+    daemon.start()  # the fixture's, which stops it
+
+
 def test_concurrent_removes_all_succeed(daemon: Crispd, images: Images) -> None:
     ref = f"{images.registry.host}/crisp/shared:a"
     pull(daemon, ref)
