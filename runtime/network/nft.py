@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from runtime import errors
@@ -144,14 +144,14 @@ def _list(args: Sequence[str]) -> dict[str, Any] | None:
     return data
 
 
-def tagged_handles(table: str, sandbox_id: str) -> list[int]:
-    """Handles of the pod's rules in `hostports` (none when the table does not exist)."""
+def tagged_handles(table: str, sandbox_ids: Collection[str]) -> list[int]:
+    """Handles of the pods' rules in `hostports` (none when the table does not exist)."""
     data = _list(["chain", "inet", table, HOSTPORTS])
     if data is None:
         return []
-    tag = rule_tag(sandbox_id)
+    tags = {rule_tag(sandbox_id) for sandbox_id in sandbox_ids}
     return [int(item["rule"]["handle"]) for item in data.get("nftables", ())
-            if "rule" in item and item["rule"].get("comment") == tag]
+            if "rule" in item and item["rule"].get("comment") in tags]
 
 
 def delete_commands(table: str, handles: Sequence[int]) -> list[str]:

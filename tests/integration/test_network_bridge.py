@@ -458,6 +458,36 @@ def test_a_cancelled_setup_leaves_nothing(env: BridgeEnv) -> None:
     assert_clean(env)
 
 
+def test_concurrent_teardowns_go_together_and_take_only_their_pods(env: BridgeEnv) -> None:
+    with namespaces() as make:
+        spaces = [make() for _ in range(6)]
+        pods = [env.pod(ns, PortMapping(container_port=80, host_port=free_port())) for ns in spaces]
+        stays = pods.pop()
+        for pod in (*pods, stays):
+            env.setup(pod)
+        requests: list[dict[str, Any]] = []
+        call = env.backend._helper.call
+
+        async def recording(request: dict[str, Any], time_limit: float | None = None) -> dict[str, Any]:
+            requests.append(request)
+            return await call(request, time_limit)
+
+        env.backend._helper.call = recording  # type: ignore[method-assign]
+
+        async def all_down() -> None:
+            await asyncio.gather(*(env.backend.teardown(p) for p in pods))
+
+        env.run(all_down())
+        # each pod once, in fewer helper requests than pods (those that came while one was in flight went together)
+        assert sorted(p["sandboxId"] for r in requests for p in r["pods"]) == sorted(p.sandbox_id for p in pods)
+        assert all(r["op"] == "teardown" for r in requests) and len(requests) < len(pods)
+        assert env.veths() == [host_veth_name(env.bridge, stays.sandbox_id)]
+        assert env.rules() == 1 and len(env.leases()) == 1
+        assert "eth0" in spaces[-1].links() and all(ns.links() == ["lo"] for ns in spaces[:-1])
+        env.teardown(stays)
+    assert_clean(env)
+
+
 def test_teardown_is_idempotent_and_survives_a_gone_namespace(env: BridgeEnv) -> None:
     a = Netns()
     try:
