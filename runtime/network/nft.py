@@ -1,4 +1,5 @@
-"""The built-in bridge's nftables rules, driven through the `nft` tool (run by the network helper, never by crispd).
+"""The built-in bridge's nftables rules, driven through libnftables, the `nft` tool's library (runtime/network/
+libnft.py; by the network helper, never by crispd).
 
 One `inet` table per bridge network (named like the bridge) holds:
 - `prerouting` / `output` (nat): traffic to a local address jumps to `hostports`; the output path covers
@@ -22,16 +23,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Collection, Sequence
 from typing import Any
 
 from runtime import errors
+from runtime.network import libnft
 from runtime.network.ipam import IPInterface, IPNetwork
 from runtime.network.types import NetworkError, PortMapping
 
 HOSTPORTS = "hostports"
-NFT_TIMEOUT_SECONDS = 30.0
 # a DNAT to an IPv4 pod address only for IPv4 packets: an inet chain sees both families
 _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
@@ -114,33 +114,24 @@ def nft_binary_path() -> str | None:
     return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
 
 
-def nft_binary() -> str:
-    path = nft_binary_path()
-    if path is None:
-        raise errors.FailedPrecondition("the nft tool (Debian package nftables) is not installed")
-    return path
-
-
 def run(commands: Sequence[str]) -> None:
     """Apply the commands as one atomic nft batch."""
     if not commands:
         return
     script = "\n".join(commands) + "\n"
-    proc = subprocess.run([nft_binary(), "-f", "-"], input=script, capture_output=True, text=True,
-                          timeout=NFT_TIMEOUT_SECONDS, close_fds=True, check=False)
-    if proc.returncode != 0:
-        raise NetworkError(f"nft failed: {proc.stderr.strip()}\nbatch:\n{script}")
+    result = libnft.run(script)
+    if not result.ok:
+        raise NetworkError(f"nft failed: {result.error.strip()}\nbatch:\n{script}")
 
 
 def _list(args: Sequence[str]) -> dict[str, Any] | None:
     """`nft -j -a list ...`, or None when the object does not exist."""
-    proc = subprocess.run([nft_binary(), "-j", "-a", "list", *args], capture_output=True, text=True,
-                          timeout=NFT_TIMEOUT_SECONDS, close_fds=True, check=False)
-    if proc.returncode != 0:
-        if "No such file or directory" in proc.stderr:
+    result = libnft.run("list " + " ".join(args), flags=libnft.OUTPUT_JSON | libnft.OUTPUT_HANDLE)
+    if not result.ok:
+        if "No such file or directory" in result.error:
             return None
-        raise NetworkError(f"nft list {' '.join(args)} failed: {proc.stderr.strip()}")
-    data: dict[str, Any] = json.loads(proc.stdout)
+        raise NetworkError(f"nft list {' '.join(args)} failed: {result.error.strip()}")
+    data: dict[str, Any] = json.loads(result.output)
     return data
 
 
