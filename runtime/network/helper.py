@@ -86,10 +86,10 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
             earlier = hostnet.delete_link(ipr, veth)
             if earlier:
                 _log(f"pod {sandbox_id}: removed veth {veth} left by an earlier attempt")
-            hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
+            veth_index = hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
             undo.callback(undo_step(f"delete veth {veth}", hostnet.delete_link, ipr, veth, report=_report,
                                     failures=failures))
-            host_mac = hostnet.link_mac(ipr, hostnet.lookup(ipr, veth) or 0)
+            host_mac = hostnet.link_mac(ipr, veth_index)
             # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, no rules
             stale = nft.tagged_handles(net.table, {sandbox_id}) if earlier else []
             nft.run(_base_rules(net) + nft.delete_commands(net.table, stale) + pod_rules)

@@ -36,6 +36,7 @@ _DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+LOOPBACK_IFINDEX = 1  # lo's index in every network namespace (the kernel's LOOPBACK_IFINDEX)
 # the link groups delete_links uses for a moment: far from the small numbers people give groups (0 is the default)
 _FIRST_GROUP = 1 << 24
 _GROUPS = (1 << 31) - _FIRST_GROUP
@@ -113,16 +114,14 @@ def ensure_bridge(ipr: IPRoute, name: str, mtu: int, gateways: Sequence[IPInterf
         index = lookup(ipr, name)
         if index is None:
             raise NetworkError(f"bridge {name} vanished right after its creation")
-    else:
-        kind = _link_kind(ipr.get_links(index)[0])
-        if kind != "bridge":
-            raise errors.FailedPrecondition(
-                f"network interface {name} exists and is a {kind or 'device'}, not a bridge")
-    have = _addresses(ipr, index)
-    for gw in gateways:
-        if gw not in have:
-            _add_address(ipr, index, gw)
     link = ipr.get_links(index)[0]
+    kind = _link_kind(link)
+    if kind != "bridge":
+        raise errors.FailedPrecondition(f"network interface {name} exists and is a {kind or 'device'}, not a bridge")
+    # added, or there already (EEXIST): listing the addresses first would read every address of the host (each
+    # pod's veth has one), which grows with the pods
+    for gw in gateways:
+        _add_address(ipr, index, gw)
     if not link["flags"] & 1:  # IFF_UP
         ipr.link("set", index=index, state="up")
     if any(gw.version == 4 for gw in gateways):
@@ -185,9 +184,11 @@ def bridge_ports(ipr: IPRoute, bridge_index: int) -> list[str]:
 
 
 def create_veth(ipr: IPRoute, host_name: str, netns_fd: int, mtu: int, bridge_index: int) -> int:
-    """A veth pair: `host_name` on the bridge (up, hairpin on), its peer born inside the pod namespace as eth0."""
+    """A veth pair: `host_name` on the bridge (up, hairpin on), its peer born inside the pod namespace as eth0.
+    Returns the host end's index."""
     try:
-        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu,
+        # on the bridge and up from its creation: one request instead of three
+        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu, master=bridge_index, state="up",
                  peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd, "mtu": mtu})
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
@@ -197,10 +198,8 @@ def create_veth(ipr: IPRoute, host_name: str, netns_fd: int, mtu: int, bridge_in
     index = lookup(ipr, host_name)
     if index is None:
         raise NetworkError(f"veth {host_name} vanished right after its creation")
-    ipr.link("set", index=index, master=bridge_index)
     # hairpin: a pod reaching its own hostPort gets the DNATed packet back through the port it came from
     ipr.brport("set", index=index, mode=1)
-    ipr.link("set", index=index, state="up")
     return index
 
 
@@ -234,9 +233,7 @@ def in_netns(netns_path: str) -> Iterator[None]:
 def configure_pod(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Sequence[IPInterface]) -> str:
     """Inside the pod's namespace: lo up; eth0 with its addresses, up; default routes via the gateways.
     Returns eth0's MAC."""
-    lo = lookup(ipr, "lo")
-    if lo is not None:
-        ipr.link("set", index=lo, state="up")
+    ipr.link("set", index=LOOPBACK_IFINDEX, state="up")
     eth0 = lookup(ipr, POD_IFNAME)
     if eth0 is None:
         raise NetworkError(f"{POD_IFNAME} did not arrive in the pod's namespace")
