@@ -92,7 +92,7 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
             host_mac = hostnet.link_mac(ipr, veth_index)
             # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, no rules
             stale = nft.tagged_handles(net.table, {sandbox_id}) if earlier else []
-            nft.run(_base_rules(net) + nft.delete_commands(net.table, stale) + pod_rules)
+            _write_rules(net, nft.delete_commands(net.table, stale) + pod_rules)
             undo.callback(undo_step(f"delete the nftables rules of pod {sandbox_id}", _delete_rules, net.table,
                                     {sandbox_id}, report=_report, failures=failures))
             with hostnet.in_netns(netns), IPRoute() as pod:
@@ -106,6 +106,27 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
     # datagrams to its UDP hostPorts that conntrack still sends elsewhere (an earlier pod) come here from now on
     _forget_udp(sandbox_id, [], [pm.host_port for pm in mappings if pm.protocol == "udp"])
     return {"hostMac": host_mac, "podMac": pod_mac}
+
+
+# per table: its base rules' handles right after this helper last found its own config's there (nft.base_state)
+_BASE_SEEN: dict[str, nft.BaseState] = {}
+
+
+def _write_rules(net: BridgeNetwork, pod_commands: list[str]) -> None:
+    """The base rules (re)written with the pod's rules in one batch; with no pod rules, only if they changed since
+    this helper last saw them as this config's (a commit of the base chains is the costly part of an nft batch,
+    and the commit lock is the host's)."""
+    base = _base_rules(net)
+    digest = nft.marked_digest(base)
+    if not pod_commands and (state := nft.base_state(net.table)) is not None and state.digest == digest and \
+            _BASE_SEEN.get(net.table) == state:
+        return
+    nft.run(base + pod_commands)
+    state = nft.base_state(net.table)
+    if state is not None and state.digest == digest:
+        _BASE_SEEN[net.table] = state
+    else:  # another helper wrote another config's since: the next pod writes again
+        _BASE_SEEN.pop(net.table, None)
 
 
 def _forget_udp(sandbox_ids: str, pod_ips: list[str], host_ports: list[int]) -> None:

@@ -15,15 +15,19 @@ One `inet` table per bridge network (named like the bridge) holds:
   kube-proxy drops the same by source address, which a pod with CAP_NET_RAW can fake, so here by interface.
   In CNI mode the table holds only this chain.
 The base chains are flushed and rewritten in the same atomic batch as a pod's rules, so a changed pod CIDR takes
-effect with the next pod and concurrent helpers never see a half-written table.
+effect with the next pod and concurrent helpers never see a half-written table. A pod without hostPorts skips that
+batch when the base rules are as this helper last found its own config's: the last one carries the digest of the
+batch that wrote it, and any change to the table makes new handles (`base_state`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from runtime import errors
@@ -32,6 +36,7 @@ from runtime.network.ipam import IPInterface, IPNetwork
 from runtime.network.types import NetworkError, PortMapping
 
 HOSTPORTS = "hostports"
+BASE_MARK = "crisp base rules "  # not a pod's tag (`crisp:<sandbox id>`)
 # a DNAT to an IPv4 pod address only for IPv4 packets: an inet chain sees both families
 _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
@@ -81,7 +86,47 @@ def base_commands(table: str, bridge: str, subnets: Sequence[IPNetwork], masquer
         if masquerade:
             cmds.append(f"add rule {t} postrouting {fam} saddr {subnet} "
                         f"{fam} daddr != {{ {subnet}, {_MULTICAST[subnet.version]} }} masquerade")
+    # the last rule names what the batch wrote, so that a helper can tell the rules of this config (base_state)
+    cmds[-1] += f" comment {_quote(BASE_MARK + base_digest(cmds))}"
     return cmds
+
+
+def base_digest(commands: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(commands).encode()).hexdigest()[:16]
+
+
+def marked_digest(commands: Sequence[str]) -> str:
+    """The digest base_commands' marker names."""
+    return commands[-1].rpartition(BASE_MARK)[2].rstrip('"')
+
+
+@dataclass(frozen=True)
+class BaseState:
+    """The table's base rules as they are: the digest their marker names ("" without one), and the handles of the
+    table, its chains and the base chains' rules (every change to them makes new handles)."""
+
+    digest: str
+    handles: tuple[tuple[str, str, int], ...]
+
+
+def base_state(table: str) -> BaseState | None:
+    """None when the table does not exist."""
+    data = _list(["table", "inet", table])
+    if data is None:
+        return None
+    digest, handles = "", []
+    for item in data.get("nftables", ()):
+        if "table" in item:
+            handles.append(("table", "", int(item["table"]["handle"])))
+        elif "chain" in item:
+            handles.append(("chain", str(item["chain"]["name"]), int(item["chain"]["handle"])))
+        elif "rule" in item and item["rule"].get("chain") != HOSTPORTS:
+            rule = item["rule"]
+            handles.append(("rule", str(rule.get("chain")), int(rule["handle"])))
+            comment = str(rule.get("comment", ""))
+            if comment.startswith(BASE_MARK):
+                digest = comment.removeprefix(BASE_MARK)
+    return BaseState(digest, tuple(handles))
 
 
 def pod_commands(table: str, sandbox_id: str, mappings: Sequence[PortMapping],

@@ -4,7 +4,8 @@ N pods made P at a time (RunPodSandbox over gRPC), then all stopped at once (N c
 removed at once; for each phase its wall time, pods per second, call median and p95, and the CPU seconds crispd and
 its network helpers spent (from /proc, helpers sampled while alive). `--rounds R` repeats the whole cycle on the
 same crispd; `--shared-pid` gives each pod a pod init (as the kubelet's shareProcessNamespace pods); `--py-spy PATH`
-samples crispd with py-spy (`record --format raw`, every thread) over the run into PATH.
+samples crispd and its children (helpers, zygote) with py-spy (`record --format raw`, every thread) over the run into
+PATH.
 Run as root from the repository: .venv/bin/python -m tests.bench.pod_throughput [--pods 50] [--parallel 10]
 """
 
@@ -106,8 +107,9 @@ def main() -> None:
             warm = pods.run(pod_config("warmup"))
             rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=warm))
             if args.py_spy:
-                spy = subprocess.Popen([args.py_spy, "record", "--format", "raw", "--threads", "--idle", "-r", "200",
-                                        "-o", args.profile, "--pid", str(meter.pid)], stdout=subprocess.DEVNULL)
+                spy = subprocess.Popen([args.py_spy, "record", "--format", "raw", "--threads", "--idle",
+                                        "--subprocesses", "-r", "200", "-o", args.profile, "--pid", str(meter.pid)],
+                                       stdout=subprocess.DEVNULL)
                 time.sleep(1)
             print(f"{args.pods} pods, {args.parallel} at a time, {'shared' if args.shared_pid else 'own'} PID "
                   f"namespace; load {os.getloadavg()[0]:.2f}", flush=True)

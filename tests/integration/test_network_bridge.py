@@ -549,3 +549,39 @@ def test_status_has_no_side_effects_and_says_what_is_wrong(env: BridgeEnv) -> No
     env.pod_cidr = "10.1.2.3/31"
     status = env.run(env.backend.status())
     assert not status.ready and "too small" in status.message
+
+
+def base_rules(env: BridgeEnv) -> list[str]:
+    """The base chains' rules as nft lists them, with their handles."""
+    listing = subprocess.run(["nft", "-a", "list", "table", "inet", env.bridge], capture_output=True, text=True,
+                             check=True).stdout
+    chain, rules = "", []
+    for line in listing.splitlines():
+        words = line.split()
+        if words[:1] == ["chain"]:
+            chain = words[1]
+        elif "# handle" in line and chain in ("prerouting", "output", "postrouting", "localnet"):
+            rules.append(f"{chain}: {line.strip()}")
+    return rules
+
+
+def test_base_rules_are_written_again_only_when_changed_or_for_another_config(env: BridgeEnv) -> None:
+    with namespaces() as make:
+        first = env.pod(make())
+        env.setup(first)
+        written = base_rules(env)
+        assert any(env.pod_cidr in rule and "masquerade" in rule for rule in written)
+        env.setup(env.pod(make()))
+        assert base_rules(env) == written  # as they were: not written again (same handles)
+        subprocess.run(["nft", "flush", "chain", "inet", env.bridge, "postrouting"], check=True)
+        env.setup(env.pod(make()))
+        again = base_rules(env)
+        assert again != written and [r.split(" # handle")[0] for r in again if r.startswith("postrouting")] == [
+            r.split(" # handle")[0] for r in written if r.startswith("postrouting")]
+        old_cidr = env.pod_cidr
+        env.pod_cidr = f"{old_cidr},{free_subnet6()}"  # another config: dual-stack
+        env.setup(env.pod(make()))
+        assert any(env.pod_cidr.split(",")[1] in rule for rule in base_rules(env))
+        for sid in list(env.sandboxes):
+            env.teardown(PodNetworkRequest(sandbox_id=sid, netns=""))
+    assert_clean(env)
