@@ -108,25 +108,13 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
     return {"hostMac": host_mac, "podMac": pod_mac}
 
 
-# per table: its base rules' handles right after this helper last found its own config's there (nft.base_state)
-_BASE_SEEN: dict[str, nft.BaseState] = {}
-
-
 def _write_rules(net: BridgeNetwork, pod_commands: list[str]) -> None:
-    """The base rules (re)written with the pod's rules in one batch; with no pod rules, only if they changed since
-    this helper last saw them as this config's (a commit of the base chains is the costly part of an nft batch,
-    and the commit lock is the host's)."""
+    """The base rules (re)written with the pod's rules in one batch; with no pod rules, only if they are not this
+    config's, untouched (a commit of the base chains is the costly part of an nft batch, and the commit lock is the
+    host's)."""
     base = _base_rules(net)
-    digest = nft.marked_digest(base)
-    if not pod_commands and (state := nft.base_state(net.table)) is not None and state.digest == digest and \
-            _BASE_SEEN.get(net.table) == state:
-        return
-    nft.run(base + pod_commands)
-    state = nft.base_state(net.table)
-    if state is not None and state.digest == digest:
-        _BASE_SEEN[net.table] = state
-    else:  # another helper wrote another config's since: the next pod writes again
-        _BASE_SEEN.pop(net.table, None)
+    if pod_commands or not nft.base_rules_intact(net.table, base):
+        nft.run(base + pod_commands)
 
 
 def _forget_udp(sandbox_ids: str, pod_ips: list[str], host_ports: list[int]) -> None:

@@ -16,8 +16,8 @@ One `inet` table per bridge network (named like the bridge) holds:
   In CNI mode the table holds only this chain.
 The base chains are flushed and rewritten in the same atomic batch as a pod's rules, so a changed pod CIDR takes
 effect with the next pod and concurrent helpers never see a half-written table. A pod without hostPorts skips that
-batch when the base rules are as this helper last found its own config's: the last one carries the digest of the
-batch that wrote it, and any change to the table makes new handles (`base_state`).
+batch when the base rules are those of its config, untouched: the last one carries the digest of the batch that
+wrote it (`base_rules_intact`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from runtime import errors
@@ -100,33 +100,28 @@ def marked_digest(commands: Sequence[str]) -> str:
     return commands[-1].rpartition(BASE_MARK)[2].rstrip('"')
 
 
-@dataclass(frozen=True)
-class BaseState:
-    """The table's base rules as they are: the digest their marker names ("" without one), and the handles of the
-    table, its chains and the base chains' rules (every change to them makes new handles)."""
-
-    digest: str
-    handles: tuple[tuple[str, str, int], ...]
-
-
-def base_state(table: str) -> BaseState | None:
-    """None when the table does not exist."""
+def base_rules_intact(table: str, commands: Sequence[str]) -> bool:
+    """Whether the table holds the rules that the base `commands` write, untouched since: its marker names their
+    digest, each base chain holds as many rules as they add, and none came after the marker (the batch's last
+    rule; rule handles only grow). Anything else (a flushed chain, a deleted or added rule, a recreated table,
+    another pod CIDR's rules) is not."""
     data = _list(["table", "inet", table])
     if data is None:
-        return None
-    digest, handles = "", []
+        return False
+    marker = BASE_MARK + marked_digest(commands)
+    prefix = f"add rule inet {table} "
+    expected = Counter(c.removeprefix(prefix).split()[0] for c in commands if c.startswith(prefix))
+    found: Counter[str] = Counter()
+    marker_handle, last = -1, 0
     for item in data.get("nftables", ()):
-        if "table" in item:
-            handles.append(("table", "", int(item["table"]["handle"])))
-        elif "chain" in item:
-            handles.append(("chain", str(item["chain"]["name"]), int(item["chain"]["handle"])))
-        elif "rule" in item and item["rule"].get("chain") != HOSTPORTS:
-            rule = item["rule"]
-            handles.append(("rule", str(rule.get("chain")), int(rule["handle"])))
-            comment = str(rule.get("comment", ""))
-            if comment.startswith(BASE_MARK):
-                digest = comment.removeprefix(BASE_MARK)
-    return BaseState(digest, tuple(handles))
+        rule = item.get("rule")
+        if rule is None or rule.get("chain") == HOSTPORTS:
+            continue
+        found[str(rule.get("chain"))] += 1
+        last = max(last, int(rule["handle"]))
+        if rule.get("comment") == marker:
+            marker_handle = int(rule["handle"])
+    return marker_handle == last and found == expected
 
 
 def pod_commands(table: str, sandbox_id: str, mappings: Sequence[PortMapping],

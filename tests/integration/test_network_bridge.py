@@ -571,6 +571,12 @@ def test_base_rules_are_written_again_only_when_changed_or_for_another_config(en
         env.setup(first)
         written = base_rules(env)
         assert any(env.pod_cidr in rule and "masquerade" in rule for rule in written)
+        more = [env.pod(make()) for _ in range(4)]
+
+        async def together() -> None:  # in several helpers: none of them writes them again either
+            await asyncio.gather(*(env.backend.setup(p) for p in more))
+
+        env.run(together())
         env.setup(env.pod(make()))
         assert base_rules(env) == written  # as they were: not written again (same handles)
         subprocess.run(["nft", "flush", "chain", "inet", env.bridge, "postrouting"], check=True)
