@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.batching import Batcher
 from runtime.network.helper_client import HelperCrashed, HelperRunner, HelperTimeout
 from runtime.network.ipam import DEFAULT_POD_CIDR, IPNetwork, LeaseStore, gateway, parse_pod_cidrs
 from runtime.network.nft import nft_binary_path
@@ -94,6 +95,8 @@ class BridgeBackend:
         self._leases = leases
         self._pod_cidr = pod_cidr
         self._helper = helper
+        # concurrent teardowns go to the helper together: one veth deletion (RCU wait under RTNL), one rules listing
+        self._detacher: Batcher[dict[str, Any]] = Batcher(self._detach_together)
 
     async def network(self) -> BridgeNetwork:
         """The network as configured now (the pod CIDR may change with the kubelet's UpdateRuntimeConfig)."""
@@ -143,22 +146,42 @@ class BridgeBackend:
         return result
 
     async def _detach(self, pod: PodNetworkRequest, time_limit: float | None = None) -> None:
+        """The pod's veth and rules gone (alone, within `time_limit`: a setup's cleanup after its helper)."""
+        item = self._detach_item(pod, await self._held(pod))
+        await self._helper.call(self._teardown_request([item]), time_limit=time_limit)
+
+    def _detach_item(self, pod: PodNetworkRequest, held: list[str]) -> dict[str, Any]:
         # teardown needs only names and what the pod held, not the pod CIDR (which may have changed or be broken)
-        held = await self._held(pod)
-        request = self._request("teardown", BridgeNetwork(bridge=self.bridge, subnets=()), pod,
-                                addresses=[f"{ip}/32" if ":" not in ip else f"{ip}/128" for ip in held],
-                                portMappings=[pm.to_json() for pm in pod.port_mappings])
-        await self._helper.call(request, time_limit=time_limit)
+        return {"sandboxId": pod.sandbox_id, "veth": host_veth_name(self.bridge, pod.sandbox_id),
+                "addresses": [f"{ip}/32" if ":" not in ip else f"{ip}/128" for ip in held],
+                "portMappings": [pm.to_json() for pm in pod.port_mappings]}
+
+    def _teardown_request(self, pods: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"op": "teardown", "network": BridgeNetwork(bridge=self.bridge, subnets=()).to_json(), "pods": pods}
+
+    async def _detach_together(self, pods: list[dict[str, Any]]) -> list[BaseException | None]:
+        """One helper request for the pods of a batch; if it fails, each pod on its own, so that each caller gets
+        its own pod's outcome."""
+        try:
+            await self._helper.call(self._teardown_request(pods))
+            return [None] * len(pods)
+        except Exception:
+            if len(pods) == 1:
+                raise
+        outcomes = await asyncio.gather(*(self._helper.call(self._teardown_request([pod])) for pod in pods),
+                                        return_exceptions=True)
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
     async def _held(self, pod: PodNetworkRequest) -> list[str]:
         return [lease.ip for lease in await self._leases.leases(self.bridge) if lease.sandbox_id == pod.sandbox_id]
 
     async def teardown(self, pod: PodNetworkRequest) -> None:
         # the leases are the record of an attachment: taken before anything is made, returned after it is gone
-        if not await self._held(pod):
+        held = await self._held(pod)
+        if not held:
             log.debug("pod %s: not attached to bridge %s", pod.sandbox_id, self.bridge)
             return
-        await self._detach(pod)
+        await self._detacher.submit(self._detach_item(pod, held))
         await self._leases.release(self.bridge, pod.sandbox_id)
         log.info("pod %s: detached from bridge %s", pod.sandbox_id, self.bridge)
 

@@ -9,8 +9,9 @@ Operations (every request carries "network": BridgeNetwork JSON):
                made if missing), the pod's veth pair, its nftables rules, and eth0/lo/routes inside its netns;
                {"sandboxId", "netns", "veth", "addresses": ["10.88.0.5/16"], "portMappings": [...]}
                -> {"hostMac", "podMac"}; on failure every step of the pod made so far is undone
-    teardown   delete the pod's rules and veth pair (each if present), forget UDP conntrack entries of its addresses
-               and UDP hostPorts; {"sandboxId", "veth", "addresses", "portMappings"}
+    teardown   for each pod of "pods" (crispd sends concurrent teardowns together), delete its rules and veth pair
+               (each if present; the veths in one kernel call), forget UDP conntrack entries of its addresses and
+               UDP hostPorts; {"pods": [{"sandboxId", "veth", "addresses", "portMappings"}, ...]}
     check      {"sandboxId", "netns", "veth", "addresses", "portMappings"}: FailedPrecondition naming what is
                missing
     destroy    delete the nftables table and the bridge (FailedPrecondition while ports are attached)
@@ -33,7 +34,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from runtime import errors
-from runtime.network import hostnet, netstats, nft
+from runtime.network import conntrack, hostnet, netstats, nft
 from runtime.network.bridge import BridgeNetwork, check_bridge_name
 from runtime.network.helper_client import HelperCrashed
 from runtime.network.ipam import IPInterface, gateway
@@ -85,15 +86,15 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
             earlier = hostnet.delete_link(ipr, veth)
             if earlier:
                 _log(f"pod {sandbox_id}: removed veth {veth} left by an earlier attempt")
-            hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
+            veth_index = hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
             undo.callback(undo_step(f"delete veth {veth}", hostnet.delete_link, ipr, veth, report=_report,
                                     failures=failures))
-            host_mac = hostnet.link_mac(ipr, hostnet.lookup(ipr, veth) or 0)
+            host_mac = hostnet.link_mac(ipr, veth_index)
             # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, no rules
-            stale = nft.tagged_handles(net.table, sandbox_id) if earlier else []
-            nft.run(_base_rules(net) + nft.delete_commands(net.table, stale) + pod_rules)
+            stale = nft.tagged_handles(net.table, {sandbox_id}) if earlier else []
+            _write_rules(net, nft.delete_commands(net.table, stale) + pod_rules)
             undo.callback(undo_step(f"delete the nftables rules of pod {sandbox_id}", _delete_rules, net.table,
-                                    sandbox_id, report=_report, failures=failures))
+                                    {sandbox_id}, report=_report, failures=failures))
             with hostnet.in_netns(netns), IPRoute() as pod:
                 pod_mac = hostnet.configure_pod(pod, addresses, gateways)
             undo.pop_all()
@@ -107,28 +108,40 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
     return {"hostMac": host_mac, "podMac": pod_mac}
 
 
-def _forget_udp(sandbox_id: str, pod_ips: list[str], host_ports: list[int]) -> None:
-    """Best effort: a conntrack failure (nf_conntrack_netlink missing, say) must not fail a pod."""
-    if not pod_ips and not host_ports:
-        return
+def _write_rules(net: BridgeNetwork, pod_commands: list[str]) -> None:
+    """The base rules (re)written with the pod's rules in one batch; with no pod rules, only if they are not this
+    config's, untouched (a commit of the base chains is the costly part of an nft batch, and the commit lock is the
+    host's)."""
+    base = _base_rules(net)
+    if pod_commands or not nft.base_rules_intact(net.table, base):
+        nft.run(base + pod_commands)
+
+
+def _forget_udp(sandbox_ids: str, pod_ips: list[str], host_ports: list[int]) -> None:
+    """Forget the UDP connections of the pods' addresses and to their UDP hostPorts: UDP has no end, and a client
+    that keeps sending to a hostPort stays in a conntrack entry DNATed to whichever pod had the port first, also
+    after that pod is gone and another one took the port (TCP entries end by themselves). Best effort: a conntrack
+    failure (nf_conntrack_netlink missing, say) must not fail a pod."""
     try:
-        hostnet.flush_udp_conntrack(pod_ips, host_ports)
+        conntrack.forget_udp(pod_ips, host_ports)
     except Exception as exc:
-        _log(f"pod {sandbox_id}: cannot flush UDP conntrack entries: {exc}")
+        _log(f"pod {sandbox_ids}: cannot flush UDP conntrack entries: {exc}")
 
 
-def _delete_rules(table: str, sandbox_id: str) -> None:
-    nft.run(nft.delete_commands(table, nft.tagged_handles(table, sandbox_id)))
+def _delete_rules(table: str, sandbox_ids: set[str]) -> None:
+    nft.run(nft.delete_commands(table, nft.tagged_handles(table, sandbox_ids)))
 
 
 def op_teardown(request: dict[str, Any]) -> dict[str, Any]:
     net = BridgeNetwork.from_json(request["network"])
-    sandbox_id = str(request["sandboxId"])
-    _delete_rules(net.table, sandbox_id)
+    pods = [dict(pod) for pod in request["pods"]]
+    # a pod's rules go before its veth (no veth, no rules: see op_setup)
+    _delete_rules(net.table, {str(pod["sandboxId"]) for pod in pods})
     with IPRoute() as ipr:
-        hostnet.delete_link(ipr, str(request["veth"]))
-    _forget_udp(sandbox_id, [str(a.ip) for a in _addresses(request)],
-                [pm.host_port for pm in _mappings(request) if pm.protocol == "udp"])
+        hostnet.delete_links(ipr, [str(pod["veth"]) for pod in pods])
+    _forget_udp(", ".join(str(pod["sandboxId"]) for pod in pods),
+                [str(a.ip) for pod in pods for a in _addresses(pod)],
+                [pm.host_port for pod in pods for pm in _mappings(pod) if pm.protocol == "udp"])
     return {}
 
 
@@ -153,7 +166,7 @@ def op_check(request: dict[str, Any]) -> dict[str, Any]:
             if not link["flags"] & 1:
                 problems.append(f"veth {veth} is down")
     expected = len(nft.pod_commands(net.table, sandbox_id, _mappings(request), addresses))
-    found = len(nft.tagged_handles(net.table, sandbox_id))
+    found = len(nft.tagged_handles(net.table, {sandbox_id}))
     if found != expected:
         problems.append(f"{found} hostPort rule(s) instead of {expected}")
     try:

@@ -13,15 +13,15 @@ import fcntl
 import hashlib
 import ipaddress
 import os
+import secrets
 import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import Conntrack, IPRoute
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 from pyroute2.netns import setns
 
 from runtime import errors
@@ -36,6 +36,10 @@ _DEFAULT_DST = {4: "0.0.0.0/0", 6: "::/0"}
 NS_GET_NSTYPE = 0xB703
 CLONE_NEWNET = 0x40000000
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+LOOPBACK_IFINDEX = 1  # lo's index in every network namespace (the kernel's LOOPBACK_IFINDEX)
+# the link groups delete_links uses for a moment: far from the small numbers people give groups (0 is the default)
+_FIRST_GROUP = 1 << 24
+_GROUPS = (1 << 31) - _FIRST_GROUP
 
 
 def open_netns(path: str, what: str) -> int:
@@ -110,16 +114,14 @@ def ensure_bridge(ipr: IPRoute, name: str, mtu: int, gateways: Sequence[IPInterf
         index = lookup(ipr, name)
         if index is None:
             raise NetworkError(f"bridge {name} vanished right after its creation")
-    else:
-        kind = _link_kind(ipr.get_links(index)[0])
-        if kind != "bridge":
-            raise errors.FailedPrecondition(
-                f"network interface {name} exists and is a {kind or 'device'}, not a bridge")
-    have = _addresses(ipr, index)
-    for gw in gateways:
-        if gw not in have:
-            _add_address(ipr, index, gw)
     link = ipr.get_links(index)[0]
+    kind = _link_kind(link)
+    if kind != "bridge":
+        raise errors.FailedPrecondition(f"network interface {name} exists and is a {kind or 'device'}, not a bridge")
+    # added, or there already (EEXIST): listing the addresses first would read every address of the host (each
+    # pod's veth has one), which grows with the pods
+    for gw in gateways:
+        _add_address(ipr, index, gw)
     if not link["flags"] & 1:  # IFF_UP
         ipr.link("set", index=index, state="up")
     if any(gw.version == 4 for gw in gateways):
@@ -150,15 +152,43 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
     return True
 
 
+def delete_links(ipr: IPRoute, names: Sequence[str]) -> None:
+    """Delete those of the links that exist (a veth's peer goes with it), all in one kernel call.
+
+    Each deletion call waits for an RCU grace period (synchronize_net, tens of milliseconds) while it holds the RTNL
+    lock that every link change on the host needs; the kernel deletes a link group in one call, and so one wait:
+    the links join a group of their own (a random number, that no other program is deleting in the same moment)
+    and the group goes."""
+    found = [index for index in (lookup(ipr, name) for name in names) if index is not None]
+    if len(found) <= 1:
+        for name in names:
+            delete_link(ipr, name)
+        return
+    group = secrets.randbelow(_GROUPS) + _FIRST_GROUP
+    for index in found:
+        try:
+            ipr.link("set", index=index, group=group)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:  # gone meanwhile
+                raise
+    try:
+        ipr.link("del", group=group)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+
+
 def bridge_ports(ipr: IPRoute, bridge_index: int) -> list[str]:
     return [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()
             if link.get_attr("IFLA_MASTER") == bridge_index]
 
 
 def create_veth(ipr: IPRoute, host_name: str, netns_fd: int, mtu: int, bridge_index: int) -> int:
-    """A veth pair: `host_name` on the bridge (up, hairpin on), its peer born inside the pod namespace as eth0."""
+    """A veth pair: `host_name` on the bridge (up, hairpin on), its peer born inside the pod namespace as eth0.
+    Returns the host end's index."""
     try:
-        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu,
+        # on the bridge and up from its creation: one request instead of three
+        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu, master=bridge_index, state="up",
                  peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd, "mtu": mtu})
     except NetlinkError as exc:
         if exc.code == errno.EEXIST:
@@ -168,10 +198,8 @@ def create_veth(ipr: IPRoute, host_name: str, netns_fd: int, mtu: int, bridge_in
     index = lookup(ipr, host_name)
     if index is None:
         raise NetworkError(f"veth {host_name} vanished right after its creation")
-    ipr.link("set", index=index, master=bridge_index)
     # hairpin: a pod reaching its own hostPort gets the DNATed packet back through the port it came from
     ipr.brport("set", index=index, mode=1)
-    ipr.link("set", index=index, state="up")
     return index
 
 
@@ -205,9 +233,7 @@ def in_netns(netns_path: str) -> Iterator[None]:
 def configure_pod(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Sequence[IPInterface]) -> str:
     """Inside the pod's namespace: lo up; eth0 with its addresses, up; default routes via the gateways.
     Returns eth0's MAC."""
-    lo = lookup(ipr, "lo")
-    if lo is not None:
-        ipr.link("set", index=lo, state="up")
+    ipr.link("set", index=LOOPBACK_IFINDEX, state="up")
     eth0 = lookup(ipr, POD_IFNAME)
     if eth0 is None:
         raise NetworkError(f"{POD_IFNAME} did not arrive in the pod's namespace")
@@ -241,31 +267,3 @@ def pod_problems(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Seque
         if str(gw.ip) not in gws:
             problems.append(f"no default IPv{gw.version} route via {gw.ip}")
     return problems
-
-
-def flush_udp_conntrack(pod_ips: Sequence[str], host_ports: Sequence[int]) -> int:
-    """Forget UDP connections of a pod's addresses and to its UDP hostPorts; returns how many.
-
-    UDP has no end: a client that keeps sending to a hostPort stays in a conntrack entry DNATed to whichever pod
-    had the port first, also after that pod is gone and another one took the port. TCP entries end by themselves.
-    """
-    doomed: list[Any] = []
-    with Conntrack() as ct:
-        for ip in pod_ips:
-            family = _AF[ipaddress.ip_address(ip).version]
-            doomed += ct.dump_entries(tuple_reply=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, saddr=ip))
-            doomed += ct.dump_entries(tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, saddr=ip))
-        for port in host_ports:
-            for family in (socket.AF_INET, socket.AF_INET6):
-                doomed += ct.dump_entries(
-                    tuple_orig=NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP, dport=port))
-        deleted = 0
-        for entry in doomed:
-            try:
-                ct.delete(entry)
-                deleted += 1
-            except NetlinkError as exc:
-                if exc.code != errno.ENOENT:  # gone already (found twice, or expired)
-                    raise
-    return deleted
-

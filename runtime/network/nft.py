@@ -1,4 +1,5 @@
-"""The built-in bridge's nftables rules, driven through the `nft` tool (run by the network helper, never by crispd).
+"""The built-in bridge's nftables rules, driven through libnftables, the `nft` tool's library (runtime/network/
+libnft.py; by the network helper, never by crispd).
 
 One `inet` table per bridge network (named like the bridge) holds:
 - `prerouting` / `output` (nat): traffic to a local address jumps to `hostports`; the output path covers
@@ -14,24 +15,28 @@ One `inet` table per bridge network (named like the bridge) holds:
   kube-proxy drops the same by source address, which a pod with CAP_NET_RAW can fake, so here by interface.
   In CNI mode the table holds only this chain.
 The base chains are flushed and rewritten in the same atomic batch as a pod's rules, so a changed pod CIDR takes
-effect with the next pod and concurrent helpers never see a half-written table.
+effect with the next pod and concurrent helpers never see a half-written table. A pod without hostPorts skips that
+batch when the base rules are those of its config, untouched: the last one carries the digest of the batch that
+wrote it (`base_rules_intact`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-import subprocess
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from runtime import errors
+from runtime.network import libnft
 from runtime.network.ipam import IPInterface, IPNetwork
 from runtime.network.types import NetworkError, PortMapping
 
 HOSTPORTS = "hostports"
-NFT_TIMEOUT_SECONDS = 30.0
+BASE_MARK = "crisp base rules "  # not a pod's tag (`crisp:<sandbox id>`)
 # a DNAT to an IPv4 pod address only for IPv4 packets: an inet chain sees both families
 _NFPROTO = {4: "ipv4", 6: "ipv6"}
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
@@ -81,7 +86,42 @@ def base_commands(table: str, bridge: str, subnets: Sequence[IPNetwork], masquer
         if masquerade:
             cmds.append(f"add rule {t} postrouting {fam} saddr {subnet} "
                         f"{fam} daddr != {{ {subnet}, {_MULTICAST[subnet.version]} }} masquerade")
+    # the last rule names what the batch wrote, so that a helper can tell the rules of this config (base_state)
+    cmds[-1] += f" comment {_quote(BASE_MARK + base_digest(cmds))}"
     return cmds
+
+
+def base_digest(commands: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(commands).encode()).hexdigest()[:16]
+
+
+def marked_digest(commands: Sequence[str]) -> str:
+    """The digest base_commands' marker names."""
+    return commands[-1].rpartition(BASE_MARK)[2].rstrip('"')
+
+
+def base_rules_intact(table: str, commands: Sequence[str]) -> bool:
+    """Whether the table holds the rules that the base `commands` write, untouched since: its marker names their
+    digest, each base chain holds as many rules as they add, and none came after the marker (the batch's last
+    rule; rule handles only grow). Anything else (a flushed chain, a deleted or added rule, a recreated table,
+    another pod CIDR's rules) is not."""
+    data = _list(["table", "inet", table])
+    if data is None:
+        return False
+    marker = BASE_MARK + marked_digest(commands)
+    prefix = f"add rule inet {table} "
+    expected = Counter(c.removeprefix(prefix).split()[0] for c in commands if c.startswith(prefix))
+    found: Counter[str] = Counter()
+    marker_handle, last = -1, 0
+    for item in data.get("nftables", ()):
+        rule = item.get("rule")
+        if rule is None or rule.get("chain") == HOSTPORTS:
+            continue
+        found[str(rule.get("chain"))] += 1
+        last = max(last, int(rule["handle"]))
+        if rule.get("comment") == marker:
+            marker_handle = int(rule["handle"])
+    return marker_handle == last and found == expected
 
 
 def pod_commands(table: str, sandbox_id: str, mappings: Sequence[PortMapping],
@@ -114,44 +154,35 @@ def nft_binary_path() -> str | None:
     return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
 
 
-def nft_binary() -> str:
-    path = nft_binary_path()
-    if path is None:
-        raise errors.FailedPrecondition("the nft tool (Debian package nftables) is not installed")
-    return path
-
-
 def run(commands: Sequence[str]) -> None:
     """Apply the commands as one atomic nft batch."""
     if not commands:
         return
     script = "\n".join(commands) + "\n"
-    proc = subprocess.run([nft_binary(), "-f", "-"], input=script, capture_output=True, text=True,
-                          timeout=NFT_TIMEOUT_SECONDS, close_fds=True, check=False)
-    if proc.returncode != 0:
-        raise NetworkError(f"nft failed: {proc.stderr.strip()}\nbatch:\n{script}")
+    result = libnft.run(script)
+    if not result.ok:
+        raise NetworkError(f"nft failed: {result.error.strip()}\nbatch:\n{script}")
 
 
 def _list(args: Sequence[str]) -> dict[str, Any] | None:
     """`nft -j -a list ...`, or None when the object does not exist."""
-    proc = subprocess.run([nft_binary(), "-j", "-a", "list", *args], capture_output=True, text=True,
-                          timeout=NFT_TIMEOUT_SECONDS, close_fds=True, check=False)
-    if proc.returncode != 0:
-        if "No such file or directory" in proc.stderr:
+    result = libnft.run("list " + " ".join(args), flags=libnft.OUTPUT_JSON | libnft.OUTPUT_HANDLE)
+    if not result.ok:
+        if "No such file or directory" in result.error:
             return None
-        raise NetworkError(f"nft list {' '.join(args)} failed: {proc.stderr.strip()}")
-    data: dict[str, Any] = json.loads(proc.stdout)
+        raise NetworkError(f"nft list {' '.join(args)} failed: {result.error.strip()}")
+    data: dict[str, Any] = json.loads(result.output)
     return data
 
 
-def tagged_handles(table: str, sandbox_id: str) -> list[int]:
-    """Handles of the pod's rules in `hostports` (none when the table does not exist)."""
+def tagged_handles(table: str, sandbox_ids: Collection[str]) -> list[int]:
+    """Handles of the pods' rules in `hostports` (none when the table does not exist)."""
     data = _list(["chain", "inet", table, HOSTPORTS])
     if data is None:
         return []
-    tag = rule_tag(sandbox_id)
+    tags = {rule_tag(sandbox_id) for sandbox_id in sandbox_ids}
     return [int(item["rule"]["handle"]) for item in data.get("nftables", ())
-            if "rule" in item and item["rule"].get("comment") == tag]
+            if "rule" in item and item["rule"].get("comment") in tags]
 
 
 def delete_commands(table: str, handles: Sequence[int]) -> list[str]:

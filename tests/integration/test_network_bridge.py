@@ -458,6 +458,36 @@ def test_a_cancelled_setup_leaves_nothing(env: BridgeEnv) -> None:
     assert_clean(env)
 
 
+def test_concurrent_teardowns_go_together_and_take_only_their_pods(env: BridgeEnv) -> None:
+    with namespaces() as make:
+        spaces = [make() for _ in range(6)]
+        pods = [env.pod(ns, PortMapping(container_port=80, host_port=free_port())) for ns in spaces]
+        stays = pods.pop()
+        for pod in (*pods, stays):
+            env.setup(pod)
+        requests: list[dict[str, Any]] = []
+        call = env.backend._helper.call
+
+        async def recording(request: dict[str, Any], time_limit: float | None = None) -> dict[str, Any]:
+            requests.append(request)
+            return await call(request, time_limit)
+
+        env.backend._helper.call = recording  # type: ignore[method-assign]
+
+        async def all_down() -> None:
+            await asyncio.gather(*(env.backend.teardown(p) for p in pods))
+
+        env.run(all_down())
+        # each pod once, in fewer helper requests than pods (those that came while one was in flight went together)
+        assert sorted(p["sandboxId"] for r in requests for p in r["pods"]) == sorted(p.sandbox_id for p in pods)
+        assert all(r["op"] == "teardown" for r in requests) and len(requests) < len(pods)
+        assert env.veths() == [host_veth_name(env.bridge, stays.sandbox_id)]
+        assert env.rules() == 1 and len(env.leases()) == 1
+        assert "eth0" in spaces[-1].links() and all(ns.links() == ["lo"] for ns in spaces[:-1])
+        env.teardown(stays)
+    assert_clean(env)
+
+
 def test_teardown_is_idempotent_and_survives_a_gone_namespace(env: BridgeEnv) -> None:
     a = Netns()
     try:
@@ -519,3 +549,45 @@ def test_status_has_no_side_effects_and_says_what_is_wrong(env: BridgeEnv) -> No
     env.pod_cidr = "10.1.2.3/31"
     status = env.run(env.backend.status())
     assert not status.ready and "too small" in status.message
+
+
+def base_rules(env: BridgeEnv) -> list[str]:
+    """The base chains' rules as nft lists them, with their handles."""
+    listing = subprocess.run(["nft", "-a", "list", "table", "inet", env.bridge], capture_output=True, text=True,
+                             check=True).stdout
+    chain, rules = "", []
+    for line in listing.splitlines():
+        words = line.split()
+        if words[:1] == ["chain"]:
+            chain = words[1]
+        elif "# handle" in line and chain in ("prerouting", "output", "postrouting", "localnet"):
+            rules.append(f"{chain}: {line.strip()}")
+    return rules
+
+
+def test_base_rules_are_written_again_only_when_changed_or_for_another_config(env: BridgeEnv) -> None:
+    with namespaces() as make:
+        first = env.pod(make())
+        env.setup(first)
+        written = base_rules(env)
+        assert any(env.pod_cidr in rule and "masquerade" in rule for rule in written)
+        more = [env.pod(make()) for _ in range(4)]
+
+        async def together() -> None:  # in several helpers: none of them writes them again either
+            await asyncio.gather(*(env.backend.setup(p) for p in more))
+
+        env.run(together())
+        env.setup(env.pod(make()))
+        assert base_rules(env) == written  # as they were: not written again (same handles)
+        subprocess.run(["nft", "flush", "chain", "inet", env.bridge, "postrouting"], check=True)
+        env.setup(env.pod(make()))
+        again = base_rules(env)
+        assert again != written and [r.split(" # handle")[0] for r in again if r.startswith("postrouting")] == [
+            r.split(" # handle")[0] for r in written if r.startswith("postrouting")]
+        old_cidr = env.pod_cidr
+        env.pod_cidr = f"{old_cidr},{free_subnet6()}"  # another config: dual-stack
+        env.setup(env.pod(make()))
+        assert any(env.pod_cidr.split(",")[1] in rule for rule in base_rules(env))
+        for sid in list(env.sandboxes):
+            env.teardown(PodNetworkRequest(sandbox_id=sid, netns=""))
+    assert_clean(env)

@@ -24,8 +24,8 @@ def run_helper(stdin: str) -> subprocess.CompletedProcess[str]:
 def test_helper_answers_each_line_in_json_until_end_of_input() -> None:
     quiet = run_helper("")
     assert (quiet.returncode, quiet.stdout) == (0, "")
-    invalid = json.dumps({"op": "teardown", "network": {"bridge": "eth0", "subnets": []}, "sandboxId": "x",
-                          "veth": "crispx"})
+    invalid = json.dumps({"op": "teardown", "network": {"bridge": "eth0", "subnets": []},
+                          "pods": [{"sandboxId": "x", "veth": "crispx"}]})
     done = run_helper('{"op": "format-disk"}\n\n{not json\n' + invalid + "\n")
     assert done.returncode == 0
     answers = [json.loads(line) for line in done.stdout.splitlines()]
