@@ -37,7 +37,7 @@ def container_id(pod: Pod, name: str, init: bool = False) -> str:
 
 
 def wait_pod(kubelet: Kubelet, name: str, predicate: Callable[[Pod], bool], timeout: float,
-             what: str = "") -> Pod:
+             what: str = "", interval: float = 0.5) -> Pod:
     """Poll the kubelet's /pods until `name` satisfies the predicate; the failure shows the kubelet's last view."""
     deadline = time.monotonic() + timeout
     pod: Pod | None = None
@@ -49,7 +49,7 @@ def wait_pod(kubelet: Kubelet, name: str, predicate: Callable[[Pod], bool], time
             status = json.dumps(pod.get("status") if pod else None, indent=1)
             raise AssertionError(f"pod {name}: not {what or 'as expected'} within {timeout}s; the kubelet says:\n"
                                  f"{status}\nkubelet log tail:\n{kubelet.log()[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(interval)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:

@@ -52,18 +52,23 @@ def test_exec_probes_and_a_failing_liveness_probe_restarts_the_container(node: N
 
 
 def test_a_crash_looping_container_is_restarted_with_its_exit_code(node: Node, static_pod: StaticPod) -> None:
-    # the termination message goes to the file the kubelet mounts at /dev/termination-log (terminationMessagePath)
+    # the termination message goes to the file the kubelet mounts at /dev/termination-log (terminationMessagePath).
+    # Each attempt lives 2 s, because of what the kubelet's status says between attempts: once the newest attempt
+    # died, its status names the attempt before it as the last terminated one (the one `logs --previous` reads),
+    # and the kubelet's container deletor removes exactly that attempt as the newest one dies; CrashLoopBackOff
+    # (and the newest dead attempt as the last terminated) shows only from the sync at the back-off's end until
+    # the next PLEG relist. An attempt that died at once left both checks a window of one relist, often missed.
     name = static_pod(pod_manifest("crashing", [container(
-        "app", node.busybox, ["sh", "-c", "echo crashing; echo last words > /dev/termination-log; exit 3"])]))
-    pod = wait_pod(node.kubelet, name, lambda p: container_status(p, "app").get("restartCount", 0) >= 2, 60,
+        "app", node.busybox, ["sh", "-c", "echo crashing; echo last words > /dev/termination-log; sleep 2; exit 3"])]))
+    pod = wait_pod(node.kubelet, name, lambda p: container_status(p, "app").get("restartCount", 0) >= 2, 90,
                    "restarted twice")
     status = container_status(pod, "app")
     terminated = status["lastState"]["terminated"]
     assert terminated["exitCode"] == 3 and terminated["reason"] == "Error", status
     assert terminated["message"] == "last words\n", status
-    # the kubelet may answer for an attempt its container GC has just removed ("unable to retrieve container logs")
-    # until its status catches up with the newest dead attempt
-    wait_until(lambda: b"crashing" in node.kubelet.logs(name, "app", previous="true"), 30, "the previous attempt's log")
+    # while the third attempt runs, the previous one is the second, which the kubelet keeps
+    wait_until(lambda: b"crashing" in node.kubelet.logs(name, "app", previous="true"), 60, "the previous attempt's log")
+    # the third attempt dies, the back-off (40 s) ends: CrashLoopBackOff for a moment, polled closely
     wait_pod(node.kubelet, name,
              lambda p: container_status(p, "app")["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff",
-             30, "in CrashLoopBackOff")
+             90, "in CrashLoopBackOff", interval=0.05)
