@@ -73,15 +73,13 @@ class RpcGuard:
 
     def _wrap_unary(self, service: str, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         metrics = self._metrics.rpc("unary", service, method)
-        readiness = self._readiness
 
         async def call(request: Any, context: aio.ServicerContext) -> Any:
             start = time.monotonic()
             code = grpc.StatusCode.OK
             metrics.started()
             try:
-                if not readiness.ready:
-                    self._gate(method)
+                self._gate(method)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     result = await result
