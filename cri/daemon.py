@@ -269,7 +269,7 @@ class Daemon:
                 ctx.events.broker.close()  # event streams end, so that the server's grace period is not spent on them
             if server is not None:
                 # in-flight RPCs get the grace period; new ones are refused from now on
-                await server.stop(self.config.shutdown_grace_seconds)
+                await _stop_server(server, self.config.shutdown_grace_seconds)
             if ctx is not None:
                 await ctx.creations.settle_now()  # every answer has left: no creation waits for its retry
             # nothing is served any more: like start-up, shutdown is outside the slow-callback check
@@ -291,6 +291,20 @@ class Daemon:
                 await images.close()
             await self.store.close()
             log.info("crispd stopped")
+
+
+async def _stop_server(server: aio.Server, grace: float) -> None:
+    """`server.stop(grace)`, its first step outside the slow-callback check: in that step gRPC's core starts the
+    shutdown (listeners, connections) without yielding, which, like the server's start-up, is not crispd's code (a
+    CI run saw it take 0.32 s of a loaded host). The grace period after it, while in-flight RPCs finish, is checked."""
+    loop = asyncio.get_running_loop()
+    threshold, loop.slow_callback_duration = loop.slow_callback_duration, 3600.0
+    stopping = asyncio.ensure_future(server.stop(grace))
+    try:
+        await asyncio.sleep(0)  # the stop's first step runs before this one resumes
+    finally:
+        loop.slow_callback_duration = threshold
+    await stopping
 
 
 async def _state_snapshot(ctx: ServiceContext) -> StateSnapshot:

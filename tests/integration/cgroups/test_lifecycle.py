@@ -193,18 +193,26 @@ def test_freeze_stops_the_processes_and_thaw_resumes_them(cgroups: Sandbox) -> N
     assert busy.stdin is not None
     busy.stdin.write("go\n")
     busy.stdin.flush()
+    _wait_for_usage_above(cg.dir, 20_000)  # it spins
     cg.freeze()
     assert cg.events()["frozen"] == 1
+    # the slice that ran up to the freeze can be posted to cpu.stat just after `frozen` reads 1 (seen under the VM
+    # tier's emulation: 8 ms of it); a process that still ran would add the whole 0.3 s below
+    time.sleep(0.1)
     usage = _usage(cg.dir)
     time.sleep(0.3)
     assert _usage(cg.dir) == usage  # nothing ran while frozen
     cg.thaw()
     assert cg.events()["frozen"] == 0
     assert busy.poll() is None
+    _wait_for_usage_above(cg.dir, usage)
+
+
+def _wait_for_usage_above(cgroup_dir: Path, usage: int) -> None:
     deadline = time.monotonic() + 30
-    while _usage(cg.dir) == usage and time.monotonic() < deadline:
+    while _usage(cgroup_dir) <= usage and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _usage(cg.dir) > usage
+    assert _usage(cgroup_dir) > usage
 
 
 def _usage(cgroup_dir: Path) -> int:
