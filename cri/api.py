@@ -145,18 +145,21 @@ def _method_class(type_name: str) -> Any:
     return _MESSAGES[type_name.lstrip(".")]
 
 
-def service_handler(service: str, servicer: Any,
-                    fallback: Callable[[str, str], Callable[..., Any]]) -> grpc.GenericRpcHandler:
+def service_handler(service: str, servicer: Any, fallback: Callable[[str, str], Callable[..., Any]],
+                    wrap: Callable[[str, str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] | None = None,
+                    ) -> grpc.GenericRpcHandler:
     """A grpc handler for one of the protocol's services: each method goes to the servicer's attribute of the same
-    name, or to `fallback(service, method)` when the servicer has none."""
+    name, or to `fallback(service, method)` when the servicer has none; `wrap(service's full name, method,
+    handler)`, if given, replaces each method's handler (once, here, rather than on every call)."""
     desc = DESCRIPTOR.services_by_name[service]
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in desc.methods:
         behaviour = getattr(servicer, method.name, None) or fallback(service, method.name)
         request, response = _method_class(method.input_type.full_name), _method_class(method.output_type.full_name)
         make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(behaviour, request_deserializer=request.FromString,
-                                     response_serializer=response.SerializeToString)
+        handler = make(behaviour, request_deserializer=request.FromString,
+                       response_serializer=response.SerializeToString)
+        handlers[method.name] = handler if wrap is None else wrap(desc.full_name, method.name, handler)
     return grpc.method_handlers_generic_handler(desc.full_name, handlers)
 
 

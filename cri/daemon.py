@@ -29,7 +29,7 @@ from cri.network import build_network
 from cri.oci import NodeFacts
 from cri.pod_metrics import pod_sandbox_metrics
 from cri.recovery import recover
-from cri.server import CrispInterceptor, Readiness
+from cri.server import Readiness, RpcGuard
 from cri.service.context import ServiceContext
 from cri.service.images import ImageManager, InUse
 from cri.service.servicers import add_servicers
@@ -233,13 +233,12 @@ class Daemon:
                     metrics_server = None
                     raise StartupError(f"cannot serve metrics on {self.config.metrics.address}: {exc}") from None
             server = aio.server(
-                interceptors=[CrispInterceptor(self.readiness, self.metrics)],
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ],
             )
-            add_servicers(server, ctx)
+            add_servicers(server, ctx, RpcGuard(self.readiness, self.metrics).handler)
             _remove_stale_socket(self.socket)
             old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-accessible
             try:

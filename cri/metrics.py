@@ -1,6 +1,6 @@
 """crispd's Prometheus metrics, in a registry of its own (no global state).
 
-Counters and histograms are updated where things happen (the interceptor, PullImage, pod network setup, exits).
+Counters and histograms are updated where things happen (the RPC guard, PullImage, pod network setup, exits).
 Gauges of what exists (containers and pods by state, shims, event subscribers) are read at scrape time from a
 `StateSnapshot` that the metrics server takes on the event loop just before it renders the page in a worker
 thread: the stores are only ever read on the loop. crispd's own process metrics come from prometheus_client's
@@ -141,18 +141,10 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
 
-    def rpc_started(self, kind: str, service: str, method: str) -> None:
-        """An RPC arrived with its request (`kind`: "unary" or "server_stream", as grpc_type)."""
-        self.grpc_started.labels(kind, service, method).inc()
-        self.grpc_received.labels(kind, service, method).inc()
-
-    def rpc_sent(self, kind: str, service: str, method: str) -> None:
-        """One response message (a unary answer, or one item of a stream)."""
-        self.grpc_sent.labels(kind, service, method).inc()
-
-    def rpc_handled(self, kind: str, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.grpc_handled.labels(kind, service, method, _GO_CODE_NAMES[code]).inc()
-        self.grpc_seconds.labels(kind, service, method).observe(seconds)
+    def rpc(self, kind: str, service: str, method: str) -> RpcMetrics:
+        """The series of one RPC (`kind`: "unary" or "server_stream", as grpc_type), looked up once: the server
+        updates them on every call, and a label lookup per update costs more than the update."""
+        return RpcMetrics(self, kind, service, method)
 
     def observe_image_pull(self, seconds: float, error: BaseException | None) -> None:
         self.image_pulls.inc()
@@ -164,3 +156,32 @@ class Metrics:
 
     def set_state(self, snapshot: StateSnapshot) -> None:
         self._state.snapshot = snapshot
+
+
+class RpcMetrics:
+    """go-grpc-prometheus's series of one RPC; each label child is looked up once, on its first update (a series
+    appears when it first counts something, as before)."""
+
+    def __init__(self, metrics: Metrics, kind: str, service: str, method: str) -> None:
+        self._metrics = metrics
+        self._labels = (kind, service, method)
+        self._children: dict[Any, Any] = {}
+
+    def _child(self, key: Any, family: Any, *extra: str) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*self._labels, *extra)
+        return child
+
+    def started(self) -> None:
+        """The RPC arrived with its request."""
+        self._child("started", self._metrics.grpc_started).inc()
+        self._child("received", self._metrics.grpc_received).inc()
+
+    def sent(self) -> None:
+        """One response message (a unary answer, or one item of a stream)."""
+        self._child("sent", self._metrics.grpc_sent).inc()
+
+    def handled(self, code: grpc.StatusCode, seconds: float) -> None:
+        self._child(code, self._metrics.grpc_handled, _GO_CODE_NAMES[code]).inc()
+        self._child("seconds", self._metrics.grpc_seconds).observe(seconds)

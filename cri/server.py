@@ -1,4 +1,4 @@
-"""The gRPC server: one interceptor around every RPC for readiness, logging, timing and error mapping."""
+"""The gRPC server: one guard around every RPC for readiness, logging, timing and error mapping."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import grpc
 from grpc import aio
 
 from cri.errors import status_code_for
-from cri.metrics import Metrics
+from cri.metrics import Metrics, RpcMetrics
 from runtime import errors
 
 log = logging.getLogger(__name__)
@@ -46,22 +46,17 @@ class Readiness:
         self.reason = reason
 
 
-class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    """Readiness gate, logging, timing and the error-kind -> gRPC status mapping, in exactly one place."""
+class RpcGuard:
+    """Readiness gate, logging, timing and the error-kind -> gRPC status mapping, in exactly one place: `handler`
+    wraps each RPC's handler once, when the servicers are registered. (A grpc.aio interceptor did the same work
+    but ran on every call, and rebuilt the method handler each time.)"""
 
     def __init__(self, readiness: Readiness, metrics: Metrics) -> None:
         self._readiness = readiness
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        handler_call_details: Any,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, _, method = str(handler_call_details.method).lstrip("/").rpartition("/")
+    def handler(self, service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` (of `service`'s full name and `method`) guarded; CRI has no client-streaming RPCs."""
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(service, method, handler.unary_unary),
@@ -74,19 +69,21 @@ class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # CRI has no client-streaming RPCs
+        raise ValueError(f"{service}/{method}: only unary and server-streaming RPCs are guarded")
 
     def _wrap_unary(self, service: str, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        metrics = self._metrics.rpc("unary", service, method)
+
         async def call(request: Any, context: aio.ServicerContext) -> Any:
             start = time.monotonic()
             code = grpc.StatusCode.OK
-            self._metrics.rpc_started("unary", service, method)
+            metrics.started()
             try:
                 self._gate(method)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     result = await result
-                self._metrics.rpc_sent("unary", service, method)
+                metrics.sent()
                 return result
             except BaseException as exc:
                 code, message = self._classify(method, context, exc)
@@ -94,23 +91,25 @@ class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                     raise
                 await context.abort(code, message)
             finally:
-                self._record("unary", service, method, code, start)
+                self._record(metrics, method, code, start)
 
         return call
 
     def _wrap_stream(self, service: str, method: str, behavior: Callable[..., Any]
                      ) -> Callable[..., AsyncIterator[Any]]:
+        metrics = self._metrics.rpc("server_stream", service, method)
+
         async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.monotonic()
             code = grpc.StatusCode.OK
-            self._metrics.rpc_started("server_stream", service, method)
+            metrics.started()
             try:
                 self._gate(method)
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
                         yield item
-                        self._metrics.rpc_sent("server_stream", service, method)
+                        metrics.sent()
                 elif inspect.isawaitable(result):
                     await result
             except BaseException as exc:
@@ -119,7 +118,7 @@ class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                     raise
                 await context.abort(code, message)
             finally:
-                self._record("server_stream", service, method, code, start)
+                self._record(metrics, method, code, start)
 
         return call
 
@@ -146,8 +145,8 @@ class CrispInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         log.log(logging.DEBUG if _is_quiet(method) else logging.INFO, "%s: %s: %s", method, code.name, exc)
         return code, str(exc)
 
-    def _record(self, kind: str, service: str, method: str, code: grpc.StatusCode, start: float) -> None:
+    def _record(self, metrics: RpcMetrics, method: str, code: grpc.StatusCode, start: float) -> None:
         seconds = time.monotonic() - start
-        self._metrics.rpc_handled(kind, service, method, code, seconds)
+        metrics.handled(code, seconds)
         if code is grpc.StatusCode.OK:
             log.log(logging.DEBUG if _is_quiet(method) else logging.INFO, "%s ok in %.1f ms", method, seconds * 1e3)

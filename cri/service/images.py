@@ -40,6 +40,7 @@ from cri.store.db import Store
 from cri.store.images import ImageRow
 from runtime import errors
 from runtime.failpoints import NoPoints, Points
+from runtime.fstree import remove_tree
 from runtime.image.gc import GcResult, collect, usage
 from runtime.image.pull import PulledImage, Puller, image_info
 from runtime.image.reference import Reference, image_id_hex, parse_reference
@@ -128,6 +129,7 @@ class ImageManager:
         self._held_by_containers: set[str] = set()
         self._in_use = in_use
         self._usage: tuple[float, int, int] | None = None
+        self._deletions: set[asyncio.Future[None]] = set()  # retired snapshot dirs being deleted
         self._index = ImageIndex()  # loaded by start(); lookups read it (cri/service/image_index.py)
         # file work of the image store (prepare, GC, usage); crispd's default executor stays unused
         self._executor = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="crisp-images")
@@ -158,6 +160,7 @@ class ImageManager:
         for job in list(self._pulls.values()):
             with contextlib.suppress(BaseException):
                 await job.task
+        await asyncio.gather(*self._deletions, return_exceptions=True)
         await self._in_thread(self.puller.close)
         # idle by now; not waited for (a blocking join would stall the loop)
         self._executor.shutdown(wait=False)
@@ -321,11 +324,12 @@ class ImageManager:
 
         if await self._write(delete, lambda gone: self._index.discard(record.id) if gone else None):
             log.info("removed image %s (%s)", record.id, ", ".join(record.repo_tags + record.repo_digests))
-        await self.gc()
+        await self.gc(later=True)  # the image's files are out of the store now; its layers' files go after the answer
         return record
 
-    async def gc(self) -> GcResult:
-        """Delete blobs and snapshots that no image, no pull under way and no container references."""
+    async def gc(self, later: bool = False) -> GcResult:
+        """Delete blobs and snapshots that no image, no pull under way and no container references. With `later`,
+        the snapshots are taken out of the store (renamed into tmp/) and their files deleted after the return."""
         async with self._gc_lock:
             in_use = await self._in_use()
             rows = await self.db.run(image_rows.list_images)
@@ -337,9 +341,29 @@ class ImageManager:
             held = {_chain_id(snapshot) for snapshot in in_use.snapshots}
             self._held_by_containers = held - keep_snapshots
             keep_snapshots |= held
-            result = await self._in_thread(lambda: collect(self.files, keep_blobs, keep_snapshots))
+            result = await self._in_thread(lambda: collect(self.files, keep_blobs, keep_snapshots, later))
         self._usage = None
+        if result.retired:
+            self._delete_later(result.retired)
         return result
+
+    def _delete_later(self, dirs: Iterable[Path]) -> None:
+        """Delete retired snapshot dirs in the image workers; a crash meanwhile leaves them in tmp/, which the next
+        start empties."""
+        def delete() -> None:
+            for d in dirs:
+                remove_tree(d)
+
+        deletion = asyncio.get_running_loop().run_in_executor(self._executor, delete)
+        self._deletions.add(deletion)
+
+        def done(future: asyncio.Future[None]) -> None:
+            self._deletions.discard(future)
+            self._usage = None  # the usage measured meanwhile still counted them
+            if not future.cancelled() and (exc := future.exception()) is not None:
+                log.error("deleting the removed snapshots %s failed: %s", [str(d) for d in dirs], exc)
+
+        deletion.add_done_callback(done)
 
     async def released(self, snapshots: Iterable[str]) -> None:
         """A removed container's remains are gone: the snapshots only it kept are collected now."""

@@ -3,7 +3,7 @@
 The index of every RPC: each one lives in the module named after it, object first (RunPodSandbox in
 `sandbox_run.py`, ExecSync in `container_exec_sync.py`, ListContainerStats in `container_stats_list.py`, Version in
 `runtime_version.py`); the servicers only route to it. The Stream* RPCs page a List RPC's answer, here. Every RPC
-without an implementation raises `Unimplemented`, which the interceptor turns into UNIMPLEMENTED. What the RPC
+without an implementation raises `Unimplemented`, which the guard (cri/server.py) turns into UNIMPLEMENTED. What the RPC
 modules share lives outside them: the context (`context.py`), the controllers (cri/lifecycle), the status and
 usage messages (cri/status.py, cri/usage.py).
 """
@@ -237,8 +237,9 @@ def _pages(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start:start + _PAGE]
 
 
-def add_servicers(server: Any, ctx: ServiceContext) -> None:
+def add_servicers(server: Any, ctx: ServiceContext, wrap: Callable[[str, str, Any], Any] | None = None) -> None:
+    """Both services on `server`, each method's handler passed through `wrap` (the daemon's RpcGuard.handler)."""
     server.add_generic_rpc_handlers((
-        cri.service_handler("RuntimeService", RuntimeService(ctx), _unimplemented),
-        cri.service_handler("ImageService", ImageService(ctx), _unimplemented),
+        cri.service_handler("RuntimeService", RuntimeService(ctx), _unimplemented, wrap),
+        cri.service_handler("ImageService", ImageService(ctx), _unimplemented, wrap),
     ))

@@ -203,9 +203,16 @@ class ImageStore:
 
     def delete_snapshot(self, chain_id: str) -> None:
         """Remove a snapshot: first renamed into tmp/ (atomic: never seen half-removed), then deleted."""
+        retired = self.retire_snapshot(chain_id)
+        if retired is not None:
+            remove_tree(retired)
+
+    def retire_snapshot(self, chain_id: str) -> Path | None:
+        """Take a snapshot out of the store: renamed into tmp/ (atomic), the dir that the caller deletes (None if
+        there was no such snapshot). Whatever tmp/ still holds at the next start is thrown away (`prepare`)."""
         src = self.snapshot_dir(chain_id)
         if not src.exists():
-            return
-        dst = Path(tempfile.mkdtemp(prefix="rm-", dir=self.tmp_dir)) / "snapshot"
-        os.rename(src, dst)
-        remove_tree(dst.parent)
+            return None
+        dst = Path(tempfile.mkdtemp(prefix="rm-", dir=self.tmp_dir))
+        os.rename(src, dst / "snapshot")
+        return dst

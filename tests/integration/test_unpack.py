@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime import errors
+from runtime.image.gc import collect
 from runtime.image.store import ImageStore
 from runtime.image.unpack import UnsafeLayer, unpack_layer
 from tests.imagetools import Entry, Layer, directory, file, hardlink, layer, symlink
@@ -188,3 +189,25 @@ def test_store_commit_and_delete_snapshot(tmp_path: Path) -> None:
     store.delete_snapshot(lay.diff_id)
     assert not store.has_snapshot(lay.diff_id)
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_store_retire_snapshot_and_collect_later(tmp_path: Path) -> None:
+    """A snapshot retired (RemoveImage's GC) is out of the store at once; its files wait in tmp/ for the caller to
+    delete, and a crispd that died before that finds them thrown away by the next start's prepare()."""
+    store = ImageStore(tmp_path / "images")
+    store.prepare()
+    lays = [layer([file("f", b"x")]), layer([file("g", b"y")])]
+    for lay in lays:
+        tmp = store.new_tmp_dir("unpack-")
+        (tmp / "fs").mkdir()
+        unpack_layer(store.put_blob(lay.digest, lay.blob), tmp / "fs", lay.digest, lay.diff_id)
+        store.commit_snapshot(lay.diff_id, tmp)
+    assert store.retire_snapshot("sha256:" + "ab" * 32) is None  # no such snapshot
+    kept, gone = lays
+    result = collect(store, {kept.digest}, {kept.diff_id}, later=True)
+    assert result.blobs == (gone.digest,) and result.snapshots == (gone.diff_id,)
+    assert list(store.snapshots()) == [kept.diff_id] and list(store.blobs()) == [kept.digest]
+    (retired,) = result.retired
+    assert retired.parent == store.tmp_dir and (retired / "snapshot/fs/g").read_bytes() == b"y"
+    store.prepare()  # the next start
+    assert list(store.tmp_dir.iterdir()) == [] and store.has_snapshot(kept.diff_id)

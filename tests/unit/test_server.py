@@ -1,4 +1,4 @@
-"""The interceptor, in a real grpc.aio server on a unix socket with a real client."""
+"""The RPC guard, in a real grpc.aio server on a unix socket with a real client."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from grpc import aio
 
 from cri.metrics import Metrics
-from cri.server import CrispInterceptor, Readiness
+from cri.server import Readiness, RpcGuard
 from runtime import errors
 
 
@@ -45,13 +45,15 @@ def _identity(b: bytes) -> bytes:
 
 async def _with_server(tmp_path: Path, body: Callable[[aio.Channel, Readiness, Metrics], Awaitable[None]]) -> None:
     readiness, metrics = Readiness(), Metrics()
-    server = aio.server(interceptors=[CrispInterceptor(readiness, metrics)])
+    server = aio.server()
     unary = {
         name: grpc.unary_unary_rpc_method_handler(fn, _identity, _identity)
         for name, fn in {"Ok": _ok, "NotFound": _not_found, "Bug": _bug, "Aborts": _aborts}.items()
     }
     unary["Stream"] = grpc.unary_stream_rpc_method_handler(_stream, _identity, _identity)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Svc", unary)])
+    guard = RpcGuard(readiness, metrics)
+    guarded = {name: guard.handler("test.Svc", name, handler) for name, handler in unary.items()}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Svc", guarded)])
     sock = tmp_path / "t.sock"
     server.add_insecure_port(f"unix:{sock}")
     await server.start()
@@ -70,7 +72,7 @@ async def _code(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
-def test_interceptor(tmp_path: Path) -> None:
+def test_guard(tmp_path: Path) -> None:
     async def body(channel: aio.Channel, readiness: Readiness, metrics: Metrics) -> None:
         ok = channel.unary_unary("/test.Svc/Ok")
         code, details = await _code(ok(b"x"))

@@ -1,0 +1,98 @@
+"""Figures, not a test: critest's image_lifecycle benchmark order (PullImage, ImageStatus, RemoveImage of one
+image, again and again) through a real crispd over its socket. No container uses the image, so every RemoveImage
+takes the image's blobs and snapshots out of the store.
+
+Prints the median and p95 of each call. With `--compare DIR` a second crispd runs from the checkout DIR (its
+`.venv/bin/crispd`, e.g. /work/main) on its own root, socket and bridge, and the cycles alternate between the two, so
+both see the same load on the host. Both run as deployed (no asyncio debug mode).
+Run as root from the repository: .venv/bin/python tests/bench/image_lifecycle.py [--runs 20] [--compare DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cri import api as cri
+from tests.bench.remove_container import summary
+from tests.cri.pods import Pods
+from tests.imagetools import busybox_image
+from tests.leaks import mounts_under
+from tests.registrytools import Pusher, running_registry
+
+CALLS = ("PullImage", "ImageStatus", "RemoveImage")
+
+
+class Side:
+    """One crispd; `cycle` times one pull, status and removal of the image."""
+
+    def __init__(self, label: str, base: Path, ref: str, program: list[str] | None) -> None:
+        self.label = label
+        self.base = base
+        self.ref = ref
+        base.mkdir()
+        self.pods = Pods(base, debug=False)
+        self.pods.daemon.program = program
+        self.times: dict[str, list[float]] = {call: [] for call in CALLS}
+
+    def cycle(self) -> None:
+        images = self.pods.daemon.images
+        spec = cri.ImageSpec(image=self.ref)
+        t0 = time.perf_counter()
+        images.PullImage(cri.PullImageRequest(image=spec), timeout=60)
+        t1 = time.perf_counter()
+        assert images.ImageStatus(cri.ImageStatusRequest(image=spec)).image.id
+        t2 = time.perf_counter()
+        images.RemoveImage(cri.RemoveImageRequest(image=spec))
+        t3 = time.perf_counter()
+        for call, seconds in zip(CALLS, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            self.times[call].append(seconds)
+
+    def stop(self) -> None:
+        try:
+            self.pods.daemon.stop()
+        finally:
+            for m in reversed(mounts_under(self.base)):
+                subprocess.run(["umount", "-l", m], check=False)
+            self.pods.cleanup_host()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--compare", type=Path, help="another checkout whose .venv/bin/crispd runs side by side")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
+        base = Path(tmp)
+        with running_registry(base / "registry") as reg:
+            Pusher(reg.url).image("bench/busybox", busybox_image(), "latest")
+            ref = f"{reg.host}/bench/busybox:latest"
+            sides = [Side("this checkout", base / "a", ref, None)]
+            if args.compare:
+                sides.append(Side(str(args.compare), base / "b", ref, [str(args.compare / ".venv/bin/crispd")]))
+            try:
+                for side in sides:
+                    side.pods.daemon.start()
+                    side.cycle()  # warm-up, not counted
+                    for times in side.times.values():
+                        times.clear()
+                for i in range(args.runs):
+                    for side in sides if i % 2 == 0 else sides[::-1]:
+                        side.cycle()
+            finally:
+                for side in sides:
+                    side.stop()
+            for side in sides:
+                print(side.label)
+                for call in CALLS:
+                    print("  " + summary(call, side.times[call]))
+
+
+if __name__ == "__main__":
+    main()
