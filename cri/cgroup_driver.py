@@ -28,13 +28,16 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cri.config import CgroupConfig
 from runtime import errors
 from runtime.cgroups import CgroupV2Manager
 from runtime.cgroups import paths as cgroup_paths
-from runtime.systemd import Systemd, resource_properties, scope_properties, slice_properties
+from runtime.systemd import resource_properties, scope_properties, slice_properties
+
+if TYPE_CHECKING:
+    from runtime.systemd.manager import Systemd
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,11 @@ class CgroupDriver:
         self.manager = manager
         self.systemd: Systemd | None = None
         if config.driver == "systemd":
-            self.systemd = systemd if systemd is not None else Systemd(bus=config.systemd_bus)
+            if systemd is None:
+                from runtime.systemd.manager import Systemd  # the D-Bus client: only this driver loads it
+
+                systemd = Systemd(bus=config.systemd_bus)
+            self.systemd = systemd
         self.layout = cgroup_paths.Layout(systemd=self.systemd is not None, base=config.base)
         self._base = cgroup_paths.normalize(config.base)
 

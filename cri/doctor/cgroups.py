@@ -18,8 +18,6 @@ from runtime.cgroups import CgroupV2Manager
 from runtime.cgroups import paths as cgroup_paths
 from runtime.cgroups.paths import SYS_FS_CGROUP
 from runtime.cgroups.resources import MISSING_WARN
-from runtime.systemd import BusError, Systemd
-from runtime.systemd.bus import find_endpoint
 
 if TYPE_CHECKING:
     from cri.config import Config
@@ -119,6 +117,8 @@ def _pid1() -> str:
 
 async def _ask_systemd(bus: str) -> str | None:
     """crisp.slice's state, asked of systemd over D-Bus (read-only: GetUnit and a property)."""
+    from runtime.systemd.manager import Systemd
+
     systemd = Systemd(bus=bus, timeout=SYSTEMD_TIMEOUT)
     try:
         return await systemd.unit_state(cgroup_paths.SYSTEMD_SLICE)
@@ -140,6 +140,9 @@ def check_cgroup_driver(config: Config) -> Check:
         return fail("cgroup driver", f"systemd, but PID 1 is {_pid1()}, not systemd ({SYSTEMD_BOOTED} is missing): "
                     "crisp cannot make its pods' slices and scopes", fix)
     bus = config.cgroup.systemd_bus
+    # the D-Bus client is loaded here, not with the module: crispd's RuntimeStatus imports this module
+    from runtime.systemd.bus import BusError, find_endpoint
+
     try:
         endpoint = find_endpoint(bus)
         state = asyncio.run(_ask_systemd(bus))

@@ -46,6 +46,7 @@ from runtime.image.pull import PulledImage, Puller, image_info
 from runtime.image.reference import Reference, image_id_hex, parse_reference
 from runtime.image.registry import Credentials, RegistryClient
 from runtime.image.store import ImageStore
+from runtime.linux.syscalls import malloc
 from runtime.workers import prestart_pool
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,9 @@ class ImageManager:
             del self._pulls[key]
         if not task.cancelled():
             task.exception()  # retrieved even when every caller has gone
+        # a pull's buffers (downloads, decompression, hashing) were freed in the pull threads' malloc arena: give
+        # them back now, or crispd keeps them resident until some later allocation reuses them
+        malloc.trim()
 
     async def _pull(self, ref: Reference, creds: list[Credentials]) -> ImageRecord:
         held: list[str] = []

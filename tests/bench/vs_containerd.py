@@ -19,7 +19,8 @@ side, each with its own crictl config.
   at once (stopp+rmp, one client per pod), and the daemon's CPU seconds over both; one side after the other.
 - memory with --pods pods running (shared PID namespace, so crisp starts a pod init; containerd's counterpart is the
   pod's pause process): PSS of each shim and pod init, RSS of the daemon (the process listening on the endpoint's
-  socket).
+  socket), and the summed PSS of the daemon's own child processes other than shims (crisp: the shim zygote and
+  the network helper).
 
 Prints figures; asserts nothing. Everything it makes is removed at the end, also on failure or Ctrl-C.
 """
@@ -225,8 +226,12 @@ def memory(side: Side, count: int) -> dict[str, str]:
         shims = processes("containerd-shim", {side.socket})  # comm: the name's first 15 bytes
         # containerd's counterpart of a pod init: the pod's pause process, a child of its shim
         inits = [pid for shim in shims for pid in children_of(shim) & set(processes("pause", {"/pause"}))]
-    daemon = smaps_rollup(listener_pid(side.socket))["rss"] / 1024
-    figures = {"shim PSS": pss_mb(shims), "pod init PSS": pss_mb(inits), "daemon RSS": f"{daemon:.1f}"}
+    daemon_pid = listener_pid(side.socket)
+    daemon = smaps_rollup(daemon_pid)["rss"] / 1024
+    # what the daemon keeps running besides (crisp: the shim zygote and the network helper), counted apart
+    helpers = [smaps_rollup(pid)["pss"] / 1024 for pid in sorted(children_of(daemon_pid) - set(shims))]
+    figures = {"shim PSS": pss_mb(shims), "pod init PSS": pss_mb(inits), "daemon RSS": f"{daemon:.1f}",
+               "daemon's children PSS": f"{sum(helpers):.1f} ({len(helpers)})"}
     side.cleanup()
     return figures
 
@@ -334,7 +339,7 @@ def run(args: argparse.Namespace, base: Path) -> None:
                       {side.label: throughput(side, args.many) for side in sides})
                 print(f"({load()})")
             table(f"memory with {args.pods} pods running, MB (median, count)",
-                  ["shim PSS", "pod init PSS", "daemon RSS"], [side.label for side in sides],
+                  ["shim PSS", "pod init PSS", "daemon RSS", "daemon's children PSS"], [side.label for side in sides],
                   {side.label: memory(side, args.pods) for side in sides})
             print(f"({load()})")
         finally:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from runtime import errors
-from runtime.systemd import Systemd, resource_properties, scope_properties
+from runtime.systemd import resource_properties, scope_properties
 from runtime.systemd.bus import find_endpoint
+from runtime.systemd.manager import Systemd
 
 
 def read(path: str) -> str:
