@@ -207,7 +207,7 @@ class PodSandboxController:
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
-                init_ref = await start_pod_init(pid_pin, plan.id, self.forker, userns=namespaces.get("user", ""))
+                init_ref = await self._start_pod_init(plan, pid_pin, namespaces.get("user", ""))
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
                 await self.debug.point("run_pod_sandbox.pod_init")
                 await self.cgroups.place_pod_init(plan.cgroup, plan.id, init_ref.pid)
@@ -253,6 +253,17 @@ class PodSandboxController:
         self.events.sandbox(sandbox, cri.CONTAINER_CREATED_EVENT)
         self.events.sandbox(sandbox, cri.CONTAINER_STARTED_EVENT)
         return sandbox
+
+    async def _start_pod_init(self, plan: PodPlan, pid_pin: Path, userns: str) -> ProcessRef:
+        """The pod's PID 1, born in its leaf of the pod cgroup where the driver makes that beforehand (cgroupfs):
+        the leaf goes again if PID 1 does not start."""
+        birthplace = await self.cgroups.pod_init_birthplace(plan.cgroup, plan.id)
+        try:
+            return await start_pod_init(pid_pin, plan.id, self.forker, userns=userns, cgroup=birthplace)
+        except BaseException:
+            if birthplace:
+                await self.cgroups.remove_leaf(self.cgroups.layout.leaf(plan.cgroup, plan.id))
+            raise
 
     async def _setup_network(self, request: PodNetworkRequest) -> NetworkResult:
         """Attach the pod's network namespace to the pod network."""
