@@ -125,13 +125,25 @@ class CgroupDriver:
 
         await asyncio.to_thread(remove)
 
+    async def pod_init_birthplace(self, pod_cgroup: str, sandbox_id: str) -> str:
+        """With cgroupfs, the pod init's own leaf, made now: the directory PID 1 is to be born in (no migration
+        afterwards, whose write to cgroup.procs waits for an RCU grace period); its undo is `remove_leaf`. '' with
+        systemd (the scope is started with the pid)."""
+        if self.uses_systemd:
+            return ""
+        leaf = await asyncio.to_thread(self.manager().create, self.layout.leaf(pod_cgroup, sandbox_id), exist_ok=True)
+        return str(leaf.dir)
+
     async def place_pod_init(self, pod_cgroup: str, sandbox_id: str, pid: int) -> None:
         """The pod's init into its own leaf (with systemd a scope: the process that made its PID namespace has
-        exited by now, PID 1 is the pod init's only process)."""
+        exited by now, PID 1 is the pod init's only process); nothing to do for one born there."""
         path = self.layout.leaf(pod_cgroup, sandbox_id)
         if not self.uses_systemd:
-            leaf = await asyncio.to_thread(self.manager().create, path, exist_ok=True)
-            await asyncio.to_thread(leaf.add_process, pid)
+            def place() -> None:
+                leaf = self.manager().create(path, exist_ok=True)
+                if pid not in leaf.procs():
+                    leaf.add_process(pid)
+            await asyncio.to_thread(place)
             return
         await self._start_scope(path, [pid], f"crisp pod init {sandbox_id}", {})
 

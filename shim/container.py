@@ -25,6 +25,7 @@ from runtime import errors
 from runtime.bundle import load_config
 from shim import protocol
 from shim.console import close_console, receive_console
+from shim.executor import STEP_TIMEOUT
 from shim.io import pty
 from shim.io.cri_log import STDERR, STDOUT
 from shim.io.output import Output, output_pipe
@@ -35,6 +36,7 @@ from shim.oom import OomCounter
 from shim.protocol import ExitStatus, ShimError
 from shim.rootfs import mount_rootfs, unmount_rootfs
 from shim.spawn import CommandResult
+from shim.start import start_in_loop
 
 if TYPE_CHECKING:
     from shim.server import Reply, Shim
@@ -263,21 +265,30 @@ class Container:
             self.shim.point("shim.started")
             reply(protocol.reply_ok(pid=self.pid, started_at=self.started_at))
 
-        def started(result: CommandResult, offset: int) -> None:
+        def started(error: ShimError | None) -> None:
             if self.state == "starting":
-                if result.ok:
+                if error is None:
                     self.state = "running"
                 else:
                     self.state = "created"
                     self.started_at = 0
-            if result.ok and self.shim.executor.resident is not None:
+            if error is None and self.shim.executor.resident is not None:
                 self._after_exec(answer)
-            elif result.ok or self.status is not None:
+            elif error is None or self.status is not None:
                 answer()  # an init that exited before `start` returned was started all the same
             else:
-                reply(self.shim.executor.error(result, offset).reply())
+                reply(error.reply())
 
-        self.shim.executor.run(["start", self.id], started)
+        if self.shim.executor.resident is not None:
+            try:  # without a command (shim/start.py), unless the loop must not do it
+                if start_in_loop(self.shim.loop, self.config.executor_root, self.id, STEP_TIMEOUT, started):
+                    return
+            except ShimError:
+                self.state = "created"
+                self.started_at = 0
+                raise
+        self.shim.executor.run(["start", self.id], lambda result, offset: started(
+            None if result.ok else self.shim.executor.error(result, offset)))
 
     def _after_exec(self, then: Callable[[], None]) -> None:
         """Call `then` once the init has made its final exec (or ended): `start` only let it go, and a caller told

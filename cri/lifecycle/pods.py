@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from runtime.namespaces.pidns import find_pod_init, remove_pid_pin, start_pod_in
 from runtime.namespaces.pin import KINDS, Forker, NamespaceSetup, pin_namespaces, publish_netns, unpin_namespaces
 from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 from runtime.network.manager import NetworkManager
-from runtime.network.types import PodNetworkRequest
+from runtime.network.types import NetworkResult, PodNetworkRequest
 from runtime.procs import ProcessRef
 from runtime.rollback import Rollback
 
@@ -95,6 +95,28 @@ class PodRemains:
     pod_init: ProcessRef | None  # None: found from its pinned PID namespace, if it has one
     pins: tuple[Path, ...]
     pid_pin: Path | None
+
+
+class _NetworkSetup:
+    """A pod's network setup, running while RunPodSandbox makes the pod's other parts. Until `result` has handed
+    it over (RunPodSandbox then pushes the network's undo in its place among the steps), `undo` waits for the
+    setup and detaches the pod if the setup succeeded (a failed one undid itself)."""
+
+    def __init__(self, setup: Coroutine[Any, Any, NetworkResult]) -> None:
+        self._task = asyncio.ensure_future(setup)
+        self._handed_over = False
+
+    async def result(self) -> NetworkResult:
+        result = await self._task
+        self._handed_over = True
+        return result
+
+    async def undo(self, teardown: Callable[[PodNetworkRequest], Awaitable[None]], request: PodNetworkRequest
+                   ) -> None:
+        await asyncio.wait({self._task})
+        if self._handed_over or self._task.cancelled() or self._task.exception() is not None:
+            return
+        await teardown(request)
 
 
 class PodSandboxController:
@@ -174,10 +196,18 @@ class PodSandboxController:
                 await self.debug.point("run_pod_sandbox.netns_name")
                 netns_path = str(published)
 
+            network_setup: _NetworkSetup | None = None
+            if plan.network is not None:
+                # attached while the pod init starts and the pod's files are made: it needs only the pinned netns
+                network_request = plan.network
+                attaching = network_setup = _NetworkSetup(self._setup_network(network_request))
+                undo.push("pod network, while attaching",
+                          lambda: attaching.undo(self._teardown_network, network_request))
+
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
-                init_ref = await start_pod_init(pid_pin, plan.id, self.forker, userns=namespaces.get("user", ""))
+                init_ref = await self._start_pod_init(plan, pid_pin, namespaces.get("user", ""))
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
                 await self.debug.point("run_pod_sandbox.pod_init")
                 await self.cgroups.place_pod_init(plan.cgroup, plan.id, init_ref.pid)
@@ -204,8 +234,11 @@ class PodSandboxController:
                 hostname=plan.hostname, hostname_path=str(files["hostname"]), hosts_path=str(files["hosts"]),
                 resolv_path=str(files["resolv.conf"]), shm_path=shm_path, netns_path=netns_path)
             status = SandboxStatus(state=READY, pod_init=pod_init)
-            if plan.network is not None:
-                status = await self._setup_network(plan.network, status, undo)
+            if network_setup is not None:
+                result = await network_setup.result()
+                # pushed after the namespaces' undo, so it runs before the netns pin goes (CNI DEL wants the netns)
+                undo.push("pod network", lambda: self._teardown_network(plan.network))
+                status = dataclasses.replace(status, ips=tuple(result.pod_ips), network=result.to_json())
                 await self.debug.point("run_pod_sandbox.network")
 
             sandbox = Sandbox(meta, status)
@@ -221,8 +254,18 @@ class PodSandboxController:
         self.events.sandbox(sandbox, cri.CONTAINER_STARTED_EVENT)
         return sandbox
 
-    async def _setup_network(self, request: PodNetworkRequest, status: SandboxStatus, undo: Rollback
-                             ) -> SandboxStatus:
+    async def _start_pod_init(self, plan: PodPlan, pid_pin: Path, userns: str) -> ProcessRef:
+        """The pod's PID 1, born in its leaf of the pod cgroup where the driver makes that beforehand (cgroupfs):
+        the leaf goes again if PID 1 does not start."""
+        birthplace = await self.cgroups.pod_init_birthplace(plan.cgroup, plan.id)
+        try:
+            return await start_pod_init(pid_pin, plan.id, self.forker, userns=userns, cgroup=birthplace)
+        except BaseException:
+            if birthplace:
+                await self.cgroups.remove_leaf(self.cgroups.layout.leaf(plan.cgroup, plan.id))
+            raise
+
+    async def _setup_network(self, request: PodNetworkRequest) -> NetworkResult:
         """Attach the pod's network namespace to the pod network."""
         assert self.network is not None
         started = time.monotonic()
@@ -233,11 +276,9 @@ class PodSandboxController:
             raise
         seconds = time.monotonic() - started
         self.metrics.network_setup_duration.labels(backend=result.backend).observe(seconds)
-        # pushed after the namespaces' undo, so it runs before the netns pin goes (CNI DEL wants the netns)
-        undo.push("pod network", lambda: self._teardown_network(request))
         log.info("pod %s: network %s/%s, IPs %s (%.1f ms)", request.sandbox_id, result.backend, result.network,
                  ", ".join(result.pod_ips), seconds * 1e3)
-        return dataclasses.replace(status, ips=tuple(result.pod_ips), network=result.to_json())
+        return result
 
     # --- stop and remove ------------------------------------------------------------------------------------
 

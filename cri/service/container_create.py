@@ -212,6 +212,19 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
                                 userns.root if userns is not None else None)
         await ctx.debug.point("create_container.dirs")
 
+        # the shim is forked while the spec is made: it reads config.json only when it is asked to create; until
+        # then a shim is "new", and its shutdown (the undo, or recovery's) only ends it
+        shim_config = ShimConfig(
+            id=container_id, bundle=str(bundle), executor=[*handler.argv, *driver.executor_flags()],
+            executor_root=str(handler.root), resident=len(handler.argv) if handler.kind == "builtin" else 0,
+            log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
+            stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
+            cgroup2_mount=str(manager.mount), cgroup=cgroup,
+            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "",
+            hang_points=[p for p in ctx.config.debug.hang_points if failpoints.operation_of(p) == "shim"])
+        spawning = asyncio.ensure_future(ctx.shims.spawn(shim_config))
+        undo.push("shim", lambda: _discard_spawned(ctx, container_id, spawning))
+
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
                           workdir=str(container_dir / "work"))
         pod = PodContext(
@@ -255,14 +268,6 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         await asyncio.to_thread(_write_spec, bundle, spec)
         await ctx.debug.point("create_container.spec")
 
-        shim_config = ShimConfig(
-            id=container_id, bundle=str(bundle), executor=[*handler.argv, *driver.executor_flags()],
-            executor_root=str(handler.root), resident=len(handler.argv) if handler.kind == "builtin" else 0,
-            log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
-            stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
-            cgroup2_mount=str(manager.mount), cgroup=cgroup,
-            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "",
-            hang_points=[p for p in ctx.config.debug.hang_points if failpoints.operation_of(p) == "shim"])
         # the undo steps RemoveContainer takes, in its order (undone last to first); before the create: a shim
         # that dies half way through it (or a crispd killed meanwhile) leaves what it made for them
         undo.push("shim scope", lambda: driver.shim_gone(container_id))
@@ -270,7 +275,8 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         held = driver.container_hold(cgroup, container_id, spec["linux"].get("resources") or {}) \
             if handler.kind == "builtin" else None
         undo.push("shim and container", lambda: ctx.shims.discard(container_id))
-        _, pid = await ctx.shims.create(shim_config, placed=driver.shim_placement(container_id), held=held)
+        _, pid = await ctx.shims.create(shim_config, placed=driver.shim_placement(container_id), held=held,
+                                        spawning=spawning)
         await ctx.debug.point("create_container.shim")
 
         user = spec["process"]["user"]
@@ -341,6 +347,15 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
     spec["linux"]["resources"] = enforceable_limits(resources, missing, ctx.config.cgroup.missing_controller,
                                                     f"container {container_id}")
     return spec, missing
+
+
+async def _discard_spawned(ctx: ServiceContext, container_id: str, spawning: asyncio.Future[Any]) -> None:
+    """The shim spawned for a creation that failed, gone once its spawn has ended (a failed spawn left none; a
+    shim that created the container was discarded by the later undo step already: nothing is known of it)."""
+    await asyncio.wait({spawning})
+    if not spawning.cancelled():
+        spawning.exception()  # retrieved: the creation's own error is the one reported
+    await ctx.shims.discard(container_id)
 
 
 def _remove_dirs(bundle: Path, container_dir: Path) -> None:

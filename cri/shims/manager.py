@@ -228,11 +228,13 @@ class ShimManager:
 
     async def create(self, config: ShimConfig, call_timeout: float | None = None,
                      placed: Callable[[int], Awaitable[None]] | None = None,
-                     held: Callable[[int], Awaitable[None]] | None = None) -> tuple[ShimClient, int]:
+                     held: Callable[[int], Awaitable[None]] | None = None,
+                     spawning: Awaitable[ShimClient] | None = None) -> tuple[ShimClient, int]:
         """A shim, and the container created through it: (client, init pid). If create fails the shim has already
         undone it and exited. `placed(shim pid)` runs before the create (the systemd driver gives the shim a scope
-        of its own); `held(executor pid)` while the executor waits for its cgroup (ShimClient.create)."""
-        client = await self.spawn(config)
+        of its own); `held(executor pid)` while the executor waits for its cgroup (ShimClient.create).
+        `spawning`: the shim's `spawn(config)`, started earlier by the caller (its undo is the caller's)."""
+        client = await (spawning if spawning is not None else self.spawn(config))
         try:
             if placed is not None:
                 await placed(self._shims[config.id].pid)

@@ -8,6 +8,7 @@ import logging
 import os
 import select
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import errors
@@ -21,19 +22,68 @@ log = logging.getLogger(__name__)
 def start(root: Path, container_id: str) -> None:
     """Open the exec fifo for reading: the init, blocked opening it for writing, runs the startContainer hooks,
     writes its word (OK, or the hooks' error) and execs; then the poststart hooks run here."""
+    starting = begin_start(root, container_id)
+    assert starting is not None
+    try:
+        word = read_fifo(starting.fifo_fd, starting.state)
+    except BaseException:
+        starting.abandon()
+        raise
+    finish_start(starting, word)
+
+
+@dataclass
+class Starting:
+    """A start under way (`begin_start`): the container's lock held (`lock_fd`), its exec fifo open for reading
+    (`fifo_fd`, non-blocking), which let the init go on; `finish_start` (or `abandon`) releases both."""
+
+    cdir: ContainerDir
+    state: State
+    lock_fd: int
+    fifo_fd: int
+
+    def abandon(self) -> None:
+        """Close the fifo (it goes) and release the lock."""
+        try:
+            os.close(self.fifo_fd)
+            self.cdir.fifo.unlink()
+        finally:
+            os.close(self.lock_fd)
+
+
+def begin_start(root: Path, container_id: str, in_loop: bool = False) -> Starting | None:
+    """Lock the container, check that it is created and open its exec fifo. `in_loop` (a caller that must not
+    block: the shim): None, with nothing done, when another command holds the lock or poststart hooks are to run
+    (the caller then runs `start` as a command)."""
     cdir = ContainerDir(root, container_id)
-    with cdir.locked():
+    lock_fd = cdir.lock(wait=not in_loop)
+    if lock_fd < 0:
+        return None
+    try:
         state = cdir.read()
         status = cdir.status(state)
         if status != CREATED:
             raise errors.FailedPrecondition(f"container {container_id} is {status}: only a created "
                                             "container can be started")
+        if in_loop and hooks.parse_hooks(state.hooks).get("poststart"):
+            os.close(lock_fd)
+            return None
         fd = os.open(cdir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return Starting(cdir, state, lock_fd, fd)
+
+
+def finish_start(starting: Starting, word: bytes) -> None:
+    """The init's word read from the fifo (empty: it died, or closed the fifo, without one): the fifo goes, and
+    the start fails or its poststart hooks run; the lock is released either way."""
+    container_id, state = starting.cdir.id, starting.state
+    try:
         try:
-            word = _read_fifo(fd, state)
+            os.close(starting.fifo_fd)
         finally:
-            os.close(fd)
-            cdir.fifo.unlink()
+            starting.cdir.fifo.unlink()
         if word.startswith(FIFO_FAILED):
             raise hooks.HookError(f"container {container_id}: {word[1:].decode(errors='replace')}")
         if not word.startswith(FIFO_OK):
@@ -41,10 +91,12 @@ def start(root: Path, container_id: str) -> None:
         spec_hooks = hooks.parse_hooks(state.hooks)
         if spec_hooks.get("poststart"):
             _poststart(state, spec_hooks)
+    finally:
+        os.close(starting.lock_fd)
     log.info("container %s: started", container_id)
 
 
-def _read_fifo(fd: int, state: State) -> bytes:
+def read_fifo(fd: int, state: State) -> bytes:
     """The init's word; empty when it died (or closed the fifo) without one."""
     data = b""
     while True:

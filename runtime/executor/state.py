@@ -83,15 +83,28 @@ class ContainerDir:
     def locked(self) -> Iterator[int]:
         """Hold the container's lock; yields the lock's fd, which a forked child must close (or it keeps the
         lock held for as long as it lives)."""
+        fd = self.lock()
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def lock(self, wait: bool = True) -> int:
+        """Take the container's lock: the fd that holds it (closing it releases it); -1 if `wait` is False and
+        another process holds it."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise errors.NotFound(f"container {self.id} does not exist") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield fd
-        finally:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             os.close(fd)
+            return -1
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def write(self, state: State) -> None:
         tmp = self.path / (STATE_FILE + ".tmp")

@@ -136,16 +136,21 @@ def _mappings(rows: list[list[int]]) -> list[tuple[int, int, int]]:
 
 def start_pod_init(request: dict[str, Any]) -> dict[str, Any]:
     """In a forked worker: a new PID namespace (owned by the pod's user namespace `request["userns"]`, if any)
-    with `catatonit -P` as its PID 1, writing to `request["log"]`. Answers PID 1's pid as the host sees it."""
+    with `catatonit -P` as its PID 1, writing to `request["log"]`, and born in the cgroup v2 directory
+    `request["cgroup"]` if one is given and the kernel lets it (else where the worker is: crispd moves it). Answers
+    PID 1's pid as the host sees it."""
+    cgroup_fd = -1
     try:
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        if request.get("cgroup"):
+            cgroup_fd = os.open(request["cgroup"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         if request.get("userns"):
             enter_user_namespace(request["userns"])
         sc.unshare(sc.CLONE_NEWPID)
         exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
     except OSError as exc:
         return _failed("Internal", f"pod init did not start: {exc}")
-    pid = os.fork()
+    pid = _fork_pod_init(cgroup_fd)
     if pid == 0:
         try:
             os.close(exec_r)
@@ -166,6 +171,19 @@ def start_pod_init(request: dict[str, Any]) -> dict[str, Any]:
                                                  f"install {POD_INIT[0]})")
         return _failed("Internal", f"pod init did not start: exec {POD_INIT[0]}: {words}")
     return {"ok": True, "pid": pid}
+
+
+def _fork_pod_init(cgroup_fd: int) -> int:
+    """os.fork(), the child born in the cgroup of `cgroup_fd` (>= 0, closed here) when the kernel lets it: no
+    migration afterwards (sc.fork_into_cgroup)."""
+    if cgroup_fd < 0:
+        return os.fork()
+    try:
+        return sc.fork_into_cgroup(cgroup_fd)
+    except OSError:
+        return os.fork()
+    finally:
+        os.close(cgroup_fd)  # in the child too: PID 1 keeps no fd but its log
 
 
 def _exec_pod_init(log_fd: int, exec_w: int) -> None:

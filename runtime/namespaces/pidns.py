@@ -15,15 +15,16 @@ from runtime.procs import ProcessRef
 START_TIMEOUT = 30.0
 
 
-async def start_pod_init(pin: Path, pod_id: str, forker: Forker, userns: str = "") -> ProcessRef:
+async def start_pod_init(pin: Path, pod_id: str, forker: Forker, userns: str = "", cgroup: str = "") -> ProcessRef:
     """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs. A process forked from
     the zygote makes the namespace and forks PID 1 into it; crispd pins it once PID 1 runs. With the pod's own user
-    namespace (`userns`, its pin), that process joins it first, so that the PID namespace is owned by it."""
+    namespace (`userns`, its pin), that process joins it first, so that the PID namespace is owned by it. With
+    `cgroup` (a cgroup v2 directory) PID 1 is born there, if the kernel lets it."""
     log_path = _log_path(pin)
     await asyncio.to_thread(_prepare, pin)
     ref = None
     try:
-        answer = await forker.fork_work("start_pod_init", {"log": str(log_path), "userns": userns},
+        answer = await forker.fork_work("start_pod_init", {"log": str(log_path), "userns": userns, "cgroup": cgroup},
                                         START_TIMEOUT, f"pod {pod_id}: pod init")
         ref = ProcessRef.of(int(answer["pid"]))
         if ref is None:
