@@ -11,7 +11,6 @@ Run as root from the repository: .venv/bin/python tests/bench/image_lifecycle.py
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,25 +19,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cri import api as cri
-from tests.bench.remove_container import summary
-from tests.cri.pods import Pods
-from tests.imagetools import busybox_image
-from tests.leaks import mounts_under
-from tests.registrytools import Pusher, running_registry
+from tests.bench import ab
 
 CALLS = ("PullImage", "ImageStatus", "RemoveImage")
 
 
-class Side:
+class Side(ab.Side):
     """One crispd; `cycle` times one pull, status and removal of the image."""
 
     def __init__(self, label: str, base: Path, ref: str, program: list[str] | None) -> None:
-        self.label = label
-        self.base = base
-        self.ref = ref
-        base.mkdir()
-        self.pods = Pods(base, debug=False)
-        self.pods.daemon.program = program
+        super().__init__(label, base, ref, program)
         self.times: dict[str, list[float]] = {call: [] for call in CALLS}
 
     def cycle(self) -> None:
@@ -54,14 +44,6 @@ class Side:
         for call, seconds in zip(CALLS, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             self.times[call].append(seconds)
 
-    def stop(self) -> None:
-        try:
-            self.pods.daemon.stop()
-        finally:
-            for m in reversed(mounts_under(self.base)):
-                subprocess.run(["umount", "-l", m], check=False)
-            self.pods.cleanup_host()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -70,12 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
         base = Path(tmp)
-        with running_registry(base / "registry") as reg:
-            Pusher(reg.url).image("bench/busybox", busybox_image(), "latest")
-            ref = f"{reg.host}/bench/busybox:latest"
-            sides = [Side("this checkout", base / "a", ref, None)]
-            if args.compare:
-                sides.append(Side(str(args.compare), base / "b", ref, [str(args.compare / ".venv/bin/crispd")]))
+        with ab.busybox_registry(base) as ref:
+            sides = ab.sides(Side, base, ref, args.compare)
             try:
                 for side in sides:
                     side.pods.daemon.start()
@@ -91,7 +69,7 @@ def main() -> None:
             for side in sides:
                 print(side.label)
                 for call in CALLS:
-                    print("  " + summary(call, side.times[call]))
+                    print("  " + ab.summary(call, side.times[call]))
 
 
 if __name__ == "__main__":

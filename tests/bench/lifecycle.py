@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,10 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cri import api as cri
+from tests.bench import ab
 from tests.cri.pods import Pods, pod_config
-from tests.imagetools import busybox_image
-from tests.leaks import mounts_under
-from tests.registrytools import Pusher, running_registry
 
 
 def rss_mb(pid: int) -> float:
@@ -47,12 +43,6 @@ def pod_ready(pods: Pods, ref: str, name: str) -> tuple[float, float, str]:
     return t1 - t0, time.perf_counter() - t1, pod_id
 
 
-def summary(label: str, values: list[float]) -> str:
-    ms = sorted(v * 1000 for v in values)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return f"{label:<34} median {statistics.median(ms):7.1f} ms   p95 {p95:7.1f} ms   (n={len(ms)})"
-
-
 def remove_all(pods: Pods) -> None:
     rt = pods.daemon.runtime
     for item in rt.ListPodSandbox(cri.ListPodSandboxRequest()).items:
@@ -67,12 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
         base = Path(tmp)
-        with running_registry(base / "registry") as reg:
-            Pusher(reg.url).image("bench/busybox", busybox_image(), "latest")
-            ref = f"{reg.host}/bench/busybox:latest"
-            (base / "crispd").mkdir()
-            pods = Pods(base / "crispd")
-            pods.daemon.config_path.write_text(pods.config_text('[metrics]\naddress = ""\n'))
+        with ab.busybox_registry(base) as ref:
+            side = ab.Side("crispd", base / "crispd", ref, None)
+            pods = side.pods
             pods.handler = args.handler
             pods.daemon.start()
             try:
@@ -85,25 +72,22 @@ def main() -> None:
                 runs = [pod_ready(pods, ref, f"serial{i}") for i in range(args.pods)]
                 rss_n = rss_mb(pid)
                 print(f"handler {args.handler or 'builtin'}, {args.pods} pods, each one busybox `sleep`:")
-                print(summary("RunPodSandbox (serial)", [r[0] for r in runs]))
-                print(summary("Create+StartContainer (serial)", [r[1] for r in runs]))
-                print(summary("pod ready: run+create+start (serial)", [r[0] + r[1] for r in runs]))
+                print(ab.summary("RunPodSandbox (serial)", [r[0] for r in runs]))
+                print(ab.summary("Create+StartContainer (serial)", [r[1] for r in runs]))
+                print(ab.summary("pod ready: run+create+start (serial)", [r[0] + r[1] for r in runs]))
                 print(f"crispd RSS: {rss0:.1f} MB with 0 pods, {rss_n:.1f} MB with {args.pods} pods")
                 remove_all(pods)
                 with concurrent.futures.ThreadPoolExecutor(10) as pool:
                     started = time.perf_counter()
                     par = list(pool.map(lambda i: pod_ready(pods, ref, f"par{i}"), range(args.pods)))
                     wall = time.perf_counter() - started
-                print(summary("RunPodSandbox (10 parallel)", [r[0] for r in par]))
-                print(summary("Create+StartContainer (10 parallel)", [r[1] for r in par]))
-                print(summary("pod ready (10 parallel)", [r[0] + r[1] for r in par]))
+                print(ab.summary("RunPodSandbox (10 parallel)", [r[0] for r in par]))
+                print(ab.summary("Create+StartContainer (10 parallel)", [r[1] for r in par]))
+                print(ab.summary("pod ready (10 parallel)", [r[0] + r[1] for r in par]))
                 print(f"10 parallel: {args.pods} pods ready in {wall:.1f} s ({args.pods / wall:.1f} pods/s)")
                 remove_all(pods)
             finally:
-                pods.daemon.stop()
-                for m in reversed(mounts_under(base)):
-                    subprocess.run(["umount", "-l", m], check=False)
-                pods.cleanup_host()
+                side.stop()
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ Run as root from the repository: .venv/bin/python tests/bench/remove_container.p
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,29 +19,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cri import api as cri
-from tests.cri.pods import Pods, pod_config
-from tests.imagetools import busybox_image
-from tests.leaks import mounts_under
-from tests.registrytools import Pusher, running_registry
+from tests.bench import ab
+from tests.cri.pods import pod_config
 
 
-def summary(label: str, values: list[float]) -> str:
-    ms = sorted(v * 1000 for v in values)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return f"{label:<44} median {statistics.median(ms):6.1f} ms   p95 {p95:6.1f} ms   (n={len(ms)})"
-
-
-class Side:
+class Side(ab.Side):
     """One crispd with a pod; `remove_once` makes a container and times its RemoveContainer."""
 
     def __init__(self, label: str, base: Path, ref: str, program: list[str] | None) -> None:
-        self.label = label
-        self.base = base
-        self.ref = ref
-        base.mkdir()
-        self.pods = Pods(base)
-        self.pods.daemon.program = program
-        self.pods.daemon.config_path.write_text(self.pods.config_text('[metrics]\naddress = ""\n'))
+        super().__init__(label, base, ref, program)
         self.stopped: list[float] = []
         self.created: list[float] = []
         self.cycles: list[float] = []  # create+start+stop, right after the previous removal (its cleanup may run)
@@ -92,15 +76,6 @@ class Side:
         self.pod_stops.append(t1 - t0)
         self.pod_removals.append(time.perf_counter() - t1)
 
-    def stop(self) -> None:
-        try:
-            self.pods.remove_all_pods()
-        finally:
-            self.pods.daemon.stop()
-            for m in reversed(mounts_under(self.base)):
-                subprocess.run(["umount", "-l", m], check=False)
-            self.pods.cleanup_host()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -110,12 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
         base = Path(tmp)
-        with running_registry(base / "registry") as reg:
-            Pusher(reg.url).image("bench/busybox", busybox_image(), "latest")
-            ref = f"{reg.host}/bench/busybox:latest"
-            sides = [Side("this checkout", base / "a", ref, None)]
-            if args.compare:
-                sides.append(Side(str(args.compare), base / "b", ref, [str(args.compare / ".venv/bin/crispd")]))
+        with ab.busybox_registry(base) as ref:
+            sides = ab.sides(Side, base, ref, args.compare)
             try:
                 for side in sides:
                     side.start()
@@ -132,12 +103,12 @@ def main() -> None:
                     for side in (sides if i % 2 == 0 else sides[::-1]):
                         side.pod_once(i)
                 for side in sides:
-                    print(summary(f"{side.label}: RemoveContainer, stopped", side.stopped))
-                    print(summary(f"{side.label}: RemoveContainer, created", side.created))
-                    print(summary(f"{side.label}: Create+Start+Stop after a removal", side.cycles))
+                    print(ab.summary(f"{side.label}: RemoveContainer, stopped", side.stopped))
+                    print(ab.summary(f"{side.label}: RemoveContainer, created", side.created))
+                    print(ab.summary(f"{side.label}: Create+Start+Stop after a removal", side.cycles))
                     if side.pod_stops:
-                        print(summary(f"{side.label}: StopPodSandbox (1 container)", side.pod_stops))
-                        print(summary(f"{side.label}: RemovePodSandbox after it", side.pod_removals))
+                        print(ab.summary(f"{side.label}: StopPodSandbox (1 container)", side.pod_stops))
+                        print(ab.summary(f"{side.label}: RemovePodSandbox after it", side.pod_removals))
             finally:
                 for side in sides:
                     side.stop()

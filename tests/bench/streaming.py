@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,11 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cri import api as cri
 from tests import tools
+from tests.bench import ab
 from tests.cri.pods import Pods, pod_config
 from tests.cri.spdy_client import SpdyClient, finish, open_remote_command
-from tests.imagetools import busybox_image
-from tests.leaks import mounts_under, wait_until
-from tests.registrytools import Pusher, running_registry
+from tests.leaks import wait_until
 
 # crictl as scripts/build-k8s-tools builds it (make tools)
 CRICTL = tools.bin_dir() / "crictl"
@@ -38,12 +36,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def summary(label: str, values: list[float]) -> str:
-    ms = sorted(v * 1000 for v in values)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    return f"{label:<40} median {statistics.median(ms):7.1f} ms   p95 {p95:7.1f} ms   (n={len(ms)})"
 
 
 def exec_echo(pods: Pods, container_id: str) -> float:
@@ -70,12 +62,9 @@ def main() -> None:
     size = args.megabytes * 1000 * 1000
     with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
         base = Path(tmp)
-        with running_registry(base / "registry") as reg:
-            Pusher(reg.url).image("bench/busybox", busybox_image(), "latest")
-            ref = f"{reg.host}/bench/busybox:latest"
-            (base / "crispd").mkdir()
-            pods = Pods(base / "crispd")
-            pods.daemon.config_path.write_text(pods.config_text('[metrics]\naddress = ""\n'))
+        with ab.busybox_registry(base) as ref:
+            side = ab.Side("crispd", base / "crispd", ref, None)
+            pods = side.pods
             pods.daemon.start()
             rt = pods.daemon.runtime
             try:
@@ -106,8 +95,8 @@ def main() -> None:
                     started = time.perf_counter()
                     rt.ExecSync(cri.ExecSyncRequest(container_id=cid, cmd=["echo", "hi"], timeout=10))
                     syncs.append(time.perf_counter() - started)
-                print(summary("exec `echo` round trip (streaming)", rounds))
-                print(summary("ExecSync `echo` (for comparison)", syncs))
+                print(ab.summary("exec `echo` round trip (streaming)", rounds))
+                print(ab.summary("ExecSync `echo` (for comparison)", syncs))
 
                 url = rt.PortForward(cri.PortForwardRequest(pod_sandbox_id=pod_id)).url
                 client = SpdyClient(url, protocols=("portforward.k8s.io",))
@@ -138,10 +127,7 @@ def main() -> None:
                 rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
                 rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
             finally:
-                pods.daemon.stop()
-                for m in reversed(mounts_under(base)):
-                    subprocess.run(["umount", "-l", m], check=False)
-                pods.cleanup_host()
+                side.stop()
 
 
 def crictl_download(pods: Pods, pod_id: str, digest: str) -> None:
