@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import secrets
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -61,15 +63,32 @@ class Pods:
         self.daemon.config_path.write_text('[metrics]\naddress = "127.0.0.1:0"\n' + self.config_text(extra))
 
     def cleanup_host(self) -> None:
-        """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover."""
+        """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover: after a
+        failed test, what still runs (`kill_containers`) and the cgroups it was in."""
+        self.kill_containers()
         host = self.daemon.prefix
         subprocess.run([*host, "nft", "delete", "table", "inet", self.bridge], capture_output=True, check=False)
         subprocess.run([*host, "ip", "link", "delete", self.bridge], capture_output=True, check=False)
-        remove_cgroup_tree(self.cgroup_base)
+
+        def removed() -> bool:
+            remove_cgroup_tree(self.cgroup_base)
+            return not cgroups_under(self.cgroup_base)
+
+        if not removed():  # what was killed just now leaves its cgroup once the kernel has reaped it
+            wait_until(removed, 5)
 
     def kill_containers(self) -> None:
-        """A failed test's last resort: kill every process in this crispd's cgroups (its pods' containers)."""
+        """A failed test's last resort (nothing to do after a clean run): SIGKILL every process in this crispd's
+        cgroups (containers, pod inits) and every process it left that names its state dir (shims, which outlive
+        crispd by design, and their commands); never crispd itself."""
         kill_cgroup_tree(self.cgroup_base)
+        running = self.daemon.proc is not None and self.daemon.proc.poll() is None
+        crispd = self.daemon.proc.pid if running and self.daemon.proc is not None else None
+        for process in processes_mentioning(str(self.daemon.state)):
+            pid = int(process.split(":")[0])
+            if pid != crispd:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def run(self, config: cri.PodSandboxConfig, handler: str | None = None) -> str:
         handler = self.handler if handler is None else handler

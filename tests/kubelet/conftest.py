@@ -29,7 +29,7 @@ from tests.images import BUSYBOX, NGINX, serve
 from tests.kubelet.hostguard import KUBELET_SYSCTLS
 from tests.kubelet.kubelet import CGROUP_CONFIG, Kubelet
 from tests.kubelet.support import wait_until
-from tests.leaks import cgroup_v1_dirs, cgroups_under, mounts_under, processes_mentioning
+from tests.leaks import cgroup_v1_dirs, cgroups_under, mounts_under
 from tests.tools import tool
 
 
@@ -72,9 +72,6 @@ def _force_cleanup(crisp: Pods, kubelet_dirs: list[Path]) -> None:
     shims crispd left, detach the mounts under its dirs, drop its host bits; then remove crispd's and the kubelet's
     dirs (never while something is still mounted below them)."""
     crisp.kill_containers()
-    for process in processes_mentioning(str(crisp.daemon.state)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(process.split(":")[0]), signal.SIGKILL)
     for target in reversed(mounts_under(crisp.daemon.base)):
         subprocess.run(["umount", "-l", target], capture_output=True, check=False)
     crisp.cleanup_host()
