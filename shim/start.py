@@ -18,8 +18,6 @@ from runtime.executor import lifecycle
 from shim.loop import Loop, read_available
 from shim.protocol import ShimError
 
-RETRY = 0.001  # the fifo has no writer yet (the init is on its way into open): look again this much later
-
 # the error that stopped the start, or None once the init has its word
 Done = Callable[[ShimError | None], None]
 
@@ -59,8 +57,8 @@ def start_in_loop(loop: Loop, root: str, container_id: str, timeout: float, done
         if outcome is lifecycle.Word.COMPLETE:
             finish()
         elif outcome is lifecycle.Word.NO_WRITER:
-            loop.forget(fd)  # EOF until the init's open is through
-            loop.call_later(RETRY, retry)
+            loop.forget(fd)  # EOF at once while the fifo has no writer: look again a bit later
+            loop.call_later(lifecycle.NO_WRITER_RETRY, retry)
 
     def retry() -> None:
         if not over:

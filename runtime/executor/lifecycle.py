@@ -9,6 +9,7 @@ import logging
 import os
 import select
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from runtime.executor.state import CREATED, FIFO_FAILED, FIFO_OK, ContainerDir, 
 from runtime.procs import process_start_time
 
 log = logging.getLogger(__name__)
+
+# EOF with nothing read while the init lives (Word.NO_WRITER): the fifo has no writer now, and reads EOF at once
+# (once a writer came and went) until the init has it open: look again this much later, rather than spin
+NO_WRITER_RETRY = 0.001
 
 
 def start(root: Path, container_id: str) -> None:
@@ -102,7 +107,7 @@ class Word(enum.Enum):
 
     COMPLETE = "complete"  # read it: `finish_start` judges it (empty: the init died without one)
     MORE = "need more"  # wait until the fifo is readable again
-    NO_WRITER = "no writer yet"  # EOF while the init lives: it has not opened the fifo yet, look again a bit later
+    NO_WRITER = "no writer yet"  # EOF while the init lives: no writer has the fifo open, look again a bit later
 
 
 def take_word(word: bytearray, chunk: bytes | None, state: State) -> Word:
@@ -125,8 +130,11 @@ def read_fifo(fd: int, state: State) -> bytes:
     word = bytearray()
     while True:
         readable, _, _ = select.select([fd], [], [], 0.1)
-        if take_word(word, os.read(fd, 4096) if readable else None, state) is Word.COMPLETE:
+        outcome = take_word(word, os.read(fd, 4096) if readable else None, state)
+        if outcome is Word.COMPLETE:
             return bytes(word)
+        if outcome is Word.NO_WRITER:
+            time.sleep(NO_WRITER_RETRY)
 
 
 def _poststart(state: State, spec_hooks: hooks.Hooks) -> None:

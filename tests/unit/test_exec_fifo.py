@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.executor import lifecycle
 from runtime.executor.lifecycle import Word, read_fifo, take_word
 from runtime.executor.state import FIFO_FAILED, FIFO_OK, State
 from runtime.procs import process_start_time
@@ -110,3 +111,48 @@ def test_read_fifo_of_an_init_that_died_before_its_word_is_empty(tmp_path: Path,
     finally:
         os.close(fd)
 
+
+
+def test_read_fifo_pauses_while_the_fifo_has_no_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EOF with nothing read while the init lives: read_fifo waits NO_WRITER_RETRY before it looks again (the death
+    check included), instead of spinning. Here a writer came and went, so the fifo reads EOF at once; the init lives
+    on, and writes its word once the third look has been taken."""
+    fifo = tmp_path / "exec.fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    go_r, go_w = os.pipe()
+    closed_r, closed_w = os.pipe()
+    code = ("import os, sys\nfifo, go, closed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+            "os.close(os.open(fifo, os.O_WRONLY))\nos.write(closed, b'.')\nos.read(go, 1)\n"
+            "os.write(os.open(fifo, os.O_WRONLY), b'0')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(fifo), str(go_r), str(closed_w)],
+                            pass_fds=(go_r, closed_w))
+    events: list[str] = []
+    real_start_time, real_sleep = lifecycle.process_start_time, lifecycle.time.sleep
+
+    def start_time(pid: int) -> int | None:
+        events.append("look")
+        if events.count("look") == 3:
+            os.write(go_w, b".")
+        return real_start_time(pid)
+
+    def sleep(seconds: float) -> None:
+        events.append(f"sleep {seconds}")
+        real_sleep(seconds)
+
+    try:
+        os.close(go_r)
+        os.close(closed_w)
+        assert os.read(closed_r, 1) == b"."
+        state = _init_state(proc.pid)
+        monkeypatch.setattr(lifecycle, "process_start_time", start_time)
+        monkeypatch.setattr(lifecycle.time, "sleep", sleep)
+        assert read_fifo(fd, state) == FIFO_OK
+    finally:
+        monkeypatch.undo()
+        os.close(fd)
+        os.close(go_w)
+        os.close(closed_r)
+        proc.kill()
+        proc.wait()
+    assert events[:6] == ["look", f"sleep {lifecycle.NO_WRITER_RETRY}"] * 3
