@@ -134,9 +134,12 @@ class CgroupDriver:
         leaf = await asyncio.to_thread(self.manager().create, self.layout.leaf(pod_cgroup, sandbox_id), exist_ok=True)
         return str(leaf.dir)
 
-    async def place_pod_init(self, pod_cgroup: str, sandbox_id: str, pid: int) -> None:
+    async def place_pod_init(self, pod_cgroup: str, sandbox_id: str, pid: int, born_there: bool) -> None:
         """The pod's init into its own leaf (with systemd a scope: the process that made its PID namespace has
-        exited by now, PID 1 is the pod init's only process); nothing to do for one born there."""
+        exited by now, PID 1 is the pod init's only process); nothing to do for one born there (`born_there`: in
+        the leaf `pod_init_birthplace` made)."""
+        if born_there:
+            return
         path = self.layout.leaf(pod_cgroup, sandbox_id)
         if not self.uses_systemd:
             def place() -> None:

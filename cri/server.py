@@ -73,13 +73,15 @@ class RpcGuard:
 
     def _wrap_unary(self, service: str, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         metrics = self._metrics.rpc("unary", service, method)
+        readiness = self._readiness
 
         async def call(request: Any, context: aio.ServicerContext) -> Any:
             start = time.monotonic()
             code = grpc.StatusCode.OK
             metrics.started()
             try:
-                self._gate(method)
+                if not readiness.ready:  # the one check, inline: no call on the ready path
+                    raise self._unavailable(method)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     result = await result
@@ -98,13 +100,15 @@ class RpcGuard:
     def _wrap_stream(self, service: str, method: str, behavior: Callable[..., Any]
                      ) -> Callable[..., AsyncIterator[Any]]:
         metrics = self._metrics.rpc("server_stream", service, method)
+        readiness = self._readiness
 
         async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             start = time.monotonic()
             code = grpc.StatusCode.OK
             metrics.started()
             try:
-                self._gate(method)
+                if not readiness.ready:
+                    raise self._unavailable(method)
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:
@@ -122,9 +126,9 @@ class RpcGuard:
 
         return call
 
-    def _gate(self, method: str) -> None:
-        if not self._readiness.ready:
-            raise errors.Unavailable(f"{method}: {self._readiness.reason}")
+    def _unavailable(self, method: str) -> errors.Unavailable:
+        """What an RPC gets while crispd is not ready (starting, stopping)."""
+        return errors.Unavailable(f"{method}: {self._readiness.reason}")
 
     def _classify(
         self, method: str, context: aio.ServicerContext, exc: BaseException

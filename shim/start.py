@@ -1,10 +1,11 @@
 """`start` with the resident executor, done by the shim itself: no executor command in between.
 
 The executor's own code takes the container's lock, checks that it is created and opens its exec fifo
-(runtime.executor.lifecycle.begin_start), and judges the init's word (`finish_start`), exactly as `crisp-executor
-start` does. What differs is who waits for the word: the shim reads it in its loop, so a start costs no fork of the
-shim, no command's start-up and no exit. When the loop must not do it (another command holds the container's lock,
-or poststart hooks are to run, which block), the shim runs `start` as a command, as before.
+(runtime.executor.lifecycle.begin_start), says when the init's word is complete (`take_word`) and judges it
+(`finish_start`), exactly as `crisp-executor start` does. What differs is who waits for the word: the shim reads it
+in its loop, so a start costs no fork of the shim, no command's start-up and no exit. When the loop must not do it
+(another command holds the container's lock, or poststart hooks are to run, which block), the shim runs `start` as
+a command, as before.
 """
 
 from __future__ import annotations
@@ -14,12 +15,8 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.executor import lifecycle
-from runtime.executor.state import FIFO_OK
-from runtime.procs import process_start_time
 from shim.loop import Loop, read_available
 from shim.protocol import ShimError
-
-RETRY = 0.001  # the fifo has no writer yet (the init is on its way into open): look again this much later
 
 # the error that stopped the start, or None once the init has its word
 Done = Callable[[ShimError | None], None]
@@ -55,17 +52,13 @@ def start_in_loop(loop: Loop, root: str, container_id: str, timeout: float, done
     def readable() -> None:
         chunk = read_available(fd)
         if chunk is None:
-            return
-        if chunk:
-            word.extend(chunk)
-            if word.startswith(FIFO_OK):
-                finish()
-            return
-        if word or process_start_time(state.pid) != state.pid_start:
-            finish()  # the init's error (it closed the fifo after it), or no word at all: it died
-            return
-        loop.forget(fd)  # no writer yet: EOF until the init's open is through
-        loop.call_later(RETRY, retry)
+            return  # nothing after all: wait until the fifo is readable
+        outcome = lifecycle.take_word(word, chunk, state)
+        if outcome is lifecycle.Word.COMPLETE:
+            finish()
+        elif outcome is lifecycle.Word.NO_WRITER:
+            loop.forget(fd)  # EOF at once while the fifo has no writer: look again a bit later
+            loop.call_later(lifecycle.NO_WRITER_RETRY, retry)
 
     def retry() -> None:
         if not over:

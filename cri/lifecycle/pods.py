@@ -44,7 +44,7 @@ from runtime.cgroups import enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.fstree import remove_tree
 from runtime.mounts import mount_tmpfs, unmount
-from runtime.namespaces.pidns import find_pod_init, remove_pid_pin, start_pod_init, stop_pod_init
+from runtime.namespaces.pidns import PodInit, find_pod_init, remove_pid_pin, start_pod_init, stop_pod_init
 from runtime.namespaces.pin import KINDS, Forker, NamespaceSetup, pin_namespaces, publish_netns, unpin_namespaces
 from runtime.namespaces.sysctl import check_sysctls, pod_host_namespaces
 from runtime.network.manager import NetworkManager
@@ -207,10 +207,11 @@ class PodSandboxController:
             pod_init = None
             if plan.shared_pid:
                 pid_pin = pod_dir / "ns" / "pid"
-                init_ref = await self._start_pod_init(plan, pid_pin, namespaces.get("user", ""))
+                init = await self._start_pod_init(plan, pid_pin, namespaces.get("user", ""))
+                init_ref = init.ref
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
                 await self.debug.point("run_pod_sandbox.pod_init")
-                await self.cgroups.place_pod_init(plan.cgroup, plan.id, init_ref.pid)
+                await self.cgroups.place_pod_init(plan.cgroup, plan.id, init_ref.pid, init.born_in_cgroup)
                 await self.debug.point("run_pod_sandbox.pod_init_cgroup")
                 namespaces["pid"] = str(pid_pin)
                 pod_init = (init_ref.pid, init_ref.start_time)
@@ -254,7 +255,7 @@ class PodSandboxController:
         self.events.sandbox(sandbox, cri.CONTAINER_STARTED_EVENT)
         return sandbox
 
-    async def _start_pod_init(self, plan: PodPlan, pid_pin: Path, userns: str) -> ProcessRef:
+    async def _start_pod_init(self, plan: PodPlan, pid_pin: Path, userns: str) -> PodInit:
         """The pod's PID 1, born in its leaf of the pod cgroup where the driver makes that beforehand (cgroupfs):
         the leaf goes again if PID 1 does not start."""
         birthplace = await self.cgroups.pod_init_birthplace(plan.cgroup, plan.id)

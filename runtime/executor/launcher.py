@@ -151,16 +151,6 @@ def _await_child_pid(sock: socket.socket) -> int:
             return message.pid
 
 
-def _fork_stage1(cgroup_fd: int | None) -> tuple[int, bool]:
-    """(pid or 0 in the child, whether it was born in the cgroup)."""
-    if cgroup_fd is not None:
-        try:
-            return sc.fork_into_cgroup(cgroup_fd), True
-        except OSError as exc:
-            log.debug("clone3 into the cgroup refused (%s): fork, then move", exc)
-    return os.fork(), False
-
-
 @dataclass
 class Launched:
     pid: int
@@ -186,7 +176,7 @@ def start(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.so
     drops its own state there (its signal handling, its stdio). The plan's fds are closed here either way."""
     parent_sock, child_sock = protocol.socketpair()
     try:
-        stage1, placed = _fork_stage1(cgroup_fd)
+        stage1, placed = sc.fork_born_in(cgroup_fd)
     except BaseException:
         parent_sock.close()
         child_sock.close()

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import select
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,10 @@ from runtime.executor.state import CREATED, FIFO_FAILED, FIFO_OK, ContainerDir, 
 from runtime.procs import process_start_time
 
 log = logging.getLogger(__name__)
+
+# EOF with nothing read while the init lives (Word.NO_WRITER): the fifo has no writer now, and reads EOF at once
+# (once a writer came and went) until the init has it open: look again this much later, rather than spin
+NO_WRITER_RETRY = 0.001
 
 
 def start(root: Path, container_id: str) -> None:
@@ -96,22 +102,39 @@ def finish_start(starting: Starting, word: bytes) -> None:
     log.info("container %s: started", container_id)
 
 
+class Word(enum.Enum):
+    """Where the init's word stands after a look at the exec fifo (`take_word`)."""
+
+    COMPLETE = "complete"  # read it: `finish_start` judges it (empty: the init died without one)
+    MORE = "need more"  # wait until the fifo is readable again
+    NO_WRITER = "no writer yet"  # EOF while the init lives: no writer has the fifo open, look again a bit later
+
+
+def take_word(word: bytearray, chunk: bytes | None, state: State) -> Word:
+    """The one rule for when the init's word is complete, for each look at its exec fifo: `chunk` is what one read
+    gave (added to `word`), b"" at EOF, None when there was nothing to read. The word is complete once it starts
+    with OK; at EOF after some bytes (the init wrote its error and closed the fifo); or, with whatever was read,
+    when the init died. EOF with nothing read while the init lives: no writer yet."""
+    if chunk:
+        word.extend(chunk)
+        return Word.COMPLETE if word.startswith(FIFO_OK) else Word.MORE
+    if chunk is not None and word:
+        return Word.COMPLETE
+    if process_start_time(state.pid) != state.pid_start:
+        return Word.COMPLETE
+    return Word.MORE if chunk is None else Word.NO_WRITER
+
+
 def read_fifo(fd: int, state: State) -> bytes:
     """The init's word; empty when it died (or closed the fifo) without one."""
-    data = b""
+    word = bytearray()
     while True:
         readable, _, _ = select.select([fd], [], [], 0.1)
-        if readable:
-            chunk = os.read(fd, 4096)
-            if chunk:
-                data += chunk
-                if data.startswith(FIFO_OK):
-                    return data
-                continue
-            if data:
-                return data  # the init wrote its error and closed the fifo
-        if process_start_time(state.pid) != state.pid_start:
-            return data
+        outcome = take_word(word, os.read(fd, 4096) if readable else None, state)
+        if outcome is Word.COMPLETE:
+            return bytes(word)
+        if outcome is Word.NO_WRITER:
+            time.sleep(NO_WRITER_RETRY)
 
 
 def _poststart(state: State, spec_hooks: hooks.Hooks) -> None:

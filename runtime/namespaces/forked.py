@@ -138,7 +138,7 @@ def start_pod_init(request: dict[str, Any]) -> dict[str, Any]:
     """In a forked worker: a new PID namespace (owned by the pod's user namespace `request["userns"]`, if any)
     with `catatonit -P` as its PID 1, writing to `request["log"]`, and born in the cgroup v2 directory
     `request["cgroup"]` if one is given and the kernel lets it (else where the worker is: crispd moves it). Answers
-    PID 1's pid as the host sees it."""
+    PID 1's pid as the host sees it, and whether it was born in that cgroup."""
     cgroup_fd = -1
     try:
         log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -150,7 +150,7 @@ def start_pod_init(request: dict[str, Any]) -> dict[str, Any]:
         exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
     except OSError as exc:
         return _failed("Internal", f"pod init did not start: {exc}")
-    pid = _fork_pod_init(cgroup_fd)
+    pid, born_in_cgroup = _fork_pod_init(cgroup_fd)
     if pid == 0:
         try:
             os.close(exec_r)
@@ -170,20 +170,17 @@ def start_pod_init(request: dict[str, Any]) -> dict[str, Any]:
             return _failed("FailedPrecondition", f"pod init: {POD_INIT[0]} is not installed (Debian: apt-get "
                                                  f"install {POD_INIT[0]})")
         return _failed("Internal", f"pod init did not start: exec {POD_INIT[0]}: {words}")
-    return {"ok": True, "pid": pid}
+    return {"ok": True, "pid": pid, "born_in_cgroup": born_in_cgroup}
 
 
-def _fork_pod_init(cgroup_fd: int) -> int:
+def _fork_pod_init(cgroup_fd: int) -> tuple[int, bool]:
     """os.fork(), the child born in the cgroup of `cgroup_fd` (>= 0, closed here) when the kernel lets it: no
-    migration afterwards (sc.fork_into_cgroup)."""
-    if cgroup_fd < 0:
-        return os.fork()
+    migration afterwards (sc.fork_born_in). (pid, whether it was born there)."""
     try:
-        return sc.fork_into_cgroup(cgroup_fd)
-    except OSError:
-        return os.fork()
+        return sc.fork_born_in(cgroup_fd if cgroup_fd >= 0 else None)
     finally:
-        os.close(cgroup_fd)  # in the child too: PID 1 keeps no fd but its log
+        if cgroup_fd >= 0:
+            os.close(cgroup_fd)  # in the child too: PID 1 keeps no fd but its log
 
 
 def _exec_pod_init(log_fd: int, exec_w: int) -> None:

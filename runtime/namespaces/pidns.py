@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import errors
@@ -15,11 +16,21 @@ from runtime.procs import ProcessRef
 START_TIMEOUT = 30.0
 
 
-async def start_pod_init(pin: Path, pod_id: str, forker: Forker, userns: str = "", cgroup: str = "") -> ProcessRef:
+@dataclass(frozen=True)
+class PodInit:
+    """A running pod init; `born_in_cgroup`: it was born in the cgroup `start_pod_init` was given (nobody needs to
+    move it there)."""
+
+    ref: ProcessRef
+    born_in_cgroup: bool
+
+
+async def start_pod_init(pin: Path, pod_id: str, forker: Forker, userns: str = "", cgroup: str = "") -> PodInit:
     """Start the pod's PID 1 in a new PID namespace pinned at `pin`; returns it once it runs. A process forked from
     the zygote makes the namespace and forks PID 1 into it; crispd pins it once PID 1 runs. With the pod's own user
     namespace (`userns`, its pin), that process joins it first, so that the PID namespace is owned by it. With
-    `cgroup` (a cgroup v2 directory) PID 1 is born there, if the kernel lets it."""
+    `cgroup` (a cgroup v2 directory) PID 1 is born there, if the kernel lets it (`born_in_cgroup` says whether it
+    was)."""
     log_path = _log_path(pin)
     await asyncio.to_thread(_prepare, pin)
     ref = None
@@ -38,7 +49,7 @@ async def start_pod_init(pin: Path, pod_id: str, forker: Forker, userns: str = "
             ref.signal()
         await remove_pid_pin(pin)
         raise
-    return ref
+    return PodInit(ref, bool(answer.get("born_in_cgroup")))
 
 
 def _prepare(pin: Path) -> None:

@@ -27,7 +27,7 @@ async def main(pods: int, seconds: float) -> None:
         try:
             for n in range(pods):
                 pin = base / f"pod{n}" / "ns" / "pid"
-                inits.append((await start_pod_init(pin, f"pod{n}", zygote), pin))
+                inits.append(((await start_pod_init(pin, f"pod{n}", zygote)).ref, pin))
             await asyncio.sleep(seconds)
             figures = [smaps_rollup(ref.pid) for ref, _ in inits]
             for key in ("rss", "pss", "uss"):

@@ -34,7 +34,7 @@ def test_dirs_and_pins_without_a_record_are_removed_at_start(tmp_path: Path) -> 
     async def leave_a_pod() -> None:
         async with warm_zygote(tmp_path) as zygote:
             await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"net", "ipc", "uts"})), zygote)
-            inits.append(await start_pod_init(pod_dir / "ns" / "pid", pod_dir.name, zygote))
+            inits.append((await start_pod_init(pod_dir / "ns" / "pid", pod_dir.name, zygote)).ref)
 
     inits: list[ProcessRef] = []
     leaks: list[str] = []
@@ -92,7 +92,7 @@ def test_a_user_namespaced_pod_init_crispd_did_not_pin_yet_is_found_at_start(tmp
             pins = await pin_namespaces(pod_dir / "ns", NamespaceSetup(kinds=frozenset({"user", "ipc"}),
                                                                      uid_mappings=mappings, gid_mappings=mappings),
                                         zygote)
-            inits.append(await start_pod_init(pid_pin, pod_dir.name, zygote, userns=str(pins["user"])))
+            inits.append((await start_pod_init(pid_pin, pod_dir.name, zygote, userns=str(pins["user"]))).ref)
         await unmount(pid_pin)  # as before crispd pinned it
 
     inits: list[ProcessRef] = []

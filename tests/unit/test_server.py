@@ -72,11 +72,18 @@ async def _code(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
+
+
 def test_guard(tmp_path: Path) -> None:
     async def body(channel: aio.Channel, readiness: Readiness, metrics: Metrics) -> None:
         ok = channel.unary_unary("/test.Svc/Ok")
         code, details = await _code(ok(b"x"))
         assert code is grpc.StatusCode.UNAVAILABLE and "crispd is starting" in details
+        code, details = await _code(_drain(channel.unary_stream("/test.Svc/Stream")(b"")))
+        assert code is grpc.StatusCode.UNAVAILABLE and details == "Stream: crispd is starting"
 
         readiness.set_ready()
         assert await ok(b"x") == b"ok:x"
@@ -106,11 +113,15 @@ def test_guard(tmp_path: Path) -> None:
         assert sample("grpc_server_handled_total", "Bug", grpc_code="Internal") == 1
         assert sample("grpc_server_handled_total", "Aborts", grpc_code="OutOfRange") == 1
         assert sample("grpc_server_handled_total", "Stream", "server_stream", grpc_code="FailedPrecondition") == 1
+        assert sample("grpc_server_handled_total", "Stream", "server_stream", grpc_code="Unavailable") == 1
         assert sample("grpc_server_started_total", "Ok") == sample("grpc_server_msg_received_total", "Ok") == 2
         assert sample("grpc_server_msg_sent_total", "Ok") == 1  # the refused call sent nothing
         assert sample("grpc_server_msg_sent_total", "Stream", "server_stream") == 2
         assert sample("grpc_server_handling_seconds_count", "Ok") == 2
         assert metrics.registry.get_sample_value("grpc_server_handled_created", {}) is None
         assert not [s.name for m in metrics.registry.collect() for s in m.samples if s.name.endswith("_created")]
+
+        readiness.set_not_ready("crispd is stopping")
+        assert await _code(ok(b"x")) == (grpc.StatusCode.UNAVAILABLE, "Ok: crispd is stopping")
 
     asyncio.run(_with_server(tmp_path, body))

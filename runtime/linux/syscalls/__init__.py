@@ -17,12 +17,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
 import os
 import platform
 import signal
 import struct
 from collections.abc import Sequence
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- constants
 
@@ -227,6 +230,18 @@ def fork_into_cgroup(cgroup_fd: int) -> int:
     if pid < 0:
         raise OSError(err, f"clone3: {os.strerror(err)}")
     return pid
+
+
+def fork_born_in(cgroup_fd: int | None) -> tuple[int, bool]:
+    """os.fork(), the child born in the cgroup v2 directory `cgroup_fd` when one is given and the kernel lets it
+    (fork_into_cgroup), else where its parent is. Returns (the child's pid, 0 in the child; whether it was born in
+    the cgroup: if not, and it belongs there, it is still to be moved in)."""
+    if cgroup_fd is not None:
+        try:
+            return fork_into_cgroup(cgroup_fd), True
+        except OSError as exc:
+            log.debug("clone3 into the cgroup refused (%s): fork, then move", exc)
+    return os.fork(), False
 
 
 # ---------------------------------------------------------------------------------------------- namespaces
