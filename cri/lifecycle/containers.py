@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,9 +178,8 @@ class ContainerController:
                 made = await self._made_by_shim(container, plan)
                 await self.debug.point("start_container.shim_ready")
                 if made == 0:
-                    spec = await asyncio.to_thread(load_config, meta.bundle)  # no fail point: a read
                     held = self.cgroups.container_hold(meta.cgroup, container.id,
-                                                       spec.get("linux", {}).get("resources") or {}) \
+                                                       lambda: asyncio.to_thread(_spec_resources, meta.bundle)) \
                         if plan.hold else None
                     _, made = await self.shims.create(plan.config, placed=self.cgroups.shim_placement(container.id),
                                                       held=held, spawning=self._client(container.id))
@@ -202,6 +201,8 @@ class ContainerController:
             await self.shims.discard(container.id)  # a dead shim's remains; nothing known is fine
             await self.shims.spawn(plan.config)
             return 0
+        if self.shims.never_told(container.id):
+            return 0  # new: no need to ask
         state = await self.shims.client(container.id).state()
         if state.state == "new":
             return 0
@@ -442,6 +443,13 @@ class ContainerController:
             await self.remove(container)
         for cleanup in [c for c in self._cleanups.values() if c.sandbox_id == sandbox_id]:
             await self._clean_up(cleanup)
+
+
+def _spec_resources(bundle: str) -> Mapping[str, Any]:
+    """The limits in the container's spec (as CreateContainer wrote them, and UpdateContainerResources since)."""
+    linux = load_config(bundle).get("linux")
+    resources = linux.get("resources") if isinstance(linux, dict) else None
+    return resources if isinstance(resources, dict) else {}
 
 
 async def _until_set(event: asyncio.Event, task: asyncio.Task[None], seconds: float) -> None:
