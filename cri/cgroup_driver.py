@@ -169,16 +169,18 @@ class CgroupDriver:
 
     # ---------------------------------------------------------------------------------------------- containers
 
-    def container_hold(self, path: str, container_id: str, resources: Mapping[str, Any]) -> Hook | None:
+    def container_hold(self, path: str, container_id: str,
+                       resources: Callable[[], Awaitable[Mapping[str, Any]]]) -> Hook | None:
         """With systemd, for the built-in executor: what crispd does with the container's held first process (the
-        shim's first reply to a held create): start its scope with it. None with cgroupfs."""
+        shim's first reply to a held create): start its scope with it, with the limits `resources()` gives (read
+        only then: the spec's, as UpdateContainerResources may have changed them). None with cgroupfs."""
         if not self.uses_systemd:
             return None
 
         async def held(first_pid: int) -> None:
             # failing, that process is killed (it has done nothing yet: the create then fails)
             try:
-                await self._start_scope(path, [first_pid], f"crisp container {container_id}", resources)
+                await self._start_scope(path, [first_pid], f"crisp container {container_id}", await resources())
             except BaseException:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(first_pid, signal.SIGKILL)

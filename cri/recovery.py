@@ -42,13 +42,16 @@ async def _each(ids: set[str], undo: Callable[[str], Awaitable[None]]) -> None:
 
 async def recover_containers(ctx: ServiceContext) -> None:
     """Reconnect to every live shim; a container whose process is gone gets its real exit status (from the
-    shim's status file) or, if nothing is known, exit code 255 with a reason. Shims of containers without a
-    record are left to `undo_unfinished_containers`."""
+    shim's status file) or, if nothing is known, exit code 255 with a reason. A container not made yet stays
+    CREATED, with or without its shim. Shims of containers without a record are left to
+    `undo_unfinished_containers`."""
     await ctx.container_names.load()
     containers = {c.id: c for c in await ctx.containers.load()}
     found = {shim.id: shim for shim in await ctx.shims.recover()}
     for container in containers.values():
-        if container.status.state == EXITED:
+        if container.status.state == EXITED or container.unmade:
+            # an unmade container is made by StartContainer, with its shim as it finds it (a new one, one that
+            # created it before a crispd was killed, or none: it spawns one)
             continue
         recovered = found.get(container.id)
         if recovered is not None and recovered.client is not None:

@@ -200,6 +200,14 @@ def load_config(bundle: str) -> dict[str, Any]:
     return read_json(os.path.join(bundle, CONFIG_NAME), f"bundle {bundle}: {CONFIG_NAME}")
 
 
+def write_config(bundle: str, spec: Mapping[str, Any]) -> None:
+    """The bundle's config.json, replaced whole (a reader never sees half of it)."""
+    tmp = os.path.join(bundle, f".{CONFIG_NAME}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(spec))
+    os.replace(tmp, os.path.join(bundle, CONFIG_NAME))
+
+
 # ---------------------------------------------------------------------------------------------- mounts
 
 # files under /proc a container may have something mounted on (lxcfs does this), as runc allows

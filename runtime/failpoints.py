@@ -25,7 +25,11 @@ STEPS: dict[str, tuple[str, ...]] = {
         "create_container.name", "create_container.dirs", "create_container.working_dir", "create_container.cdi",
         "create_container.nri", "create_container.spec", "create_container.shim", "create_container.record",
     ),
-    "StartContainer": ("start_container.nri", "start_container.shim", "start_container.record"),
+    # the container made (what CreateContainer left: its shim ready, the executor's create, the row's pid), started
+    "StartContainer": (
+        "start_container.shim_ready", "start_container.created", "start_container.pid", "start_container.nri",
+        "start_container.shim", "start_container.record",
+    ),
     "StopContainer": (
         "stop_container.signal", "stop_container.grace", "stop_container.kill", "stop_container.killed",
         "stop_container.cgroup",
@@ -62,7 +66,8 @@ STEPS: dict[str, tuple[str, ...]] = {
 STEP_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "RunPodSandbox": ("cri.lifecycle.pods:PodSandboxController._make",),
     "CreateContainer": ("cri.service.container_create:_create_in_pod",),
-    "StartContainer": ("cri.lifecycle.containers:ContainerController.start",),
+    "StartContainer": ("cri.lifecycle.containers:ContainerController.start",
+                       "cri.lifecycle.containers:ContainerController._make"),
     "StopContainer": ("cri.lifecycle.containers:ContainerController._stop",),
     "RemoveContainer": ("cri.lifecycle.containers:ContainerController._remove",),
     "ContainerCleanup": ("cri.lifecycle.containers:ContainerController._clean_up",),

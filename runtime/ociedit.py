@@ -1,6 +1,7 @@
 """Edits of an OCI runtime spec document (config.json as a dict) that CDI injection and NRI adjustments share:
 environment variables by name, devices by path (with the device-filter rule that lets the container use one),
-mounts by destination (ordered parents first), hooks, rlimits by type."""
+mounts by destination (ordered parents first), hooks, rlimits by type; and the limits of an update, for a container
+not made yet (cri/lifecycle/limits.py)."""
 
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ def add_hook(spec: dict[str, Any], kind: str, path: str, args: Sequence[str] = (
     if timeout is not None:
         hook["timeout"] = timeout
     spec.setdefault("hooks", {}).setdefault(kind, []).append(hook)
+
+
+def update_resources(spec: dict[str, Any], resources: dict[str, Any]) -> None:
+    """New limits (an OCI `linux.resources` without devices, as `runc update --resources` takes) into the spec, as
+    an update changes a live container's: a limit given replaces the spec's, one not given stays."""
+    current = spec.setdefault("linux", {}).setdefault("resources", {})
+    for key, value in resources.items():
+        if isinstance(value, dict) and isinstance(current.get(key), dict):
+            current[key] = {**current[key], **value}
+        else:
+            current[key] = value
 
 
 def set_rlimit(spec: dict[str, Any], rlimit_type: str, hard: int, soft: int) -> None:

@@ -1,4 +1,6 @@
-"""The container controller: start, stop and remove a container, record its exit once, watch it until it exits.
+"""The container controller: make and start, stop and remove a container, record its exit once, watch it until it
+exits. CreateContainer leaves the container unmade (its spec and shim ready); StartContainer makes it first
+(`_make`: the executor's `create` through the shim), and a making that fails leaves it EXITED (StartError).
 
 Start, Stop, Remove (and UpdateContainerResources) of one container run one at a time (the container's lock);
 state changes are written to the store first and published as events right after. NRI plugins hear of each at
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,16 @@ from cri.events import EventPublisher
 from cri.lifecycle.limits import ContainerLimits
 from cri.metrics import Metrics
 from cri.nri.service import NriService
+from cri.shims.client import ShimClient
 from cri.shims.manager import ShimManager
 from cri.store.containers import CREATED, RUNNING, Container, ContainerStore
 from cri.store.names import NameIndex
 from cri.store.sandboxes import READY, SandboxStore
 from runtime import errors
+from runtime.bundle import load_config
 from runtime.fstree import remove_tree
-from shim.protocol import ExitStatus
+from runtime.rollback import Rollback
+from shim.protocol import ExitStatus, ShimConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ CLEANUP_RETRY_MAX = 60.0
 CLEANUP_CLOSE_WAIT = 10.0
 # how long StartContainer waits for the exit watch to reach the shim before it answers anyway
 WATCH_SETUP_WAIT = 1.0
+# a container whose making failed in StartContainer is EXITED with these (containerd's)
+START_ERROR_EXIT_CODE = 128
+START_ERROR_REASON = "StartError"
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,15 @@ class ContainerRemains:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ContainerRemains:
         return cls(Path(data["bundle"]), Path(data["container_dir"]), data.get("cgroup"))
+
+
+@dataclass(frozen=True)
+class ShimPlan:
+    """How a container's shim is spawned (its config, with this crispd's settings) and whether its executor waits
+    for the container's cgroup (`CgroupDriver.container_hold`: the built-in executor's)."""
+
+    config: ShimConfig
+    hold: bool
 
 
 @dataclass(eq=False)
@@ -112,7 +129,8 @@ class ContainerController:
 
     # --- start ----------------------------------------------------------------------------------------------
 
-    async def start(self, container: Container) -> None:
+    async def start(self, container: Container, plan: ShimPlan | None) -> None:
+        """Make the container if CreateContainer left it unmade (`_make`; `plan` is for that), then start it."""
         async with container.lock:
             if container.status.state != CREATED:
                 raise errors.FailedPrecondition(
@@ -121,6 +139,9 @@ class ContainerController:
             sandbox = self.sandboxes.find(container.meta.sandbox_id)
             if sandbox is None or sandbox.status.state != READY:
                 raise errors.FailedPrecondition(f"the pod of container {container.id} is not ready")
+            if container.unmade:
+                assert plan is not None, "an unmade container is started with its shim's plan"
+                await self._make(container, plan)  # no fail point: its own steps have theirs
             await self.nri.start_container(container)  # a plugin's error fails the start
             await self.debug.point("start_container.nri")
             try:
@@ -138,6 +159,60 @@ class ContainerController:
         log.info("container %s started", container.id)
         self.events.container(container, cri.CONTAINER_STARTED_EVENT)
         await self.nri.post_start_container(container)  # no fail point: NRI hears of a done start
+
+    async def _make(self, container: Container, plan: ShimPlan) -> None:
+        """What CreateContainer left to StartContainer, as containerd makes its task there: the executor creates
+        the container (namespaces, cgroup, rootfs; its init waits to be started) through the shim CreateContainer
+        spawned (or a new one: crispd may have restarted since and the shim be gone), and its row gets the init's
+        pid. A shim that has created it already (crispd was killed before the row had the pid) gives its pid.
+        A failure undoes all of it (no shim, cgroup or mount is left) and the container is EXITED with exit code
+        128, reason StartError and the error as its message, as containerd's: the kubelet makes a new one."""
+        meta = container.meta
+        try:
+            async with Rollback(f"StartContainer {container.id}") as undo:
+                # the undo steps RemoveContainer takes, in its order (undone last to first): a shim that dies half
+                # way through the create (or a crispd killed meanwhile) leaves what it made for them
+                undo.push("shim scope", lambda: self.cgroups.shim_gone(container.id))
+                undo.push("container cgroup", lambda: self.cgroups.remove_leaf(meta.cgroup))
+                undo.push("shim and container", lambda: self.shims.discard(container.id))
+                made = await self._made_by_shim(container, plan)
+                await self.debug.point("start_container.shim_ready")
+                if made == 0:
+                    held = self.cgroups.container_hold(meta.cgroup, container.id,
+                                                       lambda: asyncio.to_thread(_spec_resources, meta.bundle)) \
+                        if plan.hold else None
+                    _, made = await self.shims.create(plan.config, placed=self.cgroups.shim_placement(container.id),
+                                                      held=held, spawning=self._client(container.id))
+                await self.debug.point("start_container.created")
+                await self.containers.update(container, pid=made)
+                await self.debug.point("start_container.pid")
+                undo.commit()
+        except errors.CrispError as exc:
+            await self.record_exit(container, ExitStatus(  # no fail point: the start failed, this records how
+                exit_code=START_ERROR_EXIT_CODE, reason=START_ERROR_REASON, message=str(exc),
+                finished_at=self.clock_ns()))
+            raise
+        log.info("container %s made (init pid %d)", container.id, made)
+
+    async def _made_by_shim(self, container: Container, plan: ShimPlan) -> int:
+        """The init's pid if the container's shim has created it already, else 0 with a new shim ready for it
+        (spawned if there is none; the remains of a dead one are cleaned up first)."""
+        if not self.shims.is_alive(container.id):
+            await self.shims.discard(container.id)  # a dead shim's remains; nothing known is fine
+            await self.shims.spawn(plan.config)
+            return 0
+        if self.shims.never_told(container.id):
+            return 0  # new: no need to ask
+        state = await self.shims.client(container.id).state()
+        if state.state == "new":
+            return 0
+        if state.state == "created" and state.status is None:
+            log.info("container %s: its shim had created it already (init pid %d)", container.id, state.pid)
+            return state.pid
+        raise errors.FailedPrecondition(f"container {container.id}: its shim says it is {state.state}, not created")
+
+    async def _client(self, container_id: str) -> ShimClient:
+        return self.shims.client(container_id)
 
     # --- resources ------------------------------------------------------------------------------------------
 
@@ -368,6 +443,13 @@ class ContainerController:
             await self.remove(container)
         for cleanup in [c for c in self._cleanups.values() if c.sandbox_id == sandbox_id]:
             await self._clean_up(cleanup)
+
+
+def _spec_resources(bundle: str) -> Mapping[str, Any]:
+    """The limits in the container's spec (as CreateContainer wrote them, and UpdateContainerResources since)."""
+    linux = load_config(bundle).get("linux")
+    resources = linux.get("resources") if isinstance(linux, dict) else None
+    return resources if isinstance(resources, dict) else {}
 
 
 async def _until_set(event: asyncio.Event, task: asyncio.Task[None], seconds: float) -> None:

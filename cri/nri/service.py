@@ -9,8 +9,10 @@ Where the events happen (the order critest checks):
   CreateContainer   its spec is built (CDI devices injected), not yet written: the plugins' merged adjustment is
                     applied to it (their CDI devices too); the container is recorded only after. Creations hold the
                     sync lock, so a plugin joining meanwhile misses none.
-  StartContainer    before the start (an error fails it); PostStart after.
-  StopContainer     once per container, when its exit is recorded: by StopContainer, or when it exits by itself.
+  StartContainer    once the container is made (StartContainer makes it: its pid is known), before the start (an
+                    error fails it); PostStart after.
+  StopContainer     once per container, when its exit is recorded: by StopContainer, when it exits by itself, or
+                    when StartContainer failed to make it (StartError).
                     StopContainer and RemoveContainer wait for it, so Remove never overtakes Stop.
   RemoveContainer   after the container is gone.
   UpdateContainer   UpdateContainerResources: the plugins may amend the resources (then PostUpdate).

@@ -21,7 +21,7 @@ async def checkpoint_container(ctx: ServiceContext, request: cri.CheckpointConta
     container = ctx.containers.get(request.container_id)
     handler = ctx.handlers.resolve(container.meta.handler)
     runtime: list[str] = []
-    if handler.kind == "oci":  # its command line as the shim runs it (CreateContainer)
+    if handler.kind == "oci":  # its command line as the shim runs it (container_create.shim_plan)
         runtime = executor_argv([*handler.argv, *ctx.cgroup_driver.executor_flags()], str(handler.root),
                                 cgroup2_bind=cgroup_paths.oci_runtime_bind(ctx.cgroup_manager().mount))
     await ctx.checkpoints.checkpoint(container, handler, posixpath.normpath(location), float(request.timeout),

@@ -1,4 +1,8 @@
-"""CreateContainer: the image's snapshots as lower dirs, the OCI spec, a shim, and the container created by it.
+"""CreateContainer: the image's snapshots as lower dirs, the OCI spec, a shim ready for the container, and its row.
+
+The container is recorded CREATED but not made (pid 0, `Container.unmade`): every check that can refuse it is made
+here, while the executor's `create` (namespaces, cgroup, rootfs, the init waiting to be started) is StartContainer's
+(cri/lifecycle/containers.py `_make`), as containerd makes its task there.
 
 The container is made to its end even if the kubelet gives up waiting; its retry of the same name then gets this
 container's id (cri/lifecycle/creations.py).
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -22,6 +25,7 @@ from typing import Any
 
 from cri import api as cri
 from cri import cdi, metadata_limits
+from cri.lifecycle.containers import ShimPlan
 from cri.oci import (
     LayeredFiles,
     PodContext,
@@ -41,7 +45,7 @@ from cri.service.images import ImageRecord
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors, failpoints
-from runtime.bundle import Overlay
+from runtime.bundle import Overlay, write_config
 from runtime.cgroups import MissingLimit, enforceable_limits
 from runtime.cgroups import paths as cgroup_paths
 from runtime.fstree import remove_tree
@@ -164,10 +168,22 @@ def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.
             os.makedirs(mount.host_path, mode=0o755, exist_ok=True)
 
 
-def _write_spec(bundle: Path, spec: dict[str, Any]) -> None:
-    tmp = bundle / ".config.json.tmp"
-    tmp.write_text(json.dumps(spec))
-    os.replace(tmp, bundle / "config.json")
+def shim_plan(ctx: ServiceContext, container_id: str, bundle: Path, handler_name: str, log_path: str,
+              config: cri.ContainerConfig, cgroup: str) -> ShimPlan:
+    """How the container's shim is spawned and its container created, with this crispd's config: at
+    CreateContainer, and again at StartContainer if the shim is gone by then (crispd restarted, the host rebooted)."""
+    handler = ctx.handlers.resolve(handler_name)
+    manager = ctx.cgroup_manager()
+    builtin = handler.kind == "builtin"
+    return ShimPlan(config=ShimConfig(
+        id=container_id, bundle=str(bundle), executor=[*handler.argv, *ctx.cgroup_driver.executor_flags()],
+        executor_root=str(handler.root), resident=len(handler.argv) if builtin else 0,
+        log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
+        stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
+        cgroup2_mount=str(manager.mount), cgroup=cgroup,
+        cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "",
+        hang_points=[p for p in ctx.config.debug.hang_points if failpoints.operation_of(p) == "shim"]),
+        hold=builtin)
 
 
 async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
@@ -195,13 +211,13 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         image = await ctx.images.resolve(config.image.image)  # no fail point: a read
         volume_images = await _image_volume_images(ctx, config)  # no fail point: a read
         log_path = _log_path(sandbox, config)
-        handler = ctx.handlers.resolve(sandbox.meta.runtime_handler)
-        manager = ctx.cgroup_manager()
         driver = ctx.cgroup_driver
         bundle = _bundle_dir(ctx, container_id)
         # the container's cgroup, once: the spec gets it in the driver's OCI form, the record and the shim as a path
         cgroup = driver.layout.leaf(sandbox.meta.cgroup, container_id)
         cgroups_path = driver.layout.oci(sandbox.meta.cgroup, container_id)
+        # what its shim is spawned with (an unknown handler, or no cgroup2 mount, refuses the request here)
+        plan = shim_plan(ctx, container_id, bundle, sandbox.meta.runtime_handler, log_path, config, cgroup)
         container_dir = _container_dir(ctx, container_id)
         meta_ns = sandbox.meta.namespaces
         privileged = config.linux.security_context.privileged
@@ -212,17 +228,9 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
                                 userns.root if userns is not None else None)
         await ctx.debug.point("create_container.dirs")
 
-        # the shim is forked while the spec is made: it reads config.json only when it is asked to create; until
-        # then a shim is "new", and its shutdown (the undo, or recovery's) only ends it
-        shim_config = ShimConfig(
-            id=container_id, bundle=str(bundle), executor=[*handler.argv, *driver.executor_flags()],
-            executor_root=str(handler.root), resident=len(handler.argv) if handler.kind == "builtin" else 0,
-            log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
-            stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
-            cgroup2_mount=str(manager.mount), cgroup=cgroup,
-            cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "",
-            hang_points=[p for p in ctx.config.debug.hang_points if failpoints.operation_of(p) == "shim"])
-        spawning = asyncio.ensure_future(ctx.shims.spawn(shim_config))
+        # the shim is forked while the spec is made: it reads config.json only when StartContainer asks it to
+        # create; until then a shim is "new", and its shutdown (the undo, or a removal's) only ends it
+        spawning = asyncio.ensure_future(ctx.shims.spawn(plan.config))
         undo.push("shim", lambda: _discard_spawned(ctx, container_id, spawning))
 
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
@@ -265,18 +273,12 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
         await ctx.debug.point("create_container.nri")
         spec, dropped = await _check_controllers(ctx, container_id, spec, cgroup)  # no fail point: a read
-        await asyncio.to_thread(_write_spec, bundle, spec)
+        await asyncio.to_thread(write_config, str(bundle), spec)
         await ctx.debug.point("create_container.spec")
 
-        # the undo steps RemoveContainer takes, in its order (undone last to first); before the create: a shim
-        # that dies half way through it (or a crispd killed meanwhile) leaves what it made for them
-        undo.push("shim scope", lambda: driver.shim_gone(container_id))
-        undo.push("container cgroup", lambda: driver.remove_leaf(cgroup))
-        held = driver.container_hold(cgroup, container_id, spec["linux"].get("resources") or {}) \
-            if handler.kind == "builtin" else None
-        undo.push("shim and container", lambda: ctx.shims.discard(container_id))
-        _, pid = await ctx.shims.create(shim_config, placed=driver.shim_placement(container_id), held=held,
-                                        spawning=spawning)
+        # the container itself is made by StartContainer (cri/lifecycle/containers.py: `_make`), as containerd makes
+        # its task there: here only its shim, ready for it
+        await spawning
         await ctx.debug.point("create_container.shim")
 
         user = spec["process"]["user"]
@@ -293,7 +295,8 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         if config.linux.HasField("resources"):
             in_force = resources_in_force(config.linux.resources, (m.key for m in dropped))
             resources = in_force.SerializeToString()
-        container = Container(meta, ContainerStatus(state=CREATED, pid=pid, resources=resources.hex(),
+        # pid 0: not made yet (`Container.unmade`)
+        container = Container(meta, ContainerStatus(state=CREATED, pid=0, resources=resources.hex(),
                                                     dropped_limits=[str(m) for m in dropped]))
         await ctx.containers.add(container)
         undo.push("container row", lambda: ctx.containers.delete(container))
@@ -350,8 +353,8 @@ async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[
 
 
 async def _discard_spawned(ctx: ServiceContext, container_id: str, spawning: asyncio.Future[Any]) -> None:
-    """The shim spawned for a creation that failed, gone once its spawn has ended (a failed spawn left none; a
-    shim that created the container was discarded by the later undo step already: nothing is known of it)."""
+    """The shim spawned for a creation that failed, gone once its spawn has ended (a failed spawn left none; a new
+    shim only exits)."""
     await asyncio.wait({spawning})
     if not spawning.cancelled():
         spawning.exception()  # retrieved: the creation's own error is the one reported

@@ -1,11 +1,19 @@
-"""StartContainer: a created container's init execs its process; crisp watches it until it exits."""
+"""StartContainer: a created container is made if CreateContainer left it unmade (the executor creates it through
+its shim, cri/lifecycle/containers.py), then its init execs its process; crisp watches it until it exits."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cri import api as cri
+from cri.service.container_create import shim_plan
 from cri.service.context import ServiceContext
 
 
 async def start_container(ctx: ServiceContext, request: cri.StartContainerRequest) -> cri.StartContainerResponse:
-    await ctx.container_control.start(ctx.containers.get(request.container_id))
+    container = ctx.containers.get(request.container_id)
+    meta = container.meta
+    plan = shim_plan(ctx, meta.id, Path(meta.bundle), meta.handler, meta.log_path, meta.config, meta.cgroup) \
+        if container.unmade else None
+    await ctx.container_control.start(container, plan)
     return cri.StartContainerResponse()

@@ -98,6 +98,8 @@ class ShimManager:
         self._lock = asyncio.Lock()
         self._warned: set[str] = set()
         self._shims: dict[str, ShimInfo] = {}
+        # spawned by this crispd and not asked to create yet: "new" without asking them (`never_told`)
+        self._untold: set[str] = set()
 
     # --- the zygote -----------------------------------------------------------------------------------------
 
@@ -223,6 +225,7 @@ class ShimManager:
                         start_time=int(answer["start_time"]),
                         socket=os.path.join(config.bundle, protocol.SOCKET_NAME), config=config)
         self._shims[config.id] = info
+        self._untold.add(config.id)
         log.info("container %s: shim started (pid %d)", config.id, info.pid)
         return self.client(config.id)
 
@@ -235,6 +238,7 @@ class ShimManager:
         of its own); `held(executor pid)` while the executor waits for its cgroup (ShimClient.create).
         `spawning`: the shim's `spawn(config)`, started earlier by the caller (its undo is the caller's)."""
         client = await (spawning if spawning is not None else self.spawn(config))
+        self._untold.discard(config.id)
         try:
             if placed is not None:
                 await placed(self._shims[config.id].pid)
@@ -259,12 +263,18 @@ class ShimManager:
     def info(self, container_id: str) -> ShimInfo | None:
         return self._shims.get(container_id)
 
+    def never_told(self, container_id: str) -> bool:
+        """Whether this crispd spawned the container's shim and has not asked it to create: then it is new (if
+        it is alive). A shim found after a restart is not known to be: ask it (`ShimClient.state`)."""
+        return container_id in self._untold
+
     def known(self) -> list[ShimInfo]:
         """Every shim crispd knows of (alive or not: `shim_alive` tells, reading /proc)."""
         return list(self._shims.values())
 
     def forget(self, container_id: str) -> None:
         self._shims.pop(container_id, None)
+        self._untold.discard(container_id)
 
     async def kill_shim(self, container_id: str) -> None:
         info = self._shims.get(container_id)
@@ -357,7 +367,7 @@ class ShimManager:
         for name in (protocol.INFO_NAME, protocol.SOCKET_NAME):
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, os.path.join(info.bundle, name))
-        self._shims.pop(config.id, None)
+        self.forget(config.id)
 
     async def discard(self, container_id: str) -> None:
         """Make the container and its shim go away: a live shim deletes the container and exits; a dead one's

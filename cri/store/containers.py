@@ -91,6 +91,12 @@ class Container:
     def id(self) -> str:
         return self.meta.id
 
+    @property
+    def unmade(self) -> bool:
+        """Created but not made yet: CreateContainer records the container with pid 0 (its spec and shim are
+        ready), StartContainer has the executor create it and records its init's pid (cri/lifecycle/containers.py)."""
+        return self.status.state == CREATED and self.status.pid == 0
+
     def info_json(self, status: ContainerStatus | None = None) -> str:
         return json.dumps({"meta": self.meta.to_json(), "status": dataclasses.asdict(status or self.status)})
 

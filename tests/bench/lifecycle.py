@@ -1,8 +1,11 @@
 """Figures, not a test: pods and containers through a real crispd, as the kubelet drives them.
 
-Prints median and p95 of RunPodSandbox, CreateContainer+StartContainer and the whole pod-ready sequence (run pod,
-create, start), over N pods serially and then with 10 in parallel, and crispd's RSS with 0 and N pods running.
+Prints median and p95 of RunPodSandbox, CreateContainer, StartContainer, Create+Start and the whole pod-ready
+sequence (run pod, create, start), over N pods serially and then with 10 in parallel, and crispd's RSS with 0 and N
+pods running. With `--compare DIR` a second crispd runs from the checkout DIR: the serial pods alternate between the
+two sides (the parallel part and RSS are this checkout's only).
 Run as root from the repository: .venv/bin/python tests/bench/lifecycle.py [--pods 50] [--handler runc]
+[--compare DIR]
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def pod_ready(pods: Pods, ref: str, name: str) -> tuple[float, float, str]:
-    """(RunPodSandbox seconds, Create+Start seconds, pod id)."""
+def pod_ready(pods: Pods, ref: str, name: str) -> tuple[float, float, str, float, float]:
+    """(RunPodSandbox seconds, Create+Start seconds, pod id, CreateContainer seconds, StartContainer seconds)."""
     rt = pods.daemon.runtime
     t0 = time.perf_counter()
     config = pod_config(name)
@@ -39,8 +42,10 @@ def pod_ready(pods: Pods, ref: str, name: str) -> tuple[float, float, str]:
                                     command=["sleep", "3600"])
     cid = rt.CreateContainer(cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=container,
                                                         sandbox_config=config)).container_id
+    t2 = time.perf_counter()
     rt.StartContainer(cri.StartContainerRequest(container_id=cid))
-    return t1 - t0, time.perf_counter() - t1, pod_id
+    t3 = time.perf_counter()
+    return t1 - t0, t3 - t1, pod_id, t2 - t1, t3 - t2
 
 
 def remove_all(pods: Pods) -> None:
@@ -50,33 +55,48 @@ def remove_all(pods: Pods) -> None:
         rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id))
 
 
+def serial_figures(label: str, runs: list[tuple[float, float, str, float, float]]) -> None:
+    print(label)
+    print("  " + ab.summary("RunPodSandbox (serial)", [r[0] for r in runs]))
+    print("  " + ab.summary("CreateContainer (serial)", [r[3] for r in runs]))
+    print("  " + ab.summary("StartContainer (serial)", [r[4] for r in runs]))
+    print("  " + ab.summary("Create+StartContainer (serial)", [r[1] for r in runs]))
+    print("  " + ab.summary("pod ready: run+create+start (serial)", [r[0] + r[1] for r in runs]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pods", type=int, default=50)
     parser.add_argument("--handler", default="", help='runtime handler ("" = built-in, runc, crun)')
+    parser.add_argument("--compare", type=Path, help="another checkout whose .venv/bin/crispd runs side by side")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
         base = Path(tmp)
         with ab.busybox_registry(base) as ref:
-            side = ab.Side("crispd", base / "crispd", ref, None)
-            pods = side.pods
-            pods.handler = args.handler
-            pods.daemon.start()
+            sides = ab.sides(ab.Side, base, ref, args.compare)
             try:
-                pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)), timeout=60)
+                for side in sides:
+                    side.pods.handler = args.handler
+                    side.pods.daemon.start()
+                    side.pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)),
+                                                      timeout=60)
+                    pod_ready(side.pods, ref, "warmup")
+                    remove_all(side.pods)
+                pods = sides[0].pods
                 assert pods.daemon.proc is not None
                 pid = pods.daemon.proc.pid
-                pod_ready(pods, ref, "warmup")
-                remove_all(pods)
                 rss0 = rss_mb(pid)
-                runs = [pod_ready(pods, ref, f"serial{i}") for i in range(args.pods)]
+                runs: dict[str, list[tuple[float, float, str, float, float]]] = {s.label: [] for s in sides}
+                for i in range(args.pods):
+                    for side in sides if i % 2 == 0 else sides[::-1]:
+                        runs[side.label].append(pod_ready(side.pods, ref, f"serial{i}"))
                 rss_n = rss_mb(pid)
                 print(f"handler {args.handler or 'builtin'}, {args.pods} pods, each one busybox `sleep`:")
-                print(ab.summary("RunPodSandbox (serial)", [r[0] for r in runs]))
-                print(ab.summary("Create+StartContainer (serial)", [r[1] for r in runs]))
-                print(ab.summary("pod ready: run+create+start (serial)", [r[0] + r[1] for r in runs]))
+                for side in sides:
+                    serial_figures(side.label, runs[side.label])
                 print(f"crispd RSS: {rss0:.1f} MB with 0 pods, {rss_n:.1f} MB with {args.pods} pods")
-                remove_all(pods)
+                for side in sides:
+                    remove_all(side.pods)
                 with concurrent.futures.ThreadPoolExecutor(10) as pool:
                     started = time.perf_counter()
                     par = list(pool.map(lambda i: pod_ready(pods, ref, f"par{i}"), range(args.pods)))
@@ -87,7 +107,8 @@ def main() -> None:
                 print(f"10 parallel: {args.pods} pods ready in {wall:.1f} s ({args.pods / wall:.1f} pods/s)")
                 remove_all(pods)
             finally:
-                side.stop()
+                for side in sides:
+                    side.stop()
 
 
 if __name__ == "__main__":

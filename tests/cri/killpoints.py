@@ -10,6 +10,7 @@ must have finished that work when it serves.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -257,9 +258,11 @@ def call_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[B
     return thread, outcome
 
 
-def kill_at(point: str, base: Path, images: TestImages) -> None:
-    """The whole test of one point (see the module's docstring)."""
+def kill_at(point: str, base: Path, images: TestImages, retry: Callable[[World], None] | None = None) -> None:
+    """The whole test of one point (see the module's docstring); `retry` instead of the scenario's retry."""
     scenario = SCENARIOS[failpoints.operation_of(point)]
+    if retry is not None:
+        scenario = dataclasses.replace(scenario, retry=retry)
     p = Pods(base)
     p.rewrite_config(f'[debug]\nslow_callback_ms = 50\nhang_points = ["{point}"]\n')
     p.daemon.start()

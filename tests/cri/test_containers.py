@@ -19,11 +19,13 @@ from runtime import failpoints
 from runtime.cgroups import CgroupV2Manager
 from tests.cri.conftest import TestImages
 from tests.cri.pods import Pods, pod_config
-from tests.leaks import mounts_under, wait_until
+from tests.leaks import mounts_under, processes_mentioning, wait_until
 
 pytestmark = pytest.mark.root
 
 CREATE_FAIL_POINTS = failpoints.STEPS["CreateContainer"]
+# StartContainer's steps that make the container (CreateContainer leaves that to it)
+MAKING_FAIL_POINTS = ("start_container.shim_ready", "start_container.created", "start_container.pid")
 CRI_LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) ([PF]) (.*)$")
 
 
@@ -311,6 +313,101 @@ def test_failure_mid_create_leaves_nothing(tmp_path: Path, test_images: TestImag
         containers_dir = p.daemon.state / "containers"
         assert not containers_dir.exists() or list(containers_dir.iterdir()) == []
         assert list((p.daemon.root / "containers").glob("*")) == []
+        kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
+    finally:
+        assert p.daemon.stop() == 0
+        for m in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", m], check=False)
+        p.cleanup_host()
+    assert p.daemon.slow_callbacks() == []
+
+
+def making_left(pods: Pods, container_id: str, cgroup: str) -> list[str]:
+    """What making the container leaves (the executor's create through its shim): mounts under its bundle,
+    processes that name its bundle (its shim, its init), its cgroup."""
+    assert pods.daemon.proc is not None
+    bundle = pods.daemon.state / "containers" / container_id
+    left = [f"mount {m}" for m in mounts_under(bundle, pods.daemon.proc.pid)]
+    left += [f"process {p}" for p in processes_mentioning(str(bundle))]
+    if (CgroupV2Manager.discover().mount / cgroup.lstrip("/")).exists():
+        left.append(f"cgroup {cgroup}")
+    return left
+
+
+def verbose_info(kubelet: Kubelet, container_id: str) -> dict[str, object]:
+    info = kubelet.rt.ContainerStatus(cri.ContainerStatusRequest(container_id=container_id, verbose=True)).info
+    return dict(json.loads(info["info"]))
+
+
+def test_a_container_is_made_at_start(kubelet: Kubelet) -> None:
+    """CreateContainer records the container and readies its shim; the executor makes it (cgroup, init) at
+    StartContainer. Until then every RPC takes it as created: status, stats (nothing used yet), stop (nothing
+    to do), exec (refused), an update of its limits (they go into its spec: it is made with them), removal
+    (its shim goes), and its pod's stop and removal."""
+    pod_id, pod = kubelet.pod()
+    container_id = kubelet.create(pod_id, pod, "app", ["sleep", "1000"])
+    info = verbose_info(kubelet, container_id)
+    cgroup = str(info["cgroup"])
+    assert kubelet.status(container_id).state == cri.CONTAINER_CREATED and info["pid"] == 0
+    assert not (CgroupV2Manager.discover().mount / cgroup.lstrip("/")).exists()
+    stats = kubelet.rt.ContainerStats(cri.ContainerStatsRequest(container_id=container_id)).stats
+    assert stats.attributes.id == container_id and stats.cpu.usage_core_nano_seconds.value == 0
+    listed = kubelet.rt.ListContainerStats(cri.ListContainerStatsRequest()).stats
+    assert [s.attributes.id for s in listed] == [container_id]
+    kubelet.rt.StopContainer(cri.StopContainerRequest(container_id=container_id, timeout=0))
+    assert kubelet.status(container_id).state == cri.CONTAINER_CREATED
+    with pytest.raises(grpc.RpcError) as err:
+        kubelet.exec(container_id, ["true"])
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    resources = cri.LinuxContainerResources(unified={"cgroup.max.descendants": "13"})
+    kubelet.rt.UpdateContainerResources(cri.UpdateContainerResourcesRequest(container_id=container_id,
+                                                                             linux=resources))
+    assert kubelet.status(container_id).resources.linux == resources
+    kubelet.rt.StartContainer(cri.StartContainerRequest(container_id=container_id))
+    assert kubelet.status(container_id).state == cri.CONTAINER_RUNNING
+    assert int(str(verbose_info(kubelet, container_id)["pid"])) > 0
+    cgroup_dir = CgroupV2Manager.discover().cgroup(cgroup).dir
+    assert (cgroup_dir / "cgroup.max.descendants").read_text().strip() == "13"  # made with the update
+    assert kubelet.exec(container_id, ["echo", "ok"]).stdout == b"ok\n"
+
+    removed = kubelet.create(pod_id, pod, "removed", ["sleep", "1000"])
+    removed_cgroup = str(verbose_info(kubelet, removed)["cgroup"])
+    kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=removed))
+    assert wait_until(lambda: making_left(kubelet.pods, removed, removed_cgroup) == [], 10)
+    assert [c.id for c in kubelet.rt.ListContainers(cri.ListContainersRequest()).containers] == [container_id]
+
+    kubelet.create(pod_id, pod, "left", ["sleep", "1000"])  # goes with its pod
+    kubelet.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert wait_until(lambda: kubelet.pods.leaks() == [], 10), kubelet.pods.leaks()
+
+
+@pytest.mark.parametrize("point", MAKING_FAIL_POINTS)
+def test_failure_mid_making_leaves_nothing(tmp_path: Path, test_images: TestImages, point: str) -> None:
+    """A StartContainer that fails while it makes the container leaves nothing of the making (shim, init,
+    cgroup, rootfs mount) and the container EXITED with exit code 128, reason StartError and the error, as
+    containerd's; its removal leaves nothing at all."""
+    p = Pods(tmp_path)
+    p.rewrite_config(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n')
+    p.daemon.start()
+    try:
+        kubelet = Kubelet(p, test_images, tmp_path / "logs")
+        pod_id, pod = kubelet.pod()
+        container_id = kubelet.create(pod_id, pod, "app", ["sleep", "1000"])
+        cgroup = str(verbose_info(kubelet, container_id)["cgroup"])
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.rt.StartContainer(cri.StartContainerRequest(container_id=container_id))
+        assert f"injected failure at {point}" in (err.value.details() or "")
+        status = kubelet.status(container_id)
+        assert (status.state, status.exit_code, status.reason) == (cri.CONTAINER_EXITED, 128, "StartError")
+        assert f"injected failure at {point}" in status.message and status.finished_at > 0
+        # (a shim answers its shutdown, then exits)
+        assert wait_until(lambda: making_left(p, container_id, cgroup) == [], 5), making_left(p, container_id, cgroup)
+        with pytest.raises(grpc.RpcError) as err:
+            kubelet.rt.StartContainer(cri.StartContainerRequest(container_id=container_id))
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
         kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
     finally:

@@ -1,6 +1,7 @@
 """A shim killed (kill -9) at each of its steps (runtime/failpoints.py, "shim.*"): the RPC under way fails, the
 container is killed and reported exited (exit code 255, reason ShimDied, unless its own exit was already
-recorded), it can be removed, and nothing is left."""
+recorded; 128, StartError, if it died while StartContainer made the container), it can be removed, and nothing is
+left."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from cri import api as cri
 from tests.cri.conftest import TestImages
 from tests.cri.killpoints import World, call_in_thread, tear_down
 from tests.cri.pods import Pods
-from tests.leaks import mounts_under, wait_until
+from tests.leaks import mounts_under, processes_mentioning, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -80,14 +81,30 @@ def test_shim_killed(tmp_path: Path, test_images: TestImages, point: str, handle
     try:
         w.pull()
         w.make_pod()
-        if point in ("shim.listening", "shim.rootfs", "shim.created"):
-            # CreateContainer fails and leaves nothing; the retry (shims no longer stop) makes it
-            err = _kill_during(p, point, lambda: w.rt.CreateContainer(w.create_request()))
+        if point == "shim.listening":
+            # CreateContainer only spawns the shim (which answers before it serves): it answers; the shim dies
+            # before the container is made; the next crispd (shims no longer stop) finds the container created,
+            # and its start makes it with a new shim
+            w.make_container(start=False)
+            os.kill(_hung_shim(p, point), signal.SIGKILL)
+            _restart_without_points(p)
+            assert w.container_state() == cri.CONTAINER_CREATED
+            w.rt.StartContainer(cri.StartContainerRequest(container_id=w.container_id))
+            assert w.container_state() == cri.CONTAINER_RUNNING
+            assert w.rt.ExecSync(cri.ExecSyncRequest(container_id=w.container_id, cmd=["echo", "ok"],
+                                                     timeout=10)).stdout == b"ok\n"
+        elif point in ("shim.rootfs", "shim.created"):
+            # the container is made at StartContainer: the killed shim fails it, the container is EXITED
+            # (StartError) and nothing of its making is left; once removed, a new one (shims no longer stop) starts
+            w.make_container(start=False)
+            err = _kill_during(p, point, lambda: w.rt.StartContainer(
+                cri.StartContainerRequest(container_id=w.container_id)))
             assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL), err
-            assert w.containers() == []
-            assert mounts_under(p.daemon.state / "containers") == []
-            assert list((p.daemon.state / "containers").iterdir()) == []
-            assert list((p.daemon.root / "containers").iterdir()) == []
+            status = w.container_status()
+            assert (status.state, status.exit_code, status.reason) == (cri.CONTAINER_EXITED, 128, "StartError")
+            bundle = p.daemon.state / "containers" / w.container_id
+            assert wait_until(lambda: mounts_under(bundle) == processes_mentioning(str(bundle)) == [], 5)
+            w.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=w.container_id))
             _restart_without_points(p)
             w.make_container(start=True)
             assert w.container_state() == cri.CONTAINER_RUNNING

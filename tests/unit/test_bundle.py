@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,9 @@ from runtime.bundle import (
     read_json,
     rootfs_path,
     staged_path,
+    write_config,
 )
+from runtime.ociedit import update_resources
 
 
 def test_the_overlay_annotation_round_trips() -> None:
@@ -116,3 +119,25 @@ def test_what_may_be_mounted_in_proc(destination: str, fstype: str, refused: boo
     """One rule for cri/oci (a volume where the image's symlinks take it) and the executor (every mount where it
     lands): procfs on /proc and lxcfs's few files, nothing else at or below /proc."""
     assert mount_refused_in_proc(destination, fstype) is refused
+
+
+def test_a_written_config_is_read_back_whole(tmp_path: Path) -> None:
+    spec = {"ociVersion": "1.2.0", "process": {"args": ["sleep", "1"]}}
+    write_config(str(tmp_path), spec)
+    assert load_config(str(tmp_path)) == spec
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no temporary file left
+
+
+def test_an_update_changes_the_limits_given_and_keeps_the_others() -> None:
+    """A container not made yet gets its update in its spec as a live one changes its cgroup: the limits given
+    replace the spec's, the others (and the device rules) stay."""
+    devices = [{"allow": False, "access": "rwm"}]
+    spec = {"linux": {"resources": {"cpu": {"shares": 2, "quota": 50000, "period": 100000},
+                                    "memory": {"limit": 1 << 30}, "pids": {"limit": 100}, "devices": devices}}}
+    update_resources(spec, {"cpu": {"shares": 512}, "unified": {"cgroup.max.descendants": "13"}})
+    assert spec["linux"]["resources"] == {
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000}, "memory": {"limit": 1 << 30},
+        "pids": {"limit": 100}, "devices": devices, "unified": {"cgroup.max.descendants": "13"}}
+    bare: dict[str, Any] = {}
+    update_resources(bare, {"memory": {"limit": 64 << 20, "swap": 64 << 20}})
+    assert bare == {"linux": {"resources": {"memory": {"limit": 64 << 20, "swap": 64 << 20}}}}
