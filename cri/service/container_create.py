@@ -25,7 +25,6 @@ from typing import Any
 
 from cri import api as cri
 from cri import cdi, metadata_limits
-from cri.lifecycle.containers import ShimPlan
 from cri.oci import (
     LayeredFiles,
     PodContext,
@@ -42,16 +41,15 @@ from cri.oci.userns import PodUserns, pod_userns
 from cri.oci.workdir import make_working_dir
 from cri.service.context import ServiceContext
 from cri.service.images import ImageRecord
+from cri.service.shim_plans import shim_plan
 from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, ContainerStatus
 from cri.store.sandboxes import READY, Sandbox
-from runtime import errors, failpoints
+from runtime import errors
 from runtime.bundle import Overlay, write_config
 from runtime.cgroups import MissingLimit, enforceable_limits
-from runtime.cgroups import paths as cgroup_paths
 from runtime.fstree import remove_tree
 from runtime.linux import idmap
 from runtime.rollback import Rollback
-from shim.protocol import ShimConfig
 
 log = logging.getLogger(__name__)
 
@@ -166,24 +164,6 @@ def _prepare_dirs(bundle: Path, container_dir: Path, log_path: str, config: cri.
     for mount in config.mounts:
         if mount.host_path and not os.path.lexists(mount.host_path):
             os.makedirs(mount.host_path, mode=0o755, exist_ok=True)
-
-
-def shim_plan(ctx: ServiceContext, container_id: str, bundle: Path, handler_name: str, log_path: str,
-              config: cri.ContainerConfig, cgroup: str) -> ShimPlan:
-    """How the container's shim is spawned and its container created, with this crispd's config: at
-    CreateContainer, and again at StartContainer if the shim is gone by then (crispd restarted, the host rebooted)."""
-    handler = ctx.handlers.resolve(handler_name)
-    manager = ctx.cgroup_manager()
-    builtin = handler.kind == "builtin"
-    return ShimPlan(config=ShimConfig(
-        id=container_id, bundle=str(bundle), executor=[*handler.argv, *ctx.cgroup_driver.executor_flags()],
-        executor_root=str(handler.root), resident=len(handler.argv) if builtin else 0,
-        log_path=log_path, log_max_line=ctx.config.shim.log_max_line_bytes, stdin=config.stdin,
-        stdin_once=config.stdin_once, mount_rootfs=handler.kind == "oci",
-        cgroup2_mount=str(manager.mount), cgroup=cgroup,
-        cgroup2_bind=cgroup_paths.oci_runtime_bind(manager.mount) if handler.kind == "oci" else "",
-        hang_points=[p for p in ctx.config.debug.hang_points if failpoints.operation_of(p) == "shim"]),
-        hold=builtin)
 
 
 async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,

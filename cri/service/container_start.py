@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cri import api as cri
-from cri.service.container_create import shim_plan
 from cri.service.context import ServiceContext
+from cri.service.shim_plans import shim_plan
 
 
 async def start_container(ctx: ServiceContext, request: cri.StartContainerRequest) -> cri.StartContainerResponse:
