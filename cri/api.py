@@ -8,20 +8,21 @@ builds every message class from the result in a pool of its own. crisp (servicer
 tests use these classes, never `cri_api.v1` directly.
 
 The module's attributes mirror a generated `api_pb2`: every message class, every top-level enum (as a wrapper) and
-its values. `service_handlers` registers servicers on a grpc server; `RuntimeServiceStub` / `ImageServiceStub` are
-clients.
+its values. `service_methods` routes a service's methods to a servicer (cri/rpcserver.py serves them);
+`RuntimeServiceStub` / `ImageServiceStub` are clients on a grpc channel.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import grpc
-from cri_api.v1 import api_pb2 as _published
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.internal import enum_type_wrapper
 
+from cri.rpcserver import Method
 from runtime import protodesc
 
 if TYPE_CHECKING:
@@ -85,8 +86,23 @@ _ADDED_METHODS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
+def _published_file() -> bytes:
+    """The published stubs' serialized file descriptor. Their module is loaded on its own: the `cri_api` package's
+    __init__ also imports its grpc client stubs, and so grpcio, whose ~25 MB crispd has no use for."""
+    package = importlib.util.find_spec("cri_api")  # finds, never runs, the package's __init__
+    if package is None or not package.submodule_search_locations:
+        raise RuntimeError("the CRI stubs (container-runtime-interface-api) are not installed")
+    path = Path(next(iter(package.submodule_search_locations))) / "v1" / "api_pb2.py"
+    spec = importlib.util.spec_from_file_location("cri_api.v1.api_pb2", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    serialized: bytes = module.DESCRIPTOR.serialized_pb
+    return serialized
+
+
 def _extended_file() -> descriptor_pb2.FileDescriptorProto:
-    fdp = descriptor_pb2.FileDescriptorProto.FromString(_published.DESCRIPTOR.serialized_pb)
+    fdp = descriptor_pb2.FileDescriptorProto.FromString(_published_file())
     package = fdp.package
     messages = {m.name: m for m in fdp.message_type}
     for message, declarations in _ADDED_FIELDS.items():
@@ -145,22 +161,20 @@ def _method_class(type_name: str) -> Any:
     return _MESSAGES[type_name.lstrip(".")]
 
 
-def service_handler(service: str, servicer: Any, fallback: Callable[[str, str], Callable[..., Any]],
-                    wrap: Callable[[str, str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] | None = None,
-                    ) -> grpc.GenericRpcHandler:
-    """A grpc handler for one of the protocol's services: each method goes to the servicer's attribute of the same
-    name, or to `fallback(service, method)` when the servicer has none; `wrap(service's full name, method,
-    handler)`, if given, replaces each method's handler (once, here, rather than on every call)."""
+def service_methods(service: str, servicer: Any, fallback: Callable[[str, str], Callable[..., Any]],
+                    wrap: Callable[[Method], Method] | None = None) -> list[Method]:
+    """Every method of one of the protocol's services, routed to the servicer's attribute of the same name, or to
+    `fallback(service, method)` when the servicer has none; `wrap(method)`, if given, replaces each (once, here,
+    rather than on every call)."""
     desc = DESCRIPTOR.services_by_name[service]
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    methods = []
     for method in desc.methods:
         behaviour = getattr(servicer, method.name, None) or fallback(service, method.name)
         request, response = _method_class(method.input_type.full_name), _method_class(method.output_type.full_name)
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handler = make(behaviour, request_deserializer=request.FromString,
-                       response_serializer=response.SerializeToString)
-        handlers[method.name] = handler if wrap is None else wrap(desc.full_name, method.name, handler)
-    return grpc.method_handlers_generic_handler(desc.full_name, handlers)
+        routed = Method(desc.full_name, method.name, behaviour, request.FromString, response.SerializeToString,
+                        streaming=method.server_streaming)
+        methods.append(routed if wrap is None else wrap(routed))
+    return methods
 
 
 class _Stub:

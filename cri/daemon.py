@@ -17,9 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from grpc import aio
-
-from cri import slowcallbacks
+from cri import rpcserver, slowcallbacks
 from cri.config import Config, ConfigError, dump_toml, load_config, parse_host_port, redact, with_overrides
 from cri.debug import DebugPoints
 from cri.logformat import setup_logging
@@ -211,7 +209,7 @@ class Daemon:
             await self.store.open()
         except SchemaTooNew as exc:
             raise StartupError(f"{self.store.path}: {exc}") from None
-        server: aio.Server | None = None
+        server: rpcserver.Server | None = None
         listening = False
         network = build_network(self.config, self.store)
         images: ImageManager | None = None
@@ -239,20 +237,15 @@ class Daemon:
                 except OSError as exc:
                     metrics_server = None
                     raise StartupError(f"cannot serve metrics on {self.config.metrics.address}: {exc}") from None
-            server = aio.server(
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ],
-            )
-            add_servicers(server, ctx, RpcGuard(self.readiness, self.metrics).handler)
+            server = rpcserver.Server(max_message_bytes=MAX_MESSAGE_BYTES)
+            add_servicers(server, ctx, RpcGuard(self.readiness, self.metrics).wrap)
             _remove_stale_socket(self.socket)
             old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-accessible
             try:
-                if server.add_insecure_port(f"unix:{self.socket}") == 0:
-                    raise StartupError(f"cannot listen on {self.socket}")
+                await server.listen(self.socket)
                 listening = True
-                await server.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {self.socket}: {exc}") from None
             finally:
                 os.umask(old_umask)
             os.chmod(self.socket, 0o660)
@@ -276,7 +269,7 @@ class Daemon:
                 ctx.events.broker.close()  # event streams end, so that the server's grace period is not spent on them
             if server is not None:
                 # in-flight RPCs get the grace period; new ones are refused from now on
-                await _stop_server(server, self.config.shutdown_grace_seconds)
+                await server.stop(self.config.shutdown_grace_seconds)
             if ctx is not None:
                 await ctx.creations.settle_now()  # every answer has left: no creation waits for its retry
             # nothing is served any more: like start-up, shutdown is outside the slow-callback check
@@ -298,16 +291,6 @@ class Daemon:
                 await images.close()
             await self.store.close()
             log.info("crispd stopped")
-
-
-async def _stop_server(server: aio.Server, grace: float) -> None:
-    """`server.stop(grace)` in a task of its own whose steps are outside the slow-callback check: gRPC's shutdown
-    blocks the loop in them (listeners, connections, the server's end: CI runs on a loaded host saw 0.19 and 0.32
-    s), which, like the server's start-up, is not crispd's code. The in-flight RPCs that finish meanwhile run in
-    their own tasks, which stay checked."""
-    stopping = asyncio.ensure_future(server.stop(grace))
-    slowcallbacks.exempt(stopping)
-    await stopping
 
 
 async def _state_snapshot(ctx: ServiceContext) -> StateSnapshot:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -29,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from cri.errors import status_code_for
 from cri.pod_metrics import PodMetrics, prometheus_families
+from cri.rpcserver import StatusCode
 from runtime.version import VERSION
 
 # RPC latencies from sub-millisecond status calls to multi-minute image pulls
@@ -36,8 +36,8 @@ _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 # go-grpc-prometheus's labels: what dashboards built for containerd and CRI-O select on
 _GRPC_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
 # grpc_code as Go's codes.Code.String() spells it (go-grpc-prometheus): CamelCase, "Canceled" with one l
-_GO_CODE_NAMES = {code: "".join(part.title() for part in code.name.split("_")) for code in grpc.StatusCode}
-_GO_CODE_NAMES.update({grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"})
+_GO_CODE_NAMES = {code: "".join(part.title() for part in code.name.split("_")) for code in StatusCode}
+_GO_CODE_NAMES.update({StatusCode.OK: "OK", StatusCode.CANCELLED: "Canceled"})
 _PULL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 _NETWORK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -151,7 +151,7 @@ class Metrics:
         if error is None:
             self.image_pull_duration.observe(seconds)
         else:
-            code = grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else status_code_for(error)
+            code = StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else status_code_for(error)
             self.image_pull_failures.labels(code=code.name).inc()
 
     def set_state(self, snapshot: StateSnapshot) -> None:
@@ -182,6 +182,6 @@ class RpcMetrics:
         """One response message (a unary answer, or one item of a stream)."""
         self._child("sent", self._metrics.grpc_sent).inc()
 
-    def handled(self, code: grpc.StatusCode, seconds: float) -> None:
+    def handled(self, code: StatusCode, seconds: float) -> None:
         self._child(code, self._metrics.grpc_handled, _GO_CODE_NAMES[code]).inc()
         self._child("seconds", self._metrics.grpc_seconds).observe(seconds)

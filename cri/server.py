@@ -1,4 +1,4 @@
-"""The gRPC server: one guard around every RPC for readiness, logging, timing and error mapping."""
+"""One guard around every RPC for readiness, logging, timing and error mapping (the server is cri/rpcserver.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import grpc
-from grpc import aio
-
 from cri.errors import status_code_for
 from cri.metrics import Metrics, RpcMetrics
+from cri.rpcserver import AbortError, Context, Method, StatusCode
 from runtime import errors
 
 log = logging.getLogger(__name__)
@@ -48,36 +46,25 @@ class Readiness:
 
 class RpcGuard:
     """Readiness gate, logging, timing and the error-kind -> gRPC status mapping, in exactly one place: `handler`
-    wraps each RPC's handler once, when the servicers are registered. (A grpc.aio interceptor did the same work
-    but ran on every call, and rebuilt the method handler each time.)"""
+    wraps each RPC's behaviour once, when the servicers are registered, not on every call."""
 
     def __init__(self, readiness: Readiness, metrics: Metrics) -> None:
         self._readiness = readiness
         self._metrics = metrics
 
-    def handler(self, service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """`handler` (of `service`'s full name and `method`) guarded; CRI has no client-streaming RPCs."""
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(service, method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(service, method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        raise ValueError(f"{service}/{method}: only unary and server-streaming RPCs are guarded")
+    def wrap(self, method: Method) -> Method:
+        """`method` guarded; CRI has no client-streaming RPCs."""
+        if method.streaming:
+            return method.with_behaviour(self._wrap_stream(method.service, method.name, method.behaviour))
+        return method.with_behaviour(self._wrap_unary(method.service, method.name, method.behaviour))
 
     def _wrap_unary(self, service: str, method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
         metrics = self._metrics.rpc("unary", service, method)
         readiness = self._readiness
 
-        async def call(request: Any, context: aio.ServicerContext) -> Any:
+        async def call(request: Any, context: Context) -> Any:
             start = time.monotonic()
-            code = grpc.StatusCode.OK
+            code = StatusCode.OK
             metrics.started()
             try:
                 if not readiness.ready:  # the one check, inline: no call on the ready path
@@ -102,9 +89,9 @@ class RpcGuard:
         metrics = self._metrics.rpc("server_stream", service, method)
         readiness = self._readiness
 
-        async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             start = time.monotonic()
-            code = grpc.StatusCode.OK
+            code = StatusCode.OK
             metrics.started()
             try:
                 if not readiness.ready:
@@ -131,26 +118,26 @@ class RpcGuard:
         return errors.Unavailable(f"{method}: {self._readiness.reason}")
 
     def _classify(
-        self, method: str, context: aio.ServicerContext, exc: BaseException
-    ) -> tuple[grpc.StatusCode, str | None]:
+        self, method: str, context: Context, exc: BaseException
+    ) -> tuple[StatusCode, str | None]:
         """The status for an exception, and the message to abort with (None: re-raise it unchanged)."""
         if isinstance(exc, asyncio.CancelledError):
             log.debug("%s cancelled by the client", method)
-            return grpc.StatusCode.CANCELLED, None
-        if isinstance(exc, aio.AbortError):
+            return StatusCode.CANCELLED, None
+        if isinstance(exc, AbortError):
             # a servicer aborted with a status of its own: keep it
-            return context.code() or grpc.StatusCode.UNKNOWN, None
+            return context.code() or StatusCode.UNKNOWN, None
         if isinstance(exc, GeneratorExit):
-            return grpc.StatusCode.CANCELLED, None
+            return StatusCode.CANCELLED, None
         code = status_code_for(exc)
-        if code is grpc.StatusCode.INTERNAL:
+        if code is StatusCode.INTERNAL:
             log.error("%s failed: %s", method, exc, exc_info=exc)
             return code, f"{method}: internal error: {exc}"
         log.log(logging.DEBUG if _is_quiet(method) else logging.INFO, "%s: %s: %s", method, code.name, exc)
         return code, str(exc)
 
-    def _record(self, metrics: RpcMetrics, method: str, code: grpc.StatusCode, start: float) -> None:
+    def _record(self, metrics: RpcMetrics, method: str, code: StatusCode, start: float) -> None:
         seconds = time.monotonic() - start
         metrics.handled(code, seconds)
-        if code is grpc.StatusCode.OK:
+        if code is StatusCode.OK:
             log.log(logging.DEBUG if _is_quiet(method) else logging.INFO, "%s ok in %.1f ms", method, seconds * 1e3)

@@ -13,19 +13,11 @@ import asyncio.events
 import contextlib
 import logging
 import os
-import weakref
 from collections.abc import Callable, Iterator
 
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 _SLOW = "Executing %s took %.3f seconds"
 _installed: _Filter | None = None
-# tasks whose steps are not checked: other code's work that blocks the loop by design (gRPC's server shutdown)
-_exempt: weakref.WeakSet[asyncio.Future[object]] = weakref.WeakSet()
-
-
-def exempt(task: asyncio.Future[object]) -> None:
-    """Leave the steps of `task` out of the check (a callback of any other task or handle is still checked)."""
-    _exempt.add(task)
 
 
 class _RunQueueDelay:
@@ -77,10 +69,7 @@ def install(threshold: float) -> Callable[[], None]:
         try:
             run(handle)
         finally:
-            # a task's step is its bound __step/wakeup callback (as asyncio's own report finds the task)
-            owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
-            exempted = isinstance(owner, asyncio.Future) and owner in _exempt
-            delay.last = float("inf") if exempted else delay.now() - before
+            delay.last = delay.now() - before
 
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
     log_filter = _installed = _Filter(delay, threshold)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from cri import api as cri
+from cri.rpcserver import Method, Server
 from cri.service import (
     container_attach,
     container_checkpoint,
@@ -237,9 +238,7 @@ def _pages(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[start:start + _PAGE]
 
 
-def add_servicers(server: Any, ctx: ServiceContext, wrap: Callable[[str, str, Any], Any] | None = None) -> None:
-    """Both services on `server`, each method's handler passed through `wrap` (the daemon's RpcGuard.handler)."""
-    server.add_generic_rpc_handlers((
-        cri.service_handler("RuntimeService", RuntimeService(ctx), _unimplemented, wrap),
-        cri.service_handler("ImageService", ImageService(ctx), _unimplemented, wrap),
-    ))
+def add_servicers(server: Server, ctx: ServiceContext, wrap: Callable[[Method], Method] | None = None) -> None:
+    """Both services on `server` (cri/rpcserver.py), each method passed through `wrap` (the daemon's RpcGuard.wrap)."""
+    server.add(cri.service_methods("RuntimeService", RuntimeService(ctx), _unimplemented, wrap))
+    server.add(cri.service_methods("ImageService", ImageService(ctx), _unimplemented, wrap))

@@ -5,31 +5,31 @@ from __future__ import annotations
 import errno
 import os
 
-import grpc
 import pytest
 
 from cri.errors import status_code_for
+from cri.rpcserver import StatusCode
 from runtime import errors
 
 
 @pytest.mark.parametrize(
     ("exc", "code"),
     [
-        (errors.NotFound("x"), grpc.StatusCode.NOT_FOUND),
-        (errors.AlreadyExists("x"), grpc.StatusCode.ALREADY_EXISTS),
-        (errors.InvalidArgument("x"), grpc.StatusCode.INVALID_ARGUMENT),
-        (errors.FailedPrecondition("x"), grpc.StatusCode.FAILED_PRECONDITION),
-        (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
-        (errors.ResourceExhausted("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
-        (errors.Unimplemented("x"), grpc.StatusCode.UNIMPLEMENTED),
-        (errors.Cancelled("x"), grpc.StatusCode.CANCELLED),
-        (errors.CrispError("x"), grpc.StatusCode.INTERNAL),
-        (ValueError("x"), grpc.StatusCode.INTERNAL),
-        (OSError(5, "EIO"), grpc.StatusCode.INTERNAL),
+        (errors.NotFound("x"), StatusCode.NOT_FOUND),
+        (errors.AlreadyExists("x"), StatusCode.ALREADY_EXISTS),
+        (errors.InvalidArgument("x"), StatusCode.INVALID_ARGUMENT),
+        (errors.FailedPrecondition("x"), StatusCode.FAILED_PRECONDITION),
+        (errors.Unavailable("x"), StatusCode.UNAVAILABLE),
+        (errors.ResourceExhausted("x"), StatusCode.RESOURCE_EXHAUSTED),
+        (errors.DeadlineExceeded("x"), StatusCode.DEADLINE_EXCEEDED),
+        (errors.Unimplemented("x"), StatusCode.UNIMPLEMENTED),
+        (errors.Cancelled("x"), StatusCode.CANCELLED),
+        (errors.CrispError("x"), StatusCode.INTERNAL),
+        (ValueError("x"), StatusCode.INTERNAL),
+        (OSError(5, "EIO"), StatusCode.INTERNAL),
     ],
 )
-def test_kind_maps_to_code(exc: BaseException, code: grpc.StatusCode) -> None:
+def test_kind_maps_to_code(exc: BaseException, code: StatusCode) -> None:
     assert status_code_for(exc) is code
 
 
@@ -37,12 +37,12 @@ def test_subclasses_keep_their_kind() -> None:
     class ImageNotFound(errors.NotFound):
         pass
 
-    assert status_code_for(ImageNotFound("busybox")) is grpc.StatusCode.NOT_FOUND
+    assert status_code_for(ImageNotFound("busybox")) is StatusCode.NOT_FOUND
 
 
 def test_every_kind_is_mapped() -> None:
     kinds = [k for k in vars(errors).values() if isinstance(k, type) and issubclass(k, errors.CrispError)]
-    internal = grpc.StatusCode.INTERNAL
+    internal = StatusCode.INTERNAL
     unmapped = [k.__name__ for k in kinds if k is not errors.CrispError and status_code_for(k("x")) is internal]
     assert unmapped == []
 

@@ -1,4 +1,4 @@
-"""The RPC guard, in a real grpc.aio server on a unix socket with a real client."""
+"""The RPC guard, in crispd's gRPC server (cri/rpcserver.py) on a unix socket with a real grpc client."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from grpc import aio
 
 from cri.metrics import Metrics
+from cri.rpcserver import Method, Server, StatusCode
 from cri.server import Readiness, RpcGuard
 from runtime import errors
 
@@ -29,7 +30,7 @@ async def _bug(request: bytes, context: Any) -> bytes:
 
 
 async def _aborts(request: bytes, context: Any) -> bytes:
-    await context.abort(grpc.StatusCode.OUT_OF_RANGE, "own status")
+    await context.abort(StatusCode.OUT_OF_RANGE, "own status")
     return b""
 
 
@@ -45,18 +46,13 @@ def _identity(b: bytes) -> bytes:
 
 async def _with_server(tmp_path: Path, body: Callable[[aio.Channel, Readiness, Metrics], Awaitable[None]]) -> None:
     readiness, metrics = Readiness(), Metrics()
-    server = aio.server()
-    unary = {
-        name: grpc.unary_unary_rpc_method_handler(fn, _identity, _identity)
-        for name, fn in {"Ok": _ok, "NotFound": _not_found, "Bug": _bug, "Aborts": _aborts}.items()
-    }
-    unary["Stream"] = grpc.unary_stream_rpc_method_handler(_stream, _identity, _identity)
     guard = RpcGuard(readiness, metrics)
-    guarded = {name: guard.handler("test.Svc", name, handler) for name, handler in unary.items()}
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Svc", guarded)])
+    server = Server()
+    server.add(guard.wrap(Method("test.Svc", name, fn, _identity, _identity))
+               for name, fn in {"Ok": _ok, "NotFound": _not_found, "Bug": _bug, "Aborts": _aborts}.items())
+    server.add([guard.wrap(Method("test.Svc", "Stream", _stream, _identity, _identity, streaming=True))])
     sock = tmp_path / "t.sock"
-    server.add_insecure_port(f"unix:{sock}")
-    await server.start()
+    await server.listen(sock)
     try:
         async with aio.insecure_channel(f"unix:{sock}") as channel:
             await body(channel, readiness, metrics)

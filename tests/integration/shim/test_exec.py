@@ -263,10 +263,10 @@ def test_shim_imports_nothing_heavy(runc_env: ShimEnv) -> None:
 
     info = run(scenario())
     modules = set(info["modules"])  # type: ignore[arg-type]
-    for heavy in ("asyncio", "grpc", "google.protobuf", "pyroute2", "cri", "concurrent"):
+    for heavy in ("asyncio", "grpc", "h2", "google.protobuf", "pyroute2", "cri", "concurrent"):
         assert heavy not in modules, f"{heavy} is imported in the shim"
     # (threading is imported, by subprocess through ctypes.util in runtime.linux.syscalls; no thread is started)
-    assert not any(m.startswith(("grpc", "google", "pyroute2", "cri.", "prometheus")) for m in modules)
+    assert not any(m.startswith(("grpc", "h2", "hpack", "google", "pyroute2", "cri.", "prometheus")) for m in modules)
     assert info["threads"] == 1
     # the stdlib-only rule modules the shim shares with crispd (the bundle contract, error kinds, process start
     # times, the fail points), the executor with what it imports, and the pods' namespace work the zygote forks too

@@ -1,0 +1,311 @@
+"""crispd's gRPC server (cri/rpcserver.py) against a real grpc client on a unix socket: what a kubelet's calls need
+of it besides answers (deadlines, cancellation, flow control, compression, size limits, a graceful stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+
+from cri.rpcserver import Context, Method, Server, StatusCode
+
+BIG = 5 * 1024 * 1024 + 17  # more than a frame, a window, and grpc's default message limit on neither side
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class Probe:
+    """What the handlers saw, for the tests to check."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.remaining: float | None = None
+        self.entries = 0
+        self.two_in = asyncio.Event()
+        self.finished = 0
+
+
+def _methods(probe: Probe) -> list[Method]:
+    async def echo(request: bytes, context: Context) -> bytes:
+        return request
+
+    async def size(request: bytes, context: Context) -> bytes:
+        return str(len(request)).encode()
+
+    async def big(request: bytes, context: Context) -> bytes:
+        return bytes(range(256)) * (BIG // 256) + b"end"
+
+    async def slow(request: bytes, context: Context) -> bytes:
+        probe.remaining = context.time_remaining()
+        probe.entered.set()
+        probe.entries += 1
+        if probe.entries == 2:
+            probe.two_in.set()
+        try:
+            await asyncio.sleep(float(request or b"30"))
+        except asyncio.CancelledError:
+            probe.cancelled.set()
+            raise
+        probe.finished += 1
+        return b"done"
+
+    async def aborts(request: bytes, context: Context) -> bytes:
+        await context.abort(StatusCode.FAILED_PRECONDITION, request.decode())
+
+    async def chunks(request: bytes, context: Context) -> AsyncIterator[bytes]:
+        for i in range(int(request)):
+            yield bytes([i]) * (2 * 1024 * 1024)
+
+    async def writes(request: bytes, context: Context) -> None:
+        for i in range(3):
+            await context.write(b"w%d" % i)
+
+    unary = {"Echo": echo, "Size": size, "Big": big, "Slow": slow, "Aborts": aborts}
+    streams = {"Chunks": chunks, "Writes": writes}
+    return [Method("test.T", name, fn, _identity, _identity) for name, fn in unary.items()] + [
+        Method("test.T", name, fn, _identity, _identity, streaming=True) for name, fn in streams.items()]
+
+
+async def _serve(tmp_path: Path, body: Callable[[Server, Path, Probe], Awaitable[None]],
+                 max_message_bytes: int = 16 << 20) -> None:
+    probe = Probe()
+    server = Server(max_message_bytes=max_message_bytes)
+    server.add(_methods(probe))
+    sock = tmp_path / "t.sock"
+    await server.listen(sock)
+    try:
+        await body(server, sock, probe)
+    finally:
+        await server.stop(None)
+
+
+def _channel(sock: Path, **kwargs: Any) -> aio.Channel:
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    return aio.insecure_channel(f"unix:{sock}", options=options, **kwargs)
+
+
+async def _status(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call
+    except aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def test_answers_errors_and_unknown_methods(tmp_path: Path) -> None:
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        async with _channel(sock) as channel:
+            assert await channel.unary_unary("/test.T/Echo")(b"hello") == b"hello"
+            assert await channel.unary_unary("/test.T/Echo")(b"") == b""
+            # many calls at once on one connection
+            answers = await asyncio.gather(*(channel.unary_unary("/test.T/Echo")(b"%d" % i) for i in range(200)))
+            assert answers == [b"%d" % i for i in range(200)]
+            code, details = await _status(channel.unary_unary("/test.T/Nope")(b""))
+            assert code is grpc.StatusCode.UNIMPLEMENTED and "/test.T/Nope" in details
+            # details travel percent-encoded and arrive as they were
+            code, details = await _status(channel.unary_unary("/test.T/Aborts")("50% grün\nnext".encode()))
+            assert (code, details) == (grpc.StatusCode.FAILED_PRECONDITION, "50% grün\nnext")
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+def test_large_messages_both_ways_and_the_limit(tmp_path: Path) -> None:
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        async with _channel(sock) as channel:
+            answer = await channel.unary_unary("/test.T/Big")(b"")
+            assert len(answer) == BIG // 256 * 256 + 3 and answer.endswith(b"end")
+            assert answer[:256] == bytes(range(256))
+            assert await channel.unary_unary("/test.T/Size")(b"x" * (3 << 20)) == str(3 << 20).encode()
+            code, details = await _status(channel.unary_unary("/test.T/Size")(b"x" * (4 << 20)))
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
+            # the connection is still good
+            assert await channel.unary_unary("/test.T/Echo")(b"after") == b"after"
+
+    asyncio.run(_serve(tmp_path, body, max_message_bytes=(3 << 20) + 10))
+
+
+def test_compressed_requests(tmp_path: Path) -> None:
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        for compression in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+            async with _channel(sock, compression=compression) as channel:
+                assert await channel.unary_unary("/test.T/Size")(b"z" * 100000) == b"100000"
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+def test_a_stream_waits_for_a_slow_reader(tmp_path: Path) -> None:
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        async with _channel(sock) as channel:
+            got = []
+
+            async def read() -> None:
+                async for item in channel.unary_stream("/test.T/Chunks")(b"8"):  # 16 MB: beyond every window
+                    got.append(item)
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(read(), 60)
+            assert [len(item) for item in got] == [2 * 1024 * 1024] * 8
+            assert [item[0] for item in got] == list(range(8))
+            assert [item async for item in channel.unary_stream("/test.T/Writes")(b"")] == [b"w0", b"w1", b"w2"]
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+def test_deadline_cancels_the_handler(tmp_path: Path) -> None:
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        async with _channel(sock) as channel:
+            code, _ = await _status(channel.unary_unary("/test.T/Slow")(b"30", timeout=0.5))
+            assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+            await asyncio.wait_for(probe.cancelled.wait(), 5)
+            assert probe.remaining is not None and 0 < probe.remaining <= 0.5
+            assert not any(connection.streams for connection in server.connections)
+            # no deadline: none remaining, and the call runs to its end
+            assert await channel.unary_unary("/test.T/Slow")(b"0.01") == b"done"
+            assert probe.remaining is None
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+async def _raw_call(sock: Path, path: bytes, message: bytes, *headers: tuple[bytes, bytes]
+                    ) -> tuple[dict[bytes, bytes], bytes]:
+    """One call by a bare HTTP/2 client that never resets its stream: (headers and trailers, the data)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    reader, writer = await asyncio.open_unix_connection(str(sock))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path), (b":authority", b"x"),
+                          (b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers])
+    conn.send_data(1, b"\0" + len(message).to_bytes(4, "big") + message, end_stream=True)
+    writer.write(conn.data_to_send())
+    got: dict[bytes, bytes] = {}
+    data = b""
+    try:
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            for event in conn.receive_data(chunk):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    got.update(dict(event.headers))
+                elif isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                elif isinstance(event, h2.events.StreamEnded):
+                    return got, data
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    return got, data
+
+
+def test_the_servers_own_deadline(tmp_path: Path) -> None:
+    """A client that never cancels still gets DEADLINE_EXCEEDED at its deadline, and the handler is stopped."""
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        began = time.monotonic()
+        got, _ = await asyncio.wait_for(_raw_call(sock, b"/test.T/Slow", b"30", (b"grpc-timeout", b"300m")), 10)
+        assert got[b"grpc-status"] == b"4"
+        assert 0.25 < time.monotonic() - began < 5
+        await asyncio.wait_for(probe.cancelled.wait(), 5)
+        got, data = await _raw_call(sock, b"/test.T/Echo", b"raw")
+        assert (got[b"grpc-status"], data) == (b"0", b"\0\0\0\0\3raw")
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+def test_a_client_cancel_cancels_the_handler(tmp_path: Path) -> None:
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        async with _channel(sock) as channel:
+            call = channel.unary_unary("/test.T/Slow")(b"30")
+            await asyncio.wait_for(probe.entered.wait(), 5)
+            call.cancel()
+            await asyncio.wait_for(probe.cancelled.wait(), 5)
+        probe.cancelled.clear()
+        probe.entered.clear()
+        # the client goes away altogether: same
+        channel = _channel(sock)
+        call = channel.unary_unary("/test.T/Slow")(b"30")
+        await asyncio.wait_for(probe.entered.wait(), 5)
+        await channel.close()
+        await asyncio.wait_for(probe.cancelled.wait(), 5)
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+def test_stop_lets_calls_in_flight_finish_within_the_grace(tmp_path: Path) -> None:
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        async with _channel(sock) as channel:
+            short = asyncio.ensure_future(channel.unary_unary("/test.T/Slow")(b"0.3"))
+            long = asyncio.ensure_future(_status(channel.unary_unary("/test.T/Slow")(b"30")))
+            await asyncio.wait_for(probe.two_in.wait(), 5)
+            began = time.monotonic()
+            await server.stop(1.0)
+            assert time.monotonic() - began < 5
+            assert await short == b"done"
+            code, _ = await long
+            assert code is grpc.StatusCode.UNAVAILABLE
+            assert probe.cancelled.is_set() and probe.finished == 1
+        assert not _connects(sock)
+        async with _channel(sock) as channel:
+            code, _ = await _status(channel.unary_unary("/test.T/Echo")(b"", timeout=2))
+            assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+def _connects(sock: Path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+        return True
+
+
+def test_not_grpc_is_refused(tmp_path: Path) -> None:
+    """An HTTP/1 request, or garbage, ends its connection; the server goes on serving."""
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" * 100):
+            reader, writer = await asyncio.open_unix_connection(str(sock))
+            writer.write(junk)
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) is not None  # EOF: closed by the server
+            writer.close()
+        async with _channel(sock) as channel:
+            assert await channel.unary_unary("/test.T/Echo")(b"still") == b"still"
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+@pytest.mark.parametrize("value, seconds", [(b"5S", 5.0), (b"100m", 0.1), (b"2M", 120.0), (b"7u", 7e-6),
+                                            (b"", None), (b"S", None), (b"123456789S", None), (b"5x", None)])
+def test_timeout_header(value: bytes, seconds: float | None) -> None:
+    from cri.rpcserver import _timeout
+
+    assert _timeout(value) == seconds
+
+
+def test_crispd_does_not_import_grpcio() -> None:
+    """grpcio (~12 MB of crispd's resident memory) is for clients only: nothing crispd runs imports it."""
+    import subprocess
+    import sys
+
+    probe = "import sys, cri.daemon; print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'cri_api')))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_status_codes_are_grpcs() -> None:
+    assert [(code.name, code.value) for code in StatusCode] == [(code.name, code.value[0]) for code in grpc.StatusCode]
