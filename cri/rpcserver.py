@@ -249,12 +249,14 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.h2 = h2.connection.H2Connection(_H2_CONFIG)
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.highest = 0  # the last stream id taken, for GOAWAY
         self._window_open = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
+        self._flush_pending = False
 
     # asyncio.Protocol
 
@@ -282,7 +284,7 @@ class _Connection(asyncio.Protocol):
             handle = self._HANDLERS.get(type(event))
             if handle is not None:
                 handle(self, event)
-        self.flush()
+        self.flush_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -319,7 +321,7 @@ class _Connection(asyncio.Protocol):
         stream = _Stream(self, sid, path, deadline, headers.get(b"grpc-encoding"))
         self.streams[sid] = stream
         if deadline is not None:
-            stream.timer = asyncio.get_running_loop().call_at(deadline, self._expire, stream)
+            stream.timer = self.loop.call_at(deadline, self._expire, stream)
         if event.stream_ended is not None:
             self._start(stream)
 
@@ -365,7 +367,7 @@ class _Connection(asyncio.Protocol):
 
     def _start(self, stream: _Stream) -> None:
         stream.method = self.server.methods.get(stream.path)
-        stream.task = asyncio.get_running_loop().create_task(self._serve(stream))
+        stream.task = self.loop.create_task(self._serve(stream))
         self.server.tasks.add(stream.task)
         stream.task.add_done_callback(self.server.tasks.discard)
 
@@ -453,7 +455,15 @@ class _Connection(asyncio.Protocol):
             view = view[size:]
             self.flush()
 
+    def flush_soon(self) -> None:
+        """Flush after what the loop runs next: an RPC that answers at once (most do) then sends its answer with
+        what h2 owes the client (PING and SETTINGS acks, window updates) in one write, not two."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
+        self._flush_pending = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
