@@ -94,7 +94,9 @@ _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"
 _MAX_CONCURRENT_STREAMS = 1 << 16
 # a request is taken whole before it is handled: a window that large spares a big one round trips
 _WINDOW = 1 << 24
-_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None)
+# the headers crispd sends are the constants above and the status: h2 need not check them on every answer
+_H2_CONFIG = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                       normalize_outbound_headers=False)
 
 
 def _grpc_message(details: str) -> bytes:
@@ -440,19 +442,26 @@ class _Connection(asyncio.Protocol):
     # writing
 
     async def send_data(self, stream: _Stream, data: bytes) -> None:
-        """`data` on `stream` in frames the peer's windows allow, waiting for them (and for the transport)."""
+        """`data` on `stream` in frames the peer's windows allow, one write per window's worth, waiting for the
+        windows (and for the transport) in between."""
         view = memoryview(data)
         while view:
             if stream.gone:
                 raise asyncio.CancelledError()
-            await self._writable.wait()
-            size = min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size, len(view))
-            if size <= 0:
+            if not self._writable.is_set():
+                await self._writable.wait()
+                continue
+            window = self.h2.local_flow_control_window(stream.id)
+            if window <= 0:
                 self._window_open.clear()
                 await self._window_open.wait()
                 continue
-            self.h2.send_data(stream.id, view[:size].tobytes())
-            view = view[size:]
+            frame = self.h2.max_outbound_frame_size
+            while view and window > 0:
+                size = min(window, frame, len(view))
+                self.h2.send_data(stream.id, view[:size].tobytes())
+                view = view[size:]
+                window -= size
             self.flush()
 
     def flush_soon(self) -> None:
