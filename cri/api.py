@@ -88,7 +88,7 @@ _ADDED_METHODS: tuple[tuple[str, str, bool], ...] = (
 
 def _published_file() -> bytes:
     """The published stubs' serialized file descriptor. Their module is loaded on its own: the `cri_api` package's
-    __init__ also imports its grpc client stubs, and so grpcio, whose ~25 MB crispd has no use for."""
+    __init__ also imports its grpc client stubs, and so grpcio, whose ~12 MB crispd has no use for."""
     package = importlib.util.find_spec("cri_api")  # finds, never runs, the package's __init__
     if package is None or not package.submodule_search_locations:
         raise RuntimeError("the CRI stubs (container-runtime-interface-api) are not installed")

@@ -92,7 +92,7 @@ def _prepare_socket_dir(path: Path) -> None:
 
 
 def _freeze_startup_heap() -> None:
-    """Leave what start-up made (modules, gRPC, protobuf descriptors, the recovered pods: some 45,000 objects) to
+    """Leave what start-up made (modules, protobuf descriptors, the recovered pods: some 45,000 objects) to
     the collector's permanent generation: otherwise each full collection, which the RPCs' allocations trigger every
     few seconds under a kubelet's polling, walks all of them while holding the GIL, and stalls the loop for 50-80 ms
     on a busy 2-core host. What dies later is still freed by its reference count."""
@@ -171,7 +171,7 @@ class Daemon:
 
     def run(self) -> None:
         """Take the dirs and locks (before any event loop exists), then serve until signalled."""
-        # before any thread starts: crispd's threads (workers, sqlite, pulls, gRPC's) share one malloc arena
+        # before any thread starts: crispd's threads (workers, sqlite, pulls) share one malloc arena
         # instead of glibc's up to 8 per core, each keeping its own free pages resident
         malloc.limit_arenas(MALLOC_ARENAS)
         Path(self.config.root).mkdir(parents=True, exist_ok=True, mode=0o700)

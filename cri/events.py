@@ -5,9 +5,9 @@ recorded: it builds the ContainerEventResponse (with the pod's status and all it
 at that moment, and only when someone subscribed) and hands it to the `EventBroker`.
 
 Publishing never waits: each subscriber has a queue of at most `buffer` events. A subscriber whose queue is full
-(its client stopped reading, and gRPC's transport buffers, a few MB, are full too, so that sending blocks) is
-dropped: it is taken off the list at once, its queue is thrown away, and its RPC ends with RESOURCE_EXHAUSTED
-(queued behind what the transport still holds: a client that reads again gets what was sent, then that status,
+(its client stopped reading, and the HTTP/2 windows are full too, so that sending blocks) is dropped: it is taken
+off the list at once, its queue is thrown away, and its RPC ends with RESOURCE_EXHAUSTED (queued behind the event
+it was sending, which the server still sends whole: a client that reads again gets what was sent, then that status,
 and subscribes again). The others never notice. Events reach every subscriber in the order they were published.
 """
 
@@ -69,8 +69,8 @@ class Subscription:
         return self._queue.popleft()
 
     async def send(self, write: Awaitable[Any]) -> None:
-        """Await `write` (handing an event to gRPC), unless the subscription ends first: then raise the reason.
-        A write blocks while the client reads nothing; it is abandoned then (gRPC still holds its message)."""
+        """Await `write` (an event to the client), unless the subscription ends first: then raise the reason.
+        A write blocks while the client reads nothing; it is abandoned then (the server still holds its message)."""
         writing = asyncio.ensure_future(write)
         ending = asyncio.ensure_future(self._ended.wait())
         try:

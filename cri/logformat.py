@@ -35,7 +35,8 @@ def setup_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
-    # grpc's own debug chatter (one line per call) drowns crisp's
-    logging.getLogger("grpc").setLevel(max(logging.INFO, root.level))
+    # HTTP/2's debug chatter (hpack: lines per header of every call) drowns crisp's; grpc's is crispd doctor's
+    for chatty in ("grpc", "h2", "hpack"):
+        logging.getLogger(chatty).setLevel(max(logging.INFO, root.level))
     # urllib3 logs every connection and request of every pull at DEBUG
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))

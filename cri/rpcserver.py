@@ -166,7 +166,11 @@ class Context:
 
 
 class _Stream:
-    """One RPC on a connection: its request as it arrives, then its handling."""
+    """One RPC on a connection: its request as it arrives, then its handling, then what is still to be sent.
+
+    What the handler sends is queued whole in the stream's outbox and leaves as the client's flow-control windows
+    allow, its status after it: a message is never cut short by a write given up on (a slow event subscriber), and
+    a unary handler never waits for its answer to leave."""
 
     def __init__(self, connection: _Connection, stream_id: int, path: str, deadline: float | None,
                  encoding: bytes | None) -> None:
@@ -180,11 +184,16 @@ class _Stream:
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.headers_sent = False
+        self.outbox = bytearray()
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # the status, once the outbox is empty
+        self.ended = False  # the status has been sent
+        self.handled = False  # the handler is done
+        self.drained: asyncio.Event | None = None  # a streaming handler waiting for the outbox to empty
         self.gone = False  # reset by the client, or its connection lost
         self.expired = False  # its deadline passed
 
     def request(self) -> bytes:
-        """The request's one message, decompressed; AbortError-free errors are ValueError."""
+        """The request's one message, decompressed; ValueError if it is not one."""
         body = bytes(self.body)
         if len(body) < _PREFIX.size:
             raise ValueError("the request has no message")
@@ -198,55 +207,58 @@ class _Stream:
             raise ValueError(f"the request is compressed with {self.encoding!r}, which crispd does not take")
         return message
 
-    def _headers(self) -> None:
+    def _queue(self, message: Any) -> None:
+        assert self.method is not None
+        data = self.method.response_serializer(message)
+        if len(data) > self.connection.server.max_message_bytes:
+            raise _TooBig(f"the answer is larger than {self.connection.server.max_message_bytes} bytes")
         if not self.headers_sent:
             self.headers_sent = True
             self.connection.h2.send_headers(self.id, _RESPONSE_HEADERS)
+        self.outbox += _PREFIX.pack(0, len(data))
+        self.outbox += data
 
     async def send_message(self, message: Any) -> None:
-        assert self.method is not None
-        data = self.method.response_serializer(message)
+        """One message of a server-streaming RPC, waiting until it has left (or the client has gone)."""
         if self.gone:
             raise asyncio.CancelledError()
-        self._headers()
-        await self.connection.send_data(self, _PREFIX.pack(0, len(data)) + data)
+        self._queue(message)
+        self.connection.pump(self)
+        while self.outbox and not self.gone:
+            if self.drained is None:
+                self.drained = asyncio.Event()
+            self.drained.clear()
+            await self.drained.wait()
+        if self.gone:
+            raise asyncio.CancelledError()
 
     def answer(self, message: Any) -> None:
-        """A unary RPC's answer, headers, message and status in one write."""
-        assert self.method is not None
+        """A unary RPC's answer and its status: at once when the windows allow (one write), else as they open."""
         if self.gone:
             return
-        data = self.method.response_serializer(message)
-        framed = _PREFIX.pack(0, len(data)) + data
-        connection = self.connection
-        if len(framed) > connection.h2.local_flow_control_window(self.id) or \
-                len(framed) > connection.h2.max_outbound_frame_size:
-            raise _TooBig()
-        self._headers()
-        connection.h2.send_data(self.id, framed)
-        connection.h2.send_headers(self.id, _trailers(StatusCode.OK, None), end_stream=True)
-        connection.flush()
+        self._queue(message)
+        self.trailers = _trailers(StatusCode.OK, None)
+        self.connection.pump(self)
 
     def finish(self, code: StatusCode, details: str | None) -> None:
-        """End the RPC with a status: trailers, or a trailers-only answer when nothing was sent yet."""
-        if self.gone:
+        """End the RPC with a status: after what is queued, or as a trailers-only answer when nothing was sent."""
+        if self.gone or self.ended or self.trailers is not None:
             return
-        h2conn = self.connection.h2
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            if self.headers_sent:
-                h2conn.send_headers(self.id, _trailers(code, details), end_stream=True)
-            else:
-                self.headers_sent = True
-                h2conn.send_headers(self.id, _RESPONSE_HEADERS + _trailers(code, details), end_stream=True)
-        self.connection.flush()
+        if self.headers_sent:
+            self.trailers = _trailers(code, details)
+        else:
+            self.headers_sent = True
+            self.trailers = _RESPONSE_HEADERS + _trailers(code, details)
+        self.connection.pump(self)
 
 
 class _TooBig(Exception):
-    """An answer larger than one frame or the window allows: sent by the slower path."""
+    """An answer over the server's message size limit."""
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: HTTP/2 in, RPC tasks out."""
+    """One client connection: HTTP/2 in, RPC tasks out. The transport's buffer needs no limit of its own: what is
+    written to it is bounded by the client's flow-control windows."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -255,9 +267,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self.highest = 0  # the last stream id taken, for GOAWAY
-        self._window_open = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
         self._flush_pending = False
 
     # asyncio.Protocol
@@ -292,14 +301,6 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for stream in list(self.streams.values()):
             self._gone(stream)
-        self._window_open.set()
-        self._writable.set()
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
 
     # HTTP/2 events
 
@@ -330,22 +331,23 @@ class _Connection(asyncio.Protocol):
     def _data(self, event: h2.events.DataReceived) -> None:
         self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         stream = self.streams.get(event.stream_id)
-        if stream is None or stream.task is not None:
+        if stream is None or stream.task is not None or stream.trailers is not None:
             return
         stream.body += event.data
         if len(stream.body) > self.server.max_message_bytes + _PREFIX.size:
+            stream.handled = True  # never will be: refused here
             stream.finish(StatusCode.RESOURCE_EXHAUSTED,
                           f"the request is larger than {self.server.max_message_bytes} bytes")
-            self._forget(stream)
             with contextlib.suppress(h2.exceptions.StreamClosedError):
                 self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.NO_ERROR)
+            self._forget(stream)
             return
         if event.stream_ended is not None:
             self._start(stream)
 
     def _ended(self, event: h2.events.StreamEnded) -> None:
         stream = self.streams.get(event.stream_id)
-        if stream is not None and stream.task is None:
+        if stream is not None and stream.task is None and stream.trailers is None:
             self._start(stream)
 
     def _reset(self, event: h2.events.StreamReset) -> None:
@@ -353,8 +355,16 @@ class _Connection(asyncio.Protocol):
         if stream is not None:
             self._gone(stream)
 
-    def _window(self, event: Any) -> None:
-        self._window_open.set()
+    def _window(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                self.pump(stream)
+        else:
+            self._pump_all()
+
+    def _settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        self._pump_all()
 
     _HANDLERS: dict[type, Callable[[_Connection, Any], None]] = {
         h2.events.RequestReceived: _request,
@@ -362,7 +372,7 @@ class _Connection(asyncio.Protocol):
         h2.events.StreamEnded: _ended,
         h2.events.StreamReset: _reset,
         h2.events.WindowUpdated: _window,
-        h2.events.RemoteSettingsChanged: _window,
+        h2.events.RemoteSettingsChanged: _settings,
     }
 
     # the RPCs
@@ -389,14 +399,11 @@ class _Connection(asyncio.Protocol):
                 if method.streaming:
                     await self._stream_answer(method, request, context, stream)
                 else:
-                    answer = await method.behaviour(request, context)
-                    try:
-                        stream.answer(answer)
-                    except _TooBig:
-                        await stream.send_message(answer)
-                        stream.finish(StatusCode.OK, None)
+                    stream.answer(await method.behaviour(request, context))
             except AbortError:
                 stream.finish(context.code() or StatusCode.UNKNOWN, context.details())
+            except _TooBig as exc:
+                stream.finish(StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except asyncio.CancelledError:
                 # cancelled here: the caller went (nothing to answer), its deadline passed, or the server stops
                 if stream.expired:
@@ -407,7 +414,9 @@ class _Connection(asyncio.Protocol):
                 log.exception("%s failed", stream.path)
                 stream.finish(StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
         finally:
-            self._forget(stream)
+            stream.handled = True
+            if stream.ended or stream.gone:
+                self._forget(stream)
 
     async def _stream_answer(self, method: Method, request: Any, context: Context, stream: _Stream) -> None:
         result = method.behaviour(request, context)
@@ -420,19 +429,24 @@ class _Connection(asyncio.Protocol):
 
     def _expire(self, stream: _Stream) -> None:
         stream.expired = True
-        if stream.task is not None:
-            stream.task.cancel()
-        else:  # the request never ended: no handler to stop
+        if stream.task is None:  # the request never ended: no handler to stop
+            stream.handled = True
             stream.finish(StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-            self._forget(stream)
+            if stream.ended:
+                self._forget(stream)
+        elif not stream.handled:
+            stream.task.cancel()
 
     def _gone(self, stream: _Stream) -> None:
         stream.gone = True
-        if stream.task is not None:
+        stream.outbox.clear()
+        stream.trailers = None
+        if stream.drained is not None:
+            stream.drained.set()
+        if stream.task is not None and not stream.handled:
             stream.task.cancel()
         else:
             self._forget(stream)
-        self._window_open.set()
 
     def _forget(self, stream: _Stream) -> None:
         if self.streams.pop(stream.id, None) is not None and stream.timer is not None:
@@ -441,28 +455,46 @@ class _Connection(asyncio.Protocol):
 
     # writing
 
-    async def send_data(self, stream: _Stream, data: bytes) -> None:
-        """`data` on `stream` in frames the peer's windows allow, one write per window's worth, waiting for the
-        windows (and for the transport) in between."""
-        view = memoryview(data)
-        while view:
-            if stream.gone:
-                raise asyncio.CancelledError()
-            if not self._writable.is_set():
-                await self._writable.wait()
-                continue
-            window = self.h2.local_flow_control_window(stream.id)
-            if window <= 0:
-                self._window_open.clear()
-                await self._window_open.wait()
-                continue
-            frame = self.h2.max_outbound_frame_size
-            while view and window > 0:
-                size = min(window, frame, len(view))
-                self.h2.send_data(stream.id, view[:size].tobytes())
-                view = view[size:]
-                window -= size
-            self.flush()
+    def pump(self, stream: _Stream) -> None:
+        """Send what `stream` has queued as far as the windows allow, then its status once all has left."""
+        if stream.gone or stream.ended:
+            return
+        h2conn = self.h2
+        try:
+            if stream.outbox:
+                window = h2conn.local_flow_control_window(stream.id)
+                frame = h2conn.max_outbound_frame_size
+                sent = 0
+                view = memoryview(stream.outbox)
+                while sent < len(view) and window > 0:
+                    size = min(window, frame, len(view) - sent)
+                    h2conn.send_data(stream.id, view[sent:sent + size].tobytes())
+                    sent += size
+                    window -= size
+                view.release()
+                del stream.outbox[:sent]
+            if not stream.outbox:
+                if stream.drained is not None:
+                    stream.drained.set()
+                if stream.trailers is not None:
+                    h2conn.send_headers(stream.id, stream.trailers, end_stream=True)
+                    stream.trailers = None
+                    stream.ended = True
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
+            log.debug("stream %d of a gRPC connection: %s", stream.id, exc)
+            stream.outbox.clear()
+            stream.trailers = None
+            stream.ended = True
+            if stream.drained is not None:
+                stream.drained.set()
+        self.flush()
+        if stream.ended and stream.handled:
+            self._forget(stream)
+
+    def _pump_all(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.outbox or stream.trailers is not None:
+                self.pump(stream)
 
     def flush_soon(self) -> None:
         """Flush after what the loop runs next: an RPC that answers at once (most do) then sends its answer with

@@ -45,7 +45,7 @@ class Readiness:
 
 
 class RpcGuard:
-    """Readiness gate, logging, timing and the error-kind -> gRPC status mapping, in exactly one place: `handler`
+    """Readiness gate, logging, timing and the error-kind -> gRPC status mapping, in exactly one place: `wrap`
     wraps each RPC's behaviour once, when the servicers are registered, not on every call."""
 
     def __init__(self, readiness: Readiness, metrics: Metrics) -> None:

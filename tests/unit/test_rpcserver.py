@@ -41,6 +41,9 @@ def _methods(probe: Probe) -> list[Method]:
     async def size(request: bytes, context: Context) -> bytes:
         return str(len(request)).encode()
 
+    async def double(request: bytes, context: Context) -> bytes:
+        return request * 2
+
     async def big(request: bytes, context: Context) -> bytes:
         return bytes(range(256)) * (BIG // 256) + b"end"
 
@@ -69,8 +72,15 @@ def _methods(probe: Probe) -> list[Method]:
         for i in range(3):
             await context.write(b"w%d" % i)
 
-    unary = {"Echo": echo, "Size": size, "Big": big, "Slow": slow, "Aborts": aborts}
-    streams = {"Chunks": chunks, "Writes": writes}
+    async def gives_up(request: bytes, context: Context) -> None:
+        for i in range(1000):
+            try:
+                await asyncio.wait_for(context.write(bytes([i % 256]) * (1 << 20)), 0.2)
+            except TimeoutError:
+                await context.abort(StatusCode.RESOURCE_EXHAUSTED, f"gave up on write {i}")
+
+    unary = {"Echo": echo, "Size": size, "Double": double, "Big": big, "Slow": slow, "Aborts": aborts}
+    streams = {"Chunks": chunks, "Writes": writes, "GivesUp": gives_up}
     return [Method("test.T", name, fn, _identity, _identity) for name, fn in unary.items()] + [
         Method("test.T", name, fn, _identity, _identity, streaming=True) for name, fn in streams.items()]
 
@@ -124,13 +134,16 @@ def test_large_messages_both_ways_and_the_limit(tmp_path: Path) -> None:
             answer = await channel.unary_unary("/test.T/Big")(b"")
             assert len(answer) == BIG // 256 * 256 + 3 and answer.endswith(b"end")
             assert answer[:256] == bytes(range(256))
-            assert await channel.unary_unary("/test.T/Size")(b"x" * (3 << 20)) == str(3 << 20).encode()
-            code, details = await _status(channel.unary_unary("/test.T/Size")(b"x" * (4 << 20)))
-            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
+            assert await channel.unary_unary("/test.T/Size")(b"x" * (6 << 20)) == str(6 << 20).encode()
+            code, details = await _status(channel.unary_unary("/test.T/Size")(b"x" * (7 << 20)))
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "request is larger" in details, details
+            # an answer over the limit is refused too
+            code, details = await _status(channel.unary_unary("/test.T/Double")(b"x" * (4 << 20)))
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "answer is larger" in details, details
             # the connection is still good
             assert await channel.unary_unary("/test.T/Echo")(b"after") == b"after"
 
-    asyncio.run(_serve(tmp_path, body, max_message_bytes=(3 << 20) + 10))
+    asyncio.run(_serve(tmp_path, body, max_message_bytes=(6 << 20) + 10))
 
 
 def test_compressed_requests(tmp_path: Path) -> None:
@@ -160,6 +173,18 @@ def test_a_stream_waits_for_a_slow_reader(tmp_path: Path) -> None:
     asyncio.run(_serve(tmp_path, body))
 
 
+def test_a_write_given_up_on_still_leaves_whole(tmp_path: Path) -> None:
+    """A streaming handler that gives up on a write its client does not take (as a slow event subscriber is
+    dropped) ends with its own status, after the message it began, whole: a client that takes nothing for a while
+    (a bare HTTP/2 client that opens no window meanwhile) then gets the message and the status."""
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        got, data = await asyncio.wait_for(_raw_call(sock, b"/test.T/GivesUp", b"", ack_after=1.0), 20)
+        assert got[b"grpc-status"] == b"8" and got[b"grpc-message"] == b"gave up on write 0", got
+        assert len(data) == 5 + (1 << 20) and data[:5] == b"\0" + (1 << 20).to_bytes(4, "big"), len(data)
+
+    asyncio.run(_serve(tmp_path, body))
+
+
 def test_deadline_cancels_the_handler(tmp_path: Path) -> None:
     async def body(server: Server, sock: Path, probe: Probe) -> None:
         async with _channel(sock) as channel:
@@ -175,9 +200,10 @@ def test_deadline_cancels_the_handler(tmp_path: Path) -> None:
     asyncio.run(_serve(tmp_path, body))
 
 
-async def _raw_call(sock: Path, path: bytes, message: bytes, *headers: tuple[bytes, bytes]
+async def _raw_call(sock: Path, path: bytes, message: bytes, *headers: tuple[bytes, bytes], ack_after: float = 0.0
                     ) -> tuple[dict[bytes, bytes], bytes]:
-    """One call by a bare HTTP/2 client that never resets its stream: (headers and trailers, the data)."""
+    """One call by a bare HTTP/2 client that never resets its stream: (headers and trailers, the data). It opens
+    no flow-control window for `ack_after` seconds (the data the first windows allow is all it gets meanwhile)."""
     import h2.config
     import h2.connection
     import h2.events
@@ -191,18 +217,27 @@ async def _raw_call(sock: Path, path: bytes, message: bytes, *headers: tuple[byt
     writer.write(conn.data_to_send())
     got: dict[bytes, bytes] = {}
     data = b""
+    unacknowledged = 0
+    acknowledge_at = time.monotonic() + ack_after
     try:
         while True:
-            chunk = await reader.read(65536)
-            if not chunk:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.1)
+            except TimeoutError:
+                chunk = None
+            if chunk == b"":
                 break
-            for event in conn.receive_data(chunk):
+            for event in conn.receive_data(chunk or b""):
                 if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
                     got.update(dict(event.headers))
                 elif isinstance(event, h2.events.DataReceived):
                     data += event.data
+                    unacknowledged += event.flow_controlled_length
                 elif isinstance(event, h2.events.StreamEnded):
                     return got, data
+            if unacknowledged and time.monotonic() >= acknowledge_at:
+                conn.acknowledge_received_data(unacknowledged, 1)
+                unacknowledged = 0
             writer.write(conn.data_to_send())
     finally:
         writer.close()
