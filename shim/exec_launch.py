@@ -13,10 +13,7 @@ loop goes on, and after the handshake timeout the exec fails and what was starte
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,8 +59,8 @@ def start_exec(loop: Loop, root: str, container_id: str, process: dict[str, Any]
 
 
 class _Handshake:
-    """launcher.launch's side of the handshake, read in the shim's loop: Go, then the process's pid (from stage 1)
-    and Ready (from the process), in either order, then end-of-file once it exec'd, or a Failure."""
+    """launcher.launch's reading of the handshake (launcher.Handshake's rules, until the process exec'd), done in
+    the shim's loop: a message at a time as the socket is readable, with one timer for the whole handshake."""
 
     def __init__(self, loop: Loop, container_id: str, started: launcher.Started, cgroup: Any,
                  done: Started) -> None:
@@ -72,8 +69,7 @@ class _Handshake:
         self.started = started
         self.cgroup = cgroup
         self.done: Started | None = done
-        self.pid = 0
-        self.ready = False
+        self.handshake = launcher.Handshake(started.pid, until_exec=True)
         self.timer = 0
         loop.watch_child(started.pid, lambda status: None)  # stage 1's own exit is nobody's concern
 
@@ -99,31 +95,29 @@ class _Handshake:
             except (OSError, errors.CrispError) as exc:
                 self._fail(exc)
                 return
-            if message is None:
-                if self.ready and self.pid:
-                    self._finish(self.pid, None)
-                else:
-                    self._fail(errors.CrispError("the exec's process died during setup without saying why"))
-                return
-            if isinstance(message, protocol.ChildPid):
-                self.pid = message.pid
-            elif isinstance(message, protocol.Ready):
-                self.ready = True
-            elif isinstance(message, protocol.Failure):
-                self._fail(message.to_error())
-                return
+            step = self.handshake.feed(message)
+            if isinstance(step, launcher.RunHooksFor):
+                # the runtime's hooks are the container's create's, none an exec's: the process may go on
+                try:
+                    protocol.send(self.started.sock, protocol.HooksDone())
+                except OSError as exc:
+                    self._fail(exc)
+                    return
+            elif isinstance(step, launcher.Done):
+                self._finish(step.pid, None)
+            elif isinstance(step, launcher.Failed):
+                self._fail(step.error)
 
     def _timed_out(self) -> None:
         self.timer = 0
-        self._fail(errors.DeadlineExceeded("the exec's process did not start in time"))
+        self._fail(self.handshake.timed_out().error)
 
     def _fail(self, exc: BaseException) -> None:
-        for pid in (self.pid, self.started.pid):
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        if self.pid:
-            self.loop.watch_child(self.pid, lambda status: None)  # reaped once it is ours
+        if self.done is None:
+            return
+        self.handshake.kill()
+        if self.handshake.pid:
+            self.loop.watch_child(self.handshake.pid, lambda status: None)  # reaped once it is ours
         self._finish(0, ShimError(errors.kind_of(exc), f"{self.id}: {exc}"))
 
     def _finish(self, pid: int, error: ShimError | None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from runtime import errors
 from runtime.bundle import read_json
-from runtime.executor import cgroup, console, hooks, launcher, lifecycle, protocol, rootfs, sysctls
+from runtime.executor import cgroup, console, hooks, launcher, lifecycle, rootfs, sysctls
 from runtime.executor.init import ExecContext, InitContext, container_init, exec_process
 from runtime.executor.oci import Process, Spec, load_spec, parse_process, parse_spec
 from runtime.executor.process import ProcessSetup, apply_rlimits, set_oom_score_adj
@@ -335,21 +335,13 @@ class Executor:
         try:
             launched = launcher.launch(self.sys, prepared.plan, prepared.child_main,
                                        cg.add_process if cg is not None else lambda pid: None,
-                                       cgroup_fd=prepared.cgroup_fd)
+                                       cgroup_fd=prepared.cgroup_fd, until_exec=True)
         except BaseException:
             _reap_children()
             raise
         finally:
             prepared.close()
-        try:
-            self._await_exec(launched.sock)
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(launched.pid, signal.SIGKILL)
-            _reap_children()
-            raise
-        finally:
-            launched.sock.close()
+        launched.sock.close()
         if options.pid_file is not None:
             write_pid_file(options.pid_file, launched.pid)
         if options.detach:
@@ -411,14 +403,6 @@ class Executor:
             plan.close()
             raise
         return plan
-
-    @staticmethod
-    def _await_exec(sock: socket.socket) -> None:
-        """After Ready: end-of-file means execve succeeded; a Failure means it did not."""
-        sock.settimeout(launcher.HANDSHAKE_TIMEOUT)
-        message = protocol.receive(sock)
-        if isinstance(message, protocol.Failure):
-            raise message.to_error()
 
 
 def _before_userns(sys: sc.Syscalls, spec: Spec) -> None:

@@ -139,16 +139,99 @@ def _child(sock: socket.socket, child_main: Callable[[socket.socket], None]) -> 
         os._exit(127)
 
 
-def _await_child_pid(sock: socket.socket) -> int:
-    """The init asked for hooks before stage 1's ChildPid was read (two senders, no order): read on to it."""
-    while True:
-        message = protocol.receive(sock)
+# ---------------------------------------------------------------- the parent's side of the handshake, its rules
+
+DIED = "the container process died during setup without saying why"
+TIMED_OUT = "the container process did not get ready in time"
+
+
+@dataclass(frozen=True)
+class KeepReading:
+    """Nothing to do but read the next message."""
+
+
+@dataclass(frozen=True)
+class RunHooksFor:
+    """The process (`pid`) asked for the runtime's hooks: run them, then send HooksDone, then read on."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """The process (`pid`) is Ready (and, `until_exec`, exec'd): the handshake is over."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The handshake failed with `error`: kill Handshake.to_kill, reap them, and report `error`."""
+
+    error: Exception
+
+
+Step = KeepReading | RunHooksFor | Done | Failed
+KEEP_READING = KeepReading()
+
+
+class Handshake:
+    """What the parent does with each message of the handshake, whoever reads them: `launch` below (blocking) and
+    the shim's loop (shim/exec_launch.py, non-blocking). Fed one message at a time, or None at end-of-file; says
+    what to do next. It never reads or writes itself.
+
+    Two processes write to one socket: stage 1 its child's pid (ChildPid, then it exits) and the child itself
+    (RunHooks, Ready, or a Failure), so ChildPid may come before or after either of the child's. RunHooks waits
+    for the pid (the hooks are given it). Ready with the pid is the end, unless `until_exec`: then the child
+    execs after Ready, and end-of-file (the socket is close-on-exec) says it did; a Failure says it did not.
+    End-of-file at any other point is a child that died without saying why.
+
+    On a failure (a Failed step, or one of the caller's own: a timeout, a hook's, a socket's) both processes are
+    killed, the child (if its pid is known) and stage 1: stage 1 may be the one that hangs (in a namespace's
+    setns, a mount before it joins a user namespace, a frozen cgroup), and the caller waits for it."""
+
+    def __init__(self, stage1: int, until_exec: bool = False) -> None:
+        self.stage1 = stage1
+        self.until_exec = until_exec
+        self.pid = 0
+        self.ready = False
+        self.hooks_asked = False
+
+    def feed(self, message: protocol.Message | None) -> Step:
         if message is None:
-            raise errors.CrispError("the container process died during setup without saying why")
+            if self.until_exec and self.ready and self.pid:
+                return Done(self.pid)
+            return Failed(errors.CrispError(DIED))
         if isinstance(message, protocol.Failure):
-            raise message.to_error()
+            return Failed(message.to_error())
         if isinstance(message, protocol.ChildPid):
-            return message.pid
+            self.pid = message.pid
+            if self.hooks_asked:
+                self.hooks_asked = False
+                return RunHooksFor(self.pid)
+        elif isinstance(message, protocol.RunHooks):
+            if not self.pid:
+                self.hooks_asked = True
+                return KEEP_READING
+            return RunHooksFor(self.pid)
+        elif isinstance(message, protocol.Ready):
+            self.ready = True
+        if self.ready and self.pid and not self.until_exec:
+            return Done(self.pid)
+        return KEEP_READING
+
+    def timed_out(self) -> Failed:
+        return Failed(errors.DeadlineExceeded(TIMED_OUT))
+
+    @property
+    def to_kill(self) -> tuple[int, ...]:
+        """The processes a failed handshake kills: the child (once its pid is known) and stage 1."""
+        return tuple(pid for pid in (self.pid, self.stage1) if pid)
+
+    def kill(self) -> None:
+        for pid in self.to_kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -171,9 +254,10 @@ def start(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.so
           close_in_child: Sequence[int] = (), cgroup_fd: int | None = None,
           in_stage1: Callable[[], None] | None = None) -> Started:
     """Fork stage 1 (into the cgroup of `cgroup_fd` if the kernel lets us) and return without waiting: the caller
-    puts it into its cgroup if it was not born there, sends Go and reads the handshake (`launch` does all that,
-    blocking). `in_stage1` runs first thing in stage 1: a caller that is not a short-lived program of its own
-    drops its own state there (its signal handling, its stdio). The plan's fds are closed here either way."""
+    puts it into its cgroup if it was not born there, sends Go and reads the handshake by Handshake's rules
+    (`launch` does all that, blocking). `in_stage1` runs first thing in stage 1: a caller that is not a short-lived
+    program of its own drops its own state there (its signal handling, its stdio). The plan's fds are closed here
+    either way."""
     parent_sock, child_sock = protocol.socketpair()
     try:
         stage1, placed = sc.fork_born_in(cgroup_fd)
@@ -200,49 +284,42 @@ def start(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.so
 
 def launch(sys: sc.Syscalls, plan: NamespacePlan, child_main: Callable[[socket.socket], None],
            add_to_cgroup: Callable[[int], None], close_in_child: Sequence[int] = (),
-           run_hooks: Callable[[int], None] | None = None, cgroup_fd: int | None = None) -> Launched:
-    """Fork stage 1, put it into the cgroup, let it go, and return the init's pid once the child is Ready.
+           run_hooks: Callable[[int], None] | None = None, cgroup_fd: int | None = None,
+           until_exec: bool = False) -> Launched:
+    """Fork stage 1, put it into the cgroup, let it go, and return the child's pid once it is Ready (`until_exec`:
+    and has exec'd), reading the handshake by Handshake's rules.
 
     With `cgroup_fd` (its cgroup's directory) stage 1 is born there (sc.fork_into_cgroup), unless the kernel
     refuses: then, as without it, `add_to_cgroup(stage 1's pid)` moves it in. When the child asks (RunHooks),
-    `run_hooks(init pid)` runs here before it may go on (HooksDone). Any failure (ours, a hook's, or a typed one
-    from a child) kills what was started and raises.
+    `run_hooks(child pid)` runs here before it may go on (HooksDone). Any failure (ours, a hook's, or a typed one
+    from a child) kills the child and stage 1 (Handshake.to_kill), reaps stage 1, and raises; the child, once
+    stage 1 is gone, is the caller's to reap (it is the nearest subreaper).
     """
     started = start(sys, plan, child_main, close_in_child, cgroup_fd)
-    stage1, placed, parent_sock = started.pid, started.placed, started.sock
-    init_pid = 0
-    ready = False
+    stage1, parent_sock = started.pid, started.sock
+    handshake = Handshake(stage1, until_exec)
     try:
         parent_sock.settimeout(HANDSHAKE_TIMEOUT)
-        if not placed:
+        if not started.placed:
             add_to_cgroup(stage1)
         protocol.send(parent_sock, protocol.Go())
         while True:
             try:
                 message = protocol.receive(parent_sock)
             except TimeoutError:
-                raise errors.DeadlineExceeded("the container process did not get ready in time") from None
-            if message is None:
-                raise errors.CrispError("the container process died during setup without saying why")
-            # stage 1 reports the init's pid and the init reports Ready: two processes on one socket, so
-            # either may arrive first
-            if isinstance(message, protocol.ChildPid):
-                init_pid = message.pid
-            elif isinstance(message, protocol.Failure):
-                raise message.to_error()
-            elif isinstance(message, protocol.RunHooks):
-                init_pid = init_pid or _await_child_pid(parent_sock)
+                step: Step = handshake.timed_out()
+            else:
+                step = handshake.feed(message)
+            if isinstance(step, Failed):
+                raise step.error
+            if isinstance(step, RunHooksFor):
                 if run_hooks is not None:
-                    run_hooks(init_pid)
+                    run_hooks(step.pid)
                 protocol.send(parent_sock, protocol.HooksDone())
-            elif isinstance(message, protocol.Ready):
-                ready = True
-            if ready and init_pid:
-                return Launched(init_pid, parent_sock)
+            elif isinstance(step, Done):
+                return Launched(step.pid, parent_sock)
     except BaseException:
-        if init_pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(init_pid, signal.SIGKILL)
+        handshake.kill()
         parent_sock.close()
         raise
     finally:
