@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import zstandard
+from isal import igzip, igzip_lib
 
 from runtime import errors
 from runtime.fstree import remove_tree
@@ -51,6 +52,9 @@ WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 XATTR_PAX_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
+# what tarfile's stream reads at a time: it slices what is left of its buffer after every 512-byte header, so a
+# buffer of _CHUNK copied up to a MiB per entry
+_TAR_BUFFER = 16 << 10
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # directory fds kept open while unpacking (the most recently used ones)
@@ -61,6 +65,8 @@ _MAX_ID = 2**32 - 2  # 2**32-1 is "no change" to chown
 _TAR_HEADER = 512
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# a class (isal's stubs call it an Exception instance)
+_ISAL_ERROR = cast(type[Exception], igzip_lib.IsalError)
 
 
 class UnsafeLayer(errors.InvalidArgument):
@@ -116,11 +122,15 @@ class _HashingReader(io.RawIOBase):
 
 
 def open_decompressed(f: IO[bytes]) -> IO[bytes]:
-    """The uncompressed stream of a layer blob, by its magic bytes (media types are often wrong)."""
+    """The uncompressed stream of a layer blob, by its magic bytes (media types are often wrong).
+
+    gzip is inflated by ISA-L (python-isal's `IGzipFile`: the stdlib's `gzip.GzipFile` with a reader in C that
+    releases the GIL), two to three times as fast as zlib; the same checks (CRC, length, several members) and
+    errors, but `IsalError` where zlib raises `zlib.error`."""
     head = f.read(4)
     f.seek(0)
     if head.startswith(GZIP_MAGIC):
-        return cast(IO[bytes], gzip.GzipFile(fileobj=f, mode="rb"))
+        return cast(IO[bytes], igzip.IGzipFile(fileobj=f, mode="rb"))  # type: ignore[no-untyped-call]
     if head.startswith(ZSTD_MAGIC):
         return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
     return f
@@ -452,7 +462,7 @@ def unpack_layer(blob: Path, dest: Path, layer: str, expected_diff_id: str | Non
             reader = _HashingReader(decompressed, cancel)
             buffered = io.BufferedReader(reader, _CHUNK)
             try:
-                with tarfile.open(fileobj=buffered, mode="r|", bufsize=_CHUNK, tarinfo=_LayerTarInfo) as tar:
+                with tarfile.open(fileobj=buffered, mode="r|", bufsize=_TAR_BUFFER, tarinfo=_LayerTarInfo) as tar:
                     for member in tar:
                         if on_entry is not None:
                             on_entry(member)
@@ -464,7 +474,7 @@ def unpack_layer(blob: Path, dest: Path, layer: str, expected_diff_id: str | Non
                             raise UnsafeLayer(f"layer {layer}: entry {member.name[:300]!r}: {exc.strerror}") from None
                         entries += 1
                 buffered.read()  # the end-of-archive blocks and padding belong to the diff id too
-            except (tarfile.TarError, EOFError, zstandard.ZstdError, gzip.BadGzipFile) as exc:
+            except (tarfile.TarError, EOFError, zstandard.ZstdError, gzip.BadGzipFile, _ISAL_ERROR) as exc:
                 raise UnsafeLayer(f"layer {layer}: not a valid tar stream: {exc}") from None
             unpacker.finish()
         diff_id = "sha256:" + reader.hash.hexdigest()

@@ -175,6 +175,21 @@ def test_not_a_tar_and_wrong_diff_id(tmp_path: Path) -> None:
         unpack_layer(blob, tmp_path / "b", lay.digest, "sha256:" + "0" * 64)
 
 
+def test_corrupt_gzip_is_an_unsafe_layer(tmp_path: Path) -> None:
+    """A gzip stream that cannot be inflated, or inflates to other bytes than it says, fails the layer."""
+    good = layer([file("f", b"x" * 4096)]).blob
+    assert good[3] == 0  # no optional header fields: the deflate data starts at byte 10
+    bad_block = good[:10] + bytes([good[10] | 0b110]) + good[11:]  # block type 3: reserved, invalid
+    bad_crc = good[:-8] + bytes(b ^ 0xFF for b in good[-8:-4]) + good[-4:]
+    for name, blob_bytes, reason in (("block", bad_block, "not a valid tar stream"),
+                                     ("crc", bad_crc, "CRC check failed")):
+        blob = tmp_path / f"{name}.blob"
+        blob.write_bytes(blob_bytes)
+        (tmp_path / name).mkdir()
+        with pytest.raises(UnsafeLayer, match=reason):
+            unpack_layer(blob, tmp_path / name, "sha256:x")
+
+
 def test_store_commit_and_delete_snapshot(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "images")
     store.prepare()
