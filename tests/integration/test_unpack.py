@@ -4,9 +4,11 @@ try to escape their snapshot."""
 from __future__ import annotations
 
 import os
+import random
 import stat
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +18,11 @@ from runtime import errors
 from runtime.image.gc import collect
 from runtime.image.store import ImageStore
 from runtime.image.unpack import UnsafeLayer, unpack_layer
-from tests.imagetools import Entry, Layer, directory, file, hardlink, layer, symlink
+from tests.imagetools import Entry, Layer, directory, file, hardlink, layer, symlink, tar_bytes
 
 pytestmark = pytest.mark.root
 
+MiB = 1 << 20
 # VFS_CAP_REVISION_2 | effective, permitted = CAP_NET_BIND_SERVICE
 CAP_NET_BIND = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
 
@@ -188,6 +191,38 @@ def test_corrupt_gzip_is_an_unsafe_layer(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         with pytest.raises(UnsafeLayer, match=reason):
             unpack_layer(blob, tmp_path / name, "sha256:x")
+
+
+def _inflating_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "crisp-inflate"]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "plain"])
+def test_a_failed_or_cancelled_unpack_leaves_no_thread(tmp_path: Path, compression: str) -> None:
+    """The thread that inflates ahead is stopped and waited for whatever ends the unpack: a refused entry with
+    megabytes still to inflate behind it (the thread waits to hand over a chunk), or a cancelled pull."""
+    noise = random.Random(7).randbytes(4 * MiB)  # incompressible: chunks of it fill the thread's queue
+    lay = layer([file("../evil", b"x"), file("big", noise)], compression)
+    blob = tmp_path / "blob"
+    blob.write_bytes(lay.blob)
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UnsafeLayer, match=r"contains '\.\.'") as refused:
+        unpack_layer(blob, tmp_path / "a", lay.digest, lay.diff_id)
+    # asked while the traceback still holds the unpack's frames (and so its reader: no finalizer stopped it)
+    assert refused.tb is not None and _inflating_threads() == []
+    cancel = threading.Event()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(errors.Cancelled) as cancelled:
+        unpack_layer(blob, tmp_path / "b", lay.digest, lay.diff_id, cancel,
+                     on_entry=lambda _member: cancel.set())
+    assert cancelled.tb is not None and _inflating_threads() == []
+    good = layer([file("big", noise)], compression)
+    blob.write_bytes(good.blob)
+    (tmp_path / "c").mkdir()
+    result = unpack_layer(blob, tmp_path / "c", good.digest, good.diff_id)
+    assert result.tar_size == len(tar_bytes([file("big", noise)]))
+    assert (tmp_path / "c" / "big").read_bytes() == noise
+    assert _inflating_threads() == []
 
 
 def test_store_commit_and_delete_snapshot(tmp_path: Path) -> None:
