@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 import zstandard
 from isal import igzip, igzip_lib
@@ -48,6 +48,7 @@ from runtime import errors
 from runtime.fstree import remove_tree
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -337,6 +338,15 @@ class _Unpacker:
             kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
             raise self._unsafe(f"parent {'/'.join(key)} is {kind}: entries under it would escape") from None
 
+    def _create(self, parts: list[str], dir_fd: int, make: Callable[[], T]) -> T:
+        """`make()` the entry at `parts` (in dir_fd), in place of what an earlier entry made there if need be: tried
+        first as if nothing were there (as in most layers), which saves a stat per entry."""
+        try:
+            return make()
+        except FileExistsError:
+            self._remove_existing(parts, dir_fd, keep_dir=False)
+        return make()
+
     def _remove_existing(self, parts: list[str], dir_fd: int, keep_dir: bool) -> bool:
         """Make room for a new entry at `parts` (in dir_fd); returns True if a dir exists there and is kept."""
         name = parts[-1]
@@ -395,22 +405,23 @@ class _Unpacker:
         dir_fd = self.open_dir(parts[:-1], create=True)
         mtime_ns = int(member.mtime * 1_000_000_000)
         if member.isdir():
-            if not self._remove_existing(parts, dir_fd, keep_dir=True):
+            try:
                 os.mkdir(base, 0o700, dir_fd=dir_fd)
+            except FileExistsError:
+                if not self._remove_existing(parts, dir_fd, keep_dir=True):
+                    os.mkdir(base, 0o700, dir_fd=dir_fd)
             fd = self.open_dir(parts, create=False)
             self._set_dir_meta(member, fd, tuple(parts))
         elif member.islnk():
             self._hardlink(member, parts, dir_fd)
         elif member.issym():
-            self._remove_existing(parts, dir_fd, keep_dir=False)
-            os.symlink(member.linkname, base, dir_fd=dir_fd)
+            self._create(parts, dir_fd, lambda: os.symlink(member.linkname, base, dir_fd=dir_fd))
             os.chown(base, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
             self.apply_xattrs(member, None, dir_fd, base)
             os.utime(base, ns=(mtime_ns, mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
         elif member.isreg():
-            self._remove_existing(parts, dir_fd, keep_dir=False)
-            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=dir_fd)
+            fd = self._create(parts, dir_fd, lambda: os.open(
+                base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd))
             try:
                 source = tar.extractfile(member)
                 if source is not None:
@@ -423,12 +434,12 @@ class _Unpacker:
             finally:
                 os.close(fd)
         elif member.ischr() or member.isblk() or member.isfifo():
-            self._remove_existing(parts, dir_fd, keep_dir=False)
             if member.isfifo():
-                os.mkfifo(base, 0o600, dir_fd=dir_fd)
+                self._create(parts, dir_fd, lambda: os.mkfifo(base, 0o600, dir_fd=dir_fd))
             else:
-                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=dir_fd)
+                node = (stat.S_IFCHR if member.ischr() else stat.S_IFBLK) | 0o600
+                device = os.makedev(member.devmajor, member.devminor)
+                self._create(parts, dir_fd, lambda: os.mknod(base, node, device, dir_fd=dir_fd))
             os.chown(base, member.uid, member.gid, dir_fd=dir_fd, follow_symlinks=False)
             # the node was just made by us in a dir only we write to: following its name cannot leave the layer
             os.chmod(base, member.mode & 0o7777, dir_fd=dir_fd)
@@ -461,6 +472,13 @@ class _Unpacker:
         target = self.split(member.linkname, f"hardlink {member.name!r} -> target")
         if not target:
             raise self._unsafe(f"hardlink {member.name!r} points at the layer's root")
+        if target != parts:
+            # as most are: a target in this layer that is no directory, nothing at `parts` yet; when the link fails,
+            # the checks below say why (or make room for it)
+            with contextlib.suppress(OSError, UnsafeLayer):
+                target_dir = self.open_dir(target[:-1], create=False)
+                os.link(target[-1], parts[-1], src_dir_fd=target_dir, dst_dir_fd=dir_fd, follow_symlinks=False)
+                return
         try:
             target_dir = self.open_dir(target[:-1], create=False)
             st = os.stat(target[-1], dir_fd=target_dir, follow_symlinks=False)

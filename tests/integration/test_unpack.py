@@ -93,10 +93,23 @@ def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
         file("a", b"first"), file("a", b"second"),
         directory("d"), file("d/x", b"x"), file("d", b"now a file"),
         symlink("s", "a"), file("s", b"plain"),
+        # and each kind of entry in place of an earlier one
+        file("l", b"old"), symlink("l", "a"),
+        file("h", b"old"), hardlink("h", "a"),
+        file("e", b"old"), directory("e"),
+        directory("k"), file("k/kept", b"k"), directory("k", 0o700),
+        file("p", b"old"), Entry("p", "fifo", mode=0o600),
+        directory("n"), file("n/x", b"x"), Entry("n", "char", mode=0o600, dev=(1, 3)),
     ]))
     assert (fs / "a").read_bytes() == b"second"
     assert (fs / "d").read_bytes() == b"now a file"
     assert not (fs / "s").is_symlink() and (fs / "s").read_bytes() == b"plain"
+    assert os.readlink(fs / "l") == "a"
+    assert (fs / "h").stat().st_ino == (fs / "a").stat().st_ino
+    assert (fs / "e").is_dir() and list((fs / "e").iterdir()) == []
+    assert (fs / "k" / "kept").read_bytes() == b"k" and stat.S_IMODE((fs / "k").stat().st_mode) == 0o700
+    assert stat.S_ISFIFO((fs / "p").lstat().st_mode)
+    assert stat.S_ISCHR((fs / "n").lstat().st_mode) and (fs / "n").lstat().st_rdev == os.makedev(1, 3)
 
 
 def test_whiteouts_under_a_real_overlay(tmp_path: Path) -> None:
