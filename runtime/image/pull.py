@@ -38,7 +38,7 @@ from runtime.image.manifest import (
     select_platform,
 )
 from runtime.image.reference import Reference
-from runtime.image.registry import Credentials, RegistryClient, RepositorySession
+from runtime.image.registry import Credentials, RegistryClient, RepositorySession, Resolved
 from runtime.image.store import ImageStore
 from runtime.image.unpack import ImageBudget, UnpackLimits, unpack_layer
 from runtime.workers import prestart_pool
@@ -95,6 +95,20 @@ class _Progress:
 
 
 HoldFn = Callable[[set[str], set[str]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What a reference names, before any of it is stored."""
+
+    session: RepositorySession
+    resolved: Resolved
+    manifest_digest: str
+    platform: str
+    config_digest: str
+    config: dict[str, Any]
+    layers: tuple[LayerInfo, ...]
+    blobs: dict[str, bytes]  # index (if any), manifest, config
 
 
 class Puller:
@@ -198,17 +212,48 @@ class Puller:
     async def _pull(self, ref: Reference, credentials: list[Credentials], hold: HoldFn, cancel: threading.Event,
                     progress: _Progress,
                     in_thread: Callable[..., Awaitable[Any]], sessions: list[RepositorySession]) -> PulledImage:
-        hosts = await in_thread(lambda: registry_hosts(self.hosts_dir, ref.domain))  # no fail point: a read
+        found: _Found = await in_thread(  # no fail point: reads
+            lambda: self._find(ref, credentials, cancel, progress, sessions))
+        layers = found.layers
+        all_blobs = (*found.blobs, *(layer.digest for layer in layers))
+        await hold(set(all_blobs), {layer.chain_id for layer in layers})  # no fail point: leases in crispd's memory
+        # everything this image needs is held from here on: GC leaves it alone
+
+        def store_metadata() -> None:
+            for digest, body in found.blobs.items():
+                self.store.put_blob(digest, body)
+            self.points.point_in_thread("pull_image.metadata")
+
+        progress.total = sum(layer.size for layer in layers)
+        limits = UnpackLimits(self.max_layer_unpacked, ImageBudget(self.max_image_unpacked))
+        # the manifest and config are written while the layers download: neither waits for the other
+        jobs = [in_thread(store_metadata),
+                *(in_thread(lambda layer=layer: self._fetch_layer(found.session, layer, progress, cancel, limits),
+                            self._pool)
+                  for layer in layers)]
+        await asyncio.gather(*jobs)
+        await self.points.point("pull_image.layers")
+        size = sum(len(body) for body in found.blobs.values()) + progress.total
+        return PulledImage(
+            id=found.config_digest, resolved_digest=found.resolved.digest,
+            resolved_media_type=found.resolved.media_type, manifest_digest=found.manifest_digest,
+            config=found.config, layers=layers, blobs=tuple(all_blobs), size=size, platform=found.platform)
+
+    def _find(self, ref: Reference, credentials: list[Credentials], cancel: threading.Event, progress: _Progress,
+              sessions: list[RepositorySession]) -> _Found:
+        """What `ref` is (its hosts, the manifest or index it resolves to, the platform's manifest, the config, the
+        layers), read in one worker thread: each step needs the one before, and a hop to the loop between them
+        cost as much as a request to a registry on loopback."""
+        hosts = registry_hosts(self.hosts_dir, ref.domain)
         session = self.client.session(ref, hosts, credentials, cancel)
-        sessions.append(session)
-        resolved = await in_thread(session.resolve)  # no fail point: a read
+        sessions.append(session)  # before its first request: an abort from now on cuts them
+        resolved = session.resolve()
         progress.touch()
         blobs: dict[str, bytes] = {resolved.digest: resolved.body}
         platform = host_platform()
         if resolved.media_type in INDEX_TYPES:
             chosen = select_platform(resolved.body, resolved.digest, platform)
-            manifest = await in_thread(  # no fail point: a read
-                lambda: session.fetch_manifest(chosen.digest, chosen.size))
+            manifest = session.fetch_manifest(chosen.digest, chosen.size)
             if manifest.media_type in INDEX_TYPES:
                 raise errors.InvalidArgument(f"{ref}: index {chosen.digest} nested in an index is not supported")
             log.info("resolved %s to index %s, %s manifest %s", ref, resolved.digest, chosen.platform,
@@ -222,9 +267,8 @@ class Puller:
         blobs[manifest.digest] = manifest.body
         parsed = parse_manifest(manifest.body, manifest.digest)
         config_desc = parsed.config
-        config_body = await in_thread(  # no fail point: a read
-            lambda: session.fetch_small_blob(config_desc.digest, config_desc.size,
-                                             max_bytes(config_desc.media_type or OCI_CONFIG)))
+        config_body = session.fetch_small_blob(config_desc.digest, config_desc.size,
+                                               max_bytes(config_desc.media_type or OCI_CONFIG))
         progress.touch()
         config = parse_config(config_body, config_desc.digest, len(parsed.layers))
         os_name = config.get("os")
@@ -232,26 +276,9 @@ class Puller:
             raise errors.InvalidArgument(f"{ref}: image {config_desc.digest} is for {os_name}, not linux")
         blobs[config_desc.digest] = config_body
         diff_ids: list[str] = list(config["rootfs"]["diff_ids"])
-        chains = chain_ids(diff_ids)
         layers = tuple(LayerInfo(d.digest, d.size, d.media_type, diff, chain)
-                       for d, diff, chain in zip(parsed.layers, diff_ids, chains, strict=True))
-        all_blobs = (*blobs, *(layer.digest for layer in layers))
-        await hold(set(all_blobs), set(chains))  # no fail point: leases in crispd's memory
-        # everything this image needs is held from here on: GC leaves it alone
-        await in_thread(lambda: [self.store.put_blob(d, body) for d, body in blobs.items()])
-        await self.points.point("pull_image.metadata")
-        progress.total = sum(layer.size for layer in layers)
-        limits = UnpackLimits(self.max_layer_unpacked, ImageBudget(self.max_image_unpacked))
-        jobs = [in_thread(lambda layer=layer: self._fetch_layer(session, layer, progress, cancel, limits),
-                          self._pool)
-                for layer in layers]
-        await asyncio.gather(*jobs)
-        await self.points.point("pull_image.layers")
-        size = sum(len(body) for body in blobs.values()) + progress.total
-        return PulledImage(
-            id=config_desc.digest, resolved_digest=resolved.digest, resolved_media_type=resolved.media_type,
-            manifest_digest=manifest.digest, config=config, layers=layers, blobs=tuple(all_blobs), size=size,
-            platform=platform_name)
+                       for d, diff, chain in zip(parsed.layers, diff_ids, chain_ids(diff_ids), strict=True))
+        return _Found(session, resolved, manifest.digest, platform_name, config_desc.digest, config, layers, blobs)
 
     def _fetch_layer(self, session: RepositorySession, layer: LayerInfo, progress: _Progress,
                      cancel: threading.Event, limits: UnpackLimits | None = None) -> None:

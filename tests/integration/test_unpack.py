@@ -4,9 +4,11 @@ try to escape their snapshot."""
 from __future__ import annotations
 
 import os
+import random
 import stat
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +18,11 @@ from runtime import errors
 from runtime.image.gc import collect
 from runtime.image.store import ImageStore
 from runtime.image.unpack import UnsafeLayer, unpack_layer
-from tests.imagetools import Entry, Layer, directory, file, hardlink, layer, symlink
+from tests.imagetools import Entry, Layer, directory, file, hardlink, layer, symlink, tar_bytes
 
 pytestmark = pytest.mark.root
 
+MiB = 1 << 20
 # VFS_CAP_REVISION_2 | effective, permitted = CAP_NET_BIND_SERVICE
 CAP_NET_BIND = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
 
@@ -90,10 +93,23 @@ def test_later_entries_replace_earlier_ones(tmp_path: Path) -> None:
         file("a", b"first"), file("a", b"second"),
         directory("d"), file("d/x", b"x"), file("d", b"now a file"),
         symlink("s", "a"), file("s", b"plain"),
+        # and each kind of entry in place of an earlier one
+        file("l", b"old"), symlink("l", "a"),
+        file("h", b"old"), hardlink("h", "a"),
+        file("e", b"old"), directory("e"),
+        directory("k"), file("k/kept", b"k"), directory("k", 0o700),
+        file("p", b"old"), Entry("p", "fifo", mode=0o600),
+        directory("n"), file("n/x", b"x"), Entry("n", "char", mode=0o600, dev=(1, 3)),
     ]))
     assert (fs / "a").read_bytes() == b"second"
     assert (fs / "d").read_bytes() == b"now a file"
     assert not (fs / "s").is_symlink() and (fs / "s").read_bytes() == b"plain"
+    assert os.readlink(fs / "l") == "a"
+    assert (fs / "h").stat().st_ino == (fs / "a").stat().st_ino
+    assert (fs / "e").is_dir() and list((fs / "e").iterdir()) == []
+    assert (fs / "k" / "kept").read_bytes() == b"k" and stat.S_IMODE((fs / "k").stat().st_mode) == 0o700
+    assert stat.S_ISFIFO((fs / "p").lstat().st_mode)
+    assert stat.S_ISCHR((fs / "n").lstat().st_mode) and (fs / "n").lstat().st_rdev == os.makedev(1, 3)
 
 
 def test_whiteouts_under_a_real_overlay(tmp_path: Path) -> None:
@@ -173,6 +189,53 @@ def test_not_a_tar_and_wrong_diff_id(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     with pytest.raises(UnsafeLayer, match=r"the image config says"):
         unpack_layer(blob, tmp_path / "b", lay.digest, "sha256:" + "0" * 64)
+
+
+def test_corrupt_gzip_is_an_unsafe_layer(tmp_path: Path) -> None:
+    """A gzip stream that cannot be inflated, or inflates to other bytes than it says, fails the layer."""
+    good = layer([file("f", b"x" * 4096)]).blob
+    assert good[3] == 0  # no optional header fields: the deflate data starts at byte 10
+    bad_block = good[:10] + bytes([good[10] | 0b110]) + good[11:]  # block type 3: reserved, invalid
+    bad_crc = good[:-8] + bytes(b ^ 0xFF for b in good[-8:-4]) + good[-4:]
+    for name, blob_bytes, reason in (("block", bad_block, "not a valid tar stream"),
+                                     ("crc", bad_crc, "CRC check failed")):
+        blob = tmp_path / f"{name}.blob"
+        blob.write_bytes(blob_bytes)
+        (tmp_path / name).mkdir()
+        with pytest.raises(UnsafeLayer, match=reason):
+            unpack_layer(blob, tmp_path / name, "sha256:x")
+
+
+def _inflating_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "crisp-inflate"]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "plain"])
+def test_a_failed_or_cancelled_unpack_leaves_no_thread(tmp_path: Path, compression: str) -> None:
+    """The thread that inflates ahead is stopped and waited for whatever ends the unpack: a refused entry with
+    megabytes still to inflate behind it (the thread waits to hand over a chunk), or a cancelled pull."""
+    noise = random.Random(7).randbytes(4 * MiB)  # incompressible: chunks of it fill the thread's queue
+    lay = layer([file("../evil", b"x"), file("big", noise)], compression)
+    blob = tmp_path / "blob"
+    blob.write_bytes(lay.blob)
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UnsafeLayer, match=r"contains '\.\.'") as refused:
+        unpack_layer(blob, tmp_path / "a", lay.digest, lay.diff_id)
+    # asked while the traceback still holds the unpack's frames (and so its reader: no finalizer stopped it)
+    assert refused.tb is not None and _inflating_threads() == []
+    cancel = threading.Event()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(errors.Cancelled) as cancelled:
+        unpack_layer(blob, tmp_path / "b", lay.digest, lay.diff_id, cancel,
+                     on_entry=lambda _member: cancel.set())
+    assert cancelled.tb is not None and _inflating_threads() == []
+    good = layer([file("big", noise)], compression)
+    blob.write_bytes(good.blob)
+    (tmp_path / "c").mkdir()
+    result = unpack_layer(blob, tmp_path / "c", good.digest, good.diff_id)
+    assert result.tar_size == len(tar_bytes([file("big", noise)]))
+    assert (tmp_path / "c" / "big").read_bytes() == noise
+    assert _inflating_threads() == []
 
 
 def test_store_commit_and_delete_snapshot(tmp_path: Path) -> None:
