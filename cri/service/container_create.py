@@ -1,4 +1,4 @@
-"""CreateContainer: the image's snapshots as lower dirs, the OCI spec, a shim ready for the container, and its row.
+"""CreateContainer: the image's snapshots as lower dirs, the OCI spec, a shim on its way for the container, and its row.
 
 The container is recorded CREATED but not made (pid 0, `Container.unmade`): every check that can refuse it is made
 here, while the executor's `create` (namespaces, cgroup, rootfs, the init waiting to be started) is StartContainer's
@@ -210,7 +210,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
 
         # the shim is forked while the spec is made: it reads config.json only when StartContainer asks it to
         # create; until then a shim is "new", and its shutdown (the undo, or a removal's) only ends it
-        spawning = asyncio.ensure_future(ctx.shims.spawn(plan.config))
+        spawning = ctx.shims.spawn_soon(plan.config)
         undo.push("shim", lambda: _discard_spawned(ctx, container_id, spawning))
 
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
@@ -257,8 +257,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
         await ctx.debug.point("create_container.spec")
 
         # the container itself is made by StartContainer (cri/lifecycle/containers.py: `_make`), as containerd makes
-        # its task there: here only its shim, ready for it
-        await spawning
+        # its task there: here only its shim, on its way (not awaited: StartContainer and a removal wait for it)
         await ctx.debug.point("create_container.shim")
 
         user = spec["process"]["user"]
