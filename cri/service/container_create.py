@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,19 +178,22 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             raise errors.FailedPrecondition(f"pod {sandbox.id} was stopped: cannot create containers in it")
         async with ctx.nri.creation():
             with errors.writing(f"container {container_id} in {_bundle_dir(ctx, container_id)} and "
-                                f"{_container_dir(ctx, container_id)}"):
-                await _create_in_pod(ctx, container_id, name, sandbox, request)
+                                f"{_container_dir(ctx, container_id)}"), ctx.images.kept() as keep:
+                await _create_in_pod(ctx, container_id, name, sandbox, request, keep)
 
 
 async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
-                         request: cri.CreateContainerRequest) -> None:
+                         request: cri.CreateContainerRequest, keep: Callable[[ImageRecord], None]) -> None:
+    """`keep`: the images' snapshots are kept from GC from their lookup until the row counts (`ImageManager.kept`):
+    a RemoveImage meanwhile leaves them for StartContainer's mount."""
     config = request.config
     async with Rollback(f"CreateContainer {container_id}") as undo:
         undo.push("name reservation", lambda: ctx.container_names.release(name, container_id))
         await ctx.debug.point("create_container.name")
         # the reads that may refuse the request: after the undo of the name, which a refusal gives back
         image = await ctx.images.resolve(config.image.image)  # no fail point: a read
-        volume_images = await _image_volume_images(ctx, config)  # no fail point: a read
+        keep(image)  # no await since the lookup
+        volume_images = await _image_volume_images(ctx, config, keep)  # no fail point: a read
         log_path = _log_path(sandbox, config)
         driver = ctx.cgroup_driver
         bundle = _bundle_dir(ctx, container_id)
@@ -286,14 +290,17 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
     await ctx.nri.post_create_container(container)  # no fail point: NRI hears of a done creation
 
 
-async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig) -> dict[str, ImageRecord]:
-    """The images of the CRI mounts that have one (the kubelet pulled them), by container path; NotFound if gone."""
+async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig,
+                               keep: Callable[[ImageRecord], None]) -> dict[str, ImageRecord]:
+    """The images of the CRI mounts that have one (the kubelet pulled them), by container path, each kept from GC
+    as it is found (`keep`); NotFound if gone."""
     out = {}
     for m in config.mounts:
         if m.HasField("image") and m.image.image:
             if m.container_path in out:
                 raise errors.InvalidArgument(f"two image volumes on {m.container_path!r}")
             out[m.container_path] = await ctx.images.resolve(m.image.image)
+            keep(out[m.container_path])  # no await since the lookup
     return out
 
 
