@@ -47,7 +47,7 @@ from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, Con
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
 from runtime.bundle import Overlay, write_config
-from runtime.cgroups import MissingLimit, enforceable_limits
+from runtime.cgroups import CgroupV2Manager, MissingLimit, enforceable_limits
 from runtime.fstree import remove_tree
 from runtime.linux import idmap
 from runtime.rollback import Rollback
@@ -226,12 +226,14 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             target_pid_ns_path=_target_pid_ns(ctx, config, sandbox), userns=userns,
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
-        features = await ctx.handlers.features(sandbox.meta.runtime_handler)  # no fail point: a read
-        options = SpecOptions.from_config(ctx.config.oci, ctx.node,
-                                          recursive_read_only=features.recursive_read_only_mounts)
         image_config = image.runtime_config
 
         def build() -> dict[str, Any]:
+            """The spec, with its working dir made in the writable layer and its CDI devices injected: blocking work
+            in one trip to a worker thread (each trip costs the loop a wake-up and a hand-over)."""
+            features = ctx.handlers.features_blocking(sandbox.meta.runtime_handler)
+            options = SpecOptions.from_config(ctx.config.oci, ctx.node,
+                                              recursive_read_only=features.recursive_read_only_mounts)
             host = inspect_host(config, privileged=privileged)
             if userns is not None:
                 _check_idmappable(config, userns)
@@ -245,19 +247,27 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
                 cgroup_path=cgroups_path, overlay=overlay, image_name=config.image.image,
                 image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host,
                 image_volumes=volumes, options=options)
-            return build_container_spec(inputs)
+            spec = build_container_spec(inputs)
+            make_working_dir(LayeredFiles(overlay.lowerdirs), overlay.upperdir, spec["process"]["cwd"])
+            ctx.debug.point_in_thread("create_container.working_dir")
+            cdi.inject_devices(ctx.config.cdi, spec, cdi.requested_devices(config))
+            return spec
 
-        spec = await asyncio.to_thread(build)  # no fail point: a read
-        await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
-                                spec["process"]["cwd"])
-        await ctx.debug.point("create_container.working_dir")
-        await asyncio.to_thread(cdi.inject_devices, ctx.config.cdi, spec, cdi.requested_devices(config))
+        spec = await asyncio.to_thread(build)
         await ctx.debug.point("create_container.cdi")
         seen = await ctx.nri.create_container(sandbox, container_id, config, spec, ctx.clock_ns())
         undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
         await ctx.debug.point("create_container.nri")
-        spec, dropped = await _check_controllers(ctx, container_id, spec, cgroup)  # no fail point: a read
-        await asyncio.to_thread(write_config, str(bundle), spec)
+        manager = ctx.cgroup_manager()
+
+        def write() -> list[MissingLimit]:
+            """The limits whose controllers are missing dropped (`_enforceable`), then the spec written: one trip to a
+            worker thread. Returns the limits dropped."""
+            dropped = _enforceable(ctx, manager, container_id, spec, cgroup)
+            write_config(str(bundle), spec)
+            return dropped
+
+        dropped = await asyncio.to_thread(write)
         await ctx.debug.point("create_container.spec")
 
         # the container itself is made by StartContainer (cri/lifecycle/containers.py: `_make`), as containerd makes
@@ -326,16 +336,15 @@ def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...]
     return asked
 
 
-async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[str, Any], cgroup: str
-                             ) -> tuple[dict[str, Any], list[MissingLimit]]:
-    """A limit whose cgroup controller is missing: an error, or (config says "warn") dropped with a warning.
-    Returns the spec and the limits dropped from it."""
+def _enforceable(ctx: ServiceContext, manager: CgroupV2Manager, container_id: str, spec: dict[str, Any], cgroup: str
+                 ) -> list[MissingLimit]:
+    """A limit whose cgroup controller is missing: an error, or (config says "warn") dropped from the spec with a
+    warning. Returns the limits dropped. Blocking: runs in a worker thread."""
     resources = spec["linux"].get("resources", {})
-    manager = ctx.cgroup_manager()
-    missing = await asyncio.to_thread(manager.missing_controllers, resources, cgroup)
+    missing = manager.missing_controllers(resources, cgroup)
     spec["linux"]["resources"] = enforceable_limits(resources, missing, ctx.config.cgroup.missing_controller,
                                                     f"container {container_id}")
-    return spec, missing
+    return missing
 
 
 async def _discard_spawned(ctx: ServiceContext, container_id: str, spawning: asyncio.Future[Any]) -> None:
