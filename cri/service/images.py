@@ -338,13 +338,16 @@ class ImageManager:
         the snapshots are taken out of the store (renamed into tmp/) and their files deleted after the return."""
         async with self._gc_lock:
             in_use = await self._in_use()
+            # taken with `in_use`, in the same step: a creation that ends while the rows are read has its hold here
+            # or its row there (`kept`)
+            creating = set(self._creating)
             rows = await self.db.run(image_rows.list_images)
             keep_blobs: set[str] = set(self._leases)
             keep_snapshots: set[str] = set(self._leases)
             for row in rows:
                 keep_blobs.update(row.info.get("blobs", []))
                 keep_snapshots.update(layer["chainID"] for layer in row.info.get("layers", []))
-            held = {_chain_id(snapshot) for snapshot in in_use.snapshots} | set(self._creating)
+            held = {_chain_id(snapshot) for snapshot in in_use.snapshots} | creating
             self._held_by_containers = held - keep_snapshots
             keep_snapshots |= held
             result = await self._in_thread(lambda: collect(self.files, keep_blobs, keep_snapshots, later))
