@@ -49,7 +49,11 @@ class RuntimeHandlers:
 
     async def features(self, name: str) -> handlers.HandlerFeatures:
         """What a handler's executor really does (its `--version`, cached per binary, in a worker thread)."""
-        return await asyncio.to_thread(lambda: self._features(self.resolve(name)))
+        return await asyncio.to_thread(self.features_blocking, name)
+
+    def features_blocking(self, name: str) -> handlers.HandlerFeatures:
+        """`features`, for code already in a worker thread."""
+        return self._features(self.resolve(name))
 
     def _features(self, handler: handlers.Handler) -> handlers.HandlerFeatures:
         features = handlers.handler_features(handler)

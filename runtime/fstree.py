@@ -75,9 +75,24 @@ def _walk(top: str, visit: Visit, leave: Leave | None, dir_fd: int | None = None
         os.close(fd)
 
 
+# how many times tree_usage measures a tree whose dirs move while it walks it (a GC retiring snapshots into the
+# image store's tmp/, a container's `mv` in its writable layer) before it gives up (ESTALE)
+USAGE_TRIES = 3
+
+
 def tree_usage(path: str) -> tuple[int, int]:
     """Bytes (allocated blocks) and inodes used under path (itself included), each hardlinked inode once;
-    (0, 0) when it does not exist."""
+    (0, 0) when it does not exist. A tree whose dirs move while it is walked is measured again."""
+    for tries_left in reversed(range(USAGE_TRIES)):
+        try:
+            return _tree_usage(path)
+        except OSError as exc:
+            if exc.errno != errno.ESTALE or not tries_left:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _tree_usage(path: str) -> tuple[int, int]:
     try:
         st = os.lstat(path)
     except OSError:

@@ -196,7 +196,9 @@ class ContainerController:
 
     async def _made_by_shim(self, container: Container, plan: ShimPlan) -> int:
         """The init's pid if the container's shim has created it already, else 0 with a new shim ready for it
-        (spawned if there is none; the remains of a dead one are cleaned up first)."""
+        (spawned if there is none; the remains of a dead one are cleaned up first). A spawn CreateContainer left
+        under way is waited for first."""
+        await self.shims.settled(container.id)
         if not self.shims.is_alive(container.id):
             await self.shims.discard(container.id)  # a dead shim's remains; nothing known is fine
             await self.shims.spawn(plan.config)

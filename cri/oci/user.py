@@ -64,6 +64,9 @@ class LayeredFiles:
     def __init__(self, layers: Sequence[str], *, max_bytes: int = MAX_USER_FILE_BYTES) -> None:
         self.layers = tuple(layers)
         self.max_bytes = max_bytes
+        # the layers each directory of the merged view is merged from, as found (`_layers_for_dir`): a reader
+        # lives for one look at the layers (a spec's build), and each look at a path goes down from the root
+        self._dir_layers: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def read(self, path: str) -> bytes | None:
         entry = self._resolve(path)
@@ -176,17 +179,21 @@ class LayeredFiles:
         return self._layers_for_dir([])
 
     def _layers_for_dir(self, parts: list[str]) -> list[str]:
-        """The layers that contribute to the directory `parts` of the merged view, topmost first."""
-        active = [layer for layer in self.layers if os.path.isdir(layer)]
-        for depth in range(len(parts) + 1):
+        """The layers that contribute to the directory `parts` of the merged view, topmost first: those of its
+        parent that have it as a directory, down to the first that hides the layers below (a whiteout of it, a
+        non-directory, an opaque directory). Each directory is looked at once per reader."""
+        key = tuple(parts)
+        found = self._dir_layers.get(key)
+        if found is None:
+            above = self._layers_for_dir(parts[:-1]) if parts else [x for x in self.layers if os.path.isdir(x)]
             merged: list[str] = []
-            for layer in active:
-                here = os.path.join(layer, *parts[:depth])
+            for layer in above:
+                here = os.path.join(layer, *parts)
                 try:
                     st = os.lstat(here)
                 except OSError:
                     # absent in this layer: lower layers may still provide it, unless hidden by a whiteout
-                    if depth and self._whiteout(layer, parts[: depth - 1], parts[depth - 1]):
+                    if parts and self._whiteout(layer, parts[:-1], parts[-1]):
                         break
                     continue
                 if not stat.S_ISDIR(st.st_mode):
@@ -194,8 +201,8 @@ class LayeredFiles:
                 merged.append(layer)
                 if self._opaque(here):
                     break
-            active = merged
-        return active
+            found = self._dir_layers[key] = tuple(merged)
+        return list(found)
 
     def _lookup(self, active: list[str], parts: list[str], name: str) -> tuple[str, os.stat_result] | None:
         for layer in active:

@@ -1,4 +1,4 @@
-"""CreateContainer: the image's snapshots as lower dirs, the OCI spec, a shim ready for the container, and its row.
+"""CreateContainer: the image's snapshots as lower dirs, the OCI spec, a shim on its way for the container, and its row.
 
 The container is recorded CREATED but not made (pid 0, `Container.unmade`): every check that can refuse it is made
 here, while the executor's `create` (namespaces, cgroup, rootfs, the init waiting to be started) is StartContainer's
@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from cri.store.containers import CREATED, RUNNING, Container, ContainerMeta, Con
 from cri.store.sandboxes import READY, Sandbox
 from runtime import errors
 from runtime.bundle import Overlay, write_config
-from runtime.cgroups import MissingLimit, enforceable_limits
+from runtime.cgroups import CgroupV2Manager, MissingLimit, enforceable_limits
 from runtime.fstree import remove_tree
 from runtime.linux import idmap
 from runtime.rollback import Rollback
@@ -177,19 +178,22 @@ async def _create(ctx: ServiceContext, container_id: str, name: str, sandbox: Sa
             raise errors.FailedPrecondition(f"pod {sandbox.id} was stopped: cannot create containers in it")
         async with ctx.nri.creation():
             with errors.writing(f"container {container_id} in {_bundle_dir(ctx, container_id)} and "
-                                f"{_container_dir(ctx, container_id)}"):
-                await _create_in_pod(ctx, container_id, name, sandbox, request)
+                                f"{_container_dir(ctx, container_id)}"), ctx.images.kept() as keep:
+                await _create_in_pod(ctx, container_id, name, sandbox, request, keep)
 
 
 async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sandbox: Sandbox,
-                         request: cri.CreateContainerRequest) -> None:
+                         request: cri.CreateContainerRequest, keep: Callable[[ImageRecord], None]) -> None:
+    """`keep`: the images' snapshots are kept from GC from their lookup until the row counts (`ImageManager.kept`):
+    a RemoveImage meanwhile leaves them for StartContainer's mount."""
     config = request.config
     async with Rollback(f"CreateContainer {container_id}") as undo:
         undo.push("name reservation", lambda: ctx.container_names.release(name, container_id))
         await ctx.debug.point("create_container.name")
         # the reads that may refuse the request: after the undo of the name, which a refusal gives back
         image = await ctx.images.resolve(config.image.image)  # no fail point: a read
-        volume_images = await _image_volume_images(ctx, config)  # no fail point: a read
+        keep(image)  # no await since the lookup
+        volume_images = await _image_volume_images(ctx, config, keep)  # no fail point: a read
         log_path = _log_path(sandbox, config)
         driver = ctx.cgroup_driver
         bundle = _bundle_dir(ctx, container_id)
@@ -210,7 +214,7 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
 
         # the shim is forked while the spec is made: it reads config.json only when StartContainer asks it to
         # create; until then a shim is "new", and its shutdown (the undo, or a removal's) only ends it
-        spawning = asyncio.ensure_future(ctx.shims.spawn(plan.config))
+        spawning = ctx.shims.spawn_soon(plan.config)
         undo.push("shim", lambda: _discard_spawned(ctx, container_id, spawning))
 
         overlay = Overlay(lowerdirs=tuple(image.snapshot_dirs), upperdir=str(container_dir / "upper"),
@@ -222,12 +226,14 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
             target_pid_ns_path=_target_pid_ns(ctx, config, sandbox), userns=userns,
             files=PodFiles(hostname=sandbox.meta.hostname_path, hosts=sandbox.meta.hosts_path,
                            resolv_conf=sandbox.meta.resolv_path, shm=sandbox.meta.shm_path))
-        features = await ctx.handlers.features(sandbox.meta.runtime_handler)  # no fail point: a read
-        options = SpecOptions.from_config(ctx.config.oci, ctx.node,
-                                          recursive_read_only=features.recursive_read_only_mounts)
         image_config = image.runtime_config
 
         def build() -> dict[str, Any]:
+            """The spec, with its working dir made in the writable layer and its CDI devices injected: blocking work
+            in one trip to a worker thread (each trip costs the loop a wake-up and a hand-over)."""
+            features = ctx.handlers.features_blocking(sandbox.meta.runtime_handler)
+            options = SpecOptions.from_config(ctx.config.oci, ctx.node,
+                                              recursive_read_only=features.recursive_read_only_mounts)
             host = inspect_host(config, privileged=privileged)
             if userns is not None:
                 _check_idmappable(config, userns)
@@ -241,24 +247,31 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
                 cgroup_path=cgroups_path, overlay=overlay, image_name=config.image.image,
                 image_files=LayeredFiles([overlay.upperdir, *overlay.lowerdirs]), host=host,
                 image_volumes=volumes, options=options)
-            return build_container_spec(inputs)
+            spec = build_container_spec(inputs)
+            make_working_dir(LayeredFiles(overlay.lowerdirs), overlay.upperdir, spec["process"]["cwd"])
+            ctx.debug.point_in_thread("create_container.working_dir")
+            cdi.inject_devices(ctx.config.cdi, spec, cdi.requested_devices(config))
+            return spec
 
-        spec = await asyncio.to_thread(build)  # no fail point: a read
-        await asyncio.to_thread(make_working_dir, LayeredFiles(overlay.lowerdirs), overlay.upperdir,
-                                spec["process"]["cwd"])
-        await ctx.debug.point("create_container.working_dir")
-        await asyncio.to_thread(cdi.inject_devices, ctx.config.cdi, spec, cdi.requested_devices(config))
+        spec = await asyncio.to_thread(build)
         await ctx.debug.point("create_container.cdi")
         seen = await ctx.nri.create_container(sandbox, container_id, config, spec, ctx.clock_ns())
         undo.push("NRI plugins", lambda: ctx.nri.abandon_container(sandbox, seen))
         await ctx.debug.point("create_container.nri")
-        spec, dropped = await _check_controllers(ctx, container_id, spec, cgroup)  # no fail point: a read
-        await asyncio.to_thread(write_config, str(bundle), spec)
+        manager = ctx.cgroup_manager()
+
+        def write() -> list[MissingLimit]:
+            """The limits whose controllers are missing dropped (`_enforceable`), then the spec written: one trip to a
+            worker thread. Returns the limits dropped."""
+            dropped = _enforceable(ctx, manager, container_id, spec, cgroup)
+            write_config(str(bundle), spec)
+            return dropped
+
+        dropped = await asyncio.to_thread(write)
         await ctx.debug.point("create_container.spec")
 
         # the container itself is made by StartContainer (cri/lifecycle/containers.py: `_make`), as containerd makes
-        # its task there: here only its shim, ready for it
-        await spawning
+        # its task there: here only its shim, on its way (not awaited: StartContainer and a removal wait for it)
         await ctx.debug.point("create_container.shim")
 
         user = spec["process"]["user"]
@@ -287,14 +300,17 @@ async def _create_in_pod(ctx: ServiceContext, container_id: str, name: str, sand
     await ctx.nri.post_create_container(container)  # no fail point: NRI hears of a done creation
 
 
-async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig) -> dict[str, ImageRecord]:
-    """The images of the CRI mounts that have one (the kubelet pulled them), by container path; NotFound if gone."""
+async def _image_volume_images(ctx: ServiceContext, config: cri.ContainerConfig,
+                               keep: Callable[[ImageRecord], None]) -> dict[str, ImageRecord]:
+    """The images of the CRI mounts that have one (the kubelet pulled them), by container path, each kept from GC
+    as it is found (`keep`); NotFound if gone."""
     out = {}
     for m in config.mounts:
         if m.HasField("image") and m.image.image:
             if m.container_path in out:
                 raise errors.InvalidArgument(f"two image volumes on {m.container_path!r}")
             out[m.container_path] = await ctx.images.resolve(m.image.image)
+            keep(out[m.container_path])  # no await since the lookup
     return out
 
 
@@ -320,16 +336,15 @@ def _reported_image_name(config: cri.ContainerConfig, repo_tags: tuple[str, ...]
     return asked
 
 
-async def _check_controllers(ctx: ServiceContext, container_id: str, spec: dict[str, Any], cgroup: str
-                             ) -> tuple[dict[str, Any], list[MissingLimit]]:
-    """A limit whose cgroup controller is missing: an error, or (config says "warn") dropped with a warning.
-    Returns the spec and the limits dropped from it."""
+def _enforceable(ctx: ServiceContext, manager: CgroupV2Manager, container_id: str, spec: dict[str, Any], cgroup: str
+                 ) -> list[MissingLimit]:
+    """A limit whose cgroup controller is missing: an error, or (config says "warn") dropped from the spec with a
+    warning. Returns the limits dropped. Blocking: runs in a worker thread."""
     resources = spec["linux"].get("resources", {})
-    manager = ctx.cgroup_manager()
-    missing = await asyncio.to_thread(manager.missing_controllers, resources, cgroup)
+    missing = manager.missing_controllers(resources, cgroup)
     spec["linux"]["resources"] = enforceable_limits(resources, missing, ctx.config.cgroup.missing_controller,
                                                     f"container {container_id}")
-    return spec, missing
+    return missing
 
 
 async def _discard_spawned(ctx: ServiceContext, container_id: str, spawning: asyncio.Future[Any]) -> None:

@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +128,8 @@ class ImageManager:
         # snapshots the last GC kept only because containers use them (no image or pull references them): collected
         # once such a container is gone for good (`released`)
         self._held_by_containers: set[str] = set()
+        # snapshots of images containers are being created from, until their rows count in `in_use` (`kept`)
+        self._creating: Counter[str] = Counter()
         self._in_use = in_use
         self._usage: tuple[float, int, int] | None = None
         self._deletions: set[asyncio.Future[None]] = set()  # retired snapshot dirs being deleted
@@ -336,13 +338,16 @@ class ImageManager:
         the snapshots are taken out of the store (renamed into tmp/) and their files deleted after the return."""
         async with self._gc_lock:
             in_use = await self._in_use()
+            # taken with `in_use`, in the same step: a creation that ends while the rows are read has its hold here
+            # or its row there (`kept`)
+            creating = set(self._creating)
             rows = await self.db.run(image_rows.list_images)
             keep_blobs: set[str] = set(self._leases)
             keep_snapshots: set[str] = set(self._leases)
             for row in rows:
                 keep_blobs.update(row.info.get("blobs", []))
                 keep_snapshots.update(layer["chainID"] for layer in row.info.get("layers", []))
-            held = {_chain_id(snapshot) for snapshot in in_use.snapshots}
+            held = {_chain_id(snapshot) for snapshot in in_use.snapshots} | creating
             self._held_by_containers = held - keep_snapshots
             keep_snapshots |= held
             result = await self._in_thread(lambda: collect(self.files, keep_blobs, keep_snapshots, later))
@@ -368,6 +373,25 @@ class ImageManager:
                 log.error("deleting the removed snapshots %s failed: %s", [str(d) for d in dirs], exc)
 
         deletion.add_done_callback(done)
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[Callable[[ImageRecord], None]]:
+        """While a container is created from images: `keep(record)`, called right after the record's lookup (with no
+        await between them, so that the GC of a removal that comes after the lookup sees it), keeps the image's
+        snapshots from GC as a container's until the block ends, once the container's row counts in `in_use`.
+        The image may be removed meanwhile: its snapshots stay for the container (StartContainer mounts them)."""
+        chain_ids: list[str] = []
+
+        def keep(record: ImageRecord) -> None:
+            ids = [_chain_id(d) for d in record.snapshot_dirs]
+            self._creating.update(ids)
+            chain_ids.extend(ids)
+
+        try:
+            yield keep
+        finally:
+            self._creating.subtract(chain_ids)
+            self._creating += Counter()  # drop zero counts
 
     async def released(self, snapshots: Iterable[str]) -> None:
         """A removed container's remains are gone: the snapshots only it kept are collected now."""

@@ -100,6 +100,8 @@ class ShimManager:
         self._shims: dict[str, ShimInfo] = {}
         # spawned by this crispd and not asked to create yet: "new" without asking them (`never_told`)
         self._untold: set[str] = set()
+        # spawns still under way (`spawn_soon`), by container id
+        self._spawning: dict[str, asyncio.Future[ShimClient]] = {}
 
     # --- the zygote -----------------------------------------------------------------------------------------
 
@@ -228,6 +230,28 @@ class ShimManager:
         self._untold.add(config.id)
         log.info("container %s: shim started (pid %d)", config.id, info.pid)
         return self.client(config.id)
+
+    def spawn_soon(self, config: ShimConfig) -> asyncio.Future[ShimClient]:
+        """`spawn(config)` under way, not awaited: its caller may answer before the shim is ready. Whoever needs the
+        shim next waits for the spawn first (`settled`: StartContainer, `discard`). A spawn that fails is logged;
+        whoever needs the shim then finds none and spawns another."""
+        spawning = asyncio.ensure_future(self.spawn(config))
+        self._spawning[config.id] = spawning
+
+        def done(future: asyncio.Future[ShimClient]) -> None:
+            if self._spawning.get(config.id) is future:
+                del self._spawning[config.id]
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("container %s: its shim did not start: %s", config.id, future.exception())
+
+        spawning.add_done_callback(done)
+        return spawning
+
+    async def settled(self, container_id: str) -> None:
+        """Once no spawn of the container's shim is under way (`spawn_soon`); its outcome is not this caller's."""
+        spawning = self._spawning.get(container_id)
+        if spawning is not None:
+            await asyncio.wait({spawning})
 
     async def create(self, config: ShimConfig, call_timeout: float | None = None,
                      placed: Callable[[int], Awaitable[None]] | None = None,
@@ -373,6 +397,7 @@ class ShimManager:
         """Make the container and its shim go away: a live shim deletes the container and exits; a dead one's
         remains are cleaned up; nothing known is fine. A container that could not be deleted raises (its record
         stays)."""
+        await self.settled(container_id)
         info = self._shims.get(container_id)
         if info is None:
             return

@@ -82,6 +82,18 @@ class Cgroup:
         if not self.created_by_crisp():
             raise errors.FailedPrecondition(f"cgroup {self.path} was not created by crisp; refusing to {what} it")
 
+    def _owned_unless_gone(self, what: str) -> bool:
+        """For what a cgroup that is gone makes moot (kill, remove): False if it does not exist, also when it goes
+        while this looks (another task removed it: a removed container's cleanup while its pod stops kills the
+        pod's leaves); True if it is crisp's; FailedPrecondition if it is not."""
+        if not self.exists():
+            return False
+        if self.created_by_crisp():
+            return True
+        if not self.exists():
+            return False  # gone since the first look (its mark then reads as absent)
+        raise errors.FailedPrecondition(f"cgroup {self.path} was not created by crisp; refusing to {what} it")
+
     def created_by_crisp(self) -> bool:
         return is_crisp_owned(self.dir)
 
@@ -235,18 +247,19 @@ class Cgroup:
 
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in the subtree (cgroup.kill, or `kill_each` where the kernel lacks it) and wait
-        until the subtree is empty. A cgroup that does not exist is already empty."""
-        if not self.exists():
+        until the subtree is empty. A cgroup that does not exist (or goes meanwhile) is already empty."""
+        if not self._owned_unless_gone("kill"):
             return
-        self._require_owned("kill")
         kill_file = self.dir / "cgroup.kill"
         if not kill_file.exists():
             self.kill_each(timeout)
             return
         try:
             fs.write(kill_file, "1")
-        except errors.NotFound:
-            return  # removed meanwhile
+        except errors.CrispError:
+            if not self.exists():
+                return  # removed meanwhile
+            raise
         if not self.wait_empty(timeout):
             raise errors.DeadlineExceeded(f"cgroup {self.path}: processes left {timeout:g}s after cgroup.kill")
         log.debug("cgroup %s: killed", self.path)
@@ -254,9 +267,8 @@ class Cgroup:
     def kill_each(self, timeout: float = 5.0) -> None:
         """The fallback for kernels without cgroup.kill (< 5.14): freeze the subtree where possible (so nothing
         forks meanwhile), SIGKILL every pid in every cgroup.procs, thaw, and repeat until the subtree is empty."""
-        if not self.exists():
+        if not self._owned_unless_gone("kill"):
             return
-        self._require_owned("kill")
         deadline = time.monotonic() + timeout
         can_freeze = (self.dir / "cgroup.freeze").exists()
         while self.exists() and self.populated():
@@ -277,7 +289,11 @@ class Cgroup:
                         pass
             finally:
                 if frozen:
-                    fs.write(self.dir / "cgroup.freeze", "0")
+                    try:
+                        fs.write(self.dir / "cgroup.freeze", "0")
+                    except errors.CrispError:
+                        if self.exists():
+                            raise  # else removed meanwhile: nothing is left frozen
             self.wait_empty(min(_POLL_SLICE, max(0.0, deadline - time.monotonic())))
 
     def _subtree_pids(self) -> list[int]:
@@ -323,10 +339,10 @@ class Cgroup:
     def remove(self, timeout: float = 5.0) -> None:
         """Remove this cgroup and everything below it, children first, once no process is left (waiting up to
         `timeout`). Only a cgroup crisp created can be removed (the cgroups a container made inside its own are
-        part of it). Removing a cgroup that does not exist is not an error. Does not kill: call kill() first."""
-        if not self.dir.exists():
+        part of it). Removing a cgroup that does not exist (or goes meanwhile) is not an error. Does not kill: call
+        kill() first."""
+        if not self._owned_unless_gone("remove"):
             return
-        self._require_owned("remove")
         deadline = time.monotonic() + timeout
         if not self.wait_empty(timeout):
             raise errors.FailedPrecondition(

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from runtime import fstree
 from runtime.fstree import remove_tree, tree_usage
 
 
@@ -61,3 +64,28 @@ def test_read_only_dirs_go_too(tmp_path: Path) -> None:
         (top / "ro").chmod(0o700)
         remove_tree(top)
     assert not top.exists()
+
+
+def test_usage_of_a_tree_whose_dirs_move_while_it_is_walked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dir moved while the walk is below it (the image GC retires a snapshot into tmp/ while ImageFsInfo measures
+    the store) ends the walk (ESTALE: its way back up is not the way down); the tree is measured again."""
+    top = tmp_path / "top"
+    (top / "snapshots" / "s1" / "fs").mkdir(parents=True)
+    (top / "snapshots" / "s1" / "fs" / "f").write_bytes(b"x" * 5000)
+    (top / "tmp").mkdir()
+    unmoved = tree_usage(str(top))
+    real_walk = fstree._walk
+    walks = []
+
+    def walk(path: str, visit: fstree.Visit, leave: fstree.Leave | None) -> None:
+        def visit_and_move(fd: int, name: str, st: os.stat_result) -> None:
+            visit(fd, name, st)
+            if name == "f" and len(walks) == 1:
+                os.rename(top / "snapshots" / "s1", top / "tmp" / "s1")  # under the walk, on its first pass
+
+        walks.append(path)
+        real_walk(path, visit_and_move, leave)
+
+    monkeypatch.setattr(fstree, "_walk", walk)
+    assert tree_usage(str(top)) == unmoved
+    assert len(walks) == 2

@@ -163,3 +163,31 @@ def test_layered_files_resolve_follows_symlinks_inside_the_merged_view(tmp_path:
         files.resolve("/loop/x")
     assert files.lstat("/srv") is None and files.lstat("/procl") is not None
     assert LayeredFiles([str(low)]).lstat("/srv") is not None
+
+
+def test_layered_files_merge_each_directory_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader finds the layers each directory of the merged view is merged from once (CreateContainer reads
+    /etc/passwd and /etc/group and resolves mount targets through one reader; each look goes down from the root),
+    and its answers stay those of a fresh reader."""
+    upper, low = tmp_path / "upper", tmp_path / "low"
+    _write(low / "etc" / "passwd", "root:x:0:0::/root:/bin/sh\n")
+    _write(low / "etc" / "group", "root:x:0:\n")
+    _write(upper / "etc" / "hostname", "h\n")
+    opaque_looks: list[str] = []
+    real_lexists = os.path.lexists
+
+    def lexists(path: str) -> bool:
+        if path.endswith("/.wh..wh..opq"):  # a directory's opaque marker: looked for as its layers are merged
+            opaque_looks.append(path.removesuffix("/.wh..wh..opq"))
+        return real_lexists(path)
+
+    reader = LayeredFiles([str(upper), str(low)])
+    monkeypatch.setattr(os.path, "lexists", lexists)
+    assert reader.read("/etc/passwd") == b"root:x:0:0::/root:/bin/sh\n"
+    assert reader.read("/etc/group") == b"root:x:0:\n"
+    assert reader.resolve("/etc/hostname") == "/etc/hostname"
+    assert reader.sources("/etc") == (str(upper / "etc"), str(low / "etc"))
+    monkeypatch.undo()
+    assert sorted(opaque_looks) == sorted(str(d) for d in (upper, low, upper / "etc", low / "etc"))
+    fresh = LayeredFiles([str(upper), str(low)])
+    assert [fresh.read("/etc/group"), fresh.resolve("/etc/hostname")] == [b"root:x:0:\n", "/etc/hostname"]

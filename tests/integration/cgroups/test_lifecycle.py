@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtime import errors
-from runtime.cgroups import CgroupV2Manager, find_cgroup2_mount
+from runtime.cgroups import CgroupV2Manager, find_cgroup2_mount, fs
 from runtime.cgroups.cgroup import OWNER_XATTR
 from runtime.linux import syscalls as sc
 from tests.integration.cgroups.conftest import Sandbox
@@ -184,6 +184,48 @@ def _gone_or_zombie(pid: int) -> bool:
 
 def test_kill_of_a_missing_cgroup_is_a_no_op(cgroups: Sandbox) -> None:
     cgroups.manager.cgroup(cgroups.path("crisp-never")).kill()
+
+
+# Another task may remove an empty cgroup while kill or remove looks at it: a removed container's cleanup rmdirs its
+# leaf while its pod's stop kills the pod's leaves (critest -benchmark saw StopPodSandbox fail with NotFound: the
+# leaf was there when the pod's children were listed and when kill first looked, gone at its second look). The
+# cgroup is gone, which is all kill and remove are for. The removal is made to fall at each look in turn.
+
+
+@pytest.mark.parametrize("operation", ["kill", "kill_each", "remove"])
+def test_a_cgroup_removed_while_it_is_looked_at_is_nothing_to_do(
+    cgroups: Sandbox, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    cg = cgroups.manager.create(cgroups.path("crisp-going"))
+    real_exists = cg.exists
+
+    def there_then_removed() -> bool:
+        there = real_exists()
+        if there:
+            os.rmdir(cg.dir)  # the other task's removal, right after this look
+        return there
+
+    monkeypatch.setattr(cg, "exists", there_then_removed)
+    getattr(cg, operation)()
+    assert not real_exists()
+
+
+def test_kill_of_a_cgroup_removed_before_its_kill_file_is_written_is_a_no_op(
+    cgroups: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cg = cgroups.manager.create(cgroups.path("crisp-going"))
+    if not (cg.dir / "cgroup.kill").exists():
+        pytest.skip("the kernel has no cgroup.kill (5.14)")
+    real_write = fs.write
+
+    def removed_then_written(path: Path, value: str) -> None:
+        if path == cg.dir / "cgroup.kill":
+            os.rmdir(cg.dir)  # the other task's removal, after kill's looks
+        real_write(path, value)
+
+    monkeypatch.setattr(fs, "write", removed_then_written)
+    cg.kill()
+    assert not cg.exists()
 
 
 def test_freeze_stops_the_processes_and_thaw_resumes_them(cgroups: Sandbox) -> None:
