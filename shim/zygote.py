@@ -1,8 +1,9 @@
 """The shim launcher (zygote): a small, pre-warmed, stdlib-only process that crispd starts with subprocess.
 
-crispd never forks (gRPC is not fork-safe), so it asks the zygote instead: one JSON request per line on the
-zygote's stdin (`{"id": N, "config": {...ShimConfig}}`), one answer per line on its stdout (`{"id": N, "ok": true,
-"pid": P, "start_time": T, "warnings": [...]}` or `{"id": N, "ok": false, "error": {"kind", "message"}}`).
+crispd never forks (it has threads, and a big process forks slowly), so it asks the zygote instead: one JSON
+request per line on the zygote's stdin (`{"id": N, "config": {...ShimConfig}}`), one answer per line on its stdout
+(`{"id": N, "ok": true, "pid": P, "start_time": T, "warnings": [...]}` or `{"id": N, "ok": false, "error": {"kind",
+"message"}}`).
 The pods' namespace work is forked from here too (`{"id": N, "work": "pin_namespaces" | "start_pod_init",
 "request": {...}}`, runtime/namespaces/forked.py): the worker's answer dict is relayed the same way.
 
