@@ -200,8 +200,8 @@ def test_deadline_cancels_the_handler(tmp_path: Path) -> None:
     asyncio.run(_serve(tmp_path, body))
 
 
-async def _raw_call(sock: Path, path: bytes, message: bytes, *headers: tuple[bytes, bytes], ack_after: float = 0.0
-                    ) -> tuple[dict[bytes, bytes], bytes]:
+async def _raw_call(sock: Path, path: bytes, message: bytes, *headers: tuple[bytes, bytes], ack_after: float = 0.0,
+                    pad: int | None = None, priority: bool = False) -> tuple[dict[bytes, bytes], bytes]:
     """One call by a bare HTTP/2 client that never resets its stream: (headers and trailers, the data). It opens
     no flow-control window for `ack_after` seconds (the data the first windows allow is all it gets meanwhile)."""
     import h2.config
@@ -212,8 +212,12 @@ async def _raw_call(sock: Path, path: bytes, message: bytes, *headers: tuple[byt
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     conn.initiate_connection()
     conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path), (b":authority", b"x"),
-                          (b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers])
-    conn.send_data(1, b"\0" + len(message).to_bytes(4, "big") + message, end_stream=True)
+                          (b"content-type", b"application/grpc"), (b"te", b"trailers"), *headers],
+                      priority_weight=200 if priority else None)
+    framed = b"\0" + len(message).to_bytes(4, "big") + message
+    step = conn.max_outbound_frame_size - 256
+    for at in range(0, len(framed), step):
+        conn.send_data(1, framed[at:at + step], end_stream=at + step >= len(framed), pad_length=pad)
     writer.write(conn.data_to_send())
     got: dict[bytes, bytes] = {}
     data = b""
@@ -252,8 +256,31 @@ def test_the_servers_own_deadline(tmp_path: Path) -> None:
         assert got[b"grpc-status"] == b"4"
         assert 0.25 < time.monotonic() - began < 5
         await asyncio.wait_for(probe.cancelled.wait(), 5)
-        got, data = await _raw_call(sock, b"/test.T/Echo", b"raw")
+        got, data = await asyncio.wait_for(_raw_call(sock, b"/test.T/Echo", b"raw"), 10)
         assert (got[b"grpc-status"], data) == (b"0", b"\0\0\0\0\3raw")
+
+    asyncio.run(_serve(tmp_path, body))
+
+
+def test_padding_priorities_and_header_blocks_in_pieces(tmp_path: Path) -> None:
+    """What a client may send and a gRPC client seldom does: padded DATA, HEADERS with a priority, a header block
+    over one frame (CONTINUATIONs); and an answer's status over one frame."""
+    async def body(server: Server, sock: Path, probe: Probe) -> None:
+        got, data = await asyncio.wait_for(_raw_call(sock, b"/test.T/Echo", b"padded", pad=40, priority=True), 10)
+        assert (got[b"grpc-status"], data) == (b"0", b"\0\0\0\0\6padded")
+        # a client that takes frames of 16 KiB at most (HTTP/2's default; grpc-go's) gets a long status in pieces
+        long = "-".join(["why"] * 10000)
+        got, _ = await asyncio.wait_for(_raw_call(sock, b"/test.T/Aborts", long.encode()), 10)
+        assert (got[b"grpc-status"], got[b"grpc-message"]) == (b"9", long.encode())
+        options = [("grpc.max_metadata_size", 1 << 20)]
+        async with _channel(sock) as plain, aio.insecure_channel(f"unix:{sock}", options=options) as channel:
+            metadata = (("x-big", "m" * 40000), ("x-other", "o" * 20000))
+            assert await channel.unary_unary("/test.T/Echo")(b"big headers", metadata=metadata) == b"big headers"
+            assert await _status(channel.unary_unary("/test.T/Aborts")(long.encode())) == (
+                grpc.StatusCode.FAILED_PRECONDITION, long)
+            # the decoder's table followed the client's through all of it
+            assert await plain.unary_unary("/test.T/Echo")(b"after") == b"after"
+            assert await channel.unary_unary("/test.T/Echo")(b"after") == b"after"
 
     asyncio.run(_serve(tmp_path, body))
 
