@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import struct
@@ -30,29 +29,11 @@ from typing import Any, NoReturn
 
 import hpack
 
+from runtime.ttrpc.wire import Code as StatusCode  # gRPC's status codes, which ttrpc carries too
+
+__all__ = ["AbortError", "Context", "Method", "Server", "StatusCode"]
+
 log = logging.getLogger(__name__)
-
-
-class StatusCode(enum.Enum):
-    """gRPC's status codes (the numbers are the protocol's)."""
-
-    OK = 0
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    FAILED_PRECONDITION = 9
-    ABORTED = 10
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    DATA_LOSS = 15
-    UNAUTHENTICATED = 16
 
 
 class AbortError(Exception):
@@ -198,12 +179,6 @@ class Context:
 
     def details(self) -> str | None:
         return self._details
-
-    def set_code(self, code: StatusCode) -> None:
-        self._code = code
-
-    def set_details(self, details: str) -> None:
-        self._details = details
 
     async def abort(self, code: StatusCode, details: str = "") -> NoReturn:
         """End the RPC with `code` and `details`."""
