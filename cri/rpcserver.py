@@ -229,9 +229,14 @@ class _Stream:
         if length != len(message):
             raise ValueError("the request is not one message")
         if compressed:
-            if self.encoding in (b"gzip", b"deflate"):
-                return zlib.decompress(message, 31 if self.encoding == b"gzip" else 15)
-            raise ValueError(f"the request is compressed with {self.encoding!r}, which crispd does not take")
+            if self.encoding not in (b"gzip", b"deflate"):
+                raise ValueError(f"the request is compressed with {self.encoding!r}, which crispd does not take")
+            # inflated no further than the limit: a few KB of gzip can hold gigabytes
+            limit = self.connection.server.max_message_bytes
+            inflater = zlib.decompressobj(31 if self.encoding == b"gzip" else 15)
+            message = inflater.decompress(message, limit + 1)
+            if len(message) > limit:
+                raise _TooBig(f"the request is larger than {limit} bytes once inflated")
         return message
 
     def _queue(self, message: Any) -> None:
@@ -538,6 +543,9 @@ class _Connection(asyncio.Protocol):
                 return
             try:
                 request = method.request_deserializer(stream.request())
+            except _TooBig as exc:
+                stream.finish(StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                return
             except Exception as exc:  # any undecodable request is the client's
                 stream.finish(StatusCode.INTERNAL, f"cannot parse the request: {exc}")
                 return

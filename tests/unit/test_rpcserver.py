@@ -151,8 +151,11 @@ def test_compressed_requests(tmp_path: Path) -> None:
         for compression in (grpc.Compression.Gzip, grpc.Compression.Deflate):
             async with _channel(sock, compression=compression) as channel:
                 assert await channel.unary_unary("/test.T/Size")(b"z" * 100000) == b"100000"
+                # small on the wire, over the limit once inflated: refused, never inflated whole
+                code, details = await _status(channel.unary_unary("/test.T/Size")(b"z" * (2 << 20)))
+                assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "once inflated" in details, details
 
-    asyncio.run(_serve(tmp_path, body))
+    asyncio.run(_serve(tmp_path, body, max_message_bytes=1 << 20))
 
 
 def test_a_stream_waits_for_a_slow_reader(tmp_path: Path) -> None:
