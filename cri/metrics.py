@@ -26,9 +26,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from cri.errors import status_code_for
 from cri.pod_metrics import PodMetrics, prometheus_families
 from cri.rpcserver import StatusCode
+from runtime.ttrpc.wire import code_of
 from runtime.version import VERSION
 
 # RPC latencies from sub-millisecond status calls to multi-minute image pulls
@@ -151,7 +151,8 @@ class Metrics:
         if error is None:
             self.image_pull_duration.observe(seconds)
         else:
-            code = StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else status_code_for(error)
+            cancelled = isinstance(error, asyncio.CancelledError)
+            code = StatusCode.CANCELLED if cancelled else code_of(error, StatusCode.INTERNAL)
             self.image_pull_failures.labels(code=code.name).inc()
 
     def set_state(self, snapshot: StateSnapshot) -> None:

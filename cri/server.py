@@ -9,10 +9,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from cri.errors import status_code_for
 from cri.metrics import Metrics, RpcMetrics
 from cri.rpcserver import AbortError, Context, Method, StatusCode
 from runtime import errors
+from runtime.ttrpc.wire import code_of
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class RpcGuard:
             return context.code() or StatusCode.UNKNOWN, None
         if isinstance(exc, GeneratorExit):
             return StatusCode.CANCELLED, None
-        code = status_code_for(exc)
+        code = code_of(exc, StatusCode.INTERNAL)
         if code is StatusCode.INTERNAL:
             log.error("%s failed: %s", method, exc, exc_info=exc)
             return code, f"{method}: internal error: {exc}"

@@ -1,7 +1,8 @@
 """Error kinds shared by every layer of crisp.
 
-Code below the gRPC server raises these; `cri/errors.py` maps each kind to one gRPC status code in exactly one
-place. Anything that is not a `CrispError` becomes INTERNAL there and is logged with its traceback.
+Code below the gRPC server raises these; `runtime/ttrpc/wire.py`'s `KIND_CODES` maps each kind to one status code
+in exactly one place (gRPC and ttrpc carry the same codes). Anything that is not a kind becomes INTERNAL in crispd's
+answers and is logged with its traceback.
 Messages say what was wrong and with which id.
 """
 

@@ -8,23 +8,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from runtime import errors
 from runtime.ttrpc import wire
 from runtime.ttrpc.streams import ByteStream
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], Awaitable[bytes]]
-
-# crisp's error kinds as status codes (the one place ttrpc answers are made from them)
-_KIND_CODES: tuple[tuple[type[errors.CrispError], wire.Code], ...] = (
-    (errors.NotFound, wire.Code.NOT_FOUND), (errors.AlreadyExists, wire.Code.ALREADY_EXISTS),
-    (errors.InvalidArgument, wire.Code.INVALID_ARGUMENT), (errors.FailedPrecondition, wire.Code.FAILED_PRECONDITION),
-    (errors.Unavailable, wire.Code.UNAVAILABLE), (errors.ResourceExhausted, wire.Code.RESOURCE_EXHAUSTED),
-    (errors.DeadlineExceeded, wire.Code.DEADLINE_EXCEEDED), (errors.Unimplemented, wire.Code.UNIMPLEMENTED),
-    (errors.Cancelled, wire.Code.CANCELLED),
-)
-
 
 def unary(request_type: Any, method: Callable[[Any], Awaitable[Any]]) -> Handler:
     """A handler from a coroutine taking a request message and returning the response message."""
@@ -41,10 +30,7 @@ def unary(request_type: Any, method: Callable[[Any], Awaitable[Any]]) -> Handler
 def status_of(exc: BaseException) -> tuple[wire.Code, str]:
     if isinstance(exc, wire.TtrpcError):
         return exc.code, exc.detail
-    for kind, code in _KIND_CODES:
-        if isinstance(exc, kind):
-            return code, str(exc)
-    return wire.Code.UNKNOWN, str(exc) or type(exc).__name__
+    return wire.code_of(exc, wire.Code.UNKNOWN), str(exc) or type(exc).__name__
 
 
 class Server:

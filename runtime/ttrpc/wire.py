@@ -47,6 +47,26 @@ class Code(enum.IntEnum):
     UNAUTHENTICATED = 16
 
 
+# crisp's error kinds as status codes: the one table, for crispd's gRPC answers and for ttrpc's (most specific
+# kinds first: the first the error is an instance of wins)
+KIND_CODES: tuple[tuple[type[errors.CrispError], Code], ...] = (
+    (errors.NotFound, Code.NOT_FOUND), (errors.AlreadyExists, Code.ALREADY_EXISTS),
+    (errors.InvalidArgument, Code.INVALID_ARGUMENT), (errors.FailedPrecondition, Code.FAILED_PRECONDITION),
+    (errors.Unavailable, Code.UNAVAILABLE), (errors.ResourceExhausted, Code.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, Code.DEADLINE_EXCEEDED), (errors.Unimplemented, Code.UNIMPLEMENTED),
+    (errors.Cancelled, Code.CANCELLED),
+)
+
+
+def code_of(exc: BaseException, unexpected: Code) -> Code:
+    """The status code of an error's kind; `unexpected` for anything that is not one of the kinds (gRPC answers
+    INTERNAL, ttrpc UNKNOWN)."""
+    for kind, code in KIND_CODES:
+        if isinstance(exc, kind):
+            return code
+    return unexpected
+
+
 class TtrpcError(errors.CrispError):
     """A call answered with a non-OK status (or failed on its way: the connection closed, the deadline passed)."""
 

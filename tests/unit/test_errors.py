@@ -1,4 +1,4 @@
-"""The error-kind -> gRPC status table."""
+"""The error-kind -> status code table (runtime/ttrpc/wire.py), for gRPC answers and ttrpc ones."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import os
 
 import pytest
 
-from cri.errors import status_code_for
 from cri.rpcserver import StatusCode
 from runtime import errors
+from runtime.ttrpc import server as ttrpc_server
+from runtime.ttrpc.wire import code_of
+
+
+def status_code_for(exc: BaseException) -> StatusCode:
+    return code_of(exc, StatusCode.INTERNAL)  # what crispd's RPC guard answers
 
 
 @pytest.mark.parametrize(
@@ -45,6 +50,12 @@ def test_every_kind_is_mapped() -> None:
     internal = StatusCode.INTERNAL
     unmapped = [k.__name__ for k in kinds if k is not errors.CrispError and status_code_for(k("x")) is internal]
     assert unmapped == []
+
+
+def test_ttrpc_answers_use_the_same_table() -> None:
+    for cls in errors.KINDS.values():
+        assert ttrpc_server.status_of(cls("m")) == (status_code_for(cls("m")), "m")
+    assert ttrpc_server.status_of(ValueError()) == (StatusCode.UNKNOWN, "ValueError")  # not a kind: UNKNOWN
 
 
 class _Extra(Exception):
