@@ -11,11 +11,14 @@ RESOURCE_EXHAUSTED until pods or containers go.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from cri import api as cri
-from cri.store.containers import Container
-from cri.store.sandboxes import Sandbox
 from runtime import errors
+
+if TYPE_CHECKING:  # the stores count each object's bytes with this module
+    from cri.store.containers import Container
+    from cri.store.sandboxes import Sandbox
 
 MAX_OBJECT_BYTES = 256 * 1024
 
@@ -35,9 +38,8 @@ def container_bytes(config: cri.ContainerConfig) -> int:
 
 
 def node_bytes(sandboxes: Iterable[Sandbox], containers: Iterable[Container]) -> int:
-    """What the node's pods and containers take now."""
-    return (sum(pod_bytes(s.meta.config) for s in sandboxes)
-            + sum(container_bytes(c.meta.config) for c in containers))
+    """What the node's pods and containers take now (each object's count is kept with it)."""
+    return sum(s.meta.metadata_bytes for s in sandboxes) + sum(c.meta.metadata_bytes for c in containers)
 
 
 def check(kind: str, size: int, used: int, budget: int) -> None:

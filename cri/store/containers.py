@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from cri import api as cri
+from cri import metadata_limits
 from cri.store.db import Store
 from cri.store.truncindex import resolve_id
 from runtime import errors
@@ -54,6 +56,11 @@ class ContainerMeta:
     groups: tuple[int, ...]
     # the snapshots of the images its image volumes show (held in use while the container exists)
     volume_snapshots: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def metadata_bytes(self) -> int:
+        """What its labels, annotations and names take (cri/metadata_limits.py), counted once."""
+        return metadata_limits.container_bytes(self.config)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

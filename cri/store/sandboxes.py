@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from cri import api as cri
+from cri import metadata_limits
 from cri.store.db import Store
 from cri.store.truncindex import resolve_id
 from runtime import errors
@@ -43,6 +45,11 @@ class SandboxMeta:
     shm_path: str  # the pod's /dev/shm (its own tmpfs, or the host's for host-IPC pods)
     # the network namespace's second pin, under its `ip netns` name (<[network] netns_dir>/crisp-<id>), or ""
     netns_path: str = ""
+
+    @functools.cached_property
+    def metadata_bytes(self) -> int:
+        """What its labels, annotations and names take (cri/metadata_limits.py), counted once."""
+        return metadata_limits.pod_bytes(self.config)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
