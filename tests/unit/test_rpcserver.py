@@ -14,12 +14,9 @@ import pytest
 from grpc import aio
 
 from cri.rpcserver import Context, Method, Server, StatusCode
+from tests.unit.rpctools import identity, serving, status
 
 BIG = 5 * 1024 * 1024 + 17  # more than a frame, a window, and grpc's default message limit on neither side
-
-
-def _identity(b: bytes) -> bytes:
-    return b
 
 
 class Probe:
@@ -81,34 +78,20 @@ def _methods(probe: Probe) -> list[Method]:
 
     unary = {"Echo": echo, "Size": size, "Double": double, "Big": big, "Slow": slow, "Aborts": aborts}
     streams = {"Chunks": chunks, "Writes": writes, "GivesUp": gives_up}
-    return [Method("test.T", name, fn, _identity, _identity) for name, fn in unary.items()] + [
-        Method("test.T", name, fn, _identity, _identity, streaming=True) for name, fn in streams.items()]
+    return [Method("test.T", name, fn, identity, identity) for name, fn in unary.items()] + [
+        Method("test.T", name, fn, identity, identity, streaming=True) for name, fn in streams.items()]
 
 
 async def _serve(tmp_path: Path, body: Callable[[Server, Path, Probe], Awaitable[None]],
                  max_message_bytes: int = 16 << 20) -> None:
     probe = Probe()
-    server = Server(max_message_bytes=max_message_bytes)
-    server.add(_methods(probe))
-    sock = tmp_path / "t.sock"
-    await server.listen(sock)
-    try:
+    async with serving(tmp_path, _methods(probe), max_message_bytes) as (server, sock):
         await body(server, sock, probe)
-    finally:
-        await server.stop(None)
 
 
 def _channel(sock: Path, **kwargs: Any) -> aio.Channel:
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     return aio.insecure_channel(f"unix:{sock}", options=options, **kwargs)
-
-
-async def _status(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call
-    except aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 def test_answers_errors_and_unknown_methods(tmp_path: Path) -> None:
@@ -119,10 +102,10 @@ def test_answers_errors_and_unknown_methods(tmp_path: Path) -> None:
             # many calls at once on one connection
             answers = await asyncio.gather(*(channel.unary_unary("/test.T/Echo")(b"%d" % i) for i in range(200)))
             assert answers == [b"%d" % i for i in range(200)]
-            code, details = await _status(channel.unary_unary("/test.T/Nope")(b""))
+            code, details = await status(channel.unary_unary("/test.T/Nope")(b""))
             assert code is grpc.StatusCode.UNIMPLEMENTED and "/test.T/Nope" in details
             # details travel percent-encoded and arrive as they were
-            code, details = await _status(channel.unary_unary("/test.T/Aborts")("50% grün\nnext".encode()))
+            code, details = await status(channel.unary_unary("/test.T/Aborts")("50% grün\nnext".encode()))
             assert (code, details) == (grpc.StatusCode.FAILED_PRECONDITION, "50% grün\nnext")
 
     asyncio.run(_serve(tmp_path, body))
@@ -135,10 +118,10 @@ def test_large_messages_both_ways_and_the_limit(tmp_path: Path) -> None:
             assert len(answer) == BIG // 256 * 256 + 3 and answer.endswith(b"end")
             assert answer[:256] == bytes(range(256))
             assert await channel.unary_unary("/test.T/Size")(b"x" * (6 << 20)) == str(6 << 20).encode()
-            code, details = await _status(channel.unary_unary("/test.T/Size")(b"x" * (7 << 20)))
+            code, details = await status(channel.unary_unary("/test.T/Size")(b"x" * (7 << 20)))
             assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "request is larger" in details, details
             # an answer over the limit is refused too
-            code, details = await _status(channel.unary_unary("/test.T/Double")(b"x" * (4 << 20)))
+            code, details = await status(channel.unary_unary("/test.T/Double")(b"x" * (4 << 20)))
             assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "answer is larger" in details, details
             # the connection is still good
             assert await channel.unary_unary("/test.T/Echo")(b"after") == b"after"
@@ -152,7 +135,7 @@ def test_compressed_requests(tmp_path: Path) -> None:
             async with _channel(sock, compression=compression) as channel:
                 assert await channel.unary_unary("/test.T/Size")(b"z" * 100000) == b"100000"
                 # small on the wire, over the limit once inflated: refused, never inflated whole
-                code, details = await _status(channel.unary_unary("/test.T/Size")(b"z" * (2 << 20)))
+                code, details = await status(channel.unary_unary("/test.T/Size")(b"z" * (2 << 20)))
                 assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "once inflated" in details, details
 
     asyncio.run(_serve(tmp_path, body, max_message_bytes=1 << 20))
@@ -191,7 +174,7 @@ def test_a_write_given_up_on_still_leaves_whole(tmp_path: Path) -> None:
 def test_deadline_cancels_the_handler(tmp_path: Path) -> None:
     async def body(server: Server, sock: Path, probe: Probe) -> None:
         async with _channel(sock) as channel:
-            code, _ = await _status(channel.unary_unary("/test.T/Slow")(b"30", timeout=0.5))
+            code, _ = await status(channel.unary_unary("/test.T/Slow")(b"30", timeout=0.5))
             assert code is grpc.StatusCode.DEADLINE_EXCEEDED
             await asyncio.wait_for(probe.cancelled.wait(), 5)
             # the client sends what is left of its 0.5 s, rounded up to the header's unit (a few us over, seen in CI)
@@ -280,7 +263,7 @@ def test_padding_priorities_and_header_blocks_in_pieces(tmp_path: Path) -> None:
         async with _channel(sock) as plain, aio.insecure_channel(f"unix:{sock}", options=options) as channel:
             metadata = (("x-big", "m" * 40000), ("x-other", "o" * 20000))
             assert await channel.unary_unary("/test.T/Echo")(b"big headers", metadata=metadata) == b"big headers"
-            assert await _status(channel.unary_unary("/test.T/Aborts")(long.encode())) == (
+            assert await status(channel.unary_unary("/test.T/Aborts")(long.encode())) == (
                 grpc.StatusCode.FAILED_PRECONDITION, long)
             # the decoder's table followed the client's through all of it
             assert await plain.unary_unary("/test.T/Echo")(b"after") == b"after"
@@ -312,7 +295,7 @@ def test_stop_lets_calls_in_flight_finish_within_the_grace(tmp_path: Path) -> No
     async def body(server: Server, sock: Path, probe: Probe) -> None:
         async with _channel(sock) as channel:
             short = asyncio.ensure_future(channel.unary_unary("/test.T/Slow")(b"0.3"))
-            long = asyncio.ensure_future(_status(channel.unary_unary("/test.T/Slow")(b"30")))
+            long = asyncio.ensure_future(status(channel.unary_unary("/test.T/Slow")(b"30")))
             await asyncio.wait_for(probe.two_in.wait(), 5)
             began = time.monotonic()
             await server.stop(1.0)
@@ -323,7 +306,7 @@ def test_stop_lets_calls_in_flight_finish_within_the_grace(tmp_path: Path) -> No
             assert probe.cancelled.is_set() and probe.finished == 1
         assert not _connects(sock)
         async with _channel(sock) as channel:
-            code, _ = await _status(channel.unary_unary("/test.T/Echo")(b"", timeout=2))
+            code, _ = await status(channel.unary_unary("/test.T/Echo")(b"", timeout=2))
             assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
     asyncio.run(_serve(tmp_path, body))

@@ -12,9 +12,10 @@ import pytest
 from grpc import aio
 
 from cri.metrics import Metrics
-from cri.rpcserver import Method, Server, StatusCode
+from cri.rpcserver import Method, StatusCode
 from cri.server import Readiness, RpcGuard
 from runtime import errors
+from tests.unit.rpctools import identity, serving, status
 
 
 async def _ok(request: bytes, context: Any) -> bytes:
@@ -40,32 +41,14 @@ async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
     raise errors.FailedPrecondition("stream broke")
 
 
-def _identity(b: bytes) -> bytes:
-    return b
-
-
 async def _with_server(tmp_path: Path, body: Callable[[aio.Channel, Readiness, Metrics], Awaitable[None]]) -> None:
     readiness, metrics = Readiness(), Metrics()
     guard = RpcGuard(readiness, metrics)
-    server = Server()
-    server.add(guard.wrap(Method("test.Svc", name, fn, _identity, _identity))
-               for name, fn in {"Ok": _ok, "NotFound": _not_found, "Bug": _bug, "Aborts": _aborts}.items())
-    server.add([guard.wrap(Method("test.Svc", "Stream", _stream, _identity, _identity, streaming=True))])
-    sock = tmp_path / "t.sock"
-    await server.listen(sock)
-    try:
-        async with aio.insecure_channel(f"unix:{sock}") as channel:
-            await body(channel, readiness, metrics)
-    finally:
-        await server.stop(None)
-
-
-async def _code(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call
-    except aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
+    methods = [guard.wrap(Method("test.Svc", name, fn, identity, identity))
+               for name, fn in {"Ok": _ok, "NotFound": _not_found, "Bug": _bug, "Aborts": _aborts}.items()]
+    methods.append(guard.wrap(Method("test.Svc", "Stream", _stream, identity, identity, streaming=True)))
+    async with serving(tmp_path, methods) as (_, sock), aio.insecure_channel(f"unix:{sock}") as channel:
+        await body(channel, readiness, metrics)
 
 
 async def _drain(stream: Any) -> None:
@@ -76,18 +59,18 @@ async def _drain(stream: Any) -> None:
 def test_guard(tmp_path: Path) -> None:
     async def body(channel: aio.Channel, readiness: Readiness, metrics: Metrics) -> None:
         ok = channel.unary_unary("/test.Svc/Ok")
-        code, details = await _code(ok(b"x"))
+        code, details = await status(ok(b"x"))
         assert code is grpc.StatusCode.UNAVAILABLE and "crispd is starting" in details
-        code, details = await _code(_drain(channel.unary_stream("/test.Svc/Stream")(b"")))
+        code, details = await status(_drain(channel.unary_stream("/test.Svc/Stream")(b"")))
         assert code is grpc.StatusCode.UNAVAILABLE and details == "Stream: crispd is starting"
 
         readiness.set_ready()
         assert await ok(b"x") == b"ok:x"
-        assert await _code(channel.unary_unary("/test.Svc/NotFound")(b"")) == (
+        assert await status(channel.unary_unary("/test.Svc/NotFound")(b"")) == (
             grpc.StatusCode.NOT_FOUND, "pod 1234 not found")
-        code, details = await _code(channel.unary_unary("/test.Svc/Bug")(b""))
+        code, details = await status(channel.unary_unary("/test.Svc/Bug")(b""))
         assert code is grpc.StatusCode.INTERNAL and "Bug: internal error" in details
-        assert await _code(channel.unary_unary("/test.Svc/Aborts")(b"")) == (grpc.StatusCode.OUT_OF_RANGE,
+        assert await status(channel.unary_unary("/test.Svc/Aborts")(b"")) == (grpc.StatusCode.OUT_OF_RANGE,
                                                                               "own status")
         stream = channel.unary_stream("/test.Svc/Stream")(b"")
         got = []
@@ -118,6 +101,6 @@ def test_guard(tmp_path: Path) -> None:
         assert not [s.name for m in metrics.registry.collect() for s in m.samples if s.name.endswith("_created")]
 
         readiness.set_not_ready("crispd is stopping")
-        assert await _code(ok(b"x")) == (grpc.StatusCode.UNAVAILABLE, "Ok: crispd is stopping")
+        assert await status(ok(b"x")) == (grpc.StatusCode.UNAVAILABLE, "Ok: crispd is stopping")
 
     asyncio.run(_with_server(tmp_path, body))
