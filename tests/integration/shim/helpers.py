@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -216,6 +216,15 @@ class ShimEnv:
         finally:
             loop.slow_callback_duration = threshold
         return manager
+
+    @contextlib.asynccontextmanager
+    async def running_manager(self) -> AsyncIterator[ShimManager]:
+        """`started_manager`, closed at the end (as crispd closes it when it stops: the shims stay)."""
+        manager = await self.started_manager()
+        try:
+            yield manager
+        finally:
+            await manager.close()
 
     def shim_pids(self) -> list[int]:
         pids = []

@@ -68,8 +68,7 @@ def test_held_create_waits_for_the_scope(builtin_env: ShimEnv, slice_path: str) 
         manager.adopt(scope, {})  # limits need controllers this host may lack
 
     async def scenario() -> None:
-        shims = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as shims:
             config = builtin_env.config(cid, cgroup=scope)
             config = type(config)(**{**config.to_json(), "executor": [*config.executor, "--systemd-cgroup"]})
             client, pid = await shims.create(config, held=held)
@@ -79,8 +78,6 @@ def test_held_create_waits_for_the_scope(builtin_env: ShimEnv, slice_path: str) 
             status = await shims.wait_exit(cid)
             assert status.exit_code == 7
             await client.shutdown()
-        finally:
-            await shims.close()
 
     run(scenario(), check_slow_callbacks=False)
     # the executor's delete leaves the scope to whoever made it (crispd stops the unit)
@@ -97,14 +94,11 @@ def test_a_held_process_killed_fails_the_create_and_leaves_nothing(builtin_env: 
         raise errors.FailedPrecondition("systemd could not start the scope")
 
     async def scenario() -> None:
-        shims = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as shims:
             config = builtin_env.config(cid, cgroup=scope)
             config = type(config)(**{**config.to_json(), "executor": [*config.executor, "--systemd-cgroup"]})
             with pytest.raises(errors.FailedPrecondition, match="could not start the scope"):
                 await shims.create(config, held=held)
-        finally:
-            await shims.close()
 
     run(scenario(), check_slow_callbacks=False)
     assert not CgroupV2Manager.discover().cgroup(scope).exists()

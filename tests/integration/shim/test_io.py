@@ -20,15 +20,12 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
 
 def _run_to_exit(env: ShimEnv, cid: str, **config: object) -> int:
     async def scenario() -> int:
-        manager = await env.started_manager()
-        try:
+        async with env.running_manager() as manager:
             client, _ = await manager.create(env.config(cid, **config))  # type: ignore[arg-type]
             await client.start()
             status = await manager.wait_exit(cid)
             await client.shutdown()
             return status.exit_code
-        finally:
-            await manager.close()
     return run(scenario())
 
 
@@ -89,8 +86,7 @@ def test_reopen_log_after_rename(shim_env: ShimEnv) -> None:
     log = shim_env.logs / f"{cid}.log"
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             client, _ = await manager.create(shim_env.config(cid))
             await client.start()
             await _grown(log, 100)
@@ -107,8 +103,6 @@ def test_reopen_log_after_rename(shim_env: ShimEnv) -> None:
             numbers = [int(line.split()[1]) for line in old + new]
             assert numbers == list(range(len(numbers)))  # nothing lost across the rotation, nothing twice
             assert old and new
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -118,8 +112,7 @@ def test_attach_pipes_with_stdin_once_and_two_attachers(shim_env: ShimEnv) -> No
     shim_env.bundle(cid, ["sh", "-c", "while read line; do echo got $line; echo err $line >&2; done; echo bye"])
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             client, _ = await manager.create(shim_env.config(cid, stdin=True, stdin_once=True))
             watcher = await client.attach(stdout=True, stderr=False)
             stream = await client.attach(stdin=True)
@@ -143,8 +136,6 @@ def test_attach_pipes_with_stdin_once_and_two_attachers(shim_env: ShimEnv) -> No
             with pytest.raises(errors.FailedPrecondition):
                 await client.attach()
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
     assert joined_output(shim_env.logs / f"{cid}.log") == b"got one\ngot two\nbye\n"
@@ -155,8 +146,7 @@ def test_attach_tty_and_resize(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sh", "-c", "stty size; while read line; do stty size; done"], tty=True)
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             client, _ = await manager.create(shim_env.config(cid, stdin=True))
             await client.resize(100, 30)
             stream = await client.attach(stdin=True)
@@ -183,8 +173,6 @@ def test_attach_tty_and_resize(shim_env: ShimEnv) -> None:
             await manager.wait_exit(cid)
             await stream.close()
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
     log = (shim_env.logs / f"{cid}.log").read_bytes()

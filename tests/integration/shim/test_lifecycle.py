@@ -23,8 +23,7 @@ def test_exit_code_times_and_log(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sh", "-c", "echo hello; echo oops >&2; exit 3"])
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             client, pid = await manager.create(shim_env.config(cid))
             assert pid > 0
             state = await client.state()
@@ -38,8 +37,6 @@ def test_exit_code_times_and_log(shim_env: ShimEnv) -> None:
             state = await client.state()
             assert state.state == "stopped" and state.status == status
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
     log = shim_env.logs / f"{cid}.log"
@@ -57,9 +54,7 @@ def test_the_builtin_executor_runs_in_forks_of_the_shim(builtin_env: ShimEnv) ->
     missing = builtin_env.base / "no-such-dir" / "crisp-executor"
 
     async def scenario() -> None:
-        manager = await builtin_env.started_manager()
-        client = None
-        try:
+        async with builtin_env.running_manager() as manager:
             client, _ = await manager.create(dataclasses.replace(builtin_env.config(cid), executor=[str(missing)],
                                                                  resident=1))
             await client.start()
@@ -68,8 +63,6 @@ def test_the_builtin_executor_runs_in_forks_of_the_shim(builtin_env: ShimEnv) ->
             await client.kill(signal.SIGKILL)
             assert (await client.wait(call_timeout=10)).signal == signal.SIGKILL
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
     assert not missing.parent.exists()
@@ -83,8 +76,7 @@ def test_a_containers_init_reaches_no_host_binary_through_proc_self_exe(builtin_
     builtin_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as manager:
             client, pid = await manager.create(builtin_env.config(cid))
             assert (await client.state()).state == "created"  # the init waits for start, before its final exec
             assert os.readlink(f"/proc/{pid}/exe").startswith("/memfd:crisp-python")
@@ -98,8 +90,6 @@ def test_a_containers_init_reaches_no_host_binary_through_proc_self_exe(builtin_
             await client.kill(signal.SIGKILL)
             await client.wait(call_timeout=10)
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -109,8 +99,7 @@ def test_killed_by_signal(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             client, _ = await manager.create(shim_env.config(cid))
             await client.start()
             assert (await client.state()).state == "running"
@@ -120,8 +109,6 @@ def test_killed_by_signal(shim_env: ShimEnv) -> None:
             status = await manager.wait_exit(cid)
             assert status.exit_code == 128 + signal.SIGKILL and status.signal == signal.SIGKILL
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -132,16 +119,13 @@ def test_exit_before_start_returns(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["true"])
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             client, _ = await manager.create(shim_env.config(cid))
             waiting = asyncio.create_task(client.wait())
             await client.start()
             status = await waiting
             assert status.exit_code == 0 and status.started_at > 0
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -152,8 +136,7 @@ def test_exit_before_start_was_asked(runc_env: ShimEnv) -> None:
     runc_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             client, pid = await manager.create(runc_env.config(cid))
             os.kill(pid, signal.SIGKILL)
             status = await manager.wait_exit(cid)
@@ -161,8 +144,6 @@ def test_exit_before_start_was_asked(runc_env: ShimEnv) -> None:
             with pytest.raises(errors.FailedPrecondition):
                 await client.start()
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -180,8 +161,7 @@ def test_a_failed_delete_keeps_the_record(runc_env: ShimEnv) -> None:
     bundle = runc_env.containers / cid
 
     async def scenario() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             config = dataclasses.replace(runc_env.config(cid),
                                          executor=["/bin/sh", "-c", script, "runc-refusing-delete"])
             client, _ = await manager.create(config)
@@ -197,8 +177,6 @@ def test_a_failed_delete_keeps_the_record(runc_env: ShimEnv) -> None:
             refuse.unlink()
             await client.shutdown()
             assert not (bundle / "shim.json").exists() and not (bundle / "rootfs").is_mount()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -216,8 +194,7 @@ def test_a_forced_shutdown_deletes_after_the_kill_all_ends(runc_env: ShimEnv) ->
               'exec runc "$@"')
 
     async def scenario() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             config = dataclasses.replace(runc_env.config(cid),
                                          executor=["/bin/sh", "-c", script, "runc-slow-kill"])
             client, _ = await manager.create(config)
@@ -225,8 +202,6 @@ def test_a_forced_shutdown_deletes_after_the_kill_all_ends(runc_env: ShimEnv) ->
             await client.shutdown(force=True)
             assert journal.read_text().split() == ["kill-start", "kill-end", "delete"]
             assert not (runc_env.containers / cid / "shim.json").exists()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -236,18 +211,16 @@ def test_create_failure_is_typed_and_leaves_nothing(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["/no/such/binary"])
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
-            client, _ = await manager.create(shim_env.config(cid))
-            with pytest.raises(errors.CrispError) as failure:
-                await client.start()
-            assert "no/such/binary" in str(failure.value) or "no such file" in str(failure.value).lower()
-            await client.shutdown(force=True)
-        except errors.CrispError as exc:
-            # crun reports a missing binary at create time; the shim then cleans up and exits by itself
-            assert "no/such/binary" in str(exc) or "no such file" in str(exc).lower(), exc
-        finally:
-            await manager.close()
+        async with shim_env.running_manager() as manager:
+            try:
+                client, _ = await manager.create(shim_env.config(cid))
+                with pytest.raises(errors.CrispError) as failure:
+                    await client.start()
+                assert "no/such/binary" in str(failure.value) or "no such file" in str(failure.value).lower()
+                await client.shutdown(force=True)
+            except errors.CrispError as exc:
+                # crun reports a missing binary at create time; the shim then cleans up and exits by itself
+                assert "no/such/binary" in str(exc) or "no such file" in str(exc).lower(), exc
 
     run(scenario())
 
@@ -268,8 +241,7 @@ def test_an_executor_refusal_keeps_its_kind(shim_env: ShimEnv) -> None:
         return builtin if shim_env.builtin else ShimInternalError
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             # crun 1.8 leaves the cgroup of a create it refused (its `delete` knows no such container): not asked
             if shim_env.executor != "crun":
                 with pytest.raises(errors.CrispError) as create:
@@ -288,8 +260,6 @@ def test_an_executor_refusal_keeps_its_kind(shim_env: ShimEnv) -> None:
             await client.kill(signal.SIGKILL)
             await manager.wait_exit(cid)
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -319,14 +289,11 @@ def test_rootfs_of_many_layers(runc_env: ShimEnv) -> None:
     (bundle / "config.json").write_text(json.dumps(spec))
 
     async def scenario() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             client, _ = await manager.create(runc_env.config(cid))
             await client.start()
             assert (await manager.wait_exit(cid)).exit_code == 0
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
     assert joined_output(runc_env.logs / f"{cid}.log") == b"0\n44\n"
@@ -337,8 +304,7 @@ def test_a_dead_zygote_is_replaced(runc_env: ShimEnv) -> None:
     runc_env.bundle(cid, ["true"])
 
     async def scenario() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             old = manager.zygote_pid
             assert old is not None
             os.kill(old, signal.SIGKILL)
@@ -351,8 +317,6 @@ def test_a_dead_zygote_is_replaced(runc_env: ShimEnv) -> None:
             await client.start()
             assert (await manager.wait_exit(cid)).exit_code == 0
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -364,8 +328,7 @@ def test_update_goes_through_the_executor(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             client, _ = await manager.create(shim_env.config(cid))
             await client.start()
             await client.update({"unified": {"cgroup.max.descendants": "11"}})
@@ -381,7 +344,5 @@ def test_update_goes_through_the_executor(shim_env: ShimEnv) -> None:
             with pytest.raises(errors.FailedPrecondition):
                 await client.update({"unified": {"cgroup.max.descendants": "12"}})
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())

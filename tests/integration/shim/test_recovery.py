@@ -70,8 +70,7 @@ def test_manager_killed_containers_keep_running_and_a_new_manager_reconnects(shi
             proc.wait()
 
     async def reconnect() -> None:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             found = {r.id: r for r in await manager.recover()}
             assert set(found) == set(ids)
             for cid in ids:
@@ -86,8 +85,6 @@ def test_manager_killed_containers_keep_running_and_a_new_manager_reconnects(shi
             assert status.exit_code == 128 + signal.SIGKILL
             await manager.client(first).shutdown()
             await manager.client(second).shutdown(force=True)
-        finally:
-            await manager.close()
 
     run(reconnect())
     for cid in ids:
@@ -102,12 +99,9 @@ def test_container_exits_while_crispd_is_down(runc_env: ShimEnv) -> None:
     runc_env.bundle(cid, ["sh", "-c", "sleep 0.5; exit 42"])
 
     async def create() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:  # closed at the end: crispd goes away, the shim stays
             client, _ = await manager.create(runc_env.config(cid))
             await client.start()
-        finally:
-            await manager.close()  # crispd goes away; the shim stays
 
     run(create())
     status_file = runc_env.containers / cid / protocol.STATUS_NAME
@@ -116,15 +110,12 @@ def test_container_exits_while_crispd_is_down(runc_env: ShimEnv) -> None:
         time.sleep(0.05)
 
     async def later() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             (found,) = await manager.recover()
             assert found.client is not None  # the shim waits for its status to be collected
             status = await manager.wait_exit(cid)
             assert status.exit_code == 42 and status.reason == ""
             await found.client.shutdown()
-        finally:
-            await manager.close()
 
     run(later())
 
@@ -134,8 +125,7 @@ def test_shim_killed_reports_exit_with_reason(shim_env: ShimEnv) -> None:
     shim_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> int:
-        manager = await shim_env.started_manager()
-        try:
+        async with shim_env.running_manager() as manager:
             client, pid = await manager.create(shim_env.config(cid))
             await client.start()
             info = manager.info(cid)
@@ -145,8 +135,6 @@ def test_shim_killed_reports_exit_with_reason(shim_env: ShimEnv) -> None:
             assert status.reason == "ShimDied" and status.exit_code == UNKNOWN_EXIT_CODE
             assert str(info.pid) in status.message
             return pid
-        finally:
-            await manager.close()
 
     pid = run(scenario())
     # the orphaned container was killed and deleted, its rootfs unmounted
@@ -159,8 +147,7 @@ def test_shim_killed_after_exit_keeps_the_real_exit_code(runc_env: ShimEnv) -> N
     runc_env.bundle(cid, ["sh", "-c", "exit 5"])
 
     async def scenario() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             client, _ = await manager.create(runc_env.config(cid))
             await client.start()
             await client.wait()
@@ -168,16 +155,11 @@ def test_shim_killed_after_exit_keeps_the_real_exit_code(runc_env: ShimEnv) -> N
             assert info is not None
             os.kill(info.pid, signal.SIGKILL)
             await manager.shim_gone(info)
-        finally:
-            await manager.close()
         # a later crispd finds the dead shim and the status it left
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             (found,) = await manager.recover()
             assert found.client is None and found.status is not None
             assert found.status.exit_code == 5 and found.status.reason == ""
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -195,8 +177,7 @@ def test_a_dead_shims_remains_that_will_not_go_are_kept_and_said(runc_env: ShimE
     info_file = runc_env.containers / cid / protocol.INFO_NAME
 
     async def scenario() -> None:
-        manager = await runc_env.started_manager()
-        try:
+        async with runc_env.running_manager() as manager:
             config = dataclasses.replace(runc_env.config(cid), executor=["/bin/sh", "-c", script, "runc-refusing"])
             client, _ = await manager.create(config)
             await client.start()
@@ -213,8 +194,6 @@ def test_a_dead_shims_remains_that_will_not_go_are_kept_and_said(runc_env: ShimE
             refuse.unlink()
             await manager.discard(cid)
             assert not info_file.exists() and manager.info(cid) is None
-        finally:
-            await manager.close()
 
     with caplog.at_level(logging.WARNING, logger="cri.shims.manager"):
         run(scenario())

@@ -17,15 +17,12 @@ def test_a_shim_discarded_while_it_starts_does_not_stay(builtin_env: ShimEnv) ->
     builtin_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as manager:
             spawning = manager.spawn_soon(builtin_env.config(cid))
             assert not spawning.done()
             await manager.discard(cid)
             assert spawning.done() and spawning.exception() is None
             assert manager.info(cid) is None and not manager.is_alive(cid)
-        finally:
-            await manager.close()
 
     run(scenario())
     assert wait_until(lambda: builtin_env.processes_left() == [], 5), builtin_env.processes_left()
@@ -36,8 +33,7 @@ def test_a_shim_still_starting_is_waited_for_and_then_creates(builtin_env: ShimE
     builtin_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as manager:
             config = builtin_env.config(cid)
             spawning = manager.spawn_soon(config)
             assert not spawning.done()
@@ -48,7 +44,5 @@ def test_a_shim_still_starting_is_waited_for_and_then_creates(builtin_env: ShimE
             await client.kill(9)
             await manager.wait_exit(cid)
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())

@@ -29,8 +29,7 @@ def test_a_started_container_runs_and_a_second_start_is_refused(builtin_env: Shi
     builtin_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as manager:
             client, pid = await manager.create(builtin_env.config(cid))
             assert await client.start() > 0
             assert (await client.state()).state == "running"
@@ -41,8 +40,6 @@ def test_a_started_container_runs_and_a_second_start_is_refused(builtin_env: Shi
             await client.kill(9)
             await manager.wait_exit(cid)
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -54,15 +51,12 @@ def test_a_failing_start_container_hook_fails_the_start(builtin_env: ShimEnv) ->
     _with_hooks(bundle, {"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 4"]}]})
 
     async def scenario() -> None:
-        manager = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as manager:
             client, _ = await manager.create(builtin_env.config(cid))
             with pytest.raises(errors.CrispError) as failed:
                 await client.start()
             assert "startContainer hook #0" in str(failed.value) and "exit status 4" in str(failed.value)
             await client.shutdown(force=True)
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -74,8 +68,7 @@ def test_poststart_hooks_run_through_the_command(builtin_env: ShimEnv, tmp_path:
     _with_hooks(bundle, {"poststart": [{"path": "/bin/sh", "args": ["sh", "-c", f"cat > {ran}"]}]})
 
     async def scenario() -> None:
-        manager = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as manager:
             client, pid = await manager.create(builtin_env.config(cid))
             await client.start()
             assert json.loads(ran.read_text())["status"] == "running"
@@ -83,8 +76,6 @@ def test_poststart_hooks_run_through_the_command(builtin_env: ShimEnv, tmp_path:
             await client.kill(9)
             await manager.wait_exit(cid)
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
 
@@ -95,8 +86,7 @@ def test_a_start_while_another_command_holds_the_lock_waits_for_it(builtin_env: 
     builtin_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> None:
-        manager = await builtin_env.started_manager()
-        try:
+        async with builtin_env.running_manager() as manager:
             client, _ = await manager.create(builtin_env.config(cid))
             fd = os.open(builtin_env.executor_root / cid, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -112,7 +102,5 @@ def test_a_start_while_another_command_holds_the_lock_waits_for_it(builtin_env: 
             await client.kill(9)
             await manager.wait_exit(cid)
             await client.shutdown()
-        finally:
-            await manager.close()
 
     run(scenario())
