@@ -32,15 +32,21 @@ def crispd_command() -> list[str]:
     return [found]
 
 
+def debug_table(keys: str = "") -> str:
+    """A test crispd's [debug] table: its slow-callback check, and `keys` (fail, hang or delay points, ...)."""
+    return f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n{keys}"
+
+
 class Crispd:
     """One crispd process; `start()` waits until it answers over its socket."""
 
     def __init__(self, base: Path, config: str = "", name: str = "crispd", metrics: str = "127.0.0.1:0",
-                 env: dict[str, str] | None = None, debug: bool = True) -> None:
+                 env: dict[str, str] | None = None, debug: bool = True, debug_config: str = "") -> None:
         """`metrics` is the Prometheus endpoint's address: port 0 (the default) lets the kernel pick a free one
         (`metrics_url` finds it); "" turns it off. `env`: added to crispd's environment. `debug` (tests): log
         level debug and asyncio's debug mode with the slow-callback check; off (benchmarks), crispd runs as
-        deployed: debug mode costs every callback of the loop, a few ms per RPC."""
+        deployed: debug mode costs every callback of the loop, a few ms per RPC. `debug_config`: more of the
+        [debug] table (`debug_table`), e.g. fail points."""
         self.base = base
         self.env = env or {}
         self.debug = debug
@@ -49,7 +55,7 @@ class Crispd:
         self.socket = base / "run" / "crisp.sock"
         self.config_path = base / f"{name}.toml"
         self.log_path = base / f"{name}.log"
-        checks = f"[debug]\nslow_callback_ms = {SLOW_CALLBACK_MS}\n" if debug else ""
+        checks = debug_table(debug_config) if debug else (f"[debug]\n{debug_config}" if debug_config else "")
         self.config_path.write_text(f'[metrics]\naddress = "{metrics}"\n{checks}{config}')
         self.proc: subprocess.Popen[bytes] | None = None
         # the crispd program (default: the one installed next to this interpreter); a benchmark may set another

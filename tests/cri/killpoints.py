@@ -263,8 +263,7 @@ def kill_at(point: str, base: Path, images: TestImages, retry: Callable[[World],
     scenario = SCENARIOS[failpoints.operation_of(point)]
     if retry is not None:
         scenario = dataclasses.replace(scenario, retry=retry)
-    p = Pods(base)
-    p.rewrite_config(f'[debug]\nslow_callback_ms = 50\nhang_points = ["{point}"]\n')
+    p = Pods(base, debug_config=f'hang_points = ["{point}"]\n')
     p.daemon.start()
     world = World(p, images, base / "logs")
     try:
@@ -285,7 +284,7 @@ def kill_at(point: str, base: Path, images: TestImages, retry: Callable[[World],
         # the dead crispd's socket: a client that finds it backs off for seconds; the next crispd makes a new one
         p.daemon.socket.unlink()
 
-        p.rewrite_config('[debug]\nslow_callback_ms = 50\n')
+        p.rewrite_config(debug_config='')
         p.daemon.start()
         scenario.retry(world)
         world.remove_everything()
@@ -319,7 +318,7 @@ def leave_nothing(world: World) -> None:
                 return
             except grpc.RpcError:  # stopped at its point: killed, as the test would have
                 daemon.stop(signal.SIGKILL)
-        world.pods.rewrite_config('[debug]\nslow_callback_ms = 50\n')
+        world.pods.rewrite_config(debug_config='')
         daemon.start()
         world.remove_everything()
     except (grpc.RpcError, RuntimeError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cri import api as cri
-from tests.cri.crispd import Crispd
+from tests.cri.crispd import Crispd, debug_table
 from tests.integration.netutil import free_subnet4
 from tests.leaks import (
     cgroups_under,
@@ -35,10 +35,11 @@ class Pods:
     """A crispd with its own cgroup base, and the leak checks of everything pods make."""
 
     def __init__(self, base: Path, extra_config: str = "", name: str = "crispd", cgroup_config: str = "",
-                 network: str = "", netns_dir: Path | None = None, debug: bool = True) -> None:
+                 network: str = "", netns_dir: Path | None = None, debug: bool = True, debug_config: str = "") -> None:
         """`cgroup_config` adds keys to the [cgroup] table (a TOML table is declared once); `network`: more keys of
         the [network] section (`backend = "cni"`, ...); `netns_dir`: where pods' network namespaces get their `ip
-        netns` names (default: under `base`, so that a leak is a mount under it); `debug`: Crispd's."""
+        netns` names (default: under `base`, so that a leak is a mount under it); `debug`, `debug_config`: Crispd's
+        (`debug_config`: more keys of its [debug] table)."""
         self.cgroup_base = f"/crisp-test-{secrets.token_hex(4)}"
         self.cgroup_config = cgroup_config
         self.bridge = f"crispt{secrets.token_hex(4)}"
@@ -46,7 +47,8 @@ class Pods:
         self.handler = ""  # the runtime handler pods get unless a test says otherwise
         self.netns_dir = netns_dir or base / f"netns-{name}"
         self.pod_ids: set[str] = set()  # the pods `run` made
-        self.daemon = Crispd(base, config=self.config_text(extra_config, network), name=name, debug=debug)
+        self.daemon = Crispd(base, config=self.config_text(extra_config, network), name=name, debug=debug,
+                             debug_config=debug_config)
 
     def config_text(self, extra: str = "", network: str = "") -> str:
         """crispd's config: this test's own cgroup base, bridge (which also names its nft table) and subnet."""
@@ -57,10 +59,12 @@ class Pods:
                 '[runtime.handlers.runc]\npath = "runc"\n[runtime.handlers.crun]\npath = "crun"\n'
                 f'{extra}')
 
-    def rewrite_config(self, extra: str = "") -> None:
+    def rewrite_config(self, extra: str = "", debug_config: str | None = None) -> None:
         """Replace crispd's config with this test's own plus `extra` (the metrics endpoint stays on a free port:
-        never crisp's default, which another crispd on the host may hold)."""
-        self.daemon.config_path.write_text('[metrics]\naddress = "127.0.0.1:0"\n' + self.config_text(extra))
+        never crisp's default, which another crispd on the host may hold); with `debug_config` (even ""), a [debug]
+        table as a test crispd's (`debug_table`) with those keys."""
+        debug = "" if debug_config is None else debug_table(debug_config)
+        self.daemon.config_path.write_text('[metrics]\naddress = "127.0.0.1:0"\n' + debug + self.config_text(extra))
 
     def cleanup_host(self) -> None:
         """What a pod network leaves on the host by design (the bridge, its nft table), and any leftover: after a
@@ -165,13 +169,14 @@ class Pods:
 @contextlib.contextmanager
 def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0,
                  check_slow_callbacks: bool = True, pods: Pods | None = None,
-                 cgroup_config: str = "", network: str = "", netns_dir: Path | None = None) -> Iterator[Pods]:
+                 cgroup_config: str = "", network: str = "", netns_dir: Path | None = None,
+                 debug_config: str = "") -> Iterator[Pods]:
     """A started `Pods` crispd (`pods`, or a new one with `cgroup_config` in its [cgroup] table, `network` in its
-    [network] section and pods' `ip netns` names in `netns_dir`); afterwards every pod is removed, nothing may be
-    left, and crispd must have stopped cleanly without blocking its loop (unless `check_slow_callbacks` is false:
-    under the VM tier's emulation every callback is slow)."""
+    [network] section, pods' `ip netns` names in `netns_dir` and `debug_config` in its [debug] table); afterwards
+    every pod is removed, nothing may be left, and crispd must have stopped cleanly without blocking its loop
+    (unless `check_slow_callbacks` is false: under the VM tier's emulation every callback is slow)."""
     p = pods if pods is not None else Pods(base, extra_config, cgroup_config=cgroup_config, network=network,
-                                           netns_dir=netns_dir)
+                                           netns_dir=netns_dir, debug_config=debug_config)
     p.daemon.start(start_timeout)
     try:
         yield p

@@ -298,8 +298,7 @@ def test_missing_controller_is_an_error_and_leaves_nothing(kubelet: Kubelet) -> 
 
 @pytest.mark.parametrize("point", CREATE_FAIL_POINTS)
 def test_failure_mid_create_leaves_nothing(tmp_path: Path, test_images: TestImages, point: str) -> None:
-    p = Pods(tmp_path)
-    p.rewrite_config(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n')
+    p = Pods(tmp_path, debug_config=f'fail_points = ["{point}"]\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
@@ -388,8 +387,7 @@ def test_failure_mid_making_leaves_nothing(tmp_path: Path, test_images: TestImag
     """A StartContainer that fails while it makes the container leaves nothing of the making (shim, init,
     cgroup, rootfs mount) and the container EXITED with exit code 128, reason StartError and the error, as
     containerd's; its removal leaves nothing at all."""
-    p = Pods(tmp_path)
-    p.rewrite_config(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n')
+    p = Pods(tmp_path, debug_config=f'fail_points = ["{point}"]\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
@@ -476,8 +474,7 @@ def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
 
 
 def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: TestImages) -> None:
-    p = Pods(tmp_path)
-    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"create_container.shim" = 1500\n')
+    p = Pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.shim" = 1500\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
@@ -509,9 +506,7 @@ def test_an_image_removed_while_a_container_is_created_from_it_stays_for_it(tmp_
     snapshots stay for the container, which StartContainer makes from them, and go once it is removed. (critest
     -benchmark's image and pod+container benchmarks, run side by side, saw the start fail: the GC had taken the
     snapshot before the container's row counted as a user of it.)"""
-    p = Pods(tmp_path)
-    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
-                                                  '[debug.delay_points]\n"create_container.dirs" = 1500\n'))
+    p = Pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.dirs" = 1500\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
@@ -550,9 +545,7 @@ def test_an_image_removed_while_a_container_is_created_from_it_stays_for_it(tmp_
 def test_pod_removal_waits_for_a_creation_in_it(tmp_path: Path, test_images: TestImages) -> None:
     """A kubelet that gave up on a CreateContainer (a timeout, a restart) may remove the pod while crisp still
     creates the container: the removal takes that container along instead of leaving it behind in no pod."""
-    p = Pods(tmp_path)
-    p.daemon.config_path.write_text(p.config_text('[debug]\nslow_callback_ms = 50\n'
-                                                  '[debug.delay_points]\n"create_container.record" = 1500\n'))
+    p = Pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.record" = 1500\n')
     p.daemon.start()
     try:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")

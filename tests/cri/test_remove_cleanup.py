@@ -38,7 +38,7 @@ def restart(w: World, debug: str = "", sig: int = signal.SIGTERM) -> int:
     code = w.pods.daemon.stop(sig) if w.pods.daemon.proc is not None else 0
     if w.pods.daemon.socket.exists():  # a killed crispd's
         w.pods.daemon.socket.unlink()
-    w.pods.rewrite_config(f"[debug]\nslow_callback_ms = 50\n{debug}")
+    w.pods.rewrite_config(debug_config=debug)
     w.pods.daemon.start()
     return code
 

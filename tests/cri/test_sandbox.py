@@ -251,9 +251,7 @@ def test_unknown_runtime_handler(pods: Pods) -> None:
 
 @pytest.mark.parametrize("point", FAIL_POINTS)
 def test_failure_mid_run_leaves_nothing(tmp_path: Path, point: str) -> None:
-    p = Pods(tmp_path, extra_config=f'[debug]\nfail_points = ["{point}"]\n')
-    # the fixture file already has a [debug] table: give this one its own config
-    p.rewrite_config(f'[debug]\nslow_callback_ms = 50\nfail_points = ["{point}"]\n')
+    p = Pods(tmp_path, debug_config=f'fail_points = ["{point}"]\n')
     p.daemon.start()
     try:
         with pytest.raises(grpc.RpcError) as err:
@@ -331,8 +329,7 @@ def test_a_refused_cgroup_parent_leaves_the_name_free(pods: Pods) -> None:
 
 
 def test_retry_after_the_caller_gave_up_gets_the_pod(tmp_path: Path) -> None:
-    p = Pods(tmp_path)
-    p.rewrite_config('[debug]\nslow_callback_ms = 50\n[debug.delay_points]\n"run_pod_sandbox.network" = 1500\n')
+    p = Pods(tmp_path, debug_config='[debug.delay_points]\n"run_pod_sandbox.network" = 1500\n')
     p.daemon.start()
     try:
         request = cri.RunPodSandboxRequest(config=pod_config("slow"))

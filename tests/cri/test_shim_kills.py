@@ -59,7 +59,7 @@ def _reported_shim_died(w: World) -> cri.ContainerStatus:
 
 def _restart_without_points(p: Pods) -> None:
     assert p.daemon.stop() == 0
-    p.rewrite_config('[debug]\nslow_callback_ms = 50\n')
+    p.rewrite_config(debug_config='')
     p.daemon.start()
 
 
@@ -72,10 +72,8 @@ CASES = [
 
 @pytest.mark.parametrize(("point", "handler"), CASES, ids=[f"{p}-{h or 'builtin'}" for p, h in CASES])
 def test_shim_killed(tmp_path: Path, test_images: TestImages, point: str, handler: str) -> None:
-    p = Pods(tmp_path)
+    p = Pods(tmp_path, debug_config=f'hang_points = ["{point}"]\n' if point != "running" else "")
     p.handler = handler
-    hang = f'hang_points = ["{point}"]\n' if point != "running" else ""
-    p.rewrite_config(f'[debug]\nslow_callback_ms = 50\n{hang}')
     p.daemon.start()
     w = World(p, test_images, tmp_path / "logs")
     try:
