@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -270,16 +270,21 @@ def _parse_id(text: str) -> int | None:
     return value if value <= MAX_ID else None
 
 
+def _records(data: bytes, fields_at_least: int) -> Iterator[list[str]]:
+    """The colon-separated fields of each line of a passwd or group file that has `fields_at_least` of them;
+    blank lines and comments are skipped."""
+    for raw in data.decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            fields = line.split(":")
+            if len(fields) >= fields_at_least:
+                yield fields
+
+
 def parse_passwd(data: bytes) -> list[PasswdEntry]:
     """/etc/passwd lines `name:password:uid:gid:gecos:home:shell`; comments and malformed lines are skipped."""
     entries = []
-    for raw in data.decode("utf-8", "replace").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split(":")
-        if len(fields) < 4:
-            continue
+    for fields in _records(data, 4):
         uid, gid = _parse_id(fields[2]), _parse_id(fields[3])
         if not fields[0] or uid is None or gid is None:
             continue
@@ -291,13 +296,7 @@ def parse_passwd(data: bytes) -> list[PasswdEntry]:
 def parse_group(data: bytes) -> list[GroupEntry]:
     """/etc/group lines `name:password:gid:member,member`; comments and malformed lines are skipped."""
     entries = []
-    for raw in data.decode("utf-8", "replace").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split(":")
-        if len(fields) < 3:
-            continue
+    for fields in _records(data, 3):
         gid = _parse_id(fields[2])
         if not fields[0] or gid is None:
             continue
