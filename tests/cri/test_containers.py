@@ -18,7 +18,7 @@ from cri import api as cri
 from runtime import failpoints
 from runtime.cgroups import CgroupV2Manager
 from tests.cri.conftest import TestImages
-from tests.cri.pods import Pods, pod_config
+from tests.cri.pods import Pods, pod_config, running_pods
 from tests.leaks import mounts_under, processes_mentioning, wait_until
 
 pytestmark = pytest.mark.root
@@ -298,9 +298,7 @@ def test_missing_controller_is_an_error_and_leaves_nothing(kubelet: Kubelet) -> 
 
 @pytest.mark.parametrize("point", CREATE_FAIL_POINTS)
 def test_failure_mid_create_leaves_nothing(tmp_path: Path, test_images: TestImages, point: str) -> None:
-    p = Pods(tmp_path, debug_config=f'fail_points = ["{point}"]\n')
-    p.daemon.start()
-    try:
+    with running_pods(tmp_path, debug_config=f'fail_points = ["{point}"]\n') as p:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
         pod_id, pod = kubelet.pod()
         before = set(mounts_under(tmp_path))
@@ -314,12 +312,6 @@ def test_failure_mid_create_leaves_nothing(tmp_path: Path, test_images: TestImag
         assert list((p.daemon.root / "containers").glob("*")) == []
         kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
-    finally:
-        assert p.daemon.stop() == 0
-        for m in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
-    assert p.daemon.slow_callbacks() == []
 
 
 def making_left(pods: Pods, container_id: str, cgroup: str) -> list[str]:
@@ -387,9 +379,7 @@ def test_failure_mid_making_leaves_nothing(tmp_path: Path, test_images: TestImag
     """A StartContainer that fails while it makes the container leaves nothing of the making (shim, init,
     cgroup, rootfs mount) and the container EXITED with exit code 128, reason StartError and the error, as
     containerd's; its removal leaves nothing at all."""
-    p = Pods(tmp_path, debug_config=f'fail_points = ["{point}"]\n')
-    p.daemon.start()
-    try:
+    with running_pods(tmp_path, debug_config=f'fail_points = ["{point}"]\n') as p:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
         pod_id, pod = kubelet.pod()
         container_id = kubelet.create(pod_id, pod, "app", ["sleep", "1000"])
@@ -408,12 +398,6 @@ def test_failure_mid_making_leaves_nothing(tmp_path: Path, test_images: TestImag
         kubelet.rt.RemoveContainer(cri.RemoveContainerRequest(container_id=container_id))
         kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
-    finally:
-        assert p.daemon.stop() == 0
-        for m in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
-    assert p.daemon.slow_callbacks() == []
 
 
 def test_crispd_killed_while_containers_run(kubelet: Kubelet) -> None:
@@ -474,9 +458,7 @@ def test_supplemental_groups_policy(kubelet: Kubelet, policy: int) -> None:
 
 
 def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: TestImages) -> None:
-    p = Pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.shim" = 1500\n')
-    p.daemon.start()
-    try:
+    with running_pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.shim" = 1500\n') as p:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
         pod_id, pod = kubelet.pod()
         config = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="slow"),
@@ -493,11 +475,6 @@ def test_create_retry_after_the_caller_gave_up(tmp_path: Path, test_images: Test
         assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
         kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
-    finally:
-        assert p.daemon.stop() == 0
-        for m in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
 
 
 def test_an_image_removed_while_a_container_is_created_from_it_stays_for_it(tmp_path: Path,
@@ -506,9 +483,7 @@ def test_an_image_removed_while_a_container_is_created_from_it_stays_for_it(tmp_
     snapshots stay for the container, which StartContainer makes from them, and go once it is removed. (critest
     -benchmark's image and pod+container benchmarks, run side by side, saw the start fail: the GC had taken the
     snapshot before the container's row counted as a user of it.)"""
-    p = Pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.dirs" = 1500\n')
-    p.daemon.start()
-    try:
+    with running_pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.dirs" = 1500\n') as p:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
         status = p.daemon.images.ImageStatus(cri.ImageStatusRequest(image=cri.ImageSpec(image=test_images.busybox),
                                                                     verbose=True))
@@ -535,19 +510,12 @@ def test_an_image_removed_while_a_container_is_created_from_it_stays_for_it(tmp_
         kubelet.rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         assert wait_until(lambda: not any(d.exists() for d in snapshots), 15)  # released with the container
         assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
-    finally:
-        assert p.daemon.stop() == 0
-        for m in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
 
 
 def test_pod_removal_waits_for_a_creation_in_it(tmp_path: Path, test_images: TestImages) -> None:
     """A kubelet that gave up on a CreateContainer (a timeout, a restart) may remove the pod while crisp still
     creates the container: the removal takes that container along instead of leaving it behind in no pod."""
-    p = Pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.record" = 1500\n')
-    p.daemon.start()
-    try:
+    with running_pods(tmp_path, debug_config='[debug.delay_points]\n"create_container.record" = 1500\n') as p:
         kubelet = Kubelet(p, test_images, tmp_path / "logs")
         pod_id, pod = kubelet.pod()
         config = cri.ContainerConfig(metadata=cri.ContainerMetadata(name="late"),
@@ -569,11 +537,6 @@ def test_pod_removal_waits_for_a_creation_in_it(tmp_path: Path, test_images: Tes
         assert len(outcome) == 1 and outcome[0] != grpc.StatusCode.INTERNAL, outcome
         assert kubelet.rt.ListContainers(cri.ListContainersRequest()).containers == []
         assert wait_until(lambda: p.leaks() == [], 5), p.leaks()
-    finally:
-        assert p.daemon.stop() == 0
-        for m in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", m], check=False)
-        p.cleanup_host()
 
 
 @pytest.mark.parametrize("propagation", [cri.PROPAGATION_HOST_TO_CONTAINER, cri.PROPAGATION_BIDIRECTIONAL])
