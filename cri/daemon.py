@@ -221,6 +221,7 @@ class Daemon:
             await self.images.start()
             images = self.images
             await shims.start()
+            network.start()
             streaming = StreamingServer(self.config.streaming, ContainerStreams(self.containers, self.sandboxes, shims))
             await streaming.start()
             ctx = ServiceContext.wire(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from runtime.cgroups import CgroupV2Manager
@@ -118,6 +119,16 @@ def wait_until(predicate: object, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(callable(predicate) and predicate())
+
+
+async def await_until(predicate: Callable[[], bool], within: float = 10.0) -> bool:
+    """`wait_until` for a test's event loop: the loop runs while it waits."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 def cgroup_v1_dirs() -> set[str]:

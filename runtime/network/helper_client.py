@@ -7,7 +7,10 @@ on stdin/stdout) and the pool keeps up to `max_workers` of them, each doing one 
 - a request that does not finish within its time limit, or whose caller is cancelled, gets its helper killed
   (it may be anywhere in its work; the caller cleans up with a new request);
 - a helper that dies is replaced by the next request; one that served `max_requests` is retired;
-- helpers idle for `idle_seconds` exit, as do all of them when crispd closes the pool or dies (end of input).
+- helpers idle for `idle_seconds` exit, as do all of them when crispd closes the pool or dies (end of input);
+- but `keep_warm` of them stay (the pool starts one at crispd's start, `warm`, and another in the background
+  whenever none is left, after a retirement, a kill or a crash): a pod that comes after a quiet minute, or after
+  the 500th request, finds a helper ready instead of waiting for a Python start.
 Helpers write their rare diagnostics to crispd's stderr.
 """
 
@@ -70,22 +73,40 @@ class HelperRunner:
     """Runs helper requests on a pool of helper processes, each request with a time limit."""
 
     def __init__(self, timeout: float, max_workers: int = 4, idle_seconds: float = 60.0, max_requests: int = 500,
-                 argv: tuple[str, ...] = HELPER_ARGV) -> None:
+                 argv: tuple[str, ...] = HELPER_ARGV, keep_warm: int = 1) -> None:
         self.timeout = timeout
         self.idle_seconds = idle_seconds
         self.max_requests = max_requests
+        self.keep_warm = keep_warm
         self._argv = argv
         self._slots = asyncio.Semaphore(max_workers)
         self._idle: list[_Helper] = []
         self._busy: set[_Helper] = set()
         self._reaper: asyncio.TimerHandle | None = None
         self._exits: set[asyncio.Task[None]] = set()
+        self._warming: asyncio.Task[None] | None = None  # a helper started ahead of need
         self._closed = False
 
     @property
     def pids(self) -> list[int]:
         """The helpers alive now (for tests and diagnostics)."""
         return [h.proc.pid for h in (*self._idle, *self._busy)]
+
+    def warm(self) -> None:
+        """Have `keep_warm` helpers ready: start one in the background if none is there or on its way."""
+        if (self._closed or self._warming is not None or len(self._idle) + len(self._busy) >= self.keep_warm):
+            return
+        self._warming = asyncio.ensure_future(self._warm_one())
+
+    async def _warm_one(self) -> None:
+        try:
+            helper = await self._spawn()
+        except Exception as exc:  # the next request starts one itself (and says why it cannot)
+            log.warning("network helper: cannot start one ahead of need: %s", exc)
+            return
+        finally:
+            self._warming = None
+        self._release(helper)
 
     async def _spawn(self) -> _Helper:
         proc = await aioproc.spawn(self._argv)  # started off the loop: a fork of crispd is slow
@@ -100,7 +121,12 @@ class HelperRunner:
         timeout = self.timeout if time_limit is None else time_limit
         data = json.dumps(request).encode() + b"\n"
         async with self._slots:
-            helper = self._take_idle() or await self._spawn()
+            helper = self._take_idle()
+            if helper is None and self._warming is not None:
+                await asyncio.wait({self._warming})  # one is on its way: take it rather than start another
+                helper = self._take_idle()
+            if helper is None:
+                helper = await self._spawn()
             self._busy.add(helper)
             try:
                 line = await asyncio.wait_for(helper.ask(data), timeout)
@@ -152,13 +178,16 @@ class HelperRunner:
             self._reaper = loop.call_later(self.idle_seconds, self._reap_idle)
 
     def _reap_idle(self) -> None:
+        """Idle helpers past `idle_seconds` exit, oldest first, but `keep_warm` helpers stay."""
         self._reaper = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for helper in [h for h in self._idle if now - h.idle_since >= self.idle_seconds]:
+        spare = len(self._idle) + len(self._busy) - self.keep_warm
+        for helper in sorted((h for h in self._idle if now - h.idle_since >= self.idle_seconds),
+                             key=lambda h: h.idle_since)[:max(0, spare)]:
             self._idle.remove(helper)
             self._retire(helper)
-        if self._idle:
+        if len(self._idle) + len(self._busy) > self.keep_warm:
             oldest = min(h.idle_since for h in self._idle)
             self._reaper = loop.call_later(max(0.0, oldest + self.idle_seconds - now), self._reap_idle)
 
@@ -167,6 +196,7 @@ class HelperRunner:
         task = asyncio.ensure_future(self._let_go(helper))
         self._exits.add(task)
         task.add_done_callback(self._exits.discard)
+        self.warm()
 
     async def _let_go(self, helper: _Helper) -> None:
         if helper.proc.stdin is not None:
@@ -180,6 +210,7 @@ class HelperRunner:
     async def _kill(self, helper: _Helper) -> None:
         self._busy.discard(helper)
         await kill_process(helper.proc)
+        self.warm()
 
     async def _reap(self, helper: _Helper) -> None:
         """A helper whose output ended is exiting by itself: wait for it (killing a process that has just exited
@@ -189,6 +220,7 @@ class HelperRunner:
             await asyncio.wait_for(asyncio.shield(helper.proc.wait()), 5.0)
         except TimeoutError:
             await kill_process(helper.proc)
+        self.warm()
 
     async def close(self) -> None:
         """Stop every helper (crispd's shutdown)."""
@@ -196,6 +228,8 @@ class HelperRunner:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        if self._warming is not None:  # not cancelled: its process would be started all the same, and lost
+            await asyncio.wait({self._warming})  # (it retires the helper: the pool is closed)
         idle, self._idle = self._idle, []
         for helper in idle:
             self._retire(helper)

@@ -88,6 +88,10 @@ class NetworkManager:
                 out[path] = [InterfaceCounters.from_json(i) for i in entry.get("interfaces", [])]
         return out
 
+    def start(self) -> None:
+        """Have a network helper ready before the first pod needs one (started in the background)."""
+        self._helper.warm()
+
     async def close(self) -> None:
         """Stop the spare network helper (crispd's shutdown)."""
         await self._helper.close()

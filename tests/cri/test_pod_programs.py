@@ -33,7 +33,8 @@ def _traced_by(pid: int) -> int:
 
 
 def test_a_pod_execs_only_its_init(pods: Pods, tmp_path: Path) -> None:
-    # the first pod starts the network helper, which stays for the pods after it (runtime/network/helper_client.py)
+    # crispd starts a network helper at its start and keeps one ready (runtime/network/helper_client.py); a first
+    # pod makes sure the trace below starts after that start
     pods.run(pod_config("first"))
     assert pods.daemon.proc is not None
     crispd = pods.daemon.proc.pid

@@ -15,6 +15,7 @@ from runtime import errors
 from runtime.network.helper_client import HELPER_ARGV, HelperCrashed, HelperRunner, HelperTimeout
 from runtime.network.types import NetworkError
 from runtime.rollback import Rollback
+from tests.leaks import await_until
 
 
 def run_helper(stdin: str) -> subprocess.CompletedProcess[str]:
@@ -48,7 +49,7 @@ def _alive(pid: int) -> bool:
 
 def test_runner_reuses_helpers_up_to_its_limits() -> None:
     async def scenario() -> None:
-        runner = HelperRunner(timeout=60, max_workers=2)
+        runner = HelperRunner(timeout=60, max_workers=2, keep_warm=0)
         with pytest.raises(errors.InvalidArgument, match="not a known request"):
             await runner.call({"op": "nothing"})
         first = runner.pids
@@ -68,14 +69,14 @@ def test_runner_reuses_helpers_up_to_its_limits() -> None:
         with pytest.raises(errors.Unavailable):
             await runner.call({"op": "nothing"})
 
-        retiring = HelperRunner(timeout=60, max_requests=1, idle_seconds=0.3)
+        retiring = HelperRunner(timeout=60, max_requests=1, idle_seconds=0.3, keep_warm=0)
         seen = set()
         for _ in range(2):
             with pytest.raises(errors.InvalidArgument):
                 await retiring.call({"op": "nothing"})
             seen.update(retiring.pids)
         assert len(seen) == 0  # each helper was retired after its one request
-        idle = HelperRunner(timeout=60, idle_seconds=0.3)
+        idle = HelperRunner(timeout=60, idle_seconds=0.3, keep_warm=0)
         with pytest.raises(errors.InvalidArgument):
             await idle.call({"op": "nothing"})
         (pid,) = idle.pids
@@ -87,9 +88,42 @@ def test_runner_reuses_helpers_up_to_its_limits() -> None:
     asyncio.run(scenario())
 
 
+def test_runner_keeps_a_helper_warm() -> None:
+    """One helper is started ahead of the first request, stays when idle, and is replaced in the background when
+    it is retired or killed: no request waits for a Python start while the pool has none."""
+    async def scenario() -> None:
+        runner = HelperRunner(timeout=60, idle_seconds=0.2, max_requests=2)
+        runner.warm()
+        assert await await_until(lambda: len(runner.pids) == 1)  # before any request
+        (first,) = runner.pids
+        for _ in range(2):  # its two requests: then it is retired, and another comes without being asked for
+            with pytest.raises(errors.InvalidArgument):
+                await runner.call({"op": "nothing"})
+        assert await await_until(lambda: runner.pids not in ([], [first]))
+        (second,) = runner.pids
+        await asyncio.sleep(0.6)  # idle for longer than idle_seconds: the last helper stays
+        assert runner.pids == [second] and _alive(second)
+        with pytest.raises(errors.InvalidArgument):
+            await runner.call({"op": "nothing"})
+        assert runner.pids == [second]  # it served the request
+        pids = [first, second]
+        await runner.close()
+        assert runner.pids == [] and not any(_alive(pid) for pid in pids)
+
+        hang = HelperRunner(timeout=0.5, argv=(sys.executable, "-c", "import time; time.sleep(60)"))
+        with pytest.raises(HelperTimeout):
+            await hang.call({"op": "setup"})  # killed: a new one is started for the next request
+        assert await await_until(lambda: len(hang.pids) == 1)
+        (spare,) = hang.pids
+        await hang.close()
+        assert hang.pids == [] and await await_until(lambda: not _alive(spare))
+
+    asyncio.run(scenario())
+
+
 def test_runner_kills_a_helper_that_hangs_crashes_or_talks_nonsense() -> None:
     async def scenario() -> None:
-        hang = HelperRunner(timeout=0.5, argv=(sys.executable, "-c", "import time; time.sleep(60)"))
+        hang = HelperRunner(timeout=0.5, argv=(sys.executable, "-c", "import time; time.sleep(60)"), keep_warm=0)
         with pytest.raises(HelperTimeout, match=r"did not finish within 0\.5s"):
             await hang.call({"op": "setup"})
         assert hang.pids == []
@@ -97,7 +131,8 @@ def test_runner_kills_a_helper_that_hangs_crashes_or_talks_nonsense() -> None:
         crash = HelperRunner(timeout=10, argv=(sys.executable, "-c", "import sys; sys.exit(3)"))
         with pytest.raises(HelperCrashed, match="exited with 3"):
             await crash.call({"op": "setup"})
-        nonsense = HelperRunner(timeout=10, argv=(sys.executable, "-c", "input(); print('[1]', flush=True); input()"))
+        nonsense = HelperRunner(timeout=10, argv=(sys.executable, "-c", "input(); print('[1]', flush=True); input()"),
+                                keep_warm=0)
         with pytest.raises(HelperCrashed):
             await nonsense.call({"op": "setup"})
         assert nonsense.pids == []

@@ -18,6 +18,7 @@ from runtime.nri import api, plugin
 from runtime.nri.adaptation import Adaptation, Settings
 from runtime.nri.plugin import PluginError, Timeouts
 from runtime.nri.result import Conflict
+from tests.leaks import await_until
 from tests.nri.stub import Stub
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,11 +52,7 @@ def _run(scenario: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _until(predicate: Callable[[], bool], what: str) -> None:
-    for _ in range(250):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    assert await await_until(predicate, 5.0), f"timed out waiting for {what}"
 
 
 async def _connect(nri: Adaptation, stub: Stub) -> None:
