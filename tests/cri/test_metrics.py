@@ -134,7 +134,9 @@ def test_pull_pod_and_container_metrics(tmp_path: Path, test_images: TestImages)
         assert value(after, "crisp_pods", state="ready") == 1
         assert value(after, "crisp_containers", state="running") == 1
         assert value(after, "crisp_containers", state="created") == 1
-        assert value(after, "crisp_shims") == 2
+        # CreateContainer answers before its shim is ready (it is spawned alongside): the second shim comes soon
+        assert value(after, "crisp_shims") in (1, 2)
+        assert wait_until(lambda: value(scrape(daemon), "crisp_shims") == 2, 10)
         kubelet.rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
         after = scrape(daemon)
         assert value(after, "crisp_pods", state="notready") == 1
