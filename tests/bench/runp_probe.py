@@ -98,6 +98,8 @@ def install(out: Path) -> None:
     from runtime.network.cni import CniBackend
     from runtime.network.helper_client import HelperRunner
 
+    if hasattr(NetworkManager, "prepare"):  # the first half of the setup, run while the netns is pinned
+        NetworkManager.prepare = _timed_async("network.prepare", NetworkManager.prepare)  # type: ignore
     NetworkManager.teardown = _timed_async("  network: teardown first", NetworkManager.teardown)  # type: ignore
     NetworkManager.backend = _timed_async("  network: backend choice", NetworkManager.backend)  # type: ignore
     CniBackend.teardown = _timed_async("    cni.teardown", CniBackend.teardown)  # type: ignore[method-assign]
