@@ -97,14 +97,31 @@ class PodRemains:
     pid_pin: Path | None
 
 
-class _NetworkSetup:
-    """A pod's network setup, running while RunPodSandbox makes the pod's other parts. Until `result` has handed
-    it over (RunPodSandbox then pushes the network's undo in its place among the steps), `undo` waits for the
-    setup and detaches the pod if the setup succeeded (a failed one undid itself)."""
+class _NoNetns(Exception):
+    """The pod's namespaces were not made: its network setup stops before it attaches anything."""
 
-    def __init__(self, setup: Coroutine[Any, Any, NetworkResult]) -> None:
-        self._task = asyncio.ensure_future(setup)
+
+class _NetworkSetup:
+    """A pod's network setup, running while RunPodSandbox makes the pod's other parts: its first half (which needs
+    no netns) while the namespaces are pinned, the attachment once `netns_pinned` says the netns is there. Until
+    `result` has handed it over (RunPodSandbox then pushes the network's undo in its place among the steps), `undo`
+    waits for the setup and detaches the pod if the setup succeeded (a failed one undid itself); `abandon` (the
+    netns will never come) stops it before it attaches anything."""
+
+    def __init__(self, setup: Callable[[asyncio.Future[None]], Coroutine[Any, Any, NetworkResult]]) -> None:
+        self._pinned: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.ensure_future(setup(self._pinned))
         self._handed_over = False
+
+    def netns_pinned(self) -> None:
+        self._pinned.set_result(None)
+
+    async def abandon(self) -> None:
+        if not self._pinned.done():
+            self._pinned.set_exception(_NoNetns())
+        await asyncio.wait({self._task})
+        if not self._task.cancelled():
+            self._task.exception()  # retrieved: the failure is the namespaces', which the caller has
 
     async def result(self) -> NetworkResult:
         result = await self._task
@@ -185,24 +202,30 @@ class PodSandboxController:
             setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()),
                                    uid_mappings=plan.userns.uids if plan.userns else (),
                                    gid_mappings=plan.userns.gids if plan.userns else ())
+            network_setup: _NetworkSetup | None = None
+            if plan.network is not None:
+                # what needs no netns is done while the namespaces are pinned; the pod is attached while the netns
+                # gets its name, the pod init starts and the pod's files are made: it needs only the pinned netns
+                network_request = plan.network
+                attaching = network_setup = _NetworkSetup(lambda pinned: self._setup_network(network_request,
+                                                                                             pinned))
+                undo.push("pod network, before its netns", attaching.abandon)
             pins = await pin_namespaces(pod_dir / "ns", setup, self.forker)
             undo.push("namespaces", lambda: self._unpin(tuple(pins.values())))
+            if network_setup is not None:
+                network_setup.netns_pinned()
+                # pushed after the namespaces' undo, so it runs before the netns pin goes (CNI DEL wants the netns)
+                undo.push("pod network, while attaching",
+                          lambda: attaching.undo(self._teardown_network, network_request))
             await self.debug.point("run_pod_sandbox.namespaces")
             namespaces = {kind: str(path) for kind, path in pins.items()}
+
             netns_path = ""
             if "net" in pins and self.netns_dir:
                 published = await publish_netns(pins["net"], self._netns_name(plan.id))
                 undo.push("netns name", lambda: self._unpin((published,)))
                 await self.debug.point("run_pod_sandbox.netns_name")
                 netns_path = str(published)
-
-            network_setup: _NetworkSetup | None = None
-            if plan.network is not None:
-                # attached while the pod init starts and the pod's files are made: it needs only the pinned netns
-                network_request = plan.network
-                attaching = network_setup = _NetworkSetup(self._setup_network(network_request))
-                undo.push("pod network, while attaching",
-                          lambda: attaching.undo(self._teardown_network, network_request))
 
             pod_init = None
             if plan.shared_pid:
@@ -266,16 +289,25 @@ class PodSandboxController:
                 await self.cgroups.remove_leaf(self.cgroups.layout.leaf(plan.cgroup, plan.id))
             raise
 
-    async def _setup_network(self, request: PodNetworkRequest) -> NetworkResult:
-        """Attach the pod's network namespace to the pod network."""
+    async def _setup_network(self, request: PodNetworkRequest, pinned: Awaitable[None]) -> NetworkResult:
+        """Attach the pod's network namespace to the pod network, once `pinned` says it is there (the first half of
+        the setup goes first)."""
         assert self.network is not None
         started = time.monotonic()
         try:
-            result = await self.network.setup(request)
+            backend = await self.network.prepare(request)
         except BaseException:
             self.metrics.network_setup_failures.inc()
             raise
-        seconds = time.monotonic() - started
+        prepared = time.monotonic()
+        await pinned  # raises _NoNetns when the namespaces were not made: no setup failed then
+        resumed = time.monotonic()
+        try:
+            result = await backend.setup(request)
+        except BaseException:
+            self.metrics.network_setup_failures.inc()
+            raise
+        seconds = (prepared - started) + (time.monotonic() - resumed)
         self.metrics.network_setup_duration.labels(backend=result.backend).observe(seconds)
         log.info("pod %s: network %s/%s, IPs %s (%.1f ms)", request.sandbox_id, result.backend, result.network,
                  ", ".join(result.pod_ips), seconds * 1e3)
