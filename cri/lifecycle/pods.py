@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cri import api as cri
 from cri.cgroup_driver import CgroupDriver
@@ -54,6 +54,7 @@ from runtime.rollback import Rollback
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 SHM_SIZE = 64 * 1024 * 1024
 HOST_SHM = "/dev/shm"
 
@@ -97,26 +98,30 @@ class PodRemains:
     pid_pin: Path | None
 
 
-class _NetworkSetup:
-    """A pod's network setup, running while RunPodSandbox makes the pod's other parts. Until `result` has handed
-    it over (RunPodSandbox then pushes the network's undo in its place among the steps), `undo` waits for the
-    setup and detaches the pod if the setup succeeded (a failed one undid itself)."""
+class _NoNetns(Exception):
+    """The pod's namespaces were not made: its network setup stops before it attaches anything."""
 
-    def __init__(self, setup: Coroutine[Any, Any, NetworkResult]) -> None:
-        self._task = asyncio.ensure_future(setup)
+
+class _Alongside(Generic[T]):
+    """A step of RunPodSandbox that runs while it makes the pod's other parts (the network setup, a pod init).
+    Until `result` has handed it over (RunPodSandbox then pushes the step's undo in its place among the steps),
+    `undo` waits for it and undoes what it made if it succeeded (a failed one undid itself)."""
+
+    def __init__(self, work: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[None]]) -> None:
+        self._task = asyncio.ensure_future(work)
+        self._undo = undo
         self._handed_over = False
 
-    async def result(self) -> NetworkResult:
+    async def result(self) -> T:
         result = await self._task
         self._handed_over = True
         return result
 
-    async def undo(self, teardown: Callable[[PodNetworkRequest], Awaitable[None]], request: PodNetworkRequest
-                   ) -> None:
+    async def undo(self) -> None:
         await asyncio.wait({self._task})
         if self._handed_over or self._task.cancelled() or self._task.exception() is not None:
             return
-        await teardown(request)
+        await self._undo(self._task.result())
 
 
 class PodSandboxController:
@@ -185,10 +190,32 @@ class PodSandboxController:
             setup = NamespaceSetup(kinds=frozenset(kinds), hostname=plan.hostname, sysctls=tuple(plan.sysctls.items()),
                                    uid_mappings=plan.userns.uids if plan.userns else (),
                                    gid_mappings=plan.userns.gids if plan.userns else ())
+            network_setup: _Alongside[NetworkResult] | None = None
+            if plan.network is not None:
+                # what needs no netns is done while the namespaces are pinned; the pod is attached while the netns
+                # gets its name, the pod init starts and the pod's files are made: it needs only the pinned netns
+                network_request = plan.network
+                pinned: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                attaching = network_setup = _Alongside(self._setup_network(network_request, pinned),
+                                                       lambda _: self._teardown_network(network_request))
+                undo.push("pod network, before its netns", lambda: self._no_netns(pinned, attaching))
             pins = await pin_namespaces(pod_dir / "ns", setup, self.forker)
             undo.push("namespaces", lambda: self._unpin(tuple(pins.values())))
+            if network_setup is not None:
+                pinned.set_result(None)
+                # pushed after the namespaces' undo, so it runs before the netns pin goes (CNI DEL wants the netns)
+                undo.push("pod network, while attaching", attaching.undo)
             await self.debug.point("run_pod_sandbox.namespaces")
             namespaces = {kind: str(path) for kind, path in pins.items()}
+
+            pid_pin = pod_dir / "ns" / "pid"
+            starting: _Alongside[PodInit] | None = None
+            if plan.shared_pid:
+                # started while the netns gets its name (it needs only the pod's user namespace, if it has one)
+                starting = _Alongside(self._start_pod_init(plan, pid_pin, namespaces.get("user", "")),
+                                      lambda init: self._remove_pod_init(init.ref, pid_pin, plan.cgroup, plan.id))
+                undo.push("pod init, while starting", starting.undo)
+
             netns_path = ""
             if "net" in pins and self.netns_dir:
                 published = await publish_netns(pins["net"], self._netns_name(plan.id))
@@ -196,18 +223,9 @@ class PodSandboxController:
                 await self.debug.point("run_pod_sandbox.netns_name")
                 netns_path = str(published)
 
-            network_setup: _NetworkSetup | None = None
-            if plan.network is not None:
-                # attached while the pod init starts and the pod's files are made: it needs only the pinned netns
-                network_request = plan.network
-                attaching = network_setup = _NetworkSetup(self._setup_network(network_request))
-                undo.push("pod network, while attaching",
-                          lambda: attaching.undo(self._teardown_network, network_request))
-
             pod_init = None
-            if plan.shared_pid:
-                pid_pin = pod_dir / "ns" / "pid"
-                init = await self._start_pod_init(plan, pid_pin, namespaces.get("user", ""))
+            if starting is not None:
+                init = await starting.result()
                 init_ref = init.ref
                 undo.push("pod init", lambda: self._remove_pod_init(init_ref, pid_pin, plan.cgroup, plan.id))
                 await self.debug.point("run_pod_sandbox.pod_init")
@@ -255,6 +273,14 @@ class PodSandboxController:
         self.events.sandbox(sandbox, cri.CONTAINER_STARTED_EVENT)
         return sandbox
 
+    @staticmethod
+    async def _no_netns(pinned: asyncio.Future[None], setup: _Alongside[NetworkResult]) -> None:
+        """The pod's namespaces were not made: its network setup, waiting for them, stops before it attaches
+        anything (once the netns is pinned, "pod network, while attaching" undoes the setup instead)."""
+        if not pinned.done():
+            pinned.set_exception(_NoNetns())
+            await setup.undo()
+
     async def _start_pod_init(self, plan: PodPlan, pid_pin: Path, userns: str) -> PodInit:
         """The pod's PID 1, born in its leaf of the pod cgroup where the driver makes that beforehand (cgroupfs):
         the leaf goes again if PID 1 does not start."""
@@ -266,16 +292,25 @@ class PodSandboxController:
                 await self.cgroups.remove_leaf(self.cgroups.layout.leaf(plan.cgroup, plan.id))
             raise
 
-    async def _setup_network(self, request: PodNetworkRequest) -> NetworkResult:
-        """Attach the pod's network namespace to the pod network."""
+    async def _setup_network(self, request: PodNetworkRequest, pinned: Awaitable[None]) -> NetworkResult:
+        """Attach the pod's network namespace to the pod network, once `pinned` says it is there (the first half of
+        the setup goes first)."""
         assert self.network is not None
         started = time.monotonic()
         try:
-            result = await self.network.setup(request)
+            backend = await self.network.prepare(request)
         except BaseException:
             self.metrics.network_setup_failures.inc()
             raise
-        seconds = time.monotonic() - started
+        prepared = time.monotonic()
+        await pinned  # raises _NoNetns when the namespaces were not made: no setup failed then
+        resumed = time.monotonic()
+        try:
+            result = await backend.setup(request)
+        except BaseException:
+            self.metrics.network_setup_failures.inc()
+            raise
+        seconds = (prepared - started) + (time.monotonic() - resumed)
         self.metrics.network_setup_duration.labels(backend=result.backend).observe(seconds)
         log.info("pod %s: network %s/%s, IPs %s (%.1f ms)", request.sandbox_id, result.backend, result.network,
                  ", ".join(result.pod_ips), seconds * 1e3)

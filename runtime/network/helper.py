@@ -50,6 +50,28 @@ def _report(message: str, exc: BaseException) -> None:
     _log(message)
 
 
+_host_socket: IPRoute | None = None
+
+
+def _host_netlink() -> IPRoute:
+    """The helper's netlink socket in the host's network namespace, opened at its first request and kept for the
+    next ones (opening one costs more than most of a pod's link changes). Netlink sockets stay bound to the
+    namespace they were opened in: `hostnet.in_netns` moves this process, not the socket."""
+    global _host_socket
+    if _host_socket is None:
+        _host_socket = IPRoute()
+    return _host_socket
+
+
+def _drop_host_netlink() -> None:
+    """After a failed request the socket is not trusted further: the next request opens a new one."""
+    global _host_socket
+    if _host_socket is not None:
+        socket, _host_socket = _host_socket, None
+        with contextlib.suppress(Exception):
+            socket.close()
+
+
 def _addresses(request: dict[str, Any]) -> list[IPInterface]:
     return [ipaddress.ip_interface(a) for a in request.get("addresses", ())]
 
@@ -80,16 +102,16 @@ def op_setup(request: dict[str, Any]) -> dict[str, Any]:
     failures: list[str] = []
     try:
         # the netlink socket outlives the undo steps, which need it
-        with IPRoute() as ipr, contextlib.ExitStack() as undo:
+        with contextlib.ExitStack() as undo:
+            ipr = _host_netlink()
             undo.callback(os.close, netns_fd)
             bridge_index = _ensure(ipr, net)
             earlier = hostnet.delete_link(ipr, veth)
             if earlier:
                 _log(f"pod {sandbox_id}: removed veth {veth} left by an earlier attempt")
-            veth_index = hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
+            _, host_mac = hostnet.create_veth(ipr, veth, netns_fd, net.mtu, bridge_index)
             undo.callback(undo_step(f"delete veth {veth}", hostnet.delete_link, ipr, veth, report=_report,
                                     failures=failures))
-            host_mac = hostnet.link_mac(ipr, veth_index)
             # a pod's rules exist only while its veth does (added after it, deleted before it): no veth, no rules
             stale = nft.tagged_handles(net.table, {sandbox_id}) if earlier else []
             _write_rules(net, nft.delete_commands(net.table, stale) + pod_rules)
@@ -137,8 +159,7 @@ def op_teardown(request: dict[str, Any]) -> dict[str, Any]:
     pods = [dict(pod) for pod in request["pods"]]
     # a pod's rules go before its veth (no veth, no rules: see op_setup)
     _delete_rules(net.table, {str(pod["sandboxId"]) for pod in pods})
-    with IPRoute() as ipr:
-        hostnet.delete_links(ipr, [str(pod["veth"]) for pod in pods])
+    hostnet.delete_links(_host_netlink(), [str(pod["veth"]) for pod in pods])
     _forget_udp(", ".join(str(pod["sandboxId"]) for pod in pods),
                 [str(a.ip) for pod in pods for a in _addresses(pod)],
                 [pm.host_port for pod in pods for pm in _mappings(pod) if pm.protocol == "udp"])
@@ -152,19 +173,19 @@ def op_check(request: dict[str, Any]) -> dict[str, Any]:
     addresses = _addresses(request)
     gateways = [gateway(s) for s in net.subnets if any(a.version == s.version for a in addresses)]
     problems: list[str] = []
-    with IPRoute() as ipr:
-        bridge_index = hostnet.lookup(ipr, net.bridge)
-        index = hostnet.lookup(ipr, veth)
-        if bridge_index is None:
-            problems.append(f"bridge {net.bridge} is missing")
-        if index is None:
-            problems.append(f"veth {veth} is missing")
-        else:
-            link = ipr.get_links(index)[0]
-            if bridge_index is not None and link.get_attr("IFLA_MASTER") != bridge_index:
-                problems.append(f"veth {veth} is not on bridge {net.bridge}")
-            if not link["flags"] & 1:
-                problems.append(f"veth {veth} is down")
+    ipr = _host_netlink()
+    bridge_index = hostnet.lookup(ipr, net.bridge)
+    index = hostnet.lookup(ipr, veth)
+    if bridge_index is None:
+        problems.append(f"bridge {net.bridge} is missing")
+    if index is None:
+        problems.append(f"veth {veth} is missing")
+    else:
+        link = ipr.get_links(index)[0]
+        if bridge_index is not None and link.get_attr("IFLA_MASTER") != bridge_index:
+            problems.append(f"veth {veth} is not on bridge {net.bridge}")
+        if not link["flags"] & 1:
+            problems.append(f"veth {veth} is down")
     expected = len(nft.pod_commands(net.table, sandbox_id, _mappings(request), addresses))
     found = len(nft.tagged_handles(net.table, {sandbox_id}))
     if found != expected:
@@ -181,15 +202,15 @@ def op_check(request: dict[str, Any]) -> dict[str, Any]:
 
 def op_destroy(request: dict[str, Any]) -> dict[str, Any]:
     net = BridgeNetwork.from_json(request["network"])
-    with IPRoute() as ipr:
-        index = hostnet.lookup(ipr, net.bridge)
-        if index is not None:
-            ports = hostnet.bridge_ports(ipr, index)
-            if ports:
-                raise errors.FailedPrecondition(f"bridge {net.bridge} still has ports: {', '.join(ports)}")
-        nft.delete_table(net.table)
-        if index is not None:
-            hostnet.delete_link(ipr, net.bridge)
+    ipr = _host_netlink()
+    index = hostnet.lookup(ipr, net.bridge)
+    if index is not None:
+        ports = hostnet.bridge_ports(ipr, index)
+        if ports:
+            raise errors.FailedPrecondition(f"bridge {net.bridge} still has ports: {', '.join(ports)}")
+    nft.delete_table(net.table)
+    if index is not None:
+        hostnet.delete_link(ipr, net.bridge)
     return {}
 
 
@@ -233,8 +254,10 @@ def handle(line: str) -> dict[str, Any]:
             raise errors.InvalidArgument(f"network helper: not a known request: {line.strip()[:200]}")
         return {"ok": True, "result": op(request)}
     except (errors.CrispError, NetworkError) as exc:
+        _drop_host_netlink()
         return {"ok": False, "kind": type(exc).__name__, "message": str(exc)}
     except Exception as exc:
+        _drop_host_netlink()
         traceback.print_exc(file=sys.stderr)
         return {"ok": False, "kind": "NetworkError", "message": f"{type(exc).__name__}: {exc}"}
 

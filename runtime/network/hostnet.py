@@ -79,9 +79,22 @@ def _link_kind(link: Any) -> str:
     return str(kind or "")
 
 
+def find_link(ipr: IPRoute, name: str) -> Any | None:
+    """The link's message (index, flags, attributes: one request), or None if there is no such link."""
+    try:
+        links = ipr.link("get", ifname=name)
+    except NetlinkError:  # ENODEV (as pyroute2's link_lookup, which this replaces, any error is "none")
+        return None
+    return links[0] if links else None
+
+
 def lookup(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
+    link = find_link(ipr, name)
+    return int(link["index"]) if link is not None else None
+
+
+def _mac(link: Any) -> str:
+    return str(link.get_attr("IFLA_ADDRESS"))
 
 
 def _addresses(ipr: IPRoute, index: int) -> set[IPInterface]:
@@ -104,17 +117,17 @@ def _add_address(ipr: IPRoute, index: int, addr: IPInterface) -> None:
 
 def ensure_bridge(ipr: IPRoute, name: str, mtu: int, gateways: Sequence[IPInterface]) -> int:
     """The bridge, created if missing, up, with every gateway address; returns its index."""
-    index = lookup(ipr, name)
-    if index is None:
+    link = find_link(ipr, name)
+    if link is None:
         try:
             ipr.link("add", ifname=name, kind="bridge", address=bridge_mac(name), mtu=mtu)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:  # a concurrent helper made it first
                 raise NetworkError(f"cannot create bridge {name}: {exc}") from exc
-        index = lookup(ipr, name)
-        if index is None:
+        link = find_link(ipr, name)
+        if link is None:
             raise NetworkError(f"bridge {name} vanished right after its creation")
-    link = ipr.get_links(index)[0]
+    index = int(link["index"])
     kind = _link_kind(link)
     if kind != "bridge":
         raise errors.FailedPrecondition(f"network interface {name} exists and is a {kind or 'device'}, not a bridge")
@@ -183,9 +196,9 @@ def bridge_ports(ipr: IPRoute, bridge_index: int) -> list[str]:
             if link.get_attr("IFLA_MASTER") == bridge_index]
 
 
-def create_veth(ipr: IPRoute, host_name: str, netns_fd: int, mtu: int, bridge_index: int) -> int:
+def create_veth(ipr: IPRoute, host_name: str, netns_fd: int, mtu: int, bridge_index: int) -> tuple[int, str]:
     """A veth pair: `host_name` on the bridge (up, hairpin on), its peer born inside the pod namespace as eth0.
-    Returns the host end's index."""
+    Returns the host end's index and MAC."""
     try:
         # on the bridge and up from its creation: one request instead of three
         ipr.link("add", ifname=host_name, kind="veth", mtu=mtu, master=bridge_index, state="up",
@@ -195,16 +208,13 @@ def create_veth(ipr: IPRoute, host_name: str, netns_fd: int, mtu: int, bridge_in
             raise errors.FailedPrecondition(
                 f"cannot create veth {host_name}: it or {POD_IFNAME} in the pod's namespace already exists") from exc
         raise NetworkError(f"cannot create veth {host_name}: {exc}") from exc
-    index = lookup(ipr, host_name)
-    if index is None:
+    link = find_link(ipr, host_name)
+    if link is None:
         raise NetworkError(f"veth {host_name} vanished right after its creation")
+    index = int(link["index"])
     # hairpin: a pod reaching its own hostPort gets the DNATed packet back through the port it came from
     ipr.brport("set", index=index, mode=1)
-    return index
-
-
-def link_mac(ipr: IPRoute, index: int) -> str:
-    return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+    return index, _mac(link)
 
 
 @contextlib.contextmanager
@@ -234,9 +244,10 @@ def configure_pod(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Sequ
     """Inside the pod's namespace: lo up; eth0 with its addresses, up; default routes via the gateways.
     Returns eth0's MAC."""
     ipr.link("set", index=LOOPBACK_IFINDEX, state="up")
-    eth0 = lookup(ipr, POD_IFNAME)
-    if eth0 is None:
+    link = find_link(ipr, POD_IFNAME)
+    if link is None:
         raise NetworkError(f"{POD_IFNAME} did not arrive in the pod's namespace")
+    eth0 = int(link["index"])
     for addr in addresses:
         _add_address(ipr, eth0, addr)
     ipr.link("set", index=eth0, state="up")
@@ -248,7 +259,7 @@ def configure_pod(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Sequ
                 raise errors.FailedPrecondition(
                     f"the pod's namespace already has a default IPv{gw.version} route") from exc
             raise NetworkError(f"cannot add the default route via {gw.ip}: {exc}") from exc
-    return link_mac(ipr, eth0)
+    return _mac(link)  # a link's MAC stays what it was born with (up or not)
 
 
 def pod_problems(ipr: IPRoute, addresses: Sequence[IPInterface], gateways: Sequence[IPInterface]) -> list[str]:

@@ -8,6 +8,7 @@ appears or goes away while they run.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -38,18 +39,24 @@ class NetworkManager:
         return self.cni if self.cni_only or await self.cni.configured() else self.bridge
 
     async def setup(self, pod: PodNetworkRequest) -> NetworkResult:
-        # an attachment left by an earlier attempt (a crash, a retried RunPodSandbox) goes first
-        await self.teardown(pod)
-        backend = await self.backend()
+        backend = await self.prepare(pod)
         return await backend.setup(pod)
 
+    async def prepare(self, pod: PodNetworkRequest) -> NetworkBackend:
+        """The first half of `setup`, which needs no netns yet (RunPodSandbox runs it while the netns is made): an
+        attachment left by an earlier attempt (a crash, a retried RunPodSandbox) goes, and the backend to attach
+        the pod with is chosen meanwhile (reading the CNI config dir changes nothing). The second half is the
+        backend's `setup`."""
+        _, backend = await asyncio.gather(self.teardown(pod), self.backend())
+        return backend
+
     async def teardown(self, pod: PodNetworkRequest) -> None:
-        failures: list[BaseException] = []
-        for backend in (self.cni, self.bridge):
-            try:
-                await backend.teardown(pod)
-            except Exception as exc:  # the other backend's attachment still goes
-                failures.append(exc)
+        # each backend's attachment goes, also when the other's teardown fails: both at once (they share nothing)
+        outcomes = await asyncio.gather(*(b.teardown(pod) for b in (self.cni, self.bridge)), return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):  # cancelled, or the process is ending
+                raise failure
         if failures:
             raise failures[0]
 

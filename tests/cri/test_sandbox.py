@@ -241,6 +241,20 @@ def test_bad_requests_are_invalid_and_leave_nothing(pods: Pods, mutate: object, 
     assert pods.daemon.runtime.ListPodSandbox(cri.ListPodSandboxRequest()).items == []
 
 
+def test_namespaces_the_kernel_refuses_leave_no_network_behind(pods: Pods) -> None:
+    """A sysctl value only the kernel refuses fails the pod while its namespaces are set up, with the first half of
+    its network setup under way alongside (cri/lifecycle/pods.py): INVALID_ARGUMENT in the kernel's words, and
+    nothing left, no address lease and no veth included."""
+    config = pod_config("refused")
+    config.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "not-a-number"
+    with pytest.raises(grpc.RpcError) as err:
+        pods.run(config)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "Invalid argument" in (err.value.details() or "")
+    assert pods.leaks() == []
+    pods.run(pod_config("refused"))  # the name is free, and the network attaches the next pod
+
+
 def test_unknown_runtime_handler(pods: Pods) -> None:
     with pytest.raises(grpc.RpcError) as err:
         pods.run(pod_config(), handler="kata")
