@@ -76,7 +76,12 @@ def cri_runtime(channel: grpc.Channel) -> object:
 def test_events_of_a_full_lifecycle(kubelet: Kubelet) -> None:
     daemon = kubelet.pods.daemon
     # each subscriber on a channel of its own: one that never reads must not hold up the others' connection
-    channels = [grpc.insecure_channel(f"unix:{daemon.socket}") for _ in range(3)]
+    # (grpc shares one connection among channels to the same target unless each has a subchannel pool of its
+    # own), and the one that never reads keeps its first 64 KiB windows: grpc's bandwidth probe (BDP) would have
+    # its transport take ~8 MB unread, on some runs more than every event of this test
+    own = ("grpc.use_local_subchannel_pool", 1)
+    channels = [grpc.insecure_channel(f"unix:{daemon.socket}", options=options)
+                for options in ([own], [own], [own, ("grpc.http2.bdp_probe", 0)])]
     try:
         readers = [Subscriber(channels[0]), Subscriber(channels[1])]
         stuck = cri_runtime(channels[2]).GetContainerEvents(cri.GetEventsRequest())  # never read
