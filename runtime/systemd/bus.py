@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from jeepney.auth import BEGIN, AuthenticationError, Authenticator
 from jeepney.bus import get_connectable_addresses
 from jeepney.bus_messages import message_bus
 from jeepney.io.asyncio import DBusConnection
-from jeepney.io.common import FilterHandle, MessageFilters, ReplyMatcher, RouterClosed
+from jeepney.io.common import FilterHandle, MessageFilters, RouterClosed
 
 from runtime import errors
 
@@ -88,13 +88,44 @@ def unwrap(reply: Message) -> tuple[Any, ...]:
     return tuple(reply.body)
 
 
+class _Replies:
+    """The calls waiting for their replies, by serial. When the connection ends, each fails with RouterClosed;
+    its entry stays until its caller leaves (jeepney's ReplyMatcher forgets them all then, and a caller that leaves
+    afterwards got a KeyError instead of its RouterClosed)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, asyncio.Future[Message]] = {}
+
+    @contextlib.contextmanager
+    def catch(self, serial: int) -> Iterator[asyncio.Future[Message]]:
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting[serial] = future
+        try:
+            yield future
+        finally:
+            self._waiting.pop(serial, None)
+
+    def dispatch(self, message: Message) -> bool:
+        """Hand a reply to its caller; False when no call waits for it (a signal, or a reply too late)."""
+        future = self._waiting.get(message.header.fields.get(HeaderFields.reply_serial, -1))
+        if future is None or future.done():
+            return False
+        future.set_result(message)
+        return True
+
+    def fail_all(self) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(RouterClosed("the connection ended before the reply arrived"))
+
+
 class Connection:
     """An open, authenticated connection; one task receives its messages and hands out replies and signals."""
 
     def __init__(self, endpoint: Endpoint, conn: DBusConnection) -> None:
         self.endpoint = endpoint
         self._conn = conn
-        self._replies = ReplyMatcher()
+        self._replies = _Replies()
         self._filters = MessageFilters()
         self._matches: set[str] = set()
         self._receiver = asyncio.create_task(self._receive(), name=f"dbus-receiver {endpoint.path}")
@@ -110,7 +141,7 @@ class Connection:
                     writer.close()
                     raise
         except TimeoutError:
-            raise errors.Unavailable(f"systemd: no answer from {endpoint} within {time_limit:.0f}s") from None
+            raise errors.Unavailable(f"systemd: no answer from {endpoint} within {time_limit:g}s") from None
         except (OSError, EOFError, AuthenticationError) as exc:
             raise errors.Unavailable(f"systemd: cannot connect to {endpoint}: {exc}") from None
         self = cls(endpoint, DBusConnection(reader, writer))
@@ -134,7 +165,7 @@ class Connection:
         except (OSError, EOFError, ValueError) as exc:  # closed, reset, or a message jeepney cannot parse
             log.info("systemd: connection to %s ended: %s", self.endpoint, exc or type(exc).__name__)
         finally:
-            self._replies.drop_all()
+            self._replies.fail_all()
 
     @property
     def closed(self) -> bool:
@@ -148,11 +179,11 @@ class Connection:
         serial = next(self._conn.outgoing_serial)
         try:
             async with asyncio.timeout(time_limit):
-                with self._replies.catch(serial, asyncio.get_running_loop().create_future()) as reply:
+                with self._replies.catch(serial) as reply:
                     await self._conn.send(message, serial=serial)
                     answer: Message = await reply
         except TimeoutError:
-            raise errors.DeadlineExceeded(f"systemd: no reply to {what} within {time_limit:.0f}s") from None
+            raise errors.DeadlineExceeded(f"systemd: no reply to {what} within {time_limit:g}s") from None
         except (RouterClosed, OSError) as exc:
             raise errors.Unavailable(f"systemd: the connection to {self.endpoint} broke during {what}: "
                                      f"{exc or type(exc).__name__}") from None

@@ -1,6 +1,9 @@
 """crispd's client of systemd's Manager: transient units, their jobs, properties, stop and reset.
 
-One connection, opened on first use and again after it broke (systemd re-executing, dbus-daemon restarting). A
+One connection, opened on first use and again after it broke (systemd re-executing, dbus-daemon restarting). A new
+connection that gets no answer (to its authentication or to Subscribe) within a third of the timeout is given up
+for another, at most three in all: the VM tier saw one stay unanswered for 30 s right after `systemctl restart
+crispd`, while systemctl's own calls were answered. A
 call that queues a job (StartTransientUnit, StopUnit) returns only once the job's `JobRemoved` signal arrived, with
 its result checked: the filter for that signal is in place before the call is sent, so a job that finishes before
 the reply is not missed.
@@ -15,7 +18,15 @@ from collections.abc import Sequence
 from jeepney import MatchRule
 
 from runtime import errors
-from runtime.systemd.bus import MANAGER, BusError, Connection, find_endpoint, manager_call, properties_call
+from runtime.systemd.bus import (
+    MANAGER,
+    BusError,
+    Connection,
+    Endpoint,
+    find_endpoint,
+    manager_call,
+    properties_call,
+)
 from runtime.systemd.properties import Property
 
 log = logging.getLogger(__name__)
@@ -24,6 +35,7 @@ JOB_REMOVED = MatchRule(type="signal", interface=MANAGER.interface, member="JobR
 NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
 UNIT_EXISTS = "org.freedesktop.systemd1.UnitExists"
 DEFAULT_TIMEOUT = 30.0
+CONNECT_ATTEMPTS = 3  # new connections tried within the timeout (each gets a third of it)
 # a stop job waits for the unit's processes (SIGTERM, then SIGKILL after the unit's TimeoutStopSec, 90 s by
 # default); crisp's units are empty or killed already when it stops them
 DEFAULT_JOB_TIMEOUT = 120.0
@@ -33,8 +45,10 @@ class Systemd:
     """Transient units through systemd's D-Bus API (`bus`: auto | private | system)."""
 
     def __init__(self, bus: str = "auto", timeout: float = DEFAULT_TIMEOUT,
-                 job_timeout: float = DEFAULT_JOB_TIMEOUT) -> None:
+                 job_timeout: float = DEFAULT_JOB_TIMEOUT, endpoint: Endpoint | None = None) -> None:
+        """`endpoint`: where to connect instead of the one `bus` names (tests)."""
         self.bus = bus
+        self.endpoint = endpoint
         self.timeout = timeout
         self.job_timeout = job_timeout
         self._conn: Connection | None = None
@@ -47,18 +61,33 @@ class Systemd:
             if self._conn is not None:
                 await self._conn.close()
                 self._conn = None
-            endpoint = await asyncio.to_thread(find_endpoint, self.bus)
-            conn = await Connection.open(endpoint, self.timeout)
-            try:
-                await conn.subscribe(JOB_REMOVED, self.timeout)
-                # on a bus, systemd sends its signals only while someone is subscribed
-                await conn.call(manager_call("Subscribe"), self.timeout)
-            except BaseException:
-                await conn.close()
-                raise
-            log.info("systemd: connected over %s", endpoint)
-            self._conn = conn
-            return conn
+            endpoint = self.endpoint if self.endpoint is not None else await asyncio.to_thread(find_endpoint, self.bus)
+            for attempt in range(1, CONNECT_ATTEMPTS + 1):
+                try:
+                    conn = await self._open(endpoint, self.timeout / CONNECT_ATTEMPTS)
+                except (errors.DeadlineExceeded, errors.Unavailable) as exc:
+                    if attempt == CONNECT_ATTEMPTS:
+                        raise
+                    log.warning("systemd: %s; trying a new connection (%d of %d)", exc, attempt + 1,
+                                CONNECT_ATTEMPTS)
+                    continue
+                log.info("systemd: connected over %s", endpoint)
+                self._conn = conn
+                return conn
+            raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _open(endpoint: Endpoint, time_limit: float) -> Connection:
+        """A new connection, authenticated and subscribed to systemd's signals."""
+        conn = await Connection.open(endpoint, time_limit)
+        try:
+            await conn.subscribe(JOB_REMOVED, time_limit)
+            # on a bus, systemd sends its signals only while someone is subscribed
+            await conn.call(manager_call("Subscribe"), time_limit)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     async def _job(self, unit: str, method: str, signature: str, body: tuple[object, ...]) -> str:
         """Call a Manager method that queues a job for `unit`; wait for the job to end; its result (done,
