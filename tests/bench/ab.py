@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -64,3 +65,16 @@ def sides(kind: type[S], base: Path, ref: str, compare: Path | None) -> list[S]:
     if compare:
         made.append(kind(str(compare), base / "b", ref, [str(compare / ".venv/bin/crispd")]))
     return made
+
+
+@contextlib.contextmanager
+def running_sides(kind: type[S], compare: Path | None) -> Iterator[list[S]]:
+    """`sides` in a temporary dir with the busybox registry; each side stopped at the end (`Side.stop`), also when
+    the benchmark fails. Starting them is the benchmark's."""
+    with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp, busybox_registry(Path(tmp)) as ref:
+        made = sides(kind, Path(tmp), ref, compare)
+        try:
+            yield made
+        finally:
+            for side in made:
+                side.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,26 +49,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--compare", type=Path, help="another checkout whose .venv/bin/crispd runs side by side")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
-        base = Path(tmp)
-        with ab.busybox_registry(base) as ref:
-            sides = ab.sides(Side, base, ref, args.compare)
-            try:
-                for side in sides:
-                    side.pods.daemon.start()
-                    side.cycle()  # warm-up, not counted
-                    for times in side.times.values():
-                        times.clear()
-                for i in range(args.runs):
-                    for side in sides if i % 2 == 0 else sides[::-1]:
-                        side.cycle()
-            finally:
-                for side in sides:
-                    side.stop()
-            for side in sides:
-                print(side.label)
-                for call in CALLS:
-                    print("  " + ab.summary(call, side.times[call]))
+    with ab.running_sides(Side, args.compare) as sides:
+        for side in sides:
+            side.pods.daemon.start()
+            side.cycle()  # warm-up, not counted
+            for times in side.times.values():
+                times.clear()
+        for i in range(args.runs):
+            for side in sides if i % 2 == 0 else sides[::-1]:
+                side.cycle()
+    for side in sides:
+        print(side.label)
+        for call in CALLS:
+            print("  " + ab.summary(call, side.times[call]))
 
 
 if __name__ == "__main__":

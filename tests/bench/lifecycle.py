@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,45 +69,39 @@ def main() -> None:
     parser.add_argument("--handler", default="", help='runtime handler ("" = built-in, runc, crun)')
     parser.add_argument("--compare", type=Path, help="another checkout whose .venv/bin/crispd runs side by side")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
-        base = Path(tmp)
-        with ab.busybox_registry(base) as ref:
-            sides = ab.sides(ab.Side, base, ref, args.compare)
-            try:
-                for side in sides:
-                    side.pods.handler = args.handler
-                    side.pods.daemon.start()
-                    side.pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)),
-                                                      timeout=60)
-                    pod_ready(side.pods, ref, "warmup")
-                    remove_all(side.pods)
-                pods = sides[0].pods
-                assert pods.daemon.proc is not None
-                pid = pods.daemon.proc.pid
-                rss0 = rss_mb(pid)
-                runs: dict[str, list[tuple[float, float, str, float, float]]] = {s.label: [] for s in sides}
-                for i in range(args.pods):
-                    for side in sides if i % 2 == 0 else sides[::-1]:
-                        runs[side.label].append(pod_ready(side.pods, ref, f"serial{i}"))
-                rss_n = rss_mb(pid)
-                print(f"handler {args.handler or 'builtin'}, {args.pods} pods, each one busybox `sleep`:")
-                for side in sides:
-                    serial_figures(side.label, runs[side.label])
-                print(f"crispd RSS: {rss0:.1f} MB with 0 pods, {rss_n:.1f} MB with {args.pods} pods")
-                for side in sides:
-                    remove_all(side.pods)
-                with concurrent.futures.ThreadPoolExecutor(10) as pool:
-                    started = time.perf_counter()
-                    par = list(pool.map(lambda i: pod_ready(pods, ref, f"par{i}"), range(args.pods)))
-                    wall = time.perf_counter() - started
-                print(ab.summary("RunPodSandbox (10 parallel)", [r[0] for r in par]))
-                print(ab.summary("Create+StartContainer (10 parallel)", [r[1] for r in par]))
-                print(ab.summary("pod ready (10 parallel)", [r[0] + r[1] for r in par]))
-                print(f"10 parallel: {args.pods} pods ready in {wall:.1f} s ({args.pods / wall:.1f} pods/s)")
-                remove_all(pods)
-            finally:
-                for side in sides:
-                    side.stop()
+    with ab.running_sides(ab.Side, args.compare) as sides:
+        ref = sides[0].ref
+        for side in sides:
+            side.pods.handler = args.handler
+            side.pods.daemon.start()
+            side.pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)),
+                                              timeout=60)
+            pod_ready(side.pods, ref, "warmup")
+            remove_all(side.pods)
+        pods = sides[0].pods
+        assert pods.daemon.proc is not None
+        pid = pods.daemon.proc.pid
+        rss0 = rss_mb(pid)
+        runs: dict[str, list[tuple[float, float, str, float, float]]] = {s.label: [] for s in sides}
+        for i in range(args.pods):
+            for side in sides if i % 2 == 0 else sides[::-1]:
+                runs[side.label].append(pod_ready(side.pods, ref, f"serial{i}"))
+        rss_n = rss_mb(pid)
+        print(f"handler {args.handler or 'builtin'}, {args.pods} pods, each one busybox `sleep`:")
+        for side in sides:
+            serial_figures(side.label, runs[side.label])
+        print(f"crispd RSS: {rss0:.1f} MB with 0 pods, {rss_n:.1f} MB with {args.pods} pods")
+        for side in sides:
+            remove_all(side.pods)
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            started = time.perf_counter()
+            par = list(pool.map(lambda i: pod_ready(pods, ref, f"par{i}"), range(args.pods)))
+            wall = time.perf_counter() - started
+        print(ab.summary("RunPodSandbox (10 parallel)", [r[0] for r in par]))
+        print(ab.summary("Create+StartContainer (10 parallel)", [r[1] for r in par]))
+        print(ab.summary("pod ready (10 parallel)", [r[0] + r[1] for r in par]))
+        print(f"10 parallel: {args.pods} pods ready in {wall:.1f} s ({args.pods / wall:.1f} pods/s)")
+        remove_all(pods)
 
 
 if __name__ == "__main__":

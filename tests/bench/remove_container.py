@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -83,35 +82,28 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=10, help="pods stopped and removed (0: none)")
     parser.add_argument("--compare", type=Path, help="another checkout whose .venv/bin/crispd runs side by side")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
-        base = Path(tmp)
-        with ab.busybox_registry(base) as ref:
-            sides = ab.sides(Side, base, ref, args.compare)
-            try:
-                for side in sides:
-                    side.start()
-                    side.remove_once(start=True)  # warm-up, not counted
-                    side.stopped.clear()
-                    side.cycles.clear()
-                for i in range(args.runs):
-                    order = sides if i % 2 == 0 else sides[::-1]
-                    for side in order:
-                        side.remove_once(start=True)
-                    for side in order[::-1]:
-                        side.remove_once(start=False)
-                for i in range(args.pods):
-                    for side in (sides if i % 2 == 0 else sides[::-1]):
-                        side.pod_once(i)
-                for side in sides:
-                    print(ab.summary(f"{side.label}: RemoveContainer, stopped", side.stopped))
-                    print(ab.summary(f"{side.label}: RemoveContainer, created", side.created))
-                    print(ab.summary(f"{side.label}: Create+Start+Stop after a removal", side.cycles))
-                    if side.pod_stops:
-                        print(ab.summary(f"{side.label}: StopPodSandbox (1 container)", side.pod_stops))
-                        print(ab.summary(f"{side.label}: RemovePodSandbox after it", side.pod_removals))
-            finally:
-                for side in sides:
-                    side.stop()
+    with ab.running_sides(Side, args.compare) as sides:
+        for side in sides:
+            side.start()
+            side.remove_once(start=True)  # warm-up, not counted
+            side.stopped.clear()
+            side.cycles.clear()
+        for i in range(args.runs):
+            order = sides if i % 2 == 0 else sides[::-1]
+            for side in order:
+                side.remove_once(start=True)
+            for side in order[::-1]:
+                side.remove_once(start=False)
+        for i in range(args.pods):
+            for side in (sides if i % 2 == 0 else sides[::-1]):
+                side.pod_once(i)
+        for side in sides:
+            print(ab.summary(f"{side.label}: RemoveContainer, stopped", side.stopped))
+            print(ab.summary(f"{side.label}: RemoveContainer, created", side.created))
+            print(ab.summary(f"{side.label}: Create+Start+Stop after a removal", side.cycles))
+            if side.pod_stops:
+                print(ab.summary(f"{side.label}: StopPodSandbox (1 container)", side.pod_stops))
+                print(ab.summary(f"{side.label}: RemovePodSandbox after it", side.pod_removals))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -76,25 +75,18 @@ def main() -> None:
     parser.add_argument("--shared-pid", action="store_true")
     parser.add_argument("--compare", type=Path, help="another checkout whose code runs side by side")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="crisp-bench-") as tmp:
-        base = Path(tmp)
-        with ab.busybox_registry(base) as ref:
-            sides = ab.sides(Side, base, ref, args.compare)
-            try:
-                for side in sides:
-                    side.pods.daemon.start()
-                    for i in range(3):  # warm-up, not counted
-                        side.run_once(f"warmup{i}", args.shared_pid)
-                    side.client.clear()
-                for i in range(args.pods):
-                    for side in sides if i % 2 == 0 else sides[::-1]:
-                        side.run_once(f"p{i}", args.shared_pid)
-                        time.sleep(0.05)  # what the call left to do in the background is not the next one's
-                for side in sides:
-                    report(side, skip=3)
-            finally:
-                for side in sides:
-                    side.stop()
+    with ab.running_sides(Side, args.compare) as sides:
+        for side in sides:
+            side.pods.daemon.start()
+            for i in range(3):  # warm-up, not counted
+                side.run_once(f"warmup{i}", args.shared_pid)
+            side.client.clear()
+        for i in range(args.pods):
+            for side in sides if i % 2 == 0 else sides[::-1]:
+                side.run_once(f"p{i}", args.shared_pid)
+                time.sleep(0.05)  # what the call left to do in the background is not the next one's
+        for side in sides:
+            report(side, skip=3)
 
 
 if __name__ == "__main__":
