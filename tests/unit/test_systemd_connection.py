@@ -5,9 +5,11 @@ within its timeout. (systemd itself answers in the VM tier's systemd guest, test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -60,13 +62,24 @@ class Peer:
             writer.close()
 
 
+@contextlib.asynccontextmanager
+async def serving(peer: Peer, tmp_path: Path) -> AsyncIterator[Systemd]:
+    """The peer listening as a private socket, and a client of it with a 1.5 s timeout; both closed at the end."""
+    server = await asyncio.start_unix_server(peer.serve, str(tmp_path / "private"))
+    systemd = Systemd(timeout=1.5, endpoint=Endpoint(str(tmp_path / "private"), direct=True))
+    try:
+        yield systemd
+    finally:
+        await systemd.close()
+        server.close()
+        await server.wait_closed()
+
+
 def test_an_unanswered_connection_is_given_up_for_a_new_one(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         peer = Peer(silent=1)
-        server = await asyncio.start_unix_server(peer.serve, str(tmp_path / "private"))
-        systemd = Systemd(timeout=1.5, endpoint=Endpoint(str(tmp_path / "private"), direct=True))
-        try:
+        async with serving(peer, tmp_path) as systemd:
             with caplog.at_level(logging.WARNING, logger="runtime.systemd.manager"):
                 assert await systemd.unit_state("crisp-x.scope") is None
             # the first connection asked to Subscribe and heard nothing; the second was answered and kept
@@ -74,10 +87,6 @@ def test_an_unanswered_connection_is_given_up_for_a_new_one(tmp_path: Path,
             assert "no reply to Subscribe within 0.5s; trying a new connection (2 of 3)" in caplog.text
             assert await systemd.unit_state("crisp-y.scope") is None
             assert peer.connections == 2
-        finally:
-            await systemd.close()
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(scenario())
 
@@ -86,10 +95,7 @@ def test_a_connection_that_ends_during_a_call_is_unavailable_and_replaced(tmp_pa
                                                                            caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         peer = Peer(hang_up=1)
-        server = await asyncio.start_unix_server(peer.serve, str(tmp_path / "private"))
-        endpoint = Endpoint(str(tmp_path / "private"), direct=True)
-        systemd = Systemd(timeout=1.5, endpoint=endpoint)
-        try:
+        async with serving(peer, tmp_path) as systemd:
             with caplog.at_level(logging.WARNING, logger="runtime.systemd.manager"):
                 assert await systemd.unit_state("crisp-x.scope") is None
             assert "broke during Subscribe: the connection ended before the reply arrived; trying a new " \
@@ -97,14 +103,11 @@ def test_a_connection_that_ends_during_a_call_is_unavailable_and_replaced(tmp_pa
             assert peer.connections == 2
             # the call itself says so (its caller leaving after the end no longer trips over a forgotten reply)
             peer.hang_up = 10
-            cut = await Connection.open(endpoint, 1.0)
+            assert systemd.endpoint is not None
+            cut = await Connection.open(systemd.endpoint, 1.0)
             with pytest.raises(errors.Unavailable, match="broke during Subscribe"):
                 await cut.call(manager_call("Subscribe"), 1.0)
             await cut.close()
-        finally:
-            await systemd.close()
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(scenario())
 
@@ -112,17 +115,11 @@ def test_a_connection_that_ends_during_a_call_is_unavailable_and_replaced(tmp_pa
 def test_no_answer_on_any_connection_is_deadline_exceeded_within_the_timeout(tmp_path: Path) -> None:
     async def scenario() -> None:
         peer = Peer(silent=10)
-        server = await asyncio.start_unix_server(peer.serve, str(tmp_path / "private"))
-        systemd = Systemd(timeout=1.5, endpoint=Endpoint(str(tmp_path / "private"), direct=True))
-        try:
+        async with serving(peer, tmp_path) as systemd:
             began = time.monotonic()
             with pytest.raises(errors.DeadlineExceeded, match="no reply to Subscribe"):
                 await systemd.unit_state("crisp-x.scope")
             assert time.monotonic() - began < 3.0  # three tries of a third of the timeout each
             assert peer.connections == 3
-        finally:
-            await systemd.close()
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(scenario())
