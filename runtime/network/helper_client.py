@@ -187,7 +187,7 @@ class HelperRunner:
                              key=lambda h: h.idle_since)[:max(0, spare)]:
             self._idle.remove(helper)
             self._retire(helper)
-        if len(self._idle) + len(self._busy) > self.keep_warm:
+        if self._idle and len(self._idle) + len(self._busy) > self.keep_warm:  # (all busy: a release reschedules)
             oldest = min(h.idle_since for h in self._idle)
             self._reaper = loop.call_later(max(0.0, oldest + self.idle_seconds - now), self._reap_idle)
 

@@ -121,6 +121,27 @@ def test_runner_keeps_a_helper_warm() -> None:
     asyncio.run(scenario())
 
 
+def test_the_idle_reaper_finding_every_helper_busy_leaves_them_and_shrinks_the_pool_later() -> None:
+    """The reaper may fire when the helpers it was set for are all busy again: it leaves them (it used to fail on
+    an empty idle list), and once they are idle long enough the pool shrinks to `keep_warm`."""
+    slow = (sys.executable, "-c", "import sys, time\nfor line in sys.stdin:\n    time.sleep(0.4)\n"
+            "    print('{\"ok\": true}', flush=True)")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        failures: list[object] = []
+        loop.set_exception_handler(lambda _, context: failures.append(context.get("exception")))
+        runner = HelperRunner(timeout=30, max_workers=2, idle_seconds=0.2, argv=slow)
+        await asyncio.gather(*(runner.call({"op": "x"}) for _ in range(2)))  # two helpers; idle now: the reaper is set
+        await asyncio.gather(*(runner.call({"op": "x"}) for _ in range(2)))  # both busy when it fires
+        assert len(runner.pids) == 2
+        assert await await_until(lambda: len(runner.pids) == 1, 5)  # then idle: down to the one kept warm
+        assert failures == []
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
 def test_runner_kills_a_helper_that_hangs_crashes_or_talks_nonsense() -> None:
     async def scenario() -> None:
         hang = HelperRunner(timeout=0.5, argv=(sys.executable, "-c", "import time; time.sleep(60)"), keep_warm=0)
