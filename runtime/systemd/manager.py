@@ -62,19 +62,18 @@ class Systemd:
                 await self._conn.close()
                 self._conn = None
             endpoint = self.endpoint if self.endpoint is not None else await asyncio.to_thread(find_endpoint, self.bus)
-            for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            limit = self.timeout / CONNECT_ATTEMPTS
+            for attempt in range(2, CONNECT_ATTEMPTS + 1):
                 try:
-                    conn = await self._open(endpoint, self.timeout / CONNECT_ATTEMPTS)
+                    conn = await self._open(endpoint, limit)
+                    break
                 except (errors.DeadlineExceeded, errors.Unavailable) as exc:
-                    if attempt == CONNECT_ATTEMPTS:
-                        raise
-                    log.warning("systemd: %s; trying a new connection (%d of %d)", exc, attempt + 1,
-                                CONNECT_ATTEMPTS)
-                    continue
-                log.info("systemd: connected over %s", endpoint)
-                self._conn = conn
-                return conn
-            raise AssertionError("unreachable")
+                    log.warning("systemd: %s; trying a new connection (%d of %d)", exc, attempt, CONNECT_ATTEMPTS)
+            else:
+                conn = await self._open(endpoint, limit)  # the last try: its failure is the caller's
+            log.info("systemd: connected over %s", endpoint)
+            self._conn = conn
+            return conn
 
     @staticmethod
     async def _open(endpoint: Endpoint, time_limit: float) -> Connection:
