@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.bench.procmem import smaps_rollup
+
 PAGE = 4096
 Range = tuple[int, int, str]
 ObjectRange = tuple[int, int, str, str]  # start, size, type name, what it is (module, qualname)
@@ -197,8 +199,7 @@ def main() -> None:
         copied = sorted(a for a in child if a in parent and parent[a][0] != child[a][0])
         by_mapping = collections.Counter(child[a][1] for a in copied)
         before, after = read_pages(proc.pid, copied), read_pages(shim_pid, copied)
-        rollup = {k: v for k, v in (line.split(":") for line in Path(f"/proc/{shim_pid}/smaps_rollup").read_text()
-                                    .splitlines()[1:])}
+        memory = smaps_rollup(shim_pid)
         os.write(go_w, b"x")
         proc.stdout.readline()
         objects = [tuple(o) for o in json.loads(Path(bundle, "objects.json").read_text())]
@@ -207,8 +208,8 @@ def main() -> None:
         os.close(go_w)
         proc.wait(30)
         shutil.rmtree(bundle, ignore_errors=True)
-    print(f"idle shim (no container), {args.wait:g} s after its fork: Pss {rollup['Pss'].strip()}, "
-          f"Private_Dirty {rollup['Private_Dirty'].strip()}")
+    print(f"idle shim (no container), {args.wait:g} s after its fork: PSS {memory['pss']} kB, "
+          f"USS (its private pages) {memory['uss']} kB")
     print(f"zygote pages it copied (heap and anonymous mappings): {len(copied)} = {len(copied) * 4} kB "
           f"({', '.join(f'{n} {name}' for name, n in by_mapping.most_common())})")
     print("pages on which the shim changed ... (a page may count under several):")
