@@ -60,6 +60,7 @@ class ExecSessions:
         self.id = shim.config.id
         self.sessions: dict[str, ExecSession] = {}
         self._seq = 0
+        self.prefix = "exec"  # exec ids: prefix + a number
 
     def master_of(self, exec_id: str) -> int:
         session = self.sessions.get(exec_id)
@@ -98,7 +99,7 @@ class ExecSessions:
         except errors.CrispError as exc:
             raise ShimError(errors.kind_of(exc), f"{self.id}: {exc}") from None
         self._seq += 1
-        session = ExecSession(conn, f"exec{self._seq}", tty, float(timeout))
+        session = ExecSession(conn, f"{self.prefix}{self._seq}", tty, float(timeout))
         resident = self.shim.executor.resident is not None
         argv: list[str] = []
         if not resident:
@@ -202,8 +203,7 @@ class ExecSessions:
         """An exec's failure as its caller gets it. The container's init may have died after op_exec's check (a
         probe racing the container's end): the executor then refuses the exec; the init's exit is ours to reap,
         and the refusal is the caller's precondition."""
-        self.loop.reap()
-        if self.shim.container.state == "stopped":
+        if self.shim.container.exited():
             return ShimError("FailedPrecondition", f"container {self.id} exited while an exec was starting "
                              f"({error.message})")
         return error

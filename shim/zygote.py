@@ -23,6 +23,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -32,6 +33,7 @@ from typing import Any, NoReturn
 import runtime.cgroups
 import runtime.executor.container
 import runtime.executor.main
+import shim.delegate
 import shim.main
 import shim.server
 from runtime.linux import syscalls
@@ -90,6 +92,67 @@ def _fork_detached(body: Callable[[int], NoReturn], selector: selectors.BaseSele
     return r
 
 
+# a monitor's request for a delegate: one line and the connection the delegate answers on
+DELEGATE_REQUEST_MAX = 1 << 20
+DELEGATE_RECV_TIMEOUT = 2.0
+
+
+def _delegate(listener: socket.socket, selector: selectors.BaseSelector, pending: Pending) -> None:
+    """A crisp-monitor asks for a delegate (shim/delegate.py): fork one for the request and its connection."""
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return
+    fds: list[int] = []
+    with conn:
+        conn.settimeout(DELEGATE_RECV_TIMEOUT)
+        data = bytearray()
+        try:
+            while b"\n" not in data and len(data) < DELEGATE_REQUEST_MAX:
+                chunk, got, _, _ = socket.recv_fds(conn, 65536, 4)
+                fds += got
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return  # nobody to answer: the monitor sees no delegate and reports it
+    fd = fds[0]
+    try:
+        request = json.loads(bytes(data).partition(b"\n")[0])
+        if not isinstance(request, dict) or request.get("work") != "shim_op":
+            raise ValueError("not a shim_op request")
+        shim.delegate.check_request(request)
+    except ValueError as exc:
+        _refuse(fd, "InvalidArgument", f"bad delegate request: {exc}")
+        return
+    listener_fd = listener.fileno()
+
+    def body(sync_fd: int) -> NoReturn:
+        os.close(sync_fd)
+        os.close(listener_fd)
+        shim.delegate.become_delegate(request, fd)
+
+    try:
+        os.close(_fork_detached(body, selector, pending))
+    except OSError as exc:
+        _refuse(fd, "ResourceExhausted", f"cannot fork a delegate: {exc}")
+        return
+    os.close(fd)
+
+
+def _refuse(fd: int, kind: str, message: str) -> None:
+    with socket.socket(fileno=fd) as sock:
+        sock.settimeout(DELEGATE_RECV_TIMEOUT)
+        try:
+            sock.sendall(protocol.encode(protocol.reply_error(kind, message)))
+        except OSError:
+            pass
+
+
 def main() -> None:
     if len(sys.argv) > 2:  # the fd of the sealed copy of the interpreter the zygote runs from: exec'd, not needed
         os.close(int(sys.argv[2]))
@@ -98,6 +161,12 @@ def main() -> None:
     inbuf = bytearray()
     os.set_blocking(0, False)
     selector.register(0, selectors.EVENT_READ)
+    listener: socket.socket | None = None
+    if len(sys.argv) > 3:  # the listening socket crispd made for the monitors' delegate requests
+        listener = socket.socket(fileno=int(sys.argv[3]))
+        os.set_inheritable(listener.fileno(), False)
+        listener.setblocking(False)
+        selector.register(listener.fileno(), selectors.EVENT_READ)
     # open libc (and libseccomp) through ctypes once, here: every shim and every executor command shares the
     # handles (and never looks a library up itself)
     syscalls.preload()
@@ -119,6 +188,9 @@ def main() -> None:
                     line, _, rest = bytes(inbuf).partition(b"\n")
                     inbuf[:] = rest
                     _handle(line, selector, pending)
+                continue
+            if listener is not None and fd == listener.fileno():
+                _delegate(listener, selector, pending)
                 continue
             request_id, buf, died = pending[fd]
             data = os.read(fd, 65536)
