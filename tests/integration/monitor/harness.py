@@ -196,19 +196,22 @@ class Monitor:
                  hang_points: tuple[str, ...] = (), zygote: Path | None = None,
                  conns: tuple[dict[str, Any], ...] = (), oom: dict[str, Any] | None = None,
                  rootfs_mounted: str = "", override: dict[str, Any] | None = None,
-                 fifos: tuple[str, ...] = ("go",)) -> None:
+                 fifos: tuple[str, ...] = ("go",), log_path: str | None = None) -> None:
         self.base = base
         self.bundle = base / name
         self.bundle.mkdir()
-        for fifo in fifos:  # made before the init starts: it waits on them (`read x < go`)
+        for fifo in fifos:  # made before the init starts: it waits on them
             os.mkfifo(self.bundle / fifo)
         self.id = f"c-{name}"
         self.sock_path = self.bundle / "shim.sock"
-        self.log_path = base / f"{name}.log" if log else None
+        self.log_path = Path(log_path) if log_path else base / f"{name}.log" if log else None
         self.zygote_path = zygote if zygote is not None else base / "no-zygote.sock"
         self.tty = tty
+        if "go" in fifos:
+            # the init holds the fifo open read-write on fd 3: every trigger's line waits there for its `read x <&3`
+            script = f"exec 3<>go; {script}"
         self.spec = {"bundle": str(self.bundle), "id": self.id, "script": script, "tty": tty, "stdin": stdin,
-                     "stdin_once": stdin_once, "log_path": str(self.log_path) if log else "",
+                     "stdin_once": stdin_once, "log_path": str(self.log_path) if self.log_path else "",
                      "log_max_line": log_max_line, "hang_points": list(hang_points),
                      "zygote_socket": str(self.zygote_path), "conns": list(conns), "oom": oom,
                      "rootfs_mounted": rootfs_mounted, "monitor": str(MONITOR), "override": override}
@@ -251,7 +254,7 @@ class Monitor:
             client.close()
 
     def trigger(self, name: str, data: bytes = b"go\n") -> None:
-        """Write to the fifo `name` in the bundle that the init waits on (`read x < name`)."""
+        """Write to the fifo `name` in the bundle that the init waits on (`go`: `read x <&3`)."""
         path = self.bundle / name
 
         def opened() -> int:

@@ -17,7 +17,7 @@ from tests.integration.monitor.harness import Monitor, error_of, wait_for
 
 MakeMonitor = Callable[..., Monitor]
 # the init waits on the fifo "go", then exits with the code it reads from it
-WAIT_THEN_EXIT = 'read code < go; exit "$code"'
+WAIT_THEN_EXIT = 'read code <&3; exit "$code"'
 
 
 def test_state_wait_and_the_exit_code(monitors: MakeMonitor) -> None:
@@ -67,7 +67,7 @@ def test_status_file_is_written_as_python_writes_it(monitors: MakeMonitor) -> No
 
 
 def test_kill_signals_the_init_and_the_status_says_which(monitors: MakeMonitor) -> None:
-    m = monitors("read x < go")
+    m = monitors("read x <&3")
     waiter = m.client()
     waiter.request("wait")
     assert m.call("kill", signal=signal.SIGTERM) == {"v": 1, "ok": True}
@@ -80,21 +80,21 @@ def test_kill_signals_the_init_and_the_status_says_which(monitors: MakeMonitor) 
 
 
 def test_kill_without_a_signal_is_sigterm(monitors: MakeMonitor) -> None:
-    m = monitors("read x < go")
+    m = monitors("read x <&3")
     assert m.call("kill")["ok"] is True
     assert m.call("wait")["status"]["signal"] == signal.SIGTERM
 
 
 @pytest.mark.parametrize("sig, shown", [(0, "0"), (65, "65"), ("TERM", "'TERM'"), (None, "None"), (1.5, "1.5")])
 def test_kill_with_a_bad_signal(monitors: MakeMonitor, sig: object, shown: str) -> None:
-    m = monitors("read x < go")
+    m = monitors("read x <&3")
     assert error_of(m.call("kill", signal=sig)) == ("InvalidArgument", f"bad signal {shown}")
     assert m.call("state")["state"] == "running"
 
 
 def test_orphans_are_reaped(monitors: MakeMonitor) -> None:
     """The init's child outlives it: the monitor, as the subreaper, reaps it when it ends."""
-    m = monitors("sleep 1000 & echo $! > orphan.pid; read x < go")
+    m = monitors("sleep 1000 & echo $! > orphan.pid; read x <&3")
     orphan = int(wait_for(lambda: (m.bundle / "orphan.pid").exists() and (m.bundle / "orphan.pid").read_text(),
                           "the orphan's pid"))
     m.trigger("go")
@@ -132,7 +132,7 @@ def test_oom_killed_by_the_containers_cgroup_count(monitors: MakeMonitor, base: 
     cgroup = base / "pod" / "ctr"
     cgroup.mkdir(parents=True)
     (cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\noom_group_kill 0\n")
-    m = monitors("read x < go", oom={"cgroup_dir": str(cgroup), "before": 1, "parent_before": 0})
+    m = monitors("read x <&3", oom={"cgroup_dir": str(cgroup), "before": 1, "parent_before": 0})
     m.call("kill", signal=signal.SIGKILL)
     status = m.call("wait")["status"]
     assert status["oom_killed"] is True and status["signal"] == signal.SIGKILL
@@ -143,7 +143,7 @@ def test_not_oom_killed_when_the_count_did_not_move(monitors: MakeMonitor, base:
     cgroup = base / "pod" / "ctr"
     cgroup.mkdir(parents=True)
     (cgroup / "memory.events").write_text("oom 0\noom_kill 4\n")
-    m = monitors("read x < go", oom={"cgroup_dir": str(cgroup), "before": 4, "parent_before": 0})
+    m = monitors("read x <&3", oom={"cgroup_dir": str(cgroup), "before": 4, "parent_before": 0})
     m.call("kill", signal=signal.SIGKILL)
     assert m.call("wait")["status"]["oom_killed"] is False
 
@@ -158,14 +158,14 @@ def test_oom_through_the_parent_when_the_cgroup_is_gone(monitors: MakeMonitor, b
     parent = base / "pod"
     parent.mkdir()
     (parent / "memory.events").write_text(f"oom 0\noom_kill {parent_count}\n")
-    m = monitors("read x < go", oom={"cgroup_dir": str(parent / "gone"), "before": 0, "parent_before": 2})
+    m = monitors("read x <&3", oom={"cgroup_dir": str(parent / "gone"), "before": 0, "parent_before": 2})
     m.call("kill", signal=sig)
     assert m.call("wait")["status"]["oom_killed"] is expected
 
 
 def test_hang_point_at_the_exit(monitors: MakeMonitor) -> None:
     """hang_points ["shim.exited"]: the status is written, then the monitor stops (nobody hears of the exit)."""
-    m = monitors("read x < go", hang_points=("shim.exited",))
+    m = monitors("read x <&3", hang_points=("shim.exited",))
     waiter = m.client()
     waiter.request("wait")
     m.trigger("go")
@@ -178,7 +178,7 @@ def test_hang_point_at_the_exit(monitors: MakeMonitor) -> None:
 
 
 def test_debug(monitors: MakeMonitor) -> None:
-    m = monitors("read x < go")
+    m = monitors("read x <&3")
     reply = m.call("debug")
     assert reply == {"v": 1, "ok": True, "pid": m.pid, "modules": [], "threads": 1, "version": reply["version"],
                      "monitor": True}
@@ -188,7 +188,7 @@ def test_debug(monitors: MakeMonitor) -> None:
 
 def test_memory(monitors: MakeMonitor) -> None:
     """The monitor's PSS, printed (issue 17's budget is 2 MB; sizes are measured, not asserted)."""
-    m = monitors("while read line; do echo \"$line\"; done < go", stdin=False)
+    m = monitors("while read line; do echo \"$line\"; done <&3", stdin=False)
     m.running_monitor()
     for _ in range(3):
         m.call("state")
@@ -207,7 +207,7 @@ def test_memory(monitors: MakeMonitor) -> None:
 
 
 def test_create_and_start_are_refused(monitors: MakeMonitor) -> None:
-    m = monitors("read x < go")
+    m = monitors("read x <&3")
     assert error_of(m.call("create")) == ("AlreadyExists", f"container {m.id} is already running")
     assert error_of(m.call("start")) == ("FailedPrecondition", f"container {m.id} is running, not created")
     m.trigger("go")
@@ -216,7 +216,7 @@ def test_create_and_start_are_refused(monitors: MakeMonitor) -> None:
 
 
 def test_bad_requests(monitors: MakeMonitor) -> None:
-    m = monitors("read x < go")
+    m = monitors("read x <&3")
     c = m.client()
     for line in (b"nonsense", b"", b'{"v":1,', b'{"v": 1} x', b'{"a" 1}'):
         try:
@@ -244,7 +244,7 @@ def test_bad_requests(monitors: MakeMonitor) -> None:
 
 
 def test_a_request_line_too_long(monitors: MakeMonitor) -> None:
-    m = monitors("read x < go")
+    m = monitors("read x <&3")
     c = m.client()
     try:
         c.send(b"x" * ((1 << 20) + (1 << 17)))
