@@ -132,7 +132,14 @@ class Zygote:
         self.events: list[str] = []
         self.handler: Callable[[dict[str, Any], int], None] = self.answer_ok
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
+        if len(str(path).encode()) < 108:
+            self.sock.bind(str(path))
+        else:  # longer than sun_path: through an O_PATH fd of its dir
+            dir_fd = os.open(path.parent, os.O_PATH)
+            try:
+                self.sock.bind(f"/proc/self/fd/{dir_fd}/{path.name}")
+            finally:
+                os.close(dir_fd)
         self.sock.listen(16)
         self.sock.settimeout(0.1)
         self.stopping = False
