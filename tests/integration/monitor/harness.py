@@ -53,7 +53,7 @@ class Client:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(TIMEOUT)
         self.sock.connect(str(path))
-        self.buf = b""
+        self.buf = bytearray()
 
     def send(self, message: dict[str, Any] | bytes) -> None:
         data = message if isinstance(message, bytes) else (json.dumps(message) + "\n").encode()
@@ -70,18 +70,16 @@ class Client:
         return True
 
     def line(self) -> dict[str, Any]:
-        while b"\n" not in self.buf:
-            if not self._fill():
-                raise EOFError("the monitor closed the connection")
-        line, _, self.buf = self.buf.partition(b"\n")
-        return dict(json.loads(line))
+        return dict(json.loads(self.raw_line()))
 
     def raw_line(self) -> bytes:
         while b"\n" not in self.buf:
             if not self._fill():
                 raise EOFError("the monitor closed the connection")
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
+        end = self.buf.index(b"\n") + 1
+        line = bytes(self.buf[:end])
+        del self.buf[:end]
+        return line
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         self.request(op, **fields)
@@ -91,14 +89,14 @@ class Client:
         """The next frame; None at EOF."""
         while len(self.buf) < FRAME.size:
             if not self._fill():
-                assert self.buf == b"", f"EOF inside a frame header: {self.buf!r}"
+                assert not self.buf, f"EOF inside a frame header: {self.buf!r}"
                 return None
         stream, length = FRAME.unpack_from(self.buf)
         while len(self.buf) < FRAME.size + length:
             if not self._fill():
                 raise AssertionError("EOF inside a frame")
-        payload = self.buf[FRAME.size:FRAME.size + length]
-        self.buf = self.buf[FRAME.size + length:]
+        payload = bytes(self.buf[FRAME.size:FRAME.size + length])
+        del self.buf[:FRAME.size + length]
         return stream, payload
 
     def send_frame(self, stream: int, payload: bytes) -> None:

@@ -4,6 +4,7 @@ slow attacher dropped, terminals and window sizes; and the connections the Pytho
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 
 from tests.integration.monitor.harness import Client, Monitor, error_of, wait_for
@@ -182,3 +183,53 @@ def test_handed_over_waiter_of_an_exited_container(monitors: MakeMonitor) -> Non
     waiting = m.client()
     waiting.request("wait")
     assert waiting.line()["status"]["exit_code"] == 9
+
+
+def test_stdin_backpressure_pauses_the_writers(monitors: MakeMonitor) -> None:
+    """A container that does not read its stdin: the monitor stops reading the attacher (its buffer stays small)
+    instead of holding everything the attacher sends; once the container reads, all of it arrives."""
+    m = monitors("read x <&3; cat", stdin=True, stdin_once=True)
+    writer = attach(m, stdin=True, stdout=False, stderr=False)
+    total = 24 << 20
+    sent = [0]
+
+    def send() -> None:
+        piece = b"s" * (64 << 10)
+        while sent[0] < total:
+            writer.send_frame(STDIN, piece)
+            sent[0] += len(piece)
+        writer.send_frame(STDIN, b"")  # stdin_once: then the container's stdin closes
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+
+    def stalled() -> bool:  # the sender is blocked: what it sent stops growing
+        before = sent[0]
+        sender.join(0.5)
+        return sent[0] == before and sender.is_alive()
+    wait_for(stalled, "the attacher's stdin to back up")
+    assert sent[0] < total
+    rss_kib = int(next(line for line in open(f"/proc/{m.pid}/status") if line.startswith("VmRSS:")).split()[1])
+    assert rss_kib < 8 * 1024, f"the monitor holds {rss_kib} KiB: it kept reading stdin it could not deliver"
+    m.trigger("go")
+    assert m.call("wait")["status"]["exit_code"] == 0
+    sender.join(30)
+    assert sent[0] == total
+    # everything went through cat into the log (P parts: there is no newline)
+    assert m.log_path is not None
+    with open(m.log_path, "rb") as log:
+        written = sum(len(line.split(b" ", 3)[3]) - 1 for line in log)  # the content, without its newline
+    assert written == total
+
+
+def test_handed_over_attach_with_stdin(monitors: MakeMonitor) -> None:
+    m = monitors("cat; echo done", stdin=True, stdin_once=True,
+                 conns=({"mode": "attach", "stdin": True, "streams": [1, 2]},))
+    client = m.client()
+    assert client.call("attach", stdin=True) == {"v": 1, "ok": True, "tty": False}
+    m.running_monitor()
+    client.send_frame(STDIN, b"through the monitor\n")
+    assert client.frame() == (STDOUT, b"through the monitor\n")
+    client.send_frame(STDIN, b"")
+    out, status = frames_until_exit(client)
+    assert out == {STDOUT: b"done\n"} and status is not None and status["exit_code"] == 0

@@ -223,3 +223,28 @@ def test_a_delete_delegate_that_dies(monitors: MakeMonitor, zygote: Zygote) -> N
     assert error_of(m.call("shutdown")) == ("Internal", "the delegate of delete died")
     wait_for(lambda: "the delegate of delete died; keeping the container's record" in m.shim_log(), "the log line")
     assert m.alive()
+
+
+def test_exit_does_not_wait_forever_for_a_client_that_does_not_read(monitors: MakeMonitor, zygote: Zygote) -> None:
+    """An attacher that never reads holds back the exit for the flush grace only."""
+    m = monitors("read x <&3; head -c 3000000 /dev/zero; read x <&3", zygote=zygote.path, log=False)
+    stuck = m.client()
+    assert stuck.call("attach", stdout=True)["ok"] is True
+    m.trigger("go")
+    m.trigger("go")
+    m.call("wait")
+    assert m.call("shutdown") == {"v": 1, "ok": True}
+    assert m.wait_exit() == 0
+    assert "dropping an attach session" not in m.shim_log()  # it was behind, not dropped: held the exit
+
+
+def test_hang_point_after_the_delete(monitors: MakeMonitor, zygote: Zygote) -> None:
+    """hang_points ["shim.deleted"]: deleted, but the monitor stops before its files go."""
+    m = monitors("true", zygote=zygote.path, hang_points=("shim.deleted",))
+    m.call("wait")
+    client = m.client()
+    client.request("shutdown")
+    wait_for(lambda: "debug: stopped at shim.deleted until killed" in m.shim_log(), "the hang point")
+    assert zygote.ops() == ["delete"]
+    assert (m.bundle / "shim.sock").exists() and (m.bundle / "shim.json").exists()
+    assert m.alive()
