@@ -44,18 +44,23 @@ def check_log(log: bytes, max_line: int, expected: dict[bytes, bytes]) -> int:
 
 
 def test_lines_parts_and_tails_as_format_chunk_writes_them(monitors: MakeMonitor) -> None:
-    script = "; ".join([
-        r"printf 'hello\nworld\n'", "read x <&3",
+    # each piece is written once the one before is in the log: one piece, one chunk read by the monitor
+    pieces = [
+        (r"printf 'hello\nworld\n'", b"stdout F world\n"),
         # lines of max_line (64) bytes, one more, two max_lines, one more than that, and a short one, in one write
-        "printf '%s\\n%s\\n%s\\n%s\\nend\\n' $(printf 'a%.0s' $(seq 64)) $(printf 'b%.0s' $(seq 65)) "
-        "$(printf 'c%.0s' $(seq 128)) $(printf 'd%.0s' $(seq 129))", "read x <&3",
-        "printf 'tail-without-newline'", "read x <&3",
-        "printf '%s' $(printf 't%.0s' $(seq 150))", "read x <&3",  # an unterminated tail longer than max_line
-        r"printf 'err line\n\nafter an empty line\n' >&2", "read x <&3",
-        r"printf '\n'",
-    ])
-    m = monitors(script, log_max_line=64)
-    for _ in range(5):
+        ("printf '%s\\n%s\\n%s\\n%s\\nend\\n' $(printf 'a%.0s' $(seq 64)) $(printf 'b%.0s' $(seq 65)) "
+         "$(printf 'c%.0s' $(seq 128)) $(printf 'd%.0s' $(seq 129))", b"stdout F end\n"),
+        ("printf 'tail-without-newline'", b"stdout P tail-without-newline\n"),
+        ("printf '%s' $(printf 't%.0s' $(seq 150))", b"stdout P " + b"t" * 22 + b"\n"),  # longer than max_line
+        (r"printf 'err line\n\nafter an empty line\n' >&2", b"stderr F after an empty line\n"),
+        (r"printf '\n'", None),
+    ]
+    m = monitors("; read x <&3; ".join(script for script, _ in pieces), log_max_line=64)
+    assert m.log_path is not None
+    log_path = m.log_path
+    for _, last_line in pieces[:-1]:
+        assert last_line is not None
+        wait_for(lambda end=last_line: log_path.read_bytes().endswith(end), f"{last_line!r} in the log")
         m.trigger("go")
     m.call("wait")
     expected = {
@@ -63,13 +68,13 @@ def test_lines_parts_and_tails_as_format_chunk_writes_them(monitors: MakeMonitor
         b"\nend\n" + b"tail-without-newline" + b"t" * 150 + b"\n",
         b"stderr": b"err line\n\nafter an empty line\n",
     }
-    assert m.log_path is not None
-    log = m.log_path.read_bytes()
-    check_log(log, 64, expected)
+    log = log_path.read_bytes()
+    assert check_log(log, 64, expected) == len(pieces)
     # the parts a long line makes, as the kubelet will read them
     assert b" stdout P " + b"d" * 64 + b"\n" in log and b" stdout F d\n" in log
     assert b" stdout F " + b"a" * 64 + b"\n" in log
     assert b" stdout P tail-without-newline\n" in log
+    assert log.endswith(b" stdout F \n")  # the newline that ends the unterminated tail: an empty F line
 
 
 def test_much_output_is_all_in_the_log(monitors: MakeMonitor) -> None:
