@@ -2240,6 +2240,10 @@ static void load_state(const char *id, int state_fd)
 {
     Buf text = {0};
     char tmp[4096];
+    int flags = fcntl(state_fd, F_GETFL);
+    if (flags < 0)
+        bad_state("fd %d: %s", state_fd, strerror(errno));
+    fcntl(state_fd, F_SETFL, flags & ~O_NONBLOCK); /* a pipe: read it to its end */
     for (;;) {
         ssize_t n = read(state_fd, tmp, sizeof tmp);
         if (n < 0 && errno == EINTR)
@@ -2421,11 +2425,21 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_outputs; i++)
         watch_set(&outputs[i].w, EPOLLIN);
     logmsg("crisp-monitor %s watching container %s (%s, init pid %d)", CRISP_VERSION, cfg.id, cstate, init_pid);
-    /* handed-over waiters of a container that has exited already */
-    if (has_status)
-        for (Conn *c = conns; c; c = c->next)
+    /* handed over for a container that has exited already: waiters get the status, attachers the exit frame */
+    if (has_status) {
+        Buf frame = {0};
+        status_json(&frame, true);
+        for (Conn *c = conns; c; c = c->next) {
             if (c->waits)
                 op_wait(c), c->waits = 0;
+            if (c->attacher) {
+                c->attacher = false;
+                conn_send_frame(c, STREAM_EXIT, buf_data(&frame), buf_size(&frame));
+                conn_close_after_flush(c);
+            }
+        }
+        buf_free(&frame);
+    }
     reap(); /* the init may have exited during the hand-off */
     for (Conn *c = conns; c; c = c->next)
         conn_flush(c);

@@ -259,3 +259,31 @@ def test_bad_hand_over_state(monitors: MakeMonitor) -> None:
     m = monitors("true", override={"pid": "x"})
     assert m.wait_exit() == 1
     assert "bad hand-over state: pid: missing or not an integer" in m.shim_log()
+
+
+def test_hand_over_of_an_exited_container(monitors: MakeMonitor) -> None:
+    """The Python shim saw the exit (and wrote status.json) before it handed over: the monitor answers from the
+    status it was given, to the waiter and the attacher it was handed too."""
+    status = {"exit_code": 3, "signal": 0, "started_at": 5, "finished_at": 6, "oom_killed": False,
+              "reason": "", "message": "caf\u00e9"}
+    m = monitors("true", conns=({"mode": "wait"}, {"mode": "attach", "stdin": False, "streams": [1, 2]}),
+                 override={"state": "stopped", "status": status, "started_at": 5})
+    waiting = m.client()
+    waiting.request("wait")
+    attached = m.client()
+    assert attached.call("attach")["ok"] is True
+    assert waiting.line() == {"v": 1, "ok": True, "status": status}
+    assert attached.frame() == (4, json.dumps(status).encode())
+    assert attached.at_eof()
+    state = m.call("state")
+    assert (state["state"], state["status"], state["started_at"]) == ("stopped", status, 5)
+    assert not (m.bundle / "status.json").exists()  # the Python shim's to write, not rewritten
+    assert error_of(m.call("start")) == ("FailedPrecondition", f"container {m.id} is stopped, not created")
+
+
+def test_start_of_a_container_that_exited_before_it_was_started(monitors: MakeMonitor) -> None:
+    status = {"exit_code": 2, "signal": 0, "started_at": 0, "finished_at": 6, "oom_killed": False,
+              "reason": "", "message": ""}
+    m = monitors("true", override={"state": "stopped", "status": status, "started_at": 0})
+    assert error_of(m.call("start")) == (
+        "FailedPrecondition", f"container {m.id} exited before it was started (exit code 2)")
