@@ -676,11 +676,8 @@ static void json_str(Buf *b, const char *s, size_t n)
         } else if (c == '\f') {
             buf_adds(b, "\\f");
             i++;
-        } else if (c < 0x20 || c == 0x7f) {
-            if (c == 0x7f)
-                buf_addc(b, (char)c);
-            else
-                buf_addf(b, "\\u%04x", c);
+        } else if (c < 0x20) {
+            buf_addf(b, "\\u%04x", c);
             i++;
         } else if (c < 0x80) {
             buf_addc(b, (char)c);
