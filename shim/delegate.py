@@ -9,6 +9,8 @@ ended from /proc. An exec's processes are the delegate's (its subreaper), and en
 
 from __future__ import annotations
 
+import array
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,6 +22,7 @@ from runtime.bundle import load_config
 from runtime.linux import syscalls
 from runtime.procs import set_process_title
 from shim import protocol
+from shim.exec import ExecSession
 from shim.io.streams import Conn
 from shim.log import log
 from shim.protocol import ShimConfig, ShimError
@@ -43,8 +46,9 @@ def check_request(request: dict[str, Any]) -> None:
         raise ValueError(f"a delegate serves {', '.join(OPS)}, not {op.get('op') if isinstance(op, dict) else op!r}")
 
 
-def become_delegate(request: dict[str, Any], fd: int) -> NoReturn:
-    """The body of a forked, detached delegate; it never returns."""
+def become_delegate(request: dict[str, Any], fd: int, ctl: int = -1) -> NoReturn:
+    """The body of a forked, detached delegate; it never returns. `ctl`, for an exec: a seqpacket socket to the
+    monitor, which learns there the terminal of a tty session (to serve `resize` with its exec id)."""
     from shim.main import ignore_signals, setup_stdio
 
     code = 1
@@ -61,7 +65,7 @@ def become_delegate(request: dict[str, Any], fd: int) -> NoReturn:
             set_process_title(NAME, config.id)
         except OSError:
             pass
-        _serve(config, request["state"], request["op"], sock)
+        _serve(config, request["state"], request["op"], sock, socket.socket(fileno=ctl) if ctl >= 0 else None)
         code = 0
     except (ShimError, errors.CrispError, OSError, ValueError, KeyError) as exc:
         kind = exc.kind if isinstance(exc, ShimError) else errors.kind_of(exc) \
@@ -75,7 +79,8 @@ def become_delegate(request: dict[str, Any], fd: int) -> NoReturn:
     os._exit(code)
 
 
-def _serve(config: ShimConfig, state: dict[str, Any], message: dict[str, Any], sock: socket.socket) -> None:
+def _serve(config: ShimConfig, state: dict[str, Any], message: dict[str, Any], sock: socket.socket,
+           ctl: socket.socket | None) -> None:
     shim = Shim(dataclasses.replace(config, log_path=""))  # the monitor writes the container's log, not us
     shim.handoff.enabled = False
     shim.loop.install_sigchld()
@@ -87,6 +92,23 @@ def _serve(config: ShimConfig, state: dict[str, Any], message: dict[str, Any], s
     container.watched = False
     container.spec = load_config(config.bundle)
     shim.execs.prefix = f"exec{os.getpid()}-"  # unique among the delegates of one container
+    if ctl is not None:
+        told: set[str] = set()
+
+        def tty_started(session: ExecSession) -> None:
+            with contextlib.suppress(OSError):  # a monitor that is gone needs no news
+                ctl.sendmsg([json.dumps({"op": "tty", "exec_id": session.id}).encode() + b"\n"],
+                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [session.master]))])
+                told.add(session.id)
+
+        def tty_ended(session: ExecSession) -> None:
+            if session.id in told:
+                told.discard(session.id)
+                with contextlib.suppress(OSError):
+                    ctl.send(json.dumps({"op": "done", "exec_id": session.id}).encode() + b"\n")
+
+        shim.execs.tty_started = tty_started
+        shim.execs.tty_ended = tty_ended
     shim.ops = {"exec": shim.execs.op_exec, "update": container.op_update, "kill": container.op_kill,
                 "delete": lambda conn, message, reply: _delete(shim, reply)}
 

@@ -61,6 +61,9 @@ class ExecSessions:
         self.sessions: dict[str, ExecSession] = {}
         self._seq = 0
         self.prefix = "exec"  # exec ids: prefix + a number
+        # a delegate tells its monitor about its sessions' terminals (the `resize` op with an exec id is served there)
+        self.tty_started: Callable[[ExecSession], None] | None = None
+        self.tty_ended: Callable[[ExecSession], None] | None = None
 
     def master_of(self, exec_id: str) -> int:
         session = self.sessions.get(exec_id)
@@ -215,6 +218,8 @@ class ExecSessions:
             return
         session.pid = pid
         conn = session.conn
+        if session.master >= 0 and self.tty_started is not None:
+            self.tty_started(session)  # before the caller learns the exec id
         self.shim.point("shim.exec")
         reply(protocol.reply_ok(exec_id=session.id, pid=session.pid, tty=session.tty))
         conn.framed = True
@@ -301,6 +306,8 @@ class ExecSessions:
         if session.done or session.status is None or session.outputs:
             return
         session.done = True
+        if session.master >= 0 and self.tty_ended is not None:
+            self.tty_ended(session)  # before the caller hears of the end
         for timer in session.timers:
             self.loop.cancel(timer)
         code, sig = protocol.wait_status_to_exit(session.status)
@@ -312,6 +319,8 @@ class ExecSessions:
         self._cleanup(session)
 
     def _cleanup(self, session: ExecSession) -> None:
+        if session.master >= 0 and self.tty_ended is not None:
+            self.tty_ended(session)
         for fd in list(session.outputs):
             self.loop.forget(fd)
             os.close(fd)

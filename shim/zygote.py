@@ -116,11 +116,11 @@ def _delegate(listener: socket.socket, selector: selectors.BaseSelector, pending
                 data += chunk
         except OSError:
             pass
-    if len(fds) != 1:
+    if len(fds) not in (1, 2):
         for fd in fds:
             os.close(fd)
         return  # nobody to answer: the monitor sees no delegate and reports it
-    fd = fds[0]
+    fd, ctl = fds[0], fds[1] if len(fds) == 2 else -1
     try:
         request = json.loads(bytes(data).partition(b"\n")[0])
         if not isinstance(request, dict) or request.get("work") != "shim_op":
@@ -128,19 +128,23 @@ def _delegate(listener: socket.socket, selector: selectors.BaseSelector, pending
         shim.delegate.check_request(request)
     except ValueError as exc:
         _refuse(fd, "InvalidArgument", f"bad delegate request: {exc}")
+        if ctl >= 0:
+            os.close(ctl)
         return
     listener_fd = listener.fileno()
 
     def body(sync_fd: int) -> NoReturn:
         os.close(sync_fd)
         os.close(listener_fd)
-        shim.delegate.become_delegate(request, fd)
+        shim.delegate.become_delegate(request, fd, ctl)
 
     try:
         os.close(_fork_detached(body, selector, pending))
     except OSError as exc:
         _refuse(fd, "ResourceExhausted", f"cannot fork a delegate: {exc}")
-        return
+    finally:
+        if ctl >= 0:
+            os.close(ctl)
     os.close(fd)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from cri.shims.manager import ShimManager
 from runtime import errors
 from shim import monitor, protocol
 from tests.integration.shim.helpers import ShimEnv, run
+from tests.leaks import await_until
 
 pytestmark = pytest.mark.root
 
@@ -26,11 +26,12 @@ def _exe(pid: int) -> str:
         return ""
 
 
-async def _handed_over(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _exe(pid) != monitor.BINARY:
-        assert time.monotonic() < deadline, f"shim {pid} still runs {_exe(pid)!r}"
-        await asyncio.sleep(0.02)
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+async def _handed_over(pid: int) -> None:
+    assert await await_until(lambda: _exe(pid) == monitor.BINARY), f"shim {pid} still runs {_exe(pid)!r}"
 
 
 def _delegates(env: ShimEnv) -> list[int]:
@@ -47,11 +48,8 @@ def _delegates(env: ShimEnv) -> list[int]:
     return found
 
 
-async def _no_delegates(env: ShimEnv, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _delegates(env):
-        assert time.monotonic() < deadline, f"delegates left: {_delegates(env)}"
-        await asyncio.sleep(0.05)
+async def _no_delegates(env: ShimEnv) -> None:
+    assert await await_until(lambda: not _delegates(env)), f"delegates left: {_delegates(env)}"
 
 
 def _pss_kb(pid: int) -> int:
@@ -78,9 +76,9 @@ def test_a_started_shim_becomes_the_monitor(shim_env: ShimEnv) -> None:
             await _handed_over(shim_pid)
             # the same process: crispd finds it again by pid and start time (shim.json is unchanged)
             assert shim_env.shim_pids() == [shim_pid]
-            assert Path(f"/proc/{shim_pid}/comm").read_text().strip() == "crisp-shim"
             state = await client.state()
             assert (state.state, state.pid) == ("running", pid)
+            assert _comm(shim_pid) == "crisp-shim"  # named so once it serves
             debug = await client.debug()
             assert debug["pid"] == shim_pid and debug["monitor"] is True
             print(f"monitor PSS: {_pss_kb(shim_pid)} kB")
