@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -62,6 +64,7 @@
 #define FLUSH_GRACE_NS 2000000000LL
 #define PY_NSIG 65 /* Python's signal.NSIG on Linux */
 #define MAX_DEPTH 256
+#define TRIM_AFTER_MS 1000 /* idle this long after a burst of I/O: give the scratch memory back */
 
 /* ------------------------------------------------------------------------------------------------------------ */
 /* memory and byte buffers                                                                                      */
@@ -1072,7 +1075,7 @@ static Conn *conn_new(int fd)
 /* ------------------------------------------------------------------------------------------------------------ */
 /* the CRI log (shim/io/cri_log.py)                                                                             */
 
-static char logbuf[65536];
+static char logbuf[65536] __attribute__((aligned(4096)));
 static size_t logbuf_len;
 static bool logbuf_error;
 
@@ -1233,7 +1236,19 @@ static void stdin_session_ended(void)
 /* ------------------------------------------------------------------------------------------------------------ */
 /* the container's output                                                                                       */
 
-static char readbuf[READ_SIZE];
+static char readbuf[READ_SIZE] __attribute__((aligned(4096)));
+static char recvbuf[RECV_SIZE] __attribute__((aligned(4096)));
+static bool scratch_used; /* the buffers above (or big heap buffers) were used since the last trim */
+
+/* the PSS budget: pages touched by a burst of output or requests are given back once the monitor is idle */
+static void trim(void)
+{
+    madvise(readbuf, sizeof readbuf, MADV_DONTNEED);
+    madvise(recvbuf, sizeof recvbuf, MADV_DONTNEED);
+    madvise(logbuf, sizeof logbuf, MADV_DONTNEED);
+    malloc_trim(0);
+    scratch_used = false;
+}
 
 static void attach_forward(int stream, const char *data, size_t n)
 {
@@ -1261,6 +1276,7 @@ static void output_close(Output *o)
 /* limit reads (0: until the pipe is empty); false once the output is closed */
 static void output_read(Output *o, int limit)
 {
+    scratch_used = true;
     for (int i = 0; o->open && (limit == 0 || i < limit); i++) {
         ssize_t n = read(o->w.fd, readbuf, sizeof readbuf);
         if (n < 0) {
@@ -2151,15 +2167,15 @@ static void conn_process(Conn *c)
 
 static void conn_read(Conn *c)
 {
-    static char tmp[RECV_SIZE];
-    ssize_t n = recv(c->w.fd, tmp, sizeof tmp, MSG_DONTWAIT);
+    scratch_used = true;
+    ssize_t n = recv(c->w.fd, recvbuf, sizeof recvbuf, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) {
         conn_close(c);
         return;
     }
-    buf_add(&c->rbuf, tmp, (size_t)n);
+    buf_add(&c->rbuf, recvbuf, (size_t)n);
     if (!c->framed && buf_size(&c->rbuf) > MAX_FRAME + RECV_SIZE) {
         reply_error(c, "InvalidArgument", "request line too long");
         conn_close(c);
@@ -2443,7 +2459,7 @@ int main(int argc, char **argv)
 
     struct epoll_event events[64];
     for (;;) {
-        int timeout = -1;
+        int timeout = scratch_used ? TRIM_AFTER_MS : -1;
         if (exiting) {
             long long left = exit_deadline - now_ns(CLOCK_MONOTONIC);
             timeout = left <= 0 ? 0 : (int)(left / 1000000) + 1;
@@ -2453,6 +2469,8 @@ int main(int argc, char **argv)
             logmsg("epoll_wait failed: %s", strerror(errno));
             exit(1);
         }
+        if (n == 0 && scratch_used && !exiting)
+            trim();
         for (int i = 0; i < n; i++) {
             Watch *w = events[i].data.ptr;
             uint32_t ev = events[i].events;
