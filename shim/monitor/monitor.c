@@ -1440,6 +1440,21 @@ static void write_status_file(void)
     buf_free(&b);
 }
 
+/* every attacher gets the exit frame (json.dumps of the status), then its connection closes */
+static void attachers_exited(void)
+{
+    Buf frame = {0};
+    status_json(&frame, true);
+    for (Conn *c = conns; c; c = c->next) {
+        if (c->attacher && !c->closed) {
+            c->attacher = false;
+            conn_send_frame(c, STREAM_EXIT, buf_data(&frame), buf_size(&frame));
+            conn_close_after_flush(c);
+        }
+    }
+    buf_free(&frame);
+}
+
 static void on_exit_status(int wstatus)
 {
     long long finished = now_ns(CLOCK_REALTIME);
@@ -1463,23 +1478,15 @@ static void on_exit_status(int wstatus)
         snprintf(sigtext, sizeof sigtext, " (signal %d)", sig);
     logmsg("container %s exited: code %d%s%s", cfg.id, code, sigtext, oom ? " oom-killed" : "");
     point("shim.exited");
-    Buf reply = {0}, frame = {0};
+    Buf reply = {0};
     buf_adds(&reply, ",\"status\":");
     status_json(&reply, false);
-    status_json(&frame, true);
     for (Conn *c = conns; c; c = c->next) {
         for (; c->waits > 0; c->waits--)
             reply_ok(c, buf_cstr(&reply));
     }
-    for (Conn *c = conns; c; c = c->next) { /* every attacher gets the exit frame, then its connection closes */
-        if (c->attacher && !c->closed) {
-            c->attacher = false;
-            conn_send_frame(c, STREAM_EXIT, buf_data(&frame), buf_size(&frame));
-            conn_close_after_flush(c);
-        }
-    }
     buf_free(&reply);
-    buf_free(&frame);
+    attachers_exited();
     if (have_stdin) {
         have_stdin = false;
         sink_close();
@@ -1709,9 +1716,7 @@ static void deleg_done(Deleg *d, const char *line, size_t len)
         break;
     case D_INT_DELETE: {
         if (!line) {
-            char msg[64];
-            snprintf(msg, sizeof msg, "the delegate of delete died");
-            delete_failed("Internal", msg, NULL, 0);
+            delete_failed("Internal", "the delegate of delete died", NULL, 0);
             break;
         }
         char err[256];
@@ -2440,18 +2445,10 @@ int main(int argc, char **argv)
     logmsg("crisp-monitor %s watching container %s (%s, init pid %d)", CRISP_VERSION, cfg.id, cstate, init_pid);
     /* handed over for a container that has exited already: waiters get the status, attachers the exit frame */
     if (has_status) {
-        Buf frame = {0};
-        status_json(&frame, true);
-        for (Conn *c = conns; c; c = c->next) {
+        for (Conn *c = conns; c; c = c->next)
             if (c->waits)
                 op_wait(c), c->waits = 0;
-            if (c->attacher) {
-                c->attacher = false;
-                conn_send_frame(c, STREAM_EXIT, buf_data(&frame), buf_size(&frame));
-                conn_close_after_flush(c);
-            }
-        }
-        buf_free(&frame);
+        attachers_exited();
     }
     reap(); /* the init may have exited during the hand-off */
     for (Conn *c = conns; c; c = c->next)
