@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <malloc.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -350,7 +351,7 @@ static bool jstring(JParser *jp, Buf *out)
         case 'u': {
             int cp = hex4(jp->p, jp->end);
             if (cp < 0)
-                return jfail(jp, "Invalid \\uXXXX escape", esc);
+                return jfail(jp, "Invalid \\uXXXX escape", esc + 1);
             jp->p += 4;
             if (cp >= 0xd800 && cp < 0xdc00 && jp->end - jp->p >= 6 && jp->p[0] == '\\' && jp->p[1] == 'u') {
                 int lo = hex4(jp->p + 2, jp->end);
@@ -537,54 +538,84 @@ static JVal *jvalue(JParser *jp)
         v->t = jp->p[-1] == 'e' && jp->p[-2] == 'u' ? J_TRUE : J_FALSE;
         return v;
     }
-    if (c == '-' || (c >= '0' && c <= '9'))
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        /* Python's json takes NaN, Infinity and -Infinity too */
+        const char *start = jp->p;
+        bool minus = c == '-';
+        if (minus)
+            jp->p++;
+        if ((!minus && jlit(jp, "NaN")) || jlit(jp, "Infinity")) {
+            JVal *v = xcalloc(sizeof *v);
+            v->t = J_NUM;
+            v->n = (size_t)(jp->p - start);
+            v->s = xstrndup(start, v->n);
+            v->d = start[minus] == 'N' ? NAN : minus ? -INFINITY : INFINITY;
+            return v;
+        }
+        jp->p = start;
         return jnumber(jp);
+    }
+    if (jlit(jp, "NaN") || jlit(jp, "Infinity")) {
+        JVal *v = xcalloc(sizeof *v);
+        v->t = J_NUM;
+        v->s = xstrndup(jp->p[-1] == 'N' ? "NaN" : "Infinity", jp->p[-1] == 'N' ? 3 : 8);
+        v->n = strlen(v->s);
+        v->d = jp->p[-1] == 'N' ? NAN : INFINITY;
+        return v;
+    }
     jfail(jp, "Expecting value", jp->p);
     return NULL;
 }
 
-/* UTF-8 check, with the words of Python's decoder (json.loads of bytes decodes them first) */
+/* UTF-8 check, with the words of Python's decoder (json.loads of bytes decodes them first, "surrogatepass") */
 static bool utf8_check(const unsigned char *s, size_t n, char *err, size_t errlen)
 {
-    size_t i = 0;
-    while (i < n) {
+    for (size_t i = 0; i < n;) {
         unsigned c = s[i];
-        size_t need;
-        unsigned min;
         if (c < 0x80) {
             i++;
             continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
+        }
+        /* how many continuation bytes, and the range of the first one (the others: 80..BF) */
+        size_t need = 0;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
             need = 1;
-            min = 0x80;
         } else if (c >= 0xe0 && c <= 0xef) {
             need = 2;
-            min = 0x800;
+            if (c == 0xe0)
+                lo = 0xa0; /* ED A0..BF (surrogates) pass: the decoder's error handler takes them */
         } else if (c >= 0xf0 && c <= 0xf4) {
             need = 3;
-            min = 0x10000;
+            if (c == 0xf0)
+                lo = 0x90;
+            else if (c == 0xf4)
+                hi = 0x8f;
+        }
+        const char *why = NULL;
+        size_t bad = 1; /* the bytes the error names */
+        if (!need) {
+            why = "invalid start byte";
         } else {
-            snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: invalid start byte", c,
-                     i);
-            return false;
-        }
-        unsigned cp = c & (0x3f >> need);
-        for (size_t j = 1; j <= need; j++) {
-            if (i + j >= n) {
-                snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: unexpected end of "
-                         "data", c, i);
-                return false;
+            for (size_t j = 1; j <= need; j++) {
+                if (i + j >= n) {
+                    why = "unexpected end of data";
+                    break;
+                }
+                unsigned b = s[i + j];
+                if (b < (j == 1 ? lo : 0x80) || b > (j == 1 ? hi : 0xbf)) {
+                    why = "invalid continuation byte";
+                    break;
+                }
+                bad = j + 1;
             }
-            if ((s[i + j] & 0xc0) != 0x80) {
-                snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: invalid "
-                         "continuation byte", c, i);
-                return false;
-            }
-            cp = (cp << 6) | (s[i + j] & 0x3f);
         }
-        if (cp < min || cp > 0x10ffff) {
-            snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: invalid continuation "
-                     "byte", c, i);
+        if (why) {
+            if (bad == 1)
+                snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: %s", c, i, why);
+            else
+                snprintf(err, errlen, "'utf-8' codec can't decode bytes in position %zu-%zu: %s", i, i + bad - 1,
+                         why);
             return false;
         }
         i += need + 1;
@@ -731,8 +762,12 @@ static void pyrepr(Buf *b, const JVal *v)
     case J_TRUE: buf_adds(b, "True"); break;
     case J_FALSE: buf_adds(b, "False"); break;
     case J_NUM:
-        if (!strpbrk(v->s, ".eE")) {
+        if (v->s[strspn(v->s, "-0123456789")] == 0) { /* an int, of any size */
             buf_add(b, v->s, v->n);
+        } else if (isnan(v->d)) {
+            buf_adds(b, "nan");
+        } else if (isinf(v->d)) {
+            buf_adds(b, v->d < 0 ? "-inf" : "inf");
         } else {
             char tmp[40];
             for (int prec = 1; prec <= 17; prec++) {

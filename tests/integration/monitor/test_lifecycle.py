@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shim import protocol
 from shim.protocol import ExitStatus, read_status_file
 from tests.integration.monitor.harness import Monitor, error_of, wait_for
 
@@ -219,18 +220,29 @@ def test_create_and_start_are_refused(monitors: MakeMonitor) -> None:
     assert error_of(m.call("start")) == ("FailedPrecondition", f"container {m.id} is stopped, not created")
 
 
+# lines that are not a JSON object: the monitor's reply must say what json.loads says
+BAD_JSON = (
+    b"nonsense", b"", b" ", b'{"v":1,', b'{"v": 1} x', b'{"a" 1}', b'{"a":1,}', b"[1 2]", b"[1,]", b'{"a":}', b'"abc',
+    b'"a\x01b"', b'"a\\qb"', b'"\\u12"', b'"\\u12g4"', b'"\\', b"-", b"01", b"1.", b"1e", b"tru", b"nul",
+    b'{"a":1 "b":2}', b"{,}", b"[", b"{", b'{"a"', b'{"a":', b"[1,2", b'{"a":1}}', b"[-]", b"[- 1]",
+    b'{"a":[1,{"b":tru}]}', b'"\t"', b"[1, 2]", b'"x"', b"NaN", b"[Infinity]", b"-Infinity", b"  [1]  x",
+    # not UTF-8: the decoder's words
+    b"\xff", b'{"a":"\xc3"}', b"\xe1\x80\x41", b"\xe1\x80", b"\xe1", b"\xe0\x80\x80", b"\xf4\x90\x80\x80",
+    b"\xf0\x9f\x98", b'"\xc0\xaf"',
+)
+
+
 def test_bad_requests(monitors: MakeMonitor) -> None:
     m = monitors("read x <&3")
     c = m.client()
-    for line in (b"nonsense", b"", b'{"v":1,', b'{"v": 1} x', b'{"a" 1}'):
+    for line in BAD_JSON:
         try:
             json.loads(line)
+            python_says = "bad request: not an object"
         except ValueError as exc:
             python_says = f"bad request: {exc}"
         c.send(line + b"\n")
-        assert error_of(c.line()) == ("InvalidArgument", python_says)
-    c.send(b"[1, 2]\n")
-    assert error_of(c.line()) == ("InvalidArgument", "bad request: not an object")
+        assert error_of(c.line()) == ("InvalidArgument", python_says), line
     c.send(b'{"op": "state"}\n')
     assert error_of(c.line()) == ("InvalidArgument", "protocol version None is not 1")
     c.send(b'{"v": 2, "op": "state"}\n')
@@ -240,6 +252,15 @@ def test_bad_requests(monitors: MakeMonitor) -> None:
     assert error_of(c.line()) == ("Unimplemented", "unknown operation 7")
     c.send(b'{"v": 1}\n')
     assert error_of(c.line()) == ("Unimplemented", "unknown operation None")
+    c.send(b'{"v": 1.0, "op": "caf\xc3\xa9"}\n')  # 1.0 == 1 in Python; a message with a non-ASCII name
+    assert c.raw_line() == protocol.encode(protocol.reply_error("Unimplemented", "unknown operation 'caf\u00e9'"))
+    for sig, shown in ((b"NaN", "nan"), (b"-Infinity", "-inf"), (b"1e400", "inf"), (b"1e16", "1e+16"),
+                       (b"123456789012345678901234567890", "123456789012345678901234567890"), (b"[1, {}]", "[1, {}]"),
+                       (b'{"a": "b\'"}', '{\'a\': "b\'"}'), (b"false", None)):
+        c.send(b'{"v":1,"op":"kill","signal":%s}\n' % sig)
+        if shown is None:  # a bool is an int to Python: False is 0, a bad signal
+            shown = "False"
+        assert error_of(c.line()) == ("InvalidArgument", f"bad signal {shown}"), sig
     # several requests in one write: one reply each, in order
     c.send(b'{"v":1,"op":"state"}\n{"v":1,"op":"debug"}\n')
     assert c.line()["state"] == "running" and c.line()["threads"] == 1
@@ -291,3 +312,29 @@ def test_start_of_a_container_that_exited_before_it_was_started(monitors: MakeMo
     m = monitors("true", override={"state": "stopped", "status": status, "started_at": 0})
     assert error_of(m.call("start")) == (
         "FailedPrecondition", f"container {m.id} exited before it was started (exit code 2)")
+
+
+def test_replies_are_byte_for_byte_what_the_python_shim_sends(monitors: MakeMonitor) -> None:
+    """protocol.encode of the same reply (compact separators, ensure_ascii, the keys in Python's order)."""
+    m = monitors("read code <&3; exit $code", name="caf\u00e9")
+    c = m.client()
+    c.request("state")
+    raw = c.raw_line()
+    state = json.loads(raw)
+    assert raw == protocol.encode(protocol.reply_ok(
+        id=m.id, state="running", pid=m.init_pid, started_at=state["started_at"], shim_pid=m.pid))
+    assert "\\u00e9" in raw.decode()
+    c.request("kill", signal=0 + 10, all=False)
+    assert c.raw_line() == protocol.encode(protocol.reply_ok())
+    c.request("wait")
+    raw = c.raw_line()
+    status = ExitStatus.from_json(json.loads(raw)["status"])
+    assert status.signal == 10
+    assert raw == protocol.encode(protocol.reply_ok(status=status.to_json()))
+    c.request("state")
+    assert c.raw_line() == protocol.encode(protocol.reply_ok(
+        id=m.id, state="stopped", pid=m.init_pid, started_at=state["started_at"], shim_pid=m.pid,
+        status=status.to_json()))
+    c.request("shutdown")
+    assert c.raw_line() == protocol.encode(protocol.reply_error(
+        "Unavailable", f"{m.id}: delete needs crispd (its zygote at {m.zygote_path}: No such file or directory)"))
