@@ -2457,6 +2457,7 @@ int main(int argc, char **argv)
     long state_fd = strtol(argv[2], &end, 10);
     if (errno || *end || end == argv[2] || state_fd < 0 || state_fd > INT_MAX)
         bad_state("state fd %s", argv[2]);
+    memset(argv[2], 0, strlen(argv[2])); /* `ps` shows "crisp-shim <container id>", as for the Python shim */
 
     /* SIGCHLD through a signalfd; the ignored ones stay ignored (only crispd's shutdown ends a shim) */
     signal(SIGCHLD, SIG_DFL);
