@@ -2139,7 +2139,7 @@ static void on_frame(Conn *c, int stream, const char *payload, size_t n)
         if (n == 0) {
             c->att_stdin = false;
             stdin_session_ended();
-        } else if (have_stdin) {
+        } else if (have_stdin && sink.active) { /* a closed stdin (its reader went away) takes nothing more */
             buf_add(&sink.buf, payload, n);
             sink_flush();
             if (sink.active && buf_size(&sink.buf) > SINK_HIGH) { /* pause every stdin source until it drains */
