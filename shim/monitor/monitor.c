@@ -7,10 +7,27 @@
  * delete) is done by a delegate: a process forked by crispd's zygote, which gets the request and a connection to
  * answer on over a unix socket (SCM_RIGHTS). The semantics are the Python shim's; its code is the reference.
  *
- * Start-up: execve(this, ["crisp-shim", <container id>, <state fd>]) by the Python shim, which passes its state
- * (one JSON object) on <state fd>. One thread, epoll, non-blocking fds; SIGCHLD through a signalfd.
+ * Start-up: execve(this, ["crisp-shim", <container id>, <state fd>]) by the Python shim, already the container's
+ * subreaper, in its own session, cwd the bundle, stderr shim.log, the init its child. The state fd (a memfd, or a
+ * pipe whose write end is closed) holds one JSON object, every key present:
+ *   config: {id, bundle, log_path, log_max_line, stdin, stdin_once, cgroup2_mount, cgroup, zygote_socket,
+ *            hang_points, ...others ignored}
+ *   listener (shim.sock, listening), log_fd (-1 without a log), outputs [{fd, stream 1|2}], stdin_fd (-1: none),
+ *   master (the pty master, -1: none), state "running"|"stopped", pid, started_at (ns), status (null | the
+ *   ExitStatus object), oom {cgroup_dir, before, parent_before}, rootfs_mounted,
+ *   conns [{fd, mode "idle"|"wait"|"attach", stdin, streams}]: the Python shim's open connections ("wait": a wait
+ *   request is pending; "attach": framed, an attach session with these flags). A connection is handed over with
+ *   no bytes read and unprocessed: the state has no place for them.
+ * A bad state: a line in shim.log, exit 1.
  *
- * gnu11, glibc only. Built by scripts/build-monitor.
+ * Delegation: a connection to config.zygote_socket carries one line,
+ *   {"work":"shim_op","bundle":..,"state":{"state","pid","started_at","rootfs_mounted"},"op":<the request>}\n
+ * and one fd (SCM_RIGHTS) in the same sendmsg, then is closed: for exec, the client's own connection (the monitor
+ * keeps no copy); for update, kill --all, and the internal kill --all and delete of a shutdown, one end of a
+ * socketpair on which the delegate writes its one reply line (relayed to the client as it is).
+ *
+ * One thread, epoll, non-blocking fds; SIGCHLD through a signalfd. gnu11, glibc only. Built by
+ * scripts/build-monitor. Tests: tests/integration/monitor.
  */
 #define _GNU_SOURCE
 #include <errno.h>
