@@ -15,7 +15,7 @@ import pytest
 
 from shim import protocol
 from shim.protocol import ExitStatus, read_status_file
-from tests.integration.monitor.harness import Monitor, error_of, wait_for
+from tests.integration.monitor.harness import Monitor, error_of, parent_of, wait_for
 
 MakeMonitor = Callable[..., Monitor]
 # the init waits on the fifo "go", then exits with the code it reads from it
@@ -101,17 +101,10 @@ def test_orphans_are_reaped(monitors: MakeMonitor) -> None:
                           "the orphan's pid"))
     m.trigger("go")
     m.call("wait")
-    assert wait_for(lambda: _parent(orphan) == m.pid, "the orphan re-parented to the monitor")
+    assert wait_for(lambda: parent_of(orphan) == m.pid, "the orphan re-parented to the monitor")
     os.kill(orphan, signal.SIGKILL)
     wait_for(lambda: not Path(f"/proc/{orphan}").exists(), "the orphan reaped")
     assert m.call("state")["state"] == "stopped"
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except OSError:
-        return 0
 
 
 def test_an_init_that_exited_during_the_hand_over(monitors: MakeMonitor) -> None:
