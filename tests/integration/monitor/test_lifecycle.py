@@ -187,7 +187,7 @@ def test_memory(monitors: MakeMonitor) -> None:
     m.running_monitor()
     for _ in range(3):
         m.call("state")
-    idle = m.pss_kib()
+    idle = m.memory_kib()["pss"]
     attacher = m.client()
     attacher.request("attach", stdout=True, stderr=True)
     attacher.line()
@@ -197,11 +197,11 @@ def test_memory(monitors: MakeMonitor) -> None:
         assert frame is not None
         if frame[1].endswith(b"\n"):
             break
-    busy = m.pss_kib()
+    busy = m.memory_kib()["pss"]
     attacher.close()
     time.sleep(1.5)  # the monitor gives its scratch buffers back after a second without I/O
     print(f"\ncrisp-monitor PSS (pid {m.pid}, KiB): {idle} idle, {busy} after output and an attach, "
-          f"{m.pss_kib()} idle again")
+          f"{m.memory_kib()['pss']} idle again")
 
 
 def test_create_and_start_are_refused(monitors: MakeMonitor) -> None:
