@@ -248,3 +248,27 @@ def test_hang_point_after_the_delete(monitors: MakeMonitor, zygote: Zygote) -> N
     assert zygote.ops() == ["delete"]
     assert (m.bundle / "shim.sock").exists() and (m.bundle / "shim.json").exists()
     assert m.alive()
+
+
+def test_a_delete_waits_for_a_clients_kill_all_in_flight(monitors: MakeMonitor, zygote: Zygote) -> None:
+    def delegate(request: dict[str, Any], fd: int) -> None:
+        if request["op"]["op"] == "kill":
+            def answer() -> None:
+                zygote.events.append("answered kill")
+                os.write(fd, OK)
+                os.close(fd)
+            threading.Timer(0.3, answer).start()
+        else:
+            Zygote.answer_ok(request, fd)
+
+    zygote.handler = delegate
+    m = monitors("true", zygote=zygote.path)
+    m.call("wait")
+    killer, stopper = m.client(), m.client()
+    killer.request("kill", signal=9, all=True)
+    wait_for(lambda: zygote.events == ["received kill"], "the kill --all at the zygote")
+    stopper.request("shutdown")
+    assert killer.raw_line() == OK
+    assert stopper.line() == {"v": 1, "ok": True}
+    assert m.wait_exit() == 0
+    assert zygote.events == ["received kill", "answered kill", "received delete"]
