@@ -331,3 +331,20 @@ def test_replies_are_byte_for_byte_what_the_python_shim_sends(monitors: MakeMoni
     c.request("shutdown")
     assert c.raw_line() == protocol.encode(protocol.reply_error(
         "Unavailable", f"{m.id}: delete needs crispd (its zygote at {m.zygote_path}: No such file or directory)"))
+
+
+def test_fds_after_the_hand_over(monitors: MakeMonitor) -> None:
+    """The state fd is closed; every other fd but stdio is close-on-exec, and the ones handed over non-blocking."""
+    m = monitors("read x <&3", conns=({"mode": "idle"},))
+    idle = m.client()
+    m.running_monitor()
+    assert idle.call("state")["ok"] is True
+    fds = {int(fd): os.readlink(f"/proc/{m.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{m.pid}/fd")}
+    assert not [target for target in fds.values() if "crisp-monitor-state" in target]
+    for fd, target in fds.items():
+        flags = int(next(line for line in open(f"/proc/{m.pid}/fdinfo/{fd}") if line.startswith("flags:"))
+                    .split()[1], 8)
+        if fd > 2:
+            assert flags & os.O_CLOEXEC, (fd, target)
+        if target.startswith(("socket:", "pipe:")):
+            assert flags & os.O_NONBLOCK, (fd, target)
