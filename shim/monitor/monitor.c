@@ -7,15 +7,34 @@
  * delete) is done by a delegate: a process forked by crispd's zygote, which gets the request and a connection to
  * answer on over a unix socket (SCM_RIGHTS). The semantics are the Python shim's; its code is the reference.
  *
- * Start-up: execve(this, ["crisp-shim", <container id>, <state fd>]) by the Python shim, which passes its state
- * (one JSON object) on <state fd>. One thread, epoll, non-blocking fds; SIGCHLD through a signalfd.
+ * Start-up: execve(this, ["crisp-shim", <container id>, <state fd>]) by the Python shim, already the container's
+ * subreaper, in its own session, cwd the bundle, stderr shim.log, the init its child. The state fd (a memfd, or a
+ * pipe whose write end is closed) holds one JSON object, every key present:
+ *   config: {id, bundle, log_path, log_max_line, stdin, stdin_once, cgroup2_mount, cgroup, zygote_socket,
+ *            hang_points, ...others ignored}
+ *   listener (shim.sock, listening), log_fd (-1 without a log), outputs [{fd, stream 1|2}], stdin_fd (-1: none),
+ *   master (the pty master, -1: none), state "running"|"stopped", pid, started_at (ns), status (null | the
+ *   ExitStatus object), oom {cgroup_dir, before, parent_before}, rootfs_mounted,
+ *   conns [{fd, mode "idle"|"wait"|"attach", stdin, streams}]: the Python shim's open connections ("wait": a wait
+ *   request is pending; "attach": framed, an attach session with these flags). A connection is handed over with
+ *   no bytes read and unprocessed: the state has no place for them.
+ * A bad state: a line in shim.log, exit 1.
  *
- * gnu11, glibc only. Built by scripts/build-monitor.
+ * Delegation: a connection to config.zygote_socket carries one line,
+ *   {"work":"shim_op","bundle":..,"state":{"state","pid","started_at","rootfs_mounted"},"op":<the request>}\n
+ * and one fd (SCM_RIGHTS) in the same sendmsg, then is closed: for exec, the client's own connection (the monitor
+ * keeps no copy); for update, kill --all, and the internal kill --all and delete of a shutdown, one end of a
+ * socketpair on which the delegate writes its one reply line (relayed to the client as it is).
+ *
+ * One thread, epoll, non-blocking fds; SIGCHLD through a signalfd. gnu11, glibc only. Built by
+ * scripts/build-monitor. Tests: tests/integration/monitor.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -25,6 +44,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -62,6 +82,7 @@
 #define FLUSH_GRACE_NS 2000000000LL
 #define PY_NSIG 65 /* Python's signal.NSIG on Linux */
 #define MAX_DEPTH 256
+#define TRIM_AFTER_MS 1000 /* idle this long after a burst of I/O: give the scratch memory back */
 
 /* ------------------------------------------------------------------------------------------------------------ */
 /* memory and byte buffers                                                                                      */
@@ -347,7 +368,7 @@ static bool jstring(JParser *jp, Buf *out)
         case 'u': {
             int cp = hex4(jp->p, jp->end);
             if (cp < 0)
-                return jfail(jp, "Invalid \\uXXXX escape", esc);
+                return jfail(jp, "Invalid \\uXXXX escape", esc + 1);
             jp->p += 4;
             if (cp >= 0xd800 && cp < 0xdc00 && jp->end - jp->p >= 6 && jp->p[0] == '\\' && jp->p[1] == 'u') {
                 int lo = hex4(jp->p + 2, jp->end);
@@ -534,54 +555,84 @@ static JVal *jvalue(JParser *jp)
         v->t = jp->p[-1] == 'e' && jp->p[-2] == 'u' ? J_TRUE : J_FALSE;
         return v;
     }
-    if (c == '-' || (c >= '0' && c <= '9'))
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        /* Python's json takes NaN, Infinity and -Infinity too */
+        const char *start = jp->p;
+        bool minus = c == '-';
+        if (minus)
+            jp->p++;
+        if ((!minus && jlit(jp, "NaN")) || jlit(jp, "Infinity")) {
+            JVal *v = xcalloc(sizeof *v);
+            v->t = J_NUM;
+            v->n = (size_t)(jp->p - start);
+            v->s = xstrndup(start, v->n);
+            v->d = start[minus] == 'N' ? NAN : minus ? -INFINITY : INFINITY;
+            return v;
+        }
+        jp->p = start;
         return jnumber(jp);
+    }
+    if (jlit(jp, "NaN") || jlit(jp, "Infinity")) {
+        JVal *v = xcalloc(sizeof *v);
+        v->t = J_NUM;
+        v->s = xstrndup(jp->p[-1] == 'N' ? "NaN" : "Infinity", jp->p[-1] == 'N' ? 3 : 8);
+        v->n = strlen(v->s);
+        v->d = jp->p[-1] == 'N' ? NAN : INFINITY;
+        return v;
+    }
     jfail(jp, "Expecting value", jp->p);
     return NULL;
 }
 
-/* UTF-8 check, with the words of Python's decoder (json.loads of bytes decodes them first) */
+/* UTF-8 check, with the words of Python's decoder (json.loads of bytes decodes them first, "surrogatepass") */
 static bool utf8_check(const unsigned char *s, size_t n, char *err, size_t errlen)
 {
-    size_t i = 0;
-    while (i < n) {
+    for (size_t i = 0; i < n;) {
         unsigned c = s[i];
-        size_t need;
-        unsigned min;
         if (c < 0x80) {
             i++;
             continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
+        }
+        /* how many continuation bytes, and the range of the first one (the others: 80..BF) */
+        size_t need = 0;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
             need = 1;
-            min = 0x80;
         } else if (c >= 0xe0 && c <= 0xef) {
             need = 2;
-            min = 0x800;
+            if (c == 0xe0)
+                lo = 0xa0; /* ED A0..BF (surrogates) pass: the decoder's error handler takes them */
         } else if (c >= 0xf0 && c <= 0xf4) {
             need = 3;
-            min = 0x10000;
+            if (c == 0xf0)
+                lo = 0x90;
+            else if (c == 0xf4)
+                hi = 0x8f;
+        }
+        const char *why = NULL;
+        size_t bad = 1; /* the bytes the error names */
+        if (!need) {
+            why = "invalid start byte";
         } else {
-            snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: invalid start byte", c,
-                     i);
-            return false;
-        }
-        unsigned cp = c & (0x3f >> need);
-        for (size_t j = 1; j <= need; j++) {
-            if (i + j >= n) {
-                snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: unexpected end of "
-                         "data", c, i);
-                return false;
+            for (size_t j = 1; j <= need; j++) {
+                if (i + j >= n) {
+                    why = "unexpected end of data";
+                    break;
+                }
+                unsigned b = s[i + j];
+                if (b < (j == 1 ? lo : 0x80) || b > (j == 1 ? hi : 0xbf)) {
+                    why = "invalid continuation byte";
+                    break;
+                }
+                bad = j + 1;
             }
-            if ((s[i + j] & 0xc0) != 0x80) {
-                snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: invalid "
-                         "continuation byte", c, i);
-                return false;
-            }
-            cp = (cp << 6) | (s[i + j] & 0x3f);
         }
-        if (cp < min || cp > 0x10ffff) {
-            snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: invalid continuation "
-                     "byte", c, i);
+        if (why) {
+            if (bad == 1)
+                snprintf(err, errlen, "'utf-8' codec can't decode byte 0x%02x in position %zu: %s", c, i, why);
+            else
+                snprintf(err, errlen, "'utf-8' codec can't decode bytes in position %zu-%zu: %s", i, i + bad - 1,
+                         why);
             return false;
         }
         i += need + 1;
@@ -728,8 +779,12 @@ static void pyrepr(Buf *b, const JVal *v)
     case J_TRUE: buf_adds(b, "True"); break;
     case J_FALSE: buf_adds(b, "False"); break;
     case J_NUM:
-        if (!strpbrk(v->s, ".eE")) {
+        if (v->s[strspn(v->s, "-0123456789")] == 0) { /* an int, of any size */
             buf_add(b, v->s, v->n);
+        } else if (isnan(v->d)) {
+            buf_adds(b, "nan");
+        } else if (isinf(v->d)) {
+            buf_adds(b, v->d < 0 ? "-inf" : "inf");
         } else {
             char tmp[40];
             for (int prec = 1; prec <= 17; prec++) {
@@ -1072,7 +1127,7 @@ static Conn *conn_new(int fd)
 /* ------------------------------------------------------------------------------------------------------------ */
 /* the CRI log (shim/io/cri_log.py)                                                                             */
 
-static char logbuf[65536];
+static char logbuf[65536] __attribute__((aligned(4096)));
 static size_t logbuf_len;
 static bool logbuf_error;
 
@@ -1233,7 +1288,19 @@ static void stdin_session_ended(void)
 /* ------------------------------------------------------------------------------------------------------------ */
 /* the container's output                                                                                       */
 
-static char readbuf[READ_SIZE];
+static char readbuf[READ_SIZE] __attribute__((aligned(4096)));
+static char recvbuf[RECV_SIZE] __attribute__((aligned(4096)));
+static bool scratch_used; /* the buffers above (or big heap buffers) were used since the last trim */
+
+/* the PSS budget: pages touched by a burst of output or requests are given back once the monitor is idle */
+static void trim(void)
+{
+    madvise(readbuf, sizeof readbuf, MADV_DONTNEED);
+    madvise(recvbuf, sizeof recvbuf, MADV_DONTNEED);
+    madvise(logbuf, sizeof logbuf, MADV_DONTNEED);
+    malloc_trim(0);
+    scratch_used = false;
+}
 
 static void attach_forward(int stream, const char *data, size_t n)
 {
@@ -1261,6 +1328,7 @@ static void output_close(Output *o)
 /* limit reads (0: until the pipe is empty); false once the output is closed */
 static void output_read(Output *o, int limit)
 {
+    scratch_used = true;
     for (int i = 0; o->open && (limit == 0 || i < limit); i++) {
         ssize_t n = read(o->w.fd, readbuf, sizeof readbuf);
         if (n < 0) {
@@ -1424,6 +1492,21 @@ static void write_status_file(void)
     buf_free(&b);
 }
 
+/* every attacher gets the exit frame (json.dumps of the status), then its connection closes */
+static void attachers_exited(void)
+{
+    Buf frame = {0};
+    status_json(&frame, true);
+    for (Conn *c = conns; c; c = c->next) {
+        if (c->attacher && !c->closed) {
+            c->attacher = false;
+            conn_send_frame(c, STREAM_EXIT, buf_data(&frame), buf_size(&frame));
+            conn_close_after_flush(c);
+        }
+    }
+    buf_free(&frame);
+}
+
 static void on_exit_status(int wstatus)
 {
     long long finished = now_ns(CLOCK_REALTIME);
@@ -1447,23 +1530,15 @@ static void on_exit_status(int wstatus)
         snprintf(sigtext, sizeof sigtext, " (signal %d)", sig);
     logmsg("container %s exited: code %d%s%s", cfg.id, code, sigtext, oom ? " oom-killed" : "");
     point("shim.exited");
-    Buf reply = {0}, frame = {0};
+    Buf reply = {0};
     buf_adds(&reply, ",\"status\":");
     status_json(&reply, false);
-    status_json(&frame, true);
     for (Conn *c = conns; c; c = c->next) {
         for (; c->waits > 0; c->waits--)
             reply_ok(c, buf_cstr(&reply));
     }
-    for (Conn *c = conns; c; c = c->next) { /* every attacher gets the exit frame, then its connection closes */
-        if (c->attacher && !c->closed) {
-            c->attacher = false;
-            conn_send_frame(c, STREAM_EXIT, buf_data(&frame), buf_size(&frame));
-            conn_close_after_flush(c);
-        }
-    }
     buf_free(&reply);
-    buf_free(&frame);
+    attachers_exited();
     if (have_stdin) {
         have_stdin = false;
         sink_close();
@@ -1693,9 +1768,7 @@ static void deleg_done(Deleg *d, const char *line, size_t len)
         break;
     case D_INT_DELETE: {
         if (!line) {
-            char msg[64];
-            snprintf(msg, sizeof msg, "the delegate of delete died");
-            delete_failed("Internal", msg, NULL, 0);
+            delete_failed("Internal", "the delegate of delete died", NULL, 0);
             break;
         }
         char err[256];
@@ -2083,7 +2156,7 @@ static void on_frame(Conn *c, int stream, const char *payload, size_t n)
         if (n == 0) {
             c->att_stdin = false;
             stdin_session_ended();
-        } else if (have_stdin) {
+        } else if (have_stdin && sink.active) { /* a closed stdin (its reader went away) takes nothing more */
             buf_add(&sink.buf, payload, n);
             sink_flush();
             if (sink.active && buf_size(&sink.buf) > SINK_HIGH) { /* pause every stdin source until it drains */
@@ -2151,15 +2224,15 @@ static void conn_process(Conn *c)
 
 static void conn_read(Conn *c)
 {
-    static char tmp[RECV_SIZE];
-    ssize_t n = recv(c->w.fd, tmp, sizeof tmp, MSG_DONTWAIT);
+    scratch_used = true;
+    ssize_t n = recv(c->w.fd, recvbuf, sizeof recvbuf, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) {
         conn_close(c);
         return;
     }
-    buf_add(&c->rbuf, tmp, (size_t)n);
+    buf_add(&c->rbuf, recvbuf, (size_t)n);
     if (!c->framed && buf_size(&c->rbuf) > MAX_FRAME + RECV_SIZE) {
         reply_error(c, "InvalidArgument", "request line too long");
         conn_close(c);
@@ -2401,6 +2474,7 @@ int main(int argc, char **argv)
     long state_fd = strtol(argv[2], &end, 10);
     if (errno || *end || end == argv[2] || state_fd < 0 || state_fd > INT_MAX)
         bad_state("state fd %s", argv[2]);
+    memset(argv[2], 0, strlen(argv[2])); /* `ps` shows "crisp-shim <container id>", as for the Python shim */
 
     /* SIGCHLD through a signalfd; the ignored ones stay ignored (only crispd's shutdown ends a shim) */
     signal(SIGCHLD, SIG_DFL);
@@ -2424,18 +2498,10 @@ int main(int argc, char **argv)
     logmsg("crisp-monitor %s watching container %s (%s, init pid %d)", CRISP_VERSION, cfg.id, cstate, init_pid);
     /* handed over for a container that has exited already: waiters get the status, attachers the exit frame */
     if (has_status) {
-        Buf frame = {0};
-        status_json(&frame, true);
-        for (Conn *c = conns; c; c = c->next) {
+        for (Conn *c = conns; c; c = c->next)
             if (c->waits)
                 op_wait(c), c->waits = 0;
-            if (c->attacher) {
-                c->attacher = false;
-                conn_send_frame(c, STREAM_EXIT, buf_data(&frame), buf_size(&frame));
-                conn_close_after_flush(c);
-            }
-        }
-        buf_free(&frame);
+        attachers_exited();
     }
     reap(); /* the init may have exited during the hand-off */
     for (Conn *c = conns; c; c = c->next)
@@ -2443,7 +2509,7 @@ int main(int argc, char **argv)
 
     struct epoll_event events[64];
     for (;;) {
-        int timeout = -1;
+        int timeout = scratch_used ? TRIM_AFTER_MS : -1;
         if (exiting) {
             long long left = exit_deadline - now_ns(CLOCK_MONOTONIC);
             timeout = left <= 0 ? 0 : (int)(left / 1000000) + 1;
@@ -2453,6 +2519,8 @@ int main(int argc, char **argv)
             logmsg("epoll_wait failed: %s", strerror(errno));
             exit(1);
         }
+        if (n == 0 && scratch_used && !exiting)
+            trim();
         for (int i = 0; i < n; i++) {
             Watch *w = events[i].data.ptr;
             uint32_t ev = events[i].events;

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.bench.procmem import smaps_rollup
+
 REPO = Path(__file__).resolve().parents[3]
 MONITOR = REPO / "shim" / "monitor" / "crisp-monitor"
 BUILD = REPO / "scripts" / "build-monitor"
@@ -296,11 +298,9 @@ class Monitor:
         assert self.proc is not None
         return self.proc.poll() is None
 
-    def pss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-        raise AssertionError("no Pss in smaps_rollup")
+    def memory_kib(self) -> dict[str, int]:
+        """The monitor's rss, pss and uss (smaps_rollup)."""
+        return smaps_rollup(self.pid)
 
     def stop(self) -> None:
         for client in self.clients:

@@ -71,9 +71,12 @@ def main() -> None:
         child_stdio = (stdin_r, out_w, err_w)
         outputs += [{"fd": out_r, "stream": 1}, {"fd": err_r, "stream": 2}]
 
+    # closed by the init's exec (close-on-exec): from then on its signals are the default ones, not P's ignored
+    execed_r, execed_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the "init": default signals, its stdio, nothing else
         try:
+            os.close(execed_r)
             for signum in IGNORED:
                 signal.signal(signum, signal.SIG_DFL)
             if spec["tty"]:
@@ -81,10 +84,14 @@ def main() -> None:
             else:
                 for target, fd in enumerate(child_stdio):
                     os.dup2(fd, target)
-            os.closerange(3, 65536)
+            os.closerange(3, execed_w)
+            os.closerange(execed_w + 1, 65536)
             os.execv("/bin/sh", ["/bin/sh", "-c", spec["script"]])
         finally:
             os._exit(127)
+    os.close(execed_w)
+    os.read(execed_r, 1)
+    os.close(execed_r)
     for fd in to_close:
         os.close(fd)
     with open("init.pid", "w") as f:

@@ -3,7 +3,10 @@ slow attacher dropped, terminals and window sizes; and the connections the Pytho
 
 from __future__ import annotations
 
+import fcntl
 import json
+import struct
+import termios
 import threading
 from collections.abc import Callable
 
@@ -209,7 +212,7 @@ def test_stdin_backpressure_pauses_the_writers(monitors: MakeMonitor) -> None:
         return sent[0] == before and sender.is_alive()
     wait_for(stalled, "the attacher's stdin to back up")
     assert sent[0] < total
-    rss_kib = int(next(line for line in open(f"/proc/{m.pid}/status") if line.startswith("VmRSS:")).split()[1])
+    rss_kib = m.memory_kib()["rss"]
     assert rss_kib < 8 * 1024, f"the monitor holds {rss_kib} KiB: it kept reading stdin it could not deliver"
     m.trigger("go")
     assert m.call("wait")["status"]["exit_code"] == 0
@@ -233,3 +236,19 @@ def test_handed_over_attach_with_stdin(monitors: MakeMonitor) -> None:
     client.send_frame(STDIN, b"")
     out, status = frames_until_exit(client)
     assert out == {STDOUT: b"done\n"} and status is not None and status["exit_code"] == 0
+
+
+def test_stdin_the_container_closed_takes_nothing_more(monitors: MakeMonitor) -> None:
+    """The container closed its stdin (writes fail with EPIPE): what an attacher sends afterwards is dropped, not
+    kept in the monitor."""
+    m = monitors("exec 0<&-; read x <&3", stdin=True)
+    writer = attach(m, stdin=True, stdout=False, stderr=False)
+    for _ in range(160):  # 10 MiB
+        writer.send_frame(STDIN, b"s" * (64 << 10))
+
+    def unread() -> int:  # bytes the monitor has not read from this connection yet (SIOCOUTQ)
+        return struct.unpack("i", fcntl.ioctl(writer.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    wait_for(lambda: unread() == 0, "the monitor to read everything")
+    rss_kib = m.memory_kib()["rss"]
+    assert rss_kib < 8 * 1024, f"the monitor holds {rss_kib} KiB of stdin nobody can read"
+    assert m.call("state")["state"] == "running"

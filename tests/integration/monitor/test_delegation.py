@@ -25,6 +25,22 @@ def expected_request(m: Monitor, op: dict[str, Any], state: str = "running", roo
             "op": op}
 
 
+def answer_kills_later(zygote: Zygote) -> Callable[[dict[str, Any], int], None]:
+    """A delegate that answers a kill --all later, from another thread (the stand-in takes the next request
+    meanwhile), and anything else at once; the events say in which order things happened."""
+    def delegate(request: dict[str, Any], fd: int) -> None:
+        if request["op"]["op"] != "kill":
+            Zygote.answer_ok(request, fd)
+            return
+
+        def answer() -> None:
+            zygote.events.append("answered kill")
+            os.write(fd, OK)
+            os.close(fd)
+        threading.Timer(0.3, answer).start()
+    return delegate
+
+
 def test_exec_hands_the_clients_connection_to_the_delegate(monitors: MakeMonitor, zygote: Zygote) -> None:
     seen: dict[str, Any] = {}
 
@@ -157,18 +173,7 @@ def test_shutdown_refused_while_running(monitors: MakeMonitor, zygote: Zygote) -
 def test_shutdown_with_force_waits_for_the_kill_before_the_delete(monitors: MakeMonitor, zygote: Zygote) -> None:
     """The init is killed, the executor's kill --all goes out; the delete only once that kill answered (runc
     freezes the cgroup while it kills); two shutdowns get one answer each."""
-    def delegate(request: dict[str, Any], fd: int) -> None:
-        if request["op"]["op"] == "kill":
-            # answered later, from another thread: the stand-in takes the next request meanwhile
-            def answer() -> None:
-                zygote.events.append("answered kill")
-                os.write(fd, OK)
-                os.close(fd)
-            threading.Timer(0.3, answer).start()
-        else:
-            Zygote.answer_ok(request, fd)
-
-    zygote.handler = delegate
+    zygote.handler = answer_kills_later(zygote)
     m = monitors("read x <&3", zygote=zygote.path)
     first, second = m.client(), m.client()
     first.request("shutdown", force=True)
@@ -248,3 +253,17 @@ def test_hang_point_after_the_delete(monitors: MakeMonitor, zygote: Zygote) -> N
     assert zygote.ops() == ["delete"]
     assert (m.bundle / "shim.sock").exists() and (m.bundle / "shim.json").exists()
     assert m.alive()
+
+
+def test_a_delete_waits_for_a_clients_kill_all_in_flight(monitors: MakeMonitor, zygote: Zygote) -> None:
+    zygote.handler = answer_kills_later(zygote)
+    m = monitors("true", zygote=zygote.path)
+    m.call("wait")
+    killer, stopper = m.client(), m.client()
+    killer.request("kill", signal=9, all=True)
+    wait_for(lambda: zygote.events == ["received kill"], "the kill --all at the zygote")
+    stopper.request("shutdown")
+    assert killer.raw_line() == OK
+    assert stopper.line() == {"v": 1, "ok": True}
+    assert m.wait_exit() == 0
+    assert zygote.events == ["received kill", "answered kill", "received delete"]

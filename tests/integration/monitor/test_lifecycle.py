@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from shim import protocol
 from shim.protocol import ExitStatus, read_status_file
-from tests.integration.monitor.harness import Monitor, error_of, wait_for
+from tests.integration.monitor.harness import Monitor, error_of, parent_of, wait_for
 
 MakeMonitor = Callable[..., Monitor]
 # the init waits on the fifo "go", then exits with the code it reads from it
@@ -31,7 +33,7 @@ def test_state_wait_and_the_exit_code(monitors: MakeMonitor) -> None:
     assert started_at > 0
     m.running_monitor()
     assert Path(f"/proc/{m.pid}/comm").read_text() == "crisp-shim\n"
-    assert Path(f"/proc/{m.pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"crisp-shim", m.id.encode()]
+    assert Path(f"/proc/{m.pid}/cmdline").read_bytes().rstrip(b"\0") == b"crisp-shim\0" + m.id.encode()
 
     waiter = m.client()
     waiter.request("wait")
@@ -99,17 +101,10 @@ def test_orphans_are_reaped(monitors: MakeMonitor) -> None:
                           "the orphan's pid"))
     m.trigger("go")
     m.call("wait")
-    assert wait_for(lambda: _parent(orphan) == m.pid, "the orphan re-parented to the monitor")
+    assert wait_for(lambda: parent_of(orphan) == m.pid, "the orphan re-parented to the monitor")
     os.kill(orphan, signal.SIGKILL)
     wait_for(lambda: not Path(f"/proc/{orphan}").exists(), "the orphan reaped")
     assert m.call("state")["state"] == "stopped"
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-    except OSError:
-        return 0
 
 
 def test_an_init_that_exited_during_the_hand_over(monitors: MakeMonitor) -> None:
@@ -192,7 +187,7 @@ def test_memory(monitors: MakeMonitor) -> None:
     m.running_monitor()
     for _ in range(3):
         m.call("state")
-    idle = m.pss_kib()
+    idle = m.memory_kib()["pss"]
     attacher = m.client()
     attacher.request("attach", stdout=True, stderr=True)
     attacher.line()
@@ -202,8 +197,11 @@ def test_memory(monitors: MakeMonitor) -> None:
         assert frame is not None
         if frame[1].endswith(b"\n"):
             break
-    print(f"\ncrisp-monitor PSS: {idle} KiB idle, {m.pss_kib()} KiB after output and an attach "
-          f"(pid {m.pid}, {Path(f'/proc/{m.pid}/smaps_rollup').read_text().splitlines()[2:4]})")
+    busy = m.memory_kib()["pss"]
+    attacher.close()
+    time.sleep(1.5)  # the monitor gives its scratch buffers back after a second without I/O
+    print(f"\ncrisp-monitor PSS (pid {m.pid}, KiB): {idle} idle, {busy} after output and an attach, "
+          f"{m.memory_kib()['pss']} idle again")
 
 
 def test_create_and_start_are_refused(monitors: MakeMonitor) -> None:
@@ -215,18 +213,29 @@ def test_create_and_start_are_refused(monitors: MakeMonitor) -> None:
     assert error_of(m.call("start")) == ("FailedPrecondition", f"container {m.id} is stopped, not created")
 
 
+# lines that are not a JSON object: the monitor's reply must say what json.loads says
+BAD_JSON = (
+    b"nonsense", b"", b" ", b'{"v":1,', b'{"v": 1} x', b'{"a" 1}', b'{"a":1,}', b"[1 2]", b"[1,]", b'{"a":}', b'"abc',
+    b'"a\x01b"', b'"a\\qb"', b'"\\u12"', b'"\\u12g4"', b'"\\', b"-", b"01", b"1.", b"1e", b"tru", b"nul",
+    b'{"a":1 "b":2}', b"{,}", b"[", b"{", b'{"a"', b'{"a":', b"[1,2", b'{"a":1}}', b"[-]", b"[- 1]",
+    b'{"a":[1,{"b":tru}]}', b'"\t"', b"[1, 2]", b'"x"', b"NaN", b"[Infinity]", b"-Infinity", b"  [1]  x",
+    # not UTF-8: the decoder's words
+    b"\xff", b'{"a":"\xc3"}', b"\xe1\x80\x41", b"\xe1\x80", b"\xe1", b"\xe0\x80\x80", b"\xf4\x90\x80\x80",
+    b"\xf0\x9f\x98", b'"\xc0\xaf"',
+)
+
+
 def test_bad_requests(monitors: MakeMonitor) -> None:
     m = monitors("read x <&3")
     c = m.client()
-    for line in (b"nonsense", b"", b'{"v":1,', b'{"v": 1} x', b'{"a" 1}'):
+    for line in BAD_JSON:
         try:
             json.loads(line)
+            python_says = "bad request: not an object"
         except ValueError as exc:
             python_says = f"bad request: {exc}"
         c.send(line + b"\n")
-        assert error_of(c.line()) == ("InvalidArgument", python_says)
-    c.send(b"[1, 2]\n")
-    assert error_of(c.line()) == ("InvalidArgument", "bad request: not an object")
+        assert error_of(c.line()) == ("InvalidArgument", python_says), line
     c.send(b'{"op": "state"}\n')
     assert error_of(c.line()) == ("InvalidArgument", "protocol version None is not 1")
     c.send(b'{"v": 2, "op": "state"}\n')
@@ -236,6 +245,15 @@ def test_bad_requests(monitors: MakeMonitor) -> None:
     assert error_of(c.line()) == ("Unimplemented", "unknown operation 7")
     c.send(b'{"v": 1}\n')
     assert error_of(c.line()) == ("Unimplemented", "unknown operation None")
+    c.send(b'{"v": 1.0, "op": "caf\xc3\xa9"}\n')  # 1.0 == 1 in Python; a message with a non-ASCII name
+    assert c.raw_line() == protocol.encode(protocol.reply_error("Unimplemented", "unknown operation 'caf\u00e9'"))
+    for sig, shown in ((b"NaN", "nan"), (b"-Infinity", "-inf"), (b"1e400", "inf"), (b"1e16", "1e+16"),
+                       (b"123456789012345678901234567890", "123456789012345678901234567890"), (b"[1, {}]", "[1, {}]"),
+                       (b'{"a": "b\'"}', '{\'a\': "b\'"}'), (b"false", None)):
+        c.send(b'{"v":1,"op":"kill","signal":%s}\n' % sig)
+        if shown is None:  # a bool is an int to Python: False is 0, a bad signal
+            shown = "False"
+        assert error_of(c.line()) == ("InvalidArgument", f"bad signal {shown}"), sig
     # several requests in one write: one reply each, in order
     c.send(b'{"v":1,"op":"state"}\n{"v":1,"op":"debug"}\n')
     assert c.line()["state"] == "running" and c.line()["threads"] == 1
@@ -287,3 +305,46 @@ def test_start_of_a_container_that_exited_before_it_was_started(monitors: MakeMo
     m = monitors("true", override={"state": "stopped", "status": status, "started_at": 0})
     assert error_of(m.call("start")) == (
         "FailedPrecondition", f"container {m.id} exited before it was started (exit code 2)")
+
+
+def test_replies_are_byte_for_byte_what_the_python_shim_sends(monitors: MakeMonitor) -> None:
+    """protocol.encode of the same reply (compact separators, ensure_ascii, the keys in Python's order)."""
+    m = monitors("read code <&3; exit $code", name="caf\u00e9")
+    c = m.client()
+    c.request("state")
+    raw = c.raw_line()
+    state = json.loads(raw)
+    assert raw == protocol.encode(protocol.reply_ok(
+        id=m.id, state="running", pid=m.init_pid, started_at=state["started_at"], shim_pid=m.pid))
+    assert "\\u00e9" in raw.decode()
+    c.request("kill", signal=0 + 10, all=False)
+    assert c.raw_line() == protocol.encode(protocol.reply_ok())
+    c.request("wait")
+    raw = c.raw_line()
+    status = ExitStatus.from_json(json.loads(raw)["status"])
+    assert status.signal == 10
+    assert raw == protocol.encode(protocol.reply_ok(status=status.to_json()))
+    c.request("state")
+    assert c.raw_line() == protocol.encode(protocol.reply_ok(
+        id=m.id, state="stopped", pid=m.init_pid, started_at=state["started_at"], shim_pid=m.pid,
+        status=status.to_json()))
+    c.request("shutdown")
+    assert c.raw_line() == protocol.encode(protocol.reply_error(
+        "Unavailable", f"{m.id}: delete needs crispd (its zygote at {m.zygote_path}: No such file or directory)"))
+
+
+def test_fds_after_the_hand_over(monitors: MakeMonitor) -> None:
+    """The state fd is closed; every other fd but stdio is close-on-exec, and the ones handed over non-blocking."""
+    m = monitors("read x <&3", conns=({"mode": "idle"},))
+    idle = m.client()
+    m.running_monitor()
+    assert idle.call("state")["ok"] is True
+    fds = {int(fd): os.readlink(f"/proc/{m.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{m.pid}/fd")}
+    assert not [target for target in fds.values() if "crisp-monitor-state" in target]
+    for fd, target in fds.items():
+        flags = int(next(line for line in open(f"/proc/{m.pid}/fdinfo/{fd}") if line.startswith("flags:"))
+                    .split()[1], 8)
+        if fd > 2:
+            assert flags & os.O_CLOEXEC, (fd, target)
+        if target.startswith(("socket:", "pipe:")):
+            assert flags & os.O_NONBLOCK, (fd, target)

@@ -139,3 +139,14 @@ def test_a_failing_log_is_reported_once_and_output_still_flows(monitors: MakeMon
     assert len(warnings) == 1, warnings
     assert warnings[0].endswith("cannot write the container log /dev/full: No space left on device; output is "
                                 "dropped until the log is reopened")
+
+
+def test_output_of_processes_that_outlive_the_init(monitors: MakeMonitor) -> None:
+    """The init's exit drains what is in the pipes without waiting for their end (a child still holds them); what
+    that child writes later still goes to the log."""
+    m = monitors("(read x <&3; echo late) & echo early")
+    status = m.call("wait")["status"]
+    assert status["exit_code"] == 0
+    assert "stdout F early" in m.log_text()
+    m.trigger("go")
+    wait_for(lambda: "stdout F late" in m.log_text(), "the orphan's output")
