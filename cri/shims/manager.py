@@ -41,7 +41,7 @@ CLEANUP_TIMEOUT = 30.0
 # exit code reported for a container whose shim died before writing a status (containerd uses the same)
 UNKNOWN_EXIT_CODE = 255
 SPAWN_TIMEOUT = 10.0
-ZYGOTE_SOCKET = ".zygote.sock"  # in the containers dir (a bundle is a dir, never a socket)
+ZYGOTE_SOCKET = "shim-zygote.sock"  # beside the containers dir, in crispd's state dir
 # argv: the package root, the fd of the zygote's own program (which it closes), the fd of the delegates' socket
 _ZYGOTE_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from shim.zygote import main; main()"
 
@@ -95,7 +95,7 @@ class ShimManager:
         # the crisp-monitor the shims hand over to once their container runs (None: the built one, if any;
         # "": none, the shims stay Python); its delegates are forked by the zygote on a request to this socket
         self.monitor = monitor_binary() if monitor is None else monitor
-        self.zygote_socket = str(containers_dir / ZYGOTE_SOCKET)
+        self.zygote_socket = str(containers_dir.parent / ZYGOTE_SOCKET)
         self.python = python
         self.call_timeout = call_timeout
         self.spawn_timeout = spawn_timeout
@@ -147,11 +147,12 @@ class ShimManager:
 
     def _listen(self) -> socket.socket:
         """The socket the monitors ask the zygote for delegates on (root only; a stale one is replaced)."""
-        self.containers_dir.mkdir(parents=True, exist_ok=True)
-        dir_fd = os.open(self.containers_dir, os.O_PATH | os.O_CLOEXEC)
+        directory = os.path.dirname(self.zygote_socket)
+        os.makedirs(directory, exist_ok=True)
+        dir_fd = os.open(directory, os.O_PATH | os.O_CLOEXEC)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            path = f"/proc/self/fd/{dir_fd}/{ZYGOTE_SOCKET}"  # no sun_path limit on the containers dir's path
+            path = f"/proc/self/fd/{dir_fd}/{ZYGOTE_SOCKET}"  # no sun_path limit on the state dir's path
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(ZYGOTE_SOCKET, dir_fd=dir_fd)
             sock.bind(path)
@@ -194,6 +195,9 @@ class ShimManager:
         zygote, self._zygote = self._zygote, None
         if zygote is None:
             return
+        if self.monitor:  # no zygote serves it any more (the next crispd binds a new one)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.zygote_socket)
         if zygote.stdin is not None:
             zygote.stdin.close()
         try:

@@ -872,7 +872,7 @@ static char *rootfs_mounted = "";
 static int master = -1;
 
 /* what epoll watches: every watched object starts with a Watch */
-enum { K_LISTENER = 1, K_SIGNAL, K_OUTPUT, K_SINK, K_CONN, K_DELEG };
+enum { K_LISTENER = 1, K_SIGNAL, K_OUTPUT, K_SINK, K_CONN, K_DELEG, K_CTL };
 typedef struct {
     int kind;
     int fd;
@@ -921,6 +921,26 @@ typedef struct Deleg {
 } Deleg;
 
 static Deleg *delegs;
+
+/* an exec delegate's news channel (our end of a seqpacket pair): the terminals of its tty sessions, so that a
+   `resize` naming an exec id is served here. Messages: {"op":"tty","exec_id":..} with the pty master (SCM_RIGHTS),
+   {"op":"done","exec_id":..}; the delegate sends each before its caller can act on it (the exec id, the exit) */
+typedef struct Ctl {
+    Watch w;
+    struct Ctl *next;
+    bool closed;
+} Ctl;
+
+static Ctl *ctls;
+
+typedef struct Tty {
+    struct Tty *next;
+    char *exec_id;
+    int fd;
+    Ctl *owner;
+} Tty;
+
+static Tty *ttys;
 
 typedef struct {
     Watch w;
@@ -1613,8 +1633,9 @@ static int zygote_connect(int *out)
     return 0;
 }
 
-/* one line and one fd to the zygote: {"work":"shim_op","bundle":..,"state":{..},"op":<request>}; 0 or errno */
-static int zygote_send(const char *op, size_t oplen, int fd)
+/* one line and one fd (two with fd2 >= 0) to the zygote: {"work":"shim_op","bundle":..,"state":{..},"op":<request>};
+   0 or errno */
+static int zygote_send(const char *op, size_t oplen, int fd, int fd2)
 {
     int s = -1;
     int e = zygote_connect(&s);
@@ -1632,17 +1653,19 @@ static int zygote_send(const char *op, size_t oplen, int fd)
     buf_adds(&b, "}\n");
     struct iovec iov = {.iov_base = b.p, .iov_len = b.len};
     union {
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(2 * sizeof(int))];
         struct cmsghdr align;
     } control;
     memset(&control, 0, sizeof control);
+    int fds[2] = {fd, fd2};
+    size_t nfds = fd2 >= 0 ? 2 : 1;
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                         .msg_controllen = sizeof control.buf};
+                         .msg_controllen = CMSG_SPACE(nfds * sizeof(int))};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+    cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
     ssize_t n;
     do
         n = sendmsg(s, &msg, MSG_NOSIGNAL);
@@ -1673,7 +1696,7 @@ static int deleg_start(int op, Conn *client, const char *request, size_t len)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         return errno;
-    int e = zygote_send(request, len, sv[1]);
+    int e = zygote_send(request, len, sv[1], -1);
     close(sv[1]);
     if (e) {
         close(sv[0]);
@@ -1944,15 +1967,29 @@ static bool op_exec(Conn *c, const char *raw, size_t rawlen)
         reply_error(c, "FailedPrecondition", "container %s is %s, not running", cfg.id, cstate);
         return false;
     }
-    /* the delegate gets the connection as a fresh one is: blocking */
+    /* the delegate gets the connection as a fresh one is: blocking; and a news channel for its terminals */
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        reply_error(c, "ResourceExhausted", "%s: exec: cannot make a socketpair: %s", cfg.id, strerror(errno));
+        return false;
+    }
     int flags = fcntl(c->w.fd, F_GETFL);
     fcntl(c->w.fd, F_SETFL, flags & ~O_NONBLOCK);
-    int e = zygote_send(raw, rawlen, c->w.fd);
+    int e = zygote_send(raw, rawlen, c->w.fd, sv[1]);
+    close(sv[1]);
     if (e) {
+        close(sv[0]);
         fcntl(c->w.fd, F_SETFL, flags);
         unavailable(c, "exec", e);
         return false;
     }
+    fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
+    Ctl *ctl = xcalloc(sizeof *ctl);
+    ctl->w.kind = K_CTL;
+    ctl->w.fd = sv[0];
+    ctl->next = ctls;
+    ctls = ctl;
+    watch_set(&ctl->w, EPOLLIN);
     /* the delegate serves it from here: forget our copy */
     for (Deleg *d = delegs; d; d = d->next)
         if (d->client == c)
@@ -1984,6 +2021,94 @@ static void op_attach(Conn *c, const JVal *msg)
                      ((!err || jtruthy(err)) ? 1u << STREAM_STDERR : 0);
 }
 
+static void tty_drop(Tty **pt)
+{
+    Tty *t = *pt;
+    *pt = t->next;
+    close(t->fd);
+    free(t->exec_id);
+    free(t);
+}
+
+static void ctl_close(Ctl *ctl)
+{
+    for (Tty **pt = &ttys; *pt;) {
+        if ((*pt)->owner == ctl)
+            tty_drop(pt);
+        else
+            pt = &(*pt)->next;
+    }
+    watch_set(&ctl->w, 0);
+    close(ctl->w.fd);
+    ctl->w.fd = -1;
+    ctl->closed = true;
+}
+
+/* every message the delegate has sent so far */
+static void ctl_read(Ctl *ctl)
+{
+    while (!ctl->closed) {
+        char data[1024];
+        union {
+            char buf[CMSG_SPACE(4 * sizeof(int))];
+            struct cmsghdr align;
+        } control;
+        struct iovec iov = {.iov_base = data, .iov_len = sizeof data - 1};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof control.buf};
+        ssize_t n = recvmsg(ctl->w.fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        int got = -1;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < count; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+                if (got < 0)
+                    got = fd;
+                else
+                    close(fd);
+            }
+        }
+        if (n <= 0) { /* the delegate is gone (or the channel broke): its terminals with it */
+            if (got >= 0)
+                close(got);
+            ctl_close(ctl);
+            return;
+        }
+        char err[128];
+        JVal *m = jparse(data, (size_t)n - (data[n - 1] == '\n'), err, sizeof err);
+        const JVal *op = m ? jget(m, "op") : NULL, *id = m ? jget(m, "exec_id") : NULL;
+        if (op && op->t == J_STR && id && id->t == J_STR) {
+            for (Tty **pt = &ttys; *pt; pt = &(*pt)->next) {
+                if (strcmp((*pt)->exec_id, id->s) == 0) {
+                    tty_drop(pt);
+                    break;
+                }
+            }
+            if (strcmp(op->s, "tty") == 0 && got >= 0) {
+                Tty *t = xcalloc(sizeof *t);
+                t->exec_id = xstrndup(id->s, id->n);
+                t->fd = got;
+                t->owner = ctl;
+                t->next = ttys;
+                ttys = t;
+                got = -1;
+            }
+        } else {
+            logmsg("ignoring a bad message from an exec delegate: %.*s", (int)n, data);
+        }
+        if (got >= 0)
+            close(got);
+        jfree(m);
+    }
+}
+
 static bool set_window_size(int fd, long long width, long long height)
 {
     struct winsize ws = {.ws_row = (unsigned short)height, .ws_col = (unsigned short)width};
@@ -2002,7 +2127,18 @@ static void op_resize(Conn *c, const JVal *msg)
         return;
     }
     const JVal *exec_id = jget(msg, "exec_id");
-    if (jtruthy(exec_id)) { /* exec sessions are served by delegates, not here */
+    if (jtruthy(exec_id)) { /* an exec's terminal, as its delegate told us (all its news read first) */
+        for (Ctl *ctl = ctls; ctl; ctl = ctl->next)
+            ctl_read(ctl);
+        for (Tty *t = ttys; exec_id->t == J_STR && t; t = t->next) {
+            if (strcmp(t->exec_id, exec_id->s) == 0) {
+                if (!set_window_size(t->fd, w, h))
+                    reply_error(c, "Internal", "%s: resize failed: %s", cfg.id, strerror(errno));
+                else
+                    reply_ok(c, NULL);
+                return;
+            }
+        }
         char *r = repr(exec_id);
         reply_error(c, "NotFound", "%s: no running exec %s", cfg.id, r);
         free(r);
@@ -2450,6 +2586,15 @@ static void sweep(void)
             pd = &d->next;
         }
     }
+    for (Ctl **pc = &ctls; *pc;) {
+        Ctl *ctl = *pc;
+        if (ctl->closed) {
+            *pc = ctl->next;
+            free(ctl);
+        } else {
+            pc = &ctl->next;
+        }
+    }
 }
 
 static bool flushed(void)
@@ -2551,6 +2696,9 @@ int main(int argc, char **argv)
             }
             case K_DELEG:
                 deleg_read((Deleg *)w);
+                break;
+            case K_CTL:
+                ctl_read((Ctl *)w);
                 break;
             }
         }

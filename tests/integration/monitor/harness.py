@@ -121,7 +121,8 @@ def error_of(reply: dict[str, Any]) -> tuple[str, str]:
 
 
 class Zygote:
-    """crispd's zygote as the monitor sees it: a unix socket that takes one line and one fd per connection.
+    """crispd's zygote as the monitor sees it: a unix socket that takes one line and one fd per connection (two for an
+    exec: the second is the delegate's news channel to the monitor, kept in `ctls` for the test).
 
     `handler(request, fd)` runs on the stand-in's thread for each delegated op and answers on fd as the
     delegate would (None: the default, which answers ok); every request is recorded in `received`."""
@@ -129,6 +130,7 @@ class Zygote:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.received: list[dict[str, Any]] = []
+        self.ctls: list[socket.socket] = []
         self.events: list[str] = []
         self.handler: Callable[[dict[str, Any], int], None] = self.answer_ok
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -172,9 +174,12 @@ class Zygote:
                         data += more
                     # the zygote never answers on this connection; the monitor closes it
                     assert conn.recv(1) == b"", "the monitor sent more than one line"
-                assert len(fds) == 1, f"expected one fd, got {fds}"
-                fd = fds[0]
                 request = json.loads(data)
+                wanted = 2 if request["op"].get("op") == "exec" else 1
+                assert len(fds) == wanted, f"expected {wanted} fds, got {fds}"
+                fd = fds[0]
+                if wanted == 2:
+                    self.ctls.append(socket.socket(fileno=fds[1]))
                 self.received.append(request)
                 self.events.append(f"received {request['op'].get('op')}")
                 self.handler(request, fd)
@@ -193,6 +198,8 @@ class Zygote:
         self.stopping = True
         self.thread.join(5)
         self.sock.close()
+        for ctl in self.ctls:
+            ctl.close()
 
 
 class Monitor:

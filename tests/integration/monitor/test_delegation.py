@@ -3,10 +3,14 @@ crispd's zygote (a stand-in here) as one line and one fd; and shutdown itself.""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import socket
 import stat
+import struct
+import termios
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +68,38 @@ def test_exec_hands_the_clients_connection_to_the_delegate(monitors: MakeMonitor
     assert zygote.received == [expected_request(m, request, rootfs="/run/x/rootfs")]
     assert seen == {"socket": True, "blocking": True}
     assert m.call("state")["state"] == "running"
+
+
+def test_a_tty_execs_terminal_is_resized_through_what_its_delegate_told(monitors: MakeMonitor,
+                                                                         zygote: Zygote) -> None:
+    """`resize` with an exec id: the delegate sends its monitor the session's pty master (seqpacket, SCM_RIGHTS)
+    before the caller learns the exec id, and says when the session is over, before the caller hears of it."""
+    master, slave = os.openpty()
+    try:
+        zygote.handler = lambda request, fd: os.close(fd)
+        m = monitors("read x <&3", zygote=zygote.path)
+        m.client().send({"v": 1, "op": "exec", "args": ["sh"], "tty": True})
+        wait_for(lambda: len(zygote.ctls) == 1, "the exec's delegation")
+        ctl = zygote.ctls[0]
+        assert ctl.type == socket.SOCK_SEQPACKET
+        assert error_of(m.call("resize", width=100, height=30, exec_id="exec7-1"))[0] == "NotFound"
+        socket.send_fds(ctl, [b'{"op":"tty","exec_id":"exec7-1"}\n'], [master])
+        # told before the caller could ask: no wait between the news and the resize
+        assert m.call("resize", width=100, height=30, exec_id="exec7-1") == {"v": 1, "ok": True}
+        assert struct.unpack("HHHH", fcntl.ioctl(slave, termios.TIOCGWINSZ, bytes(8)))[:2] == (30, 100)
+        ctl.send(b'{"op":"done","exec_id":"exec7-1"}\n')
+        assert error_of(m.call("resize", width=1, height=1, exec_id="exec7-1")) == (
+            "NotFound", f"{m.id}: no running exec 'exec7-1'")
+        # a delegate that goes takes its terminals with it
+        socket.send_fds(ctl, [b'{"op":"tty","exec_id":"exec7-2"}\n'], [master])
+        assert m.call("resize", width=90, height=20, exec_id="exec7-2") == {"v": 1, "ok": True}
+        ctl.close()
+        zygote.ctls.clear()
+        wait_for(lambda: m.call("resize", width=1, height=1, exec_id="exec7-2").get("ok") is False,
+                 "the terminal of a gone delegate to be forgotten")
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_exec_in_a_stopped_container_is_refused_here(monitors: MakeMonitor, zygote: Zygote) -> None:
