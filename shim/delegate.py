@@ -15,9 +15,10 @@ import dataclasses
 import json
 import os
 import socket
+import time
 from typing import Any, NoReturn
 
-from runtime import errors
+from runtime import errors, failpoints
 from runtime.bundle import load_config
 from runtime.linux import syscalls
 from runtime.procs import set_process_title
@@ -79,10 +80,54 @@ def become_delegate(request: dict[str, Any], fd: int, ctl: int = -1) -> NoReturn
     os._exit(code)
 
 
+class Delegate(Shim):
+    """The shim's code for one request, part of the shim whose monitor asked for it: it goes when the monitor goes
+    (`link`, the exec's news channel, ends then), as the work of a killed Python shim went with it."""
+
+    def __init__(self, config: ShimConfig, link: socket.socket | None) -> None:
+        super().__init__(dataclasses.replace(config, log_path=""))  # the monitor writes the container's log
+        self.handoff.enabled = False
+        self.link = link
+        if link is not None:
+            link.setblocking(False)
+            self.loop.add_reader(link.fileno(), self._link_readable)
+
+    def point(self, name: str) -> None:
+        failpoints.check(name)
+        if name in self.config.hang_points:
+            log(f"debug: stopped at {name} until killed")
+            if self.link is None:
+                while True:
+                    time.sleep(3600)
+            with contextlib.suppress(OSError):  # until the monitor is gone (the shim killed): then go too
+                self.link.setblocking(True)
+                while self.link.recv(4096):
+                    pass
+            log(f"debug: the monitor is gone; the delegate stopped at {name} goes too")
+            os._exit(1)
+
+    def _link_readable(self) -> None:
+        try:
+            data = self.link.recv(4096) if self.link is not None else b""
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            return  # the monitor says nothing on it today
+        assert self.link is not None
+        self.loop.forget(self.link.fileno())
+        log(f"the monitor of container {self.config.id} is gone: ending the delegate's sessions")
+        error = {"kind": "Unavailable", "message": f"the shim of container {self.config.id} died"}
+        for conn in list(self.conns):
+            if conn.framed:
+                conn.send_frame(protocol.STREAM_ERROR, json.dumps(error).encode())
+            conn.close_after_flush()
+
+
 def _serve(config: ShimConfig, state: dict[str, Any], message: dict[str, Any], sock: socket.socket,
            ctl: socket.socket | None) -> None:
-    shim = Shim(dataclasses.replace(config, log_path=""))  # the monitor writes the container's log, not us
-    shim.handoff.enabled = False
+    shim = Delegate(config, ctl)
     shim.loop.install_sigchld()
     container = shim.container
     container.state = state["state"]

@@ -2605,6 +2605,20 @@ static bool flushed(void)
     return true;
 }
 
+/* the command line becomes one string, "crisp-shim <container id>", as runtime.procs.set_process_title makes the
+   Python shim's: written over our own argument area (argv[0] argv[1] argv[2] are contiguous), NULs after it and a
+   last byte that is not NUL, which tells the kernel to show the area up to its first NUL */
+static void set_title(char **argv)
+{
+    char *start = argv[0], *end = argv[2] + strlen(argv[2]) + 1;
+    size_t room = (size_t)(end - start), first = strlen(argv[0]);
+    if (argv[1] != start + first + 1 || argv[2] != argv[1] + strlen(argv[1]) + 1 || room < first + 3)
+        return; /* not the layout execve makes: leave it */
+    argv[1][-1] = ' '; /* "crisp-shim\0<id>\0<fd>\0" -> "crisp-shim <id>\0\0..\0 " */
+    memset(argv[2], 0, strlen(argv[2]));
+    end[-1] = ' ';
+}
+
 int main(int argc, char **argv)
 {
     prctl(PR_SET_NAME, "crisp-shim", 0, 0, 0);
@@ -2619,7 +2633,7 @@ int main(int argc, char **argv)
     long state_fd = strtol(argv[2], &end, 10);
     if (errno || *end || end == argv[2] || state_fd < 0 || state_fd > INT_MAX)
         bad_state("state fd %s", argv[2]);
-    memset(argv[2], 0, strlen(argv[2])); /* `ps` shows "crisp-shim <container id>", as for the Python shim */
+    set_title(argv);
 
     /* SIGCHLD through a signalfd; the ignored ones stay ignored (only crispd's shutdown ends a shim) */
     signal(SIGCHLD, SIG_DFL);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -182,5 +183,33 @@ def test_without_a_monitor_the_shim_stays_python(shim_env: ShimEnv) -> None:
             await client.shutdown(force=True)
         finally:
             await manager.close()
+
+    run(scenario())
+
+
+def test_an_exec_ends_unavailable_when_its_monitor_dies(shim_env: ShimEnv) -> None:
+    """The delegate serving an exec is part of its shim: killed with the monitor (kill -9), the exec's caller hears
+    Unavailable (not a hang), the delegate and the exec's processes go, and crispd cleans up as after any shim
+    death."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        async with shim_env.running_manager() as manager:
+            client, _ = await manager.create(shim_env.config(cid))
+            shim_pid = shim_env.shim_pids()[0]
+            await client.start()
+            await _handed_over(shim_pid)
+            stream = await client.exec(["sh", "-c", "echo ready; exec sleep 1000"])
+            first = await stream.read()
+            assert first is not None and first[1] == b"ready\n"
+            assert len(_delegates(shim_env)) == 1
+            os.kill(shim_pid, signal.SIGKILL)
+            with pytest.raises(errors.Unavailable, match="died"):
+                await asyncio.wait_for(stream.read(), 30)
+            await stream.close()
+            status = await manager.wait_exit(cid)
+            assert status.reason == "ShimDied"
+            await _no_delegates(shim_env)
 
     run(scenario())
