@@ -33,7 +33,8 @@ def test_state_wait_and_the_exit_code(monitors: MakeMonitor) -> None:
     assert started_at > 0
     m.running_monitor()
     assert Path(f"/proc/{m.pid}/comm").read_text() == "crisp-shim\n"
-    assert Path(f"/proc/{m.pid}/cmdline").read_bytes().rstrip(b"\0") == b"crisp-shim\0" + m.id.encode()
+    # one string, as runtime.procs.set_process_title makes the Python shim's command line
+    assert Path(f"/proc/{m.pid}/cmdline").read_bytes().rstrip(b"\0") == b"crisp-shim " + m.id.encode()
 
     waiter = m.client()
     waiter.request("wait")
