@@ -53,6 +53,8 @@ def _answer(message: dict[str, Any]) -> None:
 WORK: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "pin_namespaces": forked.pin_namespaces, "start_pod_init": forked.start_pod_init}
 Pending = dict[int, tuple[Any, bytearray, str]]  # sync pipe -> (request id, what came so far, if it dies: why)
+# fds no child keeps (every fork closes them first)
+ZYGOTE_ONLY: set[int] = set()
 
 
 def _run_work(name: str, request: dict[str, Any], sync_fd: int) -> NoReturn:
@@ -82,6 +84,8 @@ def _fork_detached(body: Callable[[int], NoReturn], selector: selectors.BaseSele
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(r)
             selector.close()
+            for fd in ZYGOTE_ONLY:  # the delegates' listener, the spare's socket: the zygote's alone
+                os.close(fd)
             for fd in pending:
                 os.close(fd)
             os.setsid()
@@ -97,8 +101,59 @@ DELEGATE_REQUEST_MAX = 1 << 20
 DELEGATE_RECV_TIMEOUT = 2.0
 
 
-def _delegate(listener: socket.socket, selector: selectors.BaseSelector, pending: Pending) -> None:
-    """A crisp-monitor asks for a delegate (shim/delegate.py): fork one for the request and its connection."""
+class Spare:
+    """A delegate forked before its request (the fork is ~1.5 ms of an exec's path otherwise): it waits on a
+    seqpacket socket for the request and its fds, and ends with the zygote (the socket's end)."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+
+    def fork(self, selector: selectors.BaseSelector, pending: Pending) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+
+        def body(sync_fd: int) -> NoReturn:
+            os.close(sync_fd)
+            ours.close()  # the zygote's end: its close (the zygote gone) must reach us
+            null = os.open(os.devnull, os.O_RDWR)  # crispd's pipes and stderr are the zygote's, not ours
+            for std in (0, 1, 2):
+                os.dup2(null, std)
+            os.close(null)
+            try:
+                data, fds, _, _ = socket.recv_fds(theirs, DELEGATE_REQUEST_MAX, 2)
+            except OSError:
+                os._exit(0)
+            theirs.close()
+            if not data or not fds:
+                os._exit(0)  # the zygote is gone: nobody will ask
+            shim.delegate.become_delegate(json.loads(data), fds[0], fds[1] if len(fds) > 1 else -1)
+
+        try:
+            os.close(_fork_detached(body, selector, pending))
+        except OSError:
+            ours.close()
+            return  # the next request forks its delegate itself
+        finally:
+            theirs.close()
+        self.sock = ours
+        ZYGOTE_ONLY.add(ours.fileno())
+
+    def take(self, request: dict[str, Any], fds: list[int]) -> bool:
+        """Hand the request to the spare; False when there is none (or it is gone)."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return False
+        ZYGOTE_ONLY.discard(sock.fileno())
+        with sock:
+            try:
+                socket.send_fds(sock, [json.dumps(request).encode()], fds)
+            except OSError:
+                return False
+        return True
+
+
+def _delegate(listener: socket.socket, selector: selectors.BaseSelector, pending: Pending, spare: Spare) -> None:
+    """A crisp-monitor asks for a delegate (shim/delegate.py): the spare takes the request and its connection (or
+    a delegate is forked for it), and a new spare is forked."""
     try:
         conn, _ = listener.accept()
     except OSError:
@@ -131,21 +186,20 @@ def _delegate(listener: socket.socket, selector: selectors.BaseSelector, pending
         if ctl >= 0:
             os.close(ctl)
         return
-    listener_fd = listener.fileno()
-
     def body(sync_fd: int) -> NoReturn:
         os.close(sync_fd)
-        os.close(listener_fd)
         shim.delegate.become_delegate(request, fd, ctl)
 
     try:
-        os.close(_fork_detached(body, selector, pending))
+        if not spare.take(request, [fd] if ctl < 0 else [fd, ctl]):
+            os.close(_fork_detached(body, selector, pending))
     except OSError as exc:
         _refuse(fd, "ResourceExhausted", f"cannot fork a delegate: {exc}")
     finally:
         if ctl >= 0:
             os.close(ctl)
     os.close(fd)
+    spare.fork(selector, pending)
 
 
 def _refuse(fd: int, kind: str, message: str) -> None:
@@ -171,10 +225,14 @@ def main() -> None:
         os.set_inheritable(listener.fileno(), False)
         listener.setblocking(False)
         selector.register(listener.fileno(), selectors.EVENT_READ)
+        ZYGOTE_ONLY.add(listener.fileno())
     # open libc (and libseccomp) through ctypes once, here: every shim and every executor command shares the
     # handles (and never looks a library up itself)
     syscalls.preload()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # _fork_detached: the kernel reaps the zygote's children
+    spare = Spare()
+    if listener is not None:
+        spare.fork(selector, pending)
     gc.freeze()
     _answer({"ready": True, "pid": os.getpid(), "version": VERSION})
     while True:
@@ -194,7 +252,7 @@ def main() -> None:
                     _handle(line, selector, pending)
                 continue
             if listener is not None and fd == listener.fileno():
-                _delegate(listener, selector, pending)
+                _delegate(listener, selector, pending, spare)
                 continue
             request_id, buf, died = pending[fd]
             data = os.read(fd, 65536)
