@@ -15,7 +15,7 @@ from cri.shims.manager import ShimManager
 from runtime import errors
 from shim import monitor, protocol
 from tests.integration.shim.helpers import ShimEnv, run
-from tests.leaks import await_until
+from tests.leaks import await_until, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -213,3 +213,47 @@ def test_an_exec_ends_unavailable_when_its_monitor_dies(shim_env: ShimEnv) -> No
             await _no_delegates(shim_env)
 
     run(scenario())
+
+
+def _spares(zygote: int) -> list[int]:
+    """The zygote's children that still run its program: the spare delegate waiting for a request."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == zygote and b"shim.zygote" in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def test_one_spare_delegate_waits_and_goes_with_the_zygote(shim_env: ShimEnv) -> None:
+    """The zygote keeps one delegate forked ahead of its request: an exec takes it and a new one is forked; when
+    crispd stops the zygote, the spare ends too (nothing keeps its socket to the zygote open)."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> list[int]:
+        manager = await shim_env.started_manager()
+        try:
+            zygote = manager.zygote_pid
+            assert zygote is not None
+            assert await await_until(lambda: len(_spares(zygote)) == 1)
+            (first,) = _spares(zygote)
+            client, _ = await manager.create(shim_env.config(cid))
+            await client.start()
+            await _handed_over(shim_env.shim_pids()[0])
+            assert (await client.exec_sync(["true"])).exit_code == 0
+            assert await await_until(lambda: len(_spares(zygote)) == 1 and first not in _spares(zygote))
+            await client.shutdown(force=True)  # a kill --all and a delete: two more delegates
+            assert await await_until(lambda: len(_spares(zygote)) == 1)
+            left = _spares(zygote)
+        finally:
+            await manager.close()
+        return left
+
+    left = run(scenario())
+    assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in left)), left
