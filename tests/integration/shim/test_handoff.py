@@ -15,7 +15,7 @@ from cri.shims.manager import ShimManager
 from runtime import errors
 from shim import monitor, protocol
 from tests.integration.shim.helpers import ShimEnv, run
-from tests.leaks import await_until, children_of, wait_until
+from tests.leaks import await_until, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -218,12 +218,15 @@ def test_an_exec_ends_unavailable_when_its_monitor_dies(shim_env: ShimEnv) -> No
 def _spares(zygote: int) -> list[int]:
     """The zygote's children that still run its program: the spare delegate waiting for a request."""
     found = []
-    for pid in children_of(zygote):
-        try:
-            if b"shim.zygote" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == zygote and b"shim.zygote" in cmdline:
+                found.append(int(entry))
     return found
 
 
