@@ -213,9 +213,7 @@ class Daemon:
         listening = False
         network = build_network(self.config, self.store)
         images: ImageManager | None = None
-        shims = ShimManager(Path(self.config.state) / "containers", monitor=None if self.config.shim.monitor else "")
-        if self.config.shim.monitor and not shims.monitor:
-            log.warning("crisp-monitor is not built (scripts/build-monitor): the shims stay Python processes")
+        shims = ShimManager(Path(self.config.state) / "containers")
         ctx: ServiceContext | None = None
         streaming: StreamingServer | None = None
         metrics_server: MetricsServer | None = None
