@@ -47,13 +47,6 @@ def pod_ready(pods: Pods, ref: str, name: str) -> tuple[float, float, str, float
     return t1 - t0, t3 - t1, pod_id, t2 - t1, t3 - t2
 
 
-def remove_all(pods: Pods) -> None:
-    rt = pods.daemon.runtime
-    for item in rt.ListPodSandbox(cri.ListPodSandboxRequest()).items:
-        rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=item.id))
-        rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=item.id))
-
-
 def serial_figures(label: str, runs: list[tuple[float, float, str, float, float]]) -> None:
     print(label)
     print("  " + ab.summary("RunPodSandbox (serial)", [r[0] for r in runs]))
@@ -77,7 +70,7 @@ def main() -> None:
             side.pods.daemon.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=ref)),
                                               timeout=60)
             pod_ready(side.pods, ref, "warmup")
-            remove_all(side.pods)
+            side.pods.remove_all_pods()
         pods = sides[0].pods
         assert pods.daemon.proc is not None
         pid = pods.daemon.proc.pid
@@ -92,7 +85,7 @@ def main() -> None:
             serial_figures(side.label, runs[side.label])
         print(f"crispd RSS: {rss0:.1f} MB with 0 pods, {rss_n:.1f} MB with {args.pods} pods")
         for side in sides:
-            remove_all(side.pods)
+            side.pods.remove_all_pods()
         with concurrent.futures.ThreadPoolExecutor(10) as pool:
             started = time.perf_counter()
             par = list(pool.map(lambda i: pod_ready(pods, ref, f"par{i}"), range(args.pods)))
@@ -101,7 +94,7 @@ def main() -> None:
         print(ab.summary("Create+StartContainer (10 parallel)", [r[1] for r in par]))
         print(ab.summary("pod ready (10 parallel)", [r[0] + r[1] for r in par]))
         print(f"10 parallel: {args.pods} pods ready in {wall:.1f} s ({args.pods / wall:.1f} pods/s)")
-        remove_all(pods)
+        pods.remove_all_pods()
 
 
 if __name__ == "__main__":
