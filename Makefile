@@ -8,7 +8,9 @@ ARGS ?=
 # util-linux (unshare, setsid, mount, umount) and mount: pods and shims run them; nftables: the built-in bridge's
 # masquerade and hostPorts; iproute2: `ip` for pod networks; libseccomp2: the built-in executor's seccomp;
 # catatonit: PID 1 of a pod that shares its PID namespace
-RUN_DEBS := ca-certificates catatonit iproute2 libseccomp2 mount nftables util-linux
+# gcc and libc6-dev: crisp-monitor, the shim's C half (shim/monitor/monitor.c), is compiled in the checkout
+BUILD_DEBS := gcc libc6-dev
+RUN_DEBS := ca-certificates catatonit iproute2 libseccomp2 mount nftables util-linux $(BUILD_DEBS)
 # the VM tier (tests/vm): QEMU (+ qboot from qemu-system-data), and mmdebstrap + mke2fs to build its image
 VM_DEBS := qemu-system-x86 qemu-system-data mmdebstrap e2fsprogs
 # one package per line (sorted), so that parallel changes merge cleanly
@@ -35,7 +37,7 @@ TEST_DEBS := $(RUN_DEBS) $(VM_DEBS) \
 TEST_DEB_FILES := busybox
 DEB_CACHE := .cache/debs
 
-.PHONY: run test test-conformance test-kubelet test-cluster test-cluster-extended test-extended test-vm vm-image tools \
+.PHONY: monitor run test test-conformance test-kubelet test-cluster test-cluster-extended test-extended test-vm vm-image tools \
 	images lint unit venv venv-run dist debs-run debs-test clean
 
 # crisp (editable) with what it needs at run time, and nothing else
@@ -51,8 +53,15 @@ $(VENV)/.installed: $(VENV)/.installed-run
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-venv-run: $(VENV)/.installed-run
-venv: $(VENV)/.installed
+# crisp-monitor: built next to its source (scripts/build-monitor), so crisp's wheel and an editable install carry it
+MONITOR := shim/monitor/crisp-monitor
+$(MONITOR): shim/monitor/monitor.c scripts/build-monitor
+	scripts/build-monitor
+
+monitor: $(MONITOR)
+
+venv-run: $(VENV)/.installed-run $(MONITOR)
+venv: $(VENV)/.installed $(MONITOR)
 
 debs-run:
 	scripts/ensure-debs $(RUN_DEBS)

@@ -330,6 +330,9 @@ class ShimConfig:
 
     # a container's log line longer than this is split into partial (P) lines, as the kubelet's log format allows
     log_max_line_bytes: int = 16 * 1024
+    # once its container runs, a shim hands it to crisp-monitor (a small C program, shim/monitor) and its Python
+    # exits; false, or a crisp without the monitor built: the Python shim watches the container to the end
+    monitor: bool = True
 
     def check(self) -> list[tuple[str, str]]:
         if self.log_max_line_bytes < 64:

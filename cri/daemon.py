@@ -213,7 +213,9 @@ class Daemon:
         listening = False
         network = build_network(self.config, self.store)
         images: ImageManager | None = None
-        shims = ShimManager(Path(self.config.state) / "containers")
+        shims = ShimManager(Path(self.config.state) / "containers", monitor=None if self.config.shim.monitor else "")
+        if self.config.shim.monitor and not shims.monitor:
+            log.warning("crisp-monitor is not built (scripts/build-monitor): the shims stay Python processes")
         ctx: ServiceContext | None = None
         streaming: StreamingServer | None = None
         metrics_server: MetricsServer | None = None

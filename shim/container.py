@@ -63,6 +63,8 @@ class Container:
         self.master = -1           # the container's pty master
         self.rootfs_mounted = ""
         self.spec: dict[str, Any] = {}
+        # the init is this process's child (False in a delegate: it is the monitor's, and ends unseen)
+        self.watched = True
         self._shutdown_replies: list[Reply] = []
         self._shutting_down = False
         self._kills_in_flight = 0
@@ -227,7 +229,7 @@ class Container:
 
     def _undo_create(self, done: Any) -> None:
         def deleted(_: CommandResult, __: int) -> None:
-            self._unmount(done)
+            self.unmount(done)
 
         for out in self.outputs:
             out.close()
@@ -237,7 +239,7 @@ class Container:
             self.stdin = None
         self.shim.executor.run(["delete", "--force", self.id], deleted)
 
-    def _unmount(self, done: Any) -> None:
+    def unmount(self, done: Any) -> None:
         target = self.rootfs_mounted
         if not target:
             done()
@@ -264,6 +266,7 @@ class Container:
             log(f"container {self.id} started")
             self.shim.point("shim.started")
             reply(protocol.reply_ok(pid=self.pid, started_at=self.started_at))
+            self.shim.handoff.soon()
 
         def started(error: ShimError | None) -> None:
             if self.state == "starting":
@@ -308,6 +311,22 @@ class Container:
                 self.shim.loop.call_later(0.001, check)
 
         check()
+
+    def exited(self) -> bool:
+        """Whether the init has ended, as far as can be known now."""
+        if self.watched:
+            self.shim.loop.reap()
+            return self.state == "stopped"
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                return f.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+        except (OSError, IndexError):
+            return True
+
+    @property
+    def busy(self) -> bool:
+        """A shutdown or a kill --all is under way."""
+        return self._shutting_down or bool(self._kills_in_flight or self._shutdown_replies or self._after_kills)
 
     def state_json(self) -> dict[str, Any]:
         state = "running" if self.state == "starting" else self.state
@@ -423,6 +442,8 @@ class Container:
         if self.stdin is not None:
             self.stdin.close()
             self.stdin = None
+        if self.started_at:
+            self.shim.handoff.soon()
 
     # --- shutdown -------------------------------------------------------------------------------------------
 
@@ -462,7 +483,7 @@ class Container:
                 self._delete_failed(self.shim.executor.error(result, offset))
                 return
             self.shim.point("shim.deleted")
-            self._unmount(finished)
+            self.unmount(finished)
 
         def finished() -> None:
             for out in self.outputs:

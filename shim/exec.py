@@ -60,6 +60,10 @@ class ExecSessions:
         self.id = shim.config.id
         self.sessions: dict[str, ExecSession] = {}
         self._seq = 0
+        self.prefix = "exec"  # exec ids: prefix + a number
+        # a delegate tells its monitor about its sessions' terminals (the `resize` op with an exec id is served there)
+        self.tty_started: Callable[[ExecSession], None] | None = None
+        self.tty_ended: Callable[[ExecSession], None] | None = None
 
     def master_of(self, exec_id: str) -> int:
         session = self.sessions.get(exec_id)
@@ -98,7 +102,7 @@ class ExecSessions:
         except errors.CrispError as exc:
             raise ShimError(errors.kind_of(exc), f"{self.id}: {exc}") from None
         self._seq += 1
-        session = ExecSession(conn, f"exec{self._seq}", tty, float(timeout))
+        session = ExecSession(conn, f"{self.prefix}{self._seq}", tty, float(timeout))
         resident = self.shim.executor.resident is not None
         argv: list[str] = []
         if not resident:
@@ -202,8 +206,7 @@ class ExecSessions:
         """An exec's failure as its caller gets it. The container's init may have died after op_exec's check (a
         probe racing the container's end): the executor then refuses the exec; the init's exit is ours to reap,
         and the refusal is the caller's precondition."""
-        self.loop.reap()
-        if self.shim.container.state == "stopped":
+        if self.shim.container.exited():
             return ShimError("FailedPrecondition", f"container {self.id} exited while an exec was starting "
                              f"({error.message})")
         return error
@@ -215,6 +218,8 @@ class ExecSessions:
             return
         session.pid = pid
         conn = session.conn
+        if session.master >= 0 and self.tty_started is not None:
+            self.tty_started(session)  # before the caller learns the exec id
         self.shim.point("shim.exec")
         reply(protocol.reply_ok(exec_id=session.id, pid=session.pid, tty=session.tty))
         conn.framed = True
@@ -301,6 +306,8 @@ class ExecSessions:
         if session.done or session.status is None or session.outputs:
             return
         session.done = True
+        if session.master >= 0 and self.tty_ended is not None:
+            self.tty_ended(session)  # before the caller hears of the end
         for timer in session.timers:
             self.loop.cancel(timer)
         code, sig = protocol.wait_status_to_exit(session.status)
@@ -312,6 +319,8 @@ class ExecSessions:
         self._cleanup(session)
 
     def _cleanup(self, session: ExecSession) -> None:
+        if session.master >= 0 and self.tty_ended is not None:
+            self.tty_ended(session)
         for fd in list(session.outputs):
             self.loop.forget(fd)
             os.close(fd)

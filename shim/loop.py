@@ -35,6 +35,7 @@ class Loop:
         # pid -> (monotonic time it was reaped, wait status)
         self._unclaimed: dict[int, tuple[float, int]] = {}
         self.running = True
+        self._prune_seq = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add_reader(self._wake_r, self._on_wakeup)
 
@@ -142,8 +143,14 @@ class Loop:
             return None
         return max(0.0, self._timers[0][0] - time.monotonic())
 
+    def quiet(self, children: set[int]) -> bool:
+        """Nothing under way: no write pending, no timer but the loop's own, no child watched but `children`."""
+        if self._writers or set(self._children) - children:
+            return False
+        return all(seq in self._cancelled or seq == self._prune_seq for _, seq, _ in self._timers)
+
     def run(self) -> None:
-        self.call_later(UNCLAIMED_TTL, self._prune_tick)
+        self._prune_seq = self.call_later(UNCLAIMED_TTL, self._prune_tick)
         while self.running:
             try:
                 events = self.selector.select(self._next_timeout())
@@ -169,7 +176,7 @@ class Loop:
 
     def _prune_tick(self) -> None:
         self._prune_unclaimed()
-        self.call_later(UNCLAIMED_TTL, self._prune_tick)
+        self._prune_seq = self.call_later(UNCLAIMED_TTL, self._prune_tick)
 
     def stop(self) -> None:
         self.running = False

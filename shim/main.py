@@ -62,7 +62,7 @@ def _report(sync_fd: int, message: dict[str, Any]) -> None:
     os.close(sync_fd)
 
 
-def _setup_stdio(bundle: str) -> None:
+def setup_stdio(bundle: str) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     own_log = os.open(os.path.join(bundle, protocol.SHIM_LOG_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     os.dup2(devnull, 0)
@@ -70,6 +70,12 @@ def _setup_stdio(bundle: str) -> None:
     os.dup2(own_log, 2)
     os.close(devnull)
     os.close(own_log)
+
+
+def ignore_signals() -> None:
+    """Only crispd's shutdown ends a shim: a stray signal would leave its container unwatched."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
@@ -81,10 +87,8 @@ def become_shim(config_data: dict[str, Any], sync_fd: int) -> NoReturn:
             os.chdir(config.bundle)
         except OSError as exc:
             raise ShimError("NotFound", f"{config.id}: bundle {config.bundle}: {exc.strerror}") from None
-        _setup_stdio(config.bundle)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGQUIT):
-            # only crispd's shutdown ends a shim: a stray signal would leave its container unwatched
-            signal.signal(signum, signal.SIG_IGN)
+        setup_stdio(config.bundle)
+        ignore_signals()
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
         warnings = []
         try:  # the zygote's command line is no use to an operator looking for us

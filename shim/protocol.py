@@ -86,6 +86,10 @@ class ShimConfig:
     cgroup2_bind: str = ""
     # fail points (runtime/failpoints.py, "shim.*") where the shim stops until it is killed: the shim kill tests
     hang_points: list[str] = field(default_factory=list)
+    # non-empty (both): once the container runs, the shim execs this crisp-monitor (shim/monitor/monitor.c), which
+    # hands the ops it does not serve to delegates that crispd's zygote forks on a request to zygote_socket
+    monitor: str = ""
+    zygote_socket: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +118,9 @@ class ShimConfig:
             raise ShimError("InvalidArgument", f"{self.id}: resident must name 0 to {len(self.executor)} words")
         if self.log_path and not os.path.isabs(self.log_path):
             raise ShimError("InvalidArgument", f"{self.id}: log path must be absolute, got {self.log_path!r}")
+        for name in ("monitor", "zygote_socket"):
+            if getattr(self, name) and not os.path.isabs(getattr(self, name)):
+                raise ShimError("InvalidArgument", f"{self.id}: {name} must be an absolute path")
         if self.log_max_line < 64:
             raise ShimError("InvalidArgument", f"{self.id}: log_max_line must be at least 64")
 

@@ -22,6 +22,7 @@ from shim.attach import Attachments
 from shim.container import Container
 from shim.exec import ExecSessions
 from shim.executor import Executor
+from shim.handoff import Handoff
 from shim.io.cri_log import CriLog
 from shim.io.streams import Conn
 from shim.log import log
@@ -45,6 +46,7 @@ class Shim:
         self.container = Container(self)
         self.attach = Attachments(self)
         self.execs = ExecSessions(self)
+        self.handoff = Handoff(self)
         self.ops: dict[str, Handler] = {
             "create": self.container.op_create, "start": self.container.op_start,
             "state": self.container.op_state, "kill": self.container.op_kill, "wait": self.container.op_wait,
@@ -116,11 +118,14 @@ class Shim:
                 "InvalidArgument", f"protocol version {message.get('v')!r} is not {protocol.PROTOCOL_VERSION}"))
             return
         handler = self.ops.get(op) if isinstance(op, str) else None
-        if handler is None:
+        if handler is None or not isinstance(op, str):
             conn.send_json(protocol.reply_error("Unimplemented", f"unknown operation {op!r}"))
             return
+        conn.pending.append(op)
 
         def reply(answer: dict[str, Any]) -> None:
+            if op in conn.pending:
+                conn.pending.remove(op)
             conn.send_json(answer)
 
         try:

@@ -23,6 +23,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -32,6 +33,7 @@ from typing import Any, NoReturn
 import runtime.cgroups
 import runtime.executor.container
 import runtime.executor.main
+import shim.delegate
 import shim.main
 import shim.server
 from runtime.linux import syscalls
@@ -51,6 +53,8 @@ def _answer(message: dict[str, Any]) -> None:
 WORK: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "pin_namespaces": forked.pin_namespaces, "start_pod_init": forked.start_pod_init}
 Pending = dict[int, tuple[Any, bytearray, str]]  # sync pipe -> (request id, what came so far, if it dies: why)
+# fds no child keeps (every fork closes them first)
+ZYGOTE_ONLY: set[int] = set()
 
 
 def _run_work(name: str, request: dict[str, Any], sync_fd: int) -> NoReturn:
@@ -80,6 +84,8 @@ def _fork_detached(body: Callable[[int], NoReturn], selector: selectors.BaseSele
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(r)
             selector.close()
+            for fd in ZYGOTE_ONLY:  # the delegates' listener, the spare's socket: the zygote's alone
+                os.close(fd)
             for fd in pending:
                 os.close(fd)
             os.setsid()
@@ -90,6 +96,121 @@ def _fork_detached(body: Callable[[int], NoReturn], selector: selectors.BaseSele
     return r
 
 
+# a monitor's request for a delegate: one line and the connection the delegate answers on
+DELEGATE_REQUEST_MAX = 1 << 20
+DELEGATE_RECV_TIMEOUT = 2.0
+
+
+class Spare:
+    """A delegate forked before its request (the fork is ~1.5 ms of an exec's path otherwise): it waits on a
+    seqpacket socket for the request and its fds, and ends with the zygote (the socket's end)."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+
+    def fork(self, selector: selectors.BaseSelector, pending: Pending) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+
+        def body(sync_fd: int) -> NoReturn:
+            os.close(sync_fd)
+            ours.close()  # the zygote's end: its close (the zygote gone) must reach us
+            null = os.open(os.devnull, os.O_RDWR)  # crispd's pipes and stderr are the zygote's, not ours
+            for std in (0, 1, 2):
+                os.dup2(null, std)
+            os.close(null)
+            try:
+                data, fds, _, _ = socket.recv_fds(theirs, DELEGATE_REQUEST_MAX, 2)
+            except OSError:
+                os._exit(0)
+            theirs.close()
+            if not data or not fds:
+                os._exit(0)  # the zygote is gone: nobody will ask
+            shim.delegate.become_delegate(json.loads(data), fds[0], fds[1] if len(fds) > 1 else -1)
+
+        try:
+            os.close(_fork_detached(body, selector, pending))
+        except OSError:
+            ours.close()
+            return  # the next request forks its delegate itself
+        finally:
+            theirs.close()
+        self.sock = ours
+        ZYGOTE_ONLY.add(ours.fileno())
+
+    def take(self, request: dict[str, Any], fds: list[int]) -> bool:
+        """Hand the request to the spare; False when there is none (or it is gone)."""
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return False
+        ZYGOTE_ONLY.discard(sock.fileno())
+        with sock:
+            try:
+                socket.send_fds(sock, [json.dumps(request).encode()], fds)
+            except OSError:
+                return False
+        return True
+
+
+def _delegate(listener: socket.socket, selector: selectors.BaseSelector, pending: Pending, spare: Spare) -> None:
+    """A crisp-monitor asks for a delegate (shim/delegate.py): the spare takes the request and its connection (or
+    a delegate is forked for it), and a new spare is forked."""
+    try:
+        conn, _ = listener.accept()
+    except OSError:
+        return
+    fds: list[int] = []
+    with conn:
+        conn.settimeout(DELEGATE_RECV_TIMEOUT)
+        data = bytearray()
+        try:
+            while b"\n" not in data and len(data) < DELEGATE_REQUEST_MAX:
+                chunk, got, _, _ = socket.recv_fds(conn, 65536, 4)
+                fds += got
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+    if len(fds) not in (1, 2):
+        for fd in fds:
+            os.close(fd)
+        return  # nobody to answer: the monitor sees no delegate and reports it
+    fd, ctl = fds[0], fds[1] if len(fds) == 2 else -1
+    try:
+        request = json.loads(bytes(data).partition(b"\n")[0])
+        if not isinstance(request, dict) or request.get("work") != "shim_op":
+            raise ValueError("not a shim_op request")
+        shim.delegate.check_request(request)
+    except ValueError as exc:
+        _refuse(fd, "InvalidArgument", f"bad delegate request: {exc}")
+        if ctl >= 0:
+            os.close(ctl)
+        return
+    def body(sync_fd: int) -> NoReturn:
+        os.close(sync_fd)
+        shim.delegate.become_delegate(request, fd, ctl)
+
+    try:
+        if not spare.take(request, [fd] if ctl < 0 else [fd, ctl]):
+            os.close(_fork_detached(body, selector, pending))
+    except OSError as exc:
+        _refuse(fd, "ResourceExhausted", f"cannot fork a delegate: {exc}")
+    finally:
+        if ctl >= 0:
+            os.close(ctl)
+    os.close(fd)
+    spare.fork(selector, pending)
+
+
+def _refuse(fd: int, kind: str, message: str) -> None:
+    with socket.socket(fileno=fd) as sock:
+        sock.settimeout(DELEGATE_RECV_TIMEOUT)
+        try:
+            sock.sendall(protocol.encode(protocol.reply_error(kind, message)))
+        except OSError:
+            pass
+
+
 def main() -> None:
     if len(sys.argv) > 2:  # the fd of the sealed copy of the interpreter the zygote runs from: exec'd, not needed
         os.close(int(sys.argv[2]))
@@ -98,10 +219,20 @@ def main() -> None:
     inbuf = bytearray()
     os.set_blocking(0, False)
     selector.register(0, selectors.EVENT_READ)
+    listener: socket.socket | None = None
+    if len(sys.argv) > 3:  # the listening socket crispd made for the monitors' delegate requests
+        listener = socket.socket(fileno=int(sys.argv[3]))
+        os.set_inheritable(listener.fileno(), False)
+        listener.setblocking(False)
+        selector.register(listener.fileno(), selectors.EVENT_READ)
+        ZYGOTE_ONLY.add(listener.fileno())
     # open libc (and libseccomp) through ctypes once, here: every shim and every executor command shares the
     # handles (and never looks a library up itself)
     syscalls.preload()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # _fork_detached: the kernel reaps the zygote's children
+    spare = Spare()
+    if listener is not None:
+        spare.fork(selector, pending)
     gc.freeze()
     _answer({"ready": True, "pid": os.getpid(), "version": VERSION})
     while True:
@@ -119,6 +250,9 @@ def main() -> None:
                     line, _, rest = bytes(inbuf).partition(b"\n")
                     inbuf[:] = rest
                     _handle(line, selector, pending)
+                continue
+            if listener is not None and fd == listener.fileno():
+                _delegate(listener, selector, pending, spare)
                 continue
             request_id, buf, died = pending[fd]
             data = os.read(fd, 65536)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from runtime.linux import idmap
 from runtime.linux.sealed import sealed_copy
 from runtime.procs import ProcessRef, package_root, process_start_time, processes_with_argument
 from shim import protocol
+from shim.monitor import binary as monitor_binary
 from shim.protocol import ExitStatus, ShimConfig
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,8 @@ CLEANUP_TIMEOUT = 30.0
 # exit code reported for a container whose shim died before writing a status (containerd uses the same)
 UNKNOWN_EXIT_CODE = 255
 SPAWN_TIMEOUT = 10.0
-# argv: the package root, the fd of the zygote's own program (which it closes)
+ZYGOTE_SOCKET = "shim-zygote.sock"  # beside the containers dir, in crispd's state dir
+# argv: the package root, the fd of the zygote's own program (which it closes), the fd of the delegates' socket
 _ZYGOTE_BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from shim.zygote import main; main()"
 
 
@@ -86,8 +90,12 @@ class ShimManager:
     """Starts shims through the zygote and keeps track of them; one per crispd."""
 
     def __init__(self, containers_dir: Path, python: str = sys.executable, call_timeout: float = DEFAULT_TIMEOUT,
-                 spawn_timeout: float = SPAWN_TIMEOUT) -> None:
+                 spawn_timeout: float = SPAWN_TIMEOUT, monitor: str | None = None) -> None:
         self.containers_dir = containers_dir
+        # the crisp-monitor the shims hand over to once their container runs (None: the built one, if any;
+        # "": none, the shims stay Python); its delegates are forked by the zygote on a request to this socket
+        self.monitor = monitor_binary() if monitor is None else monitor
+        self.zygote_socket = str(containers_dir.parent / ZYGOTE_SOCKET)
         self.python = python
         self.call_timeout = call_timeout
         self.spawn_timeout = spawn_timeout
@@ -111,12 +119,20 @@ class ShimManager:
         # of the interpreter: through its /proc/self/exe a container reaches no host binary (runtime/linux/sealed.py)
         program = await asyncio.to_thread(sealed_copy, self.python, "crisp-python")
         try:
+            listener = await asyncio.to_thread(self._listen) if self.monitor else None
+        except BaseException:
+            os.close(program)
+            raise
+        extra = [str(listener.fileno())] if listener is not None else []
+        try:
             self._zygote = await asyncio.create_subprocess_exec(
-                self.python, "-I", "-S", "-c", _ZYGOTE_BOOTSTRAP, package_root(), str(program),
+                self.python, "-I", "-S", "-c", _ZYGOTE_BOOTSTRAP, package_root(), str(program), *extra,
                 executable=f"/proc/self/fd/{program}", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                close_fds=True, pass_fds=(program,))
+                close_fds=True, pass_fds=(program, *(int(fd) for fd in extra)))
         finally:
             os.close(program)
+            if listener is not None:
+                listener.close()  # the zygote's now
         assert self._zygote.stdout is not None
         try:
             line = await asyncio.wait_for(self._zygote.stdout.readline(), self.spawn_timeout)
@@ -128,6 +144,26 @@ class ShimManager:
             raise errors.Unavailable("the shim zygote did not start (see crispd's stderr)")
         log.info("shim zygote ready (pid %s)", hello.get("pid"))
         self._reader_task = asyncio.create_task(self._read_answers())
+
+    def _listen(self) -> socket.socket:
+        """The socket the monitors ask the zygote for delegates on (root only; a stale one is replaced)."""
+        directory = os.path.dirname(self.zygote_socket)
+        os.makedirs(directory, exist_ok=True)
+        dir_fd = os.open(directory, os.O_PATH | os.O_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            path = f"/proc/self/fd/{dir_fd}/{ZYGOTE_SOCKET}"  # no sun_path limit on the state dir's path
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(ZYGOTE_SOCKET, dir_fd=dir_fd)
+            sock.bind(path)
+            os.chmod(ZYGOTE_SOCKET, 0o600, dir_fd=dir_fd)
+            sock.listen(64)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.close(dir_fd)
+        return sock
 
     @property
     def zygote_running(self) -> bool:
@@ -159,6 +195,9 @@ class ShimManager:
         zygote, self._zygote = self._zygote, None
         if zygote is None:
             return
+        if self.monitor:  # no zygote serves it any more (the next crispd binds a new one)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.zygote_socket)
         if zygote.stdin is not None:
             zygote.stdin.close()
         try:
@@ -211,6 +250,8 @@ class ShimManager:
 
     async def spawn(self, config: ShimConfig) -> ShimClient:
         """A ready shim for the container (nothing created yet); returns its client."""
+        if self.monitor and not config.monitor:
+            config = dataclasses.replace(config, monitor=self.monitor, zygote_socket=self.zygote_socket)
         config.check()
         answer = await self._ask({"config": config.to_json()}, self.spawn_timeout,
                                  f"container {config.id}: no shim within {self.spawn_timeout}s")

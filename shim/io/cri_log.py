@@ -73,6 +73,11 @@ class CriLog:
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
+    @property
+    def fd(self) -> int:
+        """The open log file, -1 without one."""
+        return self._fd
+
     def reopen(self) -> None:
         """Close the current file and open the path again, creating it: the new file exists on return."""
         if not self.path:

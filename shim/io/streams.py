@@ -89,6 +89,7 @@ class Conn:
         self.wbuf = bytearray()
         self.framed = False
         self.closed = False
+        self.pending: list[str] = []  # the ops received and not answered yet (a `wait` until the exit)
         self._close_after_flush = False
         self._paused = False
         self.on_message = on_message
@@ -100,6 +101,10 @@ class Conn:
         loop.add_reader(self.fd, self._on_readable)
 
     # --- reading --------------------------------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def pause_reading(self) -> None:
         if not self._paused and not self.closed:

@@ -61,6 +61,11 @@ def test_install_twice_then_uninstall(tmp_path: Path, wheelhouse: Path) -> None:
     venv = root / "opt" / "crisp" / "venv"
     version = subprocess.run([str(venv / "bin" / "crispd"), "version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("crispd ")
+    # the wheel carries crisp-monitor, executable (make dist builds it first)
+    monitors = list(venv.glob("lib/python3*/site-packages/shim/monitor/crisp-monitor"))
+    assert len(monitors) == 1, monitors
+    assert subprocess.run([str(monitors[0]), "--version"], capture_output=True, text=True,
+                          check=True).stdout.startswith("crisp-monitor ")
     assert owners(str(venv / "bin" / "python")) == {name: ["crisp"] for name in venv_owners.CRISP_TOP_LEVEL}
     config = tomllib.loads((root / "etc" / "crisp" / "crisp.toml").read_text())
     assert config == {"cgroup": {"driver": "systemd"}, "network": {"backend": "cni"}}

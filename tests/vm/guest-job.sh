@@ -16,6 +16,12 @@ cd /tmp/crisp-src
 # crisp from the checkout's wheel, into the guest's venv (no network: the dependencies are already there)
 /opt/crisp-tests/bin/python tests/vm/install_wheel.py "$IO"/crisp-wheel/crisp-*.whl
 stamp crisp-installed
+if [ -d /run/systemd/system ]; then
+    # the systemd guest: the tests start on a booted node, as a kind node's kubelet does. While PID 1 was still
+    # busy with the boot's jobs under emulation, crisp's D-Bus client twice had no reply to Subscribe for 30 s.
+    booted=$(timeout 600 systemctl is-system-running --wait 2>/dev/null || true)
+    stamp "booted-${booted:-unknown}"
+fi
 mapfile -t nodeids < "$IO/nodeids"
 stamp pytest-start
 export CRISP_VM_GUEST=1 CRISP_VM_RESULTS="$IO/results.jsonl" CRISP_VM_TIMINGS="$IO/timings"

@@ -33,6 +33,10 @@ def install(wheel: Path) -> list[Path]:
         if any(name.split("/")[0].endswith(".data") for name in names):
             raise SystemExit(f"{wheel.name} has a .data directory: install it with pip")
         archive.extractall(purelib)
+        for info in archive.infolist():  # zipfile drops the modes: crisp-monitor must stay executable
+            mode = info.external_attr >> 16
+            if mode & 0o111 and not info.is_dir():
+                (purelib / info.filename).chmod(mode & 0o7777)
         entry_points = configparser.ConfigParser(delimiters=("=",), interpolation=None)
         entry_points.optionxform = str  # type: ignore[assignment,method-assign]  # keep the names' case
         if f"{dist_info}/entry_points.txt" in names:

@@ -248,14 +248,16 @@ def test_exec_has_the_containers_identity(shim_env: ShimEnv) -> None:
 
 
 def test_shim_imports_nothing_heavy(runc_env: ShimEnv) -> None:
-    """The shim process is single-threaded and stdlib-only: no asyncio, grpc, protobuf, pyroute2. It carries crisp's
-    own executor (run in forks of it: shim/executor.py), so the executor's stdlib modules (logging among them) and
-    its own are there, imported once by the zygote and shared by every shim."""
+    """The shim's Python half (the shim until its container runs: then it hands over to crisp-monitor) is
+    single-threaded and stdlib-only: no asyncio, grpc, protobuf, pyroute2. It carries crisp's own executor (run in
+    forks of it: shim/executor.py), so the executor's stdlib modules (logging among them) and its own are there,
+    imported once by the zygote and shared by every shim."""
     cid = runc_env.new_id()
     runc_env.bundle(cid, ["sleep", "1000"])
 
     async def scenario() -> dict[str, object]:
-        manager, client = await _running(runc_env, cid)
+        manager = await runc_env.started_manager()
+        client, _ = await manager.create(runc_env.config(cid))
         try:
             return await client.debug()
         finally:
