@@ -190,7 +190,7 @@ def running_pods(base: Path, extra_config: str = "", start_timeout: float = 30.0
             for m in reversed(mounts_under(base)):
                 subprocess.run(["umount", "-l", m], check=False)
             p.cleanup_host()
-    assert leaks == []
+    assert leaks == [], leaks
     assert code == 0, p.daemon.log()
     if check_slow_callbacks:
         assert p.daemon.slow_callbacks() == [], p.daemon.log()
