@@ -169,6 +169,10 @@ def _serve(config: ShimConfig, state: dict[str, Any], message: dict[str, Any], s
 
     conn = Conn(shim.loop, sock, shim._dispatch, closed)
     shim.conns.add(conn)
+    if message.get("op") != "exec":
+        # one answer, then the delegate exits: its end of the socketpair closes with it, which is when its monitor
+        # takes the answer (nothing of the delegate is left once the caller hears it)
+        conn.on_flushed = shim.loop.stop
     log(f"delegate for {message.get('op')} of container {config.id}")
     shim._dispatch(conn, message)
     shim.run()

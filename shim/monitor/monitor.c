@@ -970,6 +970,8 @@ static bool exiting;
 static long long exit_deadline;
 
 static void delete_and_exit(void);
+static void finish_shutdown(void);
+static bool finish_when_delegates_gone;
 
 /* a fail point where crispd's [debug] hang_points stops the shim until it is killed (shim/server.py point) */
 static void point(const char *name)
@@ -1764,6 +1766,19 @@ static void deleted(void)
         free(path);
     }
     logmsg("container %s deleted; shim exits", cfg.id);
+    finish_when_delegates_gone = true;
+    finish_shutdown();
+}
+
+/* the shutdown's answer, once no exec delegate is left (each one's channel ends with its process) */
+static void finish_shutdown(void)
+{
+    if (!finish_when_delegates_gone)
+        return;
+    for (Ctl *ctl = ctls; ctl; ctl = ctl->next)
+        if (!ctl->closed)
+            return;
+    finish_when_delegates_gone = false;
     for (Conn *c = conns; c; c = c->next)
         for (; c->shutdowns > 0; c->shutdowns--)
             reply_ok(c, NULL);
@@ -1832,18 +1847,18 @@ static void deleg_read(Deleg *d)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
-        if (n <= 0 || buf_size(&d->rbuf) > 2 * MAX_FRAME) { /* ended without a (sane) line: it died */
+        if (n <= 0 || buf_size(&d->rbuf) > 2 * MAX_FRAME) {
+            /* the delegate's end closes when it exits: its answer counts from then on (a caller told "done" finds
+               nothing of it left); an end without a (sane) line: it died */
+            char *nl = buf_size(&d->rbuf) ? memchr(buf_data(&d->rbuf), '\n', buf_size(&d->rbuf)) : NULL;
             deleg_close(d);
-            deleg_done(d, NULL, 0);
+            if (nl && n == 0)
+                deleg_done(d, buf_data(&d->rbuf), (size_t)(nl - buf_data(&d->rbuf)) + 1);
+            else
+                deleg_done(d, NULL, 0);
             return;
         }
         buf_add(&d->rbuf, tmp, (size_t)n);
-        char *nl = memchr(buf_data(&d->rbuf), '\n', buf_size(&d->rbuf));
-        if (nl) {
-            deleg_close(d);
-            deleg_done(d, buf_data(&d->rbuf), (size_t)(nl - buf_data(&d->rbuf)) + 1);
-            return;
-        }
     }
 }
 
@@ -2042,6 +2057,7 @@ static void ctl_close(Ctl *ctl)
     close(ctl->w.fd);
     ctl->w.fd = -1;
     ctl->closed = true;
+    finish_shutdown();
 }
 
 /* every message the delegate has sent so far */

@@ -254,3 +254,21 @@ def test_one_spare_delegate_waits_and_goes_with_the_zygote(shim_env: ShimEnv) ->
 
     left = run(scenario())
     assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in left)), left
+
+
+def test_a_shutdown_answers_once_its_delegates_are_gone(shim_env: ShimEnv) -> None:
+    """A caller told that the shim shut down finds nothing of it left: not the delete's delegate, not an exec's
+    (crispd removes the bundle next, and its leak checks look right away)."""
+    cid = shim_env.new_id()
+    shim_env.bundle(cid, ["sleep", "1000"])
+
+    async def scenario() -> None:
+        async with shim_env.running_manager() as manager:
+            client, _ = await manager.create(shim_env.config(cid))
+            await client.start()
+            await _handed_over(shim_env.shim_pids()[0])
+            assert (await client.exec_sync(["true"])).exit_code == 0
+            await client.shutdown(force=True)
+            assert _delegates(shim_env) == []  # at once, no waiting
+
+    run(scenario())
