@@ -19,8 +19,10 @@ SCRIPT = textwrap.dedent("""
         if kind == "blocks":
             time.sleep(0.2)               # blocks the loop: the check's very case
         else:
-            end = time.thread_time() + 0.002
-            while time.thread_time() < end:  # 2 ms on a CPU, however long the wait for one
+            # 10 ms on a CPU, however long the wait for one: longer than a scheduler tick, so that at nice 19 beside
+            # a busy loop it is taken off the CPU and waits, whatever point of a time slice it started at
+            end = time.thread_time() + 0.01
+            while time.thread_time() < end:
                 pass
 
     async def main():
@@ -31,8 +33,11 @@ SCRIPT = textwrap.dedent("""
             import subprocess
             cpu = min(os.sched_getaffinity(0))
             os.sched_setaffinity(0, {cpu})
-            hog = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", "while True: pass"])
-            time.sleep(0.2)
+            # the hog says when it spins: under load its interpreter can take longer to start than any fixed sleep
+            hog = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c",
+                                    "print('spinning', flush=True)\\nwhile True: pass"],
+                                   stdout=subprocess.PIPE)
+            assert hog.stdout.readline() == b"spinning\\n"
             os.nice(19)
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
