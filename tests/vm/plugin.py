@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import time
 from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
@@ -180,6 +182,7 @@ class GuestReporter:
         self.timeout = VmSettings.from_env().test_timeout
         self.phases: dict[str, list[pytest.TestReport]] = {}
         self.first_test_seen = False
+        self.started = 0.0  # wall clock at the current test's start (the journal's --since)
 
     def _write(self, record: dict[str, object]) -> None:
         with open(self.path, "a") as out:
@@ -197,6 +200,7 @@ class GuestReporter:
         if not self.first_test_seen:
             self.first_test_seen = True
             self._stamp("first-test")
+        self.started = time.time()
         return (yield)
 
     def _alarm(self, phase: str, item: pytest.Item) -> None:
@@ -238,7 +242,24 @@ class GuestReporter:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.phases.setdefault(report.nodeid, []).append(report)
         if report.when == "teardown":
-            self._write(_combine(report.nodeid, self.phases.pop(report.nodeid)))
+            record = _combine(report.nodeid, self.phases.pop(report.nodeid))
+            if record["outcome"] == "failed":
+                record["text"] = f"{record['text']}{_journal_since(self.started)}"
+            self._write(record)
+
+
+def _journal_since(started: float) -> str:
+    """In the systemd guest, the journal of a failed test's time (PID 1's and D-Bus's side of a stall, crisp's units):
+    the VM's disk goes with the run, so this is the only copy."""
+    if not Path("/run/systemd/system").is_dir():
+        return ""
+    try:
+        out = subprocess.run(["journalctl", "--no-pager", "-o", "short-monotonic", f"--since=@{started - 1:.0f}"],
+                             capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"\n--- guest journal ---\n(journalctl: {error})"
+    lines = out.splitlines()
+    return "\n--- guest journal (last 300 lines) ---\n" + "\n".join(lines[-300:])
 
 
 def _combine(nodeid: str, reports: list[pytest.TestReport]) -> dict[str, object]:
