@@ -702,32 +702,32 @@ static bool jpyint(const JVal *v, long long *out)
     return false;
 }
 
+/* the two-character escape json.dumps writes for c, or NULL */
+static const char *json_escape(unsigned char c)
+{
+    switch (c) {
+    case '"': return "\\\"";
+    case '\\': return "\\\\";
+    case '\n': return "\\n";
+    case '\r': return "\\r";
+    case '\t': return "\\t";
+    case '\b': return "\\b";
+    case '\f': return "\\f";
+    default: return NULL;
+    }
+}
+
 /* a JSON string as json.dumps writes it (ensure_ascii) */
 static void json_str(Buf *b, const char *s, size_t n)
 {
     buf_addc(b, '"');
     for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            buf_addc(b, '\\');
-            buf_addc(b, (char)c);
+        const char *escape = json_escape(c);
+        if (escape) {
+            buf_adds(b, escape);
             i++;
-        } else if (c == '\n') {
-            buf_adds(b, "\\n");
-            i++;
-        } else if (c == '\r') {
-            buf_adds(b, "\\r");
-            i++;
-        } else if (c == '\t') {
-            buf_adds(b, "\\t");
-            i++;
-        } else if (c == '\b') {
-            buf_adds(b, "\\b");
-            i++;
-        } else if (c == '\f') {
-            buf_adds(b, "\\f");
-            i++;
-        } else if (c < 0x20) {
+        } else if (c < 0x20 || c == 0x7f) { /* json.dumps escapes all but space to ~ */
             buf_addf(b, "\\u%04x", c);
             i++;
         } else if (c < 0x80) {

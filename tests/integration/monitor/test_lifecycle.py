@@ -248,6 +248,10 @@ def test_bad_requests(monitors: MakeMonitor) -> None:
     assert error_of(c.line()) == ("Unimplemented", "unknown operation None")
     c.send(b'{"v": 1.0, "op": "caf\xc3\xa9"}\n')  # 1.0 == 1 in Python; a message with a non-ASCII name
     assert c.raw_line() == protocol.encode(protocol.reply_error("Unimplemented", "unknown operation 'caf\u00e9'"))
+    # a name that Python's repr and then json.dumps both escape (repr leaves only \n \r \t as such)
+    odd = 'q"b\\n\nr\rt\tb\bf\f\x01\x1f\x7f\U0001f600'
+    c.send(b'{"v": 1, "op": %s}\n' % json.dumps(odd, ensure_ascii=False).encode())
+    assert c.raw_line() == protocol.encode(protocol.reply_error("Unimplemented", f"unknown operation {odd!r}"))
     for sig, shown in ((b"NaN", "nan"), (b"-Infinity", "-inf"), (b"1e400", "inf"), (b"1e16", "1e+16"),
                        (b"123456789012345678901234567890", "123456789012345678901234567890"), (b"[1, {}]", "[1, {}]"),
                        (b'{"a": "b\'"}', '{\'a\': "b\'"}'), (b"false", None)):
@@ -285,6 +289,8 @@ def test_hand_over_of_an_exited_container(monitors: MakeMonitor) -> None:
     status it was given, to the waiter and the attacher it was handed too."""
     status = {"exit_code": 3, "signal": 0, "started_at": 5, "finished_at": 6, "oom_killed": False,
               "reason": "", "message": "caf\u00e9"}
+    # every escape json.dumps writes: quote, backslash, the two-character ones, other controls, a surrogate pair
+    status["message"] += ' q"b\\n\nr\rt\tb\bf\f\x01\x1f\x7f\U0001f600'
     m = monitors("true", conns=({"mode": "wait"}, {"mode": "attach", "stdin": False, "streams": [1, 2]}),
                  override={"state": "stopped", "status": status, "started_at": 5})
     waiting = m.client()
